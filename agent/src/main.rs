@@ -1,0 +1,6 @@
+//! holden-agent: not implemented yet.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("holden-agent: not implemented yet (see the open issues); nothing was done");
+    std::process::ExitCode::from(2)
+}

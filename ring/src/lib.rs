@@ -1,0 +1,1 @@
+//! holden's io_uring runtime (not yet written).

@@ -1,0 +1,6 @@
+//! holdenctl: not implemented yet.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("holdenctl: not implemented yet (see the open issues); nothing was done");
+    std::process::ExitCode::from(2)
+}

@@ -1,0 +1,1 @@
+//! The configuration file and the service specification (not yet written).

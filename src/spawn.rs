@@ -1,0 +1,1 @@
+//! Race-free process spawning with clone3(CLONE_PIDFD) (not yet written).

@@ -1,0 +1,1 @@
+//! The sans-IO supervision core (not yet written).

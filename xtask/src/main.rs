@@ -1,6 +1,94 @@
-//! cargo xtask: holden's build tasks (being written).
+//! `cargo xtask <task>`: holden's one entry point for build, test and fuzz tasks.
+//!
+//! Plain Rust and the standard library only (matklad's convention): every task is
+//! a sequence of commands, printed before it runs, stopping at the first failure.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("usage: cargo xtask <task>  (no tasks exist yet)");
-    std::process::ExitCode::from(2)
+mod fuzz;
+mod run;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <task> [options]
+
+Tasks:
+  ci                 everything CI checks: fmt, clippy, tests, a fuzz smoke of every target
+  fuzz [TARGET...]   run cargo-fuzz targets (all when none is named) with a time bound
+      --seconds N        seconds per target (default 30)
+      --list             list the fuzz targets and exit
+  help               print this help
+
+Run `cargo xtask <task> --help` for a task's options.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        eprint!("{HELP}");
+        return ExitCode::from(2);
+    };
+    let result = match task.as_str() {
+        "ci" => ci(rest),
+        "fuzz" => fuzz::main(rest),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        other => {
+            eprintln!("xtask: unknown task `{other}`\n");
+            eprint!("{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(run::Failure::Usage(msg)) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::from(2)
+        }
+        Err(run::Failure::Failed(msg)) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const CI_HELP: &str = "\
+cargo xtask ci [--fuzz-seconds N]
+
+Runs, stopping at the first failure:
+  cargo fmt --all --check
+  cargo clippy --workspace --all-targets -- -D warnings
+  cargo test --workspace
+  cargo xtask fuzz --seconds N   (every target; N defaults to 20)
+";
+
+fn ci(args: &[String]) -> Result<(), run::Failure> {
+    let mut fuzz_seconds: u64 = 20;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--help" | "-h" => {
+                print!("{CI_HELP}");
+                return Ok(());
+            }
+            "--fuzz-seconds" => fuzz_seconds = run::parse_number(it.next(), "--fuzz-seconds")?,
+            other => return Err(run::Failure::Usage(format!("ci: unknown option `{other}`"))),
+        }
+    }
+    let root = run::workspace_root();
+    run::cargo(&root, &["fmt", "--all", "--check"])?;
+    run::cargo(
+        &root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run::cargo(&root, &["test", "--workspace"])?;
+    fuzz::run_targets(&root, &fuzz::targets(&root)?, fuzz_seconds)
 }

@@ -3,6 +3,8 @@
 //! Plain Rust and the standard library only (matklad's convention): every task is
 //! a sequence of commands, printed before it runs, stopping at the first failure.
 
+mod dist;
+mod elf;
 mod fuzz;
 mod run;
 
@@ -13,6 +15,7 @@ cargo xtask <task> [options]
 
 Tasks:
   ci                 everything CI checks: fmt, clippy, tests, a fuzz smoke of every target
+  dist               static musl release binaries (x86_64, aarch64), checked and sized
   fuzz [TARGET...]   run cargo-fuzz targets (all when none is named) with a time bound
       --seconds N        seconds per target (default 30)
       --list             list the fuzz targets and exit
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     };
     let result = match task.as_str() {
         "ci" => ci(rest),
+        "dist" => dist::main(rest),
         "fuzz" => fuzz::main(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");

@@ -1,0 +1,70 @@
+//! Just enough ELF64 little-endian reading to tell a fully static binary.
+
+pub enum Linkage {
+    /// No interpreter and no DT_NEEDED entry (plain static or static-pie).
+    Static,
+    /// Needs the dynamic loader; the reason says what was found.
+    Dynamic(String),
+}
+
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+
+pub fn linkage(elf: &[u8]) -> Result<Linkage, String> {
+    if elf.get(..4) != Some(b"\x7fELF") {
+        return Err("not an ELF file".into());
+    }
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let phoff = u64_at(elf, 0x20)? as usize;
+    let phentsize = u16_at(elf, 0x36)? as usize;
+    let phnum = u16_at(elf, 0x38)? as usize;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        match u32_at(elf, ph)? {
+            PT_INTERP => {
+                return Ok(Linkage::Dynamic(
+                    "has an ELF interpreter (PT_INTERP)".into(),
+                ))
+            }
+            PT_DYNAMIC => {
+                let offset = u64_at(elf, ph + 8)? as usize;
+                let size = u64_at(elf, ph + 32)? as usize;
+                for entry in (offset..offset + size).step_by(16) {
+                    match u64_at(elf, entry)? {
+                        DT_NULL => break,
+                        DT_NEEDED => {
+                            return Ok(Linkage::Dynamic(
+                                "needs a shared library (DT_NEEDED)".into(),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Linkage::Static)
+}
+
+fn bytes<const N: usize>(elf: &[u8], at: usize) -> Result<[u8; N], String> {
+    elf.get(at..at + N)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| format!("truncated ELF file (offset {at})"))
+}
+
+fn u16_at(elf: &[u8], at: usize) -> Result<u16, String> {
+    bytes(elf, at).map(u16::from_le_bytes)
+}
+
+fn u32_at(elf: &[u8], at: usize) -> Result<u32, String> {
+    bytes(elf, at).map(u32::from_le_bytes)
+}
+
+fn u64_at(elf: &[u8], at: usize) -> Result<u64, String> {
+    bytes(elf, at).map(u64::from_le_bytes)
+}

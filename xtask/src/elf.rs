@@ -68,3 +68,47 @@ fn u32_at(elf: &[u8], at: usize) -> Result<u32, String> {
 fn u64_at(elf: &[u8], at: usize) -> Result<u64, String> {
     bytes(elf, at).map(u64::from_le_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ELF64 header with `phnum` program headers of the given types, each empty.
+    fn synthetic(types: &[u32]) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56 * types.len()];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&(types.len() as u16).to_le_bytes());
+        for (i, t) in types.iter().enumerate() {
+            elf[64 + 56 * i..68 + 56 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        elf
+    }
+
+    #[test]
+    fn no_interpreter_and_no_dynamic_section_is_static() {
+        assert!(matches!(linkage(&synthetic(&[1, 1])), Ok(Linkage::Static)));
+    }
+
+    #[test]
+    fn an_interpreter_is_dynamic() {
+        assert!(matches!(
+            linkage(&synthetic(&[1, PT_INTERP])),
+            Ok(Linkage::Dynamic(_))
+        ));
+    }
+
+    #[test]
+    fn this_glibc_test_binary_is_dynamic() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        assert!(matches!(linkage(&exe), Ok(Linkage::Dynamic(_))));
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_errors() {
+        let elf = synthetic(&[1, 1]);
+        assert!(linkage(&elf[..100]).is_err());
+        assert!(linkage(b"#!/bin/sh\n").is_err());
+    }
+}

@@ -6,6 +6,8 @@
 //! ([`supervise`]).
 
 pub mod config;
+pub mod orchestrator;
+pub mod pidfd;
 pub mod spawn;
 pub mod supervise;
 pub mod wire;

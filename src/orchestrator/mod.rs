@@ -1,0 +1,1 @@
+//! The orchestrator's I/O shell: one thread, one io_uring ring, pidfds for every process.

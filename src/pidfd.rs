@@ -1,0 +1,750 @@
+//! pidfd helpers: the few kernel calls the orchestrator makes on process file descriptors.
+//!
+//! A pidfd refers to one process and is immune to PID reuse. The orchestrator holds one for
+//! every process it supervises, local (its own child, from `clone3(CLONE_PIDFD)`) or QM (received
+//! from the agent over SCM_RIGHTS). This module wraps:
+//!
+//! - [`send_signal`]: `pidfd_send_signal(2)` (5.1+);
+//! - [`wait_child`]: `waitid(P_PIDFD, WEXITED | WNOHANG)` (5.4+), which reaps a process and
+//!   returns its status, but only for the caller's own children;
+//! - [`exit_info`]: the `PIDFD_GET_INFO` ioctl with `PIDFD_INFO_EXIT` (6.15+), the only way to
+//!   learn the exit status of a process that is not our child, and only after it has been
+//!   reaped by its parent. Between exit (the pidfd polls readable) and reap there is a window in
+//!   which the status is not yet there: [`ExitInfo::NotYet`] says so, and the caller retries;
+//! - [`is_pidfd`]: whether an fd received from a less trusted peer really is a pidfd;
+//! - [`identity`]: which process a pidfd refers to, to refuse a second pidfd for a process that
+//!   is already supervised;
+//! - [`Capabilities::probe`]: what this kernel offers, probed once at start-up.
+//!
+//! None of these functions allocate; the ones that read `/proc` use stack buffers.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `statfs.f_type` of pidfs (`PID_FS_MAGIC`, `include/uapi/linux/magic.h`), 6.9+.
+pub const PID_FS_MAGIC: i64 = 0x5049_4446;
+
+/// The name `readlink(/proc/self/fd/N)` returns for a pidfd on every kernel since 5.3 (pidfs
+/// keeps it for compatibility).
+const PIDFD_LINK_NAME: &[u8] = b"anon_inode:[pidfd]";
+
+/// `PIDFD_INFO_PID`: ask for / report the pid fields.
+const PIDFD_INFO_PID: u64 = 1 << 0;
+/// `PIDFD_INFO_EXIT`: ask for / report the exit status (6.15+).
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// `struct pidfd_info`, version 0 (64 bytes), as in `include/uapi/linux/pidfd.h`. The kernel
+/// treats it as an extensible struct sized by the ioctl number, so this smaller size works on
+/// kernels whose struct has grown.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+
+/// `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: u64 =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// `exit(code)` or return from main.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether a core dump was written.
+        core_dumped: bool,
+    },
+    /// The kernel cannot tell us (not our child and no `PIDFD_INFO_EXIT`, or not visible from
+    /// here). Never invented.
+    Unknown,
+}
+
+impl ExitStatus {
+    /// Decodes a wait(2)-style status word (as `PIDFD_INFO_EXIT` reports it).
+    pub fn from_wait_status(status: i32) -> ExitStatus {
+        if libc::WIFEXITED(status) {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            ExitStatus::Signaled {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            }
+        } else {
+            ExitStatus::Unknown
+        }
+    }
+
+    /// Whether this counts as a clean exit (code 0). `Unknown` is not a success.
+    pub fn is_success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+}
+
+/// Result of [`exit_info`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitInfo {
+    /// The process was reaped and the kernel recorded this status.
+    Status(ExitStatus),
+    /// The kernel supports exit information but the process has not been reaped yet (it is
+    /// still running, or a zombie its parent has not collected): ask again later.
+    NotYet,
+    /// This kernel, or this namespace, cannot report it: EREMOTE (process not visible in our
+    /// PID namespace), ENOTTY/EINVAL (no `PIDFD_GET_INFO` / no `PIDFD_INFO_EXIT`), ESRCH on a
+    /// kernel that reaps information away.
+    Unavailable,
+}
+
+/// Opens a pidfd for `pid` (`pidfd_open(2)`, close-on-exec). Racy for anything but the
+/// caller's own unreaped children; used for probes and tests only.
+pub fn open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes (pid, flags) by value and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal(2)`).
+///
+/// ESRCH means the process has already exited (the caller will see the pidfd poll readable);
+/// EINVAL for a process in a PID namespace that is not ours or a descendant.
+pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal(fd, sig, info = NULL, flags = 0): no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reaps our own child behind `pidfd` if it has exited: `Ok(Some(status))`; `Ok(None)` if it is
+/// still running. ECHILD if it is not our child (or was already reaped).
+pub fn wait_child(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+    // SAFETY: waitid filled `info` (or left si_pid 0 with WNOHANG when nothing exited); the
+    // accessors read the fields of the SIGCHLD union member, which is what waitid writes.
+    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some(match code {
+        libc::CLD_EXITED => ExitStatus::Exited(status),
+        libc::CLD_KILLED => ExitStatus::Signaled {
+            signal: status,
+            core_dumped: false,
+        },
+        libc::CLD_DUMPED => ExitStatus::Signaled {
+            signal: status,
+            core_dumped: true,
+        },
+        _ => ExitStatus::Unknown,
+    }))
+}
+
+fn get_info(pidfd: BorrowedFd<'_>, mask: u64) -> io::Result<PidfdInfo> {
+    let mut info = PidfdInfo {
+        mask,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: PIDFD_GET_INFO reads `mask` and writes at most size_of::<PidfdInfo>() bytes (the
+    // size encoded in the request number) into `info`, which is valid and writable.
+    let rc = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info)
+}
+
+/// Reads the exit status of any process behind `pidfd` (not only our children) through
+/// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`. Needs 6.15+, and the process reaped.
+pub fn exit_info(pidfd: BorrowedFd<'_>) -> ExitInfo {
+    match get_info(pidfd, PIDFD_INFO_EXIT) {
+        Ok(info) if info.mask & PIDFD_INFO_EXIT != 0 => {
+            ExitInfo::Status(ExitStatus::from_wait_status(info.exit_code))
+        }
+        // The ioctl works but says nothing about exit: either the process is still there (alive
+        // or a zombie), or this kernel predates PIDFD_INFO_EXIT (6.13/6.14). The caller knows
+        // which from `Capabilities::exit_info`.
+        Ok(_) => ExitInfo::NotYet,
+        Err(_) => ExitInfo::Unavailable,
+    }
+}
+
+/// Which process a pidfd refers to, as far as this kernel lets us tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// pidfs inode number (6.9+): unique per process for the life of the system on 64-bit, so
+    /// two pidfds with the same inode refer to the same process. 0 when not on pidfs.
+    pub inode: u64,
+    /// The pid in our PID namespace; -1 if the process has exited, 0 if not visible here.
+    pub pid: i32,
+}
+
+impl Identity {
+    /// Whether two pidfds certainly refer to the same process.
+    pub fn same_process(&self, other: &Identity) -> bool {
+        if self.inode != 0 && other.inode != 0 {
+            return self.inode == other.inode;
+        }
+        self.pid > 0 && self.pid == other.pid
+    }
+}
+
+/// Identifies the process behind `pidfd`: pidfs inode (if on pidfs) and pid (from
+/// `PIDFD_GET_INFO`, else from the `Pid:` line of `/proc/self/fdinfo/N`).
+pub fn identity(pidfd: BorrowedFd<'_>) -> io::Result<Identity> {
+    let inode = match fs_type(pidfd)? {
+        PID_FS_MAGIC => fstat_inode(pidfd)?,
+        _ => 0,
+    };
+    let pid = match get_info(pidfd, PIDFD_INFO_PID) {
+        Ok(info) if info.mask & PIDFD_INFO_PID != 0 => info.pid as i32,
+        Ok(_) => fdinfo_pid(pidfd.as_raw_fd())?,
+        // ESRCH: the process is gone (reaped).
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => -1,
+        Err(_) => fdinfo_pid(pidfd.as_raw_fd())?,
+    };
+    Ok(Identity { inode, pid })
+}
+
+fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: statfs is plain data; all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable for the call.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+fn fstat_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable for the call.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.st_ino as u64)
+}
+
+/// Formats `/proc/self/<dir>/<fd>\0` into `buf`, returning the used length (with the NUL).
+fn proc_fd_path(buf: &mut [u8; 64], dir: &[u8], fd: RawFd) -> usize {
+    let mut len = 0;
+    for part in [b"/proc/self/".as_slice(), dir, b"/"] {
+        buf[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    let mut digits = [0u8; 12];
+    let mut n = fd.max(0) as u32;
+    let mut d = 0;
+    loop {
+        digits[d] = b'0' + (n % 10) as u8;
+        d += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    while d > 0 {
+        d -= 1;
+        buf[len] = digits[d];
+        len += 1;
+    }
+    buf[len] = 0;
+    len + 1
+}
+
+/// The `Pid:` line of `/proc/self/fdinfo/<fd>` (present for pidfds since 5.3).
+fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
+    let mut path = [0u8; 64];
+    proc_fd_path(&mut path, b"fdinfo", fd);
+    // SAFETY: `path` is NUL-terminated.
+    let file = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if file < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: we own the fd just opened.
+    let file = unsafe { OwnedFd::from_raw_fd(file) };
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: writes at most buf.len() - len bytes into the tail of `buf`.
+        let n = unsafe {
+            libc::read(
+                file.as_raw_fd(),
+                buf[len..].as_mut_ptr().cast(),
+                buf.len() - len,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    parse_fdinfo_pid(&buf[..len])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Pid: line in fdinfo"))
+}
+
+/// Finds `Pid:\t<n>` in fdinfo text.
+fn parse_fdinfo_pid(text: &[u8]) -> Option<i32> {
+    for line in text.split(|&b| b == b'\n') {
+        if let Some(rest) = line.strip_prefix(b"Pid:") {
+            let s = std::str::from_utf8(rest).ok()?;
+            return s.trim().parse().ok();
+        }
+    }
+    None
+}
+
+/// Whether `fd` is a pidfd. On pidfs kernels (6.9+) `fstatfs` reports `PID_FS_MAGIC`; before
+/// that a pidfd is an anonymous inode named `anon_inode:[pidfd]`, which `readlink` on
+/// `/proc/self/fd/N` shows (needs `/proc`). Anything else — pipes, sockets, eventfds, regular
+/// files, other anonymous inodes — is not a pidfd.
+pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
+    match fs_type(fd) {
+        Ok(PID_FS_MAGIC) => return true,
+        Ok(_) => {}
+        Err(_) => return false,
+    }
+    let mut path = [0u8; 64];
+    proc_fd_path(&mut path, b"fd", fd.as_raw_fd());
+    let mut link = [0u8; 64];
+    // SAFETY: `path` is NUL-terminated; readlink writes at most link.len() bytes into `link`.
+    let n = unsafe { libc::readlink(path.as_ptr().cast(), link.as_mut_ptr().cast(), link.len()) };
+    n > 0 && &link[..n as usize] == PIDFD_LINK_NAME
+}
+
+/// What the running kernel offers, probed once at start-up and logged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Kernel release, e.g. (6, 18).
+    pub kernel: (u32, u32),
+    /// pidfds live on pidfs (6.9+): `is_pidfd` by magic, identity by inode.
+    pub pidfs: bool,
+    /// `PIDFD_GET_INFO` works (6.13+).
+    pub get_info: bool,
+    /// `PIDFD_INFO_EXIT` works (6.15+): exit status of QM processes is knowable.
+    pub exit_info: bool,
+}
+
+impl Capabilities {
+    /// Probes the kernel: a pidfd on ourselves for pidfs and `PIDFD_GET_INFO`, and a child
+    /// that exits at once (forked, reaped) for `PIDFD_INFO_EXIT`. Costs one fork.
+    pub fn probe() -> Capabilities {
+        let mut caps = Capabilities {
+            kernel: kernel_release(),
+            ..Capabilities::default()
+        };
+        // SAFETY: getpid cannot fail.
+        let me = match open(unsafe { libc::getpid() }) {
+            Ok(fd) => fd,
+            Err(_) => return caps,
+        };
+        caps.pidfs = matches!(fs_type(me.as_fd()), Ok(PID_FS_MAGIC));
+        caps.get_info = get_info(me.as_fd(), PIDFD_INFO_PID).is_ok();
+        if caps.get_info {
+            caps.exit_info = probe_exit_info();
+        }
+        caps
+    }
+}
+
+fn probe_exit_info() -> bool {
+    // SAFETY: the child calls only _exit (async-signal-safe), so forking a multi-threaded
+    // process is fine.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: _exit never returns and touches no shared state.
+        unsafe { libc::_exit(7) };
+    }
+    if pid < 0 {
+        return false;
+    }
+    // Our unreaped child: its pid cannot be reused before we wait for it.
+    let fd = match open(pid) {
+        Ok(fd) => fd,
+        Err(_) => {
+            let mut status = 0;
+            // SAFETY: reaps our own child; `status` is writable.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return false;
+        }
+    };
+    let reaped = loop {
+        // SAFETY: reaps our own child; `status` is writable.
+        let mut status = 0;
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break true;
+        }
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break false;
+        }
+    };
+    reaped && exit_info(fd.as_fd()) == ExitInfo::Status(ExitStatus::Exited(7))
+}
+
+fn kernel_release() -> (u32, u32) {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is valid and writable.
+    if unsafe { libc::uname(&mut uts) } < 0 {
+        return (0, 0);
+    }
+    let release: [u8; 65] = uts.release.map(|c| c as u8);
+    let mut parts = release.split(|&b| b == b'.' || b == b'-' || b == 0);
+    let num = |p: Option<&[u8]>| {
+        p.and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let major = num(parts.next());
+    let minor = num(parts.next());
+    (major, minor)
+}
+
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kernel={}.{} pidfs={} pidfd_get_info={} pidfd_info_exit={}{}",
+            self.kernel.0,
+            self.kernel.1,
+            yes_no(self.pidfs),
+            yes_no(self.get_info),
+            yes_no(self.exit_info),
+            if self.exit_info {
+                ""
+            } else {
+                " (exit status of QM processes will be reported as unknown)"
+            }
+        )
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            ExitStatus::Exited(code) => write!(f, "exited code={code}"),
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed signal={}", signal_name(signal))?;
+                if core_dumped {
+                    f.write_str(" core-dumped")?;
+                }
+                Ok(())
+            }
+            ExitStatus::Unknown => f.write_str("status=unknown"),
+        }
+    }
+}
+
+/// The conventional name of a signal number (`SIGTERM`), or `SIG<n>`-less number text.
+pub fn signal_name(signal: i32) -> SignalName {
+    SignalName(signal)
+}
+
+/// Display wrapper for a signal number.
+#[derive(Clone, Copy, Debug)]
+pub struct SignalName(pub i32);
+
+impl std::fmt::Display for SignalName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            libc::SIGHUP => "SIGHUP",
+            libc::SIGINT => "SIGINT",
+            libc::SIGQUIT => "SIGQUIT",
+            libc::SIGILL => "SIGILL",
+            libc::SIGTRAP => "SIGTRAP",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGUSR2 => "SIGUSR2",
+            libc::SIGPIPE => "SIGPIPE",
+            libc::SIGALRM => "SIGALRM",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGCHLD => "SIGCHLD",
+            libc::SIGCONT => "SIGCONT",
+            libc::SIGSTOP => "SIGSTOP",
+            libc::SIGTSTP => "SIGTSTP",
+            libc::SIGXCPU => "SIGXCPU",
+            libc::SIGXFSZ => "SIGXFSZ",
+            libc::SIGSYS => "SIGSYS",
+            n => return write!(f, "{n}"),
+        };
+        f.write_str(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn parses_fdinfo_pid_line() {
+        let text =
+            b"pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nPid:\t4242\nNSpid:\t4242\n";
+        assert_eq!(parse_fdinfo_pid(text), Some(4242));
+        assert_eq!(parse_fdinfo_pid(b"pos:\t0\nPid:\t-1\n"), Some(-1));
+        assert_eq!(parse_fdinfo_pid(b"pos:\t0\n"), None);
+        assert_eq!(parse_fdinfo_pid(b"Pid:\tx\n"), None);
+    }
+
+    #[test]
+    fn formats_proc_paths_without_allocating() {
+        let mut buf = [0u8; 64];
+        let n = proc_fd_path(&mut buf, b"fdinfo", 1234);
+        assert_eq!(&buf[..n], b"/proc/self/fdinfo/1234\0");
+        let n = proc_fd_path(&mut buf, b"fd", 0);
+        assert_eq!(&buf[..n], b"/proc/self/fd/0\0");
+    }
+
+    #[test]
+    fn decodes_wait_status_words() {
+        assert_eq!(ExitStatus::from_wait_status(3 << 8), ExitStatus::Exited(3));
+        assert_eq!(
+            ExitStatus::from_wait_status(9),
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_wait_status(11 | 0x80),
+            ExitStatus::Signaled {
+                signal: 11,
+                core_dumped: true
+            }
+        );
+        assert_eq!(
+            ExitStatus::Signaled {
+                signal: 15,
+                core_dumped: false
+            }
+            .to_string(),
+            "killed signal=SIGTERM"
+        );
+    }
+
+    /// A child that sleeps; killed and reaped by the test.
+    fn sleeper() -> (std::process::Child, OwnedFd) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let fd = open(child.id() as i32).expect("pidfd_open");
+        (child, fd)
+    }
+
+    #[test]
+    fn signal_then_wait_reports_the_signal() {
+        let (child, fd) = sleeper();
+        assert!(is_pidfd(fd.as_fd()));
+        assert_eq!(wait_child(fd.as_fd()).unwrap(), None, "still running");
+        send_signal(fd.as_fd(), libc::SIGTERM).unwrap();
+        let mut status = None;
+        for _ in 0..5000 {
+            status = wait_child(fd.as_fd()).unwrap();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            status,
+            Some(ExitStatus::Signaled {
+                signal: libc::SIGTERM,
+                core_dumped: false
+            })
+        );
+        // Reaped: a second signal finds no process.
+        assert_eq!(
+            send_signal(fd.as_fd(), libc::SIGTERM)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ESRCH)
+        );
+        drop(child);
+    }
+
+    #[test]
+    fn wait_reports_exit_code_and_refuses_non_children() {
+        let child = Command::new("sh").args(["-c", "exit 42"]).spawn().unwrap();
+        let fd = open(child.id() as i32).unwrap();
+        let mut status = None;
+        for _ in 0..5000 {
+            status = wait_child(fd.as_fd()).unwrap();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(status, Some(ExitStatus::Exited(42)));
+        // pid 1 is not our child.
+        let init = open(1).unwrap();
+        assert_eq!(
+            wait_child(init.as_fd()).unwrap_err().raw_os_error(),
+            Some(libc::ECHILD)
+        );
+    }
+
+    #[test]
+    fn exit_info_after_reap_when_the_kernel_has_it() {
+        let caps = Capabilities::probe();
+        let (mut child, fd) = sleeper();
+        // Alive: no exit information yet.
+        if caps.get_info {
+            assert_eq!(exit_info(fd.as_fd()), ExitInfo::NotYet);
+        }
+        send_signal(fd.as_fd(), libc::SIGKILL).unwrap();
+        child.wait().unwrap();
+        let info = exit_info(fd.as_fd());
+        if caps.exit_info {
+            assert_eq!(
+                info,
+                ExitInfo::Status(ExitStatus::Signaled {
+                    signal: libc::SIGKILL,
+                    core_dumped: false
+                })
+            );
+        } else {
+            assert_ne!(
+                info,
+                ExitInfo::Status(ExitStatus::Exited(0)),
+                "never invented"
+            );
+        }
+    }
+
+    #[test]
+    fn other_fds_are_not_pidfds() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into `fds`.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: we own both fds just created.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        assert!(!is_pidfd(r.as_fd()));
+        assert!(!is_pidfd(w.as_fd()));
+        // SAFETY: eventfd(0, CLOEXEC) returns a new fd.
+        let ev = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        // SAFETY: we own it.
+        let ev = unsafe { OwnedFd::from_raw_fd(ev) };
+        assert!(!is_pidfd(ev.as_fd()));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert!(!is_pidfd(file.as_fd()));
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_pidfd(a.as_fd()));
+    }
+
+    #[test]
+    fn identity_tells_processes_apart() {
+        let (mut c1, fd1) = sleeper();
+        let (mut c2, fd2) = sleeper();
+        let fd1_again = open(c1.id() as i32).unwrap();
+        let id1 = identity(fd1.as_fd()).unwrap();
+        let id1b = identity(fd1_again.as_fd()).unwrap();
+        let id2 = identity(fd2.as_fd()).unwrap();
+        assert_eq!(id1.pid, c1.id() as i32);
+        assert_eq!(id2.pid, c2.id() as i32);
+        assert!(id1.same_process(&id1b));
+        assert!(!id1.same_process(&id2));
+        c1.kill().unwrap();
+        c2.kill().unwrap();
+        c1.wait().unwrap();
+        c2.wait().unwrap();
+        // Reaped: the pid is gone but the inode (on pidfs) still identifies it.
+        let gone = identity(fd1.as_fd()).unwrap();
+        assert_eq!(gone.pid, -1);
+    }
+
+    #[test]
+    fn probe_matches_the_running_kernel() {
+        let caps = Capabilities::probe();
+        assert!(caps.kernel.0 >= 5);
+        let at_least = |maj: u32, min: u32| caps.kernel >= (maj, min);
+        // A released kernel newer than the feature has it (backports can only add).
+        if at_least(6, 9) {
+            assert!(caps.pidfs);
+        }
+        if at_least(6, 15) {
+            assert!(caps.exit_info);
+        }
+        assert!(!caps.to_string().is_empty());
+    }
+}

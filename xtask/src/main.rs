@@ -64,6 +64,7 @@ Runs, stopping at the first failure:
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings
   cargo test --workspace
+  cargo xtask dist               (static musl binaries, x86_64 and aarch64)
   cargo xtask fuzz --seconds N   (every target; N defaults to 20)
 ";
 
@@ -94,5 +95,8 @@ fn ci(args: &[String]) -> Result<(), run::Failure> {
         ],
     )?;
     run::cargo(&root, &["test", "--workspace"])?;
+    // The shipped binaries are static musl builds; musl and glibc disagree on some
+    // libc field types, so building them here catches such code.
+    dist::main(&[])?;
     fuzz::run_targets(&root, &fuzz::targets(&root)?, fuzz_seconds)
 }

@@ -1,0 +1,250 @@
+//! systemd notification (`sd_notify(3)`) written by hand: one datagram per message to the
+//! `AF_UNIX` socket named by `NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
+//!
+//! Read once at start-up ([`Notifier::from_env`]); afterwards sending allocates nothing.
+//! `WATCHDOG_USEC` (honoured only when `WATCHDOG_PID` is unset or ours) gives the watchdog
+//! interval; the orchestrator pings at half of it from a ring timeout.
+
+use std::ffi::OsStr;
+use std::fmt::{self, Write as _};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
+/// Longest notification message.
+pub const MESSAGE_BYTES_MAX: usize = 512;
+
+/// The notification socket, if systemd gave us one.
+pub struct Notifier {
+    socket: Option<(OwnedFd, libc::sockaddr_un, libc::socklen_t)>,
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// A notifier that sends nothing (not started by systemd, or in tests).
+    pub fn disabled() -> Notifier {
+        Notifier {
+            socket: None,
+            watchdog: None,
+        }
+    }
+
+    /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID`. A malformed `NOTIFY_SOCKET`
+    /// is an error (systemd expects READY=1 and would time out the unit).
+    pub fn from_env() -> io::Result<Notifier> {
+        let watchdog = watchdog_from(
+            std::env::var_os("WATCHDOG_USEC").as_deref(),
+            std::env::var_os("WATCHDOG_PID").as_deref(),
+        );
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(Notifier {
+                socket: None,
+                watchdog,
+            });
+        };
+        let (addr, len) = socket_address(path.as_bytes())?;
+        // SAFETY: socket() takes plain integer arguments.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: we own the fd just created.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Notifier {
+            socket: Some((fd, addr, len)),
+            watchdog,
+        })
+    }
+
+    /// Whether notifications go anywhere.
+    pub fn enabled(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// How often to send `WATCHDOG=1` (half of `WATCHDOG_USEC`), if the watchdog is on.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog.map(|d| d / 2)
+    }
+
+    /// Sends one message (e.g. `READY=1`); errors are returned for the caller to log once.
+    pub fn send(&self, message: &[u8]) -> io::Result<()> {
+        let Some((fd, addr, len)) = &self.socket else {
+            return Ok(());
+        };
+        // SAFETY: `message` is a valid slice and `addr` a valid sockaddr_un of `len` bytes.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                (addr as *const libc::sockaddr_un).cast(),
+                *len,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sends `STATUS=<text>` formatted without allocation.
+    pub fn status(&self, args: fmt::Arguments<'_>) -> io::Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let mut msg = Message {
+            buf: [0; MESSAGE_BYTES_MAX],
+            len: 0,
+        };
+        let _ = msg.write_str("STATUS=");
+        let _ = msg.write_fmt(args);
+        self.send(&msg.buf[..msg.len])
+    }
+}
+
+struct Message {
+    buf: [u8; MESSAGE_BYTES_MAX],
+    len: usize,
+}
+
+impl fmt::Write for Message {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(MESSAGE_BYTES_MAX - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+fn watchdog_from(usec: Option<&OsStr>, pid: Option<&OsStr>) -> Option<Duration> {
+    if let Some(pid) = pid {
+        let pid: i32 = std::str::from_utf8(pid.as_bytes()).ok()?.parse().ok()?;
+        // SAFETY: getpid cannot fail.
+        if pid != unsafe { libc::getpid() } {
+            return None;
+        }
+    }
+    let usec: u64 = std::str::from_utf8(usec?.as_bytes()).ok()?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+/// Builds the address: `/path` as is; `@name` as an abstract socket (leading NUL).
+fn socket_address(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bad =
+        |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("NOTIFY_SOCKET: {why}"));
+    if path.is_empty() {
+        return Err(bad("empty"));
+    }
+    if path.len() >= addr.sun_path.len() {
+        return Err(bad("longer than a socket address allows"));
+    }
+    if path.contains(&0) {
+        return Err(bad("contains a NUL byte"));
+    }
+    let abstract_name = path[0] == b'@';
+    if !abstract_name && path[0] != b'/' {
+        return Err(bad("neither an absolute path nor an abstract name (@...)"));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = src as libc::c_char;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    let len = if abstract_name {
+        addr.sun_path[0] = 0;
+        base + path.len()
+    } else {
+        base + path.len() + 1
+    };
+    Ok((addr, len as libc::socklen_t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn sends_to_a_path_socket() {
+        let dir = std::env::temp_dir().join(format!("holden-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let (addr, len) = socket_address(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain socket() call.
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+            ))
+        };
+        let n = Notifier {
+            socket: Some((fd, addr, len)),
+            watchdog: None,
+        };
+        n.send(b"READY=1").unwrap();
+        n.status(format_args!("{} services running", 3)).unwrap();
+        let mut buf = [0u8; 64];
+        let k = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..k], b"READY=1");
+        let k = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..k], b"STATUS=3 services running");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sends_to_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("holden-notify-test-{}", std::process::id());
+        let rx = UnixDatagram::bind_addr(
+            &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let (addr, len) = socket_address(format!("@{name}").as_bytes()).unwrap();
+        // SAFETY: plain socket() call.
+        let fd = unsafe {
+            OwnedFd::from_raw_fd(libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+            ))
+        };
+        let n = Notifier {
+            socket: Some((fd, addr, len)),
+            watchdog: None,
+        };
+        n.send(b"WATCHDOG=1").unwrap();
+        let mut buf = [0u8; 64];
+        let k = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..k], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn rejects_bad_addresses_and_reads_watchdog() {
+        assert!(socket_address(b"").is_err());
+        assert!(socket_address(b"relative").is_err());
+        assert!(socket_address(&[b'/'; 200]).is_err());
+        let me = std::process::id().to_string();
+        assert_eq!(
+            watchdog_from(Some(OsStr::new("2000000")), None),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            watchdog_from(Some(OsStr::new("2000000")), Some(OsStr::new(&me))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            watchdog_from(Some(OsStr::new("2000000")), Some(OsStr::new("1"))),
+            None
+        );
+        assert_eq!(watchdog_from(Some(OsStr::new("x")), None), None);
+        assert_eq!(watchdog_from(Some(OsStr::new("0")), None), None);
+        assert_eq!(watchdog_from(None, None), None);
+    }
+}

@@ -1,1 +1,0 @@
-//! The configuration file and the service specification (not yet written).

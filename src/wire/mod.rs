@@ -1,1 +1,11 @@
-//! The holden wire protocols: native v1 and legacy v0.2 (not yet written).
+//! The holden wire protocols.
+//!
+//! - [`v1`]: "holden wire v1", the native protocol (SOCK_SEQPACKET, one frame per packet, the
+//!   pidfd travelling in the same packet as its `Started` reply).
+//! - [`legacy`]: the v0.2 C protocol (SOCK_STREAM, host-endian C structs, the pidfd in a
+//!   separate one-byte message), so holden can replace either side of a v0.2 deployment.
+//!
+//! Both decoders are bounded, allocation-free and never panic; see `docs/wire.md`.
+
+pub mod legacy;
+pub mod v1;

@@ -85,10 +85,13 @@ impl Limits {
         Ok(())
     }
 
-    /// The completion queue size the ring will ask for: the larger of the request and the need,
-    /// rounded up to a power of two.
+    /// The completion queue size the ring will ask for: the largest of the request, the need
+    /// and the submission queue size (the kernel wants CQ >= SQ), rounded up to a power of two.
     pub fn cq_entries_effective(&self) -> u32 {
-        let needed = self.cq_entries_needed().max(self.cq_entries as u64).max(2);
+        let needed = self
+            .cq_entries_needed()
+            .max(self.cq_entries as u64)
+            .max(self.sq_entries.next_power_of_two() as u64 * 2);
         needed.next_power_of_two().min(CQ_ENTRIES_MAX as u64) as u32
     }
 }

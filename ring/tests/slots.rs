@@ -1,0 +1,237 @@
+//! Slot lifecycle: removal with outstanding operations, reuse without stale completions,
+//! accept and read.
+
+mod common;
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use common::*;
+use ring::{Errno, OpError, OpTag, Timeout};
+
+#[test]
+fn removed_slot_drains_before_reuse_and_never_delivers() {
+    let mut ring = ring(1);
+    let efd = eventfd();
+    let old = ring.insert().unwrap();
+    ring.poll_add(old, efd.as_fd(), libc::POLLIN as u32)
+        .unwrap();
+    ring.timeout(old, Timeout::After(Duration::from_secs(3600)))
+        .unwrap();
+    ring.submit_and_wait(0, None).unwrap();
+    ring.remove(old).unwrap();
+    // The only slot is still draining: no reuse yet.
+    assert!(
+        ring.insert().is_err(),
+        "a draining slot must not be handed out"
+    );
+    assert_eq!(ring.poll_add(old, efd.as_fd(), 1), Err(OpError::Removed));
+    // The cancelled completions arrive and are consumed inside.
+    for _ in 0..WAIT_ROUNDS_MAX {
+        if ring.in_flight() == 0 {
+            break;
+        }
+        assert_eq!(
+            poll_now(&mut ring),
+            None,
+            "a removed slot's completion was delivered"
+        );
+    }
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(ring.stats().removed_dropped, 2);
+    let new = ring
+        .insert()
+        .expect("slot free after its completions arrived");
+    assert_eq!(new.index(), old.index());
+    assert_ne!(new.generation(), old.generation());
+    // The old id is stale for every call.
+    assert_eq!(ring.poll_add(old, efd.as_fd(), 1), Err(OpError::Stale));
+    assert_eq!(ring.remove(old), Err(OpError::Stale));
+    assert_eq!(ring.received(old), None);
+    // The new owner sees only its own completions.
+    signal_eventfd(&efd);
+    ring.poll_add(new, efd.as_fd(), libc::POLLIN as u32)
+        .unwrap();
+    let c = next(&mut ring);
+    assert_eq!((c.slot, c.op), (new, OpTag::Poll));
+    assert_eq!(poll_now(&mut ring), None);
+}
+
+#[test]
+fn reuse_churn_never_delivers_to_the_wrong_generation() {
+    const ROUNDS: usize = 2000;
+    let mut ring = ring(4);
+    let efd = eventfd();
+    signal_eventfd(&efd); // readable: every poll completes at once
+    let mut delivered = 0;
+    for round in 0..ROUNDS {
+        let id = ring.insert().unwrap();
+        ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+        if round % 2 == 0 {
+            // Removed with the poll possibly already complete in the CQ: must be dropped.
+            ring.remove(id).unwrap();
+            ring.submit_and_wait(0, None).unwrap();
+            assert_eq!(
+                ring.next_completion(),
+                None,
+                "completion delivered for a removed slot"
+            );
+        } else {
+            let c = next(&mut ring);
+            assert_eq!((c.slot, c.op), (id, OpTag::Poll));
+            delivered += 1;
+            ring.remove(id).unwrap();
+        }
+    }
+    assert_eq!(delivered, ROUNDS / 2);
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(ring.stats().stale_dropped, 0);
+}
+
+#[test]
+fn recvmsg_of_removed_slot_keeps_buffers_until_cancelled() {
+    let mut ring = ring(2);
+    let (a, b) = seqpacket_pair();
+    let id = ring.insert().unwrap();
+    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.submit_and_wait(0, None).unwrap();
+    assert_eq!(
+        ring.received(id),
+        None,
+        "buffer of an outstanding RECVMSG is not readable"
+    );
+    ring.remove(id).unwrap();
+    for _ in 0..WAIT_ROUNDS_MAX {
+        if ring.in_flight() == 0 {
+            break;
+        }
+        assert_eq!(poll_now(&mut ring), None);
+    }
+    assert_eq!(ring.in_flight(), 0);
+    // The socket still works and a fresh slot receives normally.
+    let id = ring.insert().unwrap();
+    ring.recvmsg(id, b.as_fd()).unwrap();
+    // SAFETY: send from a local buffer.
+    let n = unsafe { libc::send(a.as_raw_fd(), b"ok".as_ptr().cast(), 2, 0) };
+    assert_eq!(n, 2);
+    let c = next(&mut ring);
+    assert_eq!((c.slot, c.op, c.result), (id, OpTag::RecvMsg, Ok(2)));
+    assert_eq!(ring.received(id), Some(&b"ok"[..]));
+}
+
+#[test]
+fn cancel_of_recvmsg_yields_one_canceled_and_slot_stays_usable() {
+    let mut ring = ring(2);
+    let (a, b) = seqpacket_pair();
+    let id = ring.insert().unwrap();
+    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.submit_and_wait(0, None).unwrap();
+    ring.cancel_op(id, OpTag::RecvMsg).unwrap();
+    let c = next(&mut ring);
+    assert_eq!(
+        (c.slot, c.op, c.result),
+        (id, OpTag::RecvMsg, Err(Errno::CANCELED))
+    );
+    assert_eq!(poll_now(&mut ring), None);
+    assert_eq!(ring.received(id), Some(&b""[..]));
+    ring.sendmsg(id, a.as_fd(), b"again", None).unwrap();
+    ring.recvmsg(id, b.as_fd()).unwrap();
+    let mut ops = [next(&mut ring).op, next(&mut ring).op];
+    ops.sort_by_key(|op| *op as u8);
+    assert_eq!(ops, [OpTag::RecvMsg, OpTag::SendMsg]);
+    assert_eq!(ring.received(id), Some(&b"again"[..]));
+}
+
+#[test]
+fn sendmsg_longer_than_the_buffer_is_refused() {
+    let mut ring = ring(1);
+    let (a, _b) = seqpacket_pair();
+    let id = ring.insert().unwrap();
+    let big = vec![0u8; ring.limits().send_len as usize + 1];
+    assert!(matches!(
+        ring.sendmsg(id, a.as_fd(), &big, None),
+        Err(OpError::TooLong { .. })
+    ));
+    assert!(!ring.is_pending(id, OpTag::SendMsg));
+}
+
+#[test]
+fn sendmsg_to_closed_peer_is_epipe_not_sigpipe() {
+    let mut ring = ring(1);
+    let (a, b) = seqpacket_pair();
+    drop(b);
+    let id = ring.insert().unwrap();
+    ring.sendmsg(id, a.as_fd(), b"x", None).unwrap();
+    let c = next(&mut ring);
+    assert_eq!(c.result, Err(Errno(libc::EPIPE)));
+}
+
+fn listener(name: &[u8]) -> OwnedFd {
+    // SAFETY: socket/bind/listen on a fresh fd with an abstract address built locally.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let owned = OwnedFd::from_raw_fd(fd);
+        let (addr, len) = abstract_addr(name);
+        assert_eq!(
+            libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 16), 0);
+        owned
+    }
+}
+
+fn abstract_addr(name: &[u8]) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (i, byte) in name.iter().enumerate() {
+        addr.sun_path[i + 1] = *byte as libc::c_char;
+    }
+    (
+        addr,
+        (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t,
+    )
+}
+
+fn connect(name: &[u8]) -> OwnedFd {
+    // SAFETY: socket/connect on a fresh fd with an abstract address built locally.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let owned = OwnedFd::from_raw_fd(fd);
+        let (addr, len) = abstract_addr(name);
+        assert_eq!(
+            libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len),
+            0
+        );
+        owned
+    }
+}
+
+#[test]
+fn accept_hands_over_a_cloexec_connection_and_read_reads() {
+    let name = format!("holden-ring-test-{}-accept", std::process::id());
+    let listen = listener(name.as_bytes());
+    let mut ring = ring(2);
+    let id = ring.insert().unwrap();
+    ring.accept(id, listen.as_fd()).unwrap();
+    assert_eq!(poll_now(&mut ring), None);
+    let client = connect(name.as_bytes());
+    let c = next(&mut ring);
+    assert_eq!((c.slot, c.op), (id, OpTag::Accept));
+    let conn = ring.take_accepted(id).expect("accepted fd");
+    assert_eq!(c.result, Ok(conn.as_raw_fd() as u32));
+    // SAFETY: F_GETFD on an open fd.
+    assert!(unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC != 0);
+    ring.read(id, conn.as_fd()).unwrap();
+    // SAFETY: send from a local buffer.
+    assert_eq!(
+        unsafe { libc::send(client.as_raw_fd(), b"hello".as_ptr().cast(), 5, 0) },
+        5
+    );
+    let c = next(&mut ring);
+    assert_eq!((c.op, c.result), (OpTag::Read, Ok(5)));
+    assert_eq!(ring.read_data(id), Some(&b"hello"[..]));
+}

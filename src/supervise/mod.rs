@@ -1,1 +1,30 @@
-//! The sans-IO supervision core (not yet written).
+//! The sans-IO supervision core.
+//!
+//! A pure state machine: the shell feeds [`Event`]s (process spawned or exited, timer fired,
+//! agent up or down, operator commands, shutdown) together with the current [`MonoTime`],
+//! and drains [`Action`]s (spawn, signal, arm or cancel the service's one timer, release a
+//! process handle, log a transition). No I/O, no clock, no allocation after
+//! [`Supervisor::new`]: the service table and the action queue are sized there.
+//!
+//! Contract with the shell:
+//! - drain every action with [`Supervisor::poll_action`] before the next event;
+//! - answer every `SpawnLocal`/`SpawnAgent` with exactly one `Spawned` or `SpawnFailed`;
+//! - report every spawned process's end with exactly one `Exited`; close its pidfd on the
+//!   `Release` action that follows (never before);
+//! - keep one timer per service: `ArmTimer` replaces the armed one, `CancelTimer` disarms it,
+//!   and a `TimerFired` whose token is stale is ignored by the core.
+
+mod action;
+mod event;
+mod machine;
+mod policy;
+mod start_history;
+mod status;
+mod time;
+
+pub use action::{Action, Reason, Transition};
+pub use event::{Command, Event, ExitStatus, Pid, SpawnError, SpawnStage, TimerToken};
+pub use machine::{Refusal, ServiceId, Supervisor, SERVICES_MAX};
+pub use policy::{Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX};
+pub use status::{ServiceStatus, State};
+pub use time::MonoTime;

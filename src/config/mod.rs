@@ -1,0 +1,159 @@
+//! The configuration file (TOML, documented in `docs/config.md`) and the validated,
+//! immutable service specification it yields.
+//!
+//! [`Config::load`] / [`Config::parse`] either return a complete, valid [`Config`] or one
+//! [`ConfigError`] with `file:line:column`, the field and what was expected: the shell starts
+//! nothing unless the whole file is valid.
+
+mod duration;
+mod error;
+mod legacy;
+mod raw;
+mod service;
+mod signal;
+mod validate;
+
+pub use duration::{format_duration, parse_duration, DURATION_MAX};
+pub use error::{ConfigError, ConfigErrorKind};
+pub use service::{
+    ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
+    SERVICE_NAME_LEN_MAX,
+};
+pub use signal::{signal_from_name, signal_from_number, signal_name, SIGNAL_NUMBER_MAX};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the configuration is read from when `--config` is not given.
+pub const CONFIG_PATH_DEFAULT: &str = "/etc/holden/orchestrator.toml";
+/// Default agent socket (the AutoSD demo's path).
+pub const AGENT_SOCKET_DEFAULT: &str = "/run/holden/qm_orchestrator.sock";
+/// Default control socket.
+pub const CONTROL_SOCKET_DEFAULT: &str = "/run/holden/control.sock";
+/// Default number of process slots.
+pub const SLOTS_DEFAULT: u32 = 64;
+/// Largest number of process slots.
+pub const SLOTS_MAX: u32 = 65536;
+/// Largest configuration file read.
+pub const CONFIG_FILE_SIZE_MAX: u64 = 4 * 1024 * 1024;
+/// Longest path accepted (PATH_MAX minus the NUL; a Unix socket path is shorter still).
+pub const PATH_LEN_MAX: usize = 4095;
+/// Longest Unix socket path (`sun_path` minus the NUL).
+pub const SOCKET_PATH_LEN_MAX: usize = 107;
+
+/// Which protocol the orchestrator speaks to the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AgentProtocol {
+    /// holden v1: one persistent SEQPACKET connection, pipelined requests.
+    V1,
+    /// holden v0.2: legacy stream codec, one connection per request.
+    V0_2,
+    /// v1, falling back to v0.2 when the socket turns out to be a stream socket.
+    Auto,
+}
+
+/// How much the orchestrator logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Every state change (the default).
+    Info,
+    /// Everything.
+    Debug,
+}
+
+/// The `[agent]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AgentConfig {
+    /// Path of the agent's socket.
+    pub socket: PathBuf,
+    /// Protocol spoken on it.
+    pub protocol: AgentProtocol,
+    /// Time allowed for one request (e.g. a spawn) before it fails and the connection drops.
+    pub request_timeout: Duration,
+    /// First reconnect delay; doubles on each failure up to `reconnect_max`.
+    pub reconnect_initial: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+/// The `[shutdown]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShutdownConfig {
+    /// Whether SIGTERM/SIGINT to the orchestrator stops every service before it exits.
+    pub stop_services: bool,
+    /// Time the orchestrator waits for services to stop before it kills what remains and exits.
+    pub timeout: Duration,
+}
+
+/// The `[control]` table (control socket of issue 6).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ControlConfig {
+    /// Path of the control socket.
+    pub socket: PathBuf,
+    /// Group allowed to use it besides root (socket mode 0660 then, else 0600).
+    pub group: Option<String>,
+}
+
+/// A complete, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Number of process slots (bounds the number of services).
+    pub slots: u32,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Agent connection.
+    pub agent: AgentConfig,
+    /// Orchestrator shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Control socket.
+    pub control: ControlConfig,
+    /// The services, in file order; names are unique.
+    pub services: Vec<ServiceSpec>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = read_bounded(path)
+            .map_err(|message| ConfigError::unplaced(&shown, ConfigErrorKind::Io, "", message))?;
+        Config::parse(&text, &shown)
+    }
+
+    /// Validates `text`; errors name `path_for_messages`.
+    pub fn parse(text: &str, path_for_messages: &str) -> Result<Config, ConfigError> {
+        validate::parse(text, path_for_messages)
+    }
+
+    /// The v0.2 command line `holden-orchestrator 'LOCAL CMD' 'QM CMD'`: see [`legacy`].
+    pub fn from_legacy_args(
+        local_cmd: &str,
+        qm_cmd: &str,
+        socket_path: &Path,
+    ) -> Result<Config, ConfigError> {
+        legacy::from_legacy_args(local_cmd, qm_cmd, socket_path)
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|spec| spec.name.as_str() == name)
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|error| format!("open: {error}"))?;
+    let mut bytes = Vec::new();
+    file.take(CONFIG_FILE_SIZE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("read: {error}"))?;
+    if bytes.len() as u64 > CONFIG_FILE_SIZE_MAX {
+        return Err(format!("file larger than {CONFIG_FILE_SIZE_MAX} bytes"));
+    }
+    String::from_utf8(bytes)
+        .map_err(|error| format!("not UTF-8 (byte {})", error.utf8_error().valid_up_to()))
+}

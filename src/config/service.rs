@@ -1,0 +1,97 @@
+//! The validated, immutable specification of one service.
+
+use crate::supervise::{Partition, ServicePolicy};
+use std::ffi::CString;
+use std::fmt;
+
+/// Longest service name.
+pub const SERVICE_NAME_LEN_MAX: usize = 64;
+/// Most argv entries (argv[0] included).
+pub const ARGV_COUNT_MAX: usize = 256;
+/// Longest single argv entry, in bytes.
+pub const ARG_LEN_MAX: usize = 4096;
+/// Most environment variables per service.
+pub const ENV_COUNT_MAX: usize = 256;
+/// Longest `KEY=value`, in bytes.
+pub const ENV_LEN_MAX: usize = 4096;
+
+/// A service name: 1..=64 characters of `[A-Za-z0-9_.@-]`, starting with a letter or digit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    /// Validates a name; the error says what was expected.
+    pub fn new(name: &str) -> Result<ServiceName, String> {
+        let expected =
+            "expected 1 to 64 characters of A-Z a-z 0-9 _ . @ -, starting with a letter or digit";
+        if name.is_empty() || name.len() > SERVICE_NAME_LEN_MAX {
+            return Err(format!(
+                "bad service name {name:?} ({} bytes): {expected}",
+                name.len()
+            ));
+        }
+        let first_ok = name.as_bytes()[0].is_ascii_alphanumeric();
+        let chars_ok = name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'@' | b'-'));
+        if !first_ok || !chars_ok {
+            return Err(format!("bad service name {name:?}: {expected}"));
+        }
+        Ok(ServiceName(name.to_string()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One service, validated. Identity is the name; two specs with the same name but any other
+/// difference (`!=`) mean the service changed (a reload restarts it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceSpec {
+    /// Unique name.
+    pub name: ServiceName,
+    /// argv; no entry holds a NUL. argv[0] is an absolute path, except for the `qm` service
+    /// of the v0.2 command line, where it may be a bare name for the agent to resolve.
+    pub argv: Vec<CString>,
+    /// Environment of the process, exactly these variables, sorted by key; keys are
+    /// non-empty and hold no `=`.
+    pub env: Vec<(CString, CString)>,
+    /// Working directory (absolute); `/` when not given.
+    pub working_directory: CString,
+    /// User id to run as (both partitions; for `qm` it is a QM user id); `None` = as spawner.
+    pub uid: Option<u32>,
+    /// Group id to run as; `None` = as spawner.
+    pub gid: Option<u32>,
+    /// Whether it starts when the orchestrator starts (key `enabled`).
+    pub enabled: bool,
+    /// What the supervision core needs: partition, restart, delays, limits, stop.
+    pub policy: ServicePolicy,
+}
+
+impl ServiceSpec {
+    /// Where it runs.
+    pub fn partition(&self) -> Partition {
+        self.policy.partition
+    }
+
+    /// The environment as `KEY=value` strings for `execve`.
+    pub fn envp(&self) -> Vec<CString> {
+        self.env
+            .iter()
+            .map(|(key, value)| {
+                let mut joined = key.as_bytes().to_vec();
+                joined.push(b'=');
+                joined.extend_from_slice(value.as_bytes());
+                CString::new(joined).expect("validated: no NUL")
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,739 @@
+//! The supervisor: a fixed table of services driven by events, emitting actions.
+
+use super::action::{Action, ActionQueue, Reason, Transition};
+use super::event::{Command, Event, ExitStatus, Pid, SpawnError, TimerToken};
+use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
+use super::start_history::StartHistory;
+use super::status::{ServiceStatus, State};
+use super::MonoTime;
+use std::time::Duration;
+
+/// Index of a service slot in the supervisor's fixed table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+impl ServiceId {
+    /// The slot index.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Largest number of service slots a supervisor can have.
+pub const SERVICES_MAX: usize = 65536;
+
+/// Actions one event can produce per service (log, cancel, signal, arm, release, spawn).
+const ACTIONS_PER_SERVICE_MAX: usize = 6;
+/// Actions an event can produce that belong to no service (shutdown complete, removed).
+const ACTIONS_GLOBAL_MAX: usize = 8;
+
+/// Why the core refused an event or a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// No service in that slot.
+    UnknownService(ServiceId),
+    /// The shell did not drain the actions of the previous event.
+    ActionsPending,
+    /// `Spawned`/`SpawnFailed` without a spawn in flight (a shell bug).
+    NoSpawnInFlight(ServiceId),
+    /// `Exited` without a live process (a shell bug).
+    NoProcess(ServiceId),
+    /// A start during shutdown.
+    ShuttingDown,
+    /// A command for a service that is being removed.
+    Removing(ServiceId),
+    /// Every slot is in use.
+    Full,
+    /// The policy is out of the core's bounds (start-limit burst).
+    InvalidPolicy,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::UnknownService(id) => write!(f, "no service in slot {}", id.0),
+            Refusal::ActionsPending => f.write_str("actions of the previous event not drained"),
+            Refusal::NoSpawnInFlight(id) => write!(f, "service {}: no spawn in flight", id.0),
+            Refusal::NoProcess(id) => write!(f, "service {}: no live process", id.0),
+            Refusal::ShuttingDown => f.write_str("orchestrator is shutting down"),
+            Refusal::Removing(id) => write!(f, "service {} is being removed", id.0),
+            Refusal::Full => f.write_str("every service slot is in use"),
+            Refusal::InvalidPolicy => write!(f, "start limit burst above {START_LIMIT_BURST_MAX}"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// What happens once a stopping service has no process left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterStop {
+    Stay,
+    Start,
+    Remove,
+}
+
+/// What the service's one timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerPurpose {
+    Restart,
+    Kill,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Timer {
+    token: TimerToken,
+    purpose: TimerPurpose,
+}
+
+/// One service slot.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    in_use: bool,
+    policy: ServicePolicy,
+    /// Applied at the next start (a replaced running service).
+    policy_next: Option<ServicePolicy>,
+    state: State,
+    pid: Option<Pid>,
+    spawn_in_flight: bool,
+    running_since: Option<MonoTime>,
+    restarts: u32,
+    /// Consecutive restarts without a stable run: the backoff exponent.
+    backoff_step: u32,
+    last_exit: Option<ExitStatus>,
+    next_restart: Option<MonoTime>,
+    timer: Option<Timer>,
+    kill_sent: bool,
+    after_stop: AfterStop,
+    starts: StartHistory,
+}
+
+/// Consecutive restarts beyond which the backoff exponent stops counting.
+const BACKOFF_STEP_MAX: u32 = 64;
+
+impl Slot {
+    const FREE: Slot = Slot {
+        in_use: false,
+        policy: ServicePolicy {
+            partition: Partition::Local,
+            restart: Restart::Never,
+            restart_delay: Duration::ZERO,
+            backoff: super::policy::Backoff::NONE,
+            start_limit: super::policy::StartLimit::NONE,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::ZERO,
+        },
+        policy_next: None,
+        state: State::Stopped,
+        pid: None,
+        spawn_in_flight: false,
+        running_since: None,
+        restarts: 0,
+        backoff_step: 0,
+        last_exit: None,
+        next_restart: None,
+        timer: None,
+        kill_sent: false,
+        after_stop: AfterStop::Stay,
+        starts: StartHistory::EMPTY,
+    };
+
+    fn is_idle(&self) -> bool {
+        self.pid.is_none()
+            && !self.spawn_in_flight
+            && matches!(self.state, State::Stopped | State::Failed)
+    }
+}
+
+/// The sans-IO supervision core.
+///
+/// Feed events with [`Supervisor::handle`], then drain every action with
+/// [`Supervisor::poll_action`] before the next event. Memory is allocated in
+/// [`Supervisor::new`] only.
+pub struct Supervisor {
+    slots: Box<[Slot]>,
+    actions: ActionQueue,
+    agent_up: bool,
+    shutting_down: bool,
+    shutdown_forced: bool,
+    shutdown_reported: bool,
+    next_token: u64,
+}
+
+impl Supervisor {
+    /// A supervisor with `capacity` service slots (1..=[`SERVICES_MAX`]); the agent is
+    /// considered down until `AgentUp`.
+    pub fn new(capacity: usize) -> Supervisor {
+        assert!(
+            (1..=SERVICES_MAX).contains(&capacity),
+            "supervise: capacity {capacity}"
+        );
+        Supervisor {
+            slots: vec![Slot::FREE; capacity].into_boxed_slice(),
+            actions: ActionQueue::with_capacity(
+                capacity * ACTIONS_PER_SERVICE_MAX + ACTIONS_GLOBAL_MAX,
+            ),
+            agent_up: false,
+            shutting_down: false,
+            shutdown_forced: false,
+            shutdown_reported: false,
+            next_token: 1,
+        }
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Adds a service in state `stopped` (start it with `Command::Start`).
+    pub fn add(&mut self, policy: ServicePolicy) -> Result<ServiceId, Refusal> {
+        if policy.start_limit.burst > START_LIMIT_BURST_MAX {
+            return Err(Refusal::InvalidPolicy);
+        }
+        let index = self
+            .slots
+            .iter()
+            .position(|slot| !slot.in_use)
+            .ok_or(Refusal::Full)?;
+        let slot = &mut self.slots[index];
+        *slot = Slot::FREE;
+        slot.in_use = true;
+        slot.policy = policy;
+        Ok(ServiceId(index as u32))
+    }
+
+    /// Removes a service: at once when it is idle, otherwise after it has stopped.
+    /// Either way `Action::Removed` tells the shell when the slot is free.
+    pub fn remove(&mut self, now: MonoTime, service: ServiceId) -> Result<(), Refusal> {
+        self.check_drained()?;
+        self.slot(service)?;
+        self.stop(now, service, AfterStop::Remove, Reason::Removed);
+        Ok(())
+    }
+
+    /// Replaces a service's policy. Returns whether it changed. A service with a process
+    /// (or a spawn in flight) is restarted under the new policy; otherwise the new policy
+    /// applies from the next start.
+    pub fn replace(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        policy: ServicePolicy,
+    ) -> Result<bool, Refusal> {
+        self.check_drained()?;
+        if policy.start_limit.burst > START_LIMIT_BURST_MAX {
+            return Err(Refusal::InvalidPolicy);
+        }
+        let slot = self.slot(service)?;
+        if slot.after_stop == AfterStop::Remove {
+            return Err(Refusal::Removing(service));
+        }
+        let current = slot.policy_next.unwrap_or(slot.policy);
+        if current == policy {
+            return Ok(false);
+        }
+        let busy = slot.pid.is_some() || slot.spawn_in_flight;
+        let slot = &mut self.slots[service.index()];
+        if busy {
+            slot.policy_next = Some(policy);
+            self.stop(now, service, AfterStop::Start, Reason::Operator);
+        } else {
+            slot.policy = policy;
+            slot.policy_next = None;
+        }
+        Ok(true)
+    }
+
+    /// Handles one event. Refused when the actions of the previous event were not drained,
+    /// or when the event contradicts the contract (see [`Event`]).
+    pub fn handle(&mut self, now: MonoTime, event: Event) -> Result<(), Refusal> {
+        self.check_drained()?;
+        match event {
+            Event::Spawned { service, pid } => self.on_spawned(now, service, pid),
+            Event::SpawnFailed { service, error } => self.on_spawn_failed(now, service, error),
+            Event::Exited { service, status } => self.on_exited(now, service, status),
+            Event::TimerFired { service, token } => self.on_timer(now, service, token),
+            Event::AgentUp => {
+                self.on_agent_up(now);
+                Ok(())
+            }
+            Event::AgentDown => {
+                self.agent_up = false;
+                Ok(())
+            }
+            Event::Command { service, command } => self.on_command(now, service, command),
+            Event::Shutdown => {
+                self.on_shutdown(now);
+                Ok(())
+            }
+        }
+    }
+
+    /// The next action for the shell, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop()
+    }
+
+    /// A service's status, `None` for a free slot.
+    pub fn status(&self, service: ServiceId) -> Option<ServiceStatus> {
+        let slot = self.slots.get(service.index()).filter(|slot| slot.in_use)?;
+        Some(ServiceStatus {
+            partition: slot.policy.partition,
+            state: slot.state,
+            pid: slot.pid,
+            running_since: slot.running_since,
+            restarts: slot.restarts,
+            last_exit: slot.last_exit,
+            next_restart: slot.next_restart,
+        })
+    }
+
+    /// A service's policy (the one in force), `None` for a free slot.
+    pub fn policy(&self, service: ServiceId) -> Option<ServicePolicy> {
+        let slot = self.slots.get(service.index()).filter(|slot| slot.in_use)?;
+        Some(slot.policy)
+    }
+
+    /// The slots in use, in index order.
+    pub fn services(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.in_use)
+            .map(|(index, _)| ServiceId(index as u32))
+    }
+
+    /// Whether the agent is up (as last reported).
+    pub fn agent_up(&self) -> bool {
+        self.agent_up
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    // ----- events -----
+
+    fn on_spawned(&mut self, now: MonoTime, service: ServiceId, pid: Pid) -> Result<(), Refusal> {
+        let slot = self.slot_mut(service)?;
+        if !slot.spawn_in_flight {
+            return Err(Refusal::NoSpawnInFlight(service));
+        }
+        slot.spawn_in_flight = false;
+        slot.pid = Some(pid);
+        slot.running_since = Some(now);
+        match slot.state {
+            State::Starting => self.transition(service, State::Running, Reason::Spawned(pid), None),
+            State::Stopping => self.signal_stop(now, service),
+            other => unreachable!("spawn in flight in state {other}"),
+        }
+        Ok(())
+    }
+
+    fn on_spawn_failed(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        error: SpawnError,
+    ) -> Result<(), Refusal> {
+        let slot = self.slot_mut(service)?;
+        if !slot.spawn_in_flight {
+            return Err(Refusal::NoSpawnInFlight(service));
+        }
+        slot.spawn_in_flight = false;
+        match slot.state {
+            State::Starting => {
+                let reason = Reason::SpawnFailed(error);
+                if slot.policy.restart == Restart::Never {
+                    self.transition(service, State::Failed, reason, None);
+                } else {
+                    self.schedule_restart(now, service, reason);
+                }
+            }
+            State::Stopping => self.finish_stop(now, service, Reason::SpawnFailed(error)),
+            other => unreachable!("spawn in flight in state {other}"),
+        }
+        self.check_shutdown_complete();
+        Ok(())
+    }
+
+    fn on_exited(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        status: ExitStatus,
+    ) -> Result<(), Refusal> {
+        let slot = self.slot_mut(service)?;
+        let Some(pid) = slot.pid.take() else {
+            return Err(Refusal::NoProcess(service));
+        };
+        let started = slot.running_since.take().unwrap_or(now);
+        slot.last_exit = Some(status);
+        if now.saturating_since(started) >= slot.policy.backoff.reset_after {
+            slot.backoff_step = 0;
+        }
+        let restart = match slot.policy.restart {
+            Restart::Always => true,
+            Restart::OnFailure => !status.is_success(),
+            Restart::Never => false,
+        };
+        let state = slot.state;
+        self.actions.push(Action::Release { service, pid });
+        let reason = Reason::Exited(status);
+        match state {
+            State::Running if restart => self.schedule_restart(now, service, reason),
+            State::Running if status.is_success() => {
+                self.transition(service, State::Stopped, reason, None)
+            }
+            State::Running => self.transition(service, State::Failed, reason, None),
+            State::Stopping => self.finish_stop(now, service, reason),
+            other => unreachable!("live process in state {other}"),
+        }
+        self.check_shutdown_complete();
+        Ok(())
+    }
+
+    fn on_timer(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        token: TimerToken,
+    ) -> Result<(), Refusal> {
+        let slot = self.slot_mut(service)?;
+        let Some(timer) = slot.timer.filter(|timer| timer.token == token) else {
+            return Ok(()); // stale: cancelled or replaced
+        };
+        slot.timer = None;
+        match timer.purpose {
+            TimerPurpose::Restart => {
+                debug_assert_eq!(slot.state, State::Backoff);
+                slot.next_restart = None;
+                self.begin_start(now, service, Reason::RestartDue);
+            }
+            TimerPurpose::Kill => {
+                debug_assert_eq!(slot.state, State::Stopping);
+                self.send_kill(service, Reason::StopTimeout);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_agent_up(&mut self, now: MonoTime) {
+        self.agent_up = true;
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            if slot.in_use && slot.state == State::WaitingForAgent {
+                self.begin_start(now, ServiceId(index as u32), Reason::Agent);
+            }
+        }
+    }
+
+    fn on_command(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        command: Command,
+    ) -> Result<(), Refusal> {
+        let slot = self.slot(service)?;
+        if slot.after_stop == AfterStop::Remove {
+            return Err(Refusal::Removing(service));
+        }
+        let starts = matches!(command, Command::Start | Command::Restart);
+        if starts && self.shutting_down {
+            return Err(Refusal::ShuttingDown);
+        }
+        match command {
+            Command::Start => self.command_start(now, service),
+            Command::Stop => self.stop(now, service, AfterStop::Stay, Reason::Operator),
+            Command::Restart => {
+                let slot = &self.slots[service.index()];
+                if slot.pid.is_some() || slot.spawn_in_flight {
+                    self.stop(now, service, AfterStop::Start, Reason::Operator);
+                } else {
+                    self.command_start(now, service);
+                }
+            }
+            Command::Kill(signal) => {
+                let slot = &mut self.slots[service.index()];
+                let pid = slot.pid.ok_or(Refusal::NoProcess(service))?;
+                if signal == libc::SIGKILL && slot.state == State::Stopping {
+                    slot.kill_sent = true;
+                }
+                self.actions.push(Action::Signal {
+                    service,
+                    pid,
+                    signal,
+                });
+            }
+            Command::ResetFailed => {
+                let slot = &mut self.slots[service.index()];
+                if slot.state == State::Failed {
+                    slot.starts.clear();
+                    slot.backoff_step = 0;
+                    self.transition(service, State::Stopped, Reason::Operator, None);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_shutdown(&mut self, now: MonoTime) {
+        if self.shutting_down {
+            self.shutdown_forced = true;
+            for index in 0..self.slots.len() {
+                let slot = &self.slots[index];
+                if slot.in_use && slot.pid.is_some() && !slot.kill_sent {
+                    self.send_kill(ServiceId(index as u32), Reason::Shutdown);
+                }
+            }
+            return;
+        }
+        self.shutting_down = true;
+        for index in 0..self.slots.len() {
+            if self.slots[index].in_use {
+                let service = ServiceId(index as u32);
+                let after = match self.slots[index].after_stop {
+                    AfterStop::Remove => AfterStop::Remove,
+                    _ => AfterStop::Stay,
+                };
+                self.stop(now, service, after, Reason::Shutdown);
+            }
+        }
+        self.check_shutdown_complete();
+    }
+
+    // ----- transitions -----
+
+    fn command_start(&mut self, now: MonoTime, service: ServiceId) {
+        let slot = &mut self.slots[service.index()];
+        match slot.state {
+            State::Stopped | State::Failed | State::Backoff => {
+                Self::cancel_timer(&mut self.actions, service, slot);
+                slot.next_restart = None;
+                slot.starts.clear();
+                slot.backoff_step = 0;
+                slot.restarts = 0;
+                self.begin_start(now, service, Reason::Operator);
+            }
+            State::Stopping => slot.after_stop = AfterStop::Start,
+            State::Starting | State::Running | State::WaitingForAgent => {}
+        }
+    }
+
+    /// The service should get a process now: spawn, wait for the agent, or fail on the
+    /// start limit.
+    fn begin_start(&mut self, now: MonoTime, service: ServiceId, reason: Reason) {
+        let agent_up = self.agent_up;
+        let slot = &mut self.slots[service.index()];
+        debug_assert!(slot.pid.is_none() && !slot.spawn_in_flight && slot.timer.is_none());
+        if let Some(policy) = slot.policy_next.take() {
+            slot.policy = policy;
+        }
+        if slot.policy.partition == Partition::Qm && !agent_up {
+            self.transition(service, State::WaitingForAgent, reason, None);
+            return;
+        }
+        if slot.starts.would_exceed(slot.policy.start_limit, now) {
+            self.transition(service, State::Failed, Reason::StartLimit, None);
+            return;
+        }
+        slot.starts.record(now);
+        slot.spawn_in_flight = true;
+        let spawn = match slot.policy.partition {
+            Partition::Local => Action::SpawnLocal { service },
+            Partition::Qm => Action::SpawnAgent { service },
+        };
+        self.transition(service, State::Starting, reason, None);
+        self.actions.push(spawn);
+    }
+
+    /// After an exit or a failed spawn that the policy restarts.
+    fn schedule_restart(&mut self, now: MonoTime, service: ServiceId, reason: Reason) {
+        let slot = &mut self.slots[service.index()];
+        let delay = slot.policy.restart_delay_at(slot.backoff_step);
+        slot.backoff_step = (slot.backoff_step + 1).min(BACKOFF_STEP_MAX);
+        slot.restarts = slot.restarts.saturating_add(1);
+        let deadline = now.saturating_add(delay);
+        slot.next_restart = Some(deadline);
+        self.transition(service, State::Backoff, reason, Some(delay));
+        if delay.is_zero() {
+            let slot = &mut self.slots[service.index()];
+            slot.next_restart = None;
+            self.begin_start(now, service, Reason::RestartDue);
+        } else {
+            self.arm_timer(service, deadline, TimerPurpose::Restart);
+        }
+    }
+
+    /// Stops the service; `after` says what follows once it has no process.
+    fn stop(&mut self, now: MonoTime, service: ServiceId, after: AfterStop, reason: Reason) {
+        let slot = &mut self.slots[service.index()];
+        if slot.after_stop != AfterStop::Remove {
+            slot.after_stop = after;
+        }
+        match slot.state {
+            State::Stopped | State::Failed => {
+                if slot.after_stop == AfterStop::Remove {
+                    self.finish_stop(now, service, reason);
+                } else {
+                    slot.after_stop = AfterStop::Stay;
+                }
+            }
+            State::Backoff | State::WaitingForAgent => self.finish_stop(now, service, reason),
+            State::Starting => self.transition(service, State::Stopping, reason, None),
+            State::Running => {
+                self.transition(service, State::Stopping, reason, None);
+                self.signal_stop(now, service);
+            }
+            State::Stopping => {}
+        }
+    }
+
+    /// Sends the stop signal to the live process and arms the kill timer
+    /// (SIGKILL at once during a forced shutdown).
+    fn signal_stop(&mut self, now: MonoTime, service: ServiceId) {
+        let slot = &mut self.slots[service.index()];
+        let pid = slot.pid.expect("signal_stop without a process");
+        let signal = slot.policy.stop_signal;
+        if self.shutdown_forced || signal == libc::SIGKILL {
+            slot.kill_sent = true;
+            self.actions.push(Action::Signal {
+                service,
+                pid,
+                signal: libc::SIGKILL,
+            });
+            return;
+        }
+        let deadline = now.saturating_add(slot.policy.stop_timeout);
+        self.actions.push(Action::Signal {
+            service,
+            pid,
+            signal,
+        });
+        self.arm_timer(service, deadline, TimerPurpose::Kill);
+    }
+
+    fn send_kill(&mut self, service: ServiceId, reason: Reason) {
+        let slot = &mut self.slots[service.index()];
+        Self::cancel_timer(&mut self.actions, service, slot);
+        slot.kill_sent = true;
+        if let Some(pid) = slot.pid {
+            self.actions.push(Action::Signal {
+                service,
+                pid,
+                signal: libc::SIGKILL,
+            });
+            self.transition(service, State::Stopping, reason, None);
+        }
+    }
+
+    /// The stopping service has no process and no spawn in flight.
+    fn finish_stop(&mut self, now: MonoTime, service: ServiceId, reason: Reason) {
+        let slot = &mut self.slots[service.index()];
+        debug_assert!(slot.pid.is_none() && !slot.spawn_in_flight);
+        Self::cancel_timer(&mut self.actions, service, slot);
+        slot.kill_sent = false;
+        slot.next_restart = None;
+        let after = slot.after_stop;
+        slot.after_stop = AfterStop::Stay;
+        match after {
+            AfterStop::Stay => {
+                let to = if slot.state == State::Failed {
+                    State::Failed
+                } else {
+                    State::Stopped
+                };
+                self.transition(service, to, reason, None);
+            }
+            AfterStop::Start if self.shutting_down => {
+                self.transition(service, State::Stopped, reason, None);
+            }
+            AfterStop::Start => {
+                self.transition(service, State::Stopped, reason, None);
+                let slot = &mut self.slots[service.index()];
+                slot.starts.clear();
+                slot.backoff_step = 0;
+                slot.restarts = 0;
+                self.begin_start(now, service, Reason::Operator);
+            }
+            AfterStop::Remove => {
+                self.transition(service, State::Stopped, Reason::Removed, None);
+                self.slots[service.index()] = Slot::FREE;
+                self.actions.push(Action::Removed { service });
+            }
+        }
+    }
+
+    fn check_shutdown_complete(&mut self) {
+        if !self.shutting_down || self.shutdown_reported {
+            return;
+        }
+        if self.slots.iter().all(|slot| !slot.in_use || slot.is_idle()) {
+            self.shutdown_reported = true;
+            self.actions.push(Action::ShutdownComplete);
+        }
+    }
+
+    // ----- helpers -----
+
+    fn transition(
+        &mut self,
+        service: ServiceId,
+        to: State,
+        reason: Reason,
+        next_delay: Option<Duration>,
+    ) {
+        let slot = &mut self.slots[service.index()];
+        let from = slot.state;
+        slot.state = to;
+        let restarts = slot.restarts;
+        self.actions.push(Action::Log(Transition {
+            service,
+            from,
+            to,
+            reason,
+            restarts,
+            next_delay,
+        }));
+    }
+
+    fn arm_timer(&mut self, service: ServiceId, deadline: MonoTime, purpose: TimerPurpose) {
+        let token = TimerToken(self.next_token);
+        self.next_token += 1;
+        self.slots[service.index()].timer = Some(Timer { token, purpose });
+        self.actions.push(Action::ArmTimer {
+            service,
+            deadline,
+            token,
+        });
+    }
+
+    fn cancel_timer(actions: &mut ActionQueue, service: ServiceId, slot: &mut Slot) {
+        if slot.timer.take().is_some() {
+            actions.push(Action::CancelTimer { service });
+        }
+    }
+
+    fn check_drained(&self) -> Result<(), Refusal> {
+        if self.actions.len() != 0 {
+            return Err(Refusal::ActionsPending);
+        }
+        Ok(())
+    }
+
+    fn slot(&self, service: ServiceId) -> Result<&Slot, Refusal> {
+        self.slots
+            .get(service.index())
+            .filter(|slot| slot.in_use)
+            .ok_or(Refusal::UnknownService(service))
+    }
+
+    fn slot_mut(&mut self, service: ServiceId) -> Result<&mut Slot, Refusal> {
+        self.slots
+            .get_mut(service.index())
+            .filter(|slot| slot.in_use)
+            .ok_or(Refusal::UnknownService(service))
+    }
+}

@@ -35,7 +35,7 @@
 //!   so no parent handler can ever run in the child);
 //! - has every fd but 0–2 closed (`close_range`, with a brute-force fallback up
 //!   to `RLIMIT_NOFILE` on kernels older than 5.9), stdin on `/dev/null`,
-//!   stdout and stderr inherited;
+//!   stdout and stderr inherited (or on `/dev/null` with [`SpecWriter::stdio_null`]);
 //! - optionally changes groups, gid and uid (then the working directory, so a
 //!   directory only the target user may enter works);
 //! - gets no parent-death signal: spawned processes outlive their spawner.
@@ -94,7 +94,8 @@ pub enum SpawnStage {
     Setsid = 5,
     /// Closing inherited fds failed (in the child).
     CloseFds = 6,
-    /// Putting `/dev/null` on stdin failed (in the child).
+    /// Putting `/dev/null` on stdin (and stdout/stderr if asked) failed (in
+    /// the child).
     Stdin = 7,
     /// `setgroups` failed (in the child).
     Setgroups = 8,
@@ -271,6 +272,8 @@ pub struct SpawnSpec {
     search_path: Option<(usize, usize)>,
     uid: Option<u32>,
     gid: Option<u32>,
+    /// Put stdout and stderr on `/dev/null` too (stdin always is).
+    stdio_null: bool,
     /// Set by a writer that finished without error.
     complete: bool,
 }
@@ -293,6 +296,7 @@ impl fmt::Debug for SpawnSpec {
             .field("cwd", &self.cwd().map(String::from_utf8_lossy))
             .field("uid", &self.uid)
             .field("gid", &self.gid)
+            .field("stdio_null", &self.stdio_null)
             .field("complete", &self.complete)
             .finish()
     }
@@ -314,6 +318,7 @@ impl SpawnSpec {
             search_path: None,
             uid: None,
             gid: None,
+            stdio_null: false,
             complete: false,
         }
     }
@@ -361,6 +366,7 @@ impl SpawnSpec {
         self.search_path = None;
         self.uid = None;
         self.gid = None;
+        self.stdio_null = false;
         self.complete = false;
         SpecWriter {
             spec: self,
@@ -551,6 +557,11 @@ impl SpecWriter<'_> {
     /// supplementary group list when the spawner is privileged).
     pub fn gid(&mut self, gid: Option<u32>) {
         self.spec.gid = gid;
+    }
+
+    /// Also puts stdout and stderr on `/dev/null` (default: inherited).
+    pub fn stdio_null(&mut self, null: bool) {
+        self.spec.stdio_null = null;
     }
 
     /// Ends the writing (same as dropping the writer).
@@ -866,7 +877,7 @@ fn child_main(plan: &ChildPlan<'_>) -> ! {
     let result = child_reset_signals()
         .and_then(|()| child_setsid())
         .and_then(|()| child_close_fds(report_fd))
-        .and_then(|()| child_stdin_devnull())
+        .and_then(|()| child_stdio_devnull(spec.stdio_null))
         .and_then(|()| child_credentials(spec))
         .and_then(|()| child_chdir(spec))
         .and_then(|()| child_unblock_signals())
@@ -1021,18 +1032,22 @@ fn child_close_fds_brute(keep: RawFd) -> Result<(), SpawnError> {
     Ok(())
 }
 
-fn child_stdin_devnull() -> Result<(), SpawnError> {
+/// Puts `/dev/null` on stdin, and on stdout and stderr when `all` is set.
+fn child_stdio_devnull(all: bool) -> Result<(), SpawnError> {
+    let targets: &[c_int] = if all { &[0, 1, 2] } else { &[0] };
     // SAFETY: opens a constant NUL-terminated path; dup2/close act on our own
     // fds.
     unsafe {
-        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if fd < 0 {
             return Err(child_fail(SpawnStage::Stdin));
         }
-        if fd != 0 {
-            if libc::dup2(fd, 0) < 0 {
+        for &target in targets {
+            if fd != target && libc::dup2(fd, target) < 0 {
                 return Err(child_fail(SpawnStage::Stdin));
             }
+        }
+        if fd > 2 {
             libc::close(fd);
         }
     }
@@ -1430,6 +1445,22 @@ mod tests {
             std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
             Path::new("/dev/null")
         );
+    }
+
+    #[test]
+    fn stdio_null_puts_dev_null_on_all_three() {
+        let mut spec = spec(&[b"/bin/sleep", b"1000"]);
+        {
+            let mut w = spec.writer();
+            w.arg(b"/bin/sleep").unwrap();
+            w.arg(b"1000").unwrap();
+            w.stdio_null(true);
+        }
+        let child = Child(spawn(&spec).unwrap());
+        for fd in 0..3 {
+            let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", child.0.pid)).unwrap();
+            assert_eq!(link, Path::new("/dev/null"), "fd {fd}");
+        }
     }
 
     #[test]

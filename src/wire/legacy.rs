@@ -396,13 +396,15 @@ fn check_length(
     length: u32,
 ) -> Result<usize, DecodeError> {
     let len = usize::try_from(length).unwrap_or(usize::MAX);
-    if let Some(fixed) = known.and_then(MessageType::fixed_payload_len) {
-        if len != fixed {
-            return Err(DecodeError::LengthMismatch {
-                msg_type: known.unwrap_or(MessageType::Ping),
-                length,
-                expected: fixed,
-            });
+    if let Some(kind) = known {
+        if let Some(fixed) = kind.fixed_payload_len() {
+            if len != fixed {
+                return Err(DecodeError::LengthMismatch {
+                    msg_type: kind,
+                    length,
+                    expected: fixed,
+                });
+            }
         }
     }
     if len > PAYLOAD_LEN_MAX {

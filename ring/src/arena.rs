@@ -127,3 +127,7 @@ impl Drop for Arena {
         unsafe { alloc::dealloc(self.base.as_ptr(), self.layout) }
     }
 }
+
+// SAFETY: the arena is plain memory owned by exactly one ring; moving that ring (and with it
+// the arena) to another thread is sound, and the kernel does not care which thread submits.
+unsafe impl Send for Arena {}

@@ -696,6 +696,8 @@ impl Ring {
             let msg = ptr::addr_of!((*headers).recv_msg).read();
             (
                 msg.msg_flags,
+                // `as usize`: socklen_t (u32) on musl, size_t on glibc.
+                #[allow(clippy::unnecessary_cast)]
                 (msg.msg_controllen as usize).min(cmsg_space_len),
             )
         };
@@ -809,6 +811,8 @@ unsafe fn extract_fds(base: *mut u8, len: usize, fds_max: usize, out: &mut Recei
     while offset + header_len <= len {
         // SAFETY: `offset + header_len <= len`: the header lies in the readable range.
         let cmsg = unsafe { base.add(offset).cast::<libc::cmsghdr>().read_unaligned() };
+        // `as usize`: socklen_t (u32) on musl, size_t on glibc.
+        #[allow(clippy::unnecessary_cast)]
         let cmsg_len = cmsg.cmsg_len as usize;
         if cmsg_len < data_offset || offset + cmsg_len > len {
             break;

@@ -1,5 +1,17 @@
 //! The orchestrator's I/O shell: one thread, one io_uring ring, pidfds for every process.
+//!
+//! [`Orchestrator::new`] allocates everything (ring slab, supervision core, spawn specs,
+//! buffers); [`Orchestrator::run`] then drives the sans-IO core from io_uring completions and
+//! allocates nothing until it returns. See `event_loop` for the slot layout and `agent` for the
+//! QM link and its checks.
 
+mod agent;
+mod event_loop;
+mod legacy;
 pub mod log;
 pub mod notify;
 pub mod signals;
+mod spec;
+
+pub use event_loop::{Counters, Error, Orchestrator, ShutdownHandle, FIXED_SLOTS};
+pub use spec::{AgentProtocol, Options, ServiceDef, Settings};

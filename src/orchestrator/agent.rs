@@ -1,0 +1,809 @@
+//! The link to holden-agent: one persistent SOCK_SEQPACKET connection speaking wire v1.
+//!
+//! States: `Idle` (no QM service), `Down` (waiting to reconnect, with backoff), `Handshaking`
+//! (connected, `Ping` sent, waiting for a `Pong` with major version 1), `Up`.
+//!
+//! Requests are pipelined: each QM spawn gets a request id `(sequence << 20) | service index`,
+//! so an answer maps back to its service in O(1) and a stale or invented id is recognised.
+//! One `SENDMSG` is in flight at a time (the ring allows one per slot); the others wait in a
+//! fixed queue. Every request has a deadline; the agent timer is armed for the earliest one.
+//!
+//! Everything the agent sends is checked. Any misbehaviour — undecodable or oversized packet,
+//! unknown request id, a frame the agent must not send, an fd where none belongs, no fd or
+//! two fds with `Started`, an fd that is not a pidfd, a pidfd of a process already supervised,
+//! a request or handshake timeout — drops the connection: requests in flight fail (the core
+//! backs off), the agent counts as down, and the link reconnects with exponential backoff.
+//! Running QM processes are not affected: their pidfds do not depend on the connection.
+//! The first misbehaviour of each connection is logged; repeats are counted, not logged.
+
+use super::event_loop::{Error, Orchestrator, Owner};
+use super::log::{Escaped, Priority};
+use super::spec::{AgentProtocol, Settings};
+use crate::pidfd;
+use crate::supervise::{Event, Partition, ServiceId, SpawnError, SpawnStage};
+use crate::wire::v1;
+use ring::{Completion, Errno, OpTag, SlotId, Timeout};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Bits of a request id that hold the service index.
+const REQUEST_INDEX_BITS: u32 = 20;
+const REQUEST_INDEX_MASK: u64 = (1 << REQUEST_INDEX_BITS) - 1;
+/// The index part of the handshake `Ping`'s id (no service has it).
+const PING_INDEX: u64 = REQUEST_INDEX_MASK;
+
+const _: () = assert!(crate::supervise::SERVICES_MAX as u64 <= PING_INDEX);
+
+/// An outstanding request of one service.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Request {
+    pub id: u64,
+    pub deadline_ns: u64,
+    pub sent: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkState {
+    /// No QM service: never connect.
+    Idle,
+    /// Not connected; reconnect at this time.
+    Down { retry_at_ns: u64 },
+    /// Connected, `Ping` sent.
+    Handshaking { ping_id: u64, deadline_ns: u64 },
+    /// Handshake done.
+    Up,
+}
+
+/// A fixed-capacity FIFO of service indices waiting to be sent.
+struct SendQueue {
+    items: Box<[u32]>,
+    head: usize,
+    len: usize,
+}
+
+impl SendQueue {
+    fn new(capacity: usize) -> SendQueue {
+        SendQueue {
+            items: vec![0; capacity.max(1)].into_boxed_slice(),
+            head: 0,
+            len: 0,
+        }
+    }
+    fn push(&mut self, index: u32) {
+        assert!(
+            self.len < self.items.len(),
+            "orchestrator: agent send queue overflow"
+        );
+        let at = (self.head + self.len) % self.items.len();
+        self.items[at] = index;
+        self.len += 1;
+    }
+    fn pop(&mut self) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let index = self.items[self.head];
+        self.head = (self.head + 1) % self.items.len();
+        self.len -= 1;
+        Some(index)
+    }
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+}
+
+/// The agent link's state and buffers (allocated once).
+pub(crate) struct AgentLink {
+    addr: libc::sockaddr_un,
+    addr_len: libc::socklen_t,
+    pub(crate) protocol: AgentProtocol,
+    state: LinkState,
+    conn: Option<(OwnedFd, SlotId)>,
+    timer_slot: SlotId,
+    timer_op_at: Option<u64>,
+    queue: SendQueue,
+    rx: Box<[u8]>,
+    tx: Box<[u8]>,
+    sequence: u64,
+    request_timeout: Duration,
+    reconnect_initial: Duration,
+    reconnect_max: Duration,
+    reconnect_delay: Duration,
+    /// Misbehaviours on the current connection (only the first is logged).
+    violations: u32,
+    /// Consecutive failed connection attempts (only the first of a run is logged).
+    connect_failures: u32,
+    pub(crate) capabilities: v1::Capabilities,
+}
+
+impl AgentLink {
+    pub(crate) fn new(
+        settings: &Settings,
+        services: usize,
+        timer_slot: SlotId,
+        needed: bool,
+    ) -> Result<AgentLink, Error> {
+        let (addr, addr_len) = unix_address(settings.agent_socket.as_os_str().as_bytes())
+            .map_err(|e| Error::Io("agent socket path", e))?;
+        Ok(AgentLink {
+            addr,
+            addr_len,
+            protocol: settings.agent_protocol,
+            state: if needed {
+                LinkState::Down { retry_at_ns: 0 }
+            } else {
+                LinkState::Idle
+            },
+            conn: None,
+            timer_slot,
+            timer_op_at: None,
+            queue: SendQueue::new(services),
+            rx: vec![0; v1::FRAME_LEN_MAX].into_boxed_slice(),
+            tx: vec![0; v1::FRAME_LEN_MAX].into_boxed_slice(),
+            sequence: 0,
+            request_timeout: settings.agent_request_timeout,
+            reconnect_initial: settings.agent_reconnect_initial,
+            reconnect_max: settings.agent_reconnect_max,
+            reconnect_delay: settings.agent_reconnect_initial,
+            violations: 0,
+            connect_failures: 0,
+            capabilities: v1::Capabilities::empty(),
+        })
+    }
+
+    fn next_id(&mut self, index: u64) -> u64 {
+        self.sequence = self.sequence.wrapping_add(1) & ((1 << (64 - REQUEST_INDEX_BITS)) - 1);
+        (self.sequence << REQUEST_INDEX_BITS) | index
+    }
+
+    /// Whether the handshake is done.
+    pub(crate) fn is_up(&self) -> bool {
+        self.state == LinkState::Up
+    }
+}
+
+/// Builds a `sockaddr_un` for a filesystem path.
+pub(crate) fn unix_address(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if path.is_empty() || path.len() >= addr.sun_path.len() || path.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{:?}: must be 1..{} bytes without NUL",
+                String::from_utf8_lossy(path),
+                addr.sun_path.len()
+            ),
+        ));
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
+    Ok((addr, len as libc::socklen_t))
+}
+
+/// Connects a socket of `kind` to `addr` (non-blocking, close-on-exec).
+pub(crate) fn connect_unix(
+    addr: &libc::sockaddr_un,
+    len: libc::socklen_t,
+    kind: i32,
+) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket() call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: we own the fd just created.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        if rc == 0 {
+            return Ok(fd);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
+impl Orchestrator {
+    /// At start-up: connect at once if any QM service exists.
+    pub(crate) fn agent_start(&mut self) {
+        if self.agent.state != LinkState::Idle {
+            self.agent_connect();
+        }
+    }
+
+    fn agent_path(&self) -> Escaped<'_> {
+        let len = self.agent.addr_len as usize - std::mem::size_of::<libc::sa_family_t>() - 1;
+        // SAFETY: sun_path holds `len` path bytes written by `unix_address` (c_char and u8 have
+        // the same size and alignment).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.agent.addr.sun_path.as_ptr().cast::<u8>(), len)
+        };
+        Escaped(bytes)
+    }
+
+    fn agent_connect(&mut self) {
+        if self.agent.protocol == AgentProtocol::V02 {
+            // One connection per request: nothing to hold open. The agent counts as up; each
+            // request finds out for itself.
+            self.agent_legacy_up();
+            return;
+        }
+        let kind = libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK;
+        match connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
+            Ok(fd) => self.agent_connected(fd),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPROTOTYPE)
+                    && self.agent.protocol == AgentProtocol::Auto =>
+            {
+                self.log.line(
+                    Priority::Notice,
+                    format_args!("event=agent-protocol socket={} protocol=v0.2 reason=\"stream socket (EPROTOTYPE): a holden v0.2 agent\"", self.agent_path()),
+                );
+                self.agent.protocol = AgentProtocol::V02;
+                self.agent_legacy_up();
+            }
+            Err(e) => {
+                if self.agent.connect_failures == 0 {
+                    let hint = match e.raw_os_error() {
+                        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => " (is holden-agent running in the QM partition?)",
+                        Some(libc::EPROTOTYPE) => " (a stream socket: a v0.2 agent? set agent.protocol = \"v0.2\" or \"auto\")",
+                        Some(libc::EACCES) => " (permissions of the socket file)",
+                        _ => "",
+                    };
+                    self.log.line(
+                        Priority::Warning,
+                        format_args!(
+                            "event=agent-connect-failed socket={} error=\"{e}\"{hint}",
+                            self.agent_path()
+                        ),
+                    );
+                }
+                self.agent.connect_failures += 1;
+                self.agent_schedule_retry();
+            }
+        }
+    }
+
+    fn agent_schedule_retry(&mut self) {
+        let delay = self.agent.reconnect_delay;
+        self.agent.reconnect_delay = (delay * 2)
+            .min(self.agent.reconnect_max)
+            .max(self.agent.reconnect_initial);
+        let retry_at_ns = ring::now_ns().saturating_add(delay.as_nanos() as u64);
+        self.agent.state = LinkState::Down { retry_at_ns };
+        self.log.line(
+            Priority::Debug,
+            format_args!("event=agent-retry delay_ms={}", delay.as_millis()),
+        );
+        self.agent_sync_timer();
+    }
+
+    fn agent_connected(&mut self, fd: OwnedFd) {
+        let slot = match self.ring.insert() {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.log.line(
+                    Priority::Err,
+                    format_args!("event=agent-connect-failed error=\"ring: {e}\""),
+                );
+                self.agent_schedule_retry();
+                return;
+            }
+        };
+        self.owners[slot.index()] = Owner::AgentConn;
+        let ping_id = self.agent.next_id(PING_INDEX);
+        let len = v1::encode_ping(&mut self.agent.tx, ping_id).expect("a Ping always fits");
+        let queued = self.ring.recvmsg(slot, fd.as_fd()).and_then(|()| {
+            self.ring
+                .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None)
+        });
+        self.agent.conn = Some((fd, slot));
+        self.agent.violations = 0;
+        if let Err(e) = queued {
+            self.agent_drop(format_args!("ring: {e}"));
+            return;
+        }
+        let deadline_ns =
+            ring::now_ns().saturating_add(self.agent.request_timeout.as_nanos() as u64);
+        self.agent.state = LinkState::Handshaking {
+            ping_id,
+            deadline_ns,
+        };
+        self.agent_sync_timer();
+    }
+
+    /// Closes the connection, fails every request in flight, and schedules a reconnect.
+    pub(crate) fn agent_drop(&mut self, why: std::fmt::Arguments<'_>) {
+        let was_up = self.agent.state == LinkState::Up;
+        if self.agent.violations <= 1 {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=agent-down socket={} reason=\"{why}\"",
+                    self.agent_path()
+                ),
+            );
+        }
+        self.counters.agent_dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some((fd, slot)) = self.agent.conn.take() {
+            let _ = self.ring.remove(slot);
+            self.owners[slot.index()] = Owner::Free;
+            drop(fd);
+        }
+        self.agent.queue.clear();
+        self.agent_fail_all();
+        if was_up {
+            self.push_event(Event::AgentDown);
+            let _ = self.notify_agent(false);
+        }
+        self.agent_schedule_retry();
+    }
+
+    /// Answers every request in flight with `SpawnFailed { stage: Agent }`.
+    fn agent_fail_all(&mut self) {
+        for index in 0..self.services.len() {
+            if self.services[index].request.take().is_some() {
+                let service = self.services[index].id;
+                self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+                self.push_event(Event::SpawnFailed {
+                    service,
+                    error: SpawnError {
+                        errno: libc::ECONNRESET,
+                        stage: SpawnStage::Agent,
+                    },
+                });
+            }
+        }
+    }
+
+    /// Closes the connection for good (shutdown).
+    pub(crate) fn agent_close(&mut self) {
+        if let Some((fd, slot)) = self.agent.conn.take() {
+            let _ = self.ring.remove(slot);
+            self.owners[slot.index()] = Owner::Free;
+            drop(fd);
+        }
+        self.agent.state = LinkState::Idle;
+    }
+
+    fn notify_agent(&self, _up: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A protocol violation: log the first of this connection, then drop it.
+    fn agent_violation(&mut self, what: std::fmt::Arguments<'_>) {
+        self.agent.violations += 1;
+        if self.agent.violations == 1 {
+            self.log.line(
+                Priority::Err,
+                format_args!(
+                    "event=agent-misbehaved socket={} what=\"{what}\"",
+                    self.agent_path()
+                ),
+            );
+        }
+        self.agent_drop(format_args!("misbehaved"));
+    }
+
+    /// The core wants a QM process.
+    pub(crate) fn agent_request(&mut self, service: ServiceId) {
+        if self.agent.protocol == AgentProtocol::V02 {
+            self.legacy_request(service);
+            return;
+        }
+        let index = service.index();
+        if !self.agent.is_up() || self.services[index].request.is_some() {
+            self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+            self.push_event(Event::SpawnFailed {
+                service,
+                error: SpawnError {
+                    errno: libc::ENOTCONN,
+                    stage: SpawnStage::Agent,
+                },
+            });
+            return;
+        }
+        let id = self.agent.next_id(index as u64);
+        let deadline_ns =
+            ring::now_ns().saturating_add(self.agent.request_timeout.as_nanos() as u64);
+        self.services[index].request = Some(Request {
+            id,
+            deadline_ns,
+            sent: false,
+        });
+        self.agent.queue.push(index as u32);
+        self.agent_kick_send();
+        self.agent_sync_timer();
+    }
+
+    /// Sends the next queued request if no send is in flight.
+    fn agent_kick_send(&mut self) {
+        let Some((_, slot)) = self.agent.conn.as_ref() else {
+            return;
+        };
+        let slot = *slot;
+        if self.ring.is_pending(slot, OpTag::SendMsg) {
+            return;
+        }
+        while let Some(index) = self.agent.queue.pop() {
+            let rt = &mut self.services[index as usize];
+            let Some(request) = rt.request.as_mut() else {
+                continue;
+            };
+            let def = &rt.def;
+            let mut flags = v1::StartFlags::NEW_SESSION;
+            if def.inherit_env {
+                flags |= v1::StartFlags::INHERIT_ENV;
+            }
+            let start = v1::StartRef {
+                argv: def.argv.as_slice(),
+                env: def.env.as_slice(),
+                cwd: def.cwd.as_deref(),
+                uid: def.uid,
+                gid: def.gid,
+                flags,
+            };
+            match v1::encode_start(&mut self.agent.tx, request.id, &start) {
+                Ok(len) => {
+                    request.sent = true;
+                    let sent = match self.agent.conn.as_ref() {
+                        Some((fd, _)) => {
+                            self.ring
+                                .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None)
+                        }
+                        None => Ok(()),
+                    };
+                    if let Err(e) = sent {
+                        self.agent_drop(format_args!("ring sendmsg: {e}"));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    rt.request = None;
+                    let service = rt.id;
+                    self.log.line(
+                        Priority::Err,
+                        format_args!("service={} partition=qm event=spawn-failed stage=encode error=\"{e:?}\"", rt.def.name),
+                    );
+                    self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+                    self.push_event(Event::SpawnFailed {
+                        service,
+                        error: SpawnError {
+                            errno: libc::E2BIG,
+                            stage: SpawnStage::Setup,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline of the link: reconnect, handshake or oldest request.
+    fn agent_deadline(&self) -> Option<u64> {
+        match self.agent.state {
+            LinkState::Idle => None,
+            LinkState::Down { retry_at_ns } => Some(retry_at_ns),
+            LinkState::Handshaking { deadline_ns, .. } => Some(deadline_ns),
+            LinkState::Up => self
+                .services
+                .iter()
+                .filter(|rt| rt.def.policy.partition == Partition::Qm)
+                .filter_map(|rt| rt.request.map(|r| r.deadline_ns))
+                .min(),
+        }
+    }
+
+    fn agent_sync_timer(&mut self) {
+        let slot = self.agent.timer_slot;
+        let wanted = self.agent_deadline();
+        let pending = self.ring.is_pending(slot, OpTag::Timeout);
+        match (wanted, pending) {
+            (Some(at), false) => {
+                if self.ring.timeout(slot, Timeout::At(at)).is_ok() {
+                    self.agent.timer_op_at = Some(at);
+                }
+            }
+            (Some(at), true) => {
+                if self.agent.timer_op_at.is_some_and(|armed| armed > at) {
+                    let _ = self.ring.cancel_op(slot, OpTag::Timeout);
+                }
+            }
+            (None, _) => {}
+        }
+    }
+
+    pub(crate) fn agent_on_timer(&mut self, _c: Completion) {
+        self.agent.timer_op_at = None;
+        let now_ns = ring::now_ns();
+        match self.agent.state {
+            LinkState::Idle => {}
+            LinkState::Down { retry_at_ns } => {
+                if now_ns >= retry_at_ns {
+                    self.agent_connect();
+                }
+            }
+            LinkState::Handshaking { deadline_ns, .. } => {
+                if now_ns >= deadline_ns {
+                    self.agent_violation(format_args!(
+                        "no Pong within {} ms",
+                        self.agent.request_timeout.as_millis()
+                    ));
+                }
+            }
+            LinkState::Up => {
+                let expired = self
+                    .services
+                    .iter()
+                    .find(|rt| rt.request.is_some_and(|r| now_ns >= r.deadline_ns));
+                if let Some(rt) = expired {
+                    let name_index = rt.id.index();
+                    let ms = self.agent.request_timeout.as_millis();
+                    let name = &self.services[name_index].def.name;
+                    self.log.line(Priority::Warning, format_args!("service={name} partition=qm event=agent-request-timeout timeout_ms={ms}"));
+                    self.agent_violation(format_args!("a request got no answer within {ms} ms"));
+                }
+            }
+        }
+        self.agent_sync_timer();
+    }
+
+    pub(crate) fn agent_on_conn(&mut self, c: Completion) {
+        let Some((_, slot)) = self.agent.conn.as_ref() else {
+            return;
+        };
+        let slot = *slot;
+        if c.slot != slot {
+            return;
+        }
+        match c.op {
+            OpTag::SendMsg => match c.result {
+                Ok(_) => self.agent_kick_send(),
+                Err(e) => {
+                    self.agent_drop(format_args!("send: {}", io::Error::from_raw_os_error(e.0)))
+                }
+            },
+            OpTag::RecvMsg => match c.result {
+                Ok(0) => self.agent_drop(format_args!("the agent closed the connection")),
+                Ok(_) => self.agent_on_packet(slot),
+                Err(Errno::INTR) => {
+                    if let Some((fd, slot)) = self.agent.conn.as_ref() {
+                        let _ = self.ring.recvmsg(*slot, fd.as_fd());
+                    }
+                }
+                Err(e) => self.agent_drop(format_args!(
+                    "receive: {}",
+                    io::Error::from_raw_os_error(e.0)
+                )),
+            },
+            _ => {}
+        }
+    }
+
+    fn agent_on_packet(&mut self, slot: SlotId) {
+        let truncated = self.ring.recv_truncated(slot);
+        let len = match self.ring.received(slot) {
+            Some(data) => {
+                let len = data.len().min(self.agent.rx.len());
+                self.agent.rx[..len].copy_from_slice(&data[..len]);
+                len
+            }
+            None => 0,
+        };
+        let mut fds = self.ring.take_fds(slot);
+        if truncated {
+            return self.agent_violation(format_args!(
+                "packet larger than {} bytes",
+                v1::FRAME_LEN_MAX
+            ));
+        }
+        let rx = std::mem::take(&mut self.agent.rx);
+        let outcome = self.agent_on_frame(&rx[..len], &mut fds);
+        self.agent.rx = rx;
+        drop(fds);
+        match outcome {
+            Ok(()) => {
+                if let Some((fd, slot)) = self.agent.conn.as_ref() {
+                    if let Err(e) = self.ring.recvmsg(*slot, fd.as_fd()) {
+                        self.agent_drop(format_args!("ring recvmsg: {e}"));
+                    }
+                }
+            }
+            Err(Violation(what)) => self.agent_violation(format_args!("{what}")),
+        }
+    }
+
+    fn agent_on_frame(
+        &mut self,
+        packet: &[u8],
+        fds: &mut ring::ReceivedFds,
+    ) -> Result<(), Violation> {
+        let frame = match v1::decode(packet) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.log.line(
+                    Priority::Debug,
+                    format_args!("event=agent-garbage error=\"{e}\""),
+                );
+                return Err(Violation("undecodable frame"));
+            }
+        };
+        let id = frame.request_id();
+        if fds.truncated {
+            return Err(Violation("more file descriptors than allowed"));
+        }
+        match frame.body {
+            v1::Body::Pong(pong) => {
+                let LinkState::Handshaking { ping_id, .. } = self.agent.state else {
+                    return Err(Violation("unexpected Pong"));
+                };
+                if id != ping_id {
+                    return Err(Violation("Pong with an unknown request id"));
+                }
+                if !fds.fds.is_empty() {
+                    return Err(Violation("file descriptor with a Pong"));
+                }
+                if pong.version_major != v1::VERSION_MAJOR {
+                    return Err(Violation("agent speaks another major version"));
+                }
+                self.agent.state = LinkState::Up;
+                self.agent.capabilities = pong.capabilities;
+                self.agent.reconnect_delay = self.agent.reconnect_initial;
+                self.agent.connect_failures = 0;
+                self.counters
+                    .agent_connected
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log.line(
+                    Priority::Notice,
+                    format_args!(
+                        "event=agent-up socket={} protocol=v1 version={}.{} capabilities={:#x}",
+                        self.agent_path(),
+                        pong.version_major,
+                        pong.version_minor,
+                        pong.capabilities.bits()
+                    ),
+                );
+                self.push_event(Event::AgentUp);
+                Ok(())
+            }
+            v1::Body::Started(started) => {
+                let index = self.agent_take_request(id)?;
+                if fds.fds.len() != v1::STARTED_FD_COUNT {
+                    self.agent_fail_request(index, libc::EBADMSG);
+                    return Err(Violation("Started without exactly one file descriptor"));
+                }
+                let pidfd = fds.fds.pop().expect("one fd");
+                if let Err(what) = self.check_received_pidfd(&pidfd) {
+                    self.agent_fail_request(index, libc::EBADF);
+                    return Err(what);
+                }
+                let identity =
+                    pidfd::identity(pidfd.as_fd()).unwrap_or(pidfd::Identity { inode: 0, pid: -1 });
+                let pid = if identity.pid > 0 {
+                    identity.pid
+                } else {
+                    started.pid
+                };
+                self.counters.spawned_qm.fetch_add(1, Ordering::Relaxed);
+                self.log.line(
+                    Priority::Debug,
+                    format_args!(
+                        "service={} partition=qm event=started pid={pid} agent_pid={}",
+                        self.services[index].def.name, started.pid
+                    ),
+                );
+                let service = self.services[index].id;
+                self.adopt(service, pidfd, pid, identity);
+                Ok(())
+            }
+            v1::Body::Error(error) => {
+                let index = self.agent_take_request(id)?;
+                if !fds.fds.is_empty() {
+                    self.agent_fail_request(index, libc::EBADMSG);
+                    return Err(Violation("file descriptor with an Error"));
+                }
+                let stage = match error.stage {
+                    v1::ErrorStage::Exec => SpawnStage::Exec,
+                    _ => SpawnStage::Setup,
+                };
+                self.log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} partition=qm event=spawn-failed stage={} errno={} error=\"{}\" agent_text=\"{}\"",
+                        self.services[index].def.name,
+                        error.stage.name(),
+                        error.errno,
+                        io::Error::from_raw_os_error(error.errno),
+                        Escaped(error.text)
+                    ),
+                );
+                let service = self.services[index].id;
+                self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+                self.push_event(Event::SpawnFailed {
+                    service,
+                    error: SpawnError {
+                        errno: error.errno,
+                        stage,
+                    },
+                });
+                Ok(())
+            }
+            v1::Body::Start(_) | v1::Body::Ping => {
+                Err(Violation("a frame only the orchestrator sends"))
+            }
+        }
+    }
+
+    /// Finds and clears the request with this id (sent on this connection).
+    fn agent_take_request(&mut self, id: u64) -> Result<usize, Violation> {
+        if self.agent.state != LinkState::Up {
+            return Err(Violation("answer before the handshake"));
+        }
+        let index = (id & REQUEST_INDEX_MASK) as usize;
+        let rt = self
+            .services
+            .get_mut(index)
+            .ok_or(Violation("unknown request id"))?;
+        match rt.request {
+            Some(r) if r.id == id && r.sent => {
+                rt.request = None;
+                Ok(index)
+            }
+            _ => Err(Violation("unknown request id")),
+        }
+    }
+
+    fn agent_fail_request(&mut self, index: usize, errno: i32) {
+        let service = self.services[index].id;
+        self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+        self.push_event(Event::SpawnFailed {
+            service,
+            error: SpawnError {
+                errno,
+                stage: SpawnStage::Refused,
+            },
+        });
+    }
+
+    /// An fd that claims to be a new QM process: it must be a pidfd, of a process no service
+    /// already has.
+    pub(crate) fn check_received_pidfd(&self, fd: &OwnedFd) -> Result<(), Violation> {
+        if !pidfd::is_pidfd(fd.as_fd()) {
+            return Err(Violation("file descriptor is not a pidfd"));
+        }
+        let identity =
+            pidfd::identity(fd.as_fd()).map_err(|_| Violation("pidfd without identity"))?;
+        let duplicate = self
+            .services
+            .iter()
+            .filter_map(|rt| rt.proc.as_ref())
+            .any(|p| {
+                p.identity.same_process(&identity)
+                    || (identity.pid > 0 && p.pid == identity.pid && !p.exited)
+            });
+        if duplicate {
+            return Err(Violation("pidfd of a process already supervised"));
+        }
+        Ok(())
+    }
+}
+
+/// What the agent did wrong (static text: logged once, never allocated).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Violation(pub &'static str);

@@ -1,6 +1,257 @@
-//! holden-orchestrator: not implemented yet.
+//! holden-orchestrator: supervises local and QM processes on one io_uring ring.
+//!
+//! Exit codes: 0 after a clean shutdown (or a valid `--check`), 1 when the configuration is
+//! invalid or the orchestrator cannot run (io_uring unavailable, ...), 2 for command-line
+//! misuse.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("holden-orchestrator: not implemented yet (see the open issues); nothing was done");
-    std::process::ExitCode::from(2)
+use holden::config::{Config, CONFIG_PATH_DEFAULT};
+use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
+use holden::wire::legacy::{DEFAULT_SOCKET_PATH, SOCKET_PATH_ENV};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: holden-orchestrator [--config PATH] [--check]
+       holden-orchestrator 'LOCAL CMD' 'QM CMD'
+       holden-orchestrator --help | --version
+
+Supervises the services of a configuration file (default /etc/holden/orchestrator.toml,
+format in docs/config.md): local ones are spawned here, QM ones through holden-agent.
+
+  --config PATH   read this configuration file
+  --check         validate the configuration and exit (0: valid, 1: invalid)
+  --help          print this help
+  --version       print the version
+
+The v0.2 form supervises LOCAL CMD here and QM CMD through the agent at $HOLDEN_SOCKET_PATH
+(default /tmp/process_orchestrator.sock), both with restart = always.
+
+SIGTERM or SIGINT stops every service and exits 0; a second one SIGKILLs them at once.
+Logs go to stderr, one line per event, with journald priority prefixes.
+Exit codes: 0 clean shutdown, 1 invalid configuration or fatal error, 2 misuse.";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq)]
+enum Cli {
+    Help,
+    Version,
+    Run { source: Source, check: bool },
+}
+
+#[derive(Debug, PartialEq)]
+enum Source {
+    File(PathBuf),
+    Legacy { local: String, qm: String },
+}
+
+fn parse_args(args: &[OsString]) -> Result<Cli, String> {
+    let mut config: Option<PathBuf> = None;
+    let mut check = false;
+    let mut positional: Vec<String> = Vec::new();
+    let mut i = 0;
+    let mut only_positional = false;
+    while i < args.len() {
+        let arg = &args[i];
+        let text = arg.to_str();
+        match text {
+            _ if only_positional => positional.push(utf8(arg)?),
+            Some("--help") | Some("-h") => return Ok(Cli::Help),
+            Some("--version") | Some("-V") => return Ok(Cli::Version),
+            Some("--check") => check = true,
+            Some("--") => only_positional = true,
+            Some("--config") => {
+                i += 1;
+                let value = args.get(i).ok_or("--config needs a PATH")?;
+                if config.replace(PathBuf::from(value)).is_some() {
+                    return Err("--config given twice".into());
+                }
+            }
+            Some(t) if t.starts_with("--config=") => {
+                let value = &t["--config=".len()..];
+                if value.is_empty() {
+                    return Err("--config needs a PATH".into());
+                }
+                if config.replace(PathBuf::from(value)).is_some() {
+                    return Err("--config given twice".into());
+                }
+            }
+            Some(t) if t.starts_with('-') && t.len() > 1 => {
+                return Err(format!("unknown option {t:?}"))
+            }
+            _ => positional.push(utf8(arg)?),
+        }
+        i += 1;
+    }
+    let source = match (config, positional.len()) {
+        (Some(path), 0) => Source::File(path),
+        (None, 0) => Source::File(PathBuf::from(CONFIG_PATH_DEFAULT)),
+        (Some(_), _) => {
+            return Err("--config and the v0.2 'LOCAL CMD' 'QM CMD' form exclude each other".into())
+        }
+        (None, 2) => Source::Legacy {
+            local: positional.remove(0),
+            qm: positional.remove(0),
+        },
+        (None, n) => {
+            return Err(format!(
+                "expected no argument or exactly two ('LOCAL CMD' 'QM CMD'), got {n}"
+            ));
+        }
+    };
+    Ok(Cli::Run { source, check })
+}
+
+fn utf8(arg: &OsString) -> Result<String, String> {
+    arg.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("argument {arg:?} is not UTF-8"))
+}
+
+fn load(source: &Source) -> Result<Config, String> {
+    match source {
+        Source::File(path) => Config::load(path).map_err(|e| e.to_string()),
+        Source::Legacy { local, qm } => {
+            let socket = std::env::var_os(SOCKET_PATH_ENV)
+                .map_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH), PathBuf::from);
+            Config::from_legacy_args(local, qm, &socket).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Makes sure fds 0-2 are open (children inherit stdout/stderr as they are).
+fn ensure_stdio() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the fd.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // SAFETY: opens /dev/null; the new fd takes the lowest free number, `fd`.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let cli = match parse_args(&args) {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("holden-orchestrator: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let (source, check) = match cli {
+        Cli::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Cli::Version => {
+            println!("holden-orchestrator {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Cli::Run { source, check } => (source, check),
+    };
+    let config = match load(&source) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("<3>holden-orchestrator: {message}; nothing was started");
+            return ExitCode::from(1);
+        }
+    };
+    if check {
+        let qm = config
+            .services
+            .iter()
+            .filter(|s| s.partition() == holden::supervise::Partition::Qm)
+            .count();
+        println!(
+            "configuration valid: {} services ({} local, {} qm), {} slots",
+            config.services.len(),
+            config.services.len() - qm,
+            qm,
+            config.slots
+        );
+        return ExitCode::SUCCESS;
+    }
+    ensure_stdio();
+    let settings = Settings::from_config(&config);
+    let defs = ServiceDef::all_from_config(&config);
+    let mut orchestrator = match Orchestrator::new(settings, defs, Options::default()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("<3>holden-orchestrator: cannot start: {e}; nothing was started");
+            return ExitCode::from(1);
+        }
+    };
+    drop(config);
+    match orchestrator.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("<2>holden-orchestrator: event loop failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn parses_the_forms() {
+        assert_eq!(
+            parse_args(&args(&[])).unwrap(),
+            Cli::Run {
+                source: Source::File(CONFIG_PATH_DEFAULT.into()),
+                check: false
+            }
+        );
+        assert_eq!(
+            parse_args(&args(&["--config", "/x.toml", "--check"])).unwrap(),
+            Cli::Run {
+                source: Source::File("/x.toml".into()),
+                check: true
+            }
+        );
+        assert_eq!(
+            parse_args(&args(&["--config=/y"])).unwrap(),
+            Cli::Run {
+                source: Source::File("/y".into()),
+                check: false
+            }
+        );
+        assert_eq!(
+            parse_args(&args(&["/bin/a x", "b"])).unwrap(),
+            Cli::Run {
+                source: Source::Legacy {
+                    local: "/bin/a x".into(),
+                    qm: "b".into()
+                },
+                check: false
+            }
+        );
+        assert_eq!(
+            parse_args(&args(&["--help", "--bogus"])).unwrap(),
+            Cli::Help
+        );
+        assert_eq!(parse_args(&args(&["--version"])).unwrap(), Cli::Version);
+    }
+
+    #[test]
+    fn misuse_is_refused() {
+        for bad in [
+            &["--config"][..],
+            &["--bogus"],
+            &["one"],
+            &["a", "b", "c"],
+            &["--config", "/x", "a", "b"],
+            &["--config=/a", "--config=/b"],
+            &["--config="],
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -207,6 +207,8 @@ pub struct Orchestrator {
     pub(crate) counters: Arc<Counters>,
     running: usize,
     qm_services: usize,
+    shutdown_stop_services: bool,
+    shutdown_timeout: Duration,
 }
 
 /// The current time for the core and for absolute ring timeouts.
@@ -327,6 +329,8 @@ impl Orchestrator {
             counters: Arc::new(Counters::default()),
             running: 0,
             qm_services,
+            shutdown_stop_services: settings.shutdown_stop_services,
+            shutdown_timeout: settings.shutdown_timeout,
         })
     }
 
@@ -595,6 +599,18 @@ impl Orchestrator {
         match self.owners[c.slot.index()] {
             Owner::Service(index) => self.on_service_completion(index as usize, c),
             Owner::Signals => self.on_signals(),
+            Owner::Shutdown if c.op == OpTag::Timeout => {
+                if !self.done {
+                    self.log.line(
+                        Priority::Warning,
+                        format_args!(
+                            "event=shutdown-timeout timeout_ms={} action=SIGKILL every process",
+                            self.shutdown_timeout.as_millis()
+                        ),
+                    );
+                    self.events.push(Event::Shutdown);
+                }
+            }
             Owner::Shutdown => self.on_shutdown_handle(),
             Owner::Watchdog => {
                 let _ = self.notify.send(b"WATCHDOG=1");
@@ -788,7 +804,20 @@ impl Orchestrator {
         self.shutdown_requests += 1;
         if self.shutdown_requests == 1 {
             let _ = self.notify.send(b"STOPPING=1");
+            if !self.shutdown_stop_services {
+                self.log.line(
+                    Priority::Notice,
+                    format_args!(
+                        "event=shutdown services=left-running (shutdown.stop_services = false)"
+                    ),
+                );
+                self.done = true;
+                return;
+            }
             let _ = self.notify.status(format_args!("stopping every service"));
+            let _ = self
+                .ring
+                .timeout(self.shutdown_slot, Timeout::After(self.shutdown_timeout));
         } else {
             self.log.line(
                 Priority::Warning,

@@ -4,6 +4,7 @@
 //! before the loop starts; the loop turns them into prepared spawn specs and encoded requests
 //! once, and never allocates again.
 
+use crate::config::{self, Config, ServiceSpec};
 use crate::supervise::ServicePolicy;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -64,6 +65,60 @@ pub struct Settings {
     pub agent_reconnect_initial: Duration,
     /// Longest delay between reconnection attempts.
     pub agent_reconnect_max: Duration,
+    /// SIGTERM/SIGINT stop every service before the orchestrator exits (else they are left
+    /// running).
+    pub shutdown_stop_services: bool,
+    /// How long a shutdown waits for services to stop before it SIGKILLs what remains.
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    /// The settings of a validated configuration.
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            agent_socket: config.agent.socket.clone(),
+            agent_protocol: match config.agent.protocol {
+                config::AgentProtocol::V1 => AgentProtocol::V1,
+                config::AgentProtocol::V0_2 => AgentProtocol::V02,
+                config::AgentProtocol::Auto => AgentProtocol::Auto,
+            },
+            slots: config.slots as usize,
+            log_level: match config.log_level {
+                config::LogLevel::Error => Priority::Err,
+                config::LogLevel::Warn => Priority::Warning,
+                config::LogLevel::Info => Priority::Info,
+                config::LogLevel::Debug => Priority::Debug,
+            },
+            agent_request_timeout: config.agent.request_timeout,
+            agent_reconnect_initial: config.agent.reconnect_initial,
+            agent_reconnect_max: config.agent.reconnect_max,
+            shutdown_stop_services: config.shutdown.stop_services,
+            shutdown_timeout: config.shutdown.timeout,
+        }
+    }
+}
+
+impl ServiceDef {
+    /// The definition of a validated service.
+    pub fn from_spec(spec: &ServiceSpec) -> ServiceDef {
+        let cwd = spec.working_directory.as_bytes();
+        ServiceDef {
+            name: spec.name.as_str().to_string(),
+            argv: spec.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: spec.envp().into_iter().map(|e| e.into_bytes()).collect(),
+            inherit_env: false,
+            cwd: (!cwd.is_empty()).then(|| cwd.to_vec()),
+            uid: spec.uid,
+            gid: spec.gid,
+            policy: spec.policy,
+            start_at_boot: spec.enabled,
+        }
+    }
+
+    /// Every service of a validated configuration.
+    pub fn all_from_config(config: &Config) -> Vec<ServiceDef> {
+        config.services.iter().map(ServiceDef::from_spec).collect()
+    }
 }
 
 impl Settings {
@@ -77,6 +132,8 @@ impl Settings {
             agent_request_timeout: Duration::from_secs(5),
             agent_reconnect_initial: Duration::from_millis(100),
             agent_reconnect_max: Duration::from_secs(5),
+            shutdown_stop_services: true,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -124,6 +124,8 @@ pub struct Stats {
     pub enter_busy: u64,
     /// Received fds closed because nobody could take them.
     pub fds_closed: u64,
+    /// Deferred cancel requests that could not be queued (submission failed).
+    pub cancel_failed: u64,
 }
 
 #[derive(Default)]
@@ -132,6 +134,9 @@ struct SlotState {
     pending: u8,
     /// Bit per [`OpTag`]: a cancel request for that operation is outstanding.
     cancelling: u8,
+    /// Bit per [`OpTag`]: cancel was asked while an earlier cancel request for the same kind
+    /// was still outstanding; issued when that one completes (at most one per kind in flight).
+    cancel_again: u8,
     removed: bool,
     recv_bytes: u32,
     recv_flags: i32,
@@ -538,12 +543,17 @@ impl Ring {
         Ok(())
     }
 
-    /// Queues a cancel request for every operation in `mask` that is outstanding and not
-    /// already being cancelled.
+    /// Queues a cancel request for every operation in `mask` that is outstanding. If a cancel
+    /// request for that kind is still in flight (it may target an earlier operation that has
+    /// completed since), the new request is deferred until that one's completion.
     fn cancel_pending(&mut self, index: u32, generation: u32, mask: u8) -> Result<(), OpError> {
         for op in OpTag::ALL {
-            let state = &self.slots[index as usize];
-            if state.pending & mask & op.bit() == 0 || state.cancelling & op.bit() != 0 {
+            let state = &mut self.slots[index as usize];
+            if state.pending & mask & op.bit() == 0 {
+                continue;
+            }
+            if state.cancelling & op.bit() != 0 {
+                state.cancel_again |= op.bit();
                 continue;
             }
             let target = UserData {
@@ -623,11 +633,19 @@ impl Ring {
         }
         self.in_flight -= 1;
         if ud.cancel {
-            self.slots[index].cancelling &= !bit;
+            let state = &mut self.slots[index];
+            state.cancelling &= !bit;
+            if state.cancel_again & bit != 0 {
+                state.cancel_again &= !bit;
+                if self.cancel_pending(ud.index, ud.generation, bit).is_err() {
+                    self.stats.cancel_failed += 1;
+                }
+            }
             self.free_if_idle(ud.index);
             return None;
         }
         self.slots[index].pending &= !bit;
+        self.slots[index].cancel_again &= !bit;
         let result = self.finish(ud.index, ud.tag, res);
         let state = &mut self.slots[index];
         if state.removed {

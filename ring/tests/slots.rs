@@ -235,3 +235,46 @@ fn accept_hands_over_a_cloexec_connection_and_read_reads() {
     assert_eq!((c.op, c.result), (OpTag::Read, Ok(5)));
     assert_eq!(ring.read_data(id), Some(&b"hello"[..]));
 }
+
+#[test]
+fn cancel_after_rearm_while_an_earlier_cancel_is_in_flight_still_cancels() {
+    const ROUNDS: usize = 200;
+    let mut ring = ring(1);
+    let ready = eventfd();
+    let idle = eventfd();
+    let id = ring.insert().unwrap();
+    for round in 0..ROUNDS {
+        // op1 completes by itself (its CQE waits in the queue) ...
+        ring.poll_add(id, ready.as_fd(), libc::POLLIN as u32)
+            .unwrap();
+        ring.submit_and_wait(0, None).unwrap();
+        signal_eventfd(&ready);
+        ring.submit_and_wait(1, Some(WAIT_ROUND)).unwrap();
+        // ... while a cancel for it is asked (still pending from the ring's view).
+        ring.cancel(id).unwrap();
+        let c = next(&mut ring);
+        assert_eq!(
+            (c.op, c.result.is_ok()),
+            (OpTag::Poll, true),
+            "round {round}"
+        );
+        // op2 re-armed and cancelled before cancel #1 has even been submitted.
+        ring.poll_add(id, idle.as_fd(), libc::POLLIN as u32)
+            .unwrap();
+        ring.cancel(id).unwrap();
+        let c = next(&mut ring);
+        assert_eq!(
+            (c.slot, c.op, c.result),
+            (id, OpTag::Poll, Err(Errno::CANCELED)),
+            "round {round}"
+        );
+        // Drain the eventfd so that the next op1 waits again.
+        let mut value = 0u64;
+        // SAFETY: reads 8 bytes into a local.
+        let n = unsafe { libc::read(ready.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        assert_eq!(n, 8);
+    }
+    assert_eq!(poll_now(&mut ring), None);
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(ring.stats().cancel_failed, 0);
+}

@@ -1,0 +1,267 @@
+//! Command line: options, defaults, `--help` and `--version`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use crate::limits::{
+    ALLOW_UIDS_MAX, READ_TIMEOUT_MS_DEFAULT, READ_TIMEOUT_MS_MAX, READ_TIMEOUT_MS_MIN,
+    SOCKET_PATH_BYTES_MAX,
+};
+
+/// Socket path when neither `--socket` nor `HOLDEN_SOCKET_PATH` is given.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/holden/qm_orchestrator.sock";
+
+/// Environment variable naming the socket path (as in holden v0.2).
+pub const SOCKET_PATH_ENV: &str = "HOLDEN_SOCKET_PATH";
+
+pub const USAGE: &str = "\
+Usage: holden-agent [OPTIONS]
+
+holden's stateless QM-partition spawner. Listens on an AF_UNIX SOCK_SEQPACKET
+socket speaking holden wire v1, starts the processes it is asked to start, and
+passes each one's pidfd back. It keeps no state about the processes.
+
+Options:
+  --socket PATH           v1 socket path (default: $HOLDEN_SOCKET_PATH, else
+                          /run/holden/qm_orchestrator.sock). Ignored for a
+                          socket passed by systemd (LISTEN_FDS).
+  --legacy-socket PATH    also serve holden v0.2 (SOCK_STREAM) on PATH
+  --allow-uid UID         also accept clients with this uid (repeatable; root
+                          and the agent's own uid are always accepted)
+  --read-timeout-ms MS    drop a connection that sends no complete first v1
+                          frame, or stalls a v0.2 frame, within MS (default
+                          10000)
+  -h, --help              print this help and exit
+  -V, --version           print the version and exit
+
+Signals: SIGTERM or SIGINT stop the agent cleanly (exit 0); the processes it
+started keep running. Exit status: 0 clean stop, 1 start-up failure, 2 usage.
+See docs/agent.md.
+";
+
+/// What the agent was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub socket: PathBuf,
+    pub legacy_socket: Option<PathBuf>,
+    pub allow_uids: Vec<u32>,
+    pub read_timeout_ms: u64,
+}
+
+/// A command-line mistake: printed with a hint, exit status 2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (see holden-agent --help)", self.0)
+    }
+}
+
+/// Parses the arguments after the program name. `env_socket` is the value of
+/// `HOLDEN_SOCKET_PATH`, if set.
+pub fn parse<I>(args: I, env_socket: Option<OsString>) -> Result<Command, UsageError>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let mut socket: Option<PathBuf> = None;
+    let mut legacy_socket: Option<PathBuf> = None;
+    let mut allow_uids: Vec<u32> = Vec::new();
+    let mut read_timeout_ms = READ_TIMEOUT_MS_DEFAULT;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (name, inline) = split_option(&arg);
+        let mut value = || -> Result<OsString, UsageError> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => args
+                    .next()
+                    .ok_or_else(|| UsageError(format!("{name} needs a value"))),
+            }
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--socket" => set_once(&mut socket, name.as_str(), socket_path(&name, value()?)?)?,
+            "--legacy-socket" => set_once(
+                &mut legacy_socket,
+                name.as_str(),
+                socket_path(&name, value()?)?,
+            )?,
+            "--allow-uid" => {
+                let uid = parse_number(&name, &value()?, 0, u64::from(u32::MAX - 1))? as u32;
+                if allow_uids.len() >= ALLOW_UIDS_MAX {
+                    return Err(UsageError(format!(
+                        "--allow-uid given more than {ALLOW_UIDS_MAX} times"
+                    )));
+                }
+                if !allow_uids.contains(&uid) {
+                    allow_uids.push(uid);
+                }
+            }
+            "--read-timeout-ms" => {
+                read_timeout_ms =
+                    parse_number(&name, &value()?, READ_TIMEOUT_MS_MIN, READ_TIMEOUT_MS_MAX)?;
+            }
+            _ if name.starts_with('-') => {
+                return Err(UsageError(format!("unknown option {name}")));
+            }
+            _ => {
+                return Err(UsageError(format!(
+                    "unexpected argument {:?}",
+                    arg.to_string_lossy()
+                )))
+            }
+        }
+    }
+    let socket = match socket {
+        Some(path) => path,
+        None => match env_socket.filter(|v| !v.is_empty()) {
+            Some(v) => socket_path(SOCKET_PATH_ENV, v)?,
+            None => PathBuf::from(DEFAULT_SOCKET_PATH),
+        },
+    };
+    if legacy_socket.as_ref() == Some(&socket) {
+        return Err(UsageError(
+            "--legacy-socket must differ from the v1 socket path".to_string(),
+        ));
+    }
+    Ok(Command::Run(Options {
+        socket,
+        legacy_socket,
+        allow_uids,
+        read_timeout_ms,
+    }))
+}
+
+/// Splits `--name=value` into its name and inline value.
+fn split_option(arg: &OsString) -> (String, Option<OsString>) {
+    let bytes = arg.as_bytes();
+    if bytes.starts_with(b"--") {
+        if let Some(eq) = bytes.iter().position(|&b| b == b'=') {
+            let name = String::from_utf8_lossy(&bytes[..eq]).into_owned();
+            let value = std::ffi::OsStr::from_bytes(&bytes[eq + 1..]).to_os_string();
+            return (name, Some(value));
+        }
+    }
+    (arg.to_string_lossy().into_owned(), None)
+}
+
+fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageError> {
+    if slot.is_some() {
+        return Err(UsageError(format!("{name} given twice")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn socket_path(name: &str, value: OsString) -> Result<PathBuf, UsageError> {
+    let len = value.as_bytes().len();
+    if len == 0 {
+        return Err(UsageError(format!("{name}: the socket path is empty")));
+    }
+    if len > SOCKET_PATH_BYTES_MAX {
+        return Err(UsageError(format!(
+            "{name}: the socket path is {len} bytes, longer than the {SOCKET_PATH_BYTES_MAX} \
+             bytes AF_UNIX allows"
+        )));
+    }
+    if value.as_bytes().contains(&0) {
+        return Err(UsageError(format!("{name}: the socket path contains NUL")));
+    }
+    Ok(PathBuf::from(value))
+}
+
+fn parse_number(name: &str, value: &OsString, min: u64, max: u64) -> Result<u64, UsageError> {
+    let text = value.to_string_lossy();
+    match text.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(UsageError(format!(
+            "{name}: {text:?} is not a number in {min}..={max}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], env: Option<&str>) -> Result<Command, UsageError> {
+        parse(args.iter().map(OsString::from), env.map(OsString::from))
+    }
+
+    fn options(args: &[&str], env: Option<&str>) -> Options {
+        match run(args, env).unwrap() {
+            Command::Run(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_environment() {
+        let o = options(&[], None);
+        assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(o.legacy_socket, None);
+        assert_eq!(o.read_timeout_ms, READ_TIMEOUT_MS_DEFAULT);
+        assert_eq!(
+            options(&[], Some("/tmp/x.sock")).socket,
+            PathBuf::from("/tmp/x.sock")
+        );
+        assert_eq!(
+            options(&["--socket", "/a"], Some("/b")).socket,
+            PathBuf::from("/a")
+        );
+    }
+
+    #[test]
+    fn all_options_both_spellings() {
+        let o = options(
+            &[
+                "--socket=/s",
+                "--legacy-socket",
+                "/l",
+                "--allow-uid",
+                "1000",
+                "--allow-uid=2000",
+                "--read-timeout-ms=50",
+            ],
+            None,
+        );
+        assert_eq!(o.socket, PathBuf::from("/s"));
+        assert_eq!(o.legacy_socket, Some(PathBuf::from("/l")));
+        assert_eq!(o.allow_uids, vec![1000, 2000]);
+        assert_eq!(o.read_timeout_ms, 50);
+        assert_eq!(run(&["--help"], None).unwrap(), Command::Help);
+        assert_eq!(run(&["-V"], None).unwrap(), Command::Version);
+    }
+
+    #[test]
+    fn mistakes_are_usage_errors() {
+        for bad in [
+            &["--bogus"][..],
+            &["--socket"],
+            &["--socket", ""],
+            &["--socket", "/a", "--socket", "/b"],
+            &["--allow-uid", "x"],
+            &["--allow-uid", "-1"],
+            &["--allow-uid", "4294967295"],
+            &["--read-timeout-ms", "0"],
+            &["stray"],
+            &["--socket", "/same", "--legacy-socket", "/same"],
+        ] {
+            assert!(run(bad, None).is_err(), "{bad:?} accepted");
+        }
+        let long = "/".repeat(SOCKET_PATH_BYTES_MAX + 1);
+        assert!(run(&["--socket", &long], None).is_err());
+    }
+}

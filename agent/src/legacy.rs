@@ -1,0 +1,221 @@
+//! holden v0.2 on a SOCK_STREAM connection, byte for byte as v0.2 spoke it:
+//! `PROCESS_STARTED {host_pid, container_pid}` followed by a separate
+//! one-byte `'x'` message carrying the pidfd; `PROCESS_ERROR` with its
+//! 512-byte text; `PONG` for `PING`; "Unknown message type: N" for anything
+//! else.
+//!
+//! Unlike v0.2: the pidfd comes from `clone3(CLONE_PIDFD)` (no reuse window,
+//! no ESRCH for a fast-exiting child), `length` is never trusted (the codec
+//! refuses a wrong or oversized one and the connection is closed, since a
+//! stream cannot be resynchronised), reassembly uses a fixed per-slot buffer,
+//! and a connection that stalls mid-frame or idles is dropped after the read
+//! timeout.
+//!
+//! `host_pid` and `container_pid` both carry the pid as the agent sees it:
+//! inside QM the agent cannot know its children's pids in the host PID
+//! namespace (the orchestrator learns them from the pidfd).
+
+use std::fmt::Write as _;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Instant;
+
+use holden::spawn::{self, pidfd_send_signal};
+use holden::wire::legacy::{self, Decoded, Frame};
+
+use crate::fdpass::{self, Recv};
+use crate::limits::LEGACY_FRAMES_PER_WAKE_MAX;
+use crate::log::warning;
+use crate::request::fill_legacy;
+use crate::server::{Next, Server};
+use crate::text::{Errno, Escaped, FixedBuf};
+
+impl Server {
+    pub(crate) fn legacy_readable(&mut self, slot: usize) -> Next {
+        let Some(conn) = self.conns[slot].as_ref() else {
+            return Next::Close;
+        };
+        let fd = conn.fd.as_raw_fd();
+        let filled = conn.legacy_len;
+        // Take the slot's buffer out so that frames can borrow it while the
+        // handlers use `self` (no allocation: an empty box is a dangling ptr).
+        let mut buf = std::mem::take(&mut self.legacy_bufs[slot]);
+        let next = match fdpass::recv(fd, &mut buf[filled..], false) {
+            Ok(Recv::Data(received)) if received.fds > 0 || received.fds_truncated => {
+                self.legacy_fail(
+                    slot,
+                    b"holden-agent: v0.2 requests carry no file descriptors",
+                );
+                Next::Close
+            }
+            Ok(Recv::Data(received)) => {
+                let filled = filled + received.len;
+                if let Some(conn) = self.conns[slot].as_mut() {
+                    conn.deadline = Some(Instant::now() + self.settings.read_timeout);
+                }
+                self.legacy_frames(slot, &mut buf, filled)
+            }
+            Ok(Recv::WouldBlock) => Next::Keep,
+            Ok(Recv::Closed) => Next::Close,
+            Err(error) => {
+                self.log_conn(slot, format_args!("recv: {error}; closing"));
+                Next::Close
+            }
+        };
+        self.legacy_bufs[slot] = buf;
+        next
+    }
+
+    /// Handles every complete frame in `buf[..filled]`, keeps the rest.
+    fn legacy_frames(&mut self, slot: usize, buf: &mut [u8], mut filled: usize) -> Next {
+        for _ in 0..LEGACY_FRAMES_PER_WAKE_MAX {
+            let consumed = match legacy::decode(&buf[..filled]) {
+                Ok(Decoded::NeedMore { .. }) => break,
+                Ok(Decoded::Done { value, consumed }) => {
+                    if self.legacy_frame(slot, value) == Next::Close {
+                        return Next::Close;
+                    }
+                    consumed
+                }
+                Err(error) => {
+                    let mut text = FixedBuf::<{ legacy::ERROR_TEXT_LEN_MAX }>::new();
+                    let _ = write!(text, "holden-agent: {error}");
+                    if let Some(conn) = self.conns[slot].as_ref() {
+                        warning!("{}: refused: {error}; closing", conn.label());
+                    }
+                    self.legacy_fail(slot, text.as_bytes());
+                    return Next::Close;
+                }
+            };
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+        }
+        if let Some(conn) = self.conns[slot].as_mut() {
+            conn.legacy_len = filled;
+        }
+        Next::Keep
+    }
+
+    fn legacy_frame(&mut self, slot: usize, frame: Frame<'_>) -> Next {
+        match frame {
+            Frame::Ping => {
+                self.log_conn(slot, format_args!("ping -> pong"));
+                let len = legacy::encode_pong(&mut self.send_buf).unwrap_or(0);
+                self.legacy_send(slot, len, None)
+            }
+            Frame::Start(start) => {
+                if let Err(error) = fill_legacy(&mut self.spec, &start, &self.inherited) {
+                    let mut text = FixedBuf::<{ legacy::ERROR_TEXT_LEN_MAX }>::new();
+                    let _ = write!(text, "holden-agent: {error}");
+                    return self.legacy_error(slot, text.as_bytes());
+                }
+                self.legacy_start(slot)
+            }
+            Frame::Started { .. }
+            | Frame::Error { .. }
+            | Frame::Pong
+            | Frame::Other { .. }
+            | Frame::Unknown { .. } => {
+                let msg_type = match frame {
+                    Frame::Started { .. } => legacy::MessageType::ProcessStarted as u32,
+                    Frame::Error { .. } => legacy::MessageType::ProcessError as u32,
+                    Frame::Pong => legacy::MessageType::Pong as u32,
+                    Frame::Other { msg_type, .. } => msg_type as u32,
+                    Frame::Unknown { msg_type, .. } => msg_type,
+                    Frame::Ping | Frame::Start(_) => 0,
+                };
+                self.log_conn(
+                    slot,
+                    format_args!("message type {msg_type} -> unknown message type"),
+                );
+                let len =
+                    legacy::encode_unknown_type_error(&mut self.send_buf, msg_type).unwrap_or(0);
+                self.legacy_send(slot, len, None)
+            }
+        }
+    }
+
+    fn legacy_start(&mut self, slot: usize) -> Next {
+        let mut what = FixedBuf::<200>::new();
+        let _ = write!(
+            what,
+            "start \"{}\" argc {}",
+            Escaped(self.spec.program().unwrap_or(b"")),
+            self.spec.args_count()
+        );
+        match spawn::spawn(&self.spec) {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                let len = legacy::encode_started(&mut self.send_buf, pid, pid).unwrap_or(0);
+                let mut next = self.legacy_send(slot, len, None);
+                if next == Next::Keep {
+                    let len = legacy::encode_pidfd_marker(&mut self.send_buf).unwrap_or(0);
+                    next = self.legacy_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
+                }
+                if next == Next::Keep {
+                    self.log_conn(slot, format_args!("{} -> started pid {pid}", what.as_str()));
+                } else {
+                    let _ = pidfd_send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
+                    self.log_conn(
+                        slot,
+                        format_args!(
+                            "{} -> pid {pid} killed: the reply could not be sent",
+                            what.as_str()
+                        ),
+                    );
+                }
+                next
+            }
+            Err(error) => {
+                let errno = error.errno;
+                let mut text = FixedBuf::<{ legacy::ERROR_TEXT_LEN_MAX }>::new();
+                let _ = write!(
+                    text,
+                    "{} \"{}\": {} (errno {errno})",
+                    error.stage,
+                    Escaped(self.spec.program().unwrap_or(b"")),
+                    Errno(errno)
+                );
+                self.log_conn(
+                    slot,
+                    format_args!(
+                        "{} -> error {}: {} (errno {errno})",
+                        what.as_str(),
+                        error.stage,
+                        Errno(errno)
+                    ),
+                );
+                self.legacy_error(slot, text.as_bytes())
+            }
+        }
+    }
+
+    /// Replies PROCESS_ERROR and keeps the connection.
+    fn legacy_error(&mut self, slot: usize, text: &[u8]) -> Next {
+        let len = legacy::encode_error(&mut self.send_buf, text).unwrap_or(0);
+        self.legacy_send(slot, len, None)
+    }
+
+    /// Replies PROCESS_ERROR on a connection about to be closed.
+    fn legacy_fail(&mut self, slot: usize, text: &[u8]) {
+        let _ = self.legacy_error(slot, text);
+    }
+
+    /// Sends `send_buf[..len]`; a short or failed send drops the connection
+    /// (a stream reply must arrive whole; the agent keeps no queue).
+    fn legacy_send(&mut self, slot: usize, len: usize, pidfd: Option<i32>) -> Next {
+        let Some(fd) = self.conns[slot].as_ref().map(|c| c.fd.as_raw_fd()) else {
+            return Next::Close;
+        };
+        if len == 0 {
+            return Next::Close;
+        }
+        match fdpass::send(fd, &self.send_buf[..len], pidfd) {
+            Ok(sent) if sent == len => Next::Keep,
+            Ok(_) => Next::Close,
+            Err(error) => {
+                self.log_conn(slot, format_args!("send: {error}; closing"));
+                Next::Close
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! From a decoded start request to a filled [`SpawnSpec`], and from a
+//! [`SpawnError`] to the wire's error stage.
+
+use holden::spawn::{SpawnLimits, SpawnSpec, SpawnStage, SpecError};
+use holden::wire::legacy;
+use holden::wire::v1::{self, ErrorStage, StartFlags};
+
+use crate::env::{entry_name, InheritedEnv};
+
+/// Capacity of the agent's one reusable spec: the largest v1 or v0.2 start,
+/// plus the captured environment for `INHERIT_ENV`. A decoded frame's strings
+/// (each with a 2-byte length prefix on the wire, a 1-byte NUL here) always
+/// fit in `FRAME_LEN_MAX` bytes.
+pub fn spec_limits(inherited: &InheritedEnv) -> SpawnLimits {
+    SpawnLimits {
+        args_count_max: v1::ARGV_COUNT_MAX.max(legacy::ARGV_COUNT_MAX),
+        env_count_max: v1::ENV_COUNT_MAX + inherited.len(),
+        strings_bytes_max: v1::FRAME_LEN_MAX.max(legacy::FRAME_LEN_MAX) + inherited.bytes(),
+    }
+}
+
+/// Fills `spec` from a v1 `Start`. With `INHERIT_ENV` the agent's captured
+/// environment comes first, without the names the request sets itself.
+/// `NEW_SESSION` needs nothing: every child gets its own session.
+pub fn fill_v1(
+    spec: &mut SpawnSpec,
+    start: &v1::Start<'_>,
+    inherited: &InheritedEnv,
+) -> Result<(), SpecError> {
+    let mut w = spec.writer();
+    for arg in start.argv.iter() {
+        w.arg(arg)?;
+    }
+    if start.flags.contains(StartFlags::INHERIT_ENV) {
+        for entry in inherited.iter() {
+            let name = entry_name(entry);
+            if !start.env.iter().any(|own| entry_name(own) == name) {
+                w.env(entry)?;
+            }
+        }
+    }
+    for entry in start.env.iter() {
+        w.env(entry)?;
+    }
+    if let Some(cwd) = start.cwd {
+        w.cwd(cwd)?;
+    }
+    w.uid(start.uid);
+    w.gid(start.gid);
+    w.stdio_null(start.flags.contains(StartFlags::STDIO_NULL));
+    Ok(())
+}
+
+/// Fills `spec` from a v0.2 START: argv from `name` and `args`, the agent's
+/// environment (as v0.2 children had), program looked up in its `PATH`.
+pub fn fill_legacy(
+    spec: &mut SpawnSpec,
+    start: &legacy::Start<'_>,
+    inherited: &InheritedEnv,
+) -> Result<(), SpecError> {
+    let mut w = spec.writer();
+    for arg in start.argv() {
+        w.arg(arg)?;
+    }
+    for entry in inherited.iter() {
+        w.env(entry)?;
+    }
+    Ok(())
+}
+
+/// The wire stage reported for a spawn failure.
+pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
+    match stage {
+        SpawnStage::Prepare => ErrorStage::Limit,
+        SpawnStage::Pipe | SpawnStage::Report => ErrorStage::Internal,
+        SpawnStage::Clone => ErrorStage::Fork,
+        SpawnStage::Setgroups | SpawnStage::Setgid | SpawnStage::Setuid => ErrorStage::Permission,
+        SpawnStage::Exec => ErrorStage::Exec,
+        SpawnStage::ReportFd
+        | SpawnStage::Setsid
+        | SpawnStage::CloseFds
+        | SpawnStage::Stdin
+        | SpawnStage::Chdir => ErrorStage::Setup,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holden::wire::v1::{decode, encode_start, Body, StartRef};
+
+    fn start_frame(flags: StartFlags, env: &[&[u8]]) -> Vec<u8> {
+        let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+        let argv: [&[u8]; 2] = [b"/bin/echo", b"hi"];
+        let start = StartRef {
+            argv: &argv,
+            env,
+            cwd: Some(b"/tmp".as_slice()),
+            uid: Some(7),
+            gid: None,
+            flags,
+        };
+        let len = encode_start(&mut buf, 1, &start).unwrap();
+        buf.truncate(len);
+        buf
+    }
+
+    #[test]
+    fn inherit_env_merges_with_request_winning() {
+        let inherited = InheritedEnv::from_pairs(vec![
+            (b"PATH".to_vec(), b"/bin".to_vec()),
+            (b"HOME".to_vec(), b"/root".to_vec()),
+        ]);
+        let frame = start_frame(
+            StartFlags::INHERIT_ENV | StartFlags::STDIO_NULL,
+            &[b"HOME=/x"],
+        );
+        let Body::Start(start) = decode(&frame).unwrap().body else {
+            panic!("not a start");
+        };
+        let mut spec = SpawnSpec::with_limits(spec_limits(&inherited));
+        fill_v1(&mut spec, &start, &inherited).unwrap();
+        assert!(spec.is_complete());
+        assert_eq!(spec.args_count(), 2);
+        assert_eq!(spec.env_count(), 2);
+        assert_eq!(spec.cwd(), Some(b"/tmp".as_slice()));
+        assert_eq!(spec.credentials(), (Some(7), None));
+        let without = start_frame(StartFlags::empty(), &[b"A=1"]);
+        let Body::Start(start) = decode(&without).unwrap().body else {
+            panic!("not a start");
+        };
+        fill_v1(&mut spec, &start, &inherited).unwrap();
+        assert_eq!(spec.env_count(), 1);
+    }
+
+    #[test]
+    fn largest_v1_start_fits_the_spec() {
+        // Many 1-byte args and env entries up to the frame limit.
+        let inherited = InheritedEnv::default();
+        let args: Vec<Vec<u8>> = (0..v1::ARGV_COUNT_MAX).map(|_| b"a".to_vec()).collect();
+        let env: Vec<Vec<u8>> = (0..v1::ENV_COUNT_MAX).map(|_| b"E=".to_vec()).collect();
+        let long = vec![b'x'; v1::STRING_LEN_MAX];
+        let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+        let mut argv = args.clone();
+        argv.push(long.clone());
+        argv.truncate(v1::ARGV_COUNT_MAX);
+        let start = StartRef {
+            argv: &argv,
+            env: &env,
+            cwd: Some(long.as_slice()),
+            uid: None,
+            gid: None,
+            flags: StartFlags::empty(),
+        };
+        let len = encode_start(&mut buf, 1, &start).unwrap();
+        let Body::Start(start) = decode(&buf[..len]).unwrap().body else {
+            panic!("not a start");
+        };
+        let mut spec = SpawnSpec::with_limits(spec_limits(&inherited));
+        fill_v1(&mut spec, &start, &inherited).unwrap();
+        assert!(spec.is_complete());
+    }
+}

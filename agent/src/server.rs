@@ -1,0 +1,424 @@
+//! The event loop: one thread, `poll(2)` over a fixed array of fds.
+//!
+//! Why plain `poll` and not the `ring` crate: the agent's work per event is a
+//! synchronous `clone3` + exec wait, a `recvmsg` and a `sendmsg`; it has no
+//! timers beyond a read deadline per connection and at most
+//! [`CONNECTIONS_MAX`] + 3 fds. `poll` over that fixed array costs nothing
+//! measurable next to the spawn itself, works on every kernel and in every
+//! container (io_uring may be disabled by sysctl or seccomp in QM), and keeps
+//! the agent's code small. The orchestrator, which keeps many pidfds and
+//! timeouts in flight, is where the ring pays off.
+//!
+//! Fairness: each wake-up handles at most one v1 packet per connection (and
+//! the complete frames already buffered for a v0.2 connection), so a client
+//! that floods cannot starve the others; a client that stalls costs nothing
+//! but its slot until its read deadline.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use holden::spawn::SpawnSpec;
+use holden::wire::v1::Capabilities;
+
+use crate::env::InheritedEnv;
+use crate::limits::{CONNECTIONS_MAX, LEGACY_RECV_BYTES, V1_RECV_BYTES};
+use crate::listen::{Flavor, Listener};
+use crate::log::{info, notice, warning};
+use crate::peer::{peer_credentials, AllowList, Peer};
+use crate::request::spec_limits;
+use crate::signals::{SignalFd, IGNORED, TERMINATING};
+
+/// Connections accepted per listener per wake-up.
+const ACCEPTS_PER_WAKE_MAX: usize = 16;
+
+/// Fixed entries before the connections in the poll array: the signalfd and
+/// up to two listeners.
+const POLL_FIXED_MAX: usize = 3;
+
+/// Largest reply of either protocol.
+const SEND_BYTES: usize = if holden::wire::v1::FRAME_LEN_MAX > holden::wire::legacy::FRAME_LEN_MAX {
+    holden::wire::v1::FRAME_LEN_MAX
+} else {
+    holden::wire::legacy::FRAME_LEN_MAX
+};
+
+/// Settings of the loop.
+pub struct Settings {
+    pub read_timeout: Duration,
+    pub allow: AllowList,
+}
+
+/// One client connection.
+pub(crate) struct Conn {
+    pub fd: OwnedFd,
+    pub flavor: Flavor,
+    pub peer: Peer,
+    /// Connection number, for logs.
+    pub serial: u64,
+    /// When the connection is dropped unless it makes progress (None: a v1
+    /// connection that has sent a valid frame is kept while idle).
+    pub deadline: Option<Instant>,
+    /// Bytes buffered in this slot's legacy buffer.
+    pub legacy_len: usize,
+}
+
+/// What to do with a connection after handling an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    Keep,
+    Close,
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    Signals,
+    Listener(usize),
+    Conn(usize),
+}
+
+pub struct Server {
+    listeners: Vec<Listener>,
+    signals: SignalFd,
+    pub(crate) conns: Vec<Option<Conn>>,
+    /// One buffer per slot for v0.2 stream reassembly (empty when there is no
+    /// legacy listener).
+    pub(crate) legacy_bufs: Vec<Box<[u8]>>,
+    pub(crate) recv_buf: Box<[u8]>,
+    pub(crate) send_buf: Box<[u8]>,
+    pub(crate) spec: SpawnSpec,
+    pub(crate) inherited: InheritedEnv,
+    pub(crate) settings: Settings,
+    pub(crate) capabilities: Capabilities,
+    pollfds: Vec<libc::pollfd>,
+    owners: Vec<Owner>,
+    serial_next: u64,
+    stop_signal: Option<i32>,
+}
+
+/// A connection's label in log lines: `v1 conn 3 (uid 0, pid 1234)`.
+pub(crate) struct Label {
+    pub flavor: Flavor,
+    pub serial: u64,
+    pub peer: Peer,
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} conn {} (uid {}, pid {})",
+            self.flavor.name(),
+            self.serial,
+            self.peer.uid,
+            self.peer.pid
+        )
+    }
+}
+
+impl Conn {
+    pub fn label(&self) -> Label {
+        Label {
+            flavor: self.flavor,
+            serial: self.serial,
+            peer: self.peer,
+        }
+    }
+}
+
+impl Server {
+    /// Allocates everything the loop will ever use.
+    pub fn new(
+        listeners: Vec<Listener>,
+        signals: SignalFd,
+        inherited: InheritedEnv,
+        settings: Settings,
+    ) -> Server {
+        let has_legacy = listeners.iter().any(|l| l.flavor == Flavor::Legacy);
+        let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::CLONE3_PIDFD;
+        if has_legacy {
+            capabilities |= Capabilities::LEGACY_LISTENER;
+        }
+        let legacy_bufs = (0..CONNECTIONS_MAX)
+            .map(|_| {
+                let len = if has_legacy { LEGACY_RECV_BYTES } else { 0 };
+                vec![0u8; len].into_boxed_slice()
+            })
+            .collect();
+        let spec = SpawnSpec::with_limits(spec_limits(&inherited));
+        Server {
+            listeners,
+            signals,
+            conns: (0..CONNECTIONS_MAX).map(|_| None).collect(),
+            legacy_bufs,
+            recv_buf: vec![0u8; V1_RECV_BYTES].into_boxed_slice(),
+            send_buf: vec![0u8; SEND_BYTES].into_boxed_slice(),
+            spec,
+            inherited,
+            settings,
+            capabilities,
+            pollfds: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX),
+            owners: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX),
+            serial_next: 1,
+            stop_signal: None,
+        }
+    }
+
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
+    }
+
+    /// Serves until SIGTERM or SIGINT; returns the signal.
+    pub fn run(&mut self) -> io::Result<i32> {
+        loop {
+            self.build_poll_set();
+            let timeout_ms = self.poll_timeout_ms(Instant::now());
+            // SAFETY: `pollfds` is a valid array of `len` pollfd entries.
+            let n = unsafe {
+                libc::poll(
+                    self.pollfds.as_mut_ptr(),
+                    self.pollfds.len() as libc::nfds_t,
+                    timeout_ms,
+                )
+            };
+            if n < 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(error);
+            }
+            for index in 0..self.pollfds.len() {
+                let revents = self.pollfds[index].revents;
+                if revents == 0 {
+                    continue;
+                }
+                match self.owners[index] {
+                    Owner::Signals => self.on_signal()?,
+                    Owner::Listener(l) => self.accept_ready(l),
+                    Owner::Conn(slot) => self.conn_ready(slot, revents),
+                }
+            }
+            self.expire(Instant::now());
+            if let Some(signal) = self.stop_signal {
+                return Ok(signal);
+            }
+        }
+    }
+
+    /// Removes the socket files the agent created (clean exit only).
+    pub fn remove_socket_files(&self) {
+        for listener in &self.listeners {
+            listener.remove_file();
+        }
+    }
+
+    fn build_poll_set(&mut self) {
+        self.pollfds.clear();
+        self.owners.clear();
+        let entry = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        self.pollfds.push(entry(self.signals.raw()));
+        self.owners.push(Owner::Signals);
+        for (i, listener) in self.listeners.iter().enumerate() {
+            self.pollfds.push(entry(listener.fd.as_raw_fd()));
+            self.owners.push(Owner::Listener(i));
+        }
+        for (slot, conn) in self.conns.iter().enumerate() {
+            if let Some(conn) = conn {
+                self.pollfds.push(entry(conn.fd.as_raw_fd()));
+                self.owners.push(Owner::Conn(slot));
+            }
+        }
+    }
+
+    fn poll_timeout_ms(&self, now: Instant) -> libc::c_int {
+        let next = self.conns.iter().flatten().filter_map(|c| c.deadline).min();
+        match next {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(now);
+                // Round up so that the deadline has passed when poll returns.
+                let ms = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
+                ms.min(libc::c_int::MAX as u128) as libc::c_int
+            }
+        }
+    }
+
+    fn on_signal(&mut self) -> io::Result<()> {
+        while let Some(signal) = self.signals.read()? {
+            if TERMINATING.contains(&signal) {
+                notice!("signal {signal} received: stopping (started processes keep running)");
+                self.stop_signal = Some(signal);
+            } else if IGNORED.contains(&signal) {
+                info!(
+                    "signal {signal} received: ignored (the agent has no configuration to reload)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_ready(&mut self, listener: usize) {
+        for _ in 0..ACCEPTS_PER_WAKE_MAX {
+            let (fd, flavor) = {
+                let l = &self.listeners[listener];
+                // SAFETY: accept4 on our listening socket; no address wanted.
+                let fd = unsafe {
+                    libc::accept4(
+                        l.fd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    )
+                };
+                (fd, l.flavor)
+            };
+            if fd < 0 {
+                let error = io::Error::last_os_error();
+                match error.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                    Some(libc::ECONNABORTED) => continue,
+                    _ => warning!("{} listener: accept: {error}", flavor.name()),
+                }
+                return;
+            }
+            // SAFETY: accept4 returned a new fd that nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            self.admit(fd, flavor);
+        }
+    }
+
+    /// Checks the peer and finds a slot, or tells the peer why not.
+    fn admit(&mut self, fd: OwnedFd, flavor: Flavor) {
+        let serial = self.serial_next;
+        self.serial_next += 1;
+        let peer = match peer_credentials(fd.as_raw_fd()) {
+            Ok(peer) => peer,
+            Err(error) => {
+                warning!(
+                    "{} conn {serial}: SO_PEERCRED: {error}; closed",
+                    flavor.name()
+                );
+                return;
+            }
+        };
+        let label = Label {
+            flavor,
+            serial,
+            peer,
+        };
+        if !self.settings.allow.allows(peer.uid) {
+            let mut text = crate::text::FixedBuf::<256>::new();
+            let _ = fmt::Write::write_fmt(
+                &mut text,
+                format_args!(
+                    "uid {} may not use holden-agent (allowed: root, the agent's uid and \
+                     --allow-uid)",
+                    peer.uid
+                ),
+            );
+            warning!(
+                "{label}: refused: uid {} is not on the allow-list",
+                peer.uid
+            );
+            self.refuse(
+                &fd,
+                flavor,
+                holden::wire::v1::ErrorStage::Permission,
+                libc::EACCES,
+                text.as_bytes(),
+            );
+            return;
+        }
+        let Some(slot) = self.conns.iter().position(Option::is_none) else {
+            warning!("{label}: refused: {CONNECTIONS_MAX} connections already open");
+            self.refuse(
+                &fd,
+                flavor,
+                holden::wire::v1::ErrorStage::Limit,
+                libc::EBUSY,
+                b"holden-agent has too many open connections; try again later",
+            );
+            return;
+        };
+        if flavor == Flavor::V1 {
+            info!("{label}: connected");
+        }
+        self.conns[slot] = Some(Conn {
+            fd,
+            flavor,
+            peer,
+            serial,
+            deadline: Some(Instant::now() + self.settings.read_timeout),
+            legacy_len: 0,
+        });
+    }
+
+    /// Sends one error (request id 0 for v1) on a connection about to close.
+    fn refuse(
+        &mut self,
+        fd: &OwnedFd,
+        flavor: Flavor,
+        stage: holden::wire::v1::ErrorStage,
+        errno: i32,
+        text: &[u8],
+    ) {
+        let len = match flavor {
+            Flavor::V1 => {
+                holden::wire::v1::encode_error(&mut self.send_buf, 0, errno, stage, text).ok()
+            }
+            Flavor::Legacy => holden::wire::legacy::encode_error(&mut self.send_buf, text).ok(),
+        };
+        if let Some(len) = len {
+            let _ = crate::fdpass::send(fd.as_raw_fd(), &self.send_buf[..len], None);
+        }
+    }
+
+    fn conn_ready(&mut self, slot: usize, revents: libc::c_short) {
+        let Some(conn) = self.conns[slot].as_ref() else {
+            return;
+        };
+        let next = if revents & libc::POLLIN != 0 {
+            match conn.flavor {
+                Flavor::V1 => self.v1_readable(slot),
+                Flavor::Legacy => self.legacy_readable(slot),
+            }
+        } else {
+            // POLLHUP/POLLERR without data: the peer is gone.
+            Next::Close
+        };
+        if next == Next::Close {
+            self.close(slot, "closed");
+        }
+    }
+
+    pub(crate) fn close(&mut self, slot: usize, why: &str) {
+        if let Some(conn) = self.conns[slot].take() {
+            if conn.flavor == Flavor::V1 || why != "closed" {
+                info!("{}: {why}", conn.label());
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let expired =
+                matches!(&self.conns[slot], Some(c) if c.deadline.is_some_and(|d| d <= now));
+            if expired {
+                let ms = self.settings.read_timeout.as_millis();
+                let mut why = crate::text::FixedBuf::<96>::new();
+                let _ = fmt::Write::write_fmt(
+                    &mut why,
+                    format_args!("dropped: no complete frame within the {ms} ms read timeout"),
+                );
+                let why = std::str::from_utf8(why.as_bytes()).unwrap_or("dropped: read timeout");
+                self.close(slot, why);
+            }
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! holden wire v1 on a SOCK_SEQPACKET connection: one request per packet,
+//! one reply per request, the pidfd in the same `sendmsg` as `Started`.
+//!
+//! Hostile input never starts a process: an oversized packet, a packet with
+//! fds, anything the decoder refuses, and frames only an agent sends are
+//! answered with an `Error` (request id from the frozen header prefix when
+//! readable, else 0) and the connection stays usable.
+
+use std::fmt::Write as _;
+use std::os::fd::AsRawFd;
+
+use holden::spawn::{self, pidfd_send_signal};
+use holden::wire::v1::{
+    self, decode, encode_error, encode_pong, encode_started, peek_request_id, Body, ErrorStage,
+    Pong,
+};
+
+use crate::fdpass::{self, Recv};
+use crate::log::{info, warning};
+use crate::peer::may_request_credentials;
+use crate::request::{fill_v1, wire_stage};
+use crate::server::{Next, Server};
+use crate::text::{Errno, Escaped, FixedBuf};
+
+/// An error reply in the making.
+struct Refusal {
+    stage: ErrorStage,
+    errno: i32,
+    text: FixedBuf<{ v1::ERROR_TEXT_LEN_MAX }>,
+}
+
+impl Refusal {
+    fn new(stage: ErrorStage, errno: i32, args: std::fmt::Arguments<'_>) -> Refusal {
+        let mut text = FixedBuf::new();
+        let _ = text.write_fmt(args);
+        Refusal { stage, errno, text }
+    }
+}
+
+impl Server {
+    pub(crate) fn v1_readable(&mut self, slot: usize) -> Next {
+        let Some(fd) = self.conns[slot].as_ref().map(|c| c.fd.as_raw_fd()) else {
+            return Next::Close;
+        };
+        let received = match fdpass::recv(fd, &mut self.recv_buf, true) {
+            Ok(Recv::Data(received)) => received,
+            Ok(Recv::WouldBlock) => return Next::Keep,
+            Ok(Recv::Closed) => return Next::Close,
+            Err(error) => {
+                self.log_conn(slot, format_args!("recvmsg: {error}; closing"));
+                return Next::Close;
+            }
+        };
+        let packet_len = received.len;
+        let request_id = peek_request_id(&self.recv_buf[..packet_len]).unwrap_or(0);
+        if received.truncated {
+            let max = v1::FRAME_LEN_MAX;
+            return self.v1_refuse(
+                slot,
+                request_id,
+                Refusal::new(
+                    ErrorStage::Limit,
+                    libc::EMSGSIZE,
+                    format_args!("packet is larger than the {max}-byte frame maximum"),
+                ),
+            );
+        }
+        if received.fds > 0 || received.fds_truncated {
+            let fds = received.fds;
+            return self.v1_refuse(
+                slot,
+                request_id,
+                Refusal::new(
+                    ErrorStage::Decode,
+                    libc::EBADMSG,
+                    format_args!("request carried {fds} file descriptors; requests carry none"),
+                ),
+            );
+        }
+        self.v1_packet(slot, packet_len)
+    }
+
+    fn v1_packet(&mut self, slot: usize, packet_len: usize) -> Next {
+        let packet = &self.recv_buf[..packet_len];
+        let request_id = peek_request_id(packet).unwrap_or(0);
+        let frame = match decode(packet) {
+            Ok(frame) => frame,
+            Err(error) => {
+                let refusal = Refusal::new(error.stage(), error.errno(), format_args!("{error}"));
+                return self.v1_refuse(slot, request_id, refusal);
+            }
+        };
+        if let Some(conn) = self.conns[slot].as_mut() {
+            // A peer that speaks v1 may stay connected while idle.
+            conn.deadline = None;
+        }
+        match frame.body {
+            Body::Ping => {
+                let pong = Pong::ours(self.capabilities);
+                let len = encode_pong(&mut self.send_buf, request_id, pong).unwrap_or(0);
+                self.log_conn(slot, format_args!("request {request_id}: ping -> pong"));
+                self.v1_send(slot, len, None)
+            }
+            Body::Start(start) => {
+                // Copy what the log needs before `fill` reuses nothing of the
+                // packet: the spec holds its own copies.
+                let permitted = self.conns[slot]
+                    .as_ref()
+                    .is_some_and(|c| may_request_credentials(&c.peer, start.uid, start.gid));
+                if !permitted {
+                    let refusal = Refusal::new(
+                        ErrorStage::Permission,
+                        libc::EPERM,
+                        format_args!(
+                            "only root may start a process as another user (asked uid {:?}, gid {:?})",
+                            start.uid, start.gid
+                        ),
+                    );
+                    return self.v1_refuse(slot, request_id, refusal);
+                }
+                let filled = fill_v1(&mut self.spec, &start, &self.inherited);
+                if let Err(error) = filled {
+                    let refusal =
+                        Refusal::new(ErrorStage::Limit, libc::E2BIG, format_args!("{error}"));
+                    return self.v1_refuse(slot, request_id, refusal);
+                }
+                self.v1_start(slot, request_id)
+            }
+            Body::Started(_) | Body::Error(_) | Body::Pong(_) => {
+                let kind = frame.header.kind;
+                let refusal = Refusal::new(
+                    ErrorStage::Decode,
+                    libc::EPROTO,
+                    format_args!("{kind:?} is a reply frame; the agent only takes Start and Ping"),
+                );
+                self.v1_refuse(slot, request_id, refusal)
+            }
+        }
+    }
+
+    /// Spawns from the filled spec and replies `Started` + pidfd or `Error`.
+    fn v1_start(&mut self, slot: usize, request_id: u64) -> Next {
+        let program = Escaped(self.spec.program().unwrap_or(b""));
+        let (argc, envc) = (self.spec.args_count(), self.spec.env_count());
+        let mut what = FixedBuf::<200>::new();
+        let _ = write!(what, "start \"{program}\" argc {argc} envc {envc}");
+        let what = what;
+        match spawn::spawn(&self.spec) {
+            Ok(spawned) => {
+                let len = encode_started(&mut self.send_buf, request_id, spawned.pid).unwrap_or(0);
+                let next = self.v1_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
+                let pid = spawned.pid;
+                let shown = what.as_str();
+                if next == Next::Keep {
+                    self.log_conn(
+                        slot,
+                        format_args!("request {request_id}: {shown} -> started pid {pid}"),
+                    );
+                } else {
+                    // Nobody will supervise a process whose pidfd never
+                    // arrived: end it rather than leave it unsupervised.
+                    let _ =
+                        pidfd_send_signal(std::os::fd::AsFd::as_fd(&spawned.pidfd), libc::SIGKILL);
+                    self.log_conn(
+                        slot,
+                        format_args!("request {request_id}: {shown} -> pid {pid} killed: the reply could not be sent"),
+                    );
+                }
+                next
+            }
+            Err(error) => {
+                let stage = wire_stage(error.stage);
+                let errno = error.errno;
+                let shown = what.as_str();
+                let refusal = Refusal::new(
+                    stage,
+                    errno,
+                    format_args!("{} \"{program}\": {}", error.stage, Errno(errno)),
+                );
+                self.log_conn(
+                    slot,
+                    format_args!(
+                        "request {request_id}: {shown} -> error {}: {} (errno {errno})",
+                        error.stage,
+                        Errno(errno)
+                    ),
+                );
+                self.v1_reply_error(slot, request_id, &refusal)
+            }
+        }
+    }
+
+    fn v1_refuse(&mut self, slot: usize, request_id: u64, refusal: Refusal) -> Next {
+        let text = Escaped(refusal.text.as_bytes());
+        if let Some(conn) = self.conns[slot].as_ref() {
+            warning!(
+                "{}: request {request_id}: refused ({}, errno {}): {text}",
+                conn.label(),
+                refusal.stage.name(),
+                refusal.errno
+            );
+        }
+        self.v1_reply_error(slot, request_id, &refusal)
+    }
+
+    fn v1_reply_error(&mut self, slot: usize, request_id: u64, refusal: &Refusal) -> Next {
+        let text = v1::clamp_error_text(refusal.text.as_bytes());
+        match encode_error(
+            &mut self.send_buf,
+            request_id,
+            refusal.errno,
+            refusal.stage,
+            text,
+        ) {
+            Ok(len) => self.v1_send(slot, len, None),
+            Err(_) => Next::Close,
+        }
+    }
+
+    /// Sends `send_buf[..len]` as one packet. A full socket buffer means the
+    /// client does not read its replies: the connection is dropped (the agent
+    /// keeps no reply queue).
+    fn v1_send(&mut self, slot: usize, len: usize, pidfd: Option<i32>) -> Next {
+        let Some(fd) = self.conns[slot].as_ref().map(|c| c.fd.as_raw_fd()) else {
+            return Next::Close;
+        };
+        if len == 0 {
+            return Next::Close;
+        }
+        match fdpass::send(fd, &self.send_buf[..len], pidfd) {
+            Ok(sent) if sent == len => Next::Keep,
+            Ok(_) => Next::Close,
+            Err(error) => {
+                self.log_conn(slot, format_args!("sendmsg: {error}; closing"));
+                Next::Close
+            }
+        }
+    }
+
+    pub(crate) fn log_conn(&self, slot: usize, args: std::fmt::Arguments<'_>) {
+        if let Some(conn) = self.conns[slot].as_ref() {
+            info!("{}: {args}", conn.label());
+        }
+    }
+}

@@ -212,3 +212,52 @@ fn truncated_data_is_reported() {
     assert_eq!(ring.received(id), Some(&b"long"[..]));
     assert!(ring.recv_truncated(id));
 }
+
+#[test]
+fn fds_of_a_receive_completed_after_remove_are_closed() {
+    let _guard = FD_TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ring = ring_with_fds(4);
+    let (a, b) = seqpacket_pair();
+    let passed = [eventfd(), eventfd()];
+    let raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
+    let id = ring.insert().unwrap();
+    let before = open_fd_count();
+    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.submit_and_wait(0, None).unwrap();
+    send_with_fds(&a, b"late", &raw);
+    // The completion (with two installed fds) is in the queue; the owner removes the slot.
+    ring.submit_and_wait(1, Some(WAIT_ROUND)).unwrap();
+    ring.remove(id).unwrap();
+    for _ in 0..WAIT_ROUNDS_MAX {
+        if ring.in_flight() == 0 {
+            break;
+        }
+        assert_eq!(poll_now(&mut ring), None);
+    }
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(open_fd_count(), before, "fds of a removed slot leaked");
+}
+
+#[test]
+fn dropping_the_ring_with_operations_outstanding_leaks_nothing() {
+    let _guard = FD_TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, b) = seqpacket_pair();
+    let idle = eventfd();
+    let before = open_fd_count();
+    let mut ring = ring_with_fds(4);
+    let id = ring.insert().unwrap();
+    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.poll_add(id, idle.as_fd(), libc::POLLIN as u32)
+        .unwrap();
+    ring.timeout(
+        id,
+        ring::Timeout::After(std::time::Duration::from_secs(3600)),
+    )
+    .unwrap();
+    ring.sendmsg(id, a.as_fd(), b"bye", Some(idle.as_fd()))
+        .unwrap();
+    ring.submit_and_wait(0, None).unwrap();
+    drop(ring);
+    // The ring's own fd and the dup it made for the send are closed.
+    assert_eq!(open_fd_count(), before, "ring fd or a dup leaked");
+}

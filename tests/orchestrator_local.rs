@@ -1,0 +1,283 @@
+//! holden-orchestrator with local services: real processes, the real binary, its log.
+
+mod orchestrator_support;
+
+use orchestrator_support::*;
+
+fn header(dir: &TempDir) -> String {
+    config_header(&dir.path("no-agent.sock"))
+}
+
+fn spawned_pids(orch: &Orch, name: &str) -> Vec<i32> {
+    orch.lines_with(&[&format!("service={name} "), "reason=spawned"])
+        .iter()
+        .map(|l| field(l, "spawned_pid").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn crash_restarts_with_a_new_process_each_time() {
+    let dir = TempDir::new("crash");
+    let cfg = header(&dir)
+        + &service(
+            "crasher",
+            "local",
+            &["/bin/sh", "-c", "exit 3"],
+            "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 16, interval = \"1s\" }",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let exits = orch.wait_lines(&["service=crasher ", "reason=exited code=3"], 4);
+    assert!(
+        exits
+            .iter()
+            .all(|l| l.starts_with("<4>") && l.contains("partition=local")),
+        "{exits:?}"
+    );
+    let pids = spawned_pids(&orch, "crasher");
+    assert!(pids.len() >= 4);
+    let mut unique = pids.clone();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        pids.len(),
+        "every restart is a new process: {pids:?}"
+    );
+    // restart counts rise one by one
+    let counts: Vec<u32> = exits
+        .iter()
+        .map(|l| field(l, "restarts").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(&counts[..4], &[1, 2, 3, 4], "{exits:?}");
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+#[test]
+fn on_failure_and_never_are_honoured() {
+    let dir = TempDir::new("policy");
+    let mut cfg = header(&dir);
+    cfg += &service(
+        "clean-onfail",
+        "local",
+        &["/bin/sh", "-c", "exit 0"],
+        "restart = \"on-failure\"",
+    );
+    cfg += &service(
+        "dirty-never",
+        "local",
+        &["/bin/sh", "-c", "exit 1"],
+        "restart = \"never\"",
+    );
+    cfg += &service(
+        "clean-never",
+        "local",
+        &["/bin/sh", "-c", "exit 0"],
+        "restart = \"never\"",
+    );
+    cfg += &service(
+        "dirty-onfail",
+        "local",
+        &["/bin/sh", "-c", "exit 1"],
+        "restart = \"on-failure\"\nrestart_delay = \"10ms\"\nstart_limit = { burst = 16, interval = \"1s\" }",
+    );
+    let mut orch = Orch::start(&dir, &cfg);
+    // The restarting one goes round several times: by then the others had every chance.
+    orch.wait_lines(&["service=dirty-onfail ", "reason=exited code=1"], 5);
+    orch.wait_lines(
+        &[
+            "service=clean-onfail ",
+            "state=stopped",
+            "reason=exited code=0",
+        ],
+        1,
+    );
+    orch.wait_lines(
+        &[
+            "service=clean-never ",
+            "state=stopped",
+            "reason=exited code=0",
+        ],
+        1,
+    );
+    let failed = orch.wait_lines(
+        &[
+            "service=dirty-never ",
+            "state=failed",
+            "reason=exited code=1",
+        ],
+        1,
+    );
+    assert!(failed[0].starts_with("<3>"), "{failed:?}");
+    assert_eq!(spawned_pids(&orch, "clean-onfail").len(), 1);
+    assert_eq!(spawned_pids(&orch, "clean-never").len(), 1);
+    assert_eq!(spawned_pids(&orch, "dirty-never").len(), 1);
+    assert!(spawned_pids(&orch, "dirty-onfail").len() >= 5);
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+#[test]
+fn backoff_grows_to_its_cap_and_resets_after_a_stable_run() {
+    let dir = TempDir::new("backoff");
+    let counter = dir.path("count");
+    // Runs 1-5 crash at once; run 6 stays up longer than reset_after, then crashes.
+    let script = format!(
+        "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; if [ $n -eq 6 ]; then sleep 0.5; fi; exit 1",
+        c = counter.display()
+    );
+    let cfg = header(&dir)
+        + &service(
+            "flappy",
+            "local",
+            &["/bin/sh", "-c", &script],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nbackoff = { initial = \"20ms\", factor = 2.0, max = \"80ms\", reset_after = \"200ms\" }\nstart_limit = { burst = 16, interval = \"10s\" }",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let lines = orch.wait_lines(
+        &["service=flappy ", "state=backoff", "reason=exited code=1"],
+        7,
+    );
+    let delays: Vec<u64> = lines
+        .iter()
+        .map(|l| field(l, "next_delay_ms").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        &delays[..7],
+        &[20, 40, 80, 80, 80, 20, 40],
+        "grows, caps, resets after the stable 6th run: {lines:#?}"
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+#[test]
+fn start_limit_sends_the_service_to_failed() {
+    let dir = TempDir::new("limit");
+    let cfg = header(&dir)
+        + &service(
+            "burst",
+            "local",
+            &["/bin/sh", "-c", "exit 7"],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nstart_limit = { burst = 3, interval = \"60s\" }",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let failed = orch.wait_lines(&["service=burst ", "state=failed", "reason=start-limit"], 1);
+    assert!(failed[0].starts_with("<3>"));
+    assert_eq!(spawned_pids(&orch, "burst").len(), 3, "{}", orch.log());
+    assert!(orch.stop(libc::SIGTERM).success());
+    assert_eq!(spawned_pids(&orch, "burst").len(), 3, "failed stays failed");
+}
+
+#[test]
+fn a_process_ignoring_sigterm_is_killed_after_the_stop_timeout() {
+    let dir = TempDir::new("stubborn");
+    let cfg = header(&dir)
+        + &service(
+            "stubborn",
+            "local",
+            &[
+                "/bin/sh",
+                "-c",
+                "trap '' TERM; exec /usr/bin/tail -f /dev/null",
+            ],
+            "stop_timeout = \"300ms\"",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let pid = field(
+        &orch.wait_lines(&["service=stubborn ", "reason=spawned"], 1)[0],
+        "spawned_pid",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    wait_until("tail exec'd", || {
+        cmdline(pid).filter(|c| c.contains("tail"))
+    });
+    let status = orch.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(!orch
+        .lines_with(&["service=stubborn ", "signal=SIGTERM", "event=signal"])
+        .is_empty());
+    assert_eq!(
+        orch.lines_with(&["service=stubborn ", "reason=stop-timeout"])
+            .len(),
+        1,
+        "{}",
+        orch.log()
+    );
+    assert_eq!(
+        orch.lines_with(&["service=stubborn ", "state=stopped", "signal=SIGKILL"])
+            .len(),
+        1,
+        "{}",
+        orch.log()
+    );
+    assert!(!alive(pid));
+}
+
+#[test]
+fn shutdown_stops_everything_and_a_second_signal_kills_at_once() {
+    let dir = TempDir::new("shutdown");
+    let mut cfg = header(&dir);
+    for i in 0..4 {
+        cfg += &service(&format!("sleeper{i}"), "local", &["/bin/sleep", "1000"], "");
+    }
+    cfg += &service(
+        "stubborn",
+        "local",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap '' TERM; exec /usr/bin/tail -f /dev/null",
+        ],
+        "stop_timeout = \"1h\"",
+    );
+    let mut orch = Orch::start(&dir, &cfg);
+    let lines = orch.wait_lines(&["reason=spawned"], 5);
+    let pids: Vec<i32> = lines
+        .iter()
+        .map(|l| field(l, "spawned_pid").unwrap().parse().unwrap())
+        .collect();
+    assert!(pids.iter().all(|&p| alive(p)));
+    kill(orch.pid(), libc::SIGTERM);
+    orch.wait_lines(
+        &[
+            "service=sleeper",
+            "state=stopped",
+            "reason=exited signal=SIGTERM",
+        ],
+        4,
+    );
+    assert!(
+        orch.child.try_wait().unwrap().is_none(),
+        "still waiting for the stubborn one"
+    );
+    let status = orch.stop(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(orch.lines_with(&["event=shutdown-forced"]).len(), 1);
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} left running");
+    }
+}
+
+#[test]
+fn exec_failure_is_an_error_not_an_exit() {
+    let dir = TempDir::new("noexec");
+    let cfg = header(&dir)
+        + &service(
+            "missing",
+            "local",
+            &["/nonexistent/holden-test-binary"],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nstart_limit = { burst = 2, interval = \"60s\" }",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    orch.wait_lines(&["service=missing ", "state=failed"], 1);
+    let errors = orch.lines_with(&[
+        "service=missing ",
+        "event=spawn-failed",
+        "stage=exec",
+        "errno=2",
+    ]);
+    assert!(!errors.is_empty(), "{}", orch.log());
+    assert!(orch
+        .lines_with(&["service=missing ", "reason=exited"])
+        .is_empty());
+    assert!(orch.stop(libc::SIGTERM).success());
+}

@@ -1,0 +1,335 @@
+//! Shared helpers of the orchestrator tests: temp dirs, the orchestrator binary with its log,
+//! holden-agent in its own PID namespace, and process bookkeeping by pid.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Generous bound on any wait (avoid hanging, not a timing assertion).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A unique temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = PathBuf::from(format!("/tmp/holden-orch-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after [`WAIT`].
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > WAIT {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// The command line of a process, NULs as spaces.
+pub fn cmdline(pid: i32) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&bytes)
+            .replace('\0', " ")
+            .trim_end()
+            .to_string(),
+    )
+}
+
+/// Every live process whose command line contains `marker` (a unique string per test).
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if cmdline(pid).is_some_and(|c| c.contains(marker)) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// SIGKILL by pid (never by name).
+pub fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill(2) with plain integers.
+    unsafe { libc::kill(pid, signal) };
+}
+
+/// Parent pid of a process.
+pub fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Children of a process (scanning /proc).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if ppid(p) == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Directory of the built binaries (`target/<profile>`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+pub fn orchestrator_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_holden-orchestrator"))
+}
+
+/// The holden-agent binary, built on first use if the workspace build did not make it.
+pub fn agent_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = bin_dir();
+            let path = dir.join("holden-agent");
+            let target_dir = dir.parent().unwrap();
+            let profile = dir.file_name().unwrap().to_string_lossy().to_string();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "-p", "holden-agent", "--bin", "holden-agent"]);
+            if profile == "release" {
+                cmd.arg("--release");
+            }
+            cmd.env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            let status = cmd.status().expect("run cargo build -p holden-agent");
+            assert!(status.success(), "cargo build -p holden-agent failed");
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
+}
+
+/// A running holden-orchestrator with its stderr in a file.
+pub struct Orch {
+    pub child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Orch {
+    pub fn start(dir: &TempDir, config_text: &str) -> Orch {
+        let config = dir.path("orchestrator.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut cmd = Command::new(orchestrator_bin());
+        cmd.arg("--config").arg(&config);
+        Orch::spawn(dir, cmd)
+    }
+
+    pub fn spawn(dir: &TempDir, mut cmd: Command) -> Orch {
+        let log_path = dir.path("orchestrator.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .env_remove("NOTIFY_SOCKET");
+        // Its own process group, so nothing of it survives a test failure unnoticed.
+        cmd.process_group(0);
+        let child = cmd.spawn().expect("spawn holden-orchestrator");
+        Orch { child, log_path }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Log lines containing every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until at least `count` lines contain every needle; returns them.
+    pub fn wait_lines(&self, needles: &[&str], count: usize) -> Vec<String> {
+        wait_until(&format!("{count} log lines with {needles:?}"), || {
+            let lines = self.lines_with(needles);
+            (lines.len() >= count).then_some(lines)
+        })
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        kill(self.pid(), signal);
+        wait_until("orchestrator exit", || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for Orch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            kill(self.pid(), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Value of `key=` in a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat).map(|i| i + pat.len()).or_else(|| {
+        let pat = format!(">{key}=");
+        line.find(&pat).map(|i| i + pat.len())
+    })?;
+    let rest = &line[start..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// holden-agent running under a small init (a shell loop that restarts it) as PID 1 of its
+/// own PID and mount namespace: a stand-in for the QM container.
+pub struct Qm {
+    unshare: Child,
+    pub init_pid: i32,
+    pub socket: PathBuf,
+}
+
+impl Qm {
+    /// Starts the namespace; `extra` are more agent options (e.g. `--legacy-socket P`).
+    pub fn start(dir: &TempDir, extra: &str) -> Qm {
+        let socket = dir.path("agent.sock");
+        let agent = agent_bin();
+        let log = std::fs::File::create(dir.path("agent.log")).unwrap();
+        // PID 1 is dash: it restarts the agent when it dies and, waiting for it, reaps every
+        // orphan that is reparented to it.
+        let script = format!(
+            "while :; do {} --socket {} {extra}; sleep 0.05; done",
+            agent.display(),
+            socket.display()
+        );
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "/bin/sh",
+            "-c",
+            &script,
+        ]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0);
+        let unshare = cmd.spawn().expect("spawn unshare");
+        let unshare_pid = unshare.id() as i32;
+        let init_pid = wait_until("namespace init", || children(unshare_pid).first().copied());
+        let qm = Qm {
+            unshare,
+            init_pid,
+            socket,
+        };
+        wait_until("agent socket", || {
+            qm.agent_pid().filter(|_| qm.socket.exists())
+        });
+        qm
+    }
+
+    /// The agent's pid (in our namespace), if it is running.
+    pub fn agent_pid(&self) -> Option<i32> {
+        children(self.init_pid)
+            .into_iter()
+            .find(|&p| cmdline(p).is_some_and(|c| c.contains("holden-agent")))
+    }
+
+    /// Kills the agent with SIGKILL; the init loop restarts it.
+    pub fn kill_agent(&self) -> i32 {
+        let pid = self.agent_pid().expect("agent running");
+        kill(pid, libc::SIGKILL);
+        pid
+    }
+
+    pub fn agent_log(dir: &TempDir) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(dir.path("agent.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Qm {
+    fn drop(&mut self) {
+        // Killing PID 1 of the namespace kills everything in it.
+        kill(self.init_pid, libc::SIGKILL);
+        let _ = self.unshare.wait();
+    }
+}
+
+/// A TOML `[[service]]` block.
+pub fn service(name: &str, partition: &str, argv: &[&str], extra: &str) -> String {
+    let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "[[service]]\nname = {name:?}\npartition = {partition:?}\nargv = [{}]\n{extra}\n",
+        argv.join(", ")
+    )
+}
+
+/// Header of a config whose agent socket lives in `dir`.
+pub fn config_header(socket: &Path) -> String {
+    format!("[agent]\nsocket = {:?}\nreconnect_initial = \"50ms\"\nreconnect_max = \"500ms\"\nrequest_timeout = \"5s\"\n\n", socket.display().to_string())
+}

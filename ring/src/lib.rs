@@ -16,6 +16,9 @@
 //! }
 //! ```
 
+// Every unsafe block carries a `// SAFETY:` comment; clippy enforces it.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
+
 mod arena;
 mod error;
 mod limits;

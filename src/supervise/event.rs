@@ -47,7 +47,8 @@ pub enum SpawnStage {
     Setup,
     /// execve itself (ENOENT, EACCES, ...).
     Exec,
-    /// The agent could not be asked or did not answer (connection lost, timeout).
+    /// The agent could not be asked or did not answer (connection lost, timeout). The core
+    /// then considers the agent down until the next `AgentUp`.
     Agent,
     /// The agent answered but what it sent was refused (not a pidfd, duplicate, ...).
     Refused,
@@ -113,8 +114,9 @@ pub enum Event {
     },
     /// The agent connection is established: QM services may be spawned.
     AgentUp,
-    /// The agent connection is lost. The shell first answers every QM spawn in flight with
-    /// `SpawnFailed { stage: Agent }`. Running QM processes are not affected.
+    /// The agent connection is lost. The shell also answers every QM spawn in flight with
+    /// `SpawnFailed { stage: Agent }` (before or after this event). Running QM processes are
+    /// not affected: their pidfds do not depend on the agent.
     AgentDown,
     /// An operator command for one service.
     Command {

@@ -1,7 +1,7 @@
 //! The supervisor: a fixed table of services driven by events, emitting actions.
 
 use super::action::{Action, ActionQueue, Reason, Transition};
-use super::event::{Command, Event, ExitStatus, Pid, SpawnError, TimerToken};
+use super::event::{Command, Event, ExitStatus, Pid, SpawnError, SpawnStage, TimerToken};
 use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
 use super::start_history::StartHistory;
 use super::status::{ServiceStatus, State};
@@ -343,6 +343,11 @@ impl Supervisor {
             return Err(Refusal::NoSpawnInFlight(service));
         }
         slot.spawn_in_flight = false;
+        if error.stage == SpawnStage::Agent {
+            // The agent connection is gone: asking again before `AgentUp` would fail the same way.
+            self.agent_up = false;
+        }
+        let slot = &mut self.slots[service.index()];
         match slot.state {
             State::Starting => {
                 let reason = Reason::SpawnFailed(error);

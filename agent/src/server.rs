@@ -33,6 +33,9 @@ use crate::signals::{SignalFd, IGNORED, TERMINATING};
 /// Connections accepted per listener per wake-up.
 const ACCEPTS_PER_WAKE_MAX: usize = 16;
 
+/// Packets read and discarded from a refused connection before closing it.
+const REFUSE_DRAIN_MAX: usize = 16;
+
 /// Fixed entries before the connections in the poll array: the signalfd and
 /// up to two listeners.
 const POLL_FIXED_MAX: usize = 3;
@@ -376,6 +379,15 @@ impl Server {
         };
         if let Some(len) = len {
             let _ = crate::fdpass::send(fd.as_raw_fd(), &self.send_buf[..len], None);
+        }
+        // Closing with unread requests queued would make the peer's next
+        // read fail with ECONNRESET before it sees the reason: drain what
+        // has arrived (bounded) first.
+        for _ in 0..REFUSE_DRAIN_MAX {
+            match crate::fdpass::recv(fd.as_raw_fd(), &mut self.recv_buf, flavor == Flavor::V1) {
+                Ok(crate::fdpass::Recv::Data(_)) => continue,
+                _ => break,
+            }
         }
     }
 

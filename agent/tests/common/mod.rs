@@ -386,7 +386,8 @@ impl V1Client {
         self.outcome(request_id)
     }
 
-    /// True when the agent closed the connection (EOF), false on a packet.
+    /// True when the agent closed the connection (EOF), false on a packet or
+    /// when nothing arrives within the socket's receive timeout.
     pub fn closed_by_agent(&self) -> bool {
         match recv_with_fds(self.fd.as_raw_fd(), v1::FRAME_LEN_MAX) {
             Ok(reply) => reply.bytes.is_empty(),

@@ -644,6 +644,8 @@ mod tests {
     }
 
     #[test]
+    // The child is reaped through its pidfd (waitid(P_PIDFD)), which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
     fn wait_reports_exit_code_and_refuses_non_children() {
         let child = Command::new("sh").args(["-c", "exit 42"]).spawn().unwrap();
         let fd = open(child.id() as i32).unwrap();

@@ -17,7 +17,7 @@
 //! The first misbehaviour of each connection is logged; repeats are counted, not logged.
 
 use super::event_loop::{Error, Orchestrator, Owner};
-use super::log::{Escaped, Priority};
+use super::log::{ErrnoText, Escaped, Priority};
 use super::spec::{AgentProtocol, Settings};
 use crate::pidfd;
 use crate::supervise::{Event, Partition, ServiceId, SpawnError, SpawnStage};
@@ -270,8 +270,9 @@ impl Orchestrator {
                     self.log.line(
                         Priority::Warning,
                         format_args!(
-                            "event=agent-connect-failed socket={} error=\"{e}\"{hint}",
-                            self.agent_path()
+                            "event=agent-connect-failed socket={} error=\"{}\"{hint}",
+                            self.agent_path(),
+                            ErrnoText(e.raw_os_error().unwrap_or(0))
                         ),
                     );
                 }
@@ -575,9 +576,7 @@ impl Orchestrator {
         match c.op {
             OpTag::SendMsg => match c.result {
                 Ok(_) => self.agent_kick_send(),
-                Err(e) => {
-                    self.agent_drop(format_args!("send: {}", io::Error::from_raw_os_error(e.0)))
-                }
+                Err(e) => self.agent_drop(format_args!("send: {}", ErrnoText(e.0))),
             },
             OpTag::RecvMsg => match c.result {
                 Ok(0) => self.agent_drop(format_args!("the agent closed the connection")),
@@ -587,10 +586,7 @@ impl Orchestrator {
                         let _ = self.ring.recvmsg(*slot, fd.as_fd());
                     }
                 }
-                Err(e) => self.agent_drop(format_args!(
-                    "receive: {}",
-                    io::Error::from_raw_os_error(e.0)
-                )),
+                Err(e) => self.agent_drop(format_args!("receive: {}", ErrnoText(e.0))),
             },
             _ => {}
         }
@@ -695,11 +691,10 @@ impl Orchestrator {
                 }
                 let identity =
                     pidfd::identity(pidfd.as_fd()).unwrap_or(pidfd::Identity { inode: 0, pid: -1 });
-                let pid = if identity.pid > 0 {
-                    identity.pid
-                } else {
-                    started.pid
-                };
+                // Our PID namespace's pid; 0 when the process was already reaped (only the
+                // agent's view of it is left, logged as qm_pid).
+                let pid = identity.pid.max(0);
+                self.services[index].qm_pid = started.pid;
                 self.counters.spawned_qm.fetch_add(1, Ordering::Relaxed);
                 self.log.line(
                     Priority::Debug,
@@ -729,7 +724,7 @@ impl Orchestrator {
                         self.services[index].def.name,
                         error.stage.name(),
                         error.errno,
-                        io::Error::from_raw_os_error(error.errno),
+                        ErrnoText(error.errno),
                         Escaped(error.text)
                     ),
                 );

@@ -109,8 +109,11 @@ pub(crate) struct ServiceRt {
     /// Prepared once for local services.
     pub spec: Option<SpawnSpec>,
     pub proc: Option<Proc>,
-    /// Pid of the last process, for log lines after it is gone.
+    /// Pid of the last process (in our PID namespace; 0 when it was gone before we could
+    /// ask), for log lines after it is gone.
     pub last_pid: i32,
+    /// QM: the pid of the last process as the agent sees it (in the QM PID namespace).
+    pub qm_pid: i32,
     /// The core's timer: deadline (CLOCK_MONOTONIC ns) and token.
     pub timer: Option<(u64, TimerToken)>,
     /// Deadline of the outstanding ring TIMEOUT, if any.
@@ -275,6 +278,7 @@ impl Orchestrator {
                 spec,
                 proc: None,
                 last_pid: 0,
+                qm_pid: 0,
                 timer: None,
                 timer_op_at: None,
                 exit_retries_left: 0,
@@ -495,7 +499,7 @@ impl Orchestrator {
                         rt.def.name,
                         e.stage,
                         e.errno,
-                        io::Error::from_raw_os_error(e.errno)
+                        super::log::ErrnoText(e.errno)
                     ),
                 );
                 self.events.push(Event::SpawnFailed {
@@ -564,10 +568,11 @@ impl Orchestrator {
             Err(e) => self.log.line(
                 Priority::Warning,
                 format_args!(
-                    "service={} pid={} event=signal-failed signal={} error=\"{e}\"",
+                    "service={} pid={} event=signal-failed signal={} error=\"{}\"",
                     rt.def.name,
                     pid.0,
-                    pidfd::signal_name(signal)
+                    pidfd::signal_name(signal),
+                    super::log::ErrnoText(e.raw_os_error().unwrap_or(0))
                 ),
             ),
         }
@@ -847,14 +852,19 @@ impl Orchestrator {
         use std::fmt::Write as _;
         let _ = write!(
             line,
-            "service={} partition={} state={} from={} pid={} restarts={}",
+            "service={} partition={} state={} from={}",
             rt.def.name,
             rt.def.policy.partition.as_str(),
             t.to,
             t.from,
-            rt.last_pid,
-            t.restarts
         );
+        if rt.last_pid > 0 {
+            let _ = write!(line, " pid={}", rt.last_pid);
+        }
+        if rt.qm_pid > 0 {
+            let _ = write!(line, " qm_pid={}", rt.qm_pid);
+        }
+        let _ = write!(line, " restarts={}", t.restarts);
         let _ = match t.reason {
             Reason::Added => write!(line, " reason=added"),
             Reason::Operator => write!(line, " reason=operator"),

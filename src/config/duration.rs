@@ -7,7 +7,11 @@ pub const DURATION_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Parses a duration; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+    if text.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "bad duration {text:?}: expected an integer and a unit with no space (ns, us, ms, s, m, h), like \"250ms\" or \"5s\", or \"0\""
+        ));
+    }
     if text == "0" {
         return Ok(Duration::ZERO);
     }

@@ -126,7 +126,25 @@ pub(crate) fn from_toml(path: &str, text: &str, error: &toml::de::Error) -> Conf
     } else {
         ConfigErrorKind::Syntax
     };
-    let field = error_keys(error).unwrap_or_default();
+    let mut field = error_keys(error).unwrap_or_default();
+    // Name the key itself when serde names it in the message (unknown or missing field).
+    for prefix in ["unknown field `", "missing field `"] {
+        if let Some(key) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+        {
+            field = if field.is_empty() {
+                key.to_string()
+            } else {
+                format!("{field}.{key}")
+            };
+        }
+    }
+    if field.is_empty() && message.starts_with("duplicate key") {
+        if let Some(key) = error.span().and_then(|span| text.get(span)) {
+            field = key.trim().trim_matches('"').to_string();
+        }
+    }
     ConfigError::at(path, text, offset, kind, field, message)
 }
 

@@ -13,6 +13,14 @@ use crate::supervise::{Partition, Restart, ServicePolicy, StartLimit};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
+/// The agent socket of v0.2 when `HOLDEN_SOCKET_PATH` is not set.
+pub const LEGACY_SOCKET_DEFAULT: &str = "/tmp/process_orchestrator.sock";
+
+/// The v0.2 agent socket: the value of `HOLDEN_SOCKET_PATH` if set, else v0.2's default.
+pub fn legacy_socket_path(holden_socket_path: Option<&std::ffi::OsStr>) -> PathBuf {
+    holden_socket_path.map_or_else(|| PathBuf::from(LEGACY_SOCKET_DEFAULT), PathBuf::from)
+}
+
 /// Most arguments after the program in a v0.2 command.
 pub const LEGACY_ARGS_MAX: usize = 32;
 /// Longest program name or argument in a v0.2 command (the C arrays hold 256 with the NUL).

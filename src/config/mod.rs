@@ -15,6 +15,7 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration, DURATION_MAX};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use legacy::{legacy_socket_path, LEGACY_ARGS_MAX, LEGACY_ARG_LEN_MAX, LEGACY_SOCKET_DEFAULT};
 pub use service::{
     ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
     SERVICE_NAME_LEN_MAX,
@@ -129,7 +130,9 @@ impl Config {
         validate::parse(text, path_for_messages)
     }
 
-    /// The v0.2 command line `holden-orchestrator 'LOCAL CMD' 'QM CMD'`: see [`legacy`].
+    /// The v0.2 command line `holden-orchestrator 'LOCAL CMD' 'QM CMD'`: two services `local`
+    /// and `qm`, restart always, each command split on ASCII whitespace within v0.2's bounds,
+    /// agent protocol `auto` on `socket_path` (see [`legacy_socket_path`]).
     pub fn from_legacy_args(
         local_cmd: &str,
         qm_cmd: &str,

@@ -44,14 +44,6 @@ pub(crate) struct RawControl {
     pub group: Option<Spanned<String>>,
 }
 
-/// A signal given by name or number.
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub(crate) enum RawSignal {
-    Name(String),
-    Number(i64),
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBackoff {
@@ -82,7 +74,8 @@ pub(crate) struct RawService {
     pub restart_delay: Option<Spanned<String>>,
     pub backoff: Option<Spanned<RawBackoff>>,
     pub start_limit: Option<Spanned<RawStartLimit>>,
-    pub stop_signal: Option<Spanned<RawSignal>>,
+    /// A name or a number: checked in `validate` so that the error can say so.
+    pub stop_signal: Option<Spanned<toml::Value>>,
     pub stop_timeout: Option<Spanned<String>>,
     pub enabled: Option<bool>,
 }

@@ -2,11 +2,11 @@
 
 use super::duration::{format_duration, parse_duration};
 use super::error::{from_toml, ConfigError, ConfigErrorKind};
-use super::raw::{RawBackoff, RawConfig, RawService, RawSignal, RawStartLimit};
+use super::raw::{RawBackoff, RawConfig, RawService, RawStartLimit};
 use super::service::{
     ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
 };
-use super::signal::{signal_from_name, signal_from_number};
+use super::signal::{signal_from_name, signal_from_number, SIGNAL_NUMBER_MAX};
 use super::{
     AgentConfig, AgentProtocol, Config, ControlConfig, LogLevel, ShutdownConfig,
     AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT, PATH_LEN_MAX, SLOTS_DEFAULT, SLOTS_MAX,
@@ -395,8 +395,12 @@ fn policy(
     let stop_signal = match &raw.stop_signal {
         None => defaults.stop_signal,
         Some(spanned) => match spanned.get_ref() {
-            RawSignal::Name(name) => signal_from_name(name),
-            RawSignal::Number(number) => signal_from_number(*number),
+            toml::Value::String(name) => signal_from_name(name),
+            toml::Value::Integer(number) => signal_from_number(*number),
+            other => Err(format!(
+                "invalid type: {}, expected a signal name like \"SIGTERM\" or a number 1..={SIGNAL_NUMBER_MAX}",
+                other.type_str()
+            )),
         }
         .map_err(|message| ctx.bad(spanned, &field("stop_signal"), message))?,
     };

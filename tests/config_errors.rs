@@ -1,0 +1,142 @@
+//! Malformed configuration files: each is rejected with the right `line:column`, kind,
+//! field name and a message saying what was expected.
+
+use holden::config::{Config, ConfigErrorKind};
+
+const SERVICE: &str = "[[service]]\nname = \"a\"\npartition = \"local\"\nargv = [\"/bin/true\"]\n";
+
+struct Case {
+    text: String,
+    line: usize,
+    column: usize,
+    kind: ConfigErrorKind,
+    field: &'static str,
+    message: &'static str,
+}
+
+fn case(
+    text: &str,
+    line: usize,
+    column: usize,
+    kind: ConfigErrorKind,
+    field: &'static str,
+    message: &'static str,
+) -> Case {
+    Case {
+        text: text.to_string(),
+        line,
+        column,
+        kind,
+        field,
+        message,
+    }
+}
+
+/// A file of one valid service followed by `extra` lines inside the same `[[service]]`.
+fn service_with(extra: &str) -> String {
+    format!("{SERVICE}{extra}\n")
+}
+
+fn cases() -> Vec<Case> {
+    use ConfigErrorKind::*;
+    vec![
+        case("slots = \n", 1, 9, Syntax, "", "expected"),
+        case("slots = 4\nslots = 5\n", 2, 1, Syntax, "slots", "duplicate key"),
+        case("slot = 4\n", 1, 1, UnknownKey, "slot", "expected one of `slots`"),
+        case("[agent]\nsockets = \"/x.sock\"\n", 2, 1, UnknownKey, "agent.sockets", "expected one of `socket`"),
+        case("[agent]\nprotocol = \"v3\"\n", 2, 12, BadValue, "agent.protocol", "expected one of \"v1\", \"v0.2\", \"auto\""),
+        case("[agent]\nsocket = \"run/agent.sock\"\n", 2, 10, BadValue, "agent.socket", "expected an absolute path"),
+        case("[agent]\nrequest_timeout = \"-5s\"\n", 2, 19, BadValue, "agent.request_timeout", "negative duration"),
+        case("[agent]\nrequest_timeout = \"0\"\n", 2, 19, BadValue, "agent.request_timeout", "greater than 0"),
+        case("[agent]\nreconnect_initial = \"2s\"\nreconnect_max = \"1s\"\n", 3, 17, BadValue, "agent.reconnect_max", "expected reconnect_max >= reconnect_initial"),
+        case("slots = 0\n", 1, 9, BadValue, "slots", "expected 1..=65536"),
+        case("slots = 70000\n", 1, 9, BadValue, "slots", "expected 1..=65536"),
+        case("log_level = \"loud\"\n", 1, 13, BadValue, "log_level", "expected one of \"error\""),
+        case("[shutdown]\ntimeout = \"25h\"\n", 2, 11, BadValue, "shutdown.timeout", "too large (at most 24h)"),
+        case("[shutdown]\nstop_services = \"yes\"\n", 2, 17, BadValue, "shutdown.stop_services", "expected a boolean"),
+        case("[control]\ngroup = \"9wheel\"\n", 2, 9, BadValue, "control.group", "starting with a letter"),
+        case("[[service]]\npartition = \"local\"\nargv = [\"/bin/true\"]\n", 1, 1, MissingKey, "service.name", "missing field `name`"),
+        case("[[service]]\nname = \"a\"\nargv = [\"/bin/true\"]\n", 2, 8, MissingKey, "service.a.partition", "expected \"local\" or \"qm\""),
+        case("[[service]]\nname = \"a b\"\npartition = \"local\"\nargv = [\"/bin/true\"]\n", 2, 8, BadValue, "service[0].name", "expected 1 to 64 characters"),
+        case("[[service]]\nname = \"a\"\npartition = \"host\"\nargv = [\"/bin/true\"]\n", 3, 13, BadValue, "service.a.partition", "expected one of \"local\", \"qm\""),
+        case("[[service]]\nname = \"a\"\npartition = \"local\"\nargv = []\n", 4, 8, BadValue, "service.a.argv", "empty argv"),
+        case("[[service]]\nname = \"a\"\npartition = \"local\"\nargv = [\"bin/true\", \"-x\"]\n", 4, 9, BadValue, "service.a.argv[0]", "not an absolute path"),
+        case("[[service]]\nname = \"a\"\npartition = \"local\"\nargv = [\"/bin/echo\", \"a\\u0000b\"]\n", 4, 22, BadValue, "service.a.argv[1]", "NUL"),
+        case("[[service]]\nname = \"a\"\npartition = \"local\"\nargv = \"/bin/true\"\n", 4, 8, BadValue, "service.argv", "expected a sequence"),
+        case(&service_with("bogus = 1"), 5, 1, UnknownKey, "service.bogus", "expected one of `name`"),
+        case(&service_with("restart = \"sometimes\""), 5, 11, BadValue, "service.a.restart", "expected one of \"always\", \"on-failure\", \"never\""),
+        case(&service_with("restart_delay = 5"), 5, 17, BadValue, "service.restart_delay", "expected a string"),
+        case(&service_with("restart_delay = \"5 sec\""), 5, 17, BadValue, "service.a.restart_delay", "expected an integer and a unit with no space"),
+        case(&service_with("stop_timeout = \"5sec\""), 5, 16, BadValue, "service.a.stop_timeout", "expected ns, us, ms, s, m or h"),
+        case(&service_with("stop_timeout = \"2000h\""), 5, 16, BadValue, "service.a.stop_timeout", "at most 24h"),
+        case(&service_with("stop_signal = \"SIGFOO\""), 5, 15, BadValue, "service.a.stop_signal", "unknown signal"),
+        case(&service_with("stop_signal = 99"), 5, 15, BadValue, "service.a.stop_signal", "expected 1..=64"),
+        case(&service_with("working_directory = \"var/lib\""), 5, 21, BadValue, "service.a.working_directory", "not an absolute path"),
+        case(&service_with("env = { \"A=B\" = \"x\" }"), 5, 17, BadValue, "service.a.env.A=B", "without = or NUL"),
+        case(&service_with("env = { A = 1 }"), 5, 13, BadValue, "service.env.A", "expected a string"),
+        case(&service_with("uid = -1"), 5, 7, BadValue, "service.a.uid", "out of range"),
+        case(&service_with("backoff = { initial = \"2s\", max = \"1s\" }"), 5, 35, BadValue, "service.a.backoff.max", "expected max >= initial"),
+        case(&service_with("backoff = { initial = \"1s\", max = \"2s\", factor = 0.5 }"), 5, 50, BadValue, "service.a.backoff.factor", "expected a number 1.0..=10.0"),
+        case(&service_with("backoff = { initial = \"1s\", max = \"2s\", facter = 2.0 }"), 5, 41, UnknownKey, "service.backoff.facter", "expected one of `initial`, `factor`"),
+        case(&service_with("start_limit = { burst = 17, interval = \"1s\" }"), 5, 25, BadValue, "service.a.start_limit.burst", "expected 0..=16"),
+        case(&service_with("start_limit = { burst = 3, interval = \"0\" }"), 5, 39, BadValue, "service.a.start_limit.interval", "greater than 0"),
+        case(&format!("{SERVICE}{SERVICE}"), 6, 8, DuplicateName, "service[1].name", "first defined on line 2"),
+        case(&format!("slots = 1\n{SERVICE}{}", SERVICE.replace("\"a\"", "\"b\"")), 6, 1, TooManyServices, "service.b", "more services than slots (1)"),
+    ]
+}
+
+#[test]
+fn every_malformed_file_is_rejected_at_the_right_place() {
+    let cases = cases();
+    assert!(cases.len() >= 15);
+    let mut failures = Vec::new();
+    for (index, case) in cases.iter().enumerate() {
+        let error = match Config::parse(&case.text, "bad.toml") {
+            Ok(_) => {
+                failures.push(format!("case {index}: accepted:\n{}", case.text));
+                continue;
+            }
+            Err(error) => error,
+        };
+        let rendered = error.to_string();
+        let expected_prefix = format!("bad.toml:{}:{}: ", case.line, case.column);
+        let ok = error.line == case.line
+            && error.column == case.column
+            && error.kind == case.kind
+            && error.field == case.field
+            && rendered.starts_with(&expected_prefix)
+            && rendered.contains(case.message)
+            && (case.field.is_empty() || rendered.contains(&format!("`{}`", case.field)));
+        if !ok {
+            failures.push(format!(
+                "case {index}: got {rendered:?} kind {:?} field {:?}\n  expected {expected_prefix}`{}` {:?} containing {:?}",
+                error.kind, error.field, case.field, case.kind, case.message
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_missing_file_is_an_io_error_naming_the_path() {
+    let path = std::path::Path::new("/nonexistent/holden/orchestrator.toml");
+    let error = Config::load(path).unwrap_err();
+    assert_eq!(error.kind, ConfigErrorKind::Io);
+    assert!(
+        error
+            .to_string()
+            .starts_with("/nonexistent/holden/orchestrator.toml: open: "),
+        "{error}"
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    // "é" is two bytes: the bad value is still at character column 19.
+    let text = "# é\nlog_level = \"é-level\"\n";
+    let error = Config::parse(text, "x.toml").unwrap_err();
+    assert_eq!((error.line, error.column), (2, 13));
+    let text = "log_level = \"info\" # é\nslots = \"é\"\n";
+    let error = Config::parse(text, "x.toml").unwrap_err();
+    assert_eq!((error.line, error.column), (2, 9));
+}

@@ -112,7 +112,10 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     );
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    assert!(before > 0, "the counting allocator counts (start-up allocates)");
+    assert!(
+        before > 0,
+        "the counting allocator counts (start-up allocates)"
+    );
     let local_start = local();
     let qm_start = qm_spawns();
     let finished = wait(300, || {

@@ -98,8 +98,8 @@ impl SendQueue {
 
 /// The agent link's state and buffers (allocated once).
 pub(crate) struct AgentLink {
-    addr: libc::sockaddr_un,
-    addr_len: libc::socklen_t,
+    pub(crate) addr: libc::sockaddr_un,
+    pub(crate) addr_len: libc::socklen_t,
     pub(crate) protocol: AgentProtocol,
     state: LinkState,
     conn: Option<(OwnedFd, SlotId)>,
@@ -107,9 +107,9 @@ pub(crate) struct AgentLink {
     timer_op_at: Option<u64>,
     queue: SendQueue,
     rx: Box<[u8]>,
-    tx: Box<[u8]>,
+    pub(crate) tx: Box<[u8]>,
     sequence: u64,
-    request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     reconnect_initial: Duration,
     reconnect_max: Duration,
     reconnect_delay: Duration,
@@ -158,6 +158,18 @@ impl AgentLink {
     fn next_id(&mut self, index: u64) -> u64 {
         self.sequence = self.sequence.wrapping_add(1) & ((1 << (64 - REQUEST_INDEX_BITS)) - 1);
         (self.sequence << REQUEST_INDEX_BITS) | index
+    }
+
+    /// A request id for a v0.2 request (kept only to share the deadline bookkeeping).
+    pub(crate) fn next_legacy_id(&mut self, index: u64) -> u64 {
+        self.next_id(index)
+    }
+
+    /// v0.2: a connect succeeded.
+    pub(crate) fn mark_up(&mut self) {
+        self.state = LinkState::Up;
+        self.reconnect_delay = self.reconnect_initial;
+        self.connect_failures = 0;
     }
 
     /// Whether the handshake is done.
@@ -228,7 +240,7 @@ impl Orchestrator {
         }
     }
 
-    fn agent_path(&self) -> Escaped<'_> {
+    pub(crate) fn agent_path(&self) -> Escaped<'_> {
         let len = self.agent.addr_len as usize - std::mem::size_of::<libc::sa_family_t>() - 1;
         // SAFETY: sun_path holds `len` path bytes written by `unix_address` (c_char and u8 have
         // the same size and alignment).
@@ -239,13 +251,22 @@ impl Orchestrator {
     }
 
     fn agent_connect(&mut self) {
+        let kind = if self.agent.protocol == AgentProtocol::V02 {
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK
+        } else {
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK
+        };
         if self.agent.protocol == AgentProtocol::V02 {
-            // One connection per request: nothing to hold open. The agent counts as up; each
-            // request finds out for itself.
-            self.agent_legacy_up();
+            // One connection per request: a successful connect is the probe; close it.
+            match connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
+                Ok(probe) => {
+                    drop(probe);
+                    self.agent_legacy_up();
+                }
+                Err(e) => self.agent_connect_failed(e),
+            }
             return;
         }
-        let kind = libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK;
         match connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
             Ok(fd) => self.agent_connected(fd),
             Err(e)
@@ -259,30 +280,40 @@ impl Orchestrator {
                 self.agent.protocol = AgentProtocol::V02;
                 self.agent_legacy_up();
             }
-            Err(e) => {
-                if self.agent.connect_failures == 0 {
-                    let hint = match e.raw_os_error() {
-                        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => " (is holden-agent running in the QM partition?)",
-                        Some(libc::EPROTOTYPE) => " (a stream socket: a v0.2 agent? set agent.protocol = \"v0.2\" or \"auto\")",
-                        Some(libc::EACCES) => " (permissions of the socket file)",
-                        _ => "",
-                    };
-                    self.log.line(
-                        Priority::Warning,
-                        format_args!(
-                            "event=agent-connect-failed socket={} error=\"{}\"{hint}",
-                            self.agent_path(),
-                            ErrnoText(e.raw_os_error().unwrap_or(0))
-                        ),
-                    );
-                }
-                self.agent.connect_failures += 1;
-                self.agent_schedule_retry();
-            }
+            Err(e) => self.agent_connect_failed(e),
         }
     }
 
-    fn agent_schedule_retry(&mut self) {
+    /// A connection attempt failed: log the first of a run, retry with backoff.
+    fn agent_connect_failed(&mut self, e: io::Error) {
+        if self.agent.connect_failures == 0 {
+            let hint = match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
+                    " (is holden-agent running in the QM partition?)"
+                }
+                Some(libc::EPROTOTYPE) if self.agent.protocol == AgentProtocol::V02 => {
+                    " (not a stream socket: a v1 agent? set agent.protocol = \"v1\" or \"auto\")"
+                }
+                Some(libc::EPROTOTYPE) => {
+                    " (a stream socket: a v0.2 agent? set agent.protocol = \"v0.2\" or \"auto\")"
+                }
+                Some(libc::EACCES) => " (permissions of the socket file)",
+                _ => "",
+            };
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=agent-connect-failed socket={} error=\"{}\"{hint}",
+                    self.agent_path(),
+                    ErrnoText(e.raw_os_error().unwrap_or(0))
+                ),
+            );
+        }
+        self.agent.connect_failures += 1;
+        self.agent_schedule_retry();
+    }
+
+    pub(crate) fn agent_schedule_retry(&mut self) {
         let delay = self.agent.reconnect_delay;
         self.agent.reconnect_delay = (delay * 2)
             .min(self.agent.reconnect_max)
@@ -511,7 +542,7 @@ impl Orchestrator {
         }
     }
 
-    fn agent_sync_timer(&mut self) {
+    pub(crate) fn agent_sync_timer(&mut self) {
         let slot = self.agent.timer_slot;
         let wanted = self.agent_deadline();
         let pending = self.ring.is_pending(slot, OpTag::Timeout);
@@ -553,7 +584,12 @@ impl Orchestrator {
                     .services
                     .iter()
                     .find(|rt| rt.request.is_some_and(|r| now_ns >= r.deadline_ns));
-                if let Some(rt) = expired {
+                if let Some(index) = expired
+                    .map(|rt| rt.id.index())
+                    .filter(|_| self.agent.protocol == AgentProtocol::V02)
+                {
+                    self.legacy_timeout(index);
+                } else if let Some(rt) = expired {
                     let name_index = rt.id.index();
                     let ms = self.agent.request_timeout.as_millis();
                     let name = &self.services[name_index].def.name;

@@ -122,6 +122,8 @@ pub(crate) struct ServiceRt {
     pub exit_retries_left: u16,
     /// QM: the outstanding request id to the agent.
     pub request: Option<super::agent::Request>,
+    /// QM with a v0.2 agent: the request's connection.
+    pub legacy: super::legacy::LegacyConn,
 }
 
 /// A fixed-capacity FIFO of events for the core.
@@ -283,6 +285,7 @@ impl Orchestrator {
                 timer_op_at: None,
                 exit_retries_left: 0,
                 request: None,
+                legacy: super::legacy::LegacyConn::new(),
             });
         }
         let signals = if options.signals {
@@ -645,6 +648,7 @@ impl Orchestrator {
                 self.sync_timer(index);
             }
             OpTag::Poll => self.on_pidfd_readable(index, c),
+            OpTag::RecvMsg | OpTag::SendMsg => self.legacy_on_completion(index, c),
             _ => {}
         }
     }

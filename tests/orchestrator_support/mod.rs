@@ -76,7 +76,13 @@ pub fn cmdline(pid: i32) -> Option<String> {
     )
 }
 
-/// Every live process whose command line contains `marker` (a unique string per test).
+/// Whether one of the process's arguments is exactly `arg`.
+pub fn has_argument(pid: i32, arg: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|bytes| bytes.split(|&b| b == 0).any(|a| a == arg.as_bytes()))
+}
+
+/// Every live process that has `marker` (a unique string per test) as one of its arguments.
 pub fn pids_with(marker: &str) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -86,7 +92,7 @@ pub fn pids_with(marker: &str) -> Vec<i32> {
         if pid == std::process::id() as i32 {
             continue;
         }
-        if cmdline(pid).is_some_and(|c| c.contains(marker)) && alive(pid) {
+        if has_argument(pid, marker) && alive(pid) {
             out.push(pid);
         }
     }

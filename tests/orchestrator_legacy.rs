@@ -1,0 +1,115 @@
+//! The v0.2 paths: the two-argument command line and `agent.protocol = "v0.2"`, against
+//! holden-agent's legacy (SOCK_STREAM) listener in its own PID namespace.
+
+mod orchestrator_support;
+
+use orchestrator_support::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+fn marker() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "8888.{}{:03}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn last_spawned_pid(orch: &Orch, name: &str) -> i32 {
+    let lines = orch.lines_with(&[&format!("service={name} "), "reason=spawned"]);
+    field(lines.last().expect("spawned"), "spawned_pid")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_v02_two_argument_command_line_works_against_holden_agent() {
+    let dir = TempDir::new("legacy-cli");
+    let legacy_socket = dir.path("legacy.sock");
+    let qm = Qm::start(
+        &dir,
+        &format!("--legacy-socket {}", legacy_socket.display()),
+    );
+    wait_until("legacy socket", || legacy_socket.exists().then_some(()));
+    let (local_m, qm_m) = (marker(), marker());
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg(format!("/bin/sleep {local_m}"))
+        .arg(format!("sleep {qm_m}"));
+    cmd.env("HOLDEN_SOCKET_PATH", &legacy_socket);
+    let mut orch = Orch::spawn(&dir, cmd);
+    orch.wait_lines(&["event=agent-protocol", "protocol=v0.2"], 1);
+    orch.wait_lines(&["event=agent-up", "protocol=v0.2"], 1);
+    orch.wait_lines(&["service=local ", "reason=spawned"], 1);
+    orch.wait_lines(&["service=qm ", "partition=qm", "reason=spawned"], 1);
+    let qm_pid = last_spawned_pid(&orch, "qm");
+    assert_eq!(pids_with(&qm_m), vec![qm_pid], "{}", orch.log());
+    assert_eq!(pids_with(&local_m), vec![last_spawned_pid(&orch, "local")]);
+
+    // restart = always: a killed QM process comes back over a new v0.2 connection.
+    kill(qm_pid, libc::SIGKILL);
+    let again = wait_until("qm restarted", || {
+        let pid = last_spawned_pid(&orch, "qm");
+        (pid != qm_pid).then_some(pid)
+    });
+    assert_eq!(pids_with(&qm_m), vec![again], "{}", orch.log());
+
+    assert!(orch.stop(libc::SIGTERM).success());
+    assert!(
+        pids_with(&qm_m).is_empty() && pids_with(&local_m).is_empty(),
+        "{}",
+        orch.log()
+    );
+    drop(qm);
+}
+
+#[test]
+fn configured_v02_agent_reports_errors_and_statuses() {
+    let dir = TempDir::new("legacy-cfg");
+    let legacy_socket = dir.path("legacy.sock");
+    let qm = Qm::start(
+        &dir,
+        &format!("--legacy-socket {}", legacy_socket.display()),
+    );
+    wait_until("legacy socket", || legacy_socket.exists().then_some(()));
+    let mut cfg =
+        config_header(&legacy_socket).replace("[agent]\n", "[agent]\nprotocol = \"v0.2\"\n");
+    cfg += &service(
+        "crasher",
+        "qm",
+        &["/bin/sh", "-c", "exit 6"],
+        "restart = \"always\"\nrestart_delay = \"10ms\"\nstart_limit = { burst = 3, interval = \"60s\" }",
+    );
+    cfg += &service(
+        "missing",
+        "qm",
+        &["/nonexistent/holden-legacy-test"],
+        "restart = \"always\"\nrestart_delay = \"10ms\"\nstart_limit = { burst = 2, interval = \"60s\" }",
+    );
+    let mut orch = Orch::start(&dir, &cfg);
+    orch.wait_lines(
+        &["service=crasher ", "state=failed", "reason=start-limit"],
+        1,
+    );
+    let exits = orch.lines_with(&["service=crasher ", "reason=exited"]);
+    assert_eq!(exits.len(), 3, "{}", orch.log());
+    if holden::pidfd::Capabilities::probe().exit_info {
+        assert!(exits.iter().all(|l| l.contains("code=6")), "{exits:?}");
+    }
+    orch.wait_lines(&["service=missing ", "state=failed"], 1);
+    assert!(
+        !orch
+            .lines_with(&["service=missing ", "event=spawn-failed", "protocol=v0.2"])
+            .is_empty(),
+        "{}",
+        orch.log()
+    );
+    assert!(
+        orch.lines_with(&["event=agent-misbehaved"]).is_empty(),
+        "{}",
+        orch.log()
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+    drop(qm);
+}

@@ -90,6 +90,11 @@ struct SimService {
     /// A stop (stop, restart, remove, replace, shutdown) is under way.
     stop_requested: bool,
     stop_deadline_ns: Option<u64>,
+    /// A restart (operator restart, start while stopping, replace) waits for the stop to end:
+    /// then the core must start the service again.
+    restart_pending: bool,
+    /// The last run ended a stop: the state that follows is checked after the event.
+    stop_ended: bool,
     /// Process whose exit was reported and whose Release must follow in the same batch.
     awaiting_release: Option<i32>,
 }
@@ -564,6 +569,7 @@ impl World {
             Err(error) => {
                 self.end_of_run(index, None);
                 self.deliver(Event::SpawnFailed { service: id, error });
+                self.check_stop_outcome(id);
             }
         }
     }
@@ -577,12 +583,36 @@ impl World {
             service: id,
             status: process.status,
         });
+        self.check_stop_outcome(id);
         if self
             .services
             .get(index)
             .is_some_and(|s| s.id == id && s.awaiting_release.is_some())
         {
             self.fail(format!("exit of {id:?} not followed by Release"));
+        }
+    }
+
+    /// After a stop ended: a pending restart must have started the service again (or hit the
+    /// start limit, or wait for the agent); otherwise the service must be stopped.
+    fn check_stop_outcome(&mut self, id: ServiceId) {
+        let Some(index) = self.services.iter().position(|s| s.id == id) else {
+            return; // removed
+        };
+        if !std::mem::take(&mut self.services[index].stop_ended) {
+            return;
+        }
+        let restart = std::mem::take(&mut self.services[index].restart_pending);
+        let state = self.core.status(id).expect("exists").state;
+        let expected: &[State] = if restart && self.shutdown_requests == 0 {
+            &[State::Starting, State::WaitingForAgent, State::Failed]
+        } else {
+            &[State::Stopped]
+        };
+        if !expected.contains(&state) {
+            self.fail(format!(
+                "{id:?} in state {state} after its stop ended (restart pending: {restart})"
+            ));
         }
     }
 
@@ -595,6 +625,7 @@ impl World {
         if service.stop_requested {
             service.stop_requested = false;
             service.stop_deadline_ns = None;
+            service.stop_ended = true;
             return;
         }
         if started_ns
@@ -697,14 +728,19 @@ impl World {
             Command::Start if starting_over && state == State::Stopping => {
                 self.model_operator_start(index);
                 self.services[index].model_exact = false;
+                self.services[index].restart_pending = true;
             }
             Command::Restart if starting_over && state != State::WaitingForAgent => {
                 self.model_operator_start(index);
                 self.services[index].model_exact = false;
+                self.services[index].restart_pending = true;
                 self.request_stop(index);
             }
             Command::ResetFailed if state == State::Failed => self.model_operator_start(index),
-            Command::Stop => self.request_stop(index),
+            Command::Stop => {
+                self.services[index].restart_pending = false;
+                self.request_stop(index);
+            }
             _ => {}
         }
         self.deliver(Event::Command {
@@ -763,6 +799,7 @@ impl World {
         if changed_expected && busy {
             self.model_operator_start(index);
             self.services[index].model_exact = false;
+            self.services[index].restart_pending = true;
             self.request_stop(index);
         }
         self.steps += 1;
@@ -813,6 +850,8 @@ impl World {
             starts_ns: Vec::new(),
             stop_requested: false,
             stop_deadline_ns: None,
+            restart_pending: false,
+            stop_ended: false,
             awaiting_release: None,
         });
         if start {

@@ -129,6 +129,30 @@ fn golden_small_frames() {
     assert_eq!(&out[..len], b"x");
 }
 
+/// The bytes of the fenced block opened by "```hex <name>" in docs/wire.md (hex pairs, then an
+/// optional `//` comment per line).
+fn doc_block(name: &str) -> Vec<u8> {
+    const WIRE_MD: &str = include_str!("../docs/wire.md");
+    let fence = format!("```hex {name}\n");
+    let start = WIRE_MD.find(&fence).expect("block in docs/wire.md") + fence.len();
+    let len = WIRE_MD[start..].find("```").expect("unterminated block");
+    WIRE_MD[start..start + len]
+        .lines()
+        .flat_map(|line| line.split("//").next().unwrap().split_whitespace())
+        .map(|pair| u8::from_str_radix(pair, 16).expect("hex byte"))
+        .collect()
+}
+
+#[test]
+#[cfg(target_endian = "little")]
+fn golden_bytes_match_docs() {
+    let mut out = buf();
+    let len = encode_started(&mut out, 4321, 17).unwrap();
+    assert_eq!(&out[..len], &doc_block("legacy-started")[..]);
+    let len = encode_pidfd_marker(&mut out).unwrap();
+    assert_eq!(&out[..len], &doc_block("legacy-pidfd-marker")[..]);
+}
+
 #[test]
 fn unknown_type_gets_the_v02_error_text() {
     let mut frame = header(99, 3);

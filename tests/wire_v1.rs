@@ -59,30 +59,37 @@ fn simple_start() -> OwnedStart {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Golden bytes: the same dumps appear in docs/wire.md.
+// Golden bytes, read from the `hex <name>` blocks of docs/wire.md, so the page and the code
+// cannot drift: each block must be exactly what the encoder writes.
 
-const GOLDEN_START: &str = "
-    48 4c 44 4e 01 00 01 00 | 2a 00 00 00 00 00 00 00 | 2c 00 00 00 | 00 00 00 00
-    01 00 00 00 | e8 03 00 00 | 00 00 00 00 | 01 | 00 | 02 00 | 01 00 | 04 00
-    2f 74 6d 70
-    09 00 2f 62 69 6e 2f 65 63 68 6f
-    02 00 68 69
-    03 00 41 3d 31";
+const WIRE_MD: &str = include_str!("../docs/wire.md");
 
-const GOLDEN_STARTED: &str = "
-    48 4c 44 4e 01 00 02 00 | 2a 00 00 00 00 00 00 00 | 04 00 00 00 | 00 00 00 00
-    d2 04 00 00";
+/// The bytes of the fenced block opened by "```hex <name>" in docs/wire.md; each line holds hex
+/// byte pairs, optionally followed by a `//` comment.
+fn doc_block(name: &str) -> Vec<u8> {
+    let fence = format!("```hex {name}\n");
+    let start = WIRE_MD
+        .find(&fence)
+        .unwrap_or_else(|| panic!("docs/wire.md has no block {fence:?}"))
+        + fence.len();
+    let len = WIRE_MD[start..].find("```").expect("unterminated block");
+    let mut text = String::new();
+    for line in WIRE_MD[start..start + len].lines() {
+        let bytes = line.split("//").next().unwrap();
+        for token in bytes.split_whitespace() {
+            assert!(
+                token.len() == 2 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+                "block {name}: bad token {token:?}"
+            );
+            text.push_str(token);
+        }
+    }
+    hex(&text)
+}
 
-const GOLDEN_ERROR: &str = "
-    48 4c 44 4e 01 00 03 00 | 2a 00 00 00 00 00 00 00 | 11 00 00 00 | 00 00 00 00
-    02 00 00 00 | 02 | 00 | 09 00 | 6e 6f 74 20 66 6f 75 6e 64";
-
-const GOLDEN_PING: &str = "
-    48 4c 44 4e 01 00 04 00 | 01 00 00 00 00 00 00 00 | 00 00 00 00 | 00 00 00 00";
-
-const GOLDEN_PONG: &str = "
-    48 4c 44 4e 01 00 05 00 | 01 00 00 00 00 00 00 00 | 08 00 00 00 | 00 00 00 00
-    01 00 00 00 | 05 00 00 00";
+fn golden(name: &str) -> Vec<u8> {
+    doc_block(name)
+}
 
 #[test]
 fn golden_start() {
@@ -98,10 +105,10 @@ fn golden_start() {
     };
     let mut out = buf();
     let len = encode_start(&mut out, 42, &start).unwrap();
-    assert_eq!(&out[..len], &hex(GOLDEN_START)[..]);
+    assert_eq!(&out[..len], &golden("start")[..]);
     assert_eq!(len, 68);
 
-    let packet = hex(GOLDEN_START);
+    let packet = golden("start");
     let frame = decode(&packet).unwrap();
     assert_eq!(frame.request_id(), 42);
     assert_eq!(frame.header.kind, FrameKind::Start);
@@ -125,8 +132,8 @@ fn golden_start() {
 fn golden_started() {
     let mut out = buf();
     let len = encode_started(&mut out, 42, 1234).unwrap();
-    assert_eq!(&out[..len], &hex(GOLDEN_STARTED)[..]);
-    let packet = hex(GOLDEN_STARTED);
+    assert_eq!(&out[..len], &golden("started")[..]);
+    let packet = golden("started");
     let frame = decode(&packet).unwrap();
     assert_eq!(frame.request_id(), 42);
     assert_eq!(
@@ -139,8 +146,8 @@ fn golden_started() {
 fn golden_error() {
     let mut out = buf();
     let len = encode_error(&mut out, 42, libc::ENOENT, ErrorStage::Exec, b"not found").unwrap();
-    assert_eq!(&out[..len], &hex(GOLDEN_ERROR)[..]);
-    let packet = hex(GOLDEN_ERROR);
+    assert_eq!(&out[..len], &golden("error")[..]);
+    let packet = golden("error");
     let frame = decode(&packet).unwrap();
     let Body::Error(error) = frame.body else {
         panic!("not an Error: {frame:?}")
@@ -154,9 +161,9 @@ fn golden_error() {
 fn golden_ping() {
     let mut out = buf();
     let len = encode_ping(&mut out, 1).unwrap();
-    assert_eq!(&out[..len], &hex(GOLDEN_PING)[..]);
+    assert_eq!(&out[..len], &golden("ping")[..]);
     assert_eq!(len, HEADER_LEN);
-    assert_eq!(decode(&hex(GOLDEN_PING)).unwrap().body, Body::Ping);
+    assert_eq!(decode(&golden("ping")).unwrap().body, Body::Ping);
 }
 
 #[test]
@@ -164,8 +171,8 @@ fn golden_pong() {
     let pong = Pong::ours(Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::CLONE3_PIDFD);
     let mut out = buf();
     let len = encode_pong(&mut out, 1, pong).unwrap();
-    assert_eq!(&out[..len], &hex(GOLDEN_PONG)[..]);
-    assert_eq!(decode(&hex(GOLDEN_PONG)).unwrap().body, Body::Pong(pong));
+    assert_eq!(&out[..len], &golden("pong")[..]);
+    assert_eq!(decode(&golden("pong")).unwrap().body, Body::Pong(pong));
 }
 
 #[test]
@@ -509,7 +516,7 @@ fn fix_payload_len(bytes: &mut [u8]) {
 
 #[test]
 fn higher_major_is_unsupported_version_with_request_id() {
-    let mut bytes = hex(GOLDEN_START);
+    let mut bytes = golden("start");
     bytes[header_offset::VERSION_MAJOR] = VERSION_MAJOR + 1;
     bytes[header_offset::VERSION_MINOR] = 3;
     let err = decode(&bytes).unwrap_err();
@@ -548,15 +555,9 @@ fn higher_major_is_unsupported_version_with_request_id() {
 
 #[test]
 fn newer_minor_may_append_fields_but_ours_may_not() {
-    for golden in [
-        GOLDEN_START,
-        GOLDEN_STARTED,
-        GOLDEN_ERROR,
-        GOLDEN_PING,
-        GOLDEN_PONG,
-    ] {
-        let original = decode(&hex(golden)).unwrap().to_owned_frame();
-        let mut bytes = hex(golden);
+    for name in ["start", "started", "error", "ping", "pong"] {
+        let original = decode(&golden(name)).unwrap().to_owned_frame();
+        let mut bytes = golden(name);
         bytes.extend_from_slice(&[0xAB, 0xCD]);
         fix_payload_len(&mut bytes);
         let kind = decode_header(&bytes).unwrap().kind;
@@ -617,10 +618,10 @@ const DECODE_ERROR_COUNT: usize = 21;
 
 /// Packets that each break one rule, with the error they must yield.
 fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
-    let start = hex(GOLDEN_START);
-    let started = hex(GOLDEN_STARTED);
-    let error = hex(GOLDEN_ERROR);
-    let pong = hex(GOLDEN_PONG);
+    let start = golden("start");
+    let started = golden("started");
+    let error = golden("error");
+    let pong = golden("pong");
     let with = |base: &Vec<u8>, edit: &dyn Fn(&mut Vec<u8>)| {
         let mut bytes = base.clone();
         edit(&mut bytes);

@@ -140,3 +140,51 @@ fn columns_count_characters_not_bytes() {
     let error = Config::parse(text, "x.toml").unwrap_err();
     assert_eq!((error.line, error.column), (2, 9));
 }
+
+/// A unique temporary file, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> TempFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "holden-config-errors-{}-{unique}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn invalid_utf8_is_reported_where_it_starts() {
+    let file = TempFile::new("latin1.toml", b"slots = 4\n# caf\xe9\n");
+    let error = Config::load(&file.0).unwrap_err();
+    assert_eq!(
+        (error.line, error.column, error.kind),
+        (2, 6, ConfigErrorKind::Syntax)
+    );
+    assert!(
+        error.to_string().contains("expected a UTF-8 text file"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_oversized_file_is_refused_before_parsing() {
+    let file = TempFile::new("big.toml", &vec![b'#'; 4 * 1024 * 1024 + 1]);
+    let error = Config::load(&file.0).unwrap_err();
+    assert_eq!(error.kind, ConfigErrorKind::Io);
+    assert!(
+        error.to_string().contains("larger than 4194304 bytes"),
+        "{error}"
+    );
+}

@@ -120,8 +120,14 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = read_bounded(path)
+        let bytes = read_bounded(path)
             .map_err(|message| ConfigError::unplaced(&shown, ConfigErrorKind::Io, "", message))?;
+        let text = String::from_utf8(bytes).map_err(|error| {
+            let valid = error.utf8_error().valid_up_to();
+            let prefix = std::str::from_utf8(&error.as_bytes()[..valid]).unwrap_or_default();
+            let message = "invalid UTF-8: expected a UTF-8 text file";
+            ConfigError::at(&shown, prefix, valid, ConfigErrorKind::Syntax, "", message)
+        })?;
         Config::parse(&text, &shown)
     }
 
@@ -147,7 +153,7 @@ impl Config {
     }
 }
 
-fn read_bounded(path: &Path) -> Result<String, String> {
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|error| format!("open: {error}"))?;
     let mut bytes = Vec::new();
@@ -155,8 +161,9 @@ fn read_bounded(path: &Path) -> Result<String, String> {
         .read_to_end(&mut bytes)
         .map_err(|error| format!("read: {error}"))?;
     if bytes.len() as u64 > CONFIG_FILE_SIZE_MAX {
-        return Err(format!("file larger than {CONFIG_FILE_SIZE_MAX} bytes"));
+        return Err(format!(
+            "larger than {CONFIG_FILE_SIZE_MAX} bytes: expected a configuration file, not this"
+        ));
     }
-    String::from_utf8(bytes)
-        .map_err(|error| format!("not UTF-8 (byte {})", error.utf8_error().valid_up_to()))
+    Ok(bytes)
 }

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// Longest service name.
 pub const SERVICE_NAME_LEN_MAX: usize = 64;
-/// Most argv entries (argv[0] included).
+/// Most argv entries (`argv[0]` included).
 pub const ARGV_COUNT_MAX: usize = 256;
 /// Longest single argv entry, in bytes.
 pub const ARG_LEN_MAX: usize = 4096;
@@ -58,7 +58,7 @@ impl fmt::Display for ServiceName {
 pub struct ServiceSpec {
     /// Unique name.
     pub name: ServiceName,
-    /// argv; no entry holds a NUL. argv[0] is an absolute path, except for the `qm` service
+    /// argv; no entry holds a NUL. `argv[0]` is an absolute path, except for the `qm` service
     /// of the v0.2 command line, where it may be a bare name for the agent to resolve.
     pub argv: Vec<CString>,
     /// Environment of the process, exactly these variables, sorted by key; keys are

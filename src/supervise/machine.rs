@@ -209,6 +209,7 @@ impl Supervisor {
         self.check_drained()?;
         self.slot(service)?;
         self.stop(now, service, AfterStop::Remove, Reason::Removed);
+        self.check_shutdown_complete();
         Ok(())
     }
 
@@ -312,6 +313,11 @@ impl Supervisor {
     /// Whether a shutdown was requested.
     pub fn shutting_down(&self) -> bool {
         self.shutting_down
+    }
+
+    /// Whether `ShutdownComplete` has been emitted.
+    pub fn shutdown_complete(&self) -> bool {
+        self.shutdown_reported
     }
 
     // ----- events -----

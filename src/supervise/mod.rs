@@ -12,7 +12,18 @@
 //! - report every spawned process's end with exactly one `Exited`; close its pidfd on the
 //!   `Release` action that follows (never before);
 //! - keep one timer per service: `ArmTimer` replaces the armed one, `CancelTimer` disarms it,
-//!   and a `TimerFired` whose token is stale is ignored by the core.
+//!   and a `TimerFired` whose token is stale is ignored by the core;
+//! - when the agent connection is lost, report `AgentDown` and fail every QM spawn in flight
+//!   with `SpawnStage::Agent` (either order: such a failure also marks the agent down);
+//! - for a shutdown timeout, send `Event::Shutdown` a second time: everything still alive gets
+//!   SIGKILL at once, and `ShutdownComplete` follows the last exit;
+//! - after `Action::Removed` the slot may be reused by [`Supervisor::add`].
+//!
+//! Policy in short (details on [`ServicePolicy`] and in `docs/config.md`): the delay before the
+//! k-th consecutive automatic restart is `restart_delay + min(initial * factor^k, max)`, k back
+//! to 0 after a run of `reset_after`; more than `burst` starts within any `interval` window ends
+//! in `failed` until an operator `Start`/`Restart` (which clear the history) or `ResetFailed`;
+//! a stop sends the stop signal, SIGKILL after `stop_timeout`, and never restarts.
 
 mod action;
 mod event;

@@ -45,7 +45,7 @@ pub fn signal_from_number(number: i64) -> Result<i32, String> {
     }
 }
 
-/// The name of a signal number, "SIG<n>" if it has none here.
+/// The name of a signal number, `SIG<n>` if it has none here.
 pub fn signal_name(number: i32) -> String {
     SIGNALS
         .iter()

@@ -1,17 +1,19 @@
 //! The transport claims of docs/wire.md, checked on real sockets: SOCK_SEQPACKET keeps one frame
 //! per packet, a `Started` and its pidfd arrive together in one `recvmsg`, an oversized packet is
 //! seen as `MSG_TRUNC`, and a SEQPACKET client cannot connect to a v0.2 STREAM listener
-//! (`EPROTOTYPE`).
+//! (`EPROTOTYPE`). And a peer written in Python from docs/wire.md alone interoperates with this
+//! codec: it answers Ping, decodes Starts, starts the processes and sends their pidfds back.
 
 use holden::wire::v1::{
-    decode, encode_error, encode_ping, encode_start, encode_started, Body, ErrorStage, StartFlags,
-    StartRef, FRAME_LEN_MAX, STARTED_FD_COUNT,
+    decode, encode_error, encode_ping, encode_start, encode_started, Body, Capabilities,
+    ErrorStage, Pong, StartFlags, StartRef, FRAME_LEN_MAX, STARTED_FD_COUNT,
 };
 use std::io;
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
@@ -265,11 +267,8 @@ impl Drop for TempDir {
     }
 }
 
-#[test]
-fn seqpacket_client_on_a_stream_listener_fails_with_eprototype() {
-    let dir = TempDir::new();
-    let path = dir.0.join("legacy.sock");
-    let _listener = UnixListener::bind(&path).expect("bind stream listener");
+/// A SEQPACKET socket connected to `path`, or the connect error.
+fn connect_seqpacket(path: &Path) -> io::Result<OwnedFd> {
     // SAFETY: socket() takes no pointers and returns a new fd or -1.
     let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
     assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
@@ -291,9 +290,198 @@ fn seqpacket_client_on_a_stream_listener_fails_with_eprototype() {
             std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, -1);
-    assert_eq!(
-        io::Error::last_os_error().raw_os_error(),
-        Some(libc::EPROTOTYPE)
+    if rc == 0 {
+        Ok(sock)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn seqpacket_client_on_a_stream_listener_fails_with_eprototype() {
+    let dir = TempDir::new();
+    let path = dir.0.join("legacy.sock");
+    let _listener = UnixListener::bind(&path).expect("bind stream listener");
+    let err = connect_seqpacket(&path).expect_err("connect must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EPROTOTYPE));
+}
+
+/// A holden wire v1 agent written from docs/wire.md alone (sections 1-10), in Python: it checks
+/// every header rule, decodes `Start` field by field, starts the process, and answers with
+/// `Started` + pidfd (SCM_RIGHTS) or `Error`. Children are auto-reaped (SIGCHLD ignored).
+const PYTHON_PEER: &str = r#"
+import os, signal, socket, struct, sys
+
+HEADER = struct.Struct("<4sBBBBQII")           # section 4: 24 bytes
+START_FIXED = struct.Struct("<IIIBBHHH")       # section 5: 20 bytes
+MAGIC, KIND_START, KIND_STARTED, KIND_ERROR, KIND_PING, KIND_PONG = b"HLDN", 1, 2, 3, 4, 5
+STAGE_EXEC, STAGE_DECODE = 2, 5
+
+def frame(kind, request_id, payload):
+    return HEADER.pack(MAGIC, 1, 0, kind, 0, request_id, len(payload), 0) + payload
+
+def error(request_id, errno, stage, text):
+    return frame(KIND_ERROR, request_id, struct.pack("<iBBH", errno, stage, 0, len(text)) + text)
+
+def strings(payload, offset, count):
+    out = []
+    for _ in range(count):
+        (length,) = struct.unpack_from("<H", payload, offset)
+        value = payload[offset + 2 : offset + 2 + length]
+        assert len(value) == length and b"\0" not in value
+        out.append(value)
+        offset += 2 + length
+    return out, offset
+
+def start(conn, request_id, payload):
+    flags, uid, gid, present, reserved, argc, envc, cwd_len = START_FIXED.unpack_from(payload)
+    assert reserved == 0 and present & ~3 == 0 and flags & ~7 == 0 and 1 <= argc <= 256
+    cwd = payload[20 : 20 + cwd_len]
+    argv, offset = strings(payload, 20 + cwd_len, argc)
+    env, offset = strings(payload, offset, envc)
+    assert offset == len(payload), "trailing bytes"
+    environ = dict(entry.split(b"=", 1) for entry in env)
+    if not os.access(argv[0], os.X_OK):
+        conn.send(error(request_id, 2, STAGE_EXEC, b"execve " + argv[0] + b": not found"))
+        return
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if cwd:
+                os.chdir(cwd)
+            os.execve(argv[0], argv, environ)
+        finally:
+            os._exit(127)
+    pidfd = os.pidfd_open(pid)
+    socket.send_fds(conn, [frame(KIND_STARTED, request_id, struct.pack("<i", pid))], [pidfd])
+    os.close(pidfd)
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+server.bind(sys.argv[1])
+server.listen(1)
+print("ready", flush=True)
+conn, _ = server.accept()
+while True:
+    data, fds, msg_flags, _ = socket.recv_fds(conn, 16384, 1)
+    for fd in fds:
+        os.close(fd)
+    if not data:
+        break
+    magic, major, minor, kind, reserved, request_id, payload_len, reserved2 = HEADER.unpack_from(data)
+    assert magic == MAGIC and reserved == 0 and reserved2 == 0
+    assert payload_len == len(data) - HEADER.size
+    if major != 1:
+        conn.send(error(request_id, 93, 6, b"unsupported version"))
+    elif kind == KIND_PING:
+        conn.send(frame(KIND_PONG, request_id, struct.pack("<BBHI", 1, 0, 0, 1)))
+    elif kind == KIND_START:
+        start(conn, request_id, data[HEADER.size :])
+    else:
+        conn.send(error(request_id, 71, STAGE_DECODE, b"not a request"))
+"#;
+
+/// The Python peer, killed and reaped on drop.
+struct PythonPeer(Child);
+
+impl Drop for PythonPeer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process known by its pidfd, killed on drop (also when an assertion fails first).
+struct KillOnDrop(OwnedFd);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = pidfd_send_signal(&self.0, libc::SIGKILL);
+    }
+}
+
+fn request(sock: &OwnedFd, packet: &[u8], buf: &mut [u8]) -> Received {
+    send_packet(sock, packet, None);
+    recv_packet(sock, buf)
+}
+
+#[test]
+fn a_python_peer_written_from_the_docs_interoperates() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 is not installed: cannot run the docs-only peer; skipping");
+        return;
+    }
+    let dir = TempDir::new();
+    let script = dir.0.join("peer.py");
+    std::fs::write(&script, PYTHON_PEER).expect("write peer.py");
+    let path = dir.0.join("agent.sock");
+    let mut peer = PythonPeer(
+        Command::new("python3")
+            .arg(&script)
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3"),
     );
+    let mut ready = String::new();
+    BufReader::new(peer.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .expect("read the peer's ready line");
+    assert_eq!(ready.trim(), "ready");
+    let sock = connect_seqpacket(&path).expect("connect to the python peer");
+    let mut out = vec![0u8; FRAME_LEN_MAX];
+    let mut buf = vec![0u8; FRAME_LEN_MAX];
+
+    let len = encode_ping(&mut out, 1).unwrap();
+    let got = request(&sock, &out[..len], &mut buf);
+    let frame = decode(&buf[..got.len]).unwrap();
+    assert_eq!(frame.request_id(), 1);
+    assert_eq!(
+        frame.body,
+        Body::Pong(Pong::ours(Capabilities::EXIT_STATUS_VIA_PIDFD))
+    );
+
+    let argv: &[&[u8]] = &[b"/bin/sleep", b"30"];
+    let env: &[&[u8]] = &[b"A=1", b"B=x=y"];
+    let start = StartRef {
+        argv,
+        env,
+        cwd: Some(b"/"),
+        uid: None,
+        gid: None,
+        flags: StartFlags::empty(),
+    };
+    let len = encode_start(&mut out, 2, &start).unwrap();
+    let got = request(&sock, &out[..len], &mut buf);
+    let frame = decode(&buf[..got.len]).unwrap();
+    assert_eq!(frame.request_id(), 2);
+    let Body::Started(started) = frame.body else {
+        panic!("expected Started, got {frame:?}")
+    };
+    assert_eq!(got.fds.len(), STARTED_FD_COUNT);
+    let pidfd = KillOnDrop(got.fds.into_iter().next().unwrap());
+    let pidfd = &pidfd.0;
+    pidfd_send_signal(pidfd, 0).expect("the pidfd refers to a live process");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", started.pid)).expect("cmdline");
+    assert_eq!(cmdline, b"/bin/sleep\x0030\x00");
+    pidfd_send_signal(pidfd, libc::SIGKILL).expect("kill through the pidfd");
+
+    let missing: &[&[u8]] = &[b"/nonexistent/holden-test-binary"];
+    let start = StartRef {
+        argv: missing,
+        ..start
+    };
+    let len = encode_start(&mut out, 3, &start).unwrap();
+    let got = request(&sock, &out[..len], &mut buf);
+    assert!(got.fds.is_empty());
+    let frame = decode(&buf[..got.len]).unwrap();
+    assert_eq!(frame.request_id(), 3);
+    let Body::Error(error) = frame.body else {
+        panic!("expected Error, got {frame:?}")
+    };
+    assert_eq!((error.errno, error.stage), (libc::ENOENT, ErrorStage::Exec));
+
+    drop(sock);
+    let status = peer.0.wait().expect("wait for the python peer");
+    assert!(status.success(), "python peer failed: {status}");
 }

@@ -37,7 +37,8 @@ fn the_v02_two_argument_command_line_works_against_holden_agent() {
     let mut cmd = Command::new(orchestrator_bin());
     cmd.arg(format!("/bin/sleep {local_m}"))
         .arg(format!("sleep {qm_m}"));
-    cmd.env("HOLDEN_SOCKET_PATH", &legacy_socket);
+    cmd.env("HOLDEN_SOCKET_PATH", &legacy_socket)
+        .env_remove("NOTIFY_SOCKET");
     let mut orch = Orch::spawn(&dir, cmd);
     orch.wait_lines(&["event=agent-protocol", "protocol=v0.2"], 1);
     orch.wait_lines(&["event=agent-up", "protocol=v0.2"], 1);

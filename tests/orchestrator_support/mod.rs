@@ -177,17 +177,14 @@ impl Orch {
         let config = dir.path("orchestrator.toml");
         std::fs::write(&config, config_text).unwrap();
         let mut cmd = Command::new(orchestrator_bin());
-        cmd.arg("--config").arg(&config);
+        cmd.arg("--config").arg(&config).env_remove("NOTIFY_SOCKET");
         Orch::spawn(dir, cmd)
     }
 
     pub fn spawn(dir: &TempDir, mut cmd: Command) -> Orch {
         let log_path = dir.path("orchestrator.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env_remove("NOTIFY_SOCKET");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // Its own process group, so nothing of it survives a test failure unnoticed.
         cmd.process_group(0);
         let child = cmd.spawn().expect("spawn holden-orchestrator");

@@ -1,0 +1,170 @@
+//! holden-orchestrator's command line, configuration errors and sd_notify.
+
+mod orchestrator_support;
+
+use orchestrator_support::*;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(orchestrator_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run holden-orchestrator")
+}
+
+#[test]
+fn help_and_version() {
+    let out = run(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--config PATH") && text.contains("'LOCAL CMD' 'QM CMD'"),
+        "{text}"
+    );
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("holden-orchestrator "));
+}
+
+#[test]
+fn misuse_exits_2_with_a_message() {
+    for args in [
+        &["--bogus"][..],
+        &["only-one"],
+        &["a", "b", "c"],
+        &["--config"],
+        &["--config", "/x", "a", "b"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("holden-orchestrator: ") && err.contains("usage:"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_validates_and_errors_name_the_place() {
+    let dir = TempDir::new("cli-check");
+    let good = dir.path("good.toml");
+    std::fs::write(&good, service("a", "local", &["/bin/true"], "")).unwrap();
+    let out = run(&["--check", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 services"));
+
+    let bad = dir.path("bad.toml");
+    std::fs::write(
+        &bad,
+        service("a", "local", &["/bin/true"], "") + &service("a", "local", &["/bin/true"], ""),
+    )
+    .unwrap();
+    let out = run(&["--check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:", bad.display())) && err.contains("nothing was started"),
+        "{err}"
+    );
+
+    let missing = run(&["--check", "--config", "/nonexistent/holden.toml"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn an_invalid_file_starts_nothing() {
+    let dir = TempDir::new("cli-invalid");
+    let m = "7777.4242";
+    let text = service("fine", "local", &["/bin/sleep", m], "")
+        + &service("broken", "local", &["/bin/true"], "restart = \"sometimes\"");
+    let path = dir.path("o.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run(&["--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restart") && err.contains(":"), "{err}");
+    assert!(pids_with(m).is_empty());
+}
+
+fn notify_lines(sock: &UnixDatagram, until: &str) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    wait_until(&format!("notification {until}"), || {
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).to_string()),
+            Err(_) => {}
+        }
+        got.iter().any(|m| m.starts_with(until)).then_some(())
+    });
+    got
+}
+
+#[test]
+fn sd_notify_ready_status_watchdog_and_stopping() {
+    let dir = TempDir::new("cli-notify");
+    let sock_path = dir.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let cfg =
+        config_header(&dir.path("none.sock")) + &service("s", "local", &["/bin/sleep", "1000"], "");
+    std::fs::write(dir.path("o.toml"), cfg).unwrap();
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg("--config").arg(dir.path("o.toml"));
+    let mut orch = Orch::spawn(
+        &dir,
+        cmd_with_notify(cmd, sock_path.to_str().unwrap(), Some(100_000)),
+    );
+    let got = notify_lines(&sock, "READY=1");
+    let mut got = got
+        .into_iter()
+        .chain(notify_lines(&sock, "STATUS="))
+        .collect::<Vec<_>>();
+    got.extend(notify_lines(&sock, "WATCHDOG=1"));
+    got.extend(notify_lines(&sock, "WATCHDOG=1"));
+    kill(orch.pid(), libc::SIGTERM);
+    got.extend(notify_lines(&sock, "STOPPING=1"));
+    let status = wait_until("exit", || orch.child.try_wait().unwrap());
+    assert!(status.success());
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("STATUS=supervising 1 services")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "{got:?}"
+    );
+}
+
+#[test]
+fn sd_notify_abstract_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let dir = TempDir::new("cli-notify-abs");
+    let name = format!("holden-orch-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let cfg = config_header(&dir.path("none.sock"))
+        + &service("s", "local", &["/bin/true"], "restart = \"never\"");
+    std::fs::write(dir.path("o.toml"), cfg).unwrap();
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg("--config").arg(dir.path("o.toml"));
+    let mut orch = Orch::spawn(&dir, cmd_with_notify(cmd, &format!("@{name}"), None));
+    notify_lines(&sock, "READY=1");
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+fn cmd_with_notify(mut cmd: Command, socket: &str, watchdog_usec: Option<u64>) -> Command {
+    cmd.env("NOTIFY_SOCKET", socket);
+    if let Some(usec) = watchdog_usec {
+        cmd.env("WATCHDOG_USEC", usec.to_string());
+    }
+    cmd
+}

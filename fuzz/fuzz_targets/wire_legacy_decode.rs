@@ -20,7 +20,7 @@ fuzz_target!(|stream: &[u8]| {
             Ok(Decoded::Done { value, consumed }) => {
                 assert!(consumed > 0 && consumed <= rest.len());
                 let owned = value.to_owned_frame();
-                let mut buf = vec![0u8; FRAME_LEN_MAX];
+                let mut buf = [0u8; FRAME_LEN_MAX];
                 let len = owned.encode(&mut buf).expect("a decoded frame re-encodes");
                 match decode(&buf[..len]) {
                     Ok(Decoded::Done {

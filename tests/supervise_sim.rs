@@ -274,7 +274,14 @@ impl World {
                 if deadline.as_nanos() < self.now_ns {
                     self.fail(format!("timer armed in the past: {deadline:?}"));
                 }
-                self.services[index].timer = Some((deadline.as_nanos(), token));
+                // A real ring fires late sometimes: restart timers here up to 3 ms late
+                // (kill timers on time, so that the stop bound stays the core's).
+                let late = if self.services[index].logged_state == State::Backoff {
+                    self.rng.below(3 * MS)
+                } else {
+                    0
+                };
+                self.services[index].timer = Some((deadline.as_nanos() + late, token));
             }
             Action::CancelTimer { service } => {
                 let index = self.index_of(service);

@@ -308,7 +308,8 @@ fn seqpacket_client_on_a_stream_listener_fails_with_eprototype() {
 
 /// A holden wire v1 agent written from docs/wire.md alone (sections 1-10), in Python: it checks
 /// every header rule, decodes `Start` field by field, starts the process, and answers with
-/// `Started` + pidfd (SCM_RIGHTS) or `Error`. Children are auto-reaped (SIGCHLD ignored).
+/// `Started` + pidfd (SCM_RIGHTS) once `execve` succeeded, or `Error` with the errno of the
+/// failed `execve`. Children are auto-reaped (SIGCHLD ignored).
 const PYTHON_PEER: &str = r#"
 import os, signal, socket, struct, sys
 
@@ -341,18 +342,32 @@ def start(conn, request_id, payload):
     env, offset = strings(payload, offset, envc)
     assert offset == len(payload), "trailing bytes"
     environ = dict(entry.split(b"=", 1) for entry in env)
-    if not os.access(argv[0], os.X_OK):
-        conn.send(error(request_id, 2, STAGE_EXEC, b"execve " + argv[0] + b": not found"))
-        return
+    # The child reports an exec failure through a close-on-exec pipe; EOF means exec happened.
+    report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(report_r)
             if cwd:
                 os.chdir(cwd)
             os.execve(argv[0], argv, environ)
+        except OSError as e:
+            os.write(report_w, struct.pack("<i", e.errno))
         finally:
             os._exit(127)
-    pidfd = os.pidfd_open(pid)
+    os.close(report_w)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        pidfd = None
+    report = os.read(report_r, 4)
+    os.close(report_r)
+    if report or pidfd is None:
+        (errno,) = struct.unpack("<i", report) if report else (3,)
+        if pidfd is not None:
+            os.close(pidfd)
+        conn.send(error(request_id, errno, STAGE_EXEC, b"execve " + argv[0] + b" failed"))
+        return
     socket.send_fds(conn, [frame(KIND_STARTED, request_id, struct.pack("<i", pid))], [pidfd])
     os.close(pidfd)
 

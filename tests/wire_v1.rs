@@ -3,10 +3,10 @@
 
 use holden::wire::v1::{
     clamp_error_text, decode, decode_header, encode_error, encode_ping, encode_pong, encode_start,
-    encode_started, header_offset, peek_request_id, Body, Capabilities, DecodeError, EncodeError,
-    ErrorStage, FrameKind, OwnedBody, OwnedError, OwnedFrame, OwnedStart, Pong, StartFlags,
-    StartRef, ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN, MAGIC,
-    START_FIXED_LEN, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
+    encode_started, header_offset, payload_offset, peek_request_id, Body, Capabilities,
+    DecodeError, EncodeError, ErrorStage, FrameKind, OwnedBody, OwnedError, OwnedFrame, OwnedStart,
+    Pong, StartFlags, StartRef, ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX,
+    HEADER_LEN, MAGIC, START_FIXED_LEN, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
 };
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -223,6 +223,10 @@ fn golden_constants() {
     assert_eq!(Capabilities::CLONE3_PIDFD.bits(), 4);
     assert_eq!(header_offset::REQUEST_ID, 8);
     assert_eq!(header_offset::PAYLOAD_LEN, 16);
+    assert_eq!(payload_offset::START_ARGC, 14);
+    assert_eq!(payload_offset::START_ENVC, 16);
+    assert_eq!(payload_offset::START_CWD_LEN, 18);
+    assert_eq!(payload_offset::ERROR_TEXT_LEN, 6);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,6 +34,52 @@ pub mod header_offset {
     pub const RESERVED_1: usize = 20;
 }
 
+/// Offsets of payload fields, from the start of the payload (add `HEADER_LEN` for the packet).
+pub mod payload_offset {
+    /// `Start`: `u32` flags.
+    pub const START_FLAGS: usize = 0;
+    /// `Start`: `u32` uid (0 when absent).
+    pub const START_UID: usize = 4;
+    /// `Start`: `u32` gid (0 when absent).
+    pub const START_GID: usize = 8;
+    /// `Start`: `u8` presence bits.
+    pub const START_PRESENT: usize = 12;
+    /// `Start`: `u8` reserved, zero.
+    pub const START_RESERVED: usize = 13;
+    /// `Start`: `u16` argv count.
+    pub const START_ARGC: usize = 14;
+    /// `Start`: `u16` env count.
+    pub const START_ENVC: usize = 16;
+    /// `Start`: `u16` working directory length.
+    pub const START_CWD_LEN: usize = 18;
+    /// `Start`: the working directory bytes, then the argv and env strings.
+    pub const START_CWD: usize = 20;
+    /// `Started`: `i32` pid.
+    pub const STARTED_PID: usize = 0;
+    /// `Error`: `i32` errno.
+    pub const ERROR_ERRNO: usize = 0;
+    /// `Error`: `u8` stage.
+    pub const ERROR_STAGE: usize = 4;
+    /// `Error`: `u8` reserved, zero.
+    pub const ERROR_RESERVED: usize = 5;
+    /// `Error`: `u16` text length.
+    pub const ERROR_TEXT_LEN: usize = 6;
+    /// `Error`: the text bytes.
+    pub const ERROR_TEXT: usize = 8;
+    /// `Pong`: `u8` major version.
+    pub const PONG_VERSION_MAJOR: usize = 0;
+    /// `Pong`: `u8` minor version.
+    pub const PONG_VERSION_MINOR: usize = 1;
+    /// `Pong`: `u16` reserved, zero.
+    pub const PONG_RESERVED: usize = 2;
+    /// `Pong`: `u32` capabilities.
+    pub const PONG_CAPABILITIES: usize = 4;
+
+    const _: () = assert!(START_CWD == super::super::limits::START_FIXED_LEN);
+    const _: () = assert!(ERROR_TEXT == super::super::limits::ERROR_FIXED_LEN);
+    const _: () = assert!(PONG_CAPABILITIES + 4 == super::super::limits::PONG_PAYLOAD_LEN);
+}
+
 /// A decoded, validated v1 header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -281,11 +327,19 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
     }
     if reserved != 0 {
         return Err(DecodeError::ReservedNotZero {
-            offset: HEADER_LEN + 13,
+            offset: HEADER_LEN + payload_offset::START_RESERVED,
         });
     }
-    let uid = optional_id(uid, present & PRESENT_UID != 0, HEADER_LEN + 4)?;
-    let gid = optional_id(gid, present & PRESENT_GID != 0, HEADER_LEN + 8)?;
+    let uid = optional_id(
+        uid,
+        present & PRESENT_UID != 0,
+        HEADER_LEN + payload_offset::START_UID,
+    )?;
+    let gid = optional_id(
+        gid,
+        present & PRESENT_GID != 0,
+        HEADER_LEN + payload_offset::START_GID,
+    )?;
     if argc == 0 {
         return Err(DecodeError::ArgvEmpty);
     }
@@ -377,7 +431,7 @@ fn decode_error<'a>(r: &mut Reader<'a>) -> Result<ErrorFrame<'a>, DecodeError> {
     let stage = ErrorStage::from_u8(stage).ok_or(DecodeError::UnknownStage { stage })?;
     if reserved != 0 {
         return Err(DecodeError::ReservedNotZero {
-            offset: HEADER_LEN + 5,
+            offset: HEADER_LEN + payload_offset::ERROR_RESERVED,
         });
     }
     if text_len > ERROR_TEXT_LEN_MAX {
@@ -393,7 +447,7 @@ fn decode_pong(r: &mut Reader<'_>) -> Result<Pong, DecodeError> {
     let version_minor = r.u8()?;
     if r.u16()? != 0 {
         return Err(DecodeError::ReservedNotZero {
-            offset: HEADER_LEN + 2,
+            offset: HEADER_LEN + payload_offset::PONG_RESERVED,
         });
     }
     let capabilities = Capabilities::from_bits_retain(r.u32()?);

@@ -7,7 +7,7 @@
 //! allows; the start limit honoured; every stop ends within the stop timeout plus the kill;
 //! no process handle leaked, released twice, or signalled after release.
 //!
-//! `HOLDEN_SIM_SEED=<seed> cargo test --test supervise_sim` replays one seed with a trace;
+//! `HOLDEN_SIM_SEED=<seed> cargo test --test supervise_sim -- --nocapture` replays one seed with a full trace;
 //! `HOLDEN_SIM_SEEDS=<n>` changes the number of seeds of the default run.
 
 use holden::supervise::{
@@ -136,7 +136,7 @@ impl World {
         let trace = self.trace.join("\n  ");
         panic!(
             "seed {seed}: step {step} at {now} ns: {what}\n  last events:\n  {trace}\n\
-             replay: HOLDEN_SIM_SEED={seed} cargo test --test supervise_sim",
+             replay: HOLDEN_SIM_SEED={seed} cargo test --test supervise_sim -- --nocapture",
             seed = self.seed,
             step = self.steps,
             now = self.now_ns,
@@ -1034,7 +1034,7 @@ fn simulation_holds_invariants_across_seeds() {
         match outcome {
             Ok(steps) => total_steps += steps,
             Err(panic) => {
-                eprintln!("seed {seed} failed; replay: HOLDEN_SIM_SEED={seed} cargo test --test supervise_sim");
+                eprintln!("seed {seed} failed; replay: HOLDEN_SIM_SEED={seed} cargo test --test supervise_sim -- --nocapture");
                 std::panic::resume_unwind(panic);
             }
         }

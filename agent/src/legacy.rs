@@ -145,22 +145,18 @@ impl Server {
         match spawn::spawn(&self.spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
+                self.log_conn(slot, format_args!("{} -> started pid {pid}", what.as_str()));
                 let len = legacy::encode_started(&mut self.send_buf, pid, pid).unwrap_or(0);
                 let mut next = self.legacy_send(slot, len, None);
                 if next == Next::Keep {
                     let len = legacy::encode_pidfd_marker(&mut self.send_buf).unwrap_or(0);
                     next = self.legacy_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
                 }
-                if next == Next::Keep {
-                    self.log_conn(slot, format_args!("{} -> started pid {pid}", what.as_str()));
-                } else {
+                if next == Next::Close {
                     let _ = pidfd_send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
                     self.log_conn(
                         slot,
-                        format_args!(
-                            "{} -> pid {pid} killed: the reply could not be sent",
-                            what.as_str()
-                        ),
+                        format_args!("pid {pid} killed: the reply could not be sent"),
                     );
                 }
                 next

@@ -148,22 +148,25 @@ impl Server {
         match spawn::spawn(&self.spec) {
             Ok(spawned) => {
                 let len = encode_started(&mut self.send_buf, request_id, spawned.pid).unwrap_or(0);
-                let next = self.v1_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
                 let pid = spawned.pid;
                 let shown = what.as_str();
-                if next == Next::Keep {
-                    self.log_conn(
-                        slot,
-                        format_args!("request {request_id}: {shown} -> started pid {pid}"),
-                    );
-                } else {
+                // Logged before the reply, so the line exists when the
+                // requester learns of the process.
+                self.log_conn(
+                    slot,
+                    format_args!("request {request_id}: {shown} -> started pid {pid}"),
+                );
+                let next = self.v1_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
+                if next == Next::Close {
                     // Nobody will supervise a process whose pidfd never
                     // arrived: end it rather than leave it unsupervised.
                     let _ =
                         pidfd_send_signal(std::os::fd::AsFd::as_fd(&spawned.pidfd), libc::SIGKILL);
                     self.log_conn(
                         slot,
-                        format_args!("request {request_id}: {shown} -> pid {pid} killed: the reply could not be sent"),
+                        format_args!(
+                            "request {request_id}: pid {pid} killed: the reply could not be sent"
+                        ),
                     );
                 }
                 next

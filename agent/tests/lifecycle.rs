@@ -143,11 +143,17 @@ fn systemd_socket_activation() {
         "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --socket /nonexistent/ignored.sock",
         AGENT,
     ]);
-    // SAFETY: dup2 is async-signal-safe; it puts the listening socket on fd 3
-    // (without CLOEXEC) in the child only.
+    // SAFETY: dup2/fcntl are async-signal-safe; they put the listening
+    // socket on fd 3 without CLOEXEC in the child only (dup2 onto the same
+    // number would keep CLOEXEC, hence the fcntl when it already is fd 3).
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
+            let rc = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

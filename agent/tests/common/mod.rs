@@ -295,11 +295,16 @@ pub fn send_with_fds(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize
                 std::ptr::write_unaligned(data.add(i), f);
             }
         }
-        let n = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        loop {
+            let n = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
         }
-        Ok(n as usize)
     }
 }
 
@@ -322,10 +327,16 @@ pub fn recv_with_fds(fd: RawFd, capacity: usize) -> io::Result<Reply> {
         msg.msg_iovlen = 1;
         msg.msg_control = control.0.as_mut_ptr().cast();
         msg.msg_controllen = control.0.len() as _;
-        let n = libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = loop {
+            let n = libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n >= 0 {
+                break n;
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        };
         assert_eq!(
             msg.msg_flags & libc::MSG_CTRUNC,
             0,

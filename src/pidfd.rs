@@ -283,15 +283,13 @@ fn fstat_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(st.st_ino as u64)
 }
 
-/// Formats `/proc/self/<dir>/<fd>\0` into `buf`, returning the used length (with the NUL).
-fn proc_fd_path(buf: &mut [u8; 64], dir: &[u8], fd: RawFd) -> usize {
-    let mut len = 0;
-    for part in [b"/proc/self/".as_slice(), dir, b"/"] {
-        buf[len..len + part.len()].copy_from_slice(part);
-        len += part.len();
-    }
+/// Formats `prefix`, the decimal `number`, `suffix` and a NUL into `buf`; returns the used
+/// length (with the NUL). The parts are short constants, so they always fit.
+fn proc_path(buf: &mut [u8; 64], prefix: &[u8], number: i32, suffix: &[u8]) -> usize {
+    let mut len = prefix.len();
+    buf[..len].copy_from_slice(prefix);
     let mut digits = [0u8; 12];
-    let mut n = fd.max(0) as u32;
+    let mut n = number.max(0) as u32;
     let mut d = 0;
     loop {
         digits[d] = b'0' + (n % 10) as u8;
@@ -306,14 +304,28 @@ fn proc_fd_path(buf: &mut [u8; 64], dir: &[u8], fd: RawFd) -> usize {
         buf[len] = digits[d];
         len += 1;
     }
+    buf[len..len + suffix.len()].copy_from_slice(suffix);
+    len += suffix.len();
     buf[len] = 0;
     len + 1
 }
 
-/// The `Pid:` line of `/proc/self/fdinfo/<fd>` (present for pidfds since 5.3).
-fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
-    let mut path = [0u8; 64];
-    proc_fd_path(&mut path, b"fdinfo", fd);
+/// Formats `/proc/self/<dir>/<fd>\0` into `buf`, returning the used length (with the NUL).
+fn proc_fd_path(buf: &mut [u8; 64], dir: &[u8], fd: RawFd) -> usize {
+    let mut prefix = [0u8; 32];
+    let head = b"/proc/self/";
+    prefix[..head.len()].copy_from_slice(head);
+    prefix[head.len()..head.len() + dir.len()].copy_from_slice(dir);
+    prefix[head.len() + dir.len()] = b'/';
+    proc_path(buf, &prefix[..head.len() + dir.len() + 1], fd, b"")
+}
+
+/// Longest `/proc` text read here (fdinfo of a pidfd, `/proc/<pid>/status`).
+const PROC_TEXT_BYTES_MAX: usize = 4096;
+
+/// Reads a small `/proc` file (NUL-terminated `path`) into `buf` without allocating.
+fn read_proc(path: &[u8], buf: &mut [u8; PROC_TEXT_BYTES_MAX]) -> io::Result<usize> {
+    debug_assert_eq!(path.last(), Some(&0));
     // SAFETY: `path` is NUL-terminated.
     let file = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if file < 0 {
@@ -321,7 +333,6 @@ fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
     }
     // SAFETY: we own the fd just opened.
     let file = unsafe { OwnedFd::from_raw_fd(file) };
-    let mut buf = [0u8; 1024];
     let mut len = 0;
     while len < buf.len() {
         // SAFETY: writes at most buf.len() - len bytes into the tail of `buf`.
@@ -344,8 +355,65 @@ fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
         }
         len += n as usize;
     }
-    parse_fdinfo_pid(&buf[..len])
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Pid: line in fdinfo"))
+    Ok(len)
+}
+
+/// The `Pid:` line of `/proc/self/fdinfo/<fd>` (present for pidfds since 5.3).
+fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
+    let mut path = [0u8; 64];
+    let n = proc_fd_path(&mut path, b"fdinfo", fd);
+    let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
+    let len = read_proc(&path[..n], &mut buf)?;
+    // EBADF: an fd whose fdinfo has no `Pid:` line is not a pidfd.
+    parse_fdinfo_pid(&buf[..len]).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+}
+
+/// Where a process sits in the PID namespace hierarchy: how many PID namespaces it is in
+/// (1 = only the initial one) and its pid in the innermost one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NsPid {
+    /// Number of `NSpid:` entries.
+    pub depth: usize,
+    /// The last entry: the pid in the process's own PID namespace.
+    pub innermost: i32,
+}
+
+/// Parses the `NSpid:` line (the pids of a process in each PID namespace, outermost first).
+fn parse_ns_pid(text: &[u8]) -> Option<NsPid> {
+    let line = text
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"NSpid:"))?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut depth = 0;
+    let mut innermost = 0;
+    for word in line.split_whitespace() {
+        innermost = word.parse().ok()?;
+        depth += 1;
+    }
+    (depth > 0).then_some(NsPid { depth, innermost })
+}
+
+/// The namespace position of the process behind `pidfd` (from its fdinfo, seen from our
+/// `/proc`); `Ok(None)` once it has exited (the kernel no longer lists it).
+pub fn ns_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<NsPid>> {
+    let mut path = [0u8; 64];
+    let n = proc_fd_path(&mut path, b"fdinfo", pidfd.as_raw_fd());
+    let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
+    let len = read_proc(&path[..n], &mut buf)?;
+    if parse_fdinfo_pid(&buf[..len]).is_some_and(|pid| pid <= 0) {
+        return Ok(None);
+    }
+    Ok(parse_ns_pid(&buf[..len]))
+}
+
+/// The namespace position of the process `pid` (in our PID namespace), from
+/// `/proc/<pid>/status`.
+pub fn ns_pid_of(pid: i32) -> io::Result<Option<NsPid>> {
+    let mut status = [0u8; 64];
+    let len = proc_path(&mut status, b"/proc/", pid, b"/status");
+    let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
+    let text_len = read_proc(&status[..len], &mut buf)?;
+    Ok(parse_ns_pid(&buf[..text_len]))
 }
 
 /// Finds `Pid:\t<n>` in fdinfo text.
@@ -564,6 +632,39 @@ mod tests {
         assert_eq!(parse_fdinfo_pid(b"pos:\t0\nPid:\t-1\n"), Some(-1));
         assert_eq!(parse_fdinfo_pid(b"pos:\t0\n"), None);
         assert_eq!(parse_fdinfo_pid(b"Pid:\tx\n"), None);
+    }
+
+    #[test]
+    fn parses_nspid_lines() {
+        assert_eq!(
+            parse_ns_pid(b"Pid:\t5\nNSpid:\t4242\t7\n"),
+            Some(NsPid {
+                depth: 2,
+                innermost: 7
+            })
+        );
+        assert_eq!(
+            parse_ns_pid(b"NSpid:\t12\n"),
+            Some(NsPid {
+                depth: 1,
+                innermost: 12
+            })
+        );
+        assert_eq!(parse_ns_pid(b"NSpid:\n"), None);
+        assert_eq!(parse_ns_pid(b"NSpid:\tx\n"), None);
+    }
+
+    #[test]
+    fn ns_pid_of_a_child_and_of_ourselves() {
+        let (mut child, fd) = sleeper();
+        let ours = ns_pid_of(std::process::id() as i32).unwrap().unwrap();
+        let theirs = ns_pid(fd.as_fd()).unwrap().unwrap();
+        assert_eq!(theirs.depth, ours.depth);
+        assert_eq!(theirs.innermost, child.id() as i32);
+        assert_eq!(ns_pid_of(child.id() as i32).unwrap(), Some(theirs));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(ns_pid(fd.as_fd()).unwrap(), None, "gone once reaped");
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub(crate) struct AgentLink {
     /// Consecutive failed connection attempts (only the first of a run is logged).
     connect_failures: u32,
     pub(crate) capabilities: v1::Capabilities,
+    /// Where the agent sits in the PID namespace hierarchy (from SO_PEERCRED at connect):
+    /// a process it started must sit at the same depth.
+    pub(crate) peer_ns: Option<pidfd::NsPid>,
 }
 
 impl AgentLink {
@@ -152,6 +155,7 @@ impl AgentLink {
             violations: 0,
             connect_failures: 0,
             capabilities: v1::Capabilities::empty(),
+            peer_ns: None,
         })
     }
 
@@ -198,6 +202,48 @@ pub(crate) fn unix_address(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::
     }
     let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
     Ok((addr, len as libc::socklen_t))
+}
+
+/// The namespace position of the process at the other end of a Unix socket (SO_PEERCRED).
+pub(crate) fn peer_ns(fd: &OwnedFd) -> Option<pidfd::NsPid> {
+    // SAFETY: ucred is plain data; all-zero is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writing; the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cred.pid <= 0 {
+        return None;
+    }
+    pidfd::ns_pid_of(cred.pid).ok().flatten()
+}
+
+/// Checks that a received pidfd's process sits where a child of the agent must: in the
+/// agent's PID namespace (same depth) and, when `claimed_pid` is given, with the pid the agent
+/// reported. A process that has already exited is not checked (it can do no harm: its end is
+/// reported at once).
+pub(crate) fn check_namespace(
+    fd: &OwnedFd,
+    agent: Option<pidfd::NsPid>,
+    claimed_pid: Option<i32>,
+) -> Result<(), Violation> {
+    let Some(agent) = agent else { return Ok(()) };
+    match pidfd::ns_pid(fd.as_fd()) {
+        Ok(Some(p)) if p.depth != agent.depth => Err(Violation(
+            "pidfd of a process outside the agent's PID namespace",
+        )),
+        Ok(Some(p)) if claimed_pid.is_some_and(|c| c != p.innermost) => Err(Violation(
+            "pidfd of a process other than the one the agent reported",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Connects a socket of `kind` to `addr` (non-blocking, close-on-exec).
@@ -346,6 +392,7 @@ impl Orchestrator {
             self.ring
                 .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None)
         });
+        self.agent.peer_ns = peer_ns(&fd);
         self.agent.conn = Some((fd, slot));
         self.agent.violations = 0;
         if let Err(e) = queued {
@@ -721,7 +768,10 @@ impl Orchestrator {
                     return Err(Violation("Started without exactly one file descriptor"));
                 }
                 let pidfd = fds.fds.pop().expect("one fd");
-                if let Err(what) = self.check_received_pidfd(&pidfd) {
+                let checked = self
+                    .check_received_pidfd(&pidfd)
+                    .and_then(|()| check_namespace(&pidfd, self.agent.peer_ns, Some(started.pid)));
+                if let Err(what) = checked {
                     self.agent_fail_request(index, libc::EBADF);
                     return Err(what);
                 }

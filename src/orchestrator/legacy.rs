@@ -29,6 +29,8 @@ pub(crate) struct LegacyConn {
     len: usize,
     /// PROCESS_STARTED seen: (host_pid, container_pid).
     started: Option<(i32, i32)>,
+    /// The agent's place in the PID namespaces (SO_PEERCRED of this connection).
+    peer_ns: Option<crate::pidfd::NsPid>,
 }
 
 impl LegacyConn {
@@ -38,6 +40,7 @@ impl LegacyConn {
             rx: [0; LEGACY_REPLY_BYTES_MAX],
             len: 0,
             started: None,
+            peer_ns: None,
         }
     }
 
@@ -127,6 +130,7 @@ impl Orchestrator {
             .sendmsg(rt.slot, fd.as_fd(), &self.agent.tx[..len], None)
             .and_then(|()| self.ring.recvmsg(rt.slot, fd.as_fd()));
         rt.legacy.reset();
+        rt.legacy.peer_ns = super::agent::peer_ns(&fd);
         rt.legacy.fd = Some(fd);
         let id = self.agent.next_legacy_id(index as u64);
         let deadline_ns =
@@ -378,7 +382,13 @@ impl Orchestrator {
         host_pid: i32,
         container_pid: i32,
     ) -> Result<(), Failure> {
-        if let Err(v) = self.check_received_pidfd(&fd) {
+        // v0.2's pid fields are not checked against the pidfd (their meaning varied between
+        // v0.2 agents); the namespace is.
+        let peer_ns = self.services[index].legacy.peer_ns;
+        if let Err(v) = self
+            .check_received_pidfd(&fd)
+            .and_then(|()| super::agent::check_namespace(&fd, peer_ns, None))
+        {
             return Err(Failure::Violation(v.0));
         }
         let identity = crate::pidfd::identity(fd.as_fd())

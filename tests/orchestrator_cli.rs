@@ -95,9 +95,8 @@ fn notify_lines(sock: &UnixDatagram, until: &str) -> Vec<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 512];
     wait_until(&format!("notification {until}"), || {
-        match sock.recv(&mut buf) {
-            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).to_string()),
-            Err(_) => {}
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).to_string());
         }
         got.iter().any(|m| m.starts_with(until)).then_some(())
     });

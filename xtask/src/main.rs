@@ -3,6 +3,7 @@
 //! Plain Rust and the standard library only (matklad's convention): every task is
 //! a sequence of commands, printed before it runs, stopping at the first failure.
 
+mod bench;
 mod dist;
 mod elf;
 mod fuzz;
@@ -14,6 +15,8 @@ const HELP: &str = "\
 cargo xtask <task> [options]
 
 Tasks:
+  bench              restart latency, scale, memory and size against the machine's floor
+                     (--quick under a minute; report in target/bench/report.md)
   ci                 everything CI checks: fmt, clippy, tests, a fuzz smoke of every target
   dist               static musl release binaries (x86_64, aarch64), checked and sized
   fuzz [TARGET...]   run cargo-fuzz targets (all when none is named) with a time bound
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match task.as_str() {
+        "bench" => bench::main(rest),
         "ci" => ci(rest),
         "dist" => dist::main(rest),
         "fuzz" => fuzz::main(rest),

@@ -1,0 +1,94 @@
+//! holden-orchestrator configurations for the benchmark: probe services that restart at once.
+
+use std::path::Path;
+
+/// One probe service of a configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Service {
+    /// Probe service id (also in the name, `s<id>`).
+    pub id: u32,
+    /// Spawned through holden-agent instead of locally.
+    pub qm: bool,
+    /// Stays up (`idle`) instead of exiting at once (`exit`).
+    pub idle: bool,
+}
+
+/// `count` services with ids from 0, the first `crashing` of which exit at once and the rest
+/// stay idle.
+pub fn services(count: usize, crashing: usize, qm: bool) -> Vec<Service> {
+    (0..count)
+        .map(|i| Service {
+            id: i as u32,
+            qm,
+            idle: i >= crashing,
+        })
+        .collect()
+}
+
+/// A configuration with `slots` slots: restart always, restart delay 0, no start limit, log
+/// level `warn` (a restart after a clean exit logs nothing at that level: the figures are the
+/// supervision's, not the log writer's), sockets in the run directory.
+pub fn orchestrator(
+    dir: &Path,
+    slots: usize,
+    probe: &Path,
+    records: &Path,
+    services: &[Service],
+) -> String {
+    let mut out = String::with_capacity(256 + services.len() * 256);
+    out.push_str(&format!("slots = {slots}\nlog_level = \"warn\"\n\n"));
+    out.push_str(&format!(
+        "[agent]\nsocket = {}\nprotocol = \"v1\"\nreconnect_initial = \"10ms\"\nreconnect_max = \"200ms\"\n\n",
+        quoted(&dir.join("agent.sock"))
+    ));
+    out.push_str("[shutdown]\nstop_services = true\ntimeout = \"20s\"\n\n");
+    out.push_str(&format!(
+        "[control]\nsocket = {}\n\n",
+        quoted(&dir.join("control.sock"))
+    ));
+    for s in services {
+        out.push_str(&format!(
+            "[[service]]\nname = \"s{id}\"\npartition = \"{part}\"\nargv = [{probe}, {records}, \"{id}\", \"{mode}\"]\n\
+             restart = \"always\"\nrestart_delay = \"0\"\nstart_limit = {{ burst = 0, interval = \"0\" }}\n\n",
+            id = s.id,
+            part = if s.qm { "qm" } else { "local" },
+            probe = quoted(probe),
+            records = quoted(records),
+            mode = if s.idle { "idle" } else { "exit" },
+        ));
+    }
+    out
+}
+
+/// A TOML basic string.
+fn quoted(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_and_quoting() {
+        let s = services(5, 2, true);
+        assert_eq!(s.len(), 5);
+        assert!(!s[1].idle && s[2].idle && s[4].qm);
+        assert_eq!(quoted(Path::new("/a\"b\\c")), "\"/a\\\"b\\\\c\"");
+        let text = orchestrator(Path::new("/d"), 8, Path::new("/p"), Path::new("/r"), &s);
+        assert_eq!(text.matches("[[service]]").count(), 5);
+        assert!(text.contains("argv = [\"/p\", \"/r\", \"4\", \"idle\"]"));
+        assert!(text.contains("partition = \"qm\""));
+    }
+}

@@ -1,0 +1,471 @@
+//! The measurements. Each phase starts its own processes in the run directory, measures from
+//! outside (probe records, /proc), and stops them by pid before it returns.
+
+use super::config;
+use super::procfs::{self, Sample};
+use super::procs::{Agent, Orchestrator, RunDir};
+use super::progress::Progress;
+use super::records::{self, KIND_EXIT};
+use super::stats::{self, Summary};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// First restarts of a latency run left out of the figures (cold caches, start-up).
+const WARMUP_RESTARTS: usize = 10;
+/// A run whose record count has not moved for this long is stuck: broken, not slow.
+const STALL_MAX: Duration = Duration::from_secs(20);
+/// Poll interval of the record file.
+const POLL: Duration = Duration::from_millis(20);
+/// Services kept crashing in the "idle" scale variant (the others stay up).
+pub const IDLE_VARIANT_CRASHING: usize = 4;
+/// Restart delay of holden v0.2's loop, per event.
+pub const V02_SLEEP_MS: u64 = 100;
+/// Slots of the single-service latency runs (the configuration default).
+const LATENCY_SLOTS: usize = 64;
+
+/// Paths of the programs under test (static musl builds for this machine's architecture).
+pub struct Binaries {
+    pub orchestrator: PathBuf,
+    pub agent: PathBuf,
+    pub probe: PathBuf,
+    pub floor: PathBuf,
+}
+
+/// How much to measure.
+pub struct Plan {
+    pub latency_restarts: u64,
+    pub v02_restarts: u64,
+    pub scale_ns: Vec<usize>,
+    pub scale_settle: Duration,
+    pub scale_window: Duration,
+    pub scale_start_max: Duration,
+    pub memory_slots: Vec<usize>,
+    pub memory_restarts: u64,
+    pub growth_early: u64,
+    pub growth_late: u64,
+    pub phase_time_max: Duration,
+    pub growth_time_max: Duration,
+}
+
+/// Shared by every phase.
+pub struct Ctx {
+    pub bins: Binaries,
+    pub dir: RunDir,
+    pub plan: Plan,
+    pub progress: Progress,
+}
+
+/// A restart loop of one service.
+#[derive(Clone, Debug, Default)]
+pub struct LoopResult {
+    pub latency: Summary,
+    pub restarts_per_s: f64,
+    /// CPU time of the supervising process (the loop itself, or the orchestrator) per restart.
+    pub cpu_ns_per_restart: f64,
+    /// holden-agent's CPU time per restart (QM only).
+    pub agent_cpu_ns_per_restart: Option<f64>,
+    pub orchestrator: Option<Sample>,
+    pub agent: Option<Sample>,
+}
+
+/// One point of the scale measurement.
+#[derive(Clone, Debug, Default)]
+pub struct ScalePoint {
+    pub n: usize,
+    /// Services that crash-loop (all of them, or [`IDLE_VARIANT_CRASHING`]).
+    pub crashing: usize,
+    pub restarts: u64,
+    pub restarts_per_s: f64,
+    pub cpu_ns_per_restart: f64,
+    /// Restart latency of the crashing services during the window.
+    pub latency: Summary,
+    pub orchestrator: Sample,
+}
+
+/// Orchestrator memory with a number of slots.
+#[derive(Clone, Debug, Default)]
+pub struct SlotsPoint {
+    pub slots: usize,
+    pub orchestrator: Sample,
+}
+
+/// Memory and fds early and late in a long run (one local and one QM service).
+#[derive(Clone, Debug, Default)]
+pub struct Growth {
+    pub early_restarts: u64,
+    pub late_restarts: u64,
+    pub seconds: f64,
+    pub orchestrator: (Sample, Sample),
+    pub agent: (Sample, Sample),
+}
+
+/// The floor (or, with a sleep, holden v0.2's pattern): bench-floor spawning the probe.
+pub fn floor(ctx: &mut Ctx, label: &str, count: u64, sleep_ms: u64) -> Result<LoopResult, String> {
+    let recs = ctx.dir.join(&format!("{label}.rec"));
+    let target = count + WARMUP_RESTARTS as u64 + 1;
+    let seconds_max = ctx.plan.phase_time_max.as_secs().max(1);
+    let mut child = Command::new(&ctx.bins.floor)
+        .arg("--probe")
+        .arg(&ctx.bins.probe)
+        .arg("--records")
+        .arg(&recs)
+        .args(["--count", &target.to_string()])
+        .args(["--sleep-ms", &sleep_ms.to_string()])
+        .args(["--seconds-max", &seconds_max.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", ctx.bins.floor.display()))?;
+    let hard_deadline = Instant::now() + ctx.plan.phase_time_max + Duration::from_secs(30);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > hard_deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{label}: bench-floor did not finish; killed"));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("{label}: wait: {e}")),
+        }
+        let n = records::count(&recs);
+        ctx.progress
+            .update(label, &format!("{n}/{target} restarts"));
+        std::thread::sleep(POLL);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{label}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{label}: bench-floor failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> Result<u64, String> {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{label}: bench-floor printed no {name}: {text:?}"))
+    };
+    let (spawned, cpu_ns, wall_ns) = (field("spawned")?, field("cpu_ns")?, field("wall_ns")?);
+    let all = records::read(&recs)?;
+    if all.len() as u64 != spawned {
+        return Err(format!(
+            "{label}: {spawned} spawned but {} probe records",
+            all.len()
+        ));
+    }
+    let mut lat = records::latencies(&all, WARMUP_RESTARTS..all.len())?;
+    Ok(LoopResult {
+        latency: Summary::of(&mut lat),
+        restarts_per_s: spawned as f64 / (wall_ns as f64 / 1e9),
+        cpu_ns_per_restart: cpu_ns as f64 / spawned.max(1) as f64,
+        ..LoopResult::default()
+    })
+}
+
+/// Waits until the records file holds `target` records. Returns the count, which is short of
+/// `target` only when `deadline` passed. An error when a process died or nothing moves.
+fn wait_records(
+    progress: &mut Progress,
+    label: &str,
+    recs: &Path,
+    target: u64,
+    deadline: Instant,
+    orch: &mut Orchestrator,
+    agent: Option<&Agent>,
+) -> Result<u64, String> {
+    let mut last = (records::count(recs), Instant::now());
+    loop {
+        let n = records::count(recs);
+        if n >= target || Instant::now() > deadline {
+            return Ok(n);
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > STALL_MAX {
+            orch.check()?;
+            return Err(format!(
+                "{label}: no restart for {} s (stuck at {n} records); orchestrator log: {}",
+                STALL_MAX.as_secs(),
+                super::procs::log_tail(&orch.log)
+            ));
+        }
+        orch.check()?;
+        if let Some(a) = agent {
+            a.check()?;
+        }
+        progress.update(label, &format!("{n}/{target} restarts"));
+        std::thread::sleep(POLL);
+    }
+}
+
+fn sample_of(pid: u32, what: &str) -> Result<Sample, String> {
+    procfs::sample(pid).ok_or_else(|| format!("{what} (pid {pid}) is gone"))
+}
+
+/// One service restarting at once under holden-orchestrator, local or through the agent.
+pub fn holden(ctx: &mut Ctx, label: &str, qm: bool, count: u64) -> Result<LoopResult, String> {
+    let recs = ctx.dir.join(&format!("{label}.rec"));
+    let agent = if qm {
+        Some(Agent::start(&ctx.bins.agent, &ctx.dir)?)
+    } else {
+        None
+    };
+    let text = config::orchestrator(
+        &ctx.dir.0,
+        LATENCY_SLOTS,
+        &ctx.bins.probe,
+        &recs,
+        &config::services(1, 1, qm),
+    );
+    let mut orch = Orchestrator::start(&ctx.bins.orchestrator, &ctx.dir, label, &text)?;
+    let deadline = Instant::now() + ctx.plan.phase_time_max;
+    let target = count + WARMUP_RESTARTS as u64 + 1;
+    let first = WARMUP_RESTARTS as u64 + 1;
+    wait_records(
+        &mut ctx.progress,
+        label,
+        &recs,
+        first,
+        deadline,
+        &mut orch,
+        agent.as_ref(),
+    )?;
+    let (c0, t0) = (records::count(&recs), Instant::now());
+    let o0 = sample_of(orch.pid(), "holden-orchestrator")?;
+    let a0 = agent
+        .as_ref()
+        .map(|a| sample_of(a.pid(), "holden-agent"))
+        .transpose()?;
+    wait_records(
+        &mut ctx.progress,
+        label,
+        &recs,
+        target,
+        deadline,
+        &mut orch,
+        agent.as_ref(),
+    )?;
+    let (c1, t1) = (records::count(&recs), Instant::now());
+    let o1 = sample_of(orch.pid(), "holden-orchestrator")?;
+    let a1 = agent
+        .as_ref()
+        .map(|a| sample_of(a.pid(), "holden-agent"))
+        .transpose()?;
+    orch.stop()?;
+    drop(agent);
+    let all = records::read(&recs)?;
+    let mut lat = records::latencies(&all, WARMUP_RESTARTS..all.len())?;
+    let restarts = c1 - c0;
+    Ok(LoopResult {
+        latency: Summary::of(&mut lat),
+        restarts_per_s: restarts as f64 / (t1 - t0).as_secs_f64(),
+        cpu_ns_per_restart: o1.cpu_ns.saturating_sub(o0.cpu_ns) as f64 / restarts.max(1) as f64,
+        agent_cpu_ns_per_restart: a0
+            .zip(a1)
+            .map(|(a0, a1)| a1.cpu_ns.saturating_sub(a0.cpu_ns) as f64 / restarts.max(1) as f64),
+        orchestrator: Some(o1),
+        agent: a1,
+    })
+}
+
+/// N local services, `crashing` of which restart at once while the others stay up; figures
+/// over a fixed window once every service has started.
+pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize) -> Result<ScalePoint, String> {
+    let label = format!("scale N={n} crashing={crashing}");
+    let recs = ctx.dir.join(&format!("scale-{n}-{crashing}.rec"));
+    let text = config::orchestrator(
+        &ctx.dir.0,
+        n,
+        &ctx.bins.probe,
+        &recs,
+        &config::services(n, crashing, false),
+    );
+    let mut orch = Orchestrator::start(
+        &ctx.bins.orchestrator,
+        &ctx.dir,
+        &format!("scale-{n}-{crashing}"),
+        &text,
+    )?;
+    // Every service has started once.
+    let deadline = Instant::now() + ctx.plan.scale_start_max;
+    loop {
+        wait_records(
+            &mut ctx.progress,
+            &label,
+            &recs,
+            n as u64,
+            deadline,
+            &mut orch,
+            None,
+        )?;
+        let all = records::read(&recs)?;
+        let mut seen = vec![false; n];
+        for r in &all {
+            if let Some(s) = seen.get_mut(r.service as usize) {
+                *s = true;
+            }
+        }
+        let started = seen.iter().filter(|&&s| s).count();
+        if started == n {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{label}: only {started} of {n} services started within {} s",
+                ctx.plan.scale_start_max.as_secs()
+            ));
+        }
+        ctx.progress
+            .update(&label, &format!("starting: {started}/{n} services up"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sleep_checked(ctx, &label, ctx.plan.scale_settle, &mut orch, "settling")?;
+    let (c0, t0) = (records::count(&recs), Instant::now());
+    let o0 = sample_of(orch.pid(), "holden-orchestrator")?;
+    sleep_checked(ctx, &label, ctx.plan.scale_window, &mut orch, "measuring")?;
+    let (c1, t1) = (records::count(&recs), Instant::now());
+    let o1 = sample_of(orch.pid(), "holden-orchestrator")?;
+    ctx.progress.update(&label, "stopping");
+    orch.stop()?;
+    let all = records::read(&recs)?;
+    let window = c0 as usize..(c1 as usize).min(all.len());
+    let restarts = all[window.clone()]
+        .iter()
+        .filter(|r| r.kind == KIND_EXIT)
+        .count() as u64;
+    let mut lat = records::latencies(&all, window)?;
+    let seconds = (t1 - t0).as_secs_f64();
+    Ok(ScalePoint {
+        n,
+        crashing,
+        restarts,
+        restarts_per_s: restarts as f64 / seconds,
+        cpu_ns_per_restart: o1.cpu_ns.saturating_sub(o0.cpu_ns) as f64 / restarts.max(1) as f64,
+        latency: Summary::of(&mut lat),
+        orchestrator: o1,
+    })
+}
+
+/// Sleeps `time` in small steps, checking that the orchestrator lives.
+fn sleep_checked(
+    ctx: &mut Ctx,
+    label: &str,
+    time: Duration,
+    orch: &mut Orchestrator,
+    what: &str,
+) -> Result<(), String> {
+    let end = Instant::now() + time;
+    while Instant::now() < end {
+        orch.check()?;
+        let left = end.saturating_duration_since(Instant::now());
+        ctx.progress
+            .update(label, &format!("{what}, {:.1} s left", left.as_secs_f64()));
+        std::thread::sleep(POLL.min(left));
+    }
+    Ok(())
+}
+
+/// Orchestrator memory with `slots` slots and one service restarting at once.
+pub fn slots(ctx: &mut Ctx, slots: usize) -> Result<SlotsPoint, String> {
+    let label = format!("memory slots={slots}");
+    let recs = ctx.dir.join(&format!("slots-{slots}.rec"));
+    let text = config::orchestrator(
+        &ctx.dir.0,
+        slots,
+        &ctx.bins.probe,
+        &recs,
+        &config::services(1, 1, false),
+    );
+    let mut orch = Orchestrator::start(
+        &ctx.bins.orchestrator,
+        &ctx.dir,
+        &format!("slots-{slots}"),
+        &text,
+    )?;
+    let deadline = Instant::now() + ctx.plan.phase_time_max;
+    let target = ctx.plan.memory_restarts;
+    wait_records(
+        &mut ctx.progress,
+        &label,
+        &recs,
+        target,
+        deadline,
+        &mut orch,
+        None,
+    )?;
+    let sample = sample_of(orch.pid(), "holden-orchestrator")?;
+    orch.stop()?;
+    Ok(SlotsPoint {
+        slots,
+        orchestrator: sample,
+    })
+}
+
+/// One local and one QM service restarting at once: memory and fds of both processes after
+/// `growth_early` and after `growth_late` restarts.
+pub fn growth(ctx: &mut Ctx) -> Result<Growth, String> {
+    let label = "memory growth";
+    let recs = ctx.dir.join("growth.rec");
+    let agent = Agent::start(&ctx.bins.agent, &ctx.dir)?;
+    let mut services = config::services(2, 2, false);
+    services[1].qm = true;
+    let text = config::orchestrator(&ctx.dir.0, LATENCY_SLOTS, &ctx.bins.probe, &recs, &services);
+    let mut orch = Orchestrator::start(&ctx.bins.orchestrator, &ctx.dir, "growth", &text)?;
+    let early = ctx.plan.growth_early;
+    let late = ctx.plan.growth_late;
+    let deadline = Instant::now() + ctx.plan.growth_time_max;
+    let c0 = wait_records(
+        &mut ctx.progress,
+        label,
+        &recs,
+        early,
+        deadline,
+        &mut orch,
+        Some(&agent),
+    )?;
+    let t0 = Instant::now();
+    let o0 = sample_of(orch.pid(), "holden-orchestrator")?;
+    let a0 = sample_of(agent.pid(), "holden-agent")?;
+    let c1 = wait_records(
+        &mut ctx.progress,
+        label,
+        &recs,
+        late,
+        deadline,
+        &mut orch,
+        Some(&agent),
+    )?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let o1 = sample_of(orch.pid(), "holden-orchestrator")?;
+    let a1 = sample_of(agent.pid(), "holden-agent")?;
+    orch.stop()?;
+    drop(agent);
+    // The records are only counted here; the latency runs check them.
+    let _ = std::fs::remove_file(&recs);
+    Ok(Growth {
+        early_restarts: c0,
+        late_restarts: c1,
+        seconds,
+        orchestrator: (o0, o1),
+        agent: (a0, a1),
+    })
+}
+
+/// One line for the progress log.
+pub fn loop_line(r: &LoopResult) -> String {
+    format!(
+        "{} restarts, p50 {} µs, p99 {} µs, max {} µs, {:.0} restarts/s",
+        r.latency.count,
+        stats::us(r.latency.p50_ns),
+        stats::us(r.latency.p99_ns),
+        stats::us(r.latency.max_ns),
+        r.restarts_per_s
+    )
+}

@@ -1,0 +1,246 @@
+//! The processes of a benchmark run: a per-run directory, holden-orchestrator with a
+//! generated configuration, holden-agent in its own PID namespace. Everything is ended by pid.
+
+use super::procfs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a SIGTERMed orchestrator to stop its services and exit (4096 of them).
+const STOP_WAIT: Duration = Duration::from_secs(60);
+/// Longest wait for the agent's socket to appear.
+const AGENT_START_WAIT: Duration = Duration::from_secs(20);
+/// Longest log excerpt quoted in an error.
+const LOG_TAIL_BYTES: usize = 2000;
+
+/// A directory of its own for one run (configurations, records, logs, sockets), removed when
+/// dropped. Its path is also the marker that finds stray processes.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn new() -> Result<RunDir, String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = PathBuf::from(format!("/tmp/holden-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(RunDir(path))
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// SIGKILLs every live process whose arguments mention this directory; returns how many.
+    pub fn sweep(&self) -> usize {
+        let strays = procfs::pids_with(&self.0);
+        for &pid in &strays {
+            signal(pid, "KILL");
+        }
+        strays.len()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        self.sweep();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends a signal (by name: TERM, KILL) to one pid with kill(1): xtask stays std-only.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The last bytes of a log file, for an error message.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(LOG_TAIL_BYTES);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].trim_end().to_string()
+}
+
+/// A running holden-orchestrator (stderr in `<name>.log` of the run directory).
+pub struct Orchestrator {
+    child: Option<Child>,
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Orchestrator {
+    pub fn start(bin: &Path, dir: &RunDir, name: &str, config: &str) -> Result<Self, String> {
+        let config_path = dir.join(&format!("{name}.toml"));
+        std::fs::write(&config_path, config)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let log = dir.join(&format!("{name}.log"));
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .env_remove("NOTIFY_SOCKET")
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        Ok(Orchestrator {
+            child: Some(child),
+            log,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// An error when the orchestrator has exited (it never should during a phase).
+    pub fn check(&mut self) -> Result<(), String> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(format!("orchestrator ({}) already stopped", self.name));
+        };
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "orchestrator ({}) exited during the run: {status}; its log ends with:\n{}",
+                self.name,
+                log_tail(&self.log)
+            )),
+            Err(e) => Err(format!("orchestrator ({}): wait: {e}", self.name)),
+        }
+    }
+
+    /// SIGTERM (it stops its services, then exits 0); SIGKILL after [`STOP_WAIT`]. An error
+    /// when it did not exit cleanly.
+    pub fn stop(mut self) -> Result<(), String> {
+        let mut child = self.child.take().expect("stopped once");
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + STOP_WAIT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "orchestrator ({}) stopped with {status}; its log ends with:\n{}",
+                        self.name,
+                        log_tail(&self.log)
+                    ))
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) | Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "orchestrator ({}) did not stop within {} s of SIGTERM; killed",
+                        self.name,
+                        STOP_WAIT.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// holden-agent as in the QM partition: `unshare --pid --fork --mount-proc --kill-child`, a
+/// small init (`sh`, as PID 1 of the namespace) and the agent beneath it.
+pub struct Agent {
+    unshare: Child,
+    pid: u32,
+}
+
+impl Agent {
+    pub fn start(bin: &Path, dir: &RunDir) -> Result<Agent, String> {
+        let socket = dir.join("agent.sock");
+        let log = dir.join("agent.log");
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        // --kill-child: when unshare dies, the namespace's init gets SIGKILL, and with it every
+        // process of the namespace.
+        let mut unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .args(["/bin/sh", "-c", "\"$0\" --socket \"$1\" & wait"])
+            .arg(bin)
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("unshare: {e} (util-linux installed? run as root)"))?;
+        let deadline = Instant::now() + AGENT_START_WAIT;
+        let bin_text = bin.to_string_lossy().into_owned();
+        let socket_text = socket.to_string_lossy().into_owned();
+        loop {
+            if let Ok(Some(status)) = unshare.try_wait() {
+                return Err(format!(
+                    "holden-agent in its PID namespace exited at once ({status}): {}",
+                    log_tail(&log)
+                ));
+            }
+            let pid = procfs::pids().into_iter().find(|&p| {
+                let args = procfs::cmdline(p);
+                args.first() == Some(&bin_text) && args.contains(&socket_text)
+            });
+            if let (Some(pid), true) = (pid, socket.exists()) {
+                return Ok(Agent { unshare, pid });
+            }
+            if Instant::now() > deadline {
+                let _ = unshare.kill();
+                let _ = unshare.wait();
+                return Err(format!(
+                    "holden-agent did not create {} within {} s: {}",
+                    socket.display(),
+                    AGENT_START_WAIT.as_secs(),
+                    log_tail(&log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's pid in our PID namespace.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// An error when the agent is gone.
+    pub fn check(&self) -> Result<(), String> {
+        if procfs::alive(self.pid) {
+            Ok(())
+        } else {
+            Err(format!(
+                "holden-agent (pid {}) died during the run",
+                self.pid
+            ))
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}

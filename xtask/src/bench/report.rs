@@ -1,0 +1,523 @@
+//! The Markdown report: machine, goals (met or missed, by how much), tables.
+
+use super::machine::Machine;
+use super::phases::{
+    Growth, LoopResult, ScalePoint, SlotsPoint, IDLE_VARIANT_CRASHING, V02_SLEEP_MS,
+};
+use super::procfs::Sample;
+use super::stats::{ratio, us};
+use std::fmt::Write;
+
+const KIB_PER_MIB: u64 = 1024;
+/// Goals of issue 8.
+const LOCAL_P50_FACTOR_MAX: f64 = 1.15;
+const LOCAL_P99_FACTOR_MAX: f64 = 2.0;
+const QM_P50_FACTOR_MAX: f64 = 1.5;
+const SCALE_RATE_SHARE_MIN: f64 = 0.9;
+const WATCHED_P99_FACTOR_MAX: f64 = 1.5;
+/// Our reading of "the cost per event must not grow with N".
+const COST_GROWTH_FACTOR_MAX: f64 = 1.25;
+const ORCH_RSS_KIB_MAX: u64 = 4 * KIB_PER_MIB;
+const ORCH_RSS_GOAL_SLOTS: usize = 1024;
+const AGENT_RSS_KIB_MAX: u64 = 2 * KIB_PER_MIB;
+const BINARY_BYTES_MAX: u64 = 2 * 1024 * 1024;
+
+/// One static binary.
+#[derive(Clone, Debug)]
+pub struct SizeRow {
+    pub arch: String,
+    pub binary: String,
+    pub bytes: u64,
+    pub is_static: bool,
+}
+
+/// Everything a run measured; a phase that failed leaves its field empty and an error.
+#[derive(Default)]
+pub struct Results {
+    pub command: String,
+    pub machine: Machine,
+    pub seconds: f64,
+    pub floor: Option<LoopResult>,
+    pub local: Option<LoopResult>,
+    pub qm: Option<LoopResult>,
+    pub v02: Option<LoopResult>,
+    pub scale: Vec<ScalePoint>,
+    pub slots: Vec<SlotsPoint>,
+    pub growth: Option<Growth>,
+    pub sizes: Vec<SizeRow>,
+    pub errors: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// A goal of the issue against its measurement.
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    /// `None`: not measured in this run.
+    pub met: Option<bool>,
+    pub margin: String,
+}
+
+fn ratio_goal(goal: &str, value: Option<f64>, max: f64, what: &str) -> Goal {
+    match value {
+        Some(v) => Goal {
+            goal: goal.into(),
+            measured: format!("{v:.2}× {what}"),
+            met: Some(v <= max),
+            margin: margin_below(v, max),
+        },
+        None => missing(goal),
+    }
+}
+
+/// "x % headroom" or "missed by x %" for a value that should stay at or below `max`.
+fn margin_below(v: f64, max: f64) -> String {
+    if v <= max {
+        format!("{:.0} % headroom", (1.0 - v / max) * 100.0)
+    } else {
+        format!(
+            "missed by {:.0} % ({:.2}× the limit)",
+            (v / max - 1.0) * 100.0,
+            v / max
+        )
+    }
+}
+
+fn missing(goal: &str) -> Goal {
+    Goal {
+        goal: goal.into(),
+        measured: "not measured (phase failed)".into(),
+        met: None,
+        margin: String::new(),
+    }
+}
+
+fn churn_points(r: &Results) -> Vec<&ScalePoint> {
+    r.scale.iter().filter(|p| p.crashing == p.n).collect()
+}
+
+fn idle_points(r: &Results) -> Vec<&ScalePoint> {
+    r.scale
+        .iter()
+        .filter(|p| p.crashing < p.n || p.n == 1)
+        .collect()
+}
+
+/// The goals of issue 8, evaluated.
+pub fn goals(r: &Results) -> Vec<Goal> {
+    let mut out = Vec::new();
+    let floor = r.floor.as_ref();
+    let f = |l: Option<&LoopResult>, pick: fn(&LoopResult) -> u64| -> Option<f64> {
+        let (l, fl) = (l?, floor?);
+        (pick(fl) > 0).then(|| pick(l) as f64 / pick(fl) as f64)
+    };
+    out.push(ratio_goal(
+        "local restart latency p50 ≤ 1.15× floor p50",
+        f(r.local.as_ref(), |l| l.latency.p50_ns),
+        LOCAL_P50_FACTOR_MAX,
+        "floor",
+    ));
+    out.push(ratio_goal(
+        "local restart latency p99 ≤ 2× floor p99",
+        f(r.local.as_ref(), |l| l.latency.p99_ns),
+        LOCAL_P99_FACTOR_MAX,
+        "floor",
+    ));
+    out.push(ratio_goal(
+        "QM restart latency p50 ≤ 1.5× floor p50",
+        f(r.qm.as_ref(), |l| l.latency.p50_ns),
+        QM_P50_FACTOR_MAX,
+        "floor",
+    ));
+    let churn = churn_points(r);
+    let (first, last) = (churn.first(), churn.last());
+    let n_max = last.map_or(0, |p| p.n);
+    match (first, last) {
+        (Some(a), Some(b)) if a.n == 1 && b.n > 1 => {
+            let share = b.restarts_per_s / a.restarts_per_s;
+            out.push(Goal {
+                goal: format!("restarts/s at N={n_max} ≥ 90 % of N=1"),
+                measured: format!(
+                    "{:.0} % ({:.0} vs {:.0} restarts/s)",
+                    share * 100.0,
+                    b.restarts_per_s,
+                    a.restarts_per_s
+                ),
+                met: Some(share >= SCALE_RATE_SHARE_MIN),
+                margin: if share >= SCALE_RATE_SHARE_MIN {
+                    format!("{:.0} points above", (share - SCALE_RATE_SHARE_MIN) * 100.0)
+                } else {
+                    format!(
+                        "missed by {:.0} points",
+                        (SCALE_RATE_SHARE_MIN - share) * 100.0
+                    )
+                },
+            });
+            out.push(ratio_goal(
+                &format!("watched p99 with {} others churning ≤ 1.5× N=1", n_max - 1),
+                Some(b.latency.p99_ns as f64 / a.latency.p99_ns.max(1) as f64),
+                WATCHED_P99_FACTOR_MAX,
+                "N=1",
+            ));
+            let idle = idle_points(r);
+            if let Some(i) = idle.last().filter(|i| i.n > 1) {
+                out.push(ratio_goal(
+                    &format!(
+                        "(context) watched p99, {IDLE_VARIANT_CRASHING} crashing + {} idle ≤ 1.5× N=1",
+                        i.n - IDLE_VARIANT_CRASHING
+                    ),
+                    Some(i.latency.p99_ns as f64 / a.latency.p99_ns.max(1) as f64),
+                    WATCHED_P99_FACTOR_MAX,
+                    "N=1",
+                ));
+            }
+            out.push(ratio_goal(
+                &format!("CPU per restart at N={n_max} ≤ {COST_GROWTH_FACTOR_MAX}× N=1 (our reading of \"must not grow\")"),
+                Some(b.cpu_ns_per_restart / a.cpu_ns_per_restart.max(1.0)),
+                COST_GROWTH_FACTOR_MAX,
+                "N=1",
+            ));
+        }
+        _ => out.push(missing("restarts/s and watched latency at the largest N")),
+    }
+    match r.slots.iter().find(|s| s.slots == ORCH_RSS_GOAL_SLOTS) {
+        Some(s) => out.push(kib_goal(
+            "orchestrator RSS at 1,024 slots < 4 MiB",
+            s.orchestrator.rss_kib,
+            ORCH_RSS_KIB_MAX,
+        )),
+        None => out.push(missing("orchestrator RSS at 1,024 slots < 4 MiB")),
+    }
+    match &r.growth {
+        Some(g) => {
+            let od = g.orchestrator.1.data_kib as i64 - g.orchestrator.0.data_kib as i64;
+            let ad = g.agent.1.data_kib as i64 - g.agent.0.data_kib as i64;
+            out.push(Goal {
+                goal: "zero heap growth after start-up (VmData, orchestrator and agent)".into(),
+                measured: format!(
+                    "{od:+} KiB / {ad:+} KiB between {} and {} restarts",
+                    g.early_restarts, g.late_restarts
+                ),
+                met: Some(od <= 0 && ad <= 0),
+                margin: if od <= 0 && ad <= 0 {
+                    "no growth".into()
+                } else {
+                    format!("grew by {} KiB", od.max(0) + ad.max(0))
+                },
+            });
+        }
+        None => out.push(missing("zero heap growth after start-up")),
+    }
+    let agent_rss = [
+        r.qm.as_ref().and_then(|q| q.agent).map(|a| a.rss_kib),
+        r.growth.as_ref().map(|g| g.agent.1.rss_kib),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    match agent_rss {
+        Some(kib) => out.push(kib_goal("agent RSS < 2 MiB", kib, AGENT_RSS_KIB_MAX)),
+        None => out.push(missing("agent RSS < 2 MiB")),
+    }
+    match r.sizes.iter().max_by_key(|s| s.bytes) {
+        Some(biggest) => {
+            let all_static = r.sizes.iter().all(|s| s.is_static);
+            let ok = biggest.bytes < BINARY_BYTES_MAX && all_static;
+            out.push(Goal {
+                goal: "each static binary < 2 MiB".into(),
+                measured: format!(
+                    "largest {} ({}) {} KiB{}",
+                    biggest.binary,
+                    biggest.arch,
+                    biggest.bytes / 1024,
+                    if all_static { "" } else { "; NOT all static" }
+                ),
+                met: Some(ok),
+                margin: margin_below(biggest.bytes as f64, BINARY_BYTES_MAX as f64),
+            });
+        }
+        None => out.push(missing("each static binary < 2 MiB")),
+    }
+    out
+}
+
+fn kib_goal(goal: &str, kib: u64, max: u64) -> Goal {
+    Goal {
+        goal: goal.into(),
+        measured: format!("{} KiB", kib),
+        met: Some(kib < max),
+        margin: margin_below(kib as f64, max as f64),
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.2}", kib as f64 / KIB_PER_MIB as f64)
+}
+
+/// The whole report.
+pub fn render(r: &Results, svg_name: &str) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(s, "# holden benchmark report\n");
+    let _ = writeln!(s, "`{}` — {}, {:.0} s.\n", r.command, m.date_utc, r.seconds);
+    let _ = writeln!(s, "## Machine\n");
+    let _ = writeln!(
+        s,
+        "| CPU | cores | kernel | memory | load average at start | at end |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| {} | {} | {} | {} MiB | {} | {} |\n",
+        m.cpu, m.cores, m.kernel, m.memory_mib, m.load_start, m.load_end
+    );
+    if !r.errors.is_empty() {
+        let _ = writeln!(s, "## Errors (something is broken)\n");
+        for e in &r.errors {
+            let _ = writeln!(s, "- {}", e.replace('\n', " "));
+        }
+        let _ = writeln!(s);
+    }
+    goals_section(&mut s, r);
+    latency_section(&mut s, r);
+    scale_section(&mut s, r, svg_name);
+    memory_section(&mut s, r);
+    size_section(&mut s, r);
+    if !r.notes.is_empty() {
+        let _ = writeln!(s, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
+
+fn goals_section(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Goals (issue 8)\n");
+    let _ = writeln!(s, "| goal | measured | met | margin |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    for g in goals(r) {
+        let met = match g.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "—",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            g.goal, g.measured, met, g.margin
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn latency_section(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## Restart latency\n\nOne service that exits at once, restarted with no delay: time from one \
+         instance's last timestamp (just before `_exit`) to the next instance's first (top of \
+         `main`), CLOCK_MONOTONIC, taken by the probe itself. Ratios are to the floor of this \
+         run. CPU is the supervising process's (the loop, or holden-orchestrator) per restart.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| loop | restarts | p50 µs | p99 µs | max µs | p50 × floor | p99 × floor | restarts/s | CPU µs/restart |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let floor = r.floor.as_ref();
+    let rows: [(&str, Option<&LoopResult>); 4] = [
+        ("floor: spawn, poll pidfd, waitid, repeat", floor),
+        ("holden-orchestrator, local", r.local.as_ref()),
+        (
+            "holden-orchestrator, QM via holden-agent (own PID ns)",
+            r.qm.as_ref(),
+        ),
+        (
+            "v0.2 pattern: floor + 100 ms sleep per event",
+            r.v02.as_ref(),
+        ),
+    ];
+    for (name, l) in rows {
+        let Some(l) = l else {
+            let _ = writeln!(s, "| {name} | failed | | | | | | | |");
+            continue;
+        };
+        let (p50f, p99f) = floor.map_or(("n/a".into(), "n/a".into()), |f| {
+            (
+                ratio(l.latency.p50_ns as f64, f.latency.p50_ns as f64),
+                ratio(l.latency.p99_ns as f64, f.latency.p99_ns as f64),
+            )
+        });
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {p50f} | {p99f} | {:.0} | {:.1} |",
+            l.latency.count,
+            us(l.latency.p50_ns),
+            us(l.latency.p99_ns),
+            us(l.latency.max_ns),
+            l.restarts_per_s,
+            l.cpu_ns_per_restart / 1000.0
+        );
+    }
+    if let Some(a) = r.qm.as_ref().and_then(|q| q.agent_cpu_ns_per_restart) {
+        let _ = writeln!(
+            s,
+            "\nholden-agent CPU per QM restart: {:.1} µs.",
+            a / 1000.0
+        );
+    }
+    if let (Some(v), Some(l)) = (&r.v02, &r.local) {
+        let _ = writeln!(
+            s,
+            "\nholden (local) restarts a crashing service {:.0}× faster than v0.2's pattern \
+             (p50 {} µs against {} µs; v0.2 sleeps {V02_SLEEP_MS} ms per event).",
+            v.latency.p50_ns as f64 / l.latency.p50_ns.max(1) as f64,
+            us(l.latency.p50_ns),
+            us(v.latency.p50_ns)
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn scale_section(s: &mut String, r: &Results, svg_name: &str) {
+    let _ = writeln!(
+        s,
+        "## Scale\n\nN local services in one orchestrator (slots = N). *churn*: all N exit at \
+         once and are restarted; *idle*: {IDLE_VARIANT_CRASHING} crash-loop, the others stay up. \
+         Figures over a fixed window after every service has started; latency is over every \
+         restart of a crashing service in the window.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| N | load | restarts | restarts/s | CPU µs/restart | latency p50 µs | p99 µs | max µs | p99 × N=1 | orchestrator RSS MiB |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let base = r.scale.iter().find(|p| p.n == 1);
+    for p in &r.scale {
+        let load = if p.crashing == p.n {
+            "churn".to_string()
+        } else {
+            format!("idle ({} crashing)", p.crashing)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {load} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} |",
+            p.n,
+            p.restarts,
+            p.restarts_per_s,
+            p.cpu_ns_per_restart / 1000.0,
+            us(p.latency.p50_ns),
+            us(p.latency.p99_ns),
+            us(p.latency.max_ns),
+            base.map_or("n/a".into(), |b| ratio(
+                p.latency.p99_ns as f64,
+                b.latency.p99_ns as f64
+            )),
+            mib(p.orchestrator.rss_kib)
+        );
+    }
+    let churn = churn_points(r);
+    if let (Some(a), Some(b)) = (churn.first(), churn.last()) {
+        if a.n == 1 && b.n > 1 {
+            let _ = writeln!(
+                s,
+                "\nN={} : N=1 (churn): restarts/s {}, CPU per restart {}, p99 latency {}.",
+                b.n,
+                ratio(b.restarts_per_s, a.restarts_per_s),
+                ratio(b.cpu_ns_per_restart, a.cpu_ns_per_restart),
+                ratio(b.latency.p99_ns as f64, a.latency.p99_ns as f64)
+            );
+        }
+    }
+    let _ = writeln!(s, "\n![restart latency against N]({svg_name})\n");
+}
+
+fn sample_row(s: &mut String, what: &str, a: &Sample) {
+    let _ = writeln!(
+        s,
+        "| {what} | {} | {} | {} | {} | {} |",
+        mib(a.rss_kib),
+        mib(a.hwm_kib),
+        a.data_kib,
+        a.anon_kib,
+        a.fds
+    );
+}
+
+fn memory_section(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## Memory\n\nFrom /proc/PID/status of the running process: VmRSS, VmHWM (peak RSS), \
+         VmData (heap and private anonymous mappings, virtual: grows with any allocation that is \
+         kept), RssAnon; fds from /proc/PID/fd.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| process | RSS MiB | HWM MiB | VmData KiB | RssAnon KiB | fds |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for p in &r.slots {
+        sample_row(
+            s,
+            &format!("orchestrator, {} slots, 1 service", p.slots),
+            &p.orchestrator,
+        );
+    }
+    if let Some(o) = r.local.as_ref().and_then(|l| l.orchestrator.as_ref()) {
+        sample_row(s, "orchestrator, 64 slots, after the local latency run", o);
+    }
+    if let Some(a) = r.qm.as_ref().and_then(|q| q.agent.as_ref()) {
+        sample_row(s, "agent, after the QM latency run", a);
+    }
+    if let Some(g) = &r.growth {
+        sample_row(
+            s,
+            &format!("orchestrator after {} restarts", g.early_restarts),
+            &g.orchestrator.0,
+        );
+        sample_row(
+            s,
+            &format!("orchestrator after {} restarts", g.late_restarts),
+            &g.orchestrator.1,
+        );
+        sample_row(
+            s,
+            &format!("agent after {} restarts", g.early_restarts),
+            &g.agent.0,
+        );
+        sample_row(
+            s,
+            &format!("agent after {} restarts", g.late_restarts),
+            &g.agent.1,
+        );
+        let _ = writeln!(
+            s,
+            "\nGrowth run: one local and one QM service restarting at once in one orchestrator; \
+             {} → {} restarts took {:.0} s.",
+            g.early_restarts, g.late_restarts, g.seconds
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn size_section(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "## Binary sizes\n\nRelease builds from `cargo xtask dist` (static musl, stripped, LTO).\n"
+    );
+    let _ = writeln!(s, "| arch | binary | bytes | KiB | static |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for z in &r.sizes {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            z.arch,
+            z.binary,
+            z.bytes,
+            z.bytes / 1024,
+            if z.is_static { "yes" } else { "**no**" }
+        );
+    }
+    let _ = writeln!(s);
+}

@@ -4,10 +4,13 @@
 //! a sequence of commands, printed before it runs, stopping at the first failure.
 
 mod bench;
+mod demo;
 mod dist;
 mod elf;
 mod fuzz;
+mod image;
 mod run;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -17,12 +20,16 @@ cargo xtask <task> [options]
 Tasks:
   bench              restart latency, scale, memory and size against the machine's floor
                      (--quick under a minute; report in target/bench/report.md)
+  build-image        AutoSD image manifest (holden.aib.yml) and its files; the image if aib is here
   ci                 everything CI checks: fmt, clippy, tests, a fuzz smoke of every target
+  demo               holden's main job on this machine, narrated: crash loop, QM restart,
+                     agent killed, holdenctl status, clean shutdown (about 30 s)
   dist               static musl release binaries (x86_64, aarch64), checked and sized
   fuzz [TARGET...]   run cargo-fuzz targets (all when none is named) with a time bound
       --seconds N        seconds per target (default 30)
       --list             list the fuzz targets and exit
   help               print this help
+  vm-test            boot the static binaries on Debian's kernel in QEMU and check supervision
 
 Run `cargo xtask <task> --help` for a task's options.
 ";
@@ -36,8 +43,11 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "bench" => bench::main(rest),
         "ci" => ci(rest),
+        "demo" => demo::main(rest),
         "dist" => dist::main(rest),
         "fuzz" => fuzz::main(rest),
+        "build-image" => image::main(rest),
+        "vm-test" => vm::main(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             return ExitCode::SUCCESS;

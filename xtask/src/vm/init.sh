@@ -1,0 +1,149 @@
+#!/bin/sh
+# PID 1 of holden's VM boot test (`cargo xtask vm-test` puts it in the initramfs as /init).
+# Runs busybox ash. Every check prints `HOLDEN-VM-PASS: <step> ...` or `HOLDEN-VM-FAIL: ...`
+# on the serial console; the host asserts on those lines and on the orchestrator's log,
+# which is printed at the end between HOLDEN-VM-LOG-BEGIN and HOLDEN-VM-LOG-END.
+
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+# As on the AutoSD image: /run/holden (control socket) on the host, /run/holden/qm shared
+# with QM (here: the same directory, seen from the QM stand-in's mount namespace).
+mkdir -p /run/holden/qm
+
+LOG=/tmp/orchestrator.log
+AGENT_LOG=/tmp/agent.log
+CONFIG=/etc/holden/vm.toml
+: >"$LOG"
+: >"$AGENT_LOG"
+
+say() { echo "HOLDEN-VM: $*"; }
+pass() { echo "HOLDEN-VM-PASS: $*"; }
+finish() {
+    echo "HOLDEN-VM-LOG-BEGIN"
+    sed 's/^/orch| /' "$LOG"
+    sed 's/^/agent| /' "$AGENT_LOG"
+    echo "HOLDEN-VM-LOG-END"
+    echo "HOLDEN-VM-END"
+    sync
+    poweroff -f
+    sleep 60
+}
+fail() {
+    echo "HOLDEN-VM-FAIL: $*"
+    finish
+}
+# count PATTERN: lines of the orchestrator log matching PATTERN (a basic regex)
+count() { grep -c -e "$1" "$LOG"; }
+# wait_count PATTERN N WHAT: wait (30 s at most) until PATTERN matches N lines
+wait_count() {
+    tries=0
+    while [ "$(count "$1")" -lt "$2" ]; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 300 ] && fail "$3: timed out waiting for $2 lines matching '$1'"
+        usleep 100000
+    done
+}
+# last_pid SERVICE: the pid of the service's latest spawn, from the orchestrator's log
+last_pid() {
+    sed -n "s/.*service=$1 .*reason=spawned spawned_pid=\([0-9]*\).*/\1/p" "$LOG" | tail -n 1
+}
+# alive PID: the process exists and is not a zombie
+alive() {
+    [ -n "$1" ] && [ -e "/proc/$1/status" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
+}
+
+say "boot: kernel $(uname -r), kernel.io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo absent)"
+
+# The QM stand-in: PID 1 of a new PID + mount namespace is a shell loop that restarts the
+# agent when it dies, as QM's systemd does (Restart=always), and reaps orphans.
+unshare -p -f --mount-proc /bin/sh -c \
+    'while :; do /usr/bin/holden-agent --socket /run/holden/qm/qm_orchestrator.sock; usleep 100000; done' \
+    2>>"$AGENT_LOG" &
+/usr/bin/holden-orchestrator --config "$CONFIG" 2>>"$LOG" &
+ORCH=$!
+
+wait_count 'event=start ' 1 "orchestrator start"
+wait_count 'service=vm-local .*reason=spawned' 1 "local service start"
+wait_count 'event=agent-up' 1 "agent connection"
+wait_count 'service=vm-qm .*reason=spawned' 1 "QM service start"
+Q1=$(last_pid vm-qm)
+NSPID=$(grep '^NSpid:' "/proc/$Q1/status" | tr -s ' \t' ' ')
+set -- $NSPID
+[ "$#" -eq 3 ] || fail "QM service $Q1 is not one PID namespace below the orchestrator ($NSPID)"
+pass "started orchestrator=$ORCH qm_service=$Q1 ($NSPID)"
+
+L1=$(last_pid vm-local)
+kill -9 "$L1"
+wait_count 'service=vm-local .*reason=spawned' 2 "local restart"
+L2=$(last_pid vm-local)
+[ "$L2" != "$L1" ] && alive "$L2" || fail "local restart: pid $L2 is not a new running process"
+pass "local-restart killed $L1 (SIGKILL), restarted as $L2"
+
+kill -9 "$Q1"
+wait_count 'service=vm-qm .*reason=spawned' 2 "QM restart"
+Q2=$(last_pid vm-qm)
+[ "$Q2" != "$Q1" ] && alive "$Q2" || fail "QM restart: pid $Q2 is not a new running process"
+pass "qm-restart killed $Q1 (SIGKILL), restarted through the agent as $Q2"
+
+# Kernels before 6.15 have no PIDFD_INFO_EXIT: the exit status of a QM process is unknown
+# and must be reported so, never invented.
+if grep -q 'event=start .*pidfd_info_exit=no' "$LOG"; then
+    [ "$(count 'service=vm-qm .*reason=exited status=unknown')" -ge 1 ] \
+        || fail "exit-status: no 'status=unknown' for the QM exit on a kernel without PIDFD_INFO_EXIT"
+    pass "exit-status QM exit reported as status=unknown (no PIDFD_INFO_EXIT on this kernel)"
+else
+    [ "$(count 'service=vm-qm .*reason=exited signal=SIGKILL')" -ge 1 ] \
+        || fail "exit-status: QM exit not reported as signal=SIGKILL"
+    pass "exit-status QM exit reported as signal=SIGKILL (PIDFD_INFO_EXIT)"
+fi
+
+A1=$(pidof holden-agent)
+[ -n "$A1" ] || fail "agent: no holden-agent process"
+UPS=$(count 'event=agent-up')
+kill -9 $A1
+wait_count 'event=agent-down' 1 "agent loss noticed"
+wait_count 'event=agent-up' $((UPS + 1)) "agent reconnect"
+alive "$Q2" || fail "agent-restart: QM service $Q2 died with the agent"
+[ "$(count 'service=vm-qm .*reason=spawned')" -eq 2 ] || fail "agent-restart: the QM service was started again though it never died"
+A2=$(pidof holden-agent)
+[ -n "$A2" ] && [ "$A2" != "$A1" ] || fail "agent-restart: no new agent ($A1 -> $A2)"
+pass "agent-restart agent $A1 killed (SIGKILL), $A2 reconnected; QM service $Q2 kept running, supervised"
+
+kill -9 "$Q2"
+wait_count 'service=vm-qm .*reason=spawned' 3 "QM restart after reconnect"
+Q3=$(last_pid vm-qm)
+alive "$Q3" || fail "qm-restart-after-reconnect: $Q3 not running"
+pass "qm-restart-after-reconnect killed $Q2, restarted through the new agent as $Q3"
+
+wait_count 'service=vm-crashy .*state=failed .*reason=start-limit' 1 "crash loop start limit"
+DELAYS=$(sed -n 's/.*service=vm-crashy .*reason=exited.*next_delay_ms=\([0-9]*\).*/\1/p' "$LOG" | tr '\n' ' ')
+pass "crash-loop restart delays (ms): $DELAYS then failed at the start limit"
+
+if holdenctl status --help >/dev/null 2>&1; then
+    holdenctl status >/tmp/status.txt 2>&1 || fail "holdenctl status: exit $?: $(cat /tmp/status.txt)"
+    sed 's/^/holdenctl| /' /tmp/status.txt
+    grep -q vm-local /tmp/status.txt && grep -q vm-qm /tmp/status.txt \
+        || fail "holdenctl status does not list vm-local and vm-qm"
+    pass "holdenctl-status lists the services"
+else
+    say "SKIP holdenctl status: 'holdenctl status --help' does not exit 0 (not implemented yet)"
+fi
+
+L3=$(last_pid vm-local)
+kill -TERM "$ORCH"
+wait "$ORCH"
+RC=$?
+[ "$RC" -eq 0 ] || fail "shutdown: orchestrator exited with $RC"
+[ "$(count 'event=shutdown-complete')" -eq 1 ] || fail "shutdown: no event=shutdown-complete"
+usleep 200000
+alive "$L3" && fail "shutdown: local service $L3 still running"
+alive "$Q3" && fail "shutdown: QM service $Q3 still running"
+pass "shutdown SIGTERM: orchestrator exit 0, local $L3 and QM $Q3 stopped"
+
+echo "HOLDEN-VM-DONE"
+finish

@@ -462,7 +462,10 @@ impl SpawnSpec {
     }
 
     fn program_ptr(&self) -> *const c_char {
-        let offset = self.program.unwrap_or(self.arg_offsets[0]);
+        // argv is never empty here (`spawn` checks `is_complete`), so the
+        // fallback is never used; it only avoids a panicking index.
+        let first = self.arg_offsets.first().copied().unwrap_or(0);
+        let offset = self.program.unwrap_or(first);
         self.strings.as_ptr().wrapping_add(offset).cast()
     }
 }

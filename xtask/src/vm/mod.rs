@@ -117,7 +117,7 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     let verdict = outcome.and_then(|()| check_console(&text));
     match verdict {
         Ok(report) => {
-            for line in report {
+            for line in &report {
                 println!("  {line}");
             }
             println!(
@@ -125,6 +125,10 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
                 started.elapsed().as_secs_f64(),
                 kernel.display()
             );
+            // The plain closing line CI reads: N passed, N failed[, N skipped].
+            let passed = report.iter().filter(|l| l.starts_with("passed: ")).count();
+            let skipped = report.iter().filter(|l| l.starts_with("SKIP ")).count();
+            println!("vm-test: {passed} passed, 0 failed, {skipped} skipped");
             if opts.keep {
                 println!("kept {}", work.display());
             } else {

@@ -40,6 +40,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the log file and processes are polled.
 const POLL: Duration = Duration::from_millis(20);
+/// Pause between sections when the output is a terminal.
+const SECTION_PAUSE_MS: u64 = 800;
 const SIGINT: i32 = 2;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
@@ -142,6 +144,10 @@ impl Out {
     }
 
     fn section(&self, title: &str) {
+        // On a terminal, a moment to read the previous section.
+        if self.color && self.step.get() > 1 {
+            std::thread::sleep(Duration::from_millis(SECTION_PAUSE_MS));
+        }
         let n = self.step.get() + 1;
         self.step.set(n);
         if self.color {
@@ -161,10 +167,11 @@ impl Out {
             .strip_prefix('<')
             .and_then(|rest| rest.split_once('>'))
             .map_or(line, |(_, t)| t);
+        let text = text.strip_prefix("holden-agent: ").unwrap_or(text);
         if self.color {
-            println!("      \x1b[2m{who} |\x1b[0m {text}");
+            println!("    \x1b[2m{who:>12} |\x1b[0m {text}");
         } else {
-            println!("      {who} | {text}");
+            println!("    {who:>12} | {text}");
         }
     }
 }
@@ -432,8 +439,9 @@ impl Demo {
             }
         }
         self.out.say(
-            "Five starts within a minute is its start limit: `crashy` is now `failed` and \
-             left alone until an operator starts it again (holdenctl start crashy).",
+            "After 5 starts within a minute (its start limit) one more would exceed it: \
+             `crashy` is now `failed` and left alone until an operator starts it again \
+             (holdenctl start crashy).",
         );
         Ok(())
     }
@@ -461,6 +469,14 @@ impl Demo {
         let new = field(&spawned, "spawned_pid")
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
+        let agent_log = read_or_empty(&self.dir.join("agent.log"));
+        if let Some(line) = agent_log
+            .lines()
+            .rev()
+            .find(|l| l.contains("-> started pid"))
+        {
+            self.out.log("agent", line);
+        }
         self.out.say(&format!(
             "The orchestrator asked the agent for a new one: `radio` is pid {new} now."
         ));
@@ -552,7 +568,7 @@ impl Demo {
         self.log.poll();
         let lines: Vec<String> = self.log.lines[self.cursor..]
             .iter()
-            .filter(|l| has(l, &["reason=shutdown"]) || has(l, &["event=shutdown-complete"]))
+            .filter(|l| has(l, &["state=stopp"]) || has(l, &["event=shutdown-complete"]))
             .cloned()
             .collect();
         for line in &lines {

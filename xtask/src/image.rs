@@ -3,7 +3,8 @@
 //!
 //! The manifest is generated from [`ENTRIES`] (what goes where, on which side of the QM
 //! boundary) so that the file list, the `chmod_files` modes and the enabled units cannot drift
-//! apart. The unit, configuration, tmpfiles, drop-in and sysctl sources live in `xtask/image/`.
+//! apart. The orchestrator's unit, configuration, tmpfiles, drop-in and sysctl sources live in
+//! `xtask/image/`; the agent's unit is the agent's own (`agent/systemd/holden-agent.service`).
 
 use crate::dist;
 use crate::run::{self, Failure};
@@ -67,8 +68,8 @@ impl Side {
 pub enum Source {
     /// A binary of `cargo xtask dist` (by name).
     Binary(&'static str),
-    /// A file in `xtask/image/`.
-    Template(&'static str),
+    /// A file of the repository (path relative to the workspace root).
+    Repo(&'static str),
 }
 
 /// One installed file.
@@ -108,31 +109,31 @@ pub const ENTRIES: [Entry; 9] = [
     entry(
         Side::Host,
         "/usr/lib/systemd/system/holden-orchestrator.service",
-        Source::Template("holden-orchestrator.service"),
+        Source::Repo("xtask/image/holden-orchestrator.service"),
         false,
     ),
     entry(
         Side::Host,
         "/etc/holden/orchestrator.toml",
-        Source::Template("orchestrator.toml"),
+        Source::Repo("xtask/image/orchestrator.toml"),
         false,
     ),
     entry(
         Side::Host,
         "/usr/lib/tmpfiles.d/holden.conf",
-        Source::Template("holden.tmpfiles.conf"),
+        Source::Repo("xtask/image/holden.tmpfiles.conf"),
         false,
     ),
     entry(
         Side::Host,
         "/etc/containers/systemd/qm.container.d/holden.conf",
-        Source::Template("qm-holden.conf"),
+        Source::Repo("xtask/image/qm-holden.conf"),
         false,
     ),
     entry(
         Side::Host,
         "/usr/lib/sysctl.d/60-holden-io_uring.conf",
-        Source::Template("holden-io_uring.sysctl.conf"),
+        Source::Repo("xtask/image/holden-io_uring.sysctl.conf"),
         false,
     ),
     entry(
@@ -144,7 +145,7 @@ pub const ENTRIES: [Entry; 9] = [
     entry(
         Side::Qm,
         "/usr/lib/systemd/system/holden-agent.service",
-        Source::Template("holden-agent.service"),
+        Source::Repo("agent/systemd/holden-agent.service"),
         false,
     ),
 ];
@@ -176,7 +177,7 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     if opts.arch == std::env::consts::ARCH {
         check_config(&binaries, &root.join("xtask/image/orchestrator.toml"))?;
     }
-    let manifest = write_bundle(&root.join("xtask/image"), &out, &binaries)?;
+    let manifest = write_bundle(&root, &out, &binaries)?;
     println!("wrote {}", manifest.display());
     for e in &ENTRIES {
         println!("  {:<5} {}", e.side.dir(), e.dest);
@@ -312,9 +313,9 @@ fn binary<'a>(binaries: &'a [(String, PathBuf)], name: &str) -> Result<&'a Path,
 }
 
 /// Copies every file of [`ENTRIES`] to `out/files/<side><dest>` (binaries from `binaries`,
-/// the rest from `templates`) and writes the manifest; returns the manifest's path.
+/// the rest from the workspace `root`) and writes the manifest; returns the manifest's path.
 pub fn write_bundle(
-    templates: &Path,
+    root: &Path,
     out: &Path,
     binaries: &[(String, PathBuf)],
 ) -> Result<PathBuf, Failure> {
@@ -326,7 +327,7 @@ pub fn write_bundle(
     for e in &ENTRIES {
         let from = match e.source {
             Source::Binary(name) => binary(binaries, name)?.to_path_buf(),
-            Source::Template(name) => templates.join(name),
+            Source::Repo(path) => root.join(path),
         };
         let to = out.join(source_path(e));
         copy_with_mode(&from, &to, if e.executable { 0o755 } else { 0o644 })?;

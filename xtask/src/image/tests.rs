@@ -37,9 +37,8 @@ fn bundle(tag: &str) -> (TempDir, PathBuf, Value) {
         .iter()
         .map(|b| (b.to_string(), PathBuf::from("/bin/true")))
         .collect();
-    let templates = run::workspace_root().join("xtask/image");
     let out = dir.0.join("out");
-    let manifest = write_bundle(&templates, &out, &binaries)
+    let manifest = write_bundle(&run::workspace_root(), &out, &binaries)
         .unwrap_or_else(|_| panic!("write_bundle into {}", out.display()));
     let text = std::fs::read_to_string(&manifest).unwrap();
     let value: Value = serde_norway::from_str(&text).expect("the manifest is valid YAML");

@@ -637,6 +637,13 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     }
 }
 
+/// True once `clone3` answered `ENOSYS` (typically a seccomp profile that
+/// predates it) and spawns use `clone(CLONE_PIDFD)` instead. Equally race-free;
+/// exposed so that callers can log the fallback once.
+pub fn clone3_fallback_active() -> bool {
+    CLONE3_UNAVAILABLE.load(Ordering::Relaxed)
+}
+
 /// Sends `signal` (0 only checks) to the process behind `pidfd`.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: c_int) -> io::Result<()> {
     // SAFETY: pidfd_send_signal reads only its integer arguments; a NULL info

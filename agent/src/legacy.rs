@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
-use holden::spawn::{self, pidfd_send_signal};
+use holden::spawn::pidfd_send_signal;
 use holden::wire::legacy::{self, Decoded, Frame};
 
 use crate::fdpass::{self, Recv};
@@ -142,7 +142,7 @@ impl Server {
             Escaped(self.spec.program().unwrap_or(b"")),
             self.spec.args_count()
         );
-        match spawn::spawn(&self.spec) {
+        match self.spawn_from_spec() {
             Ok(spawned) => {
                 let pid = spawned.pid;
                 self.log_conn(slot, format_args!("{} -> started pid {pid}", what.as_str()));

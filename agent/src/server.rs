@@ -98,6 +98,8 @@ pub struct Server {
     owners: Vec<Owner>,
     serial_next: u64,
     stop_signal: Option<i32>,
+    /// Whether the switch from clone3 to clone(CLONE_PIDFD) was logged.
+    clone_fallback_logged: bool,
 }
 
 /// A connection's label in log lines: `v1 conn 3 (uid 0, pid 1234)`.
@@ -165,6 +167,7 @@ impl Server {
             owners: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX),
             serial_next: 1,
             stop_signal: None,
+            clone_fallback_logged: false,
         }
     }
 
@@ -208,6 +211,19 @@ impl Server {
                 return Ok(signal);
             }
         }
+    }
+
+    /// Spawns from the filled spec; logs once when clone3 turned out to be
+    /// unavailable and the race-free clone(CLONE_PIDFD) fallback is in use.
+    pub(crate) fn spawn_from_spec(
+        &mut self,
+    ) -> Result<holden::spawn::Spawned, holden::spawn::SpawnError> {
+        let result = holden::spawn::spawn(&self.spec);
+        if !self.clone_fallback_logged && holden::spawn::clone3_fallback_active() {
+            self.clone_fallback_logged = true;
+            notice!("clone3 is refused here (ENOSYS, e.g. seccomp): using clone(CLONE_PIDFD)");
+        }
+        result
     }
 
     /// Removes the socket files the agent created (clean exit only).

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
 
-use holden::spawn::{self, pidfd_send_signal};
+use holden::spawn::pidfd_send_signal;
 use holden::wire::v1::{
     self, decode, encode_error, encode_pong, encode_started, peek_request_id, Body, ErrorStage,
     Pong,
@@ -140,12 +140,12 @@ impl Server {
 
     /// Spawns from the filled spec and replies `Started` + pidfd or `Error`.
     fn v1_start(&mut self, slot: usize, request_id: u64) -> Next {
-        let program = Escaped(self.spec.program().unwrap_or(b""));
         let (argc, envc) = (self.spec.args_count(), self.spec.env_count());
         let mut what = FixedBuf::<200>::new();
+        let program = Escaped(self.spec.program().unwrap_or(b""));
         let _ = write!(what, "start \"{program}\" argc {argc} envc {envc}");
         let what = what;
-        match spawn::spawn(&self.spec) {
+        match self.spawn_from_spec() {
             Ok(spawned) => {
                 let len = encode_started(&mut self.send_buf, request_id, spawned.pid).unwrap_or(0);
                 let pid = spawned.pid;
@@ -172,6 +172,7 @@ impl Server {
                 next
             }
             Err(error) => {
+                let program = Escaped(self.spec.program().unwrap_or(b""));
                 let stage = wire_stage(error.stage);
                 let errno = error.errno;
                 let shown = what.as_str();

@@ -248,3 +248,86 @@ fn sd_notify_to_an_abstract_address() {
     assert!(String::from_utf8_lossy(&reply.bytes).starts_with("READY=1"));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn works_when_seccomp_refuses_clone3() {
+    // As older container seccomp profiles do: clone3 fails with ENOSYS. The
+    // agent must fall back to clone(CLONE_PIDFD), equally race-free.
+    const SYS_CLONE3: u32 = 435;
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if (A == clone3) fall through, else skip one
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: SYS_CLONE3,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let dir = TempDir::new("seccomp");
+    let socket = dir.join("agent.sock");
+    let mut command = Command::new(AGENT);
+    command.arg("--socket").arg(&socket);
+    // SAFETY: prctl is async-signal-safe; the filter lives in the closure
+    // (copied into the child) and is read by the kernel during the call.
+    unsafe {
+        command.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let agent = Agent::launch(&dir, command, &socket);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    assert!(
+        status.contains("Seccomp:\t2"),
+        "no seccomp filter on the agent"
+    );
+    let client = V1Client::connect(&socket);
+    let mut procs = Procs::default();
+    for id in 0..20 {
+        let (_, pidfd) = client.start(id, &[b"/bin/sleep", b"1000"]).started();
+        let pidfd = procs.keep(pidfd);
+        pidfd_send_signal(pidfd, libc::SIGKILL).unwrap();
+        assert!(poll_readable(pidfd, WAIT));
+    }
+    let (stage, errno, _) = client.start(99, &[b"/nonexistent/x"]).error();
+    assert_eq!(
+        (stage, errno),
+        (holden::wire::v1::ErrorStage::Exec, libc::ENOENT)
+    );
+    assert!(
+        agent.log().contains("using clone(CLONE_PIDFD)"),
+        "{}",
+        agent.log()
+    );
+}

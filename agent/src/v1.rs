@@ -102,8 +102,8 @@ impl Server {
                 self.v1_send(slot, len, None)
             }
             Body::Start(start) => {
-                // Copy what the log needs before `fill` reuses nothing of the
-                // packet: the spec holds its own copies.
+                // The spec copies what it needs out of the packet, so the
+                // receive buffer is free again once it is filled.
                 let permitted = self.conns[slot]
                     .as_ref()
                     .is_some_and(|c| may_request_credentials(&c.peer, start.uid, start.gid));
@@ -144,7 +144,6 @@ impl Server {
         let mut what = FixedBuf::<200>::new();
         let program = Escaped(self.spec.program().unwrap_or(b""));
         let _ = write!(what, "start \"{program}\" argc {argc} envc {envc}");
-        let what = what;
         match self.spawn_from_spec() {
             Ok(spawned) => {
                 let len = encode_started(&mut self.send_buf, request_id, spawned.pid).unwrap_or(0);

@@ -174,6 +174,9 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| dist::target_dir(&root).join("image").join(&opts.arch));
     let binaries = dist::build(&root, &opts.arch)?;
+    for (_, path) in &binaries {
+        check_static(path)?;
+    }
     if opts.arch == std::env::consts::ARCH {
         check_config(&binaries, &root.join("xtask/image/orchestrator.toml"))?;
     }
@@ -291,6 +294,20 @@ fn aib_command(program: &str, opts: &Options, image: &str) -> (&'static str, Vec
         let mut args = common.to_vec();
         args.extend([MANIFEST_NAME.to_string(), image.to_string()]);
         ("aib-dev", args)
+    }
+}
+
+/// An image gets fully static binaries only (AutoSD has no musl to link against).
+fn check_static(path: &Path) -> Result<(), Failure> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::Failed(format!("{}: {e}", path.display())))?;
+    match crate::elf::linkage(&bytes) {
+        Ok(crate::elf::Linkage::Static) => Ok(()),
+        Ok(crate::elf::Linkage::Dynamic(why)) => Err(Failure::Failed(format!(
+            "{}: not fully static: {why}",
+            path.display()
+        ))),
+        Err(e) => Err(Failure::Failed(format!("{}: {e}", path.display()))),
     }
 }
 

@@ -6,6 +6,7 @@ use super::*;
 use serde_norway::Value;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A unique directory under /tmp, removed on drop.
@@ -371,4 +372,70 @@ fn options_are_checked() {
     assert_eq!(argv.last().map(String::as_str), Some("x.qcow2"));
     let (_, old) = aib_command("automotive-image-builder", &o, "x.qcow2");
     assert!(old.windows(2).any(|w| w == ["--mode", "package"]));
+}
+
+/// A root for `systemd-analyze verify --root`: one side of the bundle plus the host's
+/// targets and slices (which the units' default dependencies name).
+fn verify_root(side: &Path, into: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(side)
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let units = into.join("usr/lib/systemd/system");
+    for entry in std::fs::read_dir("/lib/systemd/system").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = name.ends_with(".target")
+            || name.ends_with(".slice")
+            || name == "systemd-tmpfiles-setup.service";
+        if wanted && !units.join(&name).exists() {
+            std::fs::copy(entry.path(), units.join(&name)).unwrap();
+        }
+    }
+}
+
+/// systemd's own tools accept the units (no unknown key, every program present and
+/// executable in the partition's tree) and the tmpfiles entry creates both directories.
+#[test]
+fn systemd_accepts_the_units_and_the_tmpfiles_entry() {
+    if !Path::new("/lib/systemd/system").is_dir()
+        || !run::succeeds("systemd-analyze", &["--version"])
+    {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let (dir, out, _) = bundle("systemd");
+    for (side, unit) in [
+        ("host", "holden-orchestrator.service"),
+        ("qm", "holden-agent.service"),
+    ] {
+        let root = dir.0.join(format!("root-{side}"));
+        verify_root(&out.join("files").join(side), &root);
+        let result = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", root.display()))
+            .arg(root.join("usr/lib/systemd/system").join(unit))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            result.status.success() && stderr.trim().is_empty(),
+            "systemd-analyze verify {unit}: {}\n{stderr}",
+            result.status
+        );
+    }
+    let root = dir.0.join("root-host");
+    let status = Command::new("systemd-tmpfiles")
+        .arg(format!("--root={}", root.display()))
+        .args(["--boot", "--create", "holden.conf"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for d in ["run/holden", "run/holden/qm"] {
+        let meta = std::fs::metadata(root.join(d)).unwrap_or_else(|_| panic!("{d} created"));
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "{d}");
+    }
 }

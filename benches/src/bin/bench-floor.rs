@@ -1,6 +1,7 @@
 //! bench-floor: the physical floor of a restart, and holden v0.2's pattern.
 //!
-//! `bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S]`
+//! `bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S]
+//!  [--spawn holden|posix] [--ballast-kib K]`
 //!
 //! A loop with nothing else in it: spawn the probe race-free through `holden::spawn::spawn`
 //! (the very code path the orchestrator uses for local services: `clone3(CLONE_PIDFD)`, the
@@ -8,6 +9,13 @@
 //! `poll(2)` on its pidfd, reap it with `waitid(P_PIDFD)`, and spawn again — `N` times, or
 //! until `S` seconds have passed. With `--sleep-ms 100` it sleeps after every exit as holden
 //! v0.2's event loop does (`usleep(100000)` per event).
+//!
+//! Two variants exist for the analysis of the gap between holden and the floor (they are not
+//! the floor): `--spawn posix` starts the probe with `posix_spawn(3)` (musl and glibc use
+//! `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults afterwards)
+//! and opens the pidfd with `pidfd_open` (race-free here: the child is ours and not reaped
+//! until `waitid`); `--ballast-kib K` first allocates and touches K KiB of heap, so that a
+//! fork has as much anonymous memory to copy as a bigger process (the orchestrator).
 //!
 //! The probe writes the timestamps; this program prints one summary line on stdout:
 //! `spawned=N cpu_ns=C wall_ns=W` (its own CPU time, CLOCK_PROCESS_CPUTIME_ID, which includes
@@ -34,10 +42,16 @@ struct Args {
     count: u64,
     sleep_ms: u64,
     seconds_max: u64,
+    posix: bool,
+    ballast_kib: u64,
 }
 
+/// Largest ballast (1 GiB).
+const BALLAST_KIB_MAX: u64 = 1 << 20;
+
 const USAGE: &str =
-    "usage: bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S]";
+    "usage: bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S] \
+     [--spawn holden|posix] [--ballast-kib K]";
 
 fn parse_args() -> Result<Args, String> {
     let mut probe = None;
@@ -45,6 +59,8 @@ fn parse_args() -> Result<Args, String> {
     let mut count = None;
     let mut sleep_ms = 0;
     let mut seconds_max = SECONDS_MAX_DEFAULT;
+    let mut posix = false;
+    let mut ballast_kib = 0;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -54,6 +70,14 @@ fn parse_args() -> Result<Args, String> {
             "--count" => count = Some(number(&arg, &value()?, 1, COUNT_MAX)?),
             "--sleep-ms" => sleep_ms = number(&arg, &value()?, 0, SLEEP_MS_MAX)?,
             "--seconds-max" => seconds_max = number(&arg, &value()?, 1, SECONDS_MAX_LIMIT)?,
+            "--ballast-kib" => ballast_kib = number(&arg, &value()?, 0, BALLAST_KIB_MAX)?,
+            "--spawn" => {
+                posix = match value()?.as_str() {
+                    "holden" => false,
+                    "posix" => true,
+                    other => return Err(format!("--spawn: {other:?} is not holden or posix")),
+                }
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -64,13 +88,17 @@ fn parse_args() -> Result<Args, String> {
         count: count.ok_or("--count is required")?,
         sleep_ms,
         seconds_max,
+        posix,
+        ballast_kib,
     })
 }
 
 fn number(option: &str, text: &str, min: u64, max: u64) -> Result<u64, String> {
     match text.parse::<u64>() {
         Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(format!("{option}: {text:?} is not a number in {min}..={max}")),
+        _ => Err(format!(
+            "{option}: {text:?} is not a number in {min}..={max}"
+        )),
     }
 }
 
@@ -104,12 +132,17 @@ fn run(args: &Args) -> Result<(), String> {
     ];
     let env: [&[u8]; 0] = [];
     let spec = SpawnSpec::new(&argv, &env, Some(b"/")).map_err(|e| format!("spec: {e}"))?;
+    let posix = args.posix.then(|| PosixSpawn::new(&argv)).transpose()?;
+    let ballast = ballast(args.ballast_kib);
     let deadline = Instant::now() + Duration::from_secs(args.seconds_max);
     let wall_start = Instant::now();
     let cpu_start = cpu_ns();
     let mut spawned = 0u64;
     while spawned < args.count && Instant::now() < deadline {
-        let child = spawn::spawn(&spec).map_err(|e| format!("spawn {}: {e}", args.probe))?;
+        let child = match &posix {
+            None => spawn::spawn(&spec).map_err(|e| format!("spawn {}: {e}", args.probe))?,
+            Some(p) => p.spawn()?,
+        };
         spawned += 1;
         wait_readable(child.pidfd.as_raw_fd())?;
         match pidfd::wait_child(child.pidfd.as_fd()) {
@@ -122,6 +155,7 @@ fn run(args: &Args) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(args.sleep_ms));
         }
     }
+    drop(ballast);
     println!(
         "spawned={spawned} cpu_ns={} wall_ns={}",
         cpu_ns() - cpu_start,
@@ -159,4 +193,63 @@ fn cpu_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `K` KiB of heap, every page written once (so it is resident and anonymous).
+fn ballast(kib: u64) -> Vec<u8> {
+    let mut v = vec![0u8; (kib * 1024) as usize];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&mut v);
+    v
+}
+
+/// The probe's argv as C strings for posix_spawn, prepared once.
+struct PosixSpawn {
+    strings: Vec<std::ffi::CString>,
+    argv: Vec<*mut libc::c_char>,
+    envp: [*mut libc::c_char; 1],
+}
+
+impl PosixSpawn {
+    fn new(argv: &[&[u8]]) -> Result<PosixSpawn, String> {
+        let strings = argv
+            .iter()
+            .map(|a| std::ffi::CString::new(*a).map_err(|_| "NUL in argv".to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ptrs: Vec<*mut libc::c_char> =
+            strings.iter().map(|s| s.as_ptr() as *mut _).collect();
+        ptrs.push(std::ptr::null_mut());
+        Ok(PosixSpawn {
+            strings,
+            argv: ptrs,
+            envp: [std::ptr::null_mut()],
+        })
+    }
+
+    fn spawn(&self) -> Result<spawn::Spawned, String> {
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into `strings`,
+        // which lives as long as `self`; NULL file actions and attributes are allowed.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                self.strings[0].as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "posix_spawn: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        // Race-free: the child is ours and stays a zombie until we reap it with waitid.
+        let pidfd = pidfd::open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+        Ok(spawn::Spawned { pid, pidfd })
+    }
 }

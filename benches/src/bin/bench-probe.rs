@@ -26,11 +26,19 @@ const EXIT_RECORDS: c_int = 3;
 /// Longest service id accepted, in decimal digits (u32).
 const SERVICE_DIGITS_MAX: usize = 10;
 
+/// The C entry point.
+///
+/// # Safety
+///
+/// Called by the C runtime only, with `argc` valid NUL-terminated strings in `argv`.
 #[no_mangle]
-pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     let start_ns = monotonic_ns();
     if argc != 4 {
-        fail(EXIT_USAGE, b"usage: bench-probe RECORDS SERVICE_ID exit|idle\n");
+        fail(
+            EXIT_USAGE,
+            b"usage: bench-probe RECORDS SERVICE_ID exit|idle\n",
+        );
     }
     // SAFETY: the C runtime passes `argc` valid NUL-terminated strings in `argv`; we checked
     // that there are four.
@@ -63,7 +71,10 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     };
     if kind == KIND_IDLE {
         if write_record(fd, &record).is_err() {
-            fail(EXIT_RECORDS, b"bench-probe: cannot write the records file\n");
+            fail(
+                EXIT_RECORDS,
+                b"bench-probe: cannot write the records file\n",
+            );
         }
         loop {
             // SAFETY: pause only waits for a signal; the default action of SIGTERM ends us.
@@ -72,7 +83,10 @@ pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     }
     record.end_ns = monotonic_ns();
     if write_record(fd, &record).is_err() {
-        fail(EXIT_RECORDS, b"bench-probe: cannot write the records file\n");
+        fail(
+            EXIT_RECORDS,
+            b"bench-probe: cannot write the records file\n",
+        );
     }
     // SAFETY: _exit ends the process at once; nothing needs flushing (no buffered output).
     unsafe { libc::_exit(0) }

@@ -3,7 +3,7 @@
 
 use super::config;
 use super::procfs::{self, Sample};
-use super::procs::{Agent, Orchestrator, RunDir};
+use super::procs::{Agent, FloorScale, Orchestrator, RunDir, Supervisor};
 use super::progress::Progress;
 use super::records::{self, KIND_EXIT};
 use super::stats::{self, Summary};
@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// First restarts of a latency run left out of the figures (cold caches, start-up).
-const WARMUP_RESTARTS: usize = 10;
+pub const WARMUP_RESTARTS: usize = 10;
 /// A run whose record count has not moved for this long is stuck: broken, not slow.
 const STALL_MAX: Duration = Duration::from_secs(20);
 /// Poll interval of the record file.
@@ -21,6 +21,10 @@ const POLL: Duration = Duration::from_millis(20);
 pub const IDLE_VARIANT_CRASHING: usize = 4;
 /// Restart delay of holden v0.2's loop, per event.
 pub const V02_SLEEP_MS: u64 = 100;
+/// Slot counts tried below a refused one.
+const SLOTS_PROBE_STEPS: usize = 32;
+/// Time an orchestrator must survive to count as started.
+const SLOTS_PROBE_WAIT: Duration = Duration::from_millis(300);
 /// Slots of the single-service latency runs (the configuration default).
 const LATENCY_SLOTS: usize = 64;
 
@@ -30,15 +34,20 @@ pub struct Binaries {
     pub agent: PathBuf,
     pub probe: PathBuf,
     pub floor: PathBuf,
+    pub floor_scale: PathBuf,
 }
 
 /// How much to measure.
 pub struct Plan {
     pub latency_restarts: u64,
+    /// Latency and scale measurements are split in this many rounds, floor and holden
+    /// alternating, so that a burst of foreign load hits both alike.
+    pub rounds: u64,
     pub v02_restarts: u64,
     pub scale_ns: Vec<usize>,
     pub scale_settle: Duration,
     pub scale_window: Duration,
+    pub scale_rounds: u64,
     pub scale_start_max: Duration,
     pub memory_slots: Vec<usize>,
     pub memory_restarts: u64,
@@ -67,6 +76,59 @@ pub struct LoopResult {
     pub agent_cpu_ns_per_restart: Option<f64>,
     pub orchestrator: Option<Sample>,
     pub agent: Option<Sample>,
+    /// Raw material, so that rounds can be pooled: every latency, and the totals behind the
+    /// rates.
+    pub samples: Vec<u64>,
+    pub counted: u64,
+    pub seconds: f64,
+    pub cpu_ns: u64,
+    pub agent_cpu_ns: Option<u64>,
+}
+
+impl LoopResult {
+    /// Figures from raw material.
+    #[allow(clippy::too_many_arguments)]
+    fn from_raw(
+        mut samples: Vec<u64>,
+        counted: u64,
+        seconds: f64,
+        cpu_ns: u64,
+        agent_cpu_ns: Option<u64>,
+        orchestrator: Option<Sample>,
+        agent: Option<Sample>,
+    ) -> LoopResult {
+        let latency = Summary::of(&mut samples);
+        LoopResult {
+            latency,
+            restarts_per_s: counted as f64 / seconds.max(1e-9),
+            cpu_ns_per_restart: cpu_ns as f64 / counted.max(1) as f64,
+            agent_cpu_ns_per_restart: agent_cpu_ns.map(|a| a as f64 / counted.max(1) as f64),
+            orchestrator,
+            agent,
+            samples,
+            counted,
+            seconds,
+            cpu_ns,
+            agent_cpu_ns,
+        }
+    }
+
+    /// Two rounds of the same measurement as one.
+    pub fn merge(self, other: LoopResult) -> LoopResult {
+        let mut samples = self.samples;
+        samples.extend(other.samples);
+        LoopResult::from_raw(
+            samples,
+            self.counted + other.counted,
+            self.seconds + other.seconds,
+            self.cpu_ns + other.cpu_ns,
+            self.agent_cpu_ns
+                .zip(other.agent_cpu_ns)
+                .map(|(a, b)| a + b),
+            other.orchestrator.or(self.orchestrator),
+            other.agent.or(self.agent),
+        )
+    }
 }
 
 /// One point of the scale measurement.
@@ -75,12 +137,34 @@ pub struct ScalePoint {
     pub n: usize,
     /// Services that crash-loop (all of them, or [`IDLE_VARIANT_CRASHING`]).
     pub crashing: usize,
-    pub restarts: u64,
     pub restarts_per_s: f64,
     pub cpu_ns_per_restart: f64,
+    /// Measured on the floor loop (bench-floor-scale) rather than holden-orchestrator.
+    pub floor: bool,
     /// Restart latency of the crashing services during the window.
     pub latency: Summary,
+    /// The supervising process at the end of the window.
     pub orchestrator: Sample,
+    /// Raw material for pooling rounds.
+    pub samples: Vec<u64>,
+    pub counted: u64,
+    pub seconds: f64,
+    pub cpu_ns: u64,
+}
+
+impl ScalePoint {
+    /// Two rounds of the same point as one.
+    pub fn merge(mut self, other: ScalePoint) -> ScalePoint {
+        self.samples.extend(other.samples);
+        self.counted += other.counted;
+        self.seconds += other.seconds;
+        self.cpu_ns += other.cpu_ns;
+        self.orchestrator = other.orchestrator;
+        self.restarts_per_s = self.counted as f64 / self.seconds.max(1e-9);
+        self.cpu_ns_per_restart = self.cpu_ns as f64 / self.counted.max(1) as f64;
+        self.latency = Summary::of(&mut self.samples);
+        self
+    }
 }
 
 /// Orchestrator memory with a number of slots.
@@ -101,7 +185,13 @@ pub struct Growth {
 }
 
 /// The floor (or, with a sleep, holden v0.2's pattern): bench-floor spawning the probe.
-pub fn floor(ctx: &mut Ctx, label: &str, count: u64, sleep_ms: u64) -> Result<LoopResult, String> {
+pub fn floor(
+    ctx: &mut Ctx,
+    label: &str,
+    count: u64,
+    sleep_ms: u64,
+    extra: &[&str],
+) -> Result<LoopResult, String> {
     let recs = ctx.dir.join(&format!("{label}.rec"));
     let target = count + WARMUP_RESTARTS as u64 + 1;
     let seconds_max = ctx.plan.phase_time_max.as_secs().max(1);
@@ -113,6 +203,7 @@ pub fn floor(ctx: &mut Ctx, label: &str, count: u64, sleep_ms: u64) -> Result<Lo
         .args(["--count", &target.to_string()])
         .args(["--sleep-ms", &sleep_ms.to_string()])
         .args(["--seconds-max", &seconds_max.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -160,13 +251,17 @@ pub fn floor(ctx: &mut Ctx, label: &str, count: u64, sleep_ms: u64) -> Result<Lo
             all.len()
         ));
     }
-    let mut lat = records::latencies(&all, WARMUP_RESTARTS..all.len())?;
-    Ok(LoopResult {
-        latency: Summary::of(&mut lat),
-        restarts_per_s: spawned as f64 / (wall_ns as f64 / 1e9),
-        cpu_ns_per_restart: cpu_ns as f64 / spawned.max(1) as f64,
-        ..LoopResult::default()
-    })
+    let lat = records::latencies(&all, WARMUP_RESTARTS..all.len())?;
+    let _ = std::fs::remove_file(&recs);
+    Ok(LoopResult::from_raw(
+        lat,
+        spawned,
+        wall_ns as f64 / 1e9,
+        cpu_ns,
+        None,
+        None,
+        None,
+    ))
 }
 
 /// Waits until the records file holds `target` records. Returns the count, which is short of
@@ -177,7 +272,7 @@ fn wait_records(
     recs: &Path,
     target: u64,
     deadline: Instant,
-    orch: &mut Orchestrator,
+    sup: &mut dyn Supervisor,
     agent: Option<&Agent>,
 ) -> Result<u64, String> {
     let mut last = (records::count(recs), Instant::now());
@@ -189,14 +284,14 @@ fn wait_records(
         if n != last.0 {
             last = (n, Instant::now());
         } else if last.1.elapsed() > STALL_MAX {
-            orch.check()?;
+            sup.check()?;
             return Err(format!(
-                "{label}: no restart for {} s (stuck at {n} records); orchestrator log: {}",
+                "{label}: no restart for {} s (stuck at {n} records); log: {}",
                 STALL_MAX.as_secs(),
-                super::procs::log_tail(&orch.log)
+                super::procs::log_tail(sup.log())
             ));
         }
-        orch.check()?;
+        sup.check()?;
         if let Some(a) = agent {
             a.check()?;
         }
@@ -261,38 +356,53 @@ pub fn holden(ctx: &mut Ctx, label: &str, qm: bool, count: u64) -> Result<LoopRe
     orch.stop()?;
     drop(agent);
     let all = records::read(&recs)?;
-    let mut lat = records::latencies(&all, WARMUP_RESTARTS..all.len())?;
-    let restarts = c1 - c0;
-    Ok(LoopResult {
-        latency: Summary::of(&mut lat),
-        restarts_per_s: restarts as f64 / (t1 - t0).as_secs_f64(),
-        cpu_ns_per_restart: o1.cpu_ns.saturating_sub(o0.cpu_ns) as f64 / restarts.max(1) as f64,
-        agent_cpu_ns_per_restart: a0
-            .zip(a1)
-            .map(|(a0, a1)| a1.cpu_ns.saturating_sub(a0.cpu_ns) as f64 / restarts.max(1) as f64),
-        orchestrator: Some(o1),
-        agent: a1,
-    })
+    let lat = records::latencies(&all, WARMUP_RESTARTS..all.len())?;
+    let _ = std::fs::remove_file(&recs);
+    Ok(LoopResult::from_raw(
+        lat,
+        c1 - c0,
+        (t1 - t0).as_secs_f64(),
+        o1.cpu_ns.saturating_sub(o0.cpu_ns),
+        a0.zip(a1)
+            .map(|(a0, a1)| a1.cpu_ns.saturating_sub(a0.cpu_ns)),
+        Some(o1),
+        a1,
+    ))
 }
 
-/// N local services, `crashing` of which restart at once while the others stay up; figures
-/// over a fixed window once every service has started.
-pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize) -> Result<ScalePoint, String> {
-    let label = format!("scale N={n} crashing={crashing}");
-    let recs = ctx.dir.join(&format!("scale-{n}-{crashing}.rec"));
-    let text = config::orchestrator(
-        &ctx.dir.0,
-        n,
-        &ctx.bins.probe,
-        &recs,
-        &config::services(n, crashing, false),
-    );
-    let mut orch = Orchestrator::start(
-        &ctx.bins.orchestrator,
-        &ctx.dir,
-        &format!("scale-{n}-{crashing}"),
-        &text,
-    )?;
+/// N local services, `crashing` of which restart at once while the others stay up, under
+/// holden-orchestrator or (`floor`) under the bare floor loop; figures over a fixed window
+/// once every service has started.
+pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, floor: bool) -> Result<ScalePoint, String> {
+    let who = if floor { "floor" } else { "holden" };
+    let label = format!("scale {who} N={n} crashing={crashing}");
+    let name = format!("scale-{who}-{n}-{crashing}");
+    let recs = ctx.dir.join(&format!("{name}.rec"));
+    let mut sup: Box<dyn Stoppable> = if floor {
+        Box::new(FloorScale::start(
+            &ctx.bins.floor_scale,
+            &ctx.dir,
+            &name,
+            &ctx.bins.probe,
+            &recs,
+            n,
+            crashing,
+        )?)
+    } else {
+        let text = config::orchestrator(
+            &ctx.dir.0,
+            n,
+            &ctx.bins.probe,
+            &recs,
+            &config::services(n, crashing, false),
+        );
+        Box::new(Orchestrator::start(
+            &ctx.bins.orchestrator,
+            &ctx.dir,
+            &name,
+            &text,
+        )?)
+    };
     // Every service has started once.
     let deadline = Instant::now() + ctx.plan.scale_start_max;
     loop {
@@ -302,7 +412,7 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize) -> Result<ScalePoint, Str
             &recs,
             n as u64,
             deadline,
-            &mut orch,
+            sup.as_supervisor(),
             None,
         )?;
         let all = records::read(&recs)?;
@@ -326,14 +436,16 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize) -> Result<ScalePoint, Str
             .update(&label, &format!("starting: {started}/{n} services up"));
         std::thread::sleep(Duration::from_millis(100));
     }
-    sleep_checked(ctx, &label, ctx.plan.scale_settle, &mut orch, "settling")?;
+    let settle = ctx.plan.scale_settle;
+    sleep_checked(ctx, &label, settle, sup.as_supervisor(), "settling")?;
     let (c0, t0) = (records::count(&recs), Instant::now());
-    let o0 = sample_of(orch.pid(), "holden-orchestrator")?;
-    sleep_checked(ctx, &label, ctx.plan.scale_window, &mut orch, "measuring")?;
+    let o0 = sample_of(sup.as_supervisor().pid(), who)?;
+    let window = ctx.plan.scale_window;
+    sleep_checked(ctx, &label, window, sup.as_supervisor(), "measuring")?;
     let (c1, t1) = (records::count(&recs), Instant::now());
-    let o1 = sample_of(orch.pid(), "holden-orchestrator")?;
+    let o1 = sample_of(sup.as_supervisor().pid(), who)?;
     ctx.progress.update(&label, "stopping");
-    orch.stop()?;
+    sup.stop_boxed()?;
     let all = records::read(&recs)?;
     let window = c0 as usize..(c1 as usize).min(all.len());
     let restarts = all[window.clone()]
@@ -342,15 +454,91 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize) -> Result<ScalePoint, Str
         .count() as u64;
     let mut lat = records::latencies(&all, window)?;
     let seconds = (t1 - t0).as_secs_f64();
+    let cpu_ns = o1.cpu_ns.saturating_sub(o0.cpu_ns);
+    let _ = std::fs::remove_file(&recs);
     Ok(ScalePoint {
         n,
         crashing,
-        restarts,
+        floor,
         restarts_per_s: restarts as f64 / seconds,
-        cpu_ns_per_restart: o1.cpu_ns.saturating_sub(o0.cpu_ns) as f64 / restarts.max(1) as f64,
+        cpu_ns_per_restart: cpu_ns as f64 / restarts.max(1) as f64,
         latency: Summary::of(&mut lat),
         orchestrator: o1,
+        samples: lat,
+        counted: restarts,
+        seconds,
+        cpu_ns,
     })
+}
+
+/// A supervisor that can be stopped through a box.
+trait Stoppable {
+    fn as_supervisor(&mut self) -> &mut dyn Supervisor;
+    fn stop_boxed(self: Box<Self>) -> Result<(), String>;
+}
+
+impl Stoppable for Orchestrator {
+    fn as_supervisor(&mut self) -> &mut dyn Supervisor {
+        self
+    }
+    fn stop_boxed(self: Box<Self>) -> Result<(), String> {
+        (*self).stop()
+    }
+}
+
+impl Stoppable for FloorScale {
+    fn as_supervisor(&mut self) -> &mut dyn Supervisor {
+        self
+    }
+    fn stop_boxed(self: Box<Self>) -> Result<(), String> {
+        (*self).stop()
+    }
+}
+
+/// The largest slot count up to `slots` with which holden-orchestrator starts (one idle
+/// service), and why `slots` itself was refused, if it was. Tries downwards, at most
+/// [`SLOTS_PROBE_STEPS`] times.
+pub fn startable_slots(ctx: &mut Ctx, slots: usize) -> Result<(usize, Option<String>), String> {
+    let mut refusal = None;
+    for k in (slots.saturating_sub(SLOTS_PROBE_STEPS)..=slots)
+        .rev()
+        .filter(|&k| k > 0)
+    {
+        let recs = ctx.dir.join("preflight.rec");
+        let text = config::orchestrator(
+            &ctx.dir.0,
+            k,
+            &ctx.bins.probe,
+            &recs,
+            &config::services(1, 0, false),
+        );
+        let mut orch = Orchestrator::start(&ctx.bins.orchestrator, &ctx.dir, "preflight", &text)?;
+        ctx.progress.update(
+            "preflight",
+            &format!("does the orchestrator start with {k} slots?"),
+        );
+        let end = Instant::now() + SLOTS_PROBE_WAIT;
+        let mut result = Ok(());
+        while Instant::now() < end && result.is_ok() {
+            result = orch.check();
+            std::thread::sleep(POLL);
+        }
+        match result {
+            Ok(()) => {
+                orch.stop()?;
+                let _ = std::fs::remove_file(&recs);
+                return Ok((k, refusal));
+            }
+            Err(e) => {
+                refusal.get_or_insert(e.replace('\n', " "));
+            }
+        }
+    }
+    Err(format!(
+        "holden-orchestrator starts with none of {}..={slots} slots: {}",
+        slots.saturating_sub(SLOTS_PROBE_STEPS).max(1),
+        refusal.unwrap_or_default()
+    ))
 }
 
 /// Sleeps `time` in small steps, checking that the orchestrator lives.
@@ -358,12 +546,12 @@ fn sleep_checked(
     ctx: &mut Ctx,
     label: &str,
     time: Duration,
-    orch: &mut Orchestrator,
+    sup: &mut dyn Supervisor,
     what: &str,
 ) -> Result<(), String> {
     let end = Instant::now() + time;
     while Instant::now() < end {
-        orch.check()?;
+        sup.check()?;
         let left = end.saturating_duration_since(Instant::now());
         ctx.progress
             .update(label, &format!("{what}, {:.1} s left", left.as_secs_f64()));

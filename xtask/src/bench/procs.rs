@@ -69,6 +69,15 @@ pub fn log_tail(path: &Path) -> String {
     text[start..].trim_end().to_string()
 }
 
+/// A supervisor under measurement: holden-orchestrator or a floor loop.
+pub trait Supervisor {
+    fn pid(&self) -> u32;
+    /// An error when it has exited (it never should during a phase).
+    fn check(&mut self) -> Result<(), String>;
+    /// Its stderr.
+    fn log(&self) -> &Path;
+}
+
 /// A running holden-orchestrator (stderr in `<name>.log` of the run directory).
 pub struct Orchestrator {
     child: Option<Child>,
@@ -97,64 +106,144 @@ impl Orchestrator {
         Ok(Orchestrator {
             child: Some(child),
             log,
-            name: name.to_string(),
+            name: format!("orchestrator ({name})"),
         })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// An error when the orchestrator has exited (it never should during a phase).
-    pub fn check(&mut self) -> Result<(), String> {
-        let Some(child) = self.child.as_mut() else {
-            return Err(format!("orchestrator ({}) already stopped", self.name));
-        };
-        match child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!(
-                "orchestrator ({}) exited during the run: {status}; its log ends with:\n{}",
-                self.name,
-                log_tail(&self.log)
-            )),
-            Err(e) => Err(format!("orchestrator ({}): wait: {e}", self.name)),
-        }
     }
 
     /// SIGTERM (it stops its services, then exits 0); SIGKILL after [`STOP_WAIT`]. An error
     /// when it did not exit cleanly.
     pub fn stop(mut self) -> Result<(), String> {
-        let mut child = self.child.take().expect("stopped once");
-        signal(child.id(), "TERM");
-        let deadline = Instant::now() + STOP_WAIT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
-                    return Err(format!(
-                        "orchestrator ({}) stopped with {status}; its log ends with:\n{}",
-                        self.name,
-                        log_tail(&self.log)
-                    ))
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) | Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "orchestrator ({}) did not stop within {} s of SIGTERM; killed",
-                        self.name,
-                        STOP_WAIT.as_secs()
-                    ));
-                }
+        let child = self.child.take().expect("stopped once");
+        stop_child(child, &self.name, &self.log)
+    }
+}
+
+impl Supervisor for Orchestrator {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        check_child(self.child.as_mut(), &self.name, &self.log)
+    }
+
+    fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+/// An error when `child` has exited.
+fn check_child(child: Option<&mut Child>, name: &str, log: &Path) -> Result<(), String> {
+    let Some(child) = child else {
+        return Err(format!("{name} already stopped"));
+    };
+    match child.try_wait() {
+        Ok(None) => Ok(()),
+        Ok(Some(status)) => Err(format!(
+            "{name} exited during the run: {status}; its log ends with:\n{}",
+            log_tail(log)
+        )),
+        Err(e) => Err(format!("{name}: wait: {e}")),
+    }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_WAIT`]; an error unless it exited 0 in time.
+fn stop_child(mut child: Child, name: &str, log: &Path) -> Result<(), String> {
+    signal(child.id(), "TERM");
+    let deadline = Instant::now() + STOP_WAIT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => {
+                return Err(format!(
+                    "{name} stopped with {status}; its log ends with:\n{}",
+                    log_tail(log)
+                ))
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{name} did not stop within {} s of SIGTERM; killed",
+                    STOP_WAIT.as_secs()
+                ));
             }
         }
     }
 }
 
 impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// bench-floor-scale: the floor loop for N services (stderr in `<name>.log`).
+pub struct FloorScale {
+    child: Option<Child>,
+    log: PathBuf,
+    name: String,
+}
+
+impl FloorScale {
+    pub fn start(
+        bin: &Path,
+        dir: &RunDir,
+        name: &str,
+        probe: &Path,
+        records: &Path,
+        services: usize,
+        crashing: usize,
+    ) -> Result<FloorScale, String> {
+        let log = dir.join(&format!("{name}.log"));
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(bin)
+            .arg("--probe")
+            .arg(probe)
+            .arg("--records")
+            .arg(records)
+            .args(["--services", &services.to_string()])
+            .args(["--crashing", &crashing.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        Ok(FloorScale {
+            child: Some(child),
+            log,
+            name: format!("bench-floor-scale ({name})"),
+        })
+    }
+
+    /// SIGTERM: it kills and reaps its children and exits 0.
+    pub fn stop(mut self) -> Result<(), String> {
+        let child = self.child.take().expect("stopped once");
+        stop_child(child, &self.name, &self.log)
+    }
+}
+
+impl Supervisor for FloorScale {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        check_child(self.child.as_mut(), &self.name, &self.log)
+    }
+
+    fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for FloorScale {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

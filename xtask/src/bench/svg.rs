@@ -1,7 +1,7 @@
 //! A hand-written SVG plot: restart latency percentiles against N (both axes logarithmic),
 //! with the floor's p50 and p99 as dashed lines.
 
-use super::phases::ScalePoint;
+use super::phases::{ScalePoint, IDLE_VARIANT_CRASHING};
 use super::stats::Summary;
 use std::fmt::Write;
 
@@ -19,10 +19,15 @@ struct Series<'a> {
     points: Vec<(f64, f64)>,
 }
 
-/// The plot of `scale` (churn and idle variants, p50 and p99) and the floor.
-pub fn plot(scale: &[ScalePoint], floor: Option<&Summary>) -> String {
-    let churn = |p: &&ScalePoint| p.crashing == p.n;
-    let idle = |p: &&ScalePoint| p.crashing < p.n || p.n == 1;
+/// The plot of `scale`: holden's churn p50/p99 and idle-variant p99, with the floor loop's
+/// figures for the same loads dashed.
+pub fn plot(scale: &[ScalePoint]) -> String {
+    let churn = |floor: bool| move |p: &&ScalePoint| p.floor == floor && p.crashing == p.n;
+    let idle = |floor: bool| {
+        move |p: &&ScalePoint| {
+            p.floor == floor && p.n >= IDLE_VARIANT_CRASHING && p.crashing == IDLE_VARIANT_CRASHING
+        }
+    };
     let pts = |f: &dyn Fn(&&ScalePoint) -> bool, pick: fn(&Summary) -> u64| -> Vec<(f64, f64)> {
         scale
             .iter()
@@ -33,53 +38,44 @@ pub fn plot(scale: &[ScalePoint], floor: Option<&Summary>) -> String {
     };
     let series = [
         Series {
-            name: "churn p50",
+            name: "holden churn p50",
             color: "#1f77b4",
             dashed: false,
-            points: pts(&churn, |s| s.p50_ns),
+            points: pts(&churn(false), |s| s.p50_ns),
         },
         Series {
-            name: "churn p99",
+            name: "holden churn p99",
             color: "#d62728",
             dashed: false,
-            points: pts(&churn, |s| s.p99_ns),
+            points: pts(&churn(false), |s| s.p99_ns),
         },
         Series {
-            name: "idle p50",
+            name: "floor churn p50",
+            color: "#1f77b4",
+            dashed: true,
+            points: pts(&churn(true), |s| s.p50_ns),
+        },
+        Series {
+            name: "floor churn p99",
+            color: "#d62728",
+            dashed: true,
+            points: pts(&churn(true), |s| s.p99_ns),
+        },
+        Series {
+            name: "holden 4 crashing p99",
             color: "#2ca02c",
             dashed: false,
-            points: pts(&idle, |s| s.p50_ns),
+            points: pts(&idle(false), |s| s.p99_ns),
         },
         Series {
-            name: "idle p99",
-            color: "#ff7f0e",
-            dashed: false,
-            points: pts(&idle, |s| s.p99_ns),
+            name: "floor 4 crashing p99",
+            color: "#2ca02c",
+            dashed: true,
+            points: pts(&idle(true), |s| s.p99_ns),
         },
     ];
     let n_max = scale.iter().map(|p| p.n).max().unwrap_or(1).max(2) as f64;
-    let mut floor_lines = Vec::new();
-    if let Some(f) = floor {
-        floor_lines.push(Series {
-            name: "floor p50",
-            color: "#555555",
-            dashed: true,
-            points: vec![
-                (1.0, f.p50_ns as f64 / 1000.0),
-                (n_max, f.p50_ns as f64 / 1000.0),
-            ],
-        });
-        floor_lines.push(Series {
-            name: "floor p99",
-            color: "#999999",
-            dashed: true,
-            points: vec![
-                (1.0, f.p99_ns as f64 / 1000.0),
-                (n_max, f.p99_ns as f64 / 1000.0),
-            ],
-        });
-    }
-    let all: Vec<&Series> = series.iter().chain(floor_lines.iter()).collect();
+    let all: Vec<&Series> = series.iter().collect();
     let ys = all.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let (mut y_min, mut y_max) = (f64::MAX, f64::MIN);
     for y in ys {
@@ -178,7 +174,7 @@ pub fn plot(scale: &[ScalePoint], floor: Option<&Summary>) -> String {
             path.join(" "),
             ser.color
         );
-        if !ser.dashed {
+        {
             for &(n, v) in &ser.points {
                 let _ = writeln!(
                     s,
@@ -225,9 +221,10 @@ mod tests {
 
     #[test]
     fn a_plot_has_every_series_and_is_closed() {
-        let point = |n: usize, crashing: usize, p50: u64| ScalePoint {
+        let point = |n: usize, crashing: usize, floor: bool, p50: u64| ScalePoint {
             n,
             crashing,
+            floor,
             latency: Summary {
                 count: 10,
                 p50_ns: p50,
@@ -237,32 +234,27 @@ mod tests {
             },
             ..ScalePoint::default()
         };
-        let scale = [
-            point(1, 1, 200_000),
-            point(64, 64, 900_000),
-            point(64, 4, 250_000),
-        ];
-        let floor = Summary {
-            count: 1,
-            p50_ns: 150_000,
-            p99_ns: 400_000,
-            max_ns: 1,
-            mean_ns: 1,
-        };
-        let svg = plot(&scale, Some(&floor));
+        let mut scale = Vec::new();
+        for floor in [false, true] {
+            scale.push(point(1, 1, floor, 200_000));
+            scale.push(point(4, 4, floor, 300_000));
+            scale.push(point(64, 64, floor, 900_000));
+            scale.push(point(64, 4, floor, 250_000));
+        }
+        let svg = plot(&scale);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for name in [
-            "churn p50",
-            "churn p99",
-            "idle p50",
-            "idle p99",
-            "floor p50",
-            "floor p99",
+            "holden churn p50",
+            "holden churn p99",
+            "floor churn p50",
+            "floor churn p99",
+            "holden 4 crashing p99",
+            "floor 4 crashing p99",
         ] {
             assert!(svg.contains(name), "{name}");
         }
         assert_eq!(svg.matches("<polyline").count(), 6);
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
-        assert!(plot(&[], None).contains("</svg>"));
+        assert!(plot(&[]).contains("</svg>"));
     }
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const HELP: &str = "\
-cargo xtask demo [--release]
+cargo xtask demo [--release] [--no-namespaces]
 
 Builds holden, starts holden-agent in a separate PID + mount namespace (a stand-in for the
 QM partition; without namespaces when they are not permitted) and holden-orchestrator with
@@ -30,6 +30,11 @@ a demo configuration, then shows, step by step, with the orchestrator's own log 
   holdenctl status (once holdenctl has it)
   a clean shutdown (SIGTERM)
 Takes about half a minute after the build; leaves nothing running (also on Ctrl+C).
+
+Options:
+  --release        build and run the release binaries
+  --no-namespaces  run the agent without its own namespaces (what happens by itself
+                   where unshare is not permitted)
 ";
 
 /// Environment variable that marks every process the demo starts.
@@ -40,6 +45,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the log file and processes are polled.
 const POLL: Duration = Duration::from_millis(20);
+/// Width of the narration text (log lines are shown whole).
+const TEXT_COLUMNS: usize = 96;
 /// Pause between sections when the output is a terminal.
 const SECTION_PAUSE_MS: u64 = 800;
 const SIGINT: i32 = 2;
@@ -81,6 +88,7 @@ fn interrupted() -> Result<(), Failure> {
 
 pub fn main(args: &[String]) -> Result<(), Failure> {
     let mut release = false;
+    let mut namespaces = true;
     for arg in args {
         match arg.as_str() {
             "--help" | "-h" => {
@@ -88,6 +96,7 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
                 return Ok(());
             }
             "--release" => release = true,
+            "--no-namespaces" => namespaces = false,
             other => return Err(Failure::Usage(format!("demo: unknown option `{other}`"))),
         }
     }
@@ -103,6 +112,7 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     let bin = dist::target_dir(&root).join(if release { "release" } else { "debug" });
     let started = Instant::now();
     let mut demo = Demo::new(bin, out)?;
+    demo.namespaces_wanted = namespaces;
     let result = demo.run();
     let cleanup = demo.clean_up();
     match (&result, cleanup) {
@@ -157,8 +167,20 @@ impl Out {
         }
     }
 
+    /// Narration, wrapped to [`TEXT_COLUMNS`].
     fn say(&self, text: &str) {
-        println!("   {text}");
+        let mut line = String::new();
+        for word in text.split_whitespace() {
+            if !line.is_empty() && line.len() + 1 + word.len() > TEXT_COLUMNS {
+                println!("   {line}");
+                line.clear();
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        println!("   {line}");
     }
 
     /// One log line, without its `<N>` priority prefix.
@@ -234,6 +256,8 @@ struct Demo {
     /// `unshare` (or the bare shell loop when namespaces are not permitted).
     qm: Option<Child>,
     namespaced: bool,
+    /// False with --no-namespaces.
+    namespaces_wanted: bool,
     orchestrator: Option<Child>,
 }
 
@@ -251,6 +275,7 @@ impl Demo {
             cursor: 0,
             qm: None,
             namespaced: false,
+            namespaces_wanted: true,
             orchestrator: None,
         })
     }
@@ -302,35 +327,43 @@ impl Demo {
     /// holden-agent under a shell loop (restarting it like QM's systemd would), as PID 1 of
     /// a new PID + mount namespace when permitted.
     fn start_qm(&mut self) -> Result<(), Failure> {
-        self.out
-            .section("The QM stand-in: holden-agent in its own PID + mount namespace");
         let agent = self.bin.join("holden-agent");
         let script = format!(
             "while :; do {} --socket {}; sleep 0.2; done",
             agent.display(),
             self.agent_socket().display()
         );
-        self.namespaced = run::succeeds(
-            "unshare",
-            &[
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--kill-child",
-                "/bin/true",
-            ],
-        );
+        self.namespaced = self.namespaces_wanted
+            && run::succeeds(
+                "unshare",
+                &[
+                    "--pid",
+                    "--fork",
+                    "--mount-proc",
+                    "--kill-child",
+                    "/bin/true",
+                ],
+            );
+        self.out.section(if self.namespaced {
+            "The QM stand-in: holden-agent in its own PID + mount namespace"
+        } else {
+            "The QM stand-in: holden-agent under a restarting shell loop"
+        });
         let mut cmd;
         if self.namespaced {
             cmd = Command::new("unshare");
             cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
             cmd.args(["/bin/sh", "-c", &script]);
         } else {
-            self.out.say(
-                "`unshare --pid --fork --mount-proc` is not permitted here (it needs root or a \
-                 user namespace), so the agent runs without its own namespaces: everything \
-                 below still happens, only the isolation of the real QM partition is missing.",
-            );
+            self.out.say(if self.namespaces_wanted {
+                "`unshare --pid --fork --mount-proc` is not permitted here (it needs root, or \
+                 util-linux's unshare), so the agent runs without its own namespaces: \
+                 everything below still happens, only the isolation of the real QM partition \
+                 is missing."
+            } else {
+                "--no-namespaces: the agent runs without its own namespaces; everything below \
+                 still happens, only the isolation of the real QM partition is missing."
+            });
             cmd = Command::new("/bin/sh");
             cmd.args(["-c", &script]);
         }

@@ -80,6 +80,11 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
             "{qemu} not found: apt-get install qemu-system-x86"
         )));
     }
+    if opts.kvm && !Path::new("/dev/kvm").exists() {
+        return Err(Failure::Failed(
+            "--kvm: /dev/kvm does not exist here; run without --kvm (TCG)".into(),
+        ));
+    }
     let busybox = static_busybox()?;
     let binaries = dist::build(&root, "x86_64")?;
     let cache = dist::target_dir(&root).join("vm");
@@ -243,7 +248,7 @@ fn boot(
 ) -> Result<(), String> {
     let mut cmd = Command::new(qemu);
     cmd.args(["-accel", if opts.kvm { "kvm" } else { "tcg" }])
-        .args(["-cpu", "max", "-smp", "1"])
+        .args(["-cpu", if opts.kvm { "host" } else { "max" }, "-smp", "1"])
         .args(["-m", &GUEST_MEMORY_MIB.to_string()])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")

@@ -281,3 +281,67 @@ fn exec_failure_is_an_error_not_an_exit() {
         .is_empty());
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+#[test]
+fn shutdown_timeout_kills_what_remains() {
+    let dir = TempDir::new("shutdown-timeout");
+    let cfg = format!("[shutdown]\ntimeout = \"300ms\"\n\n{}", header(&dir))
+        + &service(
+            "stubborn",
+            "local",
+            &[
+                "/bin/sh",
+                "-c",
+                "trap '' TERM; exec /usr/bin/tail -f /dev/null",
+            ],
+            "stop_timeout = \"1h\"",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let pid: i32 = field(
+        &orch.wait_lines(&["service=stubborn ", "reason=spawned"], 1)[0],
+        "spawned_pid",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    wait_until("tail exec'd", || {
+        cmdline(pid).filter(|c| c.contains("tail"))
+    });
+    let status = orch.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        orch.lines_with(&["event=shutdown-timeout", "timeout_ms=300"])
+            .len(),
+        1,
+        "{}",
+        orch.log()
+    );
+    assert!(!alive(pid));
+}
+
+#[test]
+fn stop_services_false_leaves_them_running() {
+    let dir = TempDir::new("leave-running");
+    let cfg = format!("[shutdown]\nstop_services = false\n\n{}", header(&dir))
+        + &service("keeper", "local", &["/bin/sleep", "1000"], "");
+    let mut orch = Orch::start(&dir, &cfg);
+    let pid: i32 = field(
+        &orch.wait_lines(&["service=keeper ", "reason=spawned"], 1)[0],
+        "spawned_pid",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let status = orch.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        orch.lines_with(&["event=shutdown", "services=left-running"])
+            .len(),
+        1,
+        "{}",
+        orch.log()
+    );
+    let still = alive(pid);
+    kill(pid, libc::SIGKILL);
+    assert!(still, "the configuration said to leave it running");
+}

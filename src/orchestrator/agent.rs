@@ -430,7 +430,7 @@ impl Orchestrator {
         self.agent_fail_all();
         if was_up {
             self.push_event(Event::AgentDown);
-            let _ = self.notify_agent(false);
+            self.update_status("down");
         }
         self.agent_schedule_retry();
     }
@@ -460,10 +460,6 @@ impl Orchestrator {
             drop(fd);
         }
         self.agent.state = LinkState::Idle;
-    }
-
-    fn notify_agent(&self, _up: bool) -> io::Result<()> {
-        Ok(())
     }
 
     /// A protocol violation: log the first of this connection, then drop it.
@@ -759,6 +755,7 @@ impl Orchestrator {
                     ),
                 );
                 self.push_event(Event::AgentUp);
+                self.update_status("up");
                 Ok(())
             }
             v1::Body::Started(started) => {

@@ -196,7 +196,7 @@ pub struct Orchestrator {
     pub(crate) ring: Ring,
     pub(crate) core: Supervisor,
     pub(crate) log: Logger,
-    notify: Notifier,
+    pub(crate) notify: Notifier,
     pub(crate) caps: Capabilities,
     pub(crate) services: Box<[ServiceRt]>,
     pub(crate) owners: Box<[Owner]>,
@@ -417,11 +417,13 @@ impl Orchestrator {
             }
         }
         let _ = self.notify.send(b"READY=1");
-        let _ = self.notify.status(format_args!(
-            "supervising {} services ({} in QM)",
-            self.services.len(),
-            self.qm_services
-        ));
+        self.update_status(if self.qm_services == 0 {
+            "not needed"
+        } else if self.agent.is_up() {
+            "up"
+        } else {
+            "connecting"
+        });
         Ok(())
     }
 
@@ -834,6 +836,16 @@ impl Orchestrator {
             );
         }
         self.events.push(Event::Shutdown);
+    }
+
+    /// Sends `STATUS=` with the agent's state (on start-up and agent changes only: a
+    /// notification per restart would cost a datagram per cycle).
+    pub(crate) fn update_status(&self, agent: &str) {
+        let _ = self.notify.status(format_args!(
+            "supervising {} services ({} in QM); agent {agent}",
+            self.services.len(),
+            self.qm_services
+        ));
     }
 
     fn log_transition(&mut self, t: Transition) {

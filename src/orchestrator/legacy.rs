@@ -73,6 +73,7 @@ impl Orchestrator {
             format_args!("event=agent-up socket={} protocol=v0.2", self.agent_path()),
         );
         self.push_event(Event::AgentUp);
+        self.update_status("up (v0.2)");
     }
 
     /// One QM spawn over a fresh v0.2 connection.
@@ -201,6 +202,7 @@ impl Orchestrator {
         }
         if was_up {
             self.push_event(Event::AgentDown);
+            self.update_status("down");
         }
         self.agent_schedule_retry();
     }

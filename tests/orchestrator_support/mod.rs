@@ -216,10 +216,14 @@ impl Orch {
         })
     }
 
-    /// Sends `signal` and waits for the exit status.
+    /// Sends `signal` and waits for the exit status. Also checks that the core never refused
+    /// an event from the shell (a shell bug).
     pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
         kill(self.pid(), signal);
-        wait_until("orchestrator exit", || self.child.try_wait().unwrap())
+        let status = wait_until("orchestrator exit", || self.child.try_wait().unwrap());
+        let refused = self.lines_with(&["event=core-refused"]);
+        assert!(refused.is_empty(), "the core refused events: {refused:?}");
+        status
     }
 }
 

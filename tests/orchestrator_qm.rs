@@ -232,3 +232,64 @@ fn qm_services_wait_for_the_agent_and_start_when_it_comes() {
     assert!(orch.stop(libc::SIGTERM).success());
     assert!(pids_with(&m).is_empty());
 }
+
+#[test]
+fn qm_policies_backoff_start_limit_and_stop_timeout() {
+    let dir = TempDir::new("qm-policy");
+    let qm = Qm::start(&dir, "");
+    let mut cfg = config_header(&qm.socket);
+    cfg += &service(
+        "qm-backoff",
+        "qm",
+        &["/bin/sh", "-c", "exit 2"],
+        "restart = \"always\"\nrestart_delay = \"0s\"\nbackoff = { initial = \"10ms\", factor = 2.0, max = \"40ms\", reset_after = \"10s\" }\nstart_limit = { burst = 5, interval = \"60s\" }",
+    );
+    cfg += &service(
+        "qm-stubborn",
+        "qm",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap '' TERM; exec /usr/bin/tail -f /dev/null",
+        ],
+        "stop_timeout = \"300ms\"",
+    );
+    let mut orch = Orch::start(&dir, &cfg);
+    let failed = orch.wait_lines(
+        &["service=qm-backoff ", "state=failed", "reason=start-limit"],
+        1,
+    );
+    assert!(failed[0].starts_with("<3>"));
+    let delays: Vec<u64> = orch
+        .lines_with(&["service=qm-backoff ", "state=backoff"])
+        .iter()
+        .map(|l| field(l, "next_delay_ms").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(delays, vec![10, 20, 40, 40, 40], "{}", orch.log());
+    assert_eq!(
+        orch.lines_with(&["service=qm-backoff ", "reason=spawned"])
+            .len(),
+        5
+    );
+
+    let pid = last_spawned_pid(&orch, "qm-stubborn");
+    wait_until("tail exec'd in QM", || {
+        cmdline(pid).filter(|c| c.contains("tail"))
+    });
+    assert_eq!(ns_depth(pid), 2);
+    assert!(orch.stop(libc::SIGTERM).success());
+    assert_eq!(
+        orch.lines_with(&["service=qm-stubborn ", "reason=stop-timeout"])
+            .len(),
+        1,
+        "{}",
+        orch.log()
+    );
+    let end = orch.lines_with(&["service=qm-stubborn ", "state=stopped"]);
+    assert_eq!(end.len(), 1);
+    if holden::pidfd::Capabilities::probe().exit_info {
+        assert!(end[0].contains("signal=SIGKILL"), "{end:?}");
+    }
+    assert!(!alive(pid));
+    drop(qm);
+}

@@ -857,6 +857,8 @@ impl Orchestrator {
         }
         let priority = match (t.to, t.reason) {
             (State::Failed, _) => Priority::Err,
+            // The end of a process we asked to stop is no crash.
+            (_, Reason::Exited(_)) if t.from == State::Stopping => Priority::Info,
             (_, Reason::Exited(status)) if !status.is_success() => Priority::Warning,
             (_, Reason::SpawnFailed(_)) | (_, Reason::StopTimeout) => Priority::Warning,
             _ => Priority::Info,

@@ -293,3 +293,64 @@ fn qm_policies_backoff_start_limit_and_stop_timeout() {
     assert!(!alive(pid));
     drop(qm);
 }
+
+#[test]
+fn agent_killed_repeatedly_during_a_spawn_storm() {
+    let dir = TempDir::new("qm-storm");
+    let qm = Qm::start(&dir, "");
+    let mut cfg = config_header(&qm.socket);
+    let markers: Vec<String> = (0..12).map(|_| marker()).collect();
+    for (i, m) in markers.iter().enumerate() {
+        cfg += &service(
+            &format!("sleeper{i}"),
+            "qm",
+            &["/bin/sleep", m],
+            "restart = \"always\"\nrestart_delay = \"0s\"",
+        );
+    }
+    for i in 0..4 {
+        cfg += &service(
+            &format!("looper{i}"),
+            "qm",
+            &["/bin/true"],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+        );
+    }
+    let mut orch = Orch::start(&dir, &cfg);
+    for round in 1..=3 {
+        orch.wait_lines(&["event=agent-up"], round);
+        // Let the loopers spin, kill the agent mid-storm, then some sleepers while it is
+        // down. (Sleepers are not killed while their spawn may be in flight: a process the
+        // agent forked but never reported would be a known, documented orphan.)
+        orch.wait_lines(&["service=looper0 ", "reason=spawned"], 5 * round);
+        wait_sleepers_settled(&orch, &markers);
+        qm.kill_agent();
+        orch.wait_lines(&["event=agent-down"], round);
+        for m in markers.iter().step_by(3) {
+            for pid in pids_with(m) {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    orch.wait_lines(&["event=agent-up"], 4);
+    // Every sleeper ends with exactly one process, the one the orchestrator holds.
+    wait_sleepers_settled(&orch, &markers);
+    assert!(orch.stop(libc::SIGTERM).success());
+    for m in &markers {
+        assert!(pids_with(m).is_empty(), "{m} left running");
+    }
+}
+
+/// Waits until every sleeper has exactly one process and it is the one the orchestrator holds.
+fn wait_sleepers_settled(orch: &Orch, markers: &[String]) {
+    wait_until("one process per sleeper, matching the orchestrator", || {
+        markers
+            .iter()
+            .enumerate()
+            .all(|(i, m)| {
+                let kernel = pids_with(m);
+                kernel.len() == 1 && kernel[0] == last_spawned_pid(orch, &format!("sleeper{i}"))
+            })
+            .then_some(())
+    });
+}

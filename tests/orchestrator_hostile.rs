@@ -370,3 +370,117 @@ fn a_pidfd_of_a_process_already_supervised_is_refused() {
     assert!(orch.stop(libc::SIGTERM).success());
     drop(children);
 }
+
+#[test]
+fn a_late_answer_is_killed_not_adopted() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("hostile-late");
+    let socket = dir.path("agent.sock");
+    let listener = seqpacket_listener(&socket);
+    let marker = format!("6668.{}", std::process::id());
+    let cfg = config_header(&socket)
+        .replace("request_timeout = \"5s\"", "request_timeout = \"300ms\"")
+        + &service(
+            "victim",
+            "qm",
+            &["/bin/sleep", &marker],
+            "restart = \"always\"\nrestart_delay = \"0s\"",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let mut children = Reaper(Vec::new());
+    let conn = accept(&listener);
+    let id = handshake_and_first_start(&conn);
+    let (child, pidfd) = sleeper(&marker);
+    let late_pid = child.id() as i32;
+    children.0.push(child);
+    orch.wait_lines(&["service=victim ", "event=agent-request-timeout"], 1);
+    // The liveness probe: answer it, so the connection stays up for the late answer.
+    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+    let probe = loop {
+        let n = recv(&conn, &mut buf);
+        let frame = v1::decode(&buf[..n]).expect("frame");
+        if matches!(frame.body, v1::Body::Ping) {
+            break frame.request_id();
+        }
+    };
+    let mut out = [0u8; 64];
+    let len = v1::encode_pong(&mut out, probe, v1::Pong::ours(v1::Capabilities::empty())).unwrap();
+    send(&conn, &out[..len], &[]);
+    send(&conn, &started(id, late_pid), &[pidfd.as_raw_fd()]);
+    orch.wait_lines(
+        &[
+            "service=victim ",
+            "event=agent-late-answer",
+            "action=SIGKILL",
+        ],
+        1,
+    );
+    orch.wait_lines(
+        &[
+            "event=agent-misbehaved",
+            "answer after the request timed out",
+        ],
+        1,
+    );
+    let status = children.0[0].wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the late process was killed"
+    );
+    drop(conn);
+    finish_with(&mut orch, &mut children, &marker, &listener);
+}
+
+/// The next connection behaves: the victim gets a real process and the orchestrator stops.
+fn finish_with(orch: &mut Orch, children: &mut Reaper, marker: &str, listener: &OwnedFd) {
+    let conn = accept(listener);
+    let id = handshake_and_first_start(&conn);
+    let (child, pidfd) = sleeper(marker);
+    let pid = child.id();
+    children.0.push(child);
+    send(&conn, &started(id, pid as i32), &[pidfd.as_raw_fd()]);
+    orch.wait_lines(
+        &[
+            "service=victim ",
+            "state=running",
+            &format!("spawned_pid={pid}"),
+        ],
+        1,
+    );
+    assert_eq!(
+        orch.lines_with(&["service=victim ", "state=running"]).len(),
+        1,
+        "the late process was never adopted"
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+#[test]
+fn a_silent_agent_is_dropped_after_the_liveness_ping() {
+    let dir = TempDir::new("hostile-silent");
+    let socket = dir.path("agent.sock");
+    let listener = seqpacket_listener(&socket);
+    let marker = format!("6669.{}", std::process::id());
+    let cfg = config_header(&socket).replace("request_timeout = \"5s\"", "request_timeout = \"200ms\"")
+        + &service("victim", "qm", &["/bin/sleep", &marker], "restart = \"always\"\nrestart_delay = \"0s\"")
+        + &service(
+            "local-loop",
+            "local",
+            &["/bin/sh", "-c", "exit 1"],
+            "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 16, interval = \"100ms\" }",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    let mut children = Reaper(Vec::new());
+    let conn = accept(&listener);
+    let _ = handshake_and_first_start(&conn);
+    // Say nothing more.
+    orch.wait_lines(&["event=agent-misbehaved", "no Pong to a liveness Ping"], 1);
+    orch.wait_lines(&["event=agent-down"], 1);
+    let before = orch
+        .lines_with(&["service=local-loop ", "reason=spawned"])
+        .len();
+    orch.wait_lines(&["service=local-loop ", "reason=spawned"], before + 3);
+    drop(conn);
+    finish_with(&mut orch, &mut children, &marker, &listener);
+}

@@ -121,6 +121,10 @@ pub(crate) struct AgentLink {
     /// Where the agent sits in the PID namespace hierarchy (from SO_PEERCRED at connect):
     /// a process it started must sit at the same depth.
     pub(crate) peer_ns: Option<pidfd::NsPid>,
+    /// Liveness probe after a request timed out: the `Ping`'s id and deadline, and whether it
+    /// still waits for the send slot.
+    probe: Option<(u64, u64)>,
+    probe_unsent: bool,
 }
 
 impl AgentLink {
@@ -156,6 +160,8 @@ impl AgentLink {
             connect_failures: 0,
             capabilities: v1::Capabilities::empty(),
             peer_ns: None,
+            probe: None,
+            probe_unsent: false,
         })
     }
 
@@ -437,7 +443,10 @@ impl Orchestrator {
 
     /// Answers every request in flight with `SpawnFailed { stage: Agent }`.
     fn agent_fail_all(&mut self) {
+        self.agent.probe = None;
+        self.agent.probe_unsent = false;
         for index in 0..self.services.len() {
+            self.services[index].abandoned = None;
             if self.services[index].request.take().is_some() {
                 let service = self.services[index].id;
                 self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
@@ -517,6 +526,23 @@ impl Orchestrator {
         if self.ring.is_pending(slot, OpTag::SendMsg) {
             return;
         }
+        if self.agent.probe_unsent {
+            if let Some((id, _)) = self.agent.probe {
+                self.agent.probe_unsent = false;
+                let len = v1::encode_ping(&mut self.agent.tx, id).expect("a Ping always fits");
+                let sent = match self.agent.conn.as_ref() {
+                    Some((fd, _)) => {
+                        self.ring
+                            .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None)
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = sent {
+                    self.agent_drop(format_args!("ring sendmsg: {e}"));
+                }
+                return;
+            }
+        }
         while let Some(index) = self.agent.queue.pop() {
             let rt = &mut self.services[index as usize];
             let Some(request) = rt.request.as_mut() else {
@@ -581,6 +607,7 @@ impl Orchestrator {
                 .iter()
                 .filter(|rt| rt.def.policy.partition == Partition::Qm)
                 .filter_map(|rt| rt.request.map(|r| r.deadline_ns))
+                .chain(self.agent.probe.map(|(_, deadline)| deadline))
                 .min(),
         }
     }
@@ -632,16 +659,90 @@ impl Orchestrator {
                     .filter(|_| self.agent.protocol == AgentProtocol::V02)
                 {
                     self.legacy_timeout(index);
-                } else if let Some(rt) = expired {
-                    let name_index = rt.id.index();
+                } else if self
+                    .agent
+                    .probe
+                    .is_some_and(|(_, deadline)| now_ns >= deadline)
+                {
                     let ms = self.agent.request_timeout.as_millis();
-                    let name = &self.services[name_index].def.name;
-                    self.log.line(Priority::Warning, format_args!("service={name} partition=qm event=agent-request-timeout timeout_ms={ms}"));
-                    self.agent_violation(format_args!("a request got no answer within {ms} ms"));
+                    self.agent_violation(format_args!("no Pong to a liveness Ping within {ms} ms"));
+                } else if expired.is_some() {
+                    self.agent_expire_requests(now_ns);
                 }
             }
         }
         self.agent_sync_timer();
+    }
+
+    /// Requests past their deadline fail (the core backs off). Their ids are remembered: a late
+    /// `Started` is then killed instead of leaving an unsupervised process in QM. A `Ping`
+    /// checks that the agent still answers at all; no `Pong` in time drops the connection.
+    fn agent_expire_requests(&mut self, now_ns: u64) {
+        let ms = self.agent.request_timeout.as_millis();
+        for index in 0..self.services.len() {
+            let rt = &mut self.services[index];
+            let Some(request) = rt.request.filter(|r| now_ns >= r.deadline_ns) else {
+                continue;
+            };
+            rt.request = None;
+            rt.abandoned = Some(request.id);
+            let service = rt.id;
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={} partition=qm event=agent-request-timeout timeout_ms={ms}",
+                    rt.def.name
+                ),
+            );
+            self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+            self.push_event(Event::SpawnFailed {
+                service,
+                error: SpawnError {
+                    errno: libc::ETIMEDOUT,
+                    stage: SpawnStage::Agent,
+                },
+            });
+        }
+        if self.agent.probe.is_none() {
+            let id = self.agent.next_id(PING_INDEX);
+            let deadline = now_ns.saturating_add(self.agent.request_timeout.as_nanos() as u64);
+            self.agent.probe = Some((id, deadline));
+            self.agent.probe_unsent = true;
+            self.agent_kick_send();
+        }
+    }
+
+    /// A late answer to a request that timed out: kill the process it reports (after the same
+    /// checks as any pidfd), then treat the lateness as misbehaviour.
+    fn agent_late_answer(
+        &mut self,
+        index: usize,
+        fds: &mut ring::ReceivedFds,
+        claimed_pid: Option<i32>,
+    ) -> Violation {
+        self.services[index].abandoned = None;
+        if let Some(fd) = fds.fds.pop() {
+            let checked = self
+                .check_received_pidfd(&fd)
+                .and_then(|()| check_namespace(&fd, self.agent.peer_ns, claimed_pid));
+            if checked.is_ok() && fds.fds.is_empty() {
+                let killed = pidfd::send_signal(fd.as_fd(), libc::SIGKILL).is_ok();
+                self.log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} partition=qm event=agent-late-answer qm_pid={} action={}",
+                        self.services[index].def.name,
+                        claimed_pid.unwrap_or(0),
+                        if killed {
+                            "SIGKILL"
+                        } else {
+                            "none (already gone)"
+                        }
+                    ),
+                );
+            }
+        }
+        Violation("answer after the request timed out")
     }
 
     pub(crate) fn agent_on_conn(&mut self, c: Completion) {
@@ -724,6 +825,15 @@ impl Orchestrator {
             return Err(Violation("more file descriptors than allowed"));
         }
         match frame.body {
+            v1::Body::Pong(_) if self.agent.is_up() => match self.agent.probe {
+                Some((probe_id, _))
+                    if probe_id == id && !self.agent.probe_unsent && fds.fds.is_empty() =>
+                {
+                    self.agent.probe = None;
+                    Ok(())
+                }
+                _ => Err(Violation("unexpected Pong")),
+            },
             v1::Body::Pong(pong) => {
                 let LinkState::Handshaking { ping_id, .. } = self.agent.state else {
                     return Err(Violation("unexpected Pong"));
@@ -759,7 +869,12 @@ impl Orchestrator {
                 Ok(())
             }
             v1::Body::Started(started) => {
-                let index = self.agent_take_request(id)?;
+                let index = match self.agent_take_request(id)? {
+                    Answer::OnTime(index) => index,
+                    Answer::Late(index) => {
+                        return Err(self.agent_late_answer(index, fds, Some(started.pid)))
+                    }
+                };
                 if fds.fds.len() != v1::STARTED_FD_COUNT {
                     self.agent_fail_request(index, libc::EBADMSG);
                     return Err(Violation("Started without exactly one file descriptor"));
@@ -791,7 +906,10 @@ impl Orchestrator {
                 Ok(())
             }
             v1::Body::Error(error) => {
-                let index = self.agent_take_request(id)?;
+                let index = match self.agent_take_request(id)? {
+                    Answer::OnTime(index) => index,
+                    Answer::Late(index) => return Err(self.agent_late_answer(index, fds, None)),
+                };
                 if !fds.fds.is_empty() {
                     self.agent_fail_request(index, libc::EBADMSG);
                     return Err(Violation("file descriptor with an Error"));
@@ -828,8 +946,9 @@ impl Orchestrator {
         }
     }
 
-    /// Finds and clears the request with this id (sent on this connection).
-    fn agent_take_request(&mut self, id: u64) -> Result<usize, Violation> {
+    /// Finds and clears the request with this id (sent on this connection). `Late(index)`: the
+    /// id of a request that already timed out.
+    fn agent_take_request(&mut self, id: u64) -> Result<Answer, Violation> {
         if self.agent.state != LinkState::Up {
             return Err(Violation("answer before the handshake"));
         }
@@ -841,8 +960,9 @@ impl Orchestrator {
         match rt.request {
             Some(r) if r.id == id && r.sent => {
                 rt.request = None;
-                Ok(index)
+                Ok(Answer::OnTime(index))
             }
+            _ if rt.abandoned == Some(id) => Ok(Answer::Late(index)),
             _ => Err(Violation("unknown request id")),
         }
     }
@@ -880,6 +1000,14 @@ impl Orchestrator {
         }
         Ok(())
     }
+}
+
+/// Which request an answer belongs to.
+enum Answer {
+    /// An outstanding request of this service.
+    OnTime(usize),
+    /// A request of this service that already timed out.
+    Late(usize),
 }
 
 /// What the agent did wrong (static text: logged once, never allocated).

@@ -122,6 +122,9 @@ pub(crate) struct ServiceRt {
     pub exit_retries_left: u16,
     /// QM: the outstanding request id to the agent.
     pub request: Option<super::agent::Request>,
+    /// QM: the id of a request that timed out on the current connection (a late answer is
+    /// killed, not adopted).
+    pub abandoned: Option<u64>,
     /// QM with a v0.2 agent: the request's connection.
     pub legacy: super::legacy::LegacyConn,
 }
@@ -285,6 +288,7 @@ impl Orchestrator {
                 timer_op_at: None,
                 exit_retries_left: 0,
                 request: None,
+                abandoned: None,
                 legacy: super::legacy::LegacyConn::new(),
             });
         }

@@ -228,12 +228,37 @@ impl Orch {
 }
 
 impl Drop for Orch {
+    /// A test that ends early (a failed assertion) still ends what it started: the
+    /// orchestrator is asked to shut down (which stops its services), killed if it does not,
+    /// and any local process it spawned that outlived it is killed by pid. (QM processes die
+    /// with their namespace when the [`Qm`] is dropped.)
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
+            kill(self.pid(), libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             kill(self.pid(), libc::SIGKILL);
             let _ = self.child.wait();
         }
+        for line in self.lines_with(&["partition=local", "reason=spawned"]) {
+            let pid = field(&line, "spawned_pid").and_then(|p| p.parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|&pid| alive(pid) && orphan(pid)) {
+                kill(pid, libc::SIGKILL);
+            }
+        }
     }
+}
+
+/// Whether the process was re-parented to init (its supervisor is gone).
+fn orphan(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ppid = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1));
+    ppid == Some("1")
 }
 
 /// Value of `key=` in a log line.

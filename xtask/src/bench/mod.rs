@@ -38,8 +38,8 @@ Writes target/bench/report.md and target/bench/latency-vs-n.svg (under
 CARGO_TARGET_DIR when set). Needs root (unshare) and io_uring.
 
   --quick     smaller counts and N (1, 16, 64, 256): under a minute once built
-  --soak      memory growth over 1,000,000 restarts instead of 50,000
-              (about 15-20 minutes on 2 cores; not for CI)
+  --soak      memory growth over 1,000,000 restarts instead of 50,000 (one
+              local and one QM service; about 5 minutes more on 2 cores; not for CI)
   --publish   also replace the generated part of docs/performance.md (below its
               marker line) and docs/performance-latency.svg with this run
 
@@ -52,6 +52,8 @@ const PUBLISH_MARKER: &str =
 /// Heap touched by the "floor with ballast" analysis run: as much anonymous memory as a
 /// bigger supervisor holds, for fork to copy.
 const BALLAST_KIB: u64 = 4096;
+/// Time allowed for the processes of a stopped phase to disappear.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
 const SVG_NAME: &str = "latency-vs-n.svg";
 const PUBLISHED_SVG_NAME: &str = "performance-latency.svg";
 
@@ -154,10 +156,12 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     };
     measure(&mut ctx, &mut results);
     let strays = ctx.dir.sweep();
-    if strays > 0 {
+    if !strays.is_empty() {
         results.errors.push(format!(
-            "{strays} process(es) of the run were still alive after every phase had stopped \
-             its orchestrator; killed"
+            "{} process(es) of the run were still alive after every phase had stopped its \
+             supervisor; killed: {}",
+            strays.len(),
+            strays.join("; ")
         ));
     }
     results.seconds = ctx.progress.elapsed().as_secs_f64();
@@ -315,6 +319,7 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
                     &format!("orchestrator RSS {} KiB", p.orchestrator.rss_kib),
                 );
                 r.slots.push(p);
+                leftovers(ctx, r, &label);
             }
             Err(e) => fail(ctx, r, &label, e),
         }
@@ -335,6 +340,7 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
                 ),
             );
             r.growth = Some(g);
+            leftovers(ctx, r, "memory growth");
         }
         Err(e) => fail(ctx, r, "memory growth", e),
     }
@@ -382,6 +388,7 @@ fn step(
     match f(ctx) {
         Ok(l) => {
             ctx.progress.done(label, &phases::loop_line(&l));
+            leftovers(ctx, r, label);
             Some(l)
         }
         Err(e) => {
@@ -411,12 +418,33 @@ fn step_scale(
                     stats::us(p.latency.p99_ns)
                 ),
             );
+            leftovers(ctx, r, label);
             Some(p)
         }
         Err(e) => {
             fail(ctx, r, label, e);
             None
         }
+    }
+}
+
+/// Processes of the run still alive once a phase has stopped its supervisor are an error
+/// (after a grace period for those being killed with the agent's namespace).
+fn leftovers(ctx: &mut Ctx, r: &mut Results, label: &str) {
+    let grace_end = std::time::Instant::now() + LEFTOVER_GRACE;
+    while !procfs::pids_with(&ctx.dir.0).is_empty() && std::time::Instant::now() < grace_end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let strays = ctx.dir.sweep();
+    if !strays.is_empty() {
+        let e = format!(
+            "{label}: {} process(es) still alive after the phase stopped its supervisor \
+             (killed): {}",
+            strays.len(),
+            strays.join("; ")
+        );
+        ctx.progress.done(label, &e);
+        r.errors.push(e);
     }
 }
 

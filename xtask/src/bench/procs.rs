@@ -32,13 +32,16 @@ impl RunDir {
         self.0.join(name)
     }
 
-    /// SIGKILLs every live process whose arguments mention this directory; returns how many.
-    pub fn sweep(&self) -> usize {
+    /// SIGKILLs every live process whose arguments mention this directory; returns their
+    /// command lines.
+    pub fn sweep(&self) -> Vec<String> {
         let strays = procfs::pids_with(&self.0);
+        let mut lines = Vec::new();
         for &pid in &strays {
+            lines.push(format!("pid {pid}: {}", procfs::cmdline(pid).join(" ")));
             signal(pid, "KILL");
         }
-        strays.len()
+        lines
     }
 }
 

@@ -215,6 +215,18 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         )),
         None => out.push(missing("orchestrator RSS at 1,024 slots < 4 MiB")),
     }
+    if let Some(p) = r
+        .scale
+        .iter()
+        .filter(|p| !p.floor && p.n == ORCH_RSS_GOAL_SLOTS)
+        .max_by_key(|p| p.orchestrator.rss_kib)
+    {
+        out.push(kib_goal(
+            "(context) orchestrator RSS with 1,024 slots all holding a service",
+            p.orchestrator.rss_kib,
+            ORCH_RSS_KIB_MAX,
+        ));
+    }
     match &r.growth {
         Some(g) => {
             let od = g.orchestrator.1.data_kib as i64 - g.orchestrator.0.data_kib as i64;
@@ -353,7 +365,7 @@ fn latency_section(s: &mut String, r: &Results) {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let floor = r.floor.as_ref();
-    let rows: [(&str, Option<&LoopResult>); 4] = [
+    let rows: [(&str, Option<&LoopResult>); 6] = [
         ("floor: spawn, poll pidfd, waitid, repeat", floor),
         ("holden-orchestrator, local", r.local.as_ref()),
         (
@@ -363,6 +375,14 @@ fn latency_section(s: &mut String, r: &Results) {
         (
             "v0.2 pattern: floor + 100 ms sleep per event",
             r.v02.as_ref(),
+        ),
+        (
+            "analysis: floor with posix_spawn (CLONE_VM, CLONE_VFORK) + pidfd_open",
+            r.floor_posix.as_ref(),
+        ),
+        (
+            "analysis: floor after touching 4 MiB of heap (fork copies more)",
+            r.floor_ballast.as_ref(),
         ),
     ];
     for (name, l) in rows {

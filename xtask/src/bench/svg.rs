@@ -151,7 +151,7 @@ pub fn plot(scale: &[ScalePoint]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">latency (µs, log scale)</text>"#,
+        r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">restart latency (log scale)</text>"#,
         TOP + plot_h / 2.0
     );
     for (i, ser) in all.iter().enumerate() {

@@ -39,15 +39,22 @@ impl std::error::Error for Errno {}
 /// Every slot is in use (or still draining the completions of a removed owner).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full {
-    /// The ring's slot capacity ([`crate::Limits::slots`]).
+    /// The capacity that ran out: [`crate::Limits::slots`], or
+    /// [`crate::Limits::buffered_slots`] when `buffered`.
     pub slots: u32,
+    /// A buffered slot was asked for and every buffer set is taken.
+    pub buffered: bool,
 }
 
 impl fmt::Display for Full {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, limit) = match self.buffered {
+            true => ("buffered slots", "buffered_slots"),
+            false => ("slots", "slots"),
+        };
         write!(
             f,
-            "ring: all {} slots are in use (raise Limits::slots or remove finished slots)",
+            "ring: all {} {what} are in use (raise Limits::{limit} or remove finished slots)",
             self.slots
         )
     }
@@ -75,6 +82,9 @@ pub enum OpError {
     Submit(Errno),
     /// Duplicating the fd to pass (so that it stays open until the kernel sent it) failed.
     DupFd(Errno),
+    /// RECVMSG, SENDMSG or READ on a bare slot ([`crate::Ring::insert_bare`]), which owns no
+    /// buffers.
+    NoBuffers(OpTag),
 }
 
 impl fmt::Display for OpError {
@@ -96,6 +106,9 @@ impl fmt::Display for OpError {
             }
             OpError::Submit(e) => write!(f, "ring: io_uring_enter (submit) failed: {e}"),
             OpError::DupFd(e) => write!(f, "ring: sendmsg: dup of the fd to pass failed: {e}"),
+            OpError::NoBuffers(tag) => {
+                write!(f, "ring: {tag:?} needs a buffered slot (this one is bare)")
+            }
         }
     }
 }

@@ -17,7 +17,11 @@
 //! ```
 
 // Every unsafe block carries a `// SAFETY:` comment; clippy enforces it.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks, missing_docs)]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
 
 mod arena;
 mod error;
@@ -28,6 +32,7 @@ mod user_data;
 
 pub use crate::error::{EnterError, Errno, Full, OpError, SetupError};
 pub use crate::limits::{
-    Limits, BUF_LEN_MAX, CQ_ENTRIES_MAX, FDS_PER_MSG_MAX, OP_TAG_COUNT, SLOTS_MAX, SQ_ENTRIES_MAX,
+    Limits, BARE_OP_TAG_COUNT, BUF_LEN_MAX, CQ_ENTRIES_MAX, FDS_PER_MSG_MAX, OP_TAG_COUNT,
+    SLOTS_MAX, SQ_ENTRIES_MAX,
 };
 pub use crate::ring::{now_ns, Completion, OpTag, ReceivedFds, Ring, SlotId, Stats, Timeout};

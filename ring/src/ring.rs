@@ -138,6 +138,8 @@ struct SlotState {
     /// was still outstanding; issued when that one completes (at most one per kind in flight).
     cancel_again: u8,
     removed: bool,
+    /// The buffer set this slot owns (`None`: a bare slot).
+    buffers: Option<u32>,
     recv_bytes: u32,
     recv_flags: i32,
     read_bytes: u32,
@@ -154,6 +156,8 @@ pub struct Ring {
     arena: Option<Arena>,
     slots: Slab<SlotState>,
     generations: Box<[u32]>,
+    /// Buffer-set indices not owned by any slot (capacity `Limits::buffered_slots`).
+    free_buffers: Vec<u32>,
     limits: Limits,
     /// Operations and cancel requests queued or in the kernel, not yet completed.
     in_flight: u32,
@@ -171,6 +175,7 @@ impl Ring {
             arena: Some(Arena::new(&limits)),
             slots: Slab::with_capacity(slots),
             generations: vec![0; slots].into_boxed_slice(),
+            free_buffers: (0..limits.buffered_slots).rev().collect(),
             limits,
             in_flight: 0,
             delivered_since_wait: 0,
@@ -208,22 +213,48 @@ impl Ring {
         self.uring.params().cq_entries()
     }
 
-    /// Takes a free slot. Never allocates: past `Limits::slots` it returns [`Full`].
+    /// Takes a free slot with its own buffer set (every operation kind). Never allocates: past
+    /// `Limits::slots`, or when all `Limits::buffered_slots` buffer sets are taken, it returns
+    /// [`Full`].
     pub fn insert(&mut self) -> Result<SlotId, Full> {
         if self.slots.len() >= self.limits.slots as usize {
-            return Err(Full {
-                slots: self.limits.slots,
-            });
+            return Err(self.full(false));
         }
-        let index = self.slots.insert(SlotState::default());
+        let set = self.free_buffers.pop().ok_or(self.full(true))?;
+        Ok(self.take_slot(Some(set)))
+    }
+
+    /// Takes a free bare slot: no buffers, so only `poll_add`, `accept` and `timeout` (a pidfd
+    /// and its timer need nothing more). Never allocates: past `Limits::slots` it returns
+    /// [`Full`].
+    pub fn insert_bare(&mut self) -> Result<SlotId, Full> {
+        if self.slots.len() >= self.limits.slots as usize {
+            return Err(self.full(false));
+        }
+        Ok(self.take_slot(None))
+    }
+
+    fn full(&self, buffered: bool) -> Full {
+        let slots = match buffered {
+            true => self.limits.buffered_slots,
+            false => self.limits.slots,
+        };
+        Full { slots, buffered }
+    }
+
+    fn take_slot(&mut self, buffers: Option<u32>) -> SlotId {
+        let index = self.slots.insert(SlotState {
+            buffers,
+            ..SlotState::default()
+        });
         assert!(
             index < self.generations.len(),
             "slab handed out an index beyond its capacity"
         );
-        Ok(SlotId {
+        SlotId {
             index: index as u32,
             generation: self.generations[index],
-        })
+        }
     }
 
     /// Gives the slot up. Outstanding operations are cancelled; the slot returns to the free
@@ -271,13 +302,13 @@ impl Ring {
     /// `Limits::fds_per_msg_max` fds (MSG_CMSG_CLOEXEC). Fds not yet taken from the previous
     /// receive are closed.
     pub fn recvmsg(&mut self, id: SlotId, fd: BorrowedFd<'_>) -> Result<(), OpError> {
-        self.begin(id, OpTag::RecvMsg)?;
+        let set = self.begin_buffered(id, OpTag::RecvMsg)?;
         let index = id.index;
         let recv_len = self.limits.recv_len as usize;
         let arena = self.arena();
-        let headers = arena.headers(index);
-        let (cmsg, cmsg_len) = arena.recv_cmsg(index);
-        let buf = arena.recv_buf(index);
+        let headers = arena.headers(set);
+        let (cmsg, cmsg_len) = arena.recv_cmsg(set);
+        let buf = arena.recv_buf(set);
         // SAFETY: no RECVMSG is outstanding on this slot (checked by `begin`), so neither the
         // kernel nor any reference touches its receive header, iovec or control space; all
         // pointers lie in the arena, which outlives every operation.
@@ -317,7 +348,7 @@ impl Ring {
         data: &[u8],
         pass_fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), OpError> {
-        self.begin(id, OpTag::SendMsg)?;
+        let set = self.begin_buffered(id, OpTag::SendMsg)?;
         if data.len() > self.limits.send_len as usize {
             return Err(OpError::TooLong {
                 len: data.len(),
@@ -330,8 +361,8 @@ impl Ring {
         };
         let index = id.index;
         let arena = self.arena();
-        let headers = arena.headers(index);
-        let buf = arena.send_buf(index);
+        let headers = arena.headers(set);
+        let buf = arena.send_buf(set);
         let raw_dup = dup.as_ref().map(|fd| fd.as_raw_fd());
         // SAFETY: no SENDMSG is outstanding on this slot (checked by `begin`), so the send
         // buffer, header, iovec and control space are ours; `data.len()` fits the buffer
@@ -357,9 +388,9 @@ impl Ring {
 
     /// Reads up to `Limits::read_len` bytes (at the file position) into the slot's read buffer.
     pub fn read(&mut self, id: SlotId, fd: BorrowedFd<'_>) -> Result<(), OpError> {
-        self.begin(id, OpTag::Read)?;
+        let set = self.begin_buffered(id, OpTag::Read)?;
         self.slots[id.index as usize].read_bytes = 0;
-        let buf = self.arena().read_buf(id.index);
+        let buf = self.arena().read_buf(set);
         let sqe = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf, self.limits.read_len)
             .offset(u64::MAX)
             .build();
@@ -379,14 +410,10 @@ impl Ring {
                 types::TimeoutFlags::ABS,
             ),
         };
-        let headers = self.arena().headers(id.index);
+        let timespec = self.arena().timespec(id.index);
         // SAFETY: no TIMEOUT is outstanding on this slot (checked by `begin`), so its timespec
         // is ours; the pointer lies in the arena, which outlives every operation.
-        let timespec = unsafe {
-            let timespec = ptr::addr_of_mut!((*headers).timespec);
-            timespec.write(spec);
-            timespec
-        };
+        unsafe { timespec.write(spec) };
         let sqe = opcode::Timeout::new(timespec).flags(flags).build();
         self.queue(id, OpTag::Timeout, sqe)
     }
@@ -399,7 +426,7 @@ impl Ring {
             return None;
         }
         let len = (state.recv_bytes as usize).min(self.limits.recv_len as usize);
-        let buf = self.arena().recv_buf(id.index);
+        let buf = self.arena().recv_buf(state.buffers?);
         // SAFETY: no RECVMSG is outstanding, so nothing writes the buffer; a new one needs
         // `&mut self`, which the returned borrow of `self` excludes; `len` fits the buffer.
         Some(unsafe { std::slice::from_raw_parts(buf, len) })
@@ -432,7 +459,7 @@ impl Ring {
             return None;
         }
         let len = (state.read_bytes as usize).min(self.limits.read_len as usize);
-        let buf = self.arena().read_buf(id.index);
+        let buf = self.arena().read_buf(state.buffers?);
         // SAFETY: no READ is outstanding, so nothing writes the buffer; a new one needs
         // `&mut self`, which the returned borrow of `self` excludes; `len` fits the buffer.
         Some(unsafe { std::slice::from_raw_parts(buf, len) })
@@ -528,6 +555,14 @@ impl Ring {
             return Err(OpError::Busy(op));
         }
         Ok(())
+    }
+
+    /// [`Ring::begin`] for an operation that needs the slot's buffer set; returns its index.
+    fn begin_buffered(&self, id: SlotId, op: OpTag) -> Result<u32, OpError> {
+        self.begin(id, op)?;
+        self.slots[id.index as usize]
+            .buffers
+            .ok_or(OpError::NoBuffers(op))
     }
 
     fn queue(&mut self, id: SlotId, op: OpTag, sqe: squeue::Entry) -> Result<(), OpError> {
@@ -705,9 +740,12 @@ impl Ring {
 
     /// Records a RECVMSG's length and flags and moves the fds it carried into the slot.
     fn collect_received(&mut self, index: u32, bytes: u32) {
+        let set = self.slots[index as usize]
+            .buffers
+            .expect("a RECVMSG was only queued on a buffered slot");
         let arena = self.arena.as_ref().expect("arena lives until drop");
-        let headers = arena.headers(index);
-        let (cmsg_base, cmsg_space_len) = arena.recv_cmsg(index);
+        let headers = arena.headers(set);
+        let (cmsg_base, cmsg_space_len) = arena.recv_cmsg(set);
         // SAFETY: the RECVMSG completed, so the kernel no longer writes the header; read by
         // value through raw pointers.
         let (flags, controllen) = unsafe {
@@ -733,7 +771,11 @@ impl Ring {
     fn free_if_idle(&mut self, index: u32) {
         let state = &self.slots[index as usize];
         if state.removed && state.pending == 0 && state.cancelling == 0 {
-            self.slots.remove(index as usize);
+            if let Some(set) = self.slots.remove(index as usize).buffers {
+                // Never grows: the list held every set at construction and this one left it.
+                debug_assert!(self.free_buffers.len() < self.free_buffers.capacity());
+                self.free_buffers.push(set);
+            }
             let generation = &mut self.generations[index as usize];
             *generation = generation.wrapping_add(1) & GENERATION_MASK;
         }

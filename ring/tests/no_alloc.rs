@@ -117,6 +117,7 @@ fn no_allocation_after_construction_across_every_op_kind() {
     let fd_count_before = open_fd_count();
     let mut ring = Ring::new(Limits {
         slots: 8,
+        buffered_slots: 8,
         ..Limits::small()
     })
     .unwrap();
@@ -201,18 +202,25 @@ fn capacity_fills_exactly_and_never_grows() {
     let _guard = FD_TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let mut ring = Ring::new(Limits {
         slots: SLOTS,
+        buffered_slots: SLOTS / 2,
         ..Limits::small()
     })
     .unwrap();
     let mut ids = [None; SLOTS as usize];
     let start = allocations();
     for round in 0..3 {
-        for slot in ids.iter_mut() {
-            *slot = Some(ring.insert().expect("free slot"));
+        // Half buffered, half bare, interleaved.
+        for (i, slot) in ids.iter_mut().enumerate() {
+            let id = match i % 2 {
+                0 => ring.insert(),
+                _ => ring.insert_bare(),
+            };
+            *slot = Some(id.expect("free slot"));
         }
         assert_eq!(ring.len(), SLOTS as usize);
-        let full = ring.insert().unwrap_err();
+        let full = ring.insert_bare().unwrap_err();
         assert_eq!(full.slots, SLOTS);
+        assert_eq!(ring.insert().unwrap_err().slots, SLOTS);
         assert_eq!(
             allocations(),
             start,

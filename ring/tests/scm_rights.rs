@@ -57,6 +57,7 @@ fn send_with_fds(sock: &OwnedFd, data: &[u8], fds: &[RawFd]) {
 fn ring_with_fds(fds_per_msg_max: u32) -> Ring {
     Ring::new(Limits {
         slots: 4,
+        buffered_slots: 4,
         fds_per_msg_max,
         ..Limits::small()
     })
@@ -199,6 +200,7 @@ fn truncated_data_is_reported() {
     let _guard = FD_TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let mut ring = Ring::new(Limits {
         slots: 2,
+        buffered_slots: 2,
         recv_len: 4,
         ..Limits::small()
     })

@@ -135,12 +135,14 @@ fn invalid_limits_name_the_field() {
 fn cq_covers_every_op_and_cancel_in_flight() {
     let limits = Limits {
         slots: 100,
+        buffered_slots: 40,
         sq_entries: 8,
         ..Limits::small()
     };
     let ring = Ring::new(limits).unwrap();
     assert!(ring.cq_entries() as u64 >= limits.cq_entries_needed());
-    assert!(limits.cq_entries_needed() >= 100 * 6 * 2);
+    // A buffered slot may run all 6 kinds, a bare one 3; each may also have a cancel in flight.
+    assert_eq!(limits.cq_entries_needed(), (40 * 6 + 60 * 3) * 2);
 }
 
 #[test]

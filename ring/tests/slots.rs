@@ -278,3 +278,92 @@ fn cancel_after_rearm_while_an_earlier_cancel_is_in_flight_still_cancels() {
     assert_eq!(ring.in_flight(), 0);
     assert_eq!(ring.stats().cancel_failed, 0);
 }
+
+/// A ring of `slots` slots of which `buffered` own buffers.
+fn mixed_ring(slots: u32, buffered: u32) -> ring::Ring {
+    ring::Ring::new(ring::Limits {
+        slots,
+        buffered_slots: buffered,
+        ..ring::Limits::small()
+    })
+    .expect("io_uring setup")
+}
+
+#[test]
+fn a_bare_slot_polls_and_times_out_but_owns_no_buffers() {
+    let mut ring = mixed_ring(2, 0);
+    let efd = eventfd();
+    let (a, _b) = seqpacket_pair();
+    let id = ring.insert_bare().unwrap();
+    assert_eq!(
+        ring.recvmsg(id, a.as_fd()),
+        Err(OpError::NoBuffers(OpTag::RecvMsg))
+    );
+    assert_eq!(
+        ring.sendmsg(id, a.as_fd(), b"x", None),
+        Err(OpError::NoBuffers(OpTag::SendMsg))
+    );
+    assert_eq!(
+        ring.read(id, efd.as_fd()),
+        Err(OpError::NoBuffers(OpTag::Read))
+    );
+    assert_eq!(ring.received(id), None);
+    assert_eq!(ring.read_data(id), None);
+    // A refused operation left nothing outstanding.
+    assert_eq!(ring.in_flight(), 0);
+    ring.timeout(id, Timeout::After(Duration::from_millis(1)))
+        .unwrap();
+    let c = next(&mut ring);
+    assert_eq!((c.slot, c.op, c.result), (id, OpTag::Timeout, Ok(0)));
+    signal_eventfd(&efd);
+    ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+    let c = next(&mut ring);
+    assert_eq!((c.slot, c.op), (id, OpTag::Poll));
+    assert!(c.result.is_ok());
+}
+
+#[test]
+fn buffered_slots_run_out_before_bare_ones_and_come_back_when_freed() {
+    let mut ring = mixed_ring(4, 2);
+    let first = ring.insert().unwrap();
+    let second = ring.insert().unwrap();
+    let full = ring.insert().unwrap_err();
+    assert!(full.buffered && full.slots == 2, "{full}");
+    // Bare slots are still there, up to the total.
+    let bare = [ring.insert_bare().unwrap(), ring.insert_bare().unwrap()];
+    let full = ring.insert_bare().unwrap_err();
+    assert!(!full.buffered && full.slots == 4, "{full}");
+    // Freeing a bare slot does not give a buffer set.
+    ring.remove(bare[0]).unwrap();
+    assert!(ring.insert().unwrap_err().buffered);
+    // Freeing a buffered slot does, and the new owner's buffers work.
+    ring.remove(first).unwrap();
+    let again = ring.insert().unwrap();
+    let (a, b) = seqpacket_pair();
+    ring.recvmsg(again, b.as_fd()).unwrap();
+    let sent = send_packet(&a, b"hello");
+    assert_eq!(sent, 5);
+    let c = next(&mut ring);
+    assert_eq!((c.slot, c.op, c.result), (again, OpTag::RecvMsg, Ok(5)));
+    assert_eq!(ring.received(again), Some(&b"hello"[..]));
+    assert!(ring.received(second).is_some_and(|d| d.is_empty()));
+}
+
+#[test]
+fn limits_refuse_more_buffered_slots_than_slots() {
+    let err = ring::Ring::new(ring::Limits {
+        slots: 2,
+        buffered_slots: 3,
+        ..ring::Limits::small()
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("buffered_slots"), "{err}");
+}
+
+/// `send(2)` of one packet on a connected SEQPACKET socket.
+fn send_packet(fd: &OwnedFd, data: &[u8]) -> usize {
+    std::os::unix::net::UnixDatagram::from(fd.try_clone().unwrap())
+        .send(data)
+        .unwrap()
+}

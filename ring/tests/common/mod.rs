@@ -13,6 +13,7 @@ pub const WAIT_ROUND: Duration = Duration::from_millis(20);
 pub fn ring(slots: u32) -> Ring {
     Ring::new(Limits {
         slots,
+        buffered_slots: slots,
         ..Limits::small()
     })
     .expect("io_uring setup")

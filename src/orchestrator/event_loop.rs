@@ -243,6 +243,7 @@ impl Orchestrator {
         let slots = capacity + FIXED_SLOTS;
         let limits = Limits {
             slots: slots as u32,
+            buffered_slots: slots as u32,
             sq_entries: (slots as u32 * 2).next_power_of_two().min(4096),
             cq_entries: 0,
             recv_len: SLOT_BUF_BYTES,

@@ -33,8 +33,10 @@ pub const AGENT_SOCKET_DEFAULT: &str = "/run/holden/qm_orchestrator.sock";
 pub const CONTROL_SOCKET_DEFAULT: &str = "/run/holden/control.sock";
 /// Default number of process slots.
 pub const SLOTS_DEFAULT: u32 = 64;
-/// Largest number of process slots.
-pub const SLOTS_MAX: u32 = 65536;
+/// Largest number of process slots. The orchestrator's ring needs one slot per service plus a
+/// few of its own (signals, agent, control connections), within the ring's own bound.
+pub const SLOTS_MAX: u32 = 8192;
+const _: () = assert!(SLOTS_MAX + 256 <= ring::SLOTS_MAX);
 /// Largest configuration file read.
 pub const CONFIG_FILE_SIZE_MAX: u64 = 4 * 1024 * 1024;
 /// Longest path accepted (PATH_MAX minus the NUL; a Unix socket path is shorter still).

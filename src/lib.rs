@@ -6,6 +6,7 @@
 //! ([`supervise`]).
 
 pub mod config;
+pub mod control;
 pub mod orchestrator;
 pub mod pidfd;
 pub mod spawn;

@@ -1,0 +1,393 @@
+//! Frames of the control protocol, their codes and limits.
+
+/// The four magic bytes that open every control frame.
+pub const MAGIC: [u8; 4] = *b"HCTL";
+/// Protocol version; a frame of another version is refused.
+pub const VERSION: u8 = 1;
+/// Length of the header.
+pub const HEADER_LEN: usize = 16;
+/// Largest frame (one packet).
+pub const FRAME_LEN_MAX: usize = 4096;
+/// Largest payload.
+pub const PAYLOAD_LEN_MAX: usize = FRAME_LEN_MAX - HEADER_LEN;
+/// Longest service name (as `docs/config.md`).
+pub const NAME_LEN_MAX: usize = 64;
+/// Longest text (error messages, socket paths, reload notes); longer texts are cut on encode.
+pub const TEXT_LEN_MAX: usize = 2048;
+/// Sentinel for "no value" in u64 millisecond fields.
+pub const NONE_MS: u64 = u64::MAX;
+
+const _: () = assert!(HEADER_LEN + 40 + 2 + TEXT_LEN_MAX <= FRAME_LEN_MAX);
+
+/// A service state (as `supervise::State`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum StateCode {
+    Stopped = 0,
+    Starting = 1,
+    Running = 2,
+    Backoff = 3,
+    Stopping = 4,
+    Failed = 5,
+    WaitingForAgent = 6,
+}
+
+impl StateCode {
+    const ALL: [StateCode; 7] = [
+        StateCode::Stopped,
+        StateCode::Starting,
+        StateCode::Running,
+        StateCode::Backoff,
+        StateCode::Stopping,
+        StateCode::Failed,
+        StateCode::WaitingForAgent,
+    ];
+
+    /// The code for a byte, `None` when unknown.
+    pub fn from_u8(value: u8) -> Option<StateCode> {
+        StateCode::ALL.get(value as usize).copied()
+    }
+
+    /// The name used in logs and output.
+    pub fn as_str(self) -> &'static str {
+        self.to_state().as_str()
+    }
+
+    /// The core's state.
+    pub fn to_state(self) -> crate::supervise::State {
+        use crate::supervise::State;
+        match self {
+            StateCode::Stopped => State::Stopped,
+            StateCode::Starting => State::Starting,
+            StateCode::Running => State::Running,
+            StateCode::Backoff => State::Backoff,
+            StateCode::Stopping => State::Stopping,
+            StateCode::Failed => State::Failed,
+            StateCode::WaitingForAgent => State::WaitingForAgent,
+        }
+    }
+
+    /// The code of a core state.
+    pub fn of(state: crate::supervise::State) -> StateCode {
+        use crate::supervise::State;
+        match state {
+            State::Stopped => StateCode::Stopped,
+            State::Starting => StateCode::Starting,
+            State::Running => StateCode::Running,
+            State::Backoff => StateCode::Backoff,
+            State::Stopping => StateCode::Stopping,
+            State::Failed => StateCode::Failed,
+            State::WaitingForAgent => StateCode::WaitingForAgent,
+        }
+    }
+}
+
+/// Where a service runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum PartitionCode {
+    Local = 0,
+    Qm = 1,
+}
+
+impl PartitionCode {
+    /// The code for a byte.
+    pub fn from_u8(value: u8) -> Option<PartitionCode> {
+        match value {
+            0 => Some(PartitionCode::Local),
+            1 => Some(PartitionCode::Qm),
+            _ => None,
+        }
+    }
+
+    /// `local` or `qm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionCode::Local => "local",
+            PartitionCode::Qm => "qm",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Exit {
+    /// Exit code.
+    Code(i32),
+    /// Ended by this signal.
+    Signal(i32),
+    /// The kernel could not tell (QM process without `PIDFD_INFO_EXIT`).
+    Unknown,
+}
+
+/// An operator command for one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Op {
+    Start,
+    Stop,
+    Restart,
+    /// Send a signal (1..=64).
+    Kill(u8),
+    ResetFailed,
+}
+
+/// Why a state changed (monitor events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Why {
+    Added,
+    Operator,
+    RestartDue,
+    /// Process created, with its pid.
+    Spawned(i32),
+    /// Spawn failed with this errno.
+    SpawnFailed(i32),
+    Exited(Exit),
+    StartLimit,
+    Agent,
+    StopTimeout,
+    Shutdown,
+    Removed,
+}
+
+impl Why {
+    /// Short name for output (`reason=` in logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Added => "added",
+            Why::Operator => "operator",
+            Why::RestartDue => "restart-due",
+            Why::Spawned(_) => "spawned",
+            Why::SpawnFailed(_) => "spawn-failed",
+            Why::Exited(_) => "exited",
+            Why::StartLimit => "start-limit",
+            Why::Agent => "agent",
+            Why::StopTimeout => "stop-timeout",
+            Why::Shutdown => "shutdown",
+            Why::Removed => "removed",
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum FailCode {
+    /// No service of that name.
+    UnknownService = 1,
+    /// The orchestrator refused the command (shutting down, being removed, ...).
+    Refused = 2,
+    /// The request could not be decoded or is not a request.
+    BadRequest = 3,
+    /// Every control connection slot is in use.
+    TooManyClients = 4,
+    /// The peer is neither root nor in the control group.
+    PermissionDenied = 5,
+    /// The new configuration is invalid; nothing changed.
+    ReloadFailed = 6,
+    /// The orchestrator was not started from a configuration file.
+    ReloadUnavailable = 7,
+}
+
+impl FailCode {
+    const ALL: [FailCode; 7] = [
+        FailCode::UnknownService,
+        FailCode::Refused,
+        FailCode::BadRequest,
+        FailCode::TooManyClients,
+        FailCode::PermissionDenied,
+        FailCode::ReloadFailed,
+        FailCode::ReloadUnavailable,
+    ];
+
+    /// The code for a byte.
+    pub fn from_u8(value: u8) -> Option<FailCode> {
+        FailCode::ALL.iter().copied().find(|c| *c as u8 == value)
+    }
+
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailCode::UnknownService => "unknown-service",
+            FailCode::Refused => "refused",
+            FailCode::BadRequest => "bad-request",
+            FailCode::TooManyClients => "too-many-clients",
+            FailCode::PermissionDenied => "permission-denied",
+            FailCode::ReloadFailed => "reload-failed",
+            FailCode::ReloadUnavailable => "reload-unavailable",
+        }
+    }
+}
+
+/// The state of the agent link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum LinkCode {
+    /// No QM service: the agent is not contacted.
+    NotNeeded = 0,
+    /// Connecting, handshaking or waiting to retry.
+    Down = 1,
+    /// Connected and handshake done.
+    Up = 2,
+}
+
+impl LinkCode {
+    /// The code for a byte.
+    pub fn from_u8(value: u8) -> Option<LinkCode> {
+        match value {
+            0 => Some(LinkCode::NotNeeded),
+            1 => Some(LinkCode::Down),
+            2 => Some(LinkCode::Up),
+            _ => None,
+        }
+    }
+
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkCode::NotNeeded => "not-needed",
+            LinkCode::Down => "down",
+            LinkCode::Up => "up",
+        }
+    }
+}
+
+/// One service's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ServiceInfo<'a> {
+    pub name: &'a str,
+    pub partition: PartitionCode,
+    pub state: StateCode,
+    /// Pid of the live process (orchestrator's PID namespace).
+    pub pid: Option<i32>,
+    /// How long the live process has run.
+    pub uptime_ms: Option<u64>,
+    /// Automatic restarts since the last operator start.
+    pub restarts: u32,
+    pub last_exit: Option<Exit>,
+    /// Time until the next automatic restart (state backoff).
+    pub next_restart_ms: Option<u64>,
+}
+
+/// One state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct EventInfo<'a> {
+    pub name: &'a str,
+    pub partition: PartitionCode,
+    pub from: StateCode,
+    pub to: StateCode,
+    pub why: Why,
+    pub restarts: u32,
+    /// Pid of the service's last process, if any.
+    pub pid: Option<i32>,
+    /// Delay until the next restart when `to` is backoff.
+    pub next_delay_ms: Option<u64>,
+}
+
+/// The agent link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct AgentInfo<'a> {
+    pub link: LinkCode,
+    /// `v1`, `v0.2` or `auto` (not yet decided).
+    pub protocol: &'a str,
+    /// Version of the connected agent (v1 `Pong`), `(0, 0)` when unknown.
+    pub version: (u8, u8),
+    /// Capability bits of the connected agent (v1).
+    pub capabilities: u32,
+    /// Handshakes that succeeded since start.
+    pub connects: u64,
+    /// Connections dropped since start.
+    pub drops: u64,
+    pub socket: &'a str,
+}
+
+/// What a reload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ReloadInfo<'a> {
+    pub added: u16,
+    pub removed: u16,
+    pub changed: u16,
+    pub unchanged: u16,
+    /// Settings that changed in the file but take effect only after a restart of the
+    /// orchestrator (empty when none).
+    pub needs_restart: &'a str,
+}
+
+/// The body of a frame: requests (client to orchestrator) and replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Body<'a> {
+    /// Request: the status of one service (`Some`) or of all (`None`); answered by `Service`
+    /// frames and an `End`.
+    Status(Option<&'a str>),
+    /// Request: a command for one service; answered by `Done` or `Failure`.
+    Command { op: Op, name: &'a str },
+    /// Request: the agent link; answered by `Agent`.
+    AgentStatus,
+    /// Request: subscribe to state changes; answered by `Done`, then `Event` and `Dropped`
+    /// frames until the connection closes.
+    Monitor,
+    /// Request: re-read the configuration file; answered by `Reloaded` or `Failure`.
+    Reload,
+    /// Reply: one service.
+    Service(ServiceInfo<'a>),
+    /// Reply: end of a listing, with the number of items sent.
+    End(u32),
+    /// Reply: the request was carried out; the service's state right after (or `Stopped`
+    /// for requests about no service).
+    Done(StateCode),
+    /// Reply: the request failed.
+    Failure { code: FailCode, text: &'a str },
+    /// Reply: the agent link.
+    Agent(AgentInfo<'a>),
+    /// Reply: a state change (monitor).
+    Event(EventInfo<'a>),
+    /// Reply: this many events were not sent because the client did not keep up (monitor).
+    Dropped(u64),
+    /// Reply: the configuration was reloaded.
+    Reloaded(ReloadInfo<'a>),
+}
+
+impl Body<'_> {
+    /// The kind byte.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Body::Status(_) => 1,
+            Body::Command { .. } => 2,
+            Body::AgentStatus => 3,
+            Body::Monitor => 4,
+            Body::Reload => 5,
+            Body::Service(_) => 16,
+            Body::End(_) => 17,
+            Body::Done(_) => 18,
+            Body::Failure { .. } => 19,
+            Body::Agent(_) => 20,
+            Body::Event(_) => 21,
+            Body::Dropped(_) => 22,
+            Body::Reloaded(_) => 23,
+        }
+    }
+
+    /// Whether a client may send it.
+    pub fn is_request(&self) -> bool {
+        self.kind() < 16
+    }
+}
+
+/// One decoded frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frame<'a> {
+    /// Chosen by the client, echoed in every reply to that request (0 for events).
+    pub id: u32,
+    pub body: Body<'a>,
+}

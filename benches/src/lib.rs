@@ -63,6 +63,18 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time of the calling process (all threads) in nanoseconds (CLOCK_PROCESS_CPUTIME_ID;
+/// it includes the kernel's work on the process's behalf, fork included).
+pub fn process_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which is valid and writable.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Opens the records file at the NUL-terminated `path` for appending (`O_APPEND`, created 0644
 /// when missing). Allocation-free, for the probe's short life.
 pub fn open_records(path: &std::ffi::CStr) -> Result<libc::c_int, i32> {

@@ -133,7 +133,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let deadline = Instant::now() + Duration::from_secs(args.seconds_max);
     let wall_start = Instant::now();
-    let cpu_start = cpu_ns();
+    let cpu_start = holden_bench::process_cpu_ns();
     let mut spawned = 0u64;
     let result = (|| {
         for index in 0..slots.len() {
@@ -182,7 +182,7 @@ fn run(args: &Args) -> Result<(), String> {
     result?;
     println!(
         "spawned={spawned} cpu_ns={} wall_ns={}",
-        cpu_ns() - cpu_start,
+        holden_bench::process_cpu_ns() - cpu_start,
         wall_start.elapsed().as_nanos()
     );
     Ok(())
@@ -246,14 +246,4 @@ fn install_sigterm() -> Result<(), String> {
         return Err(format!("sigaction: {}", std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

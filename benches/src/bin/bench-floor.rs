@@ -136,7 +136,7 @@ fn run(args: &Args) -> Result<(), String> {
     let ballast = ballast(args.ballast_kib);
     let deadline = Instant::now() + Duration::from_secs(args.seconds_max);
     let wall_start = Instant::now();
-    let cpu_start = cpu_ns();
+    let cpu_start = holden_bench::process_cpu_ns();
     let mut spawned = 0u64;
     while spawned < args.count && Instant::now() < deadline {
         let child = match &posix {
@@ -158,7 +158,7 @@ fn run(args: &Args) -> Result<(), String> {
     drop(ballast);
     println!(
         "spawned={spawned} cpu_ns={} wall_ns={}",
-        cpu_ns() - cpu_start,
+        holden_bench::process_cpu_ns() - cpu_start,
         wall_start.elapsed().as_nanos()
     );
     Ok(())
@@ -182,17 +182,6 @@ fn wait_readable(fd: i32) -> Result<(), String> {
             return Err(format!("poll pidfd: {e}"));
         }
     }
-}
-
-/// CPU time of this process (all threads), in ns.
-fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// `K` KiB of heap, every page written once (so it is resident and anonymous).

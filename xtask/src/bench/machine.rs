@@ -11,7 +11,29 @@ pub struct Machine {
     pub load_start: String,
     pub load_end: String,
     pub date_utc: String,
+    /// What was measured: `git describe --always --dirty` of the workspace, or
+    /// `$HOLDEN_BENCH_REVISION` (for a run from an exported tree).
+    pub revision: String,
 }
+
+/// Names the measured source tree for the report.
+pub fn revision(root: &std::path::Path) -> String {
+    if let Some(r) = std::env::var_os(REVISION_ENV).filter(|r| !r.is_empty()) {
+        return r.to_string_lossy().into_owned();
+    }
+    Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown (not a git checkout)".into())
+}
+
+/// Overrides the revision shown in the report.
+pub const REVISION_ENV: &str = "HOLDEN_BENCH_REVISION";
 
 impl Machine {
     pub fn now() -> Machine {
@@ -41,6 +63,7 @@ impl Machine {
             memory_mib,
             load_start: load(),
             load_end: String::new(),
+            revision: String::new(),
             date_utc: Command::new("date")
                 .args(["-u", "+%Y-%m-%d %H:%M UTC"])
                 .output()

@@ -143,7 +143,10 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     }
     let mut results = Results {
         command,
-        machine: machine::Machine::now(),
+        machine: machine::Machine {
+            revision: machine::revision(&root),
+            ..machine::Machine::now()
+        },
         sizes,
         ..Results::default()
     };

@@ -298,7 +298,11 @@ pub fn render(r: &Results, svg_name: &str) -> String {
     let mut s = String::new();
     let m = &r.machine;
     let _ = writeln!(s, "# holden benchmark report\n");
-    let _ = writeln!(s, "`{}` — {}, {:.0} s.\n", r.command, m.date_utc, r.seconds);
+    let _ = writeln!(
+        s,
+        "`{}` — {}, {:.0} s, source {}.\n",
+        r.command, m.date_utc, r.seconds, m.revision
+    );
     let _ = writeln!(s, "## Machine\n");
     let _ = writeln!(
         s,

@@ -15,6 +15,11 @@
 //! backs off), the agent counts as down, and the link reconnects with exponential backoff.
 //! Running QM processes are not affected: their pidfds do not depend on the connection.
 //! The first misbehaviour of each connection is logged; repeats are counted, not logged.
+//! Across connections, misbehaviour is rate-limited too: at most one `agent-misbehaved` line
+//! (and its `agent-down`) per [`MISBEHAVIOUR_LOG_INTERVAL`], the next one saying how many were
+//! suppressed. The reconnect delay is reset only when a connection that answered a request
+//! correctly ends without misbehaving (not by a mere handshake), so an agent that handshakes
+//! and then misbehaves is retried with a growing delay.
 
 use super::event_loop::{Error, Orchestrator, Owner};
 use super::log::{ErrnoText, Escaped, Priority};
@@ -36,6 +41,9 @@ const REQUEST_INDEX_MASK: u64 = (1 << REQUEST_INDEX_BITS) - 1;
 const PING_INDEX: u64 = REQUEST_INDEX_MASK;
 
 const _: () = assert!(crate::supervise::SERVICES_MAX as u64 <= PING_INDEX);
+
+/// At most one misbehaviour is logged per interval (the others are counted).
+pub(crate) const MISBEHAVIOUR_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An outstanding request of one service.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +125,13 @@ pub(crate) struct AgentLink {
     violations: u32,
     /// Consecutive failed connection attempts (only the first of a run is logged).
     connect_failures: u32,
+    /// This connection answered a request correctly (a `Started` adopted or an `Error`).
+    answered: bool,
+    /// When a misbehaviour was last logged, and how many were not logged since.
+    misbehaviour_logged_at_ns: Option<u64>,
+    misbehaviour_suppressed: u32,
+    /// The current misbehaviour was not logged: neither is the drop it causes.
+    misbehaviour_quiet: bool,
     pub(crate) capabilities: v1::Capabilities,
     /// Where the agent sits in the PID namespace hierarchy (from SO_PEERCRED at connect):
     /// a process it started must sit at the same depth.
@@ -158,6 +173,10 @@ impl AgentLink {
             reconnect_delay: settings.agent_reconnect_initial,
             violations: 0,
             connect_failures: 0,
+            answered: false,
+            misbehaviour_logged_at_ns: None,
+            misbehaviour_suppressed: 0,
+            misbehaviour_quiet: false,
             capabilities: v1::Capabilities::empty(),
             peer_ns: None,
             probe: None,
@@ -178,8 +197,41 @@ impl AgentLink {
     /// v0.2: a connect succeeded.
     pub(crate) fn mark_up(&mut self) {
         self.state = LinkState::Up;
-        self.reconnect_delay = self.reconnect_initial;
         self.connect_failures = 0;
+    }
+
+    /// The agent answered a request correctly on this connection.
+    pub(crate) fn mark_answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// v0.2 (one connection per request): a request was answered correctly, so the reconnect
+    /// delay starts over.
+    pub(crate) fn mark_healthy(&mut self) {
+        self.reconnect_delay = self.reconnect_initial;
+    }
+
+    /// Rate limit of misbehaviour lines: `Some(suppressed)` when this one is to be logged
+    /// (with the count of those not logged since the last), `None` when it is only counted.
+    pub(crate) fn misbehaviour_log_due(&mut self, now_ns: u64) -> Option<u32> {
+        let interval_ns = MISBEHAVIOUR_LOG_INTERVAL.as_nanos() as u64;
+        let due = self
+            .misbehaviour_logged_at_ns
+            .is_none_or(|at| now_ns.saturating_sub(at) >= interval_ns);
+        if due {
+            self.misbehaviour_logged_at_ns = Some(now_ns);
+            self.misbehaviour_quiet = false;
+            Some(std::mem::take(&mut self.misbehaviour_suppressed))
+        } else {
+            self.misbehaviour_suppressed = self.misbehaviour_suppressed.saturating_add(1);
+            self.misbehaviour_quiet = true;
+            None
+        }
+    }
+
+    /// Whether the drop that follows the current misbehaviour is logged (reset by reading).
+    pub(crate) fn take_drop_quiet(&mut self) -> bool {
+        std::mem::take(&mut self.misbehaviour_quiet)
     }
 
     /// Whether the handshake is done.
@@ -401,6 +453,7 @@ impl Orchestrator {
         self.agent.peer_ns = peer_ns(&fd);
         self.agent.conn = Some((fd, slot));
         self.agent.violations = 0;
+        self.agent.answered = false;
         if let Err(e) = queued {
             self.agent_drop(format_args!("ring: {e}"));
             return;
@@ -417,7 +470,7 @@ impl Orchestrator {
     /// Closes the connection, fails every request in flight, and schedules a reconnect.
     pub(crate) fn agent_drop(&mut self, why: std::fmt::Arguments<'_>) {
         let was_up = self.agent.state == LinkState::Up;
-        if self.agent.violations <= 1 {
+        if !self.agent.take_drop_quiet() {
             self.log.line(
                 Priority::Warning,
                 format_args!(
@@ -433,6 +486,11 @@ impl Orchestrator {
             drop(fd);
         }
         self.agent.queue.clear();
+        if self.agent.violations == 0 && self.agent.answered {
+            // A healthy connection ended (e.g. the agent restarted): reconnect quickly.
+            self.agent.reconnect_delay = self.agent.reconnect_initial;
+        }
+        self.agent.answered = false;
         self.agent_fail_all();
         if was_up {
             self.push_event(Event::AgentDown);
@@ -475,13 +533,15 @@ impl Orchestrator {
     fn agent_violation(&mut self, what: std::fmt::Arguments<'_>) {
         self.agent.violations += 1;
         if self.agent.violations == 1 {
-            self.log.line(
-                Priority::Err,
-                format_args!(
-                    "event=agent-misbehaved socket={} what=\"{what}\"",
-                    self.agent_path()
-                ),
-            );
+            if let Some(suppressed) = self.agent.misbehaviour_log_due(ring::now_ns()) {
+                self.log.line(
+                    Priority::Err,
+                    format_args!(
+                        "event=agent-misbehaved socket={} what=\"{what}\" suppressed={suppressed}",
+                        self.agent_path(),
+                    ),
+                );
+            }
         }
         self.agent_drop(format_args!("misbehaved"));
     }
@@ -849,7 +909,8 @@ impl Orchestrator {
                 }
                 self.agent.state = LinkState::Up;
                 self.agent.capabilities = pong.capabilities;
-                self.agent.reconnect_delay = self.agent.reconnect_initial;
+                // The reconnect delay is not reset here: only a valid answer to a request
+                // (`mark_healthy`) does, so a hostile agent cannot force fast reconnects.
                 self.agent.connect_failures = 0;
                 self.counters
                     .agent_connected
@@ -903,6 +964,7 @@ impl Orchestrator {
                 );
                 let service = self.services[index].id;
                 self.adopt(service, pidfd, pid, identity);
+                self.agent.mark_answered();
                 Ok(())
             }
             v1::Body::Error(error) => {
@@ -938,6 +1000,7 @@ impl Orchestrator {
                         stage,
                     },
                 });
+                self.agent.mark_answered();
                 Ok(())
             }
             v1::Body::Start(_) | v1::Body::Ping => {

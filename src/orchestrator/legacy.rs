@@ -181,13 +181,15 @@ impl Orchestrator {
     /// probe again with backoff.
     pub(crate) fn legacy_down(&mut self, why: std::fmt::Arguments<'_>) {
         let was_up = self.agent.is_up();
-        self.log.line(
-            Priority::Warning,
-            format_args!(
-                "event=agent-down socket={} protocol=v0.2 reason=\"{why}\"",
-                self.agent_path()
-            ),
-        );
+        if !self.agent.take_drop_quiet() {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=agent-down socket={} protocol=v0.2 reason=\"{why}\"",
+                    self.agent_path()
+                ),
+            );
+        }
         self.counters.agent_dropped.fetch_add(1, Ordering::Relaxed);
         for index in 0..self.services.len() {
             if self.services[index].legacy.fd.is_some() || self.services[index].request.is_some() {
@@ -263,13 +265,16 @@ impl Orchestrator {
                         }
                     }
                     Err(Failure::Violation(what)) => {
-                        self.log.line(
-                            Priority::Err,
-                            format_args!(
-                                "event=agent-misbehaved socket={} protocol=v0.2 what=\"{what}\"",
-                                self.agent_path()
-                            ),
-                        );
+                        // Rate-limited like v1 (MISBEHAVIOUR_LOG_INTERVAL).
+                        if let Some(suppressed) = self.agent.misbehaviour_log_due(ring::now_ns()) {
+                            self.log.line(
+                                Priority::Err,
+                                format_args!(
+                                    "event=agent-misbehaved socket={} protocol=v0.2 what=\"{what}\" suppressed={suppressed}",
+                                    self.agent_path(),
+                                ),
+                            );
+                        }
                         self.legacy_finish(
                             index,
                             Some(SpawnError {
@@ -364,6 +369,7 @@ impl Orchestrator {
                                     stage: SpawnStage::Exec,
                                 }),
                             );
+                            self.agent.mark_healthy();
                             return Ok(true);
                         }
                         _ => return Err(Failure::Violation("unexpected v0.2 message")),
@@ -413,6 +419,7 @@ impl Orchestrator {
         let service = rt.id;
         self.counters.spawned_qm.fetch_add(1, Ordering::Relaxed);
         self.adopt(service, fd, identity.pid.max(0), identity);
+        self.agent.mark_healthy();
         Ok(())
     }
 }

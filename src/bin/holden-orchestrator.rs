@@ -173,7 +173,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     ensure_stdio();
-    let settings = Settings::from_config(&config);
+    let mut settings = Settings::from_config(&config);
+    if let Source::File(path) = &source {
+        settings.config_path = Some(path.clone());
+    }
     let defs = ServiceDef::all_from_config(&config);
     let mut orchestrator = match Orchestrator::new(settings, defs, Options::default()) {
         Ok(o) => o,

@@ -1,6 +1,912 @@
-//! holdenctl: not implemented yet.
+//! holdenctl: looks at and steers a running holden-orchestrator through its control socket.
+//!
+//! Protocol: `holden::control` (docs/control.md). Exit codes: see [`USAGE`].
 
-fn main() -> std::process::ExitCode {
-    eprintln!("holdenctl: not implemented yet (see the open issues); nothing was done");
-    std::process::ExitCode::from(2)
+use holden::config::{parse_duration, signal_from_name, signal_from_number};
+use holden::control::{
+    self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, StateCode, Why,
+};
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const SOCKET_ENV: &str = "HOLDEN_CONTROL_SOCKET";
+const SOCKET_DEFAULT: &str = "/run/holden/control.sock";
+/// How long holdenctl waits for one reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit of `--wait`.
+const WAIT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Interval between two status looks while waiting.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+const EXIT_OK: u8 = 0;
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNKNOWN: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
+
+const USAGE: &str = "\
+usage: holdenctl [--socket PATH] COMMAND [ARGS...]
+
+Looks at and steers a running holden-orchestrator.
+
+Commands:
+  status [NAME...] [--json]           services: state, pid, uptime, restarts, last exit
+  start NAME... [--wait] [--timeout DUR]
+  stop NAME... [--wait] [--timeout DUR]
+  restart NAME... [--wait] [--timeout DUR]
+  kill [-s SIGNAL] NAME [--wait] [--timeout DUR]
+  reset-failed NAME... [--wait] [--timeout DUR]
+  monitor [NAME...] [--json]          state changes as they happen (Ctrl+C ends)
+  agent [--json]                      the link to holden-agent in the QM partition
+  reload                              re-read the orchestrator's configuration file
+
+Options:
+  --socket PATH   control socket (default $HOLDEN_CONTROL_SOCKET, else /run/holden/control.sock)
+  --help          help (also after a command: holdenctl status --help)
+
+Exit codes:
+  0  done (with --wait: the target state was reached)
+  1  the orchestrator refused or failed the operation, --wait timed out or the service
+     failed, or a reload was refused (invalid file: its error is printed)
+  2  usage error
+  3  unknown service name
+  4  cannot reach the orchestrator (no socket, permission denied, too many clients,
+     protocol error)
+
+Colour only on a terminal, never with NO_COLOR set.";
+
+fn help_for(command: &str) -> &'static str {
+    match command {
+        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown) and the time until the next restart.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown, 4 if the orchestrator cannot be reached.",
+        "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
+        "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (default SIGTERM; a name like TERM or SIGKILL, or a number) to the\nservice's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
+        "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
+        "agent" => "usage: holdenctl agent [--json]\n\nThe agent link: state (up, down, not-needed), protocol, version, capabilities,\nsocket, handshakes and dropped connections since start.",
+        "reload" => "usage: holdenctl reload\n\nThe orchestrator re-reads its configuration file. An invalid file changes nothing\nand its error (file:line:column) is printed (exit 1). Added services start (if\nenabled), removed ones stop, changed ones restart; settings that need a restart of\nthe orchestrator are listed.",
+        _ => USAGE,
+    }
+}
+
+struct Usage(String);
+
+/// What the command line asks for.
+struct Cli {
+    socket: PathBuf,
+    command: String,
+    names: Vec<String>,
+    json: bool,
+    wait: bool,
+    timeout: Duration,
+    signal: u8,
+}
+
+fn parse(args: &[String]) -> Result<Option<Cli>, Usage> {
+    let mut socket: Option<PathBuf> = None;
+    let mut command: Option<String> = None;
+    let mut names = Vec::new();
+    let mut json = false;
+    let mut wait = false;
+    let mut timeout = WAIT_TIMEOUT_DEFAULT;
+    let mut signal: Option<u8> = None;
+    let mut i = 0;
+    let value = |i: &mut usize, flag: &str| -> Result<String, Usage> {
+        *i += 1;
+        args.get(*i)
+            .cloned()
+            .ok_or_else(|| Usage(format!("{flag} needs a value")))
+    };
+    while i < args.len() {
+        let arg = args[i].as_str();
+        match arg {
+            "--help" | "-h" => {
+                println!("{}", help_for(command.as_deref().unwrap_or("")));
+                return Ok(None);
+            }
+            "--socket" => socket = Some(PathBuf::from(value(&mut i, "--socket")?)),
+            "--json" => json = true,
+            "--wait" => wait = true,
+            "--timeout" => {
+                let text = value(&mut i, "--timeout")?;
+                timeout =
+                    parse_duration(&text).map_err(|e| Usage(format!("--timeout {text:?}: {e}")))?;
+            }
+            "-s" | "--signal" => {
+                let text = value(&mut i, arg)?;
+                let number = match text.parse::<i64>() {
+                    Ok(n) => signal_from_number(n),
+                    Err(_) => signal_from_name(&text),
+                }
+                .map_err(|e| Usage(format!("signal {text:?}: {e}")))?;
+                signal = Some(number as u8);
+            }
+            _ if arg.starts_with('-') && arg.len() > 1 => {
+                return Err(Usage(format!("unknown option {arg:?}")))
+            }
+            _ if command.is_none() => command = Some(arg.to_string()),
+            _ => names.push(arg.to_string()),
+        }
+        i += 1;
+    }
+    let Some(command) = command else {
+        return Err(Usage("no command given".into()));
+    };
+    let socket = socket
+        .or_else(|| {
+            std::env::var_os(SOCKET_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(SOCKET_DEFAULT));
+    let needs_names = matches!(
+        command.as_str(),
+        "start" | "stop" | "restart" | "kill" | "reset-failed"
+    );
+    match command.as_str() {
+        "status" | "monitor" | "agent" | "reload" | "start" | "stop" | "restart" | "kill"
+        | "reset-failed" => {}
+        other => return Err(Usage(format!("unknown command {other:?}"))),
+    }
+    if needs_names && names.is_empty() {
+        return Err(Usage(format!("{command} needs a service NAME")));
+    }
+    if command == "kill" && names.len() != 1 {
+        return Err(Usage("kill takes exactly one NAME".into()));
+    }
+    if matches!(command.as_str(), "agent" | "reload") && !names.is_empty() {
+        return Err(Usage(format!("{command} takes no NAME")));
+    }
+    if signal.is_some() && command != "kill" {
+        return Err(Usage("-s is for kill only".into()));
+    }
+    if let Some(name) = names
+        .iter()
+        .find(|n| n.is_empty() || n.len() > proto::NAME_LEN_MAX)
+    {
+        return Err(Usage(format!(
+            "service name {name:?} must be 1..={} bytes",
+            proto::NAME_LEN_MAX
+        )));
+    }
+    Ok(Some(Cli {
+        socket,
+        command,
+        names,
+        json,
+        wait,
+        timeout,
+        signal: signal.unwrap_or(libc::SIGTERM as u8),
+    }))
+}
+
+/// Why holdenctl stops with a non-zero code.
+struct Fail {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Fail {
+    Fail {
+        code,
+        message: message.into(),
+    }
+}
+
+/// One connection to the orchestrator.
+struct Client {
+    fd: OwnedFd,
+    next_id: u32,
+    buf: Box<[u8]>,
+    socket: PathBuf,
+}
+
+impl Client {
+    fn connect(path: &std::path::Path) -> Result<Client, Fail> {
+        let bytes = path.as_os_str().as_bytes();
+        // SAFETY: zeroed sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        if bytes.is_empty() || bytes.len() >= addr.sun_path.len() {
+            return Err(fail(
+                EXIT_USAGE,
+                format!("socket path {} is empty or too long", path.display()),
+            ));
+        }
+        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: plain socket() call.
+        let raw =
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(unreachable(path, "socket", std::io::Error::last_os_error()));
+        }
+        // SAFETY: we own the new fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+        // SAFETY: addr is a valid sockaddr_un of at least len bytes.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        if rc != 0 {
+            return Err(unreachable(
+                path,
+                "connect",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let client = Client {
+            fd,
+            next_id: 1,
+            buf: vec![0u8; proto::FRAME_LEN_MAX].into_boxed_slice(),
+            socket: path.to_path_buf(),
+        };
+        client.set_timeout(Some(REPLY_TIMEOUT));
+        Ok(client)
+    }
+
+    fn set_timeout(&self, timeout: Option<Duration>) {
+        let t = timeout.unwrap_or(Duration::ZERO);
+        let tv = libc::timeval {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: tv is a valid timeval for the call.
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+    }
+
+    fn send(&mut self, body: &Body<'_>) -> Result<(), Fail> {
+        let mut out = [0u8; proto::FRAME_LEN_MAX];
+        let len = proto::encode(&mut out, self.next_id, body)
+            .map_err(|e| fail(EXIT_USAGE, format!("cannot encode the request: {e}")))?;
+        self.next_id = self.next_id.wrapping_add(1);
+        // SAFETY: out[..len] is valid.
+        let n = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                out.as_ptr().cast(),
+                len,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n != len as isize {
+            return Err(unreachable(
+                &self.socket,
+                "send",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Receives one frame (its bytes stay in `self.buf`; decode with [`Client::frame`]).
+    fn recv(&mut self) -> Result<usize, Fail> {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                self.buf.as_mut_ptr().cast(),
+                self.buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(fail(
+                    EXIT_UNREACHABLE,
+                    format!(
+                        "{}: no reply within {}s",
+                        self.socket.display(),
+                        REPLY_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            return Err(unreachable(&self.socket, "recv", e));
+        }
+        if n == 0 {
+            return Err(fail(
+                EXIT_UNREACHABLE,
+                format!(
+                    "{}: the orchestrator closed the connection",
+                    self.socket.display()
+                ),
+            ));
+        }
+        let n = n as usize;
+        if n > self.buf.len() {
+            return Err(fail(
+                EXIT_UNREACHABLE,
+                format!("reply of {n} bytes is larger than a control frame"),
+            ));
+        }
+        Ok(n)
+    }
+
+    fn frame(&self, len: usize) -> Result<Body<'_>, Fail> {
+        let frame = proto::decode(&self.buf[..len])
+            .map_err(|e| fail(EXIT_UNREACHABLE, format!("undecodable reply: {e}")))?;
+        if let Body::Failure { code, text } = frame.body {
+            return Err(failure(code, text));
+        }
+        Ok(frame.body)
+    }
+
+    /// Status of one service (`Some`) or all; the items are passed to `each`.
+    fn status(
+        &mut self,
+        name: Option<&str>,
+        mut each: impl FnMut(&ServiceInfo<'_>),
+    ) -> Result<(), Fail> {
+        self.send(&Body::Status(name))?;
+        loop {
+            let len = self.recv()?;
+            match self.frame(len)? {
+                Body::Service(info) => each(&info),
+                Body::End(_) => return Ok(()),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    fn one(&mut self, name: &str) -> Result<Owned, Fail> {
+        let mut found = None;
+        self.status(Some(name), |s| found = Some(Owned::of(s)))?;
+        found.ok_or_else(|| fail(EXIT_UNKNOWN, format!("no service named {name:?}")))
+    }
+
+    fn request(&mut self, body: &Body<'_>) -> Result<usize, Fail> {
+        self.send(body)?;
+        self.recv()
+    }
+}
+
+fn failure(code: FailCode, text: &str) -> Fail {
+    let exit = match code {
+        FailCode::UnknownService => EXIT_UNKNOWN,
+        FailCode::TooManyClients | FailCode::PermissionDenied | FailCode::BadRequest => {
+            EXIT_UNREACHABLE
+        }
+        _ => EXIT_FAILED,
+    };
+    fail(exit, text.to_string())
+}
+
+fn unexpected(body: &Body<'_>) -> Fail {
+    fail(
+        EXIT_UNREACHABLE,
+        format!("unexpected reply kind {}", body.kind()),
+    )
+}
+
+fn unreachable(path: &std::path::Path, what: &str, e: std::io::Error) -> Fail {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => " (is holden-orchestrator running? its [control] socket is set in the configuration; --socket or HOLDEN_CONTROL_SOCKET choose another)",
+        Some(libc::EACCES) | Some(libc::EPERM) => " (the control socket is for root and the [control] group)",
+        _ => "",
+    };
+    fail(
+        EXIT_UNREACHABLE,
+        format!("{}: {what}: {e}{hint}", path.display()),
+    )
+}
+
+/// A service's status, owned.
+#[derive(Clone, Debug)]
+struct Owned {
+    name: String,
+    partition: &'static str,
+    state: StateCode,
+    pid: Option<i32>,
+    uptime_ms: Option<u64>,
+    restarts: u32,
+    last_exit: Option<Exit>,
+    next_restart_ms: Option<u64>,
+}
+
+impl Owned {
+    fn of(s: &ServiceInfo<'_>) -> Owned {
+        Owned {
+            name: s.name.to_string(),
+            partition: s.partition.as_str(),
+            state: s.state,
+            pid: s.pid,
+            uptime_ms: s.uptime_ms,
+            restarts: s.restarts,
+            last_exit: s.last_exit,
+            next_restart_ms: s.next_restart_ms,
+        }
+    }
+}
+
+struct Style {
+    colour: bool,
+}
+
+impl Style {
+    fn detect() -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            colour: !no_color && std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn state(&self, state: StateCode, padded: &str) -> String {
+        if !self.colour {
+            return padded.to_string();
+        }
+        let code = match state {
+            StateCode::Running => "32",
+            StateCode::Failed => "31;1",
+            StateCode::Stopped => "0",
+            _ => "33",
+        };
+        format!("\x1b[{code}m{padded}\x1b[0m")
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{}.{}s", s, (ms % 1000) / 100)
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86400 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86400, (s % 86400) / 3600)
+    }
+}
+
+fn exit_text(exit: Option<Exit>) -> String {
+    match exit {
+        None => "-".into(),
+        Some(Exit::Code(code)) => format!("code {code}"),
+        Some(Exit::Signal(sig)) => format!("signal {}", holden::pidfd::signal_name(sig)),
+        Some(Exit::Unknown) => "unknown".into(),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("null".into(), |v| v.to_string())
+}
+
+fn json_exit(exit: Option<Exit>) -> String {
+    match exit {
+        None => "null".into(),
+        Some(Exit::Code(code)) => format!("{{\"code\":{code}}}"),
+        Some(Exit::Signal(sig)) => format!(
+            "{{\"signal\":{}}}",
+            json_str(&holden::pidfd::signal_name(sig).to_string())
+        ),
+        Some(Exit::Unknown) => "\"unknown\"".into(),
+    }
+}
+
+fn status_json(s: &Owned) -> String {
+    format!(
+        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{}}}",
+        json_str(&s.name),
+        s.partition,
+        s.state.as_str(),
+        json_opt(s.pid),
+        json_opt(s.uptime_ms),
+        s.restarts,
+        json_exit(s.last_exit),
+        json_opt(s.next_restart_ms)
+    )
+}
+
+fn print_table(rows: &[Owned], style: &Style) {
+    let header = [
+        "NAME",
+        "PARTITION",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "NEXT RESTART",
+    ];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.partition.to_string(),
+                s.state.as_str().to_string(),
+                s.pid.map_or("-".into(), |p| p.to_string()),
+                s.uptime_ms.map_or("-".into(), human_ms),
+                s.restarts.to_string(),
+                exit_text(s.last_exit),
+                s.next_restart_ms
+                    .map_or("-".into(), |ms| format!("in {}", human_ms(ms))),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, row: &[String], state: Option<StateCode>| {
+        let mut parts = Vec::new();
+        for (i, cell) in row.iter().enumerate() {
+            let last = i == row.len() - 1;
+            let padded = if last {
+                cell.clone()
+            } else {
+                format!("{cell:<width$}", width = widths[i])
+            };
+            parts.push(match (i, state) {
+                (2, Some(state)) => style.state(state, &padded),
+                _ => padded,
+            });
+        }
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &header.map(String::from), None);
+    for (row, s) in cells.iter().zip(rows) {
+        line(&mut out, row, Some(s.state));
+    }
+    print!("{out}");
+}
+
+fn cmd_status(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    let mut rows = Vec::new();
+    let mut code = EXIT_OK;
+    if cli.names.is_empty() {
+        client.status(None, |s| rows.push(Owned::of(s)))?;
+    } else {
+        for name in &cli.names {
+            match client.one(name) {
+                Ok(s) => rows.push(s),
+                Err(f) if f.code == EXIT_UNKNOWN => {
+                    eprintln!("holdenctl: {}", f.message);
+                    code = EXIT_UNKNOWN;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+    }
+    if cli.json {
+        let items: Vec<String> = rows.iter().map(status_json).collect();
+        println!("[{}]", items.join(","));
+    } else {
+        print_table(&rows, &Style::detect());
+    }
+    Ok(code)
+}
+
+/// Whether a service reached the target of `command` (`Err` when it cannot any more).
+fn reached(command: &str, before: &Owned, now: &Owned) -> Result<bool, String> {
+    let failed = now.state == StateCode::Failed;
+    match command {
+        "start" | "restart" => {
+            if failed {
+                return Err(format!(
+                    "{} failed (last exit {})",
+                    now.name,
+                    exit_text(now.last_exit)
+                ));
+            }
+            let new_process =
+                command == "start" || now.pid != before.pid || before.state != StateCode::Running;
+            Ok(now.state == StateCode::Running && new_process)
+        }
+        "stop" => Ok(matches!(now.state, StateCode::Stopped | StateCode::Failed)),
+        "reset-failed" => Ok(now.state == StateCode::Stopped),
+        "kill" => Ok(before.pid.is_none() || now.pid != before.pid),
+        _ => Ok(true),
+    }
+}
+
+fn cmd_operate(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    let op = match cli.command.as_str() {
+        "start" => Op::Start,
+        "stop" => Op::Stop,
+        "restart" => Op::Restart,
+        "kill" => Op::Kill(cli.signal),
+        _ => Op::ResetFailed,
+    };
+    let mut code = EXIT_OK;
+    let mut waiting = Vec::new();
+    for name in &cli.names {
+        let before = if cli.wait {
+            Some(client.one(name))
+        } else {
+            None
+        };
+        let before = match before {
+            Some(Err(f)) if f.code == EXIT_UNKNOWN => {
+                eprintln!("holdenctl: {}", f.message);
+                code = code.max(EXIT_UNKNOWN);
+                continue;
+            }
+            Some(Err(f)) => return Err(f),
+            Some(Ok(b)) => Some(b),
+            None => None,
+        };
+        let len = client.request(&Body::Command { op, name })?;
+        match client.frame(len) {
+            Ok(Body::Done(_)) => {
+                if let Some(before) = before {
+                    waiting.push(before);
+                }
+            }
+            Ok(other) => return Err(unexpected(&other)),
+            Err(f) if f.code == EXIT_UNKNOWN || f.code == EXIT_FAILED => {
+                eprintln!("holdenctl: {}", f.message);
+                code = code.max(f.code);
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    let deadline = Instant::now() + cli.timeout;
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for before in waiting {
+            let now = client.one(&before.name)?;
+            match reached(&cli.command, &before, &now) {
+                Ok(true) => {}
+                Ok(false) => still.push(before),
+                Err(message) => {
+                    eprintln!("holdenctl: {message}");
+                    code = code.max(EXIT_FAILED);
+                }
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for before in &waiting {
+                let now = client.one(&before.name)?;
+                eprintln!(
+                    "holdenctl: {}: timed out after {} waiting for {} (state {})",
+                    before.name,
+                    holden::config::format_duration(cli.timeout),
+                    cli.command,
+                    now.state.as_str()
+                );
+            }
+            code = code.max(EXIT_FAILED);
+            break;
+        }
+        std::thread::sleep(WAIT_POLL);
+    }
+    Ok(code)
+}
+
+fn clock() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = now.as_secs() % 86400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        (s % 3600) / 60,
+        s % 60,
+        now.subsec_millis()
+    )
+}
+
+fn why_text(why: Why) -> String {
+    match why {
+        Why::Spawned(pid) => format!("spawned pid={pid}"),
+        Why::SpawnFailed(errno) => format!("spawn-failed errno={errno}"),
+        Why::Exited(exit) => format!("exited {}", exit_text(Some(exit))),
+        other => other.as_str().to_string(),
+    }
+}
+
+fn event_line(e: &EventInfo<'_>, json: bool, style: &Style) -> String {
+    if json {
+        let detail = match e.why {
+            Why::Spawned(pid) => format!(",\"spawned_pid\":{pid}"),
+            Why::SpawnFailed(errno) => format!(",\"errno\":{errno}"),
+            Why::Exited(exit) => format!(",\"exit\":{}", json_exit(Some(exit))),
+            _ => String::new(),
+        };
+        return format!(
+            "{{\"time\":\"{}\",\"name\":{},\"partition\":\"{}\",\"from\":\"{}\",\"to\":\"{}\",\"reason\":\"{}\"{detail},\"pid\":{},\"restarts\":{},\"next_restart_ms\":{}}}",
+            clock(),
+            json_str(e.name),
+            e.partition.as_str(),
+            e.from.as_str(),
+            e.to.as_str(),
+            e.why.as_str(),
+            json_opt(e.pid),
+            e.restarts,
+            json_opt(e.next_delay_ms)
+        );
+    }
+    let mut line = format!(
+        "{} {} ({}) {} -> {}  {} restarts={}",
+        clock(),
+        e.name,
+        e.partition.as_str(),
+        e.from.as_str(),
+        style.state(e.to, e.to.as_str()),
+        why_text(e.why),
+        e.restarts
+    );
+    if let Some(ms) = e.next_delay_ms {
+        line.push_str(&format!(" next_restart_in={}", human_ms(ms)));
+    }
+    line
+}
+
+fn cmd_monitor(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    let len = client.request(&Body::Monitor)?;
+    match client.frame(len)? {
+        Body::Done(_) => {}
+        other => return Err(unexpected(&other)),
+    }
+    client.set_timeout(None);
+    let style = Style::detect();
+    let stdout = std::io::stdout();
+    loop {
+        let len = client.recv()?;
+        let line = match client.frame(len)? {
+            Body::Event(e) => {
+                if !cli.names.is_empty() && !cli.names.iter().any(|n| n == e.name) {
+                    continue;
+                }
+                event_line(&e, cli.json, &style)
+            }
+            Body::Dropped(n) if cli.json => format!("{{\"time\":\"{}\",\"dropped\":{n}}}", clock()),
+            Body::Dropped(n) => {
+                format!("{} dropped {n} events (holdenctl did not keep up)", clock())
+            }
+            other => return Err(unexpected(&other)),
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            return Ok(EXIT_OK);
+        }
+    }
+}
+
+fn agent_fields(a: &AgentInfo<'_>) -> Vec<(&'static str, String)> {
+    vec![
+        ("state", a.link.as_str().to_string()),
+        ("protocol", a.protocol.to_string()),
+        (
+            "version",
+            if a.version == (0, 0) {
+                "-".into()
+            } else {
+                format!("{}.{}", a.version.0, a.version.1)
+            },
+        ),
+        ("capabilities", format!("{:#x}", a.capabilities)),
+        ("socket", a.socket.to_string()),
+        ("connects", a.connects.to_string()),
+        ("reconnects", a.connects.saturating_sub(1).to_string()),
+        ("drops", a.drops.to_string()),
+    ]
+}
+
+fn cmd_agent(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    let len = client.request(&Body::AgentStatus)?;
+    let Body::Agent(a) = client.frame(len)? else {
+        return Err(fail(EXIT_UNREACHABLE, "unexpected reply to agent"));
+    };
+    let fields = agent_fields(&a);
+    if cli.json {
+        let items: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| {
+                let numeric = matches!(*k, "connects" | "reconnects" | "drops");
+                if numeric {
+                    format!("\"{k}\":{v}")
+                } else {
+                    format!("\"{k}\":{}", json_str(v))
+                }
+            })
+            .collect();
+        println!("{{{}}}", items.join(","));
+    } else {
+        for (k, v) in fields {
+            println!("{:<13} {v}", format!("{k}:"));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn cmd_reload(client: &mut Client) -> Result<u8, Fail> {
+    let len = client.request(&Body::Reload)?;
+    let Body::Reloaded(r) = client.frame(len)? else {
+        return Err(fail(EXIT_UNREACHABLE, "unexpected reply to reload"));
+    };
+    println!(
+        "reloaded: {} added, {} removed, {} changed, {} unchanged",
+        r.added, r.removed, r.changed, r.unchanged
+    );
+    if !r.needs_restart.is_empty() {
+        println!(
+            "changed but applied only after a restart of the orchestrator: {}",
+            r.needs_restart
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn run(cli: &Cli) -> Result<u8, Fail> {
+    let mut client = Client::connect(&cli.socket)?;
+    match cli.command.as_str() {
+        "status" => cmd_status(&mut client, cli),
+        "monitor" => cmd_monitor(&mut client, cli),
+        "agent" => cmd_agent(&mut client, cli),
+        "reload" => cmd_reload(&mut client),
+        _ => cmd_operate(&mut client, cli),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect::<Result<_, _>>()
+    {
+        Ok(args) => args,
+        Err(arg) => {
+            eprintln!("holdenctl: argument {arg:?} is not UTF-8");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let cli = match parse(&args) {
+        Ok(Some(cli)) => cli,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(Usage(message)) => {
+            eprintln!("holdenctl: {message}\n\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("holdenctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
 }

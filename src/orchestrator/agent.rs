@@ -133,6 +133,8 @@ pub(crate) struct AgentLink {
     /// The current misbehaviour was not logged: neither is the drop it causes.
     misbehaviour_quiet: bool,
     pub(crate) capabilities: v1::Capabilities,
+    /// Version from the agent's last `Pong` (major, minor); for `holdenctl agent`.
+    pub(crate) version: (u8, u8),
     /// Where the agent sits in the PID namespace hierarchy (from SO_PEERCRED at connect):
     /// a process it started must sit at the same depth.
     pub(crate) peer_ns: Option<pidfd::NsPid>,
@@ -178,6 +180,7 @@ impl AgentLink {
             misbehaviour_suppressed: 0,
             misbehaviour_quiet: false,
             capabilities: v1::Capabilities::empty(),
+            version: (0, 0),
             peer_ns: None,
             probe: None,
             probe_unsent: false,
@@ -338,6 +341,14 @@ pub(crate) fn connect_unix(
 
 impl Orchestrator {
     /// At start-up: connect at once if any QM service exists.
+    /// A reload added the first QM service: leave `Idle` and connect.
+    pub(crate) fn agent_enable(&mut self) {
+        if self.agent.state == LinkState::Idle {
+            self.agent.state = LinkState::Down { retry_at_ns: 0 };
+            self.agent_connect();
+        }
+    }
+
     pub(crate) fn agent_start(&mut self) {
         if self.agent.state != LinkState::Idle {
             self.agent_connect();
@@ -909,6 +920,7 @@ impl Orchestrator {
                 }
                 self.agent.state = LinkState::Up;
                 self.agent.capabilities = pong.capabilities;
+                self.agent.version = (pong.version_major, pong.version_minor);
                 // The reconnect delay is not reset here: only a valid answer to a request
                 // (`mark_healthy`) does, so a hostile agent cannot force fast reconnects.
                 self.agent.connect_failures = 0;

@@ -55,6 +55,8 @@ pub(crate) enum Owner {
     ExitRetry,
     AgentTimer,
     AgentConn,
+    ControlListen,
+    ControlConn(u8),
 }
 
 /// Counters readable from another thread (tests, benchmarks).
@@ -127,6 +129,10 @@ pub(crate) struct ServiceRt {
     pub abandoned: Option<u64>,
     /// QM with a v0.2 agent: the request's connection.
     pub legacy: super::legacy::LegacyConn,
+    /// In the core (false once a reload removed it and it stopped: the entry is unused).
+    pub active: bool,
+    /// A reload removed it; it is stopping and leaves when the core says `Removed`.
+    pub removing: bool,
 }
 
 /// A fixed-capacity FIFO of events for the core.
@@ -201,6 +207,7 @@ pub struct Orchestrator {
     pub(crate) log: Logger,
     pub(crate) notify: Notifier,
     pub(crate) caps: Capabilities,
+    /// Indexed by core service index (a reload that adds past the end rebuilds it).
     pub(crate) services: Box<[ServiceRt]>,
     pub(crate) owners: Box<[Owner]>,
     events: EventQueue,
@@ -214,9 +221,14 @@ pub struct Orchestrator {
     done: bool,
     pub(crate) counters: Arc<Counters>,
     running: usize,
-    qm_services: usize,
-    shutdown_stop_services: bool,
-    shutdown_timeout: Duration,
+    pub(crate) qm_services: usize,
+    pub(crate) shutdown_stop_services: bool,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) control: super::control::ControlServer,
+    /// The configuration file to re-read on reload (`None`: the v0.2 command line).
+    pub(crate) config_path: Option<std::path::PathBuf>,
+    /// The settings in force (reload reports changes that need a restart).
+    pub(crate) settings: Settings,
 }
 
 /// The current time for the core and for absolute ring timeouts.
@@ -240,7 +252,7 @@ impl Orchestrator {
                 supervise::SERVICES_MAX
             )));
         }
-        let slots = capacity + FIXED_SLOTS;
+        let slots = capacity + FIXED_SLOTS + super::control::CONTROL_SLOTS;
         let limits = Limits {
             slots: slots as u32,
             buffered_slots: slots as u32,
@@ -262,7 +274,7 @@ impl Orchestrator {
             Ok(id)
         };
         let mut core = Supervisor::new(capacity);
-        let mut services = Vec::with_capacity(defs.len());
+        let mut services = Vec::with_capacity(capacity);
         let mut qm_services = 0;
         for (index, def) in defs.into_iter().enumerate() {
             let id = core
@@ -291,6 +303,8 @@ impl Orchestrator {
                 request: None,
                 abandoned: None,
                 legacy: super::legacy::LegacyConn::new(),
+                active: true,
+                removing: false,
             });
         }
         let signals = if options.signals {
@@ -319,7 +333,9 @@ impl Orchestrator {
         };
         let exit_retry_slot = take_slot(&mut ring, Owner::ExitRetry)?;
         let agent_timer = take_slot(&mut ring, Owner::AgentTimer)?;
-        let agent = AgentLink::new(&settings, services.len(), agent_timer, qm_services > 0)?;
+        let agent = AgentLink::new(&settings, capacity, agent_timer, qm_services > 0)?;
+        let control =
+            super::control::ControlServer::new(&settings.control, &mut ring, &mut owners)?;
         let caps = Capabilities::probe();
         Ok(Orchestrator {
             ring,
@@ -343,6 +359,9 @@ impl Orchestrator {
             qm_services,
             shutdown_stop_services: settings.shutdown_stop_services,
             shutdown_timeout: settings.shutdown_timeout,
+            control,
+            config_path: settings.config_path.clone(),
+            settings,
         })
     }
 
@@ -377,6 +396,7 @@ impl Orchestrator {
             self.pump();
         }
         self.agent_close();
+        self.control_close();
         self.log.line(
             Priority::Notice,
             format_args!("event=shutdown-complete services={}", self.services.len()),
@@ -411,6 +431,7 @@ impl Orchestrator {
             let _ = self.ring.timeout(slot, Timeout::After(interval));
         }
         self.agent_start();
+        self.control_start();
         for index in 0..self.services.len() {
             if self.services[index].def.start_at_boot {
                 let service = self.services[index].id;
@@ -441,9 +462,14 @@ impl Orchestrator {
                     format_args!("event=core-refused detail=\"{refusal}\" input={event:?}"),
                 );
             }
-            while let Some(action) = self.core.poll_action() {
-                self.act(action);
-            }
+            self.drain_actions();
+        }
+    }
+
+    /// Carries out every action the core has queued.
+    pub(crate) fn drain_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            self.act(action);
         }
     }
 
@@ -478,8 +504,11 @@ impl Orchestrator {
                 rt.proc = None;
                 rt.exit_retries_left = 0;
             }
-            Action::Log(transition) => self.log_transition(transition),
-            Action::Removed { .. } => {}
+            Action::Log(transition) => {
+                self.control_on_transition(transition);
+                self.log_transition(transition);
+            }
+            Action::Removed { service } => self.on_removed(service),
             Action::ShutdownComplete => self.done = true,
         }
     }
@@ -636,6 +665,8 @@ impl Orchestrator {
             Owner::ExitRetry => self.on_exit_retry(),
             Owner::AgentTimer => self.agent_on_timer(c),
             Owner::AgentConn => self.agent_on_conn(c),
+            Owner::ControlListen => self.control_on_listen(c),
+            Owner::ControlConn(k) => self.control_on_conn(k as usize, c),
             Owner::Free => {}
         }
     }
@@ -778,10 +809,11 @@ impl Orchestrator {
             if sig == libc::SIGHUP {
                 self.log.line(
                     Priority::Notice,
-                    format_args!(
-                        "event=signal signal=SIGHUP action=ignored (reload is not implemented)"
-                    ),
+                    format_args!("event=signal signal=SIGHUP action=reload"),
                 );
+                let mut notes = [0u8; crate::control::TEXT_LEN_MAX];
+                // The outcome is logged by `reload` itself.
+                let _ = self.reload(&mut notes);
                 continue;
             }
             self.log.line(
@@ -924,7 +956,7 @@ impl Orchestrator {
 
 /// Prepares the reusable spawn spec of a local service. With `inherit_env`, the
 /// orchestrator's environment comes first, minus the names the service sets itself.
-fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, Error> {
+pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, Error> {
     use std::os::unix::ffi::OsStrExt;
     let bad =
         |what: &dyn std::fmt::Display| Error::Service(format!("service {}: {what}", def.name));

@@ -59,6 +59,11 @@ impl Logger {
         Logger::new(libc::STDERR_FILENO, max)
     }
 
+    /// The same logger with another level (reload).
+    pub fn with_max(self, max: Priority) -> Logger {
+        Logger { max, ..self }
+    }
+
     /// Whether lines at `priority` are written.
     pub fn enabled(&self, priority: Priority) -> bool {
         priority <= self.max

@@ -6,12 +6,15 @@
 //! QM link and its checks.
 
 mod agent;
+mod control;
 mod event_loop;
 mod legacy;
 pub mod log;
 pub mod notify;
 pub mod signals;
+mod reload;
 mod spec;
 
 pub use event_loop::{Counters, Error, Orchestrator, ShutdownHandle, FIXED_SLOTS};
+pub use control::{ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX, IDLE_TIMEOUT as CONTROL_IDLE_TIMEOUT};
 pub use spec::{AgentProtocol, Options, ServiceDef, Settings};

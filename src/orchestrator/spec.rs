@@ -70,6 +70,11 @@ pub struct Settings {
     pub shutdown_stop_services: bool,
     /// How long a shutdown waits for services to stop before it SIGKILLs what remains.
     pub shutdown_timeout: Duration,
+    /// The control socket (`None` path: no control socket).
+    pub control: super::ControlSettings,
+    /// The configuration file, re-read by `holdenctl reload` and SIGHUP (`None`: reload is
+    /// refused, e.g. for the v0.2 command line).
+    pub config_path: Option<PathBuf>,
 }
 
 impl Settings {
@@ -94,6 +99,11 @@ impl Settings {
             agent_reconnect_max: config.agent.reconnect_max,
             shutdown_stop_services: config.shutdown.stop_services,
             shutdown_timeout: config.shutdown.timeout,
+            control: super::ControlSettings {
+                socket: Some(config.control.socket.clone()),
+                group: config.control.group.clone(),
+            },
+            config_path: None,
         }
     }
 }
@@ -134,6 +144,8 @@ impl Settings {
             agent_reconnect_max: Duration::from_secs(5),
             shutdown_stop_services: true,
             shutdown_timeout: Duration::from_secs(30),
+            control: super::ControlSettings::default(),
+            config_path: None,
         }
     }
 }

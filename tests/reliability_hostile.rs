@@ -1,486 +1,636 @@
-//! The orchestrator against a misbehaving agent (a fake one in this test, speaking wire v1):
-//! each misbehaviour is logged, the connection is dropped and retried, nothing leaks, and a
-//! local crash-looping service keeps being restarted. The second connection behaves, so the
-//! QM service ends up running with the process the fake agent really started.
+//! The orchestrator against a hostile agent: a fake agent in this test, speaking wire v1
+//! itself, misbehaves on purpose, one behaviour per test, while the orchestrator also
+//! supervises a crash-looping local service and two QM services.
+//!
+//! Each test: the first connection behaves (both QM services get a real process) and a
+//! baseline is taken (the orchestrator's open fds by kind, its `VmRSS`, the local service's
+//! restarts over a window). Then the QM victim's process is killed, and every connection from
+//! then on misbehaves in the same way, at least [`HOSTILE_CONNECTIONS_MIN`] of them and for at
+//! least [`WINDOW`]. Then one connection behaves again. Checked: the orchestrator is up; the
+//! misbehaviour was logged exactly once (rate-limited), with the expected reason; the
+//! reconnect delays grew; no fd of any kind leaked; `VmRSS` did not grow beyond
+//! [`RSS_GROWTH_KB_MAX`]; the local service's restart rate during the hostile phase was at
+//! least [`RATE_RATIO_MIN`] of the baseline; the steady QM service kept its process; the
+//! victim runs with the process of the last, well-behaved connection.
 
 mod orchestrator_support;
+mod reliability_support;
 
 use holden::wire::v1;
 use orchestrator_support::*;
+use reliability_support::*;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug)]
-enum Misbehaviour {
+/// Misbehaving connections per test, at least.
+const HOSTILE_CONNECTIONS_MIN: usize = 4;
+/// Length of the baseline window, and least length of the hostile phase.
+const WINDOW: Duration = Duration::from_millis(1200);
+/// Least ratio of the local service's restart rate, hostile phase over baseline (generous:
+/// the machine is shared).
+const RATE_RATIO_MIN: f64 = 0.5;
+/// Most growth of the orchestrator's VmRSS over the hostile phase.
+const RSS_GROWTH_KB_MAX: u64 = 256;
+/// The orchestrator's agent request timeout in these tests.
+const REQUEST_TIMEOUT: &str = "300ms";
+/// Most fds one packet can carry (the kernel's SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
     Garbage,
+    BadMagic,
+    FutureHeaderVersion,
+    FuturePongVersion,
+    Truncated,
+    Oversized,
+    LyingLength,
     StartedWithoutFd,
-    StartedWithMemfd,
     StartedWithTwoFds,
-    UnknownRequestId,
-    WrongPidClaimed,
+    StartedWithPipe,
+    StartedWithRegularFile,
+    StartedWithSocket,
+    StartedWithEventfd,
+    StartedWithMemfd,
+    PidfdOfAnotherProcess,
+    PidfdAlreadySupervised,
+    ReplyToIdNeverSent,
+    SameReplyTwice,
+    PongFlood,
+    AcceptAndNeverReply,
+    SilentAfterStart,
+    ReplyAfterTimeout,
+    CloseMidFrame,
+    FdFlood,
     ErrorWithFd,
+    AnswerBeforeHandshake,
+    OrchestratorOnlyFrame,
 }
 
-fn seqpacket_listener(path: &std::path::Path) -> OwnedFd {
-    // SAFETY: plain socket/bind/listen calls on a sockaddr_un we build.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in addr.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
-            *d = s as libc::c_char;
+use Behaviour::*;
+
+impl Behaviour {
+    /// The `what=` of the orchestrator's `agent-misbehaved` line.
+    fn expected(self) -> &'static str {
+        match self {
+            Garbage | BadMagic | FutureHeaderVersion | Truncated | LyingLength | CloseMidFrame => {
+                "undecodable frame"
+            }
+            FuturePongVersion => "agent speaks another major version",
+            Oversized => "packet larger than",
+            StartedWithoutFd | StartedWithTwoFds => "without exactly one file descriptor",
+            StartedWithPipe
+            | StartedWithRegularFile
+            | StartedWithSocket
+            | StartedWithEventfd
+            | StartedWithMemfd => "file descriptor is not a pidfd",
+            PidfdOfAnotherProcess => "other than the one the agent reported",
+            PidfdAlreadySupervised => "pidfd of a process already supervised",
+            ReplyToIdNeverSent | SameReplyTwice => "unknown request id",
+            PongFlood => "unexpected Pong",
+            AcceptAndNeverReply => "no Pong within",
+            SilentAfterStart => "no Pong to a liveness Ping",
+            ReplyAfterTimeout => "answer after the request timed out",
+            FdFlood => "more file descriptors than allowed",
+            ErrorWithFd => "file descriptor with an Error",
+            AnswerBeforeHandshake => "answer before the handshake",
+            OrchestratorOnlyFrame => "a frame only the orchestrator sends",
         }
-        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len),
-            0
-        );
-        assert_eq!(libc::listen(fd, 8), 0);
-        OwnedFd::from_raw_fd(fd)
     }
-}
 
-fn accept(listener: &OwnedFd) -> OwnedFd {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; bounded wait so a test never hangs.
-    let ready = unsafe { libc::poll(&mut pfd, 1, WAIT.as_millis() as i32) };
-    assert_eq!(ready, 1, "the orchestrator did not (re)connect");
-    // SAFETY: accept4 on our listener.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
+    /// Misbehaves instead of answering the handshake `Ping`.
+    fn in_handshake(self) -> bool {
+        matches!(
+            self,
+            FuturePongVersion | AcceptAndNeverReply | AnswerBeforeHandshake
         )
-    };
-    assert!(fd >= 0, "accept");
-    // SAFETY: the fd was just returned to us.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn recv(conn: &OwnedFd, buf: &mut [u8]) -> usize {
-    // SAFETY: reads into a valid buffer.
-    let n = unsafe { libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    n.max(0) as usize
-}
-
-fn send(conn: &OwnedFd, data: &[u8], fds: &[RawFd]) {
-    // SAFETY: builds a msghdr over valid buffers; the control buffer has room for 4 fds.
-    unsafe {
-        let mut iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut _,
-            iov_len: data.len(),
-        };
-        let mut control = [0u64; 8];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        if !fds.is_empty() {
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE((fds.len() * 4) as u32) as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-        }
-        libc::sendmsg(conn.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
     }
 }
 
-/// Answers the handshake; returns the request id of the first `Start`.
-fn handshake_and_first_start(conn: &OwnedFd) -> u64 {
-    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
-    let n = recv(conn, &mut buf);
-    let ping = v1::decode(&buf[..n]).expect("ping");
-    let mut out = [0u8; 64];
-    let len = v1::encode_pong(
-        &mut out,
-        ping.request_id(),
-        v1::Pong::ours(v1::Capabilities::empty()),
-    )
-    .unwrap();
-    send(conn, &out[..len], &[]);
-    let n = recv(conn, &mut buf);
-    let start = v1::decode(&buf[..n]).expect("start");
-    assert!(matches!(start.body, v1::Body::Start(_)));
-    start.request_id()
-}
-
-/// Kills its processes by pid when dropped, also when the test fails.
-struct Reaper(Vec<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn sleeper(marker: &str) -> (Child, OwnedFd) {
-    let child = Command::new("/bin/sleep")
-        .arg(marker)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let fd = holden::pidfd::open(child.id() as i32).unwrap();
-    (child, fd)
-}
-
-fn started(id: u64, pid: i32) -> Vec<u8> {
+fn frame_started(id: u64, pid: i32) -> Vec<u8> {
     let mut out = [0u8; 64];
     let len = v1::encode_started(&mut out, id, pid).unwrap();
     out[..len].to_vec()
 }
 
-fn run(behaviour: Misbehaviour, expected: &str) {
-    let dir = TempDir::new("hostile");
-    let socket = dir.path("agent.sock");
-    let listener = seqpacket_listener(&socket);
-    let marker = format!("6666.{}{}", std::process::id(), behaviour as u32);
-    let cfg = config_header(&socket)
-        + &service("victim", "qm", &["/bin/sleep", &marker], "restart = \"always\"\nrestart_delay = \"0s\"")
-        + &service(
-            "local-loop",
-            "local",
-            &["/bin/sh", "-c", "exit 1"],
-            "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 16, interval = \"100ms\" }",
-        );
-    let orch = Orch::start(&dir, &cfg);
-    let mut children = Reaper(Vec::new());
+fn frame_pong(id: u64, version_major: u8) -> Vec<u8> {
+    let mut out = [0u8; 64];
+    let mut pong = v1::Pong::ours(v1::Capabilities::empty());
+    pong.version_major = version_major;
+    let len = v1::encode_pong(&mut out, id, pong).unwrap();
+    out[..len].to_vec()
+}
 
-    // First connection: misbehave once.
-    let conn = accept(&listener);
-    let id = handshake_and_first_start(&conn);
-    let local_before = orch
-        .lines_with(&["service=local-loop ", "reason=spawned"])
-        .len();
-    let (child, pidfd) = sleeper(&marker);
-    let pid = child.id() as i32;
-    children.0.push(child);
-    match behaviour {
-        Misbehaviour::Garbage => send(&conn, b"\x00\x01garbage that is no frame", &[]),
-        Misbehaviour::StartedWithoutFd => send(&conn, &started(id, pid), &[]),
-        Misbehaviour::StartedWithMemfd => {
-            // A memfd: not a pidfd, and its name makes a leak visible in /proc/<pid>/fd.
-            // SAFETY: memfd_create with a NUL-terminated name.
-            let fd = unsafe { libc::memfd_create(c"holden-hostile".as_ptr(), libc::MFD_CLOEXEC) };
-            send(&conn, &started(id, pid), &[fd]);
-            // SAFETY: closing our copy.
-            unsafe { libc::close(fd) };
+/// Receives the next frame, decoded; `None` on EOF.
+fn next_frame(conn: &OwnedFd, buf: &mut [u8]) -> Option<(u64, bool)> {
+    let n = recv(conn, buf);
+    if n == 0 {
+        return None;
+    }
+    let frame = v1::decode(&buf[..n]).expect("the orchestrator sends valid frames");
+    Some((frame.request_id(), matches!(frame.body, v1::Body::Start(_))))
+}
+
+/// Answers the `Ping`.
+fn handshake(conn: &OwnedFd) {
+    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+    let (ping, is_start) = next_frame(conn, &mut buf).expect("ping");
+    assert!(!is_start);
+    send(conn, &frame_pong(ping, v1::VERSION_MAJOR), &[]);
+}
+
+/// The id of the next `Start`.
+fn next_start(conn: &OwnedFd) -> u64 {
+    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+    loop {
+        let (id, is_start) = next_frame(conn, &mut buf).expect("a Start");
+        if is_start {
+            return id;
         }
-        Misbehaviour::StartedWithTwoFds => send(
-            &conn,
-            &started(id, pid),
-            &[pidfd.as_raw_fd(), pidfd.as_raw_fd()],
-        ),
-        Misbehaviour::UnknownRequestId => {
-            send(&conn, &started(id ^ 0x5555_0000, pid), &[pidfd.as_raw_fd()])
-        }
-        Misbehaviour::WrongPidClaimed => send(&conn, &started(id, pid + 1), &[pidfd.as_raw_fd()]),
-        Misbehaviour::ErrorWithFd => {
-            let mut out = [0u8; 512];
-            let len =
-                v1::encode_error(&mut out, id, libc::ENOENT, v1::ErrorStage::Exec, b"no").unwrap();
-            send(&conn, &out[..len], &[pidfd.as_raw_fd()]);
+    }
+}
+
+/// Reads until the orchestrator hangs up (bounded by [`WAIT`]).
+fn drain_until_closed(conn: &OwnedFd) {
+    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+    while recv(conn, &mut buf) > 0 {}
+}
+
+fn owned(fd: RawFd) -> OwnedFd {
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: a fresh fd just returned by the kernel.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// What the hostile side of a test knows.
+struct Hostile {
+    behaviour: Behaviour,
+    marker: String,
+    steady_pid: i32,
+    steady_pidfd: OwnedFd,
+    regular_file: std::path::PathBuf,
+    children: Reaper,
+}
+
+impl Hostile {
+    /// A sleeper the fake agent "started", kept until the end of the test.
+    fn process(&mut self) -> (i32, OwnedFd) {
+        let (child, fd) = sleeper(&self.marker);
+        let pid = child.id() as i32;
+        self.children.0.push(child);
+        (pid, fd)
+    }
+
+    /// Misbehaves on a connection whose handshake is done and whose victim `Start` (`id`)
+    /// is outstanding. Returns whether to close the connection at once.
+    fn misbehave(&mut self, conn: &OwnedFd, id: u64) -> bool {
+        let (pid, pidfd) = self.process();
+        let started = frame_started(id, pid);
+        let pfd = pidfd.as_raw_fd();
+        match self.behaviour {
+            Garbage => send(conn, b"\x00\x01garbage that is no frame at all", &[]),
+            BadMagic => {
+                let mut f = started;
+                f[..4].copy_from_slice(b"HTTP");
+                send(conn, &f, &[pfd])
+            }
+            FutureHeaderVersion => {
+                let mut f = started;
+                f[4] = v1::VERSION_MAJOR + 1;
+                send(conn, &f, &[pfd])
+            }
+            Truncated => {
+                let mut f = started;
+                f.truncate(f.len() - 2);
+                f[16..20].copy_from_slice(&2u32.to_le_bytes());
+                send(conn, &f, &[pfd])
+            }
+            LyingLength => {
+                let mut f = started;
+                f[16..20].copy_from_slice(&4000u32.to_le_bytes());
+                send(conn, &f, &[pfd])
+            }
+            Oversized => {
+                let mut f = started;
+                f.resize(v1::FRAME_LEN_MAX * 2, 0x41);
+                send(conn, &f, &[pfd])
+            }
+            CloseMidFrame => {
+                send(conn, &started[..10], &[]);
+                return true;
+            }
+            StartedWithoutFd => send(conn, &started, &[]),
+            StartedWithTwoFds => send(conn, &started, &[pfd, pfd]),
+            StartedWithPipe => {
+                let mut fds = [0; 2];
+                // SAFETY: pipe2 writes two fds into the array.
+                unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+                let (r, _w) = (owned(fds[0]), owned(fds[1]));
+                send(conn, &started, &[r.as_raw_fd()])
+            }
+            StartedWithRegularFile => {
+                let file = std::fs::File::create(&self.regular_file).unwrap();
+                send(conn, &started, &[file.as_raw_fd()])
+            }
+            StartedWithSocket => {
+                let mut fds = [0; 2];
+                // SAFETY: socketpair writes two fds into the array.
+                unsafe {
+                    libc::socketpair(
+                        libc::AF_UNIX,
+                        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                        0,
+                        fds.as_mut_ptr(),
+                    )
+                };
+                let (a, _b) = (owned(fds[0]), owned(fds[1]));
+                send(conn, &started, &[a.as_raw_fd()])
+            }
+            StartedWithEventfd => {
+                // SAFETY: plain eventfd call.
+                let fd = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) });
+                send(conn, &started, &[fd.as_raw_fd()])
+            }
+            StartedWithMemfd => {
+                // SAFETY: memfd_create with a NUL-terminated name (visible in /proc/<pid>/fd).
+                let fd = owned(unsafe {
+                    libc::memfd_create(c"holden-hostile".as_ptr(), libc::MFD_CLOEXEC)
+                });
+                send(conn, &started, &[fd.as_raw_fd()])
+            }
+            PidfdOfAnotherProcess => send(conn, &frame_started(id, pid + 1), &[pfd]),
+            PidfdAlreadySupervised => send(
+                conn,
+                &frame_started(id, self.steady_pid),
+                &[self.steady_pidfd.as_raw_fd()],
+            ),
+            ReplyToIdNeverSent => {
+                // The victim's index, a sequence number never used.
+                let never = (id & 0xf_ffff) | (0xfff_ffff << 20);
+                send(conn, &frame_started(never, pid), &[pfd])
+            }
+            SameReplyTwice => {
+                send(conn, &started, &[pfd]);
+                send(conn, &started, &[pfd])
+            }
+            PongFlood => {
+                let pong = frame_pong(id, v1::VERSION_MAJOR);
+                let mut sent = 0;
+                while sent < 10_000 && send(conn, &pong, &[]) {
+                    sent += 1;
+                }
+                assert!(sent > 0);
+                true
+            }
+            SilentAfterStart => true,
+            ReplyAfterTimeout => {
+                // Wait for the liveness Ping that follows the timeout, answer it, then answer
+                // the request late: the process must be killed, not adopted.
+                let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+                let (probe, _) = next_frame(conn, &mut buf).expect("liveness ping");
+                send(conn, &frame_pong(probe, v1::VERSION_MAJOR), &[]);
+                send(conn, &started, &[pfd]);
+                let child = self.children.0.last_mut().unwrap();
+                let status = wait_until("the late process killed", || child.try_wait().unwrap());
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.signal(), Some(libc::SIGKILL));
+                true
+            }
+            FdFlood => {
+                // SAFETY: memfd_create with a NUL-terminated name (visible if leaked).
+                let fd = owned(unsafe {
+                    libc::memfd_create(c"holden-flood".as_ptr(), libc::MFD_CLOEXEC)
+                });
+                let fds = vec![fd.as_raw_fd(); SCM_MAX_FD];
+                send(conn, &started, &fds)
+            }
+            ErrorWithFd => {
+                let mut out = [0u8; 512];
+                let len = v1::encode_error(&mut out, id, libc::ENOENT, v1::ErrorStage::Exec, b"x")
+                    .unwrap();
+                send(conn, &out[..len], &[pfd])
+            }
+            OrchestratorOnlyFrame => {
+                let mut out = [0u8; 64];
+                let len = v1::encode_ping(&mut out, id).unwrap();
+                send(conn, &out[..len], &[])
+            }
+            FuturePongVersion | AcceptAndNeverReply | AnswerBeforeHandshake => {
+                unreachable!("handshake behaviours")
+            }
+        };
+        false
+    }
+
+    /// Misbehaves in place of the handshake.
+    fn misbehave_in_handshake(&mut self, conn: &OwnedFd) {
+        let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
+        let (ping, _) = next_frame(conn, &mut buf).expect("ping");
+        match self.behaviour {
+            FuturePongVersion => {
+                send(conn, &frame_pong(ping, v1::VERSION_MAJOR + 1), &[]);
+            }
+            AcceptAndNeverReply => {}
+            AnswerBeforeHandshake => {
+                let (pid, pidfd) = self.process();
+                send(conn, &frame_started(ping, pid), &[pidfd.as_raw_fd()]);
+            }
+            other => unreachable!("{other:?}"),
         }
     }
 
-    orch.wait_lines(&["event=agent-misbehaved", expected], 1);
-    orch.wait_lines(&["event=agent-down"], 1);
-    drop(conn);
-    drop(pidfd);
-    finish(orch, children, &marker, expected, local_before, listener);
+    /// Every connection misbehaves until `stop`; then one behaves: the victim gets a real
+    /// process, whose pid is returned with the connection.
+    fn run(
+        mut self,
+        listener: OwnedFd,
+        conn0: OwnedFd,
+        id0: u64,
+        stop: &AtomicBool,
+        misbehaved: &AtomicUsize,
+    ) -> (Hostile, OwnedFd, i32) {
+        if self.behaviour.in_handshake() {
+            drop(conn0); // a plain agent restart, not a misbehaviour
+        } else {
+            let close = self.misbehave(&conn0, id0);
+            misbehaved.fetch_add(1, Ordering::SeqCst);
+            if !close {
+                drain_until_closed(&conn0);
+            }
+            drop(conn0);
+            self.end_adopted();
+        }
+        loop {
+            let conn = accept(&listener);
+            if stop.load(Ordering::SeqCst) {
+                handshake(&conn);
+                let id = next_start(&conn);
+                let (pid, pidfd) = self.process();
+                send(&conn, &frame_started(id, pid), &[pidfd.as_raw_fd()]);
+                return (self, conn, pid);
+            }
+            let close = if self.behaviour.in_handshake() {
+                self.misbehave_in_handshake(&conn);
+                false
+            } else {
+                handshake(&conn);
+                let id = next_start(&conn);
+                self.misbehave(&conn, id)
+            };
+            misbehaved.fetch_add(1, Ordering::SeqCst);
+            if !close {
+                drain_until_closed(&conn);
+            }
+            drop(conn);
+            self.end_adopted();
+        }
+    }
+
+    /// After `SameReplyTwice` the first reply was adopted: end that process so the victim
+    /// asks again on the next connection.
+    fn end_adopted(&mut self) {
+        if self.behaviour != SameReplyTwice {
+            return;
+        }
+        for child in &mut self.children.0 {
+            if child.try_wait().unwrap().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
 }
 
-fn finish(
-    mut orch: Orch,
-    mut children: Reaper,
-    marker: &str,
-    expected: &str,
-    local_before: usize,
-    listener: OwnedFd,
-) {
-    // Second connection: behave. The victim gets a real process.
-    let conn = accept(&listener);
-    let id = handshake_and_first_start(&conn);
-    let (child, pidfd) = sleeper(marker);
-    let pid = child.id() as i32;
-    children.0.push(child);
-    send(&conn, &started(id, pid), &[pidfd.as_raw_fd()]);
-    let running = orch.wait_lines(
-        &[
-            "service=victim ",
-            "state=running",
-            &format!("spawned_pid={pid}"),
-        ],
-        1,
-    );
-    assert_eq!(running.len(), 1);
-    assert_eq!(
-        orch.lines_with(&["event=agent-misbehaved"]).len(),
-        1,
-        "logged once: {}",
-        orch.log()
-    );
-    assert!(
-        orch.lines_with(&["event=agent-misbehaved", expected]).len() == 1,
-        "{}",
-        orch.log()
-    );
-    // The local service kept going meanwhile.
-    orch.wait_lines(&["service=local-loop ", "reason=spawned"], local_before + 3);
-    // Nothing the agent sent is still open in the orchestrator except the victim's pidfd.
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", orch.pid()))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    assert!(
-        !fds.iter().any(|l| l.contains("holden-hostile")),
-        "a received fd leaked: {fds:?}"
-    );
-    let pidfds = fds.iter().filter(|l| l.contains("pidfd")).count();
-    assert!(
-        pidfds <= 2,
-        "the victim's pidfd and at most the local one: {fds:?}"
-    );
-    assert!(orch.stop(libc::SIGTERM).success());
-    drop(children);
-    drop(conn);
+/// The orchestrator's fds by kind, pidfds left out (the crash-looping local service's comes and
+/// goes): the least count of each kind over a few samples, so a transient fd is not counted.
+fn fd_baseline(pid: i32) -> (std::collections::BTreeMap<String, usize>, usize) {
+    let mut least = fd_kinds(pid);
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fd_kinds(pid);
+        least.retain(|k, v| {
+            *v = (*v).min(now.get(k).copied().unwrap_or(0));
+            *v > 0
+        });
+    }
+    let pidfds = least.remove("pidfd").unwrap_or(0);
+    (least, pidfds)
 }
 
-#[test]
-fn garbage_drops_the_connection() {
-    run(Misbehaviour::Garbage, "undecodable frame");
+fn spawned_count(orch: &Orch, name: &str) -> usize {
+    count(orch, &[&format!("service={name} "), "reason=spawned"])
 }
 
-#[test]
-fn started_without_fd_is_refused() {
-    run(
-        Misbehaviour::StartedWithoutFd,
-        "without exactly one file descriptor",
-    );
-}
-
-#[test]
-fn started_with_a_memfd_is_refused_and_the_fd_closed() {
-    run(Misbehaviour::StartedWithMemfd, "not a pidfd");
-}
-
-#[test]
-fn started_with_two_fds_is_refused() {
-    run(
-        Misbehaviour::StartedWithTwoFds,
-        "without exactly one file descriptor",
-    );
-}
-
-#[test]
-fn unknown_request_id_is_refused() {
-    run(Misbehaviour::UnknownRequestId, "unknown request id");
-}
-
-#[test]
-fn a_pidfd_not_matching_the_reported_pid_is_refused() {
-    run(
-        Misbehaviour::WrongPidClaimed,
-        "other than the one the agent reported",
-    );
-}
-
-#[test]
-fn error_with_an_fd_is_refused() {
-    run(Misbehaviour::ErrorWithFd, "file descriptor with an Error");
-}
-
-#[test]
-fn a_pidfd_of_a_process_already_supervised_is_refused() {
-    let dir = TempDir::new("hostile-dup");
+fn run(behaviour: Behaviour) {
+    let dir = TempDir::new("rel-hostile");
     let socket = dir.path("agent.sock");
     let listener = seqpacket_listener(&socket);
-    let (ma, mb) = (
-        format!("6667.{}1", std::process::id()),
-        format!("6667.{}2", std::process::id()),
-    );
-    let cfg = config_header(&socket)
-        + &service("a", "qm", &["/bin/sleep", &ma], "")
-        + &service("b", "qm", &["/bin/sleep", &mb], "restart_delay = \"0s\"");
-    let mut orch = Orch::start(&dir, &cfg);
-    let conn = accept(&listener);
-    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
-    let first = handshake_and_first_start(&conn);
-    let n = recv(&conn, &mut buf);
-    let second = v1::decode(&buf[..n]).expect("second start").request_id();
-    let (child_a, pidfd_a) = sleeper(&ma);
-    let pid_a = child_a.id() as i32;
-    let mut children = Reaper(vec![child_a]);
-    // Which request is whose: the ids carry the service index (a = 0, b = 1) in the low bits.
-    let (id_a, id_b) = if first & 0xfffff == 0 {
-        (first, second)
-    } else {
-        (second, first)
-    };
-    send(&conn, &started(id_a, pid_a), &[pidfd_a.as_raw_fd()]);
-    orch.wait_lines(
-        &[
-            "service=a ",
-            "state=running",
-            &format!("spawned_pid={pid_a}"),
-        ],
-        1,
-    );
-    // The same process again, for b.
-    send(&conn, &started(id_b, pid_a), &[pidfd_a.as_raw_fd()]);
-    orch.wait_lines(&["event=agent-misbehaved", "already supervised"], 1);
-    orch.wait_lines(&["event=agent-down"], 1);
-    drop(conn);
-    // a keeps its process through the drop; b gets a real one on the next connection.
-    let conn = accept(&listener);
-    let id = handshake_and_first_start(&conn);
-    let (child_b, pidfd_b) = sleeper(&mb);
-    let pid_b = child_b.id();
-    children.0.push(child_b);
-    send(&conn, &started(id, pid_b as i32), &[pidfd_b.as_raw_fd()]);
-    orch.wait_lines(
-        &[
-            "service=b ",
-            "state=running",
-            &format!("spawned_pid={pid_b}"),
-        ],
-        1,
-    );
-    assert_eq!(orch.lines_with(&["service=a ", "reason=spawned"]).len(), 1);
-    assert!(
-        orch.lines_with(&["service=a ", "reason=exited"]).is_empty(),
-        "{}",
-        orch.log()
-    );
-    assert!(orch.stop(libc::SIGTERM).success());
-    drop(children);
-}
-
-#[test]
-fn a_late_answer_is_killed_not_adopted() {
-    use std::os::unix::process::ExitStatusExt;
-    let dir = TempDir::new("hostile-late");
-    let socket = dir.path("agent.sock");
-    let listener = seqpacket_listener(&socket);
-    let marker = format!("6668.{}", std::process::id());
-    let cfg = config_header(&socket)
-        .replace("request_timeout = \"5s\"", "request_timeout = \"300ms\"")
+    let tag = format!("{}{:02}", std::process::id(), behaviour as u32);
+    let (victim_marker, steady_marker) = (format!("6666.{tag}"), format!("6667.{tag}"));
+    let cfg = "log_level = \"debug\"\n".to_string()
+        + &config_header(&socket).replace("\"5s\"", &format!("{REQUEST_TIMEOUT:?}"))
         + &service(
             "victim",
             "qm",
-            &["/bin/sleep", &marker],
-            "restart = \"always\"\nrestart_delay = \"0s\"",
-        );
-    let mut orch = Orch::start(&dir, &cfg);
-    let mut children = Reaper(Vec::new());
-    let conn = accept(&listener);
-    let id = handshake_and_first_start(&conn);
-    let (child, pidfd) = sleeper(&marker);
-    let late_pid = child.id() as i32;
-    children.0.push(child);
-    orch.wait_lines(&["service=victim ", "event=agent-request-timeout"], 1);
-    // The liveness probe: answer it, so the connection stays up for the late answer.
-    let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
-    let probe = loop {
-        let n = recv(&conn, &mut buf);
-        let frame = v1::decode(&buf[..n]).expect("frame");
-        if matches!(frame.body, v1::Body::Ping) {
-            break frame.request_id();
-        }
-    };
-    let mut out = [0u8; 64];
-    let len = v1::encode_pong(&mut out, probe, v1::Pong::ours(v1::Capabilities::empty())).unwrap();
-    send(&conn, &out[..len], &[]);
-    send(&conn, &started(id, late_pid), &[pidfd.as_raw_fd()]);
-    orch.wait_lines(
-        &[
-            "service=victim ",
-            "event=agent-late-answer",
-            "action=SIGKILL",
-        ],
-        1,
-    );
-    orch.wait_lines(
-        &[
-            "event=agent-misbehaved",
-            "answer after the request timed out",
-        ],
-        1,
-    );
-    let status = children.0[0].wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "the late process was killed"
-    );
-    drop(conn);
-    finish_with(&mut orch, &mut children, &marker, &listener);
-}
-
-/// The next connection behaves: the victim gets a real process and the orchestrator stops.
-fn finish_with(orch: &mut Orch, children: &mut Reaper, marker: &str, listener: &OwnedFd) {
-    let conn = accept(listener);
-    let id = handshake_and_first_start(&conn);
-    let (child, pidfd) = sleeper(marker);
-    let pid = child.id();
-    children.0.push(child);
-    send(&conn, &started(id, pid as i32), &[pidfd.as_raw_fd()]);
-    orch.wait_lines(
-        &[
-            "service=victim ",
-            "state=running",
-            &format!("spawned_pid={pid}"),
-        ],
-        1,
-    );
-    assert_eq!(
-        orch.lines_with(&["service=victim ", "state=running"]).len(),
-        1,
-        "the late process was never adopted"
-    );
-    assert!(orch.stop(libc::SIGTERM).success());
-}
-
-#[test]
-fn a_silent_agent_is_dropped_after_the_liveness_ping() {
-    let dir = TempDir::new("hostile-silent");
-    let socket = dir.path("agent.sock");
-    let listener = seqpacket_listener(&socket);
-    let marker = format!("6669.{}", std::process::id());
-    let cfg = config_header(&socket).replace("request_timeout = \"5s\"", "request_timeout = \"200ms\"")
-        + &service("victim", "qm", &["/bin/sleep", &marker], "restart = \"always\"\nrestart_delay = \"0s\"")
+            &["/bin/sleep", &victim_marker],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+        )
+        + &service("steady", "qm", &["/bin/sleep", &steady_marker], "restart = \"always\"")
         + &service(
             "local-loop",
             "local",
             &["/bin/sh", "-c", "exit 1"],
-            "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 16, interval = \"100ms\" }",
+            "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 0, interval = \"0s\" }",
         );
     let mut orch = Orch::start(&dir, &cfg);
-    let mut children = Reaper(Vec::new());
-    let conn = accept(&listener);
-    let _ = handshake_and_first_start(&conn);
-    // Say nothing more.
-    orch.wait_lines(&["event=agent-misbehaved", "no Pong to a liveness Ping"], 1);
-    orch.wait_lines(&["event=agent-down"], 1);
-    let before = orch
-        .lines_with(&["service=local-loop ", "reason=spawned"])
-        .len();
-    orch.wait_lines(&["service=local-loop ", "reason=spawned"], before + 3);
-    drop(conn);
-    finish_with(&mut orch, &mut children, &marker, &listener);
+    let mut children = Reaper::default();
+
+    // The first connection behaves: both QM services get a process.
+    let conn0 = accept(&listener);
+    handshake(&conn0);
+    let mut steady = None;
+    for _ in 0..2 {
+        let id = next_start(&conn0);
+        let victim = id & 0xf_ffff == 0; // service index 0 (config order)
+        let (child, pidfd) = sleeper(if victim {
+            &victim_marker
+        } else {
+            &steady_marker
+        });
+        let pid = child.id() as i32;
+        send(&conn0, &frame_started(id, pid), &[pidfd.as_raw_fd()]);
+        if !victim {
+            steady = Some((pid, pidfd));
+        }
+        children.0.push(child);
+    }
+    let (steady_pid, steady_pidfd) = steady.expect("a Start for steady");
+    orch.wait_lines(&["partition=qm", "state=running"], 2);
+
+    // Baseline.
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds_before, pidfds_before) = fd_baseline(orch.pid());
+    let rss_before_kb = status_kb(orch.pid(), "VmRSS");
+    let (base_count, base_at) = (spawned_count(&orch, "local-loop"), Instant::now());
+    std::thread::sleep(WINDOW);
+    let base_restarts = spawned_count(&orch, "local-loop") - base_count;
+    let base_rate = base_restarts as f64 / base_at.elapsed().as_secs_f64();
+
+    // The victim's process ends: its next Start is where the hostility begins.
+    let victim_child = children
+        .0
+        .iter_mut()
+        .find(|c| has_argument(c.id() as i32, &victim_marker))
+        .unwrap();
+    victim_child.kill().unwrap();
+    victim_child.wait().unwrap();
+    let id0 = next_start(&conn0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let misbehaved = Arc::new(AtomicUsize::new(0));
+    let hostile = Hostile {
+        behaviour,
+        marker: victim_marker.clone(),
+        steady_pid,
+        steady_pidfd: steady_pidfd.try_clone().unwrap(),
+        regular_file: dir.path("regular-file"),
+        children: Reaper::default(),
+    };
+    let (hostile_count, hostile_at) = (spawned_count(&orch, "local-loop"), Instant::now());
+    let thread = {
+        let (stop, misbehaved) = (Arc::clone(&stop), Arc::clone(&misbehaved));
+        std::thread::spawn(move || hostile.run(listener, conn0, id0, &stop, &misbehaved))
+    };
+    wait_until("the hostile phase", || {
+        (misbehaved.load(Ordering::SeqCst) >= HOSTILE_CONNECTIONS_MIN
+            && hostile_at.elapsed() >= WINDOW)
+            .then_some(())
+    });
+    let hostile_restarts = spawned_count(&orch, "local-loop") - hostile_count;
+    let hostile_rate = hostile_restarts as f64 / hostile_at.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let (hostile, conn, final_pid) = thread.join().expect("the fake agent failed");
+
+    // The victim runs with the last connection's process; the orchestrator is up.
+    orch.wait_lines(
+        &[
+            "service=victim ",
+            "state=running",
+            &format!("spawned_pid={final_pid}"),
+        ],
+        1,
+    );
+    assert!(
+        orch.child.try_wait().unwrap().is_none(),
+        "orchestrator died"
+    );
+    let log = orch.log();
+
+    // Logged once, with the reason.
+    let lines = orch.lines_with(&["event=agent-misbehaved"]);
+    assert_eq!(lines.len(), 1, "logged once: {lines:#?}");
+    assert!(
+        lines[0].contains(behaviour.expected()),
+        "expected {:?}: {}",
+        behaviour.expected(),
+        lines[0]
+    );
+
+    // Dropped and retried with growing delays (50 ms doubling to 500 ms).
+    let delays: Vec<u64> = orch
+        .lines_with(&["event=agent-retry"])
+        .iter()
+        .filter_map(|l| field(l, "delay_ms")?.parse().ok())
+        .collect();
+    assert!(
+        delays.len() >= HOSTILE_CONNECTIONS_MIN,
+        "retries {delays:?}"
+    );
+    assert!(
+        delays.windows(2).all(|w| w[0] <= w[1]),
+        "delays never shrink during the hostile phase: {delays:?}"
+    );
+    assert!(
+        delays[HOSTILE_CONNECTIONS_MIN - 1] >= 4 * delays[0] && *delays.last().unwrap() <= 500,
+        "delays grow to their cap: {delays:?}"
+    );
+
+    // No fd of any kind leaked.
+    std::thread::sleep(Duration::from_millis(100));
+    let (fds_after, pidfds_after) = fd_baseline(orch.pid());
+    assert_eq!(fds_before, fds_after, "fds by kind, before and after");
+    assert!(
+        pidfds_before <= 2 && pidfds_after <= 2,
+        "pidfds: {pidfds_before} before, {pidfds_after} after"
+    );
+
+    // Memory did not grow.
+    let rss_after_kb = status_kb(orch.pid(), "VmRSS");
+    assert!(
+        rss_after_kb <= rss_before_kb + RSS_GROWTH_KB_MAX,
+        "VmRSS {rss_before_kb} kB before, {rss_after_kb} kB after"
+    );
+
+    // The local service kept its pace.
+    let ratio = hostile_rate / base_rate;
+    eprintln!(
+        "{behaviour:?}: {} misbehaving connections, retries {delays:?} ms, fds {fds_after:?}, \
+         VmRSS {rss_before_kb} -> {rss_after_kb} kB, local restarts/s {base_rate:.1} -> \
+         {hostile_rate:.1} (ratio {ratio:.2})",
+        misbehaved.load(Ordering::SeqCst)
+    );
+    assert!(
+        ratio >= RATE_RATIO_MIN,
+        "local restart rate {base_rate:.1}/s before, {hostile_rate:.1}/s during"
+    );
+
+    // The steady QM service kept its one process throughout.
+    assert_eq!(spawned_count(&orch, "steady"), 1, "{log}");
+    assert!(alive(steady_pid));
+
+    assert!(orch.stop(libc::SIGTERM).success());
+    drop((hostile, conn, steady_pidfd, children));
+}
+
+macro_rules! hostile_tests {
+    ($($name:ident: $behaviour:expr,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run($behaviour);
+            }
+        )*
+    };
+}
+
+hostile_tests! {
+    garbage_bytes: Garbage,
+    bad_magic: BadMagic,
+    future_major_version_in_the_header: FutureHeaderVersion,
+    future_major_version_in_the_pong: FuturePongVersion,
+    truncated_frame: Truncated,
+    oversized_packet: Oversized,
+    length_field_that_lies: LyingLength,
+    started_without_fd: StartedWithoutFd,
+    started_with_two_fds: StartedWithTwoFds,
+    started_with_a_pipe: StartedWithPipe,
+    started_with_a_regular_file: StartedWithRegularFile,
+    started_with_a_socket: StartedWithSocket,
+    started_with_an_eventfd: StartedWithEventfd,
+    started_with_a_memfd: StartedWithMemfd,
+    pidfd_of_another_process: PidfdOfAnotherProcess,
+    pidfd_of_a_process_already_supervised: PidfdAlreadySupervised,
+    reply_to_a_request_id_never_sent: ReplyToIdNeverSent,
+    the_same_reply_twice: SameReplyTwice,
+    a_flood_of_pongs: PongFlood,
+    accept_and_never_reply: AcceptAndNeverReply,
+    silent_after_a_start: SilentAfterStart,
+    reply_after_the_request_timed_out: ReplyAfterTimeout,
+    close_mid_frame: CloseMidFrame,
+    fds_up_to_the_kernel_limit: FdFlood,
+    error_with_an_fd: ErrorWithFd,
+    answer_before_the_handshake: AnswerBeforeHandshake,
+    a_frame_only_the_orchestrator_sends: OrchestratorOnlyFrame,
 }

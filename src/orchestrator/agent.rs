@@ -922,7 +922,8 @@ impl Orchestrator {
                 self.agent.capabilities = pong.capabilities;
                 self.agent.version = (pong.version_major, pong.version_minor);
                 // The reconnect delay is not reset here: only a valid answer to a request
-                // (`mark_healthy`) does, so a hostile agent cannot force fast reconnects.
+                // (`mark_answered`, applied when the connection ends) does, so a hostile agent
+                // cannot force fast reconnects.
                 self.agent.connect_failures = 0;
                 self.counters
                     .agent_connected

@@ -285,11 +285,13 @@ impl Client {
             )
         };
         if n != len as isize {
-            return Err(unreachable(
-                &self.socket,
-                "send",
-                std::io::Error::last_os_error(),
-            ));
+            let e = std::io::Error::last_os_error();
+            // Refused at once (too many clients, permission): the reason waits in our
+            // receive queue; `recv` reads it.
+            if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) {
+                return Ok(());
+            }
+            return Err(unreachable(&self.socket, "send", e));
         }
         Ok(())
     }
@@ -304,6 +306,22 @@ impl Client {
                 self.buf.len(),
                 libc::MSG_TRUNC,
             )
+        };
+        let n = if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET)
+        {
+            // The orchestrator closed after a refusal while our request was unread: the reset
+            // is reported first, the refusal frame is still queued.
+            // SAFETY: as above.
+            unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            }
+        } else {
+            n
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();

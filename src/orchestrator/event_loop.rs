@@ -229,6 +229,8 @@ pub struct Orchestrator {
     pub(crate) config_path: Option<std::path::PathBuf>,
     /// The settings in force (reload reports changes that need a restart).
     pub(crate) settings: Settings,
+    /// Services a reload added that wait for a removed service's slot (empty otherwise).
+    pub(crate) pending_adds: Vec<(ServiceDef, Option<SpawnSpec>)>,
 }
 
 /// The current time for the core and for absolute ring timeouts.
@@ -362,6 +364,7 @@ impl Orchestrator {
             control,
             config_path: settings.config_path.clone(),
             settings,
+            pending_adds: Vec::new(),
         })
     }
 
@@ -394,6 +397,9 @@ impl Orchestrator {
                 self.pump();
             }
             self.pump();
+            if !self.pending_adds.is_empty() {
+                self.reload_pending();
+            }
         }
         self.agent_close();
         self.control_close();

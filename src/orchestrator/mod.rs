@@ -11,10 +11,13 @@ mod event_loop;
 mod legacy;
 pub mod log;
 pub mod notify;
-pub mod signals;
 mod reload;
+pub mod signals;
 mod spec;
 
+pub use control::{
+    ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX,
+    IDLE_TIMEOUT as CONTROL_IDLE_TIMEOUT,
+};
 pub use event_loop::{Counters, Error, Orchestrator, ShutdownHandle, FIXED_SLOTS};
-pub use control::{ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX, IDLE_TIMEOUT as CONTROL_IDLE_TIMEOUT};
 pub use spec::{AgentProtocol, Options, ServiceDef, Settings};

@@ -134,24 +134,22 @@ impl Orchestrator {
                     && !same.iter().any(|(s, _)| *s == i)
             })
             .collect();
-        let free = self.core.capacity() - self.core.services().count();
-        if added.len() > free {
+        if !self.pending_adds.is_empty() {
+            return Err((
+                FailCode::Refused,
+                "the previous reload still waits for removed services to stop: retry".to_string(),
+            ));
+        }
+        let total = same.len() + changed.len() + added.len();
+        if total > self.core.capacity() {
             return Err((
                 FailCode::ReloadFailed,
                 format!(
-                    "{}: {} services to add but only {free} free service slots (slots = {}; \
-                     removed services free theirs once stopped, and slots changes need a \
-                     restart): nothing changed",
+                    "{}: {total} services do not fit the {} service slots this orchestrator \
+                     started with (slots changes need a restart): nothing changed",
                     path.display(),
-                    added.len(),
                     self.core.capacity()
                 ),
-            ));
-        }
-        if self.ring.limits().slots as usize - self.ring.len() < added.len() {
-            return Err((
-                FailCode::ReloadFailed,
-                "no free ring slot (removed services are still draining): retry".to_string(),
             ));
         }
         let mut specs_added = Vec::with_capacity(added.len());
@@ -244,14 +242,25 @@ impl Orchestrator {
             // Only `enabled` may differ: it matters at the next start of the orchestrator.
             self.services[index].def.start_at_boot = def.start_at_boot;
         }
-        for (def, spec) in added.into_iter().zip(specs_added) {
-            self.add_service(def, spec);
-        }
+        // Services that need the slot of a removed one wait until it has stopped.
+        self.pending_adds.extend(added.into_iter().zip(specs_added));
+        self.reload_pending();
         self.qm_services = self.qm_service_count();
         if self.qm_services > 0 {
             self.agent_enable();
         }
         Ok((counts, note_len))
+    }
+
+    /// Adds the services of a reload that were waiting for a free service and ring slot.
+    pub(crate) fn reload_pending(&mut self) {
+        while !self.pending_adds.is_empty()
+            && self.core.services().count() < self.core.capacity()
+            && self.ring.len() < self.ring.limits().slots as usize
+        {
+            let (def, spec) = self.pending_adds.remove(0);
+            self.add_service(def, spec);
+        }
     }
 
     fn add_service(&mut self, def: ServiceDef, spec: Option<crate::spawn::SpawnSpec>) {

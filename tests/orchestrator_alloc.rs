@@ -1,9 +1,11 @@
 //! Zero heap allocations after start-up: the real event loop, in this process, under a
 //! counting global allocator, through at least 10,000 restart cycles of a local crash-looping
-//! service and QM crash-looping services through a real holden-agent.
+//! service and QM crash-looping services through a real holden-agent, while a control client
+//! asks for status and the agent link and a monitor connection receives every event.
 //!
-//! While the loop runs, this test's main thread only sleeps and reads atomics, so every
-//! allocation counted during the measured window is the loop's.
+//! While the loop runs, this test's main thread only sleeps and reads atomics, and the control
+//! client uses only libc and stack buffers, so every allocation counted during the measured
+//! window is the loop's.
 
 mod orchestrator_support;
 
@@ -12,7 +14,8 @@ use holden::supervise::{Backoff, Partition, Restart, ServicePolicy, StartLimit};
 use orchestrator_support::{Qm, TempDir};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Counting;
@@ -62,6 +65,100 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
     }
 }
 
+/// A control client that allocates nothing in its loop (libc and stack buffers only): one
+/// connection asks for the status of every service, the agent link and kills nothing; another
+/// is a monitor that reads events (slowly, so that some are dropped and counted).
+fn control_client(
+    path: &std::path::Path,
+    stop: &AtomicBool,
+    replies: &AtomicU64,
+    events: &AtomicU64,
+) {
+    use holden::control::{decode, encode, Body, FRAME_LEN_MAX};
+    use std::os::unix::ffi::OsStrExt;
+    let connect = || -> i32 {
+        // SAFETY: plain libc calls on a socket we own; addr is a valid sockaddr_un.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+            let mut addr: libc::sockaddr_un = std::mem::zeroed();
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+                *d = *s as libc::c_char;
+            }
+            let len = std::mem::size_of::<libc::sockaddr_un>() as u32;
+            assert_eq!(
+                libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len),
+                0
+            );
+            fd
+        }
+    };
+    let mut out = [0u8; FRAME_LEN_MAX];
+    let mut buf = [0u8; FRAME_LEN_MAX];
+    let send = |fd: i32, out: &mut [u8], body: &Body<'_>| {
+        let len = encode(out, 1, body).unwrap();
+        // SAFETY: out[..len] is valid.
+        assert_eq!(
+            unsafe { libc::send(fd, out.as_ptr().cast(), len, 0) },
+            len as isize
+        );
+    };
+    let monitor = connect();
+    send(monitor, &mut out, &Body::Monitor);
+    let fd = connect();
+    while !stop.load(Ordering::Relaxed) {
+        send(fd, &mut out, &Body::Status(None));
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n > 0, "status reply");
+            match decode(&buf[..n as usize]).unwrap().body {
+                Body::Service(_) => {}
+                Body::End(count) => {
+                    assert_eq!(count, 3);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        send(fd, &mut out, &Body::AgentStatus);
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(matches!(
+            decode(&buf[..n.max(0) as usize]).unwrap().body,
+            Body::Agent(_)
+        ));
+        replies.fetch_add(1, Ordering::Relaxed);
+        // Drain some of the monitor stream without waiting.
+        for _ in 0..64 {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    monitor,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            if matches!(
+                decode(&buf[..n as usize]).unwrap().body,
+                Body::Event(_) | Body::Dropped(_)
+            ) {
+                events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(fd);
+        libc::close(monitor);
+    }
+}
+
 /// Sleeps until `done()` (no allocation: no formatting, no collections).
 fn wait(deadline_s: u64, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
@@ -88,6 +185,8 @@ fn the_event_loop_allocates_nothing_after_start_up() {
         .unwrap();
     let mut settings = Settings::new(qm.socket.clone());
     settings.slots = 8;
+    let control_socket = dir.path("control.sock");
+    settings.control.socket = Some(control_socket.clone());
     let defs = vec![
         crash_loop("local-true", Partition::Local),
         crash_loop("qm-true-a", Partition::Qm),
@@ -111,7 +210,21 @@ fn the_event_loop_allocates_nothing_after_start_up() {
         "warm-up did not finish"
     );
 
+    // A control client runs through the measured window (its thread is started before).
+    let stop = Arc::new(AtomicBool::new(false));
+    let replies = Arc::new(AtomicU64::new(0));
+    let events = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, replies, events) = (stop.clone(), replies.clone(), events.clone());
+        std::thread::spawn(move || control_client(&control_socket, &stop, &replies, &events))
+    };
+    assert!(
+        wait(60, || replies.load(Ordering::Relaxed) >= 10),
+        "control client started"
+    );
+
     let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let replies_start = replies.load(Ordering::Relaxed);
     assert!(
         before > 0,
         "the counting allocator counts (start-up allocates)"
@@ -123,6 +236,9 @@ fn the_event_loop_allocates_nothing_after_start_up() {
             && qm_spawns() >= qm_start + MEASURED_QM_CYCLES
     });
     let after = ALLOCATIONS.load(Ordering::Relaxed);
+    let control_replies = replies.load(Ordering::Relaxed) - replies_start;
+    stop.store(true, Ordering::Relaxed);
+    client.join().expect("control client");
     let (local_cycles, qm_cycles) = (local() - local_start, qm_spawns() - qm_start);
 
     shutdown.request();
@@ -132,7 +248,16 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     assert_eq!(
         after - before,
         0,
-        "heap allocations during {local_cycles} local and {qm_cycles} QM restart cycles"
+        "heap allocations during {local_cycles} local and {qm_cycles} QM restart cycles \
+         and {control_replies} control status and agent requests"
+    );
+    assert!(
+        control_replies > 0,
+        "control requests were served while measuring"
+    );
+    assert!(
+        events.load(Ordering::Relaxed) > 0,
+        "monitor events were sent"
     );
     assert!(
         counters.agent_dropped.load(Ordering::Relaxed) == 0,

@@ -255,8 +255,8 @@ impl Client {
     fn set_timeout(&self, timeout: Option<Duration>) {
         let t = timeout.unwrap_or(Duration::ZERO);
         let tv = libc::timeval {
-            tv_sec: t.as_secs() as libc::time_t,
-            tv_usec: t.subsec_micros() as libc::suseconds_t,
+            tv_sec: t.as_secs() as _,
+            tv_usec: t.subsec_micros() as _,
         };
         // SAFETY: tv is a valid timeval for the call.
         unsafe {

@@ -613,6 +613,15 @@ impl std::fmt::Display for SignalName {
             libc::SIGXCPU => "SIGXCPU",
             libc::SIGXFSZ => "SIGXFSZ",
             libc::SIGSYS => "SIGSYS",
+            libc::SIGSTKFLT => "SIGSTKFLT",
+            libc::SIGTTIN => "SIGTTIN",
+            libc::SIGTTOU => "SIGTTOU",
+            libc::SIGURG => "SIGURG",
+            libc::SIGVTALRM => "SIGVTALRM",
+            libc::SIGPROF => "SIGPROF",
+            libc::SIGWINCH => "SIGWINCH",
+            libc::SIGIO => "SIGIO",
+            libc::SIGPWR => "SIGPWR",
             n => return write!(f, "{n}"),
         };
         f.write_str(name)

@@ -892,6 +892,17 @@ impl Orchestrator {
             }
         };
         let id = frame.request_id();
+        if fds.truncated && fds.fds.len() < self.ring.limits().fds_per_msg_max as usize {
+            // Fewer fds than the control buffer holds, yet truncated: the kernel could not
+            // install one here (EMFILE/ENFILE). Our shortage, not the agent's fault.
+            if let v1::Body::Started(started) = frame.body {
+                if let Ok(Answer::OnTime(index)) = self.agent_take_request(id) {
+                    self.agent_pidfd_lost(index, started.pid);
+                    self.agent.mark_answered();
+                    return Ok(());
+                }
+            }
+        }
         if fds.truncated {
             return Err(Violation("more file descriptors than allowed"));
         }
@@ -901,6 +912,10 @@ impl Orchestrator {
                     if probe_id == id && !self.agent.probe_unsent && fds.fds.is_empty() =>
                 {
                     self.agent.probe = None;
+                    // The timed-out request told the core the agent was down; it answers, so
+                    // it is up again (else QM services would wait for an AgentUp that never
+                    // comes while the connection stays).
+                    self.push_event(Event::AgentUp);
                     Ok(())
                 }
                 _ => Err(Violation("unexpected Pong")),
@@ -1041,6 +1056,29 @@ impl Orchestrator {
             _ if rt.abandoned == Some(id) => Ok(Answer::Late(index)),
             _ => Err(Violation("unknown request id")),
         }
+    }
+
+    /// A `Started` whose pidfd the kernel could not give us (we are out of fds): the process
+    /// runs in QM and nobody holds it. Logged as such; the request fails with EMFILE (stage
+    /// `Refused`: the agent is not down), so the service backs off like a local spawn that hit
+    /// the same limit.
+    fn agent_pidfd_lost(&mut self, index: usize, qm_pid: i32) {
+        self.log.line(
+            Priority::Err,
+            format_args!(
+                "service={} partition=qm event=pidfd-lost qm_pid={qm_pid} error=\"the pidfd could not be received (out of file descriptors?): the process runs unsupervised in QM\"",
+                self.services[index].def.name
+            ),
+        );
+        let service = self.services[index].id;
+        self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+        self.push_event(Event::SpawnFailed {
+            service,
+            error: SpawnError {
+                errno: libc::EMFILE,
+                stage: SpawnStage::Refused,
+            },
+        });
     }
 
     fn agent_fail_request(&mut self, index: usize, errno: i32) {

@@ -39,7 +39,7 @@ CARGO_TARGET_DIR when set). Needs root (unshare) and io_uring.
 
   --quick     smaller counts and N (1, 16, 64, 256): under a minute once built
   --soak      memory growth over 1,000,000 restarts instead of 50,000 (one
-              local and one QM service; about 5 minutes more on 2 cores; not for CI)
+              local and one QM service; 442 s on 2 shared cores; not for CI)
   --publish   also replace the generated part of docs/performance.md (below its
               marker line) and docs/performance-latency.svg with this run
 
@@ -479,6 +479,10 @@ fn notes(p: &Plan) -> Vec<String> {
          orchestrator runs with `log_level = \"warn\"` (a restart after a clean exit logs \
          nothing at that level), `restart = \"always\"`, `restart_delay = \"0\"` and no start \
          limit."
+            .into(),
+        "fd counts are snapshots: they differ by the pidfds, pipes and connections in flight \
+         at that instant (a restart in progress holds two or three more); growth would show as \
+         a steady climb with the restarts."
             .into(),
         "The floor uses `holden::spawn::spawn` (clone3 with CLONE_PIDFD, exec-report pipe), the \
          code path of the orchestrator's local spawns, then poll(2) on the pidfd and \

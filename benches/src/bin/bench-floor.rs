@@ -12,9 +12,10 @@
 //!
 //! Two variants exist for the analysis of the gap between holden and the floor (they are not
 //! the floor): `--spawn posix` starts the probe with `posix_spawn(3)` (musl and glibc use
-//! `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults afterwards)
-//! and opens the pidfd with `pidfd_open` (race-free here: the child is ours and not reaped
-//! until `waitid`); `--ballast-kib K` first allocates and touches K KiB of heap, so that a
+//! `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults afterwards),
+//! asking for the same child set-up as holden's spawn where it can (new session, every signal
+//! to its default, empty mask, stdin on /dev/null), and opens the pidfd with `pidfd_open`
+//! (race-free here: the child is ours and not reaped until `waitid`); `--ballast-kib K` first allocates and touches K KiB of heap, so that a
 //! fork has as much anonymous memory to copy as a bigger process (the orchestrator).
 //!
 //! The probe writes the timestamps; this program prints one summary line on stdout:
@@ -194,11 +195,16 @@ fn ballast(kib: u64) -> Vec<u8> {
     v
 }
 
-/// The probe's argv as C strings for posix_spawn, prepared once.
+/// posix_spawn prepared once: argv as C strings, and the same child set-up as holden's
+/// spawn where posix_spawn can express it (new session, every signal to its default action,
+/// empty signal mask, stdin on /dev/null), so that the comparison is about fork against
+/// `CLONE_VM | CLONE_VFORK`, not about work left out.
 struct PosixSpawn {
     strings: Vec<std::ffi::CString>,
     argv: Vec<*mut libc::c_char>,
     envp: [*mut libc::c_char; 1],
+    attr: Box<libc::posix_spawnattr_t>,
+    actions: Box<libc::posix_spawn_file_actions_t>,
 }
 
 impl PosixSpawn {
@@ -210,23 +216,63 @@ impl PosixSpawn {
         let mut ptrs: Vec<*mut libc::c_char> =
             strings.iter().map(|s| s.as_ptr() as *mut _).collect();
         ptrs.push(std::ptr::null_mut());
+        // SAFETY: plain C structs, initialised by their init functions below before any use.
+        let mut attr: Box<libc::posix_spawnattr_t> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: as above.
+        let mut actions: Box<libc::posix_spawn_file_actions_t> =
+            Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: every call gets valid pointers to the boxed structs (which never move) and
+        // to local sigsets; the path is a NUL-terminated literal.
+        let rc = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigemptyset(&mut none);
+            let flags = libc::POSIX_SPAWN_SETSID
+                | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short
+                | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short;
+            [
+                libc::posix_spawnattr_init(&mut *attr),
+                libc::posix_spawnattr_setflags(&mut *attr, flags),
+                libc::posix_spawnattr_setsigdefault(&mut *attr, &all),
+                libc::posix_spawnattr_setsigmask(&mut *attr, &none),
+                libc::posix_spawn_file_actions_init(&mut *actions),
+                libc::posix_spawn_file_actions_addopen(
+                    &mut *actions,
+                    0,
+                    c"/dev/null".as_ptr(),
+                    libc::O_RDONLY,
+                    0,
+                ),
+            ]
+            .into_iter()
+            .find(|&rc| rc != 0)
+        };
+        if let Some(rc) = rc {
+            return Err(format!(
+                "posix_spawn attributes: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
         Ok(PosixSpawn {
             strings,
             argv: ptrs,
             envp: [std::ptr::null_mut()],
+            attr,
+            actions,
         })
     }
 
     fn spawn(&self) -> Result<spawn::Spawned, String> {
         let mut pid: libc::pid_t = 0;
         // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into `strings`,
-        // which lives as long as `self`; NULL file actions and attributes are allowed.
+        // which lives as long as `self`; `attr` and `actions` were initialised in `new`.
         let rc = unsafe {
             libc::posix_spawn(
                 &mut pid,
                 self.strings[0].as_ptr(),
-                std::ptr::null(),
-                std::ptr::null(),
+                &*self.actions,
+                &*self.attr,
                 self.argv.as_ptr(),
                 self.envp.as_ptr(),
             )
@@ -240,5 +286,15 @@ impl PosixSpawn {
         // Race-free: the child is ours and stays a zombie until we reap it with waitid.
         let pidfd = pidfd::open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
         Ok(spawn::Spawned { pid, pidfd })
+    }
+}
+
+impl Drop for PosixSpawn {
+    fn drop(&mut self) {
+        // SAFETY: destroys the structs initialised in `new`, once.
+        unsafe {
+            libc::posix_spawnattr_destroy(&mut *self.attr);
+            libc::posix_spawn_file_actions_destroy(&mut *self.actions);
+        }
     }
 }

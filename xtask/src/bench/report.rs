@@ -381,7 +381,7 @@ fn latency_section(s: &mut String, r: &Results) {
             r.v02.as_ref(),
         ),
         (
-            "analysis: floor with posix_spawn (CLONE_VM, CLONE_VFORK) + pidfd_open",
+            "analysis: floor with posix_spawn (CLONE_VM, CLONE_VFORK; same session, signal and stdin set-up) + pidfd_open",
             r.floor_posix.as_ref(),
         ),
         (

@@ -204,6 +204,14 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 COST_GROWTH_FACTOR_MAX,
                 "N=1",
             ));
+            if let (Some(fa), Some(fb)) = (floor_of(r, a), floor_of(r, b)) {
+                out.push(ratio_goal(
+                    &format!("(context) the floor loop's CPU per restart at N={n_max} : N=1 (the kernel's share)"),
+                    Some(fb.cpu_ns_per_restart / fa.cpu_ns_per_restart.max(1.0)),
+                    COST_GROWTH_FACTOR_MAX,
+                    "N=1",
+                ));
+            }
         }
         _ => out.push(missing("restarts/s and watched latency at the largest N")),
     }

@@ -734,3 +734,57 @@ fn without_a_group_the_socket_is_root_only() {
     assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
     assert!(!socket.exists());
 }
+
+#[test]
+fn a_monitor_that_does_not_keep_up_gets_a_dropped_count() {
+    use holden::control::{decode, encode, Body};
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("ctl-dropped");
+    let socket = dir.path("control.sock");
+    let services = service(
+        "looper",
+        "local",
+        &["/bin/true"],
+        "restart = \"always\"\nrestart_delay = \"0\"\nstart_limit = { burst = 0, interval = \"0\" }",
+    );
+    let mut orch = Orch::start(&dir, &config(&dir, None, 4, "", &services));
+    wait_until("listening", || {
+        (ctl(&socket, &["status"]).code == 0).then_some(())
+    });
+    let fd = raw_connect(&socket);
+    let mut out = [0u8; 64];
+    let len = encode(&mut out, 9, &Body::Monitor).unwrap();
+    // SAFETY: out[..len] is valid.
+    assert_eq!(
+        unsafe { libc::send(fd.as_raw_fd(), out.as_ptr().cast(), len, 0) },
+        len as isize
+    );
+    let done = raw_recv(&fd, Duration::from_secs(20)).expect("Done");
+    assert!(matches!(decode(&done).unwrap().body, Body::Done(_)));
+    // Do not read while the crash loop produces thousands of events: the socket fills up.
+    let spawned = orch
+        .lines_with(&["service=looper ", "reason=spawned"])
+        .len();
+    orch.wait_lines(&["service=looper ", "reason=spawned"], spawned + 300);
+    // Now read: events, then the count of those that did not fit, then events again.
+    let mut events_before = 0;
+    let dropped = wait_until("a Dropped frame", || {
+        let packet = raw_recv(&fd, Duration::from_secs(20)).expect("a frame");
+        assert!(!packet.is_empty(), "the monitor connection stays open");
+        match decode(&packet).unwrap().body {
+            Body::Event(_) => {
+                events_before += 1;
+                None
+            }
+            Body::Dropped(n) => Some(n),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    assert!(
+        dropped > 0 && events_before > 0,
+        "{events_before} events, {dropped} dropped"
+    );
+    let after = raw_recv(&fd, Duration::from_secs(20)).expect("events go on");
+    assert!(matches!(decode(&after).unwrap().body, Body::Event(_)));
+    assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
+}

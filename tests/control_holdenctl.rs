@@ -788,3 +788,46 @@ fn a_monitor_that_does_not_keep_up_gets_a_dropped_count() {
     assert!(matches!(decode(&after).unwrap().body, Body::Event(_)));
     assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
 }
+
+#[test]
+fn an_undecodable_request_gets_a_reason_and_the_connection_stays_usable() {
+    use holden::control::{decode, encode, Body, FailCode};
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("ctl-garbage");
+    let socket = dir.path("control.sock");
+    let _orch = Orch::start(&dir, &config(&dir, None, 4, "", &sleeper("a", "local", "")));
+    wait_state(&socket, "a", "running");
+    let fd = raw_connect(&socket);
+    let send = |bytes: &[u8]| {
+        // SAFETY: bytes is valid.
+        let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+        assert_eq!(n, bytes.len() as isize);
+    };
+    let mut out = [0u8; 64];
+    let end = encode(&mut out, 3, &Body::End(1)).unwrap();
+    let reply_as_request = out[..end].to_vec();
+    for packet in [
+        &b"HCTL\x01\x63garbage"[..],
+        b"not a frame at all",
+        &reply_as_request,
+    ] {
+        send(packet);
+        let reply = raw_recv(&fd, Duration::from_secs(20)).expect("a reply");
+        match decode(&reply).unwrap().body {
+            Body::Failure {
+                code: FailCode::BadRequest,
+                text,
+            } => assert!(!text.is_empty()),
+            other => panic!("{packet:?}: {other:?}"),
+        }
+    }
+    let len = encode(&mut out, 4, &Body::Status(Some("a"))).unwrap();
+    send(&out[..len]);
+    let reply = raw_recv(&fd, Duration::from_secs(20)).expect("a reply");
+    let frame = decode(&reply).unwrap();
+    assert_eq!(frame.id, 4);
+    assert!(
+        matches!(frame.body, Body::Service(s) if s.name == "a"),
+        "{frame:?}"
+    );
+}

@@ -11,9 +11,10 @@
 //! the reply to any request fits one slot's send buffer whatever the number of services.
 //! Whenever the orchestrator waits for the client (a request, or a send the client does not
 //! drain), a deadline of [`IDLE_TIMEOUT`] runs; when it passes the connection is closed. A
-//! monitor connection that is idle has no deadline; events that arrive while its send is
-//! still in flight are counted, and a `Dropped` frame with the count goes out when the send
-//! completes. Nothing here allocates after start-up.
+//! monitor connection gets its frames by non-blocking `send` (the socket's send buffer is the
+//! only queue, so they keep their order); when it is full, events are counted, a `POLL_ADD`
+//! for `POLLOUT` waits for room, and a `Dropped` frame with the count goes out first. An idle
+//! monitor has no deadline; a full one has. Nothing here allocates after start-up.
 
 use super::event_loop::{now, Error, Orchestrator, Owner};
 use super::log::{Escaped, Priority};

@@ -37,7 +37,8 @@ Measures holden against the physical floor of this machine, in one run:
 Writes target/bench/report.md and target/bench/latency-vs-n.svg (under
 CARGO_TARGET_DIR when set). Needs root (unshare) and io_uring.
 
-  --quick     smaller counts and N (1, 16, 64, 256): under a minute once built
+  --quick     smaller counts (1,000 restarts per loop, one round) and N (1, 4, 16,
+              64, 256 instead of 1, 4, 64, 1024, 4096): under a minute once built
   --soak      memory growth over 1,000,000 restarts instead of 50,000 (one
               local and one QM service; 442 s on 2 shared cores; not for CI)
   --publish   also replace the generated part of docs/performance.md (below its

@@ -453,6 +453,17 @@ fn reload_with_a_broken_file_changes_nothing() {
     kill(orch.pid(), libc::SIGHUP);
     orch.wait_lines(&["event=reload-failed"], 2);
     assert_eq!(state_of(&socket, "a"), ("running".to_string(), Some(pid)));
+    // SIGHUP with a valid file: the added service starts, `a` is untouched.
+    std::fs::write(
+        dir.path("orchestrator.toml"),
+        format!("{good}\n{}", sleeper("b", "local", "")),
+    )
+    .unwrap();
+    kill(orch.pid(), libc::SIGHUP);
+    orch.wait_lines(&["event=reload ", "added=1"], 1);
+    let b = wait_state(&socket, "b", "running").unwrap();
+    assert!(alive(b));
+    assert_eq!(state_of(&socket, "a"), ("running".to_string(), Some(pid)));
     assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
 }
 
@@ -830,4 +841,45 @@ fn an_undecodable_request_gets_a_reason_and_the_connection_stays_usable() {
         matches!(frame.body, Body::Service(s) if s.name == "a"),
         "{frame:?}"
     );
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let dir = TempDir::new("ctl-colour");
+    let socket = dir.path("control.sock");
+    let _orch = Orch::start(&dir, &config(&dir, None, 4, "", &sleeper("a", "local", "")));
+    wait_state(&socket, "a", "running");
+    let command = format!(
+        "{} --socket {} status",
+        holdenctl().display(),
+        socket.display()
+    );
+    // `script` runs holdenctl on a pseudo-terminal.
+    let on_tty = |no_color: Option<&str>| -> String {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &command, "/dev/null"])
+            .env_remove("NO_COLOR");
+        if let Some(value) = no_color {
+            cmd.env("NO_COLOR", value);
+        }
+        let out = cmd
+            .output()
+            .expect("script (util-linux) runs holdenctl on a pty");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        on_tty(None).contains("\x1b[32mrunning\x1b[0m"),
+        "{:?}",
+        on_tty(None)
+    );
+    assert!(!on_tty(Some("1")).contains('\x1b'));
+    let piped = Command::new(holdenctl())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&piped.stdout).contains('\x1b'));
 }

@@ -886,7 +886,7 @@ impl Orchestrator {
     pub(crate) fn update_status(&self, agent: &str) {
         let _ = self.notify.status(format_args!(
             "supervising {} services ({} in QM); agent {agent}",
-            self.services.len(),
+            self.services.iter().filter(|rt| rt.active).count(),
             self.qm_services
         ));
     }

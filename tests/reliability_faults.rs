@@ -218,16 +218,37 @@ fn impostor_stream_server_in_auto_mode_is_refused_as_a_v02_agent() {
     let socket = dir.path("agent.sock");
     let listener = listener(&socket, libc::SOCK_STREAM);
     let m = marker();
-    let mut orch = Orch::start(&dir, &impostor_config(&socket, "auto", &m));
-    // auto: EPROTOTYPE → v0.2, one stream connection per request.
-    impostor(
-        listener,
-        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
-        true,
-        1,
-    );
+    let cfg = "log_level = \"debug\"\n".to_string() + &impostor_config(&socket, "auto", &m);
+    let mut orch = Orch::start(&dir, &cfg);
+    // auto: EPROTOTYPE → v0.2: a probe connection (closed at once), then one connection per
+    // request. Every request connection gets an HTTP answer, until 4 retries were scheduled.
+    while count(&orch, &["event=agent-retry"]) < 4 {
+        let Some(conn) = accept_within(&listener, Duration::from_millis(100)) else {
+            continue;
+        };
+        let mut buf = vec![0u8; 65536];
+        if recv(&conn, &mut buf) > 0 {
+            send(
+                &conn,
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+                &[],
+            );
+            while recv(&conn, &mut buf) > 0 {}
+        }
+    }
     let lines = orch.wait_lines(&["event=agent-misbehaved", "protocol=v0.2"], 1);
     assert!(lines[0].contains("v0.2 message"), "{lines:?}");
+    assert_eq!(lines.len(), 1, "logged once: {lines:?}");
+    let delays: Vec<u64> = orch
+        .lines_with(&["event=agent-retry"])
+        .iter()
+        .filter_map(|l| field(l, "delay_ms")?.parse().ok())
+        .collect();
+    assert_eq!(
+        &delays[..4],
+        &[50, 100, 200, 400],
+        "retried ever more slowly"
+    );
     assert!(
         orch.lines_with(&["partition=qm", "state=running"])
             .is_empty(),

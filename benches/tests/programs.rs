@@ -123,7 +123,12 @@ fn the_probe_refuses_bad_arguments() {
 fn the_floor_loop_restarts_the_probe_count_times_one_at_a_time() {
     let dir = TempDir::new("floor");
     let rec = dir.0.join("r.rec");
-    for extra in [&[][..], &["--spawn", "posix"], &["--ballast-kib", "64"]] {
+    for extra in [
+        &[][..],
+        &["--spawn", "posix"],
+        &["--spawn", "shared-files", "--ballast-fds", "64"],
+        &["--ballast-kib", "64", "--ballast-fds", "64"],
+    ] {
         let _ = std::fs::remove_file(&rec);
         let out = Command::new(FLOOR)
             .args(["--probe", PROBE, "--records"])

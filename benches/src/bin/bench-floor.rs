@@ -1,7 +1,7 @@
 //! bench-floor: the physical floor of a restart, and holden v0.2's pattern.
 //!
 //! `bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S]
-//!  [--spawn holden|posix] [--ballast-kib K]`
+//!  [--spawn holden|posix|shared-files] [--ballast-kib K] [--ballast-fds F]`
 //!
 //! A loop with nothing else in it: spawn the probe race-free through `holden::spawn::spawn`
 //! (the very code path the orchestrator uses for local services: `clone3(CLONE_PIDFD)`, the
@@ -10,13 +10,23 @@
 //! until `S` seconds have passed. With `--sleep-ms 100` it sleeps after every exit as holden
 //! v0.2's event loop does (`usleep(100000)` per event).
 //!
-//! Two variants exist for the analysis of the gap between holden and the floor (they are not
-//! the floor): `--spawn posix` starts the probe with `posix_spawn(3)` (musl and glibc use
-//! `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults afterwards),
-//! asking for the same child set-up as holden's spawn where it can (new session, every signal
-//! to its default, empty mask, stdin on /dev/null), and opens the pidfd with `pidfd_open`
-//! (race-free here: the child is ours and not reaped until `waitid`); `--ballast-kib K` first allocates and touches K KiB of heap, so that a
-//! fork has as much anonymous memory to copy as a bigger process (the orchestrator).
+//! Three variants exist for the analysis of the gap between holden and the floor (they are
+//! not the floor):
+//! - `--spawn posix` starts the probe with `posix_spawn(3)` (musl and glibc use
+//!   `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults
+//!   afterwards), asking for the same child set-up as holden's spawn where it can (new
+//!   session, every signal to its default, empty mask, stdin on /dev/null), and opens the
+//!   pidfd with `pidfd_open` (race-free here: the child is ours and not reaped until
+//!   `waitid`);
+//! - `--spawn shared-files` clones with `CLONE_FILES | CLONE_PIDFD` (the child starts on the
+//!   parent's fd table instead of a copy of it) and the child calls
+//!   `close_range(3, ~0, CLOSE_RANGE_UNSHARE)`, which gives it a fresh table holding only
+//!   fds 0-2 — no per-fd copy or close — then `execve`s (a minimal child: no session, signal
+//!   or stdin set-up, no exec-error report);
+//! - `--ballast-kib K` first allocates and touches K KiB of heap, so that a fork has as much
+//!   anonymous memory to copy as a bigger process (the orchestrator);
+//! - `--ballast-fds F` first opens F close-on-exec fds, as the orchestrator holds one pidfd
+//!   per live service: fork copies the fd table and the child closes them all.
 //!
 //! The probe writes the timestamps; this program prints one summary line on stdout:
 //! `spawned=N cpu_ns=C wall_ns=W` (its own CPU time, CLOCK_PROCESS_CPUTIME_ID, which includes
@@ -37,22 +47,38 @@ const SLEEP_MS_MAX: u64 = 10_000;
 const SECONDS_MAX_DEFAULT: u64 = 600;
 const SECONDS_MAX_LIMIT: u64 = 86_400;
 
+/// How the loop starts the probe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SpawnKind {
+    /// `holden::spawn::spawn`: the floor.
+    Holden,
+    /// `posix_spawn` + `pidfd_open` (analysis).
+    Posix,
+    /// `clone(CLONE_FILES)` + `close_range(CLOSE_RANGE_UNSHARE)` (analysis).
+    SharedFiles,
+}
+
 struct Args {
     probe: String,
     records: String,
     count: u64,
     sleep_ms: u64,
     seconds_max: u64,
-    posix: bool,
+    spawn: SpawnKind,
     ballast_kib: u64,
+    ballast_fds: u64,
 }
 
+/// Most ballast fds (RLIMIT_NOFILE permitting).
+const BALLAST_FDS_MAX: u64 = 65_536;
+/// Fds kept free besides the ballast (stdio, pidfd, exec-report pipe, records).
+const FDS_SPARE: u64 = 16;
 /// Largest ballast (1 GiB).
 const BALLAST_KIB_MAX: u64 = 1 << 20;
 
 const USAGE: &str =
     "usage: bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S] \
-     [--spawn holden|posix] [--ballast-kib K]";
+     [--spawn holden|posix|shared-files] [--ballast-kib K] [--ballast-fds F]";
 
 fn parse_args() -> Result<Args, String> {
     let mut probe = None;
@@ -60,8 +86,9 @@ fn parse_args() -> Result<Args, String> {
     let mut count = None;
     let mut sleep_ms = 0;
     let mut seconds_max = SECONDS_MAX_DEFAULT;
-    let mut posix = false;
+    let mut spawn = SpawnKind::Holden;
     let mut ballast_kib = 0;
+    let mut ballast_fds = 0;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -72,11 +99,17 @@ fn parse_args() -> Result<Args, String> {
             "--sleep-ms" => sleep_ms = number(&arg, &value()?, 0, SLEEP_MS_MAX)?,
             "--seconds-max" => seconds_max = number(&arg, &value()?, 1, SECONDS_MAX_LIMIT)?,
             "--ballast-kib" => ballast_kib = number(&arg, &value()?, 0, BALLAST_KIB_MAX)?,
+            "--ballast-fds" => ballast_fds = number(&arg, &value()?, 0, BALLAST_FDS_MAX)?,
             "--spawn" => {
-                posix = match value()?.as_str() {
-                    "holden" => false,
-                    "posix" => true,
-                    other => return Err(format!("--spawn: {other:?} is not holden or posix")),
+                spawn = match value()?.as_str() {
+                    "holden" => SpawnKind::Holden,
+                    "posix" => SpawnKind::Posix,
+                    "shared-files" => SpawnKind::SharedFiles,
+                    other => {
+                        return Err(format!(
+                            "--spawn: {other:?} is not holden, posix or shared-files"
+                        ))
+                    }
                 }
             }
             "--help" | "-h" => return Err(String::new()),
@@ -89,8 +122,9 @@ fn parse_args() -> Result<Args, String> {
         count: count.ok_or("--count is required")?,
         sleep_ms,
         seconds_max,
-        posix,
+        spawn,
         ballast_kib,
+        ballast_fds,
     })
 }
 
@@ -133,16 +167,23 @@ fn run(args: &Args) -> Result<(), String> {
     ];
     let env: [&[u8]; 0] = [];
     let spec = SpawnSpec::new(&argv, &env, Some(b"/")).map_err(|e| format!("spec: {e}"))?;
-    let posix = args.posix.then(|| PosixSpawn::new(&argv)).transpose()?;
+    let posix = (args.spawn == SpawnKind::Posix)
+        .then(|| PosixSpawn::new(&argv))
+        .transpose()?;
+    let shared = (args.spawn == SpawnKind::SharedFiles)
+        .then(|| CArgv::new(&argv))
+        .transpose()?;
     let ballast = ballast(args.ballast_kib);
+    let ballast_fds = ballast_fds(args.ballast_fds)?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds_max);
     let wall_start = Instant::now();
     let cpu_start = holden_bench::process_cpu_ns();
     let mut spawned = 0u64;
     while spawned < args.count && Instant::now() < deadline {
-        let child = match &posix {
-            None => spawn::spawn(&spec).map_err(|e| format!("spawn {}: {e}", args.probe))?,
-            Some(p) => p.spawn()?,
+        let child = match (&posix, &shared) {
+            (Some(p), _) => p.spawn()?,
+            (_, Some(a)) => spawn_shared_files(a)?,
+            _ => spawn::spawn(&spec).map_err(|e| format!("spawn {}: {e}", args.probe))?,
         };
         spawned += 1;
         wait_readable(child.pidfd.as_raw_fd())?;
@@ -157,6 +198,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     drop(ballast);
+    drop(ballast_fds);
     println!(
         "spawned={spawned} cpu_ns={} wall_ns={}",
         holden_bench::process_cpu_ns() - cpu_start,
@@ -183,6 +225,31 @@ fn wait_readable(fd: i32) -> Result<(), String> {
             return Err(format!("poll pidfd: {e}"));
         }
     }
+}
+
+/// `count` close-on-exec fds on /dev/null (the soft fd limit is raised to the hard one first
+/// if it is too low).
+fn ballast_fds(count: u64) -> Result<Vec<std::fs::File>, String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_cur < count + FDS_SPARE
+            && limit.rlim_max > limit.rlim_cur
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    (0..count)
+        .map(|_| {
+            std::fs::File::open("/dev/null")
+                .map_err(|e| format!("--ballast-fds: /dev/null: {e} (raise ulimit -n?)"))
+        })
+        .collect()
 }
 
 /// `K` KiB of heap, every page written once (so it is resident and anonymous).
@@ -297,4 +364,70 @@ impl Drop for PosixSpawn {
             libc::posix_spawn_file_actions_destroy(&mut *self.actions);
         }
     }
+}
+
+/// argv (and an empty environment) as C pointers, prepared once.
+struct CArgv {
+    strings: Vec<std::ffi::CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: [*const libc::c_char; 1],
+}
+
+impl CArgv {
+    fn new(argv: &[&[u8]]) -> Result<CArgv, String> {
+        let strings = argv
+            .iter()
+            .map(|a| std::ffi::CString::new(*a).map_err(|_| "NUL in argv".to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        Ok(CArgv {
+            strings,
+            argv: ptrs,
+            envp: [std::ptr::null()],
+        })
+    }
+}
+
+/// `clone(CLONE_FILES | CLONE_PIDFD | SIGCHLD)`; the child swaps the shared fd table for a
+/// fresh one with fds 0-2 only (`close_range(3, ~0, CLOSE_RANGE_UNSHARE)`) and execs.
+fn spawn_shared_files(a: &CArgv) -> Result<spawn::Spawned, String> {
+    let mut pidfd: libc::c_int = -1;
+    let flags = (libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a fork-like clone (no CLONE_VM, so the child runs on its own copy of our
+    // memory and stack); the kernel writes the pidfd into `pidfd`. Stack, child tid and tls
+    // are 0 (unused without CLONE_VM, CLONE_CHILD_SETTID, CLONE_SETTLS).
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0usize,
+            &mut pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(format!("clone: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: in the child, only raw system calls on data prepared before the clone;
+        // `_exit` if exec fails.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_UNSHARE,
+            );
+            libc::execve(a.strings[0].as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: the kernel stored a new pidfd that nothing else owns.
+    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) };
+    Ok(spawn::Spawned {
+        pid: pid as libc::pid_t,
+        pidfd,
+    })
 }

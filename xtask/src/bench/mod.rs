@@ -55,6 +55,9 @@ const PUBLISH_MARKER: &str =
 const BALLAST_KIB: u64 = 4096;
 /// Time allowed for the processes of a stopped phase to disappear.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
+/// Open fds held by the "floor with ballast fds" analysis run: one pidfd per service of
+/// the largest scale point.
+const BALLAST_FDS: u64 = 4096;
 const SVG_NAME: &str = "latency-vs-n.svg";
 const PUBLISHED_SVG_NAME: &str = "performance-latency.svg";
 
@@ -247,6 +250,7 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
     let rounds = ctx.plan.rounds.max(1);
     let n = ctx.plan.latency_restarts.div_ceil(rounds);
     let kib = BALLAST_KIB.to_string();
+    let fds_text = BALLAST_FDS.to_string();
     for round in 1..=rounds {
         let tag = |what: &str| {
             if rounds > 1 {
@@ -275,6 +279,25 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
             phases::floor(c, "floor-ballast", n, 0, &["--ballast-kib", &kib])
         });
         pool(&mut r.floor_ballast, ballast);
+        let fds = step(ctx, r, &tag("analysis: floor with ballast fds"), |c| {
+            phases::floor(c, "floor-fds", n, 0, &["--ballast-fds", &fds_text])
+        });
+        pool(&mut r.floor_fds, fds);
+        let shared = step(
+            ctx,
+            r,
+            &tag("analysis: shared-files spawn with ballast fds"),
+            |c| {
+                phases::floor(
+                    c,
+                    "floor-shared-fds",
+                    n,
+                    0,
+                    &["--spawn", "shared-files", "--ballast-fds", &fds_text],
+                )
+            },
+        );
+        pool(&mut r.floor_shared_fds, shared);
     }
     let v = ctx.plan.v02_restarts;
     r.v02 = step(ctx, r, "v0.2 pattern", |c| {

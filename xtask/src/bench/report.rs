@@ -43,6 +43,8 @@ pub struct Results {
     pub v02: Option<LoopResult>,
     pub floor_posix: Option<LoopResult>,
     pub floor_ballast: Option<LoopResult>,
+    pub floor_fds: Option<LoopResult>,
+    pub floor_shared_fds: Option<LoopResult>,
     pub scale: Vec<ScalePoint>,
     pub slots: Vec<SlotsPoint>,
     pub growth: Option<Growth>,
@@ -377,7 +379,7 @@ fn latency_section(s: &mut String, r: &Results) {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let floor = r.floor.as_ref();
-    let rows: [(&str, Option<&LoopResult>); 6] = [
+    let rows: [(&str, Option<&LoopResult>); 8] = [
         ("floor: spawn, poll pidfd, waitid, repeat", floor),
         ("holden-orchestrator, local", r.local.as_ref()),
         (
@@ -395,6 +397,14 @@ fn latency_section(s: &mut String, r: &Results) {
         (
             "analysis: floor after touching 4 MiB of heap (fork copies more)",
             r.floor_ballast.as_ref(),
+        ),
+        (
+            "analysis: floor holding 4,096 open fds (as many pidfds as services)",
+            r.floor_fds.as_ref(),
+        ),
+        (
+            "analysis: 4,096 open fds, clone(CLONE_FILES) + close_range(CLOSE_RANGE_UNSHARE) in a minimal child",
+            r.floor_shared_fds.as_ref(),
         ),
     ];
     for (name, l) in rows {

@@ -36,12 +36,16 @@ use std::time::Duration;
 /// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, exit retry,
 /// agent timer, agent connection and its spare.
 pub const FIXED_SLOTS: usize = 7;
+/// Of those, the ones that need buffers: the agent connection and its spare (a connection
+/// slot that is still draining when the next connection starts).
+const FIXED_BUFFERED_SLOTS: usize = 2;
 /// Time between two looks at a QM process that polled readable before its exit status was
 /// published (the window between exit and reap).
 const EXIT_INFO_RETRY_INTERVAL: Duration = Duration::from_millis(1);
 /// Looks before a QM exit status is reported as unknown.
 const EXIT_INFO_RETRIES_MAX: u16 = 200;
-/// Buffers of every ring slot: one wire v1 frame each way; signalfd reads are done directly.
+/// Buffers of a buffered ring slot (connections): one wire v1 frame each way. Service, timer
+/// and signal slots are bare (a poll and a timer); signalfd reads are done directly.
 const SLOT_BUF_BYTES: u32 = crate::wire::v1::FRAME_LEN_MAX as u32;
 
 /// What a ring slot is used for.
@@ -255,9 +259,13 @@ impl Orchestrator {
             )));
         }
         let slots = capacity + FIXED_SLOTS + super::control::CONTROL_SLOTS;
+        // A v0.2 agent is driven with one connection per request on the service's own slot.
+        let legacy_possible = settings.agent_protocol != super::spec::AgentProtocol::V1;
+        let service_buffered = if legacy_possible { capacity } else { 0 };
+        let buffered = service_buffered + FIXED_BUFFERED_SLOTS + super::control::CONTROL_SLOTS;
         let limits = Limits {
             slots: slots as u32,
-            buffered_slots: slots as u32,
+            buffered_slots: buffered as u32,
             sq_entries: (slots as u32 * 2).next_power_of_two().min(4096),
             cq_entries: 0,
             recv_len: SLOT_BUF_BYTES,
@@ -269,9 +277,12 @@ impl Orchestrator {
         let mut ring = Ring::new(limits).map_err(Error::Ring)?;
         let mut owners = vec![Owner::Free; slots].into_boxed_slice();
         let mut take_slot = |ring: &mut Ring, owner: Owner| -> Result<SlotId, Error> {
-            let id = ring
-                .insert()
-                .map_err(|e| Error::Service(format!("ring: {e}")))?;
+            let buffered = match owner {
+                Owner::Service(_) => legacy_possible,
+                _ => false,
+            };
+            let id =
+                slot_insert(ring, buffered).map_err(|e| Error::Service(format!("ring: {e}")))?;
             owners[id.index()] = owner;
             Ok(id)
         };
@@ -1010,4 +1021,13 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, Error> {
     w.gid(def.gid);
     w.finish();
     Ok(spec)
+}
+
+/// A ring slot for a service or a timer: bare (a pidfd poll and a timer need no buffers)
+/// unless `buffered` (the service may talk to a v0.2 agent on its own connection).
+pub(crate) fn slot_insert(ring: &mut Ring, buffered: bool) -> Result<SlotId, ring::Full> {
+    match buffered {
+        true => ring.insert(),
+        false => ring.insert_bare(),
+    }
 }

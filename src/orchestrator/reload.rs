@@ -275,7 +275,8 @@ impl Orchestrator {
                 return;
             }
         };
-        let slot = match self.ring.insert() {
+        let legacy_possible = self.agent.protocol != super::spec::AgentProtocol::V1;
+        let slot = match super::event_loop::slot_insert(&mut self.ring, legacy_possible) {
             Ok(slot) => slot,
             Err(e) => {
                 self.log.line(

@@ -51,7 +51,7 @@ fn config(
     let agent = agent.map_or_else(|| dir.path("no-agent.sock"), Path::to_path_buf);
     format!(
         "slots = {slots}\n{}[control]\nsocket = {:?}\n{extra_control}\n\n{services}",
-        config_header(&agent),
+        agent_section(&agent),
         dir.path("control.sock").display().to_string()
     )
 }

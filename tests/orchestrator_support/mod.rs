@@ -362,6 +362,18 @@ pub fn service(name: &str, partition: &str, argv: &[&str], extra: &str) -> Strin
 }
 
 /// Header of a config whose agent socket lives in `dir`.
+/// Header of a config whose agent socket is `socket` and whose control socket lies beside it
+/// (never the system-wide default: tests must not touch /run/holden).
 pub fn config_header(socket: &Path) -> String {
+    let control = socket.with_file_name("control.sock");
+    format!(
+        "{}[control]\nsocket = {:?}\n\n",
+        agent_section(socket),
+        control.display().to_string()
+    )
+}
+
+/// The `[agent]` section alone, for tests that write their own `[control]`.
+pub fn agent_section(socket: &Path) -> String {
     format!("[agent]\nsocket = {:?}\nreconnect_initial = \"50ms\"\nreconnect_max = \"500ms\"\nrequest_timeout = \"5s\"\n\n", socket.display().to_string())
 }

@@ -45,6 +45,14 @@
 //! spec's environment, or in [`DEFAULT_SEARCH_PATH`] when the environment has
 //! none. `ENOEXEC` is reported, never retried through `/bin/sh`.
 //!
+//! **Gated spawns** ([`spawn_gated`]): the child does all of the above and then
+//! waits at a gate (one `socketpair`) just before `execve`. [`Gated::release`]
+//! lets it exec and reports the exec's outcome; if the gate closes without the
+//! go-ahead (the spawner died, or [`Gated::abort`]) the child exits with
+//! [`GATE_CLOSED_EXIT_STATUS`] and the program never runs. holden-agent uses it
+//! to hand the pidfd to the orchestrator *before* the program runs, so an agent
+//! killed at any moment never leaves a process running that nobody supervises.
+//!
 //! The caller should keep fds 0–2 open (on `/dev/null` if nothing else): the
 //! child inherits stdout and stderr as they are.
 
@@ -74,6 +82,19 @@ const CHILD_FAILURE_EXIT_STATUS: c_int = 127;
 
 /// Size of the child's error report on the pipe: `u32` stage, `i32` errno.
 const REPORT_BYTES: usize = 8;
+
+/// Exit status of a gated child whose gate closed without the go-ahead (the
+/// spawner died or called [`Gated::abort`]): it ends *without* calling
+/// `execve`, so the requested program never ran. Distinct from 127 (a failure
+/// before or in `execve`) so that logs can tell the two apart.
+pub const GATE_CLOSED_EXIT_STATUS: c_int = 125;
+
+/// The one byte [`Gated::release`] sends through the gate.
+const GATE_GO_BYTE: u8 = b'g';
+
+/// The report a gated child writes when its set-up is done and it waits at the
+/// gate: stage 0 is no [`SpawnStage`], so it cannot be mistaken for an error.
+const GATE_READY_REPORT: [u8; REPORT_BYTES] = [0; REPORT_BYTES];
 
 /// Set once `clone3` answered `ENOSYS`; later spawns go straight to `clone`.
 static CLONE3_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
@@ -109,11 +130,14 @@ pub enum SpawnStage {
     Exec = 12,
     /// Reading the child's report failed, or it was malformed (in the parent).
     Report = 13,
+    /// A gated child was gone before [`Gated::release`] could give it the
+    /// go-ahead (in the parent; typically `EPIPE`: it was killed at the gate).
+    Gate = 14,
 }
 
 impl SpawnStage {
     /// Every stage, for exhaustive tests and decoders.
-    pub const ALL: [SpawnStage; 13] = [
+    pub const ALL: [SpawnStage; 14] = [
         SpawnStage::Prepare,
         SpawnStage::Pipe,
         SpawnStage::Clone,
@@ -127,6 +151,7 @@ impl SpawnStage {
         SpawnStage::Chdir,
         SpawnStage::Exec,
         SpawnStage::Report,
+        SpawnStage::Gate,
     ];
 
     /// Short lower-case name, as used in logs and error texts.
@@ -145,6 +170,7 @@ impl SpawnStage {
             SpawnStage::Chdir => "chdir",
             SpawnStage::Exec => "exec",
             SpawnStage::Report => "report",
+            SpawnStage::Gate => "gate",
         }
     }
 
@@ -152,7 +178,11 @@ impl SpawnStage {
     pub fn is_in_child(self) -> bool {
         !matches!(
             self,
-            SpawnStage::Prepare | SpawnStage::Pipe | SpawnStage::Clone | SpawnStage::Report
+            SpawnStage::Prepare
+                | SpawnStage::Pipe
+                | SpawnStage::Clone
+                | SpawnStage::Report
+                | SpawnStage::Gate
         )
     }
 
@@ -606,6 +636,8 @@ struct KernelSigaction {
 struct ChildPlan<'a> {
     spec: &'a SpawnSpec,
     report_fd: RawFd,
+    /// The child's end of the gate socket, or -1 for an ungated spawn.
+    gate_fd: RawFd,
 }
 
 /// Starts the process described by `spec`; see the module documentation.
@@ -619,6 +651,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let plan = ChildPlan {
         spec,
         report_fd: report_write.as_raw_fd(),
+        gate_fd: -1,
     };
     let blocked = SignalsBlocked::new();
     let cloned = clone_with_pidfd();
@@ -634,6 +667,160 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
             drop(blocked);
             Err(SpawnError::new(SpawnStage::Clone, errno))
         }
+    }
+}
+
+/// A child that finished its set-up (session, fds, stdio, credentials,
+/// working directory, signals) and waits at a gate just before `execve`.
+///
+/// Made by [`spawn_gated`]. The child execs only after [`Gated::release`]
+/// wrote the go-ahead byte. If the gate closes without it — [`Gated::abort`],
+/// dropping the `Gated`, or the spawner dying, since the kernel closes its fds
+/// then — the child `_exit`s with [`GATE_CLOSED_EXIT_STATUS`] without ever
+/// calling `execve`. So a spawner can hand the pidfd to someone else first
+/// (holden-agent sends it to the orchestrator) and let the program run only
+/// once that succeeded: the program never runs unsupervised.
+///
+/// Dropping a `Gated` closes the gate (the child exits 125) but does not reap
+/// the child; [`Gated::abort`] also reaps it.
+#[derive(Debug)]
+pub struct Gated {
+    pub pid: libc::pid_t,
+    pidfd: OwnedFd,
+    /// The parent's end of the gate (a `SOCK_STREAM` socket pair, so that a
+    /// write to a dead child is `EPIPE` with `MSG_NOSIGNAL`, never SIGPIPE).
+    go: OwnedFd,
+    /// The read end of the report pipe; EOF once the child exec'd.
+    report: OwnedFd,
+}
+
+impl Gated {
+    /// The child's pidfd (close-on-exec), e.g. to send it before the release.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Opens the gate and waits until the child has exec'd (`Ok`) or failed
+    /// (`Err`, stage [`SpawnStage::Exec`] with the `execve` errno; the child
+    /// exits 127 and is reaped here, or by the kernel with SIGCHLD ignored).
+    ///
+    /// A child that was killed at the gate (someone else holding its pidfd
+    /// stopped it) gives `Err` stage [`SpawnStage::Gate`] (`EPIPE`) when the
+    /// write finds it gone; if it died just after reading the go-ahead, `Ok`
+    /// — its exit shows on the pidfd either way. Allocation-free.
+    pub fn release(self) -> Result<(), SpawnError> {
+        let sent = gate_send_go(&self.go);
+        drop(self.go);
+        let report = read_report(&self.report);
+        let pidfd = self.pidfd;
+        match (sent, report) {
+            (Ok(()), Ok(None)) => Ok(()),
+            (Err(errno), Ok(None)) => {
+                reap_failed_child(&pidfd);
+                Err(SpawnError::new(SpawnStage::Gate, errno))
+            }
+            (_, Ok(Some(error))) => Err(fail_child(&pidfd, Ok(error))),
+            (_, Err(error)) => Err(fail_child(&pidfd, Err(error))),
+        }
+    }
+
+    /// Closes the gate without the go-ahead: the child exits with
+    /// [`GATE_CLOSED_EXIT_STATUS`] without exec; waits until it is gone.
+    pub fn abort(self) {
+        drop(self.go);
+        reap_failed_child(&self.pidfd);
+    }
+}
+
+/// Like [`spawn`], but the child stops at a gate just before `execve`; see
+/// [`Gated`]. Returns once the child's set-up is done: every set-up failure
+/// (session, fds, stdio, credentials, working directory) is an `Err` here, as
+/// with [`spawn`]; only the `execve` itself is left to [`Gated::release`].
+///
+/// Allocation-free. Costs one `socketpair` and one extra pipe read over [`spawn`].
+pub fn spawn_gated(spec: &SpawnSpec) -> Result<Gated, SpawnError> {
+    if !spec.is_complete() {
+        return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
+    }
+    let (report_read, report_write) = report_pipe()?;
+    let (go, gate_child) = gate_socket_pair()?;
+    let plan = ChildPlan {
+        spec,
+        report_fd: report_write.as_raw_fd(),
+        gate_fd: gate_child.as_raw_fd(),
+    };
+    let blocked = SignalsBlocked::new();
+    let cloned = clone_with_pidfd();
+    match cloned {
+        Ok(CloneResult::Child) => child_main(&plan),
+        Ok(CloneResult::Parent { pid, pidfd }) => {
+            drop(blocked);
+            drop(report_write);
+            drop(gate_child);
+            match read_report_bytes(&report_read) {
+                Ok(Some(GATE_READY_REPORT)) => Ok(Gated {
+                    pid,
+                    pidfd,
+                    go,
+                    report: report_read,
+                }),
+                Ok(Some(bytes)) => Err(fail_child(&pidfd, Ok(report_error(bytes)))),
+                // EOF before the ready report: the child died without a word
+                // (it cannot have exec'd: its gate never opened).
+                Ok(None) => Err(fail_child(
+                    &pidfd,
+                    Err(SpawnError::new(SpawnStage::Report, libc::EIO)),
+                )),
+                Err(error) => Err(fail_child(&pidfd, Err(error))),
+            }
+        }
+        Err(errno) => {
+            drop(blocked);
+            Err(SpawnError::new(SpawnStage::Clone, errno))
+        }
+    }
+}
+
+fn gate_socket_pair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let mut fds: [c_int; 2] = [-1, -1];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(SpawnError::new(SpawnStage::Pipe, last_errno()));
+    }
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody else.
+    unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+/// Writes the go-ahead byte; `Err(errno)` when the child is gone (`EPIPE`).
+fn gate_send_go(go: &OwnedFd) -> Result<(), i32> {
+    loop {
+        let byte = [GATE_GO_BYTE];
+        // SAFETY: sends one byte from our stack; MSG_NOSIGNAL turns a closed
+        // peer into EPIPE instead of SIGPIPE.
+        let n = unsafe {
+            libc::send(
+                go.as_raw_fd(),
+                byte.as_ptr().cast::<c_void>(),
+                byte.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n == 1 {
+            return Ok(());
+        }
+        let errno = last_errno();
+        if n < 0 && errno == libc::EINTR {
+            continue;
+        }
+        return Err(if n < 0 { errno } else { libc::EIO });
     }
 }
 
@@ -790,6 +977,11 @@ fn clone_outcome(rc: c_long, pidfd: c_int) -> Result<CloneResult, i32> {
 
 /// Reads the child's report until EOF: `None` when the exec happened.
 fn read_report(report: &OwnedFd) -> Result<Option<SpawnError>, SpawnError> {
+    Ok(read_report_bytes(report)?.map(report_error))
+}
+
+/// Reads one report (exactly `REPORT_BYTES`) or EOF (`None`).
+fn read_report_bytes(report: &OwnedFd) -> Result<Option<[u8; REPORT_BYTES]>, SpawnError> {
     let mut buf = [0u8; REPORT_BYTES];
     let mut filled = 0usize;
     loop {
@@ -819,14 +1011,17 @@ fn read_report(report: &OwnedFd) -> Result<Option<SpawnError>, SpawnError> {
     }
     match filled {
         0 => Ok(None),
-        REPORT_BYTES => {
-            let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            let stage = SpawnStage::from_u32(stage).unwrap_or(SpawnStage::Report);
-            Ok(Some(SpawnError::new(stage, errno)))
-        }
+        REPORT_BYTES => Ok(Some(buf)),
         _ => Err(SpawnError::new(SpawnStage::Report, libc::EIO)),
     }
+}
+
+/// Decodes an error report written by `child_report`.
+fn report_error(buf: [u8; REPORT_BYTES]) -> SpawnError {
+    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let stage = SpawnStage::from_u32(stage).unwrap_or(SpawnStage::Report);
+    SpawnError::new(stage, errno)
 }
 
 fn finish_parent(
@@ -836,17 +1031,24 @@ fn finish_parent(
 ) -> Result<Spawned, SpawnError> {
     match report {
         Ok(None) => Ok(Spawned { pid, pidfd }),
-        Ok(Some(error)) => {
-            reap_failed_child(&pidfd);
-            Err(error)
-        }
-        Err(error) => {
-            // We do not know what the child did: make sure it is gone.
-            let _ = pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-            reap_failed_child(&pidfd);
-            Err(error)
-        }
+        Ok(Some(error)) => Err(fail_child(&pidfd, Ok(error))),
+        Err(error) => Err(fail_child(&pidfd, Err(error))),
     }
+}
+
+/// Ends a failed child and returns its error: `Ok(error)` is a failure the
+/// child reported (it is about to `_exit`: reap it); `Err(error)` means we do
+/// not know what the child did, so it is killed first.
+fn fail_child(pidfd: &OwnedFd, error: Result<SpawnError, SpawnError>) -> SpawnError {
+    let error = match error {
+        Ok(reported) => reported,
+        Err(unknown) => {
+            let _ = pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            unknown
+        }
+    };
+    reap_failed_child(pidfd);
+    error
 }
 
 /// Waits for a child that reported failure and is about to `_exit`, so it
@@ -877,26 +1079,75 @@ fn reap_failed_child(pidfd: &OwnedFd) {
 // ---------------------------------------------------------------------------
 
 fn child_main(plan: &ChildPlan<'_>) -> ! {
-    let report_fd = match child_report_fd(plan.report_fd) {
+    let report_fd = match child_fd_above_stdio(plan.report_fd) {
         Ok(fd) => fd,
         // Without a report pipe above fd 2 the failure cannot be told apart
         // from the exec; the parent sees EOF, the pidfd shows exit 127.
         Err(_) => child_exit(),
     };
+    let gate_fd = if plan.gate_fd < 0 {
+        -1
+    } else {
+        match child_fd_above_stdio(plan.gate_fd) {
+            Ok(fd) => fd,
+            Err(error) => child_report(report_fd, error),
+        }
+    };
     let spec = plan.spec;
     let result = child_reset_signals()
         .and_then(|()| child_setsid())
-        .and_then(|()| child_close_fds(report_fd))
+        .and_then(|()| child_close_fds(report_fd, gate_fd))
         .and_then(|()| child_stdio_devnull(spec.stdio_null))
         .and_then(|()| child_credentials(spec))
         .and_then(|()| child_chdir(spec))
-        .and_then(|()| child_unblock_signals())
-        .and_then(|()| child_exec(spec));
-    let error = match result {
+        .and_then(|()| child_unblock_signals());
+    if let Err(error) = result {
+        child_report(report_fd, error);
+    }
+    if gate_fd >= 0 {
+        child_wait_at_gate(report_fd, gate_fd);
+    }
+    let error = match child_exec(spec) {
         Ok(()) => SpawnError::new(SpawnStage::Exec, libc::EIO),
         Err(error) => error,
     };
     child_report(report_fd, error)
+}
+
+/// Says "set-up done" through the report pipe, then blocks until the parent
+/// sends the go-ahead byte. Anything else — EOF because every copy of the
+/// parent's end closed (abort, or the parent died), a wrong byte, an error —
+/// ends the child with [`GATE_CLOSED_EXIT_STATUS`] without exec. Signals are
+/// already default and unblocked here, so a SIGTERM ends a child at the gate.
+fn child_wait_at_gate(report_fd: RawFd, gate_fd: RawFd) {
+    // SAFETY: writes 8 bytes from a constant; atomic (< PIPE_BUF).
+    let written = unsafe {
+        libc::write(
+            report_fd,
+            GATE_READY_REPORT.as_ptr().cast::<c_void>(),
+            GATE_READY_REPORT.len(),
+        )
+    };
+    if written != GATE_READY_REPORT.len() as isize {
+        child_exit_gate_closed();
+    }
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reads at most one byte into our stack buffer.
+        let n = unsafe { libc::read(gate_fd, byte.as_mut_ptr().cast::<c_void>(), 1) };
+        if n == 1 && byte[0] == GATE_GO_BYTE {
+            return;
+        }
+        if n < 0 && last_errno() == libc::EINTR {
+            continue;
+        }
+        child_exit_gate_closed();
+    }
+}
+
+fn child_exit_gate_closed() -> ! {
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(GATE_CLOSED_EXIT_STATUS) }
 }
 
 fn child_exit() -> ! {
@@ -920,8 +1171,8 @@ fn child_report(report_fd: RawFd, error: SpawnError) -> ! {
     child_exit()
 }
 
-/// Moves the report pipe above fd 2 if the parent had 0–2 closed.
-fn child_report_fd(fd: RawFd) -> Result<RawFd, SpawnError> {
+/// Moves a pipe/socket the child keeps above fd 2 if the parent had 0–2 closed.
+fn child_fd_above_stdio(fd: RawFd) -> Result<RawFd, SpawnError> {
     if fd > 2 {
         return Ok(fd);
     }
@@ -1009,12 +1260,20 @@ fn child_close_range(first: c_int, last: c_int) -> Result<(), i32> {
     }
 }
 
-fn child_close_fds(keep: RawFd) -> Result<(), SpawnError> {
+/// Closes every fd above 2 except `keep` and `keep_too` (-1: none).
+fn child_close_fds(keep: RawFd, keep_too: RawFd) -> Result<(), SpawnError> {
+    let (low, high) = if keep_too < 0 {
+        (keep, keep)
+    } else {
+        (keep.min(keep_too), keep.max(keep_too))
+    };
     let all = c_int::MAX;
-    let ranged = child_close_range(3, keep - 1).and_then(|()| child_close_range(keep + 1, all));
+    let ranged = child_close_range(3, low - 1)
+        .and_then(|()| child_close_range(low + 1, high - 1))
+        .and_then(|()| child_close_range(high + 1, all));
     match ranged {
         Ok(()) => Ok(()),
-        Err(libc::ENOSYS) => child_close_fds_brute(keep),
+        Err(libc::ENOSYS) => child_close_fds_brute(low, high),
         Err(errno) => Err(SpawnError::new(SpawnStage::CloseFds, errno)),
     }
 }
@@ -1022,7 +1281,7 @@ fn child_close_fds(keep: RawFd) -> Result<(), SpawnError> {
 /// Fallback for kernels before 5.9: close every fd up to the soft
 /// `RLIMIT_NOFILE` limit one by one (slow with a large limit, but correct for
 /// every fd the process could have opened under that limit).
-fn child_close_fds_brute(keep: RawFd) -> Result<(), SpawnError> {
+fn child_close_fds_brute(keep: RawFd, keep_too: RawFd) -> Result<(), SpawnError> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -1033,7 +1292,7 @@ fn child_close_fds_brute(keep: RawFd) -> Result<(), SpawnError> {
     }
     let last = limit.rlim_cur.min(c_int::MAX as libc::rlim_t) as c_int;
     for fd in 3..last {
-        if fd != keep {
+        if fd != keep && fd != keep_too {
             // SAFETY: closing an fd number in our own fd table; EBADF for
             // numbers that are not open is expected and ignored.
             unsafe { libc::close(fd) };
@@ -1607,6 +1866,7 @@ mod tests {
         let plan = ChildPlan {
             spec: &spec,
             report_fd: report_write.as_raw_fd(),
+            gate_fd: -1,
         };
         let blocked = SignalsBlocked::new();
         match clone_legacy_pidfd() {
@@ -1618,6 +1878,136 @@ mod tests {
             }
             Err(errno) => Err(SpawnError::new(SpawnStage::Clone, errno)),
         }
+    }
+
+    // --- gated spawns -------------------------------------------------------
+
+    /// A gated child that is killed and reaped when dropped unreleased.
+    fn gated_marker_spec(marker: &Path) -> SpawnSpec {
+        let script = format!("echo ran > {}", marker.display());
+        spec(&[b"/bin/sh", b"-c", script.as_bytes()])
+    }
+
+    fn fd_count(pid: libc::pid_t) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    }
+
+    #[test]
+    fn gated_child_does_not_exec_until_released() {
+        let dir = TempDir::new("gate-hold");
+        let marker = dir.0.join("ran");
+        let gated = spawn_gated(&gated_marker_spec(&marker)).unwrap();
+        // The child is alive, set up, and still this test binary (no exec):
+        // /proc/pid/exe is ours, and it holds exactly fds 0-2 + report + gate.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", gated.pid)).unwrap();
+        assert_eq!(exe, std::fs::read_link("/proc/self/exe").unwrap());
+        assert_eq!(fd_count(gated.pid), 5);
+        assert!(!poll_readable(&gated.pidfd, 0), "gated child exited");
+        assert!(!marker.exists());
+        let pidfd = gated.pidfd.try_clone().unwrap();
+        gated.release().unwrap();
+        assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
+        assert_eq!(wait_exit(&pidfd), (libc::CLD_EXITED, 0));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+    }
+
+    #[test]
+    fn gated_exec_failure_is_reported_by_release() {
+        let dir = TempDir::new("gate-enoent");
+        let path = dir.0.join("does-not-exist");
+        let gated = spawn_gated(&spec(&[path.as_os_str().as_bytes()])).unwrap();
+        let pidfd = gated.pidfd.try_clone().unwrap();
+        let error = gated.release().unwrap_err();
+        assert_eq!(error, SpawnError::new(SpawnStage::Exec, libc::ENOENT));
+        // release reaped the child (exit 127): it is gone.
+        assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
+        // SAFETY: plain data for the kernel to fill.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        assert_eq!(rc, -1);
+        assert_eq!(last_errno(), libc::ECHILD);
+    }
+
+    #[test]
+    fn gated_setup_failure_is_reported_before_the_gate() {
+        let dir = TempDir::new("gate-chdir");
+        let missing = dir.0.join("missing");
+        let spec = SpawnSpec::new(
+            &[b"/bin/true"],
+            &[] as &[&[u8]],
+            Some(missing.as_os_str().as_bytes()),
+        )
+        .unwrap();
+        let error = spawn_gated(&spec).unwrap_err();
+        assert_eq!(error, SpawnError::new(SpawnStage::Chdir, libc::ENOENT));
+    }
+
+    #[test]
+    fn closing_the_gate_without_go_ends_the_child_without_exec() {
+        let dir = TempDir::new("gate-closed");
+        let marker = dir.0.join("ran");
+        let gated = spawn_gated(&gated_marker_spec(&marker)).unwrap();
+        // What happens when the spawner dies: its end of the gate closes.
+        let Gated {
+            pid: _,
+            pidfd,
+            go,
+            report,
+        } = gated;
+        drop(go);
+        drop(report);
+        assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
+        assert_eq!(
+            wait_exit(&pidfd),
+            (libc::CLD_EXITED, GATE_CLOSED_EXIT_STATUS)
+        );
+        assert!(!marker.exists(), "the program ran without the go-ahead");
+    }
+
+    #[test]
+    fn abort_ends_and_reaps_the_child_without_exec() {
+        let dir = TempDir::new("gate-abort");
+        let marker = dir.0.join("ran");
+        let gated = spawn_gated(&gated_marker_spec(&marker)).unwrap();
+        let pidfd = gated.pidfd.try_clone().unwrap();
+        gated.abort();
+        assert!(poll_readable(&pidfd, 0));
+        assert!(!marker.exists());
+    }
+
+    #[test]
+    fn release_of_a_child_killed_at_the_gate_is_a_gate_error() {
+        let gated = spawn_gated(&spec(&[b"/bin/true"])).unwrap();
+        pidfd_send_signal(gated.pidfd(), libc::SIGKILL).unwrap();
+        assert!(poll_readable(&gated.pidfd, POLL_TIMEOUT_MS));
+        let error = gated.release().unwrap_err();
+        assert_eq!(error.stage, SpawnStage::Gate, "{error}");
+    }
+
+    #[test]
+    fn the_gate_fd_does_not_leak_into_the_program() {
+        let gated = spawn_gated(&spec(&[b"/bin/sleep", b"1000"])).unwrap();
+        let pid = gated.pid;
+        let pidfd = gated.pidfd.try_clone().unwrap();
+        gated.release().unwrap();
+        let child = Child(Spawned { pid, pidfd });
+        assert_eq!(proc_comm(pid), "sleep");
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        fds.sort();
+        assert_eq!(fds, vec![0, 1, 2]);
+        drop(child);
     }
 
     #[test]

@@ -307,19 +307,22 @@ fn seqpacket_client_on_a_stream_listener_fails_with_eprototype() {
 }
 
 /// A holden wire v1 agent written from docs/wire.md alone (sections 1-10), in Python: it checks
-/// every header rule, decodes `Start` field by field, starts the process, and answers with
-/// `Started` + pidfd (SCM_RIGHTS) once `execve` succeeded, or `Error` with the errno of the
-/// failed `execve`. Children are auto-reaped (SIGCHLD ignored).
+/// every header rule, decodes `Start` field by field, and starts the process with the gated exec
+/// of version 1.1 (section 8a): the child waits at a gate before `execve`, the peer sends
+/// `Started` + pidfd (SCM_RIGHTS), then opens the gate and sends `Running` once `execve`
+/// succeeded, or `Error` stage `exec` with its errno. Children are auto-reaped (SIGCHLD ignored).
 const PYTHON_PEER: &str = r#"
 import os, signal, socket, struct, sys
 
 HEADER = struct.Struct("<4sBBBBQII")           # section 4: 24 bytes
 START_FIXED = struct.Struct("<IIIBBHHH")       # section 5: 20 bytes
 MAGIC, KIND_START, KIND_STARTED, KIND_ERROR, KIND_PING, KIND_PONG = b"HLDN", 1, 2, 3, 4, 5
+KIND_RUNNING = 6
 STAGE_EXEC, STAGE_DECODE = 2, 5
+EXIT_STATUS_VIA_PIDFD, GATED_EXEC = 1 << 0, 1 << 3
 
 def frame(kind, request_id, payload):
-    return HEADER.pack(MAGIC, 1, 0, kind, 0, request_id, len(payload), 0) + payload
+    return HEADER.pack(MAGIC, 1, 1, kind, 0, request_id, len(payload), 0) + payload
 
 def error(request_id, errno, stage, text):
     return frame(KIND_ERROR, request_id, struct.pack("<iBBH", errno, stage, 0, len(text)) + text)
@@ -343,33 +346,39 @@ def start(conn, request_id, payload):
     assert offset == len(payload), "trailing bytes"
     environ = dict(entry.split(b"=", 1) for entry in env)
     # The child reports an exec failure through a close-on-exec pipe; EOF means exec happened.
+    # It waits at a gate (a pipe) until the Started frame with its pidfd has been sent; a gate
+    # closed without the go-ahead byte ends it with status 125, without exec.
     report_r, report_w = os.pipe()
+    gate_r, gate_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(report_r)
+            os.close(gate_w)
             if cwd:
                 os.chdir(cwd)
+            if os.read(gate_r, 1) != b"g":
+                os._exit(125)
+            os.close(gate_r)
             os.execve(argv[0], argv, environ)
         except OSError as e:
             os.write(report_w, struct.pack("<i", e.errno))
         finally:
             os._exit(127)
     os.close(report_w)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        pidfd = None
-    report = os.read(report_r, 4)
-    os.close(report_r)
-    if report or pidfd is None:
-        (errno,) = struct.unpack("<i", report) if report else (3,)
-        if pidfd is not None:
-            os.close(pidfd)
-        conn.send(error(request_id, errno, STAGE_EXEC, b"execve " + argv[0] + b" failed"))
-        return
+    os.close(gate_r)
+    pidfd = os.pidfd_open(pid)
     socket.send_fds(conn, [frame(KIND_STARTED, request_id, struct.pack("<i", pid))], [pidfd])
     os.close(pidfd)
+    os.write(gate_w, b"g")
+    os.close(gate_w)
+    report = os.read(report_r, 4)
+    os.close(report_r)
+    if report:
+        (errno,) = struct.unpack("<i", report)
+        conn.send(error(request_id, errno, STAGE_EXEC, b"execve " + argv[0] + b" failed"))
+    else:
+        conn.send(frame(KIND_RUNNING, request_id, b""))
 
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -389,7 +398,8 @@ while True:
     if major != 1:
         conn.send(error(request_id, 93, 6, b"unsupported version"))
     elif kind == KIND_PING:
-        conn.send(frame(KIND_PONG, request_id, struct.pack("<BBHI", 1, 0, 0, 1)))
+        caps = EXIT_STATUS_VIA_PIDFD | GATED_EXEC
+        conn.send(frame(KIND_PONG, request_id, struct.pack("<BBHI", 1, 1, 0, caps)))
     elif kind == KIND_START:
         start(conn, request_id, data[HEADER.size :])
     else:
@@ -453,7 +463,9 @@ fn a_python_peer_written_from_the_docs_interoperates() {
     assert_eq!(frame.request_id(), 1);
     assert_eq!(
         frame.body,
-        Body::Pong(Pong::ours(Capabilities::EXIT_STATUS_VIA_PIDFD))
+        Body::Pong(Pong::ours(
+            Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::GATED_EXEC
+        ))
     );
 
     let argv: &[&[u8]] = &[b"/bin/sleep", b"30"];
@@ -476,6 +488,10 @@ fn a_python_peer_written_from_the_docs_interoperates() {
     assert_eq!(got.fds.len(), STARTED_FD_COUNT);
     let pidfd = KillOnDrop(got.fds.into_iter().next().unwrap());
     let pidfd = &pidfd.0;
+    let got = recv_packet(&sock, &mut buf);
+    assert!(got.fds.is_empty());
+    let frame = decode(&buf[..got.len]).unwrap();
+    assert_eq!((frame.request_id(), frame.body), (2, Body::Running));
     pidfd_send_signal(pidfd, 0).expect("the pidfd refers to a live process");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", started.pid)).expect("cmdline");
     assert_eq!(cmdline, b"/bin/sleep\x0030\x00");
@@ -488,6 +504,11 @@ fn a_python_peer_written_from_the_docs_interoperates() {
     };
     let len = encode_start(&mut out, 3, &start).unwrap();
     let got = request(&sock, &out[..len], &mut buf);
+    let frame = decode(&buf[..got.len]).unwrap();
+    assert!(matches!(frame.body, Body::Started(_)), "{frame:?}");
+    assert_eq!(got.fds.len(), STARTED_FD_COUNT);
+    let failed = KillOnDrop(got.fds.into_iter().next().unwrap());
+    let got = recv_packet(&sock, &mut buf);
     assert!(got.fds.is_empty());
     let frame = decode(&buf[..got.len]).unwrap();
     assert_eq!(frame.request_id(), 3);
@@ -495,6 +516,14 @@ fn a_python_peer_written_from_the_docs_interoperates() {
         panic!("expected Error, got {frame:?}")
     };
     assert_eq!((error.errno, error.stage), (libc::ENOENT, ErrorStage::Exec));
+    // The process whose exec failed is gone (exit 127): its pidfd polls readable.
+    let mut pfd = libc::pollfd {
+        fd: failed.0.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack.
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
 
     drop(sock);
     let status = peer.0.wait().expect("wait for the python peer");

@@ -2,11 +2,12 @@
 //! variant, version handling, and never-panics properties over random and mutated packets.
 
 use holden::wire::v1::{
-    clamp_error_text, decode, decode_header, encode_error, encode_ping, encode_pong, encode_start,
-    encode_started, header_offset, payload_offset, peek_request_id, Body, Capabilities,
-    DecodeError, EncodeError, ErrorStage, FrameKind, OwnedBody, OwnedError, OwnedFrame, OwnedStart,
-    Pong, StartFlags, StartRef, ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX,
-    HEADER_LEN, MAGIC, START_FIXED_LEN, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
+    clamp_error_text, decode, decode_header, encode_error, encode_ping, encode_pong,
+    encode_running, encode_start, encode_started, header_offset, payload_offset, peek_request_id,
+    Body, Capabilities, DecodeError, EncodeError, ErrorStage, FrameKind, OwnedBody, OwnedError,
+    OwnedFrame, OwnedStart, Pong, StartFlags, StartRef, ARGV_COUNT_MAX, ENV_COUNT_MAX,
+    ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN, MAGIC, START_FIXED_LEN, STRING_LEN_MAX,
+    VERSION_MAJOR, VERSION_MINOR,
 };
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -168,7 +169,9 @@ fn golden_ping() {
 
 #[test]
 fn golden_pong() {
-    let pong = Pong::ours(Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::CLONE3_PIDFD);
+    let pong = Pong::ours(
+        Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::CLONE3_PIDFD | Capabilities::GATED_EXEC,
+    );
     let mut out = buf();
     let len = encode_pong(&mut out, 1, pong).unwrap();
     assert_eq!(&out[..len], &golden("pong")[..]);
@@ -176,9 +179,37 @@ fn golden_pong() {
 }
 
 #[test]
+fn golden_running() {
+    let mut out = buf();
+    let len = encode_running(&mut out, 42).unwrap();
+    let packet = golden("running");
+    assert_eq!(&out[..len], &packet[..]);
+    assert_eq!(len, HEADER_LEN);
+    let frame = decode(&packet).unwrap();
+    assert_eq!(frame.request_id(), 42);
+    assert_eq!(frame.header.kind, FrameKind::Running);
+    assert_eq!(frame.body, Body::Running);
+}
+
+#[test]
+fn running_with_a_payload_is_trailing_bytes() {
+    let mut packet = golden("running");
+    packet.push(0);
+    packet[header_offset::PAYLOAD_LEN] = 1;
+    assert!(matches!(
+        decode(&packet),
+        Err(DecodeError::TrailingBytes {
+            kind: FrameKind::Running,
+            count: 1
+        })
+    ));
+}
+
+#[test]
 fn golden_constants() {
     assert_eq!(MAGIC, *b"HLDN");
-    assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 0));
+    assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 1));
+    assert_eq!(Capabilities::GATED_EXEC.bits(), 1 << 3);
     assert_eq!(HEADER_LEN, 24);
     assert_eq!(FRAME_LEN_MAX, 16384);
     assert_eq!(ARGV_COUNT_MAX, 256);
@@ -192,6 +223,7 @@ fn golden_constants() {
         (FrameKind::Error, 3),
         (FrameKind::Ping, 4),
         (FrameKind::Pong, 5),
+        (FrameKind::Running, 6),
     ];
     for (kind, byte) in kinds {
         assert_eq!(kind as u8, byte);
@@ -649,7 +681,7 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
             with(&start, &|b| b[4] = 9),
             DecodeError::UnsupportedVersion {
                 major: 9,
-                minor: 0,
+                minor: VERSION_MINOR,
                 request_id: 42,
             },
         ),
@@ -1009,6 +1041,7 @@ fn valid_body() -> impl Strategy<Value = OwnedBody> {
         (0..=i32::MAX, stage(), non_nul_bytes(ERROR_TEXT_LEN_MAX))
             .prop_map(|(errno, stage, text)| OwnedBody::Error(OwnedError { errno, stage, text })),
         Just(OwnedBody::Ping),
+        Just(OwnedBody::Running),
         (any::<u8>(), any::<u8>(), any::<u32>()).prop_map(|(major, minor, caps)| {
             OwnedBody::Pong(Pong {
                 version_major: major,

@@ -75,7 +75,8 @@ pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
         SpawnStage::Pipe | SpawnStage::Report => ErrorStage::Internal,
         SpawnStage::Clone => ErrorStage::Fork,
         SpawnStage::Setgroups | SpawnStage::Setgid | SpawnStage::Setuid => ErrorStage::Permission,
-        SpawnStage::Exec => ErrorStage::Exec,
+        // Gate: the child was gone before its go-ahead, so the program did not run either.
+        SpawnStage::Exec | SpawnStage::Gate => ErrorStage::Exec,
         SpawnStage::ReportFd
         | SpawnStage::Setsid
         | SpawnStage::CloseFds

@@ -141,7 +141,9 @@ impl Server {
         settings: Settings,
     ) -> Server {
         let has_legacy = listeners.iter().any(|l| l.flavor == Flavor::Legacy);
-        let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::CLONE3_PIDFD;
+        let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD
+            | Capabilities::CLONE3_PIDFD
+            | Capabilities::GATED_EXEC;
         if has_legacy {
             capabilities |= Capabilities::LEGACY_LISTENER;
         }
@@ -219,6 +221,19 @@ impl Server {
         &mut self,
     ) -> Result<holden::spawn::Spawned, holden::spawn::SpawnError> {
         let result = holden::spawn::spawn(&self.spec);
+        if !self.clone_fallback_logged && holden::spawn::clone3_fallback_active() {
+            self.clone_fallback_logged = true;
+            notice!("clone3 is refused here (ENOSYS, e.g. seccomp): using clone(CLONE_PIDFD)");
+        }
+        result
+    }
+
+    /// Like [`Server::spawn_from_spec`], but the child waits at a gate before
+    /// `execve` until released (wire v1.1 gated exec).
+    pub(crate) fn spawn_gated_from_spec(
+        &mut self,
+    ) -> Result<holden::spawn::Gated, holden::spawn::SpawnError> {
+        let result = holden::spawn::spawn_gated(&self.spec);
         if !self.clone_fallback_logged && holden::spawn::clone3_fallback_active() {
             self.clone_fallback_logged = true;
             notice!("clone3 is refused here (ENOSYS, e.g. seccomp): using clone(CLONE_PIDFD)");

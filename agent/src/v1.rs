@@ -1,6 +1,15 @@
 //! holden wire v1 on a SOCK_SEQPACKET connection: one request per packet,
 //! one reply per request, the pidfd in the same `sendmsg` as `Started`.
 //!
+//! Gated exec (a `Start` from a minor-1+ orchestrator): the child is set up
+//! and stops at a gate before `execve`; the agent sends `Started` + pidfd,
+//! and only when that `sendmsg` succeeded lets the child exec, then sends
+//! `Running` or `Error` (stage `exec`). If the send fails the child is
+//! aborted without exec; if the agent dies at any point, the child's gate
+//! closes and it exits 125 without exec. So a program never runs without the
+//! orchestrator holding its pidfd. A minor-0 orchestrator gets the old
+//! sequence (`Started` only after a successful exec).
+//!
 //! Hostile input never starts a process: an oversized packet, a packet with
 //! fds, anything the decoder refuses, and frames only an agent sends are
 //! answered with an `Error` (request id from the frozen header prefix when
@@ -11,8 +20,8 @@ use std::os::fd::AsRawFd;
 
 use holden::spawn::pidfd_send_signal;
 use holden::wire::v1::{
-    self, decode, encode_error, encode_pong, encode_started, peek_request_id, Body, ErrorStage,
-    Pong,
+    self, decode, encode_error, encode_pong, encode_running, encode_started, peek_request_id, Body,
+    ErrorStage, Pong,
 };
 
 use crate::fdpass::{self, Recv};
@@ -124,9 +133,13 @@ impl Server {
                         Refusal::new(ErrorStage::Limit, libc::E2BIG, format_args!("{error}"));
                     return self.v1_refuse(slot, request_id, refusal);
                 }
-                self.v1_start(slot, request_id)
+                if frame.header.version_minor >= 1 {
+                    self.v1_start_gated(slot, request_id)
+                } else {
+                    self.v1_start(slot, request_id)
+                }
             }
-            Body::Started(_) | Body::Error(_) | Body::Pong(_) => {
+            Body::Started(_) | Body::Error(_) | Body::Pong(_) | Body::Running => {
                 let kind = frame.header.kind;
                 let refusal = Refusal::new(
                     ErrorStage::Decode,
@@ -170,27 +183,78 @@ impl Server {
                 }
                 next
             }
-            Err(error) => {
-                let program = Escaped(self.spec.program().unwrap_or(b""));
-                let stage = wire_stage(error.stage);
-                let errno = error.errno;
-                let shown = what.as_str();
-                let refusal = Refusal::new(
-                    stage,
-                    errno,
-                    format_args!("{} \"{program}\": {}", error.stage, Errno(errno)),
-                );
+            Err(error) => self.v1_spawn_error(slot, request_id, &what, error),
+        }
+    }
+
+    /// Gated: spawns up to the gate, replies `Started` + pidfd, and lets the
+    /// child exec only if that reply was sent; then `Running` or `Error`.
+    fn v1_start_gated(&mut self, slot: usize, request_id: u64) -> Next {
+        let (argc, envc) = (self.spec.args_count(), self.spec.env_count());
+        let mut what = FixedBuf::<200>::new();
+        let program = Escaped(self.spec.program().unwrap_or(b""));
+        let _ = write!(what, "start \"{program}\" argc {argc} envc {envc}");
+        let gated = match self.spawn_gated_from_spec() {
+            Ok(gated) => gated,
+            Err(error) => return self.v1_spawn_error(slot, request_id, &what, error),
+        };
+        let pid = gated.pid;
+        let len = encode_started(&mut self.send_buf, request_id, pid).unwrap_or(0);
+        let shown = what.as_str();
+        self.log_conn(
+            slot,
+            format_args!("request {request_id}: {shown} -> started pid {pid} (gated)"),
+        );
+        let next = self.v1_send(slot, len, Some(gated.pidfd().as_raw_fd()));
+        if next == Next::Close {
+            // The orchestrator did not get the pidfd: the program must not run.
+            gated.abort();
+            self.log_conn(
+                slot,
+                format_args!(
+                    "request {request_id}: pid {pid} ended before exec: the reply could not be sent"
+                ),
+            );
+            return next;
+        }
+        match gated.release() {
+            Ok(()) => {
+                let len = encode_running(&mut self.send_buf, request_id).unwrap_or(0);
                 self.log_conn(
                     slot,
-                    format_args!(
-                        "request {request_id}: {shown} -> error {}: {} (errno {errno})",
-                        error.stage,
-                        Errno(errno)
-                    ),
+                    format_args!("request {request_id}: pid {pid} running"),
                 );
-                self.v1_reply_error(slot, request_id, &refusal)
+                self.v1_send(slot, len, None)
             }
+            Err(error) => self.v1_spawn_error(slot, request_id, &what, error),
         }
+    }
+
+    fn v1_spawn_error(
+        &mut self,
+        slot: usize,
+        request_id: u64,
+        what: &FixedBuf<200>,
+        error: holden::spawn::SpawnError,
+    ) -> Next {
+        let program = Escaped(self.spec.program().unwrap_or(b""));
+        let stage = wire_stage(error.stage);
+        let errno = error.errno;
+        let shown = what.as_str();
+        let refusal = Refusal::new(
+            stage,
+            errno,
+            format_args!("{} \"{program}\": {}", error.stage, Errno(errno)),
+        );
+        self.log_conn(
+            slot,
+            format_args!(
+                "request {request_id}: {shown} -> error {}: {} (errno {errno})",
+                error.stage,
+                Errno(errno)
+            ),
+        );
+        self.v1_reply_error(slot, request_id, &refusal)
     }
 
     fn v1_refuse(&mut self, slot: usize, request_id: u64, refusal: Refusal) -> Next {

@@ -142,9 +142,18 @@ fn random_bytes_never_crash_the_agent() {
         client.send(&packet);
         let reply = client.recv();
         assert!(!reply.bytes.is_empty(), "round {round}: connection dropped");
-        // A mutation may still be a valid Start; its program never exists,
-        // so the answer is an Error either way, and never carries an fd.
-        assert!(reply.fds.is_empty(), "round {round}: fd in an error reply");
+        // A mutation may still be a valid Start; its program never exists, so
+        // the answer is an Error either way: at once, or (gated exec) after a
+        // Started with the pidfd of a process that exits 127 without running.
+        let id = holden::wire::v1::peek_request_id(&reply.bytes).unwrap_or(0);
+        if let Outcome::Started { pid, pidfd } = parse_reply(reply, id) {
+            let (stage, errno, _) = client.after_started(id, pid, pidfd).error();
+            assert_eq!(
+                (stage, errno),
+                (ErrorStage::Exec, libc::ENOENT),
+                "round {round}"
+            );
+        }
     }
     assert!(matches!(client.ping(9), Outcome::Pong { .. }));
     assert!(agent.child.try_wait().unwrap().is_none(), "agent exited");

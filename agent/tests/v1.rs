@@ -235,3 +235,89 @@ fn pipelined_requests_on_one_connection_match_by_id() {
         assert!(poll_readable(pidfd.as_fd(), WAIT));
     }
 }
+
+/// Wire 1.1 gated exec, frame by frame: `Started` + pidfd, then `Running`; an exec failure is
+/// `Started` + pidfd, then `Error` stage exec with the errno, and the process exits 127.
+#[test]
+fn gated_exec_sends_started_then_running_or_error() {
+    let dir = TempDir::new("gated");
+    let agent = Agent::start(&dir, &[]);
+    let client = V1Client::connect(&agent.socket);
+    match client.ping(1) {
+        Outcome::Pong { capabilities } => {
+            assert!(capabilities.contains(Capabilities::GATED_EXEC))
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut procs = Procs::default();
+    let marker = dir.join("ran");
+    let script = format!("echo ran > {}; exec sleep 1000", marker.display());
+    client.send(&start_frame(
+        2,
+        &[b"/bin/sh", b"-c", script.as_bytes()],
+        &[],
+        None,
+    ));
+    let (pid, pidfd) = parse_reply(client.recv(), 2).started();
+    let pidfd = procs.keep(pidfd);
+    let reply = client.recv();
+    assert!(reply.fds.is_empty());
+    let frame = holden::wire::v1::decode(&reply.bytes).unwrap();
+    assert_eq!(
+        (frame.request_id(), frame.body),
+        (2, holden::wire::v1::Body::Running)
+    );
+    wait_until("the program ran", || marker.exists());
+    pidfd_send_signal(pidfd, 0).unwrap();
+    assert!(pid > 0);
+
+    let missing = dir.join("missing");
+    client.send(&start_frame(
+        3,
+        &[missing.as_os_str().as_bytes()],
+        &[],
+        None,
+    ));
+    let (_, pidfd) = parse_reply(client.recv(), 3).started();
+    let reply = client.recv();
+    assert!(reply.fds.is_empty());
+    let frame = holden::wire::v1::decode(&reply.bytes).unwrap();
+    let holden::wire::v1::Body::Error(error) = frame.body else {
+        panic!("expected Error after Started, got {frame:?}");
+    };
+    assert_eq!(frame.request_id(), 3);
+    assert_eq!((error.stage, error.errno), (ErrorStage::Exec, libc::ENOENT));
+    if let Some(status) = exit_status(pidfd.as_fd()) {
+        assert_eq!(status, ExitStatus::Exited(127));
+    }
+}
+
+/// A `Start` of minor 0 (a 1.0 orchestrator) gets the 1.0 sequence: an exec failure is a lone
+/// `Error`, a success a lone `Started` after the exec, never a `Running`.
+#[test]
+fn a_minor_0_start_gets_the_ungated_sequence() {
+    let dir = TempDir::new("minor0");
+    let agent = Agent::start(&dir, &[]);
+    let client = V1Client::connect(&agent.socket);
+    let minor0 = |mut frame: Vec<u8>| {
+        frame[holden::wire::v1::header_offset::VERSION_MINOR] = 0;
+        frame
+    };
+    client.send(&minor0(start_frame(1, &[b"/nonexistent/x"], &[], None)));
+    let (stage, errno, _) = parse_reply(client.recv(), 1).error();
+    assert_eq!((stage, errno), (ErrorStage::Exec, libc::ENOENT));
+    let mut procs = Procs::default();
+    client.send(&minor0(start_frame(
+        2,
+        &[b"/bin/sleep", b"1000"],
+        &[],
+        None,
+    )));
+    let (pid, pidfd) = parse_reply(client.recv(), 2).started();
+    procs.keep(pidfd);
+    // Already exec'd when Started came.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    // Nothing follows: the next reply answers the next request.
+    assert!(matches!(client.ping(3), Outcome::Pong { .. }));
+}

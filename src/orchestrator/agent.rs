@@ -15,6 +15,21 @@
 //! backs off), the agent counts as down, and the link reconnects with exponential backoff.
 //! Running QM processes are not affected: their pidfds do not depend on the connection.
 //! The first misbehaviour of each connection is logged; repeats are counted, not logged.
+//!
+//! **Gated exec** (an agent announcing minor 1 and `GATED_EXEC`): the agent answers `Start`
+//! with `Started` + pidfd *before* the process execs, and lets it exec only once that packet is
+//! sent; `Running` or `Error` (stage `exec`) follows. The pidfd is *held* per service
+//! ([`AgentLink`]'s gate slots) and the request stays open until then: on `Running` the process
+//! is adopted (core `Spawned`); on `Error` the held pidfd is killed (harmless: the child already
+//! exited 127) and closed, and the core sees `SpawnFailed { Exec, errno }` exactly as from an
+//! ungated agent, so start limits and backoff treat exec failures the same in both partitions.
+//! If `Running` does not come — the request times out, or the connection drops (the agent was
+//! killed) — the held pidfd is adopted anyway: the process is supervised whether or not it got
+//! the go-ahead (without it, it exits 125 and is restarted like any exit). Hence a QM process
+//! the orchestrator did not receive the pidfd of never runs its program, and a held one is never
+//! lost: exactly one process per service, whatever the agent does or when it dies. A timeout of
+//! `Running` does not drop the link by itself (the liveness `Ping` decides); a `Running` after
+//! it, for an unknown id, twice, or with an fd, is a violation and drops the link.
 //! Across connections, misbehaviour is rate-limited too: at most one `agent-misbehaved` line
 //! (and its `agent-down`) per [`MISBEHAVIOUR_LOG_INTERVAL`], the next one saying how many were
 //! suppressed. The reconnect delay is reset only when a connection that answered a request
@@ -44,6 +59,14 @@ const _: () = assert!(crate::supervise::SERVICES_MAX as u64 <= PING_INDEX);
 
 /// At most one misbehaviour is logged per interval (the others are counted).
 pub(crate) const MISBEHAVIOUR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A `Started` of a gated agent whose `Running` (or `Error`) has not come yet: its request id
+/// and the held pidfd (`None` when the kernel could not give it to us: the answer is then only
+/// awaited, to be ignored).
+pub(crate) struct Gate {
+    id: u64,
+    pidfd: Option<OwnedFd>,
+}
 
 /// An outstanding request of one service.
 #[derive(Clone, Copy, Debug)]
@@ -142,6 +165,10 @@ pub(crate) struct AgentLink {
     /// still waits for the send slot.
     probe: Option<(u64, u64)>,
     probe_unsent: bool,
+    /// The agent announced minor 1+ and `GATED_EXEC`: `Started` precedes `Running`/`Error`.
+    gated: bool,
+    /// Per service: a `Started` waiting for its `Running` (allocated once, one per service).
+    gates: Box<[Option<Gate>]>,
 }
 
 impl AgentLink {
@@ -184,6 +211,8 @@ impl AgentLink {
             peer_ns: None,
             probe: None,
             probe_unsent: false,
+            gated: false,
+            gates: (0..services).map(|_| None).collect(),
         })
     }
 
@@ -516,7 +545,19 @@ impl Orchestrator {
         self.agent.probe_unsent = false;
         for index in 0..self.services.len() {
             self.services[index].abandoned = None;
-            if self.services[index].request.take().is_some() {
+            let gate = self.agent.gates.get_mut(index).and_then(Option::take);
+            let request = self.services[index].request.take();
+            if let Some(request) = request {
+                if let Some(pidfd) = gate.filter(|g| g.id == request.id).and_then(|g| g.pidfd) {
+                    // `Started` came, `Running` not: the process exists (it execs only if the
+                    // agent sent the go-ahead). Supervise it rather than start another.
+                    if self
+                        .agent_adopt_held(index, pidfd, "connection-lost")
+                        .is_ok()
+                    {
+                        continue;
+                    }
+                }
                 let service = self.services[index].id;
                 self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                 self.push_event(Event::SpawnFailed {
@@ -757,6 +798,18 @@ impl Orchestrator {
             };
             rt.request = None;
             rt.abandoned = Some(request.id);
+            let held = match self.agent.gates.get_mut(index) {
+                Some(gate) if gate.as_ref().is_some_and(|g| g.id == request.id) => {
+                    gate.take().and_then(|g| g.pidfd)
+                }
+                _ => None,
+            };
+            if let Some(pidfd) = held {
+                // `Started` came but `Running` did not: the process is held, not dropped.
+                let _ = self.agent_adopt_held(index, pidfd, "running-timeout");
+                continue;
+            }
+            let rt = &mut self.services[index];
             let service = rt.id;
             self.log.line(
                 Priority::Warning,
@@ -897,6 +950,10 @@ impl Orchestrator {
             // install one here (EMFILE/ENFILE). Our shortage, not the agent's fault.
             if let v1::Body::Started(started) = frame.body {
                 if let Ok(Answer::OnTime(index)) = self.agent_take_request(id) {
+                    if self.agent.gated {
+                        // Its `Running`/`Error` is still to come: expect it, then ignore it.
+                        self.agent.gates[index] = Some(Gate { id, pidfd: None });
+                    }
                     self.agent_pidfd_lost(index, started.pid);
                     self.agent.mark_answered();
                     return Ok(());
@@ -935,6 +992,8 @@ impl Orchestrator {
                 }
                 self.agent.state = LinkState::Up;
                 self.agent.capabilities = pong.capabilities;
+                self.agent.gated = pong.version_minor >= 1
+                    && pong.capabilities.contains(v1::Capabilities::GATED_EXEC);
                 self.agent.version = (pong.version_major, pong.version_minor);
                 // The reconnect delay is not reset here: only a valid answer to a request
                 // (`mark_answered`, applied when the connection ends) does, so a hostile agent
@@ -957,41 +1016,80 @@ impl Orchestrator {
                 self.update_status("up");
                 Ok(())
             }
-            v1::Body::Started(started) => {
-                let index = match self.agent_take_request(id)? {
-                    Answer::OnTime(index) => index,
-                    Answer::Late(index) => {
-                        return Err(self.agent_late_answer(index, fds, Some(started.pid)))
-                    }
-                };
-                if fds.fds.len() != v1::STARTED_FD_COUNT {
-                    self.agent_fail_request(index, libc::EBADMSG);
+            v1::Body::Started(_) if self.agent_gate_index(id).is_some() => {
+                Err(Violation("a second Started for one request"))
+            }
+            v1::Body::Started(started) if self.agent.gated => {
+                let index = self.agent_check_started(id, fds, started.pid)?;
+                let Some(pidfd) = fds.fds.pop() else {
                     return Err(Violation("Started without exactly one file descriptor"));
-                }
-                let pidfd = fds.fds.pop().expect("one fd");
-                let checked = self
-                    .check_received_pidfd(&pidfd)
-                    .and_then(|()| check_namespace(&pidfd, self.agent.peer_ns, Some(started.pid)));
-                if let Err(what) = checked {
-                    self.agent_fail_request(index, libc::EBADF);
-                    return Err(what);
-                }
-                let identity =
-                    pidfd::identity(pidfd.as_fd()).unwrap_or(pidfd::Identity { inode: 0, pid: -1 });
-                // Our PID namespace's pid; 0 when the process was already reaped (only the
-                // agent's view of it is left, logged as qm_pid).
-                let pid = identity.pid.max(0);
+                };
                 self.services[index].qm_pid = started.pid;
-                self.counters.spawned_qm.fetch_add(1, Ordering::Relaxed);
                 self.log.line(
                     Priority::Debug,
                     format_args!(
-                        "service={} partition=qm event=started pid={pid} agent_pid={}",
+                        "service={} partition=qm event=started-gated agent_pid={}",
                         self.services[index].def.name, started.pid
                     ),
                 );
-                let service = self.services[index].id;
-                self.adopt(service, pidfd, pid, identity);
+                self.agent.gates[index] = Some(Gate {
+                    id,
+                    pidfd: Some(pidfd),
+                });
+                Ok(())
+            }
+            v1::Body::Running if !fds.fds.is_empty() => {
+                Err(Violation("file descriptor with a Running"))
+            }
+            v1::Body::Running => {
+                let Some(index) = self.agent_gate_index(id) else {
+                    return match self.agent_take_request(id)? {
+                        Answer::Late(index) => Err(self.agent_late_answer(index, fds, None)),
+                        Answer::OnTime(index) => {
+                            self.agent_fail_request(index, libc::EBADMSG);
+                            Err(Violation("Running before Started"))
+                        }
+                    };
+                };
+                let gate = self.agent.gates[index].take().expect("gate checked");
+                let Some(pidfd) = gate.pidfd else {
+                    // The pidfd was lost (EMFILE); the failure is already reported.
+                    return Ok(());
+                };
+                self.services[index].request = None;
+                self.agent_adopt_held(index, pidfd, "running")?;
+                self.agent.mark_answered();
+                Ok(())
+            }
+            v1::Body::Error(error) if self.agent_gate_index(id).is_some() => {
+                let index = self.agent_gate_index(id).expect("gate checked");
+                let gate = self.agent.gates[index].take().expect("gate checked");
+                if !fds.fds.is_empty() {
+                    if let Some(pidfd) = gate.pidfd {
+                        self.services[index].request = None;
+                        let _ = self.agent_adopt_held(index, pidfd, "bad-error");
+                    }
+                    return Err(Violation("file descriptor with an Error"));
+                }
+                let Some(pidfd) = gate.pidfd else {
+                    return Ok(());
+                };
+                // The agent says the program did not run (the child exited 127 and was reaped).
+                // Kill it anyway, so that a lying agent cannot leave a process behind.
+                let _ = pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+                drop(pidfd);
+                self.services[index].request = None;
+                self.agent_spawn_error(index, &error);
+                self.agent.mark_answered();
+                Ok(())
+            }
+            v1::Body::Started(started) => {
+                let index = self.agent_check_started(id, fds, started.pid)?;
+                let Some(pidfd) = fds.fds.pop() else {
+                    return Err(Violation("Started without exactly one file descriptor"));
+                };
+                self.services[index].request = None;
+                self.agent_adopt(index, pidfd, started.pid);
                 self.agent.mark_answered();
                 Ok(())
             }
@@ -1004,30 +1102,7 @@ impl Orchestrator {
                     self.agent_fail_request(index, libc::EBADMSG);
                     return Err(Violation("file descriptor with an Error"));
                 }
-                let stage = match error.stage {
-                    v1::ErrorStage::Exec => SpawnStage::Exec,
-                    _ => SpawnStage::Setup,
-                };
-                self.log.line(
-                    Priority::Warning,
-                    format_args!(
-                        "service={} partition=qm event=spawn-failed stage={} errno={} error=\"{}\" agent_text=\"{}\"",
-                        self.services[index].def.name,
-                        error.stage.name(),
-                        error.errno,
-                        ErrnoText(error.errno),
-                        Escaped(error.text)
-                    ),
-                );
-                let service = self.services[index].id;
-                self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
-                self.push_event(Event::SpawnFailed {
-                    service,
-                    error: SpawnError {
-                        errno: error.errno,
-                        stage,
-                    },
-                });
+                self.agent_spawn_error(index, &error);
                 self.agent.mark_answered();
                 Ok(())
             }
@@ -1056,6 +1131,131 @@ impl Orchestrator {
             _ if rt.abandoned == Some(id) => Ok(Answer::Late(index)),
             _ => Err(Violation("unknown request id")),
         }
+    }
+
+    /// The service whose gate waits for `Running`/`Error` of this request id.
+    fn agent_gate_index(&self, id: u64) -> Option<usize> {
+        let index = (id & REQUEST_INDEX_MASK) as usize;
+        let waiting = self.agent.gates.get(index)?.as_ref()?.id == id;
+        let open = self
+            .services
+            .get(index)?
+            .request
+            .is_some_and(|r| r.id == id);
+        (waiting && (open || self.agent.gates[index].as_ref()?.pidfd.is_none())).then_some(index)
+    }
+
+    /// A gated `Started`: the request must be open and sent, the packet must carry exactly one
+    /// pidfd of a process no service has, in the agent's PID namespace. The request stays open.
+    fn agent_check_started(
+        &mut self,
+        id: u64,
+        fds: &mut ring::ReceivedFds,
+        qm_pid: i32,
+    ) -> Result<usize, Violation> {
+        if self.agent.state != LinkState::Up {
+            return Err(Violation("answer before the handshake"));
+        }
+        let index = (id & REQUEST_INDEX_MASK) as usize;
+        let rt = self
+            .services
+            .get(index)
+            .ok_or(Violation("unknown request id"))?;
+        match rt.request {
+            Some(r) if r.id == id && r.sent => {}
+            _ if rt.abandoned == Some(id) => {
+                return Err(self.agent_late_answer(index, fds, Some(qm_pid)));
+            }
+            _ => return Err(Violation("unknown request id")),
+        }
+        if fds.fds.len() != v1::STARTED_FD_COUNT {
+            self.services[index].request = None;
+            self.agent_fail_request(index, libc::EBADMSG);
+            return Err(Violation("Started without exactly one file descriptor"));
+        }
+        let checked = self
+            .check_received_pidfd(&fds.fds[0])
+            .and_then(|()| check_namespace(&fds.fds[0], self.agent.peer_ns, Some(qm_pid)));
+        if let Err(what) = checked {
+            self.services[index].request = None;
+            self.agent_fail_request(index, libc::EBADF);
+            return Err(what);
+        }
+        Ok(index)
+    }
+
+    /// Supervises a held pidfd (after `Running`, a timeout or a lost connection), after checking
+    /// once more that no service has its process (a hostile agent could send one pidfd twice).
+    fn agent_adopt_held(
+        &mut self,
+        index: usize,
+        pidfd: OwnedFd,
+        how: &'static str,
+    ) -> Result<(), Violation> {
+        if let Err(what) = self.check_received_pidfd(&pidfd) {
+            self.agent_fail_request(index, libc::EBADF);
+            return Err(what);
+        }
+        if how != "running" {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={} partition=qm event=held-pidfd-adopted qm_pid={} why={how}",
+                    self.services[index].def.name, self.services[index].qm_pid
+                ),
+            );
+        }
+        let qm_pid = self.services[index].qm_pid;
+        self.agent_adopt(index, pidfd, qm_pid);
+        Ok(())
+    }
+
+    /// Hands a checked pidfd to the core: the process is supervised from now on.
+    fn agent_adopt(&mut self, index: usize, pidfd: OwnedFd, qm_pid: i32) {
+        let identity =
+            pidfd::identity(pidfd.as_fd()).unwrap_or(pidfd::Identity { inode: 0, pid: -1 });
+        // Our PID namespace's pid; 0 when the process was already reaped (only the agent's
+        // view of it is left, logged as qm_pid).
+        let pid = identity.pid.max(0);
+        self.services[index].qm_pid = qm_pid;
+        self.counters.spawned_qm.fetch_add(1, Ordering::Relaxed);
+        self.log.line(
+            Priority::Debug,
+            format_args!(
+                "service={} partition=qm event=started pid={pid} agent_pid={qm_pid}",
+                self.services[index].def.name
+            ),
+        );
+        let service = self.services[index].id;
+        self.adopt(service, pidfd, pid, identity);
+    }
+
+    /// An `Error` answering a request: logged, and the core backs off.
+    fn agent_spawn_error(&mut self, index: usize, error: &v1::ErrorFrame<'_>) {
+        let stage = match error.stage {
+            v1::ErrorStage::Exec => SpawnStage::Exec,
+            _ => SpawnStage::Setup,
+        };
+        self.log.line(
+            Priority::Warning,
+            format_args!(
+                "service={} partition=qm event=spawn-failed stage={} errno={} error=\"{}\" agent_text=\"{}\"",
+                self.services[index].def.name,
+                error.stage.name(),
+                error.errno,
+                ErrnoText(error.errno),
+                Escaped(error.text)
+            ),
+        );
+        let service = self.services[index].id;
+        self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+        self.push_event(Event::SpawnFailed {
+            service,
+            error: SpawnError {
+                errno: error.errno,
+                stage,
+            },
+        });
     }
 
     /// A `Started` whose pidfd the kernel could not give us (we are out of fds): the process

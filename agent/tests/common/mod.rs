@@ -378,11 +378,51 @@ impl V1Client {
         recv_with_fds(self.fd.as_raw_fd(), v1::FRAME_LEN_MAX).unwrap()
     }
 
-    /// Receives one reply and checks its request id and the fd rule.
+    /// Receives the reply to a request and checks its request id and the fd rule. A `Started`
+    /// (gated exec, wire 1.1) is followed by `Running` — the outcome is `Started` — or by
+    /// `Error` stage `exec`: then the process must have exited with status 127 without running
+    /// its program, and the outcome is that `Error`.
     pub fn outcome(&self, request_id: u64) -> Outcome {
         let reply = self.recv();
         assert!(!reply.bytes.is_empty(), "agent closed the connection");
-        parse_reply(reply, request_id)
+        match parse_reply(reply, request_id) {
+            Outcome::Started { pid, pidfd } => self.after_started(request_id, pid, pidfd),
+            other => other,
+        }
+    }
+
+    /// Reads what follows a `Started`: `Running` or `Error` (exec).
+    pub fn after_started(&self, request_id: u64, pid: i32, pidfd: OwnedFd) -> Outcome {
+        let reply = self.recv();
+        assert!(
+            !reply.bytes.is_empty(),
+            "agent closed the connection after Started"
+        );
+        assert!(
+            reply.fds.is_empty(),
+            "Running/Error after Started carried fds"
+        );
+        let frame = decode(&reply.bytes).unwrap_or_else(|e| panic!("undecodable reply: {e}"));
+        assert_eq!(frame.request_id(), request_id, "reply to another request");
+        match frame.body {
+            Body::Running => Outcome::Started { pid, pidfd },
+            Body::Error(error) => {
+                assert_eq!(
+                    error.stage,
+                    ErrorStage::Exec,
+                    "Error after Started: {error:?}"
+                );
+                if let Some(status) = exit_status(pidfd.as_fd()) {
+                    assert_eq!(status, holden::pidfd::ExitStatus::Exited(127));
+                }
+                Outcome::Error {
+                    stage: error.stage,
+                    errno: error.errno,
+                    text: String::from_utf8_lossy(error.text).into_owned(),
+                }
+            }
+            other => panic!("expected Running or Error after Started, got {other:?}"),
+        }
     }
 
     pub fn start(&self, request_id: u64, argv: &[&[u8]]) -> Outcome {

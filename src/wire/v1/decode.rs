@@ -117,6 +117,8 @@ pub enum Body<'a> {
     Error(ErrorFrame<'a>),
     Ping,
     Pong(Pong),
+    /// Minor 1+: the process announced by this request's `Started` exec'd its program.
+    Running,
 }
 
 /// A decoded `Start`: every string is validated (length, no NUL, env has `=`).
@@ -298,6 +300,7 @@ pub fn decode(packet: &[u8]) -> Result<Frame<'_>, DecodeError> {
         FrameKind::Error => Body::Error(decode_error(&mut r)?),
         FrameKind::Ping => Body::Ping,
         FrameKind::Pong => Body::Pong(decode_pong(&mut r)?),
+        FrameKind::Running => Body::Running,
     };
     // A newer minor may append fields we do not know; from our own or an older minor every
     // byte must have been understood.

@@ -8,8 +8,8 @@ use super::decode::{is_env_entry, PRESENT_GID, PRESENT_UID};
 use super::error::EncodeError;
 use super::limits::{
     ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_FIXED_LEN, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN,
-    MAGIC, PONG_PAYLOAD_LEN, STARTED_PAYLOAD_LEN, START_FIXED_LEN, STRING_LEN_MAX,
-    STRING_PREFIX_LEN, VERSION_MAJOR, VERSION_MINOR,
+    MAGIC, PONG_PAYLOAD_LEN, RUNNING_PAYLOAD_LEN, STARTED_PAYLOAD_LEN, START_FIXED_LEN,
+    STRING_LEN_MAX, STRING_PREFIX_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 use super::types::{ErrorStage, FrameKind, Pong, StartFlags};
 
@@ -152,6 +152,13 @@ pub fn encode_error(
 /// Encodes a `Ping` with `request_id` (the `Pong` carries the same id).
 pub fn encode_ping(buf: &mut [u8], request_id: u64) -> Result<usize, EncodeError> {
     let w = begin(buf, FrameKind::Ping, request_id, 0)?;
+    Ok(w.pos())
+}
+
+/// Encodes a `Running` (minor 1+) for `request_id`: the process announced by that request's
+/// `Started` exec'd its program. Empty payload.
+pub fn encode_running(buf: &mut [u8], request_id: u64) -> Result<usize, EncodeError> {
+    let w = begin(buf, FrameKind::Running, request_id, RUNNING_PAYLOAD_LEN)?;
     Ok(w.pos())
 }
 

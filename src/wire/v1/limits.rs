@@ -11,7 +11,9 @@ pub const MAGIC: [u8; 4] = *b"HLDN";
 pub const VERSION_MAJOR: u8 = 1;
 
 /// The protocol minor version this code speaks. Minor versions only add things a peer may ignore.
-pub const VERSION_MINOR: u8 = 0;
+///
+/// 1.1 added the `Running` frame and the gated exec (`Capabilities::GATED_EXEC`).
+pub const VERSION_MINOR: u8 = 1;
 
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
@@ -57,6 +59,9 @@ pub const PING_PAYLOAD_LEN: usize = 0;
 
 /// Length of a `Pong` payload.
 pub const PONG_PAYLOAD_LEN: usize = 8;
+
+/// Payload length of a `Running` (empty).
+pub const RUNNING_PAYLOAD_LEN: usize = 0;
 
 /// Number of file descriptors that travel with a `Started` frame (SCM_RIGHTS): the pidfd.
 /// Every other frame travels with none.

@@ -30,8 +30,8 @@ pub use decode::{
     Header, Start, Started, StrIter, StrList, PRESENT_GID, PRESENT_UID,
 };
 pub use encode::{
-    clamp_error_text, encode_error, encode_ping, encode_pong, encode_start, encode_started,
-    StartRef,
+    clamp_error_text, encode_error, encode_ping, encode_pong, encode_running, encode_start,
+    encode_started, StartRef,
 };
 pub use error::{DecodeError, EncodeError};
 pub use limits::*;

@@ -3,7 +3,7 @@
 
 use super::decode::{Body, ErrorFrame, Frame, Start, Started};
 use super::encode::{
-    encode_error, encode_ping, encode_pong, encode_start, encode_started, StartRef,
+    encode_error, encode_ping, encode_pong, encode_running, encode_start, encode_started, StartRef,
 };
 use super::error::EncodeError;
 use super::types::{ErrorStage, Pong, StartFlags};
@@ -25,6 +25,7 @@ pub enum OwnedBody {
     Error(OwnedError),
     Ping,
     Pong(Pong),
+    Running,
 }
 
 /// The owned counterpart of [`Start`].
@@ -62,6 +63,7 @@ impl OwnedFrame {
             OwnedBody::Error(error) => encode_error(buf, id, error.errno, error.stage, &error.text),
             OwnedBody::Ping => encode_ping(buf, id),
             OwnedBody::Pong(pong) => encode_pong(buf, id, *pong),
+            OwnedBody::Running => encode_running(buf, id),
         }
     }
 }
@@ -103,6 +105,7 @@ impl Body<'_> {
             }),
             Body::Ping => OwnedBody::Ping,
             Body::Pong(pong) => OwnedBody::Pong(*pong),
+            Body::Running => OwnedBody::Running,
         }
     }
 }

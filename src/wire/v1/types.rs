@@ -17,6 +17,9 @@ pub enum FrameKind {
     Ping = 4,
     /// Agent to orchestrator: the answer to `Ping`.
     Pong = 5,
+    /// Agent to orchestrator (minor 1+): the process of this request, announced by `Started`,
+    /// exec'd the requested program.
+    Running = 6,
 }
 
 impl FrameKind {
@@ -28,6 +31,7 @@ impl FrameKind {
             3 => Some(FrameKind::Error),
             4 => Some(FrameKind::Ping),
             5 => Some(FrameKind::Pong),
+            6 => Some(FrameKind::Running),
             _ => None,
         }
     }
@@ -119,6 +123,11 @@ bitflags! {
         /// The agent gets the pidfd atomically with the fork (`clone3(CLONE_PIDFD)`), so there
         /// is no PID-reuse window.
         const CLONE3_PIDFD = 1 << 2;
+        /// Gated exec (minor 1+): to a `Start` from a minor-1 orchestrator the agent answers
+        /// `Started` (+ pidfd) *before* the process execs, and the process execs only after that
+        /// packet was sent; then `Running` or `Error` (stage `exec`) follows. An agent that dies
+        /// in between never leaves an unsupervised program running.
+        const GATED_EXEC = 1 << 3;
     }
 }
 

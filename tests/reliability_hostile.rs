@@ -67,6 +67,11 @@ enum Behaviour {
     ErrorWithFd,
     AnswerBeforeHandshake,
     OrchestratorOnlyFrame,
+    // Gated exec (wire 1.1): the fake agent announces `GATED_EXEC`.
+    GatedRunningTwice,
+    GatedRunningBeforeStarted,
+    GatedRunningWithFd,
+    GatedSilentAfterStarted,
 }
 
 use Behaviour::*;
@@ -97,7 +102,31 @@ impl Behaviour {
             ErrorWithFd => "file descriptor with an Error",
             AnswerBeforeHandshake => "answer before the handshake",
             OrchestratorOnlyFrame => "a frame only the orchestrator sends",
+            GatedRunningTwice => "unknown request id",
+            GatedRunningBeforeStarted => "Running before Started",
+            GatedRunningWithFd => "file descriptor with a Running",
+            GatedSilentAfterStarted => "no Pong to a liveness Ping",
         }
+    }
+
+    /// The fake agent announces the gated exec (`Started`, then `Running`).
+    fn gated(self) -> bool {
+        matches!(
+            self,
+            GatedRunningTwice
+                | GatedRunningBeforeStarted
+                | GatedRunningWithFd
+                | GatedSilentAfterStarted
+        )
+    }
+
+    /// The misbehaviour leaves the victim with an adopted process, which the fake agent ends
+    /// so that the victim asks again on the next connection.
+    fn adopts(self) -> bool {
+        matches!(
+            self,
+            SameReplyTwice | GatedRunningTwice | GatedRunningWithFd | GatedSilentAfterStarted
+        )
     }
 
     /// Misbehaves instead of answering the handshake `Ping`.
@@ -115,9 +144,19 @@ fn frame_started(id: u64, pid: i32) -> Vec<u8> {
     out[..len].to_vec()
 }
 
-fn frame_pong(id: u64, version_major: u8) -> Vec<u8> {
+fn frame_running(id: u64) -> Vec<u8> {
     let mut out = [0u8; 64];
-    let mut pong = v1::Pong::ours(v1::Capabilities::empty());
+    let len = v1::encode_running(&mut out, id).unwrap();
+    out[..len].to_vec()
+}
+
+fn frame_pong(id: u64, version_major: u8) -> Vec<u8> {
+    frame_pong_with(id, version_major, v1::Capabilities::empty())
+}
+
+fn frame_pong_with(id: u64, version_major: u8, capabilities: v1::Capabilities) -> Vec<u8> {
+    let mut out = [0u8; 64];
+    let mut pong = v1::Pong::ours(capabilities);
     pong.version_major = version_major;
     let len = v1::encode_pong(&mut out, id, pong).unwrap();
     out[..len].to_vec()
@@ -133,12 +172,29 @@ fn next_frame(conn: &OwnedFd, buf: &mut [u8]) -> Option<(u64, bool)> {
     Some((frame.request_id(), matches!(frame.body, v1::Body::Start(_))))
 }
 
-/// Answers the `Ping`.
-fn handshake(conn: &OwnedFd) {
+/// Answers the `Ping` (announcing the gated exec when `gated`).
+fn handshake(conn: &OwnedFd, gated: bool) {
     let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
     let (ping, is_start) = next_frame(conn, &mut buf).expect("ping");
     assert!(!is_start);
-    send(conn, &frame_pong(ping, v1::VERSION_MAJOR), &[]);
+    let capabilities = if gated {
+        v1::Capabilities::GATED_EXEC
+    } else {
+        v1::Capabilities::empty()
+    };
+    send(
+        conn,
+        &frame_pong_with(ping, v1::VERSION_MAJOR, capabilities),
+        &[],
+    );
+}
+
+/// A correct answer: `Started` + pidfd, and `Running` when gated.
+fn answer(conn: &OwnedFd, id: u64, pid: i32, pidfd: RawFd, gated: bool) {
+    send(conn, &frame_started(id, pid), &[pidfd]);
+    if gated {
+        send(conn, &frame_running(id), &[]);
+    }
 }
 
 /// The id of the next `Start`.
@@ -317,6 +373,22 @@ impl Hostile {
                 let len = v1::encode_ping(&mut out, id).unwrap();
                 send(conn, &out[..len], &[])
             }
+            GatedRunningTwice => {
+                send(conn, &started, &[pfd]);
+                send(conn, &frame_running(id), &[]);
+                send(conn, &frame_running(id), &[])
+            }
+            GatedRunningBeforeStarted => send(conn, &frame_running(id), &[]),
+            GatedRunningWithFd => {
+                // The held pidfd is adopted when the link drops: the process is supervised.
+                send(conn, &started, &[pfd]);
+                send(conn, &frame_running(id), &[pfd])
+            }
+            GatedSilentAfterStarted => {
+                // No Running: the request times out, the held pidfd is adopted, and the
+                // liveness Ping goes unanswered (drained below).
+                send(conn, &started, &[pfd])
+            }
             FuturePongVersion | AcceptAndNeverReply | AnswerBeforeHandshake => {
                 unreachable!("handshake behaviours")
             }
@@ -365,17 +437,18 @@ impl Hostile {
         loop {
             let conn = accept(&listener);
             if stop.load(Ordering::SeqCst) {
-                handshake(&conn);
+                let gated = self.behaviour.gated();
+                handshake(&conn, gated);
                 let id = next_start(&conn);
                 let (pid, pidfd) = self.process();
-                send(&conn, &frame_started(id, pid), &[pidfd.as_raw_fd()]);
+                answer(&conn, id, pid, pidfd.as_raw_fd(), gated);
                 return (self, conn, pid);
             }
             let close = if self.behaviour.in_handshake() {
                 self.misbehave_in_handshake(&conn);
                 false
             } else {
-                handshake(&conn);
+                handshake(&conn, self.behaviour.gated());
                 let id = next_start(&conn);
                 self.misbehave(&conn, id)
             };
@@ -391,7 +464,7 @@ impl Hostile {
     /// After `SameReplyTwice` the first reply was adopted: end that process so the victim
     /// asks again on the next connection.
     fn end_adopted(&mut self) {
-        if self.behaviour != SameReplyTwice {
+        if !self.behaviour.adopts() {
             return;
         }
         for child in &mut self.children.0 {
@@ -449,7 +522,8 @@ fn run(behaviour: Behaviour) {
 
     // The first connection behaves: both QM services get a process.
     let conn0 = accept(&listener);
-    handshake(&conn0);
+    let gated = behaviour.gated();
+    handshake(&conn0, gated);
     let mut steady = None;
     for _ in 0..2 {
         let id = next_start(&conn0);
@@ -460,7 +534,7 @@ fn run(behaviour: Behaviour) {
             &steady_marker
         });
         let pid = child.id() as i32;
-        send(&conn0, &frame_started(id, pid), &[pidfd.as_raw_fd()]);
+        answer(&conn0, id, pid, pidfd.as_raw_fd(), gated);
         if !victim {
             steady = Some((pid, pidfd));
         }
@@ -538,6 +612,17 @@ fn run(behaviour: Behaviour) {
         behaviour.expected(),
         lines[0]
     );
+
+    // Gated: a held pidfd whose Running never came is supervised, not dropped.
+    let held_why = match behaviour {
+        GatedSilentAfterStarted => Some("why=running-timeout"),
+        GatedRunningWithFd => Some("why=connection-lost"),
+        _ => None,
+    };
+    if let Some(why) = held_why {
+        let held = orch.lines_with(&["service=victim ", "event=held-pidfd-adopted", why]);
+        assert!(!held.is_empty(), "held pidfd adopted ({why}): {log}");
+    }
 
     // Dropped and retried with growing delays (50 ms doubling to 500 ms).
     let delays: Vec<u64> = orch
@@ -636,4 +721,8 @@ hostile_tests! {
     error_with_an_fd: ErrorWithFd,
     answer_before_the_handshake: AnswerBeforeHandshake,
     a_frame_only_the_orchestrator_sends: OrchestratorOnlyFrame,
+    gated_running_twice: GatedRunningTwice,
+    gated_running_before_started: GatedRunningBeforeStarted,
+    gated_running_with_an_fd: GatedRunningWithFd,
+    gated_silent_after_started_is_held_and_adopted: GatedSilentAfterStarted,
 }

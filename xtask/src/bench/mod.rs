@@ -55,9 +55,6 @@ const PUBLISH_MARKER: &str =
 const BALLAST_KIB: u64 = 4096;
 /// Time allowed for the processes of a stopped phase to disappear.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(2);
-/// Open fds held by the "floor with ballast fds" analysis run: one pidfd per service of
-/// the largest scale point.
-const BALLAST_FDS: u64 = 4096;
 const SVG_NAME: &str = "latency-vs-n.svg";
 const PUBLISHED_SVG_NAME: &str = "performance-latency.svg";
 
@@ -93,6 +90,7 @@ fn plan(o: &Options) -> Plan {
         Plan {
             latency_restarts: 1_000,
             rounds: 1,
+            ballast_fds: 512,
             v02_restarts: 10,
             scale_ns: vec![1, 4, 16, 64, 256],
             scale_settle: Duration::from_millis(300),
@@ -110,6 +108,7 @@ fn plan(o: &Options) -> Plan {
         Plan {
             latency_restarts: 10_000,
             rounds: 5,
+            ballast_fds: 4096,
             v02_restarts: 100,
             scale_ns: vec![1, 4, 64, 1024, 4096],
             scale_settle: Duration::from_secs(1),
@@ -250,7 +249,8 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
     let rounds = ctx.plan.rounds.max(1);
     let n = ctx.plan.latency_restarts.div_ceil(rounds);
     let kib = BALLAST_KIB.to_string();
-    let fds_text = BALLAST_FDS.to_string();
+    let fds_text = ctx.plan.ballast_fds.to_string();
+    r.ballast_fds = ctx.plan.ballast_fds;
     for round in 1..=rounds {
         let tag = |what: &str| {
             if rounds > 1 {

@@ -43,6 +43,9 @@ pub struct Plan {
     /// Latency and scale measurements are split in this many rounds, floor and holden
     /// alternating, so that a burst of foreign load hits both alike.
     pub rounds: u64,
+    /// Open fds held by the fd-table analysis loops: as many pidfds as the largest N holds
+    /// (512 in a quick run, under any default fd limit).
+    pub ballast_fds: u64,
     pub v02_restarts: u64,
     pub scale_ns: Vec<usize>,
     pub scale_settle: Duration,

@@ -45,6 +45,8 @@ pub struct Results {
     pub floor_ballast: Option<LoopResult>,
     pub floor_fds: Option<LoopResult>,
     pub floor_shared_fds: Option<LoopResult>,
+    /// Open fds of the two fd-table analysis loops.
+    pub ballast_fds: u64,
     pub scale: Vec<ScalePoint>,
     pub slots: Vec<SlotsPoint>,
     pub growth: Option<Growth>,
@@ -379,31 +381,32 @@ fn latency_section(s: &mut String, r: &Results) {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     let floor = r.floor.as_ref();
-    let rows: [(&str, Option<&LoopResult>); 8] = [
-        ("floor: spawn, poll pidfd, waitid, repeat", floor),
-        ("holden-orchestrator, local", r.local.as_ref()),
+    let fds = r.ballast_fds;
+    let rows: [(String, Option<&LoopResult>); 8] = [
+        ("floor: spawn, poll pidfd, waitid, repeat".into(), floor),
+        ("holden-orchestrator, local".into(), r.local.as_ref()),
         (
-            "holden-orchestrator, QM via holden-agent (own PID ns)",
+            "holden-orchestrator, QM via holden-agent (own PID ns)".into(),
             r.qm.as_ref(),
         ),
         (
-            "v0.2 pattern: floor + 100 ms sleep per event",
+            "v0.2 pattern: floor + 100 ms sleep per event".into(),
             r.v02.as_ref(),
         ),
         (
-            "analysis: floor with posix_spawn (CLONE_VM, CLONE_VFORK; same session, signal and stdin set-up) + pidfd_open",
+            "analysis: floor with posix_spawn (CLONE_VM, CLONE_VFORK; same session, signal and stdin set-up) + pidfd_open".into(),
             r.floor_posix.as_ref(),
         ),
         (
-            "analysis: floor after touching 4 MiB of heap (fork copies more)",
+            "analysis: floor after touching 4 MiB of heap (fork copies more)".into(),
             r.floor_ballast.as_ref(),
         ),
         (
-            "analysis: floor holding 4,096 open fds (as many pidfds as services)",
+            format!("analysis: floor holding {fds} open fds (as many pidfds as services)"),
             r.floor_fds.as_ref(),
         ),
         (
-            "analysis: 4,096 open fds, clone(CLONE_FILES) + close_range(CLOSE_RANGE_UNSHARE) in a minimal child",
+            format!("analysis: clone(CLONE_FILES) + close_range(CLOSE_RANGE_UNSHARE), minimal child, holding {fds} open fds"),
             r.floor_shared_fds.as_ref(),
         ),
     ];

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::limits::LISTEN_BACKLOG;
-use crate::notify::sockaddr;
+use holden::sockaddr::unix as sockaddr;
 
 /// First fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;

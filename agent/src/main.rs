@@ -13,7 +13,6 @@ mod legacy;
 mod limits;
 mod listen;
 mod log;
-mod notify;
 mod peer;
 mod request;
 mod server;
@@ -28,6 +27,7 @@ use std::time::Duration;
 use crate::cli::{Command, Options};
 use crate::listen::{Flavor, Listener};
 use crate::log::{err, info, notice, warning};
+use holden::sd_notify::{Notifier, NOTIFY_SOCKET_ENV};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -73,13 +73,13 @@ impl StartupEnv {
         let taken = StartupEnv {
             listen_pid: std::env::var_os("LISTEN_PID"),
             listen_fds: std::env::var_os("LISTEN_FDS"),
-            notify_socket: std::env::var_os(notify::NOTIFY_SOCKET_ENV),
+            notify_socket: std::env::var_os(NOTIFY_SOCKET_ENV),
         };
         for name in [
             "LISTEN_PID",
             "LISTEN_FDS",
             "LISTEN_FDNAMES",
-            notify::NOTIFY_SOCKET_ENV,
+            NOTIFY_SOCKET_ENV,
         ] {
             // Start-up is single-threaded: nothing reads the environment
             // concurrently.
@@ -97,7 +97,7 @@ fn run(options: Options) -> Result<(), String> {
     let activated =
         listen::from_systemd(startup.listen_pid.as_deref(), startup.listen_fds.as_deref())
             .map_err(|e| e.to_string())?;
-    let signals = signals::SignalFd::install().map_err(|e| format!("signalfd: {e}"))?;
+    let signals = signals::install().map_err(|e| format!("signalfd: {e}"))?;
     let inherited = env::InheritedEnv::capture();
     if inherited.dropped > 0 {
         warning!(
@@ -127,13 +127,16 @@ fn run(options: Options) -> Result<(), String> {
         status.push(' ');
         status.push_str(&listener.description);
     }
-    match notify::notify(startup.notify_socket.as_deref(), status.as_bytes()) {
-        Ok(_) => {}
-        Err(error) => warning!("sd_notify READY=1: {error}"),
+    let notifier = Notifier::to(startup.notify_socket.as_deref()).unwrap_or_else(|error| {
+        warning!("sd_notify: {error}");
+        Notifier::disabled()
+    });
+    if let Err(error) = notifier.send(status.as_bytes()) {
+        warning!("sd_notify READY=1: {error}");
     }
     let result = server.run();
     server.remove_socket_files();
-    let _ = notify::notify(startup.notify_socket.as_deref(), b"STOPPING=1");
+    let _ = notifier.send(b"STOPPING=1");
     match result {
         Ok(signal) => {
             notice!("stopped on signal {signal}; socket files removed");

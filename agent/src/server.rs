@@ -28,7 +28,8 @@ use crate::listen::{Flavor, Listener};
 use crate::log::{info, notice, warning};
 use crate::peer::{peer_credentials, AllowList, Peer};
 use crate::request::spec_limits;
-use crate::signals::{SignalFd, IGNORED, TERMINATING};
+use crate::signals::{IGNORED, TERMINATING};
+use holden::signalfd::SignalFd;
 
 /// Connections accepted per listener per wake-up.
 const ACCEPTS_PER_WAKE_MAX: usize = 16;
@@ -256,7 +257,7 @@ impl Server {
             events: libc::POLLIN,
             revents: 0,
         };
-        self.pollfds.push(entry(self.signals.raw()));
+        self.pollfds.push(entry(self.signals.fd().as_raw_fd()));
         self.owners.push(Owner::Signals);
         for (i, listener) in self.listeners.iter().enumerate() {
             self.pollfds.push(entry(listener.fd.as_raw_fd()));

@@ -205,19 +205,8 @@ struct Client {
 
 impl Client {
     fn connect(path: &std::path::Path) -> Result<Client, Fail> {
-        let bytes = path.as_os_str().as_bytes();
-        // SAFETY: zeroed sockaddr_un is valid.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        if bytes.is_empty() || bytes.len() >= addr.sun_path.len() {
-            return Err(fail(
-                EXIT_USAGE,
-                format!("socket path {} is empty or too long", path.display()),
-            ));
-        }
-        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
+        let (addr, len) = holden::sockaddr::unix(path.as_os_str().as_bytes())
+            .map_err(|e| fail(EXIT_USAGE, format!("--socket: {e}")))?;
         // SAFETY: plain socket() call.
         let raw =
             unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
@@ -226,8 +215,7 @@ impl Client {
         }
         // SAFETY: we own the new fd.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-        // SAFETY: addr is a valid sockaddr_un of at least len bytes.
+        // SAFETY: addr is a valid sockaddr_un of len bytes.
         let rc = unsafe {
             libc::connect(
                 fd.as_raw_fd(),

@@ -178,7 +178,7 @@ impl AgentLink {
         timer_slot: SlotId,
         needed: bool,
     ) -> Result<AgentLink, Error> {
-        let (addr, addr_len) = unix_address(settings.agent_socket.as_os_str().as_bytes())
+        let (addr, addr_len) = crate::sockaddr::unix(settings.agent_socket.as_os_str().as_bytes())
             .map_err(|e| Error::Io("agent socket path", e))?;
         Ok(AgentLink {
             addr,
@@ -270,28 +270,6 @@ impl AgentLink {
     pub(crate) fn is_up(&self) -> bool {
         self.state == LinkState::Up
     }
-}
-
-/// Builds a `sockaddr_un` for a filesystem path.
-pub(crate) fn unix_address(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if path.is_empty() || path.len() >= addr.sun_path.len() || path.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{:?}: must be 1..{} bytes without NUL",
-                String::from_utf8_lossy(path),
-                addr.sun_path.len()
-            ),
-        ));
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
-        *dst = src as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
-    Ok((addr, len as libc::socklen_t))
 }
 
 /// The namespace position of the process at the other end of a Unix socket (SO_PEERCRED).
@@ -386,7 +364,7 @@ impl Orchestrator {
 
     pub(crate) fn agent_path(&self) -> Escaped<'_> {
         let len = self.agent.addr_len as usize - std::mem::size_of::<libc::sa_family_t>() - 1;
-        // SAFETY: sun_path holds `len` path bytes written by `unix_address` (c_char and u8 have
+        // SAFETY: sun_path holds `len` path bytes written by `sockaddr::unix` (c_char and u8 have
         // the same size and alignment).
         let bytes = unsafe {
             std::slice::from_raw_parts(self.agent.addr.sun_path.as_ptr().cast::<u8>(), len)

@@ -179,7 +179,7 @@ fn group_id(name: &str) -> Result<u32, Error> {
 
 /// Binds a SOCK_SEQPACKET listener at `path` (a stale file there is removed first).
 fn bind_listener(path: &[u8], gid: Option<u32>) -> io::Result<(OwnedFd, (u64, u64))> {
-    let (addr, len) = super::agent::unix_address(path)?;
+    let (addr, len) = crate::sockaddr::unix(path)?;
     // SAFETY: plain socket() call.
     let fd = unsafe {
         libc::socket(
@@ -211,7 +211,7 @@ fn bind_listener(path: &[u8], gid: Option<u32>) -> io::Result<(OwnedFd, (u64, u6
     // Created 0600 (umask 0177 for the bind), widened to 0660 for a group after chown.
     // SAFETY: umask only changes the process mask; restored right after.
     let old = unsafe { libc::umask(0o177) };
-    // SAFETY: addr/len come from unix_address.
+    // SAFETY: addr/len come from sockaddr::unix.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),

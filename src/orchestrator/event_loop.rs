@@ -17,10 +17,10 @@
 
 use super::agent::AgentLink;
 use super::log::{Logger, Priority};
-use super::notify::Notifier;
-use super::signals::SignalFd;
 use super::spec::{Options, ServiceDef, Settings};
 use crate::pidfd::{self, Capabilities, ExitInfo, Identity};
+use crate::sd_notify::Notifier;
+use crate::signalfd::SignalFd;
 use crate::spawn::{self, SpawnSpec};
 use crate::supervise::{
     self, Action, Command, Event, MonoTime, Partition, Pid, Reason, ServiceId, SpawnError,
@@ -321,7 +321,7 @@ impl Orchestrator {
             });
         }
         let signals = if options.signals {
-            let sfd = SignalFd::install().map_err(|e| Error::Io("signalfd", e))?;
+            let sfd = super::signals::install().map_err(|e| Error::Io("signalfd", e))?;
             let slot = take_slot(&mut ring, Owner::Signals)?;
             Some((sfd, slot))
         } else {

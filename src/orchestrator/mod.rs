@@ -10,7 +10,6 @@ mod control;
 mod event_loop;
 mod legacy;
 pub mod log;
-pub mod notify;
 mod reload;
 pub mod signals;
 mod spec;

@@ -91,7 +91,13 @@ impl Agent {
             log_path,
         };
         let mut buf = [0u8; 512];
-        match notify.recv(&mut buf) {
+        let received = loop {
+            match notify.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match received {
             Ok(len) => {
                 let text = String::from_utf8_lossy(&buf[..len]);
                 assert!(text.starts_with("READY=1"), "notify message: {text:?}");

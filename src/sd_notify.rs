@@ -1,4 +1,4 @@
-//! systemd notification (`sd_notify(3)`) written by hand: one datagram per message to the
+//! systemd notification (`sd_notify(3)`) written by hand, for the orchestrator and the agent: one datagram per message to the
 //! `AF_UNIX` socket named by `NOTIFY_SOCKET` (a path, or an abstract name starting with `@`).
 //!
 //! Read once at start-up ([`Notifier::from_env`]); afterwards sending allocates nothing.
@@ -11,6 +11,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
+
+/// The variable systemd sets for `Type=notify` units.
+pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 
 /// Longest notification message.
 pub const MESSAGE_BYTES_MAX: usize = 512;
@@ -37,11 +40,16 @@ impl Notifier {
             std::env::var_os("WATCHDOG_USEC").as_deref(),
             std::env::var_os("WATCHDOG_PID").as_deref(),
         );
-        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-            return Ok(Notifier {
-                socket: None,
-                watchdog,
-            });
+        let mut notifier = Notifier::to(std::env::var_os(NOTIFY_SOCKET_ENV).as_deref())?;
+        notifier.watchdog = watchdog;
+        Ok(notifier)
+    }
+
+    /// A notifier for the socket named `address` (the value of `NOTIFY_SOCKET`, which the
+    /// caller may have taken out of the environment), without a watchdog.
+    pub fn to(address: Option<&OsStr>) -> io::Result<Notifier> {
+        let Some(path) = address else {
+            return Ok(Notifier::disabled());
         };
         let (addr, len) = socket_address(path.as_bytes())?;
         // SAFETY: socket() takes plain integer arguments.
@@ -53,7 +61,7 @@ impl Notifier {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Notifier {
             socket: Some((fd, addr, len)),
-            watchdog,
+            watchdog: None,
         })
     }
 
@@ -130,37 +138,15 @@ fn watchdog_from(usec: Option<&OsStr>, pid: Option<&OsStr>) -> Option<Duration> 
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-/// Builds the address: `/path` as is; `@name` as an abstract socket (leading NUL).
+/// The `NOTIFY_SOCKET` address: an absolute path, or an abstract name (`@...`).
 fn socket_address(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bad =
-        |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("NOTIFY_SOCKET: {why}"));
-    if path.is_empty() {
-        return Err(bad("empty"));
+    if !path.starts_with(b"/") && !path.starts_with(b"@") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NOTIFY_SOCKET: neither an absolute path nor an abstract name (@...)",
+        ));
     }
-    if path.len() >= addr.sun_path.len() {
-        return Err(bad("longer than a socket address allows"));
-    }
-    if path.contains(&0) {
-        return Err(bad("contains a NUL byte"));
-    }
-    let abstract_name = path[0] == b'@';
-    if !abstract_name && path[0] != b'/' {
-        return Err(bad("neither an absolute path nor an abstract name (@...)"));
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(path) {
-        *dst = src as libc::c_char;
-    }
-    let base = std::mem::size_of::<libc::sa_family_t>();
-    let len = if abstract_name {
-        addr.sun_path[0] = 0;
-        base + path.len()
-    } else {
-        base + path.len() + 1
-    };
-    Ok((addr, len as libc::socklen_t))
+    crate::sockaddr::unix(path).map_err(|e| io::Error::new(e.kind(), format!("NOTIFY_SOCKET: {e}")))
 }
 
 #[cfg(test)]

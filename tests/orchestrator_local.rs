@@ -345,3 +345,30 @@ fn stop_services_false_leaves_them_running() {
     kill(pid, libc::SIGKILL);
     assert!(still, "the configuration said to leave it running");
 }
+
+/// A service whose spawn always fails, with `restart_delay = "0"` and no start limit, must not
+/// take the event loop with it: the retries go through the ring (at least
+/// SPAWN_FAILED_DELAY_MIN apart), so another service is still supervised and SIGTERM is still
+/// answered. (Before, the retry ran inside the same loop iteration, forever.)
+#[test]
+fn a_spawn_that_always_fails_does_not_starve_the_loop() {
+    let dir = TempDir::new("spawn-storm");
+    let cfg = header(&dir)
+        + &service(
+            "missing",
+            "local",
+            &["/nonexistent/holden-test-binary"],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+        )
+        + &service(
+            "crasher",
+            "local",
+            &["/bin/sh", "-c", "exit 3"],
+            "restart = \"always\"\nrestart_delay = \"0s\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+        );
+    let mut orch = Orch::start(&dir, &cfg);
+    orch.wait_lines(&["service=missing ", "event=spawn-failed"], 5);
+    let exits = orch.lines_with(&["service=crasher ", "reason=exited"]).len();
+    orch.wait_lines(&["service=crasher ", "reason=exited"], exits + 5);
+    assert!(orch.stop(libc::SIGTERM).success(), "{}", orch.log());
+}

@@ -224,6 +224,27 @@ fn zero_delay_restarts_at_once_without_a_timer() {
 }
 
 #[test]
+fn a_failed_spawn_is_retried_through_a_timer_even_with_zero_delay() {
+    let mut p = policy(Restart::Always);
+    p.restart_delay = Duration::ZERO;
+    let mut h = Harness::new();
+    let id = h.core.add(p).unwrap();
+    h.command(id, Command::Start);
+    let error = SpawnError {
+        errno: libc::ENOENT,
+        stage: SpawnStage::Exec,
+    };
+    let actions = h.at(5).event(Event::SpawnFailed { service: id, error });
+    assert_eq!(spawns(&actions), 0, "no retry inside the same step");
+    let (deadline, token) = timer_of(&actions);
+    let floor_ns = holden::supervise::SPAWN_FAILED_DELAY_MIN.as_nanos() as u64;
+    assert_eq!(deadline, MonoTime::from_nanos(5_000_000 + floor_ns));
+    assert_eq!(h.state(id), State::Backoff);
+    let actions = h.at(15).event(Event::TimerFired { service: id, token });
+    assert_eq!(spawns(&actions), 1);
+}
+
+#[test]
 fn start_limit_sends_the_service_to_failed_until_asked() {
     let mut p = policy(Restart::Always);
     p.restart_delay = Duration::ZERO;

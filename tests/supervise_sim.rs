@@ -574,7 +574,7 @@ impl World {
                 });
             }
             Err(error) => {
-                self.end_of_run(index, None);
+                self.end_of_run(index, None, error.stage != SpawnStage::Agent);
                 self.deliver(Event::SpawnFailed { service: id, error });
                 self.check_stop_outcome(id);
             }
@@ -585,7 +585,7 @@ impl World {
         let process = self.services[index].process.take().expect("due");
         let id = self.services[index].id;
         self.services[index].awaiting_release = Some(process.pid);
-        self.end_of_run(index, Some(process.started_ns));
+        self.end_of_run(index, Some(process.started_ns), false);
         self.deliver(Event::Exited {
             service: id,
             status: process.status,
@@ -623,8 +623,9 @@ impl World {
         }
     }
 
-    /// The model of the restart policy: a run (or a spawn attempt) ended.
-    fn end_of_run(&mut self, index: usize, started_ns: Option<u64>) {
+    /// The model of the restart policy: a run (or a spawn attempt) ended. A spawn that failed
+    /// in this partition is retried no sooner than `SPAWN_FAILED_DELAY_MIN`.
+    fn end_of_run(&mut self, index: usize, started_ns: Option<u64>, spawn_failed_here: bool) {
         let now = self.now_ns;
         let id = self.services[index].id;
         let policy = self.core.policy(id).expect("exists");
@@ -640,7 +641,11 @@ impl World {
         {
             service.backoff_step = 0;
         }
-        let delay = policy.restart_delay_at(service.backoff_step).as_nanos() as u64;
+        let mut delay = policy.restart_delay_at(service.backoff_step);
+        if spawn_failed_here {
+            delay = delay.max(holden::supervise::SPAWN_FAILED_DELAY_MIN);
+        }
+        let delay = delay.as_nanos() as u64;
         service.restart_not_before_ns = Some(now + delay);
         service.backoff_step = (service.backoff_step + 1).min(64);
     }

@@ -110,6 +110,12 @@ struct Slot {
 
 /// Consecutive restarts beyond which the backoff exponent stops counting.
 const BACKOFF_STEP_MAX: u32 = 64;
+/// Shortest wait before retrying a spawn that failed (exec error, EMFILE ...), whatever the
+/// policy says. A restart after an exit is paced by the process's own life; a spawn that fails
+/// at once is not, and with `restart_delay = "0"` and no start limit it would be retried in a
+/// tight loop that floods the log and, without this floor, never lets the shell look at its
+/// ring (signals, other services) again.
+pub const SPAWN_FAILED_DELAY_MIN: Duration = Duration::from_millis(10);
 
 impl Slot {
     const FREE: Slot = Slot {
@@ -563,7 +569,12 @@ impl Supervisor {
     /// After an exit or a failed spawn that the policy restarts.
     fn schedule_restart(&mut self, now: MonoTime, service: ServiceId, reason: Reason) {
         let slot = &mut self.slots[service.index()];
-        let delay = slot.policy.restart_delay_at(slot.backoff_step);
+        let mut delay = slot.policy.restart_delay_at(slot.backoff_step);
+        // (An agent-stage failure needs no floor: the service then waits for `AgentUp`, which
+        // the shell paces with its reconnect backoff.)
+        if matches!(reason, Reason::SpawnFailed(e) if e.stage != SpawnStage::Agent) {
+            delay = delay.max(SPAWN_FAILED_DELAY_MIN);
+        }
         slot.backoff_step = (slot.backoff_step + 1).min(BACKOFF_STEP_MAX);
         slot.restarts = slot.restarts.saturating_add(1);
         let deadline = now.saturating_add(delay);

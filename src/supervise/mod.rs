@@ -35,7 +35,7 @@ mod time;
 
 pub use action::{Action, Reason, Transition};
 pub use event::{Command, Event, ExitStatus, Pid, SpawnError, SpawnStage, TimerToken};
-pub use machine::{Refusal, ServiceId, Supervisor, SERVICES_MAX};
+pub use machine::{Refusal, ServiceId, Supervisor, SERVICES_MAX, SPAWN_FAILED_DELAY_MIN};
 pub use policy::{Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX};
 pub use status::{ServiceStatus, State};
 pub use time::MonoTime;

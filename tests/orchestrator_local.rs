@@ -368,7 +368,9 @@ fn a_spawn_that_always_fails_does_not_starve_the_loop() {
         );
     let mut orch = Orch::start(&dir, &cfg);
     orch.wait_lines(&["service=missing ", "event=spawn-failed"], 5);
-    let exits = orch.lines_with(&["service=crasher ", "reason=exited"]).len();
+    let exits = orch
+        .lines_with(&["service=crasher ", "reason=exited"])
+        .len();
     orch.wait_lines(&["service=crasher ", "reason=exited"], exits + 5);
     assert!(orch.stop(libc::SIGTERM).success(), "{}", orch.log());
 }

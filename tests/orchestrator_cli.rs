@@ -167,3 +167,75 @@ fn cmd_with_notify(mut cmd: Command, socket: &str, watchdog_usec: Option<u64>) -
     }
     cmd
 }
+
+/// The (soft, hard) open-files limits of a process, from /proc/PID/limits.
+fn nofile_limits(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_string(),
+        fields.next().unwrap().to_string(),
+    )
+}
+
+/// Started with a low soft RLIMIT_NOFILE (systemd's 1024 is the usual case), the orchestrator
+/// raises it to the hard limit before it opens anything.
+#[test]
+fn the_soft_fd_limit_is_raised_to_the_hard_one() {
+    let dir = TempDir::new("cli-nofile");
+    let cfg =
+        config_header(&dir.path("none.sock")) + &service("s", "local", &["/bin/sleep", "1000"], "");
+    std::fs::write(dir.path("o.toml"), cfg).unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=200:4096")
+        .arg("--")
+        .arg(orchestrator_bin())
+        .arg("--config")
+        .arg(dir.path("o.toml"));
+    let mut orch = Orch::spawn(&dir, cmd);
+    orch.wait_lines(&["service=s ", "reason=spawned"], 1);
+    assert_eq!(
+        nofile_limits(orch.pid()),
+        ("4096".to_string(), "4096".to_string())
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+/// More slots than the hard limit can hold pidfds for: refused at start, nothing started.
+#[test]
+fn slots_beyond_the_fd_limit_are_refused_at_start() {
+    let dir = TempDir::new("cli-nofile-low");
+    let marker = format!("/tmp/holden-nofile-{}", std::process::id());
+    let cfg = format!("slots = 512\n{}", config_header(&dir.path("none.sock")))
+        + &service(
+            "s",
+            "local",
+            &["/bin/touch", &marker],
+            "restart = \"never\"",
+        );
+    std::fs::write(dir.path("o.toml"), cfg).unwrap();
+    let out = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg("--")
+        .arg(orchestrator_bin())
+        .arg("--config")
+        .arg(dir.path("o.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("slots = 512 needs up to 1088 open files")
+            && stderr.contains("RLIMIT_NOFILE allows 256")
+            && stderr.contains("nothing was started"),
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "a service was started"
+    );
+}

@@ -130,6 +130,48 @@ fn ensure_stdio() {
     }
 }
 
+/// Open files the orchestrator needs besides its slots: stdio, the ring, signalfd, eventfd,
+/// the agent link, control connections, a spawn's report pipe, a received fd being checked.
+const FDS_BESIDES_SLOTS: u64 = 64;
+
+/// Raises the soft RLIMIT_NOFILE to the hard one (systemd starts services with a soft limit of
+/// 1024, far below what thousands of pidfds need), and refuses a configuration whose slots
+/// cannot all hold a process: each slot may hold a pidfd, and a QM slot briefly a second one
+/// (a gated spawn's pidfd before `Running`). Returns the limit in force.
+fn raise_fd_limit(slots: usize) -> Result<u64, String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(format!(
+            "getrlimit(RLIMIT_NOFILE): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit; raising the soft limit up to the hard one is
+        // always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(format!(
+                "setrlimit(RLIMIT_NOFILE): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    let needed = 2 * slots as u64 + FDS_BESIDES_SLOTS;
+    if (limit.rlim_cur as u64) < needed {
+        return Err(format!(
+            "slots = {slots} needs up to {needed} open files, but RLIMIT_NOFILE allows {} \
+             (raise LimitNOFILE= in the unit, or lower slots)",
+            limit.rlim_cur
+        ));
+    }
+    Ok(limit.rlim_cur as u64)
+}
+
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let cli = match parse_args(&args) {
@@ -173,6 +215,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     ensure_stdio();
+    if let Err(message) = raise_fd_limit(config.slots as usize) {
+        eprintln!("<3>holden-orchestrator: cannot start: {message}; nothing was started");
+        return ExitCode::from(1);
+    }
     let mut settings = Settings::from_config(&config);
     if let Source::File(path) = &source {
         settings.config_path = Some(path.clone());

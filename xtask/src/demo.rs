@@ -838,7 +838,15 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let found = marked_processes(&dir);
+        // Until the child has exec'd, /proc/PID/environ is still its parent's copy.
+        let mut found = Vec::new();
+        for _ in 0..500 {
+            found = marked_processes(&dir);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found, vec![pid]);

@@ -162,14 +162,14 @@ fn raise_fd_limit(slots: usize) -> Result<u64, String> {
         }
     }
     let needed = 2 * slots as u64 + FDS_BESIDES_SLOTS;
-    if (limit.rlim_cur as u64) < needed {
+    if limit.rlim_cur < needed {
         return Err(format!(
             "slots = {slots} needs up to {needed} open files, but RLIMIT_NOFILE allows {} \
              (raise LimitNOFILE= in the unit, or lower slots)",
             limit.rlim_cur
         ));
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 fn main() -> ExitCode {

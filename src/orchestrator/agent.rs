@@ -607,6 +607,20 @@ impl Orchestrator {
         self.agent_sync_timer();
     }
 
+    /// Sends the first `len` bytes of the agent link's transmit buffer on the connection
+    /// (nothing when there is none); a refused send drops the link.
+    fn agent_send_tx(&mut self, slot: SlotId, len: usize) {
+        let sent = match self.agent.conn.as_ref() {
+            Some((fd, _)) => self
+                .ring
+                .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None),
+            None => Ok(()),
+        };
+        if let Err(e) = sent {
+            self.agent_drop(format_args!("ring sendmsg: {e}"));
+        }
+    }
+
     /// Sends the next queued request if no send is in flight.
     fn agent_kick_send(&mut self) {
         let Some((_, slot)) = self.agent.conn.as_ref() else {
@@ -620,16 +634,7 @@ impl Orchestrator {
             if let Some((id, _)) = self.agent.probe {
                 self.agent.probe_unsent = false;
                 let len = v1::encode_ping(&mut self.agent.tx, id).expect("a Ping always fits");
-                let sent = match self.agent.conn.as_ref() {
-                    Some((fd, _)) => {
-                        self.ring
-                            .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None)
-                    }
-                    None => Ok(()),
-                };
-                if let Err(e) = sent {
-                    self.agent_drop(format_args!("ring sendmsg: {e}"));
-                }
+                self.agent_send_tx(slot, len);
                 return;
             }
         }
@@ -654,16 +659,7 @@ impl Orchestrator {
             match v1::encode_start(&mut self.agent.tx, request.id, &start) {
                 Ok(len) => {
                     request.sent = true;
-                    let sent = match self.agent.conn.as_ref() {
-                        Some((fd, _)) => {
-                            self.ring
-                                .sendmsg(slot, fd.as_fd(), &self.agent.tx[..len], None)
-                        }
-                        None => Ok(()),
-                    };
-                    if let Err(e) = sent {
-                        self.agent_drop(format_args!("ring sendmsg: {e}"));
-                    }
+                    self.agent_send_tx(slot, len);
                     return;
                 }
                 Err(e) => {

@@ -139,6 +139,29 @@ pub(crate) struct ServiceRt {
     pub removing: bool,
 }
 
+impl ServiceRt {
+    /// A service just added to the core, with no process yet.
+    pub fn new(def: ServiceDef, id: ServiceId, slot: SlotId, spec: Option<SpawnSpec>) -> ServiceRt {
+        ServiceRt {
+            def,
+            id,
+            slot,
+            spec,
+            proc: None,
+            last_pid: 0,
+            qm_pid: 0,
+            timer: None,
+            timer_op_at: None,
+            exit_retries_left: 0,
+            request: None,
+            abandoned: None,
+            legacy: super::legacy::LegacyConn::new(),
+            active: true,
+            removing: false,
+        }
+    }
+}
+
 /// A fixed-capacity FIFO of events for the core.
 struct EventQueue {
     items: Box<[Option<Event>]>,
@@ -302,23 +325,7 @@ impl Orchestrator {
                 }
             };
             let slot = take_slot(&mut ring, Owner::Service(index as u32))?;
-            services.push(ServiceRt {
-                def,
-                id,
-                slot,
-                spec,
-                proc: None,
-                last_pid: 0,
-                qm_pid: 0,
-                timer: None,
-                timer_op_at: None,
-                exit_retries_left: 0,
-                request: None,
-                abandoned: None,
-                legacy: super::legacy::LegacyConn::new(),
-                active: true,
-                removing: false,
-            });
+            services.push(ServiceRt::new(def, id, slot, spec));
         }
         let signals = if options.signals {
             let sfd = super::signals::install().map_err(|e| Error::Io("signalfd", e))?;

@@ -290,23 +290,7 @@ impl Orchestrator {
         };
         self.owners[slot.index()] = Owner::Service(id.0);
         let start = def.start_at_boot;
-        let rt = ServiceRt {
-            def,
-            id,
-            slot,
-            spec,
-            proc: None,
-            last_pid: 0,
-            qm_pid: 0,
-            timer: None,
-            timer_op_at: None,
-            exit_retries_left: 0,
-            request: None,
-            abandoned: None,
-            legacy: super::legacy::LegacyConn::new(),
-            active: true,
-            removing: false,
-        };
+        let rt = ServiceRt::new(def, id, slot, spec);
         if id.index() < self.services.len() {
             self.services[id.index()] = rt;
         } else {

@@ -578,10 +578,6 @@ impl Orchestrator {
 
     /// The core wants a QM process.
     pub(crate) fn agent_request(&mut self, service: ServiceId) {
-        if self.agent.protocol == AgentProtocol::V02 {
-            self.legacy_request(service);
-            return;
-        }
         let index = service.index();
         if !self.agent.is_up() || self.services[index].request.is_some() {
             self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
@@ -592,6 +588,10 @@ impl Orchestrator {
                     stage: SpawnStage::Agent,
                 },
             });
+            return;
+        }
+        if self.agent.protocol == AgentProtocol::V02 {
+            self.legacy_request(service);
             return;
         }
         let id = self.agent.next_id(index as u64);

@@ -76,20 +76,10 @@ impl Orchestrator {
         self.update_status("up (v0.2)");
     }
 
-    /// One QM spawn over a fresh v0.2 connection.
+    /// One QM spawn over a fresh v0.2 connection (the agent is up and no request of this
+    /// service is outstanding: checked by `agent_request`).
     pub(crate) fn legacy_request(&mut self, service: ServiceId) {
         let index = service.index();
-        if !self.agent.is_up() || self.services[index].request.is_some() {
-            self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
-            self.push_event(Event::SpawnFailed {
-                service,
-                error: SpawnError {
-                    errno: libc::ENOTCONN,
-                    stage: SpawnStage::Agent,
-                },
-            });
-            return;
-        }
         let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK;
         let fd = match super::agent::connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
             Ok(fd) => fd,

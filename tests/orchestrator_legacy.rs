@@ -5,23 +5,9 @@ mod orchestrator_support;
 
 use orchestrator_support::*;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 fn marker() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "8888.{}{:03}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn last_spawned_pid(orch: &Orch, name: &str) -> i32 {
-    let lines = orch.lines_with(&[&format!("service={name} "), "reason=spawned"]);
-    field(lines.last().expect("spawned"), "spawned_pid")
-        .unwrap()
-        .parse()
-        .unwrap()
+    sleep_marker("8888")
 }
 
 #[test]

@@ -4,24 +4,9 @@
 mod orchestrator_support;
 
 use orchestrator_support::*;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-/// A `sleep` argument unique to this test run, so `/proc` scans find only our processes.
 fn marker() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "9999.{}{:03}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn last_spawned_pid(orch: &Orch, name: &str) -> i32 {
-    let lines = orch.lines_with(&[&format!("service={name} "), "reason=spawned"]);
-    field(lines.last().expect("spawned"), "spawned_pid")
-        .unwrap()
-        .parse()
-        .unwrap()
+    sleep_marker("9999")
 }
 
 /// The pid as seen from inside its namespace (last NSpid entry), to show it runs in QM.

@@ -10,17 +10,10 @@ use orchestrator_support::*;
 use reliability_support::*;
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// A `sleep` argument unique to this test run (a valid duration for sleep).
 fn marker() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "7777.{}{:03}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    sleep_marker("7777")
 }
 
 /// The last `spawned_pid` the orchestrator logged for each service.

@@ -377,3 +377,23 @@ pub fn config_header(socket: &Path) -> String {
 pub fn agent_section(socket: &Path) -> String {
     format!("[agent]\nsocket = {:?}\nreconnect_initial = \"50ms\"\nreconnect_max = \"500ms\"\nrequest_timeout = \"5s\"\n\n", socket.display().to_string())
 }
+
+/// A `sleep` argument unique to this test run (`PREFIX.<pid><n>`), so `/proc` scans find only
+/// this test's processes. Each test file uses its own prefix.
+pub fn sleep_marker(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}.{}{:03}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The pid of the last process the orchestrator logged as spawned for `name`.
+pub fn last_spawned_pid(orch: &Orch, name: &str) -> i32 {
+    let lines = orch.lines_with(&[&format!("service={name} "), "reason=spawned"]);
+    field(lines.last().expect("spawned"), "spawned_pid")
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -120,6 +120,16 @@ pub fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Parses the value `text` of a command-line option as a whole number in `min..=max`.
+pub fn number(option: &str, text: &str, min: u64, max: u64) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{option}: {text:?} is not a number in {min}..={max}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

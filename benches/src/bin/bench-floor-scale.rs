@@ -50,9 +50,15 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--probe" => probe = Some(value()?),
             "--records" => records = Some(value()?),
-            "--services" => services = Some(number(&arg, &value()?, 1, SERVICES_MAX)?),
-            "--crashing" => crashing = Some(number(&arg, &value()?, 0, SERVICES_MAX)?),
-            "--seconds-max" => seconds_max = number(&arg, &value()?, 1, SECONDS_MAX_LIMIT)?,
+            "--services" => {
+                services = Some(holden_bench::number(&arg, &value()?, 1, SERVICES_MAX)?)
+            }
+            "--crashing" => {
+                crashing = Some(holden_bench::number(&arg, &value()?, 0, SERVICES_MAX)?)
+            }
+            "--seconds-max" => {
+                seconds_max = holden_bench::number(&arg, &value()?, 1, SECONDS_MAX_LIMIT)?
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -69,15 +75,6 @@ fn parse_args() -> Result<Args, String> {
         crashing,
         seconds_max,
     })
-}
-
-fn number(option: &str, text: &str, min: u64, max: u64) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{option}: {text:?} is not a number in {min}..={max}"
-        )),
-    }
 }
 
 fn main() -> ExitCode {

@@ -95,11 +95,17 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--probe" => probe = Some(value()?),
             "--records" => records = Some(value()?),
-            "--count" => count = Some(number(&arg, &value()?, 1, COUNT_MAX)?),
-            "--sleep-ms" => sleep_ms = number(&arg, &value()?, 0, SLEEP_MS_MAX)?,
-            "--seconds-max" => seconds_max = number(&arg, &value()?, 1, SECONDS_MAX_LIMIT)?,
-            "--ballast-kib" => ballast_kib = number(&arg, &value()?, 0, BALLAST_KIB_MAX)?,
-            "--ballast-fds" => ballast_fds = number(&arg, &value()?, 0, BALLAST_FDS_MAX)?,
+            "--count" => count = Some(holden_bench::number(&arg, &value()?, 1, COUNT_MAX)?),
+            "--sleep-ms" => sleep_ms = holden_bench::number(&arg, &value()?, 0, SLEEP_MS_MAX)?,
+            "--seconds-max" => {
+                seconds_max = holden_bench::number(&arg, &value()?, 1, SECONDS_MAX_LIMIT)?
+            }
+            "--ballast-kib" => {
+                ballast_kib = holden_bench::number(&arg, &value()?, 0, BALLAST_KIB_MAX)?
+            }
+            "--ballast-fds" => {
+                ballast_fds = holden_bench::number(&arg, &value()?, 0, BALLAST_FDS_MAX)?
+            }
             "--spawn" => {
                 spawn = match value()?.as_str() {
                     "holden" => SpawnKind::Holden,
@@ -126,15 +132,6 @@ fn parse_args() -> Result<Args, String> {
         ballast_kib,
         ballast_fds,
     })
-}
-
-fn number(option: &str, text: &str, min: u64, max: u64) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "{option}: {text:?} is not a number in {min}..={max}"
-        )),
-    }
 }
 
 fn main() -> ExitCode {

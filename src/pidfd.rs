@@ -18,8 +18,10 @@
 //!
 //! None of these functions allocate; the ones that read `/proc` use stack buffers.
 
+use crate::sys::fd::{self as sysfd, ProcPath};
+use crate::sys::process::{self, PIDFD_INFO_EXIT, PIDFD_INFO_PID};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// `statfs.f_type` of pidfs (`PID_FS_MAGIC`, `include/uapi/linux/magic.h`), 6.9+.
 pub const PID_FS_MAGIC: i64 = 0x5049_4446;
@@ -27,39 +29,6 @@ pub const PID_FS_MAGIC: i64 = 0x5049_4446;
 /// The name `readlink(/proc/self/fd/N)` returns for a pidfd on every kernel since 5.3 (pidfs
 /// keeps it for compatibility).
 const PIDFD_LINK_NAME: &[u8] = b"anon_inode:[pidfd]";
-
-/// `PIDFD_INFO_PID`: ask for / report the pid fields.
-const PIDFD_INFO_PID: u64 = 1 << 0;
-/// `PIDFD_INFO_EXIT`: ask for / report the exit status (6.15+).
-const PIDFD_INFO_EXIT: u64 = 1 << 3;
-
-/// `struct pidfd_info`, version 0 (64 bytes), as in `include/uapi/linux/pidfd.h`. The kernel
-/// treats it as an extensible struct sized by the ioctl number, so this smaller size works on
-/// kernels whose struct has grown.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct PidfdInfo {
-    mask: u64,
-    cgroupid: u64,
-    pid: u32,
-    tgid: u32,
-    ppid: u32,
-    ruid: u32,
-    rgid: u32,
-    euid: u32,
-    egid: u32,
-    suid: u32,
-    sgid: u32,
-    fsuid: u32,
-    fsgid: u32,
-    exit_code: i32,
-}
-
-const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
-
-/// `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)`.
-const PIDFD_GET_INFO: u64 =
-    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,13 +85,7 @@ pub enum ExitInfo {
 /// Opens a pidfd for `pid` (`pidfd_open(2)`, close-on-exec). Racy for anything but the
 /// caller's own unreaped children; used for probes and tests only.
 pub fn open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes (pid, flags) by value and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    process::pidfd_open(pid)
 }
 
 /// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal(2)`).
@@ -130,89 +93,33 @@ pub fn open(pid: i32) -> io::Result<OwnedFd> {
 /// ESRCH means the process has already exited (the caller will see the pidfd poll readable);
 /// EINVAL for a process in a PID namespace that is not ours or a descendant.
 pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    // SAFETY: pidfd_send_signal(fd, sig, info = NULL, flags = 0): no memory is passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    process::pidfd_send_signal(pidfd, signal)
 }
 
 /// Reaps our own child behind `pidfd` if it has exited: `Ok(Some(status))`; `Ok(None)` if it is
 /// still running. ECHILD if it is not our child (or was already reaped).
 pub fn wait_child(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
-    // SAFETY: waitid filled `info` (or left si_pid 0 with WNOHANG when nothing exited); the
-    // accessors read the fields of the SIGCHLD union member, which is what waitid writes.
-    let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-    if pid == 0 {
+    let Some(waited) = process::wait_pidfd(pidfd, false)? else {
         return Ok(None);
-    }
-    Ok(Some(match code {
-        libc::CLD_EXITED => ExitStatus::Exited(status),
+    };
+    Ok(Some(match waited.code {
+        libc::CLD_EXITED => ExitStatus::Exited(waited.status),
         libc::CLD_KILLED => ExitStatus::Signaled {
-            signal: status,
+            signal: waited.status,
             core_dumped: false,
         },
         libc::CLD_DUMPED => ExitStatus::Signaled {
-            signal: status,
+            signal: waited.status,
             core_dumped: true,
         },
         _ => ExitStatus::Unknown,
     }))
 }
 
-fn get_info(pidfd: BorrowedFd<'_>, mask: u64) -> io::Result<PidfdInfo> {
-    let mut info = PidfdInfo {
-        mask,
-        ..PidfdInfo::default()
-    };
-    // SAFETY: PIDFD_GET_INFO reads `mask` and writes at most size_of::<PidfdInfo>() bytes (the
-    // size encoded in the request number) into `info`, which is valid and writable.
-    let rc = unsafe {
-        libc::ioctl(
-            pidfd.as_raw_fd(),
-            PIDFD_GET_INFO as _,
-            &mut info as *mut PidfdInfo,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info)
-}
-
 /// Reads the exit status of any process behind `pidfd` (not only our children) through
 /// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`. Needs 6.15+, and the process reaped.
 pub fn exit_info(pidfd: BorrowedFd<'_>) -> ExitInfo {
-    match get_info(pidfd, PIDFD_INFO_EXIT) {
+    match process::pidfd_get_info(pidfd, PIDFD_INFO_EXIT) {
         Ok(info) if info.mask & PIDFD_INFO_EXIT != 0 => {
             ExitInfo::Status(ExitStatus::from_wait_status(info.exit_code))
         }
@@ -247,11 +154,11 @@ impl Identity {
 /// Identifies the process behind `pidfd`: pidfs inode (if on pidfs) and pid (from
 /// `PIDFD_GET_INFO`, else from the `Pid:` line of `/proc/self/fdinfo/N`).
 pub fn identity(pidfd: BorrowedFd<'_>) -> io::Result<Identity> {
-    let inode = match fs_type(pidfd)? {
-        PID_FS_MAGIC => fstat_inode(pidfd)?,
+    let inode = match sysfd::fs_type(pidfd)? {
+        PID_FS_MAGIC => sysfd::fstat(pidfd)?.ino,
         _ => 0,
     };
-    let pid = match get_info(pidfd, PIDFD_INFO_PID) {
+    let pid = match process::pidfd_get_info(pidfd, PIDFD_INFO_PID) {
         Ok(info) if info.mask & PIDFD_INFO_PID != 0 => info.pid as i32,
         Ok(_) => fdinfo_pid(pidfd.as_raw_fd())?,
         // ESRCH: the process is gone (reaped).
@@ -261,109 +168,13 @@ pub fn identity(pidfd: BorrowedFd<'_>) -> io::Result<Identity> {
     Ok(Identity { inode, pid })
 }
 
-fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
-    // SAFETY: statfs is plain data; all-zero is valid.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is valid and writable for the call.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Ok(st.f_type as i64)
-}
-
-fn fstat_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    // SAFETY: stat is plain data; all-zero is valid.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is valid and writable for the call.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Ok(st.st_ino as u64)
-}
-
-/// Formats `prefix`, the decimal `number`, `suffix` and a NUL into `buf`; returns the used
-/// length (with the NUL). The parts are short constants, so they always fit.
-fn proc_path(buf: &mut [u8; 64], prefix: &[u8], number: i32, suffix: &[u8]) -> usize {
-    let mut len = prefix.len();
-    buf[..len].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut n = number.max(0) as u32;
-    let mut d = 0;
-    loop {
-        digits[d] = b'0' + (n % 10) as u8;
-        d += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    while d > 0 {
-        d -= 1;
-        buf[len] = digits[d];
-        len += 1;
-    }
-    buf[len..len + suffix.len()].copy_from_slice(suffix);
-    len += suffix.len();
-    buf[len] = 0;
-    len + 1
-}
-
-/// Formats `/proc/self/<dir>/<fd>\0` into `buf`, returning the used length (with the NUL).
-fn proc_fd_path(buf: &mut [u8; 64], dir: &[u8], fd: RawFd) -> usize {
-    let mut prefix = [0u8; 32];
-    let head = b"/proc/self/";
-    prefix[..head.len()].copy_from_slice(head);
-    prefix[head.len()..head.len() + dir.len()].copy_from_slice(dir);
-    prefix[head.len() + dir.len()] = b'/';
-    proc_path(buf, &prefix[..head.len() + dir.len() + 1], fd, b"")
-}
-
 /// Longest `/proc` text read here (fdinfo of a pidfd, `/proc/<pid>/status`).
 const PROC_TEXT_BYTES_MAX: usize = 4096;
 
-/// Reads a small `/proc` file (NUL-terminated `path`) into `buf` without allocating.
-fn read_proc(path: &[u8], buf: &mut [u8; PROC_TEXT_BYTES_MAX]) -> io::Result<usize> {
-    debug_assert_eq!(path.last(), Some(&0));
-    // SAFETY: `path` is NUL-terminated.
-    let file = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if file < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: we own the fd just opened.
-    let file = unsafe { OwnedFd::from_raw_fd(file) };
-    let mut len = 0;
-    while len < buf.len() {
-        // SAFETY: writes at most buf.len() - len bytes into the tail of `buf`.
-        let n = unsafe {
-            libc::read(
-                file.as_raw_fd(),
-                buf[len..].as_mut_ptr().cast(),
-                buf.len() - len,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            break;
-        }
-        len += n as usize;
-    }
-    Ok(len)
-}
-
 /// The `Pid:` line of `/proc/self/fdinfo/<fd>` (present for pidfds since 5.3).
 fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
-    let mut path = [0u8; 64];
-    let n = proc_fd_path(&mut path, b"fdinfo", fd);
     let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
-    let len = read_proc(&path[..n], &mut buf)?;
+    let len = sysfd::read_small_file(ProcPath::self_fd("fdinfo", fd).as_cstr(), &mut buf)?;
     // EBADF: an fd whose fdinfo has no `Pid:` line is not a pidfd.
     parse_fdinfo_pid(&buf[..len]).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
 }
@@ -396,10 +207,9 @@ fn parse_ns_pid(text: &[u8]) -> Option<NsPid> {
 /// The namespace position of the process behind `pidfd` (from its fdinfo, seen from our
 /// `/proc`); `Ok(None)` once it has exited (the kernel no longer lists it).
 pub fn ns_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<NsPid>> {
-    let mut path = [0u8; 64];
-    let n = proc_fd_path(&mut path, b"fdinfo", pidfd.as_raw_fd());
     let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
-    let len = read_proc(&path[..n], &mut buf)?;
+    let path = ProcPath::self_fd("fdinfo", pidfd.as_raw_fd());
+    let len = sysfd::read_small_file(path.as_cstr(), &mut buf)?;
     if parse_fdinfo_pid(&buf[..len]).is_some_and(|pid| pid <= 0) {
         return Ok(None);
     }
@@ -409,10 +219,8 @@ pub fn ns_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<NsPid>> {
 /// The namespace position of the process `pid` (in our PID namespace), from
 /// `/proc/<pid>/status`.
 pub fn ns_pid_of(pid: i32) -> io::Result<Option<NsPid>> {
-    let mut status = [0u8; 64];
-    let len = proc_path(&mut status, b"/proc/", pid, b"/status");
     let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
-    let text_len = read_proc(&status[..len], &mut buf)?;
+    let text_len = sysfd::read_small_file(ProcPath::pid_file(pid, "status").as_cstr(), &mut buf)?;
     Ok(parse_ns_pid(&buf[..text_len]))
 }
 
@@ -432,17 +240,16 @@ fn parse_fdinfo_pid(text: &[u8]) -> Option<i32> {
 /// `/proc/self/fd/N` shows (needs `/proc`). Anything else — pipes, sockets, eventfds, regular
 /// files, other anonymous inodes — is not a pidfd.
 pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
-    match fs_type(fd) {
+    match sysfd::fs_type(fd) {
         Ok(PID_FS_MAGIC) => return true,
         Ok(_) => {}
         Err(_) => return false,
     }
-    let mut path = [0u8; 64];
-    proc_fd_path(&mut path, b"fd", fd.as_raw_fd());
     let mut link = [0u8; 64];
-    // SAFETY: `path` is NUL-terminated; readlink writes at most link.len() bytes into `link`.
-    let n = unsafe { libc::readlink(path.as_ptr().cast(), link.as_mut_ptr().cast(), link.len()) };
-    n > 0 && &link[..n as usize] == PIDFD_LINK_NAME
+    match sysfd::readlink(ProcPath::self_fd("fd", fd.as_raw_fd()).as_cstr(), &mut link) {
+        Ok(n) => link.get(..n) == Some(PIDFD_LINK_NAME),
+        Err(_) => false,
+    }
 }
 
 /// What the running kernel offers, probed once at start-up and logged.
@@ -463,16 +270,15 @@ impl Capabilities {
     /// that exits at once (forked, reaped) for `PIDFD_INFO_EXIT`. Costs one fork.
     pub fn probe() -> Capabilities {
         let mut caps = Capabilities {
-            kernel: kernel_release(),
+            kernel: process::kernel_release(),
             ..Capabilities::default()
         };
-        // SAFETY: getpid cannot fail.
-        let me = match open(unsafe { libc::getpid() }) {
+        let me = match open(process::getpid()) {
             Ok(fd) => fd,
             Err(_) => return caps,
         };
-        caps.pidfs = matches!(fs_type(me.as_fd()), Ok(PID_FS_MAGIC));
-        caps.get_info = get_info(me.as_fd(), PIDFD_INFO_PID).is_ok();
+        caps.pidfs = matches!(sysfd::fs_type(me.as_fd()), Ok(PID_FS_MAGIC));
+        caps.get_info = process::pidfd_get_info(me.as_fd(), PIDFD_INFO_PID).is_ok();
         if caps.get_info {
             caps.exit_info = probe_exit_info();
         }
@@ -481,56 +287,16 @@ impl Capabilities {
 }
 
 fn probe_exit_info() -> bool {
-    // SAFETY: the child calls only _exit (async-signal-safe), so forking a multi-threaded
-    // process is fine.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: _exit never returns and touches no shared state.
-        unsafe { libc::_exit(7) };
-    }
-    if pid < 0 {
+    let Ok(pid) = process::fork_exiting(7) else {
         return false;
-    }
+    };
     // Our unreaped child: its pid cannot be reused before we wait for it.
-    let fd = match open(pid) {
-        Ok(fd) => fd,
-        Err(_) => {
-            let mut status = 0;
-            // SAFETY: reaps our own child; `status` is writable.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            return false;
-        }
-    };
-    let reaped = loop {
-        // SAFETY: reaps our own child; `status` is writable.
-        let mut status = 0;
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc == pid {
-            break true;
-        }
-        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break false;
-        }
-    };
-    reaped && exit_info(fd.as_fd()) == ExitInfo::Status(ExitStatus::Exited(7))
-}
-
-fn kernel_release() -> (u32, u32) {
-    // SAFETY: utsname is plain data; uname fills it.
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `uts` is valid and writable.
-    if unsafe { libc::uname(&mut uts) } < 0 {
-        return (0, 0);
+    let fd = open(pid);
+    let reaped = process::waitpid(pid).is_ok();
+    match fd {
+        Ok(fd) => reaped && exit_info(fd.as_fd()) == ExitInfo::Status(ExitStatus::Exited(7)),
+        Err(_) => false,
     }
-    let release: [u8; 65] = uts.release.map(|c| c as u8);
-    let mut parts = release.split(|&b| b == b'.' || b == b'-' || b == 0);
-    let num = |p: Option<&[u8]>| {
-        p.and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let major = num(parts.next());
-    let minor = num(parts.next());
-    (major, minor)
 }
 
 impl std::fmt::Display for Capabilities {
@@ -677,15 +443,6 @@ mod tests {
     }
 
     #[test]
-    fn formats_proc_paths_without_allocating() {
-        let mut buf = [0u8; 64];
-        let n = proc_fd_path(&mut buf, b"fdinfo", 1234);
-        assert_eq!(&buf[..n], b"/proc/self/fdinfo/1234\0");
-        let n = proc_fd_path(&mut buf, b"fd", 0);
-        assert_eq!(&buf[..n], b"/proc/self/fd/0\0");
-    }
-
-    #[test]
     fn decodes_wait_status_words() {
         assert_eq!(ExitStatus::from_wait_status(3 << 8), ExitStatus::Exited(3));
         assert_eq!(
@@ -806,17 +563,10 @@ mod tests {
 
     #[test]
     fn other_fds_are_not_pidfds() {
-        let mut fds = [0; 2];
-        // SAFETY: pipe writes two fds into `fds`.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: we own both fds just created.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (r, w) = sysfd::pipe().unwrap();
         assert!(!is_pidfd(r.as_fd()));
         assert!(!is_pidfd(w.as_fd()));
-        // SAFETY: eventfd(0, CLOEXEC) returns a new fd.
-        let ev = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        // SAFETY: we own it.
-        let ev = unsafe { OwnedFd::from_raw_fd(ev) };
+        let ev = sysfd::eventfd().unwrap();
         assert!(!is_pidfd(ev.as_fd()));
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert!(!is_pidfd(file.as_fd()));

@@ -5,10 +5,11 @@
 //! `WATCHDOG_USEC` (honoured only when `WATCHDOG_PID` is unset or ours) gives the watchdog
 //! interval; the orchestrator pings at half of it from a ring timeout.
 
+use crate::sys::socket::{self, Kind, UnixAddr};
 use std::ffi::OsStr;
 use std::fmt::{self, Write as _};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ pub const MESSAGE_BYTES_MAX: usize = 512;
 
 /// The notification socket, if systemd gave us one.
 pub struct Notifier {
-    socket: Option<(OwnedFd, libc::sockaddr_un, libc::socklen_t)>,
+    socket: Option<(OwnedFd, UnixAddr)>,
     watchdog: Option<Duration>,
 }
 
@@ -51,16 +52,10 @@ impl Notifier {
         let Some(path) = address else {
             return Ok(Notifier::disabled());
         };
-        let (addr, len) = socket_address(path.as_bytes())?;
-        // SAFETY: socket() takes plain integer arguments.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: we own the fd just created.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let addr = socket_address(path.as_bytes())?;
+        let fd = socket::socket(Kind::Datagram, false)?;
         Ok(Notifier {
-            socket: Some((fd, addr, len)),
+            socket: Some((fd, addr)),
             watchdog: None,
         })
     }
@@ -77,24 +72,10 @@ impl Notifier {
 
     /// Sends one message (e.g. `READY=1`); errors are returned for the caller to log once.
     pub fn send(&self, message: &[u8]) -> io::Result<()> {
-        let Some((fd, addr, len)) = &self.socket else {
+        let Some((fd, addr)) = &self.socket else {
             return Ok(());
         };
-        // SAFETY: `message` is a valid slice and `addr` a valid sockaddr_un of `len` bytes.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                (addr as *const libc::sockaddr_un).cast(),
-                *len,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        socket::send_to(fd.as_fd(), message, addr).map(|_| ())
     }
 
     /// Sends `STATUS=<text>` formatted without allocation.
@@ -129,8 +110,7 @@ impl fmt::Write for Message {
 fn watchdog_from(usec: Option<&OsStr>, pid: Option<&OsStr>) -> Option<Duration> {
     if let Some(pid) = pid {
         let pid: i32 = std::str::from_utf8(pid.as_bytes()).ok()?.parse().ok()?;
-        // SAFETY: getpid cannot fail.
-        if pid != unsafe { libc::getpid() } {
+        if pid != crate::sys::process::getpid() {
             return None;
         }
     }
@@ -139,14 +119,14 @@ fn watchdog_from(usec: Option<&OsStr>, pid: Option<&OsStr>) -> Option<Duration> 
 }
 
 /// The `NOTIFY_SOCKET` address: an absolute path, or an abstract name (`@...`).
-fn socket_address(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+fn socket_address(path: &[u8]) -> io::Result<UnixAddr> {
     if !path.starts_with(b"/") && !path.starts_with(b"@") {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "NOTIFY_SOCKET: neither an absolute path nor an abstract name (@...)",
         ));
     }
-    crate::sockaddr::unix(path).map_err(|e| io::Error::new(e.kind(), format!("NOTIFY_SOCKET: {e}")))
+    UnixAddr::new(path).map_err(|e| io::Error::new(e.kind(), format!("NOTIFY_SOCKET: {e}")))
 }
 
 #[cfg(test)]
@@ -161,17 +141,10 @@ mod tests {
         let path = dir.join("notify.sock");
         let _ = std::fs::remove_file(&path);
         let rx = UnixDatagram::bind(&path).unwrap();
-        let (addr, len) = socket_address(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: plain socket() call.
-        let fd = unsafe {
-            OwnedFd::from_raw_fd(libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                0,
-            ))
-        };
+        let addr = socket_address(path.as_os_str().as_bytes()).unwrap();
+        let fd = socket::socket(Kind::Datagram, false).unwrap();
         let n = Notifier {
-            socket: Some((fd, addr, len)),
+            socket: Some((fd, addr)),
             watchdog: None,
         };
         n.send(b"READY=1").unwrap();
@@ -192,17 +165,10 @@ mod tests {
             &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
         )
         .unwrap();
-        let (addr, len) = socket_address(format!("@{name}").as_bytes()).unwrap();
-        // SAFETY: plain socket() call.
-        let fd = unsafe {
-            OwnedFd::from_raw_fd(libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                0,
-            ))
-        };
+        let addr = socket_address(format!("@{name}").as_bytes()).unwrap();
+        let fd = socket::socket(Kind::Datagram, false).unwrap();
         let n = Notifier {
-            socket: Some((fd, addr, len)),
+            socket: Some((fd, addr)),
             watchdog: None,
         };
         n.send(b"WATCHDOG=1").unwrap();

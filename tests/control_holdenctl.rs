@@ -766,10 +766,8 @@ fn a_monitor_that_does_not_keep_up_gets_a_dropped_count() {
     let mut out = [0u8; 64];
     let len = encode(&mut out, 9, &Body::Monitor).unwrap();
     // SAFETY: out[..len] is valid.
-    assert_eq!(
-        unsafe { libc::send(fd.as_raw_fd(), out.as_ptr().cast(), len, 0) },
-        len as isize
-    );
+    let sent = unsafe { libc::send(fd.as_raw_fd(), out.as_ptr().cast(), len, 0) };
+    assert_eq!(sent, len as isize);
     let done = raw_recv(&fd, Duration::from_secs(20)).expect("Done");
     assert!(matches!(decode(&done).unwrap().body, Body::Done(_)));
     // Do not read while the crash loop produces thousands of events: the socket fills up.

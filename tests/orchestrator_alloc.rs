@@ -98,10 +98,8 @@ fn control_client(
     let send = |fd: i32, out: &mut [u8], body: &Body<'_>| {
         let len = encode(out, 1, body).unwrap();
         // SAFETY: out[..len] is valid.
-        assert_eq!(
-            unsafe { libc::send(fd, out.as_ptr().cast(), len, 0) },
-            len as isize
-        );
+        let sent = unsafe { libc::send(fd, out.as_ptr().cast(), len, 0) };
+        assert_eq!(sent, len as isize);
     };
     let monitor = connect();
     send(monitor, &mut out, &Body::Monitor);

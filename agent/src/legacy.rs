@@ -16,10 +16,10 @@
 //! namespace (the orchestrator learns them from the pidfd).
 
 use std::fmt::Write as _;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
-use holden::spawn::pidfd_send_signal;
+use holden::pidfd::send_signal;
 use holden::wire::legacy::{self, Decoded, Frame};
 
 use crate::fdpass::{self, Recv};
@@ -34,12 +34,12 @@ impl Server {
         let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };
-        let fd = conn.fd.as_raw_fd();
         let filled = conn.legacy_len;
         // Take the slot's buffer out so that frames can borrow it while the
         // handlers use `self` (no allocation: an empty box is a dangling ptr).
         let mut buf = std::mem::take(&mut self.legacy_bufs[slot]);
-        let next = match fdpass::recv(fd, &mut buf[filled..], false) {
+        let received = fdpass::recv(conn.fd.as_fd(), &mut buf[filled..], false);
+        let next = match received {
             Ok(Recv::Data(received)) if received.fds > 0 || received.fds_truncated => {
                 self.legacy_fail(
                     slot,
@@ -150,10 +150,10 @@ impl Server {
                 let mut next = self.legacy_send(slot, len, None);
                 if next == Next::Keep {
                     let len = legacy::encode_pidfd_marker(&mut self.send_buf).unwrap_or(0);
-                    next = self.legacy_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
+                    next = self.legacy_send(slot, len, Some(spawned.pidfd.as_fd()));
                 }
                 if next == Next::Close {
-                    let _ = pidfd_send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
+                    let _ = send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
                     self.log_conn(
                         slot,
                         format_args!("pid {pid} killed: the reply could not be sent"),
@@ -198,14 +198,14 @@ impl Server {
 
     /// Sends `send_buf[..len]`; a short or failed send drops the connection
     /// (a stream reply must arrive whole; the agent keeps no queue).
-    fn legacy_send(&mut self, slot: usize, len: usize, pidfd: Option<i32>) -> Next {
-        let Some(fd) = self.conns[slot].as_ref().map(|c| c.fd.as_raw_fd()) else {
+    fn legacy_send(&mut self, slot: usize, len: usize, pidfd: Option<BorrowedFd<'_>>) -> Next {
+        let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };
         if len == 0 {
             return Next::Close;
         }
-        match fdpass::send(fd, &self.send_buf[..len], pidfd) {
+        match fdpass::send(conn.fd.as_fd(), &self.send_buf[..len], pidfd) {
             Ok(sent) if sent == len => Next::Keep,
             Ok(_) => Next::Close,
             Err(error) => {

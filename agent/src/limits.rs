@@ -25,10 +25,6 @@ pub const V1_RECV_BYTES: usize = v1::FRAME_LEN_MAX;
 /// Receive buffer of a legacy (stream) connection: the largest v0.2 frame.
 pub const LEGACY_RECV_BYTES: usize = legacy::FRAME_LEN_MAX;
 
-/// Most fds a received message may carry before the kernel truncates the
-/// control data; every received fd is closed unread (clients send none).
-pub const RECV_FDS_MAX: usize = 8;
-
 /// Most `--allow-uid` options.
 pub const ALLOW_UIDS_MAX: usize = 32;
 

@@ -33,9 +33,8 @@ pub fn line(priority: Priority, args: fmt::Arguments<'_>) {
         buf.push_bytes(b"\n");
     }
     let bytes = buf.as_bytes();
-    // SAFETY: writes our stack buffer to fd 2; a failed or short write of a
-    // log line is ignored (there is nowhere else to report it).
-    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+    // A failed write of a log line is ignored (there is nowhere else to report it).
+    let _ = holden::sys::fd::write_all_raw(2, bytes);
 }
 
 macro_rules! err {

@@ -6,6 +6,8 @@
 //! `clone3(CLONE_PIDFD)`, passes each pidfd back over SCM_RIGHTS, closes its
 //! own copy and forgets the process. See `docs/agent.md`.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod env;
 mod fdpass;
@@ -107,8 +109,7 @@ fn run(options: Options) -> Result<(), String> {
         );
     }
     let listeners = open_listeners(&options, activated)?;
-    // SAFETY: getuid takes no arguments.
-    let own_uid = unsafe { libc::getuid() };
+    let own_uid = holden::sys::process::getuid();
     let allow = peer::AllowList::new(own_uid, &options.allow_uids);
     info!(
         "allowed peer uids: {:?}; read timeout {} ms; at most {} connections",

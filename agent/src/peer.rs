@@ -1,39 +1,7 @@
 //! Who is on the other end: SO_PEERCRED and the uid allow-list.
 
-use std::io;
-use std::os::fd::RawFd;
-
-/// Credentials of a connected peer, as the kernel recorded them at connect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Reads SO_PEERCRED of a connected AF_UNIX socket.
-pub fn peer_credentials(fd: RawFd) -> io::Result<Peer> {
-    // SAFETY: ucred is plain data; getsockopt writes at most `len` bytes.
-    unsafe {
-        let mut cred: libc::ucred = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        );
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Peer {
-            pid: cred.pid,
-            uid: cred.uid,
-            gid: cred.gid,
-        })
-    }
-}
+/// Credentials of a connected peer, as the kernel recorded them at connect (SO_PEERCRED).
+pub use holden::sys::socket::PeerCred as Peer;
 
 /// The uids allowed to talk to the agent: root, the agent's own uid, and
 /// every `--allow-uid`.

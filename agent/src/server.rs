@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use holden::spawn::SpawnSpec;
@@ -26,10 +26,12 @@ use crate::env::InheritedEnv;
 use crate::limits::{CONNECTIONS_MAX, LEGACY_RECV_BYTES, V1_RECV_BYTES};
 use crate::listen::{Flavor, Listener};
 use crate::log::{info, notice, warning};
-use crate::peer::{peer_credentials, AllowList, Peer};
+use crate::peer::{AllowList, Peer};
 use crate::request::spec_limits;
 use crate::signals::{IGNORED, TERMINATING};
-use holden::signalfd::SignalFd;
+use holden::sys::poll::{self, PollFd};
+use holden::sys::signal::SignalFd;
+use holden::sys::socket::{self, PeerCred};
 
 /// Connections accepted per listener per wake-up.
 const ACCEPTS_PER_WAKE_MAX: usize = 16;
@@ -95,7 +97,7 @@ pub struct Server {
     pub(crate) inherited: InheritedEnv,
     pub(crate) settings: Settings,
     pub(crate) capabilities: Capabilities,
-    pollfds: Vec<libc::pollfd>,
+    pollfds: Vec<PollFd>,
     owners: Vec<Owner>,
     serial_next: u64,
     stop_signal: Option<i32>,
@@ -183,20 +185,9 @@ impl Server {
         loop {
             self.build_poll_set();
             let timeout_ms = self.poll_timeout_ms(Instant::now());
-            // SAFETY: `pollfds` is a valid array of `len` pollfd entries.
-            let n = unsafe {
-                libc::poll(
-                    self.pollfds.as_mut_ptr(),
-                    self.pollfds.len() as libc::nfds_t,
-                    timeout_ms,
-                )
-            };
-            if n < 0 {
-                let error = io::Error::last_os_error();
-                if error.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(error);
+            if poll::poll(&mut self.pollfds, timeout_ms)? == 0 {
+                self.expire(Instant::now());
+                continue;
             }
             for index in 0..self.pollfds.len() {
                 let revents = self.pollfds[index].revents;
@@ -252,7 +243,7 @@ impl Server {
     fn build_poll_set(&mut self) {
         self.pollfds.clear();
         self.owners.clear();
-        let entry = |fd: RawFd| libc::pollfd {
+        let entry = |fd: RawFd| PollFd {
             fd,
             events: libc::POLLIN,
             revents: 0,
@@ -260,7 +251,7 @@ impl Server {
         self.pollfds.push(entry(self.signals.fd().as_raw_fd()));
         self.owners.push(Owner::Signals);
         for (i, listener) in self.listeners.iter().enumerate() {
-            self.pollfds.push(entry(listener.fd.as_raw_fd()));
+            self.pollfds.push(entry(listener.fd().as_raw_fd()));
             self.owners.push(Owner::Listener(i));
         }
         for (slot, conn) in self.conns.iter().enumerate() {
@@ -300,30 +291,20 @@ impl Server {
 
     fn accept_ready(&mut self, listener: usize) {
         for _ in 0..ACCEPTS_PER_WAKE_MAX {
-            let (fd, flavor) = {
-                let l = &self.listeners[listener];
-                // SAFETY: accept4 on our listening socket; no address wanted.
-                let fd = unsafe {
-                    libc::accept4(
-                        l.fd.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                    )
-                };
-                (fd, l.flavor)
-            };
-            if fd < 0 {
-                let error = io::Error::last_os_error();
-                match error.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-                    Some(libc::ECONNABORTED) => continue,
-                    _ => warning!("{} listener: accept: {error}", flavor.name()),
+            let l = &self.listeners[listener];
+            let flavor = l.flavor;
+            let fd = match socket::accept(l.fd(), true) {
+                Ok(Some(fd)) => fd,
+                Ok(None) => return,
+                Err(error) => {
+                    match error.raw_os_error() {
+                        Some(libc::ECONNABORTED) => continue,
+                        Some(libc::EINTR) => {}
+                        _ => warning!("{} listener: accept: {error}", flavor.name()),
+                    }
+                    return;
                 }
-                return;
-            }
-            // SAFETY: accept4 returned a new fd that nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            };
             self.admit(fd, flavor);
         }
     }
@@ -332,7 +313,7 @@ impl Server {
     fn admit(&mut self, fd: OwnedFd, flavor: Flavor) {
         let serial = self.serial_next;
         self.serial_next += 1;
-        let peer = match peer_credentials(fd.as_raw_fd()) {
+        let peer = match PeerCred::of(fd.as_fd()) {
             Ok(peer) => peer,
             Err(error) => {
                 warning!(
@@ -410,13 +391,13 @@ impl Server {
             Flavor::Legacy => holden::wire::legacy::encode_error(&mut self.send_buf, text).ok(),
         };
         if let Some(len) = len {
-            let _ = crate::fdpass::send(fd.as_raw_fd(), &self.send_buf[..len], None);
+            let _ = crate::fdpass::send(fd.as_fd(), &self.send_buf[..len], None);
         }
         // Closing with unread requests queued would make the peer's next
         // read fail with ECONNRESET before it sees the reason: drain what
         // has arrived (bounded) first.
         for _ in 0..REFUSE_DRAIN_MAX {
-            match crate::fdpass::recv(fd.as_raw_fd(), &mut self.recv_buf, flavor == Flavor::V1) {
+            match crate::fdpass::recv(fd.as_fd(), &mut self.recv_buf, flavor == Flavor::V1) {
                 Ok(crate::fdpass::Recv::Data(_)) => continue,
                 _ => break,
             }

@@ -7,7 +7,7 @@
 //! `PIDFD_GET_INFO`/`PIDFD_INFO_EXIT` (Linux 6.15+). The agent never waits for
 //! its children itself: it is stateless.
 
-use holden::signalfd::{set_disposition, Disposition, SignalFd};
+use holden::sys::signal::{set_disposition, Disposition, SignalFd};
 use std::io;
 
 /// Signals that end the agent cleanly (read through the signalfd).
@@ -30,18 +30,5 @@ pub fn install() -> io::Result<SignalFd> {
 /// Puts `/dev/null` on any of fds 0–2 that is closed, so that sockets and
 /// pipes opened later never land there (and children inherit sane stdio).
 pub fn ensure_standard_fds() {
-    for fd in 0..3 {
-        // SAFETY: F_GETFD probes an fd number; open/dup2 of a constant path
-        // onto a closed standard fd.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) >= 0 {
-                continue;
-            }
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            if null >= 0 && null != fd {
-                libc::dup2(null, fd);
-                libc::close(null);
-            }
-        }
-    }
+    holden::sys::fd::ensure_standard_fds();
 }

@@ -84,22 +84,7 @@ impl fmt::Display for Escaped<'_> {
 }
 
 /// `strerror` of an errno, without allocating: "No such file or directory".
-pub struct Errno(pub i32);
-
-impl fmt::Display for Errno {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0 as libc::c_char; 128];
-        // SAFETY: strerror_r (XSI variant in the libc crate) writes at most
-        // `buf.len()` bytes, NUL-terminated, into our stack buffer.
-        let rc = unsafe { libc::strerror_r(self.0, buf.as_mut_ptr(), buf.len()) };
-        if rc != 0 {
-            return write!(f, "errno {}", self.0);
-        }
-        // SAFETY: on success the buffer holds a NUL-terminated string.
-        let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-        f.write_str(&text.to_string_lossy())
-    }
-}
+pub use holden::sys::errno::Strerror as Errno;
 
 #[cfg(test)]
 mod tests {

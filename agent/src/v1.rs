@@ -16,9 +16,9 @@
 //! readable, else 0) and the connection stays usable.
 
 use std::fmt::Write as _;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
-use holden::spawn::pidfd_send_signal;
+use holden::pidfd::send_signal;
 use holden::wire::v1::{
     self, decode, encode_error, encode_pong, encode_running, encode_started, peek_request_id, Body,
     ErrorStage, Pong,
@@ -48,10 +48,10 @@ impl Refusal {
 
 impl Server {
     pub(crate) fn v1_readable(&mut self, slot: usize) -> Next {
-        let Some(fd) = self.conns[slot].as_ref().map(|c| c.fd.as_raw_fd()) else {
+        let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };
-        let received = match fdpass::recv(fd, &mut self.recv_buf, true) {
+        let received = match fdpass::recv(conn.fd.as_fd(), &mut self.recv_buf, true) {
             Ok(Recv::Data(received)) => received,
             Ok(Recv::WouldBlock) => return Next::Keep,
             Ok(Recv::Closed) => return Next::Close,
@@ -168,12 +168,11 @@ impl Server {
                     slot,
                     format_args!("request {request_id}: {shown} -> started pid {pid}"),
                 );
-                let next = self.v1_send(slot, len, Some(spawned.pidfd.as_raw_fd()));
+                let next = self.v1_send(slot, len, Some(spawned.pidfd.as_fd()));
                 if next == Next::Close {
                     // Nobody will supervise a process whose pidfd never
                     // arrived: end it rather than leave it unsupervised.
-                    let _ =
-                        pidfd_send_signal(std::os::fd::AsFd::as_fd(&spawned.pidfd), libc::SIGKILL);
+                    let _ = send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
                     self.log_conn(
                         slot,
                         format_args!(
@@ -205,7 +204,7 @@ impl Server {
             slot,
             format_args!("request {request_id}: {shown} -> started pid {pid} (gated)"),
         );
-        let next = self.v1_send(slot, len, Some(gated.pidfd().as_raw_fd()));
+        let next = self.v1_send(slot, len, Some(gated.pidfd()));
         if next == Next::Close {
             // The orchestrator did not get the pidfd: the program must not run.
             gated.abort();
@@ -287,14 +286,14 @@ impl Server {
     /// Sends `send_buf[..len]` as one packet. A full socket buffer means the
     /// client does not read its replies: the connection is dropped (the agent
     /// keeps no reply queue).
-    fn v1_send(&mut self, slot: usize, len: usize, pidfd: Option<i32>) -> Next {
-        let Some(fd) = self.conns[slot].as_ref().map(|c| c.fd.as_raw_fd()) else {
+    fn v1_send(&mut self, slot: usize, len: usize, pidfd: Option<BorrowedFd<'_>>) -> Next {
+        let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };
         if len == 0 {
             return Next::Close;
         }
-        match fdpass::send(fd, &self.send_buf[..len], pidfd) {
+        match fdpass::send(conn.fd.as_fd(), &self.send_buf[..len], pidfd) {
             Ok(sent) if sent == len => Next::Keep,
             Ok(_) => Next::Close,
             Err(error) => {

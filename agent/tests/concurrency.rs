@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use holden::spawn::pidfd_send_signal;
+use holden::pidfd::send_signal as pidfd_send_signal;
 use holden::wire::v1::{self, ErrorStage};
 
 const CLIENTS: usize = 8;

@@ -6,7 +6,7 @@ mod common;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use common::*;
-use holden::spawn::pidfd_send_signal;
+use holden::pidfd::send_signal as pidfd_send_signal;
 
 // BRIEF §3: header {u32 type; u32 length}.
 const START_PROCESS: u32 = 1;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use holden::spawn::pidfd_send_signal;
+use holden::pidfd::send_signal as pidfd_send_signal;
 
 #[test]
 fn sigterm_and_sigint_stop_cleanly_and_processes_keep_running() {
@@ -221,16 +221,14 @@ fn sd_notify_to_an_abstract_address() {
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
     // SAFETY: bind with the address built above.
-    assert_eq!(
-        unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        },
-        0
-    );
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    };
+    assert_eq!(rc, 0);
     set_timeouts(sock.as_raw_fd(), WAIT);
     let socket = dir.join("agent.sock");
     let mut child = Command::new(AGENT)

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use holden::pidfd::send_signal as pidfd_send_signal;
 use holden::pidfd::ExitStatus;
-use holden::spawn::pidfd_send_signal;
 
 /// `NSpid:` of a pidfd, as this namespace sees it: our pid first, then the
 /// pid in each nested namespace.

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::time::Instant;
 
 use common::*;
-use holden::spawn::pidfd_send_signal;
+use holden::pidfd::send_signal as pidfd_send_signal;
 
 const WARM_UP_SPAWNS: usize = 10;
 

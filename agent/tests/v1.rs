@@ -7,8 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
+use holden::pidfd::send_signal as pidfd_send_signal;
 use holden::pidfd::ExitStatus;
-use holden::spawn::pidfd_send_signal;
 use holden::wire::v1::{Capabilities, ErrorStage, StartFlags};
 
 #[test]

@@ -22,10 +22,8 @@ fn eventfd_signalled() -> OwnedFd {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a local; the counter stays non-zero, so POLLIN stays ready.
-    assert_eq!(
-        unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) },
-        8
-    );
+    let written = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    assert_eq!(written, 8);
     fd
 }
 

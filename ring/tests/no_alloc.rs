@@ -163,10 +163,8 @@ fn no_allocation_after_construction_across_every_op_kind() {
         let conn = ring.take_accepted(id).unwrap();
         // READ
         // SAFETY: send from a static buffer.
-        assert_eq!(
-            unsafe { libc::send(client.as_raw_fd(), b"r".as_ptr().cast(), 1, 0) },
-            1
-        );
+        let sent = unsafe { libc::send(client.as_raw_fd(), b"r".as_ptr().cast(), 1, 0) };
+        assert_eq!(sent, 1);
         ring.read(id, conn.as_fd()).unwrap();
         assert_eq!(one(&mut ring, OpTag::Read), Ok(1));
         assert_eq!(ring.read_data(id), Some(&b"r"[..]));

@@ -227,10 +227,8 @@ fn accept_hands_over_a_cloexec_connection_and_read_reads() {
     assert!(unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC != 0);
     ring.read(id, conn.as_fd()).unwrap();
     // SAFETY: send from a local buffer.
-    assert_eq!(
-        unsafe { libc::send(client.as_raw_fd(), b"hello".as_ptr().cast(), 5, 0) },
-        5
-    );
+    let sent = unsafe { libc::send(client.as_raw_fd(), b"hello".as_ptr().cast(), 5, 0) };
+    assert_eq!(sent, 5);
     let c = next(&mut ring);
     assert_eq!((c.op, c.result), (OpTag::Read, Ok(5)));
     assert_eq!(ring.read_data(id), Some(&b"hello"[..]));

@@ -4,6 +4,8 @@
 //! invalid or the orchestrator cannot run (io_uring unavailable, ...), 2 for command-line
 //! misuse.
 
+#![forbid(unsafe_code)]
+
 use holden::config::{Config, CONFIG_PATH_DEFAULT};
 use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
 use holden::wire::legacy::{DEFAULT_SOCKET_PATH, SOCKET_PATH_ENV};
@@ -119,17 +121,6 @@ fn load(source: &Source) -> Result<Config, String> {
     }
 }
 
-/// Makes sure fds 0-2 are open (children inherit stdout/stderr as they are).
-fn ensure_stdio() {
-    for fd in 0..3 {
-        // SAFETY: F_GETFD only queries the fd.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            // SAFETY: opens /dev/null; the new fd takes the lowest free number, `fd`.
-            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-        }
-    }
-}
-
 /// Open files the orchestrator needs besides its slots: stdio, the ring, signalfd, eventfd,
 /// the agent link, control connections, a spawn's report pipe, a received fd being checked.
 const FDS_BESIDES_SLOTS: u64 = 64;
@@ -139,37 +130,22 @@ const FDS_BESIDES_SLOTS: u64 = 64;
 /// cannot all hold a process: each slot may hold a pidfd, and a QM slot briefly a second one
 /// (a gated spawn's pidfd before `Running`). Returns the limit in force.
 fn raise_fd_limit(slots: usize) -> Result<u64, String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `limit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(format!(
-            "getrlimit(RLIMIT_NOFILE): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: setrlimit reads one rlimit; raising the soft limit up to the hard one is
-        // always allowed.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(format!(
-                "setrlimit(RLIMIT_NOFILE): {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+    let (mut soft, hard) = holden::sys::process::nofile_limit()
+        .map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
+    if soft < hard {
+        // Raising the soft limit up to the hard one is always allowed.
+        holden::sys::process::set_nofile_soft(hard)
+            .map_err(|e| format!("setrlimit(RLIMIT_NOFILE): {e}"))?;
+        soft = hard;
     }
     let needed = 2 * slots as u64 + FDS_BESIDES_SLOTS;
-    if limit.rlim_cur < needed {
+    if soft < needed {
         return Err(format!(
-            "slots = {slots} needs up to {needed} open files, but RLIMIT_NOFILE allows {} \
-             (raise LimitNOFILE= in the unit, or lower slots)",
-            limit.rlim_cur
+            "slots = {slots} needs up to {needed} open files, but RLIMIT_NOFILE allows {soft} \
+             (raise LimitNOFILE= in the unit, or lower slots)"
         ));
     }
-    Ok(limit.rlim_cur)
+    Ok(soft)
 }
 
 fn main() -> ExitCode {
@@ -214,7 +190,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    ensure_stdio();
+    holden::sys::fd::ensure_standard_fds();
     if let Err(message) = raise_fd_limit(config.slots as usize) {
         eprintln!("<3>holden-orchestrator: cannot start: {message}; nothing was started");
         return ExitCode::from(1);

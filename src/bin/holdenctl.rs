@@ -2,12 +2,15 @@
 //!
 //! Protocol: `holden::control` (docs/control.md). Exit codes: see [`USAGE`].
 
+#![forbid(unsafe_code)]
+
 use holden::config::{parse_duration, signal_from_name, signal_from_number};
 use holden::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, StateCode, Why,
 };
+use holden::sys::socket;
 use std::io::{IsTerminal, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -205,31 +208,11 @@ struct Client {
 
 impl Client {
     fn connect(path: &std::path::Path) -> Result<Client, Fail> {
-        let (addr, len) = holden::sockaddr::unix(path.as_os_str().as_bytes())
+        let addr = socket::UnixAddr::new(path.as_os_str().as_bytes())
             .map_err(|e| fail(EXIT_USAGE, format!("--socket: {e}")))?;
-        // SAFETY: plain socket() call.
-        let raw =
-            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(unreachable(path, "socket", std::io::Error::last_os_error()));
-        }
-        // SAFETY: we own the new fd.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: addr is a valid sockaddr_un of len bytes.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(unreachable(
-                path,
-                "connect",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let fd = socket::socket(socket::Kind::Seqpacket, false)
+            .map_err(|e| unreachable(path, "socket", e))?;
+        socket::connect(fd.as_fd(), &addr).map_err(|e| unreachable(path, "connect", e))?;
         let client = Client {
             fd,
             next_id: 1,
@@ -241,21 +224,7 @@ impl Client {
     }
 
     fn set_timeout(&self, timeout: Option<Duration>) {
-        let t = timeout.unwrap_or(Duration::ZERO);
-        let tv = libc::timeval {
-            tv_sec: t.as_secs() as _,
-            tv_usec: t.subsec_micros() as _,
-        };
-        // SAFETY: tv is a valid timeval for the call.
-        unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
+        let _ = socket::set_receive_timeout(self.fd.as_fd(), timeout.unwrap_or(Duration::ZERO));
     }
 
     fn send(&mut self, body: &Body<'_>) -> Result<(), Fail> {
@@ -263,17 +232,12 @@ impl Client {
         let len = proto::encode(&mut out, self.next_id, body)
             .map_err(|e| fail(EXIT_USAGE, format!("cannot encode the request: {e}")))?;
         self.next_id = self.next_id.wrapping_add(1);
-        // SAFETY: out[..len] is valid.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                out.as_ptr().cast(),
-                len,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n != len as isize {
-            let e = std::io::Error::last_os_error();
+        let sent = socket::send(self.fd.as_fd(), &out[..len], false);
+        if let Err(e) = sent.and_then(|n| {
+            (n == len)
+                .then_some(())
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EMSGSIZE))
+        }) {
             // Refused at once (too many clients, permission): the reason waits in our
             // receive queue; `recv` reads it.
             if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET)) {
@@ -286,34 +250,17 @@ impl Client {
 
     /// Receives one frame (its bytes stay in `self.buf`; decode with [`Client::frame`]).
     fn recv(&mut self) -> Result<usize, Fail> {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                self.buf.as_mut_ptr().cast(),
-                self.buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
-        let n = if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECONNRESET)
-        {
+        let n = match socket::recv(self.fd.as_fd(), &mut self.buf, true, false) {
             // The orchestrator closed after a refusal while our request was unread: the reset
             // is reported first, the refusal frame is still queued.
-            // SAFETY: as above.
-            unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-                )
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                socket::recv(self.fd.as_fd(), &mut self.buf, true, true)
             }
-        } else {
-            n
+            other => other,
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock {
+        let n = match n {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(fail(
                     EXIT_UNREACHABLE,
                     format!(
@@ -323,8 +270,8 @@ impl Client {
                     ),
                 ));
             }
-            return Err(unreachable(&self.socket, "recv", e));
-        }
+            Err(e) => return Err(unreachable(&self.socket, "recv", e)),
+        };
         if n == 0 {
             return Err(fail(
                 EXIT_UNREACHABLE,
@@ -334,7 +281,6 @@ impl Client {
                 ),
             ));
         }
-        let n = n as usize;
         if n > self.buf.len() {
             return Err(fail(
                 EXIT_UNREACHABLE,

@@ -44,7 +44,7 @@ use crate::supervise::{Event, Partition, ServiceId, SpawnError, SpawnStage};
 use crate::wire::v1;
 use ring::{Completion, Errno, OpTag, SlotId, Timeout};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -129,8 +129,7 @@ impl SendQueue {
 
 /// The agent link's state and buffers (allocated once).
 pub(crate) struct AgentLink {
-    pub(crate) addr: libc::sockaddr_un,
-    pub(crate) addr_len: libc::socklen_t,
+    pub(crate) addr: crate::sys::socket::UnixAddr,
     pub(crate) protocol: AgentProtocol,
     state: LinkState,
     conn: Option<(OwnedFd, SlotId)>,
@@ -178,11 +177,10 @@ impl AgentLink {
         timer_slot: SlotId,
         needed: bool,
     ) -> Result<AgentLink, Error> {
-        let (addr, addr_len) = crate::sockaddr::unix(settings.agent_socket.as_os_str().as_bytes())
+        let addr = crate::sys::socket::UnixAddr::new(settings.agent_socket.as_os_str().as_bytes())
             .map_err(|e| Error::Io("agent socket path", e))?;
         Ok(AgentLink {
             addr,
-            addr_len,
             protocol: settings.agent_protocol,
             state: if needed {
                 LinkState::Down { retry_at_ns: 0 }
@@ -274,20 +272,8 @@ impl AgentLink {
 
 /// The namespace position of the process at the other end of a Unix socket (SO_PEERCRED).
 pub(crate) fn peer_ns(fd: &OwnedFd) -> Option<pidfd::NsPid> {
-    // SAFETY: ucred is plain data; all-zero is valid.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writing; the kernel writes at most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || cred.pid <= 0 {
+    let cred = crate::sys::socket::PeerCred::of(fd.as_fd()).ok()?;
+    if cred.pid <= 0 {
         return None;
     }
     pidfd::ns_pid_of(cred.pid).ok().flatten()
@@ -316,34 +302,10 @@ pub(crate) fn check_namespace(
 
 /// Connects a socket of `kind` to `addr` (non-blocking, close-on-exec).
 pub(crate) fn connect_unix(
-    addr: &libc::sockaddr_un,
-    len: libc::socklen_t,
-    kind: i32,
+    addr: &crate::sys::socket::UnixAddr,
+    kind: crate::sys::socket::Kind,
 ) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket() call.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: we own the fd just created.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    loop {
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if rc == 0 {
-            return Ok(fd);
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
+    crate::sys::socket::connect_new(addr, kind, true)
 }
 
 impl Orchestrator {
@@ -362,25 +324,21 @@ impl Orchestrator {
         }
     }
 
-    pub(crate) fn agent_path(&self) -> Escaped<'_> {
-        let len = self.agent.addr_len as usize - std::mem::size_of::<libc::sa_family_t>() - 1;
-        // SAFETY: sun_path holds `len` path bytes written by `sockaddr::unix` (c_char and u8 have
-        // the same size and alignment).
-        let bytes = unsafe {
-            std::slice::from_raw_parts(self.agent.addr.sun_path.as_ptr().cast::<u8>(), len)
-        };
-        Escaped(bytes)
+    pub(crate) fn agent_path(&self) -> AgentPath {
+        let mut path = AgentPath([0; 108], 0);
+        path.1 = self.agent.addr.name(&mut path.0);
+        path
     }
 
     fn agent_connect(&mut self) {
         let kind = if self.agent.protocol == AgentProtocol::V02 {
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK
+            crate::sys::socket::Kind::Stream
         } else {
-            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK
+            crate::sys::socket::Kind::Seqpacket
         };
         if self.agent.protocol == AgentProtocol::V02 {
             // One connection per request: a successful connect is the probe; close it.
-            match connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
+            match connect_unix(&self.agent.addr, kind) {
                 Ok(probe) => {
                     drop(probe);
                     self.agent_legacy_up();
@@ -389,7 +347,7 @@ impl Orchestrator {
             }
             return;
         }
-        match connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
+        match connect_unix(&self.agent.addr, kind) {
             Ok(fd) => self.agent_connected(fd),
             Err(e)
                 if e.raw_os_error() == Some(libc::EPROTOTYPE)
@@ -1301,3 +1259,12 @@ enum Answer {
 /// What the agent did wrong (static text: logged once, never allocated).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Violation(pub &'static str);
+
+/// The agent socket's name, for log lines (escaped like any outside bytes).
+pub(crate) struct AgentPath([u8; 108], usize);
+
+impl std::fmt::Display for AgentPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", Escaped(&self.0[..self.1]))
+    }
+}

@@ -23,9 +23,10 @@ use crate::control::{
     ServiceInfo, StateCode, Why,
 };
 use crate::supervise::{self, Command, Event, Partition, Reason, ServiceId, Transition};
+use crate::sys::socket::{self, Listener, PeerCred};
 use ring::{Completion, OpTag, Ring, SlotId, Timeout};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -42,8 +43,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Listen backlog.
 const BACKLOG: i32 = 16;
-/// Supplementary groups of a peer read with SO_PEERGROUPS (more: only the primary is checked).
-const PEER_GROUPS_MAX: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -87,9 +86,7 @@ pub struct ControlSettings {
 /// The control plane's state, allocated in [`ControlServer::new`].
 pub(crate) struct ControlServer {
     path: Option<PathBuf>,
-    listener: Option<OwnedFd>,
-    /// Device and inode of the socket file we created (removed on exit only if still ours).
-    file_id: Option<(u64, u64)>,
+    listener: Option<Listener>,
     listen_slot: SlotId,
     group_gid: Option<u32>,
     conns: Box<[Conn]>,
@@ -137,7 +134,6 @@ impl ControlServer {
         Ok(ControlServer {
             path: settings.socket.clone(),
             listener: None,
-            file_id: None,
             listen_slot,
             group_gid,
             conns: conns.into_boxed_slice(),
@@ -145,171 +141,38 @@ impl ControlServer {
     }
 }
 
-/// The gid of a group name (getgrnam_r into a fixed buffer).
+/// The gid of a group name.
 fn group_id(name: &str) -> Result<u32, Error> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| Error::Service(format!("control.group {name:?}: contains NUL")))?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: zeroed `group` is a valid out-parameter for getgrnam_r.
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf's length is passed.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut group,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::Io(
-            "control.group: getgrnam",
-            io::Error::from_raw_os_error(rc),
-        ));
-    }
-    if result.is_null() {
-        return Err(Error::Service(format!(
+    match crate::sys::user::group_id(name) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(Error::Service(format!(
             "control.group: no group named {name:?} (create it, or remove control.group)"
-        )));
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(Error::Service(format!(
+            "control.group {name:?}: contains NUL"
+        ))),
+        Err(e) => Err(Error::Io("control.group: getgrnam", e)),
     }
-    Ok(group.gr_gid)
 }
 
-/// Binds a SOCK_SEQPACKET listener at `path` (a stale file there is removed first).
-fn bind_listener(path: &[u8], gid: Option<u32>) -> io::Result<(OwnedFd, (u64, u64))> {
-    let (addr, len) = crate::sockaddr::unix(path)?;
-    // SAFETY: plain socket() call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: we own the fd just created.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let cpath = std::ffi::CString::new(path).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // A socket file left by an earlier run: remove it (only a socket, never another file).
-    // SAFETY: zeroed stat is a valid out-parameter; cpath is NUL-terminated.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::lstat(cpath.as_ptr(), &mut st) } == 0 {
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "a file that is not a socket is in the way",
-            ));
-        }
-        // SAFETY: cpath is NUL-terminated.
-        unsafe { libc::unlink(cpath.as_ptr()) };
-    }
-    // Created 0600 (umask 0177 for the bind), widened to 0660 for a group after chown.
-    // SAFETY: umask only changes the process mask; restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    // SAFETY: addr/len come from sockaddr::unix.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    };
-    let err = io::Error::last_os_error();
-    // SAFETY: restores the mask.
-    unsafe { libc::umask(old) };
-    if rc != 0 {
-        return Err(err);
-    }
-    if let Some(gid) = gid {
-        // SAFETY: cpath is NUL-terminated; uid -1 keeps the owner.
-        if unsafe { libc::chown(cpath.as_ptr(), u32::MAX, gid) } != 0
-            // SAFETY: as above.
-            || unsafe { libc::chmod(cpath.as_ptr(), 0o660) } != 0
-        {
-            let err = io::Error::last_os_error();
-            // SAFETY: as above.
-            unsafe { libc::unlink(cpath.as_ptr()) };
-            return Err(err);
-        }
-    }
-    // SAFETY: listen on our bound socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), BACKLOG) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::lstat(cpath.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((fd, (st.st_dev, st.st_ino)))
-}
-
-/// The peer's uid and gid (SO_PEERCRED) and whether it may use the socket.
+/// The peer's uid and whether it may use the socket: root, or a member of the group.
 fn peer_allowed(fd: &OwnedFd, group: Option<u32>) -> (bool, u32) {
-    // SAFETY: zeroed ucred is a valid out-parameter.
-    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
+    let Ok(cred) = PeerCred::of(fd.as_fd()) else {
         return (false, u32::MAX);
-    }
+    };
     if cred.uid == 0 {
         return (true, 0);
     }
-    let Some(gid) = group else {
-        return (false, cred.uid);
-    };
-    if cred.gid == gid {
-        return (true, cred.uid);
-    }
-    let mut groups = [0u32; PEER_GROUPS_MAX];
-    let mut len = std::mem::size_of_val(&groups) as libc::socklen_t;
-    // SAFETY: groups and len are valid for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERGROUPS,
-            groups.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    let count = (len as usize / 4).min(PEER_GROUPS_MAX);
-    (rc == 0 && groups[..count].contains(&gid), cred.uid)
+    let allowed = group.is_some_and(|gid| cred.in_group(fd.as_fd(), gid));
+    (allowed, cred.uid)
 }
 
 /// Sends one packet without waiting; the errno when it could not.
 fn try_send(fd: &OwnedFd, bytes: &[u8]) -> Result<(), i32> {
-    // SAFETY: bytes is valid for its length; MSG_DONTWAIT: never blocks.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n == bytes.len() as isize {
-        Ok(())
-    } else if n < 0 {
-        Err(io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO))
-    } else {
-        Err(libc::EMSGSIZE)
+    match socket::send(fd.as_fd(), bytes, true) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(_) => Err(libc::EMSGSIZE),
+        Err(e) => Err(crate::sys::errno::of(&e)),
     }
 }
 
@@ -317,15 +180,7 @@ fn try_send(fd: &OwnedFd, bytes: &[u8]) -> Result<(), i32> {
 fn send_now(fd: &OwnedFd, body: &Body<'_>) {
     let mut buf = [0u8; 512];
     if let Ok(len) = proto::encode(&mut buf, 0, body) {
-        // SAFETY: buf[..len] is valid; MSG_DONTWAIT: never blocks.
-        unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                len,
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        let _ = socket::send(fd.as_fd(), &buf[..len], true);
     }
 }
 
@@ -367,11 +222,21 @@ impl Orchestrator {
         let Some(path) = self.control.path.clone() else {
             return;
         };
-        match bind_listener(path.as_os_str().as_bytes(), self.control.group_gid) {
-            Ok((fd, file_id)) => {
-                let _ = self.ring.accept(self.control.listen_slot, fd.as_fd());
-                self.control.listener = Some(fd);
-                self.control.file_id = Some(file_id);
+        let mode = if self.control.group_gid.is_some() {
+            0o660
+        } else {
+            0o600
+        };
+        match Listener::bind(
+            path.as_os_str().as_bytes(),
+            socket::Kind::Seqpacket,
+            mode,
+            self.control.group_gid,
+            BACKLOG,
+        ) {
+            Ok((listener, _stale)) => {
+                let _ = self.ring.accept(self.control.listen_slot, listener.fd.as_fd());
+                self.control.listener = Some(listener);
                 self.log.line(
                     Priority::Info,
                     format_args!(
@@ -401,24 +266,8 @@ impl Orchestrator {
             }
         }
         let _ = self.ring.cancel(self.control.listen_slot);
-        if self.control.listener.take().is_none() {
-            return;
-        }
-        let (Some(path), Some((dev, ino))) = (&self.control.path, self.control.file_id) else {
-            return;
-        };
-        let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-            return;
-        };
-        // SAFETY: zeroed stat is a valid out-parameter; cpath is NUL-terminated.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::lstat(cpath.as_ptr(), &mut st) } == 0
-            && st.st_dev == dev
-            && st.st_ino == ino
-        {
-            // SAFETY: cpath is NUL-terminated.
-            unsafe { libc::unlink(cpath.as_ptr()) };
+        if let Some(listener) = self.control.listener.take() {
+            listener.remove_file();
         }
     }
 
@@ -426,15 +275,17 @@ impl Orchestrator {
         match c.op {
             OpTag::Accept => {}
             OpTag::Timeout => {
-                if let Some(fd) = &self.control.listener {
-                    let _ = self.ring.accept(self.control.listen_slot, fd.as_fd());
+                if let Some(listener) = &self.control.listener {
+                    let _ = self
+                        .ring
+                        .accept(self.control.listen_slot, listener.fd.as_fd());
                 }
                 return;
             }
             _ => return,
         }
         let accepted = self.ring.take_accepted(self.control.listen_slot);
-        let Some(listener) = &self.control.listener else {
+        let Some(listener) = self.control.listener.as_ref().map(|l| &l.fd) else {
             return;
         };
         match c.result {
@@ -873,13 +724,8 @@ impl Orchestrator {
         } else {
             (0, 0)
         };
-        let mut path = [0u8; proto::TEXT_LEN_MAX];
-        let raw = &self.agent.addr.sun_path;
-        let mut n = 0;
-        while n < raw.len() && n < path.len() && raw[n] != 0 {
-            path[n] = raw[n] as u8;
-            n += 1;
-        }
+        let mut path = [0u8; 108];
+        let n = self.agent.addr.name(&mut path);
         let socket = std::str::from_utf8(&path[..n]).unwrap_or("(not UTF-8)");
         let info = AgentInfo {
             link,

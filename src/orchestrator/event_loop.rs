@@ -20,15 +20,15 @@ use super::log::{Logger, Priority};
 use super::spec::{Options, ServiceDef, Settings};
 use crate::pidfd::{self, Capabilities, ExitInfo, Identity};
 use crate::sd_notify::Notifier;
-use crate::signalfd::SignalFd;
 use crate::spawn::{self, SpawnSpec};
 use crate::supervise::{
     self, Action, Command, Event, MonoTime, Partition, Pid, Reason, ServiceId, SpawnError,
     SpawnStage, State, Supervisor, TimerToken, Transition,
 };
+use crate::sys::signal::SignalFd;
 use ring::{Completion, Limits, OpTag, Ring, SlotId, Timeout};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,9 +92,7 @@ pub struct ShutdownHandle {
 impl ShutdownHandle {
     /// Requests shutdown.
     pub fn request(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        let _ = crate::sys::fd::eventfd_add(self.fd.as_fd(), 1);
     }
 }
 
@@ -334,13 +332,7 @@ impl Orchestrator {
         } else {
             None
         };
-        // SAFETY: eventfd(0, flags) returns a new fd or -1.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
-            return Err(Error::Io("eventfd", io::Error::last_os_error()));
-        }
-        // SAFETY: we own the fd just created.
-        let shutdown_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let shutdown_fd = Arc::new(crate::sys::fd::eventfd().map_err(|e| Error::Io("eventfd", e))?);
         let shutdown_slot = take_slot(&mut ring, Owner::Shutdown)?;
         let notify = if options.notify {
             Notifier::from_env().map_err(|e| Error::Io("sd_notify", e))?
@@ -849,21 +841,15 @@ impl Orchestrator {
     }
 
     fn on_shutdown_handle(&mut self) {
-        let mut value: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from our non-blocking eventfd.
-        let n = unsafe {
-            libc::read(
-                self.shutdown_fd.as_raw_fd(),
-                (&mut value as *mut u64).cast(),
-                8,
-            )
-        };
+        let value = crate::sys::fd::eventfd_read(self.shutdown_fd.as_fd())
+            .ok()
+            .flatten();
         let _ = self.ring.poll_add(
             self.shutdown_slot,
             self.shutdown_fd.as_fd(),
             libc::POLLIN as u32,
         );
-        if n == 8 {
+        if let Some(value) = value {
             for _ in 0..value.min(2) {
                 self.log
                     .line(Priority::Notice, format_args!("event=shutdown-requested"));

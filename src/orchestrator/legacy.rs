@@ -80,8 +80,8 @@ impl Orchestrator {
     /// service is outstanding: checked by `agent_request`).
     pub(crate) fn legacy_request(&mut self, service: ServiceId) {
         let index = service.index();
-        let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK;
-        let fd = match super::agent::connect_unix(&self.agent.addr, self.agent.addr_len, kind) {
+        let kind = crate::sys::socket::Kind::Stream;
+        let fd = match super::agent::connect_unix(&self.agent.addr, kind) {
             Ok(fd) => fd,
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);

@@ -82,18 +82,8 @@ impl Logger {
     }
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: writes from a valid slice of `bytes.len()` bytes.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return;
-        }
-        bytes = &bytes[n as usize..];
-    }
+fn write_all(fd: RawFd, bytes: &[u8]) {
+    let _ = crate::sys::fd::write_all_raw(fd, bytes);
 }
 
 /// A fixed buffer that silently cuts what does not fit (keeping room for `...\n`).
@@ -171,27 +161,7 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// An errno as `strerror` text, formatted without allocating (`io::Error`'s `Display`
-/// allocates a `String` for the message).
-#[derive(Clone, Copy, Debug)]
-pub struct ErrnoText(pub i32);
-
-impl fmt::Display for ErrnoText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; 128];
-        // SAFETY: the XSI strerror_r (what the libc crate binds) writes at most buf.len()
-        // bytes, NUL-terminated, into `buf`.
-        let rc = unsafe { libc::strerror_r(self.0, buf.as_mut_ptr().cast(), buf.len()) };
-        let len = buf.iter().position(|&b| b == 0).unwrap_or(0);
-        if rc != 0 || len == 0 {
-            return write!(f, "errno {}", self.0);
-        }
-        match std::str::from_utf8(&buf[..len]) {
-            Ok(text) => write!(f, "{text} (errno {})", self.0),
-            Err(_) => write!(f, "errno {}", self.0),
-        }
-    }
-}
+pub use crate::sys::errno::ErrnoText;
 
 /// `log!(logger, Priority::Info, "service={} ...", ...)`.
 #[macro_export]
@@ -230,15 +200,6 @@ mod tests {
         let out = line.finish();
         assert_eq!(out.len(), LINE_BYTES_MAX);
         assert!(out.ends_with(b"...\n"));
-    }
-
-    #[test]
-    fn errno_text_reads_like_strerror() {
-        assert_eq!(
-            ErrnoText(libc::ENOENT).to_string(),
-            "No such file or directory (errno 2)"
-        );
-        assert!(ErrnoText(99999).to_string().contains("99999"));
     }
 
     #[test]

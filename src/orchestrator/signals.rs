@@ -6,7 +6,7 @@
 //! children get an empty mask from the spawner. SIGPIPE is ignored so that a write to a dead
 //! agent returns EPIPE.
 
-use crate::signalfd::{set_disposition, Disposition, SignalFd};
+use crate::sys::signal::{set_disposition, Disposition, SignalFd};
 use std::io;
 
 /// The signals read through the signalfd.

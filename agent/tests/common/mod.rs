@@ -165,7 +165,7 @@ impl Procs {
 impl Drop for Procs {
     fn drop(&mut self) {
         for pidfd in &self.0 {
-            let _ = holden::spawn::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = holden::pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
         }
     }
 }

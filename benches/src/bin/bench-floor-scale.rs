@@ -170,7 +170,7 @@ fn run(args: &Args) -> Result<(), String> {
     })();
     for slot in &mut slots {
         if let Some(fd) = slot.pidfd.take() {
-            let _ = spawn::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            let _ = holden::pidfd::send_signal(fd.as_fd(), libc::SIGKILL);
             let _ = wait_exit(&fd).and_then(|_| reap(&fd));
         }
     }

@@ -1,0 +1,328 @@
+//! File descriptors and files.
+
+use super::{check, check_size, owned, retry};
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// Opens `path` (always `O_CLOEXEC`).
+pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated; open returns a new fd or -1.
+    retry(|| owned(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) }))
+}
+
+/// One `read(2)` into `buf` (EINTR retried); 0 at end of file.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    retry(|| check_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }))
+}
+
+/// Reads until `buf` is full or end of file; the bytes read.
+pub fn read_full(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        let n = read(fd, &mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok(len)
+}
+
+/// One `write(2)` of `buf` (EINTR retried); the bytes written.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    retry(|| check_size(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) }))
+}
+
+/// Writes all of `buf` (a log line: errors end the attempt, there is nowhere to report them).
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match write(fd, buf)? {
+            0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            n => buf = &buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// Writes to an fd number the caller does not own (a logger's stderr): all of `buf`.
+pub fn write_all_raw(fd: RawFd, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: the borrow lives for this call only; a closed number fails with EBADF.
+    write_all(unsafe { BorrowedFd::borrow_raw(fd) }, buf)
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a duplicate at `min` or above.
+pub fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd or -1; no memory is passed.
+    owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: the kernel fills the two ints of `fds`.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((owned(fds[0])?, owned(fds[1])?))
+}
+
+/// A non-blocking, close-on-exec eventfd starting at 0.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes integers and returns a new fd or -1.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
+/// Reads and resets an eventfd's counter; `None` when it is 0 (non-blocking).
+pub fn eventfd_read(fd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let mut value = [0u8; 8];
+    match read(fd, &mut value) {
+        Ok(8) => Ok(Some(u64::from_ne_bytes(value))),
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds `value` to an eventfd's counter.
+pub fn eventfd_add(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
+    write(fd, &value.to_ne_bytes()).map(|_| ())
+}
+
+/// Whether the fd number is open in this process.
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Takes ownership of an fd this process inherited at start (systemd's `LISTEN_FDS`), if it
+/// is open. Call only at start-up, for numbers that nothing in the process has opened or
+/// claimed yet.
+pub fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 || !is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: the number is open and, by this function's contract, owned by nothing else in
+    // the process: it was passed to us by our parent.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Makes an fd non-blocking and close-on-exec (an fd inherited from systemd).
+pub fn set_nonblock_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl flag queries and changes on a descriptor the caller owns; no memory.
+    unsafe {
+        let flags = check(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        check(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
+        check(libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC))?;
+    }
+    Ok(())
+}
+
+/// Puts `/dev/null` on any of fds 0–2 that is closed, so that sockets and pipes opened later
+/// never land there and children inherit sane stdio. Best effort (start-up only).
+pub fn ensure_standard_fds() {
+    for fd in 0..3 {
+        if is_open(fd) {
+            continue;
+        }
+        let Ok(null) = open(c"/dev/null", libc::O_RDWR) else {
+            return;
+        };
+        if null.as_raw_fd() != fd {
+            // SAFETY: dup2 onto a standard fd number that is closed (checked above); `null`
+            // stays owned and is closed when dropped.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            // dup2 cleared close-on-exec on the copy: stdio is meant to be inherited.
+        } else {
+            // The lowest free number was this standard fd: keep it open (and inheritable).
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(null);
+            // SAFETY: F_SETFD on the fd we just released from its OwnedFd.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        }
+    }
+}
+
+/// What `fstat`/`lstat` tell about a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+}
+
+impl FileStat {
+    fn of(st: &libc::stat) -> FileStat {
+        #[allow(clippy::unnecessary_cast)]
+        FileStat {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            mode: st.st_mode as u32,
+        }
+    }
+
+    /// A socket file.
+    pub fn is_socket(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFSOCK
+    }
+}
+
+/// `fstat(2)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(FileStat::of(&st))
+}
+
+/// `lstat(2)`; `Ok(None)` when nothing is there (ENOENT).
+pub fn lstat(path: &CStr) -> io::Result<Option<FileStat>> {
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated; `st` is valid and writable.
+    match check(unsafe { libc::lstat(path.as_ptr(), &mut st) }) {
+        Ok(_) => Ok(Some(FileStat::of(&st))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `statfs.f_type` of the file system `fd` is on.
+pub fn fs_type(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: statfs is plain data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable for the call.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as i64)
+}
+
+/// `readlink(2)` into `buf`; the length of the target (cut at `buf.len()`).
+pub fn readlink(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `path` is NUL-terminated; the kernel writes at most `buf.len()` bytes.
+    check_size(unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `unlink(2)`.
+pub fn unlink(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::unlink(path.as_ptr()) }).map(|_| ())
+}
+
+/// Runs `f` with the process's file-creation mask set to `mask`, then restores it (for
+/// creating a socket file with no window at a wider mode; start-up only).
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only changes the process's file-creation mask.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let result = f();
+    // SAFETY: restores the previous mask.
+    unsafe { libc::umask(old) };
+    result
+}
+
+/// Formats `/proc/<pid or self>/<rest>` with a NUL into `buf`, without allocating.
+pub struct ProcPath {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ProcPath {
+    /// `/proc/self/<dir>/<fd>` (`fd`, `fdinfo`).
+    pub fn self_fd(dir: &str, fd: RawFd) -> ProcPath {
+        let mut path = ProcPath::start(b"/proc/self/");
+        path.push(dir.as_bytes());
+        path.push(b"/");
+        path.push_number(fd.max(0) as u32);
+        path
+    }
+
+    /// `/proc/<pid>/<file>`.
+    pub fn pid_file(pid: i32, file: &str) -> ProcPath {
+        let mut path = ProcPath::start(b"/proc/");
+        path.push_number(pid.max(0) as u32);
+        path.push(b"/");
+        path.push(file.as_bytes());
+        path
+    }
+
+    fn start(prefix: &[u8]) -> ProcPath {
+        let mut path = ProcPath {
+            buf: [0; 64],
+            len: 0,
+        };
+        path.push(prefix);
+        path
+    }
+
+    /// Appends what fits, always leaving room for the NUL.
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.buf.len() - 1 - self.len;
+        let take = bytes.len().min(room);
+        self.buf[self.len..self.len + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+    }
+
+    fn push_number(&mut self, mut n: u32) {
+        let mut digits = [0u8; 10];
+        let mut d = digits.len();
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[d..]);
+    }
+
+    /// The path, NUL-terminated.
+    pub fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.buf[..=self.len]).unwrap_or(c"/proc/")
+    }
+}
+
+/// Reads a small file (a `/proc` text) into `buf` without allocating; the bytes read.
+pub fn read_small_file(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let file = open(path, libc::O_RDONLY)?;
+    read_full(std::os::fd::AsFd::as_fd(&file), buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn proc_paths_are_formatted_with_their_nul() {
+        assert_eq!(
+            ProcPath::self_fd("fdinfo", 17).as_cstr(),
+            c"/proc/self/fdinfo/17"
+        );
+        assert_eq!(
+            ProcPath::pid_file(4242, "status").as_cstr(),
+            c"/proc/4242/status"
+        );
+        assert_eq!(ProcPath::pid_file(0, "stat").as_cstr(), c"/proc/0/stat");
+    }
+
+    #[test]
+    fn a_pipe_carries_bytes_and_an_eventfd_counts() {
+        let (r, w) = pipe().unwrap();
+        write_all(w.as_fd(), b"abc").unwrap();
+        drop(w);
+        let mut buf = [0u8; 8];
+        assert_eq!(read_full(r.as_fd(), &mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        let e = eventfd().unwrap();
+        assert_eq!(eventfd_read(e.as_fd()).unwrap(), None);
+        eventfd_add(e.as_fd(), 2).unwrap();
+        eventfd_add(e.as_fd(), 1).unwrap();
+        assert_eq!(eventfd_read(e.as_fd()).unwrap(), Some(3));
+    }
+}

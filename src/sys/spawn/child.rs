@@ -1,0 +1,392 @@
+//! The child, between clone and exec: raw system calls only, no allocation, no locks, and no
+//! panics by construction. The lints below reject indexing, slicing, unchecked arithmetic,
+//! `unwrap`/`expect` and explicit panics in this module: a panic here would run the parent's
+//! panic machinery in a copy of its address space.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented
+)]
+
+use super::{
+    ExecPlan, SpawnError, SpawnStage, CHILD_FAILURE_EXIT_STATUS, GATE_CLOSED_EXIT_STATUS,
+    GATE_GO_BYTE, GATE_READY_REPORT,
+};
+use libc::{c_char, c_int, c_long, c_void};
+
+/// Highest signal number on Linux (`_NSIG`); the child resets 1..=this.
+const SIGNAL_NUMBER_MAX: c_int = 64;
+
+/// Size of the kernel's `sigset_t` (64 signals), passed to `rt_sig*` calls.
+const KERNEL_SIGSET_BYTES: usize = 8;
+
+/// Longest path the child can build while searching `PATH` (stack buffer).
+const SEARCH_PATH_BYTES_MAX: usize = 4096;
+
+/// The kernel's `struct sigaction` for `rt_sigaction` (x86_64 and aarch64 both have
+/// `sa_restorer`). All zero means `SIG_DFL`, no flags, empty mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+fn last_errno() -> i32 {
+    // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+fn fail(stage: SpawnStage) -> SpawnError {
+    SpawnError::new(stage, last_errno())
+}
+
+/// Runs the child's steps, then `execve`; never returns.
+pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int) -> ! {
+    let report_fd = match fd_above_stdio(report_fd) {
+        Ok(fd) => fd,
+        // Without a report pipe above fd 2 the failure cannot be told apart from the exec;
+        // the parent sees EOF, the pidfd shows exit 127.
+        Err(_) => exit(CHILD_FAILURE_EXIT_STATUS),
+    };
+    let gate_fd = if gate_fd < 0 {
+        -1
+    } else {
+        match fd_above_stdio(gate_fd) {
+            Ok(fd) => fd,
+            Err(error) => report(report_fd, error),
+        }
+    };
+    let result = reset_signals()
+        .and_then(|()| setsid())
+        .and_then(|()| close_fds(report_fd, gate_fd))
+        .and_then(|()| stdio_devnull(plan.stdio_null))
+        .and_then(|()| credentials(plan))
+        .and_then(|()| chdir(plan))
+        .and_then(|()| unblock_signals());
+    if let Err(error) = result {
+        report(report_fd, error);
+    }
+    if gate_fd >= 0 {
+        wait_at_gate(report_fd, gate_fd);
+    }
+    let error = exec(plan);
+    report(report_fd, error)
+}
+
+/// Says "set-up done" through the report pipe, then blocks until the parent sends the
+/// go-ahead byte. Anything else — EOF because every copy of the parent's end closed (abort, or
+/// the parent died), a wrong byte, an error — ends the child with `GATE_CLOSED_EXIT_STATUS`
+/// without exec. Signals are already default and unblocked here, so a SIGTERM ends a child at
+/// the gate.
+fn wait_at_gate(report_fd: c_int, gate_fd: c_int) {
+    // SAFETY: writes 8 bytes from a constant; atomic (< PIPE_BUF).
+    let written = unsafe {
+        libc::write(
+            report_fd,
+            GATE_READY_REPORT.as_ptr().cast::<c_void>(),
+            GATE_READY_REPORT.len(),
+        )
+    };
+    if written != GATE_READY_REPORT.len() as isize {
+        exit(GATE_CLOSED_EXIT_STATUS);
+    }
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reads at most one byte into our stack buffer.
+        let n = unsafe { libc::read(gate_fd, byte.as_mut_ptr().cast::<c_void>(), 1) };
+        if n == 1 && byte == [GATE_GO_BYTE] {
+            return;
+        }
+        if n < 0 && last_errno() == libc::EINTR {
+            continue;
+        }
+        exit(GATE_CLOSED_EXIT_STATUS);
+    }
+}
+
+fn exit(status: c_int) -> ! {
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(status) }
+}
+
+fn report(report_fd: c_int, error: SpawnError) -> ! {
+    let buf = error.to_report();
+    // SAFETY: writes 8 bytes from our stack buffer; a pipe write of less than PIPE_BUF bytes
+    // is atomic, so the parent reads all or nothing.
+    unsafe { libc::write(report_fd, buf.as_ptr().cast::<c_void>(), buf.len()) };
+    exit(CHILD_FAILURE_EXIT_STATUS)
+}
+
+/// Moves a pipe/socket the child keeps above fd 2 if the parent had 0–2 closed.
+fn fd_above_stdio(fd: c_int) -> Result<c_int, SpawnError> {
+    if fd > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own onto the lowest free fd >= 3; no memory
+    // is passed.
+    let moved = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(fail(SpawnStage::ReportFd));
+    }
+    Ok(moved)
+}
+
+fn reset_signals() -> Result<(), SpawnError> {
+    let default = KernelSigaction {
+        handler: 0, // SIG_DFL
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=SIGNAL_NUMBER_MAX {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction reads `default`, a valid kernel sigaction on our stack; the old
+        // action is not requested. Errors are ignored: a signal the kernel refuses to change
+        // has nothing to reset.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal as c_long,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                KERNEL_SIGSET_BYTES,
+            )
+        };
+    }
+    // SAFETY: PR_SET_PDEATHSIG 0 clears the parent-death signal (already clear after a clone;
+    // explicit because spawned processes must outlive us).
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong) };
+    Ok(())
+}
+
+fn unblock_signals() -> Result<(), SpawnError> {
+    let empty: u64 = 0;
+    // SAFETY: rt_sigprocmask reads our 8-byte empty set; no old set requested. It cannot fail
+    // with these arguments; the result is ignored.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as c_long,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            KERNEL_SIGSET_BYTES,
+        )
+    };
+    Ok(())
+}
+
+fn setsid() -> Result<(), SpawnError> {
+    // SAFETY: setsid takes no arguments; the fresh child is never a group leader, so it
+    // succeeds.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(fail(SpawnStage::Setsid));
+    }
+    Ok(())
+}
+
+fn close_range(first: c_int, last: c_int) -> Result<(), i32> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range closes fds of this (single-threaded) child only.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0 as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// Closes every fd above 2 except `keep` and `keep_too` (-1: none).
+fn close_fds(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
+    let (low, high) = if keep_too < 0 {
+        (keep, keep)
+    } else {
+        (keep.min(keep_too), keep.max(keep_too))
+    };
+    // `low` and `high` are > 2 (moved above stdio), so the neighbours cannot overflow.
+    let ranged = close_range(3, low.saturating_sub(1))
+        .and_then(|()| close_range(low.saturating_add(1), high.saturating_sub(1)))
+        .and_then(|()| close_range(high.saturating_add(1), c_int::MAX));
+    match ranged {
+        Ok(()) => Ok(()),
+        Err(libc::ENOSYS) => close_fds_brute(low, high),
+        Err(errno) => Err(SpawnError::new(SpawnStage::CloseFds, errno)),
+    }
+}
+
+/// Fallback for kernels before 5.9: close every fd up to the soft `RLIMIT_NOFILE` limit one by
+/// one (slow with a large limit, but correct for every fd the process could have opened under
+/// that limit).
+fn close_fds_brute(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills our rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(fail(SpawnStage::CloseFds));
+    }
+    let last = limit.rlim_cur.min(c_int::MAX as libc::rlim_t) as c_int;
+    for fd in 3..last {
+        if fd != keep && fd != keep_too {
+            // SAFETY: closing an fd number in our own fd table; EBADF for numbers that are not
+            // open is expected and ignored.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// Puts `/dev/null` on stdin, and on stdout and stderr when `all` is set.
+fn stdio_devnull(all: bool) -> Result<(), SpawnError> {
+    let targets: &[c_int] = if all { &[0, 1, 2] } else { &[0] };
+    // SAFETY: opens a constant NUL-terminated path; dup2/close act on our own fds.
+    unsafe {
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if fd < 0 {
+            return Err(fail(SpawnStage::Stdin));
+        }
+        for &target in targets {
+            if fd != target && libc::dup2(fd, target) < 0 {
+                return Err(fail(SpawnStage::Stdin));
+            }
+        }
+        if fd > 2 {
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+fn credentials(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    if plan.uid.is_none() && plan.gid.is_none() {
+        return Ok(());
+    }
+    // SAFETY: geteuid/getegid take no arguments.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid == 0 {
+        let groups: [libc::gid_t; 1] = [plan.gid.unwrap_or(egid)];
+        // SAFETY: raw setgroups (thread-local in the kernel; the libc wrapper would try to
+        // signal threads that do not exist in this child). Reads one gid from our stack.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_setgroups, groups.len() as c_long, groups.as_ptr()) };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Setgroups));
+        }
+    }
+    if let Some(gid) = plan.gid {
+        // SAFETY: raw setresgid with integer arguments (see setgroups).
+        let rc = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Setgid));
+        }
+    }
+    if let Some(uid) = plan.uid {
+        // SAFETY: raw setresuid with integer arguments (see setgroups).
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Setuid));
+        }
+    }
+    Ok(())
+}
+
+fn chdir(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    let Some(address) = plan.cwd else {
+        return Ok(());
+    };
+    // SAFETY: `address` points to a NUL-terminated string inside `plan.strings` (checked by
+    // `ExecPlan::is_valid` before the clone).
+    if unsafe { libc::chdir(address as *const c_char) } != 0 {
+        return Err(fail(SpawnStage::Chdir));
+    }
+    Ok(())
+}
+
+/// Executes the program; returns only on failure, with the error to report.
+fn exec(plan: &ExecPlan<'_>) -> SpawnError {
+    if plan.program_name.contains(&b'/') {
+        execve(plan.program as *const c_char, plan);
+        return fail(SpawnStage::Exec);
+    }
+    SpawnError::new(SpawnStage::Exec, exec_search(plan))
+}
+
+fn execve(path: *const c_char, plan: &ExecPlan<'_>) {
+    // SAFETY: `path` is NUL-terminated (a plan string or our search buffer); argv and envp are
+    // NULL-terminated arrays of addresses of NUL-terminated strings inside `plan.strings`
+    // (checked by `ExecPlan::is_valid`), laid out as `*const c_char` (same size as usize).
+    unsafe {
+        libc::execve(
+            path,
+            plan.argv.as_ptr().cast::<*const c_char>(),
+            plan.envp.as_ptr().cast::<*const c_char>(),
+        );
+    }
+}
+
+/// Writes `dir/name` and a NUL into `buf`; `false` when it does not fit.
+fn join_path(buf: &mut [u8; SEARCH_PATH_BYTES_MAX], dir: &[u8], name: &[u8]) -> bool {
+    let mut slots = buf.iter_mut();
+    for &byte in dir.iter().chain(b"/").chain(name).chain(&[0u8]) {
+        match slots.next() {
+            Some(slot) => *slot = byte,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Searches the program name in the plan's search path, like `execvpe` but without the
+/// `/bin/sh` retry on ENOEXEC. Returns the errno to report: EACCES if some candidate was not
+/// executable and none ran, else the last "not found" error, or at once any other error (the
+/// file exists but cannot run).
+fn exec_search(plan: &ExecPlan<'_>) -> i32 {
+    let name = plan.program_name;
+    if name.is_empty() {
+        return libc::ENOENT;
+    }
+    let mut buf = [0u8; SEARCH_PATH_BYTES_MAX];
+    let mut saw_eacces = false;
+    let mut last = libc::ENOENT;
+    for dir in plan.search_path.split(|&b| b == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        if !join_path(&mut buf, dir, name) {
+            last = libc::ENAMETOOLONG;
+            continue;
+        }
+        execve(buf.as_ptr().cast(), plan);
+        match last_errno() {
+            libc::EACCES => saw_eacces = true,
+            errno @ (libc::ENOENT
+            | libc::ENOTDIR
+            | libc::ESTALE
+            | libc::ENODEV
+            | libc::ETIMEDOUT) => last = errno,
+            errno => return errno,
+        }
+    }
+    if saw_eacces {
+        libc::EACCES
+    } else {
+        last
+    }
+}

@@ -1,0 +1,427 @@
+//! Creating a child race-free: `clone3(CLONE_PIDFD)` (fallback `clone(CLONE_PIDFD)`), and
+//! what the child does before `execve` (in [`child`], which cannot panic).
+//!
+//! The caller (`crate::spawn`) prepares an [`ExecPlan`]: NUL-terminated strings back to back
+//! and NULL-terminated address arrays for `argv` and `envp`. [`clone_child`] validates that
+//! every address lies inside the strings, blocks every signal around the clone (so no parent
+//! handler can run in the child), and returns the child's pid and pidfd in the parent; the
+//! child runs [`child::main`] and never returns.
+
+mod child;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once `clone3` answered `ENOSYS`; later spawns go straight to `clone`.
+static CLONE3_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Exit status of a child whose set-up or exec failed (as the shells use).
+pub const CHILD_FAILURE_EXIT_STATUS: i32 = 127;
+
+/// Exit status of a gated child whose gate closed without the go-ahead: it ends *without*
+/// calling `execve`, so the requested program never ran.
+pub const GATE_CLOSED_EXIT_STATUS: i32 = 125;
+
+/// The one byte that opens a child's gate.
+pub const GATE_GO_BYTE: u8 = b'g';
+
+/// Size of the child's report on the pipe: `u32` stage, `i32` errno.
+pub const REPORT_BYTES: usize = 8;
+
+/// The report a gated child writes when its set-up is done and it waits at the gate: stage 0
+/// is no [`SpawnStage`], so it cannot be mistaken for an error.
+pub const GATE_READY_REPORT: [u8; REPORT_BYTES] = [0; REPORT_BYTES];
+
+/// Where a spawn failed. The numeric values travel through the report pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum SpawnStage {
+    /// The spec was incomplete (no argv, or a builder error was ignored).
+    Prepare = 1,
+    /// `pipe2` for the exec report failed (in the parent).
+    Pipe = 2,
+    /// `clone3`/`clone` failed (in the parent), e.g. `EAGAIN`, `ENOMEM`.
+    Clone = 3,
+    /// Moving the report pipe above fd 2 failed (in the child).
+    ReportFd = 4,
+    /// `setsid` failed (in the child).
+    Setsid = 5,
+    /// Closing inherited fds failed (in the child).
+    CloseFds = 6,
+    /// Putting `/dev/null` on stdin (and stdout/stderr if asked) failed (in the child).
+    Stdin = 7,
+    /// `setgroups` failed (in the child).
+    Setgroups = 8,
+    /// `setgid` failed (in the child).
+    Setgid = 9,
+    /// `setuid` failed (in the child).
+    Setuid = 10,
+    /// `chdir` to the requested working directory failed (in the child).
+    Chdir = 11,
+    /// `execve` failed (in the child): `ENOENT`, `EACCES`, `ENOEXEC`…
+    Exec = 12,
+    /// Reading the child's report failed, or it was malformed (in the parent).
+    Report = 13,
+    /// A gated child was gone before its go-ahead could be given (in the parent; typically
+    /// `EPIPE`: it was killed at the gate).
+    Gate = 14,
+}
+
+impl SpawnStage {
+    /// Every stage, for exhaustive tests and decoders.
+    pub const ALL: [SpawnStage; 14] = [
+        SpawnStage::Prepare,
+        SpawnStage::Pipe,
+        SpawnStage::Clone,
+        SpawnStage::ReportFd,
+        SpawnStage::Setsid,
+        SpawnStage::CloseFds,
+        SpawnStage::Stdin,
+        SpawnStage::Setgroups,
+        SpawnStage::Setgid,
+        SpawnStage::Setuid,
+        SpawnStage::Chdir,
+        SpawnStage::Exec,
+        SpawnStage::Report,
+        SpawnStage::Gate,
+    ];
+
+    /// Short lower-case name, as used in logs and error texts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnStage::Prepare => "prepare",
+            SpawnStage::Pipe => "pipe",
+            SpawnStage::Clone => "clone",
+            SpawnStage::ReportFd => "report-fd",
+            SpawnStage::Setsid => "setsid",
+            SpawnStage::CloseFds => "close-fds",
+            SpawnStage::Stdin => "stdin",
+            SpawnStage::Setgroups => "setgroups",
+            SpawnStage::Setgid => "setgid",
+            SpawnStage::Setuid => "setuid",
+            SpawnStage::Chdir => "chdir",
+            SpawnStage::Exec => "exec",
+            SpawnStage::Report => "report",
+            SpawnStage::Gate => "gate",
+        }
+    }
+
+    /// True for stages that run in the child after the clone succeeded.
+    pub fn is_in_child(self) -> bool {
+        !matches!(
+            self,
+            SpawnStage::Prepare
+                | SpawnStage::Pipe
+                | SpawnStage::Clone
+                | SpawnStage::Report
+                | SpawnStage::Gate
+        )
+    }
+
+    /// True for the credential stages (the caller may map them to "permission").
+    pub fn is_credentials(self) -> bool {
+        matches!(
+            self,
+            SpawnStage::Setgroups | SpawnStage::Setgid | SpawnStage::Setuid
+        )
+    }
+
+    /// The stage with this report number.
+    pub fn from_u32(value: u32) -> Option<SpawnStage> {
+        SpawnStage::ALL.iter().copied().find(|s| *s as u32 == value)
+    }
+}
+
+impl fmt::Display for SpawnStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed spawn: the stage that failed and the `errno` it failed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpawnError {
+    pub stage: SpawnStage,
+    pub errno: i32,
+}
+
+impl SpawnError {
+    /// A failure at `stage` with `errno`.
+    pub fn new(stage: SpawnStage, errno: i32) -> SpawnError {
+        SpawnError { stage, errno }
+    }
+
+    /// Encodes it as the child's report.
+    pub fn to_report(self) -> [u8; REPORT_BYTES] {
+        let mut buf = [0u8; REPORT_BYTES];
+        let (stage, errno) = buf.split_at_mut(4);
+        stage.copy_from_slice(&(self.stage as u32).to_ne_bytes());
+        errno.copy_from_slice(&self.errno.to_ne_bytes());
+        buf
+    }
+
+    /// Decodes a child's report (an unknown stage reads as [`SpawnStage::Report`]).
+    pub fn from_report(buf: [u8; REPORT_BYTES]) -> SpawnError {
+        let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let stage = SpawnStage::from_u32(stage).unwrap_or(SpawnStage::Report);
+        SpawnError::new(stage, errno)
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let os = io::Error::from_raw_os_error(self.errno);
+        write!(f, "spawn failed at {}: {}", self.stage, os)
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Everything the child needs, prepared before the clone. Addresses are `usize` (the caller
+/// keeps no raw pointers): each must lie inside `strings`, which holds NUL-terminated strings
+/// back to back and ends with a NUL; [`clone_child`] checks that before it clones.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecPlan<'a> {
+    /// Every string, each NUL-terminated.
+    pub strings: &'a [u8],
+    /// Addresses of the argv strings, then 0.
+    pub argv: &'a [usize],
+    /// Addresses of the environment strings, then 0.
+    pub envp: &'a [usize],
+    /// Address of the program to execute.
+    pub program: usize,
+    /// The program's bytes (without NUL): searched in `search_path` unless it has a `/`.
+    pub program_name: &'a [u8],
+    /// `:`-separated directories to search.
+    pub search_path: &'a [u8],
+    /// Address of the working directory, if one is set.
+    pub cwd: Option<usize>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Put stdout and stderr on `/dev/null` too (stdin always is).
+    pub stdio_null: bool,
+}
+
+impl ExecPlan<'_> {
+    fn inside(&self, address: usize) -> bool {
+        let base = self.strings.as_ptr() as usize;
+        address >= base && address < base + self.strings.len()
+    }
+
+    fn terminated_inside(&self, list: &[usize]) -> bool {
+        match list.split_last() {
+            Some((&0, addresses)) => addresses.iter().all(|&a| self.inside(a)),
+            _ => false,
+        }
+    }
+
+    /// Every address points into `strings`, which ends with a NUL, and argv is not empty.
+    fn is_valid(&self) -> bool {
+        self.strings.last() == Some(&0)
+            && self.argv.len() > 1
+            && self.terminated_inside(self.argv)
+            && self.terminated_inside(self.envp)
+            && self.inside(self.program)
+            && self.cwd.is_none_or(|c| self.inside(c))
+    }
+}
+
+/// True once `clone3` answered `ENOSYS` (typically a seccomp profile that predates it) and
+/// spawns use `clone(CLONE_PIDFD)` instead. Equally race-free.
+pub fn clone3_fallback_active() -> bool {
+    CLONE3_UNAVAILABLE.load(Ordering::Relaxed)
+}
+
+/// Blocks every signal in the calling thread until dropped, so that no handler of the parent
+/// can run in the child before it resets them.
+struct SignalsBlocked {
+    previous: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    fn new() -> SignalsBlocked {
+        // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only write the sets they
+        // are given, which live on this stack frame.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+            SignalsBlocked { previous }
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`, a valid sigset_t.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Creates the child described by `plan`. The child writes a report to `report` (the write
+/// end of a close-on-exec pipe) when a step fails, and with `gate` (its end of a socket pair)
+/// stops before `execve` until it reads [`GATE_GO_BYTE`]. Returns the child's pid and pidfd
+/// in the parent only. Allocation-free.
+pub fn clone_child(
+    plan: &ExecPlan<'_>,
+    report: BorrowedFd<'_>,
+    gate: Option<BorrowedFd<'_>>,
+) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
+    if !plan.is_valid() {
+        return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
+    }
+    clone_child_with(plan, report, gate, false)
+}
+
+/// [`clone_child`] through the `clone(CLONE_PIDFD)` fallback (tests of that path).
+#[cfg(test)]
+pub(crate) fn clone_child_legacy(
+    plan: &ExecPlan<'_>,
+    report: BorrowedFd<'_>,
+    gate: Option<BorrowedFd<'_>>,
+) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
+    if !plan.is_valid() {
+        return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
+    }
+    clone_child_with(plan, report, gate, true)
+}
+
+fn clone_child_with(
+    plan: &ExecPlan<'_>,
+    report: BorrowedFd<'_>,
+    gate: Option<BorrowedFd<'_>>,
+    legacy: bool,
+) -> Result<(libc::pid_t, OwnedFd), SpawnError> {
+    let report_fd = report.as_raw_fd();
+    let gate_fd = gate.map_or(-1, |g| g.as_raw_fd());
+    let blocked = SignalsBlocked::new();
+    let cloned = if legacy {
+        clone_legacy_pidfd()
+    } else {
+        clone_with_pidfd()
+    };
+    match cloned {
+        Ok(None) => child::main(plan, report_fd, gate_fd),
+        Ok(Some(parent)) => {
+            drop(blocked);
+            Ok(parent)
+        }
+        Err(errno) => {
+            drop(blocked);
+            Err(SpawnError::new(SpawnStage::Clone, errno))
+        }
+    }
+}
+
+/// `Ok(None)` in the child, `Ok(Some((pid, pidfd)))` in the parent.
+fn clone_with_pidfd() -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
+    if !CLONE3_UNAVAILABLE.load(Ordering::Relaxed) {
+        match clone3_pidfd() {
+            Err(libc::ENOSYS) => CLONE3_UNAVAILABLE.store(true, Ordering::Relaxed),
+            other => return other,
+        }
+    }
+    clone_legacy_pidfd()
+}
+
+fn clone3_pidfd() -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: clone_args is plain data; all-zero is a valid value.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = libc::CLONE_PIDFD as u64;
+    args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+    args.exit_signal = libc::SIGCHLD as u64;
+    // Version 0 of the struct (64 bytes): what every kernel with clone3 accepts.
+    const CLONE_ARGS_SIZE_VER0: usize = 64;
+    // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets a
+    // copy of this address space and returns here with 0. `args` and `pidfd` outlive the
+    // call. The child only runs `child::main`, which makes raw system calls and never returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            CLONE_ARGS_SIZE_VER0,
+        )
+    };
+    clone_outcome(rc, pidfd)
+}
+
+fn clone_legacy_pidfd() -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
+    let mut pidfd: libc::c_int = -1;
+    let flags = (libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_long;
+    // SAFETY: clone(CLONE_PIDFD | SIGCHLD) with a NULL stack behaves like fork. With
+    // CLONE_PIDFD the kernel stores the pidfd through the third argument (parent_tid) on every
+    // architecture; child_tid and tls are unused.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0 as libc::c_long,
+            &mut pidfd as *mut libc::c_int,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    clone_outcome(rc, pidfd)
+}
+
+fn clone_outcome(
+    rc: libc::c_long,
+    pidfd: libc::c_int,
+) -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
+    if rc < 0 {
+        return Err(super::errno::last());
+    }
+    if rc == 0 {
+        return Ok(None);
+    }
+    if pidfd < 0 {
+        // A kernel older than 5.2 ignored CLONE_PIDFD. Unsupported: we cannot track the child
+        // race-free, so kill it by pid while it is certainly unreaped.
+        // SAFETY: `rc` is the pid of our own, unreaped child.
+        unsafe { libc::kill(rc as libc::pid_t, libc::SIGKILL) };
+        return Err(libc::ENOSYS);
+    }
+    // SAFETY: the kernel just created this pidfd for us; nobody else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok(Some((rc as libc::pid_t, pidfd)))
+}
+
+/// The close-on-exec report pipe of one spawn: (read end, write end).
+pub fn report_pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    super::fd::pipe().map_err(|e| SpawnError::new(SpawnStage::Pipe, super::errno::of(&e)))
+}
+
+/// The gate of a gated spawn: a close-on-exec `SOCK_STREAM` pair (a write to a dead child is
+/// `EPIPE` with `MSG_NOSIGNAL`, never SIGPIPE): (the spawner's end, the child's end).
+pub fn gate_pair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    super::socket::pair(super::socket::Kind::Stream)
+        .map_err(|e| SpawnError::new(SpawnStage::Pipe, super::errno::of(&e)))
+}
+
+/// Opens a child's gate; `Err(errno)` when the child is gone (`EPIPE`).
+pub fn gate_send_go(go: BorrowedFd<'_>) -> Result<(), i32> {
+    match super::socket::send(go, &[GATE_GO_BYTE], false) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(libc::EIO),
+        Err(e) => Err(super::errno::of(&e)),
+    }
+}
+
+/// Reads one report (exactly [`REPORT_BYTES`]) or end of file (`None`).
+pub fn read_report(report: BorrowedFd<'_>) -> Result<Option<[u8; REPORT_BYTES]>, SpawnError> {
+    let mut buf = [0u8; REPORT_BYTES];
+    let filled = super::fd::read_full(report, &mut buf)
+        .map_err(|e| SpawnError::new(SpawnStage::Report, super::errno::of(&e)))?;
+    match filled {
+        0 => Ok(None),
+        REPORT_BYTES => Ok(Some(buf)),
+        _ => Err(SpawnError::new(SpawnStage::Report, libc::EIO)),
+    }
+}

@@ -4,7 +4,9 @@
 mod orchestrator_support;
 
 use orchestrator_support::*;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -292,6 +294,113 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+/// Runs holdenctl with exactly `args` (no `--socket` added).
+fn ctl_raw(args: &[&OsStr]) -> Out {
+    let out = Command::new(holdenctl())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("HOLDEN_CONTROL_SOCKET")
+        .output()
+        .expect("run holdenctl");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn version_is_printed_like_the_other_binaries_do() {
+    for flag in ["--version", "-V"] {
+        let out = ctl_raw(&[OsStr::new(flag)]);
+        assert_eq!(out.code, 0, "{flag}: {}", out.stderr);
+        assert_eq!(
+            out.stdout,
+            format!("holdenctl {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    let help = ctl_raw(&[OsStr::new("--help")]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("--version"), "{}", help.stdout);
+}
+
+/// `--opt=VALUE` and `-sVALUE`, `--` before a dash-leading NAME, and a control socket path
+/// that is not UTF-8 (a symlink to the orchestrator's socket), against a real orchestrator.
+#[test]
+fn joined_values_double_dash_and_a_non_utf8_socket_path() {
+    let dir = TempDir::new("ctl-cli");
+    let socket = dir.path("control.sock");
+    let services = sleeper("a", "local", "restart = \"always\"\nrestart_delay = \"0\"");
+    let mut orch = Orch::start(&dir, &config(&dir, None, 4, "", &services));
+    let pid = wait_state(&socket, "a", "running").unwrap();
+
+    let link = dir.0.join(OsStr::from_bytes(b"ctl-\xff.sock"));
+    std::os::unix::fs::symlink(&socket, &link).unwrap();
+    let mut joined = OsString::from("--socket=");
+    joined.push(&link);
+    for args in [
+        vec![
+            joined.as_os_str(),
+            OsStr::new("status"),
+            OsStr::new("--json"),
+        ],
+        vec![
+            OsStr::new("status"),
+            OsStr::new("--json"),
+            OsStr::new("--socket"),
+            link.as_os_str(),
+        ],
+    ] {
+        let out = ctl_raw(&args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert_eq!(parse_state(&out.stdout), ("running".into(), Some(pid)));
+    }
+
+    // After `--`, a dash-leading word is a NAME: unknown (3), not an unknown option (2).
+    let out = ctl(&socket, &["status", "--", "-nope"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no service named \"-nope\""),
+        "{}",
+        out.stderr
+    );
+
+    // -sVALUE, --timeout=DUR: the signal ends the process, the policy restarts it.
+    let out = ctl(&socket, &["kill", "-sKILL", "a", "--wait", "--timeout=20s"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_until("a killed", || (!alive(pid)).then_some(()));
+    let pid2 = wait_state(&socket, "a", "running").unwrap();
+    assert_ne!(pid, pid2);
+    let out = ctl_raw(&[
+        joined.as_os_str(),
+        OsStr::new("kill"),
+        OsStr::new("a"),
+        OsStr::new("--signal=TERM"),
+        OsStr::new("--wait"),
+        OsStr::new("--timeout"),
+        OsStr::new("20s"),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_until("a terminated", || (!alive(pid2)).then_some(()));
+
+    // A value that must be text, given as bytes that are not UTF-8: named in the error.
+    let out = ctl_raw(&[
+        joined.as_os_str(),
+        OsStr::new("start"),
+        OsStr::new("a"),
+        OsStr::new("--timeout"),
+        OsStr::from_bytes(b"5\xffs"),
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--timeout") && out.stderr.contains("not UTF-8"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
 }
 
 #[test]

@@ -2,7 +2,10 @@
 
 mod orchestrator_support;
 
+use holden::wire::legacy::SOCKET_PATH_ENV;
 use orchestrator_support::*;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -45,6 +48,99 @@ fn misuse_exits_2_with_a_message() {
         assert!(
             err.starts_with("holden-orchestrator: ") && err.contains("usage:"),
             "{args:?}: {err}"
+        );
+    }
+}
+
+fn run_os(args: &[&OsStr], tweak: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove(SOCKET_PATH_ENV);
+    tweak(&mut cmd);
+    cmd.output().expect("run holden-orchestrator")
+}
+
+/// `--config=PATH` and `--config PATH` both take a path that is not UTF-8.
+#[test]
+fn a_config_path_that_is_not_utf8_is_read_in_both_spellings() {
+    let dir = TempDir::new("cli-nonutf8");
+    let path = dir.0.join(OsStr::from_bytes(b"conf-\xff\xfe.toml"));
+    assert!(path.to_str().is_none());
+    std::fs::write(&path, service("a", "local", &["/bin/true"], "")).unwrap();
+    let mut joined = OsString::from("--config=");
+    joined.push(&path);
+    for args in [
+        vec![OsStr::new("--check"), joined.as_os_str()],
+        vec![
+            OsStr::new("--check"),
+            OsStr::new("--config"),
+            path.as_os_str(),
+        ],
+        vec![joined.as_os_str(), OsStr::new("--check")],
+    ] {
+        let out = run_os(&args, |_| {});
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("configuration valid: 1 services"),
+            "{args:?}: {out:?}"
+        );
+    }
+    // The path is still named (lossily) when the file is invalid.
+    std::fs::write(&path, "slots = \"many\"\n").unwrap();
+    let out = run_os(&[OsStr::new("--check"), joined.as_os_str()], |_| {});
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conf-"),
+        "{out:?}"
+    );
+}
+
+/// After `--`, arguments are the v0.2 commands even when they start with `-`.
+#[test]
+fn double_dash_ends_the_options_of_the_v02_form() {
+    let dir = TempDir::new("cli-dashdash");
+    // A local program whose name starts with `-`, found through PATH.
+    let bin = dir.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink("/bin/true", bin.join("-local")).unwrap();
+    let env = |cmd: &mut Command| {
+        cmd.env(SOCKET_PATH_ENV, dir.path("agent.sock"))
+            .env("PATH", &bin);
+    };
+    let out = run_os(
+        &[
+            OsStr::new("--check"),
+            OsStr::new("--"),
+            OsStr::new("-local --flag"),
+            OsStr::new("--help"),
+        ],
+        env,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 services (1 local, 1 qm)"),
+        "{out:?}"
+    );
+    // Nothing after `--` is an option, a flag takes no value, the v0.2 commands must be text.
+    for (args, message) in [
+        (vec![OsStr::new("--"), OsStr::new("--check")], "got 1"),
+        (vec![OsStr::new("--check=yes")], "--check takes no value"),
+        (
+            vec![
+                OsStr::new("--check"),
+                OsStr::from_bytes(b"/bin/\xff"),
+                OsStr::new("qm"),
+            ],
+            "argument \"/bin/\\xFF\" is not UTF-8",
+        ),
+    ] {
+        let out = run_os(&args, env);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(message),
+            "{args:?}: {out:?}"
         );
     }
 }

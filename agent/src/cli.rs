@@ -1,6 +1,6 @@
 //! Command line: options, defaults, `--help` and `--version`.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -36,6 +36,10 @@ Options:
   -h, --help              print this help and exit
   -V, --version           print the version and exit
 
+A value follows its option or is joined to it (--socket=PATH). An option
+given twice is refused, except --allow-uid (repeatable) and
+--read-timeout-ms (the last one counts).
+
 Signals: SIGTERM or SIGINT stop the agent cleanly (exit 0); the processes it
 started keep running. Exit status: 0 clean stop, 1 start-up failure, 2 usage.
 See docs/agent.md.
@@ -69,37 +73,38 @@ impl fmt::Display for UsageError {
 }
 
 /// Parses the arguments after the program name. `env_socket` is the value of
-/// `HOLDEN_SOCKET_PATH`, if set.
+/// `HOLDEN_SOCKET_PATH`, if set. A value follows its option or is joined to it
+/// (`--socket PATH`, `--socket=PATH`); `--help` and `--version` win over what
+/// follows them; `--` ends the options (and, as the agent takes no positional
+/// argument, anything after it is a stray argument).
 pub fn parse<I>(args: I, env_socket: Option<OsString>) -> Result<Command, UsageError>
 where
     I: IntoIterator<Item = OsString>,
 {
+    use lexopt::Arg::{Long, Short, Value};
+    let mut parser = lexopt::Parser::from_args(args);
     let mut socket: Option<PathBuf> = None;
     let mut legacy_socket: Option<PathBuf> = None;
     let mut allow_uids: Vec<u32> = Vec::new();
     let mut read_timeout_ms = READ_TIMEOUT_MS_DEFAULT;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (name, inline) = split_option(&arg);
-        let mut value = || -> Result<OsString, UsageError> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args
-                    .next()
-                    .ok_or_else(|| UsageError(format!("{name} needs a value"))),
+    while let Some(arg) = parser.next().map_err(|e| lexopt_usage(&e))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Long("socket") => {
+                let path = socket_path("--socket", value(&mut parser, "--socket")?)?;
+                set_once(&mut socket, "--socket", path)?;
             }
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--socket" => set_once(&mut socket, name.as_str(), socket_path(&name, value()?)?)?,
-            "--legacy-socket" => set_once(
-                &mut legacy_socket,
-                name.as_str(),
-                socket_path(&name, value()?)?,
-            )?,
-            "--allow-uid" => {
-                let uid = parse_number(&name, &value()?, 0, u64::from(u32::MAX - 1))? as u32;
+            Long("legacy-socket") => {
+                let name = "--legacy-socket";
+                let path = socket_path(name, value(&mut parser, name)?)?;
+                set_once(&mut legacy_socket, name, path)?;
+            }
+            Long("allow-uid") => {
+                let name = "--allow-uid";
+                let uid =
+                    parse_number(name, &value(&mut parser, name)?, 0, u64::from(u32::MAX - 1))?
+                        as u32;
                 if allow_uids.len() >= ALLOW_UIDS_MAX {
                     return Err(UsageError(format!(
                         "--allow-uid given more than {ALLOW_UIDS_MAX} times"
@@ -109,19 +114,18 @@ where
                     allow_uids.push(uid);
                 }
             }
-            "--read-timeout-ms" => {
-                read_timeout_ms =
-                    parse_number(&name, &value()?, READ_TIMEOUT_MS_MIN, READ_TIMEOUT_MS_MAX)?;
+            Long("read-timeout-ms") => {
+                let name = "--read-timeout-ms";
+                read_timeout_ms = parse_number(
+                    name,
+                    &value(&mut parser, name)?,
+                    READ_TIMEOUT_MS_MIN,
+                    READ_TIMEOUT_MS_MAX,
+                )?;
             }
-            _ if name.starts_with('-') => {
-                return Err(UsageError(format!("unknown option {name}")));
-            }
-            _ => {
-                return Err(UsageError(format!(
-                    "unexpected argument {:?}",
-                    arg.to_string_lossy()
-                )))
-            }
+            Short(c) => return Err(UsageError(format!("unknown option \"-{c}\""))),
+            Long(name) => return Err(UsageError(format!("unknown option \"--{name}\""))),
+            Value(stray) => return Err(UsageError(format!("unexpected argument {stray:?}"))),
         }
     }
     let socket = match socket {
@@ -144,17 +148,22 @@ where
     }))
 }
 
-/// Splits `--name=value` into its name and inline value.
-fn split_option(arg: &OsString) -> (String, Option<OsString>) {
-    let bytes = arg.as_bytes();
-    if bytes.starts_with(b"--") {
-        if let Some(eq) = bytes.iter().position(|&b| b == b'=') {
-            let name = String::from_utf8_lossy(&bytes[..eq]).into_owned();
-            let value = std::ffi::OsStr::from_bytes(&bytes[eq + 1..]).to_os_string();
-            return (name, Some(value));
+/// An error lexopt itself reports: only `--flag=value` for an option that
+/// takes no value (missing values and unknown options are worded here).
+fn lexopt_usage(error: &lexopt::Error) -> UsageError {
+    match error {
+        lexopt::Error::UnexpectedValue { option, .. } => {
+            UsageError(format!("{option} takes no value"))
         }
+        other => UsageError(other.to_string()),
     }
-    (arg.to_string_lossy().into_owned(), None)
+}
+
+/// The value of `name`, separate or joined with `=`.
+fn value(parser: &mut lexopt::Parser, name: &str) -> Result<OsString, UsageError> {
+    parser
+        .value()
+        .map_err(|_| UsageError(format!("{name} needs a value")))
 }
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), UsageError> {
@@ -182,8 +191,10 @@ fn socket_path(name: &str, value: OsString) -> Result<PathBuf, UsageError> {
     Ok(PathBuf::from(value))
 }
 
-fn parse_number(name: &str, value: &OsString, min: u64, max: u64) -> Result<u64, UsageError> {
-    let text = value.to_string_lossy();
+fn parse_number(name: &str, value: &OsStr, min: u64, max: u64) -> Result<u64, UsageError> {
+    let Some(text) = value.to_str() else {
+        return Err(UsageError(format!("{name}: {value:?} is not UTF-8")));
+    };
     match text.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(UsageError(format!(
@@ -263,5 +274,60 @@ mod tests {
         }
         let long = "/".repeat(SOCKET_PATH_BYTES_MAX + 1);
         assert!(run(&["--socket", &long], None).is_err());
+        for (bad, message) in [
+            (&["--bogus"][..], "unknown option \"--bogus\""),
+            (&["-x"], "unknown option \"-x\""),
+            (&["--socket"], "--socket needs a value"),
+            (&["--socket=/a", "--socket=/b"], "--socket given twice"),
+            (&["--allow-uid=1=2"], "--allow-uid: \"1=2\" is not a number"),
+            (&["stray"], "unexpected argument \"stray\""),
+            (&["--", "--help"], "unexpected argument \"--help\""),
+        ] {
+            let error = run(bad, None).unwrap_err();
+            assert!(error.0.starts_with(message), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_value_may_start_with_a_dash() {
+        assert_eq!(
+            options(&["--socket", "-odd.sock", "--legacy-socket=--l"], None).legacy_socket,
+            Some(PathBuf::from("--l"))
+        );
+        assert_eq!(
+            options(&["--socket", "-odd.sock"], None).socket,
+            PathBuf::from("-odd.sock")
+        );
+    }
+
+    #[test]
+    fn socket_paths_need_not_be_utf8_but_numbers_must_be() {
+        use std::os::unix::ffi::OsStringExt;
+        let path = OsString::from_vec(b"/run/holden/\xff.sock".to_vec());
+        let mut legacy = path.clone();
+        legacy.push(".legacy");
+        let mut joined = OsString::from("--legacy-socket=");
+        joined.push(&legacy);
+        let parsed = parse([OsString::from("--socket"), path.clone(), joined], None);
+        let Ok(Command::Run(o)) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(o.socket, PathBuf::from(&path));
+        assert_eq!(o.legacy_socket, Some(PathBuf::from(&legacy)));
+        let parsed = parse([], Some(path.clone()));
+        assert!(matches!(parsed, Ok(Command::Run(o)) if o.socket.as_os_str() == path));
+        let bad = OsString::from_vec(b"1\xff".to_vec());
+        let mut joined = OsString::from("--read-timeout-ms=");
+        joined.push(&bad);
+        assert_eq!(
+            parse([joined], None).unwrap_err().0,
+            "--read-timeout-ms: \"1\\xFF\" is not UTF-8"
+        );
+        assert_eq!(
+            parse([OsString::from("--allow-uid"), bad], None)
+                .unwrap_err()
+                .0,
+            "--allow-uid: \"1\\xFF\" is not UTF-8"
+        );
     }
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -202,6 +204,46 @@ fn help_version_and_usage_errors() {
             "{stderr}"
         );
     }
+    // `--` ends the options; the agent takes no positional argument.
+    let out = Command::new(AGENT).args(["--", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "holden-agent: unexpected argument \"--help\" (see holden-agent --help)\n"
+    );
+}
+
+/// Every value option in its `--opt=VALUE` spelling, with socket paths that are not UTF-8.
+#[test]
+fn joined_values_and_socket_paths_that_are_not_utf8() {
+    let dir = TempDir::new("nonutf8");
+    let socket = dir.path.join(OsStr::from_bytes(b"v1-\xff.sock"));
+    let legacy = dir.path.join(OsStr::from_bytes(b"v02-\xfe.sock"));
+    let joined = |option: &str, path: &std::path::Path| {
+        let mut arg = OsString::from(option);
+        arg.push(path);
+        arg
+    };
+    let mut command = Command::new(AGENT);
+    command
+        .arg(joined("--socket=", &socket))
+        .arg(joined("--legacy-socket=", &legacy))
+        .args(["--allow-uid=4242", "--read-timeout-ms=5000"]);
+    let mut agent = Agent::launch(&dir, command, &socket);
+    let client = V1Client::connect(&socket);
+    assert!(matches!(client.ping(1), Outcome::Pong { .. }));
+    assert!(legacy.exists(), "{}", agent.log());
+    let log = agent.log();
+    assert!(
+        log.contains("allowed peer uids") && log.contains("4242") && log.contains("5000 ms"),
+        "{log}"
+    );
+    drop(client);
+    assert_eq!(agent.signal_and_wait(libc::SIGTERM).code(), Some(0));
+    assert!(
+        !socket.exists() && !legacy.exists(),
+        "socket files left behind"
+    );
 }
 
 #[test]

@@ -15,16 +15,18 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: holden-orchestrator [--config PATH] [--check]
-       holden-orchestrator 'LOCAL CMD' 'QM CMD'
+       holden-orchestrator [--check] [--] 'LOCAL CMD' 'QM CMD'
        holden-orchestrator --help | --version
 
 Supervises the services of a configuration file (default /etc/holden/orchestrator.toml,
 format in docs/config.md): local ones are spawned here, QM ones through holden-agent.
 
-  --config PATH   read this configuration file
+  --config PATH   read this configuration file (also --config=PATH)
   --check         validate the configuration and exit (0: valid, 1: invalid)
-  --help          print this help
-  --version       print the version
+  -h, --help      print this help
+  -V, --version   print the version
+  --              end of options: what follows is 'LOCAL CMD' 'QM CMD', even if it
+                  starts with -
 
 The v0.2 form supervises LOCAL CMD here and QM CMD through the agent at $HOLDEN_SOCKET_PATH
 (default /tmp/process_orchestrator.sock), both with restart = always.
@@ -47,30 +49,21 @@ enum Source {
     Legacy { local: String, qm: String },
 }
 
-fn parse_args(args: &[OsString]) -> Result<Cli, String> {
+/// Parses the arguments after the program name. `--help` and `--version` win over what
+/// follows them; `--` ends the options.
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
+    use lexopt::Arg::{Long, Short, Value};
+    let mut parser = lexopt::Parser::from_args(args);
     let mut config: Option<PathBuf> = None;
     let mut check = false;
-    let mut positional: Vec<String> = Vec::new();
-    let mut i = 0;
-    let mut only_positional = false;
-    while i < args.len() {
-        let arg = &args[i];
-        let text = arg.to_str();
-        match text {
-            _ if only_positional => positional.push(utf8(arg)?),
-            Some("--help") | Some("-h") => return Ok(Cli::Help),
-            Some("--version") | Some("-V") => return Ok(Cli::Version),
-            Some("--check") => check = true,
-            Some("--") => only_positional = true,
-            Some("--config") => {
-                i += 1;
-                let value = args.get(i).ok_or("--config needs a PATH")?;
-                if config.replace(PathBuf::from(value)).is_some() {
-                    return Err("--config given twice".into());
-                }
-            }
-            Some(t) if t.starts_with("--config=") => {
-                let value = &t["--config=".len()..];
+    let mut positional: Vec<OsString> = Vec::new();
+    while let Some(arg) = parser.next().map_err(|e| lexopt_message(&e))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help),
+            Short('V') | Long("version") => return Ok(Cli::Version),
+            Long("check") => check = true,
+            Long("config") => {
+                let value = parser.value().map_err(|_| "--config needs a PATH")?;
                 if value.is_empty() {
                     return Err("--config needs a PATH".into());
                 }
@@ -78,36 +71,43 @@ fn parse_args(args: &[OsString]) -> Result<Cli, String> {
                     return Err("--config given twice".into());
                 }
             }
-            Some(t) if t.starts_with('-') && t.len() > 1 => {
-                return Err(format!("unknown option {t:?}"))
-            }
-            _ => positional.push(utf8(arg)?),
+            Value(value) => positional.push(value),
+            Short(c) => return Err(format!("unknown option \"-{c}\"")),
+            Long(name) => return Err(format!("unknown option \"--{name}\"")),
         }
-        i += 1;
     }
-    let source = match (config, positional.len()) {
-        (Some(path), 0) => Source::File(path),
-        (None, 0) => Source::File(PathBuf::from(CONFIG_PATH_DEFAULT)),
+    let count = positional.len();
+    let source = match (config, <[OsString; 2]>::try_from(positional)) {
+        (Some(path), _) if count == 0 => Source::File(path),
         (Some(_), _) => {
             return Err("--config and the v0.2 'LOCAL CMD' 'QM CMD' form exclude each other".into())
         }
-        (None, 2) => Source::Legacy {
-            local: positional.remove(0),
-            qm: positional.remove(0),
+        (None, _) if count == 0 => Source::File(PathBuf::from(CONFIG_PATH_DEFAULT)),
+        (None, Ok([local, qm])) => Source::Legacy {
+            local: utf8(local)?,
+            qm: utf8(qm)?,
         },
-        (None, n) => {
+        (None, Err(_)) => {
             return Err(format!(
-                "expected no argument or exactly two ('LOCAL CMD' 'QM CMD'), got {n}"
+                "expected no argument or exactly two ('LOCAL CMD' 'QM CMD'), got {count}"
             ));
         }
     };
     Ok(Cli::Run { source, check })
 }
 
-fn utf8(arg: &OsString) -> Result<String, String> {
-    arg.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("argument {arg:?} is not UTF-8"))
+/// The message of an error that lexopt itself reports: only `--flag=value` for an option that
+/// takes no value (missing values and unknown options are worded here).
+fn lexopt_message(error: &lexopt::Error) -> String {
+    match error {
+        lexopt::Error::UnexpectedValue { option, .. } => format!("{option} takes no value"),
+        other => other.to_string(),
+    }
+}
+
+fn utf8(arg: OsString) -> Result<String, String> {
+    arg.into_string()
+        .map_err(|arg| format!("argument {arg:?} is not UTF-8"))
 }
 
 fn load(source: &Source) -> Result<Config, String> {
@@ -149,8 +149,7 @@ fn raise_fd_limit(slots: usize) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let cli = match parse_args(&args) {
+    let cli = match parse_args(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
         Err(message) => {
             eprintln!("holden-orchestrator: {message}\n\n{USAGE}");
@@ -228,28 +227,28 @@ mod tests {
     #[test]
     fn parses_the_forms() {
         assert_eq!(
-            parse_args(&args(&[])).unwrap(),
+            parse_args(args(&[])).unwrap(),
             Cli::Run {
                 source: Source::File(CONFIG_PATH_DEFAULT.into()),
                 check: false
             }
         );
         assert_eq!(
-            parse_args(&args(&["--config", "/x.toml", "--check"])).unwrap(),
+            parse_args(args(&["--config", "/x.toml", "--check"])).unwrap(),
             Cli::Run {
                 source: Source::File("/x.toml".into()),
                 check: true
             }
         );
         assert_eq!(
-            parse_args(&args(&["--config=/y"])).unwrap(),
+            parse_args(args(&["--config=/y"])).unwrap(),
             Cli::Run {
                 source: Source::File("/y".into()),
                 check: false
             }
         );
         assert_eq!(
-            parse_args(&args(&["/bin/a x", "b"])).unwrap(),
+            parse_args(args(&["/bin/a x", "b"])).unwrap(),
             Cli::Run {
                 source: Source::Legacy {
                     local: "/bin/a x".into(),
@@ -258,11 +257,8 @@ mod tests {
                 check: false
             }
         );
-        assert_eq!(
-            parse_args(&args(&["--help", "--bogus"])).unwrap(),
-            Cli::Help
-        );
-        assert_eq!(parse_args(&args(&["--version"])).unwrap(), Cli::Version);
+        assert_eq!(parse_args(args(&["--help", "--bogus"])).unwrap(), Cli::Help);
+        assert_eq!(parse_args(args(&["--version"])).unwrap(), Cli::Version);
     }
 
     #[test]
@@ -275,8 +271,59 @@ mod tests {
             &["--config", "/x", "a", "b"],
             &["--config=/a", "--config=/b"],
             &["--config="],
+            &["--config", ""],
+            &["--check=yes"],
+            &["-x"],
+            &["--", "--config=/a"],
         ] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+            assert!(parse_args(args(bad)).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_args(args(&["--config"])).unwrap_err(),
+            "--config needs a PATH"
+        );
+        assert_eq!(
+            parse_args(args(&["--bogus"])).unwrap_err(),
+            "unknown option \"--bogus\""
+        );
+        assert_eq!(
+            parse_args(args(&["--check=yes"])).unwrap_err(),
+            "--check takes no value"
+        );
+    }
+
+    #[test]
+    fn double_dash_ends_the_options() {
+        assert_eq!(
+            parse_args(args(&["--check", "--", "-local --x", "--help"])).unwrap(),
+            Cli::Run {
+                source: Source::Legacy {
+                    local: "-local --x".into(),
+                    qm: "--help".into()
+                },
+                check: true
+            }
+        );
+        assert_eq!(parse_args(args(&["-h"])).unwrap(), Cli::Help);
+        assert_eq!(parse_args(args(&["-V"])).unwrap(), Cli::Version);
+    }
+
+    #[test]
+    fn paths_need_not_be_utf8_but_commands_must_be() {
+        use std::os::unix::ffi::OsStringExt;
+        let path = OsString::from_vec(b"/etc/holden/\xff.toml".to_vec());
+        let mut equals = OsString::from("--config=");
+        equals.push(&path);
+        for list in [vec![OsString::from("--config"), path.clone()], vec![equals]] {
+            assert_eq!(
+                parse_args(list).unwrap(),
+                Cli::Run {
+                    source: Source::File(PathBuf::from(&path)),
+                    check: false
+                }
+            );
+        }
+        let error = parse_args([path, OsString::from("qm")]).unwrap_err();
+        assert!(error.contains("is not UTF-8"), "{error}");
     }
 }

@@ -9,6 +9,7 @@ use holden::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, StateCode, Why,
 };
 use holden::sys::socket;
+use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -49,7 +50,12 @@ Commands:
 
 Options:
   --socket PATH   control socket (default $HOLDEN_CONTROL_SOCKET, else /run/holden/control.sock)
-  --help          help (also after a command: holdenctl status --help)
+  -h, --help      help (also after a command: holdenctl status --help)
+  -V, --version   print the version
+
+Options may come before or after the command. A value follows its option or is joined to it:
+--socket=PATH, --timeout=5s, -sKILL, --signal=KILL. -- ends the options: what follows is the
+command or a NAME even if it starts with -.
 
 Exit codes:
   0  done (with --wait: the target state was reached)
@@ -66,7 +72,7 @@ fn help_for(command: &str) -> &'static str {
     match command {
         "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown) and the time until the next restart.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown, 4 if the orchestrator cannot be reached.",
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
-        "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (default SIGTERM; a name like TERM or SIGKILL, or a number) to the\nservice's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
+        "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
         "agent" => "usage: holdenctl agent [--json]\n\nThe agent link: state (up, down, not-needed), protocol, version, capabilities,\nsocket, handshakes and dropped connections since start.",
         "reload" => "usage: holdenctl reload\n\nThe orchestrator re-reads its configuration file. An invalid file changes nothing\nand its error (file:line:column) is printed (exit 1). Added services start (if\nenabled), removed ones stop, changed ones restart; settings that need a restart of\nthe orchestrator are listed.",
@@ -74,9 +80,21 @@ fn help_for(command: &str) -> &'static str {
     }
 }
 
+/// A command-line mistake: printed with a hint to `--help`, exit 2.
+#[derive(Debug)]
 struct Usage(String);
 
 /// What the command line asks for.
+#[derive(Debug)]
+enum Parsed {
+    /// Print this help text and exit 0.
+    Help(&'static str),
+    Version,
+    Run(Cli),
+}
+
+/// A command to run.
+#[derive(Debug)]
 struct Cli {
     socket: PathBuf,
     command: String,
@@ -87,62 +105,60 @@ struct Cli {
     signal: u8,
 }
 
-fn parse(args: &[String]) -> Result<Option<Cli>, Usage> {
+/// Parses the arguments after the program name. `env_socket` is `$HOLDEN_CONTROL_SOCKET`.
+/// Options may come before or after the command; `--help` and `--version` win over what follows
+/// them; `--` ends the options. Options given twice: the last one counts.
+fn parse(
+    args: impl IntoIterator<Item = OsString>,
+    env_socket: Option<OsString>,
+) -> Result<Parsed, Usage> {
+    use lexopt::Arg::{Long, Short, Value};
+    let mut parser = lexopt::Parser::from_args(args);
     let mut socket: Option<PathBuf> = None;
-    let mut command: Option<String> = None;
-    let mut names = Vec::new();
+    let mut command: Option<OsString> = None;
+    let mut names: Vec<OsString> = Vec::new();
     let mut json = false;
     let mut wait = false;
     let mut timeout = WAIT_TIMEOUT_DEFAULT;
     let mut signal: Option<u8> = None;
-    let mut i = 0;
-    let value = |i: &mut usize, flag: &str| -> Result<String, Usage> {
-        *i += 1;
-        args.get(*i)
-            .cloned()
-            .ok_or_else(|| Usage(format!("{flag} needs a value")))
-    };
-    while i < args.len() {
-        let arg = args[i].as_str();
+    while let Some(arg) = parser.next().map_err(|e| lexopt_usage(&e))? {
         match arg {
-            "--help" | "-h" => {
-                println!("{}", help_for(command.as_deref().unwrap_or("")));
-                return Ok(None);
+            Short('h') | Long("help") => {
+                let command = command.as_deref().and_then(OsStr::to_str);
+                return Ok(Parsed::Help(help_for(command.unwrap_or(""))));
             }
-            "--socket" => socket = Some(PathBuf::from(value(&mut i, "--socket")?)),
-            "--json" => json = true,
-            "--wait" => wait = true,
-            "--timeout" => {
-                let text = value(&mut i, "--timeout")?;
+            Short('V') | Long("version") => return Ok(Parsed::Version),
+            Long("socket") => socket = Some(PathBuf::from(value(&mut parser, "--socket")?)),
+            Long("json") => json = true,
+            Long("wait") => wait = true,
+            Long("timeout") => {
+                let text = text_value(&mut parser, "--timeout")?;
                 timeout =
                     parse_duration(&text).map_err(|e| Usage(format!("--timeout {text:?}: {e}")))?;
             }
-            "-s" | "--signal" => {
-                let text = value(&mut i, arg)?;
-                let number = match text.parse::<i64>() {
-                    Ok(n) => signal_from_number(n),
-                    Err(_) => signal_from_name(&text),
-                }
-                .map_err(|e| Usage(format!("signal {text:?}: {e}")))?;
-                signal = Some(number as u8);
-            }
-            _ if arg.starts_with('-') && arg.len() > 1 => {
-                return Err(Usage(format!("unknown option {arg:?}")))
-            }
-            _ if command.is_none() => command = Some(arg.to_string()),
-            _ => names.push(arg.to_string()),
+            Short('s') => signal = Some(signal_value(&mut parser, "-s")?),
+            Long("signal") => signal = Some(signal_value(&mut parser, "--signal")?),
+            Short(c) => return Err(Usage(format!("unknown option \"-{c}\""))),
+            Long(name) => return Err(Usage(format!("unknown option \"--{name}\""))),
+            Value(value) if command.is_none() => command = Some(value),
+            Value(value) => names.push(value),
         }
-        i += 1;
     }
     let Some(command) = command else {
         return Err(Usage("no command given".into()));
     };
-    let socket = socket
-        .or_else(|| {
-            std::env::var_os(SOCKET_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
+    let command = command
+        .into_string()
+        .map_err(|c| Usage(format!("unknown command {c:?}")))?;
+    let names = names
+        .into_iter()
+        .map(|n| {
+            n.into_string()
+                .map_err(|n| Usage(format!("service name {n:?} is not UTF-8")))
         })
+        .collect::<Result<Vec<String>, Usage>>()?;
+    let socket = socket
+        .or_else(|| env_socket.filter(|v| !v.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(SOCKET_DEFAULT));
     let needs_names = matches!(
         command.as_str(),
@@ -163,7 +179,7 @@ fn parse(args: &[String]) -> Result<Option<Cli>, Usage> {
         return Err(Usage(format!("{command} takes no NAME")));
     }
     if signal.is_some() && command != "kill" {
-        return Err(Usage("-s is for kill only".into()));
+        return Err(Usage("-s/--signal is for kill only".into()));
     }
     if let Some(name) = names
         .iter()
@@ -174,7 +190,7 @@ fn parse(args: &[String]) -> Result<Option<Cli>, Usage> {
             proto::NAME_LEN_MAX
         )));
     }
-    Ok(Some(Cli {
+    Ok(Parsed::Run(Cli {
         socket,
         command,
         names,
@@ -183,6 +199,40 @@ fn parse(args: &[String]) -> Result<Option<Cli>, Usage> {
         timeout,
         signal: signal.unwrap_or(libc::SIGTERM as u8),
     }))
+}
+
+/// An error lexopt itself reports: only `--flag=value` for an option that takes no value
+/// (missing values and unknown options are worded here).
+fn lexopt_usage(error: &lexopt::Error) -> Usage {
+    match error {
+        lexopt::Error::UnexpectedValue { option, .. } => Usage(format!("{option} takes no value")),
+        other => Usage(other.to_string()),
+    }
+}
+
+/// The value of `flag`: `--flag VALUE`, `--flag=VALUE`, `-fVALUE` or `-f VALUE`.
+fn value(parser: &mut lexopt::Parser, flag: &str) -> Result<OsString, Usage> {
+    parser
+        .value()
+        .map_err(|_| Usage(format!("{flag} needs a value")))
+}
+
+/// The value of `flag`, which must be text.
+fn text_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, Usage> {
+    value(parser, flag)?
+        .into_string()
+        .map_err(|v| Usage(format!("{flag} {v:?}: not UTF-8")))
+}
+
+/// The value of `-s` / `--signal`: a name (`TERM`, `SIGKILL`) or a number.
+fn signal_value(parser: &mut lexopt::Parser, flag: &str) -> Result<u8, Usage> {
+    let text = text_value(parser, flag)?;
+    let number = match text.parse::<i64>() {
+        Ok(n) => signal_from_number(n),
+        Err(_) => signal_from_name(&text),
+    }
+    .map_err(|e| Usage(format!("signal {text:?}: {e}")))?;
+    Ok(number as u8)
 }
 
 /// Why holdenctl stops with a non-zero code.
@@ -835,20 +885,17 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = match std::env::args_os()
-        .skip(1)
-        .map(|a| a.into_string())
-        .collect::<Result<_, _>>()
-    {
-        Ok(args) => args,
-        Err(arg) => {
-            eprintln!("holdenctl: argument {arg:?} is not UTF-8");
-            return ExitCode::from(EXIT_USAGE);
+    let env_socket = std::env::var_os(SOCKET_ENV);
+    let cli = match parse(std::env::args_os().skip(1), env_socket) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Help(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
         }
-    };
-    let cli = match parse(&args) {
-        Ok(Some(cli)) => cli,
-        Ok(None) => return ExitCode::SUCCESS,
+        Ok(Parsed::Version) => {
+            println!("holdenctl {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Err(Usage(message)) => {
             eprintln!("holdenctl: {message}\n\n{USAGE}");
             return ExitCode::from(EXIT_USAGE);
@@ -859,6 +906,176 @@ fn main() -> ExitCode {
         Err(f) => {
             eprintln!("holdenctl: {}", f.message);
             ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn parse_strs(list: &[&str]) -> Result<Parsed, Usage> {
+        parse(list.iter().map(OsString::from), None)
+    }
+
+    fn cli(list: &[&str]) -> Cli {
+        match parse_strs(list) {
+            Ok(Parsed::Run(cli)) => cli,
+            other => panic!("{list:?}: {other:?}"),
+        }
+    }
+
+    fn usage(list: &[&str]) -> String {
+        match parse_strs(list) {
+            Err(Usage(message)) => message,
+            other => panic!("{list:?} accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_the_socket_sources() {
+        let c = cli(&["status"]);
+        assert_eq!(c.socket, PathBuf::from(SOCKET_DEFAULT));
+        assert_eq!(c.timeout, WAIT_TIMEOUT_DEFAULT);
+        assert_eq!(c.signal, libc::SIGTERM as u8);
+        assert!(!c.json && !c.wait && c.names.is_empty());
+        let from_env = |env: &str| match parse(["status"].map(OsString::from), Some(env.into())) {
+            Ok(Parsed::Run(cli)) => cli.socket,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(from_env("/e.sock"), PathBuf::from("/e.sock"));
+        assert_eq!(from_env(""), PathBuf::from(SOCKET_DEFAULT));
+        match parse(
+            ["--socket", "/o.sock", "status"].map(OsString::from),
+            Some("/e".into()),
+        ) {
+            Ok(Parsed::Run(cli)) => assert_eq!(cli.socket, PathBuf::from("/o.sock")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn values_separate_or_joined() {
+        for list in [
+            &[
+                "--socket",
+                "/s",
+                "kill",
+                "-s",
+                "KILL",
+                "a",
+                "--timeout",
+                "5s",
+            ][..],
+            &["--socket=/s", "kill", "-sKILL", "a", "--timeout=5s"],
+            &["kill", "a", "--signal=9", "--socket=/s", "--timeout=5s"],
+            &[
+                "kill",
+                "--signal",
+                "SIGKILL",
+                "a",
+                "--socket",
+                "/s",
+                "--timeout",
+                "5s",
+            ],
+            &["kill", "-s=KILL", "a", "--socket=/s", "--timeout", "5s"],
+        ] {
+            let c = cli(list);
+            assert_eq!(c.socket, PathBuf::from("/s"), "{list:?}");
+            assert_eq!(c.signal, libc::SIGKILL as u8, "{list:?}");
+            assert_eq!(c.timeout, Duration::from_secs(5), "{list:?}");
+            assert_eq!(
+                (c.command.as_str(), &c.names[..]),
+                ("kill", &["a".to_string()][..])
+            );
+        }
+        // Given twice: the last one counts.
+        assert_eq!(
+            cli(&["--socket=/a", "--socket=/b", "status"]).socket,
+            PathBuf::from("/b")
+        );
+    }
+
+    #[test]
+    fn double_dash_ends_the_options() {
+        let c = cli(&["status", "--json", "--", "-dash", "--wait"]);
+        assert!(c.json && !c.wait);
+        assert_eq!(c.names, ["-dash", "--wait"]);
+        assert_eq!(cli(&["--", "stop", "-x"]).names, ["-x"]);
+        assert!(usage(&["--", "--help"]).contains("unknown command \"--help\""));
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert!(matches!(parse_strs(&["--help"]), Ok(Parsed::Help(text)) if text == USAGE));
+        assert!(matches!(parse_strs(&["-h"]), Ok(Parsed::Help(text)) if text == USAGE));
+        assert!(
+            matches!(parse_strs(&["kill", "--help"]), Ok(Parsed::Help(text)) if text.starts_with("usage: holdenctl kill"))
+        );
+        assert!(matches!(parse_strs(&["--version"]), Ok(Parsed::Version)));
+        assert!(matches!(parse_strs(&["status", "-V"]), Ok(Parsed::Version)));
+        assert!(parse_strs(&["--bogus", "--help"]).is_err());
+    }
+
+    #[test]
+    fn mistakes_are_usage_errors() {
+        assert_eq!(usage(&[]), "no command given");
+        assert_eq!(usage(&["--socket"]), "--socket needs a value");
+        assert_eq!(usage(&["status", "--timeout"]), "--timeout needs a value");
+        assert_eq!(usage(&["kill", "a", "-s"]), "-s needs a value");
+        assert_eq!(usage(&["status", "--bogus"]), "unknown option \"--bogus\"");
+        assert_eq!(usage(&["status", "-x"]), "unknown option \"-x\"");
+        assert_eq!(usage(&["status", "--json=yes"]), "--json takes no value");
+        assert_eq!(usage(&["frobnicate"]), "unknown command \"frobnicate\"");
+        assert_eq!(usage(&["start"]), "start needs a service NAME");
+        assert_eq!(usage(&["kill", "a", "b"]), "kill takes exactly one NAME");
+        assert_eq!(usage(&["reload", "a"]), "reload takes no NAME");
+        assert_eq!(
+            usage(&["stop", "-sKILL", "a"]),
+            "-s/--signal is for kill only"
+        );
+        assert!(usage(&["kill", "-s", "NOPE", "a"]).starts_with("signal \"NOPE\""));
+        assert!(usage(&["start", "a", "--timeout=5parsecs"]).starts_with("--timeout \"5parsecs\""));
+        assert!(usage(&["status", &"n".repeat(proto::NAME_LEN_MAX + 1)]).contains("must be 1..="));
+    }
+
+    #[test]
+    fn the_socket_path_need_not_be_utf8_but_names_and_values_must_be() {
+        let path = OsString::from_vec(b"/run/\xff/control.sock".to_vec());
+        let mut joined = OsString::from("--socket=");
+        joined.push(&path);
+        for list in [
+            vec!["--socket".into(), path.clone(), "status".into()],
+            vec![joined, "status".into()],
+        ] {
+            match parse(list, None) {
+                Ok(Parsed::Run(cli)) => assert_eq!(cli.socket, PathBuf::from(&path)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let bad = || OsString::from_vec(b"\xff".to_vec());
+        let cases = [
+            (
+                vec!["status".into(), bad()],
+                "service name \"\\xFF\" is not UTF-8",
+            ),
+            (vec![bad()], "unknown command \"\\xFF\""),
+            (
+                vec!["start".into(), "a".into(), "--timeout".into(), bad()],
+                "--timeout \"\\xFF\": not UTF-8",
+            ),
+            (
+                vec!["kill".into(), "a".into(), "-s".into(), bad()],
+                "-s \"\\xFF\": not UTF-8",
+            ),
+        ];
+        for (list, expected) in cases {
+            match parse(list, None) {
+                Err(Usage(message)) => assert_eq!(message, expected),
+                other => panic!("{expected}: {other:?}"),
+            }
         }
     }
 }

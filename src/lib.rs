@@ -4,16 +4,22 @@
 //! the wire protocol ([`wire`]), race-free process spawning ([`spawn`]),
 //! the service specification ([`config`]) and the sans-IO supervision core
 //! ([`supervise`]). Every call into the kernel goes through [`sys`], the only
-//! module allowed to use `unsafe`.
+//! module allowed to use `unsafe`. Without the default `orchestrator` feature it is only what
+//! `holden-agent` needs (wire, spawn, pidfd, sd_notify, log, sys).
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "orchestrator")]
 pub mod config;
+#[cfg(feature = "orchestrator")]
 pub mod control;
+pub mod log;
+#[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod pidfd;
 pub mod sd_notify;
 pub mod spawn;
+#[cfg(feature = "orchestrator")]
 pub mod supervise;
 pub mod sys;
 pub mod wire;

@@ -32,7 +32,7 @@ const PIDFD_LINK_NAME: &[u8] = b"anon_inode:[pidfd]";
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitStatus {
+pub enum WaitStatus {
     /// `exit(code)` or return from main.
     Exited(i32),
     /// Killed by a signal.
@@ -47,24 +47,24 @@ pub enum ExitStatus {
     Unknown,
 }
 
-impl ExitStatus {
+impl WaitStatus {
     /// Decodes a wait(2)-style status word (as `PIDFD_INFO_EXIT` reports it).
-    pub fn from_wait_status(status: i32) -> ExitStatus {
+    pub fn from_wait_status(status: i32) -> WaitStatus {
         if libc::WIFEXITED(status) {
-            ExitStatus::Exited(libc::WEXITSTATUS(status))
+            WaitStatus::Exited(libc::WEXITSTATUS(status))
         } else if libc::WIFSIGNALED(status) {
-            ExitStatus::Signaled {
+            WaitStatus::Signaled {
                 signal: libc::WTERMSIG(status),
                 core_dumped: libc::WCOREDUMP(status),
             }
         } else {
-            ExitStatus::Unknown
+            WaitStatus::Unknown
         }
     }
 
     /// Whether this counts as a clean exit (code 0). `Unknown` is not a success.
     pub fn is_success(self) -> bool {
-        self == ExitStatus::Exited(0)
+        self == WaitStatus::Exited(0)
     }
 }
 
@@ -72,7 +72,7 @@ impl ExitStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitInfo {
     /// The process was reaped and the kernel recorded this status.
-    Status(ExitStatus),
+    Status(WaitStatus),
     /// The kernel supports exit information but the process has not been reaped yet (it is
     /// still running, or a zombie its parent has not collected): ask again later.
     NotYet,
@@ -98,21 +98,21 @@ pub fn send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
 
 /// Reaps our own child behind `pidfd` if it has exited: `Ok(Some(status))`; `Ok(None)` if it is
 /// still running. ECHILD if it is not our child (or was already reaped).
-pub fn wait_child(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+pub fn wait_child(pidfd: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     let Some(waited) = process::wait_pidfd(pidfd, false)? else {
         return Ok(None);
     };
     Ok(Some(match waited.code {
-        libc::CLD_EXITED => ExitStatus::Exited(waited.status),
-        libc::CLD_KILLED => ExitStatus::Signaled {
+        libc::CLD_EXITED => WaitStatus::Exited(waited.status),
+        libc::CLD_KILLED => WaitStatus::Signaled {
             signal: waited.status,
             core_dumped: false,
         },
-        libc::CLD_DUMPED => ExitStatus::Signaled {
+        libc::CLD_DUMPED => WaitStatus::Signaled {
             signal: waited.status,
             core_dumped: true,
         },
-        _ => ExitStatus::Unknown,
+        _ => WaitStatus::Unknown,
     }))
 }
 
@@ -121,7 +121,7 @@ pub fn wait_child(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
 pub fn exit_info(pidfd: BorrowedFd<'_>) -> ExitInfo {
     match process::pidfd_get_info(pidfd, PIDFD_INFO_EXIT) {
         Ok(info) if info.mask & PIDFD_INFO_EXIT != 0 => {
-            ExitInfo::Status(ExitStatus::from_wait_status(info.exit_code))
+            ExitInfo::Status(WaitStatus::from_wait_status(info.exit_code))
         }
         // The ioctl works but says nothing about exit: either the process is still there (alive
         // or a zombie), or this kernel predates PIDFD_INFO_EXIT (6.13/6.14). The caller knows
@@ -294,7 +294,7 @@ fn probe_exit_info() -> bool {
     let fd = open(pid);
     let reaped = process::waitpid(pid).is_ok();
     match fd {
-        Ok(fd) => reaped && exit_info(fd.as_fd()) == ExitInfo::Status(ExitStatus::Exited(7)),
+        Ok(fd) => reaped && exit_info(fd.as_fd()) == ExitInfo::Status(WaitStatus::Exited(7)),
         Err(_) => false,
     }
 }
@@ -326,11 +326,11 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-impl std::fmt::Display for ExitStatus {
+impl std::fmt::Display for WaitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
-            ExitStatus::Exited(code) => write!(f, "exited code={code}"),
-            ExitStatus::Signaled {
+            WaitStatus::Exited(code) => write!(f, "exited code={code}"),
+            WaitStatus::Signaled {
                 signal,
                 core_dumped,
             } => {
@@ -340,7 +340,7 @@ impl std::fmt::Display for ExitStatus {
                 }
                 Ok(())
             }
-            ExitStatus::Unknown => f.write_str("status=unknown"),
+            WaitStatus::Unknown => f.write_str("status=unknown"),
         }
     }
 }
@@ -444,23 +444,23 @@ mod tests {
 
     #[test]
     fn decodes_wait_status_words() {
-        assert_eq!(ExitStatus::from_wait_status(3 << 8), ExitStatus::Exited(3));
+        assert_eq!(WaitStatus::from_wait_status(3 << 8), WaitStatus::Exited(3));
         assert_eq!(
-            ExitStatus::from_wait_status(9),
-            ExitStatus::Signaled {
+            WaitStatus::from_wait_status(9),
+            WaitStatus::Signaled {
                 signal: 9,
                 core_dumped: false
             }
         );
         assert_eq!(
-            ExitStatus::from_wait_status(11 | 0x80),
-            ExitStatus::Signaled {
+            WaitStatus::from_wait_status(11 | 0x80),
+            WaitStatus::Signaled {
                 signal: 11,
                 core_dumped: true
             }
         );
         assert_eq!(
-            ExitStatus::Signaled {
+            WaitStatus::Signaled {
                 signal: 15,
                 core_dumped: false
             }
@@ -495,7 +495,7 @@ mod tests {
         }
         assert_eq!(
             status,
-            Some(ExitStatus::Signaled {
+            Some(WaitStatus::Signaled {
                 signal: libc::SIGTERM,
                 core_dumped: false
             })
@@ -524,7 +524,7 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert_eq!(status, Some(ExitStatus::Exited(42)));
+        assert_eq!(status, Some(WaitStatus::Exited(42)));
         // pid 1 is not our child.
         let init = open(1).unwrap();
         assert_eq!(
@@ -547,7 +547,7 @@ mod tests {
         if caps.exit_info {
             assert_eq!(
                 info,
-                ExitInfo::Status(ExitStatus::Signaled {
+                ExitInfo::Status(WaitStatus::Signaled {
                     signal: libc::SIGKILL,
                     core_dumped: false
                 })
@@ -555,7 +555,7 @@ mod tests {
         } else {
             assert_ne!(
                 info,
-                ExitInfo::Status(ExitStatus::Exited(0)),
+                ExitInfo::Status(WaitStatus::Exited(0)),
                 "never invented"
             );
         }

@@ -2,7 +2,7 @@
 
 mod orchestrator_support;
 
-use holden::wire::legacy::SOCKET_PATH_ENV;
+use holden::wire::v02::SOCKET_PATH_ENV;
 use orchestrator_support::*;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

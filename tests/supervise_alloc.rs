@@ -4,7 +4,7 @@
 
 use holden::supervise::{
     Action, Backoff, Command, Event, ExitStatus, MonoTime, Partition, Pid, Restart, ServiceId,
-    ServicePolicy, SpawnError, SpawnStage, StartLimit, Supervisor,
+    ServicePolicy, StartFailure, StartLimit, StartStage, Supervisor,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -165,9 +165,9 @@ fn no_allocation_after_construction() {
             if cycle % 7 == 0 {
                 Event::SpawnFailed {
                     service,
-                    error: SpawnError {
+                    error: StartFailure {
                         errno: libc::ENOENT,
-                        stage: SpawnStage::Exec,
+                        stage: StartStage::Exec,
                     },
                 }
             } else {

@@ -2,7 +2,7 @@
 
 use holden::supervise::{
     Action, Backoff, Command, Event, ExitStatus, MonoTime, Partition, Pid, Reason, Refusal,
-    Restart, ServiceId, ServicePolicy, SpawnError, SpawnStage, StartLimit, State, Supervisor,
+    Restart, ServiceId, ServicePolicy, StartFailure, StartLimit, StartStage, State, Supervisor,
     TimerToken,
 };
 use std::time::Duration;
@@ -169,9 +169,9 @@ fn never_ends_in_stopped_or_failed() {
     // A failed spawn is a failure too.
     let id = h.core.add(policy(Restart::Never)).unwrap();
     h.command(id, Command::Start);
-    let error = SpawnError {
+    let error = StartFailure {
         errno: libc::ENOENT,
-        stage: SpawnStage::Exec,
+        stage: StartStage::Exec,
     };
     let actions = h.event(Event::SpawnFailed { service: id, error });
     assert_eq!(h.state(id), State::Failed);
@@ -230,9 +230,9 @@ fn a_failed_spawn_is_retried_through_a_timer_even_with_zero_delay() {
     let mut h = Harness::new();
     let id = h.core.add(p).unwrap();
     h.command(id, Command::Start);
-    let error = SpawnError {
+    let error = StartFailure {
         errno: libc::ENOENT,
-        stage: SpawnStage::Exec,
+        stage: StartStage::Exec,
     };
     let actions = h.at(5).event(Event::SpawnFailed { service: id, error });
     assert_eq!(spawns(&actions), 0, "no retry inside the same step");
@@ -359,9 +359,9 @@ fn stop_during_a_spawn_stops_the_process_when_it_arrives() {
     // And when the spawn fails instead, the service is simply stopped.
     h.command(id, Command::Start);
     h.command(id, Command::Stop);
-    let error = SpawnError {
+    let error = StartFailure {
         errno: libc::EACCES,
-        stage: SpawnStage::Exec,
+        stage: StartStage::Exec,
     };
     let actions = h.event(Event::SpawnFailed { service: id, error });
     assert_eq!(h.state(id), State::Stopped);
@@ -447,9 +447,9 @@ fn qm_services_wait_for_the_agent_and_survive_its_loss() {
     h.spawned(a);
     // The agent goes down: the running QM process stays running; the spawn in flight fails.
     h.event(Event::AgentDown);
-    let error = SpawnError {
+    let error = StartFailure {
         errno: libc::ECONNRESET,
-        stage: SpawnStage::Agent,
+        stage: StartStage::Agent,
     };
     let actions = h.event(Event::SpawnFailed { service: b, error });
     assert_eq!(h.state(a), State::Running);
@@ -478,9 +478,9 @@ fn an_agent_stage_failure_marks_the_agent_down() {
     let id = h.core.add(p).unwrap();
     h.event(Event::AgentUp);
     h.command(id, Command::Start);
-    let error = SpawnError {
+    let error = StartFailure {
         errno: libc::ETIMEDOUT,
-        stage: SpawnStage::Agent,
+        stage: StartStage::Agent,
     };
     let actions = h.event(Event::SpawnFailed { service: id, error });
     assert_eq!(spawns(&actions), 0, "no second request to a dead agent");

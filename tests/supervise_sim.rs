@@ -12,7 +12,7 @@
 
 use holden::supervise::{
     Action, Backoff, Command, Event, ExitStatus, MonoTime, Partition, Pid, Reason, Refusal,
-    Restart, ServiceId, ServicePolicy, SpawnError, SpawnStage, StartLimit, State, Supervisor,
+    Restart, ServiceId, ServicePolicy, StartFailure, StartLimit, StartStage, State, Supervisor,
     TimerToken,
 };
 use std::time::Duration;
@@ -66,7 +66,7 @@ struct Process {
 
 struct PendingSpawn {
     at_ns: u64,
-    result: Result<i32, SpawnError>,
+    result: Result<i32, StartFailure>,
     partition: Partition,
 }
 
@@ -412,11 +412,11 @@ impl World {
         };
         let result = if self.rng.chance(10) {
             let stage = if self.rng.chance(50) {
-                SpawnStage::Exec
+                StartStage::Exec
             } else {
-                SpawnStage::Setup
+                StartStage::Setup
             };
-            Err(SpawnError {
+            Err(StartFailure {
                 errno: libc::ENOENT,
                 stage,
             })
@@ -574,7 +574,7 @@ impl World {
                 });
             }
             Err(error) => {
-                self.end_of_run(index, None, error.stage != SpawnStage::Agent);
+                self.end_of_run(index, None, error.stage != StartStage::Agent);
                 self.deliver(Event::SpawnFailed { service: id, error });
                 self.check_stop_outcome(id);
             }
@@ -783,9 +783,9 @@ impl World {
             for id in in_flight {
                 if let Some(index) = self.services.iter().position(|s| s.id == id) {
                     let pending = self.services[index].spawn.as_mut().expect("checked");
-                    pending.result = Err(SpawnError {
+                    pending.result = Err(StartFailure {
                         errno: libc::ECONNRESET,
-                        stage: SpawnStage::Agent,
+                        stage: StartStage::Agent,
                     });
                     self.finish_spawn(index);
                 }

@@ -1,7 +1,7 @@
 //! Every bound of the agent, as named constants. Memory is sized from these at
 //! start-up; nothing grows with the number of requests or processes.
 
-use holden::wire::{legacy, v1};
+use holden::wire::{v02, v1};
 
 /// Most client connections served at once (v1 and legacy together). A
 /// connection beyond this is accepted, told why, and closed at once.
@@ -23,7 +23,7 @@ pub const READ_TIMEOUT_MS_MAX: u64 = 3_600_000;
 pub const V1_RECV_BYTES: usize = v1::FRAME_LEN_MAX;
 
 /// Receive buffer of a legacy (stream) connection: the largest v0.2 frame.
-pub const LEGACY_RECV_BYTES: usize = legacy::FRAME_LEN_MAX;
+pub const LEGACY_RECV_BYTES: usize = v02::FRAME_LEN_MAX;
 
 /// Most `--allow-uid` options.
 pub const ALLOW_UIDS_MAX: usize = 32;
@@ -33,12 +33,9 @@ pub const ALLOW_UIDS_MAX: usize = 32;
 pub const INHERITED_ENV_COUNT_MAX: usize = 256;
 pub const INHERITED_ENV_BYTES_MAX: usize = 64 * 1024;
 
-/// Longest log line, priority prefix and newline included.
-pub const LOG_LINE_BYTES_MAX: usize = 1024;
-
 /// Longest socket path (`sun_path` less its NUL).
 pub const SOCKET_PATH_BYTES_MAX: usize = 107;
 
 /// Frames handled per legacy connection per wake-up: bounded by what fits in
 /// its buffer (the smallest v0.2 frame is the 8-byte header).
-pub const LEGACY_FRAMES_PER_WAKE_MAX: usize = LEGACY_RECV_BYTES / legacy::HEADER_LEN;
+pub const LEGACY_FRAMES_PER_WAKE_MAX: usize = LEGACY_RECV_BYTES / v02::HEADER_LEN;

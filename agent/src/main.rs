@@ -11,7 +11,6 @@
 mod cli;
 mod env;
 mod fdpass;
-mod legacy;
 mod limits;
 mod listen;
 mod log;
@@ -20,6 +19,7 @@ mod request;
 mod server;
 mod signals;
 mod text;
+mod v02;
 mod v1;
 
 use std::ffi::OsString;

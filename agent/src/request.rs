@@ -2,7 +2,7 @@
 //! [`SpawnError`] to the wire's error stage.
 
 use holden::spawn::{SpawnLimits, SpawnSpec, SpawnStage, SpecError};
-use holden::wire::legacy;
+use holden::wire::v02;
 use holden::wire::v1::{self, ErrorStage, StartFlags};
 
 use crate::env::{entry_name, InheritedEnv};
@@ -13,9 +13,9 @@ use crate::env::{entry_name, InheritedEnv};
 /// fit in `FRAME_LEN_MAX` bytes.
 pub fn spec_limits(inherited: &InheritedEnv) -> SpawnLimits {
     SpawnLimits {
-        args_count_max: v1::ARGV_COUNT_MAX.max(legacy::ARGV_COUNT_MAX),
+        args_count_max: v1::ARGV_COUNT_MAX.max(v02::ARGV_COUNT_MAX),
         env_count_max: v1::ENV_COUNT_MAX + inherited.len(),
-        strings_bytes_max: v1::FRAME_LEN_MAX.max(legacy::FRAME_LEN_MAX) + inherited.bytes(),
+        strings_bytes_max: v1::FRAME_LEN_MAX.max(v02::FRAME_LEN_MAX) + inherited.bytes(),
     }
 }
 
@@ -55,7 +55,7 @@ pub fn fill_v1(
 /// environment (as v0.2 children had), program looked up in its `PATH`.
 pub fn fill_legacy(
     spec: &mut SpawnSpec,
-    start: &legacy::Start<'_>,
+    start: &v02::Start<'_>,
     inherited: &InheritedEnv,
 ) -> Result<(), SpecError> {
     let mut w = spec.writer();

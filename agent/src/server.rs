@@ -44,10 +44,10 @@ const REFUSE_DRAIN_MAX: usize = 16;
 const POLL_FIXED_MAX: usize = 3;
 
 /// Largest reply of either protocol.
-const SEND_BYTES: usize = if holden::wire::v1::FRAME_LEN_MAX > holden::wire::legacy::FRAME_LEN_MAX {
+const SEND_BYTES: usize = if holden::wire::v1::FRAME_LEN_MAX > holden::wire::v02::FRAME_LEN_MAX {
     holden::wire::v1::FRAME_LEN_MAX
 } else {
-    holden::wire::legacy::FRAME_LEN_MAX
+    holden::wire::v02::FRAME_LEN_MAX
 };
 
 /// Settings of the loop.
@@ -388,7 +388,7 @@ impl Server {
             Flavor::V1 => {
                 holden::wire::v1::encode_error(&mut self.send_buf, 0, errno, stage, text).ok()
             }
-            Flavor::Legacy => holden::wire::legacy::encode_error(&mut self.send_buf, text).ok(),
+            Flavor::Legacy => holden::wire::v02::encode_error(&mut self.send_buf, text).ok(),
         };
         if let Some(len) = len {
             let _ = crate::fdpass::send(fd.as_fd(), &self.send_buf[..len], None);

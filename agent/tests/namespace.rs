@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use holden::pidfd::send_signal as pidfd_send_signal;
-use holden::pidfd::ExitStatus;
+use holden::pidfd::WaitStatus;
 
 /// `NSpid:` of a pidfd, as this namespace sees it: our pid first, then the
 /// pid in each nested namespace.
@@ -56,7 +56,7 @@ fn agent_in_its_own_pid_namespace_hands_out_working_pidfds() {
     if let Some(status) = exit_status(pidfd) {
         assert_eq!(
             status,
-            ExitStatus::Signaled {
+            WaitStatus::Signaled {
                 signal: libc::SIGTERM,
                 core_dumped: false
             }
@@ -66,7 +66,7 @@ fn agent_in_its_own_pid_namespace_hands_out_working_pidfds() {
     for id in 10..60 {
         let (_, pidfd) = client.start(id, &[b"/bin/sh", b"-c", b"exit 3"]).started();
         if let Some(status) = exit_status(pidfd.as_fd()) {
-            assert_eq!(status, ExitStatus::Exited(3));
+            assert_eq!(status, WaitStatus::Exited(3));
         }
     }
     // Tear-down: killing unshare kills the namespace's init, and with it the

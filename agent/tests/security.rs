@@ -163,7 +163,7 @@ fn root_may_request_another_user() {
     client.send(&frame);
     let (_, pidfd) = client.outcome(1).started();
     if let Some(status) = exit_status(std::os::fd::AsFd::as_fd(&pidfd)) {
-        assert_eq!(status, holden::pidfd::ExitStatus::Exited(42));
+        assert_eq!(status, holden::pidfd::WaitStatus::Exited(42));
     }
     // The working directory is entered after the credential change, and a
     // failure there is a set-up error.

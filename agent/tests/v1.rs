@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::*;
 use holden::pidfd::send_signal as pidfd_send_signal;
-use holden::pidfd::ExitStatus;
+use holden::pidfd::WaitStatus;
 use holden::wire::v1::{Capabilities, ErrorStage, StartFlags};
 
 #[test]
@@ -49,7 +49,7 @@ fn spawn_and_ping() {
     match exit_status(pidfd) {
         Some(status) => assert_eq!(
             status,
-            ExitStatus::Signaled {
+            WaitStatus::Signaled {
                 signal: libc::SIGTERM,
                 core_dumped: false
             }
@@ -68,7 +68,7 @@ fn exit_code_is_readable_by_the_pidfd_holder() {
     let client = V1Client::connect(&agent.socket);
     let (_, pidfd) = client.start(1, &[b"/bin/sh", b"-c", b"exit 7"]).started();
     if let Some(status) = exit_status(pidfd.as_fd()) {
-        assert_eq!(status, ExitStatus::Exited(7));
+        assert_eq!(status, WaitStatus::Exited(7));
     }
 }
 
@@ -288,7 +288,7 @@ fn gated_exec_sends_started_then_running_or_error() {
     assert_eq!(frame.request_id(), 3);
     assert_eq!((error.stage, error.errno), (ErrorStage::Exec, libc::ENOENT));
     if let Some(status) = exit_status(pidfd.as_fd()) {
-        assert_eq!(status, ExitStatus::Exited(127));
+        assert_eq!(status, WaitStatus::Exited(127));
     }
 }
 

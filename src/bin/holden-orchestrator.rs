@@ -8,7 +8,7 @@
 
 use holden::config::{Config, CONFIG_PATH_DEFAULT};
 use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
-use holden::wire::legacy::{DEFAULT_SOCKET_PATH, SOCKET_PATH_ENV};
+use holden::wire::v02::{DEFAULT_SOCKET_PATH, SOCKET_PATH_ENV};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;

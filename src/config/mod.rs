@@ -7,20 +7,20 @@
 
 mod duration;
 mod error;
-mod legacy;
 mod raw;
 mod service;
 mod signal;
+mod v02;
 mod validate;
 
 pub use duration::{format_duration, parse_duration, DURATION_MAX};
 pub use error::{ConfigError, ConfigErrorKind};
-pub use legacy::{legacy_socket_path, LEGACY_ARGS_MAX, LEGACY_ARG_LEN_MAX, LEGACY_SOCKET_DEFAULT};
 pub use service::{
     ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
     SERVICE_NAME_LEN_MAX,
 };
 pub use signal::{signal_from_name, signal_from_number, signal_name, SIGNAL_NUMBER_MAX};
+pub use v02::{legacy_socket_path, LEGACY_ARGS_MAX, LEGACY_ARG_LEN_MAX, LEGACY_SOCKET_DEFAULT};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,7 +146,7 @@ impl Config {
         qm_cmd: &str,
         socket_path: &Path,
     ) -> Result<Config, ConfigError> {
-        legacy::from_legacy_args(local_cmd, qm_cmd, socket_path)
+        v02::from_legacy_args(local_cmd, qm_cmd, socket_path)
     }
 
     /// The service called `name`.

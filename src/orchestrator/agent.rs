@@ -37,10 +37,10 @@
 //! and then misbehaves is retried with a growing delay.
 
 use super::event_loop::{Error, Orchestrator, Owner};
-use super::log::{ErrnoText, Escaped, Priority};
 use super::spec::{AgentProtocol, Settings};
+use crate::log::{ErrnoText, Escaped, Priority};
 use crate::pidfd;
-use crate::supervise::{Event, Partition, ServiceId, SpawnError, SpawnStage};
+use crate::supervise::{Event, Partition, ServiceId, StartFailure, StartStage};
 use crate::wire::v1;
 use ring::{Completion, Errno, OpTag, SlotId, Timeout};
 use std::io;
@@ -498,9 +498,9 @@ impl Orchestrator {
                 self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                 self.push_event(Event::SpawnFailed {
                     service,
-                    error: SpawnError {
+                    error: StartFailure {
                         errno: libc::ECONNRESET,
-                        stage: SpawnStage::Agent,
+                        stage: StartStage::Agent,
                     },
                 });
             }
@@ -541,9 +541,9 @@ impl Orchestrator {
             self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
             self.push_event(Event::SpawnFailed {
                 service,
-                error: SpawnError {
+                error: StartFailure {
                     errno: libc::ENOTCONN,
-                    stage: SpawnStage::Agent,
+                    stage: StartStage::Agent,
                 },
             });
             return;
@@ -630,9 +630,9 @@ impl Orchestrator {
                     self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                     self.push_event(Event::SpawnFailed {
                         service,
-                        error: SpawnError {
+                        error: StartFailure {
                             errno: libc::E2BIG,
-                            stage: SpawnStage::Setup,
+                            stage: StartStage::Setup,
                         },
                     });
                 }
@@ -753,9 +753,9 @@ impl Orchestrator {
             self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
             self.push_event(Event::SpawnFailed {
                 service,
-                error: SpawnError {
+                error: StartFailure {
                     errno: libc::ETIMEDOUT,
-                    stage: SpawnStage::Agent,
+                    stage: StartStage::Agent,
                 },
             });
         }
@@ -1165,8 +1165,8 @@ impl Orchestrator {
     /// An `Error` answering a request: logged, and the core backs off.
     fn agent_spawn_error(&mut self, index: usize, error: &v1::ErrorFrame<'_>) {
         let stage = match error.stage {
-            v1::ErrorStage::Exec => SpawnStage::Exec,
-            _ => SpawnStage::Setup,
+            v1::ErrorStage::Exec => StartStage::Exec,
+            _ => StartStage::Setup,
         };
         self.log.line(
             Priority::Warning,
@@ -1183,7 +1183,7 @@ impl Orchestrator {
         self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
         self.push_event(Event::SpawnFailed {
             service,
-            error: SpawnError {
+            error: StartFailure {
                 errno: error.errno,
                 stage,
             },
@@ -1206,9 +1206,9 @@ impl Orchestrator {
         self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
         self.push_event(Event::SpawnFailed {
             service,
-            error: SpawnError {
+            error: StartFailure {
                 errno: libc::EMFILE,
-                stage: SpawnStage::Refused,
+                stage: StartStage::Refused,
             },
         });
     }
@@ -1218,9 +1218,9 @@ impl Orchestrator {
         self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
         self.push_event(Event::SpawnFailed {
             service,
-            error: SpawnError {
+            error: StartFailure {
                 errno,
-                stage: SpawnStage::Refused,
+                stage: StartStage::Refused,
             },
         });
     }

@@ -17,11 +17,11 @@
 //! monitor has no deadline; a full one has. Nothing here allocates after start-up.
 
 use super::event_loop::{now, Error, Orchestrator, Owner};
-use super::log::{Escaped, Priority};
 use crate::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, LinkCode, Op, PartitionCode,
     ServiceInfo, StateCode, Why,
 };
+use crate::log::{Escaped, Priority};
 use crate::supervise::{self, Command, Event, Partition, Reason, ServiceId, Transition};
 use crate::sys::socket::{self, Listener, PeerCred};
 use ring::{Completion, OpTag, Ring, SlotId, Timeout};
@@ -510,7 +510,7 @@ impl Orchestrator {
                 return;
             }
             Err(e) => {
-                let mut text = super::log::LineBuf::new();
+                let mut text = crate::log::LineBuf::new();
                 use std::fmt::Write as _;
                 let _ = write!(text, "undecodable request: {e}");
                 let text = std::str::from_utf8(text.as_bytes()).unwrap_or("undecodable request");
@@ -562,7 +562,7 @@ impl Orchestrator {
     }
 
     fn control_unknown(&mut self, k: usize, name: &str) {
-        let mut line = super::log::LineBuf::new();
+        let mut line = crate::log::LineBuf::new();
         use std::fmt::Write as _;
         let _ = write!(line, "no service named \"{name}\"");
         let text = std::str::from_utf8(line.as_bytes()).unwrap_or("no such service");
@@ -697,7 +697,7 @@ impl Orchestrator {
                 self.control_reply(k, &Body::Done(state));
             }
             Err(refusal) => {
-                let mut line = super::log::LineBuf::new();
+                let mut line = crate::log::LineBuf::new();
                 use std::fmt::Write as _;
                 let _ = write!(line, "{}: {refusal}", self.services[index].def.name);
                 let text = std::str::from_utf8(line.as_bytes()).unwrap_or("refused");

@@ -16,14 +16,14 @@
 //! fixed-capacity queue.
 
 use super::agent::AgentLink;
-use super::log::{Logger, Priority};
 use super::spec::{Options, ServiceDef, Settings};
+use crate::log::{Logger, Priority};
 use crate::pidfd::{self, Capabilities, ExitInfo, Identity};
 use crate::sd_notify::Notifier;
 use crate::spawn::{self, SpawnSpec};
 use crate::supervise::{
-    self, Action, Command, Event, MonoTime, Partition, Pid, Reason, ServiceId, SpawnError,
-    SpawnStage, State, Supervisor, TimerToken, Transition,
+    self, Action, Command, Event, MonoTime, Partition, Pid, Reason, ServiceId, StartFailure,
+    StartStage, State, Supervisor, TimerToken, Transition,
 };
 use crate::sys::signal::SignalFd;
 use ring::{Completion, Limits, OpTag, Ring, SlotId, Timeout};
@@ -130,7 +130,7 @@ pub(crate) struct ServiceRt {
     /// killed, not adopted).
     pub abandoned: Option<u64>,
     /// QM with a v0.2 agent: the request's connection.
-    pub legacy: super::legacy::LegacyConn,
+    pub legacy: super::v02::LegacyConn,
     /// In the core (false once a reload removed it and it stopped: the entry is unused).
     pub active: bool,
     /// A reload removed it; it is stopping and leaves when the core says `Removed`.
@@ -153,7 +153,7 @@ impl ServiceRt {
             exit_retries_left: 0,
             request: None,
             abandoned: None,
-            legacy: super::legacy::LegacyConn::new(),
+            legacy: super::v02::LegacyConn::new(),
             active: true,
             removing: false,
         }
@@ -544,8 +544,8 @@ impl Orchestrator {
             Err(e) => {
                 self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                 let stage = match e.stage {
-                    spawn::SpawnStage::Exec => SpawnStage::Exec,
-                    _ => SpawnStage::Setup,
+                    spawn::SpawnStage::Exec => StartStage::Exec,
+                    _ => StartStage::Setup,
                 };
                 self.log.line(
                     Priority::Warning,
@@ -554,12 +554,12 @@ impl Orchestrator {
                         rt.def.name,
                         e.stage,
                         e.errno,
-                        super::log::ErrnoText(e.errno)
+                        crate::log::ErrnoText(e.errno)
                     ),
                 );
                 self.events.push(Event::SpawnFailed {
                     service,
-                    error: SpawnError {
+                    error: StartFailure {
                         errno: e.errno,
                         stage,
                     },
@@ -627,7 +627,7 @@ impl Orchestrator {
                     rt.def.name,
                     pid.0,
                     pidfd::signal_name(signal),
-                    super::log::ErrnoText(e.raw_os_error().unwrap_or(0))
+                    crate::log::ErrnoText(e.raw_os_error().unwrap_or(0))
                 ),
             ),
         }
@@ -728,15 +728,15 @@ impl Orchestrator {
                         .poll_add(rt.slot, proc.pidfd.as_fd(), libc::POLLIN as u32);
                     return;
                 }
-                Err(_) => pidfd::ExitStatus::Unknown,
+                Err(_) => pidfd::WaitStatus::Unknown,
             },
             Partition::Qm => {
                 if !self.caps.exit_info {
-                    pidfd::ExitStatus::Unknown
+                    pidfd::WaitStatus::Unknown
                 } else {
                     match pidfd::exit_info(proc.pidfd.as_fd()) {
                         ExitInfo::Status(status) => status,
-                        ExitInfo::Unavailable => pidfd::ExitStatus::Unknown,
+                        ExitInfo::Unavailable => pidfd::WaitStatus::Unknown,
                         ExitInfo::NotYet => {
                             // Exited but not yet reaped by the agent: look again shortly.
                             rt.exit_retries_left = EXIT_INFO_RETRIES_MAX;
@@ -755,7 +755,7 @@ impl Orchestrator {
         self.report_exit(index, status);
     }
 
-    fn report_exit(&mut self, index: usize, status: pidfd::ExitStatus) {
+    fn report_exit(&mut self, index: usize, status: pidfd::WaitStatus) {
         let rt = &mut self.services[index];
         if let Some(proc) = rt.proc.as_mut() {
             proc.exited = true;
@@ -763,9 +763,9 @@ impl Orchestrator {
         rt.exit_retries_left = 0;
         self.counters.exited.fetch_add(1, Ordering::Relaxed);
         let status = match status {
-            pidfd::ExitStatus::Exited(code) => supervise::ExitStatus::Code(code),
-            pidfd::ExitStatus::Signaled { signal, .. } => supervise::ExitStatus::Signal(signal),
-            pidfd::ExitStatus::Unknown => supervise::ExitStatus::Unknown,
+            pidfd::WaitStatus::Exited(code) => supervise::ExitStatus::Code(code),
+            pidfd::WaitStatus::Signaled { signal, .. } => supervise::ExitStatus::Signal(signal),
+            pidfd::WaitStatus::Unknown => supervise::ExitStatus::Unknown,
         };
         let service = rt.id;
         self.events.push(Event::Exited { service, status });
@@ -784,9 +784,9 @@ impl Orchestrator {
             };
             match pidfd::exit_info(proc.pidfd.as_fd()) {
                 ExitInfo::Status(status) => self.report_exit(index, status),
-                ExitInfo::Unavailable => self.report_exit(index, pidfd::ExitStatus::Unknown),
+                ExitInfo::Unavailable => self.report_exit(index, pidfd::WaitStatus::Unknown),
                 ExitInfo::NotYet if rt.exit_retries_left == 1 => {
-                    self.report_exit(index, pidfd::ExitStatus::Unknown)
+                    self.report_exit(index, pidfd::WaitStatus::Unknown)
                 }
                 ExitInfo::NotYet => {
                     rt.exit_retries_left -= 1;
@@ -913,7 +913,7 @@ impl Orchestrator {
         if !self.log.enabled(priority) {
             return;
         }
-        let mut line = super::log::LineBuf::new();
+        let mut line = crate::log::LineBuf::new();
         use std::fmt::Write as _;
         let _ = write!(
             line,

@@ -8,8 +8,8 @@
 mod agent;
 mod control;
 mod event_loop;
-mod legacy;
-pub mod log;
+mod v02;
+
 mod reload;
 pub mod signals;
 mod spec;

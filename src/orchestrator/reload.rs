@@ -12,10 +12,10 @@
 //! asks, never on a supervision path.
 
 use super::event_loop::{now, Orchestrator, Owner, ServiceRt};
-use super::log::{LineBuf, Priority};
 use super::spec::{ServiceDef, Settings};
 use crate::config::Config;
 use crate::control::FailCode;
+use crate::log::{LineBuf, Priority};
 use crate::supervise::{Command, Event, Partition, ServiceId};
 
 /// Counts of a reload: added, removed, changed, unchanged.

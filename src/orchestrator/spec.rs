@@ -10,7 +10,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::log::Priority;
+use crate::log::Priority;
 
 /// Which protocol the agent speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Actions the core asks of the shell, and the fixed-capacity queue that holds them.
 
-use super::event::{ExitStatus, Pid, SpawnError, TimerToken};
+use super::event::{ExitStatus, Pid, StartFailure, TimerToken};
 use super::{MonoTime, ServiceId, State};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ pub enum Reason {
     /// The process was created.
     Spawned(Pid),
     /// The spawn failed.
-    SpawnFailed(SpawnError),
+    SpawnFailed(StartFailure),
     /// The process exited.
     Exited(ExitStatus),
     /// The start limit was reached.

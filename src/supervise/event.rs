@@ -42,7 +42,7 @@ impl std::fmt::Display for ExitStatus {
 
 /// Where a spawn failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SpawnStage {
+pub enum StartStage {
     /// Before exec in the child or in the parent: clone3, chdir, setuid, environment.
     Setup,
     /// execve itself (ENOENT, EACCES, ...).
@@ -54,25 +54,25 @@ pub enum SpawnStage {
     Refused,
 }
 
-impl SpawnStage {
+impl StartStage {
     /// Short name for logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            SpawnStage::Setup => "setup",
-            SpawnStage::Exec => "exec",
-            SpawnStage::Agent => "agent",
-            SpawnStage::Refused => "refused",
+            StartStage::Setup => "setup",
+            StartStage::Exec => "exec",
+            StartStage::Agent => "agent",
+            StartStage::Refused => "refused",
         }
     }
 }
 
 /// Why a spawn failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SpawnError {
+pub struct StartFailure {
     /// The errno, 0 when there is none (e.g. a timeout).
     pub errno: i32,
     /// The stage.
-    pub stage: SpawnStage,
+    pub stage: StartStage,
 }
 
 /// What an operator (or the control plane) asks for one service.
@@ -100,7 +100,7 @@ pub enum Event {
     /// The requested process could not be created.
     SpawnFailed {
         service: ServiceId,
-        error: SpawnError,
+        error: StartFailure,
     },
     /// The service's process ended (pidfd readable and status read).
     Exited {

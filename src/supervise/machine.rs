@@ -1,7 +1,7 @@
 //! The supervisor: a fixed table of services driven by events, emitting actions.
 
 use super::action::{Action, ActionQueue, Reason, Transition};
-use super::event::{Command, Event, ExitStatus, Pid, SpawnError, SpawnStage, TimerToken};
+use super::event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
 use super::start_history::StartHistory;
 use super::status::{ServiceStatus, State};
@@ -348,14 +348,14 @@ impl Supervisor {
         &mut self,
         now: MonoTime,
         service: ServiceId,
-        error: SpawnError,
+        error: StartFailure,
     ) -> Result<(), Refusal> {
         let slot = self.slot_mut(service)?;
         if !slot.spawn_in_flight {
             return Err(Refusal::NoSpawnInFlight(service));
         }
         slot.spawn_in_flight = false;
-        if error.stage == SpawnStage::Agent {
+        if error.stage == StartStage::Agent {
             // The agent connection is gone: asking again before `AgentUp` would fail the same way.
             self.agent_up = false;
         }
@@ -572,7 +572,7 @@ impl Supervisor {
         let mut delay = slot.policy.restart_delay_at(slot.backoff_step);
         // (An agent-stage failure needs no floor: the service then waits for `AgentUp`, which
         // the shell paces with its reconnect backoff.)
-        if matches!(reason, Reason::SpawnFailed(e) if e.stage != SpawnStage::Agent) {
+        if matches!(reason, Reason::SpawnFailed(e) if e.stage != StartStage::Agent) {
             delay = delay.max(SPAWN_FAILED_DELAY_MIN);
         }
         slot.backoff_step = (slot.backoff_step + 1).min(BACKOFF_STEP_MAX);

@@ -14,7 +14,7 @@
 //! - keep one timer per service: `ArmTimer` replaces the armed one, `CancelTimer` disarms it,
 //!   and a `TimerFired` whose token is stale is ignored by the core;
 //! - when the agent connection is lost, report `AgentDown` and fail every QM spawn in flight
-//!   with `SpawnStage::Agent` (either order: such a failure also marks the agent down);
+//!   with `StartStage::Agent` (either order: such a failure also marks the agent down);
 //! - for a shutdown timeout, send `Event::Shutdown` a second time: everything still alive gets
 //!   SIGKILL at once, and `ShutdownComplete` follows the last exit;
 //! - after `Action::Removed` the slot may be reused by [`Supervisor::add`].
@@ -34,7 +34,7 @@ mod status;
 mod time;
 
 pub use action::{Action, Reason, Transition};
-pub use event::{Command, Event, ExitStatus, Pid, SpawnError, SpawnStage, TimerToken};
+pub use event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 pub use machine::{Refusal, ServiceId, Supervisor, SERVICES_MAX, SPAWN_FAILED_DELAY_MIN};
 pub use policy::{Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX};
 pub use status::{ServiceStatus, State};

@@ -7,5 +7,5 @@
 //!
 //! Both decoders are bounded, allocation-free and never panic; see `docs/wire.md`.
 
-pub mod legacy;
+pub mod v02;
 pub mod v1;

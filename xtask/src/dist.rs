@@ -66,11 +66,15 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
 pub fn build(root: &Path, arch: &str) -> Result<Vec<(String, PathBuf)>, Failure> {
     let triple = format!("{arch}-unknown-linux-musl");
     ensure_target(&triple)?;
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root)
-        .args(["build", "--release", "--target", &triple])
-        .args(["-p", "holden", "-p", "holden-agent"]);
-    run::status(cmd)?;
+    // Two builds: together, cargo would unify the library's features and compile the agent
+    // against the orchestrator's dependencies (toml, serde, io-uring), which it must not link.
+    for package in ["holden", "holden-agent"] {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(root)
+            .args(["build", "--release", "--target", &triple])
+            .args(["-p", package]);
+        run::status(cmd)?;
+    }
     let dir = target_dir(root).join(&triple).join("release");
     Ok(BINARIES
         .iter()

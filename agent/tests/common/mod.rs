@@ -419,7 +419,7 @@ impl V1Client {
                     "Error after Started: {error:?}"
                 );
                 if let Some(status) = exit_status(pidfd.as_fd()) {
-                    assert_eq!(status, holden::pidfd::ExitStatus::Exited(127));
+                    assert_eq!(status, holden::pidfd::WaitStatus::Exited(127));
                 }
                 Outcome::Error {
                     stage: error.stage,
@@ -530,7 +530,7 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
 
 /// Waits for the process behind `pidfd` to exit and be reaped, and returns
 /// its status from PIDFD_GET_INFO (6.15+); `None` where the kernel cannot say.
-pub fn exit_status(pidfd: BorrowedFd<'_>) -> Option<holden::pidfd::ExitStatus> {
+pub fn exit_status(pidfd: BorrowedFd<'_>) -> Option<holden::pidfd::WaitStatus> {
     assert!(poll_readable(pidfd, WAIT), "process did not exit");
     let deadline = Instant::now() + WAIT;
     loop {

@@ -3,7 +3,7 @@
 //! re-encodes to bytes that decode to the same frame.
 #![no_main]
 
-use holden::wire::legacy::{decode, decode_pidfd_marker, Decoded, FRAME_LEN_MAX};
+use holden::wire::v02::{decode, decode_pidfd_marker, Decoded, FRAME_LEN_MAX};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|stream: &[u8]| {

@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use holden::pidfd::send_signal;
-use holden::wire::legacy::{self, Decoded, Frame};
+use holden::wire::v02::{self, Decoded, Frame};
 
 use crate::fdpass::{self, Recv};
 use crate::limits::LEGACY_FRAMES_PER_WAKE_MAX;
@@ -68,7 +68,7 @@ impl Server {
     /// Handles every complete frame in `buf[..filled]`, keeps the rest.
     fn legacy_frames(&mut self, slot: usize, buf: &mut [u8], mut filled: usize) -> Next {
         for _ in 0..LEGACY_FRAMES_PER_WAKE_MAX {
-            let consumed = match legacy::decode(&buf[..filled]) {
+            let consumed = match v02::decode(&buf[..filled]) {
                 Ok(Decoded::NeedMore { .. }) => break,
                 Ok(Decoded::Done { value, consumed }) => {
                     if self.legacy_frame(slot, value) == Next::Close {
@@ -77,7 +77,7 @@ impl Server {
                     consumed
                 }
                 Err(error) => {
-                    let mut text = FixedBuf::<{ legacy::ERROR_TEXT_LEN_MAX }>::new();
+                    let mut text = FixedBuf::<{ v02::ERROR_TEXT_LEN_MAX }>::new();
                     let _ = write!(text, "holden-agent: {error}");
                     if let Some(conn) = self.conns[slot].as_ref() {
                         warning!("{}: refused: {error}; closing", conn.label());
@@ -99,12 +99,12 @@ impl Server {
         match frame {
             Frame::Ping => {
                 self.log_conn(slot, format_args!("ping -> pong"));
-                let len = legacy::encode_pong(&mut self.send_buf).unwrap_or(0);
+                let len = v02::encode_pong(&mut self.send_buf).unwrap_or(0);
                 self.legacy_send(slot, len, None)
             }
             Frame::Start(start) => {
                 if let Err(error) = fill_legacy(&mut self.spec, &start, &self.inherited) {
-                    let mut text = FixedBuf::<{ legacy::ERROR_TEXT_LEN_MAX }>::new();
+                    let mut text = FixedBuf::<{ v02::ERROR_TEXT_LEN_MAX }>::new();
                     let _ = write!(text, "holden-agent: {error}");
                     return self.legacy_error(slot, text.as_bytes());
                 }
@@ -116,9 +116,9 @@ impl Server {
             | Frame::Other { .. }
             | Frame::Unknown { .. } => {
                 let msg_type = match frame {
-                    Frame::Started { .. } => legacy::MessageType::ProcessStarted as u32,
-                    Frame::Error { .. } => legacy::MessageType::ProcessError as u32,
-                    Frame::Pong => legacy::MessageType::Pong as u32,
+                    Frame::Started { .. } => v02::MessageType::ProcessStarted as u32,
+                    Frame::Error { .. } => v02::MessageType::ProcessError as u32,
+                    Frame::Pong => v02::MessageType::Pong as u32,
                     Frame::Other { msg_type, .. } => msg_type as u32,
                     Frame::Unknown { msg_type, .. } => msg_type,
                     Frame::Ping | Frame::Start(_) => 0,
@@ -127,8 +127,7 @@ impl Server {
                     slot,
                     format_args!("message type {msg_type} -> unknown message type"),
                 );
-                let len =
-                    legacy::encode_unknown_type_error(&mut self.send_buf, msg_type).unwrap_or(0);
+                let len = v02::encode_unknown_type_error(&mut self.send_buf, msg_type).unwrap_or(0);
                 self.legacy_send(slot, len, None)
             }
         }
@@ -146,10 +145,10 @@ impl Server {
             Ok(spawned) => {
                 let pid = spawned.pid;
                 self.log_conn(slot, format_args!("{} -> started pid {pid}", what.as_str()));
-                let len = legacy::encode_started(&mut self.send_buf, pid, pid).unwrap_or(0);
+                let len = v02::encode_started(&mut self.send_buf, pid, pid).unwrap_or(0);
                 let mut next = self.legacy_send(slot, len, None);
                 if next == Next::Keep {
-                    let len = legacy::encode_pidfd_marker(&mut self.send_buf).unwrap_or(0);
+                    let len = v02::encode_pidfd_marker(&mut self.send_buf).unwrap_or(0);
                     next = self.legacy_send(slot, len, Some(spawned.pidfd.as_fd()));
                 }
                 if next == Next::Close {
@@ -163,7 +162,7 @@ impl Server {
             }
             Err(error) => {
                 let errno = error.errno;
-                let mut text = FixedBuf::<{ legacy::ERROR_TEXT_LEN_MAX }>::new();
+                let mut text = FixedBuf::<{ v02::ERROR_TEXT_LEN_MAX }>::new();
                 let _ = write!(
                     text,
                     "{} \"{}\": {} (errno {errno})",
@@ -187,7 +186,7 @@ impl Server {
 
     /// Replies PROCESS_ERROR and keeps the connection.
     fn legacy_error(&mut self, slot: usize, text: &[u8]) -> Next {
-        let len = legacy::encode_error(&mut self.send_buf, text).unwrap_or(0);
+        let len = v02::encode_error(&mut self.send_buf, text).unwrap_or(0);
         self.legacy_send(slot, len, None)
     }
 

@@ -1,9 +1,11 @@
-//! One line per event on stderr, with a journald priority prefix (`<3>` … `<7>`).
+//! The one logger of holden's binaries: one line per event on stderr, with a journald priority
+//! prefix (`<3>` … `<7>`), and the fixed-size text helpers the lines are built with.
 //!
 //! systemd's journal reads the `<N>` prefix of each stderr line as the syslog priority
 //! (`SyslogLevelPrefix=yes`, the default). Lines are formatted into a fixed stack buffer and
 //! written with one `write(2)`, so logging allocates nothing and lines from one process never
-//! interleave. A line longer than [`LINE_BYTES_MAX`] is cut and ends in `...`.
+//! interleave. A line longer than [`LINE_BYTES_MAX`] is cut and ends in `...`. The orchestrator
+//! writes bare lines; the agent tags each with `holden-agent: ` ([`Logger::with_tag`]).
 
 use std::fmt::{self, Write as _};
 use std::os::fd::RawFd;
@@ -46,16 +48,23 @@ impl Priority {
 pub struct Logger {
     fd: RawFd,
     max: Priority,
+    /// Written after the priority prefix of every line.
+    tag: &'static str,
 }
 
 impl Logger {
     /// A logger that writes lines at `max` priority or more important to `fd`.
-    pub fn new(fd: RawFd, max: Priority) -> Logger {
-        Logger { fd, max }
+    pub const fn new(fd: RawFd, max: Priority) -> Logger {
+        Logger { fd, max, tag: "" }
+    }
+
+    /// The same logger with `tag` after every line's priority prefix.
+    pub const fn with_tag(self, tag: &'static str) -> Logger {
+        Logger { tag, ..self }
     }
 
     /// A logger on stderr.
-    pub fn stderr(max: Priority) -> Logger {
+    pub const fn stderr(max: Priority) -> Logger {
         Logger::new(libc::STDERR_FILENO, max)
     }
 
@@ -75,7 +84,7 @@ impl Logger {
             return;
         }
         let mut line = LineBuf::new();
-        let _ = write!(line, "<{}>", priority as u8);
+        let _ = write!(line, "<{}>{}", priority as u8, self.tag);
         let _ = line.write_fmt(args);
         let bytes = line.finish();
         write_all(self.fd, bytes);
@@ -144,14 +153,83 @@ impl fmt::Write for LineBuf {
     }
 }
 
-/// Writes `bytes` as text safe for one log line: printable ASCII as is, everything else as
-/// `\xNN`. Used for argv and messages that came from outside.
+/// A fixed-capacity byte buffer implementing `fmt::Write`; writes beyond the
+/// capacity are dropped and remembered as truncation.
+pub struct FixedBuf<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+    truncated: bool,
+}
+
+impl<const N: usize> FixedBuf<N> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        FixedBuf {
+            bytes: [0; N],
+            len: 0,
+            truncated: false,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The valid UTF-8 prefix (all of it when only `fmt::Write` filled it,
+    /// unless a cut fell inside a character).
+    pub fn as_str(&self) -> &str {
+        let bytes = self.as_bytes();
+        match std::str::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Appends raw bytes, as many as fit.
+    pub fn push_bytes(&mut self, data: &[u8]) {
+        let room = N - self.len;
+        let take = data.len().min(room);
+        self.bytes[self.len..self.len + take].copy_from_slice(&data[..take]);
+        self.len += take;
+        if take < data.len() {
+            self.truncated = true;
+        }
+    }
+
+    /// Shortens the buffer to `len` bytes (no-op if already shorter).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+impl<const N: usize> fmt::Write for FixedBuf<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Writes `bytes` as text safe for one log line and for a `key="value"` field: printable
+/// ASCII as is, everything else (and `\\` and `"`) as `\xNN`. Used for argv and messages
+/// that came from outside.
 pub struct Escaped<'a>(pub &'a [u8]);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for &b in self.0 {
-            if (0x20..0x7f).contains(&b) && b != b'\\' {
+            if (0x20..0x7f).contains(&b) && b != b'\\' && b != b'"' {
                 f.write_char(b as char)?;
             } else {
                 write!(f, "\\x{b:02x}")?;
@@ -162,15 +240,6 @@ impl fmt::Display for Escaped<'_> {
 }
 
 pub use crate::sys::errno::ErrnoText;
-
-/// `log!(logger, Priority::Info, "service={} ...", ...)`.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! orch_log {
-    ($logger:expr, $prio:expr, $($arg:tt)*) => {
-        $logger.line($prio, format_args!($($arg)*))
-    };
-}
 
 #[cfg(test)]
 mod tests {
@@ -205,6 +274,7 @@ mod tests {
     #[test]
     fn escapes_outside_bytes() {
         assert_eq!(Escaped(b"a b\n\xff\\").to_string(), "a b\\x0a\\xff\\x5c");
+        assert_eq!(Escaped(b"say \"hi\"").to_string(), "say \\x22hi\\x22");
         assert_eq!(Priority::parse("warn"), Some(Priority::Warning));
         assert_eq!(Priority::parse("loud"), None);
     }

@@ -1,7 +1,7 @@
 //! Legacy v0.2 codec: golden layout, stream decoding (need-more vs frame), length rules,
 //! limits, every error variant, round trips and never-panics properties.
 
-use holden::wire::legacy::{
+use holden::wire::v02::{
     decode, decode_pidfd_marker, encode_error, encode_pidfd_marker, encode_ping, encode_pong,
     encode_raw, encode_start, encode_started, encode_unknown_type_error, DecodeError, Decoded,
     EncodeError, Frame, MessageType, OwnedFrame, StringField, ARGV_COUNT_MAX, ARG_COUNT_OFFSET,

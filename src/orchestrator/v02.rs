@@ -12,15 +12,15 @@
 //! flight fails, QM services wait) and the link probes again with backoff.
 
 use super::event_loop::Orchestrator;
-use super::log::{ErrnoText, Escaped, Priority};
-use crate::supervise::{Event, ServiceId, SpawnError, SpawnStage};
-use crate::wire::legacy::{self, Decoded, Frame};
+use crate::log::{ErrnoText, Escaped, Priority};
+use crate::supervise::{Event, ServiceId, StartFailure, StartStage};
+use crate::wire::v02::{self, Decoded, Frame};
 use ring::{Completion, OpTag};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 /// Longest reply we accept: PROCESS_ERROR (8 + 512) and the marker byte.
-pub(crate) const LEGACY_REPLY_BYTES_MAX: usize = legacy::HEADER_LEN + legacy::ERROR_PAYLOAD_LEN + 1;
+pub(crate) const LEGACY_REPLY_BYTES_MAX: usize = v02::HEADER_LEN + v02::ERROR_PAYLOAD_LEN + 1;
 
 /// One in-flight v0.2 request of a service.
 pub(crate) struct LegacyConn {
@@ -88,16 +88,16 @@ impl Orchestrator {
                 self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                 self.push_event(Event::SpawnFailed {
                     service,
-                    error: SpawnError {
+                    error: StartFailure {
                         errno,
-                        stage: SpawnStage::Agent,
+                        stage: StartStage::Agent,
                     },
                 });
                 self.legacy_down(format_args!("connect: {}", ErrnoText(errno)));
                 return;
             }
         };
-        let len = match legacy::encode_start(&mut self.agent.tx, &self.services[index].def.argv) {
+        let len = match v02::encode_start(&mut self.agent.tx, &self.services[index].def.argv) {
             Ok(len) => len,
             Err(e) => {
                 self.log.line(
@@ -107,9 +107,9 @@ impl Orchestrator {
                 self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                 self.push_event(Event::SpawnFailed {
                     service,
-                    error: SpawnError {
+                    error: StartFailure {
                         errno: libc::E2BIG,
-                        stage: SpawnStage::Setup,
+                        stage: StartStage::Setup,
                     },
                 });
                 return;
@@ -134,9 +134,9 @@ impl Orchestrator {
         if let Err(e) = queued {
             self.legacy_finish(
                 index,
-                Some(SpawnError {
+                Some(StartFailure {
                     errno: libc::EIO,
-                    stage: SpawnStage::Agent,
+                    stage: StartStage::Agent,
                 }),
             );
             self.log.line(
@@ -149,7 +149,7 @@ impl Orchestrator {
     }
 
     /// Closes the service's v0.2 connection; with `failure`, answers its request with it.
-    fn legacy_finish(&mut self, index: usize, failure: Option<SpawnError>) {
+    fn legacy_finish(&mut self, index: usize, failure: Option<StartFailure>) {
         let rt = &mut self.services[index];
         if self.ring.is_pending(rt.slot, OpTag::SendMsg) {
             let _ = self.ring.cancel_op(rt.slot, OpTag::SendMsg);
@@ -185,9 +185,9 @@ impl Orchestrator {
             if self.services[index].legacy.fd.is_some() || self.services[index].request.is_some() {
                 self.legacy_finish(
                     index,
-                    Some(SpawnError {
+                    Some(StartFailure {
                         errno: libc::ECONNRESET,
-                        stage: SpawnStage::Agent,
+                        stage: StartStage::Agent,
                     }),
                 );
             }
@@ -246,9 +246,9 @@ impl Orchestrator {
                                 self.log.line(Priority::Err, format_args!("event=agent-request-failed protocol=v0.2 error=\"ring: {e}\""));
                                 self.legacy_finish(
                                     index,
-                                    Some(SpawnError {
+                                    Some(StartFailure {
                                         errno: libc::EIO,
-                                        stage: SpawnStage::Agent,
+                                        stage: StartStage::Agent,
                                     }),
                                 );
                             }
@@ -267,9 +267,9 @@ impl Orchestrator {
                         }
                         self.legacy_finish(
                             index,
-                            Some(SpawnError {
+                            Some(StartFailure {
                                 errno: libc::EBADMSG,
-                                stage: SpawnStage::Refused,
+                                stage: StartStage::Refused,
                             }),
                         );
                         self.legacy_down(format_args!("misbehaved"));
@@ -300,7 +300,7 @@ impl Orchestrator {
             let buf = &conn.rx[..conn.len];
             if let Some((host_pid, container_pid)) = conn.started {
                 // After PROCESS_STARTED only the marker byte with the pidfd may come.
-                match legacy::decode_pidfd_marker(buf) {
+                match v02::decode_pidfd_marker(buf) {
                     Ok(Decoded::NeedMore { .. }) => {
                         return if pidfd.is_some() {
                             Err(Failure::Violation(
@@ -325,7 +325,7 @@ impl Orchestrator {
                     Err(_) => return Err(Failure::Violation("bad pidfd marker byte")),
                 }
             }
-            match legacy::decode(buf) {
+            match v02::decode(buf) {
                 Ok(Decoded::NeedMore { .. }) => {
                     return if pidfd.is_some() {
                         Err(Failure::Violation("file descriptor before PROCESS_STARTED"))
@@ -354,9 +354,9 @@ impl Orchestrator {
                             );
                             self.legacy_finish(
                                 index,
-                                Some(SpawnError {
+                                Some(StartFailure {
                                     errno: 0,
-                                    stage: SpawnStage::Exec,
+                                    stage: StartStage::Exec,
                                 }),
                             );
                             self.agent.mark_healthy();

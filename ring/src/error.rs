@@ -67,7 +67,8 @@ impl std::error::Error for Full {}
 pub enum OpError {
     /// The slot id is stale (the slot was removed, maybe reused) or was never valid.
     Stale,
-    /// An operation of this kind is already outstanding on this slot (at most one per tag).
+    /// An operation of this kind is already outstanding on this slot (at most one per tag);
+    /// from [`crate::Ring::detach`]: this operation still names the slot's fd.
     Busy(OpTag),
     /// The slot was removed and is waiting for its last completions.
     Removed,
@@ -85,6 +86,11 @@ pub enum OpError {
     /// RECVMSG, SENDMSG or READ on a bare slot ([`crate::Ring::insert_bare`]), which owns no
     /// buffers.
     NoBuffers(OpTag),
+    /// An operation on a file, or [`crate::Ring::detach`], on a slot without an attached fd
+    /// ([`crate::Ring::attach`]).
+    NoFd,
+    /// [`crate::Ring::attach`] on a slot that already owns an fd (a slot owns at most one).
+    FdAttached,
 }
 
 impl fmt::Display for OpError {
@@ -109,6 +115,11 @@ impl fmt::Display for OpError {
             OpError::NoBuffers(tag) => {
                 write!(f, "ring: {tag:?} needs a buffered slot (this one is bare)")
             }
+            OpError::NoFd => write!(f, "ring: the slot has no fd attached (Ring::attach)"),
+            OpError::FdAttached => write!(
+                f,
+                "ring: the slot already owns an fd (detach it first, or use another slot)"
+            ),
         }
     }
 }

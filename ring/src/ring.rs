@@ -1,6 +1,6 @@
 //! The ring: slots, operations, completions.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::time::Duration;
 
@@ -73,10 +73,17 @@ impl OpTag {
         OpTag::ALL.get(value as usize).copied()
     }
 
-    fn bit(self) -> u8 {
+    const fn bit(self) -> u8 {
         1 << self as u8
     }
 }
+
+/// The operations whose entry names the slot's attached fd (all but `Timeout`).
+const FD_OPS: u8 = OpTag::Poll.bit()
+    | OpTag::RecvMsg.bit()
+    | OpTag::SendMsg.bit()
+    | OpTag::Accept.bit()
+    | OpTag::Read.bit();
 
 /// When a timeout fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +145,10 @@ struct SlotState {
     /// was still outstanding; issued when that one completes (at most one per kind in flight).
     cancel_again: u8,
     removed: bool,
+    /// The file the slot's operations act on ([`Ring::attach`]). Its number is in the entries
+    /// of the outstanding `FD_OPS`, so it is closed only with the state: when the slot is freed
+    /// (every completion arrived) or the ring is dropped.
+    fd: Option<OwnedFd>,
     /// The buffer set this slot owns (`None`: a bare slot).
     buffers: Option<u32>,
     recv_bytes: u32,
@@ -149,9 +160,23 @@ struct SlotState {
     send_fd: Option<OwnedFd>,
 }
 
+impl SlotState {
+    /// Forgets (never closes) the fds whose numbers an outstanding operation still names: for
+    /// a ring whose operations may outlive it.
+    fn leak_fds_in_use(&mut self) {
+        if self.pending & FD_OPS != 0 {
+            std::mem::forget(self.fd.take());
+        }
+        if self.pending & OpTag::SendMsg.bit() != 0 {
+            std::mem::forget(self.send_fd.take());
+        }
+    }
+}
+
 /// One io_uring instance with a fixed slab of slots. See `docs/ring.md`.
 pub struct Ring {
-    // Field order matters for Drop: the io_uring closes before the arena is freed.
+    // Field order matters for Drop: the io_uring closes (nothing more can be submitted) before
+    // the arena is freed and before the slots, with their fds, are dropped.
     uring: IoUring,
     arena: Option<Arena>,
     slots: Slab<SlotState>,
@@ -258,8 +283,9 @@ impl Ring {
     }
 
     /// Gives the slot up. Outstanding operations are cancelled; the slot returns to the free
-    /// list only when all their completions arrived (its buffers stay valid until then), and
-    /// none of them is delivered. Fds held by the slot are closed.
+    /// list only when all their completions arrived (its buffers stay valid and its attached fd
+    /// open until then), and none of them is delivered. Received and accepted fds not taken are
+    /// closed now; the attached fd when the slot is freed (at once if nothing is outstanding).
     pub fn remove(&mut self, id: SlotId) -> Result<(), OpError> {
         self.live(id)?;
         let index = id.index;
@@ -270,6 +296,39 @@ impl Ring {
         let result = self.cancel_pending(index, id.generation, u8::MAX);
         self.free_if_idle(index);
         result
+    }
+
+    /// Gives the slot its file: `poll_add`, `recvmsg`, `sendmsg`, `accept` and `read` act on
+    /// it. The slot owns it from now on: it is closed when the slot is freed after
+    /// [`Ring::remove`] (never while an operation naming it is outstanding), or handed back by
+    /// [`Ring::detach`]. On error (`Stale`, `Removed`, `FdAttached`) `fd` is closed.
+    pub fn attach(&mut self, id: SlotId, fd: OwnedFd) -> Result<(), OpError> {
+        self.live(id)?;
+        let state = &mut self.slots[id.index as usize];
+        if state.fd.is_some() {
+            return Err(OpError::FdAttached);
+        }
+        state.fd = Some(fd);
+        Ok(())
+    }
+
+    /// The slot's attached fd, for the owner's own system calls (`waitid` on a pidfd, `send`
+    /// on a socket ...); `None` for a stale or removed id or a slot without one.
+    pub fn fd(&self, id: SlotId) -> Option<BorrowedFd<'_>> {
+        self.state(id)?.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Hands the attached fd back. Refused with `Busy(tag)` while an operation that names it
+    /// (anything but `Timeout`) is outstanding, queued or in the kernel: cancel it and wait for
+    /// its completion first. `NoFd` when the slot has none.
+    pub fn detach(&mut self, id: SlotId) -> Result<OwnedFd, OpError> {
+        self.live(id)?;
+        let state = &mut self.slots[id.index as usize];
+        let in_use = state.pending & FD_OPS;
+        if let Some(op) = OpTag::ALL.into_iter().find(|op| in_use & op.bit() != 0) {
+            return Err(OpError::Busy(op));
+        }
+        state.fd.take().ok_or(OpError::NoFd)
     }
 
     /// Cancels every outstanding operation of the slot. Each yields exactly one completion
@@ -290,19 +349,20 @@ impl Ring {
         self.state(id).is_some_and(|s| s.pending & op.bit() != 0)
     }
 
-    /// One-shot poll of `fd` for `events` (`libc::POLLIN` ...). The kernel takes its own
-    /// reference to the file at the next submit; keep `fd` open at least until then.
-    pub fn poll_add(&mut self, id: SlotId, fd: BorrowedFd<'_>, events: u32) -> Result<(), OpError> {
+    /// One-shot poll of the slot's fd for `events` (`libc::POLLIN` ...).
+    pub fn poll_add(&mut self, id: SlotId, events: u32) -> Result<(), OpError> {
         self.begin(id, OpTag::Poll)?;
-        let sqe = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), events).build();
+        let fd = self.attached(id)?;
+        let sqe = opcode::PollAdd::new(fd, events).build();
         self.queue(id, OpTag::Poll, sqe)
     }
 
-    /// Receives one message into the slot's receive buffer, with room for
+    /// Receives one message from the slot's fd into its receive buffer, with room for
     /// `Limits::fds_per_msg_max` fds (MSG_CMSG_CLOEXEC). Fds not yet taken from the previous
     /// receive are closed.
-    pub fn recvmsg(&mut self, id: SlotId, fd: BorrowedFd<'_>) -> Result<(), OpError> {
+    pub fn recvmsg(&mut self, id: SlotId) -> Result<(), OpError> {
         let set = self.begin_buffered(id, OpTag::RecvMsg)?;
+        let fd = self.attached(id)?;
         let index = id.index;
         let recv_len = self.limits.recv_len as usize;
         let arena = self.arena();
@@ -332,19 +392,19 @@ impl Ring {
         state.fds = ReceivedFds::default();
         state.recv_bytes = 0;
         state.recv_flags = 0;
-        let sqe = opcode::RecvMsg::new(types::Fd(fd.as_raw_fd()), msg)
+        let sqe = opcode::RecvMsg::new(fd, msg)
             .flags(libc::MSG_CMSG_CLOEXEC as u32)
             .build();
         self.queue(id, OpTag::RecvMsg, sqe)
     }
 
-    /// Sends `data` (copied into the slot's send buffer) as one message, passing a duplicate of
-    /// `pass_fd` in SCM_RIGHTS if given (the duplicate is closed when the send completed).
-    /// MSG_NOSIGNAL: a closed peer yields `Err(EPIPE)`, not SIGPIPE.
+    /// Sends `data` (copied into the slot's send buffer) as one message on the slot's fd,
+    /// passing a duplicate of `pass_fd` in SCM_RIGHTS if given (made now, owned by the slot,
+    /// closed when the send completed). MSG_NOSIGNAL: a closed peer yields `Err(EPIPE)`, not
+    /// SIGPIPE.
     pub fn sendmsg(
         &mut self,
         id: SlotId,
-        fd: BorrowedFd<'_>,
         data: &[u8],
         pass_fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), OpError> {
@@ -355,6 +415,7 @@ impl Ring {
                 send_len: self.limits.send_len,
             });
         }
+        let fd = self.attached(id)?;
         let dup = match pass_fd {
             Some(pass) => Some(dup_cloexec(pass).map_err(OpError::DupFd)?),
             None => None,
@@ -369,29 +430,32 @@ impl Ring {
         // (checked above); all pointers lie in the arena, which outlives every operation.
         let msg = unsafe { write_send_msg(headers, buf, data, raw_dup) };
         self.slots[index as usize].send_fd = dup;
-        let sqe = opcode::SendMsg::new(types::Fd(fd.as_raw_fd()), msg)
+        let sqe = opcode::SendMsg::new(fd, msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build();
         self.queue(id, OpTag::SendMsg, sqe)
     }
 
-    /// Accepts one connection on a listening socket (SOCK_CLOEXEC). An accepted fd not yet
-    /// taken from the previous accept is closed.
-    pub fn accept(&mut self, id: SlotId, fd: BorrowedFd<'_>) -> Result<(), OpError> {
+    /// Accepts one connection on the slot's fd, a listening socket (SOCK_CLOEXEC). An accepted
+    /// fd not yet taken from the previous accept is closed.
+    pub fn accept(&mut self, id: SlotId) -> Result<(), OpError> {
         self.begin(id, OpTag::Accept)?;
+        let fd = self.attached(id)?;
         self.slots[id.index as usize].accepted = None;
-        let sqe = opcode::Accept::new(types::Fd(fd.as_raw_fd()), ptr::null_mut(), ptr::null_mut())
+        let sqe = opcode::Accept::new(fd, ptr::null_mut(), ptr::null_mut())
             .flags(libc::SOCK_CLOEXEC)
             .build();
         self.queue(id, OpTag::Accept, sqe)
     }
 
-    /// Reads up to `Limits::read_len` bytes (at the file position) into the slot's read buffer.
-    pub fn read(&mut self, id: SlotId, fd: BorrowedFd<'_>) -> Result<(), OpError> {
+    /// Reads up to `Limits::read_len` bytes from the slot's fd (at the file position) into its
+    /// read buffer.
+    pub fn read(&mut self, id: SlotId) -> Result<(), OpError> {
         let set = self.begin_buffered(id, OpTag::Read)?;
+        let fd = self.attached(id)?;
         self.slots[id.index as usize].read_bytes = 0;
         let buf = self.arena().read_buf(set);
-        let sqe = opcode::Read::new(types::Fd(fd.as_raw_fd()), buf, self.limits.read_len)
+        let sqe = opcode::Read::new(fd, buf, self.limits.read_len)
             .offset(u64::MAX)
             .build();
         self.queue(id, OpTag::Read, sqe)
@@ -557,6 +621,14 @@ impl Ring {
         Ok(())
     }
 
+    /// The number of the slot's attached fd, for an entry. Sound to put in an entry because the
+    /// slot keeps the fd open until that entry's completion: `detach` refuses while an FD_OPS
+    /// operation is outstanding and a removed slot drops its state only when idle.
+    fn attached(&self, id: SlotId) -> Result<types::Fd, OpError> {
+        let fd = self.slots[id.index as usize].fd.as_ref();
+        fd.map(|fd| types::Fd(fd.as_raw_fd())).ok_or(OpError::NoFd)
+    }
+
     /// [`Ring::begin`] for an operation that needs the slot's buffer set; returns its index.
     fn begin_buffered(&self, id: SlotId, op: OpTag) -> Result<u32, OpError> {
         self.begin(id, op)?;
@@ -619,8 +691,9 @@ impl Ring {
     fn push(&mut self, sqe: squeue::Entry) -> Result<(), Errno> {
         for _ in 0..=ENTER_EINTR_RETRIES_MAX {
             // SAFETY: every pointer in a ring-built entry points into the arena, which lives
-            // until every operation completed (see Drop); fds are the caller's, borrowed for
-            // the call, and the kernel takes its own reference at submission.
+            // until every operation completed (see Drop); every fd number in an entry belongs
+            // to an fd the slot owns until that operation's completion (see `attached`, and
+            // `send_fd` for the SCM_RIGHTS one), so it cannot name another file meanwhile.
             if unsafe { self.uring.submission().push(&sqe) }.is_ok() {
                 self.in_flight += 1;
                 return Ok(());
@@ -768,14 +841,18 @@ impl Ring {
         self.stats.fds_closed += closed as u64;
     }
 
+    /// Frees a removed slot once nothing of it is in flight; dropping its state closes its
+    /// attached fd (the deferred close of `remove`).
     fn free_if_idle(&mut self, index: u32) {
         let state = &self.slots[index as usize];
         if state.removed && state.pending == 0 && state.cancelling == 0 {
-            if let Some(set) = self.slots.remove(index as usize).buffers {
+            let state = self.slots.remove(index as usize);
+            if let Some(set) = state.buffers {
                 // Never grows: the list held every set at construction and this one left it.
                 debug_assert!(self.free_buffers.len() < self.free_buffers.capacity());
                 self.free_buffers.push(set);
             }
+            drop(state);
             let generation = &mut self.generations[index as usize];
             *generation = generation.wrapping_add(1) & GENERATION_MASK;
         }
@@ -810,9 +887,14 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         if !self.drain_for_drop() {
-            // The kernel may still write into the buffers: never free them.
+            // The kernel may still write into the buffers: never free them. Nor close the fds
+            // whose numbers outstanding operations name (a retried SENDMSG, for one, looks its
+            // SCM_RIGHTS number up again); the rest close with the slab.
             if let Some(arena) = self.arena.take() {
                 arena.leak();
+            }
+            for (_, state) in self.slots.iter_mut() {
+                state.leak_fds_in_use();
             }
         }
     }

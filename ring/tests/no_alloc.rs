@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use common::*;
-use ring::{Errno, Limits, OpTag, Ring, Timeout};
+use ring::{Errno, Limits, OpError, OpTag, Ring, Timeout};
 
 struct Counting;
 
@@ -107,6 +107,7 @@ fn connect(addr: &libc::sockaddr_un, len: libc::socklen_t) -> OwnedFd {
 #[test]
 fn no_allocation_after_construction_across_every_op_kind() {
     let _guard = FD_TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let fd_count_before = open_fd_count();
     let name = format!("holden-ring-noalloc-{}", std::process::id());
     let (listen, addr, addr_len) = listener(name.as_bytes());
     let (a, b) = seqpacket_pair();
@@ -114,22 +115,29 @@ fn no_allocation_after_construction_across_every_op_kind() {
     signal_eventfd(&ready); // stays readable: polls complete at once
     let idle = eventfd(); // never signalled: polls only end by cancel
     let passed = eventfd();
-    let fd_count_before = open_fd_count();
     let mut ring = Ring::new(Limits {
-        slots: 8,
-        buffered_slots: 8,
+        slots: 16,
+        buffered_slots: 16,
         ..Limits::small()
     })
     .unwrap();
+    // The fds go back and forth between the test and fresh slots: attach, detach, attach ...
+    let mut fds = [Some(ready), Some(idle), Some(a), Some(b), Some(listen)];
+    const READY: usize = 0;
+    const IDLE: usize = 1;
+    const A: usize = 2;
+    const B: usize = 3;
+    const LISTEN: usize = 4;
 
     let start = allocations();
     for cycle in 0..CYCLES {
         let id = ring.insert().unwrap();
         // POLL_ADD
-        ring.poll_add(id, ready.as_fd(), libc::POLLIN as u32)
-            .unwrap();
+        ring.attach(id, fds[READY].take().unwrap()).unwrap();
+        ring.poll_add(id, libc::POLLIN as u32).unwrap();
         assert!(one(&mut ring, OpTag::Poll).unwrap() & libc::POLLIN as u32 != 0);
-        // TIMEOUT (relative 0 and absolute now)
+        fds[READY] = Some(ring.detach(id).unwrap());
+        // TIMEOUT (relative 0 and absolute now), on a slot without an fd
         let when = if cycle % 2 == 0 {
             Timeout::After(Duration::ZERO)
         } else {
@@ -137,14 +145,17 @@ fn no_allocation_after_construction_across_every_op_kind() {
         };
         ring.timeout(id, when).unwrap();
         assert_eq!(one(&mut ring, OpTag::Timeout), Ok(0));
-        // SENDMSG with an fd + RECVMSG
-        ring.recvmsg(id, b.as_fd()).unwrap();
-        ring.sendmsg(id, a.as_fd(), b"frame", Some(passed.as_fd()))
-            .unwrap();
+        // SENDMSG with an fd + RECVMSG, each on a slot of its own
+        let (tx, rx) = (ring.insert().unwrap(), ring.insert().unwrap());
+        ring.attach(tx, fds[A].take().unwrap()).unwrap();
+        ring.attach(rx, fds[B].take().unwrap()).unwrap();
+        ring.recvmsg(rx).unwrap();
+        ring.sendmsg(tx, b"frame", Some(passed.as_fd())).unwrap();
         let mut results = [None, None];
         for _ in 0..2 {
             for _ in 0..WAIT_ROUNDS_MAX {
                 if let Some(c) = ring.next_completion() {
+                    assert_eq!(c.slot, if c.op == OpTag::RecvMsg { rx } else { tx });
                     results[(c.op == OpTag::RecvMsg) as usize] = Some(c.result);
                     break;
                 }
@@ -152,28 +163,43 @@ fn no_allocation_after_construction_across_every_op_kind() {
             }
         }
         assert_eq!(results, [Some(Ok(5)), Some(Ok(5))]);
-        assert_eq!(ring.received(id), Some(&b"frame"[..]));
-        let fds = ring.take_fds(id);
-        assert_eq!(fds.fds.len(), 1);
-        drop(fds);
+        assert_eq!(ring.received(rx), Some(&b"frame"[..]));
+        let received = ring.take_fds(rx);
+        assert_eq!(received.fds.len(), 1);
+        drop(received);
+        fds[A] = Some(ring.detach(tx).unwrap());
+        fds[B] = Some(ring.detach(rx).unwrap());
+        ring.remove(tx).unwrap();
+        ring.remove(rx).unwrap();
         // ACCEPT
-        ring.accept(id, listen.as_fd()).unwrap();
+        let listening = ring.insert().unwrap();
+        ring.attach(listening, fds[LISTEN].take().unwrap()).unwrap();
+        ring.accept(listening).unwrap();
         let client = connect(&addr, addr_len);
         assert!(one(&mut ring, OpTag::Accept).is_ok());
-        let conn = ring.take_accepted(id).unwrap();
-        // READ
+        let conn = ring.take_accepted(listening).unwrap();
+        fds[LISTEN] = Some(ring.detach(listening).unwrap());
+        ring.remove(listening).unwrap();
+        // READ on the accepted connection, owned by its slot
+        let reader = ring.insert().unwrap();
+        ring.attach(reader, conn).unwrap();
         // SAFETY: send from a static buffer.
         let sent = unsafe { libc::send(client.as_raw_fd(), b"r".as_ptr().cast(), 1, 0) };
         assert_eq!(sent, 1);
-        ring.read(id, conn.as_fd()).unwrap();
+        ring.read(reader).unwrap();
         assert_eq!(one(&mut ring, OpTag::Read), Ok(1));
-        assert_eq!(ring.read_data(id), Some(&b"r"[..]));
-        drop((client, conn));
+        assert_eq!(ring.read_data(reader), Some(&b"r"[..]));
+        // REMOVE with a READ outstanding: the connection closes when its cancel completed
+        ring.read(reader).unwrap();
+        ring.remove(reader).unwrap();
+        drop(client);
         // CANCEL of an outstanding poll
-        ring.poll_add(id, idle.as_fd(), libc::POLLIN as u32)
-            .unwrap();
+        ring.attach(id, fds[IDLE].take().unwrap()).unwrap();
+        ring.poll_add(id, libc::POLLIN as u32).unwrap();
         ring.cancel(id).unwrap();
+        assert_eq!(ring.detach(id).err(), Some(OpError::Busy(OpTag::Poll)));
         assert_eq!(one(&mut ring, OpTag::Poll), Err(Errno::CANCELED));
+        fds[IDLE] = Some(ring.detach(id).unwrap());
         // REMOVE with an outstanding timeout (cancel inside, completion swallowed)
         ring.timeout(id, Timeout::After(Duration::from_secs(3600)))
             .unwrap();
@@ -191,6 +217,7 @@ fn no_allocation_after_construction_across_every_op_kind() {
     assert_eq!(ring.in_flight(), 0);
     assert!(ring.is_empty());
     drop(ring);
+    drop((fds, passed));
     assert_eq!(open_fd_count(), fd_count_before, "fds leaked");
 }
 

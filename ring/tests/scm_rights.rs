@@ -72,8 +72,10 @@ fn one_fd_round_trip_through_the_ring() {
     let passed = eventfd();
     let sender = ring.insert().unwrap();
     let receiver = ring.insert().unwrap();
-    ring.recvmsg(receiver, b.as_fd()).unwrap();
-    ring.sendmsg(sender, a.as_fd(), b"x-with-pidfd", Some(passed.as_fd()))
+    ring.attach(sender, a).unwrap();
+    ring.attach(receiver, b).unwrap();
+    ring.recvmsg(receiver).unwrap();
+    ring.sendmsg(sender, b"x-with-pidfd", Some(passed.as_fd()))
         .unwrap();
     let mut seen = [false; 2];
     for _ in 0..2 {
@@ -111,7 +113,8 @@ fn several_fds_arrive_in_order() {
     let passed = [eventfd(), eventfd(), eventfd()];
     let raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
     let id = ring.insert().unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.attach(id, b).unwrap();
+    ring.recvmsg(id).unwrap();
     send_with_fds(&a, b"three", &raw);
     let c = next(&mut ring);
     assert_eq!((c.op, c.result), (OpTag::RecvMsg, Ok(5)));
@@ -137,8 +140,9 @@ fn ctrunc_reports_truncation_and_leaks_nothing() {
     ];
     let raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
     let id = ring.insert().unwrap();
+    ring.attach(id, b).unwrap();
     let before = open_fd_count();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.recvmsg(id).unwrap();
     send_with_fds(&a, b"six", &raw);
     let c = next(&mut ring);
     assert_eq!((c.op, c.result), (OpTag::RecvMsg, Ok(3)));
@@ -167,8 +171,9 @@ fn more_fds_than_the_limit_but_within_the_space_are_closed() {
     let passed = [eventfd(), eventfd()];
     let raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
     let id = ring.insert().unwrap();
+    ring.attach(id, b).unwrap();
     let before = open_fd_count();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.recvmsg(id).unwrap();
     send_with_fds(&a, b"2", &raw);
     next(&mut ring);
     let fds = ring.take_fds(id);
@@ -184,15 +189,17 @@ fn untaken_fds_are_closed_by_the_next_receive_and_by_remove() {
     let (a, b) = seqpacket_pair();
     let passed = eventfd();
     let id = ring.insert().unwrap();
+    ring.attach(id, b).unwrap();
     let before = open_fd_count();
     for _ in 0..3 {
-        ring.recvmsg(id, b.as_fd()).unwrap();
+        ring.recvmsg(id).unwrap();
         send_with_fds(&a, b"p", &[passed.as_raw_fd()]);
         next(&mut ring);
         assert_eq!(open_fd_count(), before + 1);
     }
     ring.remove(id).unwrap();
-    assert_eq!(open_fd_count(), before);
+    // The untaken fd and the attached `b` (nothing outstanding: closed at once).
+    assert_eq!(open_fd_count(), before - 1);
 }
 
 #[test]
@@ -207,7 +214,8 @@ fn truncated_data_is_reported() {
     .unwrap();
     let (a, b) = seqpacket_pair();
     let id = ring.insert().unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.attach(id, b).unwrap();
+    ring.recvmsg(id).unwrap();
     send_with_fds(&a, b"longer than four", &[]);
     let c = next(&mut ring);
     assert_eq!(c.result, Ok(4));
@@ -223,8 +231,9 @@ fn fds_of_a_receive_completed_after_remove_are_closed() {
     let passed = [eventfd(), eventfd()];
     let raw: Vec<RawFd> = passed.iter().map(|f| f.as_raw_fd()).collect();
     let id = ring.insert().unwrap();
+    ring.attach(id, b).unwrap();
     let before = open_fd_count();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.recvmsg(id).unwrap();
     ring.submit_and_wait(0, None).unwrap();
     send_with_fds(&a, b"late", &raw);
     // The completion (with two installed fds) is in the queue; the owner removes the slot.
@@ -237,29 +246,39 @@ fn fds_of_a_receive_completed_after_remove_are_closed() {
         assert_eq!(poll_now(&mut ring), None);
     }
     assert_eq!(ring.in_flight(), 0);
-    assert_eq!(open_fd_count(), before, "fds of a removed slot leaked");
+    // The two received fds and the attached `b` are closed.
+    assert_eq!(open_fd_count(), before - 1, "fds of a removed slot leaked");
 }
 
 #[test]
 fn dropping_the_ring_with_operations_outstanding_leaks_nothing() {
     let _guard = FD_TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let before = open_fd_count();
     let (a, b) = seqpacket_pair();
     let idle = eventfd();
-    let before = open_fd_count();
     let mut ring = ring_with_fds(4);
-    let id = ring.insert().unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
-    ring.poll_add(id, idle.as_fd(), libc::POLLIN as u32)
-        .unwrap();
+    let receiver = ring.insert().unwrap();
+    let poller = ring.insert().unwrap();
+    let sender = ring.insert().unwrap();
+    ring.attach(receiver, b).unwrap();
+    ring.attach(poller, idle.try_clone().unwrap()).unwrap();
+    ring.attach(sender, a).unwrap();
+    ring.recvmsg(receiver).unwrap();
+    ring.poll_add(poller, libc::POLLIN as u32).unwrap();
     ring.timeout(
-        id,
+        receiver,
         ring::Timeout::After(std::time::Duration::from_secs(3600)),
     )
     .unwrap();
-    ring.sendmsg(id, a.as_fd(), b"bye", Some(idle.as_fd()))
-        .unwrap();
+    ring.sendmsg(sender, b"bye", Some(idle.as_fd())).unwrap();
     ring.submit_and_wait(0, None).unwrap();
     drop(ring);
-    // The ring's own fd and the dup it made for the send are closed.
-    assert_eq!(open_fd_count(), before, "ring fd or a dup leaked");
+    drop(idle);
+    // The ring's own fd, the fds attached to its slots and the dup it made for the send are
+    // closed.
+    assert_eq!(
+        open_fd_count(),
+        before,
+        "ring fd, an attached fd or a dup leaked"
+    );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use common::*;
@@ -14,8 +14,8 @@ fn removed_slot_drains_before_reuse_and_never_delivers() {
     let mut ring = ring(1);
     let efd = eventfd();
     let old = ring.insert().unwrap();
-    ring.poll_add(old, efd.as_fd(), libc::POLLIN as u32)
-        .unwrap();
+    ring.attach(old, efd.try_clone().unwrap()).unwrap();
+    ring.poll_add(old, libc::POLLIN as u32).unwrap();
     ring.timeout(old, Timeout::After(Duration::from_secs(3600)))
         .unwrap();
     ring.submit_and_wait(0, None).unwrap();
@@ -25,7 +25,9 @@ fn removed_slot_drains_before_reuse_and_never_delivers() {
         ring.insert().is_err(),
         "a draining slot must not be handed out"
     );
-    assert_eq!(ring.poll_add(old, efd.as_fd(), 1), Err(OpError::Removed));
+    assert_eq!(ring.poll_add(old, 1), Err(OpError::Removed));
+    assert_eq!(ring.attach(old, eventfd()), Err(OpError::Removed));
+    assert!(ring.fd(old).is_none());
     // The cancelled completions arrive and are consumed inside.
     for _ in 0..WAIT_ROUNDS_MAX {
         if ring.in_flight() == 0 {
@@ -45,13 +47,16 @@ fn removed_slot_drains_before_reuse_and_never_delivers() {
     assert_eq!(new.index(), old.index());
     assert_ne!(new.generation(), old.generation());
     // The old id is stale for every call.
-    assert_eq!(ring.poll_add(old, efd.as_fd(), 1), Err(OpError::Stale));
+    assert_eq!(ring.poll_add(old, 1), Err(OpError::Stale));
     assert_eq!(ring.remove(old), Err(OpError::Stale));
+    assert_eq!(ring.attach(old, eventfd()), Err(OpError::Stale));
+    assert_eq!(ring.detach(old).err(), Some(OpError::Stale));
     assert_eq!(ring.received(old), None);
     // The new owner sees only its own completions.
     signal_eventfd(&efd);
-    ring.poll_add(new, efd.as_fd(), libc::POLLIN as u32)
-        .unwrap();
+    assert!(ring.fd(new).is_none(), "a reused slot starts without an fd");
+    ring.attach(new, efd).unwrap();
+    ring.poll_add(new, libc::POLLIN as u32).unwrap();
     let c = next(&mut ring);
     assert_eq!((c.slot, c.op), (new, OpTag::Poll));
     assert_eq!(poll_now(&mut ring), None);
@@ -66,7 +71,8 @@ fn reuse_churn_never_delivers_to_the_wrong_generation() {
     let mut delivered = 0;
     for round in 0..ROUNDS {
         let id = ring.insert().unwrap();
-        ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+        ring.attach(id, efd.try_clone().unwrap()).unwrap();
+        ring.poll_add(id, libc::POLLIN as u32).unwrap();
         if round % 2 == 0 {
             // Removed with the poll possibly already complete in the CQ: must be dropped.
             ring.remove(id).unwrap();
@@ -93,7 +99,8 @@ fn recvmsg_of_removed_slot_keeps_buffers_until_cancelled() {
     let mut ring = ring(2);
     let (a, b) = seqpacket_pair();
     let id = ring.insert().unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.attach(id, b.try_clone().unwrap()).unwrap();
+    ring.recvmsg(id).unwrap();
     ring.submit_and_wait(0, None).unwrap();
     assert_eq!(
         ring.received(id),
@@ -110,7 +117,8 @@ fn recvmsg_of_removed_slot_keeps_buffers_until_cancelled() {
     assert_eq!(ring.in_flight(), 0);
     // The socket still works and a fresh slot receives normally.
     let id = ring.insert().unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.attach(id, b).unwrap();
+    ring.recvmsg(id).unwrap();
     // SAFETY: send from a local buffer.
     let n = unsafe { libc::send(a.as_raw_fd(), b"ok".as_ptr().cast(), 2, 0) };
     assert_eq!(n, 2);
@@ -124,7 +132,8 @@ fn cancel_of_recvmsg_yields_one_canceled_and_slot_stays_usable() {
     let mut ring = ring(2);
     let (a, b) = seqpacket_pair();
     let id = ring.insert().unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
+    ring.attach(id, b).unwrap();
+    ring.recvmsg(id).unwrap();
     ring.submit_and_wait(0, None).unwrap();
     ring.cancel_op(id, OpTag::RecvMsg).unwrap();
     let c = next(&mut ring);
@@ -134,11 +143,13 @@ fn cancel_of_recvmsg_yields_one_canceled_and_slot_stays_usable() {
     );
     assert_eq!(poll_now(&mut ring), None);
     assert_eq!(ring.received(id), Some(&b""[..]));
-    ring.sendmsg(id, a.as_fd(), b"again", None).unwrap();
-    ring.recvmsg(id, b.as_fd()).unwrap();
-    let mut ops = [next(&mut ring).op, next(&mut ring).op];
-    ops.sort_by_key(|op| *op as u8);
-    assert_eq!(ops, [OpTag::RecvMsg, OpTag::SendMsg]);
+    let sender = ring.insert().unwrap();
+    ring.attach(sender, a).unwrap();
+    ring.sendmsg(sender, b"again", None).unwrap();
+    ring.recvmsg(id).unwrap();
+    let mut done = [next(&mut ring), next(&mut ring)].map(|c| (c.slot, c.op));
+    done.sort_by_key(|(_, op)| *op as u8);
+    assert_eq!(done, [(id, OpTag::RecvMsg), (sender, OpTag::SendMsg)]);
     assert_eq!(ring.received(id), Some(&b"again"[..]));
 }
 
@@ -147,9 +158,10 @@ fn sendmsg_longer_than_the_buffer_is_refused() {
     let mut ring = ring(1);
     let (a, _b) = seqpacket_pair();
     let id = ring.insert().unwrap();
+    ring.attach(id, a).unwrap();
     let big = vec![0u8; ring.limits().send_len as usize + 1];
     assert!(matches!(
-        ring.sendmsg(id, a.as_fd(), &big, None),
+        ring.sendmsg(id, &big, None),
         Err(OpError::TooLong { .. })
     ));
     assert!(!ring.is_pending(id, OpTag::SendMsg));
@@ -161,7 +173,8 @@ fn sendmsg_to_closed_peer_is_epipe_not_sigpipe() {
     let (a, b) = seqpacket_pair();
     drop(b);
     let id = ring.insert().unwrap();
-    ring.sendmsg(id, a.as_fd(), b"x", None).unwrap();
+    ring.attach(id, a).unwrap();
+    ring.sendmsg(id, b"x", None).unwrap();
     let c = next(&mut ring);
     assert_eq!(c.result, Err(Errno(libc::EPIPE)));
 }
@@ -215,8 +228,9 @@ fn accept_hands_over_a_cloexec_connection_and_read_reads() {
     let name = format!("holden-ring-test-{}-accept", std::process::id());
     let listen = listener(name.as_bytes());
     let mut ring = ring(2);
-    let id = ring.insert().unwrap();
-    ring.accept(id, listen.as_fd()).unwrap();
+    let id = ring.insert_bare().unwrap();
+    ring.attach(id, listen).unwrap();
+    ring.accept(id).unwrap();
     assert_eq!(poll_now(&mut ring), None);
     let client = connect(name.as_bytes());
     let c = next(&mut ring);
@@ -225,13 +239,16 @@ fn accept_hands_over_a_cloexec_connection_and_read_reads() {
     assert_eq!(c.result, Ok(conn.as_raw_fd() as u32));
     // SAFETY: F_GETFD on an open fd.
     assert!(unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC != 0);
-    ring.read(id, conn.as_fd()).unwrap();
+    // The connection gets a slot of its own.
+    let conn_slot = ring.insert().unwrap();
+    ring.attach(conn_slot, conn).unwrap();
+    ring.read(conn_slot).unwrap();
     // SAFETY: send from a local buffer.
     let sent = unsafe { libc::send(client.as_raw_fd(), b"hello".as_ptr().cast(), 5, 0) };
     assert_eq!(sent, 5);
     let c = next(&mut ring);
-    assert_eq!((c.op, c.result), (OpTag::Read, Ok(5)));
-    assert_eq!(ring.read_data(id), Some(&b"hello"[..]));
+    assert_eq!((c.slot, c.op, c.result), (conn_slot, OpTag::Read, Ok(5)));
+    assert_eq!(ring.read_data(conn_slot), Some(&b"hello"[..]));
 }
 
 #[test]
@@ -239,12 +256,14 @@ fn cancel_after_rearm_while_an_earlier_cancel_is_in_flight_still_cancels() {
     const ROUNDS: usize = 200;
     let mut ring = ring(1);
     let ready = eventfd();
-    let idle = eventfd();
+    // The slot owns one fd at a time: `ready` (a duplicate) for op1, `idle` for op2.
+    let mut ready_dup = Some(ready.try_clone().unwrap());
+    let mut idle = Some(eventfd());
     let id = ring.insert().unwrap();
     for round in 0..ROUNDS {
         // op1 completes by itself (its CQE waits in the queue) ...
-        ring.poll_add(id, ready.as_fd(), libc::POLLIN as u32)
-            .unwrap();
+        ring.attach(id, ready_dup.take().unwrap()).unwrap();
+        ring.poll_add(id, libc::POLLIN as u32).unwrap();
         ring.submit_and_wait(0, None).unwrap();
         signal_eventfd(&ready);
         ring.submit_and_wait(1, Some(WAIT_ROUND)).unwrap();
@@ -256,9 +275,11 @@ fn cancel_after_rearm_while_an_earlier_cancel_is_in_flight_still_cancels() {
             (OpTag::Poll, true),
             "round {round}"
         );
-        // op2 re-armed and cancelled before cancel #1 has even been submitted.
-        ring.poll_add(id, idle.as_fd(), libc::POLLIN as u32)
-            .unwrap();
+        // Detach is allowed: op1 completed, although cancel #1 is still queued.
+        ready_dup = Some(ring.detach(id).unwrap());
+        // op2 re-armed (on another fd) and cancelled before cancel #1 has even been submitted.
+        ring.attach(id, idle.take().unwrap()).unwrap();
+        ring.poll_add(id, libc::POLLIN as u32).unwrap();
         ring.cancel(id).unwrap();
         let c = next(&mut ring);
         assert_eq!(
@@ -266,6 +287,7 @@ fn cancel_after_rearm_while_an_earlier_cancel_is_in_flight_still_cancels() {
             (id, OpTag::Poll, Err(Errno::CANCELED)),
             "round {round}"
         );
+        idle = Some(ring.detach(id).unwrap());
         // Drain the eventfd so that the next op1 waits again.
         let mut value = 0u64;
         // SAFETY: reads 8 bytes into a local.
@@ -291,20 +313,14 @@ fn mixed_ring(slots: u32, buffered: u32) -> ring::Ring {
 fn a_bare_slot_polls_and_times_out_but_owns_no_buffers() {
     let mut ring = mixed_ring(2, 0);
     let efd = eventfd();
-    let (a, _b) = seqpacket_pair();
     let id = ring.insert_bare().unwrap();
+    ring.attach(id, efd.try_clone().unwrap()).unwrap();
+    assert_eq!(ring.recvmsg(id), Err(OpError::NoBuffers(OpTag::RecvMsg)));
     assert_eq!(
-        ring.recvmsg(id, a.as_fd()),
-        Err(OpError::NoBuffers(OpTag::RecvMsg))
-    );
-    assert_eq!(
-        ring.sendmsg(id, a.as_fd(), b"x", None),
+        ring.sendmsg(id, b"x", None),
         Err(OpError::NoBuffers(OpTag::SendMsg))
     );
-    assert_eq!(
-        ring.read(id, efd.as_fd()),
-        Err(OpError::NoBuffers(OpTag::Read))
-    );
+    assert_eq!(ring.read(id), Err(OpError::NoBuffers(OpTag::Read)));
     assert_eq!(ring.received(id), None);
     assert_eq!(ring.read_data(id), None);
     // A refused operation left nothing outstanding.
@@ -314,7 +330,7 @@ fn a_bare_slot_polls_and_times_out_but_owns_no_buffers() {
     let c = next(&mut ring);
     assert_eq!((c.slot, c.op, c.result), (id, OpTag::Timeout, Ok(0)));
     signal_eventfd(&efd);
-    ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+    ring.poll_add(id, libc::POLLIN as u32).unwrap();
     let c = next(&mut ring);
     assert_eq!((c.slot, c.op), (id, OpTag::Poll));
     assert!(c.result.is_ok());
@@ -338,7 +354,8 @@ fn buffered_slots_run_out_before_bare_ones_and_come_back_when_freed() {
     ring.remove(first).unwrap();
     let again = ring.insert().unwrap();
     let (a, b) = seqpacket_pair();
-    ring.recvmsg(again, b.as_fd()).unwrap();
+    ring.attach(again, b).unwrap();
+    ring.recvmsg(again).unwrap();
     let sent = send_packet(&a, b"hello");
     assert_eq!(sent, 5);
     let c = next(&mut ring);

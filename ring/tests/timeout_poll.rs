@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use common::*;
@@ -52,9 +51,10 @@ fn poll_on_eventfd_completes_only_after_signal() {
     let mut ring = ring(4);
     let efd = eventfd();
     let id = ring.insert().unwrap();
-    ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+    ring.attach(id, efd.try_clone().unwrap()).unwrap();
+    ring.poll_add(id, libc::POLLIN as u32).unwrap();
     assert_eq!(
-        ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32),
+        ring.poll_add(id, libc::POLLIN as u32),
         Err(OpError::Busy(OpTag::Poll))
     );
     assert_eq!(poll_now(&mut ring), None);
@@ -67,9 +67,9 @@ fn poll_on_eventfd_completes_only_after_signal() {
 #[test]
 fn cancel_yields_exactly_one_cancelled_completion() {
     let mut ring = ring(4);
-    let efd = eventfd();
     let id = ring.insert().unwrap();
-    ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+    ring.attach(id, eventfd()).unwrap();
+    ring.poll_add(id, libc::POLLIN as u32).unwrap();
     ring.timeout(id, Timeout::After(Duration::from_secs(3600)))
         .unwrap();
     ring.submit_and_wait(0, None).unwrap();
@@ -86,6 +86,6 @@ fn cancel_yields_exactly_one_cancelled_completion() {
     assert_eq!(poll_now(&mut ring), None);
     assert_eq!(ring.in_flight(), 0);
     // The slot's ops are free again.
-    ring.poll_add(id, efd.as_fd(), libc::POLLIN as u32).unwrap();
+    ring.poll_add(id, libc::POLLIN as u32).unwrap();
     ring.remove(id).unwrap();
 }

@@ -13,10 +13,13 @@
 pub mod config;
 #[cfg(feature = "orchestrator")]
 pub mod control;
+#[cfg(feature = "orchestrator")]
+pub mod link;
 pub mod log;
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;
 pub mod pidfd;
+pub mod queue;
 pub mod sd_notify;
 pub mod spawn;
 #[cfg(feature = "orchestrator")]

@@ -1,6 +1,7 @@
 //! The supervisor: a fixed table of services driven by events, emitting actions.
 
-use super::action::{Action, ActionQueue, Reason, Transition};
+use super::action::{Action, Reason, Transition};
+use crate::queue::Fifo;
 use super::event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
 use super::start_history::StartHistory;
@@ -158,7 +159,7 @@ impl Slot {
 /// [`Supervisor::new`] only.
 pub struct Supervisor {
     slots: Box<[Slot]>,
-    actions: ActionQueue,
+    actions: Fifo<Action>,
     agent_up: bool,
     shutting_down: bool,
     shutdown_forced: bool,
@@ -176,7 +177,7 @@ impl Supervisor {
         );
         Supervisor {
             slots: vec![Slot::FREE; capacity].into_boxed_slice(),
-            actions: ActionQueue::with_capacity(
+            actions: Fifo::with_capacity(
                 capacity * ACTIONS_PER_SERVICE_MAX + ACTIONS_GLOBAL_MAX,
             ),
             agent_up: false,
@@ -732,7 +733,7 @@ impl Supervisor {
         });
     }
 
-    fn cancel_timer(actions: &mut ActionQueue, service: ServiceId, slot: &mut Slot) {
+    fn cancel_timer(actions: &mut Fifo<Action>, service: ServiceId, slot: &mut Slot) {
         if slot.timer.take().is_some() {
             actions.push(Action::CancelTimer { service });
         }

@@ -192,34 +192,19 @@ pub enum What {
     NoProbePong(u64),
 }
 
-/// The agent's own words in an `Error` (or v0.2 `PROCESS_ERROR`), copied out of the packet.
-#[derive(Clone, Copy)]
-pub struct AgentText {
-    bytes: [u8; wire::ERROR_TEXT_LEN_MAX],
+/// The agent's own words in its last `Error` (or v0.2 `PROCESS_ERROR`), copied out of the
+/// packet into the link's one buffer: [`Link::agent_text`] reads it. One packet brings at most
+/// one, and the shell logs the note before it feeds the link another packet.
+struct AgentText {
+    bytes: [u8; crate::wire::v02::ERROR_TEXT_LEN_MAX],
     len: usize,
 }
 
 impl AgentText {
-    fn copy(text: &[u8]) -> AgentText {
-        let mut out = AgentText {
-            bytes: [0; wire::ERROR_TEXT_LEN_MAX],
-            len: 0,
-        };
-        let len = text.len().min(out.bytes.len());
-        out.bytes[..len].copy_from_slice(&text[..len]);
-        out.len = len;
-        out
-    }
-
-    /// The bytes (not checked: escape them before showing them).
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl std::fmt::Debug for AgentText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    fn set(&mut self, text: &[u8]) {
+        let len = text.len().min(self.bytes.len());
+        self.bytes[..len].copy_from_slice(&text[..len]);
+        self.len = len;
     }
 }
 
@@ -234,7 +219,10 @@ pub enum Note {
     },
     /// The agent connection went down (not noted when the misbehaviour that caused it was
     /// rate-limited).
-    Down { protocol: Protocol, reason: DownReason },
+    Down {
+        protocol: Protocol,
+        reason: DownReason,
+    },
     /// `Auto` found a stream socket: the agent speaks v0.2.
     FellBackToV02,
     /// A connection attempt failed (only the first of a run is noted).
@@ -266,15 +254,14 @@ pub enum Note {
     },
     /// The kernel could not give us the pidfd of a started process (out of fds).
     PidfdLost { service: usize, qm_pid: i32 },
-    /// The agent could not spawn (v1 `Error`).
+    /// The agent could not spawn (v1 `Error`); its text: [`Link::agent_text`].
     SpawnError {
         service: usize,
         stage: wire::ErrorStage,
         errno: i32,
-        text: AgentText,
     },
-    /// The agent could not spawn (v0.2 `PROCESS_ERROR`).
-    V02SpawnError { service: usize, text: AgentText },
+    /// The agent could not spawn (v0.2 `PROCESS_ERROR`); its text: [`Link::agent_text`].
+    V02SpawnError { service: usize },
     /// v0.2 `PROCESS_STARTED` with the pids the agent reported.
     V02Started {
         service: usize,
@@ -442,6 +429,7 @@ pub struct Link<H> {
     /// The agent announced minor 1+ and `GATED_EXEC`.
     gated: bool,
     slots: Box<[Slot<H>]>,
+    agent_text: AgentText,
     /// v1: services whose `Start` waits for the connection's send.
     send_queue: Fifo<u32>,
     /// Outstanding requests, oldest first (all have the same timeout, so the oldest has the
@@ -499,6 +487,10 @@ impl<H> Link<H> {
                     v02: v02::ConnState::Closed,
                 })
                 .collect(),
+            agent_text: AgentText {
+                bytes: [0; crate::wire::v02::ERROR_TEXT_LEN_MAX],
+                len: 0,
+            },
             send_queue: Fifo::with_capacity(services),
             order: Order::new(services),
             // Per input: a failure per service and a few link-wide events and notes.
@@ -554,6 +546,12 @@ impl<H> Link<H> {
             Protocol::V02 => self.v02_transmit(buf, requests),
             _ => self.v1_transmit(now_ns, buf, requests),
         }
+    }
+
+    /// The text of the agent's last `Error` (see [`Note::SpawnError`]); outside bytes, escape
+    /// them before showing them.
+    pub fn agent_text(&self) -> &[u8] {
+        &self.agent_text.bytes[..self.agent_text.len]
     }
 
     /// The agent can take requests.
@@ -908,7 +906,9 @@ impl<H> Link<H> {
                 .as_ref()
                 .and_then(|g| g.fd.as_ref())
                 .is_some_and(|fd| match fd.class {
-                    FdClass::Pidfd { identity: other, .. } => other.same_process(&identity),
+                    FdClass::Pidfd {
+                        identity: other, ..
+                    } => other.same_process(&identity),
                     _ => false,
                 })
         });
@@ -921,12 +921,18 @@ impl<H> Link<H> {
     /// The process must sit where a child of the agent must: in the agent's PID namespace
     /// (same depth) and, with `claimed`, with the pid the agent reported. A process that has
     /// exited is not checked (it can do no harm: its end is reported at once).
-    fn check_namespace(class: &FdClass, agent: Option<NsPid>, claimed: Option<i32>) -> Result<(), What> {
+    fn check_namespace(
+        class: &FdClass,
+        agent: Option<NsPid>,
+        claimed: Option<i32>,
+    ) -> Result<(), What> {
         let (Some(agent), FdClass::Pidfd { ns: Some(p), .. }) = (agent, class) else {
             return Ok(());
         };
         if p.depth != agent.depth {
-            return Err(What::Said("pidfd of a process outside the agent's PID namespace"));
+            return Err(What::Said(
+                "pidfd of a process outside the agent's PID namespace",
+            ));
         }
         if claimed.is_some_and(|c| c != p.innermost) {
             return Err(What::Said(

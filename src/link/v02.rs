@@ -10,15 +10,19 @@
 //! fails, times out, or gets a malformed or unexpected reply marks the agent down (every
 //! request in flight fails, QM services wait) and the link probes again with backoff.
 
-use super::{Conn, Cx, DownReason, EncodeFailure, Event, Fds, Link, Note, Protocol, Requests, State, What};
+use super::{
+    Conn, Cx, DownReason, EncodeFailure, Event, Fds, Link, Note, Protocol, Requests, State, What,
+};
 use crate::supervise::StartStage;
 use crate::wire::v02::{self as wire, Decoded, Frame};
 
 /// Longest reply accepted: `PROCESS_ERROR` (8 + 512) and the marker byte.
 pub(super) const REPLY_BYTES_MAX: usize = wire::HEADER_LEN + wire::ERROR_PAYLOAD_LEN + 1;
 
-/// One request's connection.
+/// One request's connection. The reply buffer is inline on purpose: the states live in the
+/// link's fixed per-service table, allocated once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub(super) enum ConnState {
     Closed,
     /// `Io::Connect` issued.
@@ -98,7 +102,11 @@ impl<H> Link<H> {
         self.v02_down(cx, DownReason::Connect(errno));
     }
 
-    pub(super) fn v02_transmit(&mut self, buf: &mut [u8], requests: &dyn Requests) -> Option<(Conn, usize)> {
+    pub(super) fn v02_transmit(
+        &mut self,
+        buf: &mut [u8],
+        requests: &dyn Requests,
+    ) -> Option<(Conn, usize)> {
         for index in 0..self.slots.len() {
             let ConnState::Open(open) = &self.slots[index].v02 else {
                 continue;
@@ -179,8 +187,10 @@ impl<H> Link<H> {
     }
 
     pub(super) fn v02_received(&mut self, cx: &Cx<'_>, index: usize, data: &[u8], fds: Fds<H>) {
-        if !matches!(self.slots.get(index).map(|s| &s.v02), Some(ConnState::Open(_)))
-            || self.slots[index].request.is_none()
+        if !matches!(
+            self.slots.get(index).map(|s| &s.v02),
+            Some(ConnState::Open(_))
+        ) || self.slots[index].request.is_none()
         {
             return; // a late completion of a finished request
         }
@@ -192,7 +202,13 @@ impl<H> Link<H> {
     }
 
     /// Appends received bytes and handles complete replies.
-    fn v02_data(&mut self, cx: &Cx<'_>, index: usize, data: &[u8], mut fds: Fds<H>) -> Result<(), What> {
+    fn v02_data(
+        &mut self,
+        cx: &Cx<'_>,
+        index: usize,
+        data: &[u8],
+        mut fds: Fds<H>,
+    ) -> Result<(), What> {
         let ConnState::Open(open) = &mut self.slots[index].v02 else {
             return Ok(());
         };
@@ -262,11 +278,8 @@ impl<H> Link<H> {
                             if pidfd.is_some() {
                                 return Err(What::Said("file descriptor with PROCESS_ERROR"));
                             }
-                            let text = super::AgentText::copy(text);
-                            self.note(Note::V02SpawnError {
-                                service: index,
-                                text,
-                            });
+                            self.agent_text.set(text);
+                            self.note(Note::V02SpawnError { service: index });
                             self.v02_finish(index, Some((0, StartStage::Exec)));
                             self.reconnect_delay = self.config.reconnect_initial;
                             return Ok(());

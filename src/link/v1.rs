@@ -22,8 +22,8 @@
 //! did not receive never runs its program, and a held one is never lost.
 
 use super::{
-    Conn, Cx, DownReason, EncodeFailure, Event, Fds, Gate, Io, Link, Note, PeerFd,
-    Probe, Protocol, Requests, State, What, PING_INDEX, REQUEST_INDEX_MASK,
+    Conn, Cx, DownReason, EncodeFailure, Event, Fds, Gate, Io, Link, Note, PeerFd, Probe, Protocol,
+    Requests, State, What, PING_INDEX, REQUEST_INDEX_MASK,
 };
 use crate::supervise::StartStage;
 use crate::wire::v1 as wire;
@@ -96,7 +96,9 @@ impl<H> Link<H> {
                 continue;
             };
             let encoded = match requests.start(index) {
-                Some(start) => wire::encode_start(buf, request.id, &start).map_err(EncodeFailure::V1),
+                Some(start) => {
+                    wire::encode_start(buf, request.id, &start).map_err(EncodeFailure::V1)
+                }
                 None => Err(EncodeFailure::NoStart),
             };
             match encoded {
@@ -195,7 +197,6 @@ impl<H> Link<H> {
                     return Err(said("agent speaks another major version"));
                 }
                 self.state = State::Up;
-                self.protocol = Protocol::V1;
                 self.capabilities = pong.capabilities;
                 self.gated = pong.version_minor >= 1
                     && pong.capabilities.contains(wire::Capabilities::GATED_EXEC);
@@ -218,7 +219,10 @@ impl<H> Link<H> {
             }
             wire::Body::Started(started) if self.gated => {
                 let index = self.check_started(cx, id, &mut fds, started.pid)?;
-                let fd = fds.fds.pop().ok_or(said("Started without exactly one file descriptor"))?;
+                let fd = fds
+                    .fds
+                    .pop()
+                    .ok_or(said("Started without exactly one file descriptor"))?;
                 self.slots[index].qm_pid = started.pid;
                 self.note(Note::StartedGated {
                     service: index,
@@ -229,13 +233,18 @@ impl<H> Link<H> {
             }
             wire::Body::Started(started) => {
                 let index = self.check_started(cx, id, &mut fds, started.pid)?;
-                let fd = fds.fds.pop().ok_or(said("Started without exactly one file descriptor"))?;
+                let fd = fds
+                    .fds
+                    .pop()
+                    .ok_or(said("Started without exactly one file descriptor"))?;
                 self.close_request(index);
                 self.adopt(index, fd, started.pid);
                 self.answered = true;
                 Ok(())
             }
-            wire::Body::Running if !fds.fds.is_empty() => Err(said("file descriptor with a Running")),
+            wire::Body::Running if !fds.fds.is_empty() => {
+                Err(said("file descriptor with a Running"))
+            }
             wire::Body::Running => match self.gate_index(id) {
                 Some(index) => {
                     let gate = self.slots[index].gate.take();
@@ -297,7 +306,9 @@ impl<H> Link<H> {
                     Ok(())
                 }
             },
-            wire::Body::Start(_) | wire::Body::Ping => Err(said("a frame only the orchestrator sends")),
+            wire::Body::Start(_) | wire::Body::Ping => {
+                Err(said("a frame only the orchestrator sends"))
+            }
         }
     }
 
@@ -331,7 +342,13 @@ impl<H> Link<H> {
     /// A `Started`: the request must be open and sent, the packet must carry exactly one
     /// pidfd of a process that is neither supervised nor held, in the agent's PID namespace.
     /// The request stays open (the caller closes it, or holds it for `Running`).
-    fn check_started(&mut self, cx: &Cx<'_>, id: u64, fds: &mut Fds<H>, qm_pid: i32) -> Checked<usize> {
+    fn check_started(
+        &mut self,
+        cx: &Cx<'_>,
+        id: u64,
+        fds: &mut Fds<H>,
+        qm_pid: i32,
+    ) -> Checked<usize> {
         if self.state != State::Up {
             return Err(said("answer before the handshake"));
         }
@@ -364,7 +381,13 @@ impl<H> Link<H> {
 
     /// Supervises a held pidfd (after `Running`, a timeout or a lost connection), after
     /// checking once more that no service has its process.
-    fn adopt_held(&mut self, cx: &Cx<'_>, index: usize, fd: PeerFd<H>, why: &'static str) -> Checked<()> {
+    fn adopt_held(
+        &mut self,
+        cx: &Cx<'_>,
+        index: usize,
+        fd: PeerFd<H>,
+        why: &'static str,
+    ) -> Checked<()> {
         if let Err(what) = self.check_pidfd(cx, &fd.class) {
             self.fail(index, libc::EBADF, StartStage::Refused);
             return Err(what);
@@ -387,18 +410,24 @@ impl<H> Link<H> {
             wire::ErrorStage::Exec => StartStage::Exec,
             _ => StartStage::Setup,
         };
+        self.agent_text.set(error.text);
         self.note(Note::SpawnError {
             service: index,
             stage: error.stage,
             errno: error.errno,
-            text: super::AgentText::copy(error.text),
         });
         self.fail(index, error.errno, stage);
     }
 
     /// A late answer to a request that timed out: kill the process it reports (after the same
     /// checks as any pidfd), then treat the lateness as misbehaviour.
-    fn late_answer(&mut self, cx: &Cx<'_>, index: usize, mut fds: Fds<H>, claimed: Option<i32>) -> What {
+    fn late_answer(
+        &mut self,
+        cx: &Cx<'_>,
+        index: usize,
+        mut fds: Fds<H>,
+        claimed: Option<i32>,
+    ) -> What {
         self.slots[index].abandoned = None;
         if let Some(fd) = fds.fds.pop() {
             let checked = self
@@ -422,7 +451,9 @@ impl<H> Link<H> {
     pub(super) fn v1_expire_requests(&mut self, cx: &Cx<'_>) {
         let ms = self.timeout_ms();
         while let Some(index) = self.order.oldest() {
-            let Some(request) = self.slots[index].request.filter(|r| cx.now_ns >= r.deadline_ns)
+            let Some(request) = self.slots[index]
+                .request
+                .filter(|r| cx.now_ns >= r.deadline_ns)
             else {
                 break;
             };
@@ -515,4 +546,3 @@ impl<H> Link<H> {
         }
     }
 }
-

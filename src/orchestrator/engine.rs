@@ -49,10 +49,15 @@ pub struct ServiceProcs {
 pub enum Output<H> {
     /// Spawn the service's process in the host partition; answer with [`Engine::spawned`] or
     /// [`Engine::spawn_failed`].
-    SpawnLocal { service: ServiceId },
+    SpawnLocal {
+        service: ServiceId,
+    },
     /// Supervise this process: watch its handle until it exits, then answer with
     /// [`Engine::exited`].
-    Watch { service: ServiceId, handle: H },
+    Watch {
+        service: ServiceId,
+        handle: H,
+    },
     /// Send `signal` to the service's process.
     Signal {
         service: ServiceId,
@@ -60,7 +65,9 @@ pub enum Output<H> {
         signal: i32,
     },
     /// The service's process ended and was accounted for: close its handle (exactly once).
-    Release { service: ServiceId },
+    Release {
+        service: ServiceId,
+    },
     /// Work on the agent connection (connect, close, kill a late process).
     Link(link::Io<H>),
     /// A state change (a log line, the monitor stream).
@@ -71,11 +78,16 @@ pub enum Output<H> {
     AgentUp,
     AgentDown,
     /// A removed service has stopped; its slot is free.
-    Removed { service: ServiceId },
+    Removed {
+        service: ServiceId,
+    },
     /// Shutdown requested and every service stopped.
     ShutdownComplete,
     /// The core refused an event the engine fed it: a bug in the glue, logged loudly.
-    Refused { refusal: Refusal, event: Event },
+    Refused {
+        refusal: Refusal,
+        event: Event,
+    },
 }
 
 /// Counters of the engine (the shell publishes them).
@@ -103,7 +115,8 @@ pub struct Engine<H> {
 /// it).
 fn supervises(procs: &[ServiceProcs], identity: &Identity) -> bool {
     procs.iter().filter_map(|s| s.proc.as_ref()).any(|p| {
-        p.identity.same_process(identity) || (identity.pid > 0 && p.pid == identity.pid && !p.exited)
+        p.identity.same_process(identity)
+            || (identity.pid > 0 && p.pid == identity.pid && !p.exited)
     })
 }
 
@@ -293,7 +306,9 @@ impl<H> Engine<H> {
         oversized: bool,
         fds: Fds<H>,
     ) {
-        self.with_link(now, |link, cx| link.received(cx, conn, data, oversized, fds));
+        self.with_link(now, |link, cx| {
+            link.received(cx, conn, data, oversized, fds)
+        });
     }
 
     pub fn link_closed(&mut self, now: MonoTime, conn: Conn) {
@@ -320,7 +335,14 @@ impl<H> Engine<H> {
     // --- processes ---------------------------------------------------------------------
 
     /// A local spawn succeeded.
-    pub fn spawned(&mut self, now: MonoTime, service: ServiceId, handle: H, pid: i32, identity: Identity) {
+    pub fn spawned(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        handle: H,
+        pid: i32,
+        identity: Identity,
+    ) {
         self.watch(service, handle, pid, identity);
         self.pump(now);
     }
@@ -333,7 +355,11 @@ impl<H> Engine<H> {
 
     /// The service's process ended with `status`.
     pub fn exited(&mut self, now: MonoTime, service: ServiceId, status: ExitStatus) {
-        let Some(proc) = self.procs.get_mut(service.index()).and_then(|s| s.proc.as_mut()) else {
+        let Some(proc) = self
+            .procs
+            .get_mut(service.index())
+            .and_then(|s| s.proc.as_mut())
+        else {
             return;
         };
         if proc.exited {

@@ -1,85 +1,65 @@
-//! The event loop: the supervision core driven by io_uring completions.
+//! The event loop: one thread, one [`Ring`], the [`Engine`] driven by its completions.
 //!
-//! One thread, one [`Ring`]. Ring slots (fixed at start-up):
-//! - one per service: `POLL_ADD` on the pidfd of its live process and the service's one
-//!   `TIMEOUT` (the core's timer);
-//! - the signalfd, the shutdown eventfd, the watchdog timer, the QM exit-status retry timer,
-//!   the agent timer (reconnect, handshake and request deadlines), and the agent connection
-//!   (plus one spare, because a dropped connection's slot drains before it is free).
+//! Data flow (`docs/architecture.md`): a kernel event completes a ring operation; the loop
+//! hands the completion to the sub-shell that owns its slot (services, agent, control, or
+//! its own signal, shutdown and timer slots); the sub-shell turns it into an engine input
+//! (a process exited, a packet arrived); the engine runs the supervision core and the agent
+//! link to a fixed point and leaves [`Output`]s; the loop carries each out through the
+//! sub-shell it belongs to, which queues ring operations; then it derives the one ring
+//! timeout from the engine's next deadline, and waits again.
 //!
-//! Timers are reconciled rather than trusted: the wanted deadline lives in our tables, a ring
-//! timeout is only a wake-up, and a wake-up before the deadline re-arms. So replacing a timer
-//! never needs more than one outstanding `TIMEOUT` per slot.
-//!
-//! The core requires its actions to be drained before the next event; events that actions
-//! produce (a local spawn's result, the answers for requests lost with the agent) go through a
-//! fixed-capacity queue.
+//! Ring slots (fixed at start-up): one bare slot per service (its live process's pidfd),
+//! the signalfd, the shutdown eventfd, the watchdog timer, the engine's timer, the QM
+//! exit-status retry timer; buffered slots for the agent connection (and a spare, because a
+//! dropped connection's slot drains before it is free), for v0.2 request connections when
+//! the agent may speak v0.2, and for the control plane. Nothing is allocated after
+//! [`Orchestrator::new`] except by a reload.
 
-use super::agent::AgentLink;
-use super::spec::{Options, ServiceDef, Settings};
-use crate::log::{Logger, Priority};
-use crate::pidfd::{self, Capabilities, ExitInfo, Identity};
+use super::agent_io::AgentIo;
+use super::control::{self, ControlServer, Request, View};
+use super::counters::Counters;
+use super::engine::{Engine, Output};
+use super::reload;
+use super::services::{prepare_spec, Services};
+use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
+use crate::control::{FailCode, ReloadInfo, TEXT_LEN_MAX};
+use crate::link::{self, Protocol};
+use crate::log::{LineBuf, Logger, Priority};
+use crate::pidfd::{self, Capabilities};
 use crate::sd_notify::Notifier;
-use crate::spawn::{self, SpawnSpec};
-use crate::supervise::{
-    self, Action, Command, Event, MonoTime, Partition, Pid, Reason, ServiceId, StartFailure,
-    StartStage, State, Supervisor, TimerToken, Transition,
-};
-use crate::sys::signal::SignalFd;
+use crate::spawn::SpawnSpec;
+use crate::supervise::{self, Command, MonoTime, Partition, Reason, ServiceId, State, Transition};
+use crate::sys::socket::UnixAddr;
 use ring::{Completion, Limits, OpTag, Ring, SlotId, Timeout};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, exit retry,
-/// agent timer, agent connection and its spare.
+/// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, engine timer,
+/// exit retry, agent connection and its spare.
 pub const FIXED_SLOTS: usize = 7;
-/// Of those, the ones that need buffers: the agent connection and its spare (a connection
-/// slot that is still draining when the next connection starts).
+/// Of those, the ones with buffers: the agent connection and its spare.
 const FIXED_BUFFERED_SLOTS: usize = 2;
-/// Time between two looks at a QM process that polled readable before its exit status was
-/// published (the window between exit and reap).
-const EXIT_INFO_RETRY_INTERVAL: Duration = Duration::from_millis(1);
-/// Looks before a QM exit status is reported as unknown.
-const EXIT_INFO_RETRIES_MAX: u16 = 200;
-/// Buffers of a buffered ring slot (connections): one wire v1 frame each way. Service, timer
-/// and signal slots are bare (a poll and a timer); signalfd reads are done directly.
+/// v0.2 request connections beyond one per service, for slots still draining.
+const V02_SPARE_SLOTS: usize = 4;
+/// Buffers of a buffered ring slot (connections): one wire v1 frame each way.
 const SLOT_BUF_BYTES: u32 = crate::wire::v1::FRAME_LEN_MAX as u32;
 
 /// What a ring slot is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Owner {
+enum Owner {
     Free,
     Service(u32),
     Signals,
     Shutdown,
     Watchdog,
+    Timer,
     ExitRetry,
-    AgentTimer,
-    AgentConn,
-    ControlListen,
-    ControlConn(u8),
-}
-
-/// Counters readable from another thread (tests, benchmarks).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Processes started locally.
-    pub spawned_local: AtomicU64,
-    /// Processes started through the agent.
-    pub spawned_qm: AtomicU64,
-    /// Processes whose end was seen.
-    pub exited: AtomicU64,
-    /// Spawn failures (local and QM).
-    pub spawn_failed: AtomicU64,
-    /// Agent handshakes that succeeded.
-    pub agent_connected: AtomicU64,
-    /// Agent connections dropped (closed, refused, misbehaving, timed out).
-    pub agent_dropped: AtomicU64,
-    /// Loop iterations.
-    pub iterations: AtomicU64,
+    Agent,
+    Control,
 }
 
 /// Asks a running loop to shut down, like SIGTERM (a second request forces SIGKILL). Safe to
@@ -93,109 +73,6 @@ impl ShutdownHandle {
     /// Requests shutdown.
     pub fn request(&self) {
         let _ = crate::sys::fd::eventfd_add(self.fd.as_fd(), 1);
-    }
-}
-
-/// A live process of a service.
-pub(crate) struct Proc {
-    pub pidfd: OwnedFd,
-    pub pid: i32,
-    pub identity: Identity,
-    /// Its end was reported to the core (waiting for `Release`).
-    pub exited: bool,
-}
-
-/// The shell's side of one service.
-pub(crate) struct ServiceRt {
-    pub def: ServiceDef,
-    pub id: ServiceId,
-    pub slot: SlotId,
-    /// Prepared once for local services.
-    pub spec: Option<SpawnSpec>,
-    pub proc: Option<Proc>,
-    /// Pid of the last process (in our PID namespace; 0 when it was gone before we could
-    /// ask), for log lines after it is gone.
-    pub last_pid: i32,
-    /// QM: the pid of the last process as the agent sees it (in the QM PID namespace).
-    pub qm_pid: i32,
-    /// The core's timer: deadline (CLOCK_MONOTONIC ns) and token.
-    pub timer: Option<(u64, TimerToken)>,
-    /// Deadline of the outstanding ring TIMEOUT, if any.
-    pub timer_op_at: Option<u64>,
-    /// QM: looks left before the exit status is given up as unknown; 0 when not waiting.
-    pub exit_retries_left: u16,
-    /// QM: the outstanding request id to the agent.
-    pub request: Option<super::agent::Request>,
-    /// QM: the id of a request that timed out on the current connection (a late answer is
-    /// killed, not adopted).
-    pub abandoned: Option<u64>,
-    /// QM with a v0.2 agent: the request's connection.
-    pub legacy: super::v02::LegacyConn,
-    /// In the core (false once a reload removed it and it stopped: the entry is unused).
-    pub active: bool,
-    /// A reload removed it; it is stopping and leaves when the core says `Removed`.
-    pub removing: bool,
-}
-
-impl ServiceRt {
-    /// A service just added to the core, with no process yet.
-    pub fn new(def: ServiceDef, id: ServiceId, slot: SlotId, spec: Option<SpawnSpec>) -> ServiceRt {
-        ServiceRt {
-            def,
-            id,
-            slot,
-            spec,
-            proc: None,
-            last_pid: 0,
-            qm_pid: 0,
-            timer: None,
-            timer_op_at: None,
-            exit_retries_left: 0,
-            request: None,
-            abandoned: None,
-            legacy: super::v02::LegacyConn::new(),
-            active: true,
-            removing: false,
-        }
-    }
-}
-
-/// A fixed-capacity FIFO of events for the core.
-struct EventQueue {
-    items: Box<[Option<Event>]>,
-    head: usize,
-    len: usize,
-}
-
-impl EventQueue {
-    fn new(capacity: usize) -> EventQueue {
-        EventQueue {
-            items: vec![None; capacity].into_boxed_slice(),
-            head: 0,
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, event: Event) {
-        // Sized for every service having a pending answer plus the agent events: overflow is a
-        // bug in the loop.
-        assert!(
-            self.len < self.items.len(),
-            "orchestrator: event queue overflow"
-        );
-        let index = (self.head + self.len) % self.items.len();
-        self.items[index] = Some(event);
-        self.len += 1;
-    }
-
-    fn pop(&mut self) -> Option<Event> {
-        if self.len == 0 {
-            return None;
-        }
-        let event = self.items[self.head].take();
-        self.head = (self.head + 1) % self.items.len();
-        self.len -= 1;
-        event
     }
 }
 
@@ -225,47 +102,45 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// The orchestrator: everything allocated in [`Orchestrator::new`], nothing after.
-pub struct Orchestrator {
-    pub(crate) ring: Ring,
-    pub(crate) core: Supervisor,
-    pub(crate) log: Logger,
-    pub(crate) notify: Notifier,
-    pub(crate) caps: Capabilities,
-    /// Indexed by core service index (a reload that adds past the end rebuilds it).
-    pub(crate) services: Box<[ServiceRt]>,
-    pub(crate) owners: Box<[Owner]>,
-    events: EventQueue,
-    signals: Option<(SignalFd, SlotId)>,
-    shutdown_fd: Arc<OwnedFd>,
-    shutdown_slot: SlotId,
-    watchdog: Option<(SlotId, Duration)>,
-    exit_retry_slot: SlotId,
-    pub(crate) agent: AgentLink,
-    shutdown_requests: u32,
-    done: bool,
-    pub(crate) counters: Arc<Counters>,
-    running: usize,
-    pub(crate) qm_services: usize,
-    pub(crate) shutdown_stop_services: bool,
-    pub(crate) shutdown_timeout: Duration,
-    pub(crate) control: super::control::ControlServer,
-    /// The configuration file to re-read on reload (`None`: the v0.2 command line).
-    pub(crate) config_path: Option<std::path::PathBuf>,
-    /// The settings in force (reload reports changes that need a restart).
-    pub(crate) settings: Settings,
-    /// Services a reload added that wait for a removed service's slot (empty otherwise).
-    pub(crate) pending_adds: Vec<(ServiceDef, Option<SpawnSpec>)>,
-}
-
-/// The current time for the core and for absolute ring timeouts.
-pub(crate) fn now() -> MonoTime {
+/// The current time for the engine and for absolute ring timeouts.
+fn now() -> MonoTime {
     MonoTime::from_nanos(ring::now_ns())
 }
 
+/// The orchestrator: everything allocated in [`Orchestrator::new`], nothing after.
+pub struct Orchestrator {
+    ring: Ring,
+    engine: Engine<OwnedFd>,
+    services: Services,
+    agent: AgentIo,
+    control: ControlServer,
+    owners: Box<[Owner]>,
+    log: Logger,
+    notify: Notifier,
+    caps: Capabilities,
+    signals: Option<SlotId>,
+    shutdown_fd: Arc<OwnedFd>,
+    shutdown_slot: SlotId,
+    watchdog: Option<(SlotId, Duration)>,
+    timer_slot: SlotId,
+    /// Deadline of the outstanding engine TIMEOUT, if any.
+    timer_at: Option<u64>,
+    shutdown_requests: u32,
+    done: bool,
+    counters: Arc<Counters>,
+    qm_services: usize,
+    /// The settings in force (reload reports changes that need a restart).
+    settings: Settings,
+    /// Services a reload added that wait for a removed service's slot (empty otherwise).
+    pending_adds: Vec<(ServiceDef, Option<SpawnSpec>)>,
+    /// Local spawn failures (the engine counts QM ones).
+    local_spawn_failures: u64,
+}
+
 impl Orchestrator {
-    /// Builds the loop: the ring, the core with every service added, prepared spawn specs,
-    /// the signalfd (if `options.signals`), and the agent link. Starts nothing yet.
+    /// Builds the loop: the ring, the engine with every service added, prepared spawn specs,
+    /// the signalfd (if `options.signals`), the agent link and the control plane. Starts
+    /// nothing yet.
     pub fn new(
         settings: Settings,
         defs: Vec<ServiceDef>,
@@ -279,11 +154,14 @@ impl Orchestrator {
                 supervise::SERVICES_MAX
             )));
         }
-        let slots = capacity + FIXED_SLOTS + super::control::CONTROL_SLOTS;
-        // A v0.2 agent is driven with one connection per request on the service's own slot.
-        let legacy_possible = settings.agent_protocol != super::spec::AgentProtocol::V1;
-        let service_buffered = if legacy_possible { capacity } else { 0 };
-        let buffered = service_buffered + FIXED_BUFFERED_SLOTS + super::control::CONTROL_SLOTS;
+        let v02_possible = settings.agent_protocol != AgentProtocol::V1;
+        let v02_slots = if v02_possible {
+            capacity + V02_SPARE_SLOTS
+        } else {
+            0
+        };
+        let buffered = FIXED_BUFFERED_SLOTS + v02_slots + control::CONTROL_SLOTS;
+        let slots = capacity + (FIXED_SLOTS - FIXED_BUFFERED_SLOTS) + buffered;
         let limits = Limits {
             slots: slots as u32,
             buffered_slots: buffered as u32,
@@ -292,89 +170,109 @@ impl Orchestrator {
             recv_len: SLOT_BUF_BYTES,
             send_len: SLOT_BUF_BYTES,
             read_len: 64,
-            fds_per_msg_max: 2,
+            fds_per_msg_max: link::FDS_MAX as u32,
             completions_per_wait_max: 1024,
         };
         let mut ring = Ring::new(limits).map_err(Error::Ring)?;
         let mut owners = vec![Owner::Free; slots].into_boxed_slice();
-        let mut take_slot = |ring: &mut Ring, owner: Owner| -> Result<SlotId, Error> {
-            let buffered = match owner {
-                Owner::Service(_) => legacy_possible,
-                _ => false,
-            };
-            let id =
-                slot_insert(ring, buffered).map_err(|e| Error::Service(format!("ring: {e}")))?;
+        let mut take_bare = |ring: &mut Ring, owner: Owner| -> Result<SlotId, Error> {
+            let id = ring
+                .insert_bare()
+                .map_err(|e| Error::Service(format!("ring: {e}")))?;
             owners[id.index()] = owner;
             Ok(id)
         };
-        let mut core = Supervisor::new(capacity);
-        let mut services = Vec::with_capacity(capacity);
-        let mut qm_services = 0;
+        let caps = Capabilities::probe();
+        let qm_services = defs
+            .iter()
+            .filter(|d| d.policy.partition == Partition::Qm)
+            .count();
+        let link_config = link::Config {
+            protocol: match settings.agent_protocol {
+                AgentProtocol::Auto => Protocol::Auto,
+                AgentProtocol::V1 => Protocol::V1,
+                AgentProtocol::V02 => Protocol::V02,
+            },
+            request_timeout: settings.agent_request_timeout,
+            reconnect_initial: settings.agent_reconnect_initial,
+            reconnect_max: settings.agent_reconnect_max,
+            services: capacity,
+        };
+        let mut engine = Engine::new(capacity, link_config, qm_services > 0);
+        let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
+        let mut services = Services::new(capacity, exit_retry_slot, caps);
         for (index, def) in defs.into_iter().enumerate() {
-            let id = core
+            let id = engine
                 .add(def.policy)
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
             debug_assert_eq!(id.index(), index);
             let spec = match def.policy.partition {
-                Partition::Local => Some(prepare_spec(&def)?),
-                Partition::Qm => {
-                    qm_services += 1;
-                    None
-                }
+                Partition::Local => Some(prepare_spec(&def).map_err(Error::Service)?),
+                Partition::Qm => None,
             };
-            let slot = take_slot(&mut ring, Owner::Service(index as u32))?;
-            services.push(ServiceRt::new(def, id, slot, spec));
+            let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
+            services.put(def, id, slot, spec);
         }
         let signals = if options.signals {
             let sfd = super::signals::install().map_err(|e| Error::Io("signalfd", e))?;
-            let slot = take_slot(&mut ring, Owner::Signals)?;
-            Some((sfd, slot))
+            let slot = take_bare(&mut ring, Owner::Signals)?;
+            ring.attach(slot, sfd.into_fd())
+                .map_err(|e| Error::Service(format!("ring: {e}")))?;
+            Some(slot)
         } else {
             None
         };
         let shutdown_fd = Arc::new(crate::sys::fd::eventfd().map_err(|e| Error::Io("eventfd", e))?);
-        let shutdown_slot = take_slot(&mut ring, Owner::Shutdown)?;
+        let shutdown_slot = take_bare(&mut ring, Owner::Shutdown)?;
+        // The slot owns a duplicate; the handles other threads hold keep the original.
+        let watched = crate::sys::fd::dup_cloexec(shutdown_fd.as_fd(), 0)
+            .map_err(|e| Error::Io("eventfd dup", e))?;
+        ring.attach(shutdown_slot, watched)
+            .map_err(|e| Error::Service(format!("ring: {e}")))?;
         let notify = if options.notify {
             Notifier::from_env().map_err(|e| Error::Io("sd_notify", e))?
         } else {
             Notifier::disabled()
         };
         let watchdog = match notify.watchdog_interval() {
-            Some(interval) => Some((take_slot(&mut ring, Owner::Watchdog)?, interval)),
+            Some(interval) => Some((take_bare(&mut ring, Owner::Watchdog)?, interval)),
             None => None,
         };
-        let exit_retry_slot = take_slot(&mut ring, Owner::ExitRetry)?;
-        let agent_timer = take_slot(&mut ring, Owner::AgentTimer)?;
-        let agent = AgentLink::new(&settings, capacity, agent_timer, qm_services > 0)?;
-        let control =
-            super::control::ControlServer::new(&settings.control, &mut ring, &mut owners)?;
-        let caps = Capabilities::probe();
+        let timer_slot = take_bare(&mut ring, Owner::Timer)?;
+        let addr = UnixAddr::new(settings.agent_socket.as_os_str().as_bytes())
+            .map_err(|e| Error::Io("agent socket path", e))?;
+        let agent = AgentIo::new(addr, capacity, link::FDS_MAX);
+        let control = ControlServer::new(&settings.control, &mut ring).map_err(|e| match e {
+            control::SetupError::Group(text) | control::SetupError::Ring(text) => {
+                Error::Service(text)
+            }
+        })?;
+        for slot in control.slots() {
+            owners[slot.index()] = Owner::Control;
+        }
         Ok(Orchestrator {
             ring,
-            core,
+            engine,
+            services,
+            agent,
+            control,
+            owners,
             log,
             notify,
             caps,
-            services: services.into_boxed_slice(),
-            owners,
-            events: EventQueue::new(capacity * 4 + 16),
             signals,
             shutdown_fd,
             shutdown_slot,
             watchdog,
-            exit_retry_slot,
-            agent,
+            timer_slot,
+            timer_at: None,
             shutdown_requests: 0,
             done: false,
             counters: Arc::new(Counters::default()),
-            running: 0,
             qm_services,
-            shutdown_stop_services: settings.shutdown_stop_services,
-            shutdown_timeout: settings.shutdown_timeout,
-            control,
-            config_path: settings.config_path.clone(),
             settings,
             pending_adds: Vec::new(),
+            local_spawn_failures: 0,
         })
     }
 
@@ -404,18 +302,22 @@ impl Orchestrator {
             self.ring.submit_and_wait(1, None).map_err(Error::Enter)?;
             while let Some(completion) = self.ring.next_completion() {
                 self.on_completion(completion);
-                self.pump();
+                self.settle();
             }
-            self.pump();
+            self.settle();
             if !self.pending_adds.is_empty() {
                 self.reload_pending();
             }
         }
-        self.agent_close();
-        self.control_close();
+        self.engine.close_agent();
+        self.drain_outputs();
+        self.control.close(&mut self.ring);
         self.log.line(
             Priority::Notice,
-            format_args!("event=shutdown-complete services={}", self.services.len()),
+            format_args!(
+                "event=shutdown-complete services={}",
+                self.services.list.len()
+            ),
         );
         let _ = self.notify.status(format_args!("stopped"));
         Ok(())
@@ -430,38 +332,32 @@ impl Orchestrator {
                 self.caps
             ),
         );
-        if let Some((sfd, slot)) = &self.signals {
+        if let Some(slot) = self.signals {
             self.ring
-                .poll_add(*slot, sfd.fd(), libc::POLLIN as u32)
+                .poll_add(slot, libc::POLLIN as u32)
                 .map_err(|e| Error::Service(format!("ring: {e}")))?;
         }
         self.ring
-            .poll_add(
-                self.shutdown_slot,
-                self.shutdown_fd.as_fd(),
-                libc::POLLIN as u32,
-            )
+            .poll_add(self.shutdown_slot, libc::POLLIN as u32)
             .map_err(|e| Error::Service(format!("ring: {e}")))?;
         if let Some((slot, interval)) = self.watchdog {
             let _ = self.notify.send(b"WATCHDOG=1");
             let _ = self.ring.timeout(slot, Timeout::After(interval));
         }
-        self.agent_start();
-        self.control_start();
-        for index in 0..self.services.len() {
-            if self.services[index].def.start_at_boot {
-                let service = self.services[index].id;
-                self.events.push(Event::Command {
-                    service,
-                    command: Command::Start,
-                });
-                self.pump();
+        self.engine.start(now());
+        self.settle();
+        self.control.start(&mut self.ring, &self.log);
+        for index in 0..self.services.list.len() {
+            if self.services.list[index].def.start_at_boot {
+                let service = self.services.list[index].id;
+                let _ = self.engine.command(now(), service, Command::Start);
+                self.settle();
             }
         }
         let _ = self.notify.send(b"READY=1");
         self.update_status(if self.qm_services == 0 {
             "not needed"
-        } else if self.agent.is_up() {
+        } else if self.engine.link().is_up() {
             "up"
         } else {
             "connecting"
@@ -469,195 +365,186 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Feeds queued events to the core and carries out every action, until both are empty.
-    pub(crate) fn pump(&mut self) {
-        while let Some(event) = self.events.pop() {
-            if let Err(refusal) = self.core.handle(now(), event) {
-                self.log.line(
-                    Priority::Err,
-                    format_args!("event=core-refused detail=\"{refusal}\" input={event:?}"),
-                );
+    /// Carries out the engine's outputs and sends what the agent link has to send, until
+    /// neither has anything left; then derives the ring timeout from the engine's deadline.
+    fn settle(&mut self) {
+        loop {
+            self.drain_outputs();
+            let sent = self
+                .agent
+                .transmit(&mut self.ring, &mut self.engine, &self.services, now());
+            if !sent {
+                break;
             }
-            self.drain_actions();
+        }
+        self.drain_outputs();
+        self.publish();
+        self.sync_timer();
+    }
+
+    /// The engine's and the link's counters, for other threads.
+    fn publish(&self) {
+        let stats = self.engine.stats();
+        let link = self.engine.link().stats();
+        self.counters
+            .spawned_qm
+            .store(stats.spawned_qm, Ordering::Relaxed);
+        self.counters.spawn_failed.store(
+            stats.spawn_failed_qm + self.local_spawn_failures,
+            Ordering::Relaxed,
+        );
+        self.counters
+            .agent_connected
+            .store(link.connected, Ordering::Relaxed);
+        self.counters
+            .agent_dropped
+            .store(link.dropped, Ordering::Relaxed);
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(output) = self.engine.poll_output() {
+            self.carry_out(output);
         }
     }
 
-    /// Carries out every action the core has queued.
-    pub(crate) fn drain_actions(&mut self) {
-        while let Some(action) = self.core.poll_action() {
-            self.act(action);
-        }
-    }
-
-    pub(crate) fn push_event(&mut self, event: Event) {
-        self.events.push(event);
-    }
-
-    fn act(&mut self, action: Action) {
-        match action {
-            Action::SpawnLocal { service } => self.spawn_local(service),
-            Action::SpawnAgent { service } => self.agent_request(service),
-            Action::Signal {
+    fn carry_out(&mut self, output: Output<OwnedFd>) {
+        match output {
+            Output::SpawnLocal { service } => {
+                let before = self.counters.spawn_failed.load(Ordering::Relaxed);
+                self.services.spawn_local(
+                    &mut self.engine,
+                    &self.log,
+                    &self.counters,
+                    now(),
+                    service,
+                );
+                if self.counters.spawn_failed.load(Ordering::Relaxed) != before {
+                    self.local_spawn_failures += 1;
+                }
+            }
+            Output::Watch { service, handle } => {
+                let procs = self.engine.procs(service);
+                if self
+                    .services
+                    .get(service)
+                    .is_some_and(|s| s.def.policy.partition == Partition::Qm)
+                {
+                    self.log.line(
+                        Priority::Debug,
+                        format_args!(
+                            "service={} partition=qm event=started pid={} agent_pid={}",
+                            self.services.name(service.index()),
+                            procs.last_pid,
+                            procs.qm_pid
+                        ),
+                    );
+                }
+                self.services
+                    .watch(&mut self.ring, &self.log, service, handle);
+            }
+            Output::Signal {
                 service,
                 pid,
                 signal,
-            } => self.signal(service, pid, signal),
-            Action::ArmTimer {
-                service,
-                deadline,
-                token,
-            } => {
-                let rt = &mut self.services[service.index()];
-                rt.timer = Some((deadline.as_nanos(), token));
-                self.sync_timer(service.index());
+            } => self
+                .services
+                .signal(&self.ring, &self.log, service, pid, signal),
+            Output::Release { service } => {
+                self.services.release(&mut self.ring, &self.log, service)
             }
-            Action::CancelTimer { service } => {
-                self.services[service.index()].timer = None;
-                self.sync_timer(service.index());
-            }
-            Action::Release { service, .. } => {
-                let rt = &mut self.services[service.index()];
-                rt.proc = None;
-                rt.exit_retries_left = 0;
-            }
-            Action::Log(transition) => {
-                self.control_on_transition(transition);
-                self.log_transition(transition);
-            }
-            Action::Removed { service } => self.on_removed(service),
-            Action::ShutdownComplete => self.done = true,
-        }
-    }
-
-    fn spawn_local(&mut self, service: ServiceId) {
-        let rt = &mut self.services[service.index()];
-        let spec = rt.spec.as_ref().expect("local service has a spawn spec");
-        match spawn::spawn(spec) {
-            Ok(child) => {
-                self.counters.spawned_local.fetch_add(1, Ordering::Relaxed);
-                let identity = Identity {
-                    inode: 0,
-                    pid: child.pid,
-                };
-                self.adopt(service, child.pidfd, child.pid, identity);
-            }
-            Err(e) => {
-                self.counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
-                let stage = match e.stage {
-                    spawn::SpawnStage::Exec => StartStage::Exec,
-                    _ => StartStage::Setup,
-                };
-                self.log.line(
-                    Priority::Warning,
-                    format_args!(
-                        "service={} partition=local event=spawn-failed stage={} errno={} error=\"{}\"",
-                        rt.def.name,
-                        e.stage,
-                        e.errno,
-                        crate::log::ErrnoText(e.errno)
-                    ),
+            Output::Link(io) => {
+                let created = self.agent.on_io(
+                    &mut self.ring,
+                    &mut self.engine,
+                    &self.log,
+                    &self.services,
+                    now(),
+                    io,
                 );
-                self.events.push(Event::SpawnFailed {
-                    service,
-                    error: StartFailure {
-                        errno: e.errno,
-                        stage,
-                    },
-                });
+                if let Some(slot) = created {
+                    self.owners[slot.index()] = Owner::Agent;
+                }
             }
-        }
-    }
-
-    /// Takes over a process (local child or QM pidfd from the agent): watch its pidfd and tell
-    /// the core.
-    pub(crate) fn adopt(
-        &mut self,
-        service: ServiceId,
-        pidfd: OwnedFd,
-        pid: i32,
-        identity: Identity,
-    ) {
-        let rt = &mut self.services[service.index()];
-        debug_assert!(rt.proc.is_none(), "one live process per service");
-        if let Err(e) = self
-            .ring
-            .poll_add(rt.slot, pidfd.as_fd(), libc::POLLIN as u32)
-        {
-            // Only possible if a poll is still outstanding on the slot (a bug): say so loudly.
-            self.log.line(
+            Output::Transition(t) => {
+                if self.control.monitoring() {
+                    if let Some(service) = self.services.get(t.service) {
+                        let info = control::event_info(
+                            &t,
+                            &service.def.name,
+                            service.def.policy.partition,
+                            self.engine.procs(t.service).last_pid,
+                        );
+                        self.control.on_transition(&mut self.ring, &self.log, info);
+                    }
+                }
+                self.log_transition(t);
+            }
+            Output::Note(note) => {
+                let text = self.engine.link().agent_text();
+                self.agent.log_note(&self.log, &self.services, text, note)
+            }
+            Output::AgentUp => {
+                self.update_status(if self.engine.link().protocol() == Protocol::V02 {
+                    "up (v0.2)"
+                } else {
+                    "up"
+                })
+            }
+            Output::AgentDown => self.update_status("down"),
+            Output::Removed { service } => self.on_removed(service),
+            Output::ShutdownComplete => self.done = true,
+            Output::Refused { refusal, event } => self.log.line(
                 Priority::Err,
-                format_args!("service={} event=poll-failed error=\"{e}\"", rt.def.name),
-            );
+                format_args!("event=core-refused detail=\"{refusal}\" input={event:?}"),
+            ),
         }
-        rt.proc = Some(Proc {
-            pidfd,
-            pid,
-            identity,
-            exited: false,
-        });
-        rt.last_pid = pid;
-        self.events.push(Event::Spawned {
-            service,
-            pid: Pid(pid),
-        });
     }
 
-    fn signal(&mut self, service: ServiceId, pid: Pid, signal: i32) {
-        let rt = &self.services[service.index()];
-        let Some(proc) = rt.proc.as_ref().filter(|p| !p.exited) else {
+    /// Makes the ring's one engine TIMEOUT match the engine's next deadline.
+    fn sync_timer(&mut self) {
+        let Some(wanted) = self.engine.poll_timeout().map(|t| t.as_nanos()) else {
             return;
         };
-        match pidfd::send_signal(proc.pidfd.as_fd(), signal) {
-            Ok(()) => self.log.line(
-                Priority::Info,
-                format_args!(
-                    "service={} partition={} pid={} event=signal signal={}",
-                    rt.def.name,
-                    rt.def.policy.partition.as_str(),
-                    pid.0,
-                    pidfd::signal_name(signal)
-                ),
-            ),
-            // ESRCH: it has exited already; its pidfd will poll readable.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(e) => self.log.line(
-                Priority::Warning,
-                format_args!(
-                    "service={} pid={} event=signal-failed signal={} error=\"{}\"",
-                    rt.def.name,
-                    pid.0,
-                    pidfd::signal_name(signal),
-                    crate::log::ErrnoText(e.raw_os_error().unwrap_or(0))
-                ),
-            ),
-        }
-    }
-
-    /// Makes the ring's TIMEOUT on the service's slot match the wanted deadline.
-    fn sync_timer(&mut self, index: usize) {
-        let rt = &mut self.services[index];
-        let pending = self.ring.is_pending(rt.slot, OpTag::Timeout);
-        match (rt.timer, pending) {
-            (Some((deadline, _)), false) => {
-                if self.ring.timeout(rt.slot, Timeout::At(deadline)).is_ok() {
-                    rt.timer_op_at = Some(deadline);
-                }
+        if !self.ring.is_pending(self.timer_slot, OpTag::Timeout) {
+            if self
+                .ring
+                .timeout(self.timer_slot, Timeout::At(wanted))
+                .is_ok()
+            {
+                self.timer_at = Some(wanted);
             }
-            (Some((deadline, _)), true) => {
-                if rt.timer_op_at.is_some_and(|at| at > deadline) {
-                    let _ = self.ring.cancel_op(rt.slot, OpTag::Timeout);
-                }
-            }
-            (None, true) => {
-                let _ = self.ring.cancel_op(rt.slot, OpTag::Timeout);
-            }
-            (None, false) => {}
+        } else if self.timer_at.is_some_and(|at| at > wanted) {
+            // Earlier than armed: the cancel's completion re-arms.
+            let _ = self.ring.cancel_op(self.timer_slot, OpTag::Timeout);
         }
     }
 
     fn on_completion(&mut self, c: Completion) {
         match self.owners[c.slot.index()] {
-            Owner::Service(index) => self.on_service_completion(index as usize, c),
+            Owner::Service(index) if c.op == OpTag::Poll => self.services.on_poll(
+                &mut self.ring,
+                &mut self.engine,
+                &self.counters,
+                now(),
+                index as usize,
+                c,
+            ),
+            Owner::Service(_) => {}
+            Owner::Timer => {
+                self.timer_at = None;
+                self.engine.handle_timeout(now());
+            }
+            Owner::ExitRetry => {
+                self.services
+                    .on_exit_retry(&mut self.ring, &mut self.engine, &self.counters, now())
+            }
+            Owner::Agent => {
+                if let Some(conn) = self.agent.conn_of(c.slot) {
+                    self.agent
+                        .on_completion(&mut self.ring, &mut self.engine, now(), conn, c);
+                }
+            }
+            Owner::Control => self.on_control(c),
             Owner::Signals => self.on_signals(),
             Owner::Shutdown if c.op == OpTag::Timeout => {
                 if !self.done {
@@ -665,10 +552,10 @@ impl Orchestrator {
                         Priority::Warning,
                         format_args!(
                             "event=shutdown-timeout timeout_ms={} action=SIGKILL every process",
-                            self.shutdown_timeout.as_millis()
+                            self.settings.shutdown_timeout.as_millis()
                         ),
                     );
-                    self.events.push(Event::Shutdown);
+                    self.engine.shutdown(now());
                 }
             }
             Owner::Shutdown => self.on_shutdown_handle(),
@@ -678,156 +565,87 @@ impl Orchestrator {
                     let _ = self.ring.timeout(slot, Timeout::After(interval));
                 }
             }
-            Owner::ExitRetry => self.on_exit_retry(),
-            Owner::AgentTimer => self.agent_on_timer(c),
-            Owner::AgentConn => self.agent_on_conn(c),
-            Owner::ControlListen => self.control_on_listen(c),
-            Owner::ControlConn(k) => self.control_on_conn(k as usize, c),
             Owner::Free => {}
         }
     }
 
-    fn on_service_completion(&mut self, index: usize, c: Completion) {
-        match c.op {
-            OpTag::Timeout => {
-                let rt = &mut self.services[index];
-                rt.timer_op_at = None;
-                if let Some((deadline, token)) = rt.timer {
-                    if ring::now_ns() >= deadline {
-                        rt.timer = None;
-                        let service = rt.id;
-                        self.events.push(Event::TimerFired { service, token });
-                    }
-                }
-                self.sync_timer(index);
-            }
-            OpTag::Poll => self.on_pidfd_readable(index, c),
-            OpTag::RecvMsg | OpTag::SendMsg => self.legacy_on_completion(index, c),
-            _ => {}
-        }
-    }
-
-    fn on_pidfd_readable(&mut self, index: usize, c: Completion) {
-        let rt = &mut self.services[index];
-        let Some(proc) = rt.proc.as_mut().filter(|p| !p.exited) else {
+    fn on_control(&mut self, c: Completion) {
+        let Some(slot) = self.control.slot_of(c.slot) else {
             return;
         };
-        if c.result.is_err() {
-            // EINTR/ECANCELED: watch again.
-            let _ = self
-                .ring
-                .poll_add(rt.slot, proc.pidfd.as_fd(), libc::POLLIN as u32);
-            return;
-        }
-        let status = match rt.def.policy.partition {
-            Partition::Local => match pidfd::wait_child(proc.pidfd.as_fd()) {
-                Ok(Some(status)) => status,
-                Ok(None) => {
-                    let _ = self
-                        .ring
-                        .poll_add(rt.slot, proc.pidfd.as_fd(), libc::POLLIN as u32);
-                    return;
-                }
-                Err(_) => pidfd::WaitStatus::Unknown,
-            },
-            Partition::Qm => {
-                if !self.caps.exit_info {
-                    pidfd::WaitStatus::Unknown
-                } else {
-                    match pidfd::exit_info(proc.pidfd.as_fd()) {
-                        ExitInfo::Status(status) => status,
-                        ExitInfo::Unavailable => pidfd::WaitStatus::Unknown,
-                        ExitInfo::NotYet => {
-                            // Exited but not yet reaped by the agent: look again shortly.
-                            rt.exit_retries_left = EXIT_INFO_RETRIES_MAX;
-                            if !self.ring.is_pending(self.exit_retry_slot, OpTag::Timeout) {
-                                let _ = self.ring.timeout(
-                                    self.exit_retry_slot,
-                                    Timeout::After(EXIT_INFO_RETRY_INTERVAL),
-                                );
-                            }
-                            return;
-                        }
-                    }
-                }
-            }
+        let view = View {
+            services: &self.services,
+            engine: &self.engine,
+            agent: &self.agent,
+            counters: &self.counters,
+            now: now(),
         };
-        self.report_exit(index, status);
-    }
-
-    fn report_exit(&mut self, index: usize, status: pidfd::WaitStatus) {
-        let rt = &mut self.services[index];
-        if let Some(proc) = rt.proc.as_mut() {
-            proc.exited = true;
-        }
-        rt.exit_retries_left = 0;
-        self.counters.exited.fetch_add(1, Ordering::Relaxed);
-        let status = match status {
-            pidfd::WaitStatus::Exited(code) => supervise::ExitStatus::Code(code),
-            pidfd::WaitStatus::Signaled { signal, .. } => supervise::ExitStatus::Signal(signal),
-            pidfd::WaitStatus::Unknown => supervise::ExitStatus::Unknown,
-        };
-        let service = rt.id;
-        self.events.push(Event::Exited { service, status });
-    }
-
-    fn on_exit_retry(&mut self) {
-        let mut waiting = false;
-        for index in 0..self.services.len() {
-            let rt = &mut self.services[index];
-            if rt.exit_retries_left == 0 {
-                continue;
+        let request = self
+            .control
+            .on_completion(&mut self.ring, &self.log, &view, slot, c);
+        match request {
+            None => {}
+            Some(Request::Command {
+                conn,
+                service,
+                command,
+            }) => {
+                let result = self.engine.command(now(), service, command);
+                // Let everything the command caused happen first: the answer is the state
+                // after it.
+                self.settle();
+                let view = View {
+                    services: &self.services,
+                    engine: &self.engine,
+                    agent: &self.agent,
+                    counters: &self.counters,
+                    now: now(),
+                };
+                self.control
+                    .command_done(&mut self.ring, &self.log, &view, conn, service, result);
             }
-            let Some(proc) = rt.proc.as_ref() else {
-                rt.exit_retries_left = 0;
-                continue;
-            };
-            match pidfd::exit_info(proc.pidfd.as_fd()) {
-                ExitInfo::Status(status) => self.report_exit(index, status),
-                ExitInfo::Unavailable => self.report_exit(index, pidfd::WaitStatus::Unknown),
-                ExitInfo::NotYet if rt.exit_retries_left == 1 => {
-                    self.report_exit(index, pidfd::WaitStatus::Unknown)
-                }
-                ExitInfo::NotYet => {
-                    rt.exit_retries_left -= 1;
-                    waiting = true;
-                }
+            Some(Request::Reload { conn }) => {
+                let mut notes = [0u8; TEXT_LEN_MAX];
+                let result = self.reload(&mut notes);
+                self.settle();
+                let result = result.map(|(c, len)| ReloadInfo {
+                    added: c[0],
+                    removed: c[1],
+                    changed: c[2],
+                    unchanged: c[3],
+                    needs_restart: std::str::from_utf8(&notes[..len]).unwrap_or(""),
+                });
+                self.control
+                    .reload_done(&mut self.ring, &self.log, conn, result);
             }
-        }
-        if waiting {
-            let _ = self.ring.timeout(
-                self.exit_retry_slot,
-                Timeout::After(EXIT_INFO_RETRY_INTERVAL),
-            );
         }
     }
 
     fn on_signals(&mut self) {
-        let Some((sfd, slot)) = &self.signals else {
+        let Some(slot) = self.signals else {
             return;
         };
-        let slot = *slot;
         let mut got = [0i32; 8];
         let mut n = 0;
-        while n < got.len() {
-            match sfd.read() {
-                Ok(Some(sig)) => {
-                    got[n] = sig;
-                    n += 1;
+        if let Some(fd) = self.ring.fd(slot) {
+            while n < got.len() {
+                match crate::sys::signal::read_signalfd(fd) {
+                    Ok(Some(sig)) => {
+                        got[n] = sig;
+                        n += 1;
+                    }
+                    _ => break,
                 }
-                _ => break,
             }
         }
-        if let Some((sfd, _)) = &self.signals {
-            let _ = self.ring.poll_add(slot, sfd.fd(), libc::POLLIN as u32);
-        }
+        let _ = self.ring.poll_add(slot, libc::POLLIN as u32);
         for &sig in &got[..n] {
             if sig == libc::SIGHUP {
                 self.log.line(
                     Priority::Notice,
                     format_args!("event=signal signal=SIGHUP action=reload"),
                 );
-                let mut notes = [0u8; crate::control::TEXT_LEN_MAX];
+                let mut notes = [0u8; TEXT_LEN_MAX];
                 // The outcome is logged by `reload` itself.
                 let _ = self.reload(&mut notes);
                 continue;
@@ -841,14 +659,11 @@ impl Orchestrator {
     }
 
     fn on_shutdown_handle(&mut self) {
-        let value = crate::sys::fd::eventfd_read(self.shutdown_fd.as_fd())
-            .ok()
-            .flatten();
-        let _ = self.ring.poll_add(
-            self.shutdown_slot,
-            self.shutdown_fd.as_fd(),
-            libc::POLLIN as u32,
-        );
+        let value = self
+            .ring
+            .fd(self.shutdown_slot)
+            .and_then(|fd| crate::sys::fd::eventfd_read(fd).ok().flatten());
+        let _ = self.ring.poll_add(self.shutdown_slot, libc::POLLIN as u32);
         if let Some(value) = value {
             for _ in 0..value.min(2) {
                 self.log
@@ -862,7 +677,7 @@ impl Orchestrator {
         self.shutdown_requests += 1;
         if self.shutdown_requests == 1 {
             let _ = self.notify.send(b"STOPPING=1");
-            if !self.shutdown_stop_services {
+            if !self.settings.shutdown_stop_services {
                 self.log.line(
                     Priority::Notice,
                     format_args!(
@@ -873,35 +688,34 @@ impl Orchestrator {
                 return;
             }
             let _ = self.notify.status(format_args!("stopping every service"));
-            let _ = self
-                .ring
-                .timeout(self.shutdown_slot, Timeout::After(self.shutdown_timeout));
+            let _ = self.ring.timeout(
+                self.shutdown_slot,
+                Timeout::After(self.settings.shutdown_timeout),
+            );
         } else {
             self.log.line(
                 Priority::Warning,
                 format_args!("event=shutdown-forced action=SIGKILL every process"),
             );
         }
-        self.events.push(Event::Shutdown);
+        self.engine.shutdown(now());
     }
 
     /// Sends `STATUS=` with the agent's state (on start-up and agent changes only: a
     /// notification per restart would cost a datagram per cycle).
-    pub(crate) fn update_status(&self, agent: &str) {
+    fn update_status(&self, agent: &str) {
         let _ = self.notify.status(format_args!(
             "supervising {} services ({} in QM); agent {agent}",
-            self.services.iter().filter(|rt| rt.active).count(),
+            self.services.list.iter().filter(|s| s.active).count(),
             self.qm_services
         ));
     }
 
-    fn log_transition(&mut self, t: Transition) {
-        let rt = &self.services[t.service.index()];
-        if t.from != State::Running && t.to == State::Running {
-            self.running += 1;
-        } else if t.from == State::Running && t.to != State::Running {
-            self.running = self.running.saturating_sub(1);
-        }
+    fn log_transition(&self, t: Transition) {
+        let Some(service) = self.services.get(t.service) else {
+            return;
+        };
+        let procs = self.engine.procs(t.service);
         let priority = match (t.to, t.reason) {
             (State::Failed, _) => Priority::Err,
             // The end of a process we asked to stop is no crash.
@@ -913,21 +727,21 @@ impl Orchestrator {
         if !self.log.enabled(priority) {
             return;
         }
-        let mut line = crate::log::LineBuf::new();
+        let mut line = LineBuf::new();
         use std::fmt::Write as _;
         let _ = write!(
             line,
             "service={} partition={} state={} from={}",
-            rt.def.name,
-            rt.def.policy.partition.as_str(),
+            service.def.name,
+            service.def.policy.partition.as_str(),
             t.to,
             t.from,
         );
-        if rt.last_pid > 0 {
-            let _ = write!(line, " pid={}", rt.last_pid);
+        if procs.last_pid > 0 {
+            let _ = write!(line, " pid={}", procs.last_pid);
         }
-        if rt.qm_pid > 0 {
-            let _ = write!(line, " qm_pid={}", rt.qm_pid);
+        if procs.qm_pid > 0 {
+            let _ = write!(line, " qm_pid={}", procs.qm_pid);
         }
         let _ = write!(line, " restarts={}", t.restarts);
         let _ = match t.reason {
@@ -957,70 +771,188 @@ impl Orchestrator {
         if let Some(delay) = t.next_delay {
             let _ = write!(line, " next_delay_ms={}", delay.as_millis());
         }
-        let text = line.as_bytes();
-        // SAFETY-free: LineBuf only holds what `write!` put in, which is UTF-8.
-        let text = std::str::from_utf8(text).unwrap_or("(log line not UTF-8)");
+        let text = std::str::from_utf8(line.as_bytes()).unwrap_or("(log line not UTF-8)");
         self.log.line(priority, format_args!("{text}"));
     }
-}
 
-/// Prepares the reusable spawn spec of a local service. With `inherit_env`, the
-/// orchestrator's environment comes first, minus the names the service sets itself.
-pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, Error> {
-    use std::os::unix::ffi::OsStrExt;
-    let bad =
-        |what: &dyn std::fmt::Display| Error::Service(format!("service {}: {what}", def.name));
-    if def.argv.is_empty() {
-        return Err(bad(&"argv is empty"));
+    // --- reload ---------------------------------------------------------------------------
+
+    /// Re-reads the configuration file. On success returns the counts and the length of the
+    /// "needs a restart" note written into `notes`; on failure nothing has changed.
+    fn reload(&mut self, notes: &mut [u8]) -> Result<([u16; 4], usize), (FailCode, String)> {
+        let result = self.reload_apply(notes);
+        match &result {
+            Ok((c, len)) => self.log.line(
+                Priority::Notice,
+                format_args!(
+                    "event=reload added={} removed={} changed={} unchanged={} needs_restart=\"{}\"",
+                    c[0],
+                    c[1],
+                    c[2],
+                    c[3],
+                    std::str::from_utf8(&notes[..*len]).unwrap_or("")
+                ),
+            ),
+            Err((_, message)) => self.log.line(
+                Priority::Err,
+                format_args!("event=reload-failed error=\"{message}\" action=nothing changed"),
+            ),
+        }
+        result
     }
-    let name_of = |entry: &[u8]| entry.split(|&b| b == b'=').next().unwrap_or(&[]).to_vec();
-    let own_names: Vec<Vec<u8>> = def.env.iter().map(|e| name_of(e)).collect();
-    let mut env: Vec<Vec<u8>> = Vec::new();
-    if def.inherit_env {
-        for (key, value) in std::env::vars_os() {
-            if own_names.iter().any(|n| n.as_slice() == key.as_bytes()) {
-                continue;
+
+    fn reload_apply(&mut self, notes: &mut [u8]) -> Result<([u16; 4], usize), (FailCode, String)> {
+        let Some(path) = self.settings.config_path.clone() else {
+            return Err((
+                FailCode::ReloadUnavailable,
+                "this orchestrator was started without a configuration file (the v0.2 command \
+                 line): there is nothing to reload"
+                    .to_string(),
+            ));
+        };
+        if self.engine.core().shutting_down() {
+            return Err((
+                FailCode::Refused,
+                "the orchestrator is shutting down".to_string(),
+            ));
+        }
+        let capacity = self.engine.core().capacity();
+        let plan = reload::plan(&path, &self.settings, &self.services, capacity)?;
+        if !self.pending_adds.is_empty() {
+            return Err((
+                FailCode::Refused,
+                "the previous reload still waits for removed services to stop: retry".to_string(),
+            ));
+        }
+        let counts = plan.counts();
+        let note = plan.needs_restart.as_bytes();
+        let note_len = note.len().min(notes.len());
+        notes[..note_len].copy_from_slice(&note[..note_len]);
+        let new = &plan.settings;
+        self.log = self.log.with_max(new.log_level);
+        self.settings.log_level = new.log_level;
+        self.settings.shutdown_stop_services = new.shutdown_stop_services;
+        self.settings.shutdown_timeout = new.shutdown_timeout;
+
+        for index in plan.removed {
+            self.services.list[index].removing = true;
+            let service = self.services.list[index].id;
+            if let Err(refusal) = self.engine.remove(now(), service) {
+                self.log.line(
+                    Priority::Err,
+                    format_args!("event=core-refused detail=\"{refusal}\" input=remove"),
+                );
             }
-            let mut entry = key.as_bytes().to_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(value.as_bytes());
-            env.push(entry);
+            self.settle();
+        }
+        for (index, def, spec) in plan.changed {
+            let service = self.services.list[index].id;
+            let policy_changed = self.services.list[index].def.policy != def.policy;
+            let running = self
+                .engine
+                .core()
+                .status(service)
+                .is_some_and(|s| s.pid.is_some() || s.state == State::Starting);
+            let policy = def.policy;
+            let entry = &mut self.services.list[index];
+            entry.def = def;
+            entry.spec = spec;
+            let result = if policy_changed {
+                self.engine.replace(now(), service, policy)
+            } else if running {
+                self.engine.command(now(), service, Command::Restart)
+            } else {
+                Ok(())
+            };
+            if let Err(refusal) = result {
+                self.log.line(
+                    Priority::Err,
+                    format_args!("event=core-refused detail=\"{refusal}\" input=replace"),
+                );
+            }
+            self.settle();
+        }
+        for (index, def) in plan.same {
+            // Only `enabled` may differ: it matters at the next start of the orchestrator.
+            self.services.list[index].def.start_at_boot = def.start_at_boot;
+        }
+        // Services that need the slot of a removed one wait until it has stopped.
+        self.pending_adds.extend(plan.added);
+        self.reload_pending();
+        self.qm_services = self.services.qm_count();
+        if self.qm_services > 0 {
+            self.engine.enable_agent(now());
+            self.settle();
+        }
+        Ok((counts, note_len))
+    }
+
+    /// Adds the services of a reload that were waiting for a free service and ring slot.
+    fn reload_pending(&mut self) {
+        while !self.pending_adds.is_empty()
+            && self.engine.core().services().count() < self.engine.core().capacity()
+            && self.ring.len() < self.ring.limits().slots as usize
+        {
+            let (def, spec) = self.pending_adds.remove(0);
+            self.add_service(def, spec);
         }
     }
-    env.extend(def.env.iter().cloned());
-    let strings_bytes_max = def
-        .argv
-        .iter()
-        .chain(env.iter())
-        .map(|s| s.len() + 1)
-        .sum::<usize>()
-        + def.cwd.as_ref().map_or(0, |c| c.len() + 1);
-    let mut spec = SpawnSpec::with_limits(spawn::SpawnLimits {
-        args_count_max: def.argv.len(),
-        env_count_max: env.len(),
-        strings_bytes_max,
-    });
-    let mut w = spec.writer();
-    for arg in &def.argv {
-        w.arg(arg).map_err(|e| bad(&e))?;
-    }
-    for entry in &env {
-        w.env(entry).map_err(|e| bad(&e))?;
-    }
-    if let Some(cwd) = &def.cwd {
-        w.cwd(cwd).map_err(|e| bad(&e))?;
-    }
-    w.uid(def.uid);
-    w.gid(def.gid);
-    w.finish();
-    Ok(spec)
-}
 
-/// A ring slot for a service or a timer: bare (a pidfd poll and a timer need no buffers)
-/// unless `buffered` (the service may talk to a v0.2 agent on its own connection).
-pub(crate) fn slot_insert(ring: &mut Ring, buffered: bool) -> Result<SlotId, ring::Full> {
-    match buffered {
-        true => ring.insert(),
-        false => ring.insert_bare(),
+    fn add_service(&mut self, def: ServiceDef, spec: Option<SpawnSpec>) {
+        let id = match self.engine.add(def.policy) {
+            Ok(id) => id,
+            Err(refusal) => {
+                // Checked before applying: not expected.
+                self.log.line(
+                    Priority::Err,
+                    format_args!("service={} event=add-failed detail=\"{refusal}\"", def.name),
+                );
+                return;
+            }
+        };
+        let slot = match self.ring.insert_bare() {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.log.line(
+                    Priority::Err,
+                    format_args!("service={} event=add-failed detail=\"ring: {e}\"", def.name),
+                );
+                let _ = self.engine.remove(now(), id);
+                self.settle();
+                return;
+            }
+        };
+        self.owners[slot.index()] = Owner::Service(id.0);
+        let start = def.start_at_boot;
+        self.log.line(
+            Priority::Notice,
+            format_args!(
+                "service={} partition={} event=added",
+                def.name,
+                def.policy.partition.as_str()
+            ),
+        );
+        self.services.put(def, id, slot, spec);
+        if start {
+            let _ = self.engine.command(now(), id, Command::Start);
+            self.settle();
+        }
+    }
+
+    /// The engine has removed a service: free its ring slot and its entry.
+    fn on_removed(&mut self, service: ServiceId) {
+        let Some(entry) = self.services.list.get_mut(service.index()) else {
+            return;
+        };
+        entry.active = false;
+        entry.removing = false;
+        entry.spec = None;
+        let slot = entry.slot;
+        let _ = self.ring.remove(slot);
+        self.owners[slot.index()] = Owner::Free;
+        self.log.line(
+            Priority::Notice,
+            format_args!("service={} event=removed", entry.def.name),
+        );
     }
 }

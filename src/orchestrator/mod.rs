@@ -1,22 +1,33 @@
 //! The orchestrator's I/O shell: one thread, one io_uring ring, pidfds for every process.
 //!
-//! [`Orchestrator::new`] allocates everything (ring slab, supervision core, spawn specs,
-//! buffers); [`Orchestrator::run`] then drives the sans-IO core from io_uring completions and
-//! allocates nothing until it returns. See `event_loop` for the slot layout and `agent` for the
-//! QM link and its checks.
+//! [`Orchestrator::new`] allocates everything (ring slab, engine, spawn specs, buffers);
+//! [`Orchestrator::run`] then drives the sans-IO [`engine::Engine`] from io_uring completions
+//! and allocates nothing until it returns. Modules by what they hold:
+//! - `event_loop`: the [`Orchestrator`], the ring, dispatch of completions and outputs;
+//! - [`engine`]: the supervision core and the agent link glued together, without I/O;
+//! - `timers`: the core's timers (one per service) in an indexed heap;
+//! - `services`, `agent_io`, `control`: the sub-shells (each service's pidfd slot and spawn
+//!   spec; the agent connections; holdenctl's connections);
+//! - `reload`, `spec`, `signals`, `counters`.
+//!
+//! No module here imports `event_loop`: the sub-shells get what they need as arguments.
 
-mod agent;
+mod agent_io;
 mod control;
+mod counters;
+pub mod engine;
 mod event_loop;
-mod v02;
-
 mod reload;
+mod services;
 pub mod signals;
 mod spec;
+mod timers;
 
 pub use control::{
     ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX,
     IDLE_TIMEOUT as CONTROL_IDLE_TIMEOUT,
 };
-pub use event_loop::{Counters, Error, Orchestrator, ShutdownHandle, FIXED_SLOTS};
+pub use counters::Counters;
+pub use event_loop::{Error, Orchestrator, ShutdownHandle, FIXED_SLOTS};
 pub use spec::{AgentProtocol, Options, ServiceDef, Settings};
+pub use timers::Timers;

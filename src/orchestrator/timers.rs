@@ -171,11 +171,15 @@ mod tests {
                 _ => {
                     now += rand() % 20;
                     while let Some((id, token)) = timers.pop_due(now) {
-                        let (deadline, t) = model[id.index()].take().expect("fired an unarmed timer");
+                        let (deadline, t) =
+                            model[id.index()].take().expect("fired an unarmed timer");
                         assert!(deadline <= now);
                         assert_eq!(token, TimerToken(t));
                     }
-                    assert!(model.iter().flatten().all(|&(d, _)| d > now), "a due timer stayed");
+                    assert!(
+                        model.iter().flatten().all(|&(d, _)| d > now),
+                        "a due timer stayed"
+                    );
                 }
             }
             let min = model.iter().flatten().map(|&(d, _)| d).min();

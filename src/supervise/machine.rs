@@ -1,12 +1,12 @@
 //! The supervisor: a fixed table of services driven by events, emitting actions.
 
 use super::action::{Action, Reason, Transition};
-use crate::queue::Fifo;
 use super::event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
 use super::start_history::StartHistory;
 use super::status::{ServiceStatus, State};
 use super::MonoTime;
+use crate::queue::Fifo;
 use std::time::Duration;
 
 /// Index of a service slot in the supervisor's fixed table.
@@ -177,9 +177,7 @@ impl Supervisor {
         );
         Supervisor {
             slots: vec![Slot::FREE; capacity].into_boxed_slice(),
-            actions: Fifo::with_capacity(
-                capacity * ACTIONS_PER_SERVICE_MAX + ACTIONS_GLOBAL_MAX,
-            ),
+            actions: Fifo::with_capacity(capacity * ACTIONS_PER_SERVICE_MAX + ACTIONS_GLOBAL_MAX),
             agent_up: false,
             shutting_down: false,
             shutdown_forced: false,
@@ -740,7 +738,7 @@ impl Supervisor {
     }
 
     fn check_drained(&self) -> Result<(), Refusal> {
-        if self.actions.len() != 0 {
+        if !self.actions.is_empty() {
             return Err(Refusal::ActionsPending);
         }
         Ok(())

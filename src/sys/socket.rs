@@ -463,8 +463,28 @@ impl PeerCred {
 #[derive(Debug)]
 pub struct Listener {
     pub fd: OwnedFd,
-    /// Device and inode of the socket file created here.
-    file: Option<(CString, u64, u64)>,
+    /// The socket file created here.
+    file: Option<SocketFile>,
+}
+
+/// A socket file a [`Listener`] created: its path, device and inode.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: CString,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Removes the file if it is still the one created here (a successor's socket is left
+    /// alone).
+    pub fn remove(&self) {
+        if let Ok(Some(st)) = super::fd::lstat(&self.path) {
+            if st.dev == self.dev && st.ino == self.ino {
+                let _ = super::fd::unlink(&self.path);
+            }
+        }
+    }
 }
 
 /// Why [`Listener::bind`] refused or failed.
@@ -545,7 +565,11 @@ impl Listener {
             Ok(None) => return Err(undo("stat", io::Error::from_raw_os_error(libc::ENOENT))),
             Err(e) => return Err(undo("stat", e)),
         };
-        let file = Some((cpath, st.dev, st.ino));
+        let file = Some(SocketFile {
+            path: cpath,
+            dev: st.dev,
+            ino: st.ino,
+        });
         Ok((Listener { fd, file }, stale))
     }
 
@@ -583,14 +607,14 @@ impl Listener {
     /// Removes the socket file if this listener created it and it is still the same file (a
     /// successor's socket is left alone).
     pub fn remove_file(&self) {
-        let Some((path, dev, ino)) = &self.file else {
-            return;
-        };
-        if let Ok(Some(st)) = super::fd::lstat(path) {
-            if st.dev == *dev && st.ino == *ino {
-                let _ = super::fd::unlink(path);
-            }
+        if let Some(file) = &self.file {
+            file.remove();
         }
+    }
+
+    /// The socket and the file it created (to give the socket to a ring slot).
+    pub fn into_parts(self) -> (OwnedFd, Option<SocketFile>) {
+        (self.fd, self.file)
     }
 }
 

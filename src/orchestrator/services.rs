@@ -1,0 +1,410 @@
+//! The services sub-shell: each service's definition, its prepared spawn spec, and the ring
+//! slot that owns the pidfd of its live process.
+//!
+//! One bare ring slot per service, for its whole life: the engine's `Watch` attaches the
+//! pidfd to it and polls for the exit, `Release` detaches and closes it. The exit status is
+//! read here — `waitid` for our own children, `PIDFD_INFO_EXIT` for QM processes (with short
+//! retries for the window between exit and the agent's reap) — and handed to the engine.
+
+use super::counters::Counters;
+use super::engine::{local_failure, Engine};
+use super::spec::ServiceDef;
+use crate::log::{ErrnoText, Logger, Priority};
+use crate::pidfd::{self, Capabilities, ExitInfo, Identity, WaitStatus};
+use crate::spawn::{self, SpawnSpec};
+use crate::supervise::{ExitStatus, MonoTime, Partition, Pid, ServiceId};
+use crate::wire::v1;
+use ring::{Completion, Ring, SlotId, Timeout};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Time between two looks at a QM process that polled readable before its exit status was
+/// published (the window between exit and reap).
+const EXIT_INFO_RETRY_INTERVAL: Duration = Duration::from_millis(1);
+/// Looks before a QM exit status is reported as unknown.
+const EXIT_INFO_RETRIES_MAX: u16 = 200;
+
+/// One service of the shell.
+pub(crate) struct Service {
+    pub def: ServiceDef,
+    pub id: ServiceId,
+    /// Bare ring slot; holds the live process's pidfd while it is supervised.
+    pub slot: SlotId,
+    /// Prepared once for local services.
+    pub spec: Option<SpawnSpec>,
+    /// QM: looks left before the exit status is given up as unknown; 0 when not waiting.
+    exit_retries_left: u16,
+    /// In the core (false once a reload removed it and it stopped: the entry is unused).
+    pub active: bool,
+    /// A reload removed it; it is stopping and leaves when the engine says `Removed`.
+    pub removing: bool,
+}
+
+/// Every service, indexed by the core's service index.
+pub(crate) struct Services {
+    pub list: Vec<Service>,
+    exit_retry_slot: SlotId,
+    caps: Capabilities,
+}
+
+impl Services {
+    pub(crate) fn new(capacity: usize, exit_retry_slot: SlotId, caps: Capabilities) -> Services {
+        Services {
+            list: Vec::with_capacity(capacity),
+            exit_retry_slot,
+            caps,
+        }
+    }
+
+    pub(crate) fn get(&self, id: ServiceId) -> Option<&Service> {
+        self.list.get(id.index())
+    }
+
+    /// The name of a service, for log lines.
+    pub(crate) fn name(&self, index: usize) -> &str {
+        self.list.get(index).map_or("?", |s| s.def.name.as_str())
+    }
+
+    /// The live service with this name.
+    pub(crate) fn by_name(&self, name: &str) -> Option<usize> {
+        self.list
+            .iter()
+            .position(|s| s.active && s.def.name == name)
+    }
+
+    /// Puts a service (new, or into a free entry of a removed one).
+    pub(crate) fn put(
+        &mut self,
+        def: ServiceDef,
+        id: ServiceId,
+        slot: SlotId,
+        spec: Option<SpawnSpec>,
+    ) {
+        let service = Service {
+            def,
+            id,
+            slot,
+            spec,
+            exit_retries_left: 0,
+            active: true,
+            removing: false,
+        };
+        match self.list.get_mut(id.index()) {
+            Some(entry) => *entry = service,
+            None => {
+                debug_assert_eq!(id.index(), self.list.len());
+                self.list.push(service);
+            }
+        }
+    }
+
+    /// QM services currently configured.
+    pub(crate) fn qm_count(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|s| s.active && s.def.policy.partition == Partition::Qm)
+            .count()
+    }
+
+    /// The engine wants a local process.
+    pub(crate) fn spawn_local(
+        &mut self,
+        engine: &mut Engine<OwnedFd>,
+        log: &Logger,
+        counters: &Counters,
+        now: MonoTime,
+        service: ServiceId,
+    ) {
+        let Some(entry) = self.list.get(service.index()) else {
+            return;
+        };
+        let result = match &entry.spec {
+            Some(spec) => spawn::spawn(spec),
+            None => Err(spawn::SpawnError::new(
+                spawn::SpawnStage::Prepare,
+                libc::EINVAL,
+            )),
+        };
+        match result {
+            Ok(child) => {
+                counters.spawned_local.fetch_add(1, Ordering::Relaxed);
+                let identity = Identity {
+                    inode: 0,
+                    pid: child.pid,
+                };
+                engine.spawned(now, service, child.pidfd, child.pid, identity);
+            }
+            Err(e) => {
+                counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
+                log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} partition=local event=spawn-failed stage={} errno={} error=\"{}\"",
+                        entry.def.name,
+                        e.stage,
+                        e.errno,
+                        ErrnoText(e.errno)
+                    ),
+                );
+                engine.spawn_failed(now, service, local_failure(e.stage, e.errno));
+            }
+        }
+    }
+
+    /// Supervise a process: its pidfd goes to the service's slot, polled for the exit.
+    pub(crate) fn watch(
+        &mut self,
+        ring: &mut Ring,
+        log: &Logger,
+        service: ServiceId,
+        pidfd: OwnedFd,
+    ) {
+        let Some(entry) = self.list.get(service.index()) else {
+            return;
+        };
+        let watched = ring
+            .attach(entry.slot, pidfd)
+            .and_then(|()| ring.poll_add(entry.slot, libc::POLLIN as u32));
+        if let Err(e) = watched {
+            // Only possible with a pidfd still attached or a poll outstanding (a bug): say so.
+            log.line(
+                Priority::Err,
+                format_args!("service={} event=poll-failed error=\"{e}\"", entry.def.name),
+            );
+        }
+    }
+
+    /// Signals the service's live process.
+    pub(crate) fn signal(
+        &self,
+        ring: &Ring,
+        log: &Logger,
+        service: ServiceId,
+        pid: Pid,
+        signal: i32,
+    ) {
+        let Some(entry) = self.list.get(service.index()) else {
+            return;
+        };
+        let Some(fd) = ring.fd(entry.slot) else {
+            return;
+        };
+        let name = &entry.def.name;
+        match pidfd::send_signal(fd, signal) {
+            Ok(()) => log.line(
+                Priority::Info,
+                format_args!(
+                    "service={name} partition={} pid={} event=signal signal={}",
+                    entry.def.policy.partition.as_str(),
+                    pid.0,
+                    pidfd::signal_name(signal)
+                ),
+            ),
+            // ESRCH: it has exited already; its pidfd will poll readable.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={name} pid={} event=signal-failed signal={} error=\"{}\"",
+                    pid.0,
+                    pidfd::signal_name(signal),
+                    ErrnoText(crate::sys::errno::of(&e))
+                ),
+            ),
+        }
+    }
+
+    /// The process was accounted for: close its pidfd.
+    pub(crate) fn release(&mut self, ring: &mut Ring, log: &Logger, service: ServiceId) {
+        let Some(entry) = self.list.get_mut(service.index()) else {
+            return;
+        };
+        entry.exit_retries_left = 0;
+        match ring.detach(entry.slot) {
+            Ok(pidfd) => drop(pidfd),
+            Err(ring::OpError::NoFd) => {}
+            Err(e) => log.line(
+                Priority::Err,
+                format_args!(
+                    "service={} event=release-failed error=\"{e}\"",
+                    entry.def.name
+                ),
+            ),
+        }
+    }
+
+    /// The pidfd of a service polled readable (or the poll ended).
+    pub(crate) fn on_poll(
+        &mut self,
+        ring: &mut Ring,
+        engine: &mut Engine<OwnedFd>,
+        counters: &Counters,
+        now: MonoTime,
+        index: usize,
+        c: Completion,
+    ) {
+        let Some(entry) = self.list.get_mut(index) else {
+            return;
+        };
+        let Some(fd) = ring.fd(entry.slot) else {
+            return;
+        };
+        if c.result.is_err() {
+            // EINTR/ECANCELED: watch again.
+            let _ = ring.poll_add(entry.slot, libc::POLLIN as u32);
+            return;
+        }
+        let status = match entry.def.policy.partition {
+            Partition::Local => match pidfd::wait_child(fd) {
+                Ok(Some(status)) => status,
+                Ok(None) => {
+                    let _ = ring.poll_add(entry.slot, libc::POLLIN as u32);
+                    return;
+                }
+                Err(_) => WaitStatus::Unknown,
+            },
+            Partition::Qm if !self.caps.exit_info => WaitStatus::Unknown,
+            Partition::Qm => match pidfd::exit_info(fd) {
+                ExitInfo::Status(status) => status,
+                ExitInfo::Unavailable => WaitStatus::Unknown,
+                ExitInfo::NotYet => {
+                    // Exited but not yet reaped by the agent: look again shortly.
+                    entry.exit_retries_left = EXIT_INFO_RETRIES_MAX;
+                    if !ring.is_pending(self.exit_retry_slot, ring::OpTag::Timeout) {
+                        let _ = ring.timeout(
+                            self.exit_retry_slot,
+                            Timeout::After(EXIT_INFO_RETRY_INTERVAL),
+                        );
+                    }
+                    return;
+                }
+            },
+        };
+        Self::report_exit(entry, engine, counters, now, status);
+    }
+
+    fn report_exit(
+        entry: &mut Service,
+        engine: &mut Engine<OwnedFd>,
+        counters: &Counters,
+        now: MonoTime,
+        status: WaitStatus,
+    ) {
+        entry.exit_retries_left = 0;
+        counters.exited.fetch_add(1, Ordering::Relaxed);
+        let status = match status {
+            WaitStatus::Exited(code) => ExitStatus::Code(code),
+            WaitStatus::Signaled { signal, .. } => ExitStatus::Signal(signal),
+            WaitStatus::Unknown => ExitStatus::Unknown,
+        };
+        engine.exited(now, entry.id, status);
+    }
+
+    /// The exit-status retry timer fired: look at every QM process still waiting for its
+    /// status.
+    pub(crate) fn on_exit_retry(
+        &mut self,
+        ring: &mut Ring,
+        engine: &mut Engine<OwnedFd>,
+        counters: &Counters,
+        now: MonoTime,
+    ) {
+        let mut waiting = false;
+        for entry in self.list.iter_mut() {
+            if entry.exit_retries_left == 0 {
+                continue;
+            }
+            let Some(fd) = ring.fd(entry.slot) else {
+                entry.exit_retries_left = 0;
+                continue;
+            };
+            match pidfd::exit_info(fd) {
+                ExitInfo::Status(status) => Self::report_exit(entry, engine, counters, now, status),
+                ExitInfo::NotYet if entry.exit_retries_left > 1 => {
+                    entry.exit_retries_left -= 1;
+                    waiting = true;
+                }
+                _ => Self::report_exit(entry, engine, counters, now, WaitStatus::Unknown),
+            }
+        }
+        if waiting {
+            let _ = ring.timeout(
+                self.exit_retry_slot,
+                Timeout::After(EXIT_INFO_RETRY_INTERVAL),
+            );
+        }
+    }
+}
+
+/// The `Start` of each QM service, as the agent link asks for it when it can send.
+pub(crate) struct Starts<'a>(pub &'a Services);
+
+impl crate::link::Requests for Starts<'_> {
+    fn start(&self, index: usize) -> Option<v1::StartRef<'_, Vec<u8>, Vec<u8>>> {
+        let def = &self.0.list.get(index).filter(|s| s.active)?.def;
+        let mut flags = v1::StartFlags::NEW_SESSION;
+        if def.inherit_env {
+            flags |= v1::StartFlags::INHERIT_ENV;
+        }
+        Some(v1::StartRef {
+            argv: def.argv.as_slice(),
+            env: def.env.as_slice(),
+            cwd: def.cwd.as_deref(),
+            uid: def.uid,
+            gid: def.gid,
+            flags,
+        })
+    }
+}
+
+/// Prepares the reusable spawn spec of a local service. With `inherit_env`, the
+/// orchestrator's environment comes first, minus the names the service sets itself.
+pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |what: &dyn std::fmt::Display| format!("service {}: {what}", def.name);
+    if def.argv.is_empty() {
+        return Err(bad(&"argv is empty"));
+    }
+    let name_of = |entry: &[u8]| entry.split(|&b| b == b'=').next().unwrap_or(&[]).to_vec();
+    let own_names: Vec<Vec<u8>> = def.env.iter().map(|e| name_of(e)).collect();
+    let mut env: Vec<Vec<u8>> = Vec::new();
+    if def.inherit_env {
+        for (key, value) in std::env::vars_os() {
+            if own_names.iter().any(|n| n.as_slice() == key.as_bytes()) {
+                continue;
+            }
+            let mut entry = key.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            env.push(entry);
+        }
+    }
+    env.extend(def.env.iter().cloned());
+    let strings_bytes_max = def
+        .argv
+        .iter()
+        .chain(env.iter())
+        .map(|s| s.len() + 1)
+        .sum::<usize>()
+        + def.cwd.as_ref().map_or(0, |c| c.len() + 1);
+    let mut spec = SpawnSpec::with_limits(spawn::SpawnLimits {
+        args_count_max: def.argv.len(),
+        env_count_max: env.len(),
+        strings_bytes_max,
+    });
+    let mut w = spec.writer();
+    for arg in &def.argv {
+        w.arg(arg).map_err(|e| bad(&e))?;
+    }
+    for entry in &env {
+        w.env(entry).map_err(|e| bad(&e))?;
+    }
+    if let Some(cwd) = &def.cwd {
+        w.cwd(cwd).map_err(|e| bad(&e))?;
+    }
+    w.uid(def.uid);
+    w.gid(def.gid);
+    w.finish();
+    Ok(spec)
+}

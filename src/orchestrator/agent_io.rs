@@ -264,7 +264,13 @@ impl AgentIo {
     }
 
     /// Logs one of the link's notes.
-    pub(crate) fn log_note(&self, log: &Logger, services: &Services, agent_text: &[u8], note: Note) {
+    pub(crate) fn log_note(
+        &self,
+        log: &Logger,
+        services: &Services,
+        agent_text: &[u8],
+        note: Note,
+    ) {
         let socket = self.socket_name();
         let v02 = |p: Protocol| {
             if p == Protocol::V02 {

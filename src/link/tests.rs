@@ -625,7 +625,8 @@ fn every_hostile_behaviour_is_noted_once_drops_the_link_and_accounts_for_every_f
 /// the Pong.
 #[test]
 fn a_handshake_that_fails_is_a_misbehaviour() {
-    let cases: [(&str, fn(&mut Harness, u64), &str); 4] = [
+    type Act = fn(&mut Harness, u64);
+    let cases: [(&str, Act, &str); 4] = [
         (
             "accept and never reply",
             |h, _| h.advance(TIMEOUT_MS),

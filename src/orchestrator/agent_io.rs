@@ -21,6 +21,9 @@ use crate::wire::v1;
 use ring::{Completion, Errno, OpTag, Ring, SlotId};
 use std::os::fd::{AsFd, OwnedFd};
 
+/// Unread messages looked at when a connection is given up.
+const UNREAD_MESSAGES_MAX: usize = 64;
+
 /// The agent connections of the orchestrator.
 pub(crate) struct AgentIo {
     addr: UnixAddr,
@@ -112,6 +115,7 @@ impl AgentIo {
             Io::Close { conn } => {
                 if let Some(slot) = self.slot_of(conn) {
                     self.set_slot(conn, None);
+                    self.kill_unread(ring, slot);
                     // The socket closes when every operation on it has completed.
                     let _ = ring.remove(slot);
                 }
@@ -135,6 +139,28 @@ impl AgentIo {
                     );
                 }
                 None
+            }
+        }
+    }
+
+    /// Before a connection is given up: reads what the agent sent and we never read (bounded)
+    /// and SIGKILLs every process whose pidfd is in it. The agent let those run (a gated one
+    /// execs once its `Started` is sent), and nobody will supervise them. A message the ring's
+    /// own receive already took in this batch is closed by the ring, not killed (the one gap).
+    fn kill_unread(&mut self, ring: &Ring, slot: SlotId) {
+        let Some(fd) = ring.fd(slot) else {
+            return;
+        };
+        for _ in 0..UNREAD_MESSAGES_MAX {
+            match socket::recv_with_fds(fd, &mut self.rx, true, true) {
+                Ok(Some(received)) if !received.empty => {
+                    for pidfd in received.fds {
+                        if pidfd::is_pidfd(pidfd.as_fd()) {
+                            let _ = pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL);
+                        }
+                    }
+                }
+                _ => return,
             }
         }
     }

@@ -356,41 +356,10 @@ pub struct SignalName(pub i32);
 
 impl std::fmt::Display for SignalName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.0 {
-            libc::SIGHUP => "SIGHUP",
-            libc::SIGINT => "SIGINT",
-            libc::SIGQUIT => "SIGQUIT",
-            libc::SIGILL => "SIGILL",
-            libc::SIGTRAP => "SIGTRAP",
-            libc::SIGABRT => "SIGABRT",
-            libc::SIGBUS => "SIGBUS",
-            libc::SIGFPE => "SIGFPE",
-            libc::SIGKILL => "SIGKILL",
-            libc::SIGUSR1 => "SIGUSR1",
-            libc::SIGSEGV => "SIGSEGV",
-            libc::SIGUSR2 => "SIGUSR2",
-            libc::SIGPIPE => "SIGPIPE",
-            libc::SIGALRM => "SIGALRM",
-            libc::SIGTERM => "SIGTERM",
-            libc::SIGCHLD => "SIGCHLD",
-            libc::SIGCONT => "SIGCONT",
-            libc::SIGSTOP => "SIGSTOP",
-            libc::SIGTSTP => "SIGTSTP",
-            libc::SIGXCPU => "SIGXCPU",
-            libc::SIGXFSZ => "SIGXFSZ",
-            libc::SIGSYS => "SIGSYS",
-            libc::SIGSTKFLT => "SIGSTKFLT",
-            libc::SIGTTIN => "SIGTTIN",
-            libc::SIGTTOU => "SIGTTOU",
-            libc::SIGURG => "SIGURG",
-            libc::SIGVTALRM => "SIGVTALRM",
-            libc::SIGPROF => "SIGPROF",
-            libc::SIGWINCH => "SIGWINCH",
-            libc::SIGIO => "SIGIO",
-            libc::SIGPWR => "SIGPWR",
-            n => return write!(f, "{n}"),
-        };
-        f.write_str(name)
+        match crate::sys::signal::name(self.0) {
+            Some(name) => write!(f, "SIG{name}"),
+            None => write!(f, "{}", self.0),
+        }
     }
 }
 

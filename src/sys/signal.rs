@@ -4,6 +4,61 @@ use super::{check, owned};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+/// The conventional names of Linux's standard signals (without the `SIG` prefix): the one
+/// table for configuration, command lines and log lines. Real-time signals have no name here
+/// and are shown by number.
+pub const NAMES: [(&str, libc::c_int); 31] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+/// The name of a standard signal, without `SIG` (`TERM`).
+pub fn name(signal: libc::c_int) -> Option<&'static str> {
+    NAMES
+        .iter()
+        .find(|(_, n)| *n == signal)
+        .map(|(name, _)| *name)
+}
+
+/// A standard signal by name: `SIGTERM` or `TERM`, any case.
+pub fn by_name(name: &str) -> Option<libc::c_int> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    NAMES
+        .iter()
+        .find(|(known, _)| *known == bare)
+        .map(|(_, n)| *n)
+}
+
 /// What the process does on a signal that is not blocked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -99,6 +154,20 @@ pub fn raise_in_thread(signal: libc::c_int) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_numbers_map_both_ways() {
+        assert_eq!(by_name("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(by_name(" term"), Some(libc::SIGTERM));
+        assert_eq!(by_name("sigrtmin"), None);
+        assert_eq!(name(libc::SIGKILL), Some("KILL"));
+        assert_eq!(name(34), None);
+        for (n, (name_a, a)) in NAMES.iter().enumerate() {
+            assert!(NAMES[n + 1..]
+                .iter()
+                .all(|(name_b, b)| a != b && name_a != name_b));
+        }
+    }
 
     #[test]
     fn a_blocked_signal_arrives_on_the_fd() {

@@ -990,3 +990,35 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&piped.stdout).contains('\x1b'));
 }
+
+#[test]
+fn a_second_orchestrator_never_takes_over_a_live_control_socket() {
+    let dir = TempDir::new("ctl-second");
+    let socket = dir.path("control.sock");
+    let _first = Orch::start(
+        &dir,
+        &config(&dir, None, 4, "", &sleeper("first", "local", "")),
+    );
+    wait_state(&socket, "first", "running");
+    // A second orchestrator with its own directory, configured for the same control socket.
+    let other = TempDir::new("ctl-second-b");
+    let text = config(&other, None, 4, "", &sleeper("second", "local", "")).replace(
+        &other.path("control.sock").display().to_string(),
+        &socket.display().to_string(),
+    );
+    let mut second = Orch::start(&other, &text);
+    second.wait_lines(
+        &["event=control-unavailable", "another process is listening"],
+        1,
+    );
+    // holdenctl still reaches the first one, also after the second has gone.
+    let out = ctl(&socket, &["status"]);
+    assert!(
+        out.stdout.contains("first") && !out.stdout.contains("second"),
+        "{}",
+        out.stdout
+    );
+    second.stop(libc::SIGTERM);
+    let out = ctl(&socket, &["status", "first"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

@@ -107,7 +107,7 @@ impl Services {
             .count()
     }
 
-    /// The engine wants a local process.
+    /// The engine wants a local process. Returns whether the spawn failed.
     pub(crate) fn spawn_local(
         &mut self,
         engine: &mut Engine<OwnedFd>,
@@ -115,9 +115,9 @@ impl Services {
         counters: &Counters,
         now: MonoTime,
         service: ServiceId,
-    ) {
+    ) -> bool {
         let Some(entry) = self.list.get(service.index()) else {
-            return;
+            return false;
         };
         let result = match &entry.spec {
             Some(spec) => spawn::spawn(spec),
@@ -134,9 +134,9 @@ impl Services {
                     pid: child.pid,
                 };
                 engine.spawned(now, service, child.pidfd, child.pid, identity);
+                false
             }
             Err(e) => {
-                counters.spawn_failed.fetch_add(1, Ordering::Relaxed);
                 log.line(
                     Priority::Warning,
                     format_args!(
@@ -148,6 +148,7 @@ impl Services {
                     ),
                 );
                 engine.spawn_failed(now, service, local_failure(e.stage, e.errno));
+                true
             }
         }
     }

@@ -352,8 +352,8 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], trunc: bool, dontwait: bool) -> 
 /// Sets `SO_RCVTIMEO` (a blocking client's bound on every receive).
 pub fn set_receive_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
     // SAFETY: setsockopt reads one timeval from our stack.
     check(unsafe {

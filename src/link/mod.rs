@@ -538,13 +538,12 @@ impl<H> Link<H> {
     /// [`Link::sent`].
     pub fn poll_transmit(
         &mut self,
-        now_ns: u64,
         buf: &mut [u8],
         requests: &dyn Requests,
     ) -> Option<(Conn, usize)> {
         match self.protocol {
             Protocol::V02 => self.v02_transmit(buf, requests),
-            _ => self.v1_transmit(now_ns, buf, requests),
+            _ => self.v1_transmit(buf, requests),
         }
     }
 
@@ -610,17 +609,17 @@ impl<H> Link<H> {
     // --- inputs -------------------------------------------------------------------------
 
     /// Starts the link (the orchestrator's start-up): connect unless idle.
-    pub fn start(&mut self, cx: &Cx<'_>) {
+    pub fn start(&mut self) {
         if self.state != State::Idle {
-            self.connect(cx);
+            self.connect();
         }
     }
 
     /// A QM service appeared (reload): leave `Idle` and connect.
-    pub fn enable(&mut self, cx: &Cx<'_>) {
+    pub fn enable(&mut self) {
         if self.state == State::Idle {
             self.state = State::Down { retry_at_ns: 0 };
-            self.connect(cx);
+            self.connect();
         }
     }
 
@@ -755,7 +754,7 @@ impl<H> Link<H> {
             State::Idle | State::Connecting => {}
             State::Down { retry_at_ns } => {
                 if now >= retry_at_ns {
-                    self.connect(cx);
+                    self.connect();
                 }
             }
             State::Handshaking { deadline_ns, .. } => {
@@ -828,8 +827,7 @@ impl<H> Link<H> {
         request
     }
 
-    fn connect(&mut self, cx: &Cx<'_>) {
-        let _ = cx;
+    fn connect(&mut self) {
         self.state = State::Connecting;
         match self.protocol {
             Protocol::V02 => self.io.push(Io::Connect {

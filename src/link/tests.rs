@@ -217,7 +217,7 @@ impl Harness {
 
     fn transmit(&mut self) -> Option<(Conn, Vec<u8>)> {
         let mut buf = vec![0u8; wire::FRAME_LEN_MAX];
-        let sent = self.link.poll_transmit(self.now, &mut buf, &Starts);
+        let sent = self.link.poll_transmit(&mut buf, &Starts);
         self.collect();
         sent.map(|(conn, len)| (conn, buf[..len].to_vec()))
     }
@@ -251,7 +251,7 @@ impl Harness {
                 self.now = self.now.max(retry_at_ns);
                 self.run(|link, cx| link.handle_timeout(cx));
             }
-            _ => self.run(|link, cx| link.start(cx)),
+            _ => self.run(|link, _| link.start()),
         }
         assert_eq!(self.take_io(), ["connect Main Seqpacket"]);
         self.run(|link, cx| link.connected(cx, Conn::Main, Some(AGENT_NS)));
@@ -650,7 +650,7 @@ fn a_handshake_that_fails_is_a_misbehaviour() {
     ];
     for (name, act, what) in cases {
         let mut h = Harness::new(Protocol::V1);
-        h.run(|link, cx| link.start(cx));
+        h.run(|link, _| link.start());
         h.run(|link, cx| link.connected(cx, Conn::Main, None));
         let ping = h.send_one();
         act(&mut h, ping);
@@ -852,7 +852,7 @@ fn one_send_in_flight_and_starts_wait_their_turn() {
 #[test]
 fn reconnects_back_off_and_reset_only_after_an_answered_request() {
     let mut h = Harness::new(Protocol::V1);
-    h.run(|link, cx| link.start(cx));
+    h.run(|link, _| link.start());
     h.take_io();
     let mut delays = Vec::new();
     for _ in 0..5 {
@@ -938,7 +938,7 @@ fn misbehaviour_is_noted_at_most_once_a_minute_then_with_the_count() {
 #[test]
 fn auto_falls_back_to_v02_on_a_stream_socket() {
     let mut h = Harness::new(Protocol::Auto);
-    h.run(|link, cx| link.start(cx));
+    h.run(|link, _| link.start());
     h.run(|link, cx| link.connect_failed(cx, Conn::Main, libc::EPROTOTYPE));
     assert_eq!(h.link.protocol(), Protocol::V02);
     assert_eq!(h.take_events(), ["up"]);
@@ -955,7 +955,7 @@ fn v02_frame(kind: u32, payload: &[u8]) -> Vec<u8> {
 
 fn v02_up() -> Harness {
     let mut h = Harness::new(Protocol::V02);
-    h.run(|link, cx| link.start(cx));
+    h.run(|link, _| link.start());
     assert_eq!(h.take_io(), ["connect Probe Stream"]);
     h.run(|link, cx| link.connected(cx, Conn::Probe, None));
     assert_eq!(h.take_events(), ["up"]);

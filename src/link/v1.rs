@@ -66,11 +66,9 @@ impl<H> Link<H> {
 
     pub(super) fn v1_transmit(
         &mut self,
-        now_ns: u64,
         buf: &mut [u8],
         requests: &dyn Requests,
     ) -> Option<(Conn, usize)> {
-        let _ = now_ns;
         if !self.main_open || self.sending {
             return None;
         }

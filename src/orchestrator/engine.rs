@@ -169,7 +169,7 @@ impl<H> Engine<H> {
         buf: &mut [u8],
         requests: &dyn link::Requests,
     ) -> Option<(Conn, usize)> {
-        let sent = self.link.poll_transmit(now.as_nanos(), buf, requests);
+        let sent = self.link.poll_transmit(buf, requests);
         // An encoding failure fails the request: let the core hear of it.
         self.pump(now);
         sent
@@ -274,12 +274,14 @@ impl<H> Engine<H> {
 
     /// Start-up: connect to the agent if a QM service needs it.
     pub fn start(&mut self, now: MonoTime) {
-        self.with_link(now, |link, cx| link.start(cx));
+        self.link.start();
+        self.pump(now);
     }
 
     /// A QM service appeared (reload).
     pub fn enable_agent(&mut self, now: MonoTime) {
-        self.with_link(now, |link, cx| link.enable(cx));
+        self.link.enable();
+        self.pump(now);
     }
 
     /// Exit: close the agent connection.

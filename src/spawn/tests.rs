@@ -625,7 +625,10 @@ fn a_child_stopped_at_the_gate_stays_pending_and_is_withdrawn_without_exec() {
     assert_eq!(released.withdraw(), Withdrawn::AtGate);
     assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
     assert_eq!(wait_exit(&pidfd), (libc::CLD_KILLED, libc::SIGKILL));
-    assert!(!marker.exists(), "the program ran after its go-ahead was withdrawn");
+    assert!(
+        !marker.exists(),
+        "the program ran after its go-ahead was withdrawn"
+    );
 }
 
 #[test]

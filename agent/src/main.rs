@@ -15,6 +15,7 @@ mod limits;
 mod listen;
 mod log;
 mod peer;
+mod pending;
 mod request;
 mod server;
 mod signals;
@@ -148,7 +149,7 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 /// The v1 listener (systemd's or bound at `--socket`) and, if asked for or
-/// passed by systemd, the legacy one. On failure, files already created are
+/// passed by systemd, the v0.2 one. On failure, files already created are
 /// removed.
 fn open_listeners(options: &Options, activated: Vec<Listener>) -> Result<Vec<Listener>, String> {
     let mut listeners = activated;
@@ -156,10 +157,10 @@ fn open_listeners(options: &Options, activated: Vec<Listener>) -> Result<Vec<Lis
         let v1 = Listener::bind(&options.socket, Flavor::V1).map_err(|e| e.to_string())?;
         listeners.push(v1);
     }
-    let has_legacy = listeners.iter().any(|l| l.flavor == Flavor::Legacy);
-    if let (Some(path), false) = (&options.legacy_socket, has_legacy) {
-        match Listener::bind(path, Flavor::Legacy) {
-            Ok(legacy) => listeners.push(legacy),
+    let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
+    if let (Some(path), false) = (&options.legacy_socket, has_v02) {
+        match Listener::bind(path, Flavor::V02) {
+            Ok(v02) => listeners.push(v02),
             Err(error) => {
                 for listener in &listeners {
                     listener.remove_file();

@@ -24,14 +24,19 @@ pub const PENDING_PROGRAM_BYTES: usize = 160;
 pub const LISTEN_BACKLOG: i32 = 128;
 
 /// Default time a connection may take to send a complete first v1 frame, or
-/// (v0.2) to complete a started frame or stay idle, before it is dropped; also
-/// the time a gated child has, from its go-ahead, to finish `execve` before
-/// the agent withdraws the go-ahead, kills it and answers `Error`.
+/// (v0.2) to complete a started frame or stay idle, before it is dropped.
 pub const READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
-/// Smallest and largest accepted `--read-timeout-ms`.
+/// Smallest and largest accepted `--read-timeout-ms` (and `--exec-timeout-ms`).
 pub const READ_TIMEOUT_MS_MIN: u64 = 10;
 pub const READ_TIMEOUT_MS_MAX: u64 = 3_600_000;
+
+/// Default time a gated child has, from its go-ahead, to finish `execve`
+/// before the agent withdraws the go-ahead, kills it and answers `Error`
+/// stage `exec`, `ETIMEDOUT`. Below holden-orchestrator's default
+/// `agent.request_timeout` (5 s), so that the `Error` arrives while the
+/// orchestrator still waits for it (a later one it takes for misbehaviour).
+pub const EXEC_TIMEOUT_MS_DEFAULT: u64 = 3_000;
 
 /// Receive buffer of a v1 connection: one packet (larger ones are truncated by
 /// the kernel, detected with MSG_TRUNC and refused).

@@ -113,13 +113,18 @@ fn run(options: Options) -> Result<(), String> {
     let own_uid = holden::sys::process::getuid();
     let allow = peer::AllowList::new(own_uid, &options.allow_uids);
     info!(
-        "allowed peer uids: {:?}; read timeout {} ms; at most {} connections",
+        "allowed peer uids: {:?}; read timeout {} ms; exec timeout {} ms; at most {} connections, \
+         {} gated starts waiting for their exec ({} per connection)",
         allow.uids(),
         options.read_timeout_ms,
-        limits::CONNECTIONS_MAX
+        options.exec_timeout_ms,
+        limits::CONNECTIONS_MAX,
+        limits::PENDING_EXECS_MAX,
+        limits::PENDING_EXECS_PER_CONN_MAX
     );
     let settings = server::Settings {
         read_timeout: Duration::from_millis(options.read_timeout_ms),
+        exec_timeout: Duration::from_millis(options.exec_timeout_ms),
         allow,
     };
     let mut server = server::Server::new(listeners, signals, inherited, settings);

@@ -5,7 +5,7 @@
 //! pipe joins the poll set, and the loop goes on serving every connection.
 //! When the pipe reaches end of file (`execve` passed its point of no return)
 //! the agent sends `Running`; when it carries the child's failure report,
-//! `Error` stage `exec`. A child that does neither within the read timeout
+//! `Error` stage `exec`. A child that does neither within `--exec-timeout-ms`
 //! (someone stopped it at its gate, or its `execve` hangs) is given up: its
 //! go-ahead is taken back if it has not read it, it is killed, and the request
 //! gets `Error` stage `exec`, errno `ETIMEDOUT`.
@@ -182,7 +182,7 @@ impl Server {
         program: &[u8],
         withdrawn: Withdrawn,
     ) -> Next {
-        let ms = self.settings.read_timeout.as_millis();
+        let ms = self.settings.exec_timeout.as_millis();
         let shown = Escaped(program);
         let mut text = FixedBuf::<{ holden::wire::v1::ERROR_TEXT_LEN_MAX }>::new();
         let stage = match withdrawn {

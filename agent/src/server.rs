@@ -57,6 +57,8 @@ const SEND_BYTES: usize = if holden::wire::v1::FRAME_LEN_MAX > holden::wire::v02
 /// Settings of the loop.
 pub struct Settings {
     pub read_timeout: Duration,
+    /// Deadline of a gated exec, from its go-ahead.
+    pub exec_timeout: Duration,
     pub allow: AllowList,
 }
 

@@ -236,7 +236,7 @@ impl Server {
                 let Some(conn) = self.conns[slot].as_ref() else {
                     return Next::Close;
                 };
-                let deadline = Instant::now() + self.settings.read_timeout;
+                let deadline = Instant::now() + self.settings.exec_timeout;
                 let program = self.spec.program().unwrap_or(b"");
                 self.pending[entry] = Some(PendingExec::new(
                     released,

@@ -1,6 +1,6 @@
 //! Gated exec (wire 1.1) when the exec does not come: the agent confirms each exec without
 //! blocking its loop, so a child stuck before `execve` delays nobody; a stuck child ends with
-//! `Error` stage `exec`, `ETIMEDOUT` after the read timeout; gated starts waiting for their exec
+//! `Error` stage `exec`, `ETIMEDOUT` after `--exec-timeout-ms`; gated starts waiting for their exec
 //! are bounded per connection and in total.
 //!
 //! A child is held *inside* `execve`, deterministically, by a write lease (`F_SETLEASE`) that
@@ -108,7 +108,7 @@ fn a_child_stuck_in_exec_delays_nobody_and_ends_with_etimedout() {
     let Some(program) = LeasedProgram::new(&dir) else {
         return;
     };
-    let agent = Agent::start(&dir, &["--read-timeout-ms", "4000"]);
+    let agent = Agent::start(&dir, &["--exec-timeout-ms", "4000"]);
     let agent_exe = exe_of(agent.pid());
     let first = V1Client::connect(&agent.socket);
     let second = V1Client::connect(&agent.socket);
@@ -162,7 +162,7 @@ fn a_child_stuck_in_exec_delays_nobody_and_ends_with_etimedout() {
 #[test]
 fn a_child_stopped_at_its_gate_ends_with_etimedout_and_never_runs() {
     let dir = TempDir::new("stopped");
-    let agent = Agent::start(&dir, &["--read-timeout-ms", "300"]);
+    let agent = Agent::start(&dir, &["--exec-timeout-ms", "300"]);
     let agent_exe = exe_of(agent.pid());
     let client = V1Client::connect(&agent.socket);
     let other = V1Client::connect(&agent.socket);
@@ -229,7 +229,7 @@ fn gated_starts_waiting_for_their_exec_are_bounded() {
         return;
     };
     // No deadline gets in the way: the lease decides when the execs complete.
-    let agent = Agent::start(&dir, &["--read-timeout-ms", "3600000"]);
+    let agent = Agent::start(&dir, &["--exec-timeout-ms", "3600000"]);
     let clients: Vec<V1Client> = (0..5).map(|_| V1Client::connect(&agent.socket)).collect();
     for client in &clients {
         assert!(matches!(client.ping(1), Outcome::Pong { .. }));

@@ -39,16 +39,22 @@ impl LeasedProgram {
         // F_SETSIG (10 on Linux; not in the libc crate).
         const F_SETSIG: libc::c_int = 10;
         // SAFETY: fcntl on our own fd with integer arguments.
-        let rc = unsafe {
-            libc::fcntl(fd.as_raw_fd(), F_SETSIG, libc::SIGWINCH);
-            libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK)
-        };
-        if rc != 0 {
-            eprintln!(
-                "F_SETLEASE refused ({}): skipping",
-                std::io::Error::last_os_error()
-            );
-            return None;
+        unsafe { libc::fcntl(fd.as_raw_fd(), F_SETSIG, libc::SIGWINCH) };
+        // A write lease needs the file open nowhere else. Another test's fork may briefly hold a
+        // copy of the descriptor `copy` wrote through (until that child's exec closes it): EAGAIN
+        // then, so try again for a while.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            // SAFETY: fcntl on our own fd with integer arguments.
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) } == 0 {
+                break;
+            }
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EAGAIN) || std::time::Instant::now() > deadline {
+                eprintln!("F_SETLEASE refused ({error}): skipping");
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         Some(LeasedProgram {
             path,

@@ -620,7 +620,8 @@ impl Released {
     /// The outcome if it is known now, without blocking. A failed child is
     /// reaped if it has exited already; one that is about to `_exit(127)` is
     /// not waited for (reap it through the pidfd, or ignore SIGCHLD as
-    /// holden-agent does). Allocation-free.
+    /// holden-agent does), and a caller's own wait may find it reaped.
+    /// Allocation-free.
     pub fn try_finish(self) -> Finish {
         if !crate::sys::spawn::report_ready(self.report.as_fd()) {
             return Finish::Pending(self);
@@ -670,9 +671,12 @@ impl Released {
 
     /// Gives up on the child (the caller's deadline passed): takes the
     /// go-ahead back if it is still unread, and kills the child with SIGKILL
-    /// either way. Says which; the child is reaped if it is gone already
-    /// (a stopped child dies on SIGKILL too). Call it after
-    /// [`Released::try_finish`] said `Pending`. Never blocks.
+    /// either way (a stopped child dies on SIGKILL too). Says which. Call it
+    /// after [`Released::try_finish`] said `Pending`. Never blocks: the child
+    /// is reaped here only if it has died already; otherwise reaping is left
+    /// to the caller (holden-agent ignores SIGCHLD, so the kernel reaps it),
+    /// and a caller's own wait may find it reaped (ECHILD; its status stays
+    /// readable through `PIDFD_INFO_EXIT` on Linux 6.15+).
     pub fn withdraw(self) -> Withdrawn {
         let taken_back = crate::sys::spawn::gate_take_back(self.gate.as_fd());
         let _ = crate::sys::process::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);

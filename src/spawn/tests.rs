@@ -623,8 +623,7 @@ fn a_child_stopped_at_the_gate_stays_pending_and_is_withdrawn_without_exec() {
         Finish::Done(result) => panic!("a stopped child concluded: {result:?}"),
     };
     assert_eq!(released.withdraw(), Withdrawn::AtGate);
-    assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
-    assert_eq!(wait_exit(&pidfd), (libc::CLD_KILLED, libc::SIGKILL));
+    assert_killed_by_sigkill(&pidfd);
     assert!(
         !marker.exists(),
         "the program ran after its go-ahead was withdrawn"
@@ -641,8 +640,35 @@ fn withdrawing_after_the_child_took_its_go_ahead_kills_it() {
     wait_for_comm(pid, "sleep");
     // The go byte was read: it cannot be taken back; the process is killed instead.
     assert_eq!(released.withdraw(), Withdrawn::PastGate);
-    assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
-    assert_eq!(wait_exit(&pidfd), (libc::CLD_KILLED, libc::SIGKILL));
+    assert_killed_by_sigkill(&pidfd);
+}
+
+/// The child behind `pidfd` ends killed by SIGKILL. `withdraw` reaps it if it has already
+/// exited by then, so the status comes from our own `waitid` or, when that finds no child, from
+/// `PIDFD_INFO_EXIT` (where the kernel has it).
+fn assert_killed_by_sigkill(pidfd: &OwnedFd) {
+    assert!(poll_readable(pidfd, POLL_TIMEOUT_MS));
+    match crate::sys::process::wait_pidfd(pidfd.as_fd(), true) {
+        Ok(Some(waited)) => assert_eq!(
+            (waited.code, waited.status),
+            (libc::CLD_KILLED, libc::SIGKILL)
+        ),
+        Ok(None) => panic!("a blocking wait returned nothing"),
+        Err(error) => {
+            assert_eq!(error.raw_os_error(), Some(libc::ECHILD), "{error}");
+            match crate::pidfd::exit_info(pidfd.as_fd()) {
+                crate::pidfd::ExitInfo::Status(status) => assert_eq!(
+                    status,
+                    crate::pidfd::WaitStatus::Signaled {
+                        signal: libc::SIGKILL,
+                        core_dumped: false
+                    }
+                ),
+                crate::pidfd::ExitInfo::Unavailable => {}
+                crate::pidfd::ExitInfo::NotYet => panic!("reaped but no exit status"),
+            }
+        }
+    }
 }
 
 /// Waits (bounded) until the child's comm is `comm`: after the exec's point of no return the

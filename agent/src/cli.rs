@@ -6,8 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::limits::{
-    ALLOW_UIDS_MAX, READ_TIMEOUT_MS_DEFAULT, READ_TIMEOUT_MS_MAX, READ_TIMEOUT_MS_MIN,
-    SOCKET_PATH_BYTES_MAX,
+    ALLOW_UIDS_MAX, EXEC_TIMEOUT_MS_DEFAULT, READ_TIMEOUT_MS_DEFAULT, READ_TIMEOUT_MS_MAX,
+    READ_TIMEOUT_MS_MIN, SOCKET_PATH_BYTES_MAX,
 };
 
 /// Socket path when neither `--socket` nor `HOLDEN_SOCKET_PATH` is given.
@@ -33,12 +33,15 @@ Options:
   --read-timeout-ms MS    drop a connection that sends no complete first v1
                           frame, or stalls a v0.2 frame, within MS (default
                           10000)
+  --exec-timeout-ms MS    give up on a gated child that has not finished its
+                          execve MS after its go-ahead: kill it and answer
+                          Error stage exec, ETIMEDOUT (default 3000)
   -h, --help              print this help and exit
   -V, --version           print the version and exit
 
 A value follows its option or is joined to it (--socket=PATH). An option
-given twice is refused, except --allow-uid (repeatable) and
---read-timeout-ms (the last one counts).
+given twice is refused, except --allow-uid (repeatable) and the two
+timeouts (the last one counts).
 
 Signals: SIGTERM or SIGINT stop the agent cleanly (exit 0); the processes it
 started keep running. Exit status: 0 clean stop, 1 start-up failure, 2 usage.
@@ -60,6 +63,7 @@ pub struct Options {
     pub legacy_socket: Option<PathBuf>,
     pub allow_uids: Vec<u32>,
     pub read_timeout_ms: u64,
+    pub exec_timeout_ms: u64,
 }
 
 /// A command-line mistake: printed with a hint, exit status 2.
@@ -87,6 +91,7 @@ where
     let mut legacy_socket: Option<PathBuf> = None;
     let mut allow_uids: Vec<u32> = Vec::new();
     let mut read_timeout_ms = READ_TIMEOUT_MS_DEFAULT;
+    let mut exec_timeout_ms = EXEC_TIMEOUT_MS_DEFAULT;
     while let Some(arg) = parser.next().map_err(|e| lexopt_usage(&e))? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
@@ -123,6 +128,15 @@ where
                     READ_TIMEOUT_MS_MAX,
                 )?;
             }
+            Long("exec-timeout-ms") => {
+                let name = "--exec-timeout-ms";
+                exec_timeout_ms = parse_number(
+                    name,
+                    &value(&mut parser, name)?,
+                    READ_TIMEOUT_MS_MIN,
+                    READ_TIMEOUT_MS_MAX,
+                )?;
+            }
             Short(c) => return Err(UsageError(format!("unknown option \"-{c}\""))),
             Long(name) => return Err(UsageError(format!("unknown option \"--{name}\""))),
             Value(stray) => return Err(UsageError(format!("unexpected argument {stray:?}"))),
@@ -145,6 +159,7 @@ where
         legacy_socket,
         allow_uids,
         read_timeout_ms,
+        exec_timeout_ms,
     }))
 }
 
@@ -224,6 +239,7 @@ mod tests {
         assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET_PATH));
         assert_eq!(o.legacy_socket, None);
         assert_eq!(o.read_timeout_ms, READ_TIMEOUT_MS_DEFAULT);
+        assert_eq!(o.exec_timeout_ms, EXEC_TIMEOUT_MS_DEFAULT);
         assert_eq!(
             options(&[], Some("/tmp/x.sock")).socket,
             PathBuf::from("/tmp/x.sock")
@@ -245,6 +261,9 @@ mod tests {
                 "1000",
                 "--allow-uid=2000",
                 "--read-timeout-ms=50",
+                "--exec-timeout-ms",
+                "70",
+                "--exec-timeout-ms=60",
             ],
             None,
         );
@@ -252,6 +271,7 @@ mod tests {
         assert_eq!(o.legacy_socket, Some(PathBuf::from("/l")));
         assert_eq!(o.allow_uids, vec![1000, 2000]);
         assert_eq!(o.read_timeout_ms, 50);
+        assert_eq!(o.exec_timeout_ms, 60);
         assert_eq!(run(&["--help"], None).unwrap(), Command::Help);
         assert_eq!(run(&["-V"], None).unwrap(), Command::Version);
     }
@@ -267,6 +287,8 @@ mod tests {
             &["--allow-uid", "-1"],
             &["--allow-uid", "4294967295"],
             &["--read-timeout-ms", "0"],
+            &["--exec-timeout-ms", "9"],
+            &["--exec-timeout-ms", "3600001"],
             &["stray"],
             &["--socket", "/same", "--legacy-socket", "/same"],
         ] {

@@ -5,8 +5,9 @@
 //! never raise SIGPIPE (`MSG_NOSIGNAL`).
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
+use holden::sys::poll::{self, PollFd};
 use holden::sys::socket;
 
 /// One received message.
@@ -25,8 +26,9 @@ pub struct Received {
 /// Outcome of a receive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recv {
+    /// One message (on SOCK_SEQPACKET possibly an empty packet: `len` 0).
     Data(Received),
-    /// The peer closed the connection (or sent an empty packet).
+    /// The peer closed the connection (or shut down its sending side).
     Closed,
     /// Nothing to read now.
     WouldBlock,
@@ -34,12 +36,13 @@ pub enum Recv {
 
 /// Receives one message into `buf` without blocking; closes any fds. With
 /// `packet` (SOCK_SEQPACKET) the length of an oversized packet is detected
-/// (`MSG_TRUNC`); on a stream it is simply the next bytes.
+/// (`MSG_TRUNC`) and an empty packet is told apart from the end of the
+/// connection; on a stream it is simply the next bytes, and 0 bytes is the end.
 pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], packet: bool) -> io::Result<Recv> {
     let Some(received) = socket::recv_with_fds(fd, buf, true, packet)? else {
         return Ok(Recv::WouldBlock);
     };
-    if received.empty {
+    if received.empty && (!packet || peer_shut_down(fd)) {
         return Ok(Recv::Closed);
     }
     // Dropping the received fds closes them.
@@ -55,4 +58,26 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], packet: bool) -> io::Result<Recv
 /// Returns the bytes sent (a stream socket may take fewer).
 pub fn send(fd: BorrowedFd<'_>, data: &[u8], pass_fd: Option<BorrowedFd<'_>>) -> io::Result<usize> {
     socket::send_with_fd(fd, data, pass_fd)
+}
+
+/// After a 0-byte read on SOCK_SEQPACKET: `recvmsg` returns 0 both for an
+/// empty packet and at the end of the connection, and a second read cannot
+/// tell them apart either (the next packet may be empty too). The socket's
+/// shutdown state can: once the peer closed its socket or shut down its
+/// sending side, the kernel reports `POLLRDHUP` (and `POLLHUP` when closed);
+/// a peer that merely sent an empty packet leaves both clear. A 0-byte read
+/// with the peer shut down is taken as the end (replies could no longer
+/// matter to a peer that is gone; one that only shut down its sending side
+/// sees the connection close).
+fn peer_shut_down(fd: BorrowedFd<'_>) -> bool {
+    let mut entry = [PollFd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    }];
+    match poll::poll(&mut entry, 0) {
+        Ok(_) => entry[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0,
+        // Cannot tell: treat it as the end, as before.
+        Err(_) => true,
+    }
 }

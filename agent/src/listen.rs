@@ -13,7 +13,7 @@ use holden::sys::socket::{self, BindError, Kind};
 /// First fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// Most fds accepted from systemd (one v1 socket, one legacy socket).
+/// Most fds accepted from systemd (one v1 socket, one v0.2 socket).
 const LISTEN_FDS_MAX: usize = 2;
 
 /// Mode of the socket files the agent creates: owner and group only.
@@ -25,21 +25,21 @@ pub enum Flavor {
     /// holden wire v1: SOCK_SEQPACKET.
     V1,
     /// holden v0.2: SOCK_STREAM.
-    Legacy,
+    V02,
 }
 
 impl Flavor {
     pub fn socket_kind(self) -> Kind {
         match self {
             Flavor::V1 => Kind::Seqpacket,
-            Flavor::Legacy => Kind::Stream,
+            Flavor::V02 => Kind::Stream,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Flavor::V1 => "v1",
-            Flavor::Legacy => "v0.2",
+            Flavor::V02 => "v0.2",
         }
     }
 }
@@ -184,7 +184,7 @@ fn check_activated(owned: BorrowedFd<'_>, fd: RawFd) -> Result<Flavor, ListenErr
     let kind = socket::listening_kind(owned).map_err(|e| fail(what("not a socket"), e))?;
     let flavor = match kind {
         Some(Kind::Seqpacket) => Flavor::V1,
-        Some(Kind::Stream) => Flavor::Legacy,
+        Some(Kind::Stream) => Flavor::V02,
         _ => {
             return Err(ListenError {
                 what: what("not a listening AF_UNIX SOCK_SEQPACKET or SOCK_STREAM socket"),

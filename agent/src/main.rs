@@ -15,6 +15,7 @@ mod limits;
 mod listen;
 mod log;
 mod peer;
+mod pending;
 mod request;
 mod server;
 mod signals;
@@ -112,13 +113,18 @@ fn run(options: Options) -> Result<(), String> {
     let own_uid = holden::sys::process::getuid();
     let allow = peer::AllowList::new(own_uid, &options.allow_uids);
     info!(
-        "allowed peer uids: {:?}; read timeout {} ms; at most {} connections",
+        "allowed peer uids: {:?}; read timeout {} ms; exec timeout {} ms; at most {} connections, \
+         {} gated starts waiting for their exec ({} per connection)",
         allow.uids(),
         options.read_timeout_ms,
-        limits::CONNECTIONS_MAX
+        options.exec_timeout_ms,
+        limits::CONNECTIONS_MAX,
+        limits::PENDING_EXECS_MAX,
+        limits::PENDING_EXECS_PER_CONN_MAX
     );
     let settings = server::Settings {
         read_timeout: Duration::from_millis(options.read_timeout_ms),
+        exec_timeout: Duration::from_millis(options.exec_timeout_ms),
         allow,
     };
     let mut server = server::Server::new(listeners, signals, inherited, settings);
@@ -148,7 +154,7 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 /// The v1 listener (systemd's or bound at `--socket`) and, if asked for or
-/// passed by systemd, the legacy one. On failure, files already created are
+/// passed by systemd, the v0.2 one. On failure, files already created are
 /// removed.
 fn open_listeners(options: &Options, activated: Vec<Listener>) -> Result<Vec<Listener>, String> {
     let mut listeners = activated;
@@ -156,10 +162,10 @@ fn open_listeners(options: &Options, activated: Vec<Listener>) -> Result<Vec<Lis
         let v1 = Listener::bind(&options.socket, Flavor::V1).map_err(|e| e.to_string())?;
         listeners.push(v1);
     }
-    let has_legacy = listeners.iter().any(|l| l.flavor == Flavor::Legacy);
-    if let (Some(path), false) = (&options.legacy_socket, has_legacy) {
-        match Listener::bind(path, Flavor::Legacy) {
-            Ok(legacy) => listeners.push(legacy),
+    let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
+    if let (Some(path), false) = (&options.legacy_socket, has_v02) {
+        match Listener::bind(path, Flavor::V02) {
+            Ok(v02) => listeners.push(v02),
             Err(error) => {
                 for listener in &listeners {
                     listener.remove_file();

@@ -1,11 +1,14 @@
 //! From a decoded start request to a filled [`SpawnSpec`], and from a
-//! [`SpawnError`] to the wire's error stage.
+//! [`SpawnError`] to the wire's error stage and a text that names what failed.
 
-use holden::spawn::{SpawnLimits, SpawnSpec, SpawnStage, SpecError};
+use std::fmt;
+
+use holden::spawn::{SpawnError, SpawnLimits, SpawnSpec, SpawnStage, SpecError};
 use holden::wire::v02;
 use holden::wire::v1::{self, ErrorStage, StartFlags};
 
 use crate::env::{entry_name, InheritedEnv};
+use crate::text::{Errno, Escaped};
 
 /// Capacity of the agent's one reusable spec: the largest v1 or v0.2 start,
 /// plus the captured environment for `INHERIT_ENV`. A decoded frame's strings
@@ -53,7 +56,7 @@ pub fn fill_v1(
 
 /// Fills `spec` from a v0.2 START: argv from `name` and `args`, the agent's
 /// environment (as v0.2 children had), program looked up in its `PATH`.
-pub fn fill_legacy(
+pub fn fill_v02(
     spec: &mut SpawnSpec,
     start: &v02::Start<'_>,
     inherited: &InheritedEnv,
@@ -85,10 +88,158 @@ pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
     }
 }
 
+/// What a start was about: the objects a failure text names.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Subject<'a> {
+    /// The program (argv[0] or the path searched for).
+    pub program: &'a [u8],
+    pub cwd: Option<&'a [u8]>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn of(spec: &'a SpawnSpec) -> Subject<'a> {
+        let (uid, gid) = spec.credentials();
+        Subject {
+            program: spec.program().unwrap_or(b""),
+            cwd: spec.cwd(),
+            uid,
+            gid,
+        }
+    }
+}
+
+/// The text of a failed start: the step that failed, the object it failed on,
+/// and the reason — `chdir "/srv/x": No such file or directory`,
+/// `exec "/usr/bin/radio": Permission denied`, `setuid to uid 1000: Operation
+/// not permitted`. Client bytes are escaped.
+pub struct FailureText<'a> {
+    pub error: SpawnError,
+    pub subject: Subject<'a>,
+}
+
+impl fmt::Display for FailureText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let program = Escaped(self.subject.program);
+        let reason = Errno(self.error.errno);
+        let id = |id: Option<u32>| IdText(id);
+        match self.error.stage {
+            SpawnStage::Exec => write!(f, "exec \"{program}\": {reason}"),
+            SpawnStage::Chdir => match self.subject.cwd {
+                Some(dir) => write!(f, "chdir \"{}\": {reason}", Escaped(dir)),
+                None => write!(f, "chdir: {reason}"),
+            },
+            SpawnStage::Setgroups => write!(
+                f,
+                "setgroups [{}] for \"{program}\": {reason}",
+                id(self.subject.gid)
+            ),
+            SpawnStage::Setgid => write!(
+                f,
+                "setgid to gid {} for \"{program}\": {reason}",
+                id(self.subject.gid)
+            ),
+            SpawnStage::Setuid => write!(
+                f,
+                "setuid to uid {} for \"{program}\": {reason}",
+                id(self.subject.uid)
+            ),
+            SpawnStage::Setsid => write!(f, "setsid for \"{program}\": {reason}"),
+            SpawnStage::CloseFds => {
+                write!(f, "closing inherited fds for \"{program}\": {reason}")
+            }
+            SpawnStage::Stdin => write!(f, "stdio on /dev/null for \"{program}\": {reason}"),
+            SpawnStage::ReportFd => {
+                write!(
+                    f,
+                    "moving the report pipe above fd 2 for \"{program}\": {reason}"
+                )
+            }
+            SpawnStage::Clone => write!(f, "clone3 (fork) for \"{program}\": {reason}"),
+            SpawnStage::Pipe => write!(f, "report pipe or gate for \"{program}\": {reason}"),
+            SpawnStage::Report => write!(f, "reading the report of \"{program}\": {reason}"),
+            SpawnStage::Gate if self.error.errno == libc::EPIPE => write!(
+                f,
+                "gate of \"{program}\": the process was gone before it took its go-ahead \
+                 (killed at the gate); it never called execve"
+            ),
+            SpawnStage::Gate => write!(f, "gate of \"{program}\": {reason}"),
+            SpawnStage::Prepare => write!(f, "incomplete start of \"{program}\": {reason}"),
+        }
+    }
+}
+
+/// A uid or gid, or what the child used when the request named none.
+struct IdText(Option<u32>);
+
+impl fmt::Display for IdText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("(the agent's)"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use holden::wire::v1::{decode, encode_start, Body, StartRef};
+
+    #[test]
+    fn failure_texts_name_what_failed() {
+        let subject = Subject {
+            program: b"/bin/true",
+            cwd: Some(b"/no/such dir"),
+            uid: Some(1000),
+            gid: Some(100),
+        };
+        let text = |stage, errno| {
+            FailureText {
+                error: SpawnError::new(stage, errno),
+                subject,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            text(SpawnStage::Chdir, libc::ENOENT),
+            "chdir \"/no/such dir\": No such file or directory"
+        );
+        assert_eq!(
+            text(SpawnStage::Exec, libc::EACCES),
+            "exec \"/bin/true\": Permission denied"
+        );
+        assert_eq!(
+            text(SpawnStage::Setuid, libc::EPERM),
+            "setuid to uid 1000 for \"/bin/true\": Operation not permitted"
+        );
+        assert_eq!(
+            text(SpawnStage::Setgid, libc::EINVAL),
+            "setgid to gid 100 for \"/bin/true\": Invalid argument"
+        );
+        assert!(text(SpawnStage::Setgroups, libc::EPERM).starts_with("setgroups [100] "));
+        assert!(
+            text(SpawnStage::Clone, libc::EAGAIN).starts_with("clone3 (fork) for \"/bin/true\"")
+        );
+        assert!(text(SpawnStage::Gate, libc::EPIPE).contains("never called execve"));
+        let none = Subject {
+            program: b"x\n",
+            ..Subject::default()
+        };
+        let chdir = FailureText {
+            error: SpawnError::new(SpawnStage::Setuid, libc::EPERM),
+            subject: none,
+        };
+        assert_eq!(
+            chdir.to_string(),
+            "setuid to uid (the agent's) for \"x\\x0a\": Operation not permitted"
+        );
+        // Every stage has a text that says which step failed.
+        for stage in SpawnStage::ALL {
+            assert!(!text(stage, libc::EIO).is_empty());
+        }
+    }
 
     fn start_frame(flags: StartFlags, env: &[&[u8]]) -> Vec<u8> {
         let mut buf = vec![0u8; v1::FRAME_LEN_MAX];

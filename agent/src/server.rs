@@ -1,9 +1,10 @@
 //! The event loop: one thread, `poll(2)` over a fixed array of fds.
 //!
 //! Why plain `poll` and not the `ring` crate: the agent's work per event is a
-//! synchronous `clone3` + exec wait, a `recvmsg` and a `sendmsg`; it has no
-//! timers beyond a read deadline per connection and at most
-//! [`CONNECTIONS_MAX`] + 3 fds. `poll` over that fixed array costs nothing
+//! synchronous `clone3` up to the child's gate (or its exec, ungated), a
+//! `recvmsg` and a `sendmsg`; it has no timers beyond a deadline per
+//! connection and per pending exec, and at most [`CONNECTIONS_MAX`] + 3 +
+//! [`PENDING_EXECS_MAX`] fds to watch. `poll` over that fixed array costs nothing
 //! measurable next to the spawn itself, works on every kernel and in every
 //! container (io_uring may be disabled by sysctl or seccomp in QM), and keeps
 //! the agent's code small. The orchestrator, which keeps many pidfds and
@@ -12,7 +13,9 @@
 //! Fairness: each wake-up handles at most one v1 packet per connection (and
 //! the complete frames already buffered for a v0.2 connection), so a client
 //! that floods cannot starve the others; a client that stalls costs nothing
-//! but its slot until its read deadline.
+//! but its slot until its read deadline. A gated child whose exec has not
+//! been confirmed is watched through its report pipe (`pending.rs`), so a
+//! client that stops its child at the gate delays nobody else.
 
 use std::fmt;
 use std::io;
@@ -23,10 +26,11 @@ use holden::spawn::SpawnSpec;
 use holden::wire::v1::Capabilities;
 
 use crate::env::InheritedEnv;
-use crate::limits::{CONNECTIONS_MAX, LEGACY_RECV_BYTES, V1_RECV_BYTES};
+use crate::limits::{CONNECTIONS_MAX, PENDING_EXECS_MAX, V02_RECV_BYTES, V1_RECV_BYTES};
 use crate::listen::{Flavor, Listener};
 use crate::log::{info, notice, warning};
 use crate::peer::{AllowList, Peer};
+use crate::pending::PendingExec;
 use crate::request::spec_limits;
 use crate::signals::{IGNORED, TERMINATING};
 use holden::sys::poll::{self, PollFd};
@@ -53,6 +57,8 @@ const SEND_BYTES: usize = if holden::wire::v1::FRAME_LEN_MAX > holden::wire::v02
 /// Settings of the loop.
 pub struct Settings {
     pub read_timeout: Duration,
+    /// Deadline of a gated exec, from its go-ahead.
+    pub exec_timeout: Duration,
     pub allow: AllowList,
 }
 
@@ -66,8 +72,8 @@ pub(crate) struct Conn {
     /// When the connection is dropped unless it makes progress (None: a v1
     /// connection that has sent a valid frame is kept while idle).
     pub deadline: Option<Instant>,
-    /// Bytes buffered in this slot's legacy buffer.
-    pub legacy_len: usize,
+    /// Bytes buffered in this slot's v0.2 reassembly buffer.
+    pub v02_len: usize,
 }
 
 /// What to do with a connection after handling an event.
@@ -82,6 +88,7 @@ enum Owner {
     Signals,
     Listener(usize),
     Conn(usize),
+    Exec(usize),
 }
 
 pub struct Server {
@@ -89,14 +96,16 @@ pub struct Server {
     signals: SignalFd,
     pub(crate) conns: Vec<Option<Conn>>,
     /// One buffer per slot for v0.2 stream reassembly (empty when there is no
-    /// legacy listener).
-    pub(crate) legacy_bufs: Vec<Box<[u8]>>,
+    /// v0.2 listener).
+    pub(crate) v02_bufs: Vec<Box<[u8]>>,
     pub(crate) recv_buf: Box<[u8]>,
     pub(crate) send_buf: Box<[u8]>,
     pub(crate) spec: SpawnSpec,
     pub(crate) inherited: InheritedEnv,
     pub(crate) settings: Settings,
     pub(crate) capabilities: Capabilities,
+    /// Gated starts whose exec is not confirmed yet (fixed size).
+    pub(crate) pending: Vec<Option<PendingExec>>,
     pollfds: Vec<PollFd>,
     owners: Vec<Owner>,
     serial_next: u64,
@@ -143,16 +152,16 @@ impl Server {
         inherited: InheritedEnv,
         settings: Settings,
     ) -> Server {
-        let has_legacy = listeners.iter().any(|l| l.flavor == Flavor::Legacy);
+        let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
         let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD
             | Capabilities::CLONE3_PIDFD
             | Capabilities::GATED_EXEC;
-        if has_legacy {
+        if has_v02 {
             capabilities |= Capabilities::LEGACY_LISTENER;
         }
-        let legacy_bufs = (0..CONNECTIONS_MAX)
+        let v02_bufs = (0..CONNECTIONS_MAX)
             .map(|_| {
-                let len = if has_legacy { LEGACY_RECV_BYTES } else { 0 };
+                let len = if has_v02 { V02_RECV_BYTES } else { 0 };
                 vec![0u8; len].into_boxed_slice()
             })
             .collect();
@@ -161,15 +170,16 @@ impl Server {
             listeners,
             signals,
             conns: (0..CONNECTIONS_MAX).map(|_| None).collect(),
-            legacy_bufs,
+            v02_bufs,
             recv_buf: vec![0u8; V1_RECV_BYTES].into_boxed_slice(),
             send_buf: vec![0u8; SEND_BYTES].into_boxed_slice(),
             spec,
             inherited,
             settings,
             capabilities,
-            pollfds: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX),
-            owners: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX),
+            pending: (0..PENDING_EXECS_MAX).map(|_| None).collect(),
+            pollfds: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX + PENDING_EXECS_MAX),
+            owners: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX + PENDING_EXECS_MAX),
             serial_next: 1,
             stop_signal: None,
             clone_fallback_logged: false,
@@ -198,6 +208,7 @@ impl Server {
                     Owner::Signals => self.on_signal()?,
                     Owner::Listener(l) => self.accept_ready(l),
                     Owner::Conn(slot) => self.conn_ready(slot, revents),
+                    Owner::Exec(index) => self.exec_ready(index, None),
                 }
             }
             self.expire(Instant::now());
@@ -260,10 +271,22 @@ impl Server {
                 self.owners.push(Owner::Conn(slot));
             }
         }
+        for (index, pending) in self.pending.iter().enumerate() {
+            if let Some(pending) = pending {
+                // End of file on a pipe polls POLLHUP, the failure report POLLIN.
+                self.pollfds
+                    .push(entry(pending.released.report_fd().as_raw_fd()));
+                self.owners.push(Owner::Exec(index));
+            }
+        }
     }
 
     fn poll_timeout_ms(&self, now: Instant) -> libc::c_int {
-        let next = self.conns.iter().flatten().filter_map(|c| c.deadline).min();
+        let conns = self.conns.iter().flatten().filter_map(|c| c.deadline).min();
+        let next = match (conns, self.pending_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match next {
             None => -1,
             Some(deadline) => {
@@ -371,7 +394,7 @@ impl Server {
             peer,
             serial,
             deadline: Some(Instant::now() + self.settings.read_timeout),
-            legacy_len: 0,
+            v02_len: 0,
         });
     }
 
@@ -388,7 +411,7 @@ impl Server {
             Flavor::V1 => {
                 holden::wire::v1::encode_error(&mut self.send_buf, 0, errno, stage, text).ok()
             }
-            Flavor::Legacy => holden::wire::v02::encode_error(&mut self.send_buf, text).ok(),
+            Flavor::V02 => holden::wire::v02::encode_error(&mut self.send_buf, text).ok(),
         };
         if let Some(len) = len {
             let _ = crate::fdpass::send(fd.as_fd(), &self.send_buf[..len], None);
@@ -411,7 +434,7 @@ impl Server {
         let next = if revents & libc::POLLIN != 0 {
             match conn.flavor {
                 Flavor::V1 => self.v1_readable(slot),
-                Flavor::Legacy => self.legacy_readable(slot),
+                Flavor::V02 => self.v02_readable(slot),
             }
         } else {
             // POLLHUP/POLLERR without data: the peer is gone.
@@ -423,6 +446,9 @@ impl Server {
     }
 
     pub(crate) fn close(&mut self, slot: usize, why: &str) {
+        if let Some(serial) = self.conns[slot].as_ref().map(|c| c.serial) {
+            self.forget_pending(slot, serial);
+        }
         if let Some(conn) = self.conns[slot].take() {
             if conn.flavor == Flavor::V1 || why != "closed" {
                 info!("{}: {why}", conn.label());
@@ -431,6 +457,7 @@ impl Server {
     }
 
     fn expire(&mut self, now: Instant) {
+        self.expire_pending(now);
         for slot in 0..self.conns.len() {
             let expired =
                 matches!(&self.conns[slot], Some(c) if c.deadline.is_some_and(|d| d <= now));

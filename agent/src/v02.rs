@@ -23,25 +23,25 @@ use holden::pidfd::send_signal;
 use holden::wire::v02::{self, Decoded, Frame};
 
 use crate::fdpass::{self, Recv};
-use crate::limits::LEGACY_FRAMES_PER_WAKE_MAX;
+use crate::limits::V02_FRAMES_PER_WAKE_MAX;
 use crate::log::warning;
-use crate::request::fill_legacy;
+use crate::request::{fill_v02, FailureText, Subject};
 use crate::server::{Next, Server};
 use crate::text::{Errno, Escaped, FixedBuf};
 
 impl Server {
-    pub(crate) fn legacy_readable(&mut self, slot: usize) -> Next {
+    pub(crate) fn v02_readable(&mut self, slot: usize) -> Next {
         let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };
-        let filled = conn.legacy_len;
+        let filled = conn.v02_len;
         // Take the slot's buffer out so that frames can borrow it while the
         // handlers use `self` (no allocation: an empty box is a dangling ptr).
-        let mut buf = std::mem::take(&mut self.legacy_bufs[slot]);
+        let mut buf = std::mem::take(&mut self.v02_bufs[slot]);
         let received = fdpass::recv(conn.fd.as_fd(), &mut buf[filled..], false);
         let next = match received {
             Ok(Recv::Data(received)) if received.fds > 0 || received.fds_truncated => {
-                self.legacy_fail(
+                self.v02_fail(
                     slot,
                     b"holden-agent: v0.2 requests carry no file descriptors",
                 );
@@ -52,7 +52,7 @@ impl Server {
                 if let Some(conn) = self.conns[slot].as_mut() {
                     conn.deadline = Some(Instant::now() + self.settings.read_timeout);
                 }
-                self.legacy_frames(slot, &mut buf, filled)
+                self.v02_frames(slot, &mut buf, filled)
             }
             Ok(Recv::WouldBlock) => Next::Keep,
             Ok(Recv::Closed) => Next::Close,
@@ -61,17 +61,17 @@ impl Server {
                 Next::Close
             }
         };
-        self.legacy_bufs[slot] = buf;
+        self.v02_bufs[slot] = buf;
         next
     }
 
     /// Handles every complete frame in `buf[..filled]`, keeps the rest.
-    fn legacy_frames(&mut self, slot: usize, buf: &mut [u8], mut filled: usize) -> Next {
-        for _ in 0..LEGACY_FRAMES_PER_WAKE_MAX {
+    fn v02_frames(&mut self, slot: usize, buf: &mut [u8], mut filled: usize) -> Next {
+        for _ in 0..V02_FRAMES_PER_WAKE_MAX {
             let consumed = match v02::decode(&buf[..filled]) {
                 Ok(Decoded::NeedMore { .. }) => break,
                 Ok(Decoded::Done { value, consumed }) => {
-                    if self.legacy_frame(slot, value) == Next::Close {
+                    if self.v02_frame(slot, value) == Next::Close {
                         return Next::Close;
                     }
                     consumed
@@ -82,7 +82,7 @@ impl Server {
                     if let Some(conn) = self.conns[slot].as_ref() {
                         warning!("{}: refused: {error}; closing", conn.label());
                     }
-                    self.legacy_fail(slot, text.as_bytes());
+                    self.v02_fail(slot, text.as_bytes());
                     return Next::Close;
                 }
             };
@@ -90,25 +90,25 @@ impl Server {
             filled -= consumed;
         }
         if let Some(conn) = self.conns[slot].as_mut() {
-            conn.legacy_len = filled;
+            conn.v02_len = filled;
         }
         Next::Keep
     }
 
-    fn legacy_frame(&mut self, slot: usize, frame: Frame<'_>) -> Next {
+    fn v02_frame(&mut self, slot: usize, frame: Frame<'_>) -> Next {
         match frame {
             Frame::Ping => {
                 self.log_conn(slot, format_args!("ping -> pong"));
                 let len = v02::encode_pong(&mut self.send_buf).unwrap_or(0);
-                self.legacy_send(slot, len, None)
+                self.v02_send(slot, len, None)
             }
             Frame::Start(start) => {
-                if let Err(error) = fill_legacy(&mut self.spec, &start, &self.inherited) {
+                if let Err(error) = fill_v02(&mut self.spec, &start, &self.inherited) {
                     let mut text = FixedBuf::<{ v02::ERROR_TEXT_LEN_MAX }>::new();
                     let _ = write!(text, "holden-agent: {error}");
-                    return self.legacy_error(slot, text.as_bytes());
+                    return self.v02_error(slot, text.as_bytes());
                 }
-                self.legacy_start(slot)
+                self.v02_start(slot)
             }
             Frame::Started { .. }
             | Frame::Error { .. }
@@ -128,12 +128,12 @@ impl Server {
                     format_args!("message type {msg_type} -> unknown message type"),
                 );
                 let len = v02::encode_unknown_type_error(&mut self.send_buf, msg_type).unwrap_or(0);
-                self.legacy_send(slot, len, None)
+                self.v02_send(slot, len, None)
             }
         }
     }
 
-    fn legacy_start(&mut self, slot: usize) -> Next {
+    fn v02_start(&mut self, slot: usize) -> Next {
         let mut what = FixedBuf::<200>::new();
         let _ = write!(
             what,
@@ -146,10 +146,10 @@ impl Server {
                 let pid = spawned.pid;
                 self.log_conn(slot, format_args!("{} -> started pid {pid}", what.as_str()));
                 let len = v02::encode_started(&mut self.send_buf, pid, pid).unwrap_or(0);
-                let mut next = self.legacy_send(slot, len, None);
+                let mut next = self.v02_send(slot, len, None);
                 if next == Next::Keep {
                     let len = v02::encode_pidfd_marker(&mut self.send_buf).unwrap_or(0);
-                    next = self.legacy_send(slot, len, Some(spawned.pidfd.as_fd()));
+                    next = self.v02_send(slot, len, Some(spawned.pidfd.as_fd()));
                 }
                 if next == Next::Close {
                     let _ = send_signal(spawned.pidfd.as_fd(), libc::SIGKILL);
@@ -163,13 +163,11 @@ impl Server {
             Err(error) => {
                 let errno = error.errno;
                 let mut text = FixedBuf::<{ v02::ERROR_TEXT_LEN_MAX }>::new();
-                let _ = write!(
-                    text,
-                    "{} \"{}\": {} (errno {errno})",
-                    error.stage,
-                    Escaped(self.spec.program().unwrap_or(b"")),
-                    Errno(errno)
-                );
+                let failure = FailureText {
+                    error,
+                    subject: Subject::of(&self.spec),
+                };
+                let _ = write!(text, "{failure} (errno {errno})");
                 self.log_conn(
                     slot,
                     format_args!(
@@ -179,25 +177,25 @@ impl Server {
                         Errno(errno)
                     ),
                 );
-                self.legacy_error(slot, text.as_bytes())
+                self.v02_error(slot, text.as_bytes())
             }
         }
     }
 
     /// Replies PROCESS_ERROR and keeps the connection.
-    fn legacy_error(&mut self, slot: usize, text: &[u8]) -> Next {
+    fn v02_error(&mut self, slot: usize, text: &[u8]) -> Next {
         let len = v02::encode_error(&mut self.send_buf, text).unwrap_or(0);
-        self.legacy_send(slot, len, None)
+        self.v02_send(slot, len, None)
     }
 
     /// Replies PROCESS_ERROR on a connection about to be closed.
-    fn legacy_fail(&mut self, slot: usize, text: &[u8]) {
-        let _ = self.legacy_error(slot, text);
+    fn v02_fail(&mut self, slot: usize, text: &[u8]) {
+        let _ = self.v02_error(slot, text);
     }
 
     /// Sends `send_buf[..len]`; a short or failed send drops the connection
     /// (a stream reply must arrive whole; the agent keeps no queue).
-    fn legacy_send(&mut self, slot: usize, len: usize, pidfd: Option<BorrowedFd<'_>>) -> Next {
+    fn v02_send(&mut self, slot: usize, len: usize, pidfd: Option<BorrowedFd<'_>>) -> Next {
         let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };

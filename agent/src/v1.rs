@@ -3,31 +3,34 @@
 //!
 //! Gated exec (a `Start` from a minor-1+ orchestrator): the child is set up
 //! and stops at a gate before `execve`; the agent sends `Started` + pidfd,
-//! and only when that `sendmsg` succeeded lets the child exec, then sends
-//! `Running` or `Error` (stage `exec`). If the send fails the child is
-//! aborted without exec; if the agent dies at any point, the child's gate
+//! and only when that `sendmsg` succeeded gives the child its go-ahead; the
+//! exec is confirmed later without blocking the loop (`pending.rs`): `Running`
+//! or `Error` (stage `exec`). If the send fails the child is aborted without
+//! exec; if the agent dies at any point before the go-ahead, the child's gate
 //! closes and it exits 125 without exec. So a program never runs without the
 //! orchestrator holding its pidfd. A minor-0 orchestrator gets the old
 //! sequence (`Started` only after a successful exec).
 //!
-//! Hostile input never starts a process: an oversized packet, a packet with
-//! fds, anything the decoder refuses, and frames only an agent sends are
-//! answered with an `Error` (request id from the frozen header prefix when
-//! readable, else 0) and the connection stays usable.
+//! Hostile input never starts a process: an oversized packet, an empty one, a
+//! packet with fds, anything the decoder refuses, and frames only an agent
+//! sends are answered with an `Error` (request id from the frozen header
+//! prefix when readable, else 0) and the connection stays usable.
 
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
 
 use holden::pidfd::send_signal;
 use holden::wire::v1::{
-    self, decode, encode_error, encode_pong, encode_running, encode_started, peek_request_id, Body,
-    ErrorStage, Pong,
+    self, decode, encode_error, encode_pong, encode_started, peek_request_id, Body, ErrorStage,
+    Pong,
 };
 
 use crate::fdpass::{self, Recv};
 use crate::log::{info, warning};
 use crate::peer::may_request_credentials;
-use crate::request::{fill_v1, wire_stage};
+use crate::pending::PendingExec;
+use crate::request::{fill_v1, wire_stage, FailureText, Subject};
 use crate::server::{Next, Server};
 use crate::text::{Errno, Escaped, FixedBuf};
 
@@ -186,13 +189,25 @@ impl Server {
         }
     }
 
-    /// Gated: spawns up to the gate, replies `Started` + pidfd, and lets the
-    /// child exec only if that reply was sent; then `Running` or `Error`.
+    /// Gated: spawns up to the gate, replies `Started` + pidfd, and gives the
+    /// child its go-ahead only if that reply was sent. The exec is confirmed
+    /// later, without blocking the loop (`pending.rs`): `Running` or `Error`.
     fn v1_start_gated(&mut self, slot: usize, request_id: u64) -> Next {
         let (argc, envc) = (self.spec.args_count(), self.spec.env_count());
         let mut what = FixedBuf::<200>::new();
         let program = Escaped(self.spec.program().unwrap_or(b""));
         let _ = write!(what, "start \"{program}\" argc {argc} envc {envc}");
+        let entry = match self.pending_entry(slot) {
+            Ok(entry) => entry,
+            Err(full) => {
+                let refusal = Refusal {
+                    stage: ErrorStage::Limit,
+                    errno: libc::EAGAIN,
+                    text: Server::full_text(&full),
+                };
+                return self.v1_refuse(slot, request_id, refusal);
+            }
+        };
         let gated = match self.spawn_gated_from_spec() {
             Ok(gated) => gated,
             Err(error) => return self.v1_spawn_error(slot, request_id, &what, error),
@@ -216,19 +231,29 @@ impl Server {
             );
             return next;
         }
-        match gated.release() {
-            Ok(()) => {
-                let len = encode_running(&mut self.send_buf, request_id).unwrap_or(0);
-                self.log_conn(
+        match gated.open() {
+            Ok(released) => {
+                let Some(conn) = self.conns[slot].as_ref() else {
+                    return Next::Close;
+                };
+                let deadline = Instant::now() + self.settings.exec_timeout;
+                let program = self.spec.program().unwrap_or(b"");
+                self.pending[entry] = Some(PendingExec::new(
+                    released,
                     slot,
-                    format_args!("request {request_id}: pid {pid} running"),
-                );
-                self.v1_send(slot, len, None)
+                    conn.serial,
+                    request_id,
+                    deadline,
+                    program,
+                ));
+                Next::Keep
             }
             Err(error) => self.v1_spawn_error(slot, request_id, &what, error),
         }
     }
 
+    /// A spawn failed before or at the gate: `Error` with the stage, errno
+    /// and a text naming what failed (the spec still holds the request).
     fn v1_spawn_error(
         &mut self,
         slot: usize,
@@ -236,15 +261,8 @@ impl Server {
         what: &FixedBuf<200>,
         error: holden::spawn::SpawnError,
     ) -> Next {
-        let program = Escaped(self.spec.program().unwrap_or(b""));
-        let stage = wire_stage(error.stage);
         let errno = error.errno;
         let shown = what.as_str();
-        let refusal = Refusal::new(
-            stage,
-            errno,
-            format_args!("{} \"{program}\": {}", error.stage, Errno(errno)),
-        );
         self.log_conn(
             slot,
             format_args!(
@@ -253,7 +271,52 @@ impl Server {
                 Errno(errno)
             ),
         );
-        self.v1_reply_error(slot, request_id, &refusal)
+        let mut text = FixedBuf::<{ v1::ERROR_TEXT_LEN_MAX }>::new();
+        let failure = FailureText {
+            error,
+            subject: Subject::of(&self.spec),
+        };
+        let _ = write!(text, "{failure}");
+        self.v1_reply_text(slot, request_id, error, text.as_bytes())
+    }
+
+    /// A pending exec failed (`pending.rs`): `Error` naming the program.
+    pub(crate) fn v1_failure(
+        &mut self,
+        slot: usize,
+        request_id: u64,
+        error: holden::spawn::SpawnError,
+        subject: Subject<'_>,
+    ) -> Next {
+        let errno = error.errno;
+        self.log_conn(
+            slot,
+            format_args!(
+                "request {request_id}: \"{}\" -> error {}: {} (errno {errno})",
+                Escaped(subject.program),
+                error.stage,
+                Errno(errno)
+            ),
+        );
+        let mut text = FixedBuf::<{ v1::ERROR_TEXT_LEN_MAX }>::new();
+        let _ = write!(text, "{}", FailureText { error, subject });
+        self.v1_reply_text(slot, request_id, error, text.as_bytes())
+    }
+
+    /// Replies `Error` for a spawn failure with its wire stage and `text`.
+    pub(crate) fn v1_reply_text(
+        &mut self,
+        slot: usize,
+        request_id: u64,
+        error: holden::spawn::SpawnError,
+        text: &[u8],
+    ) -> Next {
+        let text = v1::clamp_error_text(text);
+        let stage = wire_stage(error.stage);
+        match encode_error(&mut self.send_buf, request_id, error.errno, stage, text) {
+            Ok(len) => self.v1_send(slot, len, None),
+            Err(_) => Next::Close,
+        }
     }
 
     fn v1_refuse(&mut self, slot: usize, request_id: u64, refusal: Refusal) -> Next {
@@ -286,7 +349,12 @@ impl Server {
     /// Sends `send_buf[..len]` as one packet. A full socket buffer means the
     /// client does not read its replies: the connection is dropped (the agent
     /// keeps no reply queue).
-    fn v1_send(&mut self, slot: usize, len: usize, pidfd: Option<BorrowedFd<'_>>) -> Next {
+    pub(crate) fn v1_send(
+        &mut self,
+        slot: usize,
+        len: usize,
+        pidfd: Option<BorrowedFd<'_>>,
+    ) -> Next {
         let Some(conn) = self.conns[slot].as_ref() else {
             return Next::Close;
         };

@@ -113,6 +113,58 @@ fn hostile_frames_get_errors_and_never_spawn() {
     assert!(marker.exists());
 }
 
+/// SOCK_SEQPACKET carries empty packets, and `recvmsg` returns 0 for them as at the end of
+/// the connection: the agent tells them apart and answers an empty packet like any packet
+/// shorter than 16 bytes (`TooShort`: stage decode, `EPROTO`, request id 0).
+#[test]
+fn an_empty_packet_is_too_short_and_the_connection_stays() {
+    let dir = TempDir::new("empty");
+    let agent = Agent::start(&dir, &[]);
+    let client = V1Client::connect(&agent.socket);
+    // Before any valid frame, and twice in a row (a second empty packet is not an EOF).
+    for _ in 0..2 {
+        client.send(&[]);
+    }
+    for _ in 0..2 {
+        let reply = client.recv();
+        assert!(
+            !reply.bytes.is_empty(),
+            "empty packet closed the connection"
+        );
+        let (stage, errno, text) = parse_reply(reply, 0).error();
+        assert_eq!((stage, errno), (ErrorStage::Decode, libc::EPROTO), "{text}");
+        assert!(text.contains("0 bytes"), "{text}");
+    }
+    assert!(matches!(client.ping(3), Outcome::Pong { .. }));
+    // After a valid frame too.
+    client.send(&[]);
+    let (stage, _, _) = client.outcome(0).error();
+    assert_eq!(stage, ErrorStage::Decode);
+    let (_, pidfd) = client.start(4, &[b"/bin/true"]).started();
+    assert!(poll_readable(pidfd.as_fd(), WAIT));
+    // The end of the connection is still the end: after our sending side is shut down, the
+    // agent closes. (The empty packet just before may or may not be answered: if the agent
+    // reads it only after the shutdown, it does not answer a peer that is leaving.)
+    client.send(&[]);
+    // SAFETY: shutdown of our own socket.
+    let rc = unsafe { libc::shutdown(client.fd.as_raw_fd(), libc::SHUT_WR) };
+    assert_eq!(rc, 0);
+    let mut answered = 0;
+    loop {
+        let reply = client.recv();
+        if reply.bytes.is_empty() {
+            break;
+        }
+        let (stage, _, _) = parse_reply(reply, 0).error();
+        assert_eq!(stage, ErrorStage::Decode);
+        answered += 1;
+        assert_eq!(answered, 1, "more answers than packets");
+    }
+    // And the agent goes on serving others.
+    let other = V1Client::connect(&agent.socket);
+    assert!(matches!(other.ping(5), Outcome::Pong { .. }));
+}
+
 #[test]
 fn random_bytes_never_crash_the_agent() {
     let dir = TempDir::new("fuzzish");

@@ -183,6 +183,7 @@ fn help_version_and_usage_errors() {
         "--legacy-socket",
         "--allow-uid",
         "--read-timeout-ms",
+        "--exec-timeout-ms",
         "--version",
     ] {
         assert!(text.contains(option), "help lacks {option}");
@@ -228,14 +229,21 @@ fn joined_values_and_socket_paths_that_are_not_utf8() {
     command
         .arg(joined("--socket=", &socket))
         .arg(joined("--legacy-socket=", &legacy))
-        .args(["--allow-uid=4242", "--read-timeout-ms=5000"]);
+        .args([
+            "--allow-uid=4242",
+            "--read-timeout-ms=5000",
+            "--exec-timeout-ms=4000",
+        ]);
     let mut agent = Agent::launch(&dir, command, &socket);
     let client = V1Client::connect(&socket);
     assert!(matches!(client.ping(1), Outcome::Pong { .. }));
     assert!(legacy.exists(), "{}", agent.log());
     let log = agent.log();
     assert!(
-        log.contains("allowed peer uids") && log.contains("4242") && log.contains("5000 ms"),
+        log.contains("allowed peer uids")
+            && log.contains("4242")
+            && log.contains("read timeout 5000 ms")
+            && log.contains("exec timeout 4000 ms"),
         "{log}"
     );
     drop(client);

@@ -95,3 +95,40 @@ fn peer_pid(client: &V1Client) -> i32 {
         cred.pid
     }
 }
+
+/// A credential failure names the id it failed on. The agent runs as root of a user namespace
+/// that maps only root and denies `setgroups` (`unshare --map-root-user`): a start as another
+/// user fails in the child at `setgroups`, and the text says which group list.
+#[test]
+fn credential_failures_name_the_ids() {
+    let dir = TempDir::new("userns");
+    let socket = dir.join("agent.sock");
+    let mut command = Command::new("unshare");
+    // unshare execs the agent (no fork): dropping the Agent kills it.
+    command.args(["--user", "--map-root-user"]);
+    command.arg(AGENT).arg("--socket").arg(&socket);
+    let agent = Agent::launch(&dir, command, &socket);
+    let client = V1Client::connect(&socket);
+    let frame = start_frame_full(
+        1,
+        &[b"/bin/true"],
+        &[],
+        None,
+        Some(65534),
+        Some(65533),
+        holden::wire::v1::StartFlags::empty(),
+    );
+    client.send(&frame);
+    let (stage, errno, text) = client.outcome(1).error();
+    assert_eq!(
+        (stage, errno),
+        (holden::wire::v1::ErrorStage::Permission, libc::EPERM),
+        "{text}"
+    );
+    assert_eq!(
+        text,
+        "setgroups [65533] for \"/bin/true\": Operation not permitted"
+    );
+    assert!(matches!(client.ping(2), Outcome::Pong { .. }));
+    drop(agent);
+}

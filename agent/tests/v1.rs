@@ -108,8 +108,28 @@ fn exec_failures_report_stage_and_errno() {
     client.send(&frame);
     let (stage, errno, text) = client.outcome(20).error();
     assert_eq!((stage, errno), (ErrorStage::Setup, libc::ENOENT), "{text}");
+    // The text names the directory, not the program.
+    assert_eq!(
+        text,
+        format!("chdir \"{}\": No such file or directory", missing.display())
+    );
+    // A working directory that is a file: ENOTDIR, named the same way.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    client.send(&start_frame(
+        21,
+        &[b"/bin/true"],
+        &[],
+        Some(file.as_os_str().as_bytes()),
+    ));
+    let (stage, errno, text) = client.outcome(21).error();
+    assert_eq!((stage, errno), (ErrorStage::Setup, libc::ENOTDIR), "{text}");
+    assert_eq!(
+        text,
+        format!("chdir \"{}\": Not a directory", file.display())
+    );
     // Still serving.
-    assert!(matches!(client.ping(21), Outcome::Pong { .. }));
+    assert!(matches!(client.ping(22), Outcome::Pong { .. }));
 }
 
 #[test]
@@ -230,8 +250,12 @@ fn pipelined_requests_on_one_connection_match_by_id() {
     for id in ids {
         client.send(&start_frame(id, &[b"/bin/true"], &[], None));
     }
-    for id in ids {
-        let (_, pidfd) = client.outcome(id).started();
+    // Gated (1.1): each Started is followed by its Running, but the replies to different
+    // requests may interleave.
+    let outcomes = client.outcomes(&ids);
+    assert_eq!(outcomes.len(), ids.len());
+    for (_, outcome) in outcomes {
+        let (_, pidfd) = outcome.started();
         assert!(poll_readable(pidfd.as_fd(), WAIT));
     }
 }

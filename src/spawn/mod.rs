@@ -46,12 +46,25 @@
 //! none. `ENOEXEC` is reported, never retried through `/bin/sh`.
 //!
 //! **Gated spawns** ([`spawn_gated`]): the child does all of the above and then
-//! waits at a gate (one `socketpair`) just before `execve`. [`Gated::release`]
-//! lets it exec and reports the exec's outcome; if the gate closes without the
-//! go-ahead (the spawner died, or [`Gated::abort`]) the child exits with
-//! [`GATE_CLOSED_EXIT_STATUS`] and the program never runs. holden-agent uses it
-//! to hand the pidfd to the orchestrator *before* the program runs, so an agent
-//! killed at any moment never leaves a process running that nobody supervises.
+//! waits at a gate (one `socketpair`) just before `execve`. [`Gated::open`]
+//! gives it the go-ahead without waiting and returns a [`Released`] child whose
+//! report pipe the caller polls ([`Released::try_finish`], or
+//! [`Released::withdraw`] at a deadline: the go-ahead is taken back if the child
+//! has not read it yet); [`Gated::release`] does the same but blocks until the
+//! exec's outcome. If the gate closes without the go-ahead (the spawner died,
+//! or [`Gated::abort`]) the child exits with [`GATE_CLOSED_EXIT_STATUS`] and the
+//! program never runs. holden-agent uses it to hand the pidfd to the
+//! orchestrator *before* the program runs, so an agent killed at any moment
+//! never leaves a process running that nobody supervises.
+//!
+//! What "exec'd" means here: the report pipe reaches end of file when the
+//! kernel closes the child's close-on-exec fds, which `execve` does only after
+//! its point of no return, once the new program's image has replaced the old one
+//! (`/proc/PID/exe` already names the new program). The kernel may still be
+//! finishing the exec at that moment: `/proc/PID/comm` and the `comm` field of
+//! `/proc/PID/stat` can show the old name and `/proc/PID/cmdline` can be empty
+//! for a few microseconds more; a failure after that point (e.g. the ELF loader
+//! running out of memory) kills the process, which shows as its exit status.
 //!
 //! The caller should keep fds 0–2 open (on `/dev/null` if nothing else): the
 //! child inherits stdout and stderr as they are.
@@ -472,13 +485,14 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 /// A child that finished its set-up (session, fds, stdio, credentials,
 /// working directory, signals) and waits at a gate just before `execve`.
 ///
-/// Made by [`spawn_gated`]. The child execs only after [`Gated::release`]
-/// wrote the go-ahead byte. If the gate closes without it — [`Gated::abort`],
-/// dropping the `Gated`, or the spawner dying, since the kernel closes its fds
-/// then — the child `_exit`s with [`GATE_CLOSED_EXIT_STATUS`] without ever
-/// calling `execve`. So a spawner can hand the pidfd to someone else first
-/// (holden-agent sends it to the orchestrator) and let the program run only
-/// once that succeeded: the program never runs unsupervised.
+/// Made by [`spawn_gated`]. The child execs only after [`Gated::open`] (or
+/// [`Gated::release`]) wrote the go-ahead byte. If the gate closes without it —
+/// [`Gated::abort`], dropping the `Gated`, or the spawner dying, since the
+/// kernel closes its fds then — the child `_exit`s with
+/// [`GATE_CLOSED_EXIT_STATUS`] without ever calling `execve`. So a spawner can
+/// hand the pidfd to someone else first (holden-agent sends it to the
+/// orchestrator) and let the program run only once that succeeded: the program
+/// never runs unsupervised.
 ///
 /// Dropping a `Gated` closes the gate (the child exits 125) but does not reap
 /// the child; [`Gated::abort`] also reaps it.
@@ -488,6 +502,9 @@ pub struct Gated {
     pidfd: OwnedFd,
     /// The parent's end of the gate.
     go: OwnedFd,
+    /// A second reference to the child's end of the gate: the go byte can be read back out
+    /// of it as long as the child has not read it ([`Released::withdraw`]).
+    gate: OwnedFd,
     /// The read end of the report pipe; EOF once the child exec'd.
     report: OwnedFd,
 }
@@ -501,24 +518,37 @@ impl Gated {
     /// Opens the gate and waits until the child has exec'd (`Ok`) or failed
     /// (`Err`, stage [`SpawnStage::Exec`] with the `execve` errno; the child
     /// exits 127 and is reaped here, or by the kernel with SIGCHLD ignored).
-    ///
-    /// A child that was killed at the gate (someone else holding its pidfd
-    /// stopped it) gives `Err` stage [`SpawnStage::Gate`] (`EPIPE`) when the
-    /// write finds it gone; if it died just after reading the go-ahead, `Ok`
-    /// — its exit shows on the pidfd either way. Allocation-free.
+    /// The same as [`Gated::open`] then [`Released::wait`]: it blocks for as
+    /// long as the child takes, which is forever if someone stopped it at the
+    /// gate; an event loop uses [`Gated::open`] and polls instead.
     pub fn release(self) -> Result<(), SpawnError> {
+        self.open()?.wait()
+    }
+
+    /// Gives the go-ahead without waiting for the exec: writes the go byte and
+    /// returns the [`Released`] child, whose [`Released::report_fd`] polls
+    /// readable once the outcome is known. Allocation-free, never blocks.
+    ///
+    /// `Err` (stage [`SpawnStage::Gate`]) only when the byte could not be
+    /// written: the child is then killed (it never got the go-ahead, so it
+    /// cannot have exec'd) and reaped if it is already gone.
+    pub fn open(self) -> Result<Released, SpawnError> {
         let sent = crate::sys::spawn::gate_send_go(self.go.as_fd());
+        // The byte, if sent, stays readable for the child after this close; without it the
+        // child reads end of file and exits 125.
         drop(self.go);
-        let report = crate::sys::spawn::read_report(self.report.as_fd());
-        let pidfd = self.pidfd;
-        match (sent, report) {
-            (Ok(()), Ok(None)) => Ok(()),
-            (Err(errno), Ok(None)) => {
-                reap_failed_child(&pidfd);
+        match sent {
+            Ok(()) => Ok(Released {
+                pid: self.pid,
+                pidfd: self.pidfd,
+                gate: self.gate,
+                report: self.report,
+            }),
+            Err(errno) => {
+                let _ = crate::sys::process::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+                reap_if_exited(&self.pidfd);
                 Err(SpawnError::new(SpawnStage::Gate, errno))
             }
-            (_, Ok(Some(bytes))) => Err(fail_child(&pidfd, Ok(SpawnError::from_report(bytes)))),
-            (_, Err(error)) => Err(fail_child(&pidfd, Err(error))),
         }
     }
 
@@ -527,6 +557,135 @@ impl Gated {
     pub fn abort(self) {
         drop(self.go);
         reap_failed_child(&self.pidfd);
+    }
+}
+
+/// A gated child that got its go-ahead ([`Gated::open`]) and whose exec has
+/// not been confirmed yet.
+///
+/// Its report pipe ([`Released::report_fd`]) polls readable (`POLLIN` or
+/// `POLLHUP`) once the outcome is known: end of file when `execve` passed its
+/// point of no return (the pipe's write end is close-on-exec, and the kernel
+/// closes such fds only after it has replaced the old image), or the child's
+/// 8-byte failure report. [`Released::try_finish`] then tells which without
+/// blocking; [`Released::wait`] blocks for it; [`Released::withdraw`] gives up
+/// on it (a deadline).
+///
+/// Dropping a `Released` forgets the child: it keeps its go-ahead and execs.
+#[derive(Debug)]
+pub struct Released {
+    pub pid: libc::pid_t,
+    pidfd: OwnedFd,
+    gate: OwnedFd,
+    report: OwnedFd,
+}
+
+/// What [`Released::try_finish`] found.
+#[derive(Debug)]
+pub enum Finish {
+    /// Nothing yet: the child has not reached the end of `execve` (it may be
+    /// stopped at its gate or on its way).
+    Pending(Released),
+    /// `Ok`: `execve` passed its point of no return. `Err`: stage
+    /// [`SpawnStage::Exec`] with the `execve` errno (the child exits 127), or
+    /// [`SpawnStage::Gate`] with `EPIPE` when the child died at its gate
+    /// without ever reading the go-ahead (someone killed it), or
+    /// [`SpawnStage::Report`].
+    Done(Result<(), SpawnError>),
+}
+
+/// How [`Released::withdraw`] ended a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withdrawn {
+    /// The go-ahead was still unread: it was taken back, so the child could
+    /// never pass its gate, and it was killed there. The program did not run.
+    AtGate,
+    /// The child had read the go-ahead but not finished `execve`: it was
+    /// killed on its way (SIGKILL; no instruction of the new program runs
+    /// after the kill is queued).
+    PastGate,
+}
+
+impl Released {
+    /// The child's pidfd.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The fd to poll for the outcome (`POLLIN`; end of file shows as `POLLHUP`).
+    pub fn report_fd(&self) -> BorrowedFd<'_> {
+        self.report.as_fd()
+    }
+
+    /// The outcome if it is known now, without blocking. A failed child is
+    /// reaped if it has exited already; one that is about to `_exit(127)` is
+    /// not waited for (reap it through the pidfd, or ignore SIGCHLD as
+    /// holden-agent does), and a caller's own wait may find it reaped.
+    /// Allocation-free.
+    pub fn try_finish(self) -> Finish {
+        if !crate::sys::spawn::report_ready(self.report.as_fd()) {
+            return Finish::Pending(self);
+        }
+        let report = crate::sys::spawn::read_report(self.report.as_fd());
+        Finish::Done(self.conclude(report, false))
+    }
+
+    /// Blocks until the outcome is known (see [`Finish::Done`]); a failed
+    /// child is reaped before it returns.
+    pub fn wait(self) -> Result<(), SpawnError> {
+        let report = crate::sys::spawn::read_report(self.report.as_fd());
+        self.conclude(report, true)
+    }
+
+    fn conclude(
+        self,
+        report: Result<Option<[u8; crate::sys::spawn::REPORT_BYTES]>, SpawnError>,
+        block: bool,
+    ) -> Result<(), SpawnError> {
+        let reap = |pidfd: &OwnedFd| {
+            if block {
+                reap_failed_child(pidfd)
+            } else {
+                reap_if_exited(pidfd)
+            }
+        };
+        match report {
+            // End of file: execve closed the write end, or the child died. A go byte still
+            // queued means it died at the gate without reading it, so it never exec'd.
+            Ok(None) if crate::sys::spawn::gate_take_back(self.gate.as_fd()) => {
+                reap(&self.pidfd);
+                Err(SpawnError::new(SpawnStage::Gate, libc::EPIPE))
+            }
+            Ok(None) => Ok(()),
+            Ok(Some(bytes)) => {
+                reap(&self.pidfd);
+                Err(SpawnError::from_report(bytes))
+            }
+            Err(error) => {
+                let _ = crate::sys::process::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+                reap(&self.pidfd);
+                Err(error)
+            }
+        }
+    }
+
+    /// Gives up on the child (the caller's deadline passed): takes the
+    /// go-ahead back if it is still unread, and kills the child with SIGKILL
+    /// either way (a stopped child dies on SIGKILL too). Says which. Call it
+    /// after [`Released::try_finish`] said `Pending`. Never blocks: the child
+    /// is reaped here only if it has died already; otherwise reaping is left
+    /// to the caller (holden-agent ignores SIGCHLD, so the kernel reaps it),
+    /// and a caller's own wait may find it reaped (ECHILD; its status stays
+    /// readable through `PIDFD_INFO_EXIT` on Linux 6.15+).
+    pub fn withdraw(self) -> Withdrawn {
+        let taken_back = crate::sys::spawn::gate_take_back(self.gate.as_fd());
+        let _ = crate::sys::process::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        reap_if_exited(&self.pidfd);
+        if taken_back {
+            Withdrawn::AtGate
+        } else {
+            Withdrawn::PastGate
+        }
     }
 }
 
@@ -548,12 +707,12 @@ pub fn spawn_gated(spec: &SpawnSpec) -> Result<Gated, SpawnError> {
         Some(gate_child.as_fd()),
     )?;
     drop(report_write);
-    drop(gate_child);
     match crate::sys::spawn::read_report(report_read.as_fd()) {
         Ok(Some(GATE_READY_REPORT)) => Ok(Gated {
             pid,
             pidfd,
             go,
+            gate: gate_child,
             report: report_read,
         }),
         Ok(Some(bytes)) => Err(fail_child(&pidfd, Ok(SpawnError::from_report(bytes)))),
@@ -580,6 +739,11 @@ fn fail_child(pidfd: &OwnedFd, error: Result<SpawnError, SpawnError>) -> SpawnEr
     };
     reap_failed_child(pidfd);
     error
+}
+
+/// Reaps the child if it has exited already (never waits).
+fn reap_if_exited(pidfd: &OwnedFd) {
+    let _ = crate::sys::process::wait_pidfd(pidfd.as_fd(), false);
 }
 
 /// Waits for a child that reported failure and is about to `_exit`, so it

@@ -526,9 +526,11 @@ fn closing_the_gate_without_go_ends_the_child_without_exec() {
         pid: _,
         pidfd,
         go,
+        gate,
         report,
     } = gated;
     drop(go);
+    drop(gate);
     drop(report);
     assert!(poll_readable(&pidfd, POLL_TIMEOUT_MS));
     assert_eq!(
@@ -551,19 +553,134 @@ fn abort_ends_and_reaps_the_child_without_exec() {
 
 #[test]
 fn release_of_a_child_killed_at_the_gate_is_a_gate_error() {
-    // In this multi-threaded test process another test's fork may briefly hold a copy of
-    // the gate's child end, so the go-ahead can still be written after our child died:
-    // `release` then rightly says Ok (documented). Try a few times for the EPIPE path.
-    for _ in 0..50 {
-        let gated = spawn_gated(&spec(&[b"/bin/true"])).unwrap();
-        pidfd_send_signal(gated.pidfd(), libc::SIGKILL).unwrap();
-        assert!(poll_readable(&gated.pidfd, POLL_TIMEOUT_MS));
-        if let Err(error) = gated.release() {
-            assert_eq!(error.stage, SpawnStage::Gate, "{error}");
-            return;
+    // The go byte is still queued when the report pipe reaches end of file: the child died
+    // without reading it, so it never exec'd.
+    let gated = spawn_gated(&spec(&[b"/bin/true"])).unwrap();
+    pidfd_send_signal(gated.pidfd(), libc::SIGKILL).unwrap();
+    assert!(poll_readable(&gated.pidfd, POLL_TIMEOUT_MS));
+    let error = gated.release().unwrap_err();
+    assert_eq!(error, SpawnError::new(SpawnStage::Gate, libc::EPIPE));
+}
+
+/// Polls `released` until its outcome is known (bounded).
+fn finish(mut released: Released) -> Result<(), SpawnError> {
+    for _ in 0..100 {
+        assert!(
+            poll_fd(released.report_fd(), POLL_TIMEOUT_MS / 100),
+            "report pipe never became ready"
+        );
+        match released.try_finish() {
+            Finish::Done(result) => return result,
+            Finish::Pending(again) => released = again,
         }
     }
-    panic!("release never reported the dead child as a gate error");
+    panic!("try_finish never concluded");
+}
+
+/// POLLIN or POLLHUP on any fd.
+fn poll_fd(fd: std::os::fd::BorrowedFd<'_>, timeout_ms: c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    rc == 1 && pfd.revents != 0
+}
+
+#[test]
+fn open_does_not_wait_and_the_report_pipe_tells_the_outcome() {
+    let dir = TempDir::new("gate-open");
+    let marker = dir.0.join("ran");
+    let gated = spawn_gated(&gated_marker_spec(&marker)).unwrap();
+    let pidfd = gated.pidfd.try_clone().unwrap();
+    let released = gated.open().unwrap();
+    finish(released).unwrap();
+    assert_eq!(wait_exit(&pidfd), (libc::CLD_EXITED, 0));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran\n");
+    // An exec failure arrives the same way.
+    let missing = dir.0.join("missing");
+    let gated = spawn_gated(&spec(&[missing.as_os_str().as_bytes()])).unwrap();
+    let error = finish(gated.open().unwrap()).unwrap_err();
+    assert_eq!(error, SpawnError::new(SpawnStage::Exec, libc::ENOENT));
+}
+
+#[test]
+fn a_child_stopped_at_the_gate_stays_pending_and_is_withdrawn_without_exec() {
+    let dir = TempDir::new("gate-stop");
+    let marker = dir.0.join("ran");
+    let gated = spawn_gated(&gated_marker_spec(&marker)).unwrap();
+    let pid = gated.pid;
+    let pidfd = gated.pidfd.try_clone().unwrap();
+    pidfd_send_signal(gated.pidfd(), libc::SIGSTOP).unwrap();
+    wait_until_stopped(pid);
+    let released = gated.open().unwrap();
+    // Stopped before it could read the go-ahead: nothing to report, and nothing blocks.
+    assert!(!poll_fd(released.report_fd(), 50));
+    let released = match released.try_finish() {
+        Finish::Pending(released) => released,
+        Finish::Done(result) => panic!("a stopped child concluded: {result:?}"),
+    };
+    assert_eq!(released.withdraw(), Withdrawn::AtGate);
+    assert_killed_by_sigkill(&pidfd);
+    assert!(
+        !marker.exists(),
+        "the program ran after its go-ahead was withdrawn"
+    );
+}
+
+#[test]
+fn withdrawing_after_the_child_took_its_go_ahead_kills_it() {
+    let gated = spawn_gated(&spec(&[b"/bin/sleep", b"1000"])).unwrap();
+    let pid = gated.pid;
+    let pidfd = gated.pidfd.try_clone().unwrap();
+    let released = gated.open().unwrap();
+    assert!(poll_fd(released.report_fd(), POLL_TIMEOUT_MS));
+    wait_for_comm(pid, "sleep");
+    // The go byte was read: it cannot be taken back; the process is killed instead.
+    assert_eq!(released.withdraw(), Withdrawn::PastGate);
+    assert_killed_by_sigkill(&pidfd);
+}
+
+/// The child behind `pidfd` ends killed by SIGKILL. `withdraw` reaps it if it has already
+/// exited by then, so the status comes from our own `waitid` or, when that finds no child, from
+/// `PIDFD_INFO_EXIT` (where the kernel has it).
+fn assert_killed_by_sigkill(pidfd: &OwnedFd) {
+    assert!(poll_readable(pidfd, POLL_TIMEOUT_MS));
+    match crate::sys::process::wait_pidfd(pidfd.as_fd(), true) {
+        Ok(Some(waited)) => assert_eq!(
+            (waited.code, waited.status),
+            (libc::CLD_KILLED, libc::SIGKILL)
+        ),
+        Ok(None) => panic!("a blocking wait returned nothing"),
+        Err(error) => {
+            assert_eq!(error.raw_os_error(), Some(libc::ECHILD), "{error}");
+            match crate::pidfd::exit_info(pidfd.as_fd()) {
+                crate::pidfd::ExitInfo::Status(status) => assert_eq!(
+                    status,
+                    crate::pidfd::WaitStatus::Signaled {
+                        signal: libc::SIGKILL,
+                        core_dumped: false
+                    }
+                ),
+                crate::pidfd::ExitInfo::Unavailable => {}
+                crate::pidfd::ExitInfo::NotYet => panic!("reaped but no exit status"),
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the child's comm is `comm`: after the exec's point of no return the
+/// kernel sets it a moment later.
+fn wait_for_comm(pid: libc::pid_t, comm: &str) {
+    for _ in 0..10_000 {
+        if proc_comm(pid) == comm {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    panic!("comm of {pid} never became {comm}");
 }
 
 #[test]
@@ -573,7 +690,7 @@ fn the_gate_fd_does_not_leak_into_the_program() {
     let pidfd = gated.pidfd.try_clone().unwrap();
     gated.release().unwrap();
     let child = Child(Spawned { pid, pidfd });
-    assert_eq!(proc_comm(pid), "sleep");
+    wait_for_comm(pid, "sleep");
     let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())

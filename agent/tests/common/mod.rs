@@ -431,6 +431,53 @@ impl V1Client {
         }
     }
 
+    /// Receives the replies to pipelined requests `ids`, which may come in any order (a
+    /// gated `Started` is followed by its `Running` or `Error` whenever the exec is confirmed,
+    /// possibly after replies to later requests), and checks each request's sequence: one
+    /// `Started` then one `Running` or `Error` (exec), or one lone `Error`/`Pong`.
+    pub fn outcomes(&self, ids: &[u64]) -> Vec<(u64, Outcome)> {
+        let mut started: Vec<(u64, i32, OwnedFd)> = Vec::new();
+        let mut done: Vec<(u64, Outcome)> = Vec::new();
+        while done.len() < ids.len() {
+            let reply = self.recv();
+            assert!(!reply.bytes.is_empty(), "agent closed the connection");
+            let frame = decode(&reply.bytes).unwrap_or_else(|e| panic!("undecodable reply: {e}"));
+            let id = frame.request_id();
+            assert!(ids.contains(&id), "reply to unknown request {id}");
+            assert!(
+                !done.iter().any(|(d, _)| *d == id),
+                "reply to request {id} after its last one"
+            );
+            let held = started.iter().position(|(s, _, _)| *s == id);
+            match (frame.body, held) {
+                (Body::Running, Some(at)) => {
+                    assert!(reply.fds.is_empty(), "Running carried fds");
+                    let (_, pid, pidfd) = started.remove(at);
+                    done.push((id, Outcome::Started { pid, pidfd }));
+                }
+                (Body::Error(error), Some(at)) => {
+                    assert!(reply.fds.is_empty(), "Error carried fds");
+                    assert_eq!(error.stage, ErrorStage::Exec, "Error after Started");
+                    started.remove(at);
+                    done.push((
+                        id,
+                        Outcome::Error {
+                            stage: error.stage,
+                            errno: error.errno,
+                            text: String::from_utf8_lossy(error.text).into_owned(),
+                        },
+                    ));
+                }
+                (_, Some(_)) => panic!("request {id}: a second Started, or a Pong, after Started"),
+                (_, None) => match parse_reply(reply, id) {
+                    Outcome::Started { pid, pidfd } => started.push((id, pid, pidfd)),
+                    other => done.push((id, other)),
+                },
+            }
+        }
+        done
+    }
+
     pub fn start(&self, request_id: u64, argv: &[&[u8]]) -> Outcome {
         self.send(&start_frame(request_id, argv, &[], None));
         self.outcome(request_id)

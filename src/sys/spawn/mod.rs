@@ -414,6 +414,28 @@ pub fn gate_send_go(go: BorrowedFd<'_>) -> Result<(), i32> {
     }
 }
 
+/// Takes the go-ahead back if the child has not read it yet: reads the go byte out of the
+/// child's end of the gate (`gate`, the spawner's second reference to it), without waiting.
+/// `true`: the byte was still queued and is gone now, so the child can never pass its gate;
+/// `false`: the child took it (or nothing was sent). Exactly one reader gets a queued byte, so
+/// the answer is race-free.
+pub fn gate_take_back(gate: BorrowedFd<'_>) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(super::socket::recv(gate, &mut byte, false, true), Ok(1))
+}
+
+/// Whether the report pipe has something to read now (a report, or end of file), so that
+/// [`read_report`] returns without blocking. Never waits.
+pub fn report_ready(report: BorrowedFd<'_>) -> bool {
+    let mut entry = [super::poll::PollFd {
+        fd: report.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // A pipe whose writers are gone polls POLLHUP (and POLLIN only while data is left).
+    matches!(super::poll::poll(&mut entry, 0), Ok(1)) && entry[0].revents != 0
+}
+
 /// Reads one report (exactly [`REPORT_BYTES`]) or end of file (`None`).
 pub fn read_report(report: BorrowedFd<'_>) -> Result<Option<[u8; REPORT_BYTES]>, SpawnError> {
     let mut buf = [0u8; REPORT_BYTES];

@@ -100,6 +100,9 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
             other => return Err(Failure::Usage(format!("demo: unknown option `{other}`"))),
         }
     }
+    if namespaces {
+        crate::setup::debian(&[("unshare", "util-linux")])?;
+    }
     catch_interrupts();
     let root = run::workspace_root();
     let out = Out::new();

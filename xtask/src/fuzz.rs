@@ -112,17 +112,5 @@ pub fn run_targets(root: &Path, targets: &[String], seconds: u64) -> Result<(), 
 }
 
 fn check_tools() -> Result<(), Failure> {
-    if !run::succeeds("rustup", &["run", "nightly", "rustc", "--version"]) {
-        return Err(Failure::Failed(
-            "the nightly toolchain is missing; install it with:\n  \
-             rustup toolchain install nightly --profile minimal"
-                .into(),
-        ));
-    }
-    if !run::succeeds("cargo", &["+nightly", "fuzz", "--version"]) {
-        return Err(Failure::Failed(
-            "cargo-fuzz is missing; install it with:\n  cargo install cargo-fuzz --locked".into(),
-        ));
-    }
-    Ok(())
+    crate::setup::cargo_fuzz()
 }

@@ -10,6 +10,7 @@ mod elf;
 mod fuzz;
 mod image;
 mod run;
+mod setup;
 mod vm;
 
 use std::process::ExitCode;
@@ -74,7 +75,8 @@ fn main() -> ExitCode {
 const CI_HELP: &str = "\
 cargo xtask ci [--fuzz-seconds N]
 
-Runs, stopping at the first failure:
+Installs what is missing first (the nightly toolchain, cargo-fuzz, the musl targets, the
+Debian package util-linux for unshare), then runs, stopping at the first failure:
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings
   cargo test --workspace
@@ -95,6 +97,8 @@ fn ci(args: &[String]) -> Result<(), run::Failure> {
             other => return Err(run::Failure::Usage(format!("ci: unknown option `{other}`"))),
         }
     }
+    setup::cargo_fuzz()?;
+    setup::debian(&[("unshare", "util-linux")])?;
     let root = run::workspace_root();
     run::cargo(&root, &["fmt", "--all", "--check"])?;
     run::cargo(

@@ -115,7 +115,6 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     let runs = select(&opts)?;
     let root = run::workspace_root();
     let mut arches: Vec<Arch> = runs.iter().map(|r| r.arch).collect();
-    arches.dedup();
     arches.sort_by_key(|a| a.name());
     arches.dedup();
     for arch in &arches {
@@ -537,9 +536,10 @@ pub fn check_run(r: &Run, debian_kernel: bool, text: &str) -> Result<Vec<String>
             let claims = Claims::parse(text)?;
             let pidfs = probe.pidfs()?;
             report.push(format!(
-                "features: pidfs={} (pidfd on {}) pidfd_get_info={} pidfd_info_exit={} \
-                 io_uring=usable (the orchestrator's ring is set up) \
-                 kernel.io_uring_disabled={} cgroup2_controllers={}",
+                "features: pidfs={} (statfs of a pidfd: {}) pidfd_get_info={} \
+                 pidfd_info_exit={} (the orchestrator's probe) io_uring=usable (the \
+                 orchestrator's ring is set up) kernel.io_uring_disabled={} \
+                 cgroup2_controllers={}",
                 yes_no(pidfs),
                 if pidfs { "pidfs" } else { "anon_inode" },
                 yes_no(claims.pidfd_get_info),

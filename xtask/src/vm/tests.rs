@@ -132,14 +132,20 @@ fn recorded_matrix_runs_pass() {
         assert_eq!(passed, expected, "{name}: {report:?}");
     }
     let old = check_run(run("x86_64-5.10"), true, console("x86_64-5.10")).unwrap();
-    assert!(old[1].contains("pidfs=no (pidfd on anon_inode)"), "{old:?}");
+    assert!(
+        old[1].contains("pidfs=no (statfs of a pidfd: anon_inode)"),
+        "{old:?}"
+    );
     assert!(
         old[1].contains("kernel.io_uring_disabled=absent"),
         "{old:?}"
     );
     let new = check_run(run("aarch64-6.12"), true, console("aarch64-6.12")).unwrap();
     assert!(new[0].contains("arch aarch64, 2 CPUs"), "{new:?}");
-    assert!(new[1].contains("pidfs=yes (pidfd on pidfs)"), "{new:?}");
+    assert!(
+        new[1].contains("pidfs=yes (statfs of a pidfd: pidfs)"),
+        "{new:?}"
+    );
 }
 
 #[test]

@@ -548,7 +548,10 @@ pub fn check_run(r: &Run, debian_kernel: bool, text: &str) -> Result<Vec<String>
                 probe.cgroup2_text()
             ));
             report.push(format!("as documented: {}", probe::behaviour(&claims)));
-            report.push(format!("passed: {}", probe::check_claims(&probe, &claims)?));
+            report.push(format!(
+                "passed: {}",
+                probe::check_claims(&probe, &claims, debian_kernel)?
+            ));
             report.extend(check_console(text)?);
         }
         Scenario::IoUringDisabled => {

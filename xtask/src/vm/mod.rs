@@ -286,9 +286,11 @@ fn boot_run(
     let seconds = started.elapsed().as_secs_f64();
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     let verdict = outcome.and_then(|()| check_run(r, opts.kernel.is_none(), &text));
-    let release = Probe::parse(&text)
-        .map(|p| p.release)
-        .unwrap_or_else(|_| "?".into());
+    // As the guest saw it, else from the kernel's file name.
+    let release = Probe::parse(&text).map(|p| p.release).unwrap_or_else(|_| {
+        let name = kernel.file_name().unwrap_or_default().to_string_lossy();
+        name.strip_prefix("vmlinuz-").unwrap_or(&name).to_string()
+    });
     let result = match verdict {
         Ok(report) => {
             for line in &report {

@@ -117,6 +117,17 @@ pub fn main(args: &[String]) -> Result<(), Failure> {
     let mut arches: Vec<Arch> = runs.iter().map(|r| r.arch).collect();
     arches.sort_by_key(|a| a.name());
     arches.dedup();
+    let mut packages = vec![
+        ("/bin/busybox", "busybox-static"),
+        (
+            "/usr/share/keyrings/debian-archive-keyring.gpg",
+            "debian-archive-keyring",
+        ),
+    ];
+    for arch in &arches {
+        packages.push((arch.qemu(), arch.qemu_package()));
+    }
+    crate::setup::debian(&packages)?;
     for arch in &arches {
         if !run::succeeds(arch.qemu(), &["--version"]) {
             return Err(Failure::Failed(format!(

@@ -5,7 +5,7 @@
 use holden::log::{Logger, Priority};
 
 /// Every line goes to stderr; the agent logs at info and above.
-const LOGGER: Logger = Logger::stderr(Priority::Info).with_tag("holden-agent: ");
+const LOGGER: Logger = Logger::stderr_tagged(Priority::Info, "holden-agent: ");
 
 /// Writes one line: `<N>holden-agent: ` + message + newline.
 pub fn line(priority: Priority, args: std::fmt::Arguments<'_>) {

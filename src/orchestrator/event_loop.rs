@@ -25,7 +25,7 @@ use super::spawner::Spawner;
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
 use crate::control::{FailCode, ReloadInfo, TEXT_LEN_MAX};
 use crate::link::{self, Protocol};
-use crate::log::{LineBuf, Logger, Priority};
+use crate::log::{self, LineBuf, Logger, Priority};
 use crate::pidfd::{self, Capabilities};
 use crate::sd_notify::Notifier;
 use crate::spawn::SpawnSpec;
@@ -120,6 +120,8 @@ pub struct Orchestrator {
     control: ControlServer,
     owners: Box<[Owner]>,
     log: Logger,
+    /// Writes `log`'s lines, so that a full log stream never blocks the loop.
+    log_writer: log::Background,
     notify: Notifier,
     caps: Capabilities,
     signals: Option<SlotId>,
@@ -139,6 +141,14 @@ pub struct Orchestrator {
     pending_adds: Vec<(ServiceDef, Option<Arc<SpawnSpec>>)>,
 }
 
+impl Drop for Orchestrator {
+    /// Ends the log writer thread once it has written what is queued (the spawner threads end
+    /// with their own handle).
+    fn drop(&mut self) {
+        self.log_writer.stop(log::background::FLUSH_TIMEOUT);
+    }
+}
+
 impl Orchestrator {
     /// Builds the loop: the ring, the engine with every service added, prepared spawn specs,
     /// the signalfd (if `options.signals`), the agent link and the control plane. Starts
@@ -148,7 +158,9 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
-        let log = Logger::new(options.log_fd, settings.log_level);
+        let log_writer = log::Background::start(options.log_fd, log::background::RING_BYTES, "")
+            .map_err(|e| Error::Io("log writer thread", e))?;
+        let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
         let capacity = settings.slots.max(defs.len()).max(1);
         if capacity > supervise::SERVICES_MAX {
             return Err(Error::Service(format!(
@@ -267,6 +279,7 @@ impl Orchestrator {
             control,
             owners,
             log,
+            log_writer,
             notify,
             caps,
             signals,
@@ -282,6 +295,11 @@ impl Orchestrator {
             settings,
             pending_adds: Vec::new(),
         })
+    }
+
+    /// Log lines dropped so far because the log stream did not keep up.
+    pub fn log_dropped(&self) -> u64 {
+        self.log_writer.dropped()
     }
 
     /// A handle that asks the loop to shut down (usable from another thread).
@@ -302,8 +320,15 @@ impl Orchestrator {
     }
 
     /// Runs until a shutdown (signal or handle) has stopped every service. Returns `Ok` after a
-    /// clean shutdown.
+    /// clean shutdown. The log lines are written when it returns (unless the log stream has
+    /// not taken them within [`log::background::FLUSH_TIMEOUT`]).
     pub fn run(&mut self) -> Result<(), Error> {
+        let result = self.run_until_done();
+        self.log_writer.flush(log::background::FLUSH_TIMEOUT);
+        result
+    }
+
+    fn run_until_done(&mut self) -> Result<(), Error> {
         self.start_up()?;
         while !self.done {
             self.counters.iterations.fetch_add(1, Ordering::Relaxed);
@@ -848,7 +873,7 @@ impl Orchestrator {
         let note_len = note.len().min(notes.len());
         notes[..note_len].copy_from_slice(&note[..note_len]);
         let new = &plan.settings;
-        self.log = self.log.with_max(new.log_level);
+        self.log = self.log.clone().with_max(new.log_level);
         self.settings.log_level = new.log_level;
         self.settings.shutdown_stop_services = new.shutdown_stop_services;
         self.settings.shutdown_timeout = new.shutdown_timeout;

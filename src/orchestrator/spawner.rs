@@ -78,10 +78,12 @@ impl Spawner {
         };
         for (index, launcher) in launchers.drain(..).enumerate() {
             let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
+            let builder = std::thread::Builder::new()
                 .name(format!("holden-spawn-{index}"))
-                .stack_size(THREAD_STACK_BYTES)
-                .spawn(move || run(&shared, launcher))?;
+                .stack_size(THREAD_STACK_BYTES);
+            crate::sys::signal::spawn_thread_blocking_signals(builder, move || {
+                run(&shared, launcher)
+            })?;
         }
         Ok((Spawner { shared }, watched))
     }

@@ -75,6 +75,15 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((owned(fds[0])?, owned(fds[1])?))
 }
 
+/// Sets a pipe's capacity (`F_SETPIPE_SZ`; the kernel rounds up to a power-of-two number of
+/// pages).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let bytes =
+        libc::c_int::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: F_SETPIPE_SZ takes an int; no memory is passed.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) }).map(|_| ())
+}
+
 /// A non-blocking, close-on-exec eventfd starting at 0.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd takes integers and returns a new fd or -1.

@@ -145,6 +145,34 @@ pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<libc::c_int>> {
     }
 }
 
+/// Starts a thread with every signal blocked (a helper thread must never take a signal meant
+/// for the event loop's signalfd, nor be killed by one): the caller blocks them all while it
+/// creates the thread, which inherits that mask, then restores its own.
+pub fn spawn_thread_blocking_signals<F>(
+    builder: std::thread::Builder,
+    f: F,
+) -> io::Result<std::thread::JoinHandle<()>>
+where
+    F: FnOnce() + Send + 'static,
+{
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets live on our stack; sigfillset and pthread_sigmask only write them.
+    let rc = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old)
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let spawned = builder.spawn(f);
+    // SAFETY: `old` was filled by the call above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    spawned
+}
+
 /// Sends `signal` to the calling thread (tests of blocked signals).
 pub fn raise_in_thread(signal: libc::c_int) {
     // SAFETY: signals the current thread; no memory is passed.

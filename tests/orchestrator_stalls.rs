@@ -1,15 +1,17 @@
-//! A local spawn whose exec stalls does not stall the orchestrator.
+//! Nothing outside the orchestrator stalls its event loop: not a local spawn whose exec
+//! stalls, not a log stream that nobody reads.
 //!
-//! The stall is real: the program lives on a FUSE filesystem served by this test (the raw
-//! protocol on `/dev/fuse`, enough for `execve`), which holds the first read of the
+//! The exec stall is real: the program lives on a FUSE filesystem served by this test (the
+//! raw protocol on `/dev/fuse`, enough for `execve`), which holds the first read of the
 //! program's bytes for 5 s. The kernel's `execve` waits in that read, so the spawn cannot
 //! finish until the read is answered. Meanwhile another local service must go on being
 //! restarted and `holdenctl status` must answer; then the read is answered and the stalled
-//! spawn completes.
+//! spawn completes. The mount is made inside the orchestrator's own mount namespace
+//! (created between fork and exec of the orchestrator), so it is seen only by the
+//! orchestrator and its services and vanishes with them: nothing is left mounted, even if
+//! the test fails.
 //!
-//! The mount is made inside the orchestrator's own mount namespace (created between fork and
-//! exec of the orchestrator), so it is seen only by the orchestrator and its services and
-//! vanishes with them: nothing is left mounted, even if the test fails.
+//! The log stall is a real full pipe: the orchestrator's stderr, one page, unread for 3 s.
 
 mod orchestrator_support;
 
@@ -225,12 +227,22 @@ fn holdenctl(socket: &Path, args: &[&str]) -> (i32, String) {
     )
 }
 
-/// The `state` of `name` in `holdenctl status NAME --json`.
-fn state_of(socket: &Path, name: &str) -> String {
+/// A field of `name` in `holdenctl status NAME --json` (the answer must come).
+fn status_field(socket: &Path, name: &str, key: &str) -> String {
     let (code, out) = holdenctl(socket, &["status", name, "--json"]);
     assert_eq!(code, 0, "status {name}: {out}");
-    let at = out.find("\"state\":\"").expect("state") + 9;
-    out[at..].split('"').next().unwrap().to_string()
+    let needle = format!("\"{key}\":");
+    let at = out.find(&needle).expect(key) + needle.len();
+    out[at..]
+        .trim_start_matches('"')
+        .split(['"', ',', '}'])
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn state_of(socket: &Path, name: &str) -> String {
+    status_field(socket, name, "state")
 }
 
 #[test]
@@ -327,4 +339,93 @@ fn an_exec_stalled_on_a_fuse_read_holds_neither_the_loop_nor_other_spawns() {
     drop(dev);
     // The mount went with the orchestrator's namespace: the connection ends.
     server.join().unwrap();
+}
+
+#[test]
+fn a_log_stream_nobody_reads_does_not_hold_the_loop() {
+    let dir = TempDir::new("log-stall");
+    let control = dir.path("control.sock");
+    let cfg = "log_level = \"debug\"\n".to_string()
+        + &config_header(&dir.path("no-agent.sock"))
+        + &service(
+            "looper",
+            "local",
+            &["/bin/true"],
+            // As fast as it goes: thousands of lines a second, far more than the log's ring.
+            "restart = \"always\"\nrestart_delay = \"0s\"\n\
+             start_limit = { burst = 0, interval = \"0s\" }",
+        );
+    std::fs::write(dir.path("orchestrator.toml"), cfg).unwrap();
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    // One page: a few dozen lines fill it.
+    // SAFETY: F_SETPIPE_SZ on a pipe this test owns; no memory is passed.
+    let sized = unsafe { libc::fcntl(write_end.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(
+        sized >= 4096,
+        "F_SETPIPE_SZ: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg("--config")
+        .arg(dir.path("orchestrator.toml"))
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(write_end)
+        .process_group(0);
+    let child = cmd.spawn().expect("spawn holden-orchestrator");
+    // The command holds the pipe's write end: the reader sees end of file only without it.
+    drop(cmd);
+    // Nothing is ever written to this path: the log is the pipe.
+    let mut orch = Orch {
+        child,
+        log_path: dir.path("unused.log"),
+    };
+
+    // The pipe fills within the first restarts; then nobody reads it for 3 s.
+    let restarts = || -> u32 {
+        status_field(&control, "looper", "restarts")
+            .parse()
+            .unwrap()
+    };
+    wait_until("the control socket", || control.exists().then_some(()));
+    let before = restarts();
+    let unread_start = Instant::now();
+    let mut answers = 0;
+    while unread_start.elapsed() < Duration::from_secs(3) {
+        restarts();
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = restarts() - before;
+
+    // Read it now: the lines that did not fit were dropped, and the count is reported.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut read_end = read_end;
+        let _ = read_end.read_to_string(&mut text);
+        text
+    });
+    assert!(orch.stop(libc::SIGTERM).success());
+    let text = reader.join().unwrap();
+    let dropped: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("<4>event=log-dropped lines="))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    eprintln!(
+        "while the log was unread for 3 s: {answers} status answers, {during} restarts, \
+         {dropped} log lines dropped"
+    );
+    assert!(
+        during as usize >= LOOP_RESTARTS_MIN,
+        "the looping service was restarted {during} times while the log was unread"
+    );
+    assert!(dropped > 0, "the drops are reported: {text}");
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.contains("event=shutdown-complete")),
+        "the last lines are written at exit: {text}"
+    );
 }

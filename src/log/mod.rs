@@ -5,7 +5,14 @@
 //! (`SyslogLevelPrefix=yes`, the default). Lines are formatted into a fixed stack buffer and
 //! written with one `write(2)`, so logging allocates nothing and lines from one process never
 //! interleave. A line longer than [`LINE_BYTES_MAX`] is cut and ends in `...`. The orchestrator
-//! writes bare lines; the agent tags each with `holden-agent: ` ([`Logger::with_tag`]).
+//! writes bare lines; the agent tags each with `holden-agent: ` ([`Logger::stderr_tagged`]).
+//!
+//! The orchestrator's logger hands its lines to a writer thread ([`Logger::in_background`],
+//! module [`background`]), so that its event loop never waits for the log stream.
+
+pub mod background;
+
+pub use background::Background;
 
 use std::fmt::{self, Write as _};
 use std::os::fd::RawFd;
@@ -43,24 +50,43 @@ impl Priority {
     }
 }
 
-/// Writes log lines to one fd (stderr by default).
-#[derive(Clone, Copy, Debug)]
+/// Writes log lines to one fd (stderr by default), itself or through a [`Background`] writer.
+#[derive(Clone, Debug)]
 pub struct Logger {
     fd: RawFd,
     max: Priority,
     /// Written after the priority prefix of every line.
     tag: &'static str,
+    background: Option<Background>,
 }
 
 impl Logger {
     /// A logger that writes lines at `max` priority or more important to `fd`.
     pub const fn new(fd: RawFd, max: Priority) -> Logger {
-        Logger { fd, max, tag: "" }
+        Logger {
+            fd,
+            max,
+            tag: "",
+            background: None,
+        }
     }
 
-    /// The same logger with `tag` after every line's priority prefix.
-    pub const fn with_tag(self, tag: &'static str) -> Logger {
-        Logger { tag, ..self }
+    /// A logger on stderr with `tag` after every line's priority prefix.
+    pub const fn stderr_tagged(max: Priority, tag: &'static str) -> Logger {
+        Logger {
+            fd: libc::STDERR_FILENO,
+            max,
+            tag,
+            background: None,
+        }
+    }
+
+    /// The same logger, its lines written by `background` (which should write to the same fd).
+    pub fn in_background(self, background: Background) -> Logger {
+        Logger {
+            background: Some(background),
+            ..self
+        }
     }
 
     /// A logger on stderr.
@@ -87,12 +113,13 @@ impl Logger {
         let _ = write!(line, "<{}>{}", priority as u8, self.tag);
         let _ = line.write_fmt(args);
         let bytes = line.finish();
-        write_all(self.fd, bytes);
+        match &self.background {
+            Some(background) => background.push(bytes),
+            None => {
+                let _ = crate::sys::fd::write_all_raw(self.fd, bytes);
+            }
+        }
     }
-}
-
-fn write_all(fd: RawFd, bytes: &[u8]) {
-    let _ = crate::sys::fd::write_all_raw(fd, bytes);
 }
 
 /// A fixed buffer that silently cuts what does not fit (keeping room for `...\n`).

@@ -28,7 +28,7 @@ use crate::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, LinkCode, Op, PartitionCode,
     ServiceInfo, StateCode, Why,
 };
-use crate::log::{Escaped, FixedBuf, Logger, Priority};
+use crate::log::{Escaped, FixedBuf, Logger, Priority, Quoted, Value};
 use crate::supervise::{
     self, Command, MonoTime, Partition, Reason, Refusal, ServiceId, Transition,
 };
@@ -206,7 +206,7 @@ impl ControlServer {
         let Some(path) = self.path.clone() else {
             return;
         };
-        let shown = Escaped(path.as_os_str().as_bytes());
+        let shown = Value(Escaped(path.as_os_str().as_bytes()));
         let mode = if self.group_gid.is_some() {
             0o660
         } else {
@@ -238,7 +238,8 @@ impl ControlServer {
             Err(e) => log.line(
                 Priority::Err,
                 format_args!(
-                    "event=control-unavailable socket={shown} error=\"{e}\" (holdenctl cannot reach this orchestrator; supervision goes on)"
+                    "event=control-unavailable socket={shown} error={} consequence=\"holdenctl cannot reach this orchestrator; supervision goes on\"",
+                    Quoted(&e)
                 ),
             ),
         }
@@ -297,7 +298,7 @@ impl ControlServer {
             Err(e) => {
                 log.line(
                     Priority::Warning,
-                    format_args!("event=control-accept-failed error=\"{e}\""),
+                    format_args!("event=control-accept-failed error={}", Quoted(e)),
                 );
                 let _ = ring.timeout(self.listen_slot, Timeout::After(ACCEPT_RETRY_DELAY));
             }

@@ -24,7 +24,7 @@ use super::services::{prepare_spec, Services};
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
 use crate::control::{FailCode, ReloadInfo, TEXT_LEN_MAX};
 use crate::link::{self, Protocol};
-use crate::log::{LineBuf, Logger, Priority};
+use crate::log::{LineBuf, Logger, Priority, Quoted};
 use crate::pidfd::{self, Capabilities};
 use crate::sd_notify::Notifier;
 use crate::spawn::SpawnSpec;
@@ -495,7 +495,11 @@ impl Orchestrator {
             Output::ShutdownComplete => self.done = true,
             Output::Refused { refusal, event } => self.log.line(
                 Priority::Err,
-                format_args!("event=core-refused detail=\"{refusal}\" input={event:?}"),
+                format_args!(
+                    "event=core-refused detail={} input={}",
+                    Quoted(refusal),
+                    Quoted(format_args!("{event:?}"))
+                ),
             ),
         }
     }
@@ -551,7 +555,7 @@ impl Orchestrator {
                     self.log.line(
                         Priority::Warning,
                         format_args!(
-                            "event=shutdown-timeout timeout_ms={} action=SIGKILL every process",
+                            "event=shutdown-timeout timeout_ms={} action=SIGKILL target=every-process",
                             self.settings.shutdown_timeout.as_millis()
                         ),
                     );
@@ -681,7 +685,7 @@ impl Orchestrator {
                 self.log.line(
                     Priority::Notice,
                     format_args!(
-                        "event=shutdown services=left-running (shutdown.stop_services = false)"
+                        "event=shutdown services=left-running reason=\"shutdown.stop_services = false\""
                     ),
                 );
                 self.done = true;
@@ -695,7 +699,7 @@ impl Orchestrator {
         } else {
             self.log.line(
                 Priority::Warning,
-                format_args!("event=shutdown-forced action=SIGKILL every process"),
+                format_args!("event=shutdown-forced action=SIGKILL target=every-process"),
             );
         }
         self.engine.shutdown(now());
@@ -785,17 +789,17 @@ impl Orchestrator {
             Ok((c, len)) => self.log.line(
                 Priority::Notice,
                 format_args!(
-                    "event=reload added={} removed={} changed={} unchanged={} needs_restart=\"{}\"",
+                    "event=reload added={} removed={} changed={} unchanged={} needs_restart={}",
                     c[0],
                     c[1],
                     c[2],
                     c[3],
-                    std::str::from_utf8(&notes[..*len]).unwrap_or("")
+                    Quoted(std::str::from_utf8(&notes[..*len]).unwrap_or(""))
                 ),
             ),
             Err((_, message)) => self.log.line(
                 Priority::Err,
-                format_args!("event=reload-failed error=\"{message}\" action=nothing changed"),
+                format_args!("event=reload-failed error={} action=none", Quoted(message)),
             ),
         }
         result
@@ -840,7 +844,7 @@ impl Orchestrator {
             if let Err(refusal) = self.engine.remove(now(), service) {
                 self.log.line(
                     Priority::Err,
-                    format_args!("event=core-refused detail=\"{refusal}\" input=remove"),
+                    format_args!("event=core-refused detail={} input=remove", Quoted(refusal)),
                 );
             }
             self.settle();
@@ -867,7 +871,10 @@ impl Orchestrator {
             if let Err(refusal) = result {
                 self.log.line(
                     Priority::Err,
-                    format_args!("event=core-refused detail=\"{refusal}\" input=replace"),
+                    format_args!(
+                        "event=core-refused detail={} input=replace",
+                        Quoted(refusal)
+                    ),
                 );
             }
             self.settle();
@@ -905,7 +912,11 @@ impl Orchestrator {
                 // Checked before applying: not expected.
                 self.log.line(
                     Priority::Err,
-                    format_args!("service={} event=add-failed detail=\"{refusal}\"", def.name),
+                    format_args!(
+                        "service={} event=add-failed detail={}",
+                        def.name,
+                        Quoted(refusal)
+                    ),
                 );
                 return;
             }
@@ -915,7 +926,11 @@ impl Orchestrator {
             Err(e) => {
                 self.log.line(
                     Priority::Err,
-                    format_args!("service={} event=add-failed detail=\"ring: {e}\"", def.name),
+                    format_args!(
+                        "service={} event=add-failed detail={}",
+                        def.name,
+                        Quoted(format_args!("ring: {e}"))
+                    ),
                 );
                 let _ = self.engine.remove(now(), id);
                 self.settle();

@@ -56,7 +56,6 @@ fn present_on_machine(what: &str) -> bool {
     if what.starts_with('/') {
         return std::path::Path::new(what).exists();
     }
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(what).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(what).is_file()))
 }

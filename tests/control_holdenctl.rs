@@ -243,13 +243,17 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
     );
 
     let _orch = Orch::start(&dir, &config(&dir, None, 4, "", &sleeper("a", "local", "")));
-    wait_state(&socket, "a", "running");
+    let pid = wait_state(&socket, "a", "running");
     for args in [
         &["status", "nope"][..],
         &["start", "nope"],
         &["kill", "nope"],
         &["restart", "a", "nope", "--wait"],
+        &["stop", "nope", "a"],
+        &["monitor", "nope"],
+        &["monitor", "a", "nope", "--json"],
     ] {
+        let started = std::time::Instant::now();
         let out = ctl(&socket, args);
         assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
         assert!(
@@ -257,7 +261,24 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
             "{args:?}: {}",
             out.stderr
         );
+        // Refused at once: nothing done, nothing printed, no waiting (monitor included).
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?}");
     }
+    // Nothing was done to "a" by the commands that also named an unknown service.
+    assert_eq!(state_of(&socket, "a"), ("running".to_string(), pid));
+    // Every unknown name is reported, from one listing; the known ones are not printed.
+    let out = ctl(&socket, &["status", "b", "a", "c", "b", "d"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "holdenctl: no service named \"b\"\nholdenctl: no service named \"c\"\nholdenctl: no service named \"d\"\n"
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    // Known names: in the order given, each once.
+    let out = ctl(&socket, &["status", "a", "a", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.matches("\"name\":\"a\"").count(), 1, "{}", out.stdout);
     for args in [
         &[][..],
         &["frobnicate"],
@@ -269,7 +290,14 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
     ] {
         let out = ctl(&socket, args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
-        assert!(out.stderr.contains("usage: holdenctl"), "{args:?}");
+        // One line and a pointer to --help, not the whole help.
+        assert!(
+            out.stderr.starts_with("holdenctl: ")
+                && out.stderr.ends_with(" (see holdenctl --help)\n")
+                && out.stderr.lines().count() == 1,
+            "{args:?}: {}",
+            out.stderr
+        );
     }
     for command in [
         "status",

@@ -44,9 +44,12 @@ fn misuse_exits_2_with_a_message() {
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
+        // One line and a pointer to --help, not the whole help.
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.starts_with("holden-orchestrator: ") && err.contains("usage:"),
+            err.starts_with("holden-orchestrator: ")
+                && err.ends_with(" (see holden-orchestrator --help)\n")
+                && err.lines().count() == 1,
             "{args:?}: {err}"
         );
     }

@@ -200,8 +200,11 @@ fn help_version_and_usage_errors() {
         let out = Command::new(AGENT).args(bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // One line and a pointer to --help, as holdenctl and holden-orchestrator do.
         assert!(
-            stderr.contains("holden-agent:") && stderr.contains("--help"),
+            stderr.starts_with("holden-agent: ")
+                && stderr.ends_with(" (see holden-agent --help)\n")
+                && stderr.lines().count() == 1,
             "{stderr}"
         );
     }

@@ -152,7 +152,7 @@ fn main() -> ExitCode {
     let cli = match parse_args(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
         Err(message) => {
-            eprintln!("holden-orchestrator: {message}\n\n{USAGE}");
+            eprintln!("holden-orchestrator: {message} (see holden-orchestrator --help)");
             return ExitCode::from(2);
         }
     };

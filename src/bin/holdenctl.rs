@@ -366,6 +366,33 @@ impl Client {
         }
     }
 
+    /// The rows of `names` (in the order given, each once), from one listing of every
+    /// service. Any unknown name fails the whole command before anything is done: every
+    /// unknown name is reported (exit 3).
+    fn known(&mut self, names: &[String]) -> Result<Vec<Owned>, Fail> {
+        let mut all = Vec::new();
+        self.status(None, |s| all.push(Owned::of(s)))?;
+        let mut rows: Vec<Owned> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        for name in names {
+            if rows.iter().any(|r| &r.name == name) || unknown.contains(name) {
+                continue;
+            }
+            match all.iter().find(|s| &s.name == name) {
+                Some(row) => rows.push(row.clone()),
+                None => unknown.push(name.clone()),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(rows);
+        }
+        let lines: Vec<String> = unknown
+            .iter()
+            .map(|n| format!("no service named {n:?}"))
+            .collect();
+        Err(fail(EXIT_UNKNOWN, lines.join("\nholdenctl: ")))
+    }
+
     fn one(&mut self, name: &str) -> Result<Owned, Fail> {
         let mut found = None;
         self.status(Some(name), |s| found = Some(Owned::of(s)))?;
@@ -592,20 +619,10 @@ fn print_table(rows: &[Owned], style: &Style) {
 
 fn cmd_status(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     let mut rows = Vec::new();
-    let mut code = EXIT_OK;
     if cli.names.is_empty() {
         client.status(None, |s| rows.push(Owned::of(s)))?;
     } else {
-        for name in &cli.names {
-            match client.one(name) {
-                Ok(s) => rows.push(s),
-                Err(f) if f.code == EXIT_UNKNOWN => {
-                    eprintln!("holdenctl: {}", f.message);
-                    code = EXIT_UNKNOWN;
-                }
-                Err(f) => return Err(f),
-            }
-        }
+        rows = client.known(&cli.names)?;
     }
     if cli.json {
         let items: Vec<String> = rows.iter().map(status_json).collect();
@@ -613,7 +630,7 @@ fn cmd_status(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     } else {
         print_table(&rows, &Style::detect());
     }
-    Ok(code)
+    Ok(EXIT_OK)
 }
 
 /// Whether a service reached the target of `command` (`Err` when it cannot any more).
@@ -649,26 +666,15 @@ fn cmd_operate(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     };
     let mut code = EXIT_OK;
     let mut waiting = Vec::new();
-    for name in &cli.names {
-        let before = if cli.wait {
-            Some(client.one(name))
-        } else {
-            None
-        };
-        let before = match before {
-            Some(Err(f)) if f.code == EXIT_UNKNOWN => {
-                eprintln!("holdenctl: {}", f.message);
-                code = code.max(EXIT_UNKNOWN);
-                continue;
-            }
-            Some(Err(f)) => return Err(f),
-            Some(Ok(b)) => Some(b),
-            None => None,
-        };
-        let len = client.request(&Body::Command { op, name })?;
+    // Every name is checked first: an unknown one fails the command before anything is done.
+    for before in client.known(&cli.names)? {
+        let len = client.request(&Body::Command {
+            op,
+            name: &before.name,
+        })?;
         match client.frame(len) {
             Ok(Body::Done(_)) => {
-                if let Some(before) = before {
+                if cli.wait {
                     waiting.push(before);
                 }
             }
@@ -778,6 +784,10 @@ fn event_line(e: &EventInfo<'_>, json: bool, style: &Style) -> String {
 }
 
 fn cmd_monitor(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    // Unknown names are refused at once (a monitor would wait for them forever).
+    if !cli.names.is_empty() {
+        client.known(&cli.names)?;
+    }
     let len = client.request(&Body::Monitor)?;
     match client.frame(len)? {
         Body::Done(_) => {}
@@ -897,7 +907,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(Usage(message)) => {
-            eprintln!("holdenctl: {message}\n\n{USAGE}");
+            eprintln!("holdenctl: {message} (see holdenctl --help)");
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -6,7 +6,8 @@
 
 use holden::config::{parse_duration, signal_from_name, signal_from_number};
 use holden::control::{
-    self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, StateCode, Why,
+    self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, SpawnError,
+    StateCode, Why,
 };
 use holden::sys::socket;
 use std::ffi::{OsStr, OsString};
@@ -446,6 +447,8 @@ struct Owned {
     restarts: u32,
     last_exit: Option<Exit>,
     next_restart_ms: Option<u64>,
+    spawn_error: Option<SpawnError>,
+    start_limit_hit: bool,
 }
 
 impl Owned {
@@ -459,8 +462,78 @@ impl Owned {
             restarts: s.restarts,
             last_exit: s.last_exit,
             next_restart_ms: s.next_restart_ms,
+            spawn_error: s.spawn_error,
+            start_limit_hit: s.start_limit_hit,
         }
     }
+
+    /// Why it failed or backs off, short (a table cell): `start-limit after exec ENOENT`,
+    /// `exec ENOENT`, `start-limit`, or `-`.
+    fn cause(&self) -> String {
+        match (self.start_limit_hit, self.spawn_error) {
+            (true, Some(e)) => format!("start-limit after {}", spawn_text(e)),
+            (true, None) => "start-limit".into(),
+            (false, Some(e)) => spawn_text(e),
+            (false, None) => "-".into(),
+        }
+    }
+
+    /// Why it failed, in a sentence (`--wait` messages).
+    fn cause_sentence(&self) -> String {
+        let last = match (self.spawn_error, self.last_exit) {
+            (Some(e), _) => format!("its last start failed: {}", spawn_sentence(e)),
+            (None, Some(exit)) => format!("its last process exited with {}", exit_text(Some(exit))),
+            (None, None) => String::new(),
+        };
+        match (self.start_limit_hit, last.is_empty()) {
+            (true, true) => "it hit its start limit".into(),
+            (true, false) => format!("it hit its start limit; {last}"),
+            (false, _) => last,
+        }
+    }
+}
+
+/// `exec ENOENT`; a stage alone when there is no errno (a timeout).
+fn spawn_text(e: SpawnError) -> String {
+    match (e.errno, holden::sys::errno::name(e.errno)) {
+        (0, _) => e.stage.as_str().to_string(),
+        (_, Some(name)) => format!("{} {name}", e.stage.as_str()),
+        (errno, None) => format!("{} errno {errno}", e.stage.as_str()),
+    }
+}
+
+/// `exec ENOENT (No such file or directory)`.
+fn spawn_sentence(e: SpawnError) -> String {
+    if e.errno == 0 {
+        return format!(
+            "{} (no errno: the request timed out or was refused)",
+            e.stage.as_str()
+        );
+    }
+    format!(
+        "{} ({})",
+        spawn_text(e),
+        holden::sys::errno::Strerror(e.errno)
+    )
+}
+
+fn json_spawn_error(error: Option<SpawnError>) -> String {
+    let Some(e) = error else {
+        return "null".into();
+    };
+    let name = holden::sys::errno::name(e.errno);
+    let text = if e.errno == 0 {
+        None
+    } else {
+        Some(holden::sys::errno::Strerror(e.errno).to_string())
+    };
+    format!(
+        "{{\"stage\":\"{}\",\"errno\":{},\"errno_name\":{},\"error\":{}}}",
+        e.stage.as_str(),
+        e.errno,
+        name.map_or("null".into(), json_str),
+        text.as_deref().map_or("null".into(), json_str)
+    )
 }
 
 struct Style {
@@ -547,7 +620,7 @@ fn json_exit(exit: Option<Exit>) -> String {
 
 fn status_json(s: &Owned) -> String {
     format!(
-        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{}}}",
+        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{}}}",
         json_str(&s.name),
         s.partition,
         s.state.as_str(),
@@ -555,7 +628,9 @@ fn status_json(s: &Owned) -> String {
         json_opt(s.uptime_ms),
         s.restarts,
         json_exit(s.last_exit),
-        json_opt(s.next_restart_ms)
+        json_opt(s.next_restart_ms),
+        if s.start_limit_hit { "\"start-limit\"" } else { "null" },
+        json_spawn_error(s.spawn_error)
     )
 }
 
@@ -569,8 +644,9 @@ fn print_table(rows: &[Owned], style: &Style) {
         "RESTARTS",
         "LAST EXIT",
         "NEXT RESTART",
+        "CAUSE",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|s| {
             [
@@ -583,6 +659,7 @@ fn print_table(rows: &[Owned], style: &Style) {
                 exit_text(s.last_exit),
                 s.next_restart_ms
                     .map_or("-".into(), |ms| format!("in {}", human_ms(ms))),
+                s.cause(),
             ]
         })
         .collect();
@@ -639,11 +716,12 @@ fn reached(command: &str, before: &Owned, now: &Owned) -> Result<bool, String> {
     match command {
         "start" | "restart" => {
             if failed {
-                return Err(format!(
-                    "{} failed (last exit {})",
-                    now.name,
-                    exit_text(now.last_exit)
-                ));
+                let cause = now.cause_sentence();
+                return Err(if cause.is_empty() {
+                    format!("{} failed", now.name)
+                } else {
+                    format!("{} failed: {cause}", now.name)
+                });
             }
             let new_process =
                 command == "start" || now.pid != before.pid || before.state != StateCode::Running;
@@ -707,8 +785,12 @@ fn cmd_operate(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
         if Instant::now() >= deadline {
             for before in &waiting {
                 let now = client.one(&before.name)?;
+                let cause = match now.spawn_error {
+                    Some(e) => format!("; its last start failed: {}", spawn_sentence(e)),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "holdenctl: {}: timed out after {} waiting for {} (state {})",
+                    "holdenctl: {}: timed out after {} waiting for {} (state {}{cause})",
                     before.name,
                     holden::config::format_duration(cli.timeout),
                     cli.command,
@@ -739,8 +821,9 @@ fn clock() -> String {
 
 fn why_text(why: Why) -> String {
     match why {
+        Why::Spawned(0) => "spawned pid=unknown".to_string(),
         Why::Spawned(pid) => format!("spawned pid={pid}"),
-        Why::SpawnFailed(errno) => format!("spawn-failed errno={errno}"),
+        Why::SpawnFailed(e) => format!("spawn-failed {}", spawn_text(e)),
         Why::Exited(exit) => format!("exited {}", exit_text(Some(exit))),
         other => other.as_str().to_string(),
     }
@@ -749,8 +832,8 @@ fn why_text(why: Why) -> String {
 fn event_line(e: &EventInfo<'_>, json: bool, style: &Style) -> String {
     if json {
         let detail = match e.why {
-            Why::Spawned(pid) => format!(",\"spawned_pid\":{pid}"),
-            Why::SpawnFailed(errno) => format!(",\"errno\":{errno}"),
+            Why::Spawned(pid) => format!(",\"spawned_pid\":{}", json_opt((pid > 0).then_some(pid))),
+            Why::SpawnFailed(e) => format!(",\"spawn_error\":{}", json_spawn_error(Some(e))),
             Why::Exited(exit) => format!(",\"exit\":{}", json_exit(Some(exit))),
             _ => String::new(),
         };

@@ -26,7 +26,7 @@ use super::engine::Engine;
 use super::services::Services;
 use crate::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, LinkCode, Op, PartitionCode,
-    ServiceInfo, StateCode, Why,
+    ServiceInfo, SpawnError, SpawnStage, StateCode, Why,
 };
 use crate::log::{Escaped, FixedBuf, Logger, Priority, Quoted, Value};
 use crate::supervise::{
@@ -639,6 +639,8 @@ impl ControlServer {
                 next_restart_ms: st
                     .next_restart
                     .map(|t| t.saturating_since(now).as_millis() as u64),
+                spawn_error: st.last_spawn_error.map(spawn_error_of),
+                start_limit_hit: st.start_limit_hit,
             };
             if !self.send(ring, k, &Body::Service(info)) {
                 self.drop_conn(ring, log, k, "send");
@@ -727,7 +729,18 @@ impl ControlServer {
             }
             Err(refusal) => {
                 let mut line = FixedBuf::<{ proto::TEXT_LEN_MAX }>::new();
-                let _ = write!(line, "{}: {refusal}", view.services.name(service.index()));
+                let name = view.services.name(service.index());
+                let state = view.engine.core().status(service).map(|s| s.state);
+                let _ = match (refusal, state) {
+                    (Refusal::NoProcess(_), Some(state)) => {
+                        write!(line, "{name} has no process to signal (it is {state})")
+                    }
+                    (Refusal::ShuttingDown, _) => write!(
+                        line,
+                        "{name} is not started: the orchestrator is shutting down"
+                    ),
+                    _ => write!(line, "{name}: {refusal}"),
+                };
                 self.fail(ring, log, k, FailCode::Refused, line.as_str());
             }
         }
@@ -910,13 +923,25 @@ fn why_of(reason: Reason) -> Why {
         Reason::Operator => Why::Operator,
         Reason::RestartDue => Why::RestartDue,
         Reason::Spawned(pid) => Why::Spawned(pid.0),
-        Reason::SpawnFailed(e) => Why::SpawnFailed(e.errno),
+        Reason::SpawnFailed(e) => Why::SpawnFailed(spawn_error_of(e)),
         Reason::Exited(status) => Why::Exited(exit_of(status)),
         Reason::StartLimit => Why::StartLimit,
         Reason::Agent => Why::Agent,
         Reason::StopTimeout => Why::StopTimeout,
         Reason::Shutdown => Why::Shutdown,
         Reason::Removed => Why::Removed,
+    }
+}
+
+fn spawn_error_of(e: supervise::StartFailure) -> SpawnError {
+    SpawnError {
+        stage: match e.stage {
+            supervise::StartStage::Setup => SpawnStage::Setup,
+            supervise::StartStage::Exec => SpawnStage::Exec,
+            supervise::StartStage::Agent => SpawnStage::Agent,
+            supervise::StartStage::Refused => SpawnStage::Refused,
+        },
+        errno: e.errno,
     }
 }
 

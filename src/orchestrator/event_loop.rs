@@ -496,7 +496,10 @@ impl Orchestrator {
             Output::Refused { refusal, event } => self.log.line(
                 Priority::Err,
                 format_args!(
-                    "event=core-refused detail={} input={}",
+                    "event=core-refused service={} detail={} input={}",
+                    refusal
+                        .service()
+                        .map_or("-", |s| self.services.name(s.index())),
                     Quoted(refusal),
                     Quoted(format_args!("{event:?}"))
                 ),

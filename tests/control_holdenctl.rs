@@ -986,6 +986,92 @@ fn peers_other_than_root_and_the_group_are_refused() {
     );
 }
 
+/// `[control] read_group`: its members may look (status, agent, monitor) but not command;
+/// the socket file belongs to it, so members of `group` must be in it too. Every command
+/// is logged with the uid and pid that sent it.
+#[test]
+fn a_read_group_may_query_but_not_command() {
+    let dir = TempDir::new("ctl-read");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = dir.path("control.sock");
+    let orch = Orch::start(
+        &dir,
+        &config(
+            &dir,
+            None,
+            4,
+            "group = \"staff\"\nread_group = \"nogroup\"",
+            &sleeper("a", "local", ""),
+        ),
+    );
+    let pid = wait_state(&socket, "a", "running");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 65534));
+    let reader = |c: &mut Command| {
+        c.uid(65534).gid(65534);
+    };
+    // Queries work.
+    for args in [&["status"][..], &["status", "a", "--json"], &["agent"]] {
+        let out = ctl_cmd(&socket, args, reader);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+    }
+    // Commands and reload are refused (exit 1), and change nothing.
+    for args in [
+        &["stop", "a"][..],
+        &["kill", "-s", "KILL", "a"],
+        &["reload"],
+    ] {
+        let out = ctl_cmd(&socket, args, reader);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("permission denied: uid 65534 is in the control read group"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(state_of(&socket, "a"), ("running".to_string(), pid));
+    orch.wait_lines(
+        &["event=control-refused", "reason=read-only", "command=stop"],
+        1,
+    );
+    // In both groups: commands work, and the log says who sent them.
+    let out = ctl_cmd(&socket, &["restart", "a", "--wait"], |c| {
+        // SAFETY: in the child before exec, only async-signal-safe calls: the supplementary
+        // group (staff) first, then gid and uid (setgroups needs the privilege setuid drops).
+        unsafe {
+            c.pre_exec(|| {
+                let groups = [50 as libc::gid_t];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines = orch.wait_lines(
+        &["service=a ", "event=control-command", "command=restart"],
+        1,
+    );
+    assert!(
+        lines[0].contains(" uid=65534 pid="),
+        "who sent it: {}",
+        lines[0]
+    );
+    let lines = orch.lines_with(&["event=control-command"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" uid=") && l.contains(" pid=")),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn without_a_group_the_socket_is_root_only() {
     let dir = TempDir::new("ctl-mode");

@@ -427,7 +427,7 @@ fn unexpected(body: &Body<'_>) -> Fail {
 fn unreachable(path: &std::path::Path, what: &str, e: std::io::Error) -> Fail {
     let hint = match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => " (is holden-orchestrator running? its [control] socket is set in the configuration; --socket or HOLDEN_CONTROL_SOCKET choose another)",
-        Some(libc::EACCES) | Some(libc::EPERM) => " (the control socket is for root and the [control] group)",
+        Some(libc::EACCES) | Some(libc::EPERM) => " (the control socket is for root and the [control] group and read_group; with a read_group, its file belongs to that group)",
         _ => "",
     };
     fail(

@@ -42,6 +42,7 @@ pub(crate) struct RawShutdown {
 pub(crate) struct RawControl {
     pub socket: Option<Spanned<String>>,
     pub group: Option<Spanned<String>>,
+    pub read_group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

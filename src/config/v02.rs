@@ -62,6 +62,7 @@ pub(crate) fn from_legacy_args(
         control: ControlConfig {
             socket: PathBuf::from(CONTROL_SOCKET_DEFAULT),
             group: None,
+            read_group: None,
         },
         services,
     })

@@ -182,7 +182,13 @@ pub(crate) fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             .control
             .group
             .as_ref()
-            .map(|group| group_name(&ctx, group))
+            .map(|group| group_name(&ctx, group, "control.group"))
+            .transpose()?,
+        read_group: raw
+            .control
+            .read_group
+            .as_ref()
+            .map(|group| group_name(&ctx, group, "control.read_group"))
             .transpose()?,
     };
     let services = services(&ctx, &raw.service, slots)?;
@@ -264,7 +270,7 @@ fn agent(ctx: &Ctx, raw: &RawConfig) -> Result<AgentConfig, ConfigError> {
     })
 }
 
-fn group_name(ctx: &Ctx, group: &Spanned<String>) -> Result<String, ConfigError> {
+fn group_name(ctx: &Ctx, group: &Spanned<String>, field: &str) -> Result<String, ConfigError> {
     let name = group.get_ref();
     let valid = !name.is_empty()
         && name.len() <= GROUP_NAME_LEN_MAX
@@ -278,7 +284,7 @@ fn group_name(ctx: &Ctx, group: &Spanned<String>) -> Result<String, ConfigError>
     if !valid {
         return Err(ctx.bad(
             group,
-            "control.group",
+            field,
             format!("bad group name {name:?}: expected 1 to {GROUP_NAME_LEN_MAX} characters of a-z A-Z 0-9 _ -, starting with a letter or _"),
         ));
     }

@@ -240,10 +240,12 @@ pub enum FailCode {
     ReloadFailed = 6,
     /// The orchestrator was not started from a configuration file.
     ReloadUnavailable = 7,
+    /// The peer is in the read group only: it may query, not command.
+    ReadOnly = 8,
 }
 
 impl FailCode {
-    const ALL: [FailCode; 7] = [
+    const ALL: [FailCode; 8] = [
         FailCode::UnknownService,
         FailCode::Refused,
         FailCode::BadRequest,
@@ -251,6 +253,7 @@ impl FailCode {
         FailCode::PermissionDenied,
         FailCode::ReloadFailed,
         FailCode::ReloadUnavailable,
+        FailCode::ReadOnly,
     ];
 
     /// The code for a byte.
@@ -268,6 +271,7 @@ impl FailCode {
             FailCode::PermissionDenied => "permission-denied",
             FailCode::ReloadFailed => "reload-failed",
             FailCode::ReloadUnavailable => "reload-unavailable",
+            FailCode::ReadOnly => "read-only",
         }
     }
 }

@@ -171,6 +171,42 @@ fn legacy_length_is_never_trusted() {
     let _ = agent.pid();
 }
 
+/// v0.2's message union is 16,904 bytes (`sizeof(message_t)` = 16,912 with the header; the
+/// process list is its largest member): a message of that size is a valid v0.2 message, and
+/// gets v0.2's answer to a type the agent does not handle, on a connection that stays up.
+/// One byte more is what v0.2's receiver would have read past its buffer.
+#[test]
+fn legacy_messages_up_to_the_real_union_size_are_accepted() {
+    const PROCESS_LIST: u32 = 6;
+    const UNION_LEN: usize = 16_904;
+    let dir = TempDir::new("legacyunion");
+    let legacy = dir.join("legacy.sock");
+    let _agent = Agent::start(&dir, &["--legacy-socket", legacy.to_str().unwrap()]);
+    let conn = connect(&legacy, libc::SOCK_STREAM).unwrap();
+    let mut m = header(PROCESS_LIST, UNION_LEN as u32);
+    m.extend(std::iter::repeat_n(0x5a, UNION_LEN));
+    send_with_fds(conn.as_raw_fd(), &m, &[]).unwrap();
+    let (t, payload) = read_frame(&conn);
+    assert_eq!(t, PROCESS_ERROR);
+    assert_eq!(error_text(&payload), "Unknown message type: 6");
+    send_with_fds(conn.as_raw_fd(), &header(PING, 0), &[]).unwrap();
+    assert_eq!(read_frame(&conn), (PONG, Vec::new()), "same connection");
+    let conn = connect(&legacy, libc::SOCK_STREAM).unwrap();
+    send_with_fds(
+        conn.as_raw_fd(),
+        &header(PROCESS_LIST, UNION_LEN as u32 + 1),
+        &[],
+    )
+    .unwrap();
+    let (t, payload) = read_frame(&conn);
+    assert_eq!(t, PROCESS_ERROR);
+    assert!(
+        error_text(&payload).contains("length"),
+        "{}",
+        error_text(&payload)
+    );
+}
+
 #[test]
 fn legacy_spawns_are_race_free_for_instantly_exiting_children() {
     // v0.2 reaped before pidfd_open and failed with ESRCH; here every fast

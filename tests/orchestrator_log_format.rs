@@ -168,6 +168,18 @@ fn every_line_of_real_runs_parses_as_key_value() {
         "{log}"
     );
     assert!(value(find("agent-down"), "reason").is_some(), "{log}");
+    // Start-up says which local program is missing (and starts the rest).
+    let warning = find("config-warning");
+    assert_eq!(
+        value(warning, "field"),
+        Some("service.missing.argv[0]"),
+        "{log}"
+    );
+    assert_eq!(
+        value(warning, "consequence"),
+        Some("the service will fail to start"),
+        "{log}"
+    );
     assert!(pids_with(&marker).is_empty(), "{log}");
     if std::env::var_os("HOLDEN_SHOW_LOG").is_some() {
         eprintln!("{log}");

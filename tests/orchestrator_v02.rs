@@ -100,3 +100,52 @@ fn configured_v02_agent_reports_errors_and_statuses() {
     assert!(orch.stop(libc::SIGTERM).success());
     drop(qm);
 }
+
+/// `cd DIR && holden-orchestrator 'bin/prog ARGS' 'QM CMD'`: v0.2 ran a relative local
+/// program from its working directory, and its child ran there. So does holden: the program
+/// is resolved against the current directory and the local service runs in it (relative
+/// arguments work too); the QM command goes to the agent as given.
+#[test]
+fn a_relative_local_program_runs_from_the_current_directory() {
+    let dir = TempDir::new("legacy-relative");
+    std::fs::create_dir(dir.path("bin")).unwrap();
+    std::os::unix::fs::symlink("/bin/sleep", dir.path("bin/prog")).unwrap();
+    let local_m = marker();
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg(format!("bin/prog {local_m}"))
+        .arg("sleep 1")
+        .current_dir(&dir.0)
+        // No agent: the QM service just waits for one.
+        .env("HOLDEN_SOCKET_PATH", dir.path("no-agent.sock"))
+        .env_remove("NOTIFY_SOCKET");
+    let mut orch = Orch::spawn(&dir, cmd);
+    orch.wait_lines(&["service=local ", "reason=spawned"], 1);
+    let pid = last_spawned_pid(&orch, "local");
+    assert_eq!(pids_with(&local_m), vec![pid], "{}", orch.log());
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(
+        cwd, dir.0,
+        "the local service runs in the orchestrator's directory"
+    );
+    assert_eq!(
+        cmdline(pid).unwrap(),
+        format!("{} {local_m}", dir.path("bin/prog").display())
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+    assert!(pids_with(&local_m).is_empty());
+    // --check agrees, from the same directory; and a missing one is named.
+    let check = Command::new(orchestrator_bin())
+        .args(["--check", "bin/prog 1", "sleep 1"])
+        .current_dir(&dir.0)
+        .env("HOLDEN_SOCKET_PATH", dir.path("no-agent.sock"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let check = Command::new(orchestrator_bin())
+        .args(["--check", "bin/nope 1", "sleep 1"])
+        .current_dir(&dir.0)
+        .env("HOLDEN_SOCKET_PATH", dir.path("no-agent.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+}

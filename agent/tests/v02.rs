@@ -224,3 +224,37 @@ fn legacy_spawns_are_race_free_for_instantly_exiting_children() {
         assert!(poll_readable(marker.fds[0].as_fd(), WAIT));
     }
 }
+
+/// Started the v0.2 way — `HOLDEN_SOCKET_PATH` and no option — holden-agent is a drop-in for
+/// the v0.2 agent: a v0.2 orchestrator (a stream client, as v0.2's) is served on that path;
+/// there is no v1 socket, and a v1 (seqpacket) client gets EPROTOTYPE at once, which
+/// holden-orchestrator's `agent.protocol = "auto"` takes for a v0.2 agent.
+#[test]
+fn started_the_v02_way_it_is_a_v02_agent() {
+    let dir = TempDir::new("legacyenv");
+    let socket = dir.join("process_orchestrator.sock");
+    let mut command = std::process::Command::new(AGENT);
+    command.env("HOLDEN_SOCKET_PATH", &socket);
+    let agent = Agent::launch(&dir, command, &socket);
+    assert!(
+        agent.log().contains("started the v0.2 way"),
+        "{}",
+        agent.log()
+    );
+    let wrong = connect(&socket, libc::SOCK_SEQPACKET).unwrap_err();
+    assert_eq!(wrong.raw_os_error(), Some(libc::EPROTOTYPE));
+    let mut procs = Procs::default();
+    let conn = connect(&socket, libc::SOCK_STREAM).unwrap();
+    send_with_fds(conn.as_raw_fd(), &start_message("sleep", &["1000"]), &[]).unwrap();
+    let (t, payload) = read_frame(&conn);
+    assert_eq!(t, PROCESS_STARTED);
+    let pid = u32_at(&payload, 0) as i32;
+    let marker = recv_with_fds(conn.as_raw_fd(), 1).unwrap();
+    assert_eq!(marker.bytes, b"x");
+    let pidfd = procs.keep(marker.fds.into_iter().next().expect("the pidfd"));
+    pidfd_send_signal(pidfd, 0).unwrap();
+    assert!(pid > 0);
+    let conn = connect(&socket, libc::SOCK_STREAM).unwrap();
+    send_with_fds(conn.as_raw_fd(), &header(PING, 0), &[]).unwrap();
+    assert_eq!(read_frame(&conn), (PONG, Vec::new()));
+}

@@ -382,13 +382,20 @@ pub struct Qm {
 impl Qm {
     /// Starts the namespace; `extra` are more agent options (e.g. `--legacy-socket P`).
     pub fn start(dir: &TempDir, extra: &str) -> Qm {
+        Qm::start_with(dir, &format!("\"$AGENT\" --socket \"$SOCKET\" {extra}"))
+    }
+
+    /// Starts the namespace with `command` as the agent's command line, a shell command in
+    /// which `$AGENT` is the agent binary and `$SOCKET` the socket path (run again each time
+    /// the agent ends).
+    pub fn start_with(dir: &TempDir, command: &str) -> Qm {
         let socket = dir.path("agent.sock");
         let agent = agent_bin();
         let log = std::fs::File::create(dir.path("agent.log")).unwrap();
         // PID 1 is dash: it restarts the agent when it dies and, waiting for it, reaps every
         // orphan that is reparented to it.
         let script = format!(
-            "while :; do {} --socket {} {extra}; sleep 0.05; done",
+            "AGENT='{}'; SOCKET='{}'; while :; do {command}; sleep 0.05; done",
             agent.display(),
             socket.display()
         );

@@ -339,13 +339,96 @@ fn sd_notify_ready_status_watchdog_and_stopping() {
     assert!(status.success());
     assert!(
         got.iter()
-            .any(|m| m.starts_with("STATUS=supervising 1 services (0 in QM); agent not needed")),
+            .any(|m| m == "STATUS=1 service (0 in QM), none failed; agent not needed"),
         "{got:?}"
     );
     assert!(
         got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
         "{got:?}"
     );
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// `STATUS=` names the failed services; a reload (SIGHUP, as `systemctl reload` sends through
+/// the unit's ExecReload) is framed by `RELOADING=1` with `MONOTONIC_USEC=` and `READY=1`.
+#[test]
+fn sd_notify_names_failed_services_and_frames_a_reload() {
+    let dir = TempDir::new("cli-notify-reload");
+    let sock_path = dir.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let cfg = config_header(&dir.path("none.sock"))
+        + &service("fine", "local", &["/bin/sleep", "1000"], "")
+        + &service(
+            "radio",
+            "local",
+            &["/bin/sh", "-c", "exit 3"],
+            "restart = \"never\"",
+        );
+    std::fs::write(dir.path("o.toml"), &cfg).unwrap();
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg("--config").arg(dir.path("o.toml"));
+    let mut orch = Orch::spawn(
+        &dir,
+        cmd_with_notify(cmd, sock_path.to_str().unwrap(), None),
+    );
+    notify_lines(&sock, "READY=1");
+    notify_lines(
+        &sock,
+        "STATUS=2 services (0 in QM), 1 failed: radio; agent not needed",
+    );
+    // A reload that removes radio: RELOADING=1 with the monotonic time, then READY=1, then
+    // the new status.
+    let without_radio = cfg
+        .split("[[service]]\nname = \"radio\"")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(dir.path("o.toml"), without_radio).unwrap();
+    let before = monotonic_usec();
+    kill(orch.pid(), libc::SIGHUP);
+    let got = notify_lines(&sock, "READY=1");
+    let after = monotonic_usec();
+    let reloading = got
+        .iter()
+        .find(|m| m.starts_with("RELOADING=1\n"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {got:?}"));
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(
+        before <= usec && usec <= after,
+        "{before} <= {usec} <= {after}"
+    );
+    let ready = got.iter().position(|m| m == "READY=1").unwrap();
+    let reload_at = got
+        .iter()
+        .position(|m| m.starts_with("RELOADING=1"))
+        .unwrap();
+    assert!(reload_at < ready, "{got:?}");
+    orch.wait_lines(&["service=radio ", "event=removed"], 1);
+    let status = got
+        .iter()
+        .skip(ready)
+        .find(|m| m.starts_with("STATUS="))
+        .cloned()
+        .unwrap_or_else(|| notify_lines(&sock, "STATUS=").pop().unwrap());
+    assert_eq!(
+        status,
+        "STATUS=1 service (0 in QM), none failed; agent not needed"
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
 }
 
 #[test]

@@ -135,6 +135,8 @@ pub struct Orchestrator {
     pending_adds: Vec<(ServiceDef, Option<SpawnSpec>)>,
     /// Local spawn failures (the engine counts QM ones).
     local_spawn_failures: u64,
+    /// The agent's state as the `STATUS=` line last said it.
+    agent_status: &'static str,
 }
 
 impl Orchestrator {
@@ -273,6 +275,7 @@ impl Orchestrator {
             settings,
             pending_adds: Vec::new(),
             local_spawn_failures: 0,
+            agent_status: "connecting",
         })
     }
 
@@ -478,6 +481,9 @@ impl Orchestrator {
                     }
                 }
                 self.log_transition(t);
+                if (t.to == State::Failed) != (t.from == State::Failed) {
+                    self.update_status(self.agent_status);
+                }
             }
             Output::Note(note) => {
                 let text = self.engine.link().agent_text();
@@ -708,14 +714,18 @@ impl Orchestrator {
         self.engine.shutdown(now());
     }
 
-    /// Sends `STATUS=` with the agent's state (on start-up and agent changes only: a
-    /// notification per restart would cost a datagram per cycle).
-    fn update_status(&self, agent: &str) {
-        let _ = self.notify.status(format_args!(
-            "supervising {} services ({} in QM); agent {agent}",
-            self.services.list.iter().filter(|s| s.active).count(),
-            self.qm_services
-        ));
+    /// Sends `STATUS=` (services, the failed ones by name, the agent's state): on start-up,
+    /// agent changes, a service entering or leaving `failed`, and reloads only (a notification
+    /// per restart would cost a datagram per cycle).
+    fn update_status(&mut self, agent: &'static str) {
+        self.agent_status = agent;
+        let line = super::status_line::StatusLine {
+            services: &self.services,
+            core: self.engine.core(),
+            qm: self.qm_services,
+            agent,
+        };
+        let _ = self.notify.status(format_args!("{line}"));
     }
 
     fn log_transition(&self, t: Transition) {
@@ -787,7 +797,13 @@ impl Orchestrator {
     /// Re-reads the configuration file. On success returns the counts and the length of the
     /// "needs a restart" note written into `notes`; on failure nothing has changed.
     fn reload(&mut self, notes: &mut [u8]) -> Result<([u16; 4], usize), (FailCode, String)> {
+        // systemd: RELOADING=1 (with the time, systemd 253+) now, READY=1 when done, so that
+        // `systemctl reload` waits for the reload and not only for ExecReload.
+        let _ = self.notify.reloading(ring::now_ns() / 1_000);
         let result = self.reload_apply(notes);
+        self.settle();
+        let _ = self.notify.send(b"READY=1");
+        self.update_status(self.agent_status);
         match &result {
             Ok((c, len)) => self.log.line(
                 Priority::Notice,

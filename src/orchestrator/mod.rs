@@ -21,6 +21,7 @@ mod reload;
 mod services;
 pub mod signals;
 mod spec;
+mod status_line;
 mod timers;
 
 pub use control::{

@@ -39,7 +39,7 @@ usage: holdenctl [--socket PATH] COMMAND [ARGS...]
 Looks at and steers a running holden-orchestrator.
 
 Commands:
-  status [NAME...] [--json]           services: state, pid, uptime, restarts, last exit
+  status [NAME...] [--json]           services: state, pid, uptime, restarts, last exit, cause
   start NAME... [--wait] [--timeout DUR]
   stop NAME... [--wait] [--timeout DUR]
   restart NAME... [--wait] [--timeout DUR]
@@ -71,7 +71,7 @@ Colour only on a terminal, never with NO_COLOR set.";
 
 fn help_for(command: &str) -> &'static str {
     match command {
-        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown) and the time until the next restart.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown, 4 if the orchestrator cannot be reached.",
+        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown), the time until the next restart, and the cause\nof a failure or backoff (start-limit, the stage and errno of a failed start).\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown (every unknown NAME is named, no row printed),\n4 if the orchestrator cannot be reached.",
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
         "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",

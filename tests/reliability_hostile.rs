@@ -476,20 +476,30 @@ impl Hostile {
     }
 }
 
-/// The orchestrator's fds by kind, pidfds left out (the crash-looping local service's comes and
-/// goes): the least count of each kind over a few samples, so a transient fd is not counted.
+/// The orchestrator's fds by kind, and apart from them its pidfds (the crash-looping
+/// services' come and go), so that a transient fd is not counted: of a few samples, the
+/// quietest (the fewest fds other than pidfds) and the least pidfd count. Pipes and
+/// `/dev/null` are counted together: a spawn in flight puts its report pipe's write end in
+/// place of a spawner thread's reserved `/dev/null`.
 fn fd_baseline(pid: i32) -> (std::collections::BTreeMap<String, usize>, usize) {
-    let mut least = fd_kinds(pid);
-    for _ in 0..5 {
+    let sample = || {
+        let mut kinds = fd_kinds(pid);
+        let pidfds = kinds.remove("pidfd").unwrap_or(0);
+        let stand_ins = kinds.remove("pipe").unwrap_or(0) + kinds.remove("/dev/null").unwrap_or(0);
+        kinds.insert("pipe or /dev/null".to_string(), stand_ins);
+        (kinds, pidfds)
+    };
+    let mut quietest = sample();
+    for _ in 0..8 {
         std::thread::sleep(Duration::from_millis(20));
-        let now = fd_kinds(pid);
-        least.retain(|k, v| {
-            *v = (*v).min(now.get(k).copied().unwrap_or(0));
-            *v > 0
-        });
+        let now = sample();
+        let pidfds = quietest.1.min(now.1);
+        if now.0.values().sum::<usize>() < quietest.0.values().sum::<usize>() {
+            quietest.0 = now.0;
+        }
+        quietest.1 = pidfds;
     }
-    let pidfds = least.remove("pidfd").unwrap_or(0);
-    (least, pidfds)
+    quietest
 }
 
 fn spawned_count(orch: &Orch, name: &str) -> usize {

@@ -10,7 +10,7 @@
 //!
 //! Ring slots (fixed at start-up): one bare slot per service (its live process's pidfd),
 //! the signalfd, the shutdown eventfd, the watchdog timer, the engine's timer, the QM
-//! exit-status retry timer; buffered slots for the agent connection (and a spare, because a
+//! exit-status retry timer, the spawner threads' eventfd (local spawns finished); buffered slots for the agent connection (and a spare, because a
 //! dropped connection's slot drains before it is free), for v0.2 request connections when
 //! the agent may speak v0.2, and for the control plane. Nothing is allocated after
 //! [`Orchestrator::new`] except by a reload.
@@ -21,6 +21,7 @@ use super::counters::Counters;
 use super::engine::{Engine, Output};
 use super::reload;
 use super::services::{prepare_spec, Services};
+use super::spawner::Spawner;
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
 use crate::control::{FailCode, ReloadInfo, TEXT_LEN_MAX};
 use crate::link::{self, Protocol};
@@ -39,8 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, engine timer,
-/// exit retry, agent connection and its spare.
-pub const FIXED_SLOTS: usize = 7;
+/// exit retry, spawner eventfd, agent connection and its spare.
+pub const FIXED_SLOTS: usize = 8;
 /// Of those, the ones with buffers: the agent connection and its spare.
 const FIXED_BUFFERED_SLOTS: usize = 2;
 /// v0.2 request connections beyond one per service, for slots still draining.
@@ -58,6 +59,7 @@ enum Owner {
     Watchdog,
     Timer,
     ExitRetry,
+    Spawner,
     Agent,
     Control,
 }
@@ -112,6 +114,8 @@ pub struct Orchestrator {
     ring: Ring,
     engine: Engine<OwnedFd>,
     services: Services,
+    spawner: Spawner,
+    spawner_slot: SlotId,
     agent: AgentIo,
     control: ControlServer,
     owners: Box<[Owner]>,
@@ -132,9 +136,7 @@ pub struct Orchestrator {
     /// The settings in force (reload reports changes that need a restart).
     settings: Settings,
     /// Services a reload added that wait for a removed service's slot (empty otherwise).
-    pending_adds: Vec<(ServiceDef, Option<SpawnSpec>)>,
-    /// Local spawn failures (the engine counts QM ones).
-    local_spawn_failures: u64,
+    pending_adds: Vec<(ServiceDef, Option<Arc<SpawnSpec>>)>,
     /// The agent's state as the `STATUS=` line last said it.
     agent_status: &'static str,
 }
@@ -241,6 +243,11 @@ impl Orchestrator {
             None => None,
         };
         let timer_slot = take_bare(&mut ring, Owner::Timer)?;
+        let (spawner, spawns_done) =
+            Spawner::start(capacity).map_err(|e| Error::Io("spawner threads", e))?;
+        let spawner_slot = take_bare(&mut ring, Owner::Spawner)?;
+        ring.attach(spawner_slot, spawns_done)
+            .map_err(|e| Error::Service(format!("ring: {e}")))?;
         let addr = UnixAddr::new(settings.agent_socket.as_os_str().as_bytes())
             .map_err(|e| Error::Io("agent socket path", e))?;
         let agent = AgentIo::new(addr, capacity, link::FDS_MAX);
@@ -256,6 +263,8 @@ impl Orchestrator {
             ring,
             engine,
             services,
+            spawner,
+            spawner_slot,
             agent,
             control,
             owners,
@@ -274,7 +283,6 @@ impl Orchestrator {
             qm_services,
             settings,
             pending_adds: Vec::new(),
-            local_spawn_failures: 0,
             agent_status: "connecting",
         })
     }
@@ -315,6 +323,7 @@ impl Orchestrator {
         self.engine.close_agent();
         self.drain_outputs();
         self.control.close(&mut self.ring);
+        self.spawner.stop();
         self.log.line(
             Priority::Notice,
             format_args!(
@@ -340,9 +349,11 @@ impl Orchestrator {
                 .poll_add(slot, libc::POLLIN as u32)
                 .map_err(|e| Error::Service(format!("ring: {e}")))?;
         }
-        self.ring
-            .poll_add(self.shutdown_slot, libc::POLLIN as u32)
-            .map_err(|e| Error::Service(format!("ring: {e}")))?;
+        for slot in [self.shutdown_slot, self.spawner_slot] {
+            self.ring
+                .poll_add(slot, libc::POLLIN as u32)
+                .map_err(|e| Error::Service(format!("ring: {e}")))?;
+        }
         if let Some((slot, interval)) = self.watchdog {
             let _ = self.notify.send(b"WATCHDOG=1");
             let _ = self.ring.timeout(slot, Timeout::After(interval));
@@ -393,7 +404,7 @@ impl Orchestrator {
             .spawned_qm
             .store(stats.spawned_qm, Ordering::Relaxed);
         self.counters.spawn_failed.store(
-            stats.spawn_failed_qm + self.local_spawn_failures,
+            stats.spawn_failed_qm + self.services.local_spawn_failures,
             Ordering::Relaxed,
         );
         self.counters
@@ -412,19 +423,13 @@ impl Orchestrator {
 
     fn carry_out(&mut self, output: Output<OwnedFd>) {
         match output {
-            Output::SpawnLocal { service } => {
-                let before = self.counters.spawn_failed.load(Ordering::Relaxed);
-                self.services.spawn_local(
-                    &mut self.engine,
-                    &self.log,
-                    &self.counters,
-                    now(),
-                    service,
-                );
-                if self.counters.spawn_failed.load(Ordering::Relaxed) != before {
-                    self.local_spawn_failures += 1;
-                }
-            }
+            Output::SpawnLocal { service } => self.services.spawn_local(
+                &mut self.engine,
+                &self.spawner,
+                &self.log,
+                now(),
+                service,
+            ),
             Output::Watch { service, handle } => {
                 let procs = self.engine.procs(service);
                 if self
@@ -551,6 +556,7 @@ impl Orchestrator {
                 self.services
                     .on_exit_retry(&mut self.ring, &mut self.engine, &self.counters, now())
             }
+            Owner::Spawner => self.on_spawns_done(),
             Owner::Agent => {
                 if let Some(conn) = self.agent.conn_of(c.slot) {
                     self.agent
@@ -683,6 +689,19 @@ impl Orchestrator {
                     .line(Priority::Notice, format_args!("event=shutdown-requested"));
                 self.request_shutdown();
             }
+        }
+    }
+
+    /// Spawner threads finished spawns: hand each outcome to the engine.
+    fn on_spawns_done(&mut self) {
+        if let Some(fd) = self.ring.fd(self.spawner_slot) {
+            let _ = crate::sys::fd::eventfd_read(fd);
+        }
+        let _ = self.ring.poll_add(self.spawner_slot, libc::POLLIN as u32);
+        while let Some(done) = self.spawner.take() {
+            self.services
+                .spawn_done(&mut self.engine, &self.log, &self.counters, now(), done);
+            self.settle();
         }
     }
 
@@ -924,7 +943,7 @@ impl Orchestrator {
         }
     }
 
-    fn add_service(&mut self, def: ServiceDef, spec: Option<SpawnSpec>) {
+    fn add_service(&mut self, def: ServiceDef, spec: Option<Arc<SpawnSpec>>) {
         let id = match self.engine.add(def.policy) {
             Ok(id) => id,
             Err(refusal) => {

@@ -8,6 +8,7 @@
 //! - `timers`: the core's timers (one per service) in an indexed heap;
 //! - `services`, `agent_io`, `control`: the sub-shells (each service's pidfd slot and spawn
 //!   spec; the agent connections; holdenctl's connections);
+//! - `spawner`: the threads that carry out local spawns off the loop;
 //! - `reload`, `spec`, `signals`, `counters`.
 //!
 //! No module here imports `event_loop`: the sub-shells get what they need as arguments.
@@ -20,6 +21,7 @@ mod event_loop;
 mod reload;
 mod services;
 pub mod signals;
+mod spawner;
 mod spec;
 mod status_line;
 mod timers;

@@ -19,13 +19,14 @@ use crate::control::FailCode;
 use crate::spawn::SpawnSpec;
 use crate::supervise::Partition;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What a reload changes.
 pub(crate) struct Plan {
     pub settings: Settings,
-    pub added: Vec<(ServiceDef, Option<SpawnSpec>)>,
+    pub added: Vec<(ServiceDef, Option<Arc<SpawnSpec>>)>,
     pub removed: Vec<usize>,
-    pub changed: Vec<(usize, ServiceDef, Option<SpawnSpec>)>,
+    pub changed: Vec<(usize, ServiceDef, Option<Arc<SpawnSpec>>)>,
     pub same: Vec<(usize, ServiceDef)>,
     /// Settings that changed but apply only after a restart, comma-separated.
     pub needs_restart: String,
@@ -86,7 +87,7 @@ fn fixed_changes(old: &Settings, new: &Settings) -> String {
     list.join(", ")
 }
 
-fn prepare(def: &ServiceDef) -> Result<Option<SpawnSpec>, (FailCode, String)> {
+fn prepare(def: &ServiceDef) -> Result<Option<Arc<SpawnSpec>>, (FailCode, String)> {
     match def.policy.partition {
         Partition::Local => prepare_spec(def)
             .map(Some)

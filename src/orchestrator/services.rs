@@ -8,15 +8,17 @@
 
 use super::counters::Counters;
 use super::engine::{local_failure, Engine};
+use super::spawner::{Done, Spawner};
 use super::spec::ServiceDef;
 use crate::log::{ErrnoText, Logger, Priority};
 use crate::pidfd::{self, Capabilities, ExitInfo, Identity, WaitStatus};
-use crate::spawn::{self, SpawnSpec};
+use crate::spawn::{self, SpawnError, SpawnSpec, SpawnStage};
 use crate::supervise::{ExitStatus, MonoTime, Partition, Pid, ServiceId};
 use crate::wire::v1;
 use ring::{Completion, Ring, SlotId, Timeout};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Time between two looks at a QM process that polled readable before its exit status was
@@ -32,7 +34,7 @@ pub(crate) struct Service {
     /// Bare ring slot; holds the live process's pidfd while it is supervised.
     pub slot: SlotId,
     /// Prepared once for local services.
-    pub spec: Option<SpawnSpec>,
+    pub spec: Option<Arc<SpawnSpec>>,
     /// QM: looks left before the exit status is given up as unknown; 0 when not waiting.
     exit_retries_left: u16,
     /// In the core (false once a reload removed it and it stopped: the entry is unused).
@@ -46,6 +48,8 @@ pub(crate) struct Services {
     pub list: Vec<Service>,
     exit_retry_slot: SlotId,
     caps: Capabilities,
+    /// Local spawns that failed (the engine counts QM ones).
+    pub local_spawn_failures: u64,
 }
 
 impl Services {
@@ -54,6 +58,7 @@ impl Services {
             list: Vec::with_capacity(capacity),
             exit_retry_slot,
             caps,
+            local_spawn_failures: 0,
         }
     }
 
@@ -79,7 +84,7 @@ impl Services {
         def: ServiceDef,
         id: ServiceId,
         slot: SlotId,
-        spec: Option<SpawnSpec>,
+        spec: Option<Arc<SpawnSpec>>,
     ) {
         let service = Service {
             def,
@@ -107,50 +112,70 @@ impl Services {
             .count()
     }
 
-    /// The engine wants a local process. Returns whether the spawn failed.
+    /// The engine wants a local process: the spawner threads start it, and its outcome comes
+    /// back through [`Services::spawn_done`].
     pub(crate) fn spawn_local(
+        &mut self,
+        engine: &mut Engine<OwnedFd>,
+        spawner: &Spawner,
+        log: &Logger,
+        now: MonoTime,
+        service: ServiceId,
+    ) {
+        let Some(entry) = self.list.get(service.index()) else {
+            return;
+        };
+        let submitted = match &entry.spec {
+            Some(spec) => spawner.submit(service, Arc::clone(spec)),
+            None => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
+        };
+        if let Err(e) = submitted {
+            self.spawn_failed(engine, log, now, service, e);
+        }
+    }
+
+    /// A local spawn finished.
+    pub(crate) fn spawn_done(
         &mut self,
         engine: &mut Engine<OwnedFd>,
         log: &Logger,
         counters: &Counters,
         now: MonoTime,
-        service: ServiceId,
-    ) -> bool {
-        let Some(entry) = self.list.get(service.index()) else {
-            return false;
-        };
-        let result = match &entry.spec {
-            Some(spec) => spawn::spawn(spec),
-            None => Err(spawn::SpawnError::new(
-                spawn::SpawnStage::Prepare,
-                libc::EINVAL,
-            )),
-        };
-        match result {
+        done: Done,
+    ) {
+        match done.result {
             Ok(child) => {
                 counters.spawned_local.fetch_add(1, Ordering::Relaxed);
                 let identity = Identity {
                     inode: 0,
                     pid: child.pid,
                 };
-                engine.spawned(now, service, child.pidfd, child.pid, identity);
-                false
+                engine.spawned(now, done.service, child.pidfd, child.pid, identity);
             }
-            Err(e) => {
-                log.line(
-                    Priority::Warning,
-                    format_args!(
-                        "service={} partition=local event=spawn-failed stage={} errno={} error=\"{}\"",
-                        entry.def.name,
-                        e.stage,
-                        e.errno,
-                        ErrnoText(e.errno)
-                    ),
-                );
-                engine.spawn_failed(now, service, local_failure(e.stage, e.errno));
-                true
-            }
+            Err(e) => self.spawn_failed(engine, log, now, done.service, e),
         }
+    }
+
+    fn spawn_failed(
+        &mut self,
+        engine: &mut Engine<OwnedFd>,
+        log: &Logger,
+        now: MonoTime,
+        service: ServiceId,
+        e: SpawnError,
+    ) {
+        self.local_spawn_failures += 1;
+        log.line(
+            Priority::Warning,
+            format_args!(
+                "service={} partition=local event=spawn-failed stage={} errno={} error=\"{}\"",
+                self.name(service.index()),
+                e.stage,
+                e.errno,
+                ErrnoText(e.errno)
+            ),
+        );
+        engine.spawn_failed(now, service, local_failure(e.stage, e.errno));
     }
 
     /// Supervise a process: its pidfd goes to the service's slot, polled for the exit.
@@ -361,7 +386,7 @@ impl crate::link::Requests for Starts<'_> {
 
 /// Prepares the reusable spawn spec of a local service. With `inherit_env`, the
 /// orchestrator's environment comes first, minus the names the service sets itself.
-pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, String> {
+pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
     use std::os::unix::ffi::OsStrExt;
     let bad = |what: &dyn std::fmt::Display| format!("service {}: {what}", def.name);
     if def.argv.is_empty() {
@@ -407,5 +432,5 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<SpawnSpec, String> {
     w.uid(def.uid);
     w.gid(def.gid);
     w.finish();
-    Ok(spec)
+    Ok(Arc::new(spec))
 }

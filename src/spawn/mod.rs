@@ -69,7 +69,7 @@
 //! The caller should keep fds 0–2 open (on `/dev/null` if nothing else): the
 //! child inherits stdout and stderr as they are.
 use std::fmt;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub use crate::sys::spawn::{
     clone3_fallback_active, SpawnError, SpawnStage, GATE_CLOSED_EXIT_STATUS,
@@ -479,6 +479,78 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         Ok(None) => Ok(Spawned { pid, pidfd }),
         Ok(Some(bytes)) => Err(fail_child(&pidfd, Ok(SpawnError::from_report(bytes)))),
         Err(error) => Err(fail_child(&pidfd, Err(error))),
+    }
+}
+
+/// Spawns without copying anything of the spawning process: page tables, fd table, memory
+/// (see [`crate::sys::spawn::clone_vm`]). Its cost does not grow with the size or the fd count
+/// of the process, which is what the orchestrator needs: it holds a pidfd per service. The
+/// calling thread is suspended until the child has exec'd; other threads run on, so the
+/// orchestrator calls it from spawner threads, never from its event loop.
+///
+/// Made in sets by [`Launcher::set`]: each launcher owns a reserved fd number (in a low range
+/// shared by the set) where its report pipe goes during a spawn, and its child's stack.
+#[derive(Debug)]
+pub struct Launcher {
+    /// The reserved number: `/dev/null` between spawns, the report pipe's write end during one.
+    reserved: OwnedFd,
+    /// Every reserved number of the set is below this.
+    first: std::os::fd::RawFd,
+    devnull: OwnedFd,
+    stack: crate::sys::spawn::ChildStack,
+}
+
+/// The child's stack: the child's steps use a few KiB (the `PATH` search buffer is 4 KiB).
+const LAUNCHER_STACK_BYTES: usize = 128 * 1024;
+
+impl Launcher {
+    /// `count` launchers, for `count` threads. `None` when the kernel lacks what they need
+    /// (`close_range`, 5.9): then spawn with [`spawn`].
+    pub fn set(count: usize) -> std::io::Result<Option<Vec<Launcher>>> {
+        if !crate::sys::spawn::shared_table_supported() {
+            return Ok(None);
+        }
+        let mut reserved = Vec::with_capacity(count);
+        for _ in 0..count {
+            reserved.push(crate::sys::fd::open(c"/dev/null", libc::O_RDWR)?);
+        }
+        let first = reserved.iter().map(|fd| fd.as_raw_fd()).max().unwrap_or(2) + 1;
+        let mut set = Vec::with_capacity(count);
+        for fd in reserved {
+            set.push(Launcher {
+                reserved: fd,
+                first,
+                devnull: crate::sys::fd::open(c"/dev/null", libc::O_RDWR)?,
+                stack: crate::sys::spawn::ChildStack::new(LAUNCHER_STACK_BYTES)?,
+            });
+        }
+        Ok(Some(set))
+    }
+
+    /// Starts the process described by `spec`, like [`spawn`]. Allocation-free.
+    pub fn spawn(&mut self, spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+        if !spec.is_complete() {
+            return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
+        }
+        let (report_read, report_write) = crate::sys::spawn::report_pipe()?;
+        let pipe_error =
+            |e: std::io::Error| SpawnError::new(SpawnStage::Pipe, crate::sys::errno::of(&e));
+        crate::sys::fd::dup_onto(report_write.as_fd(), &self.reserved).map_err(pipe_error)?;
+        drop(report_write);
+        let cloned = crate::sys::spawn::clone_vm(
+            &spec.plan(),
+            self.reserved.as_raw_fd(),
+            self.first,
+            &mut self.stack,
+        );
+        // Our copy of the write end goes: the report reads EOF once the child has exec'd.
+        crate::sys::fd::dup_onto(self.devnull.as_fd(), &self.reserved).map_err(pipe_error)?;
+        let (pid, pidfd) = cloned?;
+        match crate::sys::spawn::read_report(report_read.as_fd()) {
+            Ok(None) => Ok(Spawned { pid, pidfd }),
+            Ok(Some(bytes)) => Err(fail_child(&pidfd, Ok(SpawnError::from_report(bytes)))),
+            Err(error) => Err(fail_child(&pidfd, Err(error))),
+        }
     }
 }
 

@@ -716,3 +716,95 @@ fn errors_display_stage_and_reason() {
     );
     assert!(!debug.contains("hunter2"), "{debug}");
 }
+
+// --- launchers: CLONE_VM | CLONE_VFORK | CLONE_FILES ------------------------------------
+
+fn launcher() -> Launcher {
+    Launcher::set(1)
+        .unwrap()
+        .expect("close_range (5.9+) on the test machine")
+        .pop()
+        .unwrap()
+}
+
+fn child_fds(pid: libc::pid_t) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn a_launcher_spawns_reports_exec_errors_and_leaks_no_fd() {
+    let mut l = launcher();
+    let spawned = l.spawn(&spec(&[b"/bin/true"])).unwrap();
+    assert!(poll_readable(&spawned.pidfd, POLL_TIMEOUT_MS));
+    assert_eq!(wait_exit(&spawned.pidfd), (libc::CLD_EXITED, 0));
+    let dir = TempDir::new("launcher");
+    let missing = dir.0.join("missing");
+    match l.spawn(&spec(&[missing.as_os_str().as_bytes()])) {
+        Err(error) => assert_eq!(error, SpawnError::new(SpawnStage::Exec, libc::ENOENT)),
+        Ok(spawned) => panic!("spawned {}", spawned.pid),
+    }
+    let cwd = SpawnSpec::new(
+        &[b"/bin/true"],
+        &[] as &[&[u8]],
+        Some(missing.as_os_str().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        l.spawn(&cwd).unwrap_err(),
+        SpawnError::new(SpawnStage::Chdir, libc::ENOENT)
+    );
+    // Fds without CLOEXEC, many of them: the child starts on the parent's table and keeps
+    // none but 0-2.
+    // SAFETY: opens of a constant path; closed below.
+    let leaked: Vec<c_int> = (0..300)
+        .map(|_| unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) })
+        .collect();
+    let child = Child(l.spawn(&spec(&[b"/bin/sleep", b"1000"])).unwrap());
+    let fds = child_fds(child.0.pid);
+    for fd in leaked {
+        // SAFETY: closing the fds opened above.
+        unsafe { libc::close(fd) };
+    }
+    assert_eq!(fds, [0, 1, 2], "child fds");
+    // The parent's table is untouched: its reserved number is /dev/null again.
+    let reserved = l.reserved.as_raw_fd();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/self/fd/{reserved}")).unwrap(),
+        Path::new("/dev/null")
+    );
+}
+
+#[test]
+fn launchers_in_parallel_threads_keep_their_reports_apart() {
+    let set = Launcher::set(4).unwrap().expect("close_range");
+    let threads: Vec<_> = set
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut l)| {
+            std::thread::spawn(move || {
+                let ok = spec(&[b"/bin/true"]);
+                let bad = spec(&[b"/nonexistent/holden-launcher-test"]);
+                for round in 0..50 {
+                    if (round + i) % 3 == 0 {
+                        assert_eq!(
+                            l.spawn(&bad).unwrap_err(),
+                            SpawnError::new(SpawnStage::Exec, libc::ENOENT)
+                        );
+                    } else {
+                        let spawned = l.spawn(&ok).unwrap();
+                        assert!(poll_readable(&spawned.pidfd, POLL_TIMEOUT_MS));
+                        assert_eq!(wait_exit(&spawned.pidfd), (libc::CLD_EXITED, 0));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}

@@ -59,6 +59,14 @@ pub fn dup_cloexec(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
     owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })
 }
 
+/// Makes the number of `dst` refer to what `src` refers to (`dup3`, close-on-exec); what
+/// `dst` referred to before is closed. `dst` stays the owner of its number.
+pub fn dup_onto(src: BorrowedFd<'_>, dst: &OwnedFd) -> io::Result<()> {
+    // SAFETY: dup3 onto a number we own; the kernel closes the file it referred to.
+    retry(|| check(unsafe { libc::dup3(src.as_raw_fd(), dst.as_raw_fd(), libc::O_CLOEXEC) }))
+        .map(|_| ())
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as libc::c_int; 2];

@@ -51,6 +51,18 @@ pub fn linkage(elf: &[u8]) -> Result<Linkage, String> {
     Ok(Linkage::Static)
 }
 
+/// `e_machine` of an ELF64 little-endian file: [`EM_X86_64`], [`EM_AARCH64`], ...
+pub fn machine(elf: &[u8]) -> Result<u16, String> {
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    u16_at(elf, 0x12)
+}
+
+/// `e_machine` values.
+pub const EM_X86_64: u16 = 62;
+pub const EM_AARCH64: u16 = 183;
+
 fn bytes<const N: usize>(elf: &[u8], at: usize) -> Result<[u8; N], String> {
     elf.get(at..at + N)
         .and_then(|s| s.try_into().ok())
@@ -103,6 +115,21 @@ mod tests {
     fn this_glibc_test_binary_is_dynamic() {
         let exe = std::fs::read("/proc/self/exe").unwrap();
         assert!(matches!(linkage(&exe), Ok(Linkage::Dynamic(_))));
+    }
+
+    #[test]
+    fn reads_the_machine() {
+        let exe = std::fs::read("/proc/self/exe").unwrap();
+        let host = if cfg!(target_arch = "x86_64") {
+            EM_X86_64
+        } else {
+            EM_AARCH64
+        };
+        assert_eq!(machine(&exe), Ok(host));
+        let mut elf = synthetic(&[1]);
+        elf[0x12..0x14].copy_from_slice(&EM_AARCH64.to_le_bytes());
+        assert_eq!(machine(&elf), Ok(EM_AARCH64));
+        assert!(machine(b"#!/bin/sh\n").is_err());
     }
 
     #[test]

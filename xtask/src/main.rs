@@ -31,6 +31,7 @@ Tasks:
       --list             list the fuzz targets and exit
   help               print this help
   vm-test            boot the static binaries on Debian's kernel in QEMU and check supervision
+                     (--matrix: 5.10, 6.1, 6.12 on x86_64, 6.12 on aarch64, io_uring disabled)
 
 Run `cargo xtask <task> --help` for a task's options.
 ";

@@ -48,6 +48,47 @@ fn fail(stage: SpawnStage) -> SpawnError {
     SpawnError::new(stage, last_errno())
 }
 
+/// What a child that shares its parent's memory and fd table is given (on the parent's
+/// stack, which stays untouched while the parent is suspended by `CLONE_VFORK`).
+pub(super) struct VmArgs<'a> {
+    pub plan: &'a ExecPlan<'a>,
+    /// The report pipe's write end, below `first`.
+    pub report_fd: c_int,
+    /// Every fd from here up is left behind when the table is unshared.
+    pub first: c_int,
+}
+
+/// The entry of a child created with `CLONE_VM | CLONE_VFORK | CLONE_FILES`, on its own
+/// stack. Its fd table is still the parent's: the first step makes it private, keeping only
+/// the fds below `first`, so nothing the child does can touch the parent's fds.
+pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `VmArgs` that `clone_vm` put on its stack; the parent is suspended
+    // until this child execs or exits, so it stays valid and unchanged.
+    let args = unsafe { &*(arg as *const VmArgs<'_>) };
+    // SAFETY: close_range with CLOSE_RANGE_UNSHARE gives this child a private copy of the
+    // table holding only the fds below `first`; no memory is passed.
+    let unshared = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            args.first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        )
+    };
+    if unshared != 0 {
+        // Still on the parent's table: write the report (a write changes no table) and go.
+        report(args.report_fd, fail(SpawnStage::CloseFds));
+    }
+    // The other reserved fds (other spawns' report pipes, /dev/null): not this child's.
+    for fd in 3..args.first {
+        if fd != args.report_fd {
+            // SAFETY: closes an fd of this child's private table.
+            unsafe { libc::close(fd) };
+        }
+    }
+    steps_and_exec(args.plan, args.report_fd, -1, false)
+}
+
 /// Runs the child's steps, then `execve`; never returns.
 pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int) -> ! {
     let report_fd = match fd_above_stdio(report_fd) {
@@ -64,9 +105,20 @@ pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int) -> ! {
             Err(error) => report(report_fd, error),
         }
     };
+    steps_and_exec(plan, report_fd, gate_fd, true)
+}
+
+/// The child's steps from signals to `execve` (closing inherited fds when `close` is set).
+fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: bool) -> ! {
     let result = reset_signals()
         .and_then(|()| setsid())
-        .and_then(|()| close_fds(report_fd, gate_fd))
+        .and_then(|()| {
+            if close {
+                close_fds(report_fd, gate_fd)
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| stdio_devnull(plan.stdio_null))
         .and_then(|()| credentials(plan))
         .and_then(|()| chdir(plan))

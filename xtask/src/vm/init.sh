@@ -57,7 +57,49 @@ alive() {
     [ -n "$1" ] && [ -e "/proc/$1/status" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
 }
 
+probe() { echo "HOLDEN-VM-PROBE: $*"; }
+
+# What to do, from the kernel command line (cargo xtask vm-test sets it):
+# holden.scenario=supervision|io-uring-disabled, holden.io_uring_disabled=N (set first).
+SCENARIO=supervision
+URING=
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        holden.scenario=*) SCENARIO=${word#holden.scenario=} ;;
+        holden.io_uring_disabled=*) URING=${word#holden.io_uring_disabled=} ;;
+    esac
+done
+if [ -n "$URING" ]; then
+    echo "$URING" >/proc/sys/kernel/io_uring_disabled \
+        || fail "cannot set kernel.io_uring_disabled=$URING"
+fi
+
 say "boot: kernel $(uname -r), kernel.io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo absent)"
+# What this kernel has; the host compares it with the orchestrator's start line.
+probe "arch=$(uname -m)"
+probe "kernel=$(uname -r)"
+probe "cpus=$(nproc)"
+probe "io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo absent)"
+# A pure cgroup v2 hierarchy, as on the AutoSD image (nothing mounts v1 here).
+if mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null; then
+    probe "cgroup2_controllers=$(cat /sys/fs/cgroup/cgroup.controllers)"
+else
+    probe "cgroup2_controllers=unavailable"
+fi
+
+if [ "$SCENARIO" = io-uring-disabled ]; then
+    # io_uring off for everyone, root included: the orchestrator must refuse to start, with
+    # the documented message and exit code (the host asserts both), and start nothing.
+    timeout 30 /usr/bin/holden-orchestrator --config "$CONFIG" 2>>"$LOG"
+    RC=$?
+    say "orchestrator-exit=$RC"
+    [ "$RC" -eq 1 ] || fail "io-uring-disabled: the orchestrator exited with $RC, expected 1"
+    [ "$(count 'reason=spawned')" -eq 0 ] || fail "io-uring-disabled: a service was started"
+    pass "io-uring-disabled the orchestrator refused to start (exit $RC), nothing started"
+    echo "HOLDEN-VM-DONE"
+    finish
+fi
+[ "$SCENARIO" = supervision ] || fail "unknown holden.scenario=$SCENARIO"
 
 # The QM stand-in: PID 1 of a new PID + mount namespace is a shell loop that restarts the
 # agent when it dies, as QM's systemd does (Restart=always), and reaps orphans.
@@ -76,6 +118,17 @@ NSPID=$(grep '^NSpid:' "/proc/$Q1/status" | tr -s ' \t' ' ')
 set -- $NSPID
 [ "$#" -eq 3 ] || fail "QM service $Q1 is not one PID namespace below the orchestrator ($NSPID)"
 pass "started orchestrator=$ORCH qm_service=$Q1 ($NSPID)"
+
+# pidfs (6.9+) or not: the filesystem (statfs magic) of a pidfd the orchestrator holds.
+for fd in /proc/$ORCH/fd/*; do
+    link=$(readlink "$fd")
+    case "$link" in
+        *pidfd*)
+            probe "pidfd_fs_magic=$(stat -f -c %t "$fd") path=$fd link=$link"
+            break
+            ;;
+    esac
+done
 
 L1=$(last_pid vm-local)
 kill -9 "$L1"

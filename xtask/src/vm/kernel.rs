@@ -1,51 +1,142 @@
-//! The guest kernel: Debian's distribution kernel (`linux-image-amd64`, 6.1 on Debian 12),
-//! fetched once with `apt-get download` and cached as `<cache>/vmlinuz-<version>`.
+//! The guest kernels and the arm64 busybox: Debian's own packages, fetched once through the
+//! private apt configuration ([`super::apt`]) and cached under `<cache>/`:
 //!
-//! Only `boot/vmlinuz-*` is taken out of the package (`dpkg-deb --fsys-tarfile | tar`), not
-//! its ~400 MiB of modules: the test needs nothing that is not built in (serial console,
-//! devtmpfs, PID namespaces, AF_UNIX, io_uring).
+//! - `kernels/<deb-arch>-<major.minor>/vmlinuz-<release>` (e.g. `kernels/amd64-5.10/`);
+//! - `busybox/arm64/busybox` (Debian's `busybox-static:arm64`, unpacked with `dpkg -x`).
+//!
+//! A cached file is used as it is: a second run asks apt nothing. Only `boot/vmlinuz-*` is
+//! taken out of a kernel package (`dpkg-deb --fsys-tarfile | tar`, the part of `dpkg -x` that is
+//! needed), not its ~400 MiB of modules: the test needs nothing that is not built in (serial
+//! console, devtmpfs, PID namespaces, AF_UNIX, io_uring, cgroup2).
 
-use crate::run::{self, Failure};
+use super::apt::Apt;
+use crate::elf;
+use crate::run::Failure;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Debian's meta package that depends on the current kernel image package.
-const META_PACKAGE: &str = "linux-image-amd64";
+/// A Debian kernel series: the package `linux-image-<series>*-<flavour>` of `suite`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Series {
+    /// The suite that ships it (informational: the version prefix picks the package).
+    pub suite: &'static str,
+    /// Version prefix of the package name: `5.10.0-`, `6.1.`, `6.12.`.
+    pub prefix: &'static str,
+    /// `major.minor`, for the cache directory and the report.
+    pub version: (u32, u32),
+}
 
-/// Returns a cached kernel, downloading one first when the cache has none.
-pub fn ensure(cache: &Path) -> Result<PathBuf, Failure> {
-    if let Some(found) = cached(cache) {
-        return Ok(found);
+/// Fetches what the guest needs, through one [`Apt`] made when first needed.
+pub struct Fetcher {
+    cache: PathBuf,
+    apt: Option<Apt>,
+}
+
+impl Fetcher {
+    pub fn new(cache: &Path) -> Fetcher {
+        Fetcher {
+            cache: cache.to_path_buf(),
+            apt: None,
+        }
     }
-    let package = resolve_package()?;
-    let fail = |what: &str, e: std::io::Error| Failure::Failed(format!("{what}: {e}"));
-    let download = cache.join("download");
-    let _ = std::fs::remove_dir_all(&download);
-    std::fs::create_dir_all(&download).map_err(|e| fail(&download.display().to_string(), e))?;
-    let mut cmd = Command::new("apt-get");
-    cmd.args(["download", &package]).current_dir(&download);
-    run::status(cmd).map_err(|_| {
-        Failure::Failed(format!(
-            "apt-get download {package} failed: run `apt-get update` first, or pass \
-             --kernel PATH to a bzImage/vmlinuz"
-        ))
-    })?;
-    let deb = std::fs::read_dir(&download)
-        .map_err(|e| fail("read download dir", e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| Failure::Failed(format!("no .deb in {}", download.display())))?;
-    extract_vmlinuz(&deb, &download)?;
-    let boot = download.join("boot");
-    let vmlinuz = std::fs::read_dir(&boot)
-        .map_err(|e| fail(&boot.display().to_string(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| file_name(p).starts_with("vmlinuz-"))
-        .ok_or_else(|| Failure::Failed(format!("{}: no boot/vmlinuz-*", deb.display())))?;
-    let dest = cache.join(file_name(&vmlinuz));
-    std::fs::rename(&vmlinuz, &dest).map_err(|e| fail("move vmlinuz", e))?;
-    let _ = std::fs::remove_dir_all(&download);
-    Ok(dest)
+
+    fn apt(&mut self) -> Result<&mut Apt, Failure> {
+        if self.apt.is_none() {
+            self.apt = Some(Apt::new(&self.cache)?);
+        }
+        Ok(self.apt.as_mut().expect("just set"))
+    }
+
+    /// The cached kernel of `series` for `deb_arch`, downloaded first when there is none.
+    pub fn kernel(&mut self, series: &Series, deb_arch: &str) -> Result<PathBuf, Failure> {
+        let dir = self.cache.join("kernels").join(format!(
+            "{deb_arch}-{}.{}",
+            series.version.0, series.version.1
+        ));
+        if let Some(found) = cached(&dir) {
+            return Ok(found);
+        }
+        let (prefix, flavour) = (series.prefix, deb_arch.to_string());
+        let apt = self.apt()?;
+        let deb = apt.download(&|apt: &Apt| {
+            Ok(format!(
+                "{}:{flavour}",
+                apt.newest_kernel(prefix, &flavour)?
+            ))
+        })?;
+        let unpacked = deb.with_extension("d");
+        mkdir(&unpacked)?;
+        extract_vmlinuz(&deb, &unpacked)?;
+        let boot = unpacked.join("boot");
+        let vmlinuz = std::fs::read_dir(&boot)
+            .map_err(|e| Failure::Failed(format!("{}: {e}", boot.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| file_name(p).starts_with("vmlinuz-"))
+            .ok_or_else(|| Failure::Failed(format!("{}: no boot/vmlinuz-*", deb.display())))?;
+        mkdir(&dir)?;
+        let dest = dir.join(file_name(&vmlinuz));
+        std::fs::rename(&vmlinuz, &dest)
+            .map_err(|e| Failure::Failed(format!("move {}: {e}", vmlinuz.display())))?;
+        apt.clean_download();
+        eprintln!("cached {}", dest.display());
+        Ok(dest)
+    }
+
+    /// A static busybox for `deb_arch` (`busybox-static:<deb_arch>`), cached.
+    pub fn busybox(&mut self, deb_arch: &str, machine: u16) -> Result<PathBuf, Failure> {
+        let dir = self.cache.join("busybox").join(deb_arch);
+        let dest = dir.join("busybox");
+        if dest.is_file() {
+            return Ok(dest);
+        }
+        let package = format!("busybox-static:{deb_arch}");
+        let apt = self.apt()?;
+        let deb = apt.download(&|_: &Apt| Ok(package.clone()))?;
+        let unpacked = deb.with_extension("d");
+        let mut cmd = Command::new("dpkg");
+        cmd.arg("-x").arg(&deb).arg(&unpacked);
+        crate::run::status(cmd)?;
+        let found = ["usr/bin/busybox", "bin/busybox"]
+            .iter()
+            .map(|p| unpacked.join(p))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Failure::Failed(format!("{}: no busybox in it", deb.display())))?;
+        check_static(&found, machine)?;
+        mkdir(&dir)?;
+        std::fs::rename(&found, &dest)
+            .map_err(|e| Failure::Failed(format!("move {}: {e}", found.display())))?;
+        apt.clean_download();
+        eprintln!("cached {}", dest.display());
+        Ok(dest)
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir).map_err(|e| Failure::Failed(format!("{}: {e}", dir.display())))
+}
+
+/// Fails unless `path` is a fully static ELF binary for `machine`.
+pub fn check_static(path: &Path, machine: u16) -> Result<(), Failure> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Failure::Failed(format!("{}: {e}", path.display())))?;
+    match elf::machine(&bytes) {
+        Ok(m) if m == machine => {}
+        Ok(m) => {
+            return Err(Failure::Failed(format!(
+                "{}: ELF machine {m}, expected {machine}",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Failure::Failed(format!("{}: {e}", path.display()))),
+    }
+    match elf::linkage(&bytes) {
+        Ok(elf::Linkage::Static) => Ok(()),
+        Ok(elf::Linkage::Dynamic(why)) => Err(Failure::Failed(format!(
+            "{}: not a static binary: {why}",
+            path.display()
+        ))),
+        Err(e) => Err(Failure::Failed(format!("{}: {e}", path.display()))),
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -54,48 +145,14 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn cached(cache: &Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+fn cached(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| file_name(p).starts_with("vmlinuz-") && p.is_file())
         .collect();
     found.sort();
     found.pop()
-}
-
-/// The kernel image package `linux-image-amd64` depends on (e.g. `linux-image-6.1.0-44-amd64`).
-fn resolve_package() -> Result<String, Failure> {
-    let out = Command::new("apt-cache")
-        .args(["depends", META_PACKAGE])
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| Failure::Failed(format!("apt-cache: cannot run: {e} (is this Debian?)")))?;
-    parse_depends(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| {
-        Failure::Failed(format!(
-            "apt-cache depends {META_PACKAGE}: no kernel package found (run `apt-get update`, \
-             or pass --kernel PATH)"
-        ))
-    })
-}
-
-/// The first `Depends:` of `apt-cache depends linux-image-amd64` that is a kernel image.
-pub fn parse_depends(text: &str) -> Option<String> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim().trim_start_matches('|');
-            l.strip_prefix("Depends:")
-        })
-        .map(str::trim)
-        .find(|name| {
-            name.starts_with("linux-image-")
-                && name.ends_with("-amd64")
-                && *name != META_PACKAGE
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.+".contains(&b))
-        })
-        .map(str::to_string)
 }
 
 /// `dpkg-deb --fsys-tarfile DEB | tar -x -C DIR ./boot/vmlinuz-*`.
@@ -129,11 +186,9 @@ fn extract_vmlinuz(deb: &Path, dir: &Path) -> Result<(), Failure> {
     }
 }
 
-/// `(major, minor)` from a `vmlinuz-6.1.0-44-amd64` style name.
-pub fn version_of(path: &Path) -> Option<(u32, u32)> {
-    let name = file_name(path);
-    let version = name.strip_prefix("vmlinuz-")?;
-    let mut parts = version.split(['.', '-']);
+/// `(major, minor)` of a kernel release (`6.1.0-44-amd64`, `6.12.117+deb13-arm64`, `6.15.2`).
+pub fn release_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', '+']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some((major, minor))
@@ -144,36 +199,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_image_package_among_the_dependencies() {
-        let text = "linux-image-amd64\n  Depends: linux-image-6.1.0-44-amd64\n";
-        assert_eq!(
-            parse_depends(text).as_deref(),
-            Some("linux-image-6.1.0-44-amd64")
-        );
-        let alternatives =
-            "linux-image-amd64\n |Depends: linux-image-6.12.9-amd64\n  Depends: firmware\n";
-        assert_eq!(
-            parse_depends(alternatives).as_deref(),
-            Some("linux-image-6.12.9-amd64")
-        );
-        for none in [
-            "",
-            "linux-image-amd64\n",
-            "x\n  Depends: linux-image-amd64\n",
-            "x\n  Depends: linux-image-6.1;rm-amd64\n",
-            "x\n  Recommends: linux-image-6.1.0-1-amd64\n",
-        ] {
-            assert_eq!(parse_depends(none), None, "{none:?}");
-        }
+    fn reads_the_version_of_a_release() {
+        assert_eq!(release_version("6.1.0-44-amd64"), Some((6, 1)));
+        assert_eq!(release_version("6.15.2"), Some((6, 15)));
+        assert_eq!(release_version("6.12.117+deb13-arm64"), Some((6, 12)));
+        assert_eq!(release_version("5.10.0-32-amd64"), Some((5, 10)));
+        assert_eq!(release_version("bzImage"), None);
+        assert_eq!(release_version("6"), None);
     }
 
     #[test]
-    fn reads_the_version_from_the_file_name() {
+    fn the_cache_holds_the_newest_vmlinuz_of_a_directory() {
+        let dir = std::env::temp_dir().join(format!("xtask-vm-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(cached(&dir), None);
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "vmlinuz-6.12.107+deb13-amd64",
+            "vmlinuz-6.12.117+deb13-amd64",
+            "x",
+        ] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
         assert_eq!(
-            version_of(Path::new("/x/vmlinuz-6.1.0-44-amd64")),
-            Some((6, 1))
+            cached(&dir).as_deref(),
+            Some(dir.join("vmlinuz-6.12.117+deb13-amd64").as_path())
         );
-        assert_eq!(version_of(Path::new("vmlinuz-6.15.2")), Some((6, 15)));
-        assert_eq!(version_of(Path::new("bzImage")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -312,7 +312,7 @@ impl std::fmt::Display for Capabilities {
             if self.exit_info {
                 ""
             } else {
-                " (exit status of QM processes will be reported as unknown)"
+                " note=\"exit status of QM processes will be reported as unknown\""
             }
         )
     }

@@ -78,6 +78,20 @@ impl Notifier {
         socket::send_to(fd.as_fd(), message, addr).map(|_| ())
     }
 
+    /// Sends `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC in µs, which systemd 253+
+    /// wants with it), at the start of a reload; `READY=1` ends it.
+    pub fn reloading(&self, monotonic_usec: u64) -> io::Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let mut msg = Message {
+            buf: [0; MESSAGE_BYTES_MAX],
+            len: 0,
+        };
+        let _ = write!(msg, "RELOADING=1\nMONOTONIC_USEC={monotonic_usec}");
+        self.send(&msg.buf[..msg.len])
+    }
+
     /// Sends `STATUS=<text>` formatted without allocation.
     pub fn status(&self, args: fmt::Arguments<'_>) -> io::Result<()> {
         if !self.enabled() {

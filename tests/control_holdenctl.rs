@@ -243,13 +243,17 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
     );
 
     let _orch = Orch::start(&dir, &config(&dir, None, 4, "", &sleeper("a", "local", "")));
-    wait_state(&socket, "a", "running");
+    let pid = wait_state(&socket, "a", "running");
     for args in [
         &["status", "nope"][..],
         &["start", "nope"],
         &["kill", "nope"],
         &["restart", "a", "nope", "--wait"],
+        &["stop", "nope", "a"],
+        &["monitor", "nope"],
+        &["monitor", "a", "nope", "--json"],
     ] {
+        let started = std::time::Instant::now();
         let out = ctl(&socket, args);
         assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
         assert!(
@@ -257,7 +261,29 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
             "{args:?}: {}",
             out.stderr
         );
+        // Refused at once: nothing done, nothing printed, no waiting (monitor included).
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?}");
     }
+    // Nothing was done to "a" by the commands that also named an unknown service.
+    assert_eq!(state_of(&socket, "a"), ("running".to_string(), pid));
+    // Every unknown name is reported, from one listing; the known ones are not printed.
+    let out = ctl(&socket, &["status", "b", "a", "c", "b", "d"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "holdenctl: no service named \"b\"\nholdenctl: no service named \"c\"\nholdenctl: no service named \"d\"\n"
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    // Known names: in the order given, each once.
+    let out = ctl(&socket, &["status", "a", "a", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("\"name\":\"a\"").count(),
+        1,
+        "{}",
+        out.stdout
+    );
     for args in [
         &[][..],
         &["frobnicate"],
@@ -269,7 +295,14 @@ fn unknown_names_usage_errors_and_no_orchestrator() {
     ] {
         let out = ctl(&socket, args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
-        assert!(out.stderr.contains("usage: holdenctl"), "{args:?}");
+        // One line and a pointer to --help, not the whole help.
+        assert!(
+            out.stderr.starts_with("holdenctl: ")
+                && out.stderr.ends_with(" (see holdenctl --help)\n")
+                && out.stderr.lines().count() == 1,
+            "{args:?}: {}",
+            out.stderr
+        );
     }
     for command in [
         "status",
@@ -435,9 +468,133 @@ fn wait_times_out_and_a_failing_start_is_reported() {
     wait_until("SIGKILL after stop_timeout", || (!alive(pid)).then_some(()));
     wait_state(&socket, "stubborn", "stopped");
 
+    // A refusal names the service, never the orchestrator's internal slot number.
+    let out = ctl(&socket, &["kill", "broken"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "holdenctl: broken has no process to signal (it is stopped)\n"
+    );
     let out = ctl(&socket, &["start", "broken", "--wait", "--timeout", "20s"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("broken failed"), "{}", out.stderr);
+    assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
+}
+
+/// The cause of a failure — the stage and errno of a failed start, the start limit — is in
+/// the table, in `--json`, in the monitor and in `restart --wait`, for local and QM services.
+#[test]
+fn why_a_service_failed_is_shown() {
+    let dir = TempDir::new("ctl-why");
+    let qm = Qm::start(&dir, "");
+    let socket = dir.path("control.sock");
+    let limit = "restart_delay = \"0\"\nstart_limit = { burst = 2, interval = \"60s\" }";
+    let mut services = service("broken", "local", &["/nonexistent/holden-why"], limit);
+    services += &service("qm-broken", "qm", &["/nonexistent/holden-why-qm"], limit);
+    services += &service(
+        "flaky",
+        "local",
+        &["/nonexistent/holden-why-2"],
+        "restart_delay = \"1h\"",
+    );
+    services += &service(
+        "oneshot",
+        "local",
+        &["/bin/sh", "-c", "exit 7"],
+        "restart = \"never\"",
+    );
+    let mut orch = Orch::start(&dir, &config(&dir, Some(&qm.socket), 8, "", &services));
+    for name in ["broken", "qm-broken", "oneshot"] {
+        wait_state(&socket, name, "failed");
+    }
+    wait_state(&socket, "flaky", "backoff");
+
+    let out = ctl(&socket, &["status"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].ends_with("CAUSE"), "{}", out.stdout);
+    let row = |name: &str| {
+        *lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name}: {}", out.stdout))
+    };
+    assert!(
+        row("broken").ends_with("start-limit after exec ENOENT"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        row("qm-broken").ends_with("start-limit after exec ENOENT"),
+        "{}",
+        out.stdout
+    );
+    assert!(row("flaky").ends_with(" exec ENOENT"), "{}", out.stdout);
+    assert!(
+        row("oneshot").contains("code 7") && row("oneshot").ends_with(" -"),
+        "{}",
+        out.stdout
+    );
+
+    let out = ctl(&socket, &["status", "broken", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("\"result\":\"start-limit\",\"spawn_error\":{\"stage\":\"exec\",\"errno\":2,\"errno_name\":\"ENOENT\",\"error\":\"No such file or directory\"}"),
+        "{}",
+        out.stdout
+    );
+    let out = ctl(&socket, &["status", "oneshot", "--json"]);
+    assert!(
+        out.stdout.contains("\"last_exit\":{\"code\":7}")
+            && out.stdout.contains("\"result\":null,\"spawn_error\":null"),
+        "{}",
+        out.stdout
+    );
+
+    // restart --wait says why, for both partitions; the monitor shows the stage and errno.
+    let mut monitor = Command::new(holdenctl())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["monitor", "qm-broken", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = collect_lines(&mut monitor);
+    for name in ["broken", "qm-broken"] {
+        let out = ctl(&socket, &["restart", name, "--wait", "--timeout", "20s"]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert_eq!(
+            out.stderr,
+            format!("holdenctl: {name} failed: it hit its start limit; its last start failed: exec ENOENT (No such file or directory)\n")
+        );
+    }
+    let out = ctl(
+        &socket,
+        &["restart", "flaky", "--wait", "--timeout", "300ms"],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.ends_with(
+            "(state backoff; its last start failed: exec ENOENT (No such file or directory))\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    wait_until("monitor shows the failed start", || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| {
+                l.contains(
+                    "\"reason\":\"spawn-failed\",\"spawn_error\":{\"stage\":\"exec\",\"errno\":2",
+                )
+            })
+            .then_some(())
+    });
+    let _ = monitor.kill();
+    let _ = monitor.wait();
     assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
 }
 
@@ -829,6 +986,92 @@ fn peers_other_than_root_and_the_group_are_refused() {
     );
 }
 
+/// `[control] read_group`: its members may look (status, agent, monitor) but not command;
+/// the socket file belongs to it, so members of `group` must be in it too. Every command
+/// is logged with the uid and pid that sent it.
+#[test]
+fn a_read_group_may_query_but_not_command() {
+    let dir = TempDir::new("ctl-read");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let socket = dir.path("control.sock");
+    let orch = Orch::start(
+        &dir,
+        &config(
+            &dir,
+            None,
+            4,
+            "group = \"staff\"\nread_group = \"nogroup\"",
+            &sleeper("a", "local", ""),
+        ),
+    );
+    let pid = wait_state(&socket, "a", "running");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 65534));
+    let reader = |c: &mut Command| {
+        c.uid(65534).gid(65534);
+    };
+    // Queries work.
+    for args in [&["status"][..], &["status", "a", "--json"], &["agent"]] {
+        let out = ctl_cmd(&socket, args, reader);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+    }
+    // Commands and reload are refused (exit 1), and change nothing.
+    for args in [
+        &["stop", "a"][..],
+        &["kill", "-s", "KILL", "a"],
+        &["reload"],
+    ] {
+        let out = ctl_cmd(&socket, args, reader);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("permission denied: uid 65534 is in the control read group"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(state_of(&socket, "a"), ("running".to_string(), pid));
+    orch.wait_lines(
+        &["event=control-refused", "reason=read-only", "command=stop"],
+        1,
+    );
+    // In both groups: commands work, and the log says who sent them.
+    let out = ctl_cmd(&socket, &["restart", "a", "--wait"], |c| {
+        // SAFETY: in the child before exec, only async-signal-safe calls: the supplementary
+        // group (staff) first, then gid and uid (setgroups needs the privilege setuid drops).
+        unsafe {
+            c.pre_exec(|| {
+                let groups = [50 as libc::gid_t];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines = orch.wait_lines(
+        &["service=a ", "event=control-command", "command=restart"],
+        1,
+    );
+    assert!(
+        lines[0].contains(" uid=65534 pid="),
+        "who sent it: {}",
+        lines[0]
+    );
+    let lines = orch.lines_with(&["event=control-command"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" uid=") && l.contains(" pid=")),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn without_a_group_the_socket_is_root_only() {
     let dir = TempDir::new("ctl-mode");
@@ -1021,4 +1264,57 @@ fn a_second_orchestrator_never_takes_over_a_live_control_socket() {
     second.stop(libc::SIGTERM);
     let out = ctl(&socket, &["status", "first"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// A QM process that is gone before the orchestrator could read its pid is reported as
+/// spawned with an unknown pid (`null`), never as pid 1: every pid the monitor shows is one
+/// the orchestrator logged for that service.
+#[test]
+fn the_monitor_never_invents_a_pid() {
+    let dir = TempDir::new("ctl-nopid");
+    let qm = Qm::start(&dir, "");
+    let socket = dir.path("control.sock");
+    let services = service(
+        "blink",
+        "qm",
+        &["/bin/true"],
+        "restart = \"always\"\nrestart_delay = \"5ms\"\nstart_limit = { burst = 0, interval = \"0\" }",
+    );
+    let mut orch = Orch::start(&dir, &config(&dir, Some(&qm.socket), 4, "", &services));
+    wait_until("control socket", || socket.exists().then_some(()));
+    let mut monitor = Command::new(holdenctl())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["monitor", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = collect_lines(&mut monitor);
+    let spawned = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("\"reason\":\"spawned\""))
+            .map(|l| json_field(l, "spawned_pid").expect("spawned_pid"))
+            .collect::<Vec<String>>()
+    };
+    wait_until("200 spawns seen by the monitor", || {
+        (spawned(&events.lock().unwrap()).len() >= 200).then_some(())
+    });
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
+    let logged: Vec<String> = orch
+        .lines_with(&["service=blink ", "reason=spawned"])
+        .iter()
+        .map(|l| field(l, "spawned_pid").unwrap().to_string())
+        .collect();
+    for pid in spawned(&events.lock().unwrap()) {
+        assert_ne!(pid, "1", "a pid was invented");
+        if pid == "null" {
+            assert!(logged.iter().any(|p| p == "0"), "{logged:?}");
+        } else {
+            assert!(logged.contains(&pid), "{pid} not logged: {logged:?}");
+        }
+    }
 }

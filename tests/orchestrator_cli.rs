@@ -44,9 +44,12 @@ fn misuse_exits_2_with_a_message() {
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
+        // One line and a pointer to --help, not the whole help.
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.starts_with("holden-orchestrator: ") && err.contains("usage:"),
+            err.starts_with("holden-orchestrator: ")
+                && err.ends_with(" (see holden-orchestrator --help)\n")
+                && err.lines().count() == 1,
             "{args:?}: {err}"
         );
     }
@@ -164,12 +167,120 @@ fn check_validates_and_errors_name_the_place() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}:", bad.display())) && err.contains("nothing was started"),
+        err.contains(&format!("{}:", bad.display())) && err.contains("it is invalid"),
         "{err}"
     );
 
     let missing = run(&["--check", "--config", "/nonexistent/holden.toml"]);
     assert_eq!(missing.status.code(), Some(1));
+}
+
+/// `--check` prints every error of a file, one line each with its place, then a summary.
+#[test]
+fn check_reports_every_error_of_a_file() {
+    let dir = TempDir::new("cli-check-all");
+    let path = dir.path("bad.toml");
+    std::fs::write(
+        &path,
+        "slots = \"8\"\n[[service]]\nname = \"radio\"\npartition = \"qm\"\nargv = [\"/usr/bin/radio\"]\nuid = \"x\"\nrestart_delay = \"1.5s\"\n[service.backoff]\ninitial = \"1s\"\n",
+    )
+    .unwrap();
+    let out = run(&["--check", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    let expected = format!(
+        "<3>{p}:1:9: `slots`: expected an integer 1..=8192, found the string \"8\"\n\
+         <3>{p}:6:7: `service.radio.uid`: expected an integer 0..=4294967294, found the string \"x\"\n\
+         <3>{p}:7:17: `service.radio.restart_delay`: bad duration \"1.5s\": fractions are not accepted: write \"1500ms\" (an integer and a unit: ns, us, ms, s, m or h)\n\
+         <3>{p}:8:1: `service.radio.backoff.max`: missing key `max`: expected a duration string like \"250ms\" or \"5s\"\n\
+         <3>holden-orchestrator: 4 errors in the configuration; it is invalid\n"
+    );
+    assert_eq!(err, expected);
+}
+
+/// `--check` rejects whatever start-up rejects (an unknown control.group: both with the
+/// file's line and column), and what would fail for sure: a local program that does not
+/// exist or is not executable, a local working directory that does not exist. It warns about
+/// what it cannot know (QM paths) and about an empty file; start-up starts such a file.
+#[test]
+fn check_looks_at_the_machine_as_start_up_does() {
+    let dir = TempDir::new("cli-check-host");
+    let header = config_header(&dir.path("none.sock"));
+    let write = |name: &str, text: &str| {
+        let path = dir.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // An unknown group: --check and start-up refuse it alike, at its place.
+    let group = write(
+        "group.toml",
+        &format!(
+            "{}{}",
+            header.replace(
+                "[control]\n",
+                "[control]\ngroup = \"no-such-group-holden\"\n"
+            ),
+            service("a", "local", &["/bin/true"], "")
+        ),
+    );
+    let place = format!("{}:", group.display());
+    for args in [&["--check", "--config"][..], &["--config"]] {
+        let mut argv = args.to_vec();
+        argv.push(group.to_str().unwrap());
+        let out = run(&argv);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&place)
+                && err.contains("`control.group`: no group named \"no-such-group-holden\""),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A missing program, one that is not executable, a missing working directory.
+    let not_exec = dir.path("not-executable");
+    std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    let marker = sleep_marker("7373");
+    let text = header.clone()
+        + &service("gone", "local", &["/nonexistent/holden-prog"], "")
+        + &service("plain", "local", &[not_exec.to_str().unwrap()], "")
+        + &service(
+            "nowhere",
+            "local",
+            &["/bin/sleep", &marker],
+            "working_directory = \"/nonexistent/holden-dir\"",
+        )
+        + &service("radio", "qm", &["/usr/bin/radio-app"], "");
+    let host = write("host.toml", &text);
+    let out = run(&["--check", "--config", host.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    for needle in [
+        "`service.gone.argv[0]`: program \"/nonexistent/holden-prog\" cannot be started: No such file or directory",
+        "`service.plain.argv[0]`: program",
+        "is not executable",
+        "`service.nowhere.working_directory`: \"/nonexistent/holden-dir\" cannot be the working directory",
+        "warning: `service.radio.argv[0]`: \"/usr/bin/radio-app\" not checked: its program is a path inside the QM partition",
+        "3 errors in the configuration; it is invalid",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(err.contains(&format!("{}:", host.display())), "{err}");
+
+    // An empty file: valid, with a warning.
+    let empty = write("empty.toml", "");
+    let out = run(&["--check", "--config", empty.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "<4>{}: warning: 0 services: the orchestrator would start and supervise nothing\n",
+            empty.display()
+        )
+    );
 }
 
 #[test]
@@ -228,13 +339,96 @@ fn sd_notify_ready_status_watchdog_and_stopping() {
     assert!(status.success());
     assert!(
         got.iter()
-            .any(|m| m.starts_with("STATUS=supervising 1 services (0 in QM); agent not needed")),
+            .any(|m| m == "STATUS=1 service (0 in QM), none failed; agent not needed"),
         "{got:?}"
     );
     assert!(
         got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
         "{got:?}"
     );
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// `STATUS=` names the failed services; a reload (SIGHUP, as `systemctl reload` sends through
+/// the unit's ExecReload) is framed by `RELOADING=1` with `MONOTONIC_USEC=` and `READY=1`.
+#[test]
+fn sd_notify_names_failed_services_and_frames_a_reload() {
+    let dir = TempDir::new("cli-notify-reload");
+    let sock_path = dir.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let cfg = config_header(&dir.path("none.sock"))
+        + &service("fine", "local", &["/bin/sleep", "1000"], "")
+        + &service(
+            "radio",
+            "local",
+            &["/bin/sh", "-c", "exit 3"],
+            "restart = \"never\"",
+        );
+    std::fs::write(dir.path("o.toml"), &cfg).unwrap();
+    let mut cmd = Command::new(orchestrator_bin());
+    cmd.arg("--config").arg(dir.path("o.toml"));
+    let mut orch = Orch::spawn(
+        &dir,
+        cmd_with_notify(cmd, sock_path.to_str().unwrap(), None),
+    );
+    notify_lines(&sock, "READY=1");
+    notify_lines(
+        &sock,
+        "STATUS=2 services (0 in QM), 1 failed: radio; agent not needed",
+    );
+    // A reload that removes radio: RELOADING=1 with the monotonic time, then READY=1, then
+    // the new status.
+    let without_radio = cfg
+        .split("[[service]]\nname = \"radio\"")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(dir.path("o.toml"), without_radio).unwrap();
+    let before = monotonic_usec();
+    kill(orch.pid(), libc::SIGHUP);
+    let got = notify_lines(&sock, "READY=1");
+    let after = monotonic_usec();
+    let reloading = got
+        .iter()
+        .find(|m| m.starts_with("RELOADING=1\n"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 before READY=1: {got:?}"));
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(
+        before <= usec && usec <= after,
+        "{before} <= {usec} <= {after}"
+    );
+    let ready = got.iter().position(|m| m == "READY=1").unwrap();
+    let reload_at = got
+        .iter()
+        .position(|m| m.starts_with("RELOADING=1"))
+        .unwrap();
+    assert!(reload_at < ready, "{got:?}");
+    orch.wait_lines(&["service=radio ", "event=removed"], 1);
+    let status = got
+        .iter()
+        .skip(ready)
+        .find(|m| m.starts_with("STATUS="))
+        .cloned()
+        .unwrap_or_else(|| notify_lines(&sock, "STATUS=").pop().unwrap());
+    assert_eq!(
+        status,
+        "STATUS=1 service (0 in QM), none failed; agent not needed"
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
 }
 
 #[test]

@@ -240,8 +240,15 @@ fn a_failed_spawn_is_retried_through_a_timer_even_with_zero_delay() {
     let floor_ns = holden::supervise::SPAWN_FAILED_DELAY_MIN.as_nanos() as u64;
     assert_eq!(deadline, MonoTime::from_nanos(5_000_000 + floor_ns));
     assert_eq!(h.state(id), State::Backoff);
+    // The status says why it backs off, until a start succeeds.
+    let status = h.core.status(id).unwrap();
+    assert_eq!(status.last_spawn_error, Some(error));
+    assert!(!status.start_limit_hit);
     let actions = h.at(15).event(Event::TimerFired { service: id, token });
     assert_eq!(spawns(&actions), 1);
+    assert_eq!(h.core.status(id).unwrap().last_spawn_error, Some(error));
+    h.spawned(id);
+    assert_eq!(h.core.status(id).unwrap().last_spawn_error, None);
 }
 
 #[test]
@@ -264,12 +271,18 @@ fn start_limit_sends_the_service_to_failed_until_asked() {
     assert!(actions
         .iter()
         .any(|a| matches!(a, Action::Log(t) if t.reason == Reason::StartLimit)));
+    assert!(h.core.status(id).unwrap().start_limit_hit);
     // It stays failed: nothing is armed, a stop does not change it.
     h.command(id, Command::Stop);
     assert_eq!(h.state(id), State::Failed);
+    assert!(
+        h.core.status(id).unwrap().start_limit_hit,
+        "still the cause"
+    );
     // reset-failed: stopped; start: runs again with a fresh history.
     h.command(id, Command::ResetFailed);
     assert_eq!(h.state(id), State::Stopped);
+    assert!(!h.core.status(id).unwrap().start_limit_hit);
     let actions = h.at(4).command(id, Command::Start);
     assert_eq!(spawns(&actions), 1);
 }

@@ -60,7 +60,10 @@ fn constants_match_the_v02_structs() {
     assert_eq!(ARG_COUNT_OFFSET, 256 + 32 * 256);
     assert_eq!(STARTED_PAYLOAD_LEN, 8);
     assert_eq!(ERROR_PAYLOAD_LEN, 512);
-    assert_eq!(PAYLOAD_LEN_MAX, 8452);
+    // The v0.2 message union (sizeof(message_t) 16,912 less the header): PROCESS_LIST is its
+    // largest member.
+    assert_eq!(PAYLOAD_LEN_MAX, 16_904);
+    assert_eq!(FRAME_LEN_MAX, 16_912);
     assert_eq!(ARGV_COUNT_MAX, 33);
     assert_eq!(STRING_LEN_MAX, 255);
     assert_eq!(PIDFD_MARKER, b'x');

@@ -24,9 +24,9 @@ socket speaking holden wire v1, starts the processes it is asked to start, and
 passes each one's pidfd back. It keeps no state about the processes.
 
 Options:
-  --socket PATH           v1 socket path (default: $HOLDEN_SOCKET_PATH, else
-                          /run/holden/qm_orchestrator.sock). Ignored for a
-                          socket passed by systemd (LISTEN_FDS).
+  --socket PATH           v1 socket path (default: /run/holden/qm_orchestrator.sock;
+                          with --legacy-socket, $HOLDEN_SOCKET_PATH if set).
+                          Ignored for a socket passed by systemd (LISTEN_FDS).
   --legacy-socket PATH    also serve holden v0.2 (SOCK_STREAM) on PATH
   --allow-uid UID         also accept clients with this uid (repeatable; root
                           and the agent's own uid are always accepted)
@@ -38,6 +38,10 @@ Options:
                           Error stage exec, ETIMEDOUT (default 3000)
   -h, --help              print this help and exit
   -V, --version           print the version and exit
+
+Started the v0.2 way, with $HOLDEN_SOCKET_PATH and neither --socket nor
+--legacy-socket, the agent is a drop-in for the v0.2 agent: it serves holden
+v0.2 (SOCK_STREAM) on $HOLDEN_SOCKET_PATH, and no v1 socket.
 
 A value follows its option or is joined to it (--socket=PATH). An option
 given twice is refused, except --allow-uid (repeatable) and the two
@@ -59,7 +63,8 @@ pub enum Command {
 /// Options of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    pub socket: PathBuf,
+    /// The v1 socket; `None` when started the v0.2 way (`HOLDEN_SOCKET_PATH` only).
+    pub socket: Option<PathBuf>,
     pub legacy_socket: Option<PathBuf>,
     pub allow_uids: Vec<u32>,
     pub read_timeout_ms: u64,
@@ -142,14 +147,23 @@ where
             Value(stray) => return Err(UsageError(format!("unexpected argument {stray:?}"))),
         }
     }
-    let socket = match socket {
-        Some(path) => path,
-        None => match env_socket.filter(|v| !v.is_empty()) {
-            Some(v) => socket_path(SOCKET_PATH_ENV, v)?,
-            None => PathBuf::from(DEFAULT_SOCKET_PATH),
-        },
+    let env_socket = match env_socket.filter(|v| !v.is_empty()) {
+        Some(v) => Some(socket_path(SOCKET_PATH_ENV, v)?),
+        None => None,
     };
-    if legacy_socket.as_ref() == Some(&socket) {
+    let (socket, legacy_socket) = match (socket, legacy_socket, env_socket) {
+        (Some(socket), legacy, _) => (Some(socket), legacy),
+        // `HOLDEN_SOCKET_PATH` alone is how the v0.2 agent was started: be it, serve v0.2
+        // (SOCK_STREAM) there. A v0.2 orchestrator connects with SOCK_STREAM, and a socket
+        // path is one socket type: it cannot be a v1 (SOCK_SEQPACKET) socket too.
+        (None, None, Some(env)) => (None, Some(env)),
+        // With --legacy-socket, the variable names the v1 socket, as before.
+        (None, legacy, env) => (
+            Some(env.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH))),
+            legacy,
+        ),
+    };
+    if legacy_socket.is_some() && legacy_socket == socket {
         return Err(UsageError(
             "--legacy-socket must differ from the v1 socket path".to_string(),
         ));
@@ -236,18 +250,24 @@ mod tests {
     #[test]
     fn defaults_and_environment() {
         let o = options(&[], None);
-        assert_eq!(o.socket, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(o.socket, Some(PathBuf::from(DEFAULT_SOCKET_PATH)));
         assert_eq!(o.legacy_socket, None);
         assert_eq!(o.read_timeout_ms, READ_TIMEOUT_MS_DEFAULT);
         assert_eq!(o.exec_timeout_ms, EXEC_TIMEOUT_MS_DEFAULT);
+        // Started the v0.2 way: the v0.2 agent's socket, and no v1 one.
+        let o = options(&[], Some("/tmp/x.sock"));
+        assert_eq!(o.socket, None);
+        assert_eq!(o.legacy_socket, Some(PathBuf::from("/tmp/x.sock")));
         assert_eq!(
-            options(&[], Some("/tmp/x.sock")).socket,
-            PathBuf::from("/tmp/x.sock")
+            options(&["--socket", "/a"], Some("/b")),
+            options(&["--socket", "/a"], None),
+            "--socket: the variable does not matter"
         );
-        assert_eq!(
-            options(&["--socket", "/a"], Some("/b")).socket,
-            PathBuf::from("/a")
-        );
+        // With --legacy-socket the variable names the v1 socket, as before.
+        let o = options(&["--legacy-socket", "/l"], Some("/b"));
+        assert_eq!(o.socket, Some(PathBuf::from("/b")));
+        assert_eq!(o.legacy_socket, Some(PathBuf::from("/l")));
+        assert!(run(&["--legacy-socket", "/b"], Some("/b")).is_err());
     }
 
     #[test]
@@ -267,7 +287,7 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(o.socket, PathBuf::from("/s"));
+        assert_eq!(o.socket, Some(PathBuf::from("/s")));
         assert_eq!(o.legacy_socket, Some(PathBuf::from("/l")));
         assert_eq!(o.allow_uids, vec![1000, 2000]);
         assert_eq!(o.read_timeout_ms, 50);
@@ -318,7 +338,7 @@ mod tests {
         );
         assert_eq!(
             options(&["--socket", "-odd.sock"], None).socket,
-            PathBuf::from("-odd.sock")
+            Some(PathBuf::from("-odd.sock"))
         );
     }
 
@@ -334,10 +354,12 @@ mod tests {
         let Ok(Command::Run(o)) = parsed else {
             panic!("{parsed:?}");
         };
-        assert_eq!(o.socket, PathBuf::from(&path));
+        assert_eq!(o.socket, Some(PathBuf::from(&path)));
         assert_eq!(o.legacy_socket, Some(PathBuf::from(&legacy)));
         let parsed = parse([], Some(path.clone()));
-        assert!(matches!(parsed, Ok(Command::Run(o)) if o.socket.as_os_str() == path));
+        assert!(
+            matches!(parsed, Ok(Command::Run(o)) if o.legacy_socket.as_deref() == Some(path.as_ref()))
+        );
         let bad = OsString::from_vec(b"1\xff".to_vec());
         let mut joined = OsString::from("--read-timeout-ms=");
         joined.push(&bad);

@@ -158,9 +158,17 @@ fn run(options: Options) -> Result<(), String> {
 /// removed.
 fn open_listeners(options: &Options, activated: Vec<Listener>) -> Result<Vec<Listener>, String> {
     let mut listeners = activated;
-    if !listeners.iter().any(|l| l.flavor == Flavor::V1) {
-        let v1 = Listener::bind(&options.socket, Flavor::V1).map_err(|e| e.to_string())?;
-        listeners.push(v1);
+    match &options.socket {
+        Some(path) if !listeners.iter().any(|l| l.flavor == Flavor::V1) => {
+            let v1 = Listener::bind(path, Flavor::V1).map_err(|e| e.to_string())?;
+            listeners.push(v1);
+        }
+        Some(_) => {}
+        None => notice!(
+            "started the v0.2 way ({} without --socket): serving holden v0.2 (SOCK_STREAM) as \
+             the v0.2 agent did, and no holden wire v1 socket (give --socket PATH for one)",
+            cli::SOCKET_PATH_ENV
+        ),
     }
     let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
     if let (Some(path), false) = (&options.legacy_socket, has_v02) {

@@ -105,12 +105,17 @@ fn refuses_a_live_agent_and_a_non_socket_path() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("bind"));
 }
 
+/// With `--legacy-socket`, `HOLDEN_SOCKET_PATH` names the v1 socket (alone, it is the v0.2
+/// agent's socket: `tests/v02.rs`).
 #[test]
 fn environment_variable_names_the_socket() {
     let dir = TempDir::new("envsock");
     let socket = dir.join("from-env.sock");
     let mut command = Command::new(AGENT);
-    command.env("HOLDEN_SOCKET_PATH", &socket);
+    command
+        .env("HOLDEN_SOCKET_PATH", &socket)
+        .arg("--legacy-socket")
+        .arg(dir.join("legacy.sock"));
     let agent = Agent::launch(&dir, command, &socket);
     assert!(matches!(
         V1Client::connect(&agent.socket).ping(1),
@@ -200,8 +205,11 @@ fn help_version_and_usage_errors() {
         let out = Command::new(AGENT).args(bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
+        // One line and a pointer to --help, as holdenctl and holden-orchestrator do.
         assert!(
-            stderr.contains("holden-agent:") && stderr.contains("--help"),
+            stderr.starts_with("holden-agent: ")
+                && stderr.ends_with(" (see holden-agent --help)\n")
+                && stderr.lines().count() == 1,
             "{stderr}"
         );
     }

@@ -171,6 +171,42 @@ fn legacy_length_is_never_trusted() {
     let _ = agent.pid();
 }
 
+/// v0.2's message union is 16,904 bytes (`sizeof(message_t)` = 16,912 with the header; the
+/// process list is its largest member): a message of that size is a valid v0.2 message, and
+/// gets v0.2's answer to a type the agent does not handle, on a connection that stays up.
+/// One byte more is what v0.2's receiver would have read past its buffer.
+#[test]
+fn legacy_messages_up_to_the_real_union_size_are_accepted() {
+    const PROCESS_LIST: u32 = 6;
+    const UNION_LEN: usize = 16_904;
+    let dir = TempDir::new("legacyunion");
+    let legacy = dir.join("legacy.sock");
+    let _agent = Agent::start(&dir, &["--legacy-socket", legacy.to_str().unwrap()]);
+    let conn = connect(&legacy, libc::SOCK_STREAM).unwrap();
+    let mut m = header(PROCESS_LIST, UNION_LEN as u32);
+    m.extend(std::iter::repeat_n(0x5a, UNION_LEN));
+    send_with_fds(conn.as_raw_fd(), &m, &[]).unwrap();
+    let (t, payload) = read_frame(&conn);
+    assert_eq!(t, PROCESS_ERROR);
+    assert_eq!(error_text(&payload), "Unknown message type: 6");
+    send_with_fds(conn.as_raw_fd(), &header(PING, 0), &[]).unwrap();
+    assert_eq!(read_frame(&conn), (PONG, Vec::new()), "same connection");
+    let conn = connect(&legacy, libc::SOCK_STREAM).unwrap();
+    send_with_fds(
+        conn.as_raw_fd(),
+        &header(PROCESS_LIST, UNION_LEN as u32 + 1),
+        &[],
+    )
+    .unwrap();
+    let (t, payload) = read_frame(&conn);
+    assert_eq!(t, PROCESS_ERROR);
+    assert!(
+        error_text(&payload).contains("length"),
+        "{}",
+        error_text(&payload)
+    );
+}
+
 #[test]
 fn legacy_spawns_are_race_free_for_instantly_exiting_children() {
     // v0.2 reaped before pidfd_open and failed with ESRCH; here every fast
@@ -187,4 +223,38 @@ fn legacy_spawns_are_race_free_for_instantly_exiting_children() {
         assert_eq!(marker.fds.len(), 1);
         assert!(poll_readable(marker.fds[0].as_fd(), WAIT));
     }
+}
+
+/// Started the v0.2 way — `HOLDEN_SOCKET_PATH` and no option — holden-agent is a drop-in for
+/// the v0.2 agent: a v0.2 orchestrator (a stream client, as v0.2's) is served on that path;
+/// there is no v1 socket, and a v1 (seqpacket) client gets EPROTOTYPE at once, which
+/// holden-orchestrator's `agent.protocol = "auto"` takes for a v0.2 agent.
+#[test]
+fn started_the_v02_way_it_is_a_v02_agent() {
+    let dir = TempDir::new("legacyenv");
+    let socket = dir.join("process_orchestrator.sock");
+    let mut command = std::process::Command::new(AGENT);
+    command.env("HOLDEN_SOCKET_PATH", &socket);
+    let agent = Agent::launch(&dir, command, &socket);
+    assert!(
+        agent.log().contains("started the v0.2 way"),
+        "{}",
+        agent.log()
+    );
+    let wrong = connect(&socket, libc::SOCK_SEQPACKET).unwrap_err();
+    assert_eq!(wrong.raw_os_error(), Some(libc::EPROTOTYPE));
+    let mut procs = Procs::default();
+    let conn = connect(&socket, libc::SOCK_STREAM).unwrap();
+    send_with_fds(conn.as_raw_fd(), &start_message("sleep", &["1000"]), &[]).unwrap();
+    let (t, payload) = read_frame(&conn);
+    assert_eq!(t, PROCESS_STARTED);
+    let pid = u32_at(&payload, 0) as i32;
+    let marker = recv_with_fds(conn.as_raw_fd(), 1).unwrap();
+    assert_eq!(marker.bytes, b"x");
+    let pidfd = procs.keep(marker.fds.into_iter().next().expect("the pidfd"));
+    pidfd_send_signal(pidfd, 0).unwrap();
+    assert!(pid > 0);
+    let conn = connect(&socket, libc::SOCK_STREAM).unwrap();
+    send_with_fds(conn.as_raw_fd(), &header(PING, 0), &[]).unwrap();
+    assert_eq!(read_frame(&conn), (PONG, Vec::new()));
 }

@@ -6,7 +6,7 @@
 
 #![forbid(unsafe_code)]
 
-use holden::config::{Config, CONFIG_PATH_DEFAULT};
+use holden::config::{Checked, ConfigErrors, ThisMachine, CONFIG_PATH_DEFAULT};
 use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
 use holden::wire::v02::{DEFAULT_SOCKET_PATH, SOCKET_PATH_ENV};
 use std::ffi::OsString;
@@ -110,15 +110,49 @@ fn utf8(arg: OsString) -> Result<String, String> {
         .map_err(|arg| format!("argument {arg:?} is not UTF-8"))
 }
 
-fn load(source: &Source) -> Result<Config, String> {
+/// The configuration, validated and checked against this machine.
+fn load(source: &Source) -> Result<Checked, ConfigErrors> {
     match source {
-        Source::File(path) => Config::load(path).map_err(|e| e.to_string()),
+        Source::File(path) => holden::config::Config::load_checked(path, &ThisMachine),
         Source::Legacy { local, qm } => {
             let socket = std::env::var_os(SOCKET_PATH_ENV)
                 .map_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH), PathBuf::from);
-            Config::from_legacy_args(local, qm, &socket).map_err(|e| e.to_string())
+            holden::config::Config::from_legacy_args(local, qm, &socket)?
+                .check_host("the v0.2 command line", &ThisMachine)
         }
     }
+}
+
+/// A problem of a valid configuration, as a log line.
+fn log_config_problem(problem: &holden::config::ConfigError) {
+    use holden::log::{Quoted, Value};
+    let consequence = if problem.kind == holden::config::ConfigErrorKind::Missing {
+        " consequence=\"the service will fail to start\""
+    } else {
+        ""
+    };
+    eprintln!(
+        "<4>event=config-warning file={} line={} column={} field={} problem={}{consequence}",
+        Value(&problem.path),
+        problem.line,
+        problem.column,
+        Value(if problem.field.is_empty() {
+            "-"
+        } else {
+            &problem.field
+        }),
+        Quoted(&problem.message)
+    );
+}
+
+/// Prints every error (one per line, priority 3) and a summary line.
+fn print_errors(errors: &ConfigErrors, outcome: &str) {
+    for error in &errors.errors {
+        eprintln!("<3>{error}");
+    }
+    let count = errors.errors.len() + errors.omitted;
+    let noun = if count == 1 { "error" } else { "errors" };
+    eprintln!("<3>holden-orchestrator: {count} {noun} in the configuration; {outcome}");
 }
 
 /// Open files the orchestrator needs besides its slots: stdio, the ring, signalfd, eventfd,
@@ -152,7 +186,7 @@ fn main() -> ExitCode {
     let cli = match parse_args(std::env::args_os().skip(1)) {
         Ok(cli) => cli,
         Err(message) => {
-            eprintln!("holden-orchestrator: {message}\n\n{USAGE}");
+            eprintln!("holden-orchestrator: {message} (see holden-orchestrator --help)");
             return ExitCode::from(2);
         }
     };
@@ -167,14 +201,29 @@ fn main() -> ExitCode {
         }
         Cli::Run { source, check } => (source, check),
     };
-    let config = match load(&source) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("<3>holden-orchestrator: {message}; nothing was started");
+    let checked = match load(&source) {
+        Ok(checked) => checked,
+        Err(errors) => {
+            let outcome = if check {
+                "it is invalid"
+            } else {
+                "nothing was started"
+            };
+            print_errors(&errors, outcome);
             return ExitCode::from(1);
         }
     };
     if check {
+        for warning in checked.warnings.iter().chain(&checked.unchecked) {
+            eprintln!("<4>{warning}");
+        }
+        // --check refuses what would fail for sure: a local program or working directory
+        // that is not there.
+        if let Some(errors) = ConfigErrors::of_missing(&checked.missing) {
+            print_errors(&errors, "it is invalid");
+            return ExitCode::from(1);
+        }
+        let config = &checked.config;
         let qm = config
             .services
             .iter()
@@ -189,6 +238,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Start-up starts what it can (a service whose program is missing fails to start, and
+    // says why); these lines are key=value like every line of the log.
+    for problem in checked.warnings.iter().chain(&checked.missing) {
+        log_config_problem(problem);
+    }
+    let config = checked.config;
     holden::sys::fd::ensure_standard_fds();
     if let Err(message) = raise_fd_limit(config.slots as usize) {
         eprintln!("<3>holden-orchestrator: cannot start: {message}; nothing was started");

@@ -6,7 +6,8 @@
 
 use holden::config::{parse_duration, signal_from_name, signal_from_number};
 use holden::control::{
-    self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, StateCode, Why,
+    self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, SpawnError,
+    StateCode, Why,
 };
 use holden::sys::socket;
 use std::ffi::{OsStr, OsString};
@@ -38,7 +39,7 @@ usage: holdenctl [--socket PATH] COMMAND [ARGS...]
 Looks at and steers a running holden-orchestrator.
 
 Commands:
-  status [NAME...] [--json]           services: state, pid, uptime, restarts, last exit
+  status [NAME...] [--json]           services: state, pid, uptime, restarts, last exit, cause
   start NAME... [--wait] [--timeout DUR]
   stop NAME... [--wait] [--timeout DUR]
   restart NAME... [--wait] [--timeout DUR]
@@ -70,7 +71,7 @@ Colour only on a terminal, never with NO_COLOR set.";
 
 fn help_for(command: &str) -> &'static str {
     match command {
-        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown) and the time until the next restart.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown, 4 if the orchestrator cannot be reached.",
+        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown), the time until the next restart, and the cause\nof a failure or backoff (start-limit, the stage and errno of a failed start).\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown (every unknown NAME is named, no row printed),\n4 if the orchestrator cannot be reached.",
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
         "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
@@ -366,6 +367,33 @@ impl Client {
         }
     }
 
+    /// The rows of `names` (in the order given, each once), from one listing of every
+    /// service. Any unknown name fails the whole command before anything is done: every
+    /// unknown name is reported (exit 3).
+    fn known(&mut self, names: &[String]) -> Result<Vec<Owned>, Fail> {
+        let mut all = Vec::new();
+        self.status(None, |s| all.push(Owned::of(s)))?;
+        let mut rows: Vec<Owned> = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        for name in names {
+            if rows.iter().any(|r| &r.name == name) || unknown.contains(name) {
+                continue;
+            }
+            match all.iter().find(|s| &s.name == name) {
+                Some(row) => rows.push(row.clone()),
+                None => unknown.push(name.clone()),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(rows);
+        }
+        let lines: Vec<String> = unknown
+            .iter()
+            .map(|n| format!("no service named {n:?}"))
+            .collect();
+        Err(fail(EXIT_UNKNOWN, lines.join("\nholdenctl: ")))
+    }
+
     fn one(&mut self, name: &str) -> Result<Owned, Fail> {
         let mut found = None;
         self.status(Some(name), |s| found = Some(Owned::of(s)))?;
@@ -399,7 +427,7 @@ fn unexpected(body: &Body<'_>) -> Fail {
 fn unreachable(path: &std::path::Path, what: &str, e: std::io::Error) -> Fail {
     let hint = match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => " (is holden-orchestrator running? its [control] socket is set in the configuration; --socket or HOLDEN_CONTROL_SOCKET choose another)",
-        Some(libc::EACCES) | Some(libc::EPERM) => " (the control socket is for root and the [control] group)",
+        Some(libc::EACCES) | Some(libc::EPERM) => " (the control socket is for root and the [control] group and read_group; with a read_group, its file belongs to that group)",
         _ => "",
     };
     fail(
@@ -419,6 +447,8 @@ struct Owned {
     restarts: u32,
     last_exit: Option<Exit>,
     next_restart_ms: Option<u64>,
+    spawn_error: Option<SpawnError>,
+    start_limit_hit: bool,
 }
 
 impl Owned {
@@ -432,8 +462,78 @@ impl Owned {
             restarts: s.restarts,
             last_exit: s.last_exit,
             next_restart_ms: s.next_restart_ms,
+            spawn_error: s.spawn_error,
+            start_limit_hit: s.start_limit_hit,
         }
     }
+
+    /// Why it failed or backs off, short (a table cell): `start-limit after exec ENOENT`,
+    /// `exec ENOENT`, `start-limit`, or `-`.
+    fn cause(&self) -> String {
+        match (self.start_limit_hit, self.spawn_error) {
+            (true, Some(e)) => format!("start-limit after {}", spawn_text(e)),
+            (true, None) => "start-limit".into(),
+            (false, Some(e)) => spawn_text(e),
+            (false, None) => "-".into(),
+        }
+    }
+
+    /// Why it failed, in a sentence (`--wait` messages).
+    fn cause_sentence(&self) -> String {
+        let last = match (self.spawn_error, self.last_exit) {
+            (Some(e), _) => format!("its last start failed: {}", spawn_sentence(e)),
+            (None, Some(exit)) => format!("its last process exited with {}", exit_text(Some(exit))),
+            (None, None) => String::new(),
+        };
+        match (self.start_limit_hit, last.is_empty()) {
+            (true, true) => "it hit its start limit".into(),
+            (true, false) => format!("it hit its start limit; {last}"),
+            (false, _) => last,
+        }
+    }
+}
+
+/// `exec ENOENT`; a stage alone when there is no errno (a timeout).
+fn spawn_text(e: SpawnError) -> String {
+    match (e.errno, holden::sys::errno::name(e.errno)) {
+        (0, _) => e.stage.as_str().to_string(),
+        (_, Some(name)) => format!("{} {name}", e.stage.as_str()),
+        (errno, None) => format!("{} errno {errno}", e.stage.as_str()),
+    }
+}
+
+/// `exec ENOENT (No such file or directory)`.
+fn spawn_sentence(e: SpawnError) -> String {
+    if e.errno == 0 {
+        return format!(
+            "{} (no errno: the request timed out or was refused)",
+            e.stage.as_str()
+        );
+    }
+    format!(
+        "{} ({})",
+        spawn_text(e),
+        holden::sys::errno::Strerror(e.errno)
+    )
+}
+
+fn json_spawn_error(error: Option<SpawnError>) -> String {
+    let Some(e) = error else {
+        return "null".into();
+    };
+    let name = holden::sys::errno::name(e.errno);
+    let text = if e.errno == 0 {
+        None
+    } else {
+        Some(holden::sys::errno::Strerror(e.errno).to_string())
+    };
+    format!(
+        "{{\"stage\":\"{}\",\"errno\":{},\"errno_name\":{},\"error\":{}}}",
+        e.stage.as_str(),
+        e.errno,
+        name.map_or("null".into(), json_str),
+        text.as_deref().map_or("null".into(), json_str)
+    )
 }
 
 struct Style {
@@ -520,7 +620,7 @@ fn json_exit(exit: Option<Exit>) -> String {
 
 fn status_json(s: &Owned) -> String {
     format!(
-        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{}}}",
+        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{}}}",
         json_str(&s.name),
         s.partition,
         s.state.as_str(),
@@ -528,7 +628,9 @@ fn status_json(s: &Owned) -> String {
         json_opt(s.uptime_ms),
         s.restarts,
         json_exit(s.last_exit),
-        json_opt(s.next_restart_ms)
+        json_opt(s.next_restart_ms),
+        if s.start_limit_hit { "\"start-limit\"" } else { "null" },
+        json_spawn_error(s.spawn_error)
     )
 }
 
@@ -542,8 +644,9 @@ fn print_table(rows: &[Owned], style: &Style) {
         "RESTARTS",
         "LAST EXIT",
         "NEXT RESTART",
+        "CAUSE",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|s| {
             [
@@ -556,6 +659,7 @@ fn print_table(rows: &[Owned], style: &Style) {
                 exit_text(s.last_exit),
                 s.next_restart_ms
                     .map_or("-".into(), |ms| format!("in {}", human_ms(ms))),
+                s.cause(),
             ]
         })
         .collect();
@@ -592,20 +696,10 @@ fn print_table(rows: &[Owned], style: &Style) {
 
 fn cmd_status(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     let mut rows = Vec::new();
-    let mut code = EXIT_OK;
     if cli.names.is_empty() {
         client.status(None, |s| rows.push(Owned::of(s)))?;
     } else {
-        for name in &cli.names {
-            match client.one(name) {
-                Ok(s) => rows.push(s),
-                Err(f) if f.code == EXIT_UNKNOWN => {
-                    eprintln!("holdenctl: {}", f.message);
-                    code = EXIT_UNKNOWN;
-                }
-                Err(f) => return Err(f),
-            }
-        }
+        rows = client.known(&cli.names)?;
     }
     if cli.json {
         let items: Vec<String> = rows.iter().map(status_json).collect();
@@ -613,7 +707,7 @@ fn cmd_status(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     } else {
         print_table(&rows, &Style::detect());
     }
-    Ok(code)
+    Ok(EXIT_OK)
 }
 
 /// Whether a service reached the target of `command` (`Err` when it cannot any more).
@@ -622,11 +716,12 @@ fn reached(command: &str, before: &Owned, now: &Owned) -> Result<bool, String> {
     match command {
         "start" | "restart" => {
             if failed {
-                return Err(format!(
-                    "{} failed (last exit {})",
-                    now.name,
-                    exit_text(now.last_exit)
-                ));
+                let cause = now.cause_sentence();
+                return Err(if cause.is_empty() {
+                    format!("{} failed", now.name)
+                } else {
+                    format!("{} failed: {cause}", now.name)
+                });
             }
             let new_process =
                 command == "start" || now.pid != before.pid || before.state != StateCode::Running;
@@ -649,26 +744,15 @@ fn cmd_operate(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     };
     let mut code = EXIT_OK;
     let mut waiting = Vec::new();
-    for name in &cli.names {
-        let before = if cli.wait {
-            Some(client.one(name))
-        } else {
-            None
-        };
-        let before = match before {
-            Some(Err(f)) if f.code == EXIT_UNKNOWN => {
-                eprintln!("holdenctl: {}", f.message);
-                code = code.max(EXIT_UNKNOWN);
-                continue;
-            }
-            Some(Err(f)) => return Err(f),
-            Some(Ok(b)) => Some(b),
-            None => None,
-        };
-        let len = client.request(&Body::Command { op, name })?;
+    // Every name is checked first: an unknown one fails the command before anything is done.
+    for before in client.known(&cli.names)? {
+        let len = client.request(&Body::Command {
+            op,
+            name: &before.name,
+        })?;
         match client.frame(len) {
             Ok(Body::Done(_)) => {
-                if let Some(before) = before {
+                if cli.wait {
                     waiting.push(before);
                 }
             }
@@ -701,8 +785,12 @@ fn cmd_operate(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
         if Instant::now() >= deadline {
             for before in &waiting {
                 let now = client.one(&before.name)?;
+                let cause = match now.spawn_error {
+                    Some(e) => format!("; its last start failed: {}", spawn_sentence(e)),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "holdenctl: {}: timed out after {} waiting for {} (state {})",
+                    "holdenctl: {}: timed out after {} waiting for {} (state {}{cause})",
                     before.name,
                     holden::config::format_duration(cli.timeout),
                     cli.command,
@@ -733,8 +821,9 @@ fn clock() -> String {
 
 fn why_text(why: Why) -> String {
     match why {
+        Why::Spawned(0) => "spawned pid=unknown".to_string(),
         Why::Spawned(pid) => format!("spawned pid={pid}"),
-        Why::SpawnFailed(errno) => format!("spawn-failed errno={errno}"),
+        Why::SpawnFailed(e) => format!("spawn-failed {}", spawn_text(e)),
         Why::Exited(exit) => format!("exited {}", exit_text(Some(exit))),
         other => other.as_str().to_string(),
     }
@@ -743,8 +832,8 @@ fn why_text(why: Why) -> String {
 fn event_line(e: &EventInfo<'_>, json: bool, style: &Style) -> String {
     if json {
         let detail = match e.why {
-            Why::Spawned(pid) => format!(",\"spawned_pid\":{pid}"),
-            Why::SpawnFailed(errno) => format!(",\"errno\":{errno}"),
+            Why::Spawned(pid) => format!(",\"spawned_pid\":{}", json_opt((pid > 0).then_some(pid))),
+            Why::SpawnFailed(e) => format!(",\"spawn_error\":{}", json_spawn_error(Some(e))),
             Why::Exited(exit) => format!(",\"exit\":{}", json_exit(Some(exit))),
             _ => String::new(),
         };
@@ -778,6 +867,10 @@ fn event_line(e: &EventInfo<'_>, json: bool, style: &Style) -> String {
 }
 
 fn cmd_monitor(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    // Unknown names are refused at once (a monitor would wait for them forever).
+    if !cli.names.is_empty() {
+        client.known(&cli.names)?;
+    }
     let len = client.request(&Body::Monitor)?;
     match client.frame(len)? {
         Body::Done(_) => {}
@@ -897,7 +990,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(Usage(message)) => {
-            eprintln!("holdenctl: {message}\n\n{USAGE}");
+            eprintln!("holdenctl: {message} (see holdenctl --help)");
             return ExitCode::from(EXIT_USAGE);
         }
     };

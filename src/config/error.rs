@@ -20,6 +20,13 @@ pub enum ConfigErrorKind {
     DuplicateName,
     /// More services than slots.
     TooManyServices,
+    /// A group the file names does not exist on this machine (start-up refuses it too).
+    UnknownGroup,
+    /// A local program or working directory the file names is missing or unusable on this
+    /// machine (`--check` refuses it; start-up starts and the spawn fails).
+    Missing,
+    /// Not an error: something `--check` cannot know or that is probably a mistake.
+    Warning,
 }
 
 /// A configuration error with its position (1-based line and column, in characters).
@@ -85,6 +92,9 @@ impl fmt::Display for ConfigError {
         } else {
             write!(f, "{}: ", self.path)?;
         }
+        if self.kind == ConfigErrorKind::Warning {
+            f.write_str("warning: ")?;
+        }
         if !self.field.is_empty() {
             write!(f, "`{}`: ", self.field)?;
         }
@@ -107,56 +117,76 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Turns a toml/serde error into a [`ConfigError`].
-pub(crate) fn from_toml(path: &str, text: &str, error: &toml::de::Error) -> ConfigError {
-    let offset = error.span().map_or(0, |span| span.start);
-    let message = error.message().trim().to_string();
-    let kind = if message.starts_with("unknown field") || message.starts_with("unknown variant") {
-        if message.starts_with("unknown field") {
-            ConfigErrorKind::UnknownKey
-        } else {
-            ConfigErrorKind::BadValue
-        }
-    } else if message.starts_with("missing field") {
-        ConfigErrorKind::MissingKey
-    } else if message.starts_with("invalid")
-        || message.contains("expected") && error_keys(error).is_some()
-    {
-        ConfigErrorKind::BadValue
-    } else {
-        ConfigErrorKind::Syntax
-    };
-    let mut field = error_keys(error).unwrap_or_default();
-    // Name the key itself when serde names it in the message (unknown or missing field).
-    for prefix in ["unknown field `", "missing field `"] {
-        if let Some(key) = message
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.split('`').next())
-        {
-            field = if field.is_empty() {
-                key.to_string()
-            } else {
-                format!("{field}.{key}")
-            };
-        }
-    }
-    if field.is_empty() && message.starts_with("duplicate key") {
-        if let Some(key) = error.span().and_then(|span| text.get(span)) {
-            field = key.trim().trim_matches('"').to_string();
-        }
-    }
-    ConfigError::at(path, text, offset, kind, field, message)
+/// Every error of a file (in file order), up to [`ConfigErrors::SHOWN_MAX`]: what
+/// `Config::parse`, `load` and `check` return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The errors, sorted by line and column; never empty.
+    pub errors: Vec<ConfigError>,
+    /// Errors found beyond the first [`ConfigErrors::SHOWN_MAX`], not kept.
+    pub omitted: usize,
 }
 
-/// The dotted key path toml recorded for a deserialization error, if any.
-fn error_keys(error: &toml::de::Error) -> Option<String> {
-    let mut bare = error.clone();
-    bare.set_input(None);
-    let rendered = bare.to_string();
-    let keys = rendered
-        .lines()
-        .last()?
-        .strip_prefix("in `")?
-        .strip_suffix('`')?;
-    Some(keys.to_string())
+impl ConfigErrors {
+    /// Most errors kept (and shown) of one file.
+    pub const SHOWN_MAX: usize = 32;
+
+    /// One error.
+    pub fn one(error: ConfigError) -> ConfigErrors {
+        ConfigErrors {
+            errors: vec![error],
+            omitted: 0,
+        }
+    }
+
+    /// Several errors, sorted into file order and capped. `None` when there are none.
+    pub(crate) fn of(mut errors: Vec<ConfigError>) -> Option<ConfigErrors> {
+        if errors.is_empty() {
+            return None;
+        }
+        errors.sort_by_key(|e| (e.line, e.column));
+        let omitted = errors.len().saturating_sub(Self::SHOWN_MAX);
+        errors.truncate(Self::SHOWN_MAX);
+        Some(ConfigErrors { errors, omitted })
+    }
+
+    /// The [`ConfigErrorKind::Missing`] problems of a check as errors (`--check`).
+    pub fn of_missing(missing: &[ConfigError]) -> Option<ConfigErrors> {
+        ConfigErrors::of(missing.to_vec())
+    }
+
+    /// The first error in the file.
+    pub fn first(&self) -> &ConfigError {
+        &self.errors[0]
+    }
+}
+
+/// One error per line; then how many were not shown.
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        if self.omitted > 0 {
+            write!(
+                f,
+                "\n{}: {} more errors not shown (the first {} are)",
+                self.first().path,
+                self.omitted,
+                Self::SHOWN_MAX
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> ConfigErrors {
+        ConfigErrors::one(error)
+    }
 }

@@ -1,20 +1,23 @@
 //! The configuration file (TOML, documented in `docs/config.md`) and the validated,
 //! immutable service specification it yields.
 //!
-//! [`Config::load`] / [`Config::parse`] either return a complete, valid [`Config`] or one
-//! [`ConfigError`] with `file:line:column`, the field and what was expected: the shell starts
-//! nothing unless the whole file is valid.
+//! [`Config::load`] / [`Config::parse`] either return a complete, valid [`Config`] or every
+//! error of the file ([`ConfigErrors`], up to [`ConfigErrors::SHOWN_MAX`]), each with
+//! `file:line:column`, the field and what was expected: the shell starts nothing unless the
+//! whole file is valid. [`Config::check`] and [`Config::load_checked`] also look at the machine
+//! (`--check`): the groups, local programs and working directories the file names.
 
 mod duration;
 mod error;
-mod raw;
+mod host;
 mod service;
 mod signal;
 mod v02;
 mod validate;
 
 pub use duration::{format_duration, parse_duration, DURATION_MAX};
-pub use error::{ConfigError, ConfigErrorKind};
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
+pub use host::{Host, ThisMachine};
 pub use service::{
     ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
     SERVICE_NAME_LEN_MAX,
@@ -99,6 +102,22 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// Group allowed to use it besides root (socket mode 0660 then, else 0600).
     pub group: Option<String>,
+    /// Group allowed to query (status, agent, monitor) but not to command; the socket file
+    /// then belongs to this group.
+    pub read_group: Option<String>,
+}
+
+/// A valid configuration and what the machine checks found.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub config: Config,
+    /// Problems with the machine that start-up does not refuse (a missing local program, a
+    /// missing working directory: the spawn fails then): errors for `--check`.
+    pub missing: Vec<ConfigError>,
+    /// What is probably a mistake (a file without services).
+    pub warnings: Vec<ConfigError>,
+    /// What `--check` cannot know: a QM service's paths are inside the QM partition.
+    pub unchecked: Vec<ConfigError>,
 }
 
 /// A complete, validated configuration.
@@ -120,22 +139,48 @@ pub struct Config {
 
 impl Config {
     /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let bytes = read_bounded(path)
-            .map_err(|message| ConfigError::unplaced(&shown, ConfigErrorKind::Io, "", message))?;
-        let text = String::from_utf8(bytes).map_err(|error| {
-            let valid = error.utf8_error().valid_up_to();
-            let prefix = std::str::from_utf8(&error.as_bytes()[..valid]).unwrap_or_default();
-            let message = "invalid UTF-8: expected a UTF-8 text file";
-            ConfigError::at(&shown, prefix, valid, ConfigErrorKind::Syntax, "", message)
-        })?;
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let (shown, text) = read_text(path)?;
         Config::parse(&text, &shown)
     }
 
     /// Validates `text`; errors name `path_for_messages`.
-    pub fn parse(text: &str, path_for_messages: &str) -> Result<Config, ConfigError> {
-        validate::parse(text, path_for_messages)
+    pub fn parse(text: &str, path_for_messages: &str) -> Result<Config, ConfigErrors> {
+        validate::parse(text, path_for_messages).map(|(config, _)| config)
+    }
+
+    /// Validates `text` and looks at `host`: an unknown `control.group` or `read_group` is an
+    /// error (start-up refuses it), a missing local program or working directory is reported
+    /// in [`Checked::missing`], what cannot be checked in [`Checked::warnings`].
+    pub fn check(
+        text: &str,
+        path_for_messages: &str,
+        host: &dyn Host,
+    ) -> Result<Checked, ConfigErrors> {
+        let (config, spans) = validate::parse(text, path_for_messages)?;
+        let source = host::Source {
+            path: path_for_messages,
+            text,
+            spans: Some(&spans),
+        };
+        Checked::of(config, &source, host)
+    }
+
+    /// Reads the file at `path` and [`Config::check`]s it.
+    pub fn load_checked(path: &Path, host: &dyn Host) -> Result<Checked, ConfigErrors> {
+        let (shown, text) = read_text(path)?;
+        Config::check(&text, &shown, host)
+    }
+
+    /// The host checks of a configuration that has no file (the v0.2 command line): its
+    /// problems name `source`.
+    pub fn check_host(self, source: &str, host: &dyn Host) -> Result<Checked, ConfigErrors> {
+        let source = host::Source {
+            path: source,
+            text: "",
+            spans: None,
+        };
+        Checked::of(self, &source, host)
     }
 
     /// The v0.2 command line `holden-orchestrator 'LOCAL CMD' 'QM CMD'`: two services `local`
@@ -153,6 +198,44 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|spec| spec.name.as_str() == name)
     }
+}
+
+impl Checked {
+    fn of(
+        config: Config,
+        source: &host::Source<'_>,
+        host: &dyn Host,
+    ) -> Result<Checked, ConfigErrors> {
+        let (problems, notes) = host::check(&config, source, host);
+        let (unchecked, warnings): (Vec<_>, Vec<_>) =
+            notes.into_iter().partition(|e| !e.field.is_empty());
+        let (missing, errors): (Vec<_>, Vec<_>) = problems
+            .into_iter()
+            .partition(|e| e.kind == ConfigErrorKind::Missing);
+        if let Some(errors) = ConfigErrors::of(errors) {
+            return Err(errors);
+        }
+        Ok(Checked {
+            config,
+            missing,
+            warnings,
+            unchecked,
+        })
+    }
+}
+
+/// The file's name for messages and its text.
+fn read_text(path: &Path) -> Result<(String, String), ConfigErrors> {
+    let shown = path.display().to_string();
+    let bytes = read_bounded(path)
+        .map_err(|message| ConfigError::unplaced(&shown, ConfigErrorKind::Io, "", message))?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let valid = error.utf8_error().valid_up_to();
+        let prefix = std::str::from_utf8(&error.as_bytes()[..valid]).unwrap_or_default();
+        let message = "invalid UTF-8: expected a UTF-8 text file";
+        ConfigError::at(&shown, prefix, valid, ConfigErrorKind::Syntax, "", message)
+    })?;
+    Ok((shown, text))
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {

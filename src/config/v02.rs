@@ -3,7 +3,9 @@
 //! v0.2 split each command on whitespace into a program name and at most 32 arguments of
 //! at most 255 bytes (its wire frame is `char name[256]; char args[32][256]`), with no
 //! quoting. We do the same, with the same bounds, and resolve a program given without a
-//! `/` against `PATH` (the v0.2 agent used `execvp`).
+//! `/` against `PATH` (the v0.2 agent used `execvp`). A relative local program with a `/`
+//! (`bin/prog`) is resolved against the current directory, and the local service runs in it,
+//! as v0.2's children inherited its working directory.
 
 use super::error::{ConfigError, ConfigErrorKind};
 use super::service::{ServiceName, ServiceSpec};
@@ -40,9 +42,17 @@ pub(crate) fn from_legacy_args(
             format!("bad socket path {socket_text:?}: expected an absolute path of at most {SOCKET_PATH_LEN_MAX} bytes"),
         ));
     }
+    let cwd = std::env::current_dir().map_err(|e| {
+        ConfigError::unplaced(
+            "LOCAL CMD",
+            ConfigErrorKind::Io,
+            "service.local.working_directory",
+            format!("the current directory: {e}"),
+        )
+    })?;
     let services = vec![
-        legacy_service("local", Partition::Local, local_cmd, "LOCAL CMD")?,
-        legacy_service("qm", Partition::Qm, qm_cmd, "QM CMD")?,
+        legacy_service("local", Partition::Local, local_cmd, "LOCAL CMD", &cwd)?,
+        legacy_service("qm", Partition::Qm, qm_cmd, "QM CMD", &cwd)?,
     ];
     let defaults = super::validate::AGENT_REQUEST_TIMEOUT_DEFAULT;
     Ok(Config {
@@ -62,6 +72,7 @@ pub(crate) fn from_legacy_args(
         control: ControlConfig {
             socket: PathBuf::from(CONTROL_SOCKET_DEFAULT),
             group: None,
+            read_group: None,
         },
         services,
     })
@@ -72,7 +83,9 @@ fn legacy_service(
     partition: Partition,
     command: &str,
     argument: &str,
+    cwd: &Path,
 ) -> Result<ServiceSpec, ConfigError> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let bad = |message: String| {
         ConfigError::unplaced(
             argument,
@@ -102,24 +115,29 @@ fn legacy_service(
     if words.iter().any(|word| word.contains('\0')) {
         return Err(bad("contains a NUL character".to_string()));
     }
-    let program = if program.contains('/') {
-        if !program.starts_with('/') {
-            return Err(bad(format!("program {program:?} is relative: expected an absolute path or a name found in PATH")));
-        }
-        program.to_string()
-    } else if partition == Partition::Local {
+    let program: Vec<u8> = if partition == Partition::Qm || program.starts_with('/') {
+        // A QM program lives in the QM partition: its PATH and working directory are not
+        // ours, so it goes to the agent as v0.2 sent it (the agent resolves it).
+        program.as_bytes().to_vec()
+    } else if program.contains('/') {
+        // v0.2 ran `bin/prog` from its own working directory.
+        cwd.join(program).into_os_string().into_vec()
+    } else {
         resolve_in_path(program)
             .ok_or_else(|| bad(format!("program {program:?} not found in PATH")))?
-    } else {
-        // The program lives in the QM partition: its PATH is not ours to search, so the
-        // bare name goes to the agent as v0.2 sent it (the agent resolves it).
-        program.to_string()
+            .into_bytes()
     };
-    let mut argv = vec![CString::new(program).expect("checked: no NUL")];
+    let mut argv = vec![CString::new(program).map_err(|_| bad("contains a NUL character".into()))?];
     argv.extend(
         args.iter()
             .map(|arg| CString::new(*arg).expect("checked: no NUL")),
     );
+    // v0.2's children ran in its working directory (a QM child in the agent's).
+    let working_directory = match partition {
+        Partition::Local => CString::new(cwd.as_os_str().as_bytes())
+            .map_err(|_| bad("the current directory contains a NUL character".into()))?,
+        Partition::Qm => CString::new("/").expect("no NUL"),
+    };
     let mut policy = ServicePolicy::default_for(partition);
     policy.restart = Restart::Always;
     // v0.2 restarted forever, about every 100 ms: keep the delay, drop the start limit.
@@ -128,7 +146,7 @@ fn legacy_service(
         name: ServiceName::new(name).expect("valid literal"),
         argv,
         env: Vec::new(),
-        working_directory: CString::new("/").expect("no NUL"),
+        working_directory,
         uid: None,
         gid: None,
         enabled: true,

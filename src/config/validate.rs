@@ -1,8 +1,14 @@
-//! From the raw serde structs to a valid [`Config`]: every check, every default.
+//! From the text to a valid [`Config`]: every check, every default, every error.
+//!
+//! The text is parsed into a document whose every key and value keeps its place in the file
+//! (`toml::de::DeTable`), and the document is checked here by hand rather than by serde, so
+//! that every error of the file is reported (not only the first), each names the service it
+//! is in (`service.radio.uid`), and none speaks the parser's language (`expected i64`).
+//! A value that is wrong is reported and replaced by its default, so that the checks after
+//! it still run; the [`Config`] is built only when there was no error.
 
 use super::duration::{format_duration, parse_duration};
-use super::error::{from_toml, ConfigError, ConfigErrorKind};
-use super::raw::{RawBackoff, RawConfig, RawService, RawStartLimit};
+use super::error::{line_column, ConfigError, ConfigErrorKind, ConfigErrors};
 use super::service::{
     ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
 };
@@ -19,6 +25,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::time::Duration;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 /// Default agent request timeout.
@@ -38,123 +45,399 @@ pub const BACKOFF_RESET_AFTER_DEFAULT: Duration = Duration::from_secs(60);
 /// Longest group name for the control socket.
 pub const GROUP_NAME_LEN_MAX: usize = 32;
 
-/// Position and naming context of one file.
-struct Ctx<'a> {
-    path: &'a str,
-    text: &'a str,
+const TOP_KEYS: &[&str] = &[
+    "slots",
+    "log_level",
+    "agent",
+    "shutdown",
+    "control",
+    "service",
+];
+const TOP_SHOWN: &str = "`slots`, `log_level`, `[agent]`, `[shutdown]`, `[control]`, `[[service]]`";
+const AGENT_KEYS: &[&str] = &[
+    "socket",
+    "protocol",
+    "request_timeout",
+    "reconnect_initial",
+    "reconnect_max",
+];
+const SHUTDOWN_KEYS: &[&str] = &["stop_services", "timeout"];
+const CONTROL_KEYS: &[&str] = &["socket", "group", "read_group"];
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "argv",
+    "partition",
+    "env",
+    "working_directory",
+    "uid",
+    "gid",
+    "restart",
+    "restart_delay",
+    "backoff",
+    "start_limit",
+    "stop_signal",
+    "stop_timeout",
+    "enabled",
+];
+const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max", "reset_after"];
+const START_LIMIT_KEYS: &[&str] = &["burst", "interval"];
+
+const DURATION_EXPECTED: &str = "a duration string like \"250ms\" or \"5s\"";
+
+type Table<'i> = DeTable<'i>;
+type Val<'i> = Spanned<DeValue<'i>>;
+
+/// Where, in the text, the values the host checks look at are (byte offsets).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Spans {
+    pub control_group: Option<usize>,
+    pub control_read_group: Option<usize>,
+    /// One per service, in file order.
+    pub services: Vec<ServiceSpans>,
 }
 
-impl Ctx<'_> {
-    fn bad<T>(&self, spanned: &Spanned<T>, field: &str, message: impl Into<String>) -> ConfigError {
-        self.error_at(
-            spanned.span().start,
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServiceSpans {
+    pub argv0: usize,
+    pub working_directory: Option<usize>,
+}
+
+/// The checks of one file: its name and text, and the errors found so far.
+struct Check<'a> {
+    path: &'a str,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+/// The value of `key` in `table`.
+fn entry<'t, 'i>(table: &'t Table<'i>, key: &str) -> Option<&'t Val<'i>> {
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v)
+}
+
+/// `prefix.key`, or `key` at the top.
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// What a value is, for "expected X, found Y": never a Rust type name.
+fn found(value: &DeValue<'_>) -> String {
+    match value {
+        DeValue::String(s) => {
+            let mut shown: String = s.chars().take(40).collect();
+            if shown.len() < s.len() {
+                shown.push('…');
+            }
+            format!("the string {shown:?}")
+        }
+        DeValue::Integer(i) => format!("the integer {i}"),
+        DeValue::Float(f) => format!("the number {f}"),
+        DeValue::Boolean(b) => format!("{b}"),
+        DeValue::Datetime(d) => format!("the date-time {d}"),
+        DeValue::Array(_) => "an array".to_string(),
+        DeValue::Table(_) => "a table".to_string(),
+    }
+}
+
+/// Edit distance of two short keys (for "did you mean").
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                previous
+            } else {
+                1 + previous.min(row[j]).min(row[j + 1])
+            };
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+impl Check<'_> {
+    fn error(&mut self, offset: usize, kind: ConfigErrorKind, field: &str, message: String) {
+        self.errors.push(ConfigError::at(
+            self.path, self.text, offset, kind, field, message,
+        ));
+    }
+
+    /// A bad value: reported, `None`.
+    fn bad<T>(&mut self, value: &Val<'_>, field: &str, message: impl Into<String>) -> Option<T> {
+        self.error(
+            value.span().start,
             ConfigErrorKind::BadValue,
             field,
-            message,
-        )
+            message.into(),
+        );
+        None
     }
 
-    fn error_at(
-        &self,
-        offset: usize,
-        kind: ConfigErrorKind,
-        field: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError::at(self.path, self.text, offset, kind, field, message)
+    fn expected<T>(&mut self, value: &Val<'_>, field: &str, expected: &str) -> Option<T> {
+        let message = format!("expected {expected}, found {}", found(value.get_ref()));
+        self.bad(value, field, message)
     }
 
-    fn duration(
-        &self,
-        value: &Option<Spanned<String>>,
-        field: &str,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match value {
-            None => Ok(default),
-            Some(spanned) => self.duration_of(spanned, field),
+    /// Reports every key of `table` that is not in `allowed`.
+    fn known_keys(&mut self, table: &Table<'_>, prefix: &str, allowed: &[&str], shown: &str) {
+        for (key, _) in table.iter() {
+            let key_text = key.get_ref().as_ref();
+            if allowed.contains(&key_text) {
+                continue;
+            }
+            let close = allowed
+                .iter()
+                .map(|k| (distance(key_text, k), *k))
+                .filter(|(d, _)| *d <= 2)
+                .min();
+            let hint = match close {
+                Some((_, "service")) => "; did you mean `[[service]]`?".to_string(),
+                Some((_, k)) => format!("; did you mean `{k}`?"),
+                None => String::new(),
+            };
+            self.error(
+                key.span().start,
+                ConfigErrorKind::UnknownKey,
+                &join(prefix, key_text),
+                format!("unknown key `{key_text}`: expected one of {shown}{hint}"),
+            );
         }
     }
 
-    fn duration_of(&self, spanned: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
-        parse_duration(spanned.get_ref()).map_err(|message| self.bad(spanned, field, message))
+    fn string<'v>(&mut self, value: &'v Val<'_>, field: &str, expected: &str) -> Option<&'v str> {
+        match value.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            _ => self.expected(value, field, expected),
+        }
+    }
+
+    fn boolean(&mut self, value: &Val<'_>, field: &str) -> Option<bool> {
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => self.expected(value, field, "a boolean (true or false)"),
+        }
+    }
+
+    fn table<'v, 'i>(&mut self, value: &'v Val<'i>, field: &str) -> Option<&'v Table<'i>> {
+        match value.get_ref() {
+            DeValue::Table(t) => Some(t),
+            _ => self.expected(value, field, "a table"),
+        }
+    }
+
+    /// An integer in `min..=max`; `expected` describes the range for the messages.
+    fn integer(
+        &mut self,
+        value: &Val<'_>,
+        field: &str,
+        min: i64,
+        max: i64,
+        expected: &str,
+    ) -> Option<i64> {
+        let DeValue::Integer(integer) = value.get_ref() else {
+            return self.expected(value, field, &format!("an integer {expected}"));
+        };
+        match i64::from_str_radix(integer.as_str(), integer.radix()) {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => self.bad(
+                value,
+                field,
+                format!("{integer} out of range: expected {expected}"),
+            ),
+        }
+    }
+
+    fn duration(&mut self, value: &Val<'_>, field: &str) -> Option<Duration> {
+        let text = self.string(value, field, DURATION_EXPECTED)?;
+        match parse_duration(text) {
+            Ok(duration) => Some(duration),
+            Err(message) => self.bad(value, field, message),
+        }
+    }
+
+    fn duration_or(
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        prefix: &str,
+        default: Duration,
+    ) -> Duration {
+        match entry(table, key) {
+            None => default,
+            Some(value) => self.duration(value, &join(prefix, key)).unwrap_or(default),
+        }
+    }
+
+    /// One of `choices` by name.
+    fn one_of<T: Copy>(
+        &mut self,
+        value: &Val<'_>,
+        field: &str,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let names: Vec<String> = choices
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect();
+        let expected = format!("one of {}", names.join(", "));
+        let text = self.string(value, field, &expected)?;
+        match choices.iter().find(|(name, _)| *name == text) {
+            Some((_, v)) => Some(*v),
+            None => self.bad(
+                value,
+                field,
+                format!("unknown value {text:?}: expected {expected}"),
+            ),
+        }
+    }
+
+    fn one_of_or<T: Copy>(
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        prefix: &str,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
+        match entry(table, key) {
+            None => default,
+            Some(value) => self
+                .one_of(value, &join(prefix, key), choices)
+                .unwrap_or(default),
+        }
     }
 
     fn socket_path(
-        &self,
-        value: &Option<Spanned<String>>,
-        field: &str,
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        prefix: &str,
         default: &str,
-    ) -> Result<PathBuf, ConfigError> {
-        let Some(spanned) = value else {
-            return Ok(PathBuf::from(default));
+    ) -> PathBuf {
+        let field = join(prefix, key);
+        let Some(value) = entry(table, key) else {
+            return PathBuf::from(default);
         };
-        let path = spanned.get_ref();
+        let expected = format!("an absolute socket path of at most {SOCKET_PATH_LEN_MAX} bytes");
+        let Some(path) = self.string(value, &field, &expected) else {
+            return PathBuf::from(default);
+        };
         if !path.starts_with('/') || path.len() > SOCKET_PATH_LEN_MAX || path.contains('\0') {
-            return Err(self.bad(
-                spanned,
-                field,
-                format!("bad socket path {path:?}: expected an absolute path of at most {SOCKET_PATH_LEN_MAX} bytes"),
-            ));
+            let message = format!("bad socket path {path:?}: expected {expected}");
+            self.bad::<()>(value, &field, message);
+            return PathBuf::from(default);
         }
-        Ok(PathBuf::from(path))
+        PathBuf::from(path)
     }
 
-    fn one_of<T: Copy>(
-        &self,
-        value: &Option<Spanned<String>>,
-        field: &str,
-        default: T,
-        choices: &[(&str, T)],
-    ) -> Result<T, ConfigError> {
-        let Some(spanned) = value else {
-            return Ok(default);
-        };
-        choices
-            .iter()
-            .find(|(name, _)| *name == spanned.get_ref())
-            .map(|(_, value)| *value)
-            .ok_or_else(|| {
-                let names: Vec<String> = choices
-                    .iter()
-                    .map(|(name, _)| format!("\"{name}\""))
-                    .collect();
-                self.bad(
-                    spanned,
-                    field,
-                    format!(
-                        "unknown value {:?}: expected one of {}",
-                        spanned.get_ref(),
-                        names.join(", ")
-                    ),
-                )
-            })
+    fn group_name(&mut self, value: &Val<'_>, field: &str) -> Option<String> {
+        let expected = format!(
+            "a group name of 1 to {GROUP_NAME_LEN_MAX} characters of a-z A-Z 0-9 _ -, starting with a letter or _"
+        );
+        let name = self.string(value, field, &expected)?;
+        let valid = !name.is_empty()
+            && name.len() <= GROUP_NAME_LEN_MAX
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|byte| byte.is_ascii_alphabetic() || byte == b'_')
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'));
+        if !valid {
+            return self.bad(
+                value,
+                field,
+                format!("bad group name {name:?}: expected {expected}"),
+            );
+        }
+        Some(name.to_string())
     }
 }
 
-/// Parses and validates a whole file.
-pub(crate) fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|error| from_toml(path, text, &error))?;
-    let ctx = Ctx { path, text };
-    let slots = match &raw.slots {
-        None => SLOTS_DEFAULT,
-        Some(spanned) => u32::try_from(*spanned.get_ref())
-            .ok()
-            .filter(|slots| (1..=SLOTS_MAX).contains(slots))
-            .ok_or_else(|| {
-                ctx.bad(
-                    spanned,
-                    "slots",
-                    format!(
-                        "{} out of range: expected 1..={SLOTS_MAX}",
-                        spanned.get_ref()
-                    ),
-                )
-            })?,
+/// Parses and validates a whole file: the configuration and where its host-dependent values
+/// are, or every error (in file order, capped).
+pub(crate) fn parse(text: &str, path: &str) -> Result<(Config, Spans), ConfigErrors> {
+    let (document, syntax) = DeTable::parse_recoverable(text);
+    let mut check = Check {
+        path,
+        text,
+        errors: Vec::new(),
     };
-    let log_level = ctx.one_of(
-        &raw.log_level,
+    if !syntax.is_empty() {
+        // A document with syntax errors is only a guess: checking its values would report
+        // errors that are not there.
+        for error in &syntax {
+            syntax_error(&mut check, error);
+        }
+        return Err(ConfigErrors::of(check.errors).expect("not empty"));
+    }
+    let root = document.get_ref();
+    let result = config(&mut check, root);
+    match ConfigErrors::of(check.errors) {
+        Some(errors) => Err(errors),
+        None => Ok(result),
+    }
+}
+
+fn syntax_error(check: &mut Check<'_>, error: &toml::de::Error) {
+    let span = error.span().unwrap_or(0..0);
+    let message = error.message().trim().to_string();
+    let field = if message.starts_with("duplicate key") {
+        check
+            .text
+            .get(span.clone())
+            .map(|key| {
+                key.trim()
+                    .trim_matches('"')
+                    .trim_matches(['[', ']'])
+                    .to_string()
+            })
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let message = if field == "service" {
+        format!(
+            "{message}: `[service]` and `[[service]]` cannot be mixed; write `[[service]]` (two brackets) before each service"
+        )
+    } else {
+        message
+    };
+    check.error(span.start, ConfigErrorKind::Syntax, &field, message);
+}
+
+fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
+    check.known_keys(root, "", TOP_KEYS, TOP_SHOWN);
+    let mut slots_valid = true;
+    let slots = match entry(root, "slots") {
+        None => SLOTS_DEFAULT,
+        Some(value) => {
+            let slots = check.integer(
+                value,
+                "slots",
+                1,
+                i64::from(SLOTS_MAX),
+                &format!("1..={SLOTS_MAX}"),
+            );
+            slots_valid = slots.is_some();
+            slots.map_or(SLOTS_DEFAULT, |n| n as u32)
+        }
+    };
+    let log_level = check.one_of_or(
+        root,
         "log_level",
+        "",
         LogLevel::Info,
         &[
             ("error", LogLevel::Error),
@@ -162,89 +445,92 @@ pub(crate) fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             ("info", LogLevel::Info),
             ("debug", LogLevel::Debug),
         ],
-    )?;
-    let agent = agent(&ctx, &raw)?;
+    );
+    let empty = Table::new();
+    let section = |check: &mut Check<'_>, key: &str| -> Option<&Table<'_>> {
+        entry(root, key).and_then(|value| check.table(value, key))
+    };
+    let agent_table = section(check, "agent");
+    let agent = agent(check, agent_table.unwrap_or(&empty));
+    let shutdown_table = section(check, "shutdown").unwrap_or(&empty);
+    check.known_keys(
+        shutdown_table,
+        "shutdown",
+        SHUTDOWN_KEYS,
+        "`stop_services`, `timeout`",
+    );
     let shutdown = ShutdownConfig {
-        stop_services: raw.shutdown.stop_services.unwrap_or(true),
-        timeout: ctx.duration(
-            &raw.shutdown.timeout,
-            "shutdown.timeout",
+        stop_services: entry(shutdown_table, "stop_services")
+            .and_then(|v| check.boolean(v, "shutdown.stop_services"))
+            .unwrap_or(true),
+        timeout: check.duration_or(
+            shutdown_table,
+            "timeout",
+            "shutdown",
             SHUTDOWN_TIMEOUT_DEFAULT,
-        )?,
+        ),
     };
-    let control = ControlConfig {
-        socket: ctx.socket_path(
-            &raw.control.socket,
-            "control.socket",
-            CONTROL_SOCKET_DEFAULT,
-        )?,
-        group: raw
-            .control
-            .group
-            .as_ref()
-            .map(|group| group_name(&ctx, group))
-            .transpose()?,
-    };
-    let services = services(&ctx, &raw.service, slots)?;
-    Ok(Config {
+    let mut spans = Spans::default();
+    let control_table = section(check, "control").unwrap_or(&empty);
+    let control = control(check, control_table, &mut spans);
+    let services = services(check, root, slots, slots_valid, &mut spans);
+    let config = Config {
         slots,
         log_level,
         agent,
         shutdown,
         control,
         services,
-    })
+    };
+    (config, spans)
 }
 
-fn agent(ctx: &Ctx, raw: &RawConfig) -> Result<AgentConfig, ConfigError> {
-    let agent = &raw.agent;
-    let protocol = ctx.one_of(
-        &agent.protocol,
-        "agent.protocol",
+fn agent(check: &mut Check<'_>, table: &Table<'_>) -> AgentConfig {
+    check.known_keys(
+        table,
+        "agent",
+        AGENT_KEYS,
+        "`socket`, `protocol`, `request_timeout`, `reconnect_initial`, `reconnect_max`",
+    );
+    let protocol = check.one_of_or(
+        table,
+        "protocol",
+        "agent",
         AgentProtocol::V1,
         &[
             ("v1", AgentProtocol::V1),
             ("v0.2", AgentProtocol::V0_2),
             ("auto", AgentProtocol::Auto),
         ],
-    )?;
-    let request_timeout = ctx.duration(
-        &agent.request_timeout,
-        "agent.request_timeout",
-        AGENT_REQUEST_TIMEOUT_DEFAULT,
-    )?;
-    if request_timeout.is_zero() {
-        let spanned = agent.request_timeout.as_ref().expect("default is not zero");
-        return Err(ctx.bad(spanned, "agent.request_timeout", "must be greater than 0"));
-    }
-    let reconnect_initial = ctx.duration(
-        &agent.reconnect_initial,
-        "agent.reconnect_initial",
+    );
+    let positive = |check: &mut Check<'_>, key: &str, default: Duration, why: &str| {
+        let field = join("agent", key);
+        match entry(table, key) {
+            None => default,
+            Some(value) => match check.duration(value, &field) {
+                Some(d) if d.is_zero() => {
+                    check.bad::<()>(value, &field, format!("must be greater than 0{why}"));
+                    default
+                }
+                Some(d) => d,
+                None => default,
+            },
+        }
+    };
+    let request_timeout = positive(check, "request_timeout", AGENT_REQUEST_TIMEOUT_DEFAULT, "");
+    let reconnect_initial = positive(
+        check,
+        "reconnect_initial",
         AGENT_RECONNECT_INITIAL_DEFAULT,
-    )?;
-    if reconnect_initial.is_zero() {
-        let spanned = agent
-            .reconnect_initial
-            .as_ref()
-            .expect("default is not zero");
-        return Err(ctx.bad(
-            spanned,
-            "agent.reconnect_initial",
-            "must be greater than 0 (a reconnect loop needs a delay)",
-        ));
-    }
-    let reconnect_max = ctx.duration(
-        &agent.reconnect_max,
-        "agent.reconnect_max",
-        AGENT_RECONNECT_MAX_DEFAULT,
-    )?;
+        " (a reconnect loop needs a delay)",
+    );
+    let reconnect_max =
+        check.duration_or(table, "reconnect_max", "agent", AGENT_RECONNECT_MAX_DEFAULT);
     if reconnect_max < reconnect_initial {
-        let offset = agent
-            .reconnect_max
-            .as_ref()
-            .or(agent.reconnect_initial.as_ref())
-            .map_or(0, |spanned| spanned.span().start);
-        return Err(ctx.error_at(
+        let offset = entry(table, "reconnect_max")
+            .or(entry(table, "reconnect_initial"))
+            .map_or(0, |value| value.span().start);
+        check.error(
             offset,
             ConfigErrorKind::BadValue,
             "agent.reconnect_max",
@@ -253,364 +539,522 @@ fn agent(ctx: &Ctx, raw: &RawConfig) -> Result<AgentConfig, ConfigError> {
                 format_duration(reconnect_max),
                 format_duration(reconnect_initial)
             ),
-        ));
+        );
     }
-    Ok(AgentConfig {
-        socket: ctx.socket_path(&agent.socket, "agent.socket", AGENT_SOCKET_DEFAULT)?,
+    AgentConfig {
+        socket: check.socket_path(table, "socket", "agent", AGENT_SOCKET_DEFAULT),
         protocol,
         request_timeout,
         reconnect_initial,
         reconnect_max,
-    })
+    }
 }
 
-fn group_name(ctx: &Ctx, group: &Spanned<String>) -> Result<String, ConfigError> {
-    let name = group.get_ref();
-    let valid = !name.is_empty()
-        && name.len() <= GROUP_NAME_LEN_MAX
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|byte| byte.is_ascii_alphabetic() || byte == b'_')
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-'));
-    if !valid {
-        return Err(ctx.bad(
-            group,
-            "control.group",
-            format!("bad group name {name:?}: expected 1 to {GROUP_NAME_LEN_MAX} characters of a-z A-Z 0-9 _ -, starting with a letter or _"),
-        ));
+fn control(check: &mut Check<'_>, table: &Table<'_>, spans: &mut Spans) -> ControlConfig {
+    check.known_keys(
+        table,
+        "control",
+        CONTROL_KEYS,
+        "`socket`, `group`, `read_group`",
+    );
+    let socket = check.socket_path(table, "socket", "control", CONTROL_SOCKET_DEFAULT);
+    let group_of = |check: &mut Check<'_>, key: &str| {
+        let value = entry(table, key)?;
+        let name = check.group_name(value, &join("control", key))?;
+        Some((name, value.span().start))
+    };
+    let group = group_of(check, "group");
+    let read_group = group_of(check, "read_group");
+    if let (Some((group, _)), Some((read, offset))) = (&group, &read_group) {
+        if group == read {
+            check.error(
+                *offset,
+                ConfigErrorKind::BadValue,
+                "control.read_group",
+                format!(
+                    "{read:?} is also control.group: expected a group that may only look (status, monitor), or no read_group"
+                ),
+            );
+        }
     }
-    Ok(name.clone())
+    spans.control_group = group.as_ref().map(|(_, offset)| *offset);
+    spans.control_read_group = read_group.as_ref().map(|(_, offset)| *offset);
+    ControlConfig {
+        socket,
+        group: group.map(|(name, _)| name),
+        read_group: read_group.map(|(name, _)| name),
+    }
 }
 
 fn services(
-    ctx: &Ctx,
-    raw: &[Spanned<RawService>],
+    check: &mut Check<'_>,
+    root: &Table<'_>,
     slots: u32,
-) -> Result<Vec<ServiceSpec>, ConfigError> {
-    let mut specs: Vec<ServiceSpec> = Vec::with_capacity(raw.len());
+    slots_valid: bool,
+    spans: &mut Spans,
+) -> Vec<ServiceSpec> {
+    let Some(value) = entry(root, "service") else {
+        return Vec::new();
+    };
+    let items = match value.get_ref() {
+        DeValue::Array(items) => items,
+        DeValue::Table(_) => {
+            check.bad::<()>(
+                value,
+                "service",
+                "`[service]` is one table, but services are an array of tables: write `[[service]]` (two brackets) before each service",
+            );
+            return Vec::new();
+        }
+        _ => {
+            check.expected::<()>(value, "service", "`[[service]]` tables");
+            return Vec::new();
+        }
+    };
+    let mut specs = Vec::with_capacity(items.len());
     let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
-    for (index, spanned) in raw.iter().enumerate() {
-        let service = spanned.get_ref();
-        let spec = service_spec(ctx, service, index)?;
-        let (line, _) = super::error::line_column(ctx.text, service.name.span().start);
+    for (index, item) in items.iter().enumerate() {
+        let DeValue::Table(table) = item.get_ref() else {
+            check.expected::<()>(item, &format!("service[{index}]"), "a `[[service]]` table");
+            continue;
+        };
+        let header = item.span().start;
+        let Some((spec, service_spans, name_offset)) = service(check, table, header, index) else {
+            continue;
+        };
+        let (line, _) = line_column(check.text, name_offset);
         if let Some(first) = first_line.get(spec.name.as_str()) {
-            return Err(ctx.error_at(
-                service.name.span().start,
+            check.error(
+                name_offset,
                 ConfigErrorKind::DuplicateName,
                 &format!("service[{index}].name"),
-                format!("duplicate service name {:?}: first defined on line {first}; expected unique names", spec.name.as_str()),
-            ));
+                format!(
+                    "duplicate service name {:?}: first defined on line {first}; expected unique names",
+                    spec.name.as_str()
+                ),
+            );
+            continue;
         }
-        if index as u64 >= u64::from(slots) {
-            return Err(ctx.error_at(
-                spanned.span().start,
+        if slots_valid && index as u64 >= u64::from(slots) {
+            check.error(
+                header,
                 ConfigErrorKind::TooManyServices,
                 &format!("service.{}", spec.name),
-                format!("more services than slots ({slots}): expected at most {slots} services, or raise `slots`"),
-            ));
+                format!(
+                    "more services than slots ({slots}): expected at most {slots} services, or raise `slots`"
+                ),
+            );
         }
         first_line.insert(spec.name.as_str().to_string(), line);
         specs.push(spec);
+        spans.services.push(service_spans);
     }
-    Ok(specs)
+    specs
 }
 
-fn service_spec(ctx: &Ctx, raw: &RawService, index: usize) -> Result<ServiceSpec, ConfigError> {
-    let name = ServiceName::new(raw.name.get_ref())
-        .map_err(|message| ctx.bad(&raw.name, &format!("service[{index}].name"), message))?;
-    let field = |key: &str| format!("service.{name}.{key}");
-    let partition = match &raw.partition {
+/// One `[[service]]`: its spec, where its host-dependent values are, and where its name is.
+/// `None` when it has errors (reported).
+fn service(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    header: usize,
+    index: usize,
+) -> Option<(ServiceSpec, ServiceSpans, usize)> {
+    let errors_before = check.errors.len();
+    let unnamed = format!("service[{index}]");
+    let name = match entry(table, "name") {
         None => {
-            return Err(ctx.error_at(
-                raw.name.span().start,
+            check.error(
+                header,
+                ConfigErrorKind::MissingKey,
+                &join(&unnamed, "name"),
+                "missing key `name`: every [[service]] needs a unique name".to_string(),
+            );
+            None
+        }
+        Some(value) => check
+            .string(value, &join(&unnamed, "name"), "a service name string")
+            .and_then(|text| match ServiceName::new(text) {
+                Ok(name) => Some((name, value.span().start)),
+                Err(message) => check.bad(value, &join(&unnamed, "name"), message),
+            }),
+    };
+    let prefix = match &name {
+        Some((name, _)) => format!("service.{name}"),
+        None => unnamed,
+    };
+    let field = |key: &str| join(&prefix, key);
+    check.known_keys(
+        table,
+        &prefix,
+        SERVICE_KEYS,
+        "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`",
+    );
+    let partition = match entry(table, "partition") {
+        None => {
+            let offset = name.as_ref().map_or(header, |(_, offset)| *offset);
+            check.error(
+                offset,
                 ConfigErrorKind::MissingKey,
                 &field("partition"),
-                "missing key `partition`: expected \"local\" or \"qm\"",
-            ))
+                "missing key `partition`: expected \"local\" or \"qm\"".to_string(),
+            );
+            None
         }
-        some => ctx.one_of(
-            some,
+        Some(value) => check.one_of(
+            value,
             &field("partition"),
-            Partition::Local,
             &[("local", Partition::Local), ("qm", Partition::Qm)],
-        )?,
+        ),
     };
-    let argv = argv(ctx, &raw.argv, &field("argv"))?;
-    let env = env(ctx, &raw.env, &field("env"))?;
-    let working_directory = match &raw.working_directory {
-        None => CString::new("/").expect("no NUL"),
-        Some(spanned) => absolute_path(ctx, spanned, &field("working_directory"))?,
+    let (argv, argv0) = match entry(table, "argv") {
+        None => {
+            check.error(
+                header,
+                ConfigErrorKind::MissingKey,
+                &field("argv"),
+                "missing key `argv`: expected the program's absolute path and its arguments, like [\"/usr/bin/prog\", \"--flag\"]".to_string(),
+            );
+            (None, header)
+        }
+        Some(value) => argv(check, value, &field("argv")),
     };
-    let uid = raw
-        .uid
-        .as_ref()
-        .map(|spanned| id(ctx, spanned, &field("uid")))
-        .transpose()?;
-    let gid = raw
-        .gid
-        .as_ref()
-        .map(|spanned| id(ctx, spanned, &field("gid")))
-        .transpose()?;
-    let policy = policy(ctx, raw, partition, &field)?;
-    Ok(ServiceSpec {
+    let env = entry(table, "env").and_then(|value| env(check, value, &field("env")));
+    let (working_directory, cwd_offset) = match entry(table, "working_directory") {
+        None => (Some(CString::new("/").expect("no NUL")), None),
+        Some(value) => (
+            absolute_path(check, value, &field("working_directory")),
+            Some(value.span().start),
+        ),
+    };
+    let id = |check: &mut Check<'_>, key: &str| {
+        entry(table, key).map(|value| {
+            let max = i64::from(u32::MAX - 1);
+            check
+                .integer(value, &field(key), 0, max, &format!("0..={max}"))
+                .map(|n| n as u32)
+        })
+    };
+    let uid = id(check, "uid");
+    let gid = id(check, "gid");
+    let enabled = entry(table, "enabled").map(|value| check.boolean(value, &field("enabled")));
+    let policy = policy(check, table, partition.unwrap_or(Partition::Local), &prefix);
+    if check.errors.len() > errors_before {
+        return None;
+    }
+    let (name, name_offset) = name?;
+    let spec = ServiceSpec {
         name,
-        argv,
-        env,
-        working_directory,
-        uid,
-        gid,
-        enabled: raw.enabled.unwrap_or(true),
-        policy,
-    })
+        argv: argv?,
+        env: env.unwrap_or_default(),
+        working_directory: working_directory?,
+        uid: uid.flatten(),
+        gid: gid.flatten(),
+        enabled: enabled.flatten().unwrap_or(true),
+        policy: ServicePolicy {
+            partition: partition?,
+            ..policy
+        },
+    };
+    let spans = ServiceSpans {
+        argv0,
+        working_directory: cwd_offset,
+    };
+    Some((spec, spans, name_offset))
 }
 
 fn policy(
-    ctx: &Ctx,
-    raw: &RawService,
+    check: &mut Check<'_>,
+    table: &Table<'_>,
     partition: Partition,
-    field: &dyn Fn(&str) -> String,
-) -> Result<ServicePolicy, ConfigError> {
+    prefix: &str,
+) -> ServicePolicy {
     let defaults = ServicePolicy::default_for(partition);
-    let restart = ctx.one_of(
-        &raw.restart,
-        &field("restart"),
+    let restart = check.one_of_or(
+        table,
+        "restart",
+        prefix,
         defaults.restart,
         &[
             ("always", Restart::Always),
             ("on-failure", Restart::OnFailure),
             ("never", Restart::Never),
         ],
-    )?;
-    let backoff = match &raw.backoff {
+    );
+    let backoff = match entry(table, "backoff") {
         None => Backoff::NONE,
-        Some(spanned) => backoff(ctx, spanned.get_ref(), &field("backoff"))?,
+        Some(value) => check
+            .table(value, &join(prefix, "backoff"))
+            .and_then(|t| backoff(check, t, value.span().start, &join(prefix, "backoff")))
+            .unwrap_or(Backoff::NONE),
     };
-    let start_limit = match &raw.start_limit {
+    let start_limit = match entry(table, "start_limit") {
         None => defaults.start_limit,
-        Some(spanned) => start_limit(ctx, spanned.get_ref(), &field("start_limit"))?,
+        Some(value) => check
+            .table(value, &join(prefix, "start_limit"))
+            .and_then(|t| start_limit(check, t, value.span().start, &join(prefix, "start_limit")))
+            .unwrap_or(defaults.start_limit),
     };
-    let stop_signal = match &raw.stop_signal {
+    let stop_signal = match entry(table, "stop_signal") {
         None => defaults.stop_signal,
-        Some(spanned) => match spanned.get_ref() {
-            toml::Value::String(name) => signal_from_name(name),
-            toml::Value::Integer(number) => signal_from_number(*number),
-            other => Err(format!(
-                "invalid type: {}, expected a signal name like \"SIGTERM\" or a number 1..={SIGNAL_NUMBER_MAX}",
-                other.type_str()
-            )),
+        Some(value) => {
+            let field = join(prefix, "stop_signal");
+            let signal = match value.get_ref() {
+                DeValue::String(name) => signal_from_name(name),
+                DeValue::Integer(number) => {
+                    let number = i64::from_str_radix(number.as_str(), number.radix()).unwrap_or(i64::MAX);
+                    signal_from_number(number)
+                }
+                other => Err(format!(
+                    "expected a signal name like \"SIGTERM\" or a number 1..={SIGNAL_NUMBER_MAX}, found {}",
+                    found(other)
+                )),
+            };
+            match signal {
+                Ok(signal) => signal,
+                Err(message) => {
+                    check.bad::<()>(value, &field, message);
+                    defaults.stop_signal
+                }
+            }
         }
-        .map_err(|message| ctx.bad(spanned, &field("stop_signal"), message))?,
     };
-    Ok(ServicePolicy {
+    ServicePolicy {
         partition,
         restart,
-        restart_delay: ctx.duration(
-            &raw.restart_delay,
-            &field("restart_delay"),
-            defaults.restart_delay,
-        )?,
+        restart_delay: check.duration_or(table, "restart_delay", prefix, defaults.restart_delay),
         backoff,
         start_limit,
         stop_signal,
-        stop_timeout: ctx.duration(
-            &raw.stop_timeout,
-            &field("stop_timeout"),
-            defaults.stop_timeout,
-        )?,
-    })
+        stop_timeout: check.duration_or(table, "stop_timeout", prefix, defaults.stop_timeout),
+    }
 }
 
-fn backoff(ctx: &Ctx, raw: &RawBackoff, field: &str) -> Result<Backoff, ConfigError> {
-    let initial = ctx.duration_of(&raw.initial, &format!("{field}.initial"))?;
-    let max = ctx.duration_of(&raw.max, &format!("{field}.max"))?;
-    if max < initial {
-        return Err(ctx.bad(
-            &raw.max,
-            &format!("{field}.max"),
-            format!(
-                "{} is shorter than initial {}: expected max >= initial",
-                format_duration(max),
-                format_duration(initial)
-            ),
-        ));
+/// A required key of a sub-table (`backoff`, `start_limit`).
+fn required<'t, 'i>(
+    check: &mut Check<'_>,
+    table: &'t Table<'i>,
+    key: &str,
+    at: usize,
+    prefix: &str,
+    expected: &str,
+) -> Option<&'t Val<'i>> {
+    let value = entry(table, key);
+    if value.is_none() {
+        check.error(
+            at,
+            ConfigErrorKind::MissingKey,
+            &join(prefix, key),
+            format!("missing key `{key}`: expected {expected}"),
+        );
     }
-    let factor = match &raw.factor {
-        None => BACKOFF_FACTOR_DEFAULT,
-        Some(spanned) => {
-            let factor = *spanned.get_ref();
-            if !(1.0..=BACKOFF_FACTOR_MAX).contains(&factor) {
-                return Err(ctx.bad(
-                    spanned,
-                    &format!("{field}.factor"),
-                    format!(
-                        "{factor} out of range: expected a number 1.0..={BACKOFF_FACTOR_MAX:.1}"
-                    ),
-                ));
+    value
+}
+
+fn backoff(check: &mut Check<'_>, table: &Table<'_>, at: usize, field: &str) -> Option<Backoff> {
+    check.known_keys(
+        table,
+        field,
+        BACKOFF_KEYS,
+        "`initial`, `factor`, `max`, `reset_after`",
+    );
+    let initial = required(check, table, "initial", at, field, DURATION_EXPECTED)
+        .and_then(|v| check.duration(v, &join(field, "initial")));
+    let max_value = required(check, table, "max", at, field, DURATION_EXPECTED);
+    let max = max_value.and_then(|v| check.duration(v, &join(field, "max")));
+    if let (Some(initial), Some(max), Some(value)) = (initial, max, max_value) {
+        if max < initial {
+            check.bad::<()>(
+                value,
+                &join(field, "max"),
+                format!(
+                    "{} is shorter than initial {}: expected max >= initial",
+                    format_duration(max),
+                    format_duration(initial)
+                ),
+            );
+        }
+    }
+    let factor = match entry(table, "factor") {
+        None => Some(BACKOFF_FACTOR_DEFAULT),
+        Some(value) => {
+            let factor_field = join(field, "factor");
+            let expected = format!("a number 1.0..={BACKOFF_FACTOR_MAX:.1}");
+            let number = match value.get_ref() {
+                DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                    .ok()
+                    .map(|n| n as f64),
+                _ => return check.expected(value, &factor_field, &expected),
+            };
+            let shown = match value.get_ref() {
+                DeValue::Float(f) => f.to_string(),
+                DeValue::Integer(i) => i.to_string(),
+                other => found(other),
+            };
+            match number {
+                Some(factor) if (1.0..=BACKOFF_FACTOR_MAX).contains(&factor) => Some(factor),
+                _ => check.bad(
+                    value,
+                    &factor_field,
+                    format!("{shown} out of range: expected {expected}"),
+                ),
             }
-            factor
         }
     };
-    let reset_after = ctx.duration(
-        &raw.reset_after,
-        &format!("{field}.reset_after"),
-        BACKOFF_RESET_AFTER_DEFAULT,
-    )?;
-    Ok(Backoff {
-        initial,
-        factor_milli: (factor * 1000.0).round() as u32,
-        max,
+    let reset_after = check.duration_or(table, "reset_after", field, BACKOFF_RESET_AFTER_DEFAULT);
+    Some(Backoff {
+        initial: initial?,
+        factor_milli: (factor? * 1000.0).round() as u32,
+        max: max?,
         reset_after,
     })
 }
 
-fn start_limit(ctx: &Ctx, raw: &RawStartLimit, field: &str) -> Result<StartLimit, ConfigError> {
-    let burst = u32::try_from(*raw.burst.get_ref())
-        .ok()
-        .filter(|burst| *burst <= START_LIMIT_BURST_MAX)
-        .ok_or_else(|| {
-            ctx.bad(
-                &raw.burst,
-                &format!("{field}.burst"),
-                format!(
-                    "{} out of range: expected 0..={START_LIMIT_BURST_MAX} (0 = no limit)",
-                    raw.burst.get_ref()
-                ),
-            )
-        })?;
-    let interval = ctx.duration_of(&raw.interval, &format!("{field}.interval"))?;
-    if burst > 0 && interval.is_zero() {
-        return Err(ctx.bad(
-            &raw.interval,
-            &format!("{field}.interval"),
-            "must be greater than 0 when burst is not 0",
-        ));
+fn start_limit(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    at: usize,
+    field: &str,
+) -> Option<StartLimit> {
+    check.known_keys(table, field, START_LIMIT_KEYS, "`burst`, `interval`");
+    let max = i64::from(START_LIMIT_BURST_MAX);
+    let burst = required(check, table, "burst", at, field, "an integer 0..=16").and_then(|v| {
+        check.integer(
+            v,
+            &join(field, "burst"),
+            0,
+            max,
+            &format!("0..={START_LIMIT_BURST_MAX} (0 = no limit)"),
+        )
+    });
+    let interval_value = required(check, table, "interval", at, field, DURATION_EXPECTED);
+    let interval = interval_value.and_then(|v| check.duration(v, &join(field, "interval")));
+    if let (Some(burst), Some(interval), Some(value)) = (burst, interval, interval_value) {
+        if burst > 0 && interval.is_zero() {
+            check.bad::<()>(
+                value,
+                &join(field, "interval"),
+                "must be greater than 0 when burst is not 0",
+            );
+        }
     }
-    Ok(StartLimit { burst, interval })
+    Some(StartLimit {
+        burst: burst? as u32,
+        interval: interval?,
+    })
 }
 
-fn argv(
-    ctx: &Ctx,
-    raw: &Spanned<Vec<Spanned<String>>>,
-    field: &str,
-) -> Result<Vec<CString>, ConfigError> {
-    let entries = raw.get_ref();
+/// The argv and where its program is.
+fn argv(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> (Option<Vec<CString>>, usize) {
+    let at = value.span().start;
+    let expected = "an array of strings: the program's absolute path and its arguments";
+    let DeValue::Array(entries) = value.get_ref() else {
+        return (check.expected(value, field, expected), at);
+    };
     if entries.is_empty() {
-        return Err(ctx.bad(
-            raw,
-            field,
-            "empty argv: expected at least the program's absolute path",
-        ));
+        return (
+            check.bad(
+                value,
+                field,
+                "empty argv: expected at least the program's absolute path",
+            ),
+            at,
+        );
     }
     if entries.len() > ARGV_COUNT_MAX {
-        return Err(ctx.bad(
-            raw,
-            field,
-            format!(
-                "{} entries: expected at most {ARGV_COUNT_MAX}",
-                entries.len()
-            ),
-        ));
+        let message = format!(
+            "{} entries: expected at most {ARGV_COUNT_MAX}",
+            entries.len()
+        );
+        return (check.bad(value, field, message), at);
     }
-    let mut argv = Vec::with_capacity(entries.len());
+    let argv0 = entries.iter().next().map_or(at, |e| e.span().start);
+    let mut argv = Some(Vec::with_capacity(entries.len()));
     for (index, entry) in entries.iter().enumerate() {
-        let text = entry.get_ref();
         let entry_field = format!("{field}[{index}]");
-        if text.len() > ARG_LEN_MAX {
-            return Err(ctx.bad(
-                entry,
-                &entry_field,
-                format!("{} bytes: expected at most {ARG_LEN_MAX}", text.len()),
-            ));
+        let arg = check.string(entry, &entry_field, "a string").and_then(|text| {
+            if text.len() > ARG_LEN_MAX {
+                let message = format!("{} bytes: expected at most {ARG_LEN_MAX}", text.len());
+                return check.bad(entry, &entry_field, message);
+            }
+            if index == 0 && !text.starts_with('/') {
+                let message = format!(
+                    "program {text:?} is not an absolute path: expected a path starting with / (there is no PATH search)"
+                );
+                return check.bad(entry, &entry_field, message);
+            }
+            match CString::new(text.as_bytes()) {
+                Ok(arg) => Some(arg),
+                Err(_) => check.bad(entry, &entry_field, "contains a NUL character"),
+            }
+        });
+        match (&mut argv, arg) {
+            (Some(list), Some(arg)) => list.push(arg),
+            _ => argv = None,
         }
-        if index == 0 && !text.starts_with('/') {
-            return Err(ctx.bad(
-                entry,
-                &entry_field,
-                format!(
-                    "program {text:?} is not an absolute path: expected a path starting with /"
-                ),
-            ));
-        }
-        let arg = CString::new(text.as_bytes())
-            .map_err(|_| ctx.bad(entry, &entry_field, "contains a NUL character"))?;
-        argv.push(arg);
     }
-    Ok(argv)
+    (argv, argv0)
 }
 
-fn env(
-    ctx: &Ctx,
-    raw: &Option<Spanned<BTreeMap<String, Spanned<String>>>>,
-    field: &str,
-) -> Result<Vec<(CString, CString)>, ConfigError> {
-    let Some(table) = raw else {
-        return Ok(Vec::new());
+fn env(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<Vec<(CString, CString)>> {
+    let table = match value.get_ref() {
+        DeValue::Table(t) => t,
+        _ => return check.expected(value, field, "a table of strings like { KEY = \"value\" }"),
     };
-    if table.get_ref().len() > ENV_COUNT_MAX {
-        return Err(ctx.bad(
-            table,
-            field,
-            format!(
-                "{} variables: expected at most {ENV_COUNT_MAX}",
-                table.get_ref().len()
-            ),
-        ));
+    if table.len() > ENV_COUNT_MAX {
+        let message = format!(
+            "{} variables: expected at most {ENV_COUNT_MAX}",
+            table.len()
+        );
+        return check.bad(value, field, message);
     }
-    let mut env = Vec::with_capacity(table.get_ref().len());
-    for (key, value) in table.get_ref() {
+    let mut env = Some(Vec::with_capacity(table.len()));
+    for (key, entry) in table.iter() {
+        let key = key.get_ref().as_ref();
         let entry_field = format!("{field}.{key}");
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ctx.bad(
-                value,
-                &entry_field,
-                format!("bad variable name {key:?}: expected a non-empty name without = or NUL"),
-            ));
+        let pair = check
+            .string(entry, &entry_field, "a string")
+            .and_then(|text| {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    let message = format!(
+                        "bad variable name {key:?}: expected a non-empty name without = or NUL"
+                    );
+                    return check.bad(entry, &entry_field, message);
+                }
+                if key.len() + 1 + text.len() > ENV_LEN_MAX {
+                    let message =
+                        format!("too long: expected KEY=value of at most {ENV_LEN_MAX} bytes");
+                    return check.bad(entry, &entry_field, message);
+                }
+                match CString::new(text.as_bytes()) {
+                    Ok(value) => Some((
+                        CString::new(key.as_bytes()).expect("checked: no NUL"),
+                        value,
+                    )),
+                    Err(_) => check.bad(entry, &entry_field, "contains a NUL character"),
+                }
+            });
+        match (&mut env, pair) {
+            (Some(list), Some(pair)) => list.push(pair),
+            _ => env = None,
         }
-        if key.len() + 1 + value.get_ref().len() > ENV_LEN_MAX {
-            return Err(ctx.bad(
-                value,
-                &entry_field,
-                format!("too long: expected KEY=value of at most {ENV_LEN_MAX} bytes"),
-            ));
-        }
-        let value_c = CString::new(value.get_ref().as_bytes())
-            .map_err(|_| ctx.bad(value, &entry_field, "contains a NUL character"))?;
-        env.push((
-            CString::new(key.as_bytes()).expect("checked: no NUL"),
-            value_c,
-        ));
     }
-    Ok(env)
+    env
 }
 
-fn absolute_path(
-    ctx: &Ctx,
-    spanned: &Spanned<String>,
-    field: &str,
-) -> Result<CString, ConfigError> {
-    let path = spanned.get_ref();
+fn absolute_path(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<CString> {
+    let expected = format!("an absolute path (starting with /) of at most {PATH_LEN_MAX} bytes");
+    let path = check.string(value, field, &expected)?;
     if !path.starts_with('/') || path.len() > PATH_LEN_MAX {
-        return Err(ctx.bad(spanned, field, format!("{path:?} is not an absolute path: expected a path starting with / of at most {PATH_LEN_MAX} bytes")));
+        return check.bad(
+            value,
+            field,
+            format!("{path:?} is not an absolute path: expected {expected}"),
+        );
     }
-    CString::new(path.as_bytes()).map_err(|_| ctx.bad(spanned, field, "contains a NUL character"))
-}
-
-fn id(ctx: &Ctx, spanned: &Spanned<i64>, field: &str) -> Result<u32, ConfigError> {
-    u32::try_from(*spanned.get_ref())
-        .ok()
-        .filter(|id| *id != u32::MAX)
-        .ok_or_else(|| {
-            ctx.bad(
-                spanned,
-                field,
-                format!(
-                    "{} out of range: expected 0..={}",
-                    spanned.get_ref(),
-                    u32::MAX - 1
-                ),
-            )
-        })
+    match CString::new(path.as_bytes()) {
+        Ok(path) => Some(path),
+        Err(_) => check.bad(value, field, "contains a NUL character"),
+    }
 }

@@ -299,10 +299,29 @@ fn decode_pid(r: &mut Reader<'_>) -> Result<Option<i32>, DecodeError> {
     }
 }
 
+fn decode_spawn_error(r: &mut Reader<'_>) -> Result<Option<SpawnError>, DecodeError> {
+    let stage = r.u8()?;
+    let errno = r.i32()?;
+    match (stage, errno) {
+        (0, 0) => Ok(None),
+        (stage, errno) if errno >= 0 => match SpawnStage::from_u8(stage) {
+            Some(stage) => Ok(Some(SpawnError { stage, errno })),
+            None => Err(r.bad("spawn_error")),
+        },
+        _ => Err(r.bad("spawn_error")),
+    }
+}
+
 fn decode_service<'a>(r: &mut Reader<'a>) -> Result<ServiceInfo<'a>, DecodeError> {
     let partition = r.partition()?;
     let state = r.state("state")?;
     let last_exit = decode_exit(r)?;
+    let start_limit_hit = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(r.bad("result")),
+    };
+    let spawn_error = decode_spawn_error(r)?;
     let pid = decode_pid(r)?;
     let restarts = r.u32()?;
     let uptime_ms = r.ms()?;
@@ -317,6 +336,8 @@ fn decode_service<'a>(r: &mut Reader<'a>) -> Result<ServiceInfo<'a>, DecodeError
         restarts,
         last_exit,
         next_restart_ms,
+        spawn_error,
+        start_limit_hit,
     })
 }
 
@@ -326,12 +347,19 @@ fn decode_event<'a>(r: &mut Reader<'a>) -> Result<EventInfo<'a>, DecodeError> {
     let to = r.state("to")?;
     let why_tag = r.u8()?;
     let value = r.i32()?;
+    let stage = r.u8()?;
+    if why_tag != 4 && stage != 0 {
+        return Err(r.bad("stage"));
+    }
     let why = match (why_tag, value) {
         (0, 0) => Why::Added,
         (1, 0) => Why::Operator,
         (2, 0) => Why::RestartDue,
-        (3, pid) if pid > 0 => Why::Spawned(pid),
-        (4, errno) if errno >= 0 => Why::SpawnFailed(errno),
+        (3, pid) if pid >= 0 => Why::Spawned(pid),
+        (4, errno) if errno >= 0 => match SpawnStage::from_u8(stage) {
+            Some(stage) => Why::SpawnFailed(SpawnError { stage, errno }),
+            None => return Err(r.bad("stage")),
+        },
         (5, code) => Why::Exited(Exit::Code(code)),
         (6, 1..=64) => Why::Exited(Exit::Signal(value)),
         (7, 0) => Why::Exited(Exit::Unknown),
@@ -436,6 +464,18 @@ impl Writer<'_> {
     fn pid(&mut self, pid: Option<i32>) -> Result<(), EncodeError> {
         self.i32(pid.filter(|p| *p > 0).unwrap_or(0))
     }
+    fn spawn_error(&mut self, error: Option<SpawnError>) -> Result<(), EncodeError> {
+        match error {
+            None => {
+                self.u8(0)?;
+                self.i32(0)
+            }
+            Some(e) => {
+                self.u8(e.stage as u8)?;
+                self.i32(e.errno.max(0))
+            }
+        }
+    }
     fn exit(&mut self, exit: Option<Exit>) -> Result<(), EncodeError> {
         let (tag, value) = match exit {
             None => (0, 0),
@@ -491,6 +531,8 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.u8(s.partition as u8)?;
             w.u8(s.state as u8)?;
             w.exit(s.last_exit)?;
+            w.u8(u8::from(s.start_limit_hit))?;
+            w.spawn_error(s.spawn_error)?;
             w.pid(s.pid)?;
             w.u32(s.restarts)?;
             w.ms(s.uptime_ms)?;
@@ -518,12 +560,17 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.u8(e.partition as u8)?;
             w.u8(e.from as u8)?;
             w.u8(e.to as u8)?;
+            let stage = match e.why {
+                Why::SpawnFailed(error) => error.stage as u8,
+                _ => 0,
+            };
             let (tag, value) = match e.why {
                 Why::Added => (0, 0),
                 Why::Operator => (1, 0),
                 Why::RestartDue => (2, 0),
-                Why::Spawned(pid) => (3, pid.max(1)),
-                Why::SpawnFailed(errno) => (4, errno.max(0)),
+                // 0: the process was gone before its pid could be read (never invented).
+                Why::Spawned(pid) => (3, pid.max(0)),
+                Why::SpawnFailed(error) => (4, error.errno.max(0)),
                 Why::Exited(Exit::Code(code)) => (5, code),
                 Why::Exited(Exit::Signal(sig)) if (1..=64).contains(&sig) => (6, sig),
                 Why::Exited(_) => (7, 0),
@@ -535,6 +582,7 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             };
             w.u8(tag)?;
             w.i32(value)?;
+            w.u8(stage)?;
             w.u32(e.restarts)?;
             w.pid(e.pid)?;
             w.ms(e.next_delay_ms)?;
@@ -592,6 +640,36 @@ mod tests {
             restarts: 3,
             last_exit: Some(Exit::Signal(9)),
             next_restart_ms: Some(400),
+            spawn_error: None,
+            start_limit_hit: false,
+        }));
+        roundtrip(Body::Service(ServiceInfo {
+            name: "nav",
+            partition: PartitionCode::Local,
+            state: StateCode::Failed,
+            pid: None,
+            uptime_ms: None,
+            restarts: 5,
+            last_exit: None,
+            next_restart_ms: None,
+            spawn_error: Some(SpawnError {
+                stage: SpawnStage::Exec,
+                errno: libc::ENOENT,
+            }),
+            start_limit_hit: true,
+        }));
+        roundtrip(Body::Event(EventInfo {
+            name: "nav",
+            partition: PartitionCode::Local,
+            from: StateCode::Starting,
+            to: StateCode::Backoff,
+            why: Why::SpawnFailed(SpawnError {
+                stage: SpawnStage::Setup,
+                errno: libc::EACCES,
+            }),
+            restarts: 1,
+            pid: None,
+            next_delay_ms: Some(10),
         }));
         roundtrip(Body::End(3));
         roundtrip(Body::Done(StateCode::Running));
@@ -618,6 +696,17 @@ mod tests {
             pid: Some(4242),
             next_delay_ms: Some(100),
         }));
+        // A QM process gone before its pid was read: pid 0 (unknown), never replaced by 1.
+        roundtrip(Body::Event(EventInfo {
+            name: "radio",
+            partition: PartitionCode::Qm,
+            from: StateCode::Starting,
+            to: StateCode::Running,
+            why: Why::Spawned(0),
+            restarts: 0,
+            pid: None,
+            next_delay_ms: None,
+        }));
         roundtrip(Body::Dropped(12));
         roundtrip(Body::Reloaded(ReloadInfo {
             added: 1,
@@ -635,11 +724,12 @@ mod tests {
         let mut bad = buf;
         bad[0] = b'X';
         assert_eq!(decode(&bad[..len]), Err(DecodeError::BadMagic));
+        // Version 1 (before why a service failed was carried) is refused by name.
         let mut bad = buf;
-        bad[4] = 2;
+        bad[4] = 1;
         assert_eq!(
             decode(&bad[..len]),
-            Err(DecodeError::UnsupportedVersion { version: 2 })
+            Err(DecodeError::UnsupportedVersion { version: 1 })
         );
         let mut bad = buf;
         bad[5] = 99;

@@ -2,8 +2,9 @@
 
 /// The four magic bytes that open every control frame.
 pub const MAGIC: [u8; 4] = *b"HCTL";
-/// Protocol version; a frame of another version is refused.
-pub const VERSION: u8 = 1;
+/// Protocol version; a frame of another version is refused. Version 2 added why a service
+/// failed (`Service`: result and spawn error; `Event`: the stage of a failed spawn).
+pub const VERSION: u8 = 2;
 /// Length of the header.
 pub const HEADER_LEN: usize = 16;
 /// Largest frame (one packet).
@@ -123,6 +124,52 @@ pub enum Exit {
     Unknown,
 }
 
+/// Where a start failed (as `supervise::StartStage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum SpawnStage {
+    /// Before exec: clone3, chdir, setuid, environment.
+    Setup = 1,
+    /// execve itself (ENOENT, EACCES, ...).
+    Exec = 2,
+    /// The agent could not be asked or did not answer.
+    Agent = 3,
+    /// The agent answered, but what it sent was refused.
+    Refused = 4,
+}
+
+impl SpawnStage {
+    /// The code for a byte (0 is "no error" and not a stage).
+    pub fn from_u8(value: u8) -> Option<SpawnStage> {
+        match value {
+            1 => Some(SpawnStage::Setup),
+            2 => Some(SpawnStage::Exec),
+            3 => Some(SpawnStage::Agent),
+            4 => Some(SpawnStage::Refused),
+            _ => None,
+        }
+    }
+
+    /// `setup`, `exec`, `agent` or `refused` (as `stage=` in the log).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpawnStage::Setup => "setup",
+            SpawnStage::Exec => "exec",
+            SpawnStage::Agent => "agent",
+            SpawnStage::Refused => "refused",
+        }
+    }
+}
+
+/// Why a start failed: the stage and the errno (0 when there is none, e.g. a timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SpawnError {
+    pub stage: SpawnStage,
+    pub errno: i32,
+}
+
 /// An operator command for one service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -142,10 +189,11 @@ pub enum Why {
     Added,
     Operator,
     RestartDue,
-    /// Process created, with its pid.
+    /// Process created, with its pid in the orchestrator's PID namespace; 0 when the process
+    /// was gone before its pid could be read (a QM process that exited at once).
     Spawned(i32),
-    /// Spawn failed with this errno.
-    SpawnFailed(i32),
+    /// Spawn failed at this stage with this errno.
+    SpawnFailed(SpawnError),
     Exited(Exit),
     StartLimit,
     Agent,
@@ -192,10 +240,12 @@ pub enum FailCode {
     ReloadFailed = 6,
     /// The orchestrator was not started from a configuration file.
     ReloadUnavailable = 7,
+    /// The peer is in the read group only: it may query, not command.
+    ReadOnly = 8,
 }
 
 impl FailCode {
-    const ALL: [FailCode; 7] = [
+    const ALL: [FailCode; 8] = [
         FailCode::UnknownService,
         FailCode::Refused,
         FailCode::BadRequest,
@@ -203,6 +253,7 @@ impl FailCode {
         FailCode::PermissionDenied,
         FailCode::ReloadFailed,
         FailCode::ReloadUnavailable,
+        FailCode::ReadOnly,
     ];
 
     /// The code for a byte.
@@ -220,6 +271,7 @@ impl FailCode {
             FailCode::PermissionDenied => "permission-denied",
             FailCode::ReloadFailed => "reload-failed",
             FailCode::ReloadUnavailable => "reload-unavailable",
+            FailCode::ReadOnly => "read-only",
         }
     }
 }
@@ -274,6 +326,10 @@ pub struct ServiceInfo<'a> {
     pub last_exit: Option<Exit>,
     /// Time until the next automatic restart (state backoff).
     pub next_restart_ms: Option<u64>,
+    /// Why the last start failed; `None` once a start succeeded.
+    pub spawn_error: Option<SpawnError>,
+    /// In state failed because it hit its start limit.
+    pub start_limit_hit: bool,
 }
 
 /// One state change.

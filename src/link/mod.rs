@@ -399,7 +399,8 @@ struct Slot<H> {
 /// The orchestrator's agent link. See the module documentation.
 pub struct Link<H> {
     config: Config,
-    /// The protocol in use (`Auto` until the first connect tells).
+    /// The protocol in use (`Auto` until a connect tells; with `auto` configured, again at
+    /// every reconnect).
     protocol: Protocol,
     state: State,
     /// v1: the connection is open (between `connected` and our `Close`).
@@ -829,6 +830,11 @@ impl<H> Link<H> {
 
     fn connect(&mut self) {
         self.state = State::Connecting;
+        // `auto` detects again at every (re)connect: the agent behind the path may have been
+        // swapped for one that speaks the other protocol.
+        if self.config.protocol == Protocol::Auto {
+            self.protocol = Protocol::Auto;
+        }
         match self.protocol {
             Protocol::V02 => self.io.push(Io::Connect {
                 conn: Conn::Probe,

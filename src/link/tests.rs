@@ -945,6 +945,62 @@ fn auto_falls_back_to_v02_on_a_stream_socket() {
     assert!(h.notes.iter().any(|n| matches!(n, Note::FellBackToV02)));
 }
 
+/// `auto` detects again at every reconnect: a v0.2 agent swapped for holden-agent (v1), and
+/// back, under a running link, is found each time; nothing stays stranded on the protocol of
+/// the agent that was there first.
+#[test]
+fn auto_detects_again_at_every_reconnect() {
+    let mut h = Harness::new(Protocol::Auto);
+    h.run(|link, _| link.start());
+    assert_eq!(h.take_io(), ["connect Main Seqpacket"]);
+    h.run(|link, cx| link.connect_failed(cx, Conn::Main, libc::EPROTOTYPE));
+    assert_eq!(h.link.protocol(), Protocol::V02);
+    assert_eq!(h.take_events(), ["up"]);
+    // The v0.2 agent is replaced by a v1 one: the next request's stream connect is refused.
+    h.run(|link, cx| link.request(cx, 1));
+    assert_eq!(h.take_io(), ["connect Request(1) Stream"]);
+    h.run(|link, cx| link.connect_failed(cx, Conn::Request(1), libc::EPROTOTYPE));
+    assert_eq!(
+        h.take_events(),
+        [
+            format!("failed 1 Agent {}", libc::EPROTOTYPE),
+            "down".to_string()
+        ]
+    );
+    // The reconnect detects again: v1 this time, with its handshake.
+    h.up(false);
+    assert_eq!(h.link.protocol(), Protocol::Auto, "v1 through auto");
+    let id = h.request(2);
+    assert_eq!(id & REQUEST_INDEX_MASK, 2);
+    // And back: the v1 agent goes, a v0.2 one takes the path.
+    h.run(|link, cx| link.closed(cx, Conn::Main));
+    assert!(h.take_events().contains(&"down".to_string()));
+    h.take_io();
+    h.advance(800);
+    assert_eq!(h.take_io(), ["connect Main Seqpacket"]);
+    h.run(|link, cx| link.connect_failed(cx, Conn::Main, libc::EPROTOTYPE));
+    assert_eq!(h.link.protocol(), Protocol::V02);
+    assert_eq!(h.take_events(), ["up"]);
+    let fallbacks = h
+        .notes
+        .iter()
+        .filter(|n| matches!(n, Note::FellBackToV02))
+        .count();
+    assert_eq!(fallbacks, 2, "{:?}", h.notes);
+}
+
+/// Configured `v0.2` (not `auto`) stays v0.2 across reconnects: no seqpacket attempt.
+#[test]
+fn a_configured_protocol_is_kept_across_reconnects() {
+    let mut h = v02_up();
+    h.run(|link, cx| link.request(cx, 0));
+    h.take_io();
+    h.run(|link, cx| link.connect_failed(cx, Conn::Request(0), libc::ECONNREFUSED));
+    h.advance(100);
+    assert_eq!(h.take_io(), ["connect Probe Stream"]);
+    assert_eq!(h.link.protocol(), Protocol::V02);
+}
+
 /// A v0.2 frame, byte by byte (host-endian header `{u32 type; u32 length}`).
 fn v02_frame(kind: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = kind.to_ne_bytes().to_vec();

@@ -122,15 +122,22 @@ impl Logger {
     }
 }
 
-/// A fixed buffer that silently cuts what does not fit (keeping room for `...\n`).
+/// A fixed buffer that silently cuts what does not fit (keeping room for `..."\n`). It
+/// follows the quotes of `key="value"` fields, so that a line cut inside a quoted value still
+/// closes it: a cut line stays parseable.
 pub struct LineBuf {
     buf: [u8; LINE_BYTES_MAX],
     len: usize,
     cut: bool,
+    /// Inside a quoted value (after an odd number of unescaped `"`).
+    quoted: bool,
+    /// The last byte written inside a quoted value was an escaping `\`.
+    escape: bool,
 }
 
 impl LineBuf {
     const TAIL: &'static [u8] = b"...\n";
+    const TAIL_QUOTED: &'static [u8] = b"...\"\n";
 
     /// An empty line.
     pub fn new() -> LineBuf {
@@ -138,6 +145,8 @@ impl LineBuf {
             buf: [0; LINE_BYTES_MAX],
             len: 0,
             cut: false,
+            quoted: false,
+            escape: false,
         }
     }
 
@@ -148,7 +157,11 @@ impl LineBuf {
 
     /// Ends the line with `\n` (or `...\n` if it was cut) and returns it.
     pub fn finish(&mut self) -> &[u8] {
-        let tail: &[u8] = if self.cut { Self::TAIL } else { b"\n" };
+        let tail: &[u8] = match (self.cut, self.quoted) {
+            (false, _) => b"\n",
+            (true, false) => Self::TAIL,
+            (true, true) => Self::TAIL_QUOTED,
+        };
         self.buf[self.len..self.len + tail.len()].copy_from_slice(tail);
         &self.buf[..self.len + tail.len()]
     }
@@ -162,20 +175,36 @@ impl Default for LineBuf {
 
 impl fmt::Write for LineBuf {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let room = LINE_BYTES_MAX - Self::TAIL.len() - self.len;
-        let mut bytes = s.as_bytes();
-        if bytes.len() > room {
-            self.cut = true;
-            bytes = &bytes[..room];
+        if self.cut {
+            return Ok(());
         }
+        let room = LINE_BYTES_MAX - Self::TAIL_QUOTED.len() - self.len;
+        let bytes = s.as_bytes();
+        let take = bytes.len().min(room);
         // Newlines inside a field would split one event over two journal entries.
-        for (dst, &src) in self.buf[self.len..self.len + bytes.len()]
-            .iter_mut()
-            .zip(bytes)
-        {
-            *dst = if src == b'\n' { b' ' } else { src };
+        for &src in &bytes[..take] {
+            self.buf[self.len] = if src == b'\n' { b' ' } else { src };
+            self.len += 1;
+            if self.quoted {
+                if self.escape {
+                    self.escape = false;
+                } else if src == b'\\' {
+                    self.escape = true;
+                } else if src == b'"' {
+                    self.quoted = false;
+                }
+            } else if src == b'"' {
+                self.quoted = true;
+            }
         }
-        self.len += bytes.len();
+        if take < bytes.len() {
+            self.cut = true;
+            if self.escape {
+                // A cut after an escaping backslash would escape the closing quote.
+                self.len -= 1;
+                self.escape = false;
+            }
+        }
         Ok(())
     }
 }
@@ -266,6 +295,62 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Writes what `T` displays as one quoted `key="value"` value: `"` around it, and inside
+/// `\"` for a quote, `\\` for a backslash, `\n` for a newline and `\xNN` for every other
+/// control character. So a value with spaces, quotes or newlines never breaks `key=value`
+/// parsing of a log line (the grammar is in `docs/orchestrator.md`, "Log").
+pub struct Quoted<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Quoted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('"')?;
+        write!(QuoteEscaper(f), "{}", self.0)?;
+        f.write_char('"')
+    }
+}
+
+/// Escapes what is written through it for the inside of a quoted value.
+struct QuoteEscaper<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for QuoteEscaper<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.write_str("\\\"")?,
+                '\\' => self.0.write_str("\\\\")?,
+                '\n' => self.0.write_str("\\n")?,
+                c if c.is_control() => write!(self.0, "\\x{:02x}", c as u32 & 0xff)?,
+                c => self.0.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes what `T` displays as a `key=value` value: bare when it is one non-empty word (no
+/// space, quote, backslash or control character), else [`Quoted`]. For values that are
+/// usually one word but need not be, such as socket paths. Values longer than
+/// [`LINE_BYTES_MAX`] are quoted and cut.
+pub struct Value<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Value<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = FixedBuf::<LINE_BYTES_MAX>::new();
+        let _ = write!(text, "{}", self.0);
+        let word = !text.is_empty()
+            && !text.is_truncated()
+            && text
+                .as_str()
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\');
+        if word {
+            f.write_str(text.as_str())
+        } else {
+            Quoted(text.as_str()).fmt(f)
+        }
+    }
+}
+
 pub use crate::sys::errno::ErrnoText;
 
 #[cfg(test)]
@@ -294,8 +379,25 @@ mod tests {
             let _ = line.write_str("xy");
         }
         let out = line.finish();
-        assert_eq!(out.len(), LINE_BYTES_MAX);
+        assert!(out.len() <= LINE_BYTES_MAX);
         assert!(out.ends_with(b"...\n"));
+        // Cut inside a quoted value: the value is still closed, also after a backslash.
+        for filler in ["ab", "\\\\"] {
+            let mut line = LineBuf::new();
+            let _ = line.write_str("event=x error=\"");
+            for _ in 0..LINE_BYTES_MAX {
+                let _ = line.write_str(filler);
+            }
+            let out = line.finish().to_vec();
+            assert!(out.len() <= LINE_BYTES_MAX);
+            assert!(
+                out.ends_with(b"...\"\n"),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+            let body = &out[b"event=x error=\"".len()..out.len() - 5];
+            assert_eq!(body.len() % filler.len(), 0, "no half escape");
+        }
     }
 
     #[test]
@@ -304,5 +406,24 @@ mod tests {
         assert_eq!(Escaped(b"say \"hi\"").to_string(), "say \\x22hi\\x22");
         assert_eq!(Priority::parse("warn"), Some(Priority::Warning));
         assert_eq!(Priority::parse("loud"), None);
+    }
+
+    #[test]
+    fn values_with_spaces_or_quotes_are_quoted() {
+        assert_eq!(Quoted("nothing changed").to_string(), "\"nothing changed\"");
+        assert_eq!(
+            Quoted("a \"b\" c\\d\ne\x01").to_string(),
+            "\"a \\\"b\\\" c\\\\d\\ne\\x01\""
+        );
+        assert_eq!(
+            Value("/run/holden/x.sock").to_string(),
+            "/run/holden/x.sock"
+        );
+        assert_eq!(
+            Value("/run/my dir/x.sock").to_string(),
+            "\"/run/my dir/x.sock\""
+        );
+        assert_eq!(Value("").to_string(), "\"\"");
+        assert_eq!(Value("a\"b").to_string(), "\"a\\\"b\"");
     }
 }

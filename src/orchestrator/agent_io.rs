@@ -13,7 +13,7 @@ use super::services::{Services, Starts};
 use crate::link::{
     Conn, DownReason, EncodeFailure, FdClass, Fds, Io, Note, PeerFd, Protocol, SocketKind, What,
 };
-use crate::log::{ErrnoText, Escaped, Logger, Priority};
+use crate::log::{ErrnoText, Escaped, Logger, Priority, Quoted, Value};
 use crate::pidfd;
 use crate::supervise::MonoTime;
 use crate::sys::socket::{self, Kind, PeerCred, UnixAddr};
@@ -134,7 +134,7 @@ impl AgentIo {
                         format_args!(
                             "service={} partition=qm event=agent-late-answer qm_pid={qm_pid} action={}",
                             services.name(service),
-                            if killed { "SIGKILL" } else { "none (already gone)" }
+                            if killed { "SIGKILL" } else { "none reason=already-gone" }
                         ),
                     );
                 }
@@ -297,7 +297,7 @@ impl AgentIo {
         agent_text: &[u8],
         note: Note,
     ) {
-        let socket = self.socket_name();
+        let socket = Value(self.socket_name());
         let v02 = |p: Protocol| {
             if p == Protocol::V02 {
                 " protocol=v0.2"
@@ -327,9 +327,9 @@ impl AgentIo {
             Note::Down { protocol, reason } => log.line(
                 Priority::Warning,
                 format_args!(
-                    "event=agent-down socket={socket}{} reason=\"{}\"",
+                    "event=agent-down socket={socket}{} reason={}",
                     v02(protocol),
-                    Reason(protocol, reason)
+                    Quoted(Reason(protocol, reason))
                 ),
             ),
             Note::FellBackToV02 => log.line(
@@ -341,22 +341,22 @@ impl AgentIo {
             Note::ConnectFailed { protocol, errno } => {
                 let hint = match errno {
                     libc::ENOENT | libc::ECONNREFUSED => {
-                        " (is holden-agent running in the QM partition?)"
+                        " hint=\"is holden-agent running in the QM partition?\""
                     }
                     libc::EPROTOTYPE if protocol == Protocol::V02 => {
-                        " (not a stream socket: a v1 agent? set agent.protocol = \"v1\" or \"auto\")"
+                        " hint=\"not a stream socket: a v1 agent? set agent.protocol = v1 or auto\""
                     }
                     libc::EPROTOTYPE => {
-                        " (a stream socket: a v0.2 agent? set agent.protocol = \"v0.2\" or \"auto\")"
+                        " hint=\"a stream socket: a v0.2 agent? set agent.protocol = v0.2 or auto\""
                     }
-                    libc::EACCES => " (permissions of the socket file)",
+                    libc::EACCES => " hint=\"permissions of the socket file\"",
                     _ => "",
                 };
                 log.line(
                     Priority::Warning,
                     format_args!(
-                        "event=agent-connect-failed socket={socket} error=\"{}\"{hint}",
-                        ErrnoText(errno)
+                        "event=agent-connect-failed socket={socket} error={}{hint}",
+                        Quoted(ErrnoText(errno))
                     ),
                 );
             }
@@ -371,14 +371,14 @@ impl AgentIo {
             } => log.line(
                 Priority::Err,
                 format_args!(
-                    "event=agent-misbehaved socket={socket}{} what=\"{}\" suppressed={suppressed}",
+                    "event=agent-misbehaved socket={socket}{} what={} suppressed={suppressed}",
                     v02(protocol),
-                    WhatText(what)
+                    Quoted(WhatText(what))
                 ),
             ),
             Note::Garbage(error) => log.line(
                 Priority::Debug,
-                format_args!("event=agent-garbage error=\"{error}\""),
+                format_args!("event=agent-garbage error={}", Quoted(error)),
             ),
             Note::RequestTimeout {
                 protocol,
@@ -406,8 +406,9 @@ impl AgentIo {
             } => log.line(
                 Priority::Warning,
                 format_args!(
-                    "service={} partition=qm event=held-pidfd-adopted qm_pid={qm_pid} why={why}",
-                    services.name(service)
+                    "service={} partition=qm event=held-pidfd-adopted qm_pid={qm_pid} why={}",
+                    services.name(service),
+                    Value(why)
                 ),
             ),
             Note::PidfdLost { service, qm_pid } => log.line(
@@ -424,10 +425,10 @@ impl AgentIo {
             } => log.line(
                 Priority::Warning,
                 format_args!(
-                    "service={} partition=qm event=spawn-failed stage={} errno={errno} error=\"{}\" agent_text=\"{}\"",
+                    "service={} partition=qm event=spawn-failed stage={} errno={errno} error={} agent_text=\"{}\"",
                     services.name(service),
                     stage.name(),
-                    ErrnoText(errno),
+                    Quoted(ErrnoText(errno)),
                     Escaped(agent_text)
                 ),
             ),
@@ -460,14 +461,16 @@ impl AgentIo {
                     EncodeFailure::V1(e) => log.line(
                         Priority::Err,
                         format_args!(
-                            "service={name} partition=qm event=spawn-failed stage=encode error=\"{e:?}\""
+                            "service={name} partition=qm event=spawn-failed stage=encode error={}",
+                            Quoted(format_args!("{e:?}"))
                         ),
                     ),
                     EncodeFailure::V02(e) => log.line(
                         Priority::Err,
                         format_args!(
-                            "service={name} partition=qm event=spawn-failed stage=encode{} error=\"{e}\"",
-                            v02(protocol)
+                            "service={name} partition=qm event=spawn-failed stage=encode{} error={}",
+                            v02(protocol),
+                            Quoted(e)
                         ),
                     ),
                     EncodeFailure::NoStart => log.line(

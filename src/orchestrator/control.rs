@@ -26,9 +26,9 @@ use super::engine::Engine;
 use super::services::Services;
 use crate::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, LinkCode, Op, PartitionCode,
-    ServiceInfo, StateCode, Why,
+    ServiceInfo, SpawnError, SpawnStage, StateCode, Why,
 };
-use crate::log::{Escaped, FixedBuf, Logger, Priority};
+use crate::log::{Escaped, FixedBuf, Logger, Priority, Quoted, Value};
 use crate::supervise::{
     self, Command, MonoTime, Partition, Reason, Refusal, ServiceId, Transition,
 };
@@ -83,6 +83,25 @@ struct Conn {
     only: Option<ServiceId>,
     /// Monitor: events not sent since the last successful send.
     dropped: u64,
+    /// The client (SO_PEERCRED at accept), for log lines.
+    peer: Peer,
+}
+
+/// Who a connection is, and what it may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    uid: u32,
+    pid: i32,
+    /// In `[control] read_group` only: status, agent and monitor, no command.
+    read_only: bool,
+}
+
+impl Peer {
+    const NONE: Peer = Peer {
+        uid: u32::MAX,
+        pid: 0,
+        read_only: true,
+    };
 }
 
 /// Control settings given at start-up.
@@ -92,6 +111,8 @@ pub struct ControlSettings {
     pub socket: Option<PathBuf>,
     /// Group whose members may connect besides root.
     pub group: Option<String>,
+    /// Group whose members may query (status, agent, monitor) but not command.
+    pub read_group: Option<String>,
 }
 
 /// What the control plane asks of the event loop.
@@ -131,6 +152,7 @@ pub(crate) struct ControlServer {
     listening: bool,
     listen_slot: SlotId,
     group_gid: Option<u32>,
+    read_gid: Option<u32>,
     conns: Box<[Conn]>,
 }
 
@@ -148,7 +170,11 @@ impl ControlServer {
         ring: &mut Ring,
     ) -> Result<ControlServer, SetupError> {
         let group_gid = match &settings.group {
-            Some(name) => Some(group_id(name).map_err(SetupError::Group)?),
+            Some(name) => Some(group_id("control.group", name).map_err(SetupError::Group)?),
+            None => None,
+        };
+        let read_gid = match &settings.read_group {
+            Some(name) => Some(group_id("control.read_group", name).map_err(SetupError::Group)?),
             None => None,
         };
         let mut take = || {
@@ -165,6 +191,7 @@ impl ControlServer {
                 deadline_ns: None,
                 only: None,
                 dropped: 0,
+                peer: Peer::NONE,
             });
         }
         if ring.limits().send_len < proto::FRAME_LEN_MAX as u32 {
@@ -180,6 +207,7 @@ impl ControlServer {
             listening: false,
             listen_slot,
             group_gid,
+            read_gid,
             conns: conns.into_boxed_slice(),
         })
     }
@@ -206,17 +234,16 @@ impl ControlServer {
         let Some(path) = self.path.clone() else {
             return;
         };
-        let shown = Escaped(path.as_os_str().as_bytes());
-        let mode = if self.group_gid.is_some() {
-            0o660
-        } else {
-            0o600
-        };
+        let shown = Value(Escaped(path.as_os_str().as_bytes()));
+        // The file belongs to the group that may connect at all: the read group when there
+        // is one (members of the command group must be in it too), else the command group.
+        let file_gid = self.read_gid.or(self.group_gid);
+        let mode = if file_gid.is_some() { 0o660 } else { 0o600 };
         let bound = Listener::bind(
             path.as_os_str().as_bytes(),
             socket::Kind::Seqpacket,
             mode,
-            self.group_gid,
+            file_gid,
             BACKLOG,
         );
         match bound {
@@ -231,14 +258,15 @@ impl ControlServer {
                     Priority::Info,
                     format_args!(
                         "event=control-listening socket={shown} mode={} connections_max={CONNECTIONS_MAX}",
-                        if self.group_gid.is_some() { "0660" } else { "0600" }
+                        if file_gid.is_some() { "0660" } else { "0600" }
                     ),
                 );
             }
             Err(e) => log.line(
                 Priority::Err,
                 format_args!(
-                    "event=control-unavailable socket={shown} error=\"{e}\" (holdenctl cannot reach this orchestrator; supervision goes on)"
+                    "event=control-unavailable socket={shown} error={} consequence=\"holdenctl cannot reach this orchestrator; supervision goes on\"",
+                    Quoted(&e)
                 ),
             ),
         }
@@ -297,7 +325,7 @@ impl ControlServer {
             Err(e) => {
                 log.line(
                     Priority::Warning,
-                    format_args!("event=control-accept-failed error=\"{e}\""),
+                    format_args!("event=control-accept-failed error={}", Quoted(e)),
                 );
                 let _ = ring.timeout(self.listen_slot, Timeout::After(ACCEPT_RETRY_DELAY));
             }
@@ -308,11 +336,12 @@ impl ControlServer {
     }
 
     fn admit(&mut self, ring: &mut Ring, log: &Logger, fd: OwnedFd) {
-        let (allowed, uid) = peer_allowed(fd.as_fd(), self.group_gid);
+        let (peer, allowed) = peer_of(fd.as_fd(), self.group_gid, self.read_gid);
+        let (uid, pid) = (peer.uid, peer.pid);
         if !allowed {
             log.line(
                 Priority::Warning,
-                format_args!("event=control-refused uid={uid} reason=permission-denied"),
+                format_args!("event=control-refused uid={uid} pid={pid} reason=permission-denied"),
             );
             send_now(
                 fd.as_fd(),
@@ -327,7 +356,7 @@ impl ControlServer {
             log.line(
                 Priority::Warning,
                 format_args!(
-                    "event=control-refused uid={uid} reason=too-many-clients connections_max={CONNECTIONS_MAX}"
+                    "event=control-refused uid={uid} pid={pid} reason=too-many-clients connections_max={CONNECTIONS_MAX}"
                 ),
             );
             send_now(
@@ -344,9 +373,13 @@ impl ControlServer {
         }
         log.line(
             Priority::Debug,
-            format_args!("event=control-connected uid={uid} connection={k}"),
+            format_args!(
+                "event=control-connected uid={uid} pid={pid} connection={k} access={}",
+                if peer.read_only { "read-only" } else { "full" }
+            ),
         );
         self.conns[k].dropped = 0;
+        self.conns[k].peer = peer;
         self.read(ring, log, k);
     }
 
@@ -402,6 +435,7 @@ impl ControlServer {
         }
         conn.phase = Phase::Free;
         conn.only = None;
+        conn.peer = Peer::NONE;
     }
 
     fn on_conn(
@@ -542,6 +576,29 @@ impl ControlServer {
             }
         };
         self.conns[k].request = frame.id;
+        let peer = self.conns[k].peer;
+        if peer.read_only && matches!(frame.body, Body::Command { .. } | Body::Reload) {
+            let command = match frame.body {
+                Body::Command { op, .. } => op_name(op),
+                _ => "reload",
+            };
+            log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=control-refused uid={} pid={} reason=read-only command={command}",
+                    peer.uid, peer.pid
+                ),
+            );
+            let mut text = FixedBuf::<{ proto::TEXT_LEN_MAX }>::new();
+            let _ = write!(
+                text,
+                "permission denied: uid {} is in the control read group: it may look \
+                 (status, agent, monitor), not {command}",
+                peer.uid
+            );
+            self.fail(ring, log, k, FailCode::ReadOnly, text.as_str());
+            return None;
+        }
         match frame.body {
             Body::Status(None) => self.list(ring, log, view, k, None),
             Body::Status(Some(name)) => match view.services.by_name(name) {
@@ -552,6 +609,13 @@ impl ControlServer {
             Body::AgentStatus => self.agent(ring, log, view, k),
             Body::Monitor => self.monitor(ring, log, k),
             Body::Reload => {
+                log.line(
+                    Priority::Notice,
+                    format_args!(
+                        "event=control-command command=reload uid={} pid={}",
+                        peer.uid, peer.pid
+                    ),
+                );
                 self.conns[k].phase = Phase::Waiting;
                 return Some(Request::Reload { conn: k });
             }
@@ -638,6 +702,8 @@ impl ControlServer {
                 next_restart_ms: st
                     .next_restart
                     .map(|t| t.saturating_since(now).as_millis() as u64),
+                spawn_error: st.last_spawn_error.map(spawn_error_of),
+                start_limit_hit: st.start_limit_hit,
             };
             if !self.send(ring, k, &Body::Service(info)) {
                 self.drop_conn(ring, log, k, "send");
@@ -680,17 +746,15 @@ impl ControlServer {
             Op::Kill(signal) => Command::Kill(signal as i32),
             Op::ResetFailed => Command::ResetFailed,
         };
+        let peer = self.conns[k].peer;
         log.line(
             Priority::Notice,
             format_args!(
-                "service={name} event=control-command command={}",
-                match op {
-                    Op::Start => "start",
-                    Op::Stop => "stop",
-                    Op::Restart => "restart",
-                    Op::Kill(_) => "kill",
-                    Op::ResetFailed => "reset-failed",
-                }
+                "service={name} event=control-command command={}{} uid={} pid={}",
+                op_name(op),
+                SignalField(op),
+                peer.uid,
+                peer.pid
             ),
         );
         self.conns[k].phase = Phase::Waiting;
@@ -726,7 +790,18 @@ impl ControlServer {
             }
             Err(refusal) => {
                 let mut line = FixedBuf::<{ proto::TEXT_LEN_MAX }>::new();
-                let _ = write!(line, "{}: {refusal}", view.services.name(service.index()));
+                let name = view.services.name(service.index());
+                let state = view.engine.core().status(service).map(|s| s.state);
+                let _ = match (refusal, state) {
+                    (Refusal::NoProcess(_), Some(state)) => {
+                        write!(line, "{name} has no process to signal (it is {state})")
+                    }
+                    (Refusal::ShuttingDown, _) => write!(
+                        line,
+                        "{name} is not started: the orchestrator is shutting down"
+                    ),
+                    _ => write!(line, "{name}: {refusal}"),
+                };
                 self.fail(ring, log, k, FailCode::Refused, line.as_str());
             }
         }
@@ -841,30 +916,61 @@ impl ControlServer {
     }
 }
 
-/// The gid of a group name.
-fn group_id(name: &str) -> Result<u32, String> {
+/// The gid of a group name (`key` names the setting in the error).
+fn group_id(key: &str, name: &str) -> Result<u32, String> {
     match crate::sys::user::group_id(name) {
         Ok(Some(gid)) => Ok(gid),
         Ok(None) => Err(format!(
-            "control.group: no group named {name:?} (create it, or remove control.group)"
+            "{key}: no group named {name:?} (create it, or remove {key})"
         )),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            Err(format!("control.group {name:?}: contains NUL"))
+            Err(format!("{key} {name:?}: contains NUL"))
         }
-        Err(e) => Err(format!("control.group: getgrnam: {e}")),
+        Err(e) => Err(format!("{key}: getgrnam: {e}")),
     }
 }
 
-/// The peer's uid and whether it may use the socket: root, or a member of the group.
-fn peer_allowed(fd: BorrowedFd<'_>, group: Option<u32>) -> (bool, u32) {
+/// Who the peer is, what it may do, and whether it may connect at all: root and members of
+/// the command group everything, members of the read group only queries, others nothing (so
+/// also a peer whose credentials cannot be read).
+fn peer_of(fd: BorrowedFd<'_>, group: Option<u32>, read_group: Option<u32>) -> (Peer, bool) {
     let Ok(cred) = PeerCred::of(fd) else {
-        return (false, u32::MAX);
+        return (Peer::NONE, false);
     };
-    if cred.uid == 0 {
-        return (true, 0);
+    let full = cred.uid == 0 || group.is_some_and(|gid| cred.in_group(fd, gid));
+    let read = !full && read_group.is_some_and(|gid| cred.in_group(fd, gid));
+    let peer = Peer {
+        uid: cred.uid,
+        pid: cred.pid,
+        read_only: !full,
+    };
+    (peer, full || read)
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Start => "start",
+        Op::Stop => "stop",
+        Op::Restart => "restart",
+        Op::Kill(_) => "kill",
+        Op::ResetFailed => "reset-failed",
     }
-    let allowed = group.is_some_and(|gid| cred.in_group(fd, gid));
-    (allowed, cred.uid)
+}
+
+/// ` signal=NAME` for a kill, nothing otherwise.
+struct SignalField(Op);
+
+impl std::fmt::Display for SignalField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Op::Kill(signal) => write!(
+                f,
+                " signal={}",
+                crate::pidfd::signal_name(i32::from(signal))
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Sends one packet without waiting; the errno when it could not.
@@ -909,13 +1015,25 @@ fn why_of(reason: Reason) -> Why {
         Reason::Operator => Why::Operator,
         Reason::RestartDue => Why::RestartDue,
         Reason::Spawned(pid) => Why::Spawned(pid.0),
-        Reason::SpawnFailed(e) => Why::SpawnFailed(e.errno),
+        Reason::SpawnFailed(e) => Why::SpawnFailed(spawn_error_of(e)),
         Reason::Exited(status) => Why::Exited(exit_of(status)),
         Reason::StartLimit => Why::StartLimit,
         Reason::Agent => Why::Agent,
         Reason::StopTimeout => Why::StopTimeout,
         Reason::Shutdown => Why::Shutdown,
         Reason::Removed => Why::Removed,
+    }
+}
+
+fn spawn_error_of(e: supervise::StartFailure) -> SpawnError {
+    SpawnError {
+        stage: match e.stage {
+            supervise::StartStage::Setup => SpawnStage::Setup,
+            supervise::StartStage::Exec => SpawnStage::Exec,
+            supervise::StartStage::Agent => SpawnStage::Agent,
+            supervise::StartStage::Refused => SpawnStage::Refused,
+        },
+        errno: e.errno,
     }
 }
 

@@ -25,7 +25,7 @@ use super::spawner::Spawner;
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
 use crate::control::{FailCode, ReloadInfo, TEXT_LEN_MAX};
 use crate::link::{self, Protocol};
-use crate::log::{self, LineBuf, Logger, Priority};
+use crate::log::{self, LineBuf, Logger, Priority, Quoted};
 use crate::pidfd::{self, Capabilities};
 use crate::sd_notify::Notifier;
 use crate::spawn::SpawnSpec;
@@ -139,6 +139,8 @@ pub struct Orchestrator {
     settings: Settings,
     /// Services a reload added that wait for a removed service's slot (empty otherwise).
     pending_adds: Vec<(ServiceDef, Option<Arc<SpawnSpec>>)>,
+    /// The agent's state as the `STATUS=` line last said it.
+    agent_status: &'static str,
 }
 
 impl Drop for Orchestrator {
@@ -294,6 +296,7 @@ impl Orchestrator {
             qm_services,
             settings,
             pending_adds: Vec::new(),
+            agent_status: "connecting",
         })
     }
 
@@ -508,6 +511,9 @@ impl Orchestrator {
                     }
                 }
                 self.log_transition(t);
+                if (t.to == State::Failed) != (t.from == State::Failed) {
+                    self.update_status(self.agent_status);
+                }
             }
             Output::Note(note) => {
                 let text = self.engine.link().agent_text();
@@ -525,7 +531,14 @@ impl Orchestrator {
             Output::ShutdownComplete => self.done = true,
             Output::Refused { refusal, event } => self.log.line(
                 Priority::Err,
-                format_args!("event=core-refused detail=\"{refusal}\" input={event:?}"),
+                format_args!(
+                    "event=core-refused service={} detail={} input={}",
+                    refusal
+                        .service()
+                        .map_or("-", |s| self.services.name(s.index())),
+                    Quoted(refusal),
+                    Quoted(format_args!("{event:?}"))
+                ),
             ),
         }
     }
@@ -582,7 +595,7 @@ impl Orchestrator {
                     self.log.line(
                         Priority::Warning,
                         format_args!(
-                            "event=shutdown-timeout timeout_ms={} action=SIGKILL every process",
+                            "event=shutdown-timeout timeout_ms={} action=SIGKILL target=every-process",
                             self.settings.shutdown_timeout.as_millis()
                         ),
                     );
@@ -725,7 +738,7 @@ impl Orchestrator {
                 self.log.line(
                     Priority::Notice,
                     format_args!(
-                        "event=shutdown services=left-running (shutdown.stop_services = false)"
+                        "event=shutdown services=left-running reason=\"shutdown.stop_services = false\""
                     ),
                 );
                 self.done = true;
@@ -739,20 +752,24 @@ impl Orchestrator {
         } else {
             self.log.line(
                 Priority::Warning,
-                format_args!("event=shutdown-forced action=SIGKILL every process"),
+                format_args!("event=shutdown-forced action=SIGKILL target=every-process"),
             );
         }
         self.engine.shutdown(now());
     }
 
-    /// Sends `STATUS=` with the agent's state (on start-up and agent changes only: a
-    /// notification per restart would cost a datagram per cycle).
-    fn update_status(&self, agent: &str) {
-        let _ = self.notify.status(format_args!(
-            "supervising {} services ({} in QM); agent {agent}",
-            self.services.list.iter().filter(|s| s.active).count(),
-            self.qm_services
-        ));
+    /// Sends `STATUS=` (services, the failed ones by name, the agent's state): on start-up,
+    /// agent changes, a service entering or leaving `failed`, and reloads only (a notification
+    /// per restart would cost a datagram per cycle).
+    fn update_status(&mut self, agent: &'static str) {
+        self.agent_status = agent;
+        let line = super::status_line::StatusLine {
+            services: &self.services,
+            core: self.engine.core(),
+            qm: self.qm_services,
+            agent,
+        };
+        let _ = self.notify.status(format_args!("{line}"));
     }
 
     fn log_transition(&self, t: Transition) {
@@ -824,22 +841,28 @@ impl Orchestrator {
     /// Re-reads the configuration file. On success returns the counts and the length of the
     /// "needs a restart" note written into `notes`; on failure nothing has changed.
     fn reload(&mut self, notes: &mut [u8]) -> Result<([u16; 4], usize), (FailCode, String)> {
+        // systemd: RELOADING=1 (with the time, systemd 253+) now, READY=1 when done, so that
+        // `systemctl reload` waits for the reload and not only for ExecReload.
+        let _ = self.notify.reloading(ring::now_ns() / 1_000);
         let result = self.reload_apply(notes);
+        self.settle();
+        let _ = self.notify.send(b"READY=1");
+        self.update_status(self.agent_status);
         match &result {
             Ok((c, len)) => self.log.line(
                 Priority::Notice,
                 format_args!(
-                    "event=reload added={} removed={} changed={} unchanged={} needs_restart=\"{}\"",
+                    "event=reload added={} removed={} changed={} unchanged={} needs_restart={}",
                     c[0],
                     c[1],
                     c[2],
                     c[3],
-                    std::str::from_utf8(&notes[..*len]).unwrap_or("")
+                    Quoted(std::str::from_utf8(&notes[..*len]).unwrap_or(""))
                 ),
             ),
             Err((_, message)) => self.log.line(
                 Priority::Err,
-                format_args!("event=reload-failed error=\"{message}\" action=nothing changed"),
+                format_args!("event=reload-failed error={} action=none", Quoted(message)),
             ),
         }
         result
@@ -884,7 +907,7 @@ impl Orchestrator {
             if let Err(refusal) = self.engine.remove(now(), service) {
                 self.log.line(
                     Priority::Err,
-                    format_args!("event=core-refused detail=\"{refusal}\" input=remove"),
+                    format_args!("event=core-refused detail={} input=remove", Quoted(refusal)),
                 );
             }
             self.settle();
@@ -911,7 +934,10 @@ impl Orchestrator {
             if let Err(refusal) = result {
                 self.log.line(
                     Priority::Err,
-                    format_args!("event=core-refused detail=\"{refusal}\" input=replace"),
+                    format_args!(
+                        "event=core-refused detail={} input=replace",
+                        Quoted(refusal)
+                    ),
                 );
             }
             self.settle();
@@ -949,7 +975,11 @@ impl Orchestrator {
                 // Checked before applying: not expected.
                 self.log.line(
                     Priority::Err,
-                    format_args!("service={} event=add-failed detail=\"{refusal}\"", def.name),
+                    format_args!(
+                        "service={} event=add-failed detail={}",
+                        def.name,
+                        Quoted(refusal)
+                    ),
                 );
                 return;
             }
@@ -959,7 +989,11 @@ impl Orchestrator {
             Err(e) => {
                 self.log.line(
                     Priority::Err,
-                    format_args!("service={} event=add-failed detail=\"ring: {e}\"", def.name),
+                    format_args!(
+                        "service={} event=add-failed detail={}",
+                        def.name,
+                        Quoted(format_args!("ring: {e}"))
+                    ),
                 );
                 let _ = self.engine.remove(now(), id);
                 self.settle();

@@ -9,6 +9,7 @@
 //! - `services`, `agent_io`, `control`: the sub-shells (each service's pidfd slot and spawn
 //!   spec; the agent connections; holdenctl's connections);
 //! - `spawner`: the threads that carry out local spawns off the loop;
+//! - `status_line`: the `STATUS=` line for systemd (services, the failed ones, the agent);
 //! - `reload`, `spec`, `signals`, `counters`.
 //!
 //! No module here imports `event_loop`: the sub-shells get what they need as arguments.
@@ -23,6 +24,7 @@ mod services;
 pub mod signals;
 mod spawner;
 mod spec;
+mod status_line;
 mod timers;
 
 pub use control::{

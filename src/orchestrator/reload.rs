@@ -81,6 +81,9 @@ fn fixed_changes(old: &Settings, new: &Settings) -> String {
     if old.control.group != new.control.group {
         list.push("control.group");
     }
+    if old.control.read_group != new.control.read_group {
+        list.push("control.read_group");
+    }
     list.join(", ")
 }
 

@@ -102,6 +102,7 @@ impl Settings {
             control: super::ControlSettings {
                 socket: Some(config.control.socket.clone()),
                 group: config.control.group.clone(),
+                read_group: config.control.read_group.clone(),
             },
             config_path: None,
         }

@@ -49,15 +49,30 @@ pub enum Refusal {
     InvalidPolicy,
 }
 
+impl Refusal {
+    /// The service the refusal is about, if any (its name is the shell's to show: the core
+    /// knows only slot indices, which mean nothing to an operator).
+    pub fn service(&self) -> Option<ServiceId> {
+        match *self {
+            Refusal::UnknownService(id)
+            | Refusal::NoSpawnInFlight(id)
+            | Refusal::NoProcess(id)
+            | Refusal::Removing(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What was refused, without the slot index (see [`Refusal::service`]).
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::UnknownService(id) => write!(f, "no service in slot {}", id.0),
+            Refusal::UnknownService(_) => f.write_str("no such service"),
             Refusal::ActionsPending => f.write_str("actions of the previous event not drained"),
-            Refusal::NoSpawnInFlight(id) => write!(f, "service {}: no spawn in flight", id.0),
-            Refusal::NoProcess(id) => write!(f, "service {}: no live process", id.0),
+            Refusal::NoSpawnInFlight(_) => f.write_str("no spawn in flight"),
+            Refusal::NoProcess(_) => f.write_str("no live process"),
             Refusal::ShuttingDown => f.write_str("orchestrator is shutting down"),
-            Refusal::Removing(id) => write!(f, "service {} is being removed", id.0),
+            Refusal::Removing(_) => f.write_str("being removed by a reload"),
             Refusal::Full => f.write_str("every service slot is in use"),
             Refusal::InvalidPolicy => write!(f, "start limit burst above {START_LIMIT_BURST_MAX}"),
         }
@@ -103,6 +118,10 @@ struct Slot {
     backoff_step: u32,
     last_exit: Option<ExitStatus>,
     next_restart: Option<MonoTime>,
+    /// Why the last start failed; cleared when a start succeeds.
+    last_spawn_error: Option<StartFailure>,
+    /// In `failed` because of the start limit.
+    start_limit_hit: bool,
     timer: Option<Timer>,
     kill_sent: bool,
     after_stop: AfterStop,
@@ -139,6 +158,8 @@ impl Slot {
         backoff_step: 0,
         last_exit: None,
         next_restart: None,
+        last_spawn_error: None,
+        start_limit_hit: false,
         timer: None,
         kill_sent: false,
         after_stop: AfterStop::Stay,
@@ -292,6 +313,8 @@ impl Supervisor {
             restarts: slot.restarts,
             last_exit: slot.last_exit,
             next_restart: slot.next_restart,
+            last_spawn_error: slot.last_spawn_error,
+            start_limit_hit: slot.start_limit_hit,
         })
     }
 
@@ -335,6 +358,7 @@ impl Supervisor {
         slot.spawn_in_flight = false;
         slot.pid = Some(pid);
         slot.running_since = Some(now);
+        slot.last_spawn_error = None;
         match slot.state {
             State::Starting => self.transition(service, State::Running, Reason::Spawned(pid), None),
             State::Stopping => self.signal_stop(now, service),
@@ -354,6 +378,7 @@ impl Supervisor {
             return Err(Refusal::NoSpawnInFlight(service));
         }
         slot.spawn_in_flight = false;
+        slot.last_spawn_error = Some(error);
         if error.stage == StartStage::Agent {
             // The agent connection is gone: asking again before `AgentUp` would fail the same way.
             self.agent_up = false;
@@ -488,6 +513,7 @@ impl Supervisor {
                 if slot.state == State::Failed {
                     slot.starts.clear();
                     slot.backoff_step = 0;
+                    slot.last_spawn_error = None;
                     self.transition(service, State::Stopped, Reason::Operator, None);
                 }
             }
@@ -709,6 +735,11 @@ impl Supervisor {
         let slot = &mut self.slots[service.index()];
         let from = slot.state;
         slot.state = to;
+        if to != State::Failed {
+            slot.start_limit_hit = false;
+        } else if reason == Reason::StartLimit {
+            slot.start_limit_hit = true;
+        }
         let restarts = slot.restarts;
         self.actions.push(Action::Log(Transition {
             service,

@@ -1,6 +1,6 @@
 //! States and the per-service status the control plane reads.
 
-use super::event::{ExitStatus, Pid};
+use super::event::{ExitStatus, Pid, StartFailure};
 use super::{MonoTime, Partition};
 
 /// The state of one service.
@@ -60,4 +60,8 @@ pub struct ServiceStatus {
     pub last_exit: Option<ExitStatus>,
     /// When the next automatic restart is due (state `backoff`).
     pub next_restart: Option<MonoTime>,
+    /// Why the last start failed (stage and errno); `None` once a start succeeded.
+    pub last_spawn_error: Option<StartFailure>,
+    /// The service is `failed` because it hit its start limit.
+    pub start_limit_hit: bool,
 }

@@ -26,6 +26,60 @@ pub fn text(errno: i32, buf: &mut [u8; 128]) -> Option<&str> {
     std::str::from_utf8(&buf[..len]).ok()
 }
 
+/// The symbolic names of the errno values a spawn, a socket or the agent link can report,
+/// for operators (`exec ENOENT`); the values are the platform's own.
+const NAMES: [(i32, &str); 41] = [
+    (libc::EPERM, "EPERM"),
+    (libc::ENOENT, "ENOENT"),
+    (libc::ESRCH, "ESRCH"),
+    (libc::EINTR, "EINTR"),
+    (libc::EIO, "EIO"),
+    (libc::ENXIO, "ENXIO"),
+    (libc::E2BIG, "E2BIG"),
+    (libc::ENOEXEC, "ENOEXEC"),
+    (libc::EBADF, "EBADF"),
+    (libc::ECHILD, "ECHILD"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::ENOMEM, "ENOMEM"),
+    (libc::EACCES, "EACCES"),
+    (libc::EFAULT, "EFAULT"),
+    (libc::EBUSY, "EBUSY"),
+    (libc::EEXIST, "EEXIST"),
+    (libc::ENODEV, "ENODEV"),
+    (libc::ENOTDIR, "ENOTDIR"),
+    (libc::EISDIR, "EISDIR"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::ENFILE, "ENFILE"),
+    (libc::EMFILE, "EMFILE"),
+    (libc::ETXTBSY, "ETXTBSY"),
+    (libc::ENOSPC, "ENOSPC"),
+    (libc::EROFS, "EROFS"),
+    (libc::EPIPE, "EPIPE"),
+    (libc::ENAMETOOLONG, "ENAMETOOLONG"),
+    (libc::ENOSYS, "ENOSYS"),
+    (libc::ELOOP, "ELOOP"),
+    (libc::EPROTO, "EPROTO"),
+    (libc::EMSGSIZE, "EMSGSIZE"),
+    (libc::EPROTOTYPE, "EPROTOTYPE"),
+    (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+    (libc::ECONNABORTED, "ECONNABORTED"),
+    (libc::ECONNRESET, "ECONNRESET"),
+    (libc::ENOBUFS, "ENOBUFS"),
+    (libc::ENOTCONN, "ENOTCONN"),
+    (libc::ETIMEDOUT, "ETIMEDOUT"),
+    (libc::ECONNREFUSED, "ECONNREFUSED"),
+    (libc::ECANCELED, "ECANCELED"),
+    (libc::ELIBBAD, "ELIBBAD"),
+];
+
+/// The symbolic name of `errno` (`ENOENT`), `None` when it is not one holden names.
+pub fn name(errno: i32) -> Option<&'static str> {
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == errno)
+        .map(|(_, name)| *name)
+}
+
 /// An errno as `strerror` text with its number, formatted without allocating
 /// (`io::Error`'s `Display` allocates): `No such file or directory (errno 2)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,5 +124,15 @@ mod tests {
             "No such file or directory"
         );
         assert!(ErrnoText(99999).to_string().contains("99999"));
+        assert_eq!(name(libc::ENOENT), Some("ENOENT"));
+        assert_eq!(name(libc::ETIMEDOUT), Some("ETIMEDOUT"));
+        assert_eq!(name(0), None);
+        for (n, _) in NAMES {
+            assert_eq!(
+                NAMES.iter().filter(|(m, _)| *m == n).count(),
+                1,
+                "{n} twice"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`v1`]: "holden wire v1", the native protocol (SOCK_SEQPACKET, one frame per packet, the
 //!   pidfd travelling in the same packet as its `Started` reply).
-//! - [`legacy`]: the v0.2 C protocol (SOCK_STREAM, host-endian C structs, the pidfd in a
+//! - [`v02`]: the v0.2 C protocol (SOCK_STREAM, host-endian C structs, the pidfd in a
 //!   separate one-byte message), so holden can replace either side of a v0.2 deployment.
 //!
 //! Both decoders are bounded, allocation-free and never panic; see `docs/wire.md`.

@@ -9,8 +9,8 @@
 //! separate `sendmsg` carrying the pidfd in SCM_RIGHTS.
 //!
 //! Unlike v0.2 this decoder never trusts `length`: a known type must have exactly its fixed
-//! size, any other type at most [`PAYLOAD_LEN_MAX`] (the size of the v0.2 message union), and
-//! nothing is read past the buffer. It is stream-oriented: [`decode`] returns either
+//! size, any other type at most [`PAYLOAD_LEN_MAX`] (the size of the v0.2 message union,
+//! 16,904 bytes: its process-list member is the largest), and nothing is read past the buffer. It is stream-oriented: [`decode`] returns either
 //! [`Decoded::NeedMore`] or a frame and the number of bytes it consumed.
 
 use core::fmt;
@@ -38,8 +38,11 @@ pub const STARTED_PAYLOAD_LEN: usize = 8;
 pub const ERROR_PAYLOAD_LEN: usize = 512;
 /// Longest error text: the field less its NUL terminator.
 pub const ERROR_TEXT_LEN_MAX: usize = ERROR_PAYLOAD_LEN - 1;
-/// Largest payload of any type: the size of the v0.2 message union (its START member).
-pub const PAYLOAD_LEN_MAX: usize = START_PAYLOAD_LEN;
+/// Size of the v0.2 message union: `sizeof(message_t)` is 16,912 with the 8-byte header, and
+/// its largest member is the process list, not `START_PROCESS` (8452).
+pub const UNION_LEN: usize = 16_904;
+/// Largest payload of any type: the size of the v0.2 message union.
+pub const PAYLOAD_LEN_MAX: usize = UNION_LEN;
 /// Largest frame: a receive buffer of this size always suffices.
 pub const FRAME_LEN_MAX: usize = HEADER_LEN + PAYLOAD_LEN_MAX;
 /// The one data byte of the separate message that carries the pidfd.
@@ -52,6 +55,7 @@ pub const SOCKET_PATH_ENV: &str = "HOLDEN_SOCKET_PATH";
 pub const AUTOSD_SOCKET_PATH: &str = "/run/holden/qm_orchestrator.sock";
 
 const _: () = assert!(START_PAYLOAD_LEN == 8452);
+const _: () = assert!(HEADER_LEN + UNION_LEN == 16_912 && START_PAYLOAD_LEN <= UNION_LEN);
 
 /// The twelve v0.2 message types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

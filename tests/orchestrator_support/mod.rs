@@ -223,6 +223,13 @@ impl Orch {
         let status = wait_until("orchestrator exit", || self.child.try_wait().unwrap());
         let refused = self.lines_with(&["event=core-refused"]);
         assert!(refused.is_empty(), "the core refused events: {refused:?}");
+        // Every line the orchestrator wrote (a priority prefix; a service's own output has
+        // none) is strict key=value.
+        for line in self.log().lines().filter(|l| has_priority_prefix(l)) {
+            if let Err(e) = parse_log_line(line) {
+                panic!("log line is not key=value ({e}): {line}");
+            }
+        }
         status
     }
 }
@@ -261,6 +268,98 @@ fn orphan(pid: i32) -> bool {
     ppid == Some("1")
 }
 
+/// Whether a line starts with a journald priority prefix `<N>`.
+pub fn has_priority_prefix(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() >= 3 && b[0] == b'<' && b[1].is_ascii_digit() && b[2] == b'>'
+}
+
+/// Parses one orchestrator log line strictly (the grammar of docs/orchestrator.md, "Log"):
+/// `<N>`, then fields `key=value` separated by one space; a key is `[a-z0-9_]+`; a value is
+/// a bare word (no space, `"` or `\`) or a quoted string in which `"` and `\` appear only
+/// escaped (`\"`, `\\`, `\n`, `\xNN`). Returns the fields, values unescaped.
+pub fn parse_log_line(line: &str) -> Result<Vec<(String, String)>, String> {
+    if !has_priority_prefix(line) {
+        return Err("no <N> priority prefix".into());
+    }
+    let b = line.as_bytes();
+    let mut i = 3;
+    let mut fields = Vec::new();
+    if i == b.len() {
+        return Err("no field".into());
+    }
+    loop {
+        let key_start = i;
+        while i < b.len() && (b[i].is_ascii_lowercase() || b[i].is_ascii_digit() || b[i] == b'_') {
+            i += 1;
+        }
+        if i == key_start {
+            return Err(format!("no key at byte {i}"));
+        }
+        let key = line[key_start..i].to_string();
+        if b.get(i) != Some(&b'=') {
+            return Err(format!("key {key:?} without '=' at byte {i}"));
+        }
+        i += 1;
+        let mut value = Vec::new();
+        if b.get(i) == Some(&b'"') {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => return Err(format!("{key}: unterminated quoted value")),
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\\') => {
+                        match b.get(i + 1) {
+                            Some(b'"') => value.push(b'"'),
+                            Some(b'\\') => value.push(b'\\'),
+                            Some(b'n') => value.push(b'\n'),
+                            Some(b'x') => {
+                                let hex = line
+                                    .get(i + 2..i + 4)
+                                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                                    .ok_or_else(|| format!("{key}: bad \\x escape"))?;
+                                value.push(hex);
+                                i += 2;
+                            }
+                            other => return Err(format!("{key}: bad escape {other:?}")),
+                        }
+                        i += 2;
+                    }
+                    Some(&c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            let start = i;
+            while i < b.len() && b[i] != b' ' {
+                if b[i] == b'"' || b[i] == b'\\' {
+                    return Err(format!("{key}: '\"' or '\\' in a bare value"));
+                }
+                i += 1;
+            }
+            if i == start {
+                return Err(format!("{key}: empty bare value"));
+            }
+            value.extend_from_slice(&b[start..i]);
+        }
+        fields.push((key, String::from_utf8_lossy(&value).into_owned()));
+        match b.get(i) {
+            None => return Ok(fields),
+            Some(b' ') if i + 1 < b.len() => i += 1,
+            Some(_) => {
+                return Err(format!(
+                    "expected one space before the next field at byte {i}"
+                ))
+            }
+        }
+    }
+}
+
 /// Value of `key=` in a log line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!(" {key}=");
@@ -283,13 +382,20 @@ pub struct Qm {
 impl Qm {
     /// Starts the namespace; `extra` are more agent options (e.g. `--legacy-socket P`).
     pub fn start(dir: &TempDir, extra: &str) -> Qm {
+        Qm::start_with(dir, &format!("\"$AGENT\" --socket \"$SOCKET\" {extra}"))
+    }
+
+    /// Starts the namespace with `command` as the agent's command line, a shell command in
+    /// which `$AGENT` is the agent binary and `$SOCKET` the socket path (run again each time
+    /// the agent ends).
+    pub fn start_with(dir: &TempDir, command: &str) -> Qm {
         let socket = dir.path("agent.sock");
         let agent = agent_bin();
         let log = std::fs::File::create(dir.path("agent.log")).unwrap();
         // PID 1 is dash: it restarts the agent when it dies and, waiting for it, reaps every
         // orphan that is reparented to it.
         let script = format!(
-            "while :; do {} --socket {} {extra}; sleep 0.05; done",
+            "AGENT='{}'; SOCKET='{}'; while :; do {command}; sleep 0.05; done",
             agent.display(),
             socket.display()
         );

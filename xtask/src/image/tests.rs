@@ -293,6 +293,11 @@ fn units_reference_installed_paths() {
         .1;
     assert_eq!(unit_value(&orchestrator, "Type"), Some("notify"));
     assert!(unit_value(&orchestrator, "WatchdogSec").is_some());
+    // `systemctl reload` goes through holdenctl, which reports an invalid file and fails.
+    assert_eq!(
+        unit_value(&orchestrator, "ExecReload"),
+        Some("/usr/bin/holdenctl reload")
+    );
     let agent = qm.units().pop().expect("agent unit").1;
     assert_eq!(
         unit_value(&agent, "KillMode"),
@@ -437,5 +442,85 @@ fn systemd_accepts_the_units_and_the_tmpfiles_entry() {
         let meta = std::fs::metadata(root.join(d)).unwrap_or_else(|_| panic!("{d} created"));
         assert!(meta.is_dir());
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "{d}");
+    }
+}
+
+/// `systemd-analyze security` of both shipped units: the sandbox directives are set, the score
+/// is what docs/deploy.md says, and every exposure it reports is explained there.
+#[test]
+fn every_exposure_of_the_units_is_explained() {
+    let (_dir, out, v) = bundle("security");
+    let (host, qm) = contents(&v, &out);
+    let deploy = std::fs::read_to_string(run::workspace_root().join("docs/deploy.md")).unwrap();
+    let section = deploy
+        .split("### `systemd-analyze security`")
+        .nth(1)
+        .expect("docs/deploy.md has the systemd-analyze security section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let units = [
+        host.units()
+            .into_iter()
+            .find(|(d, _)| d.ends_with("holden-orchestrator.service"))
+            .expect("orchestrator unit"),
+        qm.units().pop().expect("agent unit"),
+    ];
+    for (dest, text) in &units {
+        for key in [
+            "ProtectKernelModules",
+            "ProtectKernelLogs",
+            "ProtectHostname",
+            "LockPersonality",
+            "SystemCallArchitectures",
+            "SystemCallFilter",
+            "SystemCallErrorNumber",
+        ] {
+            assert!(unit_value(text, key).is_some(), "{dest}: {key}= is not set");
+        }
+    }
+    if !run::succeeds("systemd-analyze", &["--version"]) {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    for (dest, _) in &units {
+        let side = if dest.contains("holden-agent") {
+            "qm"
+        } else {
+            "host"
+        };
+        let path = out
+            .join("files")
+            .join(side)
+            .join(dest.trim_start_matches('/'));
+        let result = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&result.stdout);
+        let exposure = report
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(": ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{dest}: no exposure level in\n{report}"));
+        assert!(
+            exposure <= 8.3,
+            "{dest}: exposure {exposure} is above the 8.3 docs/deploy.md states"
+        );
+        for line in report.lines().filter(|l| l.starts_with('✗')) {
+            let name = line
+                .trim_start_matches('✗')
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            let directive = name.split('=').next().unwrap_or(name);
+            assert!(
+                section.contains(&format!("`{directive}=")),
+                "{dest}: the exposure {name} is not explained in docs/deploy.md"
+            );
+        }
     }
 }

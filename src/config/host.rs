@@ -1,0 +1,175 @@
+//! What a valid file needs of the machine it runs on: the groups it names, the programs and
+//! working directories of its local services. `--check` looks (as `systemd-analyze verify`
+//! looks for the programs of a unit), and says what it cannot know: a QM service's paths are
+//! inside the QM partition.
+
+use super::error::{ConfigError, ConfigErrorKind};
+use super::validate::Spans;
+use super::Config;
+use crate::supervise::Partition;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// The machine, as the checks see it (a trait, so that tests can describe another one).
+pub trait Host {
+    /// Whether group `name` exists; `Err` when the lookup itself failed.
+    fn group_exists(&self, name: &str) -> Result<bool, String>;
+    /// Why `path` cannot be executed as a program, `None` when it can.
+    fn program_problem(&self, path: &Path) -> Option<String>;
+    /// Why `path` cannot be a working directory, `None` when it can.
+    fn directory_problem(&self, path: &Path) -> Option<String>;
+}
+
+/// The machine this runs on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThisMachine;
+
+impl Host for ThisMachine {
+    fn group_exists(&self, name: &str) -> Result<bool, String> {
+        crate::sys::user::group_id(name)
+            .map(|gid| gid.is_some())
+            .map_err(|e| format!("getgrnam: {e}"))
+    }
+
+    fn program_problem(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Err(e) => Some(format!("cannot be started: {e}")),
+            Ok(meta) if !meta.is_file() => Some("is not a regular file".to_string()),
+            Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
+                Some("is not executable (no x permission bit)".to_string())
+            }
+            Ok(_) => None,
+        }
+    }
+
+    fn directory_problem(&self, path: &Path) -> Option<String> {
+        match std::fs::metadata(path) {
+            Err(e) => Some(format!("cannot be the working directory: {e}")),
+            Ok(meta) if !meta.is_dir() => Some("is not a directory".to_string()),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// Where the problems are: the text and spans of a file, or only a name (the v0.2 command
+/// line has no file).
+pub(crate) struct Source<'a> {
+    pub path: &'a str,
+    pub text: &'a str,
+    pub spans: Option<&'a Spans>,
+}
+
+impl Source<'_> {
+    fn at(
+        &self,
+        offset: Option<usize>,
+        kind: ConfigErrorKind,
+        field: &str,
+        message: String,
+    ) -> ConfigError {
+        match offset {
+            Some(offset) => ConfigError::at(self.path, self.text, offset, kind, field, message),
+            None => ConfigError::unplaced(self.path, kind, field, message),
+        }
+    }
+}
+
+/// The host checks of a valid configuration: (errors, warnings).
+pub(crate) fn check(
+    config: &Config,
+    source: &Source<'_>,
+    host: &dyn Host,
+) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let spans = source.spans;
+    for (key, name, offset) in [
+        (
+            "control.group",
+            &config.control.group,
+            spans.and_then(|s| s.control_group),
+        ),
+        (
+            "control.read_group",
+            &config.control.read_group,
+            spans.and_then(|s| s.control_read_group),
+        ),
+    ] {
+        let Some(name) = name else { continue };
+        match host.group_exists(name) {
+            Ok(true) => {}
+            Ok(false) => errors.push(source.at(
+                offset,
+                ConfigErrorKind::UnknownGroup,
+                key,
+                format!("no group named {name:?} on this machine: create it, or remove {key} (the orchestrator refuses to start without it)"),
+            )),
+            Err(e) => errors.push(source.at(
+                offset,
+                ConfigErrorKind::UnknownGroup,
+                key,
+                format!("group {name:?} cannot be looked up: {e}"),
+            )),
+        }
+    }
+    if config.services.is_empty() {
+        warnings.push(source.at(
+            None,
+            ConfigErrorKind::Warning,
+            "",
+            "0 services: the orchestrator would start and supervise nothing".to_string(),
+        ));
+    }
+    for (index, spec) in config.services.iter().enumerate() {
+        let service_spans = spans.and_then(|s| s.services.get(index));
+        let program = Path::new(OsStr::from_bytes(spec.argv[0].as_bytes()));
+        let cwd = spec.working_directory.as_bytes();
+        let cwd_offset = service_spans.and_then(|s| s.working_directory);
+        let argv0_offset = service_spans.map(|s| s.argv0);
+        let field = |key: &str| format!("service.{}.{key}", spec.name);
+        match spec.partition() {
+            Partition::Local => {
+                if let Some(problem) = host.program_problem(program) {
+                    errors.push(source.at(
+                        argv0_offset,
+                        ConfigErrorKind::Missing,
+                        &field("argv[0]"),
+                        format!("program {:?} {problem}", program.display().to_string()),
+                    ));
+                }
+                // The default "/" is not worth a look; a configured one is.
+                let configured = cwd_offset.is_some() || (spans.is_none() && cwd != b"/");
+                if configured {
+                    let dir = Path::new(OsStr::from_bytes(cwd));
+                    if let Some(problem) = host.directory_problem(dir) {
+                        errors.push(source.at(
+                            cwd_offset,
+                            ConfigErrorKind::Missing,
+                            &field("working_directory"),
+                            format!("{:?} {problem}", dir.display().to_string()),
+                        ));
+                    }
+                }
+            }
+            Partition::Qm => {
+                let what = if cwd_offset.is_some() {
+                    "its program and working directory are paths"
+                } else {
+                    "its program is a path"
+                };
+                warnings.push(source.at(
+                    argv0_offset,
+                    ConfigErrorKind::Warning,
+                    &field("argv[0]"),
+                    format!(
+                        "{:?} not checked: {what} inside the QM partition (holden-agent reports them when it starts the service)",
+                        program.display().to_string()
+                    ),
+                ));
+            }
+        }
+    }
+    (errors, warnings)
+}

@@ -13,6 +13,7 @@
 pub mod config;
 #[cfg(feature = "orchestrator")]
 pub mod control;
+pub mod histogram;
 #[cfg(feature = "orchestrator")]
 pub mod link;
 pub mod log;

@@ -986,9 +986,78 @@ fn peers_other_than_root_and_the_group_are_refused() {
     );
 }
 
-/// `[control] read_group`: its members may look (status, agent, monitor) but not command;
+/// `[control] read_group`: its members may look (status, agent, stats, monitor) but not command;
 /// the socket file belongs to it, so members of `group` must be in it too. Every command
 /// is logged with the uid and pid that sent it.
+/// A number field of a flat JSON object.
+fn json_u64(text: &str, key: &str) -> Option<u64> {
+    json_field(text, key)?.parse().ok()
+}
+
+#[test]
+fn stats_give_the_loops_stall_histogram_and_its_counts() {
+    let dir = TempDir::new("ctl-stats");
+    let socket = dir.path("control.sock");
+    let services = service(
+        "crasher",
+        "local",
+        &["/bin/true"],
+        "restart = \"always\"\nrestart_delay = \"0\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+    ) + &service(
+        "broken",
+        "local",
+        &["/nonexistent/program"],
+        "restart = \"never\"",
+    );
+    let mut orch = Orch::start(&dir, &config(&dir, None, 4, "", &services));
+    orch.wait_lines(&["service=crasher ", "reason=exited code=0"], 50);
+    wait_state(&socket, "broken", "failed");
+    let out = ctl(&socket, &["stats", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let j = &out.stdout;
+    let field = |k| json_u64(j, k).unwrap_or_else(|| panic!("{k} in {j}"));
+    let completions = field("completions");
+    let spawned = field("spawned_local");
+    // Every spawn took at least two completions: its outcome, and the process's end.
+    assert!(spawned >= 50 && field("exited") >= 49, "{j}");
+    assert!(completions >= 2 * field("exited"), "{j}");
+    assert_eq!(field("spawn_failed"), 1, "{j}");
+    assert_eq!(field("log_dropped"), 0, "{j}");
+    let (p50, p99, p999, max) = (
+        field("stall_p50_ns"),
+        field("stall_p99_ns"),
+        field("stall_p999_ns"),
+        field("stall_max_ns"),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max, "{j}");
+    // The buckets hold every completion counted.
+    let at = j.find("\"stall_buckets\":[").unwrap() + 16;
+    let buckets = &j[at..at + j[at..].find("]]").unwrap() + 1];
+    let counted: u64 = buckets
+        .split("],[")
+        .map(|pair| {
+            let pair = pair.trim_matches(['[', ']']);
+            pair.split(',').nth(1).unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    // The stats request is itself a completion, counted after the answer went out.
+    assert!(
+        (completions..=completions + 2).contains(&counted),
+        "{counted} vs {j}"
+    );
+    // The histogram is the orchestrator's: it grows while the service crash-loops.
+    let later = ctl(&socket, &["stats", "--json"]);
+    assert!(json_u64(&later.stdout, "completions").unwrap() > completions);
+    let text = ctl(&socket, &["stats"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("loop stall:        p50 ") && text.stdout.contains("1 failed"),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(orch.stop(libc::SIGTERM).code(), Some(0));
+}
+
 #[test]
 fn a_read_group_may_query_but_not_command() {
     let dir = TempDir::new("ctl-read");
@@ -1012,7 +1081,12 @@ fn a_read_group_may_query_but_not_command() {
         c.uid(65534).gid(65534);
     };
     // Queries work.
-    for args in [&["status"][..], &["status", "a", "--json"], &["agent"]] {
+    for args in [
+        &["status"][..],
+        &["status", "a", "--json"],
+        &["agent"],
+        &["stats"],
+    ] {
         let out = ctl_cmd(&socket, args, reader);
         assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
     }

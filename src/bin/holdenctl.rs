@@ -47,6 +47,7 @@ Commands:
   reset-failed NAME... [--wait] [--timeout DUR]
   monitor [NAME...] [--json]          state changes as they happen (Ctrl+C ends)
   agent [--json]                      the link to holden-agent in the QM partition
+  stats [--json]                      the orchestrator's own figures: loop stalls, spawns, log drops
   reload                              re-read the orchestrator's configuration file
 
 Options:
@@ -75,6 +76,7 @@ fn help_for(command: &str) -> &'static str {
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
         "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
+        "stats" => "usage: holdenctl stats [--json]\n\nThe orchestrator's own figures since start-up: how long its event loop spent on\none completion (p50, p99, p99.9, max: the longest it could not answer anything else),\nprocesses spawned (local, QM), failed starts, process ends, log lines dropped because\nthe log stream did not keep up. --json also gives the histogram's non-empty buckets\n([lowest ns, count] pairs).",
         "agent" => "usage: holdenctl agent [--json]\n\nThe agent link: state (up, down, not-needed), protocol, version, capabilities,\nsocket, handshakes and dropped connections since start.",
         "reload" => "usage: holdenctl reload\n\nThe orchestrator re-reads its configuration file. An invalid file changes nothing\nand its error (file:line:column) is printed (exit 1). Added services start (if\nenabled), removed ones stop, changed ones restart; settings that need a restart of\nthe orchestrator are listed.",
         _ => USAGE,
@@ -166,8 +168,8 @@ fn parse(
         "start" | "stop" | "restart" | "kill" | "reset-failed"
     );
     match command.as_str() {
-        "status" | "monitor" | "agent" | "reload" | "start" | "stop" | "restart" | "kill"
-        | "reset-failed" => {}
+        "status" | "monitor" | "agent" | "stats" | "reload" | "start" | "stop" | "restart"
+        | "kill" | "reset-failed" => {}
         other => return Err(Usage(format!("unknown command {other:?}"))),
     }
     if needs_names && names.is_empty() {
@@ -176,7 +178,7 @@ fn parse(
     if command == "kill" && names.len() != 1 {
         return Err(Usage("kill takes exactly one NAME".into()));
     }
-    if matches!(command.as_str(), "agent" | "reload") && !names.is_empty() {
+    if matches!(command.as_str(), "agent" | "stats" | "reload") && !names.is_empty() {
         return Err(Usage(format!("{command} takes no NAME")));
     }
     if signal.is_some() && command != "kill" {
@@ -948,6 +950,59 @@ fn cmd_agent(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     Ok(EXIT_OK)
 }
 
+fn cmd_stats(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    use holden::histogram;
+    let len = client.request(&Body::StatsRequest)?;
+    let Body::Stats(s) = client.frame(len)? else {
+        return Err(fail(EXIT_UNREACHABLE, "unexpected reply to stats"));
+    };
+    let completions: u64 = s.stall_counts().sum();
+    let q = |q: f64| histogram::quantile(s.stall_counts(), s.stall_max_ns, q);
+    let (p50, p99, p999) = (q(0.5), q(0.99), q(0.999));
+    if cli.json {
+        let ns = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+        let buckets: Vec<String> = s
+            .stall_counts()
+            .enumerate()
+            .filter(|&(_, count)| count > 0)
+            .map(|(i, count)| format!("[{},{count}]", histogram::bucket_low(i)))
+            .collect();
+        println!(
+            "{{\"completions\":{completions},\"stall_p50_ns\":{},\"stall_p99_ns\":{},\
+             \"stall_p999_ns\":{},\"stall_max_ns\":{},\"stall_buckets\":[{}],\
+             \"spawned_local\":{},\"spawned_qm\":{},\"spawn_failed\":{},\"exited\":{},\
+             \"log_dropped\":{}}}",
+            ns(p50),
+            ns(p99),
+            ns(p999),
+            ns((completions > 0).then_some(s.stall_max_ns)),
+            buckets.join(","),
+            s.spawned_local,
+            s.spawned_qm,
+            s.spawn_failed,
+            s.exited,
+            s.log_dropped
+        );
+        return Ok(EXIT_OK);
+    }
+    let us = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{:.1} µs", v as f64 / 1e3));
+    println!("loop completions:  {completions}");
+    println!(
+        "loop stall:        p50 {}, p99 {}, p99.9 {}, max {}",
+        us(p50),
+        us(p99),
+        us(p999),
+        us((completions > 0).then_some(s.stall_max_ns))
+    );
+    println!(
+        "spawned:           {} local, {} qm ({} failed)",
+        s.spawned_local, s.spawned_qm, s.spawn_failed
+    );
+    println!("exits:             {}", s.exited);
+    println!("log lines dropped: {}", s.log_dropped);
+    Ok(EXIT_OK)
+}
+
 fn cmd_reload(client: &mut Client) -> Result<u8, Fail> {
     let len = client.request(&Body::Reload)?;
     let Body::Reloaded(r) = client.frame(len)? else {
@@ -972,6 +1027,7 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
         "status" => cmd_status(&mut client, cli),
         "monitor" => cmd_monitor(&mut client, cli),
         "agent" => cmd_agent(&mut client, cli),
+        "stats" => cmd_stats(&mut client, cli),
         "reload" => cmd_reload(&mut client),
         _ => cmd_operate(&mut client, cli),
     }

@@ -102,7 +102,7 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// Group allowed to use it besides root (socket mode 0660 then, else 0600).
     pub group: Option<String>,
-    /// Group allowed to query (status, agent, monitor) but not to command; the socket file
+    /// Group allowed to query (status, agent, stats, monitor) but not to command; the socket file
     /// then belongs to this group.
     pub read_group: Option<String>,
 }

@@ -75,6 +75,8 @@ pub enum EncodeError {
     BadName { len: usize },
     /// A signal outside 1..=64.
     BadSignal { signal: u8 },
+    /// Stall buckets of the wrong length (expected [`STALL_BUCKETS_BYTES`]).
+    BadBuckets { len: usize },
 }
 
 impl std::fmt::Display for EncodeError {
@@ -90,6 +92,12 @@ impl std::fmt::Display for EncodeError {
                 )
             }
             EncodeError::BadSignal { signal } => write!(f, "signal {signal} outside 1..=64"),
+            EncodeError::BadBuckets { len } => {
+                write!(
+                    f,
+                    "stall buckets of {len} bytes (expected {STALL_BUCKETS_BYTES})"
+                )
+            }
         }
     }
 }
@@ -254,6 +262,7 @@ fn decode_body<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, DecodeError> {
         3 => Body::AgentStatus,
         4 => Body::Monitor,
         5 => Body::Reload,
+        6 => Body::StatsRequest,
         16 => Body::Service(decode_service(r)?),
         17 => Body::End(r.u32()?),
         18 => Body::Done(r.state("state")?),
@@ -274,6 +283,20 @@ fn decode_body<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, DecodeError> {
             changed: r.u16()?,
             unchanged: r.u16()?,
             needs_restart: r.string("needs_restart", TEXT_LEN_MAX)?,
+        }),
+        24 => Body::Stats(StatsInfo {
+            spawned_local: r.u64()?,
+            spawned_qm: r.u64()?,
+            exited: r.u64()?,
+            spawn_failed: r.u64()?,
+            log_dropped: r.u64()?,
+            stall_max_ns: r.u64()?,
+            stall_buckets: {
+                if usize::from(r.u16()?) != crate::histogram::BUCKETS {
+                    return Err(r.bad("bucket count"));
+                }
+                r.take(STALL_BUCKETS_BYTES)?
+            },
         }),
         kind => return Err(DecodeError::UnknownKind { kind }),
     })
@@ -526,7 +549,7 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.u8(signal)?;
             w.name(name)?;
         }
-        Body::AgentStatus | Body::Monitor | Body::Reload => {}
+        Body::AgentStatus | Body::Monitor | Body::Reload | Body::StatsRequest => {}
         Body::Service(s) => {
             w.u8(s.partition as u8)?;
             w.u8(s.state as u8)?;
@@ -595,6 +618,25 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.u16(r.changed)?;
             w.u16(r.unchanged)?;
             w.text(r.needs_restart, TEXT_LEN_MAX)?;
+        }
+        Body::Stats(s) => {
+            if s.stall_buckets.len() != STALL_BUCKETS_BYTES {
+                return Err(EncodeError::BadBuckets {
+                    len: s.stall_buckets.len(),
+                });
+            }
+            for value in [
+                s.spawned_local,
+                s.spawned_qm,
+                s.exited,
+                s.spawn_failed,
+                s.log_dropped,
+                s.stall_max_ns,
+            ] {
+                w.u64(value)?;
+            }
+            w.u16(crate::histogram::BUCKETS as u16)?;
+            w.put(s.stall_buckets)?;
         }
     }
     Ok(())
@@ -794,6 +836,45 @@ mod tests {
     }
 
     #[test]
+    fn stats_round_trip_and_need_every_bucket() {
+        roundtrip(Body::StatsRequest);
+        let mut buckets = [0u8; STALL_BUCKETS_BYTES];
+        buckets[8..16].copy_from_slice(&7u64.to_le_bytes());
+        buckets[STALL_BUCKETS_BYTES - 8..].copy_from_slice(&1u64.to_le_bytes());
+        let info = StatsInfo {
+            spawned_local: 1,
+            spawned_qm: 2,
+            exited: 3,
+            spawn_failed: 4,
+            log_dropped: 5,
+            stall_max_ns: 6,
+            stall_buckets: &buckets,
+        };
+        roundtrip(Body::Stats(info));
+        assert_eq!(info.stall_counts().sum::<u64>(), 8);
+        assert_eq!(info.stall_counts().nth(1), Some(7));
+        let short = StatsInfo {
+            stall_buckets: &buckets[8..],
+            ..info
+        };
+        let mut buf = [0u8; FRAME_LEN_MAX];
+        assert!(matches!(
+            encode(&mut buf, 1, &Body::Stats(short)),
+            Err(EncodeError::BadBuckets { .. })
+        ));
+        // Another bucket count is refused.
+        let len = encode(&mut buf, 1, &Body::Stats(info)).unwrap();
+        buf[HEADER_LEN + 48] ^= 1;
+        assert!(matches!(
+            decode(&buf[..len]),
+            Err(DecodeError::BadValue {
+                field: "bucket count",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn every_fuzz_seed_decodes_and_re_encodes_exactly() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/control_decode");
         let mut seen = 0;
@@ -814,6 +895,6 @@ mod tests {
             assert_eq!(&buf[..len], &bytes[..], "{}", path.display());
             seen += 1;
         }
-        assert!(seen >= 13, "only {seen} seeds");
+        assert!(seen >= 17, "only {seen} seeds");
     }
 }

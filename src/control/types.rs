@@ -379,6 +379,38 @@ pub struct ReloadInfo<'a> {
     pub needs_restart: &'a str,
 }
 
+/// The orchestrator's own figures since start-up (`holdenctl stats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct StatsInfo<'a> {
+    /// Processes started locally, and through the agent.
+    pub spawned_local: u64,
+    pub spawned_qm: u64,
+    /// Process ends seen.
+    pub exited: u64,
+    /// Starts that failed (local and QM).
+    pub spawn_failed: u64,
+    /// Log lines dropped because the log stream did not keep up.
+    pub log_dropped: u64,
+    /// The longest time the event loop spent on one completion, ns.
+    pub stall_max_ns: u64,
+    /// The histogram of those times: [`crate::histogram::BUCKETS`] counts, `u64`
+    /// little-endian each ([`STALL_BUCKETS_BYTES`] bytes).
+    pub stall_buckets: &'a [u8],
+}
+
+/// Bytes of [`StatsInfo::stall_buckets`].
+pub const STALL_BUCKETS_BYTES: usize = crate::histogram::BUCKETS * 8;
+
+impl StatsInfo<'_> {
+    /// The stall histogram's counts.
+    pub fn stall_counts(&self) -> impl Iterator<Item = u64> + Clone + '_ {
+        self.stall_buckets
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    }
+}
+
 /// The body of a frame: requests (client to orchestrator) and replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -395,6 +427,8 @@ pub enum Body<'a> {
     Monitor,
     /// Request: re-read the configuration file; answered by `Reloaded` or `Failure`.
     Reload,
+    /// Request: the orchestrator's own figures; answered by `Stats`.
+    StatsRequest,
     /// Reply: one service.
     Service(ServiceInfo<'a>),
     /// Reply: end of a listing, with the number of items sent.
@@ -412,6 +446,8 @@ pub enum Body<'a> {
     Dropped(u64),
     /// Reply: the configuration was reloaded.
     Reloaded(ReloadInfo<'a>),
+    /// Reply: the orchestrator's own figures.
+    Stats(StatsInfo<'a>),
 }
 
 impl Body<'_> {
@@ -423,6 +459,7 @@ impl Body<'_> {
             Body::AgentStatus => 3,
             Body::Monitor => 4,
             Body::Reload => 5,
+            Body::StatsRequest => 6,
             Body::Service(_) => 16,
             Body::End(_) => 17,
             Body::Done(_) => 18,
@@ -431,6 +468,7 @@ impl Body<'_> {
             Body::Event(_) => 21,
             Body::Dropped(_) => 22,
             Body::Reloaded(_) => 23,
+            Body::Stats(_) => 24,
         }
     }
 

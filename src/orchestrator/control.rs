@@ -26,8 +26,9 @@ use super::engine::Engine;
 use super::services::Services;
 use crate::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, LinkCode, Op, PartitionCode,
-    ServiceInfo, SpawnError, SpawnStage, StateCode, Why,
+    ServiceInfo, SpawnError, SpawnStage, StateCode, StatsInfo, Why,
 };
+use crate::histogram::Histogram;
 use crate::log::{Escaped, FixedBuf, Logger, Priority, Quoted, Value};
 use crate::supervise::{
     self, Command, MonoTime, Partition, Reason, Refusal, ServiceId, Transition,
@@ -111,7 +112,7 @@ pub struct ControlSettings {
     pub socket: Option<PathBuf>,
     /// Group whose members may connect besides root.
     pub group: Option<String>,
-    /// Group whose members may query (status, agent, monitor) but not command.
+    /// Group whose members may query (status, agent, stats, monitor) but not command.
     pub read_group: Option<String>,
 }
 
@@ -134,6 +135,9 @@ pub(crate) struct View<'a> {
     pub engine: &'a Engine<OwnedFd>,
     pub agent: &'a AgentIo,
     pub counters: &'a Counters,
+    /// How long the loop spent on each completion.
+    pub stall: &'a Histogram,
+    pub log_dropped: u64,
     pub now: MonoTime,
 }
 
@@ -593,7 +597,7 @@ impl ControlServer {
             let _ = write!(
                 text,
                 "permission denied: uid {} is in the control read group: it may look \
-                 (status, agent, monitor), not {command}",
+                 (status, agent, stats, monitor), not {command}",
                 peer.uid
             );
             self.fail(ring, log, k, FailCode::ReadOnly, text.as_str());
@@ -607,6 +611,7 @@ impl ControlServer {
             },
             Body::Command { op, name } => return self.command(ring, log, view, k, op, name),
             Body::AgentStatus => self.agent(ring, log, view, k),
+            Body::StatsRequest => self.stats(ring, log, view, k),
             Body::Monitor => self.monitor(ring, log, k),
             Body::Reload => {
                 log.line(
@@ -822,6 +827,24 @@ impl ControlServer {
             Ok(info) => self.reply(ring, log, k, &Body::Reloaded(info)),
             Err((code, message)) => self.fail(ring, log, k, code, &message),
         }
+    }
+
+    fn stats(&mut self, ring: &mut Ring, log: &Logger, view: &View<'_>, k: usize) {
+        let mut buckets = [0u8; proto::STALL_BUCKETS_BYTES];
+        for (out, count) in buckets.chunks_exact_mut(8).zip(view.stall.counts()) {
+            out.copy_from_slice(&count.to_le_bytes());
+        }
+        let c = view.counters;
+        let info = StatsInfo {
+            spawned_local: c.spawned_local.load(Ordering::Relaxed),
+            spawned_qm: c.spawned_qm.load(Ordering::Relaxed),
+            exited: c.exited.load(Ordering::Relaxed),
+            spawn_failed: c.spawn_failed.load(Ordering::Relaxed),
+            log_dropped: view.log_dropped,
+            stall_max_ns: view.stall.max(),
+            stall_buckets: &buckets,
+        };
+        self.reply(ring, log, k, &Body::Stats(info));
     }
 
     fn agent(&mut self, ring: &mut Ring, log: &Logger, view: &View<'_>, k: usize) {

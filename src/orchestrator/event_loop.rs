@@ -24,6 +24,7 @@ use super::services::{prepare_spec, Services};
 use super::spawner::Spawner;
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
 use crate::control::{FailCode, ReloadInfo, TEXT_LEN_MAX};
+use crate::histogram::Histogram;
 use crate::link::{self, Protocol};
 use crate::log::{self, LineBuf, Logger, Priority, Quoted};
 use crate::pidfd::{self, Capabilities};
@@ -122,6 +123,8 @@ pub struct Orchestrator {
     log: Logger,
     /// Writes `log`'s lines, so that a full log stream never blocks the loop.
     log_writer: log::Background,
+    /// How long the loop spent on each completion (handling it and everything it caused).
+    stall: Histogram,
     notify: Notifier,
     caps: Capabilities,
     signals: Option<SlotId>,
@@ -282,6 +285,7 @@ impl Orchestrator {
             owners,
             log,
             log_writer,
+            stall: Histogram::default(),
             notify,
             caps,
             signals,
@@ -337,8 +341,10 @@ impl Orchestrator {
             self.counters.iterations.fetch_add(1, Ordering::Relaxed);
             self.ring.submit_and_wait(1, None).map_err(Error::Enter)?;
             while let Some(completion) = self.ring.next_completion() {
+                let started = ring::now_ns();
                 self.on_completion(completion);
                 self.settle();
+                self.stall.record(ring::now_ns().saturating_sub(started));
             }
             self.settle();
             if !self.pending_adds.is_empty() {
@@ -622,6 +628,8 @@ impl Orchestrator {
             engine: &self.engine,
             agent: &self.agent,
             counters: &self.counters,
+            stall: &self.stall,
+            log_dropped: self.log_writer.dropped(),
             now: now(),
         };
         let request = self
@@ -643,6 +651,8 @@ impl Orchestrator {
                     engine: &self.engine,
                     agent: &self.agent,
                     counters: &self.counters,
+                    stall: &self.stall,
+                    log_dropped: self.log_writer.dropped(),
                     now: now(),
                 };
                 self.control

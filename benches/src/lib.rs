@@ -1,4 +1,5 @@
-//! Shared pieces of the benchmark programs: the probe's record format and a clock.
+//! Shared pieces of the benchmark programs: the probe's record format, a clock, and the
+//! floor's `posix_spawn`.
 //!
 //! `cargo xtask bench` (in `xtask/src/bench/`) drives the programs of this package and reads
 //! the records they leave. xtask stays std-only, so it decodes the same layout by hand: keep
@@ -127,6 +128,112 @@ pub fn number(option: &str, text: &str, min: u64, max: u64) -> Result<u64, Strin
         _ => Err(format!(
             "{option}: {text:?} is not a number in {min}..={max}"
         )),
+    }
+}
+
+/// posix_spawn prepared once: argv as C strings, and the same child set-up as holden's
+/// spawn where posix_spawn can express it (new session, every signal to its default action,
+/// empty signal mask, stdin on /dev/null), so that the comparison is about fork against
+/// `CLONE_VM | CLONE_VFORK`, not about work left out.
+pub struct PosixSpawn {
+    strings: Vec<std::ffi::CString>,
+    argv: Vec<*mut libc::c_char>,
+    envp: [*mut libc::c_char; 1],
+    attr: Box<libc::posix_spawnattr_t>,
+    actions: Box<libc::posix_spawn_file_actions_t>,
+}
+
+impl PosixSpawn {
+    /// Prepares the spawn of `argv` with an empty environment.
+    pub fn new(argv: &[&[u8]]) -> Result<PosixSpawn, String> {
+        let strings = argv
+            .iter()
+            .map(|a| std::ffi::CString::new(*a).map_err(|_| "NUL in argv".to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ptrs: Vec<*mut libc::c_char> =
+            strings.iter().map(|s| s.as_ptr() as *mut _).collect();
+        ptrs.push(std::ptr::null_mut());
+        // SAFETY: plain C structs, initialised by their init functions below before any use.
+        let mut attr: Box<libc::posix_spawnattr_t> = Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: as above.
+        let mut actions: Box<libc::posix_spawn_file_actions_t> =
+            Box::new(unsafe { std::mem::zeroed() });
+        // SAFETY: every call gets valid pointers to the boxed structs (which never move) and
+        // to local sigsets; the path is a NUL-terminated literal.
+        let rc = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigemptyset(&mut none);
+            let flags = libc::POSIX_SPAWN_SETSID
+                | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short
+                | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short;
+            [
+                libc::posix_spawnattr_init(&mut *attr),
+                libc::posix_spawnattr_setflags(&mut *attr, flags),
+                libc::posix_spawnattr_setsigdefault(&mut *attr, &all),
+                libc::posix_spawnattr_setsigmask(&mut *attr, &none),
+                libc::posix_spawn_file_actions_init(&mut *actions),
+                libc::posix_spawn_file_actions_addopen(
+                    &mut *actions,
+                    0,
+                    c"/dev/null".as_ptr(),
+                    libc::O_RDONLY,
+                    0,
+                ),
+            ]
+            .into_iter()
+            .find(|&rc| rc != 0)
+        };
+        if let Some(rc) = rc {
+            return Err(format!(
+                "posix_spawn attributes: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        Ok(PosixSpawn {
+            strings,
+            argv: ptrs,
+            envp: [std::ptr::null_mut()],
+            attr,
+            actions,
+        })
+    }
+
+    /// Starts one process; its pidfd comes from `pidfd_open`.
+    pub fn spawn(&self) -> Result<holden::spawn::Spawned, String> {
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into `strings`,
+        // which lives as long as `self`; `attr` and `actions` were initialised in `new`.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                self.strings[0].as_ptr(),
+                &*self.actions,
+                &*self.attr,
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "posix_spawn: {}",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        // Race-free: the child is ours and stays a zombie until we reap it with waitid.
+        let pidfd = holden::pidfd::open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
+        Ok(holden::spawn::Spawned { pid, pidfd })
+    }
+}
+
+impl Drop for PosixSpawn {
+    fn drop(&mut self) {
+        // SAFETY: destroys the structs initialised in `new`, once.
+        unsafe {
+            libc::posix_spawnattr_destroy(&mut *self.attr);
+            libc::posix_spawn_file_actions_destroy(&mut *self.actions);
+        }
     }
 }
 

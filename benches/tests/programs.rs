@@ -125,9 +125,16 @@ fn the_floor_loop_restarts_the_probe_count_times_one_at_a_time() {
     let rec = dir.0.join("r.rec");
     for extra in [
         &[][..],
-        &["--spawn", "posix"],
-        &["--spawn", "shared-files", "--ballast-fds", "64"],
-        &["--ballast-kib", "64", "--ballast-fds", "64"],
+        &["--spawn", "fork"],
+        &["--spawn", "launcher", "--ballast-fds", "64"],
+        &[
+            "--spawn",
+            "fork",
+            "--ballast-kib",
+            "64",
+            "--ballast-fds",
+            "64",
+        ],
     ] {
         let _ = std::fs::remove_file(&rec);
         let out = Command::new(FLOOR)
@@ -163,7 +170,7 @@ fn the_floor_loop_refuses_misuse() {
             "--count",
             "1",
             "--spawn",
-            "fork",
+            "vfork",
         ],
         &["--bogus"],
     ] {

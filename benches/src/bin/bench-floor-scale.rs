@@ -3,14 +3,13 @@
 //! `bench-floor-scale --probe PATH --records FILE --services N --crashing C [--seconds-max S]`
 //!
 //! Starts N probes (ids 0..N; the first C `exit` at once, the others stay `idle`) with
-//! `holden::spawn::spawn` (the orchestrator's spawn path), waits on all their pidfds with one
+//! `posix_spawn` (as `bench-floor` does for the floor), waits on all their pidfds with one
 //! epoll set, and for every exit reaps the process (`waitid(P_PIDFD)`) and spawns it again at
 //! once. Nothing else: no policy, no bookkeeping, no logging. Runs until SIGTERM (or `S`
 //! seconds), then SIGKILLs and reaps every child it still has and prints
 //! `spawned=N cpu_ns=C wall_ns=W` on stdout. Exit status 0, 1 on a failure, 2 for misuse.
 
 use holden::pidfd;
-use holden::spawn::{self, SpawnSpec};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,7 +99,7 @@ fn main() -> ExitCode {
 
 /// One supervised probe.
 struct Slot {
-    spec: SpawnSpec,
+    spawner: holden_bench::PosixSpawn,
     pidfd: Option<OwnedFd>,
 }
 
@@ -116,9 +115,11 @@ fn run(args: &Args) -> Result<(), String> {
             id_text.as_bytes(),
             mode,
         ];
-        let env: [&[u8]; 0] = [];
-        let spec = SpawnSpec::new(&argv, &env, Some(b"/")).map_err(|e| format!("spec: {e}"))?;
-        slots.push(Slot { spec, pidfd: None });
+        let spawner = holden_bench::PosixSpawn::new(&argv)?;
+        slots.push(Slot {
+            spawner,
+            pidfd: None,
+        });
     }
     // SAFETY: epoll_create1 takes only flags.
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -161,7 +162,20 @@ fn run(args: &Args) -> Result<(), String> {
                     continue;
                 };
                 reap(&fd)?;
-                drop(fd); // closing the pidfd removes it from the epoll set
+                // Removed explicitly: closing the pidfd does not remove it while another
+                // reference to the file lives on (a posix_spawn child has a copy of our fd
+                // table until its execve has closed the close-on-exec fds, and the kernel
+                // resumes us before that).
+                // SAFETY: removes a registered fd from our epoll set.
+                unsafe {
+                    libc::epoll_ctl(
+                        epfd,
+                        libc::EPOLL_CTL_DEL,
+                        fd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                drop(fd);
                 start(&mut slots, index, epfd)?;
                 spawned += 1;
             }
@@ -187,7 +201,7 @@ fn run(args: &Args) -> Result<(), String> {
 
 /// Spawns slot `index` and adds its pidfd to the epoll set.
 fn start(slots: &mut [Slot], index: usize, epfd: i32) -> Result<(), String> {
-    let child = spawn::spawn(&slots[index].spec).map_err(|e| format!("spawn: {e}"))?;
+    let child = slots[index].spawner.spawn()?;
     let mut ev = libc::epoll_event {
         events: libc::EPOLLIN as u32,
         u64: index as u64,

@@ -1,32 +1,30 @@
 //! bench-floor: the physical floor of a restart, and holden v0.2's pattern.
 //!
 //! `bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S]
-//!  [--spawn holden|posix|shared-files] [--ballast-kib K] [--ballast-fds F]`
+//!  [--spawn posix|fork|launcher] [--ballast-kib K] [--ballast-fds F]`
 //!
-//! A loop with nothing else in it: spawn the probe race-free through `holden::spawn::spawn`
-//! (the very code path the orchestrator uses for local services: `clone3(CLONE_PIDFD)`, the
-//! exec-report pipe, the same environment (none) and working directory (`/`)), block in
-//! `poll(2)` on its pidfd, reap it with `waitid(P_PIDFD)`, and spawn again — `N` times, or
-//! until `S` seconds have passed. With `--sleep-ms 100` it sleeps after every exit as holden
-//! v0.2's event loop does (`usleep(100000)` per event).
+//! A loop with nothing else in it: spawn the probe, block in `poll(2)` on its pidfd, reap it
+//! with `waitid(P_PIDFD)`, and spawn again — `N` times, or until `S` seconds have passed.
+//! With `--sleep-ms 100` it sleeps after every exit as holden v0.2's event loop does
+//! (`usleep(100000)` per event).
 //!
-//! Three variants exist for the analysis of the gap between holden and the floor (they are
-//! not the floor):
-//! - `--spawn posix` starts the probe with `posix_spawn(3)` (musl and glibc use
-//!   `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults
-//!   afterwards), asking for the same child set-up as holden's spawn where it can (new
-//!   session, every signal to its default, empty mask, stdin on /dev/null), and opens the
-//!   pidfd with `pidfd_open` (race-free here: the child is ours and not reaped until
-//!   `waitid`);
-//! - `--spawn shared-files` clones with `CLONE_FILES | CLONE_PIDFD` (the child starts on the
-//!   parent's fd table instead of a copy of it) and the child calls
-//!   `close_range(3, ~0, CLOSE_RANGE_UNSHARE)`, which gives it a fresh table holding only
-//!   fds 0-2 — no per-fd copy or close — then `execve`s (a minimal child: no session, signal
-//!   or stdin set-up, no exec-error report);
+//! The floor is `--spawn posix` (the default): `posix_spawn(3)` (musl and glibc use
+//! `clone(CLONE_VM | CLONE_VFORK)`: no page-table copy, no copy-on-write faults afterwards),
+//! asking for the same child set-up as holden's spawn where it can (new session, every signal
+//! to its default, empty mask, stdin on /dev/null; the same environment: none), with the
+//! pidfd from `pidfd_open` (race-free here: the child is ours and not reaped until `waitid`). The other variants are for the analysis:
+//! - `--spawn fork`: `holden::spawn::spawn`, the fork-style spawn (`clone3(CLONE_PIDFD)` and
+//!   the exec-report pipe) the orchestrator used before its spawner threads, and the floor
+//!   of the benchmark before this one;
+//! - `--spawn launcher`: `holden::spawn::Launcher`, the orchestrator's spawn path today
+//!   (`CLONE_VM | CLONE_VFORK | CLONE_FILES`, `close_range(CLOSE_RANGE_UNSHARE)` in the
+//!   child, the exec-report pipe), called from this loop as a spawner thread calls it;
 //! - `--ballast-kib K` first allocates and touches K KiB of heap, so that a fork has as much
 //!   anonymous memory to copy as a bigger process (the orchestrator);
 //! - `--ballast-fds F` first opens F close-on-exec fds, as the orchestrator holds one pidfd
-//!   per live service: fork copies the fd table and the child closes them all.
+//!   per live service: fork copies the fd table and the child closes them all; posix_spawn's
+//!   child shares the table and `execve` closes them; the Launcher's child drops them at
+//!   once (`close_range` unshare copies only the fds below them).
 //!
 //! The probe writes the timestamps; this program prints one summary line on stdout:
 //! `spawned=N cpu_ns=C wall_ns=W` (its own CPU time, CLOCK_PROCESS_CPUTIME_ID, which includes
@@ -50,12 +48,12 @@ const SECONDS_MAX_LIMIT: u64 = 86_400;
 /// How the loop starts the probe.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SpawnKind {
-    /// `holden::spawn::spawn`: the floor.
-    Holden,
-    /// `posix_spawn` + `pidfd_open` (analysis).
+    /// `posix_spawn` + `pidfd_open`: the floor.
     Posix,
-    /// `clone(CLONE_FILES)` + `close_range(CLOSE_RANGE_UNSHARE)` (analysis).
-    SharedFiles,
+    /// `holden::spawn::spawn` (analysis).
+    Fork,
+    /// `holden::spawn::Launcher` (analysis).
+    Launcher,
 }
 
 struct Args {
@@ -78,7 +76,7 @@ const BALLAST_KIB_MAX: u64 = 1 << 20;
 
 const USAGE: &str =
     "usage: bench-floor --probe PATH --records FILE --count N [--sleep-ms MS] [--seconds-max S] \
-     [--spawn holden|posix|shared-files] [--ballast-kib K] [--ballast-fds F]";
+     [--spawn posix|fork|launcher] [--ballast-kib K] [--ballast-fds F]";
 
 fn parse_args() -> Result<Args, String> {
     let mut probe = None;
@@ -86,7 +84,7 @@ fn parse_args() -> Result<Args, String> {
     let mut count = None;
     let mut sleep_ms = 0;
     let mut seconds_max = SECONDS_MAX_DEFAULT;
-    let mut spawn = SpawnKind::Holden;
+    let mut spawn = SpawnKind::Posix;
     let mut ballast_kib = 0;
     let mut ballast_fds = 0;
     let mut it = std::env::args().skip(1);
@@ -108,13 +106,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--spawn" => {
                 spawn = match value()?.as_str() {
-                    "holden" => SpawnKind::Holden,
                     "posix" => SpawnKind::Posix,
-                    "shared-files" => SpawnKind::SharedFiles,
+                    "fork" => SpawnKind::Fork,
+                    "launcher" => SpawnKind::Launcher,
                     other => {
-                        return Err(format!(
-                            "--spawn: {other:?} is not holden, posix or shared-files"
-                        ))
+                        return Err(format!("--spawn: {other:?} is not posix, fork or launcher"))
                     }
                 }
             }
@@ -165,11 +161,17 @@ fn run(args: &Args) -> Result<(), String> {
     let env: [&[u8]; 0] = [];
     let spec = SpawnSpec::new(&argv, &env, Some(b"/")).map_err(|e| format!("spec: {e}"))?;
     let posix = (args.spawn == SpawnKind::Posix)
-        .then(|| PosixSpawn::new(&argv))
+        .then(|| holden_bench::PosixSpawn::new(&argv))
         .transpose()?;
-    let shared = (args.spawn == SpawnKind::SharedFiles)
-        .then(|| CArgv::new(&argv))
-        .transpose()?;
+    let mut launcher = match args.spawn {
+        SpawnKind::Launcher => Some(
+            spawn::Launcher::set(1)
+                .map_err(|e| format!("launcher: {e}"))?
+                .and_then(|mut set| set.pop())
+                .ok_or("launcher: this kernel lacks close_range (5.9)")?,
+        ),
+        _ => None,
+    };
     let ballast = ballast(args.ballast_kib);
     let ballast_fds = ballast_fds(args.ballast_fds)?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds_max);
@@ -177,9 +179,11 @@ fn run(args: &Args) -> Result<(), String> {
     let cpu_start = holden_bench::process_cpu_ns();
     let mut spawned = 0u64;
     while spawned < args.count && Instant::now() < deadline {
-        let child = match (&posix, &shared) {
+        let child = match (&posix, &mut launcher) {
             (Some(p), _) => p.spawn()?,
-            (_, Some(a)) => spawn_shared_files(a)?,
+            (_, Some(l)) => l
+                .spawn(&spec)
+                .map_err(|e| format!("spawn {}: {e}", args.probe))?,
             _ => spawn::spawn(&spec).map_err(|e| format!("spawn {}: {e}", args.probe))?,
         };
         spawned += 1;
@@ -257,174 +261,4 @@ fn ballast(kib: u64) -> Vec<u8> {
     }
     std::hint::black_box(&mut v);
     v
-}
-
-/// posix_spawn prepared once: argv as C strings, and the same child set-up as holden's
-/// spawn where posix_spawn can express it (new session, every signal to its default action,
-/// empty signal mask, stdin on /dev/null), so that the comparison is about fork against
-/// `CLONE_VM | CLONE_VFORK`, not about work left out.
-struct PosixSpawn {
-    strings: Vec<std::ffi::CString>,
-    argv: Vec<*mut libc::c_char>,
-    envp: [*mut libc::c_char; 1],
-    attr: Box<libc::posix_spawnattr_t>,
-    actions: Box<libc::posix_spawn_file_actions_t>,
-}
-
-impl PosixSpawn {
-    fn new(argv: &[&[u8]]) -> Result<PosixSpawn, String> {
-        let strings = argv
-            .iter()
-            .map(|a| std::ffi::CString::new(*a).map_err(|_| "NUL in argv".to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut ptrs: Vec<*mut libc::c_char> =
-            strings.iter().map(|s| s.as_ptr() as *mut _).collect();
-        ptrs.push(std::ptr::null_mut());
-        // SAFETY: plain C structs, initialised by their init functions below before any use.
-        let mut attr: Box<libc::posix_spawnattr_t> = Box::new(unsafe { std::mem::zeroed() });
-        // SAFETY: as above.
-        let mut actions: Box<libc::posix_spawn_file_actions_t> =
-            Box::new(unsafe { std::mem::zeroed() });
-        // SAFETY: every call gets valid pointers to the boxed structs (which never move) and
-        // to local sigsets; the path is a NUL-terminated literal.
-        let rc = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigemptyset(&mut none);
-            let flags = libc::POSIX_SPAWN_SETSID
-                | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short
-                | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short;
-            [
-                libc::posix_spawnattr_init(&mut *attr),
-                libc::posix_spawnattr_setflags(&mut *attr, flags),
-                libc::posix_spawnattr_setsigdefault(&mut *attr, &all),
-                libc::posix_spawnattr_setsigmask(&mut *attr, &none),
-                libc::posix_spawn_file_actions_init(&mut *actions),
-                libc::posix_spawn_file_actions_addopen(
-                    &mut *actions,
-                    0,
-                    c"/dev/null".as_ptr(),
-                    libc::O_RDONLY,
-                    0,
-                ),
-            ]
-            .into_iter()
-            .find(|&rc| rc != 0)
-        };
-        if let Some(rc) = rc {
-            return Err(format!(
-                "posix_spawn attributes: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        Ok(PosixSpawn {
-            strings,
-            argv: ptrs,
-            envp: [std::ptr::null_mut()],
-            attr,
-            actions,
-        })
-    }
-
-    fn spawn(&self) -> Result<spawn::Spawned, String> {
-        let mut pid: libc::pid_t = 0;
-        // SAFETY: `argv` and `envp` are NULL-terminated arrays of pointers into `strings`,
-        // which lives as long as `self`; `attr` and `actions` were initialised in `new`.
-        let rc = unsafe {
-            libc::posix_spawn(
-                &mut pid,
-                self.strings[0].as_ptr(),
-                &*self.actions,
-                &*self.attr,
-                self.argv.as_ptr(),
-                self.envp.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
-                "posix_spawn: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        // Race-free: the child is ours and stays a zombie until we reap it with waitid.
-        let pidfd = pidfd::open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
-        Ok(spawn::Spawned { pid, pidfd })
-    }
-}
-
-impl Drop for PosixSpawn {
-    fn drop(&mut self) {
-        // SAFETY: destroys the structs initialised in `new`, once.
-        unsafe {
-            libc::posix_spawnattr_destroy(&mut *self.attr);
-            libc::posix_spawn_file_actions_destroy(&mut *self.actions);
-        }
-    }
-}
-
-/// argv (and an empty environment) as C pointers, prepared once.
-struct CArgv {
-    strings: Vec<std::ffi::CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: [*const libc::c_char; 1],
-}
-
-impl CArgv {
-    fn new(argv: &[&[u8]]) -> Result<CArgv, String> {
-        let strings = argv
-            .iter()
-            .map(|a| std::ffi::CString::new(*a).map_err(|_| "NUL in argv".to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
-        ptrs.push(std::ptr::null());
-        Ok(CArgv {
-            strings,
-            argv: ptrs,
-            envp: [std::ptr::null()],
-        })
-    }
-}
-
-/// `clone(CLONE_FILES | CLONE_PIDFD | SIGCHLD)`; the child swaps the shared fd table for a
-/// fresh one with fds 0-2 only (`close_range(3, ~0, CLOSE_RANGE_UNSHARE)`) and execs.
-fn spawn_shared_files(a: &CArgv) -> Result<spawn::Spawned, String> {
-    let mut pidfd: libc::c_int = -1;
-    let flags = (libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: a fork-like clone (no CLONE_VM, so the child runs on its own copy of our
-    // memory and stack); the kernel writes the pidfd into `pidfd`. Stack, child tid and tls
-    // are 0 (unused without CLONE_VM, CLONE_CHILD_SETTID, CLONE_SETTLS).
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags,
-            0usize,
-            &mut pidfd as *mut libc::c_int,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        return Err(format!("clone: {}", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: in the child, only raw system calls on data prepared before the clone;
-        // `_exit` if exec fails.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_UNSHARE,
-            );
-            libc::execve(a.strings[0].as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
-            libc::_exit(127);
-        }
-    }
-    // SAFETY: the kernel stored a new pidfd that nothing else owns.
-    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd) };
-    Ok(spawn::Spawned {
-        pid: pid as libc::pid_t,
-        pidfd,
-    })
 }

@@ -28,10 +28,12 @@ cargo xtask bench [--quick] [--soak] [--publish]
 
 Measures holden against the physical floor of this machine, in one run:
   restart latency (p50/p99/max) of a service that exits at once, local and QM
-    (holden-agent in its own PID namespace), as ratios to a bare race-free
-    spawn + pidfd-wait loop, and to holden v0.2's 100 ms-per-event pattern;
+    (holden-agent in its own PID namespace), as ratios to the floor: a bare
+    posix_spawn + pidfd-wait loop; a model of holden v0.2's 100 ms-per-event
+    pattern; the spawns holden could use, in a small and in a big process;
   scale: N services (churning, or idle with a few crashing): restarts/s, CPU
-    per restart, latency while the others churn;
+    per restart, latency, and the event loop's own stall histogram
+    (holdenctl stats);
   memory: orchestrator RSS with 64/1024/4096 slots, agent RSS, VmData and fds
     early and late in a long run; static binary sizes (cargo xtask dist).
 Writes target/bench/report.md and target/bench/latency-vs-n.svg (under
@@ -236,6 +238,7 @@ fn build(root: &Path) -> Result<(Binaries, Vec<SizeRow>), Failure> {
         Binaries {
             orchestrator: find("holden-orchestrator")?,
             agent: find("holden-agent")?,
+            holdenctl: find("holdenctl")?,
             probe: release.join("bench-probe"),
             floor: release.join("bench-floor"),
             floor_scale: release.join("bench-floor-scale"),
@@ -251,6 +254,7 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
     let kib = BALLAST_KIB.to_string();
     let fds_text = ctx.plan.ballast_fds.to_string();
     r.ballast_fds = ctx.plan.ballast_fds;
+    r.ballast_kib = BALLAST_KIB;
     for round in 1..=rounds {
         let tag = |what: &str| {
             if rounds > 1 {
@@ -271,33 +275,34 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
             phases::holden(c, "qm", true, n)
         });
         pool(&mut r.qm, qm);
-        let posix = step(ctx, r, &tag("analysis: floor with posix_spawn"), |c| {
-            phases::floor(c, "floor-posix", n, 0, &["--spawn", "posix"])
-        });
-        pool(&mut r.floor_posix, posix);
-        let ballast = step(ctx, r, &tag("analysis: floor with ballast"), |c| {
-            phases::floor(c, "floor-ballast", n, 0, &["--ballast-kib", &kib])
-        });
-        pool(&mut r.floor_ballast, ballast);
-        let fds = step(ctx, r, &tag("analysis: floor with ballast fds"), |c| {
-            phases::floor(c, "floor-fds", n, 0, &["--ballast-fds", &fds_text])
-        });
-        pool(&mut r.floor_fds, fds);
-        let shared = step(
-            ctx,
-            r,
-            &tag("analysis: shared-files spawn with ballast fds"),
-            |c| {
-                phases::floor(
-                    c,
-                    "floor-shared-fds",
-                    n,
-                    0,
-                    &["--spawn", "shared-files", "--ballast-fds", &fds_text],
-                )
-            },
-        );
-        pool(&mut r.floor_shared_fds, shared);
+        // Analysis: the spawns the orchestrator could use, plain and in a process as big as
+        // the orchestrator with many services (4 MiB of heap touched, a pidfd per service).
+        let heavy = ["--ballast-kib", &kib, "--ballast-fds", &fds_text];
+        let variants = [
+            ("fork", "analysis: fork-style spawn", false),
+            ("launcher", "analysis: Launcher", false),
+            ("posix", "analysis: posix_spawn, big process", true),
+            ("fork", "analysis: fork-style spawn, big process", true),
+            ("launcher", "analysis: Launcher, big process", true),
+        ];
+        for (i, (kind, what, big)) in variants.into_iter().enumerate() {
+            let mut args = vec!["--spawn", kind];
+            if big {
+                args.extend_from_slice(&heavy);
+            }
+            let label = format!("floor-{kind}{}", if big { "-big" } else { "" });
+            let result = step(ctx, r, &tag(what), |c| {
+                phases::floor(c, &label, n, 0, &args)
+            });
+            let into = match i {
+                0 => &mut r.floor_fork,
+                1 => &mut r.launcher,
+                2 => &mut r.floor_heavy,
+                3 => &mut r.fork_heavy,
+                _ => &mut r.launcher_heavy,
+            };
+            pool(into, result);
+        }
     }
     let v = ctx.plan.v02_restarts;
     r.v02 = step(ctx, r, "v0.2 pattern", |c| {
@@ -508,10 +513,11 @@ fn notes(p: &Plan) -> Vec<String> {
          at that instant (a restart in progress holds two or three more); growth would show as \
          a steady climb with the restarts."
             .into(),
-        "The floor uses `holden::spawn::spawn` (clone3 with CLONE_PIDFD, exec-report pipe), the \
-         code path of the orchestrator's local spawns, then poll(2) on the pidfd and \
-         waitid(P_PIDFD). The machine is shared: compare ratios within one run, not absolute \
-         figures across runs."
+        "The floor is posix_spawn (musl: CLONE_VM | CLONE_VFORK) with the same child set-up as \
+         holden's spawn where posix_spawn can express it (new session, signals to default, \
+         empty mask, stdin on /dev/null), pidfd_open, then poll(2) on the pidfd and \
+         waitid(P_PIDFD). CPU is the supervising process's on all its threads (schedstat). The \
+         machine is shared: compare ratios within one run, not absolute figures across runs."
             .into(),
     ]
 }

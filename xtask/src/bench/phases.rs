@@ -6,7 +6,7 @@ use super::procfs::{self, Sample};
 use super::procs::{Agent, FloorScale, Orchestrator, RunDir, Supervisor};
 use super::progress::Progress;
 use super::records::{self, KIND_EXIT};
-use super::stats::{self, Summary};
+use super::stats::{self, Stall, Summary};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ const LATENCY_SLOTS: usize = 64;
 pub struct Binaries {
     pub orchestrator: PathBuf,
     pub agent: PathBuf,
+    pub holdenctl: PathBuf,
     pub probe: PathBuf,
     pub floor: PathBuf,
     pub floor_scale: PathBuf,
@@ -148,6 +149,9 @@ pub struct ScalePoint {
     pub latency: Summary,
     /// The supervising process at the end of the window.
     pub orchestrator: Sample,
+    /// holden's event loop: how long it spent on each completion during the window
+    /// (`holdenctl stats`; `None` for the floor loop).
+    pub stall: Option<Stall>,
     /// Raw material for pooling rounds.
     pub samples: Vec<u64>,
     pub counted: u64,
@@ -163,6 +167,10 @@ impl ScalePoint {
         self.seconds += other.seconds;
         self.cpu_ns += other.cpu_ns;
         self.orchestrator = other.orchestrator;
+        self.stall = match (self.stall.take(), other.stall) {
+            (Some(a), Some(b)) => Some(a.merge(&b)),
+            (a, b) => a.or(b),
+        };
         self.restarts_per_s = self.counted as f64 / self.seconds.max(1e-9);
         self.cpu_ns_per_restart = self.cpu_ns as f64 / self.counted.max(1) as f64;
         self.latency = Summary::of(&mut self.samples);
@@ -441,12 +449,17 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, floor: bool) -> Result<Sc
     }
     let settle = ctx.plan.scale_settle;
     sleep_checked(ctx, &label, settle, sup.as_supervisor(), "settling")?;
+    let stall0 = (!floor).then(|| stall_snapshot(ctx)).transpose()?;
     let (c0, t0) = (records::count(&recs), Instant::now());
     let o0 = sample_of(sup.as_supervisor().pid(), who)?;
     let window = ctx.plan.scale_window;
     sleep_checked(ctx, &label, window, sup.as_supervisor(), "measuring")?;
     let (c1, t1) = (records::count(&recs), Instant::now());
     let o1 = sample_of(sup.as_supervisor().pid(), who)?;
+    let stall = match stall0 {
+        Some(s0) => Some(stall_snapshot(ctx)?.since(&s0)),
+        None => None,
+    };
     ctx.progress.update(&label, "stopping");
     sup.stop_boxed()?;
     let all = records::read(&recs)?;
@@ -467,11 +480,33 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, floor: bool) -> Result<Sc
         cpu_ns_per_restart: cpu_ns as f64 / restarts.max(1) as f64,
         latency: Summary::of(&mut lat),
         orchestrator: o1,
+        stall,
         samples: lat,
         counted: restarts,
         seconds,
         cpu_ns,
     })
+}
+
+/// The orchestrator's stall histogram so far (`holdenctl stats --json` on the run's control
+/// socket).
+fn stall_snapshot(ctx: &Ctx) -> Result<Stall, String> {
+    let out = Command::new(&ctx.bins.holdenctl)
+        .arg("--socket")
+        .arg(ctx.dir.join("control.sock"))
+        .args(["stats", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", ctx.bins.holdenctl.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "holdenctl stats failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Stall::parse(&text).ok_or_else(|| format!("holdenctl stats printed no histogram: {text}"))
 }
 
 /// A supervisor that can be stopped through a box.

@@ -16,7 +16,7 @@ pub struct Sample {
     pub anon_kib: u64,
     /// Open file descriptors.
     pub fds: u64,
-    /// CPU time on all its threads, ns (`/proc/PID/schedstat`, first field).
+    /// CPU time on all its threads, ns (`/proc/PID/task/*/schedstat`, first field).
     pub cpu_ns: u64,
 }
 
@@ -43,13 +43,20 @@ pub fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
-/// CPU time of a process in ns: `/proc/PID/schedstat` (exact), else utime+stime from
+/// CPU time of a process in ns, all its threads (the orchestrator's spawner and log writer
+/// threads included): the sum of `/proc/PID/task/*/schedstat` (exact), else utime+stime from
 /// `/proc/PID/stat` in clock ticks (assumed 100 Hz, as on every Linux architecture we ship).
 pub fn cpu_ns(pid: u32) -> Option<u64> {
-    if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/schedstat")) {
-        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
-            return Some(ns);
-        }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .collect::<Vec<u64>>()
+        });
+    if let Some(ns) = threads.filter(|t| !t.is_empty()) {
+        return Some(ns.iter().sum());
     }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut fields = stat.rsplit(')').next()?.split_whitespace();

@@ -1182,7 +1182,10 @@ fn a_monitor_that_does_not_keep_up_gets_a_dropped_count() {
         "looper",
         "local",
         &["/bin/true"],
-        "restart = \"always\"\nrestart_delay = \"0\"\nstart_limit = { burst = 0, interval = \"0\" }",
+        // About 200 restarts a second: fast enough to fill the socket within a second, slow
+        // enough that the log stays small to read while the test waits on it (a full monitor
+        // is dropped after 5 s).
+        "restart = \"always\"\nrestart_delay = \"5ms\"\nstart_limit = { burst = 0, interval = \"0\" }",
     );
     let mut orch = Orch::start(&dir, &config(&dir, None, 4, "", &services));
     wait_until("listening", || {
@@ -1196,25 +1199,28 @@ fn a_monitor_that_does_not_keep_up_gets_a_dropped_count() {
     assert_eq!(sent, len as isize);
     let done = raw_recv(&fd, Duration::from_secs(20)).expect("Done");
     assert!(matches!(decode(&done).unwrap().body, Body::Done(_)));
-    // Do not read while the crash loop produces thousands of events: the socket fills up.
+    // Do not read while the crash loop produces about 750 events (three per restart): the
+    // socket fills up (about 280 fit in the default send buffer).
     let spawned = orch
         .lines_with(&["service=looper ", "reason=spawned"])
         .len();
-    orch.wait_lines(&["service=looper ", "reason=spawned"], spawned + 300);
-    // Now read: events, then the count of those that did not fit, then events again.
+    orch.wait_lines(&["service=looper ", "reason=spawned"], spawned + 250);
+    // Now read, without pausing (a full monitor is dropped 5 s after it filled): events, then
+    // the count of those that did not fit, then events again.
     let mut events_before = 0;
-    let dropped = wait_until("a Dropped frame", || {
+    let dropped = loop {
         let packet = raw_recv(&fd, Duration::from_secs(20)).expect("a frame");
-        assert!(!packet.is_empty(), "the monitor connection stays open");
+        assert!(
+            !packet.is_empty(),
+            "the monitor connection stays open: {:?}",
+            orch.lines_with(&["event=control-"])
+        );
         match decode(&packet).unwrap().body {
-            Body::Event(_) => {
-                events_before += 1;
-                None
-            }
-            Body::Dropped(n) => Some(n),
+            Body::Event(_) => events_before += 1,
+            Body::Dropped(n) => break n,
             other => panic!("unexpected {other:?}"),
         }
-    });
+    };
     assert!(
         dropped > 0 && events_before > 0,
         "{events_before} events, {dropped} dropped"

@@ -780,6 +780,37 @@ fn a_launcher_spawns_reports_exec_errors_and_leaks_no_fd() {
 }
 
 #[test]
+fn a_launcher_child_gets_every_disposition_default_even_after_a_change() {
+    use crate::sys::signal::{set_disposition, Disposition};
+    let mut l = launcher();
+    // The Rust runtime ignores SIGPIPE here; the first spawn resets it in the child.
+    let child = Child(l.spawn(&spec(&[b"/bin/sleep", b"1000"])).unwrap());
+    assert_eq!(
+        proc_status_field(child.0.pid, "SigIgn:"),
+        "0000000000000000"
+    );
+    assert_eq!(
+        proc_status_field(child.0.pid, "SigCgt:"),
+        "0000000000000000"
+    );
+    drop(child);
+    // A disposition changed after the launcher looked: seen at the next spawn.
+    set_disposition(libc::SIGURG, Disposition::Ignore).unwrap();
+    let spawned = l.spawn(&spec(&[b"/bin/sleep", b"1000"]));
+    set_disposition(libc::SIGURG, Disposition::Default).unwrap();
+    let child = Child(spawned.unwrap());
+    assert_eq!(
+        proc_status_field(child.0.pid, "SigIgn:"),
+        "0000000000000000"
+    );
+    // The mask names exactly what is not default.
+    let mask = crate::sys::spawn::dispositions_not_default();
+    assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0);
+    assert_eq!(mask & (1 << (libc::SIGURG - 1)), 0);
+    assert_eq!(mask & (1 << (libc::SIGKILL - 1)), 0);
+}
+
+#[test]
 fn launchers_in_parallel_threads_keep_their_reports_apart() {
     let set = Launcher::set(4).unwrap().expect("close_range");
     let threads: Vec<_> = set

@@ -68,6 +68,16 @@ pub enum Disposition {
     Ignore,
 }
 
+/// Counts the disposition changes made through [`set_disposition`]: a cached view of the
+/// dispositions (the spawn `Launcher`'s) is stale when it moved. Nothing else in holden
+/// changes a disposition (the `unsafe` that could is only in this module).
+static DISPOSITION_CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`DISPOSITION_CHANGES`].
+pub fn disposition_changes() -> u64 {
+    DISPOSITION_CHANGES.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// Sets the disposition of `signal` (with an empty handler mask).
 pub fn set_disposition(signal: libc::c_int, disposition: Disposition) -> io::Result<()> {
     // SAFETY: sigaction is plain data; all-zero is valid before the fields are set.
@@ -77,11 +87,14 @@ pub fn set_disposition(signal: libc::c_int, disposition: Disposition) -> io::Res
         Disposition::Ignore => libc::SIG_IGN,
     };
     // SAFETY: `action` lives on our stack; installing SIG_DFL/SIG_IGN runs no code of ours.
-    check(unsafe {
+    let result = check(unsafe {
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(signal, &action, std::ptr::null_mut())
-    })
-    .map(|_| ())
+    });
+    // Counted after the change: a cache that read the count before it looks again next time,
+    // one that read it after saw the change.
+    DISPOSITION_CHANGES.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    result.map(|_| ())
 }
 
 /// A non-blocking, close-on-exec signalfd for a fixed set of signals.

@@ -21,10 +21,10 @@ use super::{
 use libc::{c_char, c_int, c_long, c_void};
 
 /// Highest signal number on Linux (`_NSIG`); the child resets 1..=this.
-const SIGNAL_NUMBER_MAX: c_int = 64;
+pub(super) const SIGNAL_NUMBER_MAX: c_int = 64;
 
 /// Size of the kernel's `sigset_t` (64 signals), passed to `rt_sig*` calls.
-const KERNEL_SIGSET_BYTES: usize = 8;
+pub(super) const KERNEL_SIGSET_BYTES: usize = 8;
 
 /// Longest path the child can build while searching `PATH` (stack buffer).
 const SEARCH_PATH_BYTES_MAX: usize = 4096;
@@ -32,11 +32,22 @@ const SEARCH_PATH_BYTES_MAX: usize = 4096;
 /// The kernel's `struct sigaction` for `rt_sigaction` (x86_64 and aarch64 both have
 /// `sa_restorer`). All zero means `SIG_DFL`, no flags, empty mask.
 #[repr(C)]
-struct KernelSigaction {
-    handler: usize,
+pub(super) struct KernelSigaction {
+    pub(super) handler: usize,
     flags: libc::c_ulong,
     restorer: usize,
     mask: u64,
+}
+
+impl KernelSigaction {
+    pub(super) const fn default() -> KernelSigaction {
+        KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        }
+    }
 }
 
 fn last_errno() -> i32 {
@@ -110,7 +121,7 @@ pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int) -> ! {
 
 /// The child's steps from signals to `execve` (closing inherited fds when `close` is set).
 fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: bool) -> ! {
-    let result = reset_signals()
+    let result = reset_signals(plan.reset_signals)
         .and_then(|()| setsid())
         .and_then(|()| {
             if close {
@@ -191,7 +202,8 @@ fn fd_above_stdio(fd: c_int) -> Result<c_int, SpawnError> {
     Ok(moved)
 }
 
-fn reset_signals() -> Result<(), SpawnError> {
+/// Sets to `SIG_DFL` every signal whose bit (`1 << (signal - 1)`) is in `which`.
+fn reset_signals(which: u64) -> Result<(), SpawnError> {
     let default = KernelSigaction {
         handler: 0, // SIG_DFL
         flags: 0,
@@ -199,7 +211,8 @@ fn reset_signals() -> Result<(), SpawnError> {
         mask: 0,
     };
     for signal in 1..=SIGNAL_NUMBER_MAX {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP || which & (1u64 << (signal - 1)) == 0
+        {
             continue;
         }
         // SAFETY: rt_sigaction reads `default`, a valid kernel sigaction on our stack; the old

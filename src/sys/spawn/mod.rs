@@ -203,6 +203,43 @@ pub struct ExecPlan<'a> {
     pub gid: Option<u32>,
     /// Put stdout and stderr on `/dev/null` too (stdin always is).
     pub stdio_null: bool,
+    /// Signals the child sets to `SIG_DFL` before `execve`, one bit each
+    /// (`1 << (signal - 1)`): every one ([`RESET_EVERY_SIGNAL`]), or those that are not at
+    /// their default in this process ([`dispositions_not_default`]). The others are already
+    /// default in the child, which inherits them.
+    pub reset_signals: u64,
+}
+
+/// [`ExecPlan::reset_signals`]: reset every signal.
+pub const RESET_EVERY_SIGNAL: u64 = u64::MAX;
+
+/// The signals whose disposition in this process is not `SIG_DFL` (ignored, or with a
+/// handler), one bit each as in [`ExecPlan::reset_signals`]; a signal the kernel does not
+/// answer for counts as not default. 62 `rt_sigaction` queries: compute it once, and again
+/// when [`super::signal::disposition_changes`] moved.
+pub fn dispositions_not_default() -> u64 {
+    let mut which = 0u64;
+    for signal in 1..=child::SIGNAL_NUMBER_MAX {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = child::KernelSigaction::default();
+        // SAFETY: rt_sigaction with no new action only writes the current one into `old`, a
+        // kernel sigaction on our stack.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal as libc::c_long,
+                std::ptr::null::<child::KernelSigaction>(),
+                &mut old as *mut child::KernelSigaction,
+                child::KERNEL_SIGSET_BYTES,
+            )
+        };
+        if rc != 0 || old.handler != 0 {
+            which |= 1u64 << (signal - 1);
+        }
+    }
+    which
 }
 
 impl ExecPlan<'_> {

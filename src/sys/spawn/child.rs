@@ -211,7 +211,9 @@ fn reset_signals(which: u64) -> Result<(), SpawnError> {
         mask: 0,
     };
     for signal in 1..=SIGNAL_NUMBER_MAX {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP || which & (1u64 << (signal - 1)) == 0
+        if signal == libc::SIGKILL
+            || signal == libc::SIGSTOP
+            || which & 1u64.wrapping_shl((signal as u32).wrapping_sub(1)) == 0
         {
             continue;
         }

@@ -176,14 +176,21 @@ fn argv_env_cwd_and_isolation_arrive_in_the_child() {
         std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
         std::path::Path::new("/dev/null")
     );
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        fds.iter().all(|f| ["0", "1", "2"].contains(&f.as_str())),
-        "{fds:?}"
-    );
+    // Right after execve the program's dynamic loader holds its libraries open for a moment:
+    // look again until only 0-2 are left (a leaked fd stays, and fails after 5 s).
+    let only_stdio = |fds: &[String]| fds.iter().all(|f| ["0", "1", "2"].contains(&f.as_str()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let fds = loop {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if only_stdio(&fds) || std::time::Instant::now() > deadline {
+            break fds;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(only_stdio(&fds), "{fds:?}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("SigBlk:\t0000000000000000"), "{status}");
     assert!(status.contains("SigIgn:\t0000000000000000"), "{status}");

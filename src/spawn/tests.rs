@@ -271,11 +271,7 @@ fn only_fds_0_to_2_survive_and_stdin_is_dev_null() {
     assert!(leaked.iter().all(|&fd| fd > 2));
     let child = sleeper();
     let pid = child.0.pid;
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    fds.sort();
+    let fds = child_fds(pid);
     for fd in leaked {
         // SAFETY: closing the fds opened above.
         unsafe { libc::close(fd) };
@@ -691,12 +687,7 @@ fn the_gate_fd_does_not_leak_into_the_program() {
     gated.release().unwrap();
     let child = Child(Spawned { pid, pidfd });
     wait_for_comm(pid, "sleep");
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    fds.sort();
-    assert_eq!(fds, vec![0, 1, 2]);
+    assert_eq!(child_fds(pid), vec![0, 1, 2]);
     drop(child);
 }
 
@@ -727,13 +718,22 @@ fn launcher() -> Launcher {
         .unwrap()
 }
 
+/// The child's open fds once it has settled: right after `execve` the dynamic loader of
+/// `/bin/sleep` holds `ld.so.cache` and its libraries open for a moment, so the listing is
+/// taken again until it shows only 0-2, for at most 5 s (a leaked fd stays and fails).
 fn child_fds(pid: libc::pid_t) -> Vec<i32> {
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
-        .collect();
-    fds.sort();
-    fds
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        fds.sort();
+        if fds == [0, 1, 2] || std::time::Instant::now() > deadline {
+            return fds;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]

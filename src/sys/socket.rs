@@ -679,9 +679,18 @@ mod tests {
         let client = connect_new(&UnixAddr::new(bytes).unwrap(), Kind::Seqpacket, true);
         assert!(client.is_ok(), "the first listener must still be reachable");
         drop(client);
-        // Closed: stale, replaced.
+        // Closed: stale, replaced. (A child that another test is forking may hold a copy of
+        // the listener until its execve: live until then, so the bind is retried a while.)
         drop(first);
-        let (second, stale) = Listener::bind(bytes, Kind::Seqpacket, 0o600, None, 4).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (second, stale) = loop {
+            match Listener::bind(bytes, Kind::Seqpacket, 0o600, None, 4) {
+                Err(BindError::Live) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert!(stale);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();

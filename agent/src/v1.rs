@@ -214,13 +214,15 @@ impl Server {
         };
         let pid = gated.pid;
         let len = encode_started(&mut self.send_buf, request_id, pid).unwrap_or(0);
-        let shown = what.as_str();
-        self.log_conn(
-            slot,
-            format_args!("request {request_id}: {shown} -> started pid {pid} (gated)"),
-        );
+        // Between the reply and the go-ahead nothing but the `sendmsg`: the child waits at
+        // its gate meanwhile, so the line about the start is written after the release.
         let next = self.v1_send(slot, len, Some(gated.pidfd()));
+        let shown = what.as_str();
         if next == Next::Close {
+            self.log_conn(
+                slot,
+                format_args!("request {request_id}: {shown} -> started pid {pid} (gated)"),
+            );
             // The orchestrator did not get the pidfd: the program must not run.
             gated.abort();
             self.log_conn(
@@ -231,7 +233,12 @@ impl Server {
             );
             return next;
         }
-        match gated.open() {
+        let opened = gated.open();
+        self.log_conn(
+            slot,
+            format_args!("request {request_id}: {shown} -> started pid {pid} (gated)"),
+        );
+        match opened {
             Ok(released) => {
                 let Some(conn) = self.conns[slot].as_ref() else {
                     return Next::Close;

@@ -14,6 +14,8 @@
 //! - [`is_pidfd`]: whether an fd received from a less trusted peer really is a pidfd;
 //! - [`identity`]: which process a pidfd refers to, to refuse a second pidfd for a process that
 //!   is already supervised;
+//! - [`examine`]: all of that for a received fd in one look (one `fstatfs`, one read of its
+//!   `/proc/self/fdinfo` entry): pidfd or not, which process, which PID namespace;
 //! - [`Capabilities::probe`]: what this kernel offers, probed once at start-up.
 //!
 //! None of these functions allocate; the ones that read `/proc` use stack buffers.
@@ -151,32 +153,116 @@ impl Identity {
     }
 }
 
-/// Identifies the process behind `pidfd`: pidfs inode (if on pidfs) and pid (from
-/// `PIDFD_GET_INFO`, else from the `Pid:` line of `/proc/self/fdinfo/N`).
+/// Identifies the process behind `pidfd`: pidfs inode (if on pidfs) and pid (see
+/// [`examine`]). EBADF for an fd that is not a pidfd or whose process cannot be identified.
 pub fn identity(pidfd: BorrowedFd<'_>) -> io::Result<Identity> {
-    let inode = match sysfd::fs_type(pidfd)? {
-        PID_FS_MAGIC => sysfd::fstat(pidfd)?.ino,
-        _ => 0,
+    match examine(pidfd) {
+        Examined::Pidfd { identity, .. } => Ok(identity),
+        Examined::NotPidfd | Examined::NoIdentity => Err(io::Error::from_raw_os_error(libc::EBADF)),
+    }
+}
+
+/// What one look at an fd found: see [`examine`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Examined {
+    /// Not a pidfd (pipe, socket, file, eventfd, other anonymous inode ...).
+    NotPidfd,
+    /// A pidfd whose process could not be identified.
+    NoIdentity,
+    /// A pidfd: which process, and where it sits in the PID namespaces (`None` once it has
+    /// exited, when it is not visible from here, or when `/proc` cannot be read).
+    Pidfd {
+        identity: Identity,
+        ns: Option<NsPid>,
+    },
+}
+
+/// Looks once at an fd received from a less trusted peer: whether it is a pidfd (one
+/// `fstatfs`: `PID_FS_MAGIC` on 6.9+; before pidfs, `readlink` of `/proc/self/fd/N`), and for a
+/// pidfd its identity and namespace position from one read of `/proc/self/fdinfo/N`, whose
+/// `ino:`, `Pid:` and `NSpid:` lines say it all (`ino` is the inode `fstat` reports; `Pid` is
+/// -1 once the process is gone and 0 when it is not visible in our PID namespace). Without a
+/// readable fdinfo (no `/proc`) the pid comes from `PIDFD_GET_INFO` and the inode from `fstat`,
+/// and the namespace position is unknown.
+pub fn examine(fd: BorrowedFd<'_>) -> Examined {
+    let Some(on_pidfs) = pidfd_kind(fd) else {
+        return Examined::NotPidfd;
     };
-    let pid = match process::pidfd_get_info(pidfd, PIDFD_INFO_PID) {
+    let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
+    let Ok(len) = read_fdinfo(fd.as_raw_fd(), &mut buf) else {
+        return match identity_without_proc(fd, on_pidfs) {
+            Some(identity) => Examined::Pidfd { identity, ns: None },
+            None => Examined::NoIdentity,
+        };
+    };
+    let text = &buf[..len];
+    let Some(pid) = parse_fdinfo_pid(text) else {
+        return Examined::NoIdentity;
+    };
+    let inode = match (on_pidfs, parse_fdinfo_ino(text)) {
+        (false, _) => 0,
+        (true, Some(ino)) => ino,
+        // A kernel whose fdinfo has no `ino:` line.
+        (true, None) => match sysfd::fstat(fd) {
+            Ok(st) => st.ino,
+            Err(_) => return Examined::NoIdentity,
+        },
+    };
+    let ns = if pid > 0 { parse_ns_pid(text) } else { None };
+    Examined::Pidfd {
+        identity: Identity { inode, pid },
+        ns,
+    }
+}
+
+/// The identity of a pidfd without `/proc`: inode from `fstat`, pid from `PIDFD_GET_INFO`
+/// (6.13+; ESRCH: the process is gone). `None` when neither works.
+fn identity_without_proc(fd: BorrowedFd<'_>, on_pidfs: bool) -> Option<Identity> {
+    let inode = if on_pidfs {
+        sysfd::fstat(fd).ok()?.ino
+    } else {
+        0
+    };
+    let pid = match process::pidfd_get_info(fd, PIDFD_INFO_PID) {
         Ok(info) if info.mask & PIDFD_INFO_PID != 0 => info.pid as i32,
-        Ok(_) => fdinfo_pid(pidfd.as_raw_fd())?,
-        // ESRCH: the process is gone (reaped).
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => -1,
-        Err(_) => fdinfo_pid(pidfd.as_raw_fd())?,
+        _ => return None,
     };
-    Ok(Identity { inode, pid })
+    Some(Identity { inode, pid })
 }
 
 /// Longest `/proc` text read here (fdinfo of a pidfd, `/proc/<pid>/status`).
 const PROC_TEXT_BYTES_MAX: usize = 4096;
 
-/// The `Pid:` line of `/proc/self/fdinfo/<fd>` (present for pidfds since 5.3).
-fn fdinfo_pid(fd: RawFd) -> io::Result<i32> {
-    let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
-    let len = sysfd::read_small_file(ProcPath::self_fd("fdinfo", fd).as_cstr(), &mut buf)?;
-    // EBADF: an fd whose fdinfo has no `Pid:` line is not a pidfd.
-    parse_fdinfo_pid(&buf[..len]).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+/// Reads `/proc/self/fdinfo/<fd>` into `buf`. A pidfd's entry ends with its `NSpid:` line: once
+/// that line is complete the text is whole, and the read that would return end of file is
+/// saved (one `read` instead of two). Other texts are read to their end.
+fn read_fdinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let file = sysfd::open(ProcPath::self_fd("fdinfo", fd).as_cstr(), libc::O_RDONLY)?;
+    let mut len = 0;
+    while len < buf.len() {
+        let n = sysfd::read(file.as_fd(), &mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if has_complete_line(&buf[..len], b"NSpid:") {
+            break;
+        }
+    }
+    Ok(len)
+}
+
+/// Whether `text` has a line starting with `prefix` that ends with a newline.
+fn has_complete_line(text: &[u8], prefix: &[u8]) -> bool {
+    let mut rest = text;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        if rest[..end].starts_with(prefix) {
+            return true;
+        }
+        rest = &rest[end + 1..];
+    }
+    false
 }
 
 /// Where a process sits in the PID namespace hierarchy: how many PID namespaces it is in
@@ -208,8 +294,7 @@ fn parse_ns_pid(text: &[u8]) -> Option<NsPid> {
 /// `/proc`); `Ok(None)` once it has exited (the kernel no longer lists it).
 pub fn ns_pid(pidfd: BorrowedFd<'_>) -> io::Result<Option<NsPid>> {
     let mut buf = [0u8; PROC_TEXT_BYTES_MAX];
-    let path = ProcPath::self_fd("fdinfo", pidfd.as_raw_fd());
-    let len = sysfd::read_small_file(path.as_cstr(), &mut buf)?;
+    let len = read_fdinfo(pidfd.as_raw_fd(), &mut buf)?;
     if parse_fdinfo_pid(&buf[..len]).is_some_and(|pid| pid <= 0) {
         return Ok(None);
     }
@@ -226,13 +311,20 @@ pub fn ns_pid_of(pid: i32) -> io::Result<Option<NsPid>> {
 
 /// Finds `Pid:\t<n>` in fdinfo text.
 fn parse_fdinfo_pid(text: &[u8]) -> Option<i32> {
-    for line in text.split(|&b| b == b'\n') {
-        if let Some(rest) = line.strip_prefix(b"Pid:") {
-            let s = std::str::from_utf8(rest).ok()?;
-            return s.trim().parse().ok();
-        }
-    }
-    None
+    fdinfo_field(text, b"Pid:")?.parse().ok()
+}
+
+/// Finds `ino:\t<n>` in fdinfo text (the file's inode number, as `fstat` reports it).
+fn parse_fdinfo_ino(text: &[u8]) -> Option<u64> {
+    fdinfo_field(text, b"ino:")?.parse().ok()
+}
+
+/// The value of the first line starting with `name`, trimmed.
+fn fdinfo_field<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a str> {
+    let line = text
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(name))?;
+    Some(std::str::from_utf8(line).ok()?.trim())
 }
 
 /// Whether `fd` is a pidfd. On pidfs kernels (6.9+) `fstatfs` reports `PID_FS_MAGIC`; before
@@ -240,15 +332,21 @@ fn parse_fdinfo_pid(text: &[u8]) -> Option<i32> {
 /// `/proc/self/fd/N` shows (needs `/proc`). Anything else — pipes, sockets, eventfds, regular
 /// files, other anonymous inodes — is not a pidfd.
 pub fn is_pidfd(fd: BorrowedFd<'_>) -> bool {
+    pidfd_kind(fd).is_some()
+}
+
+/// `Some(true)`: a pidfd on pidfs; `Some(false)`: an anonymous-inode pidfd (before 6.9);
+/// `None`: not a pidfd.
+fn pidfd_kind(fd: BorrowedFd<'_>) -> Option<bool> {
     match sysfd::fs_type(fd) {
-        Ok(PID_FS_MAGIC) => return true,
+        Ok(PID_FS_MAGIC) => return Some(true),
         Ok(_) => {}
-        Err(_) => return false,
+        Err(_) => return None,
     }
     let mut link = [0u8; 64];
     match sysfd::readlink(ProcPath::self_fd("fd", fd.as_raw_fd()).as_cstr(), &mut link) {
-        Ok(n) => link.get(..n) == Some(PIDFD_LINK_NAME),
-        Err(_) => false,
+        Ok(n) if link.get(..n) == Some(PIDFD_LINK_NAME) => Some(false),
+        _ => None,
     }
 }
 
@@ -541,6 +639,127 @@ mod tests {
         assert!(!is_pidfd(file.as_fd()));
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         assert!(!is_pidfd(a.as_fd()));
+    }
+
+    #[test]
+    fn examine_agrees_with_the_separate_looks() {
+        let (mut child, fd) = sleeper();
+        let Examined::Pidfd { identity, ns } = examine(fd.as_fd()) else {
+            panic!("a pidfd not taken for one");
+        };
+        assert_eq!(identity.pid, child.id() as i32);
+        if matches!(sysfd::fs_type(fd.as_fd()), Ok(PID_FS_MAGIC)) {
+            assert_eq!(identity.inode, sysfd::fstat(fd.as_fd()).unwrap().ino);
+            assert_ne!(identity.inode, 0);
+        } else {
+            assert_eq!(identity.inode, 0);
+        }
+        assert_eq!(ns, ns_pid(fd.as_fd()).unwrap());
+        assert_eq!(ns, ns_pid_of(child.id() as i32).unwrap());
+        // The same answer as the ioctl's, where the kernel has it.
+        if let Some(other) = identity_without_proc(fd.as_fd(), identity.inode != 0) {
+            assert_eq!(other, identity);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Reaped: no pid, no namespace position, the same inode.
+        assert_eq!(
+            examine(fd.as_fd()),
+            Examined::Pidfd {
+                identity: Identity {
+                    inode: identity.inode,
+                    pid: -1
+                },
+                ns: None
+            }
+        );
+    }
+
+    #[test]
+    fn examine_refuses_other_fds() {
+        let (r, w) = sysfd::pipe().unwrap();
+        let ev = sysfd::eventfd().unwrap();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        for fd in [r.as_fd(), w.as_fd(), ev.as_fd(), file.as_fd(), a.as_fd()] {
+            assert_eq!(examine(fd), Examined::NotPidfd);
+            assert!(identity(fd).is_err());
+        }
+    }
+
+    #[test]
+    fn examine_sees_a_process_in_a_child_pid_namespace() {
+        // `unshare --fork` makes its child PID 1 of a new PID namespace.
+        let Ok(mut unshare) = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "sleep", "30"])
+            .spawn()
+        else {
+            eprintln!("no unshare: skipping");
+            return;
+        };
+        let children = format!("/proc/{}/task/{}/children", unshare.id(), unshare.id());
+        let mut inner = None;
+        for _ in 0..5000 {
+            let text = std::fs::read_to_string(&children).unwrap_or_default();
+            inner = text
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok());
+            if inner.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let examined = inner
+            .and_then(|pid| open(pid).ok())
+            .map(|fd| examine(fd.as_fd()));
+        // --kill-child: the namespace's process dies with unshare.
+        unshare.kill().unwrap();
+        unshare.wait().unwrap();
+        let Some(Examined::Pidfd { identity, ns }) = examined else {
+            panic!("no pidfd of unshare's child ({inner:?}): {examined:?}");
+        };
+        let ours = ns_pid_of(std::process::id() as i32).unwrap().unwrap();
+        assert_eq!(identity.pid, inner.unwrap());
+        assert_eq!(
+            ns,
+            Some(NsPid {
+                depth: ours.depth + 1,
+                innermost: 1
+            })
+        );
+    }
+
+    #[test]
+    fn fdinfo_is_read_whole_in_one_read() {
+        let (mut child, fd) = sleeper();
+        let mut one = [0u8; PROC_TEXT_BYTES_MAX];
+        let len = read_fdinfo(fd.as_raw_fd(), &mut one).unwrap();
+        let mut all = [0u8; PROC_TEXT_BYTES_MAX];
+        let path = ProcPath::self_fd("fdinfo", fd.as_raw_fd());
+        let all_len = sysfd::read_small_file(path.as_cstr(), &mut all).unwrap();
+        assert_eq!(&one[..len], &all[..all_len]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Other fds' entries have no NSpid line: read to their end.
+        let (r, _w) = sysfd::pipe().unwrap();
+        let len = read_fdinfo(r.as_raw_fd(), &mut one).unwrap();
+        let path = ProcPath::self_fd("fdinfo", r.as_raw_fd());
+        let all_len = sysfd::read_small_file(path.as_cstr(), &mut all).unwrap();
+        assert_eq!(&one[..len], &all[..all_len]);
+    }
+
+    #[test]
+    fn complete_lines_and_fields() {
+        assert!(has_complete_line(b"Pid:\t1\nNSpid:\t1\t2\n", b"NSpid:"));
+        assert!(!has_complete_line(b"Pid:\t1\nNSpid:\t1\t2", b"NSpid:"));
+        assert!(!has_complete_line(b"Pid:\t1\n", b"NSpid:"));
+        assert!(!has_complete_line(b"xNSpid:\t1\n", b"NSpid:"));
+        let text =
+            b"pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nPid:\t4242\nNSpid:\t4242\n";
+        assert_eq!(parse_fdinfo_ino(text), Some(1057));
+        assert_eq!(parse_fdinfo_ino(b"pos:\t0\n"), None);
+        assert_eq!(parse_fdinfo_pid(text), Some(4242));
     }
 
     #[test]

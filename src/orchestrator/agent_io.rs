@@ -486,17 +486,12 @@ impl AgentIo {
 }
 
 /// What a received fd is: a pidfd (with its process's identity and namespace position) or
-/// not.
+/// not. One look at the fd ([`pidfd::examine`]); the link carries the result.
 fn classify(fd: &OwnedFd) -> FdClass {
-    if !pidfd::is_pidfd(fd.as_fd()) {
-        return FdClass::Other;
-    }
-    match pidfd::identity(fd.as_fd()) {
-        Ok(identity) => FdClass::Pidfd {
-            identity,
-            ns: pidfd::ns_pid(fd.as_fd()).ok().flatten(),
-        },
-        Err(_) => FdClass::NoIdentity,
+    match pidfd::examine(fd.as_fd()) {
+        pidfd::Examined::NotPidfd => FdClass::Other,
+        pidfd::Examined::NoIdentity => FdClass::NoIdentity,
+        pidfd::Examined::Pidfd { identity, ns } => FdClass::Pidfd { identity, ns },
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`exit_info`]: the `PIDFD_GET_INFO` ioctl with `PIDFD_INFO_EXIT` (6.15+), the only way to
 //!   learn the exit status of a process that is not our child, and only after it has been
 //!   reaped by its parent. Between exit (the pidfd polls readable) and reap there is a window in
-//!   which the status is not yet there: [`ExitInfo::NotYet`] says so, and the caller retries;
+//!   which the status is not yet there: [`ExitInfo::NotYet`] says so. On 6.9+ the reap makes
+//!   the pidfd poll `POLLHUP` ([`Capabilities::reap_hup`]): the caller waits for that instead of
+//!   asking too early;
 //! - [`is_pidfd`]: whether an fd received from a less trusted peer really is a pidfd;
 //! - [`identity`]: which process a pidfd refers to, to refuse a second pidfd for a process that
 //!   is already supervised;
@@ -361,6 +363,10 @@ pub struct Capabilities {
     pub get_info: bool,
     /// `PIDFD_INFO_EXIT` works (6.15+): exit status of QM processes is knowable.
     pub exit_info: bool,
+    /// A pidfd polls `POLLHUP` once its process is reaped, not before (6.9+: the same kernel
+    /// change also wakes the pidfd's pollers at the reap). The exit status, which
+    /// `PIDFD_INFO_EXIT` publishes at the reap, is then there when the poll says `POLLHUP`.
+    pub reap_hup: bool,
 }
 
 impl Capabilities {
@@ -377,23 +383,51 @@ impl Capabilities {
         };
         caps.pidfs = matches!(sysfd::fs_type(me.as_fd()), Ok(PID_FS_MAGIC));
         caps.get_info = process::pidfd_get_info(me.as_fd(), PIDFD_INFO_PID).is_ok();
-        if caps.get_info {
-            caps.exit_info = probe_exit_info();
+        (caps.exit_info, caps.reap_hup) = probe_exit();
+        if !caps.get_info {
+            caps.exit_info = false;
         }
         caps
     }
 }
 
-fn probe_exit_info() -> bool {
+/// A child that exits 7: `(PIDFD_INFO_EXIT reads 7 back after the reap, its pidfd polled
+/// POLLIN without POLLHUP as a zombie and POLLHUP once reaped)`.
+fn probe_exit() -> (bool, bool) {
     let Ok(pid) = process::fork_exiting(7) else {
-        return false;
+        return (false, false);
     };
     // Our unreaped child: its pid cannot be reused before we wait for it.
     let fd = open(pid);
+    let zombie = fd
+        .as_ref()
+        .ok()
+        .map(|fd| poll_events(fd.as_fd(), PROBE_EXIT_WAIT_MS));
     let reaped = process::waitpid(pid).is_ok();
-    match fd {
-        Ok(fd) => reaped && exit_info(fd.as_fd()) == ExitInfo::Status(WaitStatus::Exited(7)),
-        Err(_) => false,
+    let Ok(fd) = fd else {
+        return (false, false);
+    };
+    let exit = reaped && exit_info(fd.as_fd()) == ExitInfo::Status(WaitStatus::Exited(7));
+    let hup = libc::POLLHUP as u32;
+    let reap_hup = reaped
+        && zombie.is_some_and(|e| e & libc::POLLIN as u32 != 0 && e & hup == 0)
+        && poll_events(fd.as_fd(), 0) & hup != 0;
+    (exit, reap_hup)
+}
+
+/// Longest wait of the probe for its child's exit.
+const PROBE_EXIT_WAIT_MS: i32 = 5000;
+
+/// What `poll(POLLIN)` on `fd` reports within `timeout_ms` (0 if nothing).
+fn poll_events(fd: BorrowedFd<'_>, timeout_ms: i32) -> u32 {
+    let mut entry = [crate::sys::poll::PollFd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    match crate::sys::poll::poll(&mut entry, timeout_ms) {
+        Ok(_) => entry[0].revents as u16 as u32,
+        Err(_) => 0,
     }
 }
 
@@ -401,12 +435,13 @@ impl std::fmt::Display for Capabilities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "kernel={}.{} pidfs={} pidfd_get_info={} pidfd_info_exit={}{}",
+            "kernel={}.{} pidfs={} pidfd_get_info={} pidfd_info_exit={} pidfd_reap_hup={}{}",
             self.kernel.0,
             self.kernel.1,
             yes_no(self.pidfs),
             yes_no(self.get_info),
             yes_no(self.exit_info),
+            yes_no(self.reap_hup),
             if self.exit_info {
                 ""
             } else {
@@ -794,6 +829,9 @@ mod tests {
         }
         if at_least(6, 15) {
             assert!(caps.exit_info);
+        }
+        if at_least(6, 9) {
+            assert!(caps.reap_hup);
         }
         assert!(!caps.to_string().is_empty());
     }

@@ -3,8 +3,15 @@
 //!
 //! One bare ring slot per service, for its whole life: the engine's `Watch` attaches the
 //! pidfd to it and polls for the exit, `Release` detaches and closes it. The exit status is
-//! read here — `waitid` for our own children, `PIDFD_INFO_EXIT` for QM processes (with short
-//! retries for the window between exit and the agent's reap) — and handed to the engine.
+//! read here — `waitid` for our own children, `PIDFD_INFO_EXIT` for QM processes — and handed
+//! to the engine.
+//!
+//! A QM process's status is published by the kernel when the agent reaps it, a little after
+//! the exit that made its pidfd poll readable. When the poll's answer has no `POLLHUP` (exited,
+//! not reaped yet) the pidfd is polled again for `POLLHUP`, which comes with the reap, for at
+//! most [`REAP_WAIT_MAX`]; the status is read once, after the reap. Only on a kernel whose
+//! pidfds do not poll `POLLHUP` at the reap (`Capabilities::reap_hup`) is it asked every 1 ms
+//! instead. Either way a process still unreaped after 200 ms is reported with an unknown status.
 
 use super::counters::Counters;
 use super::engine::{local_failure, Engine};
@@ -22,10 +29,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Time between two looks at a QM process that polled readable before its exit status was
-/// published (the window between exit and reap).
+/// published (the window between exit and reap), on a kernel without `POLLHUP` at the reap.
 const EXIT_INFO_RETRY_INTERVAL: Duration = Duration::from_millis(1);
 /// Looks before a QM exit status is reported as unknown.
 const EXIT_INFO_RETRIES_MAX: u16 = 200;
+/// Longest wait for the reap of a QM process that exited (`POLLIN`) before its status is
+/// reported as unknown: the same bound as the looks above.
+pub(crate) const REAP_WAIT_MAX: Duration = Duration::from_millis(200);
+
+/// Where a QM process's exit status stands once its pidfd polled readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExitWait {
+    /// Not waiting: alive, or local, or reported.
+    None,
+    /// Exited but not reaped: the pidfd is polled for `POLLHUP` (the reap) until `deadline`.
+    Reap { deadline: MonoTime },
+    /// The reap did not come by its deadline: the `POLLHUP` poll is being cancelled, and its
+    /// completion reports the exit (with the status if it was published meanwhile).
+    Overdue,
+    /// Looking every [`EXIT_INFO_RETRY_INTERVAL`], `left` more times.
+    Retry { left: u16 },
+}
 
 /// One service of the shell.
 pub(crate) struct Service {
@@ -35,8 +59,8 @@ pub(crate) struct Service {
     pub slot: SlotId,
     /// Prepared once for local services.
     pub spec: Option<Arc<SpawnSpec>>,
-    /// QM: looks left before the exit status is given up as unknown; 0 when not waiting.
-    exit_retries_left: u16,
+    /// QM: waiting for the exit status after the pidfd polled readable.
+    exit_wait: ExitWait,
     /// In the core (false once a reload removed it and it stopped: the entry is unused).
     pub active: bool,
     /// A reload removed it; it is stopping and leaves when the engine says `Removed`.
@@ -46,7 +70,10 @@ pub(crate) struct Service {
 /// Every service, indexed by the core's service index.
 pub(crate) struct Services {
     pub list: Vec<Service>,
+    /// The one timer of every QM exit wait: the next 1 ms look, or the earliest reap deadline.
     exit_retry_slot: SlotId,
+    /// When the timer on `exit_retry_slot` fires, while one is outstanding.
+    exit_timer_at: Option<MonoTime>,
     caps: Capabilities,
     /// Local spawns that failed (the engine counts QM ones).
     pub local_spawn_failures: u64,
@@ -57,6 +84,7 @@ impl Services {
         Services {
             list: Vec::with_capacity(capacity),
             exit_retry_slot,
+            exit_timer_at: None,
             caps,
             local_spawn_failures: 0,
         }
@@ -91,7 +119,7 @@ impl Services {
             id,
             slot,
             spec,
-            exit_retries_left: 0,
+            exit_wait: ExitWait::None,
             active: true,
             removing: false,
         };
@@ -246,7 +274,7 @@ impl Services {
         let Some(entry) = self.list.get_mut(service.index()) else {
             return;
         };
-        entry.exit_retries_left = 0;
+        entry.exit_wait = ExitWait::None;
         match ring.detach(entry.slot) {
             Ok(pidfd) => drop(pidfd),
             Err(ring::OpError::NoFd) => {}
@@ -273,39 +301,69 @@ impl Services {
         let Some(entry) = self.list.get_mut(index) else {
             return;
         };
-        let Some(fd) = ring.fd(entry.slot) else {
-            return;
-        };
-        if c.result.is_err() {
-            // EINTR/ECANCELED: watch again.
-            let _ = ring.poll_add(entry.slot, libc::POLLIN as u32);
+        let slot = entry.slot;
+        if ring.fd(slot).is_none() {
             return;
         }
+        let revents = match c.result {
+            Ok(revents) => revents,
+            // The reap did not come in time and its poll is cancelled: report now.
+            Err(_) if entry.exit_wait == ExitWait::Overdue => 0,
+            Err(_) => {
+                // EINTR/ECANCELED: watch again, for what was watched.
+                let events = match entry.exit_wait {
+                    ExitWait::Reap { .. } => libc::POLLHUP,
+                    _ => libc::POLLIN,
+                };
+                let _ = ring.poll_add(entry.slot, events as u32);
+                return;
+            }
+        };
         let status = match entry.def.policy.partition {
-            Partition::Local => match pidfd::wait_child(fd) {
-                Ok(Some(status)) => status,
-                Ok(None) => {
-                    let _ = ring.poll_add(entry.slot, libc::POLLIN as u32);
+            Partition::Local => match ring.fd(slot).map(pidfd::wait_child) {
+                Some(Ok(Some(status))) => status,
+                Some(Ok(None)) => {
+                    let _ = ring.poll_add(slot, libc::POLLIN as u32);
                     return;
                 }
-                Err(_) => WaitStatus::Unknown,
+                _ => WaitStatus::Unknown,
             },
             Partition::Qm if !self.caps.exit_info => WaitStatus::Unknown,
-            Partition::Qm => match pidfd::exit_info(fd) {
-                ExitInfo::Status(status) => status,
-                ExitInfo::Unavailable => WaitStatus::Unknown,
-                ExitInfo::NotYet => {
-                    // Exited but not yet reaped by the agent: look again shortly.
-                    entry.exit_retries_left = EXIT_INFO_RETRIES_MAX;
-                    if !ring.is_pending(self.exit_retry_slot, ring::OpTag::Timeout) {
-                        let _ = ring.timeout(
-                            self.exit_retry_slot,
-                            Timeout::After(EXIT_INFO_RETRY_INTERVAL),
-                        );
-                    }
+            Partition::Qm => {
+                let reaped = revents & libc::POLLHUP as u32 != 0;
+                if !reaped
+                    && self.caps.reap_hup
+                    && entry.exit_wait == ExitWait::None
+                    && ring.poll_add(slot, libc::POLLHUP as u32).is_ok()
+                {
+                    // Exited, not reaped yet: the status comes with the reap, which polls
+                    // POLLHUP. Asking now would only fail.
+                    let deadline = now.saturating_add(REAP_WAIT_MAX);
+                    entry.exit_wait = ExitWait::Reap { deadline };
+                    wake_at(
+                        ring,
+                        self.exit_retry_slot,
+                        &mut self.exit_timer_at,
+                        deadline,
+                    );
                     return;
                 }
-            },
+                let overdue = entry.exit_wait == ExitWait::Overdue;
+                match ring.fd(slot).map(pidfd::exit_info) {
+                    Some(ExitInfo::Status(status)) => status,
+                    Some(ExitInfo::NotYet) if !overdue => {
+                        // Not published yet (a kernel without POLLHUP at the reap): look
+                        // again shortly.
+                        entry.exit_wait = ExitWait::Retry {
+                            left: EXIT_INFO_RETRIES_MAX,
+                        };
+                        let at = now.saturating_add(EXIT_INFO_RETRY_INTERVAL);
+                        wake_at(ring, self.exit_retry_slot, &mut self.exit_timer_at, at);
+                        return;
+                    }
+                    _ => WaitStatus::Unknown,
+                }
+            }
         };
         Self::report_exit(entry, engine, counters, now, status);
     }
@@ -317,7 +375,7 @@ impl Services {
         now: MonoTime,
         status: WaitStatus,
     ) {
-        entry.exit_retries_left = 0;
+        entry.exit_wait = ExitWait::None;
         counters.exited.fetch_add(1, Ordering::Relaxed);
         let status = match status {
             WaitStatus::Exited(code) => ExitStatus::Code(code),
@@ -327,8 +385,9 @@ impl Services {
         engine.exited(now, entry.id, status);
     }
 
-    /// The exit-status retry timer fired: look at every QM process still waiting for its
-    /// status.
+    /// The exit-wait timer fired (or was cancelled to fire earlier): looks again at every QM
+    /// process waiting for its status every 1 ms, gives up the reap waits past their deadline,
+    /// and arms the timer for the next of both.
     pub(crate) fn on_exit_retry(
         &mut self,
         ring: &mut Ring,
@@ -336,30 +395,65 @@ impl Services {
         counters: &Counters,
         now: MonoTime,
     ) {
-        let mut waiting = false;
+        self.exit_timer_at = None;
+        let mut next: Option<MonoTime> = None;
+        let mut wake = |at: MonoTime| next = Some(next.map_or(at, |n| n.min(at)));
         for entry in self.list.iter_mut() {
-            if entry.exit_retries_left == 0 {
-                continue;
-            }
-            let Some(fd) = ring.fd(entry.slot) else {
-                entry.exit_retries_left = 0;
-                continue;
-            };
-            match pidfd::exit_info(fd) {
-                ExitInfo::Status(status) => Self::report_exit(entry, engine, counters, now, status),
-                ExitInfo::NotYet if entry.exit_retries_left > 1 => {
-                    entry.exit_retries_left -= 1;
-                    waiting = true;
+            match entry.exit_wait {
+                ExitWait::None | ExitWait::Overdue => {}
+                ExitWait::Reap { deadline } if deadline > now => wake(deadline),
+                ExitWait::Reap { .. } => {
+                    if ring.is_pending(entry.slot, ring::OpTag::Poll) {
+                        // Its completion reports the exit.
+                        entry.exit_wait = ExitWait::Overdue;
+                        let _ = ring.cancel_op(entry.slot, ring::OpTag::Poll);
+                    } else {
+                        // No poll to wait for (cannot happen): report what is known.
+                        let status = match ring.fd(entry.slot).map(pidfd::exit_info) {
+                            Some(ExitInfo::Status(status)) => status,
+                            _ => WaitStatus::Unknown,
+                        };
+                        Self::report_exit(entry, engine, counters, now, status);
+                    }
                 }
-                _ => Self::report_exit(entry, engine, counters, now, WaitStatus::Unknown),
+                ExitWait::Retry { left } => {
+                    let Some(fd) = ring.fd(entry.slot) else {
+                        entry.exit_wait = ExitWait::None;
+                        continue;
+                    };
+                    match pidfd::exit_info(fd) {
+                        ExitInfo::Status(status) => {
+                            Self::report_exit(entry, engine, counters, now, status)
+                        }
+                        ExitInfo::NotYet if left > 1 => {
+                            entry.exit_wait = ExitWait::Retry { left: left - 1 };
+                            wake(now.saturating_add(EXIT_INFO_RETRY_INTERVAL));
+                        }
+                        _ => Self::report_exit(entry, engine, counters, now, WaitStatus::Unknown),
+                    }
+                }
             }
         }
-        if waiting {
-            let _ = ring.timeout(
-                self.exit_retry_slot,
-                Timeout::After(EXIT_INFO_RETRY_INTERVAL),
-            );
+        if let Some(at) = next {
+            wake_at(ring, self.exit_retry_slot, &mut self.exit_timer_at, at);
         }
+    }
+}
+
+/// Makes the exit-wait timer on `slot` fire at `at` or earlier: arms it, or cancels one that
+/// fires later (its completion, in [`Services::on_exit_retry`], re-arms it for the earliest
+/// wait). `armed_at` is when the outstanding one fires.
+fn wake_at(ring: &mut Ring, slot: SlotId, armed_at: &mut Option<MonoTime>, at: MonoTime) {
+    match *armed_at {
+        None => {
+            if ring.timeout(slot, Timeout::At(at.as_nanos())).is_ok() {
+                *armed_at = Some(at);
+            }
+        }
+        Some(armed) if armed > at => {
+            let _ = ring.cancel_op(slot, ring::OpTag::Timeout);
+        }
+        Some(_) => {}
     }
 }
 

@@ -7,11 +7,12 @@
 //! to the engine.
 //!
 //! A QM process's status is published by the kernel when the agent reaps it, a little after
-//! the exit that made its pidfd poll readable. When the poll's answer has no `POLLHUP` (exited,
-//! not reaped yet) the pidfd is polled again for `POLLHUP`, which comes with the reap, for at
-//! most [`REAP_WAIT_MAX`]; the status is read once, after the reap. Only on a kernel whose
-//! pidfds do not poll `POLLHUP` at the reap (`Capabilities::reap_hup`) is it asked every 1 ms
-//! instead. Either way a process still unreaped after 200 ms is reported with an unknown status.
+//! the exit that made its pidfd poll readable. It is asked once when the pidfd polls readable
+//! (by then the reap has nearly always happened); if it is not there yet, the pidfd is polled
+//! again for `POLLHUP`, which comes with the reap, for at most [`REAP_WAIT_MAX`], and asked once
+//! more after the reap. Only on a kernel whose pidfds do not poll `POLLHUP` at the reap
+//! (`Capabilities::reap_hup`) is it asked every 1 ms instead. Either way a process still
+//! unreaped after 200 ms is reported with an unknown status.
 
 use super::counters::Counters;
 use super::engine::{local_failure, Engine};
@@ -305,10 +306,10 @@ impl Services {
         if ring.fd(slot).is_none() {
             return;
         }
-        let revents = match c.result {
-            Ok(revents) => revents,
+        match c.result {
+            Ok(_) => {}
             // The reap did not come in time and its poll is cancelled: report now.
-            Err(_) if entry.exit_wait == ExitWait::Overdue => 0,
+            Err(_) if entry.exit_wait == ExitWait::Overdue => {}
             Err(_) => {
                 // EINTR/ECANCELED: watch again, for what was watched.
                 let events = match entry.exit_wait {
@@ -318,7 +319,7 @@ impl Services {
                 let _ = ring.poll_add(entry.slot, events as u32);
                 return;
             }
-        };
+        }
         let status = match entry.def.policy.partition {
             Partition::Local => match ring.fd(slot).map(pidfd::wait_child) {
                 Some(Ok(Some(status))) => status,
@@ -330,30 +331,38 @@ impl Services {
             },
             Partition::Qm if !self.caps.exit_info => WaitStatus::Unknown,
             Partition::Qm => {
-                let reaped = revents & libc::POLLHUP as u32 != 0;
-                if !reaped
-                    && self.caps.reap_hup
-                    && entry.exit_wait == ExitWait::None
-                    && ring.poll_add(slot, libc::POLLHUP as u32).is_ok()
-                {
-                    // Exited, not reaped yet: the status comes with the reap, which polls
-                    // POLLHUP. Asking now would only fail.
-                    let deadline = now.saturating_add(REAP_WAIT_MAX);
-                    entry.exit_wait = ExitWait::Reap { deadline };
-                    wake_at(
-                        ring,
-                        self.exit_retry_slot,
-                        &mut self.exit_timer_at,
-                        deadline,
-                    );
-                    return;
-                }
-                let overdue = entry.exit_wait == ExitWait::Overdue;
-                match ring.fd(slot).map(pidfd::exit_info) {
+                // Asked at once even without POLLHUP in the poll's answer: that answer was
+                // taken in the kernel right at the exit, and the agent's reap (the kernel's,
+                // SIGCHLD being ignored) has nearly always happened by now.
+                let status = ring.fd(slot).map(pidfd::exit_info);
+                let waiting = entry.exit_wait;
+                match status {
                     Some(ExitInfo::Status(status)) => status,
-                    Some(ExitInfo::NotYet) if !overdue => {
-                        // Not published yet (a kernel without POLLHUP at the reap): look
-                        // again shortly.
+                    Some(ExitInfo::NotYet) if waiting == ExitWait::None => {
+                        if self.caps.reap_hup && ring.poll_add(slot, libc::POLLHUP as u32).is_ok() {
+                            // Exited, not reaped yet: the status comes with the reap, which
+                            // polls POLLHUP. Asking again before would only fail.
+                            let deadline = now.saturating_add(REAP_WAIT_MAX);
+                            entry.exit_wait = ExitWait::Reap { deadline };
+                            wake_at(
+                                ring,
+                                self.exit_retry_slot,
+                                &mut self.exit_timer_at,
+                                deadline,
+                            );
+                        } else {
+                            // A kernel without POLLHUP at the reap: look again shortly.
+                            entry.exit_wait = ExitWait::Retry {
+                                left: EXIT_INFO_RETRIES_MAX,
+                            };
+                            let at = now.saturating_add(EXIT_INFO_RETRY_INTERVAL);
+                            wake_at(ring, self.exit_retry_slot, &mut self.exit_timer_at, at);
+                        }
+                        return;
+                    }
+                    Some(ExitInfo::NotYet) if waiting != ExitWait::Overdue => {
+                        // Polled POLLHUP, yet not published (should not happen): look again
+                        // every 1 ms within the same bound.
                         entry.exit_wait = ExitWait::Retry {
                             left: EXIT_INFO_RETRIES_MAX,
                         };

@@ -122,6 +122,23 @@ impl Logger {
     }
 }
 
+impl Logger {
+    /// Writes one line at syslog priority `priority` (0–7), whatever the logger's level: a
+    /// service's output line, whose priority is the service's, not the orchestrator's.
+    pub fn line_at(&self, priority: u8, args: fmt::Arguments<'_>) {
+        let mut line = LineBuf::new();
+        let _ = write!(line, "<{}>{}", priority.min(7), self.tag);
+        let _ = line.write_fmt(args);
+        let bytes = line.finish();
+        match &self.background {
+            Some(background) => background.push(bytes),
+            None => {
+                let _ = crate::sys::fd::write_all_raw(self.fd, bytes);
+            }
+        }
+    }
+}
+
 /// A fixed buffer that silently cuts what does not fit (keeping room for `..."\n`). It
 /// follows the quotes of `key="value"` fields, so that a line cut inside a quoted value still
 /// closes it: a cut line stays parseable.

@@ -53,6 +53,8 @@ fn differs(old: &ServiceDef, new: &ServiceDef) -> bool {
         || old.gid != new.gid
         || old.inherit_env != new.inherit_env
         || old.policy != new.policy
+        || old.stdout != new.stdout
+        || old.stderr != new.stderr
 }
 
 /// The names of settings that changed but apply only after a restart.

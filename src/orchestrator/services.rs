@@ -16,6 +16,7 @@
 
 use super::counters::Counters;
 use super::engine::{local_failure, Engine};
+use super::output::Outputs;
 use super::spawner::{Done, Spawner};
 use super::spec::ServiceDef;
 use crate::log::{ErrnoText, Logger, Priority};
@@ -147,6 +148,7 @@ impl Services {
         &mut self,
         engine: &mut Engine<OwnedFd>,
         spawner: &Spawner,
+        outputs: &Outputs,
         log: &Logger,
         now: MonoTime,
         service: ServiceId,
@@ -154,9 +156,16 @@ impl Services {
         let Some(entry) = self.list.get(service.index()) else {
             return;
         };
-        let submitted = match &entry.spec {
-            Some(spec) => spawner.submit(service, Arc::clone(spec)),
-            None => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
+        let output = outputs.get(service.index());
+        let submitted = match (&entry.spec, output.and_then(|o| o.open_error)) {
+            // An output file that could not be opened: the spawn fails, and says why.
+            (Some(_), Some(errno)) => Err(SpawnError::new(SpawnStage::Stdio, errno)),
+            (Some(spec), None) => spawner.submit(
+                service,
+                Arc::clone(spec),
+                output.map_or([None, None], |o| o.child.clone()),
+            ),
+            (None, _) => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
         };
         if let Err(e) = submitted {
             self.spawn_failed(engine, log, now, service, e);

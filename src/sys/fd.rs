@@ -14,6 +14,22 @@ pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     retry(|| owned(unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags | libc::O_CLOEXEC) }))
 }
 
+/// Opens `path` with `O_CREAT` and `mode` for a new file (always `O_CLOEXEC`).
+pub fn open_create(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated; openat with O_CREAT takes the mode as its fourth
+    // argument and returns a new fd or -1.
+    retry(|| {
+        owned(unsafe {
+            libc::openat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags | libc::O_CREAT | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        })
+    })
+}
+
 /// One `read(2)` into `buf` (EINTR retried); 0 at end of file.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.

@@ -9,6 +9,7 @@
 
 mod orchestrator_support;
 
+use holden::config::OutputTarget;
 use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
 use holden::supervise::{Backoff, Partition, Restart, ServicePolicy, StartLimit};
 use orchestrator_support::{Qm, TempDir};
@@ -62,7 +63,22 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
             stop_timeout: Duration::from_secs(5),
         },
         start_at_boot: true,
+        stdout: OutputTarget::Journal,
+        stderr: OutputTarget::Journal,
     }
+}
+
+/// A local service that prints on both streams (a line with a priority prefix, one to escape,
+/// a last one without a newline) and exits, restarted at once: its output flows through the
+/// pipes, the line assembler, the history ring and the journal stand-in while it restarts.
+fn printer(name: &str) -> ServiceDef {
+    let mut def = crash_loop(name, Partition::Local);
+    def.argv = vec![
+        b"/bin/sh".to_vec(),
+        b"-c".to_vec(),
+        b"echo \"out $$\"; echo '<3>err \"quoted\"' >&2; printf 'no newline'".to_vec(),
+    ];
+    def
 }
 
 /// A control client that allocates nothing in its loop (libc and stack buffers only): one
@@ -113,7 +129,7 @@ fn control_client(
             match decode(&buf[..n as usize]).unwrap().body {
                 Body::Service(_) => {}
                 Body::End(count) => {
-                    assert_eq!(count, 3);
+                    assert_eq!(count, 4);
                     break;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -185,8 +201,14 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     settings.slots = 8;
     let control_socket = dir.path("control.sock");
     settings.control.socket = Some(control_socket.clone());
+    // A stand-in journal: taken while its receive queue has room, then the sends find it full
+    // (both paths run during the measured window; nothing reads it).
+    let journal_socket = dir.path("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&journal_socket).unwrap();
+    settings.journal_socket = journal_socket;
     let defs = vec![
         crash_loop("local-true", Partition::Local),
+        printer("local-printer"),
         crash_loop("qm-true-a", Partition::Qm),
         crash_loop("qm-true-b", Partition::Qm),
     ];
@@ -262,4 +284,10 @@ fn the_event_loop_allocates_nothing_after_start_up() {
         "the agent connection stayed up"
     );
     drop(qm);
+    // The printer's lines reached the journal stand-in.
+    journal.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = journal.recv(&mut buf).expect("a journal entry");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.contains("SYSLOG_IDENTIFIER=local-printer\n"), "{text}");
 }

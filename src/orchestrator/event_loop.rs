@@ -637,6 +637,18 @@ impl Orchestrator {
             ),
             Owner::Service(_) => {}
             Owner::Output(index, stream) => {
+                // A child may write before its spawn's outcome is taken: take it first, so
+                // that its lines carry its pid.
+                while let Some(done) = self.spawner.take() {
+                    self.services.spawn_done(
+                        &mut self.engine,
+                        &self.log,
+                        &self.counters,
+                        now(),
+                        done,
+                    );
+                    self.settle();
+                }
                 let service = ServiceId(index);
                 let pid = self.engine.procs(service).last_pid;
                 let _lines = self.outputs.on_readable(

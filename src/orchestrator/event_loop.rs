@@ -651,7 +651,7 @@ impl Orchestrator {
                 }
                 let service = ServiceId(index);
                 let pid = self.engine.procs(service).last_pid;
-                let _lines = self.outputs.on_readable(
+                let lines = self.outputs.on_readable(
                     &mut self.ring,
                     &self.log,
                     self.services.name(index as usize),
@@ -661,6 +661,14 @@ impl Orchestrator {
                     crate::output::Stream::from_index(stream as usize),
                     c,
                 );
+                if lines && self.control.following() {
+                    self.control.on_output(
+                        &mut self.ring,
+                        &self.log,
+                        &self.outputs,
+                        index as usize,
+                    );
+                }
             }
             Owner::Timer => {
                 self.timer_at = None;
@@ -708,6 +716,7 @@ impl Orchestrator {
         };
         let view = View {
             services: &self.services,
+            outputs: &self.outputs,
             engine: &self.engine,
             agent: &self.agent,
             counters: &self.counters,
@@ -731,6 +740,7 @@ impl Orchestrator {
                 self.settle();
                 let view = View {
                     services: &self.services,
+                    outputs: &self.outputs,
                     engine: &self.engine,
                     agent: &self.agent,
                     counters: &self.counters,

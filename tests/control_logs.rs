@@ -74,8 +74,7 @@ fn logs_shows_the_last_lines_escaped() {
     let out = ctl(&control, &["logs", "radio", "-n", "3"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
-        out.stdout,
-        "line-28\nline-29\nstderr: esc \\x1b[31m \\xff end\n",
+        out.stdout, "line-28\nline-29\nstderr: esc \\x1b[31m \\xff end\n",
         "the last 3, stderr marked, the terminal escape and the bad byte shown as \\xNN"
     );
     // Default 10 lines; --json with the figures first.
@@ -99,8 +98,17 @@ fn logs_shows_the_last_lines_escaped() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     let out = ctl(&control, &["logs", "quiet"]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("its output is not captured"), "{}", out.stderr);
-    for args in [&["logs"][..], &["logs", "a", "b"], &["logs", "radio", "-n", "x"], &["status", "-f"]] {
+    assert!(
+        out.stderr.contains("its output is not captured"),
+        "{}",
+        out.stderr
+    );
+    for args in [
+        &["logs"][..],
+        &["logs", "a", "b"],
+        &["logs", "radio", "-n", "x"],
+        &["status", "-f"],
+    ] {
         let out = ctl(&control, args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
@@ -114,7 +122,11 @@ fn logs_follow_prints_new_lines_as_they_come() {
     let services = service(
         "ticker",
         "local",
-        &["/bin/sh", "-c", "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.05; done"],
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.05; done",
+        ],
         "restart = \"never\"",
     );
     let (text, control) = config(&dir, "", &services);
@@ -180,14 +192,20 @@ fn a_follower_that_does_not_keep_up_is_told_how_many_lines_it_missed() {
             got.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&got);
             if text.contains(" lines missed (")
-                && text.lines().filter(|l| *l == "flood-line-of-some-length").count() > 100
+                && text
+                    .lines()
+                    .filter(|l| *l == "flood-line-of-some-length")
+                    .count()
+                    > 100
             {
                 break;
             }
         }
         String::from_utf8_lossy(&got).into_owned()
     });
-    wait_until("the follower's output", || reader.is_finished().then_some(()));
+    wait_until("the follower's output", || {
+        reader.is_finished().then_some(())
+    });
     let got = reader.join().unwrap();
     let missed = got
         .lines()

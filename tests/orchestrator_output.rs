@@ -315,3 +315,103 @@ fn an_output_file_that_cannot_be_opened_is_an_error_with_its_place() {
     orch.wait_lines(&["service=radio", "event=output-open-failed"], 1);
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+fn holdenctl(socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_holdenctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run holdenctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A number field in `holdenctl ... --json` output.
+fn json_number(text: &str, key: &str) -> u64 {
+    let needle = format!("\"{key}\":");
+    let at = text
+        .find(&needle)
+        .unwrap_or_else(|| panic!("{key} in {text}"))
+        + needle.len();
+    text[at..]
+        .split([',', '}'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} in {text}"))
+}
+
+#[test]
+fn a_flooding_service_costs_a_bounded_amount_and_stalls_nothing() {
+    let dir = TempDir::new("out-flood");
+    let started = std::time::Instant::now();
+    let mut config = header(&dir, &dir.path("no-journal.sock"));
+    config += &service(
+        "flood",
+        "local",
+        &["/bin/sh", "-c", "exec yes flood-flood-flood"],
+        "restart = \"never\"\nstdout = \"log\"",
+    );
+    config += &service(
+        "looper",
+        "local",
+        &["/bin/true"],
+        "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 0, interval = \"1s\" }",
+    );
+    let control = dir.path("control.sock");
+    let mut orch = Orch::start(&dir, &config);
+    orch.wait_lines(&["service=flood", "event=output-dropped"], 1);
+    // While it floods: status keeps answering and the other service keeps restarting.
+    let restarts = |orch: &Orch| {
+        let (code, out) = holdenctl(&control, &["status", "looper", "--json"]);
+        assert_eq!(
+            code,
+            0,
+            "status answers during the flood: {out}\n{}",
+            orch.log().len()
+        );
+        json_number(&out, "restarts")
+    };
+    let before = restarts(&orch);
+    let mut answers = 0;
+    wait_until("30 more restarts of looper during the flood", || {
+        answers += 1;
+        (restarts(&orch) >= before + 30).then_some(())
+    });
+    assert!(answers > 0);
+    // The drops are counted per service, and shown.
+    let (code, out) = holdenctl(&control, &["logs", "flood", "-n", "1", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let (lines, dropped) = (json_number(&out, "lines"), json_number(&out, "dropped"));
+    assert!(dropped > 0 && dropped < lines, "{out}");
+    let (_, plain) = holdenctl(&control, &["logs", "flood", "-n", "1"]);
+    assert!(plain.contains("lines were not forwarded"), "{plain}");
+    assert!(orch.stop(libc::SIGTERM).success());
+    // What reached the log is bounded by the rate limit, whatever the service wrote: at most
+    // LINES_PER_WINDOW_MAX a second (plus one window).
+    let forwarded = orch
+        .lines_with(&["service=flood event=output stream=stdout"])
+        .len() as u64;
+    let windows = started.elapsed().as_secs() + 2;
+    assert!(
+        forwarded <= windows * u64::from(holden::output::LINES_PER_WINDOW_MAX),
+        "{forwarded} lines in {windows} windows"
+    );
+    let reported: u64 = orch
+        .lines_with(&["service=flood", "event=output-dropped"])
+        .iter()
+        .map(|l| field(l, "lines").unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(reported > 0, "the drops are reported in the log");
+    // And the bytes it read are bounded too: its writes were held past the read budget.
+    let seconds = started.elapsed().as_secs() + 2;
+    let line_bytes = "flood-flood-flood\n".len() as u64;
+    assert!(
+        lines * line_bytes <= seconds * holden::output::READ_BYTES_PER_WINDOW_MAX,
+        "{lines} lines read in {seconds} s"
+    );
+}

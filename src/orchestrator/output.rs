@@ -9,6 +9,10 @@
 //! the stream's line assembler (`output::lines`) and polls again. So a service that floods its
 //! output costs one read per loop iteration, whatever it writes.
 //!
+//! A service reads at most [`crate::output::READ_BYTES_PER_WINDOW_MAX`] a second: past that
+//! its streams are not polled until the second is over (a ring timeout on the stream's slot),
+//! so its pipes fill and its writes block; a flood costs the loop a bounded amount of work.
+//!
 //! Each complete line goes into the service's history ring (`holdenctl logs`), then, within the
 //! service's rate limit (`output::RateLimit`: [`crate::output::LINES_PER_WINDOW_MAX`] lines a
 //! second), to journald (`"journal"`: one native-protocol datagram, sent non-blocking; a full
@@ -279,6 +283,11 @@ impl Outputs {
             return false;
         }
         let slot = captured.slot;
+        if c.op == ring::OpTag::Timeout {
+            // The window of a service that used its read budget is over: read again.
+            let _ = ring.poll_add(slot, libc::POLLIN as u32);
+            return false;
+        }
         if let Err(e) = c.result {
             if e.0 != libc::EINTR && e.0 != libc::ECANCELED {
                 log.line(
@@ -294,8 +303,17 @@ impl Outputs {
             let _ = ring.poll_add(slot, libc::POLLIN as u32);
             return false;
         }
+        let budget = entry.limit.read_budget(now_ns);
+        if budget == 0 {
+            // Read enough this window: its pipe waits (the service's writes block) until the
+            // next one.
+            let at = entry.limit.window_end_ns();
+            let _ = ring.timeout(slot, ring::Timeout::At(at));
+            return false;
+        }
+        let want = (budget as usize).min(self.read_buf.len());
         let read = match ring.fd(slot) {
-            Some(fd) => crate::sys::fd::read(fd, &mut self.read_buf),
+            Some(fd) => crate::sys::fd::read(fd, &mut self.read_buf[..want]),
             None => return false,
         };
         let n = match read {
@@ -313,6 +331,7 @@ impl Outputs {
                 return false;
             }
         };
+        entry.limit.count_read(n as u64);
         let _ = ring.poll_add(slot, libc::POLLIN as u32);
         if n == 0 {
             return false;

@@ -53,6 +53,9 @@ impl Stream {
 
 /// Lines of one service forwarded per window at most.
 pub const LINES_PER_WINDOW_MAX: u32 = 1000;
+/// Bytes of one service read per window at most: past them its pipes are not read until the
+/// window ends (its writes block), so that a flood costs the loop a bounded amount.
+pub const READ_BYTES_PER_WINDOW_MAX: u64 = 1024 * 1024;
 /// The window of [`LINES_PER_WINDOW_MAX`].
 pub const WINDOW: Duration = Duration::from_secs(1);
 
@@ -62,6 +65,8 @@ pub const WINDOW: Duration = Duration::from_secs(1);
 pub struct RateLimit {
     window_start_ns: u64,
     used: u32,
+    /// Bytes read in this window.
+    read: u64,
     /// Lines refused since the last [`RateLimit::take_unreported`].
     unreported: u64,
     /// Lines refused in all.
@@ -69,12 +74,35 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// Whether one more line may be forwarded at `now_ns`; a refused line is counted.
-    pub fn admit(&mut self, now_ns: u64) -> bool {
+    /// Starts a new window if the current one is over.
+    fn roll(&mut self, now_ns: u64) {
         if now_ns.saturating_sub(self.window_start_ns) >= WINDOW.as_nanos() as u64 {
             self.window_start_ns = now_ns;
             self.used = 0;
+            self.read = 0;
         }
+    }
+
+    /// Bytes that may still be read in the window of `now_ns`.
+    pub fn read_budget(&mut self, now_ns: u64) -> u64 {
+        self.roll(now_ns);
+        READ_BYTES_PER_WINDOW_MAX - self.read
+    }
+
+    /// Counts bytes read.
+    pub fn count_read(&mut self, bytes: u64) {
+        self.read = (self.read + bytes).min(READ_BYTES_PER_WINDOW_MAX);
+    }
+
+    /// When the current window ends (ns).
+    pub fn window_end_ns(&self) -> u64 {
+        self.window_start_ns
+            .saturating_add(WINDOW.as_nanos() as u64)
+    }
+
+    /// Whether one more line may be forwarded at `now_ns`; a refused line is counted.
+    pub fn admit(&mut self, now_ns: u64) -> bool {
+        self.roll(now_ns);
         if self.used < LINES_PER_WINDOW_MAX {
             self.used += 1;
             true
@@ -122,5 +150,21 @@ mod tests {
         limit.count_drop();
         assert_eq!(limit.dropped(), 3);
         assert_eq!(limit.take_unreported(), 1);
+    }
+
+    #[test]
+    fn reads_have_a_byte_budget_per_window() {
+        let mut limit = RateLimit::default();
+        let t0 = 7_000_000_000;
+        assert_eq!(limit.read_budget(t0), READ_BYTES_PER_WINDOW_MAX);
+        limit.count_read(READ_BYTES_PER_WINDOW_MAX - 10);
+        assert_eq!(limit.read_budget(t0 + 5), 10);
+        limit.count_read(100);
+        assert_eq!(limit.read_budget(t0 + 6), 0);
+        assert_eq!(limit.window_end_ns(), t0 + 1_000_000_000);
+        assert_eq!(
+            limit.read_budget(limit.window_end_ns()),
+            READ_BYTES_PER_WINDOW_MAX
+        );
     }
 }

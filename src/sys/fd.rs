@@ -16,9 +16,9 @@ pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
 
 /// Opens `path` with `O_CREAT` and `mode` for a new file (always `O_CLOEXEC`).
 pub fn open_create(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    // SAFETY: `path` is NUL-terminated; openat with O_CREAT takes the mode as its fourth
-    // argument and returns a new fd or -1.
     retry(|| {
+        // SAFETY: `path` is NUL-terminated; openat with O_CREAT takes the mode as its fourth
+        // argument and returns a new fd or -1.
         owned(unsafe {
             libc::openat(
                 libc::AT_FDCWD,

@@ -19,7 +19,6 @@ pub mod link;
 pub mod log;
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;
-#[cfg(feature = "orchestrator")]
 pub mod output;
 pub mod pidfd;
 pub mod queue;

@@ -415,3 +415,132 @@ fn a_flooding_service_costs_a_bounded_amount_and_stalls_nothing() {
         "{lines} lines read in {seconds} s"
     );
 }
+
+/// Entries received by a stand-in journal until `enough` says so (30 s at most).
+fn entries_until(
+    journal: &UnixDatagram,
+    mut enough: impl FnMut(&[Vec<(String, Vec<u8>)>]) -> bool,
+) -> Vec<Vec<(String, Vec<u8>)>> {
+    journal
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut entries = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !enough(&entries) {
+        let n = journal.recv(&mut buf).expect("an entry within 30 s");
+        entries.push(decode(&buf[..n]).unwrap_or_else(|| panic!("malformed {:?}", &buf[..n])));
+    }
+    entries
+}
+
+fn value_of(entry: &[(String, Vec<u8>)], key: &str) -> Option<String> {
+    entry
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+}
+
+fn has(entries: &[Vec<(String, Vec<u8>)>], pairs: &[(&str, &str)]) -> bool {
+    entries.iter().any(|e| {
+        pairs
+            .iter()
+            .all(|(k, v)| value_of(e, k).as_deref() == Some(*v))
+    })
+}
+
+#[test]
+fn the_orchestrators_own_lines_go_to_journald_with_native_fields() {
+    for mode in ["always", "auto"] {
+        let dir = TempDir::new("out-own");
+        let journal_path = dir.path("journal.sock");
+        let journal = UnixDatagram::bind(&journal_path).unwrap();
+        let mut config = format!(
+            "[control]\nsocket = {:?}\n\n[log]\njournal_socket = {:?}\njournal = {:?}\n\n",
+            dir.path("control.sock").display().to_string(),
+            journal_path.display().to_string(),
+            mode
+        );
+        config += &printing("radio", "say \"hi\"\\n", "stdout = \"log\"");
+        let config_path = dir.path("orchestrator.toml");
+        std::fs::write(&config_path, &config).unwrap();
+        let mut cmd = std::process::Command::new(orchestrator_bin());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env_remove("NOTIFY_SOCKET");
+        if mode == "auto" {
+            // As systemd says it: the log file (our stand-in for stderr) is the journal.
+            use std::os::unix::fs::MetadataExt;
+            let log = dir.path("orchestrator.log");
+            std::fs::File::create(&log).unwrap();
+            let meta = std::fs::metadata(&log).unwrap();
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
+        let mut orch = Orch::spawn(&dir, cmd);
+        let entries = entries_until(&journal, |e| {
+            has(e, &[("HOLDEN_EVENT", "start")])
+                && has(
+                    e,
+                    &[("HOLDEN_SERVICE", "radio"), ("HOLDEN_STATE", "running")],
+                )
+                && has(
+                    e,
+                    &[("HOLDEN_EVENT", "output"), ("HOLDEN_TEXT", "say \"hi\"")],
+                )
+        });
+        let start = entries
+            .iter()
+            .find(|e| value_of(e, "HOLDEN_EVENT").as_deref() == Some("start"))
+            .unwrap();
+        assert_eq!(value_of(start, "PRIORITY").as_deref(), Some("5"), "{mode}");
+        assert_eq!(
+            value_of(start, "SYSLOG_IDENTIFIER").as_deref(),
+            Some("holden-orchestrator")
+        );
+        assert!(value_of(start, "MESSAGE")
+            .unwrap()
+            .starts_with("event=start version="));
+        let running = entries
+            .iter()
+            .find(|e| value_of(e, "HOLDEN_STATE").as_deref() == Some("running"))
+            .unwrap();
+        assert_eq!(
+            value_of(running, "HOLDEN_REASON").as_deref(),
+            Some("spawned")
+        );
+        assert_eq!(
+            value_of(running, "HOLDEN_PARTITION").as_deref(),
+            Some("local")
+        );
+        assert!(
+            !orch.log().contains("event=start"),
+            "{mode}: not on stderr too"
+        );
+        assert!(orch.stop(libc::SIGTERM).success());
+    }
+}
+
+#[test]
+fn without_journal_stream_the_orchestrators_lines_stay_on_stderr() {
+    let dir = TempDir::new("out-own-stderr");
+    let journal_path = dir.path("journal.sock");
+    let journal = UnixDatagram::bind(&journal_path).unwrap();
+    journal.set_nonblocking(true).unwrap();
+    let mut config = header(&dir, &journal_path);
+    config += &printing("radio", "x\\n", "stdout = \"log\"");
+    std::fs::write(dir.path("orchestrator.toml"), &config).unwrap();
+    let mut cmd = std::process::Command::new(orchestrator_bin());
+    cmd.arg("--config")
+        .arg(dir.path("orchestrator.toml"))
+        .env_remove("NOTIFY_SOCKET")
+        .env("JOURNAL_STREAM", "1:1");
+    let mut orch = Orch::spawn(&dir, cmd);
+    orch.wait_lines(&["service=radio event=output"], 1);
+    assert!(orch.stop(libc::SIGTERM).success());
+    let mut buf = [0u8; 64];
+    assert!(
+        journal.recv(&mut buf).is_err(),
+        "nothing sent to the journal"
+    );
+}

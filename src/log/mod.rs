@@ -11,6 +11,7 @@
 //! module [`background`]), so that its event loop never waits for the log stream.
 
 pub mod background;
+pub mod journal;
 
 pub use background::Background;
 

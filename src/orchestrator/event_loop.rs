@@ -137,6 +137,26 @@ fn put_output(
     outputs.put(ring, log, index, &def.name, targets)
 }
 
+/// journald's socket for the orchestrator's own lines: `[log] journal = "always"`, or
+/// `"auto"` when the log fd is the stream `JOURNAL_STREAM` names (systemd's rule for a service
+/// whose stderr is the journal); `None` (stderr) otherwise, or when journald is not there.
+fn own_lines_journal(
+    settings: &Settings,
+    log_fd: std::os::fd::RawFd,
+) -> Option<log::background::JournalSink> {
+    use crate::config::OwnLines;
+    let wanted = match settings.own_lines {
+        OwnLines::Stderr => false,
+        OwnLines::Journal => true,
+        OwnLines::Auto => log::journal::fd_is_journal_stream(log_fd),
+    };
+    if !wanted {
+        return None;
+    }
+    let path = settings.journal_socket.as_os_str().as_bytes();
+    log::background::JournalSink::connect(path, "holden-orchestrator").ok()
+}
+
 /// The current time for the engine and for absolute ring timeouts.
 fn now() -> MonoTime {
     MonoTime::from_nanos(ring::now_ns())
@@ -197,8 +217,14 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
-        let log_writer = log::Background::start(options.log_fd, log::background::RING_BYTES, "")
-            .map_err(|e| Error::Io("log writer thread", e))?;
+        let journal = own_lines_journal(&settings, options.log_fd);
+        let log_writer = log::Background::start_with_journal(
+            options.log_fd,
+            log::background::RING_BYTES,
+            "",
+            journal,
+        )
+        .map_err(|e| Error::Io("log writer thread", e))?;
         let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
         let capacity = settings.slots.max(defs.len()).max(1);
         if capacity > supervise::SERVICES_MAX {

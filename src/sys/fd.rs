@@ -207,6 +207,12 @@ impl FileStat {
     }
 }
 
+/// `fstat(2)` of an fd number the caller does not own (a logger's stderr).
+pub fn fstat_raw(fd: RawFd) -> io::Result<FileStat> {
+    // SAFETY: the borrow lives for this call only; a closed number fails with EBADF.
+    fstat(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
 /// `fstat(2)`.
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
     // SAFETY: stat is plain data; all-zero is a valid value.

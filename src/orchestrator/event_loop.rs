@@ -663,17 +663,17 @@ impl Orchestrator {
             ),
             Owner::Service(_) => {}
             Owner::Output(index, stream) => {
-                // A child may write before its spawn's outcome is taken: take it first, so
-                // that its lines carry its pid.
-                while let Some(done) = self.spawner.take() {
-                    self.services.spawn_done(
-                        &mut self.engine,
-                        &self.log,
-                        &self.counters,
-                        now(),
-                        done,
-                    );
-                    self.settle();
+                let stream = crate::output::Stream::from_index(stream as usize);
+                // A child may write before its spawner thread has handed back its pid: its
+                // lines wait for it, so that they carry its pid.
+                let spawning = self
+                    .services
+                    .list
+                    .get(index as usize)
+                    .is_some_and(|s| s.spawning);
+                if spawning && c.op == OpTag::Poll && c.result.is_ok() {
+                    self.outputs.hold(index as usize, stream);
+                    return;
                 }
                 let service = ServiceId(index);
                 let pid = self.engine.procs(service).last_pid;
@@ -684,7 +684,7 @@ impl Orchestrator {
                     pid,
                     ring::now_ns(),
                     index as usize,
-                    crate::output::Stream::from_index(stream as usize),
+                    stream,
                     c,
                 );
                 if lines && self.control.following() {
@@ -853,8 +853,10 @@ impl Orchestrator {
         }
         let _ = self.ring.poll_add(self.spawner_slot, libc::POLLIN as u32);
         while let Some(done) = self.spawner.take() {
+            let index = done.service.index();
             self.services
                 .spawn_done(&mut self.engine, &self.log, &self.counters, now(), done);
+            self.outputs.resume(&mut self.ring, index);
             self.settle();
         }
     }

@@ -56,6 +56,9 @@ struct Captured {
     assembler: Assembler,
     /// To journald (else to the log).
     journal: bool,
+    /// Readable while its service's spawn was in flight: not read (nor polled) until the
+    /// spawn's outcome gives the new process's pid ([`Outputs::resume`]).
+    held: bool,
 }
 
 /// The output of one service.
@@ -240,6 +243,7 @@ impl Outputs {
             write: Arc::new(write),
             assembler: Assembler::new(),
             journal,
+            held: false,
         })
     }
 
@@ -257,6 +261,31 @@ impl Outputs {
             *entry = ServiceOutput::empty();
         }
         freed
+    }
+
+    /// A captured stream of service `index` polled readable while its spawn is in flight: it
+    /// waits for [`Outputs::resume`].
+    pub(crate) fn hold(&mut self, index: usize, stream: Stream) {
+        if let Some(captured) = self
+            .list
+            .get_mut(index)
+            .and_then(|e| e.streams[stream as usize].as_mut())
+        {
+            captured.held = true;
+        }
+    }
+
+    /// The spawn of service `index` finished: its held streams are polled again.
+    pub(crate) fn resume(&mut self, ring: &mut Ring, index: usize) {
+        let Some(entry) = self.list.get_mut(index) else {
+            return;
+        };
+        for captured in entry.streams.iter_mut().flatten() {
+            if captured.held {
+                captured.held = false;
+                let _ = ring.poll_add(captured.slot, libc::POLLIN as u32);
+            }
+        }
     }
 
     /// A captured stream polled readable: read once, hand out the lines, poll again. Returns

@@ -86,6 +86,15 @@ fn fixed_changes(old: &Settings, new: &Settings) -> String {
     if old.control.read_group != new.control.read_group {
         list.push("control.read_group");
     }
+    if old.journal_socket != new.journal_socket {
+        list.push("log.journal_socket");
+    }
+    if old.own_lines != new.own_lines {
+        list.push("log.journal");
+    }
+    if old.history_bytes != new.history_bytes {
+        list.push("log.history_bytes");
+    }
     list.join(", ")
 }
 

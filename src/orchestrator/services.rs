@@ -67,6 +67,8 @@ pub(crate) struct Service {
     pub active: bool,
     /// A reload removed it; it is stopping and leaves when the engine says `Removed`.
     pub removing: bool,
+    /// A local spawn is with the spawner threads (its pid is not known yet).
+    pub spawning: bool,
 }
 
 /// Every service, indexed by the core's service index.
@@ -124,6 +126,7 @@ impl Services {
             exit_wait: ExitWait::None,
             active: true,
             removing: false,
+            spawning: false,
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -167,8 +170,9 @@ impl Services {
             ),
             (None, _) => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
         };
-        if let Err(e) = submitted {
-            self.spawn_failed(engine, log, now, service, e);
+        match submitted {
+            Ok(()) => self.list[service.index()].spawning = true,
+            Err(e) => self.spawn_failed(engine, log, now, service, e),
         }
     }
 
@@ -181,6 +185,9 @@ impl Services {
         now: MonoTime,
         done: Done,
     ) {
+        if let Some(entry) = self.list.get_mut(done.service.index()) {
+            entry.spawning = false;
+        }
         match done.result {
             Ok(child) => {
                 counters.spawned_local.fetch_add(1, Ordering::Relaxed);

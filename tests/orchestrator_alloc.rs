@@ -1,7 +1,8 @@
 //! Zero heap allocations after start-up: the real event loop, in this process, under a
 //! counting global allocator, through at least 10,000 restart cycles of a local crash-looping
 //! service and QM crash-looping services through a real holden-agent, while a control client
-//! asks for status and the agent link and a monitor connection receives every event.
+//! asks for status and the agent link, a monitor connection receives every event and a
+//! follower (`holdenctl logs -f`) the output of a local service that prints while it restarts.
 //!
 //! While the loop runs, this test's main thread only sleeps and reads atomics, and the control
 //! client uses only libc and stack buffers, so every allocation counted during the measured
@@ -89,6 +90,7 @@ fn control_client(
     stop: &AtomicBool,
     replies: &AtomicU64,
     events: &AtomicU64,
+    log_lines: &AtomicU64,
 ) {
     use holden::control::{decode, encode, Body, FRAME_LEN_MAX};
     use std::os::unix::ffi::OsStrExt;
@@ -119,6 +121,17 @@ fn control_client(
     };
     let monitor = connect();
     send(monitor, &mut out, &Body::Monitor);
+    // A follower of the printer's output (`holdenctl logs -f`), read like the monitor.
+    let follower = connect();
+    send(
+        follower,
+        &mut out,
+        &Body::Logs {
+            name: "local-printer",
+            lines: 5,
+            follow: true,
+        },
+    );
     let fd = connect();
     while !stop.load(Ordering::Relaxed) {
         send(fd, &mut out, &Body::Status(None));
@@ -164,12 +177,33 @@ fn control_client(
                 events.fetch_add(1, Ordering::Relaxed);
             }
         }
+        for _ in 0..64 {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    follower,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            if matches!(
+                decode(&buf[..n as usize]).unwrap().body,
+                Body::LogLine(_) | Body::Dropped(_)
+            ) {
+                log_lines.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     // SAFETY: closing our own fds.
     unsafe {
         libc::close(fd);
         libc::close(monitor);
+        libc::close(follower);
     }
 }
 
@@ -234,9 +268,17 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     let stop = Arc::new(AtomicBool::new(false));
     let replies = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
+    let log_lines = Arc::new(AtomicU64::new(0));
     let client = {
-        let (stop, replies, events) = (stop.clone(), replies.clone(), events.clone());
-        std::thread::spawn(move || control_client(&control_socket, &stop, &replies, &events))
+        let (stop, replies, events, log_lines) = (
+            stop.clone(),
+            replies.clone(),
+            events.clone(),
+            log_lines.clone(),
+        );
+        std::thread::spawn(move || {
+            control_client(&control_socket, &stop, &replies, &events, &log_lines)
+        })
     };
     assert!(
         wait(60, || replies.load(Ordering::Relaxed) >= 10),
@@ -245,6 +287,7 @@ fn the_event_loop_allocates_nothing_after_start_up() {
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let replies_start = replies.load(Ordering::Relaxed);
+    let log_lines_start = log_lines.load(Ordering::Relaxed);
     assert!(
         before > 0,
         "the counting allocator counts (start-up allocates)"
@@ -278,6 +321,10 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     assert!(
         events.load(Ordering::Relaxed) > 0,
         "monitor events were sent"
+    );
+    assert!(
+        log_lines.load(Ordering::Relaxed) > log_lines_start,
+        "output lines were followed while measuring"
     );
     assert!(
         counters.agent_dropped.load(Ordering::Relaxed) == 0,

@@ -544,3 +544,47 @@ fn without_journal_stream_the_orchestrators_lines_stay_on_stderr() {
         "nothing sent to the journal"
     );
 }
+
+#[test]
+fn a_reload_changes_where_output_goes_and_adds_captured_services() {
+    let dir = TempDir::new("out-reload");
+    let file = dir.path("ticker.out");
+    let ticker = |target: &str, stderr: &str| {
+        service(
+            "ticker",
+            "local",
+            &[
+                "/bin/sh",
+                "-c",
+                "while true; do echo tick; sleep 0.05; done",
+            ],
+            &format!("restart = \"never\"\nstdout = {target:?}\nstderr = {stderr:?}"),
+        )
+    };
+    let head = header(&dir, &dir.path("no-journal.sock"));
+    let mut orch = Orch::start(&dir, &(head.clone() + &ticker("log", "log")));
+    orch.wait_lines(&["service=ticker event=output", "text=\"tick\""], 2);
+    // stdout to a file now, and a new captured service.
+    let config = head
+        + &ticker(&format!("file:{}", file.display()), "null")
+        + &printing("added", "hello from added\\n", "");
+    std::fs::write(dir.path("orchestrator.toml"), config).unwrap();
+    let control = dir.path("control.sock");
+    let (code, out) = holdenctl(&control, &["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 added, 0 removed, 1 changed"), "{out}");
+    wait_until("ticks in the file", || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        (text.lines().filter(|l| *l == "tick").count() >= 3).then_some(())
+    });
+    orch.wait_lines(
+        &["service=added event=output", "text=\"hello from added\""],
+        1,
+    );
+    let (code, out) = holdenctl(&control, &["logs", "added", "-n", "5"]);
+    assert_eq!((code, out.as_str()), (0, "hello from added\n"));
+    // The ticker's output is not captured any more: no history to show.
+    let (code, _) = holdenctl(&control, &["logs", "ticker"]);
+    assert_eq!(code, 1);
+    assert!(orch.stop(libc::SIGTERM).success());
+}

@@ -374,3 +374,50 @@ fn a_spawn_that_always_fails_does_not_starve_the_loop() {
     orch.wait_lines(&["service=crasher ", "reason=exited"], exits + 5);
     assert!(orch.stop(libc::SIGTERM).success(), "{}", orch.log());
 }
+
+/// The scheduling policy of a thread or process (`/proc/PID/stat` field 41: 0 SCHED_OTHER,
+/// 1 SCHED_FIFO, 2 SCHED_RR).
+fn sched_policy(stat_path: &str) -> u32 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("{stat_path}: {e}"));
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn started_under_a_real_time_policy_the_loop_keeps_it_and_no_service_inherits_it() {
+    let dir = TempDir::new("realtime");
+    let marker = sleep_marker("1000");
+    let cfg = header(&dir) + &service("rt", "local", &["/bin/sleep", &marker], "");
+    let config = dir.path("orchestrator.toml");
+    std::fs::write(&config, cfg).unwrap();
+    // What the shipped unit's CPUSchedulingPolicy=fifo does, but without its
+    // CPUSchedulingResetOnFork=yes: the orchestrator must add the flag itself.
+    let mut cmd = std::process::Command::new("chrt");
+    cmd.args(["--fifo", "1"])
+        .arg(orchestrator_bin())
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET");
+    let mut orch = Orch::spawn(&dir, cmd);
+    orch.wait_lines(&["event=sched-reset-on-fork policy=fifo priority=1"], 1);
+    orch.wait_lines(&["service=rt ", "reason=spawned"], 1);
+    let service = last_spawned_pid(&orch, "rt");
+    let main = orch.pid();
+    assert_eq!(sched_policy(&format!("/proc/{main}/stat")), 1, "the loop");
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{main}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|tid| *tid != main.to_string())
+        .collect();
+    assert!(!threads.is_empty(), "no helper threads");
+    for tid in threads {
+        let path = format!("/proc/{main}/task/{tid}/stat");
+        assert_eq!(sched_policy(&path), 0, "helper thread {tid}");
+    }
+    assert_eq!(
+        sched_policy(&format!("/proc/{service}/stat")),
+        0,
+        "the service"
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}

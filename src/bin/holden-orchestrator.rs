@@ -262,6 +262,22 @@ fn main() -> ExitCode {
     }
     let config = checked.config;
     holden::sys::fd::ensure_standard_fds();
+    // Started under a real-time policy (the shipped unit: SCHED_FIFO 1), the event loop keeps
+    // it, but no service or helper thread inherits it.
+    match holden::sys::process::keep_realtime_from_children() {
+        Ok(Some((policy, priority))) => eprintln!(
+            "<5>event=sched-reset-on-fork policy={policy} priority={priority} \
+             effect=\"services and helper threads start under SCHED_OTHER\""
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!(
+                "<3>holden-orchestrator: cannot start: a real-time policy without \
+                 SCHED_RESET_ON_FORK could not be kept from services: {e}; nothing was started"
+            );
+            return ExitCode::from(1);
+        }
+    }
     if let Err(message) = raise_fd_limit(config.slots as usize, output_fds(&config)) {
         eprintln!("<3>holden-orchestrator: cannot start: {message}; nothing was started");
         return ExitCode::from(1);

@@ -355,7 +355,7 @@ impl SpawnSpec {
             stdio_null: self.stdio_null,
             stdout_fd: -1,
             stderr_fd: -1,
-            reset_signals: crate::sys::spawn::RESET_EVERY_SIGNAL,
+            reset_signals: crate::sys::spawn::signals_to_reset(),
         }
     }
 }
@@ -519,9 +519,6 @@ pub struct Launcher {
     first: std::os::fd::RawFd,
     devnull: OwnedFd,
     stack: crate::sys::spawn::ChildStack,
-    /// The signals not at their default here (the child resets only those), as of this
-    /// count of disposition changes.
-    signals: (u64, u64),
 }
 
 /// The child's stack: the child's steps use a few KiB (the `PATH` search buffer is 4 KiB).
@@ -554,7 +551,6 @@ impl Launcher {
                 first,
                 devnull: crate::sys::fd::open(c"/dev/null", libc::O_RDWR)?,
                 stack: crate::sys::spawn::ChildStack::new(LAUNCHER_STACK_BYTES)?,
-                signals: (u64::MAX, 0),
             });
         }
         Ok(Some(set))
@@ -580,15 +576,9 @@ impl Launcher {
             |e: std::io::Error| SpawnError::new(SpawnStage::Pipe, crate::sys::errno::of(&e));
         crate::sys::fd::dup_onto(report_write.as_fd(), &self.reserved).map_err(pipe_error)?;
         drop(report_write);
-        // The child resets only the signals that are not default here: 62 system calls fewer
-        // per spawn than resetting every one, on the path from a service's exit to its
-        // restart. (Handlers must go too: the child shares our memory until `execve`.)
-        let changes = crate::sys::signal::disposition_changes();
-        if self.signals.0 != changes {
-            self.signals = (changes, crate::sys::spawn::dispositions_not_default());
-        }
+        // The child resets only the signals that are not default here (`plan`), handlers
+        // included: it shares our memory until `execve`.
         let mut plan = spec.plan();
-        plan.reset_signals = self.signals.1;
         let stdio_error =
             |e: std::io::Error| SpawnError::new(SpawnStage::Stdio, crate::sys::errno::of(&e));
         let given = [output.stdout, output.stderr];

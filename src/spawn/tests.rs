@@ -779,32 +779,52 @@ fn a_launcher_spawns_reports_exec_errors_and_leaks_no_fd() {
     );
 }
 
+/// Every signal's disposition in `pid` is the default: none ignored, none caught.
+fn assert_dispositions_default(pid: libc::pid_t, path: &str) {
+    for field in ["SigIgn:", "SigCgt:"] {
+        assert_eq!(
+            proc_status_field(pid, field),
+            "0000000000000000",
+            "{path}: {field}"
+        );
+    }
+}
+
+/// Spawns `sleep 1000` the way `path` names, and checks the child's dispositions (a gated
+/// child before its release: it did its set-up, signals included, before the gate).
+fn check_dispositions_of_a_spawn(path: &str, launcher: &mut Launcher) {
+    let sleeper = spec(&[b"/bin/sleep", b"1000"]);
+    match path {
+        "spawn" => assert_dispositions_default(Child(spawn(&sleeper).unwrap()).0.pid, path),
+        "launcher" => {
+            assert_dispositions_default(Child(launcher.spawn(&sleeper).unwrap()).0.pid, path)
+        }
+        _ => {
+            let gated = spawn_gated(&sleeper).unwrap();
+            assert_dispositions_default(gated.pid, path);
+            let pidfd = gated.pidfd.try_clone().unwrap();
+            gated.abort();
+            assert!(poll_readable(&pidfd, 0));
+        }
+    }
+}
+
 #[test]
-fn a_launcher_child_gets_every_disposition_default_even_after_a_change() {
+fn every_spawn_path_gives_the_child_every_disposition_default_even_after_a_change() {
     use crate::sys::signal::{set_disposition, Disposition};
     let mut l = launcher();
-    // The Rust runtime ignores SIGPIPE here; the first spawn resets it in the child.
-    let child = Child(l.spawn(&spec(&[b"/bin/sleep", b"1000"])).unwrap());
-    assert_eq!(
-        proc_status_field(child.0.pid, "SigIgn:"),
-        "0000000000000000"
-    );
-    assert_eq!(
-        proc_status_field(child.0.pid, "SigCgt:"),
-        "0000000000000000"
-    );
-    drop(child);
-    // A disposition changed after the launcher looked: seen at the next spawn.
-    set_disposition(libc::SIGURG, Disposition::Ignore).unwrap();
-    let spawned = l.spawn(&spec(&[b"/bin/sleep", b"1000"]));
-    set_disposition(libc::SIGURG, Disposition::Default).unwrap();
-    let child = Child(spawned.unwrap());
-    assert_eq!(
-        proc_status_field(child.0.pid, "SigIgn:"),
-        "0000000000000000"
-    );
+    for path in ["spawn", "gated", "launcher"] {
+        // The Rust runtime ignores SIGPIPE here: the child resets it, also when the answer
+        // comes from the last look (the second spawn).
+        check_dispositions_of_a_spawn(path, &mut l);
+        check_dispositions_of_a_spawn(path, &mut l);
+        // A disposition changed after the last look: seen at the next spawn.
+        set_disposition(libc::SIGURG, Disposition::Ignore).unwrap();
+        check_dispositions_of_a_spawn(path, &mut l);
+        set_disposition(libc::SIGURG, Disposition::Default).unwrap();
+    }
     // The mask names exactly what is not default.
-    let mask = crate::sys::spawn::dispositions_not_default();
+    let mask = crate::sys::spawn::signals_to_reset();
     assert_ne!(mask & (1 << (libc::SIGPIPE - 1)), 0);
     assert_eq!(mask & (1 << (libc::SIGURG - 1)), 0);
     assert_eq!(mask & (1 << (libc::SIGKILL - 1)), 0);

@@ -140,6 +140,45 @@ pub fn set_nofile_soft(soft: u64) -> io::Result<()> {
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }).map(|_| ())
 }
 
+/// Keeps a real-time scheduling policy from passing to children: when the calling thread runs
+/// under `SCHED_FIFO` or `SCHED_RR` without `SCHED_RESET_ON_FORK`, sets that flag (same policy
+/// and priority), so that every thread and process created from it afterwards starts under
+/// `SCHED_OTHER` at nice 0. `Ok(Some((policy, priority)))` when it set the flag, `Ok(None)`
+/// when there was nothing to do (a normal policy, or the flag already set).
+pub fn keep_realtime_from_children() -> io::Result<Option<(&'static str, i32)>> {
+    // Raw system calls: musl's sched_getscheduler and friends only return ENOSYS (POSIX makes
+    // them per process, Linux per thread).
+    // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
+    let policy = check(unsafe { libc::syscall(libc::SYS_sched_getscheduler, 0) } as libc::c_int)?;
+    if policy & libc::SCHED_RESET_ON_FORK != 0 {
+        return Ok(None);
+    }
+    let name = match policy {
+        libc::SCHED_FIFO => "fifo",
+        libc::SCHED_RR => "rr",
+        _ => return Ok(None),
+    };
+    // SAFETY: sched_param is plain data (musl's has more fields than glibc's, the kernel's
+    // only the priority, which comes first); all-zero is valid before the kernel fills it in.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: `param` is on our stack and at least as large as the kernel's sched_param.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getparam, 0, &mut param as *mut _) };
+    check(rc as libc::c_int)?;
+    let with_flag = (policy | libc::SCHED_RESET_ON_FORK) as libc::c_long;
+    // SAFETY: `param` is a valid sched_param; a thread may always add SCHED_RESET_ON_FORK to
+    // its own policy.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_setscheduler,
+            0,
+            with_flag,
+            &param as *const _,
+        )
+    };
+    check(rc as libc::c_int)?;
+    Ok(Some((name, param.sched_priority)))
+}
+
 /// The kernel release, e.g. (6, 18); (0, 0) if unreadable.
 pub fn kernel_release() -> (u32, u32) {
     // SAFETY: utsname is plain data; uname fills it.

@@ -212,19 +212,16 @@ pub struct ExecPlan<'a> {
     pub stdout_fd: libc::c_int,
     pub stderr_fd: libc::c_int,
     /// Signals the child sets to `SIG_DFL` before `execve`, one bit each
-    /// (`1 << (signal - 1)`): every one ([`RESET_EVERY_SIGNAL`]), or those that are not at
-    /// their default in this process ([`dispositions_not_default`]). The others are already
-    /// default in the child, which inherits them.
+    /// (`1 << (signal - 1)`): those that are not at their default in this process
+    /// ([`signals_to_reset`]). The others are already default in the child, which inherits
+    /// them.
     pub reset_signals: u64,
 }
 
-/// [`ExecPlan::reset_signals`]: reset every signal.
-pub const RESET_EVERY_SIGNAL: u64 = u64::MAX;
-
 /// The signals whose disposition in this process is not `SIG_DFL` (ignored, or with a
 /// handler), one bit each as in [`ExecPlan::reset_signals`]; a signal the kernel does not
-/// answer for counts as not default. 62 `rt_sigaction` queries: compute it once, and again
-/// when [`super::signal::disposition_changes`] moved.
+/// answer for counts as not default. 62 `rt_sigaction` queries: spawns take it from
+/// [`signals_to_reset`], which looks again only after a change.
 pub fn dispositions_not_default() -> u64 {
     let mut which = 0u64;
     for signal in 1..=child::SIGNAL_NUMBER_MAX {
@@ -248,6 +245,27 @@ pub fn dispositions_not_default() -> u64 {
         }
     }
     which
+}
+
+/// [`ExecPlan::reset_signals`] for a spawn now: [`dispositions_not_default`], looked up again
+/// only when [`super::signal::disposition_changes`] moved since the last look (one answer for
+/// the whole process, shared by every spawning thread). A child then makes one
+/// `rt_sigaction` per signal that is not at its default (SIGPIPE, ignored by the Rust
+/// runtime: usually that one) instead of 62.
+pub fn signals_to_reset() -> u64 {
+    // (disposition changes when looked, the answer then); `None` before the first spawn.
+    static LAST: std::sync::Mutex<Option<(u64, u64)>> = std::sync::Mutex::new(None);
+    // Read before the look: a change during it makes the next spawn look again.
+    let changes = super::signal::disposition_changes();
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match *last {
+        Some((at, which)) if at == changes => which,
+        _ => {
+            let which = dispositions_not_default();
+            *last = Some((changes, which));
+            which
+        }
+    }
 }
 
 impl ExecPlan<'_> {

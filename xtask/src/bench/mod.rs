@@ -17,7 +17,7 @@ mod svg;
 
 use crate::dist;
 use crate::run::{self, Failure};
-use phases::{Binaries, Ctx, Plan, IDLE_VARIANT_CRASHING, V02_SLEEP_MS};
+use phases::{Binaries, Ctx, Plan, Who, IDLE_VARIANT_CRASHING, V02_SLEEP_MS};
 use report::{Results, SizeRow};
 use std::path::{Path, PathBuf};
 
@@ -319,17 +319,24 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
         }
         for crashing in variants {
             for round in 1..=ctx.plan.scale_rounds {
-                for floor in [true, false] {
-                    let who = if floor { "floor" } else { "holden" };
+                let mut whos = vec![Who::Floor, Who::Holden];
+                // The loop-stall goal's point also as the shipped unit schedules the loop.
+                if n == report::STALL_GOAL_N && crashing == n {
+                    whos.push(Who::HoldenRealtime);
+                }
+                for by in whos {
                     let label = format!(
-                        "scale {who} N={n} crashing={crashing} (round {round}/{})",
+                        "scale {} N={n} crashing={crashing} (round {round}/{})",
+                        by.name(),
                         ctx.plan.scale_rounds
                     );
-                    if let Some(p) = step_scale(ctx, r, &label, n, crashing, floor) {
-                        match points
-                            .iter_mut()
-                            .find(|q| q.n == n && q.crashing == crashing && q.floor == floor)
-                        {
+                    if let Some(p) = step_scale(ctx, r, &label, n, crashing, by) {
+                        match points.iter_mut().find(|q| {
+                            q.n == n
+                                && q.crashing == crashing
+                                && q.floor == p.floor
+                                && q.realtime == p.realtime
+                        }) {
                             Some(q) => *q = std::mem::take(q).merge(p),
                             None => points.push(p),
                         }
@@ -436,9 +443,9 @@ fn step_scale(
     label: &str,
     n: usize,
     crashing: usize,
-    floor: bool,
+    by: Who,
 ) -> Option<phases::ScalePoint> {
-    match phases::scale(ctx, n, crashing, floor) {
+    match phases::scale(ctx, n, crashing, by) {
         Ok(p) => {
             ctx.progress.done(
                 label,

@@ -145,6 +145,8 @@ pub struct ScalePoint {
     pub cpu_ns_per_restart: f64,
     /// Measured on the floor loop (bench-floor-scale) rather than holden-orchestrator.
     pub floor: bool,
+    /// holden-orchestrator under SCHED_FIFO 1 with reset-on-fork, as the shipped unit runs it.
+    pub realtime: bool,
     /// Restart latency of the crashing services during the window.
     pub latency: Summary,
     /// The supervising process at the end of the window.
@@ -381,11 +383,33 @@ pub fn holden(ctx: &mut Ctx, label: &str, qm: bool, count: u64) -> Result<LoopRe
     ))
 }
 
+/// Who supervises a scale point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// The bare floor loop (bench-floor-scale).
+    Floor,
+    /// holden-orchestrator under the default policy.
+    Holden,
+    /// holden-orchestrator under SCHED_FIFO 1 with reset-on-fork (the shipped unit's policy).
+    HoldenRealtime,
+}
+
+impl Who {
+    pub fn name(self) -> &'static str {
+        match self {
+            Who::Floor => "floor",
+            Who::Holden => "holden",
+            Who::HoldenRealtime => "holden-fifo",
+        }
+    }
+}
+
 /// N local services, `crashing` of which restart at once while the others stay up, under
-/// holden-orchestrator or (`floor`) under the bare floor loop; figures over a fixed window
-/// once every service has started.
-pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, floor: bool) -> Result<ScalePoint, String> {
-    let who = if floor { "floor" } else { "holden" };
+/// holden-orchestrator or under the bare floor loop; figures over a fixed window once every
+/// service has started.
+pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, by: Who) -> Result<ScalePoint, String> {
+    let floor = by == Who::Floor;
+    let who = by.name();
     let label = format!("scale {who} N={n} crashing={crashing}");
     let name = format!("scale-{who}-{n}-{crashing}");
     let recs = ctx.dir.join(&format!("{name}.rec"));
@@ -407,11 +431,12 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, floor: bool) -> Result<Sc
             &recs,
             &config::services(n, crashing, false),
         );
-        Box::new(Orchestrator::start(
+        Box::new(Orchestrator::start_as(
             &ctx.bins.orchestrator,
             &ctx.dir,
             &name,
             &text,
+            by == Who::HoldenRealtime,
         )?)
     };
     // Every service has started once.
@@ -476,6 +501,7 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, floor: bool) -> Result<Sc
         n,
         crashing,
         floor,
+        realtime: by == Who::HoldenRealtime,
         restarts_per_s: restarts as f64 / seconds,
         cpu_ns_per_restart: cpu_ns as f64 / restarts.max(1) as f64,
         latency: Summary::of(&mut lat),

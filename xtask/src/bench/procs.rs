@@ -90,13 +90,32 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn start(bin: &Path, dir: &RunDir, name: &str, config: &str) -> Result<Self, String> {
+        Self::start_as(bin, dir, name, config, false)
+    }
+
+    /// `realtime`: under `chrt --fifo --reset-on-fork 1`, as the shipped unit schedules it
+    /// (chrt execs the orchestrator: the same pid).
+    pub fn start_as(
+        bin: &Path,
+        dir: &RunDir,
+        name: &str,
+        config: &str,
+        realtime: bool,
+    ) -> Result<Self, String> {
         let config_path = dir.join(&format!("{name}.toml"));
         std::fs::write(&config_path, config)
             .map_err(|e| format!("{}: {e}", config_path.display()))?;
         let log = dir.join(&format!("{name}.log"));
         let log_file =
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(bin)
+        let mut command = if realtime {
+            let mut chrt = Command::new("chrt");
+            chrt.args(["--fifo", "--reset-on-fork", "1"]).arg(bin);
+            chrt
+        } else {
+            Command::new(bin)
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())

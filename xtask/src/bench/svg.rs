@@ -22,7 +22,8 @@ struct Series<'a> {
 /// The plot of `scale`: holden's churn p50/p99 and idle-variant p99, with the floor loop's
 /// figures for the same loads dashed.
 pub fn plot(scale: &[ScalePoint]) -> String {
-    let churn = |floor: bool| move |p: &&ScalePoint| p.floor == floor && p.crashing == p.n;
+    let churn =
+        |floor: bool| move |p: &&ScalePoint| p.floor == floor && !p.realtime && p.crashing == p.n;
     let idle = |floor: bool| {
         move |p: &&ScalePoint| {
             p.floor == floor && p.n >= IDLE_VARIANT_CRASHING && p.crashing == IDLE_VARIANT_CRASHING

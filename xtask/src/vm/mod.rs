@@ -550,13 +550,15 @@ pub fn check_run(r: &Run, debian_kernel: bool, text: &str) -> Result<Vec<String>
             let pidfs = probe.pidfs()?;
             report.push(format!(
                 "features: pidfs={} (statfs of a pidfd: {}) pidfd_get_info={} \
-                 pidfd_info_exit={} (the orchestrator's probe) io_uring=usable (the \
+                 pidfd_info_exit={} pidfd_reap_hup={} (the orchestrator's probe) \
+                 io_uring=usable (the \
                  orchestrator's ring is set up) kernel.io_uring_disabled={} \
                  cgroup2_controllers={}",
                 yes_no(pidfs),
                 if pidfs { "pidfs" } else { "anon_inode" },
                 yes_no(claims.pidfd_get_info),
                 yes_no(claims.pidfd_info_exit),
+                yes_no(claims.pidfd_reap_hup),
                 probe.io_uring_disabled_text(),
                 probe.cgroup2_text()
             ));

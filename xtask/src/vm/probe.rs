@@ -13,6 +13,8 @@ pub const ANON_INODE_FS_MAGIC: u64 = 0x0904_1934;
 
 /// The first kernels with each feature (docs/orchestrator.md, BRIEF section 4).
 pub const PIDFS_KERNEL: (u32, u32) = (6, 9);
+/// A pidfd polls `POLLHUP` at its process's reap (the same release as pidfs).
+pub const PIDFD_REAP_HUP_KERNEL: (u32, u32) = (6, 9);
 pub const PIDFD_GET_INFO_KERNEL: (u32, u32) = (6, 13);
 pub const PIDFD_INFO_EXIT_KERNEL: (u32, u32) = (6, 15);
 pub const IO_URING_DISABLED_KERNEL: (u32, u32) = (6, 6);
@@ -119,6 +121,7 @@ pub struct Claims {
     pub pidfs: bool,
     pub pidfd_get_info: bool,
     pub pidfd_info_exit: bool,
+    pub pidfd_reap_hup: bool,
 }
 
 impl Claims {
@@ -149,18 +152,20 @@ impl Claims {
             pidfs: yes_no("pidfs")?,
             pidfd_get_info: yes_no("pidfd_get_info")?,
             pidfd_info_exit: yes_no("pidfd_info_exit")?,
+            pidfd_reap_hup: yes_no("pidfd_reap_hup")?,
         })
     }
 
     pub fn text(&self) -> String {
         let yn = |b: bool| if b { "yes" } else { "no" };
         format!(
-            "kernel={}.{} pidfs={} pidfd_get_info={} pidfd_info_exit={}",
+            "kernel={}.{} pidfs={} pidfd_get_info={} pidfd_info_exit={} pidfd_reap_hup={}",
             self.kernel.0,
             self.kernel.1,
             yn(self.pidfs),
             yn(self.pidfd_get_info),
-            yn(self.pidfd_info_exit)
+            yn(self.pidfd_info_exit),
+            yn(self.pidfd_reap_hup)
         )
     }
 }
@@ -172,6 +177,7 @@ pub fn documented(version: (u32, u32)) -> Claims {
         pidfs: version >= PIDFS_KERNEL,
         pidfd_get_info: version >= PIDFD_GET_INFO_KERNEL,
         pidfd_info_exit: version >= PIDFD_INFO_EXIT_KERNEL,
+        pidfd_reap_hup: version >= PIDFD_REAP_HUP_KERNEL,
     }
 }
 
@@ -236,6 +242,12 @@ pub fn check_claims(probe: &Probe, claims: &Claims, mainline: bool) -> Result<St
             doc.pidfd_info_exit,
             PIDFD_INFO_EXIT_KERNEL,
         ),
+        (
+            "pidfd_reap_hup",
+            claims.pidfd_reap_hup,
+            doc.pidfd_reap_hup,
+            PIDFD_REAP_HUP_KERNEL,
+        ),
     ] {
         if claimed != documented {
             return Err(format!(
@@ -248,12 +260,14 @@ pub fn check_claims(probe: &Probe, claims: &Claims, mainline: bool) -> Result<St
     }
     Ok(format!(
         "kernel-claims start line `{}` matches the guest (kernel {}, pidfd on {fs}) and the \
-         documented kernels (pidfs {}, PIDFD_GET_INFO {}, PIDFD_INFO_EXIT {})",
+         documented kernels (pidfs {}, PIDFD_GET_INFO {}, PIDFD_INFO_EXIT {}, POLLHUP at \
+         the reap {})",
         claims.text(),
         probe.release,
         v(PIDFS_KERNEL),
         v(PIDFD_GET_INFO_KERNEL),
-        v(PIDFD_INFO_EXIT_KERNEL)
+        v(PIDFD_INFO_EXIT_KERNEL),
+        v(PIDFD_REAP_HUP_KERNEL)
     ))
 }
 
@@ -270,7 +284,14 @@ pub fn behaviour(claims: &Claims) -> String {
     } else {
         "pidfds checked by anon_inode:[pidfd] and told apart by pid (no pidfs, 6.9+)"
     };
-    format!("{exit}; {identity}")
+    let reap = if !claims.pidfd_info_exit {
+        ""
+    } else if claims.pidfd_reap_hup {
+        "; a QM exit not yet reaped waits for POLLHUP at the reap"
+    } else {
+        "; a QM exit not yet reaped is looked at again every 1 ms"
+    };
+    format!("{exit}; {identity}{reap}")
 }
 
 #[cfg(test)]
@@ -284,7 +305,7 @@ mod tests {
         HOLDEN-VM-PROBE: io_uring_disabled=1\n\
         HOLDEN-VM-PROBE: cgroup2_controllers=cpuset cpu io memory hugetlb pids rdma misc\n\
         HOLDEN-VM-PROBE: pidfd_fs_magic=50494446 path=/proc/90/fd/9 link=anon_inode:[pidfd]\n\
-        orch| <5>event=start version=0.3.0 kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no (exit status of QM processes will be reported as unknown)\n";
+        orch| <5>event=start version=0.3.0 kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=yes (exit status of QM processes will be reported as unknown)\n";
 
     #[test]
     fn parses_the_probe_lines() {
@@ -333,17 +354,19 @@ mod tests {
                 kernel: (6, 12),
                 pidfs: true,
                 pidfd_get_info: false,
-                pidfd_info_exit: false
+                pidfd_info_exit: false,
+                pidfd_reap_hup: true
             }
         );
         assert_eq!(
             c.text(),
-            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no"
+            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=yes"
         );
         for (from, to) in [
             ("event=start", "event=begin"),
             (" pidfs=yes", ""),
             ("pidfd_info_exit=no", "pidfd_info_exit=maybe"),
+            (" pidfd_reap_hup=yes", ""),
             ("kernel=6.12 ", "kernel=new "),
         ] {
             assert!(Claims::parse(&PROBES.replace(from, to)).is_err(), "{to}");
@@ -354,19 +377,19 @@ mod tests {
     fn the_documented_kernels() {
         assert_eq!(
             documented((5, 10)).text(),
-            "kernel=5.10 pidfs=no pidfd_get_info=no pidfd_info_exit=no"
+            "kernel=5.10 pidfs=no pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=no"
         );
         assert_eq!(
             documented((6, 12)).text(),
-            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no"
+            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=yes"
         );
         assert_eq!(
             documented((6, 13)).text(),
-            "kernel=6.13 pidfs=yes pidfd_get_info=yes pidfd_info_exit=no"
+            "kernel=6.13 pidfs=yes pidfd_get_info=yes pidfd_info_exit=no pidfd_reap_hup=yes"
         );
         assert_eq!(
             documented((6, 15)).text(),
-            "kernel=6.15 pidfs=yes pidfd_get_info=yes pidfd_info_exit=yes"
+            "kernel=6.15 pidfs=yes pidfd_get_info=yes pidfd_info_exit=yes pidfd_reap_hup=yes"
         );
     }
 
@@ -379,7 +402,8 @@ mod tests {
         let old = PROBES
             .replace("kernel=6.12.117+deb13-amd64", "kernel=6.1.0-50-amd64")
             .replace("magic=50494446", "magic=9041934")
-            .replace("kernel=6.12 pidfs=yes", "kernel=6.1 pidfs=no");
+            .replace("kernel=6.12 pidfs=yes", "kernel=6.1 pidfs=no")
+            .replace("pidfd_reap_hup=yes", "pidfd_reap_hup=no");
         let line = check_claims(
             &Probe::parse(&old).unwrap(),
             &Claims::parse(&old).unwrap(),
@@ -394,6 +418,9 @@ mod tests {
             // Features claimed before the kernel that brought them.
             PROBES.replace("pidfd_get_info=no", "pidfd_get_info=yes"),
             PROBES.replace("pidfd_info_exit=no", "pidfd_info_exit=yes"),
+            old.replace("pidfd_reap_hup=no", "pidfd_reap_hup=yes"),
+            // Denied where the kernel has it.
+            PROBES.replace("pidfd_reap_hup=yes", "pidfd_reap_hup=no"),
             // Another kernel version.
             PROBES.replace("kernel=6.12 pidfs", "kernel=6.13 pidfs"),
             // pidfs on a kernel documented without it (a probe that disagrees with the table).

@@ -151,28 +151,35 @@ fn recorded_matrix_runs_pass() {
 #[test]
 fn a_wrong_claim_or_the_wrong_guest_fails() {
     let x = console("x86_64-6.12");
-    let start = "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no";
+    let start = "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=yes";
     assert!(x.contains(start));
     let wrong = [
         // The orchestrator claims what the kernel does not have, or denies what it has.
         x.replace(
             start,
-            "kernel=6.12 pidfs=no pidfd_get_info=no pidfd_info_exit=no",
+            "kernel=6.12 pidfs=no pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=yes",
         ),
         x.replace(
             start,
-            "kernel=6.12 pidfs=yes pidfd_get_info=yes pidfd_info_exit=no",
+            "kernel=6.12 pidfs=yes pidfd_get_info=yes pidfd_info_exit=no pidfd_reap_hup=yes",
         ),
         x.replace(
             start,
-            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=yes",
+            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=yes pidfd_reap_hup=yes",
         ),
         x.replace(
             start,
-            "kernel=6.13 pidfs=yes pidfd_get_info=no pidfd_info_exit=no",
+            "kernel=6.12 pidfs=yes pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=no",
+        ),
+        x.replace(
+            start,
+            "kernel=6.13 pidfs=yes pidfd_get_info=no pidfd_info_exit=no pidfd_reap_hup=yes",
         ),
         // The start line no longer states a feature.
-        x.replace(start, "kernel=6.12 pidfs=yes pidfd_info_exit=no"),
+        x.replace(
+            start,
+            "kernel=6.12 pidfs=yes pidfd_info_exit=no pidfd_reap_hup=yes",
+        ),
         // The guest is not what the run asked for.
         x.replace("HOLDEN-VM-PROBE: cpus=2", "HOLDEN-VM-PROBE: cpus=1"),
         x.replace(

@@ -165,6 +165,11 @@ fn a_follower_that_does_not_keep_up_is_told_how_many_lines_it_missed() {
         "local",
         &["/bin/sh", "-c", "exec yes flood-line-of-some-length"],
         "restart = \"never\"",
+    ) + &service(
+        "chatter",
+        "local",
+        &["/bin/sh", "-c", "while :; do echo chat; done"],
+        "restart = \"never\"",
     );
     let (text, control) = config(&dir, "history_bytes = 2048", &services);
     let mut orch = Orch::start(&dir, &text);
@@ -207,6 +212,31 @@ fn a_follower_that_does_not_keep_up_is_told_how_many_lines_it_missed() {
         reader.is_finished().then_some(())
     });
     let got = reader.join().unwrap();
+    // Without -f the answer ends, however fast the service writes: at most the lines asked
+    // for (and a count of what was overwritten before it could be sent), from a service
+    // writing without a pause.
+    let mut quick = Follower(
+        Command::new(env!("CARGO_BIN_EXE_holdenctl"))
+            .arg("--socket")
+            .arg(&control)
+            .args(["logs", "chatter", "-n", "3"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut quick_out = quick.0.stdout.take().unwrap();
+    let quick_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = quick_out.read_to_string(&mut text);
+        text
+    });
+    let status = wait_until("holdenctl logs -n 3 to end during a flood", || {
+        quick.0.try_wait().unwrap()
+    });
+    let text = quick_reader.join().unwrap();
+    assert!(status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("-- ")).collect();
+    assert!(lines.len() <= 3, "{text}");
     let missed = got
         .lines()
         .find(|l| l.starts_with("-- ") && l.contains(" lines missed ("))

@@ -71,11 +71,14 @@ enum Phase {
     /// Subscribed to events.
     Monitor,
     /// Sending a service's output lines (one frame in flight): its index, whether it goes on
-    /// following, lines sent.
+    /// following, lines sent, and (not following) the line number it ends before: the end of
+    /// the history when the request came, so that a service writing faster than the client
+    /// reads cannot make the answer endless.
     Logs {
         index: usize,
         follow: bool,
         sent: u32,
+        until: u64,
     },
     /// Following a service's output, every line sent: waiting for new ones.
     Following { index: usize, sent: u32 },
@@ -795,6 +798,7 @@ impl ControlServer {
             index,
             follow,
             sent: 0,
+            until: if follow { u64::MAX } else { stats.next_seq },
         };
         if !self.send(ring, k, &Body::LogStats(stats)) {
             return self.drop_conn(ring, log, k, "send");
@@ -812,6 +816,7 @@ impl ControlServer {
             index,
             follow,
             sent,
+            until,
         } = self.conns[k].phase
         else {
             return;
@@ -822,6 +827,10 @@ impl ControlServer {
             self.conns[k].cursor = None;
             return self.reply(ring, log, k, &Body::End(sent));
         };
+        if cursor.seq >= until {
+            self.conns[k].cursor = None;
+            return self.reply(ring, log, k, &Body::End(sent));
+        }
         let mut text = [0u8; proto::LOG_TEXT_LEN_MAX];
         let body = match history.read(&mut cursor, &mut text) {
             Read::Record(r) => Body::LogLine(proto::LogLineInfo {
@@ -854,6 +863,7 @@ impl ControlServer {
             index,
             follow,
             sent,
+            until,
         };
         self.deadline(ring, k, true);
     }
@@ -880,6 +890,7 @@ impl ControlServer {
                         index,
                         follow: true,
                         sent,
+                        until: u64::MAX,
                     };
                     self.logs_next(ring, log, outputs, k);
                 }

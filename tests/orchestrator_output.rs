@@ -588,3 +588,46 @@ fn a_reload_changes_where_output_goes_and_adds_captured_services() {
     assert_eq!(code, 1);
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+#[test]
+fn a_journal_that_does_not_keep_up_costs_dropped_lines_never_a_wait() {
+    let dir = TempDir::new("out-journal-full");
+    let journal_path = dir.path("journal.sock");
+    let journal = UnixDatagram::bind(&journal_path).unwrap();
+    let mut config = header(&dir, &journal_path);
+    config += &service(
+        "burst",
+        "local",
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; exec sleep 1000",
+        ],
+        "restart = \"never\"",
+    );
+    let control = dir.path("control.sock");
+    let mut orch = Orch::start(&dir, &config);
+    orch.wait_lines(&["event=control-listening"], 1);
+    // Nobody reads the journal: its queue fills and the sends find it full (EAGAIN).
+    let (lines, dropped) = wait_until("300 lines read", || {
+        let (code, out) = holdenctl(&control, &["logs", "burst", "-n", "0", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let lines = json_number(&out, "lines");
+        (lines == 300).then(|| (lines, json_number(&out, "dropped")))
+    });
+    assert!(dropped > 0, "a full journal drops lines");
+    // Every line went to the journal or was counted; none waited, none went to the log.
+    journal.set_nonblocking(true).unwrap();
+    let mut received = 0;
+    let mut buf = [0u8; 4096];
+    while journal.recv(&mut buf).is_ok() {
+        received += 1;
+    }
+    assert_eq!(
+        received + dropped,
+        lines,
+        "received {received}, dropped {dropped}"
+    );
+    assert!(orch.lines_with(&["event=output stream"]).is_empty());
+    assert!(orch.stop(libc::SIGTERM).success());
+}

@@ -19,6 +19,7 @@ pub mod link;
 pub mod log;
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;
+pub mod output;
 pub mod pidfd;
 pub mod queue;
 pub mod sd_notify;

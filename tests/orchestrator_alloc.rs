@@ -1,7 +1,8 @@
 //! Zero heap allocations after start-up: the real event loop, in this process, under a
 //! counting global allocator, through at least 10,000 restart cycles of a local crash-looping
 //! service and QM crash-looping services through a real holden-agent, while a control client
-//! asks for status and the agent link and a monitor connection receives every event.
+//! asks for status and the agent link, a monitor connection receives every event and a
+//! follower (`holdenctl logs -f`) the output of a local service that prints while it restarts.
 //!
 //! While the loop runs, this test's main thread only sleeps and reads atomics, and the control
 //! client uses only libc and stack buffers, so every allocation counted during the measured
@@ -9,6 +10,7 @@
 
 mod orchestrator_support;
 
+use holden::config::OutputTarget;
 use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
 use holden::supervise::{Backoff, Partition, Restart, ServicePolicy, StartLimit};
 use orchestrator_support::{Qm, TempDir};
@@ -62,7 +64,22 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
             stop_timeout: Duration::from_secs(5),
         },
         start_at_boot: true,
+        stdout: OutputTarget::Journal,
+        stderr: OutputTarget::Journal,
     }
+}
+
+/// A local service that prints on both streams (a line with a priority prefix, one to escape,
+/// a last one without a newline) and exits, restarted at once: its output flows through the
+/// pipes, the line assembler, the history ring and the journal stand-in while it restarts.
+fn printer(name: &str) -> ServiceDef {
+    let mut def = crash_loop(name, Partition::Local);
+    def.argv = vec![
+        b"/bin/sh".to_vec(),
+        b"-c".to_vec(),
+        b"echo \"out $$\"; echo '<3>err \"quoted\"' >&2; printf 'no newline'".to_vec(),
+    ];
+    def
 }
 
 /// A control client that allocates nothing in its loop (libc and stack buffers only): one
@@ -73,6 +90,7 @@ fn control_client(
     stop: &AtomicBool,
     replies: &AtomicU64,
     events: &AtomicU64,
+    log_lines: &AtomicU64,
 ) {
     use holden::control::{decode, encode, Body, FRAME_LEN_MAX};
     use std::os::unix::ffi::OsStrExt;
@@ -103,6 +121,17 @@ fn control_client(
     };
     let monitor = connect();
     send(monitor, &mut out, &Body::Monitor);
+    // A follower of the printer's output (`holdenctl logs -f`), read like the monitor.
+    let follower = connect();
+    send(
+        follower,
+        &mut out,
+        &Body::Logs {
+            name: "local-printer",
+            lines: 5,
+            follow: true,
+        },
+    );
     let fd = connect();
     while !stop.load(Ordering::Relaxed) {
         send(fd, &mut out, &Body::Status(None));
@@ -113,7 +142,7 @@ fn control_client(
             match decode(&buf[..n as usize]).unwrap().body {
                 Body::Service(_) => {}
                 Body::End(count) => {
-                    assert_eq!(count, 3);
+                    assert_eq!(count, 4);
                     break;
                 }
                 other => panic!("unexpected {other:?}"),
@@ -148,12 +177,33 @@ fn control_client(
                 events.fetch_add(1, Ordering::Relaxed);
             }
         }
+        for _ in 0..64 {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                libc::recv(
+                    follower,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            if matches!(
+                decode(&buf[..n as usize]).unwrap().body,
+                Body::LogLine(_) | Body::Dropped(_)
+            ) {
+                log_lines.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     // SAFETY: closing our own fds.
     unsafe {
         libc::close(fd);
         libc::close(monitor);
+        libc::close(follower);
     }
 }
 
@@ -185,8 +235,14 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     settings.slots = 8;
     let control_socket = dir.path("control.sock");
     settings.control.socket = Some(control_socket.clone());
+    // A stand-in journal: taken while its receive queue has room, then the sends find it full
+    // (both paths run during the measured window; nothing reads it).
+    let journal_socket = dir.path("journal.sock");
+    let journal = std::os::unix::net::UnixDatagram::bind(&journal_socket).unwrap();
+    settings.journal_socket = journal_socket;
     let defs = vec![
         crash_loop("local-true", Partition::Local),
+        printer("local-printer"),
         crash_loop("qm-true-a", Partition::Qm),
         crash_loop("qm-true-b", Partition::Qm),
     ];
@@ -212,9 +268,17 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     let stop = Arc::new(AtomicBool::new(false));
     let replies = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
+    let log_lines = Arc::new(AtomicU64::new(0));
     let client = {
-        let (stop, replies, events) = (stop.clone(), replies.clone(), events.clone());
-        std::thread::spawn(move || control_client(&control_socket, &stop, &replies, &events))
+        let (stop, replies, events, log_lines) = (
+            stop.clone(),
+            replies.clone(),
+            events.clone(),
+            log_lines.clone(),
+        );
+        std::thread::spawn(move || {
+            control_client(&control_socket, &stop, &replies, &events, &log_lines)
+        })
     };
     assert!(
         wait(60, || replies.load(Ordering::Relaxed) >= 10),
@@ -223,6 +287,7 @@ fn the_event_loop_allocates_nothing_after_start_up() {
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let replies_start = replies.load(Ordering::Relaxed);
+    let log_lines_start = log_lines.load(Ordering::Relaxed);
     assert!(
         before > 0,
         "the counting allocator counts (start-up allocates)"
@@ -258,8 +323,18 @@ fn the_event_loop_allocates_nothing_after_start_up() {
         "monitor events were sent"
     );
     assert!(
+        log_lines.load(Ordering::Relaxed) > log_lines_start,
+        "output lines were followed while measuring"
+    );
+    assert!(
         counters.agent_dropped.load(Ordering::Relaxed) == 0,
         "the agent connection stayed up"
     );
     drop(qm);
+    // The printer's lines reached the journal stand-in.
+    journal.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = journal.recv(&mut buf).expect("a journal entry");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.contains("SYSLOG_IDENTIFIER=local-printer\n"), "{text}");
 }

@@ -519,7 +519,8 @@ fn slots_beyond_the_fd_limit_are_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("slots = 512 needs up to 1088 open files")
+        // 2 × 512 pidfds, the service's two output pipes (4 fds), 64 for the rest.
+        stderr.contains("slots = 512 needs up to 1092 open files")
             && stderr.contains("RLIMIT_NOFILE allows 256")
             && stderr.contains("nothing was started"),
         "{stderr}"

@@ -84,6 +84,7 @@ pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
         | SpawnStage::Setsid
         | SpawnStage::CloseFds
         | SpawnStage::Stdin
+        | SpawnStage::Stdio
         | SpawnStage::Chdir => ErrorStage::Setup,
     }
 }
@@ -146,6 +147,7 @@ impl fmt::Display for FailureText<'_> {
                 id(self.subject.uid)
             ),
             SpawnStage::Setsid => write!(f, "setsid for \"{program}\": {reason}"),
+            SpawnStage::Stdio => write!(f, "stdout/stderr for \"{program}\": {reason}"),
             SpawnStage::CloseFds => {
                 write!(f, "closing inherited fds for \"{program}\": {reason}")
             }

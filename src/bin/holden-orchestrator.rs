@@ -163,7 +163,24 @@ const FDS_BESIDES_SLOTS: u64 = 64;
 /// 1024, far below what thousands of pidfds need), and refuses a configuration whose slots
 /// cannot all hold a process: each slot may hold a pidfd, and a QM slot briefly a second one
 /// (a gated spawn's pidfd before `Running`). Returns the limit in force.
-fn raise_fd_limit(slots: usize) -> Result<u64, String> {
+/// Fds the output of the configured local services holds: a pipe (two ends) per captured
+/// stream, one fd per `null` or `file:` stream.
+fn output_fds(config: &holden::config::Config) -> u64 {
+    use holden::config::OutputTarget;
+    config
+        .services
+        .iter()
+        .filter(|s| s.partition() == holden::supervise::Partition::Local)
+        .flat_map(|s| [&s.stdout, &s.stderr])
+        .map(|target| match target {
+            OutputTarget::Journal | OutputTarget::Log => 2,
+            OutputTarget::Null | OutputTarget::File(_) => 1,
+            OutputTarget::Inherit => 0,
+        })
+        .sum()
+}
+
+fn raise_fd_limit(slots: usize, output_fds: u64) -> Result<u64, String> {
     let (mut soft, hard) = holden::sys::process::nofile_limit()
         .map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
     if soft < hard {
@@ -172,7 +189,7 @@ fn raise_fd_limit(slots: usize) -> Result<u64, String> {
             .map_err(|e| format!("setrlimit(RLIMIT_NOFILE): {e}"))?;
         soft = hard;
     }
-    let needed = 2 * slots as u64 + FDS_BESIDES_SLOTS;
+    let needed = 2 * slots as u64 + output_fds + FDS_BESIDES_SLOTS;
     if soft < needed {
         return Err(format!(
             "slots = {slots} needs up to {needed} open files, but RLIMIT_NOFILE allows {soft} \
@@ -261,7 +278,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    if let Err(message) = raise_fd_limit(config.slots as usize) {
+    if let Err(message) = raise_fd_limit(config.slots as usize, output_fds(&config)) {
         eprintln!("<3>holden-orchestrator: cannot start: {message}; nothing was started");
         return ExitCode::from(1);
     }

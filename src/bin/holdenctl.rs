@@ -27,6 +27,9 @@ const WAIT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Interval between two status looks while waiting.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
+/// Lines `holdenctl logs` shows without `-n`.
+const LOG_LINES_DEFAULT: u32 = 10;
+
 const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -46,6 +49,7 @@ Commands:
   kill [-s SIGNAL] NAME [--wait] [--timeout DUR]
   reset-failed NAME... [--wait] [--timeout DUR]
   monitor [NAME...] [--json]          state changes as they happen (Ctrl+C ends)
+  logs NAME [-n N] [-f] [--json]      a local service's last output lines (-f: and new ones)
   agent [--json]                      the link to holden-agent in the QM partition
   stats [--json]                      the orchestrator's own figures: loop stalls, spawns, log drops
   reload                              re-read the orchestrator's configuration file
@@ -76,6 +80,7 @@ fn help_for(command: &str) -> &'static str {
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
         "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
+        "logs" => "usage: holdenctl logs NAME [-n N] [-f] [--json]\n\nThe last N lines (-n/--lines, default 10; 0 for none) of a local service's stdout\nand stderr, as the orchestrator keeps them (a fixed ring per service, [log]\nhistory_bytes); stderr lines start with \"stderr: \", control characters and bytes that\nare not UTF-8 are shown as \\xNN. -f/--follow then prints every new line until\ninterrupted; if holdenctl does not keep up, the lines it missed are counted\n(\"-- N lines missed --\"). Lines the orchestrator did not forward (over the rate\nlimit, a full journal) are counted on stderr at the end. --json: one object per line\n(seq, stream, priority, truncated, text), after one with the service's figures.\nExit: 0, 1 if the service's output is not captured, 3 unknown NAME, 4 unreachable.",
         "stats" => "usage: holdenctl stats [--json]\n\nThe orchestrator's own figures since start-up: how long its event loop spent on\none completion (p50, p99, p99.9, max: the longest it could not answer anything else),\nprocesses spawned (local, QM), failed starts, process ends, log lines dropped because\nthe log stream did not keep up. --json also gives the histogram's non-empty buckets\n([lowest ns, count] pairs).",
         "agent" => "usage: holdenctl agent [--json]\n\nThe agent link: state (up, down, not-needed), protocol, version, capabilities,\nsocket, handshakes and dropped connections since start.",
         "reload" => "usage: holdenctl reload\n\nThe orchestrator re-reads its configuration file. An invalid file changes nothing\nand its error (file:line:column) is printed (exit 1). Added services start (if\nenabled), removed ones stop, changed ones restart; settings that need a restart of\nthe orchestrator are listed.",
@@ -106,6 +111,9 @@ struct Cli {
     wait: bool,
     timeout: Duration,
     signal: u8,
+    /// `logs`: lines to show, and whether to follow.
+    lines: u32,
+    follow: bool,
 }
 
 /// Parses the arguments after the program name. `env_socket` is `$HOLDEN_CONTROL_SOCKET`.
@@ -124,6 +132,8 @@ fn parse(
     let mut wait = false;
     let mut timeout = WAIT_TIMEOUT_DEFAULT;
     let mut signal: Option<u8> = None;
+    let mut lines: Option<u32> = None;
+    let mut follow = false;
     while let Some(arg) = parser.next().map_err(|e| lexopt_usage(&e))? {
         match arg {
             Short('h') | Long("help") => {
@@ -133,6 +143,16 @@ fn parse(
             Short('V') | Long("version") => return Ok(Parsed::Version),
             Long("socket") => socket = Some(PathBuf::from(value(&mut parser, "--socket")?)),
             Long("json") => json = true,
+            Short('f') | Long("follow") => follow = true,
+            Short('n') | Long("lines") => {
+                let text = text_value(&mut parser, "-n")?;
+                lines = Some(text.parse::<u32>().map_err(|_| {
+                    Usage(format!(
+                        "-n {text:?}: expected a number of lines (0..={})",
+                        u32::MAX
+                    ))
+                })?);
+            }
             Long("wait") => wait = true,
             Long("timeout") => {
                 let text = text_value(&mut parser, "--timeout")?;
@@ -169,7 +189,7 @@ fn parse(
     );
     match command.as_str() {
         "status" | "monitor" | "agent" | "stats" | "reload" | "start" | "stop" | "restart"
-        | "kill" | "reset-failed" => {}
+        | "kill" | "reset-failed" | "logs" => {}
         other => return Err(Usage(format!("unknown command {other:?}"))),
     }
     if needs_names && names.is_empty() {
@@ -180,6 +200,12 @@ fn parse(
     }
     if matches!(command.as_str(), "agent" | "stats" | "reload") && !names.is_empty() {
         return Err(Usage(format!("{command} takes no NAME")));
+    }
+    if command == "logs" && names.len() != 1 {
+        return Err(Usage("logs takes exactly one NAME".into()));
+    }
+    if (follow || lines.is_some()) && command != "logs" {
+        return Err(Usage("-f/--follow and -n/--lines are for logs only".into()));
     }
     if signal.is_some() && command != "kill" {
         return Err(Usage("-s/--signal is for kill only".into()));
@@ -201,6 +227,8 @@ fn parse(
         wait,
         timeout,
         signal: signal.unwrap_or(libc::SIGTERM as u8),
+        lines: lines.unwrap_or(LOG_LINES_DEFAULT),
+        follow,
     }))
 }
 
@@ -1003,6 +1031,97 @@ fn cmd_stats(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
     Ok(EXIT_OK)
 }
 
+/// A service's output line for a terminal: valid UTF-8 as is, control characters (but tab)
+/// and bytes that are not UTF-8 as `\xNN`, so that a service cannot drive the terminal.
+fn output_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && c != '\t' {
+                let mut utf8 = [0u8; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+fn log_line_text(l: &proto::LogLineInfo<'_>, json: bool) -> String {
+    if json {
+        return format!(
+            "{{\"seq\":{},\"stream\":\"{}\",\"priority\":{},\"truncated\":{},\"text\":{}}}",
+            l.seq,
+            l.stream.as_str(),
+            l.priority,
+            l.truncated,
+            json_str(&String::from_utf8_lossy(l.text))
+        );
+    }
+    let stream = match l.stream {
+        proto::StreamCode::Stdout => "",
+        proto::StreamCode::Stderr => "stderr: ",
+    };
+    let cut = if l.truncated { " [cut]" } else { "" };
+    format!("{stream}{}{cut}", output_text(l.text))
+}
+
+fn cmd_logs(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
+    let name = &cli.names[0];
+    let len = client.request(&Body::Logs {
+        name,
+        lines: cli.lines,
+        follow: cli.follow,
+    })?;
+    let stats = match client.frame(len)? {
+        Body::LogStats(stats) => stats,
+        other => return Err(unexpected(&other)),
+    };
+    if cli.json {
+        println!(
+            "{{\"service\":{},\"lines\":{},\"dropped\":{},\"first_seq\":{},\"next_seq\":{}}}",
+            json_str(name),
+            stats.lines,
+            stats.dropped,
+            stats.first_seq,
+            stats.next_seq
+        );
+    }
+    if cli.follow {
+        client.set_timeout(None);
+    }
+    let stdout = std::io::stdout();
+    loop {
+        let len = client.recv()?;
+        let line = match client.frame(len)? {
+            Body::LogLine(l) => log_line_text(&l, cli.json),
+            Body::Dropped(n) if cli.json => format!("{{\"missed\":{n}}}"),
+            Body::Dropped(n) => {
+                format!("-- {n} lines missed (overwritten before they were sent) --")
+            }
+            Body::End(_) => break,
+            other => return Err(unexpected(&other)),
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            return Ok(EXIT_OK);
+        }
+    }
+    if stats.dropped > 0 && !cli.json {
+        eprintln!(
+            "holdenctl: {name}: {} of its {} lines were not forwarded (over the rate limit, or a full journal socket)",
+            stats.dropped, stats.lines
+        );
+    }
+    Ok(EXIT_OK)
+}
+
 fn cmd_reload(client: &mut Client) -> Result<u8, Fail> {
     let len = client.request(&Body::Reload)?;
     let Body::Reloaded(r) = client.frame(len)? else {
@@ -1029,6 +1148,7 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
         "agent" => cmd_agent(&mut client, cli),
         "stats" => cmd_stats(&mut client, cli),
         "reload" => cmd_reload(&mut client),
+        "logs" => cmd_logs(&mut client, cli),
         _ => cmd_operate(&mut client, cli),
     }
 }

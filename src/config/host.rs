@@ -19,6 +19,12 @@ pub trait Host {
     fn program_problem(&self, path: &Path) -> Option<String>;
     /// Why `path` cannot be a working directory, `None` when it can.
     fn directory_problem(&self, path: &Path) -> Option<String>;
+    /// Why the orchestrator cannot append a service's output to `path` (`stdout =
+    /// "file:..."`), `None` when it can. The default looks at the machine as
+    /// [`ThisMachine`] does.
+    fn output_file_problem(&self, path: &Path) -> Option<String> {
+        ThisMachine.output_file_problem(path)
+    }
 }
 
 /// The machine this runs on.
@@ -49,6 +55,32 @@ impl Host for ThisMachine {
             Err(e) => Some(format!("cannot be the working directory: {e}")),
             Ok(meta) if !meta.is_dir() => Some("is not a directory".to_string()),
             Ok(_) => None,
+        }
+    }
+
+    fn output_file_problem(&self, path: &Path) -> Option<String> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => Some("is a directory".to_string()),
+            // Opening for append changes nothing in an existing file.
+            Ok(_) => match std::fs::OpenOptions::new().append(true).open(path) {
+                Ok(_) => None,
+                Err(e) => Some(format!("cannot be opened for appending: {e}")),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                match std::fs::metadata(dir) {
+                    Ok(meta) if meta.is_dir() => None,
+                    Ok(_) => Some(format!(
+                        "cannot be created: {:?} is not a directory",
+                        dir.display().to_string()
+                    )),
+                    Err(e) => Some(format!(
+                        "cannot be created in {:?}: {e}",
+                        dir.display().to_string()
+                    )),
+                }
+            }
+            Err(e) => Some(format!("cannot be opened for appending: {e}")),
         }
     }
 }
@@ -138,6 +170,23 @@ pub(crate) fn check(
                         &field("argv[0]"),
                         format!("program {:?} {problem}", program.display().to_string()),
                     ));
+                }
+                for (i, (key, target)) in [("stdout", &spec.stdout), ("stderr", &spec.stderr)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let super::OutputTarget::File(path) = target else {
+                        continue;
+                    };
+                    let path = Path::new(OsStr::from_bytes(path.as_bytes()));
+                    if let Some(problem) = host.output_file_problem(path) {
+                        errors.push(source.at(
+                            service_spans.and_then(|s| s.outputs[i]),
+                            ConfigErrorKind::Missing,
+                            &field(key),
+                            format!("output file {:?} {problem}", path.display().to_string()),
+                        ));
+                    }
                 }
                 // The default "/" is not worth a look; a configured one is.
                 let configured = cwd_offset.is_some() || (spans.is_none() && cwd != b"/");

@@ -19,8 +19,8 @@ pub use duration::{format_duration, parse_duration, DURATION_MAX};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
 pub use host::{Host, ThisMachine};
 pub use service::{
-    ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
-    SERVICE_NAME_LEN_MAX,
+    OutputTarget, ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX,
+    ENV_LEN_MAX, SERVICE_NAME_LEN_MAX,
 };
 pub use signal::{signal_from_name, signal_from_number, signal_name, SIGNAL_NUMBER_MAX};
 pub use v02::{legacy_socket_path, LEGACY_ARGS_MAX, LEGACY_ARG_LEN_MAX, LEGACY_SOCKET_DEFAULT};
@@ -86,6 +86,48 @@ pub struct AgentConfig {
     pub reconnect_max: Duration,
 }
 
+/// Default path of journald's native socket.
+pub const JOURNAL_SOCKET_DEFAULT: &str = "/run/systemd/journal/socket";
+
+/// Where the orchestrator's own log lines go (`[log] journal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OwnLines {
+    /// To journald with native fields when stderr is the journal (`JOURNAL_STREAM` names
+    /// stderr's device and inode, as systemd sets it), else to stderr (the default).
+    Auto,
+    /// Always to journald with native fields (stderr when the journal socket is not there).
+    Journal,
+    /// Always to stderr.
+    Stderr,
+}
+
+/// The `[log]` table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LogConfig {
+    /// journald's native socket (service output, and the orchestrator's own lines).
+    pub journal_socket: PathBuf,
+    /// Where the orchestrator's own lines go.
+    pub own_lines: OwnLines,
+    /// Bytes of each local service's history ring (`holdenctl logs`).
+    pub history_bytes: u32,
+}
+
+/// Default of `[log] history_bytes`.
+pub const HISTORY_BYTES_DEFAULT: u32 = 16 * 1024;
+/// Least and most of `[log] history_bytes`.
+pub const HISTORY_BYTES_MIN: u32 = 1024;
+pub const HISTORY_BYTES_MAX: u32 = 1024 * 1024;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            journal_socket: PathBuf::from(JOURNAL_SOCKET_DEFAULT),
+            own_lines: OwnLines::Auto,
+            history_bytes: HISTORY_BYTES_DEFAULT,
+        }
+    }
+}
+
 /// The `[shutdown]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ShutdownConfig {
@@ -133,6 +175,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Control socket.
     pub control: ControlConfig,
+    /// Service output and where the log goes.
+    pub log: LogConfig,
     /// The services, in file order; names are unique.
     pub services: Vec<ServiceSpec>,
 }

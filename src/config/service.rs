@@ -74,6 +74,56 @@ pub struct ServiceSpec {
     pub enabled: bool,
     /// What the supervision core needs: partition, restart, delays, limits, stop.
     pub policy: ServicePolicy,
+    /// Where a local service's stdout goes (keys `stdout`; QM services: always
+    /// [`OutputTarget::Inherit`], their output stays in QM).
+    pub stdout: OutputTarget,
+    /// Where a local service's stderr goes (key `stderr`).
+    pub stderr: OutputTarget,
+}
+
+/// Where a local service's stdout or stderr goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OutputTarget {
+    /// The orchestrator's own stdout or stderr (`"inherit"`): unattributed, as before 0.3.
+    Inherit,
+    /// `/dev/null` (`"null"`).
+    Null,
+    /// Captured on a pipe (`"journal"`, the default): each line to journald with its native
+    /// protocol while the journal socket takes it, else as an escaped `event=output` line in
+    /// the orchestrator's log.
+    Journal,
+    /// Captured on a pipe, each line as an escaped `event=output` line in the orchestrator's
+    /// log (`"log"`), even when journald is there.
+    Log,
+    /// Appended to this file (`"file:/path"`), opened by the orchestrator.
+    File(CString),
+}
+
+impl OutputTarget {
+    /// The default of a partition's services.
+    pub fn default_for(partition: Partition) -> OutputTarget {
+        match partition {
+            Partition::Local => OutputTarget::Journal,
+            Partition::Qm => OutputTarget::Inherit,
+        }
+    }
+
+    /// Whether the orchestrator reads it from a pipe.
+    pub fn is_captured(&self) -> bool {
+        matches!(self, OutputTarget::Journal | OutputTarget::Log)
+    }
+}
+
+impl fmt::Display for OutputTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputTarget::Inherit => f.write_str("inherit"),
+            OutputTarget::Null => f.write_str("null"),
+            OutputTarget::Journal => f.write_str("journal"),
+            OutputTarget::Log => f.write_str("log"),
+            OutputTarget::File(path) => write!(f, "file:{}", path.to_string_lossy()),
+        }
+    }
 }
 
 impl ServiceSpec {

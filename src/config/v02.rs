@@ -8,7 +8,7 @@
 //! as v0.2's children inherited its working directory.
 
 use super::error::{ConfigError, ConfigErrorKind};
-use super::service::{ServiceName, ServiceSpec};
+use super::service::{OutputTarget, ServiceName, ServiceSpec};
 use super::{AgentConfig, AgentProtocol, Config, ControlConfig, LogLevel, ShutdownConfig};
 use super::{CONTROL_SOCKET_DEFAULT, SLOTS_DEFAULT, SOCKET_PATH_LEN_MAX};
 use crate::supervise::{Partition, Restart, ServicePolicy, StartLimit};
@@ -74,6 +74,7 @@ pub(crate) fn from_legacy_args(
             group: None,
             read_group: None,
         },
+        log: super::LogConfig::default(),
         services,
     })
 }
@@ -151,6 +152,9 @@ fn legacy_service(
         gid: None,
         enabled: true,
         policy,
+        // v0.2's children wrote on its own stdout and stderr.
+        stdout: OutputTarget::Inherit,
+        stderr: OutputTarget::Inherit,
     })
 }
 

@@ -10,13 +10,14 @@
 use super::duration::{format_duration, parse_duration};
 use super::error::{line_column, ConfigError, ConfigErrorKind, ConfigErrors};
 use super::service::{
-    ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
+    OutputTarget, ServiceName, ServiceSpec, ARGV_COUNT_MAX, ARG_LEN_MAX, ENV_COUNT_MAX, ENV_LEN_MAX,
 };
 use super::signal::{signal_from_name, signal_from_number, SIGNAL_NUMBER_MAX};
 use super::{
-    AgentConfig, AgentProtocol, Config, ControlConfig, LogLevel, ShutdownConfig,
-    AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT, PATH_LEN_MAX, SLOTS_DEFAULT, SLOTS_MAX,
-    SOCKET_PATH_LEN_MAX,
+    AgentConfig, AgentProtocol, Config, ControlConfig, LogConfig, LogLevel, OwnLines,
+    ShutdownConfig, AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT, HISTORY_BYTES_DEFAULT,
+    HISTORY_BYTES_MAX, HISTORY_BYTES_MIN, JOURNAL_SOCKET_DEFAULT, PATH_LEN_MAX, SLOTS_DEFAULT,
+    SLOTS_MAX, SOCKET_PATH_LEN_MAX,
 };
 use crate::supervise::{
     Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
@@ -51,9 +52,12 @@ const TOP_KEYS: &[&str] = &[
     "agent",
     "shutdown",
     "control",
+    "log",
     "service",
 ];
-const TOP_SHOWN: &str = "`slots`, `log_level`, `[agent]`, `[shutdown]`, `[control]`, `[[service]]`";
+const TOP_SHOWN: &str =
+    "`slots`, `log_level`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[[service]]`";
+const LOG_KEYS: &[&str] = &["journal_socket", "journal", "history_bytes"];
 const AGENT_KEYS: &[&str] = &[
     "socket",
     "protocol",
@@ -78,6 +82,8 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_signal",
     "stop_timeout",
     "enabled",
+    "stdout",
+    "stderr",
 ];
 const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max", "reset_after"];
 const START_LIMIT_KEYS: &[&str] = &["burst", "interval"];
@@ -100,6 +106,8 @@ pub(crate) struct Spans {
 pub(crate) struct ServiceSpans {
     pub argv0: usize,
     pub working_directory: Option<usize>,
+    /// `stdout` and `stderr`, when given.
+    pub outputs: [Option<usize>; 2],
 }
 
 /// The checks of one file: its name and text, and the errors found so far.
@@ -473,6 +481,8 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
     let mut spans = Spans::default();
     let control_table = section(check, "control").unwrap_or(&empty);
     let control = control(check, control_table, &mut spans);
+    let log_table = section(check, "log").unwrap_or(&empty);
+    let log = log(check, log_table);
     let services = services(check, root, slots, slots_valid, &mut spans);
     let config = Config {
         slots,
@@ -480,9 +490,82 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
         agent,
         shutdown,
         control,
+        log,
         services,
     };
     (config, spans)
+}
+
+fn log(check: &mut Check<'_>, table: &Table<'_>) -> LogConfig {
+    check.known_keys(
+        table,
+        "log",
+        LOG_KEYS,
+        "`journal_socket`, `journal`, `history_bytes`",
+    );
+    let journal_socket = check.socket_path(table, "journal_socket", "log", JOURNAL_SOCKET_DEFAULT);
+    let own_lines = check.one_of_or(
+        table,
+        "journal",
+        "log",
+        OwnLines::Auto,
+        &[
+            ("auto", OwnLines::Auto),
+            ("always", OwnLines::Journal),
+            ("never", OwnLines::Stderr),
+        ],
+    );
+    let history_bytes = entry(table, "history_bytes")
+        .and_then(|value| {
+            check.integer(
+                value,
+                "log.history_bytes",
+                i64::from(HISTORY_BYTES_MIN),
+                i64::from(HISTORY_BYTES_MAX),
+                &format!("{HISTORY_BYTES_MIN}..={HISTORY_BYTES_MAX}"),
+            )
+        })
+        .map_or(HISTORY_BYTES_DEFAULT, |n| n as u32);
+    LogConfig {
+        journal_socket,
+        own_lines,
+        history_bytes,
+    }
+}
+
+/// A service's `stdout` or `stderr`: `"inherit"`, `"null"`, `"journal"`, `"log"` or
+/// `"file:/absolute/path"`.
+fn output_target(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<OutputTarget> {
+    let expected = "\"journal\", \"log\", \"inherit\", \"null\" or \"file:/absolute/path\"";
+    let text = check.string(value, field, expected)?;
+    Some(match text {
+        "inherit" => OutputTarget::Inherit,
+        "null" => OutputTarget::Null,
+        "journal" => OutputTarget::Journal,
+        "log" => OutputTarget::Log,
+        _ => match text.strip_prefix("file:") {
+            Some(path) if path.starts_with('/') && path.len() <= PATH_LEN_MAX => {
+                match CString::new(path) {
+                    Ok(path) => OutputTarget::File(path),
+                    Err(_) => return check.bad(value, field, "contains a NUL character"),
+                }
+            }
+            Some(path) => {
+                return check.bad(
+                    value,
+                    field,
+                    format!("{path:?} is not an absolute path: expected \"file:\" and an absolute path of at most {PATH_LEN_MAX} bytes"),
+                )
+            }
+            None => {
+                return check.bad(
+                    value,
+                    field,
+                    format!("unknown value {text:?}: expected {expected}"),
+                )
+            }
+        },
+    })
 }
 
 fn agent(check: &mut Check<'_>, table: &Table<'_>) -> AgentConfig {
@@ -688,7 +771,7 @@ fn service(
         table,
         &prefix,
         SERVICE_KEYS,
-        "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`",
+        "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`",
     );
     let partition = match entry(table, "partition") {
         None => {
@@ -738,11 +821,30 @@ fn service(
     let uid = id(check, "uid");
     let gid = id(check, "gid");
     let enabled = entry(table, "enabled").map(|value| check.boolean(value, &field("enabled")));
+    let mut outputs = [None, None];
+    let mut output_offsets = [None, None];
+    for (i, key) in ["stdout", "stderr"].into_iter().enumerate() {
+        let Some(value) = entry(table, key) else {
+            continue;
+        };
+        if partition == Some(Partition::Qm) {
+            check.bad::<()>(
+                value,
+                &field(key),
+                format!("`{key}` is for local services only: a QM service's output stays inside the QM partition (holden-agent's own stdout and stderr)"),
+            );
+            continue;
+        }
+        outputs[i] = output_target(check, value, &field(key));
+        output_offsets[i] = Some(value.span().start);
+    }
     let policy = policy(check, table, partition.unwrap_or(Partition::Local), &prefix);
     if check.errors.len() > errors_before {
         return None;
     }
     let (name, name_offset) = name?;
+    let partition = partition?;
+    let [stdout, stderr] = outputs.map(|o| o.unwrap_or(OutputTarget::default_for(partition)));
     let spec = ServiceSpec {
         name,
         argv: argv?,
@@ -752,13 +854,16 @@ fn service(
         gid: gid.flatten(),
         enabled: enabled.flatten().unwrap_or(true),
         policy: ServicePolicy {
-            partition: partition?,
+            partition,
             ..policy
         },
+        stdout,
+        stderr,
     };
     let spans = ServiceSpans {
         argv0,
         working_directory: cwd_offset,
+        outputs: output_offsets,
     };
     Some((spec, spans, name_offset))
 }

@@ -77,6 +77,8 @@ pub enum EncodeError {
     BadSignal { signal: u8 },
     /// Stall buckets of the wrong length (expected [`STALL_BUCKETS_BYTES`]).
     BadBuckets { len: usize },
+    /// A log line's priority outside 0..=7.
+    BadPriority { priority: u8 },
 }
 
 impl std::fmt::Display for EncodeError {
@@ -92,6 +94,9 @@ impl std::fmt::Display for EncodeError {
                 )
             }
             EncodeError::BadSignal { signal } => write!(f, "signal {signal} outside 1..=64"),
+            EncodeError::BadPriority { priority } => {
+                write!(f, "log line priority {priority} outside 0..=7")
+            }
             EncodeError::BadBuckets { len } => {
                 write!(
                     f,
@@ -263,6 +268,19 @@ fn decode_body<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, DecodeError> {
         4 => Body::Monitor,
         5 => Body::Reload,
         6 => Body::StatsRequest,
+        7 => {
+            let lines = r.u32()?;
+            let follow = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(r.bad("follow")),
+            };
+            Body::Logs {
+                name: r.name()?,
+                lines,
+                follow,
+            }
+        }
         16 => Body::Service(decode_service(r)?),
         17 => Body::End(r.u32()?),
         18 => Body::Done(r.state("state")?),
@@ -298,6 +316,49 @@ fn decode_body<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, DecodeError> {
                 r.take(STALL_BUCKETS_BYTES)?
             },
         }),
+        25 => {
+            let seq = r.u64()?;
+            let stream = match r.u8()? {
+                0 => StreamCode::Stdout,
+                1 => StreamCode::Stderr,
+                _ => return Err(r.bad("stream")),
+            };
+            let priority = r.u8()?;
+            if priority > 7 {
+                return Err(r.bad("priority"));
+            }
+            let truncated = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(r.bad("truncated")),
+            };
+            let len = usize::from(r.u16()?);
+            if len > LOG_TEXT_LEN_MAX {
+                return Err(DecodeError::BadString {
+                    kind: r.kind,
+                    field: "text",
+                });
+            }
+            Body::LogLine(LogLineInfo {
+                seq,
+                stream,
+                priority,
+                truncated,
+                text: r.take(len)?,
+            })
+        }
+        26 => {
+            let info = LogStatsInfo {
+                lines: r.u64()?,
+                dropped: r.u64()?,
+                first_seq: r.u64()?,
+                next_seq: r.u64()?,
+            };
+            if info.first_seq > info.next_seq {
+                return Err(r.bad("first_seq"));
+            }
+            Body::LogStats(info)
+        }
         kind => return Err(DecodeError::UnknownKind { kind }),
     })
 }
@@ -550,6 +611,35 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.name(name)?;
         }
         Body::AgentStatus | Body::Monitor | Body::Reload | Body::StatsRequest => {}
+        Body::Logs {
+            name,
+            lines,
+            follow,
+        } => {
+            w.u32(lines)?;
+            w.u8(u8::from(follow))?;
+            w.name(name)?;
+        }
+        Body::LogLine(l) => {
+            if l.priority > 7 {
+                return Err(EncodeError::BadPriority {
+                    priority: l.priority,
+                });
+            }
+            let text = &l.text[..l.text.len().min(LOG_TEXT_LEN_MAX)];
+            w.u64(l.seq)?;
+            w.u8(l.stream as u8)?;
+            w.u8(l.priority)?;
+            w.u8(u8::from(l.truncated || text.len() < l.text.len()))?;
+            w.u16(text.len() as u16)?;
+            w.put(text)?;
+        }
+        Body::LogStats(s) => {
+            w.u64(s.lines)?;
+            w.u64(s.dropped)?;
+            w.u64(s.first_seq.min(s.next_seq))?;
+            w.u64(s.next_seq)?;
+        }
         Body::Service(s) => {
             w.u8(s.partition as u8)?;
             w.u8(s.state as u8)?;
@@ -757,6 +847,118 @@ mod tests {
             unchanged: 4,
             needs_restart: "slots",
         }));
+    }
+
+    #[test]
+    fn log_frames_round_trip_and_are_checked() {
+        roundtrip(Body::Logs {
+            name: "radio",
+            lines: 10,
+            follow: true,
+        });
+        roundtrip(Body::Logs {
+            name: "r",
+            lines: u32::MAX,
+            follow: false,
+        });
+        roundtrip(Body::LogLine(LogLineInfo {
+            seq: 41,
+            stream: StreamCode::Stderr,
+            priority: 3,
+            truncated: false,
+            text: b"not utf-8 \xff \"\n\0",
+        }));
+        roundtrip(Body::LogLine(LogLineInfo {
+            seq: u64::MAX,
+            stream: StreamCode::Stdout,
+            priority: 0,
+            truncated: true,
+            text: &[b'x'; LOG_TEXT_LEN_MAX],
+        }));
+        roundtrip(Body::LogStats(LogStatsInfo {
+            lines: 5000,
+            dropped: 3000,
+            first_seq: 4900,
+            next_seq: 5000,
+        }));
+        // The exact bytes of a request: lines, follow, name.
+        let mut buf = [0u8; FRAME_LEN_MAX];
+        let body = Body::Logs {
+            name: "ab",
+            lines: 258,
+            follow: true,
+        };
+        let len = encode(&mut buf, 9, &body).unwrap();
+        assert_eq!(
+            &buf[..len],
+            b"HCTL\x02\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
+        );
+        // Out-of-range fields are refused, typed.
+        let mut bad = buf;
+        bad[HEADER_LEN + 4] = 2;
+        assert_eq!(
+            decode(&bad[..len]),
+            Err(DecodeError::BadValue {
+                kind: 7,
+                field: "follow"
+            })
+        );
+        let line = Body::LogLine(LogLineInfo {
+            seq: 1,
+            stream: StreamCode::Stdout,
+            priority: 6,
+            truncated: false,
+            text: b"hi",
+        });
+        let len = encode(&mut buf, 1, &line).unwrap();
+        for (offset, value, field) in [(8, 2, "stream"), (9, 8, "priority"), (10, 2, "truncated")] {
+            let mut bad = buf;
+            bad[HEADER_LEN + offset] = value;
+            assert_eq!(
+                decode(&bad[..len]),
+                Err(DecodeError::BadValue { kind: 25, field }),
+                "{field}"
+            );
+        }
+        let mut bad = buf;
+        bad[HEADER_LEN + 11..HEADER_LEN + 13].copy_from_slice(&1025u16.to_le_bytes());
+        assert!(matches!(
+            decode(&bad[..len]),
+            Err(DecodeError::BadString { kind: 25, .. })
+        ));
+        assert!(matches!(
+            encode(
+                &mut buf,
+                1,
+                &Body::LogLine(LogLineInfo {
+                    priority: 8,
+                    ..LogLineInfo {
+                        seq: 0,
+                        stream: StreamCode::Stdout,
+                        priority: 0,
+                        truncated: false,
+                        text: b""
+                    }
+                })
+            ),
+            Err(EncodeError::BadPriority { priority: 8 })
+        ));
+        let stats = Body::LogStats(LogStatsInfo {
+            lines: 1,
+            dropped: 0,
+            first_seq: 0,
+            next_seq: 1,
+        });
+        let len = encode(&mut buf, 1, &stats).unwrap();
+        let mut bad = buf;
+        bad[HEADER_LEN + 16] = 2;
+        assert_eq!(
+            decode(&bad[..len]),
+            Err(DecodeError::BadValue {
+                kind: 26,
+                field: "first_seq"
+            })
+        );
     }
 
     #[test]

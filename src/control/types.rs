@@ -411,6 +411,59 @@ impl StatsInfo<'_> {
     }
 }
 
+/// Longest text of a [`LogLineInfo`] (a service's output line, as kept).
+pub const LOG_TEXT_LEN_MAX: usize = 1024;
+
+const _: () = assert!(HEADER_LEN + 16 + LOG_TEXT_LEN_MAX <= FRAME_LEN_MAX);
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum StreamCode {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+impl StreamCode {
+    /// `stdout` or `stderr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamCode::Stdout => "stdout",
+            StreamCode::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line of a service's output (`holdenctl logs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct LogLineInfo<'a> {
+    /// The line's number among all the service's lines (from 0).
+    pub seq: u64,
+    pub stream: StreamCode,
+    /// Syslog priority 0–7 (its `<N>` prefix, else 6 for stdout and 3 for stderr).
+    pub priority: u8,
+    /// Cut at its bound (or ended without a newline).
+    pub truncated: bool,
+    /// The bytes as the service wrote them (not necessarily UTF-8), at most
+    /// [`LOG_TEXT_LEN_MAX`].
+    pub text: &'a [u8],
+}
+
+/// A service's output figures, the first answer to [`Body::Logs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct LogStatsInfo {
+    /// Lines read from its stdout and stderr since it was added.
+    pub lines: u64,
+    /// Lines not forwarded (over its rate limit, or a full journal socket).
+    pub dropped: u64,
+    /// The oldest line its history still holds (`seq`), and the next line's number.
+    pub first_seq: u64,
+    pub next_seq: u64,
+}
+
 /// The body of a frame: requests (client to orchestrator) and replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -429,6 +482,14 @@ pub enum Body<'a> {
     Reload,
     /// Request: the orchestrator's own figures; answered by `Stats`.
     StatsRequest,
+    /// Request: the last `lines` lines of a local service's output; answered by `LogStats`,
+    /// `LogLine` frames (a `Dropped` where lines were lost before they could be sent) and an
+    /// `End`; with `follow`, by no `End` but every new line until the connection closes.
+    Logs {
+        name: &'a str,
+        lines: u32,
+        follow: bool,
+    },
     /// Reply: one service.
     Service(ServiceInfo<'a>),
     /// Reply: end of a listing, with the number of items sent.
@@ -448,6 +509,10 @@ pub enum Body<'a> {
     Reloaded(ReloadInfo<'a>),
     /// Reply: the orchestrator's own figures.
     Stats(StatsInfo<'a>),
+    /// Reply: one line of a service's output.
+    LogLine(LogLineInfo<'a>),
+    /// Reply: a service's output figures.
+    LogStats(LogStatsInfo),
 }
 
 impl Body<'_> {
@@ -460,6 +525,7 @@ impl Body<'_> {
             Body::Monitor => 4,
             Body::Reload => 5,
             Body::StatsRequest => 6,
+            Body::Logs { .. } => 7,
             Body::Service(_) => 16,
             Body::End(_) => 17,
             Body::Done(_) => 18,
@@ -469,6 +535,8 @@ impl Body<'_> {
             Body::Dropped(_) => 22,
             Body::Reloaded(_) => 23,
             Body::Stats(_) => 24,
+            Body::LogLine(_) => 25,
+            Body::LogStats(_) => 26,
         }
     }
 

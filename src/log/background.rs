@@ -82,6 +82,51 @@ impl Ring {
     }
 }
 
+/// journald's socket, for a writer that sends each line as a native entry.
+pub struct JournalSink {
+    /// A datagram socket connected to journald's socket (blocking: the writer waits while
+    /// journald's queue is full, as it would on a full stderr).
+    pub socket: std::os::fd::OwnedFd,
+    pub addr: crate::sys::socket::UnixAddr,
+    /// `SYSLOG_IDENTIFIER` of every entry.
+    pub identifier: &'static str,
+}
+
+impl JournalSink {
+    /// A socket connected to journald's socket at `path`; `Err` when it is not there.
+    pub fn connect(path: &[u8], identifier: &'static str) -> std::io::Result<JournalSink> {
+        use crate::sys::socket;
+        let addr = socket::UnixAddr::new(path)?;
+        let socket = socket::connect_new(&addr, socket::Kind::Datagram, false)?;
+        Ok(JournalSink {
+            socket,
+            addr,
+            identifier,
+        })
+    }
+
+    /// Sends one line (without its newline) as an entry; `false` when journald did not take
+    /// it (the caller writes it to its fd instead).
+    fn send(&mut self, line: &[u8], entry: &mut [u8]) -> bool {
+        use crate::sys::socket;
+        use std::os::fd::AsFd;
+        let n = super::journal::line_entry(line, self.identifier, entry);
+        for attempt in 0..2 {
+            match socket::send(self.socket.as_fd(), &entry[..n], false) {
+                Ok(_) => return true,
+                // journald restarted: connect again once.
+                Err(_) if attempt == 0 => {
+                    if socket::connect(self.socket.as_fd(), &self.addr).is_err() {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
 struct Shared {
     ring: Mutex<Ring>,
     /// The writer waits here for lines.
@@ -115,6 +160,17 @@ impl Background {
     /// Starts the writer thread for `fd` with a ring of `ring_bytes`; `tag` goes into the
     /// drop report as into every line.
     pub fn start(fd: RawFd, ring_bytes: usize, tag: &'static str) -> std::io::Result<Background> {
+        Background::start_with_journal(fd, ring_bytes, tag, None)
+    }
+
+    /// As [`Background::start`]; with `journal`, each line goes to journald as an entry with
+    /// native fields (`log::journal`), and to `fd` only when journald does not take it.
+    pub fn start_with_journal(
+        fd: RawFd,
+        ring_bytes: usize,
+        tag: &'static str,
+        journal: Option<JournalSink>,
+    ) -> std::io::Result<Background> {
         let shared = Arc::new(Shared {
             ring: Mutex::new(Ring {
                 bytes: vec![0u8; ring_bytes.max(super::LINE_BYTES_MAX)].into_boxed_slice(),
@@ -135,7 +191,9 @@ impl Background {
         let builder = std::thread::Builder::new()
             .name("holden-log".into())
             .stack_size(64 * 1024 + CHUNK_BYTES);
-        crate::sys::signal::spawn_thread_blocking_signals(builder, move || write_lines(&writer))?;
+        crate::sys::signal::spawn_thread_blocking_signals(builder, move || {
+            write_lines(&writer, journal)
+        })?;
         Ok(Background { shared })
     }
 
@@ -184,8 +242,32 @@ impl Background {
     }
 }
 
-fn write_lines(shared: &Shared) {
+/// Writes (or sends) lines: to journald when there is a sink and it takes them, else to `fd`.
+fn emit(shared: &Shared, journal: &mut Option<JournalSink>, entry: &mut [u8], bytes: &[u8]) {
+    // Errors writing the log are ignored: there is nowhere to report them.
+    let Some(sink) = journal.as_mut() else {
+        let _ = crate::sys::fd::write_all_raw(shared.fd, bytes);
+        return;
+    };
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        if !sink.send(text, entry) {
+            let _ = crate::sys::fd::write_all_raw(shared.fd, line);
+        }
+    }
+}
+
+fn write_lines(shared: &Shared, mut journal: Option<JournalSink>) {
     let mut chunk = [0u8; CHUNK_BYTES];
+    // One entry: a line, its fields again unescaped, and the field names.
+    let mut entry = vec![
+        0u8;
+        if journal.is_some() {
+            4 * super::LINE_BYTES_MAX
+        } else {
+            0
+        }
+    ];
     loop {
         let mut ring = lock(shared);
         while ring.len == 0 && ring.unreported == 0 {
@@ -209,10 +291,9 @@ fn write_lines(shared: &Shared) {
                 super::Priority::Warning as u8,
                 shared.tag
             );
-            let _ = crate::sys::fd::write_all_raw(shared.fd, report.finish());
+            emit(shared, &mut journal, &mut entry, report.finish());
         }
-        // Errors writing the log are ignored: there is nowhere to report them.
-        let _ = crate::sys::fd::write_all_raw(shared.fd, &chunk[..n]);
+        emit(shared, &mut journal, &mut entry, &chunk[..n]);
         let mut ring = lock(shared);
         ring.writing = false;
         if ring.len == 0 && ring.unreported == 0 {

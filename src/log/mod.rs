@@ -11,6 +11,7 @@
 //! module [`background`]), so that its event loop never waits for the log stream.
 
 pub mod background;
+pub mod journal;
 
 pub use background::Background;
 
@@ -111,6 +112,23 @@ impl Logger {
         }
         let mut line = LineBuf::new();
         let _ = write!(line, "<{}>{}", priority as u8, self.tag);
+        let _ = line.write_fmt(args);
+        let bytes = line.finish();
+        match &self.background {
+            Some(background) => background.push(bytes),
+            None => {
+                let _ = crate::sys::fd::write_all_raw(self.fd, bytes);
+            }
+        }
+    }
+}
+
+impl Logger {
+    /// Writes one line at syslog priority `priority` (0–7), whatever the logger's level: a
+    /// service's output line, whose priority is the service's, not the orchestrator's.
+    pub fn line_at(&self, priority: u8, args: fmt::Arguments<'_>) {
+        let mut line = LineBuf::new();
+        let _ = write!(line, "<{}>{}", priority.min(7), self.tag);
         let _ = line.write_fmt(args);
         let bytes = line.finish();
         match &self.background {
@@ -327,6 +345,39 @@ impl fmt::Write for QuoteEscaper<'_, '_> {
     }
 }
 
+/// Writes bytes from outside (a service's output line) as one quoted `key="value"` value, as
+/// [`Quoted`] does for text: `"` around it, `\"` for a quote, `\\` for a backslash, `\n` for a
+/// newline, `\xNN` for every other control character (`\r`, `\t`, DEL, C1 controls) and for
+/// every byte that is not part of valid UTF-8. So whatever a service prints, the line stays
+/// one line and one field, and cannot be read as a holden event.
+pub struct QuotedBytes<'a>(pub &'a [u8]);
+
+impl fmt::Display for QuotedBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('"')?;
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '"' => f.write_str("\\\"")?,
+                    '\\' => f.write_str("\\\\")?,
+                    '\n' => f.write_str("\\n")?,
+                    c if c.is_control() => {
+                        let mut utf8 = [0u8; 4];
+                        for b in c.encode_utf8(&mut utf8).bytes() {
+                            write!(f, "\\x{b:02x}")?;
+                        }
+                    }
+                    c => f.write_char(c)?,
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        f.write_char('"')
+    }
+}
+
 /// Writes what `T` displays as a `key=value` value: bare when it is one non-empty word (no
 /// space, quote, backslash or control character), else [`Quoted`]. For values that are
 /// usually one word but need not be, such as socket paths. Values longer than
@@ -406,6 +457,19 @@ mod tests {
         assert_eq!(Escaped(b"say \"hi\"").to_string(), "say \\x22hi\\x22");
         assert_eq!(Priority::parse("warn"), Some(Priority::Warning));
         assert_eq!(Priority::parse("loud"), None);
+    }
+
+    #[test]
+    fn outside_bytes_are_one_quoted_value() {
+        assert_eq!(
+            QuotedBytes(b"<3>service=radio state=failed").to_string(),
+            "\"<3>service=radio state=failed\""
+        );
+        assert_eq!(
+            QuotedBytes(b"a\"b\\c\nd\re\tf\x7f\xff\xc3\xa9\xc2\x85").to_string(),
+            "\"a\\\"b\\\\c\\nd\\x0de\\x09f\\x7f\\xff\u{e9}\\xc2\\x85\""
+        );
+        assert_eq!(QuotedBytes(b"").to_string(), "\"\"");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 use super::agent_io::AgentIo;
 use super::counters::Counters;
 use super::engine::Engine;
+use super::output::Outputs;
 use super::services::Services;
 use crate::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, LinkCode, Op, PartitionCode,
@@ -30,6 +31,7 @@ use crate::control::{
 };
 use crate::histogram::Histogram;
 use crate::log::{Escaped, FixedBuf, Logger, Priority, Quoted, Value};
+use crate::output::history::{Cursor, Read};
 use crate::supervise::{
     self, Command, MonoTime, Partition, Reason, Refusal, ServiceId, Transition,
 };
@@ -68,6 +70,18 @@ enum Phase {
     Replying,
     /// Subscribed to events.
     Monitor,
+    /// Sending a service's output lines (one frame in flight): its index, whether it goes on
+    /// following, lines sent, and (not following) the line number it ends before: the end of
+    /// the history when the request came, so that a service writing faster than the client
+    /// reads cannot make the answer endless.
+    Logs {
+        index: usize,
+        follow: bool,
+        sent: u32,
+        until: u64,
+    },
+    /// Following a service's output, every line sent: waiting for new ones.
+    Following { index: usize, sent: u32 },
     /// Closed: waiting for its operations' completions before the slot is free again.
     Closing,
 }
@@ -84,6 +98,8 @@ struct Conn {
     only: Option<ServiceId>,
     /// Monitor: events not sent since the last successful send.
     dropped: u64,
+    /// Logs: the next line to send.
+    cursor: Option<Cursor>,
     /// The client (SO_PEERCRED at accept), for log lines.
     peer: Peer,
 }
@@ -132,6 +148,8 @@ pub(crate) enum Request {
 /// What the control plane may look at to answer.
 pub(crate) struct View<'a> {
     pub services: &'a Services,
+    /// Local services' output (`holdenctl logs`).
+    pub outputs: &'a Outputs,
     pub engine: &'a Engine<OwnedFd>,
     pub agent: &'a AgentIo,
     pub counters: &'a Counters,
@@ -195,6 +213,7 @@ impl ControlServer {
                 deadline_ns: None,
                 only: None,
                 dropped: 0,
+                cursor: None,
                 peer: Peer::NONE,
             });
         }
@@ -439,6 +458,7 @@ impl ControlServer {
         }
         conn.phase = Phase::Free;
         conn.only = None;
+        conn.cursor = None;
         conn.peer = Peer::NONE;
     }
 
@@ -479,8 +499,13 @@ impl ControlServer {
                 self.drop_conn(ring, log, k, "closed-by-client");
                 None
             }
-            (OpTag::RecvMsg, Ok(_)) if self.conns[k].phase == Phase::Monitor => {
-                // A monitor connection takes no further requests: ignore, keep watching.
+            (OpTag::RecvMsg, Ok(_))
+                if matches!(
+                    self.conns[k].phase,
+                    Phase::Monitor | Phase::Following { .. } | Phase::Logs { follow: true, .. }
+                ) =>
+            {
+                // A monitor or follower takes no further requests: ignore, keep watching.
                 let _ = ring.recvmsg(self.conns[k].slot);
                 None
             }
@@ -597,7 +622,7 @@ impl ControlServer {
             let _ = write!(
                 text,
                 "permission denied: uid {} is in the control read group: it may look \
-                 (status, agent, stats, monitor), not {command}",
+                 (status, agent, stats, monitor, logs), not {command}",
                 peer.uid
             );
             self.fail(ring, log, k, FailCode::ReadOnly, text.as_str());
@@ -613,6 +638,11 @@ impl ControlServer {
             Body::AgentStatus => self.agent(ring, log, view, k),
             Body::StatsRequest => self.stats(ring, log, view, k),
             Body::Monitor => self.monitor(ring, log, k),
+            Body::Logs {
+                name,
+                lines,
+                follow,
+            } => self.logs(ring, log, view, k, name, lines, follow),
             Body::Reload => {
                 log.line(
                     Priority::Notice,
@@ -723,9 +753,155 @@ impl ControlServer {
         }
     }
 
+    /// A `Logs` request: the service's figures, then its lines one frame at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn logs(
+        &mut self,
+        ring: &mut Ring,
+        log: &Logger,
+        view: &View<'_>,
+        k: usize,
+        name: &str,
+        lines: u32,
+        follow: bool,
+    ) {
+        let Some(index) = view.services.by_name(name) else {
+            return self.unknown(ring, log, k, name);
+        };
+        let Some(output) = view.outputs.get(index) else {
+            return self.unknown(ring, log, k, name);
+        };
+        let Some(history) = output.history() else {
+            let mut text = FixedBuf::<{ proto::TEXT_LEN_MAX }>::new();
+            let _ = write!(
+                text,
+                "service \"{name}\": its output is not captured, so the orchestrator keeps none \
+                 (stdout and stderr are \"inherit\", \"null\" or \"file:...\"; a QM service's \
+                 output stays in the QM partition)"
+            );
+            return self.fail(ring, log, k, FailCode::Refused, text.as_str());
+        };
+        let (read, dropped) = output.counts();
+        let stats = proto::LogStatsInfo {
+            lines: read,
+            dropped,
+            first_seq: history.first_seq(),
+            next_seq: history.next_seq(),
+        };
+        let conn = &mut self.conns[k];
+        conn.cursor = Some(if lines == 0 {
+            history.end()
+        } else {
+            history.last(u64::from(lines))
+        });
+        conn.phase = Phase::Logs {
+            index,
+            follow,
+            sent: 0,
+            until: if follow { u64::MAX } else { stats.next_seq },
+        };
+        if !self.send(ring, k, &Body::LogStats(stats)) {
+            return self.drop_conn(ring, log, k, "send");
+        }
+        self.deadline(ring, k, true);
+        if follow {
+            // Keep a receive posted to see the client close.
+            let _ = ring.recvmsg(self.conns[k].slot);
+        }
+    }
+
+    /// The next frame of a `Logs` answer: a line, a count of lines lost, or the end.
+    fn logs_next(&mut self, ring: &mut Ring, log: &Logger, outputs: &Outputs, k: usize) {
+        let Phase::Logs {
+            index,
+            follow,
+            sent,
+            until,
+        } = self.conns[k].phase
+        else {
+            return;
+        };
+        let history = outputs.get(index).and_then(|o| o.history());
+        let (Some(history), Some(mut cursor)) = (history, self.conns[k].cursor) else {
+            // The service went away (reload).
+            self.conns[k].cursor = None;
+            return self.reply(ring, log, k, &Body::End(sent));
+        };
+        if cursor.seq >= until {
+            self.conns[k].cursor = None;
+            return self.reply(ring, log, k, &Body::End(sent));
+        }
+        let mut text = [0u8; proto::LOG_TEXT_LEN_MAX];
+        let body = match history.read(&mut cursor, &mut text) {
+            Read::Record(r) => Body::LogLine(proto::LogLineInfo {
+                seq: r.seq,
+                stream: match r.stream {
+                    crate::output::Stream::Stdout => proto::StreamCode::Stdout,
+                    crate::output::Stream::Stderr => proto::StreamCode::Stderr,
+                },
+                priority: r.priority.min(7),
+                truncated: r.truncated,
+                text: r.text,
+            }),
+            Read::Missed(n) => Body::Dropped(n),
+            Read::End if follow => {
+                self.conns[k].phase = Phase::Following { index, sent };
+                self.deadline(ring, k, false);
+                return;
+            }
+            Read::End => {
+                self.conns[k].cursor = None;
+                return self.reply(ring, log, k, &Body::End(sent));
+            }
+        };
+        self.conns[k].cursor = Some(cursor);
+        if !self.send(ring, k, &body) {
+            return self.drop_conn(ring, log, k, "send");
+        }
+        let sent = sent + u32::from(matches!(body, Body::LogLine(_)));
+        self.conns[k].phase = Phase::Logs {
+            index,
+            follow,
+            sent,
+            until,
+        };
+        self.deadline(ring, k, true);
+    }
+
+    /// Whether some connection follows a service's output.
+    pub(crate) fn following(&self) -> bool {
+        self.conns
+            .iter()
+            .any(|c| matches!(c.phase, Phase::Following { .. }))
+    }
+
+    /// New lines of service `index`: followers that were waiting get them.
+    pub(crate) fn on_output(
+        &mut self,
+        ring: &mut Ring,
+        log: &Logger,
+        outputs: &Outputs,
+        index: usize,
+    ) {
+        for k in 0..CONNECTIONS_MAX {
+            if let Phase::Following { index: i, sent } = self.conns[k].phase {
+                if i == index {
+                    self.conns[k].phase = Phase::Logs {
+                        index,
+                        follow: true,
+                        sent,
+                        until: u64::MAX,
+                    };
+                    self.logs_next(ring, log, outputs, k);
+                }
+            }
+        }
+    }
+
     fn on_sent(&mut self, ring: &mut Ring, log: &Logger, view: &View<'_>, k: usize) {
         match self.conns[k].phase {
             Phase::Listing { .. } => self.list_next(ring, log, view, k),
+            Phase::Logs { .. } => self.logs_next(ring, log, view.outputs, k),
             Phase::Replying => self.read(ring, log, k),
             _ => {}
         }

@@ -19,6 +19,7 @@ use super::agent_io::AgentIo;
 use super::control::{self, ControlServer, Request, View};
 use super::counters::Counters;
 use super::engine::{Engine, Output};
+use super::output::Outputs;
 use super::reload;
 use super::services::{prepare_spec, Services};
 use super::spawner::Spawner;
@@ -63,6 +64,8 @@ enum Owner {
     Spawner,
     Agent,
     Control,
+    /// A captured output stream of a service (index, stream 0 stdout / 1 stderr).
+    Output(u32, u8),
 }
 
 /// Asks a running loop to shut down, like SIGTERM (a second request forces SIGKILL). Safe to
@@ -105,6 +108,55 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Ring slots for captured output streams: two per service, as far as the ring's bounds allow
+/// (its slot count, and a completion queue that covers every operation in flight). A service
+/// whose stream finds no slot keeps the orchestrator's (`event=output-unavailable`).
+fn output_slots(base_slots: usize, buffered: usize, capacity: usize) -> usize {
+    let bare = base_slots.saturating_sub(buffered);
+    let cq_needed =
+        (buffered * ring::OP_TAG_COUNT as usize + bare * ring::BARE_OP_TAG_COUNT as usize) * 2;
+    let cq_room = (ring::CQ_ENTRIES_MAX as usize).saturating_sub(cq_needed)
+        / (2 * ring::BARE_OP_TAG_COUNT as usize);
+    let slot_room = (ring::SLOTS_MAX as usize).saturating_sub(base_slots);
+    (2 * capacity).min(cq_room).min(slot_room)
+}
+
+/// The output of one service (QM services: nothing, their output stays in QM).
+fn put_output(
+    outputs: &mut Outputs,
+    ring: &mut Ring,
+    log: &Logger,
+    index: usize,
+    def: &ServiceDef,
+) -> [Option<SlotId>; 2] {
+    use crate::config::OutputTarget;
+    let targets = match def.policy.partition {
+        Partition::Local => [&def.stdout, &def.stderr],
+        Partition::Qm => [&OutputTarget::Inherit, &OutputTarget::Inherit],
+    };
+    outputs.put(ring, log, index, &def.name, targets)
+}
+
+/// journald's socket for the orchestrator's own lines: `[log] journal = "always"`, or
+/// `"auto"` when the log fd is the stream `JOURNAL_STREAM` names (systemd's rule for a service
+/// whose stderr is the journal); `None` (stderr) otherwise, or when journald is not there.
+fn own_lines_journal(
+    settings: &Settings,
+    log_fd: std::os::fd::RawFd,
+) -> Option<log::background::JournalSink> {
+    use crate::config::OwnLines;
+    let wanted = match settings.own_lines {
+        OwnLines::Stderr => false,
+        OwnLines::Journal => true,
+        OwnLines::Auto => log::journal::fd_is_journal_stream(log_fd),
+    };
+    if !wanted {
+        return None;
+    }
+    let path = settings.journal_socket.as_os_str().as_bytes();
+    log::background::JournalSink::connect(path, "holden-orchestrator").ok()
+}
+
 /// The current time for the engine and for absolute ring timeouts.
 fn now() -> MonoTime {
     MonoTime::from_nanos(ring::now_ns())
@@ -115,6 +167,8 @@ pub struct Orchestrator {
     ring: Ring,
     engine: Engine<OwnedFd>,
     services: Services,
+    /// Local services' stdout and stderr.
+    outputs: Outputs,
     spawner: Spawner,
     spawner_slot: SlotId,
     agent: AgentIo,
@@ -163,8 +217,14 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
-        let log_writer = log::Background::start(options.log_fd, log::background::RING_BYTES, "")
-            .map_err(|e| Error::Io("log writer thread", e))?;
+        let journal = own_lines_journal(&settings, options.log_fd);
+        let log_writer = log::Background::start_with_journal(
+            options.log_fd,
+            log::background::RING_BYTES,
+            "",
+            journal,
+        )
+        .map_err(|e| Error::Io("log writer thread", e))?;
         let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
         let capacity = settings.slots.max(defs.len()).max(1);
         if capacity > supervise::SERVICES_MAX {
@@ -180,7 +240,8 @@ impl Orchestrator {
             0
         };
         let buffered = FIXED_BUFFERED_SLOTS + v02_slots + control::CONTROL_SLOTS;
-        let slots = capacity + (FIXED_SLOTS - FIXED_BUFFERED_SLOTS) + buffered;
+        let base_slots = capacity + (FIXED_SLOTS - FIXED_BUFFERED_SLOTS) + buffered;
+        let slots = base_slots + output_slots(base_slots, buffered, capacity);
         let limits = Limits {
             slots: slots as u32,
             buffered_slots: buffered as u32,
@@ -220,6 +281,8 @@ impl Orchestrator {
         let mut engine = Engine::new(capacity, link_config, qm_services > 0);
         let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
         let mut services = Services::new(capacity, exit_retry_slot, caps);
+        let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
+        let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, def) in defs.into_iter().enumerate() {
             let id = engine
                 .add(def.policy)
@@ -230,6 +293,12 @@ impl Orchestrator {
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
+            let taken = put_output(&mut outputs, &mut ring, &log, index, &def);
+            for (stream, slot) in taken.iter().enumerate() {
+                if let Some(slot) = slot {
+                    output_owners.push((slot.index(), Owner::Output(index as u32, stream as u8)));
+                }
+            }
             services.put(def, id, slot, spec);
         }
         let signals = if options.signals {
@@ -274,10 +343,14 @@ impl Orchestrator {
         for slot in control.slots() {
             owners[slot.index()] = Owner::Control;
         }
+        for (index, owner) in output_owners {
+            owners[index] = owner;
+        }
         Ok(Orchestrator {
             ring,
             engine,
             services,
+            outputs,
             spawner,
             spawner_slot,
             agent,
@@ -457,6 +530,7 @@ impl Orchestrator {
             Output::SpawnLocal { service } => self.services.spawn_local(
                 &mut self.engine,
                 &self.spawner,
+                &self.outputs,
                 &self.log,
                 now(),
                 service,
@@ -489,7 +563,16 @@ impl Orchestrator {
                 .services
                 .signal(&self.ring, &self.log, service, pid, signal),
             Output::Release { service } => {
-                self.services.release(&mut self.ring, &self.log, service)
+                self.services.release(&mut self.ring, &self.log, service);
+                // Its last line without a newline, if it left one.
+                let pid = self.engine.procs(service).last_pid;
+                self.outputs.on_exit(
+                    &self.log,
+                    self.services.name(service.index()),
+                    pid,
+                    ring::now_ns(),
+                    service.index(),
+                );
             }
             Output::Link(io) => {
                 let created = self.agent.on_io(
@@ -579,6 +662,40 @@ impl Orchestrator {
                 c,
             ),
             Owner::Service(_) => {}
+            Owner::Output(index, stream) => {
+                let stream = crate::output::Stream::from_index(stream as usize);
+                // A child may write before its spawner thread has handed back its pid: its
+                // lines wait for it, so that they carry its pid.
+                let spawning = self
+                    .services
+                    .list
+                    .get(index as usize)
+                    .is_some_and(|s| s.spawning);
+                if spawning && c.op == OpTag::Poll && c.result.is_ok() {
+                    self.outputs.hold(index as usize, stream);
+                    return;
+                }
+                let service = ServiceId(index);
+                let pid = self.engine.procs(service).last_pid;
+                let lines = self.outputs.on_readable(
+                    &mut self.ring,
+                    &self.log,
+                    self.services.name(index as usize),
+                    pid,
+                    ring::now_ns(),
+                    index as usize,
+                    stream,
+                    c,
+                );
+                if lines && self.control.following() {
+                    self.control.on_output(
+                        &mut self.ring,
+                        &self.log,
+                        &self.outputs,
+                        index as usize,
+                    );
+                }
+            }
             Owner::Timer => {
                 self.timer_at = None;
                 self.engine.handle_timeout(now());
@@ -625,6 +742,7 @@ impl Orchestrator {
         };
         let view = View {
             services: &self.services,
+            outputs: &self.outputs,
             engine: &self.engine,
             agent: &self.agent,
             counters: &self.counters,
@@ -648,6 +766,7 @@ impl Orchestrator {
                 self.settle();
                 let view = View {
                     services: &self.services,
+                    outputs: &self.outputs,
                     engine: &self.engine,
                     agent: &self.agent,
                     counters: &self.counters,
@@ -734,8 +853,10 @@ impl Orchestrator {
         }
         let _ = self.ring.poll_add(self.spawner_slot, libc::POLLIN as u32);
         while let Some(done) = self.spawner.take() {
+            let index = done.service.index();
             self.services
                 .spawn_done(&mut self.engine, &self.log, &self.counters, now(), done);
+            self.outputs.resume(&mut self.ring, index);
             self.settle();
         }
     }
@@ -931,6 +1052,13 @@ impl Orchestrator {
                 .status(service)
                 .is_some_and(|s| s.pid.is_some() || s.state == State::Starting);
             let policy = def.policy;
+            let output_changed = {
+                let old = &self.services.list[index].def;
+                old.stdout != def.stdout || old.stderr != def.stderr
+            };
+            if output_changed {
+                self.put_output(index, &def);
+            }
             let entry = &mut self.services.list[index];
             entry.def = def;
             entry.spec = spec;
@@ -1011,6 +1139,7 @@ impl Orchestrator {
             }
         };
         self.owners[slot.index()] = Owner::Service(id.0);
+        self.put_output(id.index(), &def);
         let start = def.start_at_boot;
         self.log.line(
             Priority::Notice,
@@ -1027,6 +1156,24 @@ impl Orchestrator {
         }
     }
 
+    /// (Re)makes the output of service `index` (reload), keeping the slot owners right.
+    fn put_output(&mut self, index: usize, def: &ServiceDef) {
+        for freed in self
+            .outputs
+            .release(&mut self.ring, index)
+            .into_iter()
+            .flatten()
+        {
+            self.owners[freed.index()] = Owner::Free;
+        }
+        let taken = put_output(&mut self.outputs, &mut self.ring, &self.log, index, def);
+        for (stream, slot) in taken.iter().enumerate() {
+            if let Some(slot) = slot {
+                self.owners[slot.index()] = Owner::Output(index as u32, stream as u8);
+            }
+        }
+    }
+
     /// The engine has removed a service: free its ring slot and its entry.
     fn on_removed(&mut self, service: ServiceId) {
         let Some(entry) = self.services.list.get_mut(service.index()) else {
@@ -1038,6 +1185,14 @@ impl Orchestrator {
         let slot = entry.slot;
         let _ = self.ring.remove(slot);
         self.owners[slot.index()] = Owner::Free;
+        for freed in self
+            .outputs
+            .release(&mut self.ring, service.index())
+            .into_iter()
+            .flatten()
+        {
+            self.owners[freed.index()] = Owner::Free;
+        }
         self.log.line(
             Priority::Notice,
             format_args!("service={} event=removed", entry.def.name),

@@ -19,6 +19,7 @@ mod control;
 mod counters;
 pub mod engine;
 mod event_loop;
+mod output;
 mod reload;
 mod services;
 pub mod signals;

@@ -53,6 +53,8 @@ fn differs(old: &ServiceDef, new: &ServiceDef) -> bool {
         || old.gid != new.gid
         || old.inherit_env != new.inherit_env
         || old.policy != new.policy
+        || old.stdout != new.stdout
+        || old.stderr != new.stderr
 }
 
 /// The names of settings that changed but apply only after a restart.
@@ -83,6 +85,15 @@ fn fixed_changes(old: &Settings, new: &Settings) -> String {
     }
     if old.control.read_group != new.control.read_group {
         list.push("control.read_group");
+    }
+    if old.journal_socket != new.journal_socket {
+        list.push("log.journal_socket");
+    }
+    if old.own_lines != new.own_lines {
+        list.push("log.journal");
+    }
+    if old.history_bytes != new.history_bytes {
+        list.push("log.history_bytes");
     }
     list.join(", ")
 }

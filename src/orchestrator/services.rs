@@ -16,6 +16,7 @@
 
 use super::counters::Counters;
 use super::engine::{local_failure, Engine};
+use super::output::Outputs;
 use super::spawner::{Done, Spawner};
 use super::spec::ServiceDef;
 use crate::log::{ErrnoText, Logger, Priority};
@@ -66,6 +67,8 @@ pub(crate) struct Service {
     pub active: bool,
     /// A reload removed it; it is stopping and leaves when the engine says `Removed`.
     pub removing: bool,
+    /// A local spawn is with the spawner threads (its pid is not known yet).
+    pub spawning: bool,
 }
 
 /// Every service, indexed by the core's service index.
@@ -123,6 +126,7 @@ impl Services {
             exit_wait: ExitWait::None,
             active: true,
             removing: false,
+            spawning: false,
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -147,6 +151,7 @@ impl Services {
         &mut self,
         engine: &mut Engine<OwnedFd>,
         spawner: &Spawner,
+        outputs: &Outputs,
         log: &Logger,
         now: MonoTime,
         service: ServiceId,
@@ -154,12 +159,20 @@ impl Services {
         let Some(entry) = self.list.get(service.index()) else {
             return;
         };
-        let submitted = match &entry.spec {
-            Some(spec) => spawner.submit(service, Arc::clone(spec)),
-            None => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
+        let output = outputs.get(service.index());
+        let submitted = match (&entry.spec, output.and_then(|o| o.open_error)) {
+            // An output file that could not be opened: the spawn fails, and says why.
+            (Some(_), Some(errno)) => Err(SpawnError::new(SpawnStage::Stdio, errno)),
+            (Some(spec), None) => spawner.submit(
+                service,
+                Arc::clone(spec),
+                output.map_or([None, None], |o| o.child.clone()),
+            ),
+            (None, _) => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
         };
-        if let Err(e) = submitted {
-            self.spawn_failed(engine, log, now, service, e);
+        match submitted {
+            Ok(()) => self.list[service.index()].spawning = true,
+            Err(e) => self.spawn_failed(engine, log, now, service, e),
         }
     }
 
@@ -172,6 +185,9 @@ impl Services {
         now: MonoTime,
         done: Done,
     ) {
+        if let Some(entry) = self.list.get_mut(done.service.index()) {
+            entry.spawning = false;
+        }
         match done.result {
             Ok(child) => {
                 counters.spawned_local.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,7 @@
 //! Queues are allocated here, sized for one spawn in flight per service (what the core
 //! allows); nothing is allocated per spawn (the job holds an `Arc` of the service's spec).
 
+use super::output::ChildFds;
 use crate::queue::Fifo;
 use crate::spawn::{self, Launcher, SpawnError, SpawnSpec, SpawnStage, Spawned};
 use crate::supervise::ServiceId;
@@ -28,6 +29,8 @@ const THREAD_STACK_BYTES: usize = 256 * 1024;
 struct Job {
     service: ServiceId,
     spec: Arc<SpawnSpec>,
+    /// What the child gets on fd 1 and 2 (`None`: the orchestrator's).
+    output: ChildFds,
 }
 
 /// One spawn carried out.
@@ -94,12 +97,17 @@ impl Spawner {
         &self,
         service: ServiceId,
         spec: Arc<SpawnSpec>,
+        output: ChildFds,
     ) -> Result<(), SpawnError> {
         let mut jobs = lock(&self.shared.jobs);
         if jobs.len() == jobs.capacity() {
             return Err(SpawnError::new(SpawnStage::Prepare, libc::EAGAIN));
         }
-        jobs.push(Job { service, spec });
+        jobs.push(Job {
+            service,
+            spec,
+            output,
+        });
         drop(jobs);
         self.shared.work.notify_one();
         Ok(())
@@ -141,11 +149,16 @@ fn run(shared: &Shared, mut launcher: Option<Launcher>) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         };
+        let output = spawn::Output {
+            stdout: job.output[0].as_deref().map(AsFd::as_fd),
+            stderr: job.output[1].as_deref().map(AsFd::as_fd),
+        };
         let result = match launcher.as_mut() {
-            Some(launcher) => launcher.spawn(&job.spec),
-            None => spawn::spawn(&job.spec),
+            Some(launcher) => launcher.spawn_with(&job.spec, output),
+            None => spawn::spawn_with(&job.spec, output),
         };
         drop(job.spec);
+        drop(job.output);
         lock(&shared.done).push(Done {
             service: job.service,
             result,

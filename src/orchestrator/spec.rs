@@ -4,7 +4,8 @@
 //! before the loop starts; the loop turns them into prepared spawn specs and encoded requests
 //! once, and never allocates again.
 
-use crate::config::{self, Config, ServiceSpec};
+pub use crate::config::OutputTarget;
+use crate::config::{self, Config, OwnLines, ServiceSpec};
 use crate::supervise::ServicePolicy;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -46,6 +47,10 @@ pub struct ServiceDef {
     pub policy: ServicePolicy,
     /// Started when the orchestrator starts.
     pub start_at_boot: bool,
+    /// Where a local service's stdout goes.
+    pub stdout: OutputTarget,
+    /// Where a local service's stderr goes.
+    pub stderr: OutputTarget,
 }
 
 /// Global settings of the event loop.
@@ -75,6 +80,12 @@ pub struct Settings {
     /// The configuration file, re-read by `holdenctl reload` and SIGHUP (`None`: reload is
     /// refused, e.g. for the v0.2 command line).
     pub config_path: Option<PathBuf>,
+    /// journald's native socket.
+    pub journal_socket: PathBuf,
+    /// Where the orchestrator's own lines go.
+    pub own_lines: OwnLines,
+    /// Bytes of each local service's output history.
+    pub history_bytes: usize,
 }
 
 impl Settings {
@@ -105,6 +116,9 @@ impl Settings {
                 read_group: config.control.read_group.clone(),
             },
             config_path: None,
+            journal_socket: config.log.journal_socket.clone(),
+            own_lines: config.log.own_lines,
+            history_bytes: config.log.history_bytes as usize,
         }
     }
 }
@@ -123,6 +137,8 @@ impl ServiceDef {
             gid: spec.gid,
             policy: spec.policy,
             start_at_boot: spec.enabled,
+            stdout: spec.stdout.clone(),
+            stderr: spec.stderr.clone(),
         }
     }
 
@@ -147,6 +163,9 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(30),
             control: super::ControlSettings::default(),
             config_path: None,
+            journal_socket: PathBuf::from(config::JOURNAL_SOCKET_DEFAULT),
+            own_lines: OwnLines::Auto,
+            history_bytes: config::HISTORY_BYTES_DEFAULT as usize,
         }
     }
 }

@@ -353,6 +353,8 @@ impl SpawnSpec {
             uid: self.uid,
             gid: self.gid,
             stdio_null: self.stdio_null,
+            stdout_fd: -1,
+            stderr_fd: -1,
             reset_signals: crate::sys::spawn::signals_to_reset(),
         }
     }
@@ -470,11 +472,27 @@ impl Drop for SpecWriter<'_> {
 ///
 /// Allocation-free. Blocks until the child has exec'd or failed.
 pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    spawn_with(spec, Output::default())
+}
+
+/// Where a child's stdout and stderr go, when not inherited: an fd of the caller's (a pipe's
+/// write end, a file, `/dev/null`), put on 1 or 2 in the child. Fds must be above 2.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Output<'a> {
+    pub stdout: Option<BorrowedFd<'a>>,
+    pub stderr: Option<BorrowedFd<'a>>,
+}
+
+/// [`spawn`] with the child's stdout and stderr on the given fds.
+pub fn spawn_with(spec: &SpawnSpec, output: Output<'_>) -> Result<Spawned, SpawnError> {
     if !spec.is_complete() {
         return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
     }
     let (report_read, report_write) = crate::sys::spawn::report_pipe()?;
-    let (pid, pidfd) = crate::sys::spawn::clone_child(&spec.plan(), report_write.as_fd(), None)?;
+    let mut plan = spec.plan();
+    plan.stdout_fd = output.stdout.map_or(-1, |fd| fd.as_raw_fd());
+    plan.stderr_fd = output.stderr.map_or(-1, |fd| fd.as_raw_fd());
+    let (pid, pidfd) = crate::sys::spawn::clone_child(&plan, report_write.as_fd(), None)?;
     drop(report_write);
     match crate::sys::spawn::read_report(report_read.as_fd()) {
         Ok(None) => Ok(Spawned { pid, pidfd }),
@@ -495,6 +513,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 pub struct Launcher {
     /// The reserved number: `/dev/null` between spawns, the report pipe's write end during one.
     reserved: OwnedFd,
+    /// Reserved numbers for the child's stdout and stderr fds during a spawn that gives them.
+    reserved_out: [OwnedFd; 2],
     /// Every reserved number of the set is below this.
     first: std::os::fd::RawFd,
     devnull: OwnedFd,
@@ -511,15 +531,23 @@ impl Launcher {
         if !crate::sys::spawn::shared_table_supported() {
             return Ok(None);
         }
+        let devnull = || crate::sys::fd::open(c"/dev/null", libc::O_RDWR);
         let mut reserved = Vec::with_capacity(count);
         for _ in 0..count {
-            reserved.push(crate::sys::fd::open(c"/dev/null", libc::O_RDWR)?);
+            reserved.push((devnull()?, [devnull()?, devnull()?]));
         }
-        let first = reserved.iter().map(|fd| fd.as_raw_fd()).max().unwrap_or(2) + 1;
+        let first = reserved
+            .iter()
+            .flat_map(|(fd, out)| [fd, &out[0], &out[1]])
+            .map(|fd| fd.as_raw_fd())
+            .max()
+            .unwrap_or(2)
+            + 1;
         let mut set = Vec::with_capacity(count);
-        for fd in reserved {
+        for (fd, reserved_out) in reserved {
             set.push(Launcher {
                 reserved: fd,
+                reserved_out,
                 first,
                 devnull: crate::sys::fd::open(c"/dev/null", libc::O_RDWR)?,
                 stack: crate::sys::spawn::ChildStack::new(LAUNCHER_STACK_BYTES)?,
@@ -530,6 +558,16 @@ impl Launcher {
 
     /// Starts the process described by `spec`, like [`spawn`]. Allocation-free.
     pub fn spawn(&mut self, spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+        self.spawn_with(spec, Output::default())
+    }
+
+    /// [`Launcher::spawn`] with the child's stdout and stderr on the given fds (each costs a
+    /// `dup3` onto a reserved number before the clone and one after).
+    pub fn spawn_with(
+        &mut self,
+        spec: &SpawnSpec,
+        output: Output<'_>,
+    ) -> Result<Spawned, SpawnError> {
         if !spec.is_complete() {
             return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
         }
@@ -540,7 +578,23 @@ impl Launcher {
         drop(report_write);
         // The child resets only the signals that are not default here (`plan`), handlers
         // included: it shares our memory until `execve`.
-        let plan = spec.plan();
+        let mut plan = spec.plan();
+        let stdio_error =
+            |e: std::io::Error| SpawnError::new(SpawnStage::Stdio, crate::sys::errno::of(&e));
+        let given = [output.stdout, output.stderr];
+        let mut placed = [-1; 2];
+        for (i, fd) in given.iter().enumerate() {
+            if let Some(fd) = fd {
+                if let Err(e) = crate::sys::fd::dup_onto(*fd, &self.reserved_out[i]) {
+                    self.release_reserved(&placed);
+                    let _ = crate::sys::fd::dup_onto(self.devnull.as_fd(), &self.reserved);
+                    return Err(stdio_error(e));
+                }
+                placed[i] = self.reserved_out[i].as_raw_fd();
+            }
+        }
+        plan.stdout_fd = placed[0];
+        plan.stderr_fd = placed[1];
         let cloned = crate::sys::spawn::clone_vm(
             &plan,
             self.reserved.as_raw_fd(),
@@ -549,11 +603,24 @@ impl Launcher {
         );
         // Our copy of the write end goes: the report reads EOF once the child has exec'd.
         crate::sys::fd::dup_onto(self.devnull.as_fd(), &self.reserved).map_err(pipe_error)?;
+        // And our copies of the output fds (the caller keeps its own).
+        self.release_reserved(&placed);
         let (pid, pidfd) = cloned?;
         match crate::sys::spawn::read_report(report_read.as_fd()) {
             Ok(None) => Ok(Spawned { pid, pidfd }),
             Ok(Some(bytes)) => Err(fail_child(&pidfd, Ok(SpawnError::from_report(bytes)))),
             Err(error) => Err(fail_child(&pidfd, Err(error))),
+        }
+    }
+}
+
+impl Launcher {
+    /// Puts `/dev/null` back on the reserved output numbers that held an fd.
+    fn release_reserved(&self, placed: &[libc::c_int; 2]) {
+        for (i, &fd) in placed.iter().enumerate() {
+            if fd >= 0 {
+                let _ = crate::sys::fd::dup_onto(self.devnull.as_fd(), &self.reserved_out[i]);
+            }
         }
     }
 }

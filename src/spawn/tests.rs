@@ -859,3 +859,65 @@ fn launchers_in_parallel_threads_keep_their_reports_apart() {
         t.join().unwrap();
     }
 }
+
+// --- output fds ----------------------------------------------------------------------------
+
+/// Everything written to a pipe until every write end is closed.
+fn read_to_end(read: OwnedFd) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    std::fs::File::from(read).read_to_end(&mut out).unwrap();
+    out
+}
+
+fn shell_writes_both_streams() -> SpawnSpec {
+    spec(&[
+        b"/bin/sh",
+        b"-c",
+        b"echo to-stdout; echo to-stderr >&2; ls /proc/self/fd",
+    ])
+}
+
+#[test]
+fn output_fds_go_on_stdout_and_stderr_and_nothing_else_leaks() {
+    let mut l = launcher();
+    for use_launcher in [true, false] {
+        let (out_r, out_w) = crate::sys::fd::pipe().unwrap();
+        let (err_r, err_w) = crate::sys::fd::pipe().unwrap();
+        let output = Output {
+            stdout: Some(out_w.as_fd()),
+            stderr: Some(err_w.as_fd()),
+        };
+        let spec = shell_writes_both_streams();
+        let spawned = if use_launcher {
+            l.spawn_with(&spec, output).unwrap()
+        } else {
+            spawn_with(&spec, output).unwrap()
+        };
+        drop((out_w, err_w));
+        assert_eq!(wait_exit(&spawned.pidfd), (libc::CLD_EXITED, 0));
+        let out = String::from_utf8(read_to_end(out_r)).unwrap();
+        // `ls` lists 0, 1, 2 and its own directory fd: nothing of the parent's.
+        assert_eq!(out, "to-stdout\n0\n1\n2\n3\n", "launcher={use_launcher}");
+        assert_eq!(read_to_end(err_r), b"to-stderr\n");
+    }
+    // The launcher's reserved numbers are /dev/null again: it holds no copy of the pipes.
+    for fd in &l.reserved_out {
+        assert_eq!(
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap(),
+            Path::new("/dev/null")
+        );
+    }
+    // Only one stream given: the other is inherited.
+    let (out_r, out_w) = crate::sys::fd::pipe().unwrap();
+    let only = Output {
+        stdout: Some(out_w.as_fd()),
+        stderr: None,
+    };
+    let spawned = l
+        .spawn_with(&spec(&[b"/bin/sh", b"-c", b"echo one"]), only)
+        .unwrap();
+    drop(out_w);
+    assert_eq!(wait_exit(&spawned.pidfd), (libc::CLD_EXITED, 0));
+    assert_eq!(read_to_end(out_r), b"one\n");
+}

@@ -14,6 +14,22 @@ pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     retry(|| owned(unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags | libc::O_CLOEXEC) }))
 }
 
+/// Opens `path` with `O_CREAT` and `mode` for a new file (always `O_CLOEXEC`).
+pub fn open_create(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    retry(|| {
+        // SAFETY: `path` is NUL-terminated; openat with O_CREAT takes the mode as its fourth
+        // argument and returns a new fd or -1.
+        owned(unsafe {
+            libc::openat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags | libc::O_CREAT | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        })
+    })
+}
+
 /// One `read(2)` into `buf` (EINTR retried); 0 at end of file.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
@@ -189,6 +205,12 @@ impl FileStat {
     pub fn is_socket(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFSOCK
     }
+}
+
+/// `fstat(2)` of an fd number the caller does not own (a logger's stderr).
+pub fn fstat_raw(fd: RawFd) -> io::Result<FileStat> {
+    // SAFETY: the borrow lives for this call only; a closed number fails with EBADF.
+    fstat(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
 /// `fstat(2)`.

@@ -470,12 +470,16 @@ pub fn service(name: &str, partition: &str, argv: &[&str], extra: &str) -> Strin
 /// Header of a config whose agent socket lives in `dir`.
 /// Header of a config whose agent socket is `socket` and whose control socket lies beside it
 /// (never the system-wide default: tests must not touch /run/holden).
+/// Its journal socket is one nobody binds: service output goes to the log whatever the machine
+/// runs (a test that wants a journal binds its own and writes its own `[log]`).
 pub fn config_header(socket: &Path) -> String {
     let control = socket.with_file_name("control.sock");
+    let journal = socket.with_file_name("no-journal.sock");
     format!(
-        "{}[control]\nsocket = {:?}\n\n",
+        "{}[control]\nsocket = {:?}\n\n[log]\njournal_socket = {:?}\n\n",
         agent_section(socket),
-        control.display().to_string()
+        control.display().to_string(),
+        journal.display().to_string()
     )
 }
 

@@ -90,7 +90,11 @@ pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
         // Still on the parent's table: write the report (a write changes no table) and go.
         report(args.report_fd, fail(SpawnStage::CloseFds));
     }
-    // The other reserved fds (other spawns' report pipes, /dev/null): not this child's.
+    if let Err(error) = redirect_output(args.plan) {
+        report(args.report_fd, error);
+    }
+    // The other reserved fds (other spawns' report pipes, /dev/null, the output fds just put
+    // on 1 and 2): not this child's.
     for fd in 3..args.first {
         if fd != args.report_fd {
             // SAFETY: closes an fd of this child's private table.
@@ -125,6 +129,7 @@ fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: 
         .and_then(|()| setsid())
         .and_then(|()| {
             if close {
+                redirect_output(plan)?;
                 close_fds(report_fd, gate_fd)
             } else {
                 Ok(())
@@ -317,6 +322,17 @@ fn close_fds_brute(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
             // SAFETY: closing an fd number in our own fd table; EBADF for numbers that are not
             // open is expected and ignored.
             unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// Puts the plan's output fds on stdout and stderr (`dup2` clears their close-on-exec flag).
+fn redirect_output(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    for (fd, target) in [(plan.stdout_fd, 1), (plan.stderr_fd, 2)] {
+        // SAFETY: dup2 acts on fds of this child's own table only.
+        if fd > 2 && unsafe { libc::dup2(fd, target) } < 0 {
+            return Err(fail(SpawnStage::Stdio));
         }
     }
     Ok(())

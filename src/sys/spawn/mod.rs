@@ -67,11 +67,13 @@ pub enum SpawnStage {
     /// A gated child was gone before its go-ahead could be given (in the parent; typically
     /// `EPIPE`: it was killed at the gate).
     Gate = 14,
+    /// Putting the given fds on stdout/stderr (`dup2`) failed (in the child).
+    Stdio = 15,
 }
 
 impl SpawnStage {
     /// Every stage, for exhaustive tests and decoders.
-    pub const ALL: [SpawnStage; 14] = [
+    pub const ALL: [SpawnStage; 15] = [
         SpawnStage::Prepare,
         SpawnStage::Pipe,
         SpawnStage::Clone,
@@ -86,6 +88,7 @@ impl SpawnStage {
         SpawnStage::Exec,
         SpawnStage::Report,
         SpawnStage::Gate,
+        SpawnStage::Stdio,
     ];
 
     /// Short lower-case name, as used in logs and error texts.
@@ -105,6 +108,7 @@ impl SpawnStage {
             SpawnStage::Exec => "exec",
             SpawnStage::Report => "report",
             SpawnStage::Gate => "gate",
+            SpawnStage::Stdio => "stdio",
         }
     }
 
@@ -203,6 +207,10 @@ pub struct ExecPlan<'a> {
     pub gid: Option<u32>,
     /// Put stdout and stderr on `/dev/null` too (stdin always is).
     pub stdio_null: bool,
+    /// An fd (above 2) the child puts on its stdout, and one for its stderr; -1 leaves the
+    /// inherited one. With [`clone_vm`] they must be numbers in `3..first`.
+    pub stdout_fd: libc::c_int,
+    pub stderr_fd: libc::c_int,
     /// Signals the child sets to `SIG_DFL` before `execve`, one bit each
     /// (`1 << (signal - 1)`): those that are not at their default in this process
     /// ([`signals_to_reset`]). The others are already default in the child, which inherits

@@ -107,18 +107,8 @@ impl Logger {
 
     /// Writes one line; errors writing the log are ignored (there is nowhere to report them).
     pub fn line(&self, priority: Priority, args: fmt::Arguments<'_>) {
-        if !self.enabled(priority) {
-            return;
-        }
-        let mut line = LineBuf::new();
-        let _ = write!(line, "<{}>{}", priority as u8, self.tag);
-        let _ = line.write_fmt(args);
-        let bytes = line.finish();
-        match &self.background {
-            Some(background) => background.push(bytes),
-            None => {
-                let _ = crate::sys::fd::write_all_raw(self.fd, bytes);
-            }
+        if self.enabled(priority) {
+            self.line_at(priority as u8, args);
         }
     }
 }

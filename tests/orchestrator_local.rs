@@ -421,3 +421,49 @@ fn started_under_a_real_time_policy_the_loop_keeps_it_and_no_service_inherits_it
     );
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+#[test]
+fn the_spawners_reserved_fds_sit_below_every_fd_that_grows_with_the_services() {
+    // A Launcher's child starts on a copy of every fd below the spawner threads' reserved
+    // numbers (the /dev/null fds opened at start-up), so those must come before the pidfds and
+    // output pipes: otherwise every spawn copies, and closes at exec, fds that grow with N.
+    let dir = TempDir::new("fd-order");
+    let mut cfg = header(&dir);
+    for i in 0..16 {
+        cfg += &service(
+            &format!("s{i}"),
+            "local",
+            &["/bin/sleep", &sleep_marker("1000")],
+            "",
+        );
+    }
+    let mut orch = Orch::start(&dir, &cfg);
+    orch.wait_lines(&["reason=spawned"], 16);
+    let mut devnull = Vec::new();
+    let mut grows = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", orch.pid())).unwrap() {
+        let entry = entry.unwrap();
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if fd > 2 && target == "/dev/null" {
+            devnull.push(fd);
+        } else if target.starts_with("pipe:") || target.contains("pidfd") {
+            grows.push(fd);
+        }
+    }
+    assert!(orch.stop(libc::SIGTERM).success());
+    // 4 launchers, each with its report number, two output numbers and a /dev/null.
+    assert!(devnull.len() >= 16, "{devnull:?}");
+    assert!(grows.len() >= 16 * 3, "16 pidfds and their output pipes: {grows:?}");
+    let reserved_top = devnull.iter().max().unwrap();
+    let lowest_growing = grows.iter().min().unwrap();
+    assert!(
+        reserved_top < lowest_growing,
+        "reserved {devnull:?} above service fds {grows:?}"
+    );
+}

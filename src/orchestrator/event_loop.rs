@@ -233,6 +233,11 @@ impl Orchestrator {
                 supervise::SERVICES_MAX
             )));
         }
+        // First of all the fds: the spawner threads' Launchers reserve the lowest numbers, and
+        // a child starts on a copy of every fd below them (`close_range(CLOSE_RANGE_UNSHARE)`),
+        // so they must come before the pidfds, pipes and sockets that grow with the services.
+        let (spawner, spawns_done) =
+            Spawner::start(capacity).map_err(|e| Error::Io("spawner threads", e))?;
         let v02_possible = settings.agent_protocol != AgentProtocol::V1;
         let v02_slots = if v02_possible {
             capacity + V02_SPARE_SLOTS
@@ -327,8 +332,6 @@ impl Orchestrator {
             None => None,
         };
         let timer_slot = take_bare(&mut ring, Owner::Timer)?;
-        let (spawner, spawns_done) =
-            Spawner::start(capacity).map_err(|e| Error::Io("spawner threads", e))?;
         let spawner_slot = take_bare(&mut ring, Owner::Spawner)?;
         ring.attach(spawner_slot, spawns_done)
             .map_err(|e| Error::Service(format!("ring: {e}")))?;

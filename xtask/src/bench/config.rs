@@ -11,6 +11,8 @@ pub struct Service {
     pub qm: bool,
     /// Stays up (`idle`) instead of exiting at once (`exit`).
     pub idle: bool,
+    /// stdout and stderr inherited from the orchestrator instead of captured (the default).
+    pub inherit_output: bool,
 }
 
 /// `count` services with ids from 0, the first `crashing` of which exit at once and the rest
@@ -21,6 +23,7 @@ pub fn services(count: usize, crashing: usize, qm: bool) -> Vec<Service> {
             id: i as u32,
             qm,
             idle: i >= crashing,
+            inherit_output: false,
         })
         .collect()
 }
@@ -49,7 +52,12 @@ pub fn orchestrator(
     for s in services {
         out.push_str(&format!(
             "[[service]]\nname = \"s{id}\"\npartition = \"{part}\"\nargv = [{probe}, {records}, \"{id}\", \"{mode}\"]\n\
-             restart = \"always\"\nrestart_delay = \"0\"\nstart_limit = {{ burst = 0, interval = \"0\" }}\n\n",
+             restart = \"always\"\nrestart_delay = \"0\"\nstart_limit = {{ burst = 0, interval = \"0\" }}\n{output}\n",
+            output = if s.inherit_output {
+                "stdout = \"inherit\"\nstderr = \"inherit\"\n"
+            } else {
+                ""
+            },
             id = s.id,
             part = if s.qm { "qm" } else { "local" },
             probe = quoted(probe),

@@ -345,6 +345,16 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
             }
         }
     }
+    if let Some(p) = points.iter().find(|p| p.output_inherited) {
+        r.notes.push(format!(
+            "Scale rows marked \"output inherited\" (N = {}) ran with the services' stdout and \
+             stderr inherited instead of captured (the default): the bench's hard RLIMIT_NOFILE \
+             ({}) cannot hold 6 fds per service with captured output. The shipped unit runs under \
+             systemd's default hard limit, 524,288.",
+            p.n,
+            procfs::nofile_hard().map_or_else(|| "unknown".into(), |n| n.to_string())
+        ));
+    }
     r.scale = points;
     for wanted in ctx.plan.memory_slots.clone() {
         let Some(slots) = slots_or_fail(ctx, r, wanted) else {

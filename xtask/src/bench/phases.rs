@@ -147,6 +147,9 @@ pub struct ScalePoint {
     pub floor: bool,
     /// holden-orchestrator under SCHED_FIFO 1 with reset-on-fork, as the shipped unit runs it.
     pub realtime: bool,
+    /// The services' stdout and stderr were inherited, not captured: this machine's fd limit
+    /// cannot hold N services' output pipes ([`output_fits`]).
+    pub output_inherited: bool,
     /// Restart latency of the crashing services during the window.
     pub latency: Summary,
     /// The supervising process at the end of the window.
@@ -383,6 +386,18 @@ pub fn holden(ctx: &mut Ctx, label: &str, qm: bool, count: u64) -> Result<LoopRe
     ))
 }
 
+/// Open files an orchestrator needs per local service with captured output: its pidfd (and
+/// one more during a restart) and both ends of two pipes.
+const FDS_PER_CAPTURED_SERVICE: u64 = 6;
+/// Open files an orchestrator needs besides its services.
+const FDS_FIXED: u64 = 64;
+
+/// Whether `n` services with captured output fit this process's hard fd limit (which the
+/// orchestrator raises its soft limit to).
+pub fn output_fits(n: usize) -> bool {
+    procfs::nofile_hard().is_none_or(|hard| n as u64 * FDS_PER_CAPTURED_SERVICE + FDS_FIXED <= hard)
+}
+
 /// Who supervises a scale point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Who {
@@ -424,13 +439,11 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, by: Who) -> Result<ScaleP
             crashing,
         )?)
     } else {
-        let text = config::orchestrator(
-            &ctx.dir.0,
-            n,
-            &ctx.bins.probe,
-            &recs,
-            &config::services(n, crashing, false),
-        );
+        let mut services = config::services(n, crashing, false);
+        for s in services.iter_mut() {
+            s.inherit_output = !output_fits(n);
+        }
+        let text = config::orchestrator(&ctx.dir.0, n, &ctx.bins.probe, &recs, &services);
         Box::new(Orchestrator::start_as(
             &ctx.bins.orchestrator,
             &ctx.dir,
@@ -502,6 +515,7 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, by: Who) -> Result<ScaleP
         crashing,
         floor,
         realtime: by == Who::HoldenRealtime,
+        output_inherited: !floor && !output_fits(n),
         restarts_per_s: restarts as f64 / seconds,
         cpu_ns_per_restart: cpu_ns as f64 / restarts.max(1) as f64,
         latency: Summary::of(&mut lat),

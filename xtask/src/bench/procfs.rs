@@ -21,6 +21,14 @@ pub struct Sample {
 }
 
 /// Reads a sample; `None` when the process is gone.
+/// This process's hard RLIMIT_NOFILE (`Max open files` of `/proc/self/limits`), which the
+/// orchestrators it starts inherit; `None` if unreadable or unlimited.
+pub fn nofile_hard() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(4)?.parse().ok()
+}
+
 pub fn sample(pid: u32) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> u64 {

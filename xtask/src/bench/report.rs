@@ -543,6 +543,11 @@ fn scale_section(s: &mut String, r: &Results, svg_name: &str) {
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for p in r.scale.iter().filter(|p| !p.floor) {
+        let inherited = if p.output_inherited {
+            " (output inherited)"
+        } else {
+            ""
+        };
         let load = if p.crashing == p.n && p.realtime {
             "churn, loop at SCHED_FIFO 1 (the shipped unit)".to_string()
         } else if p.crashing == p.n {
@@ -550,6 +555,7 @@ fn scale_section(s: &mut String, r: &Results, svg_name: &str) {
         } else {
             format!("{} crashing, {} idle", p.crashing, p.n - p.crashing)
         };
+        let load = format!("{load}{inherited}");
         let f = floor_of(r, p);
         let fl = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
         let _ = writeln!(

@@ -459,7 +459,10 @@ fn the_spawners_reserved_fds_sit_below_every_fd_that_grows_with_the_services() {
     assert!(orch.stop(libc::SIGTERM).success());
     // 4 launchers, each with its report number, two output numbers and a /dev/null.
     assert!(devnull.len() >= 16, "{devnull:?}");
-    assert!(grows.len() >= 16 * 3, "16 pidfds and their output pipes: {grows:?}");
+    assert!(
+        grows.len() >= 16 * 3,
+        "16 pidfds and their output pipes: {grows:?}"
+    );
     let reserved_top = devnull.iter().max().unwrap();
     let lowest_growing = grows.iter().min().unwrap();
     assert!(

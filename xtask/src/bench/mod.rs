@@ -331,12 +331,10 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
                         ctx.plan.scale_rounds
                     );
                     if let Some(p) = step_scale(ctx, r, &label, n, crashing, by) {
-                        match points.iter_mut().find(|q| {
-                            q.n == n
-                                && q.crashing == crashing
-                                && q.floor == p.floor
-                                && q.realtime == p.realtime
-                        }) {
+                        match points
+                            .iter_mut()
+                            .find(|q| q.n == n && q.crashing == crashing && q.by == p.by)
+                        {
                             Some(q) => *q = std::mem::take(q).merge(p),
                             None => points.push(p),
                         }

@@ -143,10 +143,9 @@ pub struct ScalePoint {
     pub crashing: usize,
     pub restarts_per_s: f64,
     pub cpu_ns_per_restart: f64,
-    /// Measured on the floor loop (bench-floor-scale) rather than holden-orchestrator.
-    pub floor: bool,
-    /// holden-orchestrator under SCHED_FIFO 1 with reset-on-fork, as the shipped unit runs it.
-    pub realtime: bool,
+    /// Who supervised it: the floor loop (bench-floor-scale) or holden-orchestrator, under the
+    /// default policy or as the shipped unit runs it.
+    pub by: Who,
     /// The services' stdout and stderr were inherited, not captured: this machine's fd limit
     /// cannot hold N services' output pipes ([`output_fits`]).
     pub output_inherited: bool,
@@ -399,11 +398,12 @@ pub fn output_fits(n: usize) -> bool {
 }
 
 /// Who supervises a scale point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Who {
     /// The bare floor loop (bench-floor-scale).
     Floor,
     /// holden-orchestrator under the default policy.
+    #[default]
     Holden,
     /// holden-orchestrator under SCHED_FIFO 1 with reset-on-fork (the shipped unit's policy).
     HoldenRealtime,
@@ -513,8 +513,7 @@ pub fn scale(ctx: &mut Ctx, n: usize, crashing: usize, by: Who) -> Result<ScaleP
     Ok(ScalePoint {
         n,
         crashing,
-        floor,
-        realtime: by == Who::HoldenRealtime,
+        by,
         output_inherited: !floor && !output_fits(n),
         restarts_per_s: restarts as f64 / seconds,
         cpu_ns_per_restart: cpu_ns as f64 / restarts.max(1) as f64,

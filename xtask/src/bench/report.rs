@@ -2,7 +2,7 @@
 
 use super::machine::Machine;
 use super::phases::{
-    Growth, LoopResult, ScalePoint, SlotsPoint, IDLE_VARIANT_CRASHING, V02_SLEEP_MS,
+    Growth, LoopResult, ScalePoint, SlotsPoint, Who, IDLE_VARIANT_CRASHING, V02_SLEEP_MS,
 };
 use super::procfs::Sample;
 use super::stats::{ratio, us};
@@ -110,7 +110,7 @@ fn missing(goal: &str) -> Goal {
 fn churn_points(r: &Results) -> Vec<&ScalePoint> {
     r.scale
         .iter()
-        .filter(|p| !p.floor && !p.realtime && p.crashing == p.n)
+        .filter(|p| p.by == Who::Holden && p.crashing == p.n)
         .collect()
 }
 
@@ -120,8 +120,7 @@ fn idle_points(r: &Results) -> Vec<&ScalePoint> {
     r.scale
         .iter()
         .filter(|p| {
-            !p.floor
-                && !p.realtime
+            p.by == Who::Holden
                 && p.crashing == IDLE_VARIANT_CRASHING.min(p.n)
                 && p.n >= IDLE_VARIANT_CRASHING
         })
@@ -132,7 +131,7 @@ fn idle_points(r: &Results) -> Vec<&ScalePoint> {
 fn floor_of<'a>(r: &'a Results, p: &ScalePoint) -> Option<&'a ScalePoint> {
     r.scale
         .iter()
-        .find(|f| f.floor && f.n == p.n && f.crashing == p.crashing)
+        .find(|f| f.by == Who::Floor && f.n == p.n && f.crashing == p.crashing)
 }
 
 /// A share that should be at least `min` ("x points above" or "missed by x points").
@@ -236,7 +235,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
     let realtime = r
         .scale
         .iter()
-        .find(|p| p.realtime && p.n == STALL_GOAL_N && p.crashing == p.n);
+        .find(|p| p.by == Who::HoldenRealtime && p.n == STALL_GOAL_N && p.crashing == p.n);
     let default = churn
         .iter()
         .copied()
@@ -251,7 +250,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
         let Some(p) = point else {
             continue;
         };
-        let policy = if p.realtime {
+        let policy = if p.by == Who::HoldenRealtime {
             ", the loop at SCHED_FIFO 1 as the shipped unit runs it"
         } else {
             ", default scheduling policy"
@@ -299,7 +298,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
     if let Some(p) = r
         .scale
         .iter()
-        .filter(|p| !p.floor && p.n == ORCH_RSS_GOAL_SLOTS)
+        .filter(|p| p.by != Who::Floor && p.n == ORCH_RSS_GOAL_SLOTS)
         .max_by_key(|p| p.orchestrator.rss_kib)
     {
         out.push(kib_goal(
@@ -542,13 +541,13 @@ fn scale_section(s: &mut String, r: &Results, svg_name: &str) {
         "| N | load | restarts/s holden / floor | CPU µs/restart holden / floor | latency p50 µs holden / floor | p99 µs holden / floor | max µs holden | p99 × floor | loop stall p99.9 / max µs | orchestrator RSS MiB |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
-    for p in r.scale.iter().filter(|p| !p.floor) {
+    for p in r.scale.iter().filter(|p| p.by != Who::Floor) {
         let inherited = if p.output_inherited {
             " (output inherited)"
         } else {
             ""
         };
-        let load = if p.crashing == p.n && p.realtime {
+        let load = if p.crashing == p.n && p.by == Who::HoldenRealtime {
             "churn, loop at SCHED_FIFO 1 (the shipped unit)".to_string()
         } else if p.crashing == p.n {
             "churn".to_string()
@@ -690,11 +689,11 @@ mod tests {
     use super::*;
     use crate::bench::stats::Stall;
 
-    fn churn(n: usize, realtime: bool, stall_ns: u64) -> ScalePoint {
+    fn churn(n: usize, by: Who, stall_ns: u64) -> ScalePoint {
         ScalePoint {
             n,
             crashing: n,
-            realtime,
+            by,
             stall: Some(Stall {
                 buckets: vec![(stall_ns, 1000)],
                 max_ns: stall_ns,
@@ -714,9 +713,9 @@ mod tests {
     fn the_stall_goal_is_judged_as_the_unit_schedules_the_loop_with_the_default_as_context() {
         let mut r = Results {
             scale: vec![
-                churn(4, false, 20_000),
-                churn(STALL_GOAL_N, false, 150_000),
-                churn(STALL_GOAL_N, true, 40_000),
+                churn(4, Who::Holden, 20_000),
+                churn(STALL_GOAL_N, Who::Holden, 150_000),
+                churn(STALL_GOAL_N, Who::HoldenRealtime, 40_000),
             ],
             ..Results::default()
         };
@@ -727,7 +726,7 @@ mod tests {
         assert!(g[1].goal.starts_with("(context)") && g[1].goal.contains("default"));
         assert_eq!(g[1].met, Some(false));
         // Without the real-time point the default policy's is the goal.
-        r.scale.retain(|p| !p.realtime);
+        r.scale.retain(|p| p.by != Who::HoldenRealtime);
         let g = stall_goals(&r);
         assert_eq!(g.len(), 1, "{g:?}");
         assert!(g[0].goal.starts_with("loop stall") && g[0].goal.contains("default"));

@@ -1,7 +1,7 @@
 //! A hand-written SVG plot: restart latency percentiles against N (both axes logarithmic),
 //! with the floor's p50 and p99 as dashed lines.
 
-use super::phases::{ScalePoint, IDLE_VARIANT_CRASHING};
+use super::phases::{ScalePoint, Who, IDLE_VARIANT_CRASHING};
 use super::stats::Summary;
 use std::fmt::Write;
 
@@ -22,11 +22,10 @@ struct Series<'a> {
 /// The plot of `scale`: holden's churn p50/p99 and idle-variant p99, with the floor loop's
 /// figures for the same loads dashed.
 pub fn plot(scale: &[ScalePoint]) -> String {
-    let churn =
-        |floor: bool| move |p: &&ScalePoint| p.floor == floor && !p.realtime && p.crashing == p.n;
-    let idle = |floor: bool| {
+    let churn = |by: Who| move |p: &&ScalePoint| p.by == by && p.crashing == p.n;
+    let idle = |by: Who| {
         move |p: &&ScalePoint| {
-            p.floor == floor && p.n >= IDLE_VARIANT_CRASHING && p.crashing == IDLE_VARIANT_CRASHING
+            p.by == by && p.n >= IDLE_VARIANT_CRASHING && p.crashing == IDLE_VARIANT_CRASHING
         }
     };
     let pts = |f: &dyn Fn(&&ScalePoint) -> bool, pick: fn(&Summary) -> u64| -> Vec<(f64, f64)> {
@@ -42,37 +41,37 @@ pub fn plot(scale: &[ScalePoint]) -> String {
             name: "holden churn p50",
             color: "#1f77b4",
             dashed: false,
-            points: pts(&churn(false), |s| s.p50_ns),
+            points: pts(&churn(Who::Holden), |s| s.p50_ns),
         },
         Series {
             name: "holden churn p99",
             color: "#d62728",
             dashed: false,
-            points: pts(&churn(false), |s| s.p99_ns),
+            points: pts(&churn(Who::Holden), |s| s.p99_ns),
         },
         Series {
             name: "floor churn p50",
             color: "#1f77b4",
             dashed: true,
-            points: pts(&churn(true), |s| s.p50_ns),
+            points: pts(&churn(Who::Floor), |s| s.p50_ns),
         },
         Series {
             name: "floor churn p99",
             color: "#d62728",
             dashed: true,
-            points: pts(&churn(true), |s| s.p99_ns),
+            points: pts(&churn(Who::Floor), |s| s.p99_ns),
         },
         Series {
             name: "holden 4 crashing p99",
             color: "#2ca02c",
             dashed: false,
-            points: pts(&idle(false), |s| s.p99_ns),
+            points: pts(&idle(Who::Holden), |s| s.p99_ns),
         },
         Series {
             name: "floor 4 crashing p99",
             color: "#2ca02c",
             dashed: true,
-            points: pts(&idle(true), |s| s.p99_ns),
+            points: pts(&idle(Who::Floor), |s| s.p99_ns),
         },
     ];
     let n_max = scale.iter().map(|p| p.n).max().unwrap_or(1).max(2) as f64;
@@ -222,10 +221,10 @@ mod tests {
 
     #[test]
     fn a_plot_has_every_series_and_is_closed() {
-        let point = |n: usize, crashing: usize, floor: bool, p50: u64| ScalePoint {
+        let point = |n: usize, crashing: usize, by: Who, p50: u64| ScalePoint {
             n,
             crashing,
-            floor,
+            by,
             latency: Summary {
                 count: 10,
                 p50_ns: p50,
@@ -236,11 +235,11 @@ mod tests {
             ..ScalePoint::default()
         };
         let mut scale = Vec::new();
-        for floor in [false, true] {
-            scale.push(point(1, 1, floor, 200_000));
-            scale.push(point(4, 4, floor, 300_000));
-            scale.push(point(64, 64, floor, 900_000));
-            scale.push(point(64, 4, floor, 250_000));
+        for by in [Who::Holden, Who::Floor] {
+            scale.push(point(1, 1, by, 200_000));
+            scale.push(point(4, 4, by, 300_000));
+            scale.push(point(64, 64, by, 900_000));
+            scale.push(point(64, 4, by, 250_000));
         }
         let svg = plot(&scale);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

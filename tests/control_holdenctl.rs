@@ -24,11 +24,25 @@ struct Out {
 }
 
 fn ctl(socket: &Path, args: &[&str]) -> Out {
-    ctl_cmd(socket, args, |_| {})
+    run_ctl(&holdenctl(), socket, args, |_| {})
 }
 
+/// Runs holdenctl set up by `tweak`, as another user: from a copy in the socket's directory,
+/// which the test makes reachable for that user (the build directory may not be, e.g. in a
+/// clone under a private `mktemp -d`).
 fn ctl_cmd(socket: &Path, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Out {
-    let mut cmd = Command::new(holdenctl());
+    let copy = socket
+        .parent()
+        .expect("socket in a test dir")
+        .join("holdenctl");
+    if !copy.exists() {
+        std::fs::copy(holdenctl(), &copy).expect("copy holdenctl");
+    }
+    run_ctl(&copy, socket, args, tweak)
+}
+
+fn run_ctl(program: &Path, socket: &Path, args: &[&str], tweak: impl FnOnce(&mut Command)) -> Out {
+    let mut cmd = Command::new(program);
     cmd.arg("--socket")
         .arg(socket)
         .args(args)

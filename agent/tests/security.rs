@@ -65,9 +65,18 @@ fn client_as_other_user() {
 }
 
 /// Runs `client_as_other_user` as uid/gid 65534; returns its RESULT and
-/// CLOSED lines.
+/// CLOSED lines. The test binary runs from a copy in the socket's directory,
+/// which [`open_to_nobody`] made reachable (the build directory may not be,
+/// e.g. in a clone under a private `mktemp -d`).
 fn run_as_nobody(socket: &Path, mode: &str) -> (String, String) {
-    let output = Command::new(std::env::current_exe().unwrap())
+    let copy = socket
+        .parent()
+        .expect("socket in a test dir")
+        .join("client");
+    if !copy.exists() {
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).expect("copy the test binary");
+    }
+    let output = Command::new(&copy)
         .args([
             "--exact",
             "client_as_other_user",

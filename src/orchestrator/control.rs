@@ -1221,6 +1221,8 @@ fn why_of(reason: Reason) -> Why {
         Reason::StopTimeout => Why::StopTimeout,
         Reason::Shutdown => Why::Shutdown,
         Reason::Removed => Why::Removed,
+        Reason::Adopted(pid) => Why::Adopted(pid.0),
+        Reason::Resumed => Why::Resumed,
     }
 }
 

@@ -962,6 +962,8 @@ impl Orchestrator {
             Reason::StopTimeout => write!(line, " reason=stop-timeout action=SIGKILL"),
             Reason::Shutdown => write!(line, " reason=shutdown"),
             Reason::Removed => write!(line, " reason=removed"),
+            Reason::Adopted(pid) => write!(line, " reason=adopted adopted_pid={}", pid.0),
+            Reason::Resumed => write!(line, " reason=resumed"),
         };
         if let Some(delay) = t.next_delay {
             let _ = write!(line, " next_delay_ms={}", delay.as_millis());

@@ -275,8 +275,8 @@ fn decode_entry(line: &str) -> Result<Entry, String> {
         "waiting-for-agent" => State::WaitingForAgent,
         other => return Err(format!("bad state {other:?}")),
     };
-    let pid = fields.int::<i32>("pid", 0)?;
-    let qm_pid = fields.int::<i32>("qm_pid", 0)?;
+    let pid = fields.int::<i32>("pid")?;
+    let qm_pid = fields.int::<i32>("qm_pid")?;
     let identity = match fields.next("id")? {
         "-" => Identity::None,
         id => {
@@ -295,8 +295,8 @@ fn decode_entry(line: &str) -> Result<Entry, String> {
         }
     };
     let running_since = fields.time("since")?;
-    let restarts = fields.int::<u32>("restarts", 0)?;
-    let backoff_step = fields.int::<u32>("step", 0)?;
+    let restarts = fields.int::<u32>("restarts")?;
+    let backoff_step = fields.int::<u32>("step")?;
     let last_exit = match fields.next("exit")? {
         "-" => None,
         "unknown" => Some(ExitStatus::Unknown),
@@ -379,10 +379,7 @@ impl<'a, I: Iterator<Item = &'a str>> Fields<'a, I> {
             .ok_or_else(|| format!("expected `{key}=` where {word:?} is"))
     }
 
-    fn int<T: std::str::FromStr>(&mut self, key: &'a str, _: T) -> Result<T, String>
-    where
-        T: Copy,
-    {
+    fn int<T: std::str::FromStr>(&mut self, key: &'a str) -> Result<T, String> {
         let value = self.next(key)?;
         value.parse().map_err(|_| bad(self.key, value))
     }

@@ -280,6 +280,8 @@ fn an_exec_stalled_on_a_fuse_read_holds_neither_the_loop_nor_other_spawns() {
     let mut cmd = Command::new(orchestrator_bin());
     cmd.arg("--config")
         .arg(dir.path("orchestrator.toml"))
+        .arg("--runtime-dir")
+        .arg(dir.path("run"))
         .env_remove("NOTIFY_SOCKET");
     mount_before_exec(&mut cmd, dev.as_raw_fd(), &mount);
     let mut orch = Orch::spawn(&dir, cmd);
@@ -368,6 +370,8 @@ fn a_log_stream_nobody_reads_does_not_hold_the_loop() {
     let mut cmd = Command::new(orchestrator_bin());
     cmd.arg("--config")
         .arg(dir.path("orchestrator.toml"))
+        .arg("--runtime-dir")
+        .arg(dir.path("run"))
         .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -21,6 +21,7 @@ use super::counters::Counters;
 use super::engine::{Engine, Output};
 use super::output::Outputs;
 use super::reload;
+use super::runtime::{self, Found, Recorder, RuntimeDir, RuntimeError};
 use super::services::{prepare_spec, Services};
 use super::spawner::Spawner;
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
@@ -93,6 +94,8 @@ pub enum Error {
     Service(String),
     /// A system call during start-up failed.
     Io(&'static str, io::Error),
+    /// The runtime directory is locked by another instance, or unusable.
+    Runtime(RuntimeError),
 }
 
 impl std::fmt::Display for Error {
@@ -102,6 +105,7 @@ impl std::fmt::Display for Error {
             Error::Enter(e) => write!(f, "io_uring_enter: {e}"),
             Error::Service(e) => f.write_str(e),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
+            Error::Runtime(e) => write!(f, "{e}"),
         }
     }
 }
@@ -198,6 +202,10 @@ pub struct Orchestrator {
     pending_adds: Vec<(ServiceDef, Option<Arc<SpawnSpec>>)>,
     /// The agent's state as the `STATUS=` line last said it.
     agent_status: &'static str,
+    /// Writes the state record (`None` without a runtime directory).
+    recorder: Option<Recorder>,
+    /// The previous instance's record, until start-up has carried on with it.
+    carried_over: Option<crate::record::Record>,
 }
 
 impl Drop for Orchestrator {
@@ -217,6 +225,11 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
+        // Before anything starts: one orchestrator per runtime directory.
+        let runtime = match &settings.runtime_dir {
+            Some(dir) => Some(RuntimeDir::lock(dir).map_err(Error::Runtime)?),
+            None => None,
+        };
         let journal = own_lines_journal(&settings, options.log_fd);
         let log_writer = log::Background::start_with_journal(
             options.log_fd,
@@ -349,6 +362,29 @@ impl Orchestrator {
         for (index, owner) in output_owners {
             owners[index] = owner;
         }
+        let (recorder, carried_over) = match runtime {
+            Some(runtime) => {
+                let boot = runtime::boot_id();
+                let carried_over = match runtime.read_record(capacity, &boot) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        log.line(
+                            Priority::Err,
+                            format_args!(
+                                "event=record-unreadable error={} consequence=\"no process of \
+                                 the previous instance is taken over; services start afresh\"",
+                                Quoted(&e)
+                            ),
+                        );
+                        None
+                    }
+                };
+                let recorder = Recorder::start(runtime, capacity, boot, log.clone())
+                    .map_err(|e| Error::Io("state record thread", e))?;
+                (Some(recorder), carried_over)
+            }
+            None => (None, None),
+        };
         Ok(Orchestrator {
             ring,
             engine,
@@ -377,6 +413,8 @@ impl Orchestrator {
             settings,
             pending_adds: Vec::new(),
             agent_status: "connecting",
+            recorder,
+            carried_over,
         })
     }
 
@@ -431,6 +469,11 @@ impl Orchestrator {
         self.drain_outputs();
         self.control.close(&mut self.ring);
         self.spawner.stop();
+        if let Some(recorder) = &mut self.recorder {
+            // Every service stopped: nothing for a next instance to take over. Left running
+            // (`shutdown.stop_services = false`): the record lets the next one take them over.
+            recorder.stop(self.engine.core().shutdown_complete());
+        }
         self.log.line(
             Priority::Notice,
             format_args!(
@@ -468,8 +511,9 @@ impl Orchestrator {
         self.engine.start(now());
         self.settle();
         self.control.start(&mut self.ring, &self.log);
+        let resumed = self.carry_on();
         for index in 0..self.services.list.len() {
-            if self.services.list[index].def.start_at_boot {
+            if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
                 let service = self.services.list[index].id;
                 let _ = self.engine.command(now(), service, Command::Start);
                 self.settle();
@@ -555,6 +599,12 @@ impl Orchestrator {
                         ),
                     );
                 }
+                if !self.caps.pidfs {
+                    if let Some(entry) = self.services.list.get_mut(service.index()) {
+                        entry.start_identity = runtime::start_time_identity(procs.last_pid)
+                            .unwrap_or(crate::record::Identity::None);
+                    }
+                }
                 self.services
                     .watch(&mut self.ring, &self.log, service, handle);
             }
@@ -591,6 +641,7 @@ impl Orchestrator {
                 }
             }
             Output::Transition(t) => {
+                self.record(t.service);
                 if self.control.monitoring() {
                     if let Some(service) = self.services.get(t.service) {
                         let info = control::event_info(
@@ -619,7 +670,12 @@ impl Orchestrator {
                 })
             }
             Output::AgentDown => self.update_status("down"),
-            Output::Removed { service } => self.on_removed(service),
+            Output::Removed { service } => {
+                if let Some(recorder) = &self.recorder {
+                    recorder.put(service.index(), None);
+                }
+                self.on_removed(service)
+            }
             Output::ShutdownComplete => self.done = true,
             Output::Refused { refusal, event } => self.log.line(
                 Priority::Err,
@@ -862,6 +918,151 @@ impl Orchestrator {
             self.outputs.resume(&mut self.ring, index);
             self.settle();
         }
+    }
+
+    /// Carries on with the services of the previous instance's state record: a recorded
+    /// process found alive and proven the same process (pidfs inode, or start time with
+    /// executable and command line) is taken over instead of started again; one that is gone,
+    /// or whose pid another process has now (which is left alone), counts as an exit with
+    /// status unknown. Returns the indices of the services carried on with (not started at
+    /// boot).
+    fn carry_on(&mut self) -> Vec<usize> {
+        let Some(record) = self.carried_over.take() else {
+            return Vec::new();
+        };
+        let mut resumed = Vec::with_capacity(record.entries.len());
+        let (mut adopted, mut gone, mut refused) = (0u32, 0u32, 0u32);
+        for entry in &record.entries {
+            let name = entry.name.as_str();
+            let recorded_pid = entry.carried.pid.map_or(0, |p| p.0);
+            let index = self
+                .services
+                .by_name(name)
+                .filter(|&i| self.services.list[i].def.policy.partition == entry.partition);
+            let Some(index) = index else {
+                if recorded_pid > 0 {
+                    self.log.line(
+                        Priority::Warning,
+                        format_args!(
+                            "service={name} partition={} pid={recorded_pid} event=not-taken-over \
+                             reason=\"no such service in this configuration (or another partition)\" \
+                             consequence=\"its process, if still there, is left alone\"",
+                            entry.partition.as_str()
+                        ),
+                    );
+                }
+                continue;
+            };
+            let live = match entry.carried.pid {
+                Some(pid) => match runtime::find(pid.0, entry.identity) {
+                    Found::Same(fd) => {
+                        adopted += 1;
+                        Some(fd)
+                    }
+                    Found::Gone => {
+                        gone += 1;
+                        self.log.line(
+                            Priority::Notice,
+                            format_args!(
+                                "service={name} partition={} pid={} event=process-gone \
+                                 effect=\"exit with status unknown\"",
+                                entry.partition.as_str(),
+                                pid.0
+                            ),
+                        );
+                        None
+                    }
+                    Found::Other => {
+                        refused += 1;
+                        self.log.line(
+                            Priority::Warning,
+                            format_args!(
+                                "service={name} partition={} pid={} event=pid-reused \
+                                 effect=\"exit with status unknown; the process now at that \
+                                 pid is not ours and is left alone\"",
+                                entry.partition.as_str(),
+                                pid.0
+                            ),
+                        );
+                        None
+                    }
+                },
+                None => None,
+            };
+            let service = &mut self.services.list[index];
+            let id = service.id;
+            // After a crash the previous instance's children were reparented: their exit
+            // status is read through PIDFD_INFO_EXIT, as for QM.
+            service.reaped_elsewhere = live.is_some();
+            service.start_identity = entry.identity;
+            let live = live.map(|fd| {
+                let inode = match entry.identity {
+                    crate::record::Identity::Pidfs(inode) => inode,
+                    _ => 0,
+                };
+                let identity = pidfd::Identity {
+                    inode,
+                    pid: recorded_pid,
+                };
+                (fd, recorded_pid, identity, entry.qm_pid)
+            });
+            if let Err(refusal) = self.engine.resume(now(), id, &entry.carried, live) {
+                self.log.line(
+                    Priority::Err,
+                    format_args!(
+                        "service={name} event=resume-refused detail={}",
+                        Quoted(refusal)
+                    ),
+                );
+                continue;
+            }
+            resumed.push(index);
+            self.settle();
+        }
+        self.log.line(
+            Priority::Notice,
+            format_args!(
+                "event=carried-over services={} adopted={adopted} gone={gone} pid_reused={refused}",
+                resumed.len()
+            ),
+        );
+        resumed
+    }
+
+    /// Puts a service's current state into the state record.
+    fn record(&self, service: ServiceId) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let (Some(carried), Some(entry)) = (
+            self.engine.core().carried(service),
+            self.services.get(service),
+        ) else {
+            return;
+        };
+        let Ok(name) = arrayvec::ArrayString::from(entry.def.name.as_str()) else {
+            return;
+        };
+        let procs = self.engine.procs(service);
+        let identity = match procs.proc {
+            Some(p) if p.identity.inode != 0 => crate::record::Identity::Pidfs(p.identity.inode),
+            Some(_) => entry.start_identity,
+            None => crate::record::Identity::None,
+        };
+        recorder.put(
+            service.index(),
+            Some(crate::record::Entry {
+                name,
+                partition: entry.def.policy.partition,
+                qm_pid: if procs.proc.is_some() {
+                    procs.qm_pid
+                } else {
+                    0
+                },
+                identity,
+                carried,
+            }),
+        );
     }
 
     fn request_shutdown(&mut self) {

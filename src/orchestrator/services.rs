@@ -69,6 +69,12 @@ pub(crate) struct Service {
     pub removing: bool,
     /// A local spawn is with the spawner threads (its pid is not known yet).
     pub spawning: bool,
+    /// Its live process is not our child (a local process taken over from a previous
+    /// instance, reparented when that one died): `waitid` cannot read its exit status, which
+    /// is read as for QM, through `PIDFD_INFO_EXIT` once its new parent has reaped it.
+    pub reaped_elsewhere: bool,
+    /// Its live process's identity for the state record on a kernel without pidfs.
+    pub start_identity: crate::record::Identity,
 }
 
 /// Every service, indexed by the core's service index.
@@ -127,6 +133,8 @@ impl Services {
             active: true,
             removing: false,
             spawning: false,
+            reaped_elsewhere: false,
+            start_identity: crate::record::Identity::None,
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -187,12 +195,18 @@ impl Services {
     ) {
         if let Some(entry) = self.list.get_mut(done.service.index()) {
             entry.spawning = false;
+            entry.reaped_elsewhere = false;
         }
         match done.result {
             Ok(child) => {
                 counters.spawned_local.fetch_add(1, Ordering::Relaxed);
+                let inode = if self.caps.pidfs {
+                    super::runtime::pidfs_inode(&child.pidfd).unwrap_or(0)
+                } else {
+                    0
+                };
                 let identity = Identity {
-                    inode: 0,
+                    inode,
                     pid: child.pid,
                 };
                 engine.spawned(now, done.service, child.pidfd, child.pid, identity);
@@ -337,16 +351,18 @@ impl Services {
             }
         }
         let status = match entry.def.policy.partition {
-            Partition::Local => match ring.fd(slot).map(pidfd::wait_child) {
-                Some(Ok(Some(status))) => status,
-                Some(Ok(None)) => {
-                    let _ = ring.poll_add(slot, libc::POLLIN as u32);
-                    return;
+            Partition::Local if !entry.reaped_elsewhere => {
+                match ring.fd(slot).map(pidfd::wait_child) {
+                    Some(Ok(Some(status))) => status,
+                    Some(Ok(None)) => {
+                        let _ = ring.poll_add(slot, libc::POLLIN as u32);
+                        return;
+                    }
+                    _ => WaitStatus::Unknown,
                 }
-                _ => WaitStatus::Unknown,
-            },
-            Partition::Qm if !self.caps.exit_info => WaitStatus::Unknown,
-            Partition::Qm => {
+            }
+            _ if !self.caps.exit_info => WaitStatus::Unknown,
+            _ => {
                 // Asked at once even without POLLHUP in the poll's answer: that answer was
                 // taken in the kernel right at the exit, and the agent's reap (the kernel's,
                 // SIGCHLD being ignored) has nearly always happened by now.

@@ -86,6 +86,9 @@ pub struct Settings {
     pub own_lines: OwnLines,
     /// Bytes of each local service's output history.
     pub history_bytes: usize,
+    /// The runtime directory: the one-instance lock and the state record (`None`: neither,
+    /// for an orchestrator embedded in a test that runs several side by side).
+    pub runtime_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -119,6 +122,7 @@ impl Settings {
             journal_socket: config.log.journal_socket.clone(),
             own_lines: config.log.own_lines,
             history_bytes: config.log.history_bytes as usize,
+            runtime_dir: Some(config.runtime_dir.clone()),
         }
     }
 }
@@ -166,6 +170,7 @@ impl Settings {
             journal_socket: PathBuf::from(config::JOURNAL_SOCKET_DEFAULT),
             own_lines: OwnLines::Auto,
             history_bytes: config::HISTORY_BYTES_DEFAULT as usize,
+            runtime_dir: None,
         }
     }
 }

@@ -181,7 +181,13 @@ impl Orch {
         Orch::spawn(dir, cmd)
     }
 
+    /// Starts `cmd` (holden-orchestrator, or a command that ends in its command line) with
+    /// the test's own runtime directory (`DIR/run`) unless the command names one: tests
+    /// never touch /run/holden, and each has its own lock and state record.
     pub fn spawn(dir: &TempDir, mut cmd: Command) -> Orch {
+        if !cmd.get_args().any(|a| a == "--runtime-dir") {
+            cmd.arg("--runtime-dir").arg(dir.path("run"));
+        }
         let log_path = dir.path("orchestrator.log");
         let log = std::fs::File::create(&log_path).unwrap();
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);

@@ -301,7 +301,10 @@ impl Orchestrator {
         let mut services = Services::new(capacity, exit_retry_slot, caps);
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
-        for (index, def) in defs.into_iter().enumerate() {
+        for (index, mut def) in defs.into_iter().enumerate() {
+            if let Some(dir) = &settings.runtime_dir {
+                runtime::tag(&mut def, dir);
+            }
             let id = engine
                 .add(def.policy)
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
@@ -920,93 +923,159 @@ impl Orchestrator {
         }
     }
 
-    /// Carries on with the services of the previous instance's state record: a recorded
-    /// process found alive and proven the same process (pidfs inode, or start time with
-    /// executable and command line) is taken over instead of started again; one that is gone,
-    /// or whose pid another process has now (which is left alone), counts as an exit with
-    /// status unknown. Returns the indices of the services carried on with (not started at
-    /// boot).
+    /// Carries on with the services of the previous instance. Its state record says what each
+    /// had; a recorded process found alive and proven the same process (pidfs inode, or start
+    /// time with executable and command line) is taken over instead of started again; one that
+    /// is gone, or whose pid another process has now (which is left alone), counts as an exit
+    /// with status unknown. A process of a service that the record does not name (a spawn in
+    /// flight at the crash) is found by its tag (`runtime::tagged_processes`) and taken over
+    /// too; a second one of the same service is ended (SIGKILL): one process per service.
+    /// Returns the indices of the services carried on with (not started at boot).
     fn carry_on(&mut self) -> Vec<usize> {
-        let Some(record) = self.carried_over.take() else {
-            return Vec::new();
+        let entries = self
+            .carried_over
+            .take()
+            .map(|r| r.entries)
+            .unwrap_or_default();
+        let mut tagged = match &self.settings.runtime_dir {
+            Some(dir) => runtime::tagged_processes(dir),
+            None => Default::default(),
         };
-        let mut resumed = Vec::with_capacity(record.entries.len());
-        let (mut adopted, mut gone, mut refused) = (0u32, 0u32, 0u32);
-        for entry in &record.entries {
-            let name = entry.name.as_str();
-            let recorded_pid = entry.carried.pid.map_or(0, |p| p.0);
-            let index = self
+        if entries.is_empty() && tagged.is_empty() {
+            return Vec::new();
+        }
+        for entry in &entries {
+            let configured = self
                 .services
-                .by_name(name)
-                .filter(|&i| self.services.list[i].def.policy.partition == entry.partition);
-            let Some(index) = index else {
-                if recorded_pid > 0 {
+                .by_name(entry.name.as_str())
+                .is_some_and(|i| self.services.list[i].def.policy.partition == entry.partition);
+            if !configured && entry.carried.pid.is_some() {
+                self.log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} partition={} pid={} event=not-taken-over \
+                         reason=\"no such service in this configuration (or another partition)\" \
+                         consequence=\"its process, if still there, is left alone\"",
+                        entry.name,
+                        entry.partition.as_str(),
+                        entry.carried.pid.map_or(0, |p| p.0)
+                    ),
+                );
+            }
+        }
+        let mut resumed = Vec::new();
+        let (mut adopted, mut found, mut gone, mut refused, mut ended) =
+            (0u32, 0u32, 0u32, 0u32, 0u32);
+        for index in 0..self.services.list.len() {
+            let def = &self.services.list[index].def;
+            let (name, partition) = (def.name.clone(), def.policy.partition);
+            let entry = entries
+                .iter()
+                .find(|e| e.name.as_str() == name && e.partition == partition);
+            let mut candidates = tagged.remove(&name).unwrap_or_default();
+            let mut live = None;
+            if let Some(entry) = entry {
+                if let Some(pid) = entry.carried.pid {
+                    candidates.retain(|&p| p != pid.0);
+                    match runtime::find(pid.0, entry.identity) {
+                        Found::Same(fd) => {
+                            adopted += 1;
+                            live = Some((fd, pid.0, entry.identity, entry.qm_pid));
+                        }
+                        Found::Gone => {
+                            gone += 1;
+                            self.log.line(
+                                Priority::Notice,
+                                format_args!(
+                                    "service={name} partition={} pid={} event=process-gone \
+                                     effect=\"exit with status unknown\"",
+                                    partition.as_str(),
+                                    pid.0
+                                ),
+                            );
+                        }
+                        Found::Other => {
+                            refused += 1;
+                            self.log.line(
+                                Priority::Warning,
+                                format_args!(
+                                    "service={name} partition={} pid={} event=pid-reused \
+                                     effect=\"exit with status unknown; the process now at that \
+                                     pid is not ours and is left alone\"",
+                                    partition.as_str(),
+                                    pid.0
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            // The newest tagged process is the last spawn: take it over if nothing else was.
+            candidates.sort_by_key(|&pid| match runtime::start_time_identity(pid) {
+                Some(crate::record::Identity::StartTime { ticks, .. }) => ticks,
+                _ => 0,
+            });
+            if live.is_none() {
+                while let Some(pid) = candidates.pop() {
+                    let Ok(fd) = pidfd::open(pid) else {
+                        continue;
+                    };
+                    let identity = match runtime::pidfs_inode(&fd) {
+                        Some(inode) => crate::record::Identity::Pidfs(inode),
+                        None => runtime::start_time_identity(pid)
+                            .unwrap_or(crate::record::Identity::None),
+                    };
+                    found += 1;
                     self.log.line(
-                        Priority::Warning,
+                        Priority::Notice,
                         format_args!(
-                            "service={name} partition={} pid={recorded_pid} event=not-taken-over \
-                             reason=\"no such service in this configuration (or another partition)\" \
-                             consequence=\"its process, if still there, is left alone\"",
-                            entry.partition.as_str()
+                            "service={name} partition={} pid={pid} event=found-by-tag \
+                             effect=\"taken over: started by the previous instance, not yet \
+                             in its record\"",
+                            partition.as_str()
                         ),
                     );
+                    live = Some((fd, pid, identity, 0));
+                    break;
                 }
-                continue;
-            };
-            let live = match entry.carried.pid {
-                Some(pid) => match runtime::find(pid.0, entry.identity) {
-                    Found::Same(fd) => {
-                        adopted += 1;
-                        Some(fd)
-                    }
-                    Found::Gone => {
-                        gone += 1;
-                        self.log.line(
-                            Priority::Notice,
-                            format_args!(
-                                "service={name} partition={} pid={} event=process-gone \
-                                 effect=\"exit with status unknown\"",
-                                entry.partition.as_str(),
-                                pid.0
-                            ),
-                        );
-                        None
-                    }
-                    Found::Other => {
-                        refused += 1;
+            }
+            for pid in candidates {
+                if let Ok(fd) = pidfd::open(pid) {
+                    if pidfd::send_signal(fd.as_fd(), libc::SIGKILL).is_ok() {
+                        ended += 1;
                         self.log.line(
                             Priority::Warning,
                             format_args!(
-                                "service={name} partition={} pid={} event=pid-reused \
-                                 effect=\"exit with status unknown; the process now at that \
-                                 pid is not ours and is left alone\"",
-                                entry.partition.as_str(),
-                                pid.0
+                                "service={name} partition={} pid={pid} event=second-process-ended \
+                                 signal=SIGKILL reason=\"one process per service\"",
+                                partition.as_str()
                             ),
                         );
-                        None
                     }
+                }
+            }
+            let carried = match (entry, &live) {
+                (Some(entry), _) => entry.carried,
+                (None, Some(_)) => supervise::Carried {
+                    state: State::Running,
+                    ..supervise::Carried::STOPPED
                 },
-                None => None,
+                (None, None) => continue,
             };
             let service = &mut self.services.list[index];
             let id = service.id;
             // After a crash the previous instance's children were reparented: their exit
             // status is read through PIDFD_INFO_EXIT, as for QM.
             service.reaped_elsewhere = live.is_some();
-            service.start_identity = entry.identity;
-            let live = live.map(|fd| {
-                let inode = match entry.identity {
+            let live = live.map(|(fd, pid, identity, qm_pid)| {
+                service.start_identity = identity;
+                let inode = match identity {
                     crate::record::Identity::Pidfs(inode) => inode,
                     _ => 0,
                 };
-                let identity = pidfd::Identity {
-                    inode,
-                    pid: recorded_pid,
-                };
-                (fd, recorded_pid, identity, entry.qm_pid)
+                (fd, pid, pidfd::Identity { inode, pid }, qm_pid)
             });
-            if let Err(refusal) = self.engine.resume(now(), id, &entry.carried, live) {
+            if let Err(refusal) = self.engine.resume(now(), id, &carried, live) {
                 self.log.line(
                     Priority::Err,
                     format_args!(
@@ -1022,7 +1091,8 @@ impl Orchestrator {
         self.log.line(
             Priority::Notice,
             format_args!(
-                "event=carried-over services={} adopted={adopted} gone={gone} pid_reused={refused}",
+                "event=carried-over services={} adopted={adopted} found_by_tag={found} \
+                 gone={gone} pid_reused={refused} second_processes_ended={ended}",
                 resumed.len()
             ),
         );

@@ -194,6 +194,85 @@ fn start_ticks(stat: &[u8]) -> Option<u64> {
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// The variables every service of an orchestrator with a runtime directory gets, as systemd
+/// gives a unit's processes `INVOCATION_ID`: which service, of which orchestrator. A
+/// restarted orchestrator finds by them a process that the crashed one had started but not
+/// yet recorded (a spawn in flight at the crash), local or QM, and takes it over instead of
+/// starting a second one.
+pub(crate) const SERVICE_ENV: &str = "HOLDEN_SERVICE";
+pub(crate) const RUNTIME_ENV: &str = "HOLDEN_RUNTIME_DIR";
+
+/// Adds [`SERVICE_ENV`] and [`RUNTIME_ENV`] to a service's environment.
+pub(crate) fn tag(def: &mut crate::orchestrator::ServiceDef, runtime_dir: &Path) {
+    let mut service = format!("{SERVICE_ENV}=").into_bytes();
+    service.extend_from_slice(def.name.as_bytes());
+    let mut runtime = format!("{RUNTIME_ENV}=").into_bytes();
+    runtime.extend_from_slice(runtime_dir.as_os_str().as_bytes());
+    def.env.retain(|e| {
+        !e.starts_with(SERVICE_ENV.as_bytes()) && !e.starts_with(RUNTIME_ENV.as_bytes())
+    });
+    def.env.push(service);
+    def.env.push(runtime);
+}
+
+/// The processes that carry this runtime directory's tag, by service: only the root of each
+/// tagged tree (a process whose parent carries the same service's tag is its descendant).
+/// Read once at start-up from `/proc` (allocates; start-up only).
+pub(crate) fn tagged_processes(runtime_dir: &Path) -> std::collections::BTreeMap<String, Vec<i32>> {
+    use std::collections::BTreeMap;
+    let mut runtime = format!("{RUNTIME_ENV}=").into_bytes();
+    runtime.extend_from_slice(runtime_dir.as_os_str().as_bytes());
+    let service_key = format!("{SERVICE_ENV}=").into_bytes();
+    let mut tagged: BTreeMap<i32, (String, i32)> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    let mut environ = vec![0u8; 64 * 1024];
+    let mut stat = [0u8; 1024];
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = sys::fd::ProcPath::pid_file(pid, "environ");
+        let Ok(n) = sys::fd::read_small_file(path.as_cstr(), &mut environ) else {
+            continue;
+        };
+        let vars = || environ[..n].split(|&b| b == 0);
+        if !vars().any(|v| v == runtime.as_slice()) {
+            continue;
+        }
+        let Some(name) = vars().find_map(|v| v.strip_prefix(service_key.as_slice())) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        let path = sys::fd::ProcPath::pid_file(pid, "stat");
+        let ppid = sys::fd::read_small_file(path.as_cstr(), &mut stat)
+            .ok()
+            .and_then(|n| parent_pid(&stat[..n]))
+            .unwrap_or(0);
+        tagged.insert(pid, (name, ppid));
+    }
+    let mut roots: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (&pid, (name, ppid)) in &tagged {
+        let descendant = tagged.get(ppid).is_some_and(|(parent, _)| parent == name);
+        if !descendant {
+            roots.entry(name.clone()).or_default().push(pid);
+        }
+    }
+    roots
+}
+
+/// Field 4 of `/proc/PID/stat` (the parent's pid).
+fn parent_pid(stat: &[u8]) -> Option<i32> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 /// What the identity check found for a recorded process.
 pub(crate) enum Found {
     /// The same process, alive (or exited, not yet reaped): its new pidfd.
@@ -398,6 +477,7 @@ mod tests {
         assert_eq!(start_ticks(stat), Some(987_654));
         assert_eq!(start_ticks(b"4211 (x) S 1"), None);
         assert_eq!(start_ticks(b"no parenthesis"), None);
+        assert_eq!(parent_pid(stat), Some(1));
     }
 
     #[test]

@@ -1010,17 +1010,14 @@ impl Orchestrator {
                     }
                 }
             }
-            // The newest tagged process is the last spawn: take it over if nothing else was.
-            candidates.sort_by_key(|&pid| match runtime::start_time_identity(pid) {
-                Some(crate::record::Identity::StartTime { ticks, .. }) => ticks,
-                _ => 0,
-            });
+            // The newest tagged process (the last of them) is the last spawn: take it over if
+            // nothing else was.
             if live.is_none() {
                 while let Some(pid) = candidates.pop() {
                     let Ok(fd) = pidfd::open(pid) else {
                         continue;
                     };
-                    let identity = match runtime::pidfs_inode(&fd) {
+                    let identity = match pidfd::pidfs_inode(fd.as_fd()) {
                         Some(inode) => crate::record::Identity::Pidfs(inode),
                         None => runtime::start_time_identity(pid)
                             .unwrap_or(crate::record::Identity::None),

@@ -93,7 +93,7 @@ impl RuntimeDir {
             .map_err(io("open", &lock_path))?;
         if !sys::fd::try_lock_exclusive(lock.as_fd()).map_err(io("flock", &lock_path))? {
             let mut buf = [0u8; 16];
-            let n = sys::fd::read_small_file(&path_c(&lock_path)?, &mut buf).unwrap_or(0);
+            let n = sys::fd::read_full(lock.as_fd(), &mut buf).unwrap_or(0);
             let holder = std::str::from_utf8(&buf[..n])
                 .ok()
                 .and_then(|text| text.trim().parse().ok());
@@ -126,14 +126,28 @@ impl RuntimeDir {
         services_max: usize,
         boot_id: &str,
     ) -> Result<Option<Record>, String> {
-        let path = self.dir.join("state");
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        use std::io::Read;
+        let path = Path::new(std::ffi::OsStr::from_bytes(self.state.as_bytes()));
+        let entries_max = services_max.max(1) * 4;
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        let record = record::decode(&bytes, services_max.max(1) * 4)
+        // No larger than a record of `entries_max` services: a bigger file is not one.
+        let size_max = record::size_max(entries_max) as u64;
+        let mut bytes = Vec::new();
+        file.take(size_max + 1)
+            .read_to_end(&mut bytes)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() as u64 > size_max {
+            return Err(format!(
+                "{}: larger than {size_max} bytes, the most a record of {entries_max} services takes",
+                path.display()
+            ));
+        }
+        let record =
+            record::decode(&bytes, entries_max).map_err(|e| format!("{}: {e}", path.display()))?;
         if record.boot_id.as_str() != boot_id {
             return Ok(None);
         }
@@ -169,7 +183,7 @@ pub(crate) fn start_time_identity(pid: i32) -> Option<Identity> {
         &mut stat,
     )
     .ok()?;
-    let ticks = start_ticks(&stat[..n])?;
+    let ticks = stat_field(&stat[..n], 22)?;
     let mut exe = [0u8; 512];
     let exe_len =
         sys::fd::readlink(sys::fd::ProcPath::pid_file(pid, "exe").as_cstr(), &mut exe).unwrap_or(0);
@@ -185,13 +199,16 @@ pub(crate) fn start_time_identity(pid: i32) -> Option<Identity> {
     })
 }
 
-/// Field 22 of `/proc/PID/stat` (start time in clock ticks since boot). The command name,
-/// field 2, is in parentheses and may hold spaces and parentheses: count after the last `)`.
-fn start_ticks(stat: &[u8]) -> Option<u64> {
+/// Numeric field `n` (1-based, 3 or later) of `/proc/PID/stat`: 4 is the parent's pid, 22 the
+/// start time in clock ticks since boot. The command name, field 2, is in parentheses and may
+/// hold spaces and parentheses: count after the last `)`, where field 3 is the first word.
+fn stat_field(stat: &[u8], n: usize) -> Option<u64> {
     let close = stat.iter().rposition(|&b| b == b')')?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    // After `)`: field 3 (state) is the first word, so field 22 is the 20th.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    rest.split_ascii_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 /// The variables every service of an orchestrator with a runtime directory gets, as systemd
@@ -215,15 +232,17 @@ pub(crate) fn tag(def: &mut crate::orchestrator::ServiceDef, runtime_dir: &Path)
     def.env.push(runtime);
 }
 
-/// The processes that carry this runtime directory's tag, by service: only the root of each
-/// tagged tree (a process whose parent carries the same service's tag is its descendant).
-/// Read once at start-up from `/proc` (allocates; start-up only).
+/// The processes that carry this runtime directory's tag, by service, oldest first (by start
+/// time): only the root of each tagged tree (a process whose parent carries the same
+/// service's tag is its descendant). Read once at start-up from `/proc` (allocates; start-up
+/// only).
 pub(crate) fn tagged_processes(runtime_dir: &Path) -> std::collections::BTreeMap<String, Vec<i32>> {
     use std::collections::BTreeMap;
     let mut runtime = format!("{RUNTIME_ENV}=").into_bytes();
     runtime.extend_from_slice(runtime_dir.as_os_str().as_bytes());
     let service_key = format!("{SERVICE_ENV}=").into_bytes();
-    let mut tagged: BTreeMap<i32, (String, i32)> = BTreeMap::new();
+    // pid -> (service, parent's pid, start time)
+    let mut tagged: BTreeMap<i32, (String, i32, u64)> = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return BTreeMap::new();
     };
@@ -250,27 +269,30 @@ pub(crate) fn tagged_processes(runtime_dir: &Path) -> std::collections::BTreeMap
         };
         let name = String::from_utf8_lossy(name).into_owned();
         let path = sys::fd::ProcPath::pid_file(pid, "stat");
-        let ppid = sys::fd::read_small_file(path.as_cstr(), &mut stat)
-            .ok()
-            .and_then(|n| parent_pid(&stat[..n]))
-            .unwrap_or(0);
-        tagged.insert(pid, (name, ppid));
+        let stat = match sys::fd::read_small_file(path.as_cstr(), &mut stat) {
+            Ok(n) => &stat[..n],
+            Err(_) => &[][..],
+        };
+        let ppid = stat_field(stat, 4).map_or(0, |p| p as i32);
+        let started = stat_field(stat, 22).unwrap_or(0);
+        tagged.insert(pid, (name, ppid, started));
     }
-    let mut roots: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for (&pid, (name, ppid)) in &tagged {
-        let descendant = tagged.get(ppid).is_some_and(|(parent, _)| parent == name);
+    let mut roots: BTreeMap<String, Vec<(u64, i32)>> = BTreeMap::new();
+    for (&pid, (name, ppid, started)) in &tagged {
+        let descendant = tagged
+            .get(ppid)
+            .is_some_and(|(parent, _, _)| parent == name);
         if !descendant {
-            roots.entry(name.clone()).or_default().push(pid);
+            roots.entry(name.clone()).or_default().push((*started, pid));
         }
     }
     roots
-}
-
-/// Field 4 of `/proc/PID/stat` (the parent's pid).
-fn parent_pid(stat: &[u8]) -> Option<i32> {
-    let close = stat.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
-    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+        .into_iter()
+        .map(|(name, mut pids)| {
+            pids.sort_unstable();
+            (name, pids.into_iter().map(|(_, pid)| pid).collect())
+        })
+        .collect()
 }
 
 /// What the identity check found for a recorded process.
@@ -290,7 +312,7 @@ pub(crate) fn find(pid: i32, identity: Identity) -> Found {
     };
     let same = match identity {
         Identity::None => false,
-        Identity::Pidfs(ino) => pidfs_inode(&pidfd) == Some(ino),
+        Identity::Pidfs(ino) => pidfd::pidfs_inode(pidfd.as_fd()) == Some(ino),
         Identity::StartTime { .. } => {
             // Read /proc, then make sure the pidfd's process was alive throughout: a pid
             // reused between the two would have failed pidfd_open or this signal 0.
@@ -302,15 +324,6 @@ pub(crate) fn find(pid: i32, identity: Identity) -> Found {
         Found::Same(pidfd)
     } else {
         Found::Other
-    }
-}
-
-/// The pidfs inode of a pidfd (6.9+), `None` on an older kernel.
-pub(crate) fn pidfs_inode(pidfd: &OwnedFd) -> Option<u64> {
-    const PIDFS_MAGIC: i64 = 0x5049_4446;
-    match sys::fd::fs_type(pidfd.as_fd()) {
-        Ok(PIDFS_MAGIC) => sys::fd::fstat(pidfd.as_fd()).ok().map(|st| st.ino),
-        _ => None,
     }
 }
 
@@ -474,10 +487,11 @@ mod tests {
     fn the_start_time_is_field_22_whatever_the_command_name() {
         let stat = b"4211 (a) b) c) S 1 4211 4211 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 \
                      1 2 3\n";
-        assert_eq!(start_ticks(stat), Some(987_654));
-        assert_eq!(start_ticks(b"4211 (x) S 1"), None);
-        assert_eq!(start_ticks(b"no parenthesis"), None);
-        assert_eq!(parent_pid(stat), Some(1));
+        assert_eq!(stat_field(stat, 22), Some(987_654));
+        assert_eq!(stat_field(stat, 4), Some(1));
+        assert_eq!(stat_field(b"4211 (x) S 1", 22), None);
+        assert_eq!(stat_field(b"no parenthesis", 4), None);
+        assert_eq!(stat_field(stat, 2), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::spawn::{self, SpawnError, SpawnSpec, SpawnStage};
 use crate::supervise::{ExitStatus, MonoTime, Partition, Pid, ServiceId};
 use crate::wire::v1;
 use ring::{Completion, Ring, SlotId, Timeout};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,7 +201,7 @@ impl Services {
             Ok(child) => {
                 counters.spawned_local.fetch_add(1, Ordering::Relaxed);
                 let inode = if self.caps.pidfs {
-                    super::runtime::pidfs_inode(&child.pidfd).unwrap_or(0)
+                    pidfd::pidfs_inode(child.pidfd.as_fd()).unwrap_or(0)
                 } else {
                     0
                 };

@@ -422,9 +422,7 @@ impl Supervisor {
                     slot.kill_sent = carried.kill_sent;
                     self.transition(service, State::Stopping, Reason::Adopted(pid), None);
                     if !carried.kill_sent {
-                        let at = carried.kill_at.unwrap_or(now);
-                        self.slots[service.index()].kill_at = Some(at);
-                        self.arm_timer(service, at, TimerPurpose::Kill);
+                        self.arm_kill_timer(service, carried.kill_at.unwrap_or(now));
                     }
                 }
                 State::Running | State::Starting | State::WaitingForAgent | State::Backoff => {
@@ -460,10 +458,9 @@ impl Supervisor {
                 self.arm_timer(service, at, TimerPurpose::Restart);
             }
             State::Stopped | State::Failed => {
+                // `transition` keeps the mark for `failed` and clears it for `stopped`.
                 slot.start_limit_hit = carried.start_limit_hit;
-                let hit = carried.start_limit_hit;
                 self.transition(service, carried.state, Reason::Resumed, None);
-                self.slots[service.index()].start_limit_hit = hit && carried.state == State::Failed;
             }
         }
         Ok(())
@@ -776,13 +773,12 @@ impl Supervisor {
             return;
         }
         let deadline = now.saturating_add(slot.policy.stop_timeout);
-        slot.kill_at = Some(deadline);
         self.actions.push(Action::Signal {
             service,
             pid,
             signal,
         });
-        self.arm_timer(service, deadline, TimerPurpose::Kill);
+        self.arm_kill_timer(service, deadline);
     }
 
     fn send_kill(&mut self, service: ServiceId, reason: Reason) {
@@ -883,6 +879,12 @@ impl Supervisor {
             deadline,
             token,
         });
+    }
+
+    /// Arms the kill timer of a stopping service (SIGKILL at `at`).
+    fn arm_kill_timer(&mut self, service: ServiceId, at: MonoTime) {
+        self.slots[service.index()].kill_at = Some(at);
+        self.arm_timer(service, at, TimerPurpose::Kill);
     }
 
     fn cancel_timer(actions: &mut Fifo<Action>, service: ServiceId, slot: &mut Slot) {

@@ -6,27 +6,13 @@
 mod orchestrator_support;
 
 use orchestrator_support::{
-    alive, config_header, field, kill, pids_with, service, sleep_marker, wait_until, Orch, Qm,
-    TempDir,
+    alive, config_header, field, holdenctl, kill, pids_with, service, sleep_marker, wait_until,
+    Orch, Qm, TempDir,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn holdenctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run holdenctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `holdenctl status --json`: name → (state, pid).
 fn status(socket: &Path) -> BTreeMap<String, (String, Option<i32>)> {
@@ -35,10 +21,11 @@ fn status(socket: &Path) -> BTreeMap<String, (String, Option<i32>)> {
 
 /// `status`, `None` while the orchestrator does not answer yet.
 fn try_status(socket: &Path) -> Option<BTreeMap<String, (String, Option<i32>)>> {
-    let (code, out, _) = holdenctl(socket, &["status", "--json"]);
-    if code != 0 {
+    let out = holdenctl(socket, &["status", "--json"]);
+    if !out.status.success() {
         return None;
     }
+    let out = String::from_utf8_lossy(&out.stdout);
     let mut services = BTreeMap::new();
     for object in out.split("{\"name\":").skip(1) {
         let name = object.split('"').nth(1).unwrap().to_string();
@@ -56,20 +43,7 @@ fn try_status(socket: &Path) -> Option<BTreeMap<String, (String, Option<i32>)>> 
 fn start(dir: &TempDir, config: &Path, name: &str) -> Orch {
     let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
     cmd.arg("--config").arg(config).env_remove("NOTIFY_SOCKET");
-    let mut orch = Orch::spawn(dir, cmd);
-    let log = dir.path(&format!("{name}.log"));
-    // The instance keeps writing to the file it opened; give it its own name.
-    std::fs::rename(&orch.log_path, &log).unwrap();
-    orch.log_path = log;
-    orch
-}
-
-/// Kills an orchestrator with SIGKILL and forgets it without its clean-up: the processes it
-/// spawned are the next instance's now.
-fn kill_9(mut orch: Orch) {
-    kill(orch.pid(), libc::SIGKILL);
-    let _ = orch.child.wait();
-    orch.log_path = std::path::PathBuf::from("/nonexistent");
+    Orch::spawn_logged(dir, cmd, name)
 }
 
 /// Ends, by pid, every process that still carries one of the markers (a test that fails
@@ -174,7 +148,7 @@ fn a_reused_pid_is_refused_and_the_process_behind_it_is_left_alone() {
         let text = std::fs::read_to_string(run.join("state")).ok()?;
         (text.matches("state=running").count() == 2).then_some(text)
     });
-    kill_9(first);
+    first.kill_9();
     for marker in [&mark_a, &mark_b] {
         for pid in pids_with(marker) {
             kill(pid, libc::SIGKILL);
@@ -303,7 +277,7 @@ fn kill_9_during_a_spawn_storm_then_a_restart_leaves_one_process_per_service() {
         let mut restart = restart.spawn().unwrap();
         std::thread::sleep(Duration::from_micros(random(40_000)));
         let spawned = orch.lines_with(&["reason=spawned"]).len();
-        kill_9(orch);
+        orch.kill_9();
         if run % 2 == 0 {
             qm.kill_agent();
         }

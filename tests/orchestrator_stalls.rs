@@ -213,23 +213,9 @@ fn mount_before_exec(cmd: &mut Command, dev: RawFd, at: &Path) {
     }
 }
 
-fn holdenctl(socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run holdenctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// A field of `name` in `holdenctl status NAME --json` (the answer must come).
 fn status_field(socket: &Path, name: &str, key: &str) -> String {
-    let (code, out) = holdenctl(socket, &["status", name, "--json"]);
+    let (code, out) = holdenctl_text(socket, &["status", name, "--json"]);
     assert_eq!(code, 0, "status {name}: {out}");
     let needle = format!("\"{key}\":");
     let at = out.find(&needle).expect(key) + needle.len();

@@ -3,10 +3,10 @@
 //! instance take over the processes of this one.
 //!
 //! The record is written by its own thread: the loop only copies a service's fixed-size entry
-//! into a shared table (under a mutex nobody holds for long) and wakes the writer, which
-//! encodes the whole table into a buffer sized at start-up, writes it to `state.tmp` and
-//! renames that over `state`. A reader therefore sees a whole record, old or new, never a mix;
-//! updates that come while a write is under way are coalesced into the next one. Nothing here
+//! into a shared table and notes it changed (O(1) under a mutex that the writer holds only to
+//! take the changed entries), and the writer, at most every [`RECORD_INTERVAL`], encodes the
+//! whole record into a buffer sized at start-up, writes it to `state.tmp` and renames that
+//! over `state`. A reader therefore sees a whole record, old or new, never a mix. Nothing here
 //! allocates after start-up.
 
 use crate::log::{Logger, Priority, Quoted};
@@ -327,13 +327,19 @@ pub(crate) fn find(pid: i32, identity: Identity) -> Found {
     }
 }
 
-/// The table the loop updates and the writer thread writes out.
+/// How long the writer lets changes gather before it writes them out: the record lags the
+/// services by at most this plus one write, and is written at most this often (a crash loop
+/// changes some service thousands of times a second; writing each change cost the loop a
+/// fifth of its restarts and its tail latency, measured with `benches/loop-stall-sched.sh`).
+/// A process started within the lag is found by its tag instead.
+pub(crate) const RECORD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The entries the loop has changed since the writer last took them.
 struct Table {
     entries: Box<[Option<Entry>]>,
-    /// Bumped by every change.
-    generation: u64,
-    /// The generation last written (or given up on).
-    written: u64,
+    /// Indices of the changed entries (capacity: every service; no allocation).
+    dirty: Vec<u32>,
+    is_dirty: Box<[bool]>,
     stop: bool,
     /// After `stop`: remove the record instead of writing it.
     remove: bool,
@@ -361,64 +367,17 @@ impl Recorder {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table {
                 entries: vec![None; capacity].into_boxed_slice(),
-                generation: 0,
-                written: 0,
+                dirty: Vec::with_capacity(capacity),
+                is_dirty: vec![false; capacity].into_boxed_slice(),
                 stop: false,
                 remove: false,
             }),
             changed: Condvar::new(),
         });
-        let mut copy: Box<[Option<Entry>]> = vec![None; capacity].into_boxed_slice();
-        let mut buf = vec![0u8; record::size_max(capacity)].into_boxed_slice();
         let theirs = Arc::clone(&shared);
         let thread = sys::signal::spawn_thread_blocking_signals(
             std::thread::Builder::new().name("holden-record".into()),
-            move || {
-                let mut failed_before = false;
-                loop {
-                    let (generation, stop, remove) = {
-                        let Ok(mut table) = theirs.table.lock() else {
-                            return;
-                        };
-                        while table.generation == table.written && !table.stop {
-                            table = match theirs.changed.wait(table) {
-                                Ok(table) => table,
-                                Err(_) => return,
-                            };
-                        }
-                        copy.copy_from_slice(&table.entries);
-                        (table.generation, table.stop, table.remove)
-                    };
-                    if remove {
-                        runtime.remove_record();
-                    } else {
-                        let result = write_record(&runtime, &boot_id, &copy, &mut buf);
-                        match result {
-                            Ok(()) => failed_before = false,
-                            Err(e) if !failed_before => {
-                                failed_before = true;
-                                log.line(
-                                    Priority::Err,
-                                    format_args!(
-                                        "event=record-write-failed dir={} error={} \
-                                         consequence=\"a restarted orchestrator would not take \
-                                         over what changed since the last write\"",
-                                        Quoted(&runtime.path().display().to_string()),
-                                        Quoted(&e.to_string())
-                                    ),
-                                );
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                    if let Ok(mut table) = theirs.table.lock() {
-                        table.written = generation;
-                        if stop && table.generation == generation {
-                            return;
-                        }
-                    }
-                }
-            },
+            move || write_loop(&theirs, &runtime, &boot_id, &log, capacity),
         )?;
         Ok(Recorder {
             shared,
@@ -426,11 +385,14 @@ impl Recorder {
         })
     }
 
-    /// Sets (or clears) the entry of service `index` and wakes the writer.
+    /// Sets (or clears) the entry of service `index`; the writer is woken by the first change
+    /// after a write (later ones join it). O(1) under the mutex, which the writer holds only
+    /// to take the changed entries.
     pub(crate) fn put(&self, index: usize, entry: Option<Entry>) {
         let Ok(mut table) = self.shared.table.lock() else {
             return;
         };
+        let table = &mut *table;
         let Some(place) = table.entries.get_mut(index) else {
             return;
         };
@@ -438,8 +400,14 @@ impl Recorder {
             return;
         }
         *place = entry;
-        table.generation += 1;
-        self.shared.changed.notify_one();
+        if !table.is_dirty[index] {
+            table.is_dirty[index] = true;
+            let was_clean = table.dirty.is_empty();
+            table.dirty.push(index as u32);
+            if was_clean {
+                self.shared.changed.notify_one();
+            }
+        }
     }
 
     /// Writes the last state (or removes the record when `remove`: a clean shutdown left no
@@ -448,7 +416,6 @@ impl Recorder {
         if let Ok(mut table) = self.shared.table.lock() {
             table.stop = true;
             table.remove = remove;
-            table.generation += 1;
             self.shared.changed.notify_one();
         }
         if let Some(thread) = self.thread.take() {
@@ -461,6 +428,67 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         if self.thread.is_some() {
             self.stop(false);
+        }
+    }
+}
+
+/// The writer thread: waits for a change, lets changes gather for [`RECORD_INTERVAL`], takes
+/// the changed entries into its own copy of the table, and writes the whole record.
+fn write_loop(shared: &Shared, runtime: &RuntimeDir, boot_id: &str, log: &Logger, capacity: usize) {
+    let mut copy: Box<[Option<Entry>]> = vec![None; capacity].into_boxed_slice();
+    let mut buf = vec![0u8; record::size_max(capacity)].into_boxed_slice();
+    let mut failed_before = false;
+    loop {
+        {
+            let Ok(mut table) = shared.table.lock() else {
+                return;
+            };
+            while table.dirty.is_empty() && !table.stop {
+                table = match shared.changed.wait(table) {
+                    Ok(table) => table,
+                    Err(_) => return,
+                };
+            }
+            if !table.stop {
+                drop(table);
+                std::thread::sleep(RECORD_INTERVAL);
+            }
+        }
+        let (stop, remove) = {
+            let Ok(mut table) = shared.table.lock() else {
+                return;
+            };
+            let table = &mut *table;
+            for index in table.dirty.drain(..) {
+                let index = index as usize;
+                copy[index] = table.entries[index];
+                table.is_dirty[index] = false;
+            }
+            (table.stop, table.remove)
+        };
+        if remove {
+            runtime.remove_record();
+            return;
+        }
+        match write_record(runtime, boot_id, &copy, &mut buf) {
+            Ok(()) => failed_before = false,
+            Err(e) if !failed_before => {
+                failed_before = true;
+                log.line(
+                    Priority::Err,
+                    format_args!(
+                        "event=record-write-failed dir={} error={} \
+                         consequence=\"a restarted orchestrator would not take over what \
+                         changed since the last write\"",
+                        Quoted(&runtime.path().display().to_string()),
+                        Quoted(&e.to_string())
+                    ),
+                );
+            }
+            Err(_) => {}
+        }
+        if stop {
+            return;
         }
     }
 }

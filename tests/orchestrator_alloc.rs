@@ -2,7 +2,8 @@
 //! counting global allocator, through at least 10,000 restart cycles of a local crash-looping
 //! service and QM crash-looping services through a real holden-agent, while a control client
 //! asks for status and the agent link, a monitor connection receives every event and a
-//! follower (`holdenctl logs -f`) the output of a local service that prints while it restarts.
+//! follower (`holdenctl logs -f`) the output of a local service that prints while it restarts,
+//! and the state record's writer writes what changes.
 //!
 //! While the loop runs, this test's main thread only sleeps and reads atomics, and the control
 //! client uses only libc and stack buffers, so every allocation counted during the measured
@@ -225,6 +226,8 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     let journal_socket = dir.path("journal.sock");
     let journal = std::os::unix::net::UnixDatagram::bind(&journal_socket).unwrap();
     settings.journal_socket = journal_socket;
+    // The state record is written all along (its writer thread counts too).
+    settings.runtime_dir = Some(dir.path("run"));
     let defs = vec![
         crash_loop("local-true", Partition::Local),
         printer("local-printer"),

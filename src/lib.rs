@@ -13,6 +13,8 @@
 pub mod config;
 #[cfg(feature = "orchestrator")]
 pub mod control;
+#[cfg(feature = "orchestrator")]
+pub mod handoff;
 pub mod histogram;
 #[cfg(feature = "orchestrator")]
 pub mod link;

@@ -20,6 +20,7 @@ use super::control::{self, ControlServer, Request, View};
 use super::counters::Counters;
 use super::engine::{Engine, Output};
 use super::output::Outputs;
+use super::reexec::{Inherited, Program};
 use super::reload;
 use super::runtime::{self, Found, Recorder, RuntimeDir, RuntimeError};
 use super::services::{prepare_spec, Services};
@@ -49,6 +50,11 @@ pub const FIXED_SLOTS: usize = 8;
 const FIXED_BUFFERED_SLOTS: usize = 2;
 /// v0.2 request connections beyond one per service, for slots still draining.
 const V02_SPARE_SLOTS: usize = 4;
+/// How long a re-exec waits for the spawns in flight to finish before it execs anyway (a spawn
+/// still in flight then is found by its tag, or started again, by the next instance).
+const REEXEC_DRAIN_MAX_NS: u64 = 1_000_000_000;
+/// How often the loop looks again while a re-exec waits for spawns in flight.
+const REEXEC_POLL: Duration = Duration::from_millis(5);
 /// Buffers of a buffered ring slot (connections): one wire v1 frame each way.
 const SLOT_BUF_BYTES: u32 = crate::wire::v1::FRAME_LEN_MAX as u32;
 
@@ -132,13 +138,14 @@ fn put_output(
     log: &Logger,
     index: usize,
     def: &ServiceDef,
+    kept: [Option<(OwnedFd, OwnedFd)>; 2],
 ) -> [Option<SlotId>; 2] {
     use crate::config::OutputTarget;
     let targets = match def.policy.partition {
         Partition::Local => [&def.stdout, &def.stderr],
         Partition::Qm => [&OutputTarget::Inherit, &OutputTarget::Inherit],
     };
-    outputs.put(ring, log, index, &def.name, targets)
+    outputs.put(ring, log, index, &def.name, targets, kept)
 }
 
 /// journald's socket for the orchestrator's own lines: `[log] journal = "always"`, or
@@ -206,6 +213,20 @@ pub struct Orchestrator {
     recorder: Option<Recorder>,
     /// The previous instance's record, until start-up has carried on with it.
     carried_over: Option<crate::record::Record>,
+    /// What a re-exec runs (`None` if this process's program could not be read).
+    program: Option<Program>,
+    /// Re-execs before this instance.
+    generation: u32,
+    /// A re-exec asked for and not yet done: when, and the control connection that asked.
+    reexec: Option<(u64, Option<usize>)>,
+    /// What the previous instance handed over (after a re-exec), until start-up used it.
+    inherited: Option<Inherited>,
+}
+
+/// The fd number of a borrowed fd (for the re-exec handoff).
+fn raw(fd: std::os::fd::BorrowedFd<'_>) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
 }
 
 impl Drop for Orchestrator {
@@ -225,9 +246,21 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
+        // After a re-exec: what the previous instance kept open for this one.
+        let (mut inherited, handoff_error) =
+            match Inherited::from_env(settings.slots.max(defs.len())) {
+                Ok(inherited) => (inherited, None),
+                Err(e) => (None, Some(e)),
+            };
         // Before anything starts: one orchestrator per runtime directory.
         let runtime = match &settings.runtime_dir {
-            Some(dir) => Some(RuntimeDir::lock(dir).map_err(Error::Runtime)?),
+            Some(dir) => {
+                let kept = inherited.as_mut().and_then(|i| {
+                    let fd = i.handoff.lock;
+                    i.take(fd)
+                });
+                Some(RuntimeDir::lock(dir, kept).map_err(Error::Runtime)?)
+            }
             None => None,
         };
         let journal = own_lines_journal(&settings, options.log_fd);
@@ -239,6 +272,17 @@ impl Orchestrator {
         )
         .map_err(|e| Error::Io("log writer thread", e))?;
         let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
+        if let Some(e) = handoff_error {
+            log.line(
+                Priority::Err,
+                format_args!(
+                    "event=handoff-unusable error={} consequence=\"started as after a crash: \
+                     processes are taken over from the state record, the control socket and \
+                     output pipes are made anew\"",
+                    Quoted(&e)
+                ),
+            );
+        }
         let capacity = settings.slots.max(defs.len()).max(1);
         if capacity > supervise::SERVICES_MAX {
             return Err(Error::Service(format!(
@@ -314,7 +358,14 @@ impl Orchestrator {
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
-            let taken = put_output(&mut outputs, &mut ring, &log, index, &def);
+            let kept = match inherited.as_mut() {
+                Some(i) if def.policy.partition == Partition::Local => [
+                    i.take_output(&def.name, crate::output::Stream::Stdout),
+                    i.take_output(&def.name, crate::output::Stream::Stderr),
+                ],
+                _ => [None, None],
+            };
+            let taken = put_output(&mut outputs, &mut ring, &log, index, &def, kept);
             for (stream, slot) in taken.iter().enumerate() {
                 if let Some(slot) = slot {
                     output_owners.push((slot.index(), Owner::Output(index as u32, stream as u8)));
@@ -418,6 +469,10 @@ impl Orchestrator {
             agent_status: "connecting",
             recorder,
             carried_over,
+            program: Program::of_this_process().ok(),
+            generation: inherited.as_ref().map_or(0, |i| i.handoff.generation),
+            reexec: None,
+            inherited,
         })
     }
 
@@ -456,7 +511,9 @@ impl Orchestrator {
         self.start_up()?;
         while !self.done {
             self.counters.iterations.fetch_add(1, Ordering::Relaxed);
-            self.ring.submit_and_wait(1, None).map_err(Error::Enter)?;
+            // While a re-exec waits for spawns in flight, look again every few ms.
+            let wait = self.reexec.map(|_| REEXEC_POLL);
+            self.ring.submit_and_wait(1, wait).map_err(Error::Enter)?;
             while let Some(completion) = self.ring.next_completion() {
                 let started = ring::now_ns();
                 self.on_completion(completion);
@@ -466,6 +523,9 @@ impl Orchestrator {
             self.settle();
             if !self.pending_adds.is_empty() {
                 self.reload_pending();
+            }
+            if self.reexec.is_some() {
+                self.try_reexec();
             }
         }
         self.engine.close_agent();
@@ -513,8 +573,44 @@ impl Orchestrator {
         }
         self.engine.start(now());
         self.settle();
-        self.control.start(&mut self.ring, &self.log);
+        let listener = self.inherited.as_mut().and_then(|i| {
+            let fd = i.handoff.control;
+            i.take(fd)
+        });
+        self.control.start(&mut self.ring, &self.log, listener);
         let resumed = self.carry_on();
+        if let Some(mut inherited) = self.inherited.take() {
+            let handoff = &inherited.handoff;
+            let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
+            let adopted = self.engine.core().services().filter(|&id| {
+                self.engine
+                    .core()
+                    .status(id)
+                    .is_some_and(|s| s.pid.is_some())
+            });
+            let adopted = adopted.count() as u32;
+            self.log.line(
+                Priority::Notice,
+                format_args!(
+                    "event=reexec-done generation={} took_us={took_us} services_with_a_process={adopted}",
+                    self.generation
+                ),
+            );
+            let reply = handoff.reply;
+            if let Some((fd, request)) = reply {
+                if let Some(fd) = inherited.take(Some(fd)) {
+                    control::answer_handed_over(
+                        fd,
+                        request,
+                        crate::control::ReexecInfo {
+                            generation: self.generation,
+                            took_us,
+                            adopted,
+                        },
+                    );
+                }
+            }
+        }
         for index in 0..self.services.list.len() {
             if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
                 let service = self.services.list[index].id;
@@ -839,6 +935,7 @@ impl Orchestrator {
                 self.control
                     .command_done(&mut self.ring, &self.log, &view, conn, service, result);
             }
+            Some(Request::Reexec { conn }) => self.request_reexec(Some(conn)),
             Some(Request::Reload { conn }) => {
                 let mut notes = [0u8; TEXT_LEN_MAX];
                 let result = self.reload(&mut notes);
@@ -875,6 +972,14 @@ impl Orchestrator {
         }
         let _ = self.ring.poll_add(slot, libc::POLLIN as u32);
         for &sig in &got[..n] {
+            if sig == libc::SIGUSR2 {
+                self.log.line(
+                    Priority::Notice,
+                    format_args!("event=signal signal=SIGUSR2 action=reexec"),
+                );
+                self.request_reexec(None);
+                continue;
+            }
             if sig == libc::SIGHUP {
                 self.log.line(
                     Priority::Notice,
@@ -921,6 +1026,144 @@ impl Orchestrator {
             self.outputs.resume(&mut self.ring, index);
             self.settle();
         }
+    }
+
+    /// Asks for a re-exec (`conn`: the control connection to answer). Done by
+    /// [`Orchestrator::try_reexec`] once no spawn is in flight.
+    fn request_reexec(&mut self, conn: Option<usize>) {
+        if self.reexec.is_some() || self.engine.core().shutting_down() {
+            let text = if self.reexec.is_some() {
+                "a re-exec is already under way"
+            } else {
+                "the orchestrator is shutting down"
+            };
+            if let Some(k) = conn {
+                self.control
+                    .reexec_failed(&mut self.ring, &self.log, k, text);
+            }
+            return;
+        }
+        self.reexec = Some((ring::now_ns(), conn));
+        self.try_reexec();
+    }
+
+    /// Whether a spawn is in flight (a local one in a spawner thread, or a QM request).
+    fn spawning(&self) -> bool {
+        let core = self.engine.core();
+        self.engine.link().requests_outstanding() > 0
+            || core
+                .services()
+                .any(|id| core.status(id).is_some_and(|s| s.state == State::Starting))
+    }
+
+    /// Re-execs if nothing is in flight, or once [`REEXEC_DRAIN_MAX_NS`] has passed.
+    fn try_reexec(&mut self) {
+        let Some((asked_at, conn)) = self.reexec else {
+            return;
+        };
+        if self.engine.core().shutting_down() {
+            self.reexec = None;
+            if let Some(k) = conn {
+                let text = "the orchestrator began shutting down";
+                self.control
+                    .reexec_failed(&mut self.ring, &self.log, k, text);
+            }
+            return;
+        }
+        let spawning = self.spawning();
+        if spawning && ring::now_ns() < asked_at + REEXEC_DRAIN_MAX_NS {
+            return;
+        }
+        self.reexec = None;
+        let error = self.reexec_now(asked_at, conn, spawning);
+        self.log.line(
+            Priority::Err,
+            format_args!(
+                "event=reexec-failed error={} effect=\"runs on as it was\"",
+                Quoted(&error)
+            ),
+        );
+        let _ = self.notify.send(b"READY=1");
+        if let Some(k) = conn {
+            self.control
+                .reexec_failed(&mut self.ring, &self.log, k, &error);
+        }
+    }
+
+    /// Writes the state record, hands over the fds and execs; returns only on failure.
+    fn reexec_now(&mut self, asked_at: u64, conn: Option<usize>, spawning: bool) -> String {
+        let Some(program) = &self.program else {
+            return "this process's program (/proc/self/exe) could not be read at start-up".into();
+        };
+        let Some(recorder) = &self.recorder else {
+            return "no runtime directory (runtime_dir): nothing would carry the services' \
+                    state across"
+                .into();
+        };
+        // The new instance reads the configuration file again: one it would refuse must
+        // not end this one.
+        if let Some(path) = &self.settings.config_path {
+            if let Err(e) = crate::config::Config::load(path) {
+                return format!(
+                    "the configuration file is invalid now, and the new instance would not \
+                     start: {e}"
+                );
+            }
+        }
+        // Replies already queued (the last answers before the exec) go out first.
+        let _ = self.ring.submit_and_wait(0, None);
+        if let Err(e) = recorder.write_now() {
+            recorder.resume_writing();
+            return format!("writing the state record: {e}");
+        }
+        let mut handoff = crate::handoff::Handoff {
+            generation: self.generation + 1,
+            began_ns: asked_at,
+            ..Default::default()
+        };
+        let mut kept = vec![recorder.lock_fd()];
+        handoff.lock = Some(raw(recorder.lock_fd()));
+        if let Some(fd) = self.control.listener(&self.ring) {
+            handoff.control = Some(raw(fd));
+            kept.push(fd);
+        }
+        if let Some((fd, request)) = conn.and_then(|k| self.control.waiting_conn(&self.ring, k)) {
+            handoff.reply = Some((raw(fd), request));
+            kept.push(fd);
+        }
+        for (index, service) in self.services.list.iter().enumerate() {
+            let Ok(name) = arrayvec::ArrayString::from(service.def.name.as_str()) else {
+                continue;
+            };
+            for (stream, pipe) in self.outputs.pipes(index).into_iter().enumerate() {
+                let Some((slot, write)) = pipe else { continue };
+                let Some(read) = self.ring.fd(slot) else {
+                    continue;
+                };
+                handoff.outputs.push(crate::handoff::OutputFds {
+                    service: name,
+                    stream: crate::output::Stream::from_index(stream),
+                    read: raw(read),
+                    write: raw(write.as_fd()),
+                });
+                kept.push(read);
+                kept.push(write.as_fd());
+            }
+        }
+        let _ = self.notify.reloading(ring::now_ns() / 1_000);
+        self.log.line(
+            Priority::Notice,
+            format_args!(
+                "event=reexec binary={} generation={} fds_kept={} spawns_in_flight={spawning}",
+                Quoted(&program.path().to_string_lossy()),
+                handoff.generation,
+                kept.len()
+            ),
+        );
+        self.log_writer.flush(log::background::FLUSH_TIMEOUT);
+        let error = program.exec(&handoff, &kept);
+        recorder.resume_writing();
+        format!("execve {}: {error}", program.path().to_string_lossy())
     }
 
     /// Carries on with the services of the previous instance. Its state record says what each
@@ -1063,7 +1306,10 @@ impl Orchestrator {
             let id = service.id;
             // After a crash the previous instance's children were reparented: their exit
             // status is read through PIDFD_INFO_EXIT, as for QM.
-            service.reaped_elsewhere = live.is_some();
+            // After a re-exec they are still ours: exit statuses through waitid, as before.
+            service.reaped_elsewhere = live
+                .as_ref()
+                .is_some_and(|&(_, pid, _, _)| !runtime::is_our_child(pid));
             let live = live.map(|(fd, pid, identity, qm_pid)| {
                 service.start_identity = identity;
                 let inode = match identity {
@@ -1439,7 +1685,14 @@ impl Orchestrator {
         {
             self.owners[freed.index()] = Owner::Free;
         }
-        let taken = put_output(&mut self.outputs, &mut self.ring, &self.log, index, def);
+        let taken = put_output(
+            &mut self.outputs,
+            &mut self.ring,
+            &self.log,
+            index,
+            def,
+            [None, None],
+        );
         for (stream, slot) in taken.iter().enumerate() {
             if let Some(slot) = slot {
                 self.owners[slot.index()] = Owner::Output(index as u32, stream as u8);

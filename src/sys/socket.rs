@@ -573,6 +573,29 @@ impl Listener {
         Ok((Listener { fd, file }, stale))
     }
 
+    /// The listener a previous instance of this process bound at `path` and kept across its
+    /// re-exec: still listening (connections made meanwhile wait in its backlog), and its file
+    /// ours to remove. Refused unless `fd` is a socket and `path` still a socket file.
+    pub fn inherited(fd: OwnedFd, path: &[u8]) -> Result<Listener, BindError> {
+        let cpath = CString::new(path).map_err(|e| BindError::Address(e.into()))?;
+        let is_socket = super::fd::fstat(fd.as_fd()).map_err(|e| BindError::Io("fstat", e))?;
+        if !is_socket.is_socket() {
+            return Err(BindError::NotASocket);
+        }
+        let st = match super::fd::lstat(&cpath) {
+            Ok(Some(st)) if st.is_socket() => st,
+            Ok(_) => return Err(BindError::NotASocket),
+            Err(e) => return Err(BindError::Io("stat", e)),
+        };
+        super::fd::set_cloexec(fd.as_fd(), true).map_err(|e| BindError::Io("fcntl", e))?;
+        let file = Some(SocketFile {
+            path: cpath,
+            dev: st.dev,
+            ino: st.ino,
+        });
+        Ok(Listener { fd, file })
+    }
+
     /// A listener passed in by someone else (systemd): its file is not ours to remove.
     pub fn adopt(fd: OwnedFd) -> Listener {
         Listener { fd, file: None }

@@ -912,7 +912,7 @@ mod tests {
         let len = encode(&mut buf, 9, &body).unwrap();
         assert_eq!(
             &buf[..len],
-            b"HCTL\x03\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
+            b"HCTL\x04\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
         );
         // Out-of-range fields are refused, typed.
         let mut bad = buf;

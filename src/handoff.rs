@@ -1,8 +1,8 @@
 //! The handoff of a live re-exec: what one orchestrator instance passes to the next one when it
 //! `execve`s itself, beside the state record. The record says what each service had; the
 //! handoff names the fds kept open across the exec (the lock, the control listener, the
-//! captured output pipes, the connection of the `holdenctl reexec` that asked for it) and how
-//! many re-execs came before. Sans-IO: encoding into a caller's buffer and strict decoding; the
+//! captured output pipes, each service's pidfd, the connection of the `holdenctl reexec` that
+//! asked for it) and how many re-execs came before. Sans-IO: encoding into a caller's buffer and strict decoding; the
 //! memfd that carries it (its number in [`ENV`]) is the shell's (`src/orchestrator/reexec.rs`).
 //!
 //! ```text
@@ -13,12 +13,15 @@
 //! control 5
 //! reply 9 17
 //! output camera stdout 6 7
-//! end 6
+//! process camera 8
+//! end 7
 //! ```
 //!
 //! `began` is `CLOCK_MONOTONIC` in nanoseconds when the previous instance started the re-exec;
 //! `reply` is the fd and the request id of the control connection to answer; `output` lines
-//! give a service's stream with the pipe's read end and write end. `end N` counts the lines
+//! give a service's stream with the pipe's read end and write end; `process` lines a
+//! service's pidfd (kept, a process that exits during the exec is still known by it, and its
+//! exit status read through it, even once someone else reaped it). `end N` counts the lines
 //! between header and trailer: a handoff cut short is refused.
 
 use crate::config::SERVICE_NAME_LEN_MAX;
@@ -36,9 +39,9 @@ pub const LINE_LEN_MAX: usize = 64 + SERVICE_NAME_LEN_MAX;
 /// Lines other than `output` ones.
 const FIXED_LINES: usize = 7;
 
-/// Largest handoff with `outputs` output lines.
-pub fn size_max(outputs: usize) -> usize {
-    (FIXED_LINES + outputs) * LINE_LEN_MAX
+/// Largest handoff of `services` services (two output lines and a process line each).
+pub fn size_max(services: usize) -> usize {
+    (FIXED_LINES + 3 * services) * LINE_LEN_MAX
 }
 
 /// One captured stream's pipe.
@@ -62,6 +65,8 @@ pub struct Handoff {
     /// The control connection to answer, and its request id.
     pub reply: Option<(RawFd, u32)>,
     pub outputs: Vec<OutputFds>,
+    /// Each service's pidfd.
+    pub processes: Vec<(ArrayString<SERVICE_NAME_LEN_MAX>, RawFd)>,
 }
 
 /// Why a handoff was refused: the line (1-based) and what was wrong.
@@ -87,6 +92,7 @@ impl Handoff {
             .chain(self.control)
             .chain(self.reply.map(|(fd, _)| fd))
             .chain(self.outputs.iter().flat_map(|o| [o.read, o.write]))
+            .chain(self.processes.iter().map(|&(_, fd)| fd))
     }
 
     /// Writes the handoff into `out`; returns the length, or `None` if it does not fit.
@@ -121,14 +127,19 @@ impl Handoff {
             .ok()?;
             lines += 1;
         }
+        for (service, fd) in &self.processes {
+            writeln!(w, "process {service} {fd}").ok()?;
+            lines += 1;
+        }
         writeln!(w, "end {lines}").ok()?;
         Some(capacity - w.len())
     }
 }
 
-/// Decodes a handoff of at most `outputs_max` output lines; every fd number must be 3 or more
-/// and named once.
-pub fn decode(bytes: &[u8], outputs_max: usize) -> Result<Handoff, HandoffError> {
+/// Decodes a handoff of at most `services_max` services (twice as many output lines, as many
+/// process lines); every fd number must be 3 or more and named once.
+pub fn decode(bytes: &[u8], services_max: usize) -> Result<Handoff, HandoffError> {
+    let outputs_max = 2 * services_max;
     let text = std::str::from_utf8(bytes).map_err(|e| HandoffError {
         line: 1 + bytes[..e.valid_up_to()]
             .iter()
@@ -220,9 +231,7 @@ pub fn decode(bytes: &[u8], outputs_max: usize) -> Result<Handoff, HandoffError>
                 if handoff.outputs.len() == outputs_max {
                     return Err(bad(format!("more than {outputs_max} output lines")));
                 }
-                let service = ArrayString::from(name)
-                    .ok()
-                    .filter(|n| !n.is_empty())
+                let service = service_name(name)
                     .ok_or_else(|| bad(format!("service name {name:?}: empty or too long")))?;
                 let stream = match *stream {
                     "stdout" => Stream::Stdout,
@@ -243,6 +252,17 @@ pub fn decode(bytes: &[u8], outputs_max: usize) -> Result<Handoff, HandoffError>
                     read,
                     write,
                 });
+            }
+            ["process", name, n] => {
+                if handoff.processes.len() == services_max {
+                    return Err(bad(format!("more than {services_max} process lines")));
+                }
+                let service = service_name(name)
+                    .ok_or_else(|| bad(format!("service name {name:?}: empty or too long")))?;
+                if handoff.processes.iter().any(|(s, _)| *s == service) {
+                    return Err(twice("that service's process"));
+                }
+                handoff.processes.push((service, fd(n)?));
             }
             ["end", n] => {
                 counted -= 1;
@@ -282,6 +302,10 @@ pub fn decode(bytes: &[u8], outputs_max: usize) -> Result<Handoff, HandoffError>
     Ok(handoff)
 }
 
+fn service_name(name: &str) -> Option<ArrayString<SERVICE_NAME_LEN_MAX>> {
+    ArrayString::from(name).ok().filter(|n| !n.is_empty())
+}
+
 fn truncate(line: &str) -> &str {
     let mut end = line.len().min(40);
     while !line.is_char_boundary(end) {
@@ -307,6 +331,7 @@ mod tests {
                 read: 6,
                 write: 7,
             }],
+            processes: vec![(ArrayString::from("camera").unwrap(), 8)],
         }
     }
 
@@ -318,9 +343,13 @@ mod tests {
         assert_eq!(
             text,
             "holden-handoff 1\ngeneration 3\nbegan 81230000000\nlock 4\ncontrol 5\nreply 9 17\n\
-             output camera stdout 6 7\nend 6\n"
+             output camera stdout 6 7\nprocess camera 8\nend 7\n"
         );
         assert_eq!(decode(text.as_bytes(), 1).unwrap(), sample());
+        assert!(decode(text.as_bytes(), 0)
+            .unwrap_err()
+            .message
+            .contains("more than 0 output lines"));
         assert!(len <= size_max(1));
     }
 
@@ -342,7 +371,8 @@ mod tests {
         let edits = [
             ("lock 4", "lock 2", "3 or more"),
             ("lock 4", "lock 5", "fd 5 named twice"),
-            ("end 6", "end 5", "end says 5"),
+            ("end 7", "end 5", "end says 5"),
+            ("process camera 8", "process camera 7", "fd 7 named twice"),
             ("stdout", "stdin", "not stdout or stderr"),
             ("reply 9 17", "reply 9 x", "request id"),
             ("generation 3", "generation 3\ngeneration 4", "twice"),
@@ -353,10 +383,6 @@ mod tests {
             let e = decode(text.as_bytes(), 4).unwrap_err();
             assert!(e.message.contains(expected), "{from} -> {to}: {e}");
         }
-        assert!(decode(good.as_bytes(), 0)
-            .unwrap_err()
-            .message
-            .contains("more than 0 output lines"));
     }
 
     #[test]

@@ -578,7 +578,12 @@ impl Orchestrator {
             i.take(fd)
         });
         self.control.start(&mut self.ring, &self.log, listener);
-        let resumed = self.carry_on();
+        let handed = self
+            .inherited
+            .as_mut()
+            .map(Inherited::take_processes)
+            .unwrap_or_default();
+        let resumed = self.carry_on(handed);
         if let Some(mut inherited) = self.inherited.take() {
             let handoff = &inherited.handoff;
             let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
@@ -1135,6 +1140,12 @@ impl Orchestrator {
             let Ok(name) = arrayvec::ArrayString::from(service.def.name.as_str()) else {
                 continue;
             };
+            if self.engine.procs(service.id).proc.is_some() {
+                if let Some(pidfd) = self.ring.fd(service.slot) {
+                    handoff.processes.push((name, raw(pidfd)));
+                    kept.push(pidfd);
+                }
+            }
             for (stream, pipe) in self.outputs.pipes(index).into_iter().enumerate() {
                 let Some((slot, write)) = pipe else { continue };
                 let Some(read) = self.ring.fd(slot) else {
@@ -1174,7 +1185,10 @@ impl Orchestrator {
     /// flight at the crash) is found by its tag (`runtime::tagged_processes`) and taken over
     /// too; a second one of the same service is ended (SIGKILL): one process per service.
     /// Returns the indices of the services carried on with (not started at boot).
-    fn carry_on(&mut self) -> Vec<usize> {
+    ///
+    /// After a re-exec `handed` are the services' pidfds that the previous instance kept open:
+    /// the recorded process is that one, nothing needs to be looked up or checked.
+    fn carry_on(&mut self, mut handed: Vec<(String, OwnedFd)>) -> Vec<usize> {
         let entries = self
             .carried_over
             .take()
@@ -1220,7 +1234,11 @@ impl Orchestrator {
             if let Some(entry) = entry {
                 if let Some(pid) = entry.carried.pid {
                     candidates.retain(|&p| p != pid.0);
-                    match runtime::find(pid.0, entry.identity) {
+                    let found = match handed.iter().position(|(n, _)| *n == name) {
+                        Some(i) => Found::Same(handed.swap_remove(i).1),
+                        None => runtime::find(pid.0, entry.identity),
+                    };
+                    match found {
                         Found::Same(fd) => {
                             adopted += 1;
                             live = Some((fd, pid.0, entry.identity, entry.qm_pid));

@@ -16,11 +16,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-/// Most output lines a handoff may carry (two streams per service at most).
-fn outputs_max(services: usize) -> usize {
-    2 * services.max(1)
-}
-
 /// What to exec: this process's binary path, arguments and environment, taken at start-up.
 pub(crate) struct Program {
     path: CString,
@@ -62,7 +57,8 @@ impl Program {
     /// across the exec. Returns only if the exec failed; then every fd is close-on-exec
     /// again and nothing else changed.
     pub(crate) fn exec(&self, handoff: &Handoff, kept: &[BorrowedFd<'_>]) -> io::Error {
-        let mut buf = vec![0u8; handoff::size_max(handoff.outputs.len())];
+        let services = handoff.processes.len().max(handoff.outputs.len());
+        let mut buf = vec![0u8; handoff::size_max(services)];
         let Some(len) = handoff.encode(&mut buf) else {
             return io::Error::from_raw_os_error(libc::ENOSPC);
         };
@@ -121,7 +117,8 @@ impl Inherited {
             .ok_or_else(|| format!("{}={value:?}: not an fd number", handoff::ENV))?;
         let memfd = sys::fd::claim_inherited(number)
             .map_err(|e| format!("{}={number}: {e}", handoff::ENV))?;
-        let max = handoff::size_max(outputs_max(services));
+        let services = services.max(1);
+        let max = handoff::size_max(services);
         let mut buf = vec![0u8; max + 1];
         let mut len = 0;
         while len < buf.len() {
@@ -134,8 +131,8 @@ impl Inherited {
         if len > max {
             return Err(format!("the handoff is larger than {max} bytes"));
         }
-        let handoff = handoff::decode(&buf[..len], outputs_max(services))
-            .map_err(|e| format!("the handoff: {e}"))?;
+        let handoff =
+            handoff::decode(&buf[..len], services).map_err(|e| format!("the handoff: {e}"))?;
         let mut fds = BTreeMap::new();
         for fd in handoff.fds() {
             // A number that is not open is left out: what needed it is set up anew.
@@ -151,6 +148,15 @@ impl Inherited {
     /// Takes the fd numbered `fd` (once).
     pub(crate) fn take(&mut self, fd: Option<RawFd>) -> Option<OwnedFd> {
         fd.and_then(|fd| self.fds.remove(&fd))
+    }
+
+    /// Takes every service's pidfd: service name and pidfd.
+    pub(crate) fn take_processes(&mut self) -> Vec<(String, OwnedFd)> {
+        let named: Vec<_> = self.handoff.processes.clone();
+        named
+            .into_iter()
+            .filter_map(|(name, fd)| Some((name.to_string(), self.fds.remove(&fd)?)))
+            .collect()
     }
 
     /// Takes the pipe of a service's stream: (read end, write end).

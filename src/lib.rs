@@ -13,6 +13,7 @@
 pub mod config;
 #[cfg(feature = "orchestrator")]
 pub mod control;
+pub mod fd_store;
 #[cfg(feature = "orchestrator")]
 pub mod handoff;
 pub mod histogram;

@@ -221,6 +221,54 @@ pub struct Orchestrator {
     reexec: Option<(u64, Option<usize>)>,
     /// What the previous instance handed over (after a re-exec), until start-up used it.
     inherited: Option<Inherited>,
+    /// Services' pidfds systemd's fd store passed (`LISTEN_FDS`), until start-up used them.
+    stored: Vec<(String, OwnedFd)>,
+    /// A store in systemd's fd store failed (said once).
+    fd_store_failed: bool,
+}
+
+/// The services' pidfds in systemd's fd store, passed at start (`LISTEN_FDS`, names
+/// `pid.<service>`); other fds passed are closed. A malformed `LISTEN_*` is logged.
+fn stored_pidfds(log: &Logger) -> Vec<(String, OwnedFd)> {
+    let var = |name: &str| std::env::var(name).ok();
+    let passed = crate::fd_store::listen_fds(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        crate::sys::process::getpid(),
+    );
+    let passed = match passed {
+        Ok(passed) => passed,
+        Err(e) => {
+            log.line(
+                Priority::Err,
+                format_args!(
+                    "event=listen-fds-unusable error={} consequence=\"processes are taken over \
+                     from the state record\"",
+                    Quoted(&e.0)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut stored = Vec::new();
+    for (number, name) in passed {
+        let Ok(fd) = crate::sys::fd::claim_inherited(number) else {
+            continue;
+        };
+        let _ = crate::sys::fd::set_cloexec(fd.as_fd(), true);
+        match crate::fd_store::service_of(&name) {
+            Some(service) if pidfd::is_pidfd(fd.as_fd()) => stored.push((service.to_string(), fd)),
+            _ => log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=listen-fd-unused fd={number} name={} effect=closed",
+                    Quoted(&name)
+                ),
+            ),
+        }
+    }
+    stored
 }
 
 /// The fd number of a borrowed fd (for the re-exec handoff).
@@ -272,6 +320,11 @@ impl Orchestrator {
         )
         .map_err(|e| Error::Io("log writer thread", e))?;
         let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
+        let stored = if options.notify {
+            stored_pidfds(&log)
+        } else {
+            Vec::new()
+        };
         if let Some(e) = handoff_error {
             log.line(
                 Priority::Err,
@@ -473,6 +526,8 @@ impl Orchestrator {
             generation: inherited.as_ref().map_or(0, |i| i.handoff.generation),
             reexec: None,
             inherited,
+            stored,
+            fd_store_failed: false,
         })
     }
 
@@ -578,11 +633,17 @@ impl Orchestrator {
             i.take(fd)
         });
         self.control.start(&mut self.ring, &self.log, listener);
-        let handed = self
+        // A re-exec's handoff first, then what systemd's fd store kept.
+        let mut handed = self
             .inherited
             .as_mut()
             .map(Inherited::take_processes)
             .unwrap_or_default();
+        for (name, fd) in std::mem::take(&mut self.stored) {
+            if !handed.iter().any(|(n, _)| *n == name) {
+                handed.push((name, fd));
+            }
+        }
         let resumed = self.carry_on(handed);
         if let Some(mut inherited) = self.inherited.take() {
             let handoff = &inherited.handoff;
@@ -622,6 +683,19 @@ impl Orchestrator {
                 let _ = self.engine.command(now(), service, Command::Start);
                 self.settle();
             }
+        }
+        let store = self.notify.fd_store();
+        if store > 0 && store < self.services.list.len() {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=fd-store-small fd_store={store} services={} consequence=\"the \
+                     pidfds that do not fit are not kept by systemd; those services are taken \
+                     over from the state record\" hint=\"FileDescriptorStoreMax= of at least \
+                     the number of services\"",
+                    self.services.list.len()
+                ),
+            );
         }
         let _ = self.notify.send(b"READY=1");
         self.update_status(if self.qm_services == 0 {
@@ -711,6 +785,7 @@ impl Orchestrator {
                 }
                 self.services
                     .watch(&mut self.ring, &self.log, service, handle);
+                self.store_pidfd(service);
             }
             Output::Signal {
                 service,
@@ -721,6 +796,12 @@ impl Orchestrator {
                 .signal(&self.ring, &self.log, service, pid, signal),
             Output::Release { service } => {
                 self.services.release(&mut self.ring, &self.log, service);
+                if self.notify.fd_store() > 0 {
+                    let result = self
+                        .notify
+                        .remove_pidfd(self.services.name(service.index()));
+                    self.fd_store_result(service, result);
+                }
                 // Its last line without a newline, if it left one.
                 let pid = self.engine.procs(service).last_pid;
                 self.outputs.on_exit(
@@ -1033,6 +1114,39 @@ impl Orchestrator {
         }
     }
 
+    /// Puts the pidfd of `service`'s process into systemd's fd store, if there is one.
+    fn store_pidfd(&mut self, service: ServiceId) {
+        if self.notify.fd_store() == 0 {
+            return;
+        }
+        let Some(entry) = self.services.get(service) else {
+            return;
+        };
+        let Some(fd) = self.ring.fd(entry.slot) else {
+            return;
+        };
+        let result = self.notify.store_pidfd(&entry.def.name, fd);
+        self.fd_store_result(service, result);
+    }
+
+    /// Says once that systemd's fd store did not take a message (a full notify socket):
+    /// the state record still carries the services.
+    fn fd_store_result(&mut self, service: ServiceId, result: io::Result<()>) {
+        if let (Err(e), false) = (result, self.fd_store_failed) {
+            self.fd_store_failed = true;
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={} event=fd-store-failed error={} consequence=\"a restarted \
+                     orchestrator takes this service over from the state record\" \
+                     note=\"said once\"",
+                    self.services.name(service.index()),
+                    Quoted(&e.to_string())
+                ),
+            );
+        }
+    }
+
     /// Asks for a re-exec (`conn`: the control connection to answer). Done by
     /// [`Orchestrator::try_reexec`] once no spawn is in flight.
     fn request_reexec(&mut self, conn: Option<usize>) {
@@ -1198,7 +1312,7 @@ impl Orchestrator {
             Some(dir) => runtime::tagged_processes(dir),
             None => Default::default(),
         };
-        if entries.is_empty() && tagged.is_empty() {
+        if entries.is_empty() && tagged.is_empty() && handed.is_empty() {
             return Vec::new();
         }
         for entry in &entries {
@@ -1221,8 +1335,8 @@ impl Orchestrator {
             }
         }
         let mut resumed = Vec::new();
-        let (mut adopted, mut found, mut gone, mut refused, mut ended) =
-            (0u32, 0u32, 0u32, 0u32, 0u32);
+        let (mut adopted, mut found, mut gone, mut refused, mut ended, mut by_pidfd) =
+            (0u32, 0u32, 0u32, 0u32, 0u32, 0u32);
         for index in 0..self.services.list.len() {
             let def = &self.services.list[index].def;
             let (name, partition) = (def.name.clone(), def.policy.partition);
@@ -1231,11 +1345,22 @@ impl Orchestrator {
                 .find(|e| e.name.as_str() == name && e.partition == partition);
             let mut candidates = tagged.remove(&name).unwrap_or_default();
             let mut live = None;
+            let mut kept = handed
+                .iter()
+                .position(|(n, _)| *n == name)
+                .map(|i| handed.swap_remove(i).1);
+            if let Some(fd) = &kept {
+                let pid = pidfd::identity(fd.as_fd()).map_or(-1, |i| i.pid);
+                candidates.retain(|&p| p != pid);
+            }
             if let Some(entry) = entry {
                 if let Some(pid) = entry.carried.pid {
                     candidates.retain(|&p| p != pid.0);
-                    let found = match handed.iter().position(|(n, _)| *n == name) {
-                        Some(i) => Found::Same(handed.swap_remove(i).1),
+                    let found = match kept.take() {
+                        Some(fd) => {
+                            by_pidfd += 1;
+                            Found::Same(fd)
+                        }
                         None => runtime::find(pid.0, entry.identity),
                     };
                     match found {
@@ -1269,6 +1394,29 @@ impl Orchestrator {
                             );
                         }
                     }
+                }
+            }
+            // A pidfd kept for a service the record does not name (no record, or a process
+            // started within its lag): that process, whatever its pid.
+            if let Some(fd) = kept.take() {
+                let id = pidfd::identity(fd.as_fd()).ok();
+                if let Some(id) = id.filter(|id| id.pid > 0) {
+                    by_pidfd += 1;
+                    self.log.line(
+                        Priority::Notice,
+                        format_args!(
+                            "service={name} partition={} pid={} event=found-by-pidfd \
+                             effect=\"taken over: its pidfd was kept for this instance\"",
+                            partition.as_str(),
+                            id.pid
+                        ),
+                    );
+                    let identity = match id.inode {
+                        0 => runtime::start_time_identity(id.pid)
+                            .unwrap_or(crate::record::Identity::None),
+                        inode => crate::record::Identity::Pidfs(inode),
+                    };
+                    live = Some((fd, id.pid, identity, 0));
                 }
             }
             // The newest tagged process (the last of them) is the last spawn: take it over if
@@ -1353,7 +1501,8 @@ impl Orchestrator {
             Priority::Notice,
             format_args!(
                 "event=carried-over services={} adopted={adopted} found_by_tag={found} \
-                 gone={gone} pid_reused={refused} second_processes_ended={ended}",
+                 gone={gone} pid_reused={refused} second_processes_ended={ended} \
+                 by_kept_pidfd={by_pidfd}",
                 resumed.len()
             ),
         );

@@ -20,7 +20,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 pub(crate) struct Program {
     path: CString,
     argv: Vec<CString>,
-    /// Without a handoff variable of an earlier re-exec.
+    /// Without the variables that were for this instance's start only.
     env: Vec<CString>,
 }
 
@@ -32,7 +32,13 @@ impl Program {
         let strip = |os: OsString| CString::new(os.into_vec()).ok();
         let argv: Vec<CString> = std::env::args_os().filter_map(strip).collect();
         let env = std::env::vars_os()
-            .filter(|(key, _)| key != handoff::ENV)
+            // The handoff's variable is set anew; systemd's LISTEN_* were for this instance's
+            // start and would name the next one's handoff fds.
+            .filter(|(key, _)| {
+                ![handoff::ENV, "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]
+                    .iter()
+                    .any(|k| key == k)
+            })
             .filter_map(|(key, value)| {
                 let mut entry = key.into_vec();
                 entry.push(b'=');

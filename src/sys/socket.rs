@@ -214,6 +214,25 @@ pub fn send_with_fd(
     data: &[u8],
     pass_fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<usize> {
+    send_msg(fd, data, pass_fd, None)
+}
+
+/// [`send_with_fd`] to `to`, on an unconnected datagram socket (sd_notify with an fd).
+pub fn send_to_with_fd(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    pass_fd: Option<BorrowedFd<'_>>,
+    to: &UnixAddr,
+) -> io::Result<usize> {
+    send_msg(fd, data, pass_fd, Some(to))
+}
+
+fn send_msg(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    pass_fd: Option<BorrowedFd<'_>>,
+    to: Option<&UnixAddr>,
+) -> io::Result<usize> {
     let mut control = ControlBuf([0; CONTROL_BYTES]);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -223,6 +242,10 @@ pub fn send_with_fd(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
+    if let Some(to) = to {
+        msg.msg_name = to.ptr() as *mut libc::c_void;
+        msg.msg_namelen = to.len;
+    }
     if let Some(passed) = pass_fd {
         // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA address our aligned control buffer, which
         // has room for one cmsghdr and one c_int.
@@ -241,7 +264,8 @@ pub fn send_with_fd(
         }
     }
     retry(|| {
-        // SAFETY: `msg` points to `iov` (the caller's bytes) and `control`, valid for the call.
+        // SAFETY: `msg` points to `iov` (the caller's bytes), `control` and the caller's
+        // address, all valid for the call; the kernel only reads them.
         check_size(unsafe {
             libc::sendmsg(
                 fd.as_raw_fd(),

@@ -395,7 +395,8 @@ pub struct ReloadInfo<'a> {
 pub struct ReexecInfo {
     /// Re-execs since the orchestrator started, this one included.
     pub generation: u32,
-    /// From the request being carried out to the new instance supervising again, in µs.
+    /// The pause: from the old instance's last write of the state record to the new instance
+    /// supervising again (every service carried on), in µs.
     pub took_us: u64,
     /// Services whose process the new instance took over.
     pub adopted: u32,

@@ -1194,7 +1194,7 @@ impl Orchestrator {
             return;
         }
         self.reexec = None;
-        let error = self.reexec_now(asked_at, conn, spawning);
+        let error = self.reexec_now(conn, spawning);
         self.log.line(
             Priority::Err,
             format_args!(
@@ -1210,7 +1210,7 @@ impl Orchestrator {
     }
 
     /// Writes the state record, hands over the fds and execs; returns only on failure.
-    fn reexec_now(&mut self, asked_at: u64, conn: Option<usize>, spawning: bool) -> String {
+    fn reexec_now(&mut self, conn: Option<usize>, spawning: bool) -> String {
         let Some(program) = &self.program else {
             return "this process's program (/proc/self/exe) could not be read at start-up".into();
         };
@@ -1229,6 +1229,9 @@ impl Orchestrator {
                 );
             }
         }
+        // The pause starts here: from now on nothing is supervised until the new instance
+        // has carried on.
+        let began_ns = ring::now_ns();
         // Replies already queued (the last answers before the exec) go out first.
         let _ = self.ring.submit_and_wait(0, None);
         if let Err(e) = recorder.write_now() {
@@ -1237,7 +1240,7 @@ impl Orchestrator {
         }
         let mut handoff = crate::handoff::Handoff {
             generation: self.generation + 1,
-            began_ns: asked_at,
+            began_ns,
             ..Default::default()
         };
         let mut kept = vec![recorder.lock_fd()];

@@ -769,7 +769,15 @@ pub fn reexec(ctx: &mut Ctx, services: usize) -> Result<ReexecPoint, String> {
     let mut orch = Orchestrator::start(&ctx.bins.orchestrator, &ctx.dir, &name, &text)?;
     let deadline = Instant::now() + ctx.plan.phase_time_max;
     let warm = records::count(&recs) + services as u64 + 200;
-    wait_records(&mut ctx.progress, &label, &recs, warm, deadline, &mut orch, None)?;
+    wait_records(
+        &mut ctx.progress,
+        &label,
+        &recs,
+        warm,
+        deadline,
+        &mut orch,
+        None,
+    )?;
     let first = records::count(&recs) as usize;
     let mut pauses = Vec::new();
     for k in 1..=ctx.plan.reexecs {

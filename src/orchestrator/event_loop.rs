@@ -1317,6 +1317,9 @@ impl Orchestrator {
 
     /// Writes the state record, hands over the fds and execs; returns only on failure.
     fn reexec_now(&mut self, conn: Option<usize>, spawning: bool) -> String {
+        // The pause starts here: from now on nothing is supervised until the new instance
+        // has carried on.
+        let began_ns = ring::now_ns();
         let Some(program) = &self.program else {
             return "this process's program (/proc/self/exe) could not be read at start-up".into();
         };
@@ -1335,9 +1338,6 @@ impl Orchestrator {
                 );
             }
         }
-        // The pause starts here: from now on nothing is supervised until the new instance
-        // has carried on.
-        let began_ns = ring::now_ns();
         // Replies already queued (the last answers before the exec) go out first.
         let _ = self.ring.submit_and_wait(0, None);
         if let Err(e) = recorder.write_now() {
@@ -1347,6 +1347,7 @@ impl Orchestrator {
         let mut handoff = crate::handoff::Handoff {
             generation: self.generation + 1,
             began_ns,
+            spawning,
             ..Default::default()
         };
         let mut kept = vec![recorder.lock_fd()];
@@ -1417,9 +1418,12 @@ impl Orchestrator {
             .take()
             .map(|r| r.entries)
             .unwrap_or_default();
+        // After a re-exec with no spawn in flight every process is known by its kept pidfd:
+        // no need to look through /proc.
+        let drained = self.inherited.as_ref().is_some_and(|i| !i.handoff.spawning);
         let mut tagged = match &self.settings.runtime_dir {
-            Some(dir) => runtime::tagged_processes(dir),
-            None => Default::default(),
+            Some(dir) if !drained => runtime::tagged_processes(dir),
+            _ => Default::default(),
         };
         if entries.is_empty() && tagged.is_empty() && handed.is_empty() {
             return Vec::new();
@@ -1458,7 +1462,7 @@ impl Orchestrator {
                 .iter()
                 .position(|(n, _)| *n == name)
                 .map(|i| handed.swap_remove(i).1);
-            if let Some(fd) = &kept {
+            if let (Some(fd), false) = (&kept, candidates.is_empty()) {
                 let pid = pidfd::identity(fd.as_fd()).map_or(-1, |i| i.pid);
                 candidates.retain(|&p| p != pid);
             }
@@ -1467,8 +1471,7 @@ impl Orchestrator {
                     candidates.retain(|&p| p != pid.0);
                     // A kept pidfd is the process (the record may lag it), unless that process
                     // has ended while the recorded pid still runs: then the record is newer.
-                    let ended =
-                        |fd: &OwnedFd| pidfd::identity(fd.as_fd()).map_or(true, |i| i.pid <= 0);
+                    let ended = |fd: &OwnedFd| pidfd::has_exited(fd.as_fd());
                     if kept.as_ref().is_some_and(ended)
                         && runtime::find(pid.0, entry.identity).is_same()
                     {
@@ -1593,7 +1596,7 @@ impl Orchestrator {
             // After a re-exec they are still ours: exit statuses through waitid, as before.
             service.reaped_elsewhere = live
                 .as_ref()
-                .is_some_and(|&(_, pid, _, _)| !runtime::is_our_child(pid));
+                .is_some_and(|(fd, _, _, _)| !pidfd::is_child(fd.as_fd()));
             let live = live.map(|(fd, pid, identity, qm_pid)| {
                 service.start_identity = identity;
                 let inode = match identity {

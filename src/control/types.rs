@@ -395,8 +395,9 @@ pub struct ReloadInfo<'a> {
 pub struct ReexecInfo {
     /// Re-execs since the orchestrator started, this one included.
     pub generation: u32,
-    /// The pause: from the old instance's last write of the state record to the new instance
-    /// supervising again (every service carried on), in µs.
+    /// The pause: from the old instance leaving its loop for the re-exec (the configuration
+    /// check, the record write, the exec) to the new instance entering its loop with every
+    /// service carried on, in µs.
     pub took_us: u64,
     /// Services whose process the new instance took over.
     pub adopted: u32,

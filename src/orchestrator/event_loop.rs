@@ -702,38 +702,6 @@ impl Orchestrator {
             }
         }
         let resumed = self.carry_on(handed);
-        if let Some(mut inherited) = self.inherited.take() {
-            let handoff = &inherited.handoff;
-            let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
-            let adopted = self.engine.core().services().filter(|&id| {
-                self.engine
-                    .core()
-                    .status(id)
-                    .is_some_and(|s| s.pid.is_some())
-            });
-            let adopted = adopted.count() as u32;
-            self.log.line(
-                Priority::Notice,
-                format_args!(
-                    "event=reexec-done generation={} took_us={took_us} services_with_a_process={adopted}",
-                    self.generation
-                ),
-            );
-            let reply = handoff.reply;
-            if let Some((fd, request)) = reply {
-                if let Some(fd) = inherited.take(Some(fd)) {
-                    control::answer_handed_over(
-                        fd,
-                        request,
-                        crate::control::ReexecInfo {
-                            generation: self.generation,
-                            took_us,
-                            adopted,
-                        },
-                    );
-                }
-            }
-        }
         for index in 0..self.services.list.len() {
             if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
                 let service = self.services.list[index].id;
@@ -768,6 +736,39 @@ impl Orchestrator {
         } else {
             "connecting"
         });
+        // After a re-exec: the pause ends here, as the loop begins.
+        if let Some(mut inherited) = self.inherited.take() {
+            let handoff = &inherited.handoff;
+            let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
+            let adopted = self.engine.core().services().filter(|&id| {
+                self.engine
+                    .core()
+                    .status(id)
+                    .is_some_and(|s| s.pid.is_some())
+            });
+            let adopted = adopted.count() as u32;
+            self.log.line(
+                Priority::Notice,
+                format_args!(
+                    "event=reexec-done generation={} took_us={took_us} services_with_a_process={adopted}",
+                    self.generation
+                ),
+            );
+            let reply = handoff.reply;
+            if let Some((fd, request)) = reply {
+                if let Some(fd) = inherited.take(Some(fd)) {
+                    control::answer_handed_over(
+                        fd,
+                        request,
+                        crate::control::ReexecInfo {
+                            generation: self.generation,
+                            took_us,
+                            adopted,
+                        },
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

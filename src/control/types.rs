@@ -204,6 +204,12 @@ pub enum Why {
     Adopted(i32),
     /// The state of a previous orchestrator instance was carried over.
     Resumed,
+    /// A `notify` service said it is ready.
+    Ready,
+    /// Not ready (or done) within its start timeout.
+    StartTimeout,
+    /// Its watchdog was not pinged in time.
+    Watchdog,
 }
 
 impl Why {
@@ -223,6 +229,9 @@ impl Why {
             Why::Removed => "removed",
             Why::Adopted(_) => "adopted",
             Why::Resumed => "resumed",
+            Why::Ready => "ready",
+            Why::StartTimeout => "start-timeout",
+            Why::Watchdog => "watchdog",
         }
     }
 }

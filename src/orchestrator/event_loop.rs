@@ -1279,7 +1279,7 @@ impl Orchestrator {
         self.engine.link().requests_outstanding() > 0
             || core
                 .services()
-                .any(|id| core.status(id).is_some_and(|s| s.state == State::Starting))
+                .any(|id| core.status(id).is_some_and(|s| s.spawn_in_flight))
     }
 
     /// Re-execs if nothing is in flight, or once [`REEXEC_DRAIN_MAX_NS`] has passed.
@@ -1767,6 +1767,9 @@ impl Orchestrator {
             Reason::Removed => write!(line, " reason=removed"),
             Reason::Adopted(pid) => write!(line, " reason=adopted adopted_pid={}", pid.0),
             Reason::Resumed => write!(line, " reason=resumed"),
+            Reason::Ready => write!(line, " reason=ready"),
+            Reason::StartTimeout => write!(line, " reason=start-timeout"),
+            Reason::Watchdog => write!(line, " reason=watchdog"),
         };
         if let Some(delay) = t.next_delay {
             let _ = write!(line, " next_delay_ms={}", delay.as_millis());

@@ -20,7 +20,7 @@ use super::{
     RUNTIME_DIR_DEFAULT, SLOTS_DEFAULT, SLOTS_MAX, SOCKET_PATH_LEN_MAX,
 };
 use crate::supervise::{
-    Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
+    Backoff, Kind, Partition, Readiness, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
 };
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -86,6 +86,10 @@ const SERVICE_KEYS: &[&str] = &[
     "enabled",
     "stdout",
     "stderr",
+    "type",
+    "start_timeout",
+    "watchdog",
+    "watchdog_signal",
 ];
 const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max", "reset_after"];
 const START_LIMIT_KEYS: &[&str] = &["burst", "interval"];
@@ -780,7 +784,7 @@ fn service(
         table,
         &prefix,
         SERVICE_KEYS,
-        "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`",
+        "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`",
     );
     let partition = match entry(table, "partition") {
         None => {
@@ -909,10 +913,69 @@ fn policy(
             .and_then(|t| start_limit(check, t, value.span().start, &join(prefix, "start_limit")))
             .unwrap_or(defaults.start_limit),
     };
-    let stop_signal = match entry(table, "stop_signal") {
-        None => defaults.stop_signal,
+    let stop_signal = signal_or(check, table, "stop_signal", prefix, defaults.stop_signal);
+    let kind = check.one_of_or(
+        table,
+        "type",
+        prefix,
+        Kind::Simple,
+        &[
+            ("simple", Kind::Simple),
+            ("exec", Kind::Exec),
+            ("notify", Kind::Notify),
+            ("oneshot", Kind::Oneshot),
+        ],
+    );
+    let watchdog = check.duration_or(table, "watchdog", prefix, Duration::ZERO);
+    if let (Some(value), false) = (entry(table, "watchdog"), kind == Kind::Notify) {
+        check.bad::<()>(
+            value,
+            &join(prefix, "watchdog"),
+            "a watchdog needs `type = \"notify\"` (the service pings it with WATCHDOG=1)",
+        );
+    }
+    if let (Kind::Oneshot, Restart::Always, Some(value)) = (kind, restart, entry(table, "restart"))
+    {
+        check.bad::<()>(
+            value,
+            &join(prefix, "restart"),
+            "a oneshot service is done when it exits 0: `restart = \"always\"` would run it \
+             forever; use \"on-failure\" or \"never\"",
+        );
+    }
+    let readiness = Readiness {
+        kind,
+        start_timeout: check.duration_or(table, "start_timeout", prefix, START_TIMEOUT_DEFAULT),
+        watchdog,
+        watchdog_signal: signal_or(check, table, "watchdog_signal", prefix, libc::SIGABRT),
+    };
+    ServicePolicy {
+        partition,
+        restart,
+        restart_delay: check.duration_or(table, "restart_delay", prefix, defaults.restart_delay),
+        backoff,
+        start_limit,
+        stop_signal,
+        stop_timeout: check.duration_or(table, "stop_timeout", prefix, defaults.stop_timeout),
+        readiness,
+    }
+}
+
+/// How long a `notify` or `oneshot` service may take to be ready (or done) by default.
+const START_TIMEOUT_DEFAULT: Duration = Duration::from_secs(90);
+
+/// A signal key (`stop_signal`, `watchdog_signal`): a name like "SIGTERM" or a number.
+fn signal_or(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    key: &str,
+    prefix: &str,
+    default: i32,
+) -> i32 {
+    match entry(table, key) {
+        None => default,
         Some(value) => {
-            let field = join(prefix, "stop_signal");
+            let field = join(prefix, key);
             let signal = match value.get_ref() {
                 DeValue::String(name) => signal_from_name(name),
                 DeValue::Integer(number) => {
@@ -928,20 +991,10 @@ fn policy(
                 Ok(signal) => signal,
                 Err(message) => {
                     check.bad::<()>(value, &field, message);
-                    defaults.stop_signal
+                    default
                 }
             }
         }
-    };
-    ServicePolicy {
-        partition,
-        restart,
-        restart_delay: check.duration_or(table, "restart_delay", prefix, defaults.restart_delay),
-        backoff,
-        start_limit,
-        stop_signal,
-        stop_timeout: check.duration_or(table, "stop_timeout", prefix, defaults.stop_timeout),
-        readiness: crate::supervise::Readiness::SIMPLE,
     }
 }
 

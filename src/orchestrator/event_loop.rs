@@ -19,6 +19,7 @@ use super::agent_io::AgentIo;
 use super::control::{self, ControlServer, Request, View};
 use super::counters::Counters;
 use super::engine::{Engine, Output};
+use super::notify::{self, NotifySocket};
 use super::output::Outputs;
 use super::reexec::{Inherited, Program};
 use super::reload;
@@ -44,8 +45,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, engine timer,
-/// exit retry, spawner eventfd, fd store retry, agent connection and its spare.
-pub const FIXED_SLOTS: usize = 9;
+/// exit retry, spawner eventfd, fd store retry, services' notify socket, agent connection and
+/// its spare.
+pub const FIXED_SLOTS: usize = 10;
 /// How soon a message systemd's fd store did not take (its notify socket full) is tried again.
 const FD_STORE_RETRY: Duration = Duration::from_millis(20);
 /// Of those, the ones with buffers: the agent connection and its spare.
@@ -71,6 +73,7 @@ enum Owner {
     Timer,
     ExitRetry,
     FdStoreRetry,
+    Notify,
     Spawner,
     Agent,
     Control,
@@ -233,6 +236,14 @@ pub struct Orchestrator {
     fd_store_retry: Option<(SlotId, bool)>,
     /// A message to systemd's fd store failed (said once).
     fd_store_failed: bool,
+    /// The services' sd_notify socket (with a runtime directory).
+    notify_socket: Option<NotifySocket>,
+    /// Datagrams on it that were not counted (not from a service's process), and when that was
+    /// last said in the log.
+    notify_dropped: u64,
+    notify_dropped_said_ns: u64,
+    /// Datagrams whose sender's spawn was not reported yet (capacity fixed at start-up).
+    notify_held: Vec<notify::Held>,
 }
 
 /// What systemd's fd store passed at start (`LISTEN_FDS`): the services' pidfds and output
@@ -428,6 +439,7 @@ impl Orchestrator {
         for (index, mut def) in defs.into_iter().enumerate() {
             if let Some(dir) = &settings.runtime_dir {
                 runtime::tag(&mut def, dir);
+                notify::service_env(&mut def, &dir.join(notify::SOCKET_NAME));
             }
             let id = engine
                 .add(def.policy)
@@ -490,6 +502,31 @@ impl Orchestrator {
         };
         let watchdog = match notify.watchdog_interval() {
             Some(interval) => Some((take_bare(&mut ring, Owner::Watchdog)?, interval)),
+            None => None,
+        };
+        let notify_socket = match &settings.runtime_dir {
+            Some(dir) => {
+                let slot = take_bare(&mut ring, Owner::Notify)?;
+                let kept = inherited.as_mut().and_then(|i| {
+                    let fd = i.handoff.notify;
+                    i.take(fd)
+                });
+                match NotifySocket::bind(dir, &mut ring, slot, kept) {
+                    Ok(socket) => Some(socket),
+                    Err(e) => {
+                        log.line(
+                            Priority::Err,
+                            format_args!(
+                                "event=notify-socket-unavailable error={} consequence=\"type = \
+                                 notify services cannot say they are ready: their start \
+                                 timeout ends them\"",
+                                Quoted(&e)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
             None => None,
         };
         let fd_store_retry = if notify.fd_store() > 0 {
@@ -576,6 +613,10 @@ impl Orchestrator {
             fd_store_dirty: vec![false; capacity].into_boxed_slice(),
             fd_store_retry,
             fd_store_failed: false,
+            notify_socket,
+            notify_dropped: 0,
+            notify_dropped_said_ns: 0,
+            notify_held: Vec::with_capacity(notify::HELD_MAX),
         })
     }
 
@@ -634,6 +675,9 @@ impl Orchestrator {
         self.engine.close_agent();
         self.drain_outputs();
         self.control.close(&mut self.ring);
+        if let Some(socket) = &mut self.notify_socket {
+            socket.close();
+        }
         self.spawner.stop();
         if let Some(recorder) = &mut self.recorder {
             // Every service stopped: nothing for a next instance to take over. Left running
@@ -1008,6 +1052,7 @@ impl Orchestrator {
                     .on_exit_retry(&mut self.ring, &mut self.engine, &self.counters, now())
             }
             Owner::Spawner => self.on_spawns_done(),
+            Owner::Notify => self.on_notify(),
             Owner::Agent => {
                 if let Some(conn) = self.agent.conn_of(c.slot) {
                     self.agent
@@ -1168,12 +1213,162 @@ impl Orchestrator {
         }
     }
 
+    /// Datagrams on the services' notify socket: at most [`notify::READS_PER_WAKE_MAX`] per
+    /// wake-up, each counted only when its sender is a service's live process. One whose
+    /// sender is not known while a local spawn is being reported is held (at most
+    /// [`notify::HELD_MAX`]) and looked at again once the spawns are in.
+    fn on_notify(&mut self) {
+        let Some(mut socket) = self.notify_socket.take() else {
+            return;
+        };
+        // Spawns already reported first: their pids are then known.
+        self.take_spawns();
+        for _ in 0..notify::READS_PER_WAKE_MAX {
+            let Some(datagram) = socket.read(&self.ring) else {
+                break;
+            };
+            let message = notify::Owned::of(&socket.message(datagram.len), datagram.had_fds);
+            match datagram.sender.filter(|&p| p > 0) {
+                Some(sender) => self.notified_by(sender, message),
+                None => self.notify_dropped(None, "no sender credentials"),
+            }
+        }
+        socket.rearm(&mut self.ring);
+        self.notify_socket = Some(socket);
+    }
+
+    /// The service whose live process is `pid`.
+    fn service_of_pid(&self, pid: i32) -> Option<ServiceId> {
+        let core = self.engine.core();
+        core.services()
+            .find(|&id| core.status(id).and_then(|s| s.pid) == Some(supervise::Pid(pid)))
+    }
+
+    /// A datagram from `sender`: for its service, held while spawns are reported, or dropped.
+    fn notified_by(&mut self, sender: i32, message: notify::Owned) {
+        if let Some(service) = self.service_of_pid(sender) {
+            self.on_notified(service, &message);
+            return;
+        }
+        let spawning = self.services.list.iter().any(|s| s.spawning);
+        if spawning && self.notify_held.len() < notify::HELD_MAX {
+            self.notify_held.push(notify::Held { sender, message });
+            return;
+        }
+        self.notify_dropped(Some(sender), "not a service's process");
+    }
+
+    /// After spawns were reported: the held datagrams again (those still without a service
+    /// stay while spawns are being reported, and are dropped after).
+    fn notify_retry_held(&mut self) {
+        let spawning = self.services.list.iter().any(|s| s.spawning);
+        let mut i = 0;
+        while i < self.notify_held.len() {
+            let held = self.notify_held[i];
+            match self.service_of_pid(held.sender) {
+                Some(service) => {
+                    self.notify_held.swap_remove(i);
+                    self.on_notified(service, &held.message);
+                }
+                None if !spawning => {
+                    self.notify_held.swap_remove(i);
+                    self.notify_dropped(Some(held.sender), "not a service's process");
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// What a service said.
+    fn on_notified(&mut self, service: ServiceId, m: &notify::Owned) {
+        use crate::service_notify::Watchdog;
+        let pid = self.engine.core().status(service).and_then(|s| s.pid);
+        {
+            let name = self.services.name(service.index());
+            if let Some(text) = &m.status {
+                self.log.line(
+                    Priority::Debug,
+                    format_args!("service={name} event=status text={}", Quoted(text.as_str())),
+                );
+            }
+            if m.stopping {
+                self.log.line(
+                    Priority::Info,
+                    format_args!("service={name} event=stopping-notified"),
+                );
+            }
+            if let Some(errno) = m.errno {
+                self.log.line(
+                    Priority::Info,
+                    format_args!("service={name} event=errno-notified errno={errno}"),
+                );
+            }
+        }
+        if let Some(text) = &m.status {
+            self.services.set_status_text(service, text);
+        }
+        if m.ready {
+            self.engine
+                .notified(now(), supervise::Event::Ready { service });
+        }
+        match m.watchdog {
+            Some(Watchdog::Ping) => self
+                .engine
+                .notified(now(), supervise::Event::WatchdogPing { service }),
+            Some(Watchdog::Trigger) => self
+                .engine
+                .notified(now(), supervise::Event::WatchdogTrigger { service }),
+            None => {}
+        }
+        if let Some(usec) = m.extend_timeout_usec {
+            self.engine.notified(
+                now(),
+                supervise::Event::ExtendStartTimeout {
+                    service,
+                    by: Duration::from_micros(usec),
+                },
+            );
+        }
+        if m.main_pid.is_some_and(|p| Some(supervise::Pid(p)) != pid) {
+            self.notify_dropped(m.main_pid, "MAINPID= of another process: refused");
+        }
+        if m.had_fds {
+            self.notify_dropped(pid.map(|p| p.0), "fds passed with a notification: closed");
+        }
+        self.settle();
+    }
+
+    /// Counts a notification not taken; says so at most once a second, with the count.
+    fn notify_dropped(&mut self, sender: Option<i32>, why: &str) {
+        self.notify_dropped += 1;
+        let now_ns = ring::now_ns();
+        if self.notify_dropped_said_ns == 0 || now_ns - self.notify_dropped_said_ns >= 1_000_000_000
+        {
+            self.notify_dropped_said_ns = now_ns;
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=notify-dropped sender_pid={} reason={} dropped_total={}",
+                    sender.unwrap_or(0),
+                    Quoted(why),
+                    self.notify_dropped
+                ),
+            );
+        }
+    }
+
     /// Spawner threads finished spawns: hand each outcome to the engine.
     fn on_spawns_done(&mut self) {
         if let Some(fd) = self.ring.fd(self.spawner_slot) {
             let _ = crate::sys::fd::eventfd_read(fd);
         }
         let _ = self.ring.poll_add(self.spawner_slot, libc::POLLIN as u32);
+        self.take_spawns();
+    }
+
+    /// Hands every finished spawn to the engine, then looks again at notifications held for
+    /// want of their sender's pid.
+    fn take_spawns(&mut self) {
         while let Some(done) = self.spawner.take() {
             let index = done.service.index();
             self.services
@@ -1181,6 +1376,7 @@ impl Orchestrator {
             self.outputs.resume(&mut self.ring, index);
             self.settle();
         }
+        self.notify_retry_held();
     }
 
     /// Makes systemd's fd store hold what service `index` has now: `FDSTOREREMOVE` of its
@@ -1355,6 +1551,10 @@ impl Orchestrator {
         handoff.lock = Some(raw(recorder.lock_fd()));
         if let Some(fd) = self.control.listener(&self.ring) {
             handoff.control = Some(raw(fd));
+            kept.push(fd);
+        }
+        if let Some(fd) = self.notify_socket.as_ref().and_then(|s| s.fd(&self.ring)) {
+            handoff.notify = Some(raw(fd));
             kept.push(fd);
         }
         if let Some((fd, request)) = conn.and_then(|k| self.control.waiting_conn(&self.ring, k)) {

@@ -20,6 +20,7 @@ mod control;
 mod counters;
 pub mod engine;
 mod event_loop;
+mod notify;
 mod output;
 mod reexec;
 mod reload;

@@ -126,6 +126,7 @@ pub(crate) fn plan(
     for mut def in ServiceDef::all_from_config(&config) {
         if let Some(dir) = &settings.runtime_dir {
             super::runtime::tag(&mut def, dir);
+            super::notify::service_env(&mut def, &dir.join(super::notify::SOCKET_NAME));
         }
         match services.by_name(&def.name) {
             None => added.push(def),

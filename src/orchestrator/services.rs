@@ -75,6 +75,8 @@ pub(crate) struct Service {
     pub reaped_elsewhere: bool,
     /// Its live process's identity for the state record on a kernel without pidfs.
     pub start_identity: crate::record::Identity,
+    /// What it last said in `STATUS=` (sd_notify).
+    pub status_text: arrayvec::ArrayString<{ crate::service_notify::STATUS_BYTES_MAX }>,
 }
 
 /// Every service, indexed by the core's service index.
@@ -135,6 +137,7 @@ impl Services {
             spawning: false,
             reaped_elsewhere: false,
             start_identity: crate::record::Identity::None,
+            status_text: arrayvec::ArrayString::new(),
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -142,6 +145,18 @@ impl Services {
                 debug_assert_eq!(id.index(), self.list.len());
                 self.list.push(service);
             }
+        }
+    }
+
+    /// Keeps what a service said in `STATUS=` (cut to fit, at a character boundary).
+    pub(crate) fn set_status_text(&mut self, id: ServiceId, text: &str) {
+        if let Some(entry) = self.list.get_mut(id.index()) {
+            entry.status_text.clear();
+            let mut end = text.len().min(entry.status_text.capacity());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            entry.status_text.push_str(&text[..end]);
         }
     }
 
@@ -519,6 +534,20 @@ impl crate::link::Requests for Starts<'_> {
     }
 }
 
+/// What systemd (or a re-exec) gave the orchestrator itself, which a service that inherits
+/// the environment must not take for its own.
+const ORCHESTRATOR_ONLY_ENV: [&str; 9] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "FDSTORE",
+    "INVOCATION_ID",
+    crate::handoff::ENV,
+];
+
 /// Prepares the reusable spawn spec of a local service. With `inherit_env`, the
 /// orchestrator's environment comes first, minus the names the service sets itself.
 pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
@@ -532,7 +561,11 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
     let mut env: Vec<Vec<u8>> = Vec::new();
     if def.inherit_env {
         for (key, value) in std::env::vars_os() {
-            if own_names.iter().any(|n| n.as_slice() == key.as_bytes()) {
+            if own_names.iter().any(|n| n.as_slice() == key.as_bytes())
+                || ORCHESTRATOR_ONLY_ENV
+                    .iter()
+                    .any(|n| key.as_bytes() == n.as_bytes())
+            {
                 continue;
             }
             let mut entry = key.as_bytes().to_vec();

@@ -456,8 +456,24 @@ impl Supervisor {
                         self.arm_kill_timer(service, carried.kill_at.unwrap_or(now));
                     }
                 }
+                State::Starting if slot.policy.readiness.kind.waits() => {
+                    // Not ready (or done) yet: it waits on, with a start timeout from now.
+                    let timeout = slot.policy.readiness.start_timeout;
+                    self.transition(service, State::Starting, Reason::Adopted(pid), None);
+                    if !timeout.is_zero() {
+                        let at = now.saturating_add(timeout);
+                        self.slots[service.index()].start_deadline = Some(at);
+                        self.arm_timer(service, at, TimerPurpose::StartTimeout);
+                    }
+                }
                 State::Running | State::Starting | State::WaitingForAgent | State::Backoff => {
+                    let readiness = slot.policy.readiness;
                     self.transition(service, State::Running, Reason::Adopted(pid), None);
+                    if readiness.kind == Kind::Notify && !readiness.watchdog.is_zero() {
+                        // Its watchdog runs on, from now.
+                        let at = now.saturating_add(readiness.watchdog);
+                        self.arm_timer(service, at, TimerPurpose::Watchdog);
+                    }
                 }
                 State::Stopped | State::Failed => {
                     self.transition(service, State::Running, Reason::Adopted(pid), None);

@@ -85,6 +85,7 @@ pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
         | SpawnStage::CloseFds
         | SpawnStage::Stdin
         | SpawnStage::Stdio
+        | SpawnStage::Cgroup
         | SpawnStage::Chdir => ErrorStage::Setup,
     }
 }
@@ -148,6 +149,7 @@ impl fmt::Display for FailureText<'_> {
             ),
             SpawnStage::Setsid => write!(f, "setsid for \"{program}\": {reason}"),
             SpawnStage::Stdio => write!(f, "stdout/stderr for \"{program}\": {reason}"),
+            SpawnStage::Cgroup => write!(f, "joining the cgroup for \"{program}\": {reason}"),
             SpawnStage::CloseFds => {
                 write!(f, "closing inherited fds for \"{program}\": {reason}")
             }

@@ -7,6 +7,7 @@
 //! whole file is valid. [`Config::check`] and [`Config::load_checked`] also look at the machine
 //! (`--check`): the groups, local programs and working directories the file names.
 
+mod cgroup;
 mod duration;
 mod error;
 mod host;
@@ -15,6 +16,7 @@ mod signal;
 mod v02;
 mod validate;
 
+pub use cgroup::{CgroupConfig, CgroupRoot};
 pub use duration::{format_duration, parse_duration, DURATION_MAX};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
 pub use host::{Host, ThisMachine};
@@ -177,6 +179,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Service output and where the log goes.
     pub log: LogConfig,
+    /// Local services' cgroups.
+    pub cgroup: CgroupConfig,
     /// The services, in file order; names are unique.
     pub services: Vec<ServiceSpec>,
 }

@@ -75,6 +75,10 @@ pub(crate) fn from_legacy_args(
             read_group: None,
         },
         log: super::LogConfig::default(),
+        // The v0.2 command line's services are what they were: in the orchestrator's cgroup.
+        cgroup: super::CgroupConfig {
+            root: super::CgroupRoot::Off,
+        },
         services,
     })
 }

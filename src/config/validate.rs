@@ -14,10 +14,10 @@ use super::service::{
 };
 use super::signal::{signal_from_name, signal_from_number, SIGNAL_NUMBER_MAX};
 use super::{
-    AgentConfig, AgentProtocol, Config, ControlConfig, LogConfig, LogLevel, OwnLines,
-    ShutdownConfig, AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT, HISTORY_BYTES_DEFAULT,
-    HISTORY_BYTES_MAX, HISTORY_BYTES_MIN, JOURNAL_SOCKET_DEFAULT, PATH_LEN_MAX, SLOTS_DEFAULT,
-    SLOTS_MAX, SOCKET_PATH_LEN_MAX,
+    AgentConfig, AgentProtocol, CgroupConfig, CgroupRoot, Config, ControlConfig, LogConfig,
+    LogLevel, OwnLines, ShutdownConfig, AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT,
+    HISTORY_BYTES_DEFAULT, HISTORY_BYTES_MAX, HISTORY_BYTES_MIN, JOURNAL_SOCKET_DEFAULT,
+    PATH_LEN_MAX, SLOTS_DEFAULT, SLOTS_MAX, SOCKET_PATH_LEN_MAX,
 };
 use crate::supervise::{
     Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
@@ -53,10 +53,12 @@ const TOP_KEYS: &[&str] = &[
     "shutdown",
     "control",
     "log",
+    "cgroup",
     "service",
 ];
 const TOP_SHOWN: &str =
-    "`slots`, `log_level`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[[service]]`";
+    "`slots`, `log_level`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[cgroup]`, `[[service]]`";
+const CGROUP_KEYS: &[&str] = &["root"];
 const LOG_KEYS: &[&str] = &["journal_socket", "journal", "history_bytes"];
 const AGENT_KEYS: &[&str] = &[
     "socket",
@@ -483,6 +485,8 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
     let control = control(check, control_table, &mut spans);
     let log_table = section(check, "log").unwrap_or(&empty);
     let log = log(check, log_table);
+    let cgroup_table = section(check, "cgroup").unwrap_or(&empty);
+    let cgroup = cgroup(check, cgroup_table);
     let services = services(check, root, slots, slots_valid, &mut spans);
     let config = Config {
         slots,
@@ -491,6 +495,7 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
         shutdown,
         control,
         log,
+        cgroup,
         services,
     };
     (config, spans)
@@ -1146,6 +1151,41 @@ fn env(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<Vec<(CStri
         }
     }
     env
+}
+
+/// The `[cgroup]` table.
+fn cgroup(check: &mut Check<'_>, table: &Table<'_>) -> CgroupConfig {
+    check.known_keys(table, "cgroup", CGROUP_KEYS, "`root`");
+    let root = match entry(table, "root") {
+        None => CgroupRoot::Auto,
+        Some(value) => {
+            let field = "cgroup.root";
+            let expected = format!(
+                "\"auto\", \"off\" or an absolute path of at most {PATH_LEN_MAX} bytes inside a cgroup2 mount"
+            );
+            match check.string(value, field, &expected) {
+                None => CgroupRoot::Auto,
+                Some("auto") => CgroupRoot::Auto,
+                Some("off") => CgroupRoot::Off,
+                Some(path)
+                    if path.starts_with('/')
+                        && path.len() <= PATH_LEN_MAX
+                        && !path.contains('\0')
+                        && !path.split('/').any(|c| c == "..") =>
+                {
+                    CgroupRoot::Path(PathBuf::from(path))
+                }
+                Some(path) => check
+                    .bad(
+                        value,
+                        field,
+                        format!("{path:?}: expected {expected}, without `..`"),
+                    )
+                    .unwrap_or(CgroupRoot::Auto),
+            }
+        }
+    };
+    CgroupConfig { root }
 }
 
 fn absolute_path(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<CString> {

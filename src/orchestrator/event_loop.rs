@@ -286,6 +286,7 @@ impl Orchestrator {
         let mut engine = Engine::new(capacity, link_config, qm_services > 0);
         let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
         let mut services = Services::new(capacity, exit_retry_slot, caps);
+        services.cgroups = super::tree::resolve(&settings.cgroup_root, &log)?;
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, def) in defs.into_iter().enumerate() {
@@ -294,7 +295,11 @@ impl Orchestrator {
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
             debug_assert_eq!(id.index(), index);
             let spec = match def.policy.partition {
-                Partition::Local => Some(prepare_spec(&def).map_err(Error::Service)?),
+                Partition::Local => Some(
+                    services
+                        .with_cgroup(&def, prepare_spec(&def).map_err(Error::Service)?)
+                        .map_err(Error::Service)?,
+                ),
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
@@ -431,6 +436,9 @@ impl Orchestrator {
         self.drain_outputs();
         self.control.close(&mut self.ring);
         self.spawner.stop();
+        for service in &self.services.list {
+            self.services.remove_cgroup(&self.log, &service.def.name);
+        }
         self.log.line(
             Priority::Notice,
             format_args!(
@@ -659,10 +667,19 @@ impl Orchestrator {
             Owner::Service(index) if c.op == OpTag::Poll => self.services.on_poll(
                 &mut self.ring,
                 &mut self.engine,
+                &self.log,
                 &self.counters,
                 now(),
                 index as usize,
                 c,
+            ),
+            Owner::Service(index) if c.op == OpTag::Timeout => self.services.on_tree_timeout(
+                &mut self.ring,
+                &mut self.engine,
+                &self.log,
+                &self.counters,
+                now(),
+                index as usize,
             ),
             Owner::Service(_) => {}
             Owner::Output(index, stream) => {
@@ -1200,5 +1217,7 @@ impl Orchestrator {
             Priority::Notice,
             format_args!("service={} event=removed", entry.def.name),
         );
+        self.services
+            .remove_cgroup(&self.log, &self.services.list[service.index()].def.name);
     }
 }

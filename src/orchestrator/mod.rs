@@ -27,6 +27,7 @@ mod spawner;
 mod spec;
 mod status_line;
 mod timers;
+mod tree;
 
 pub use control::{
     ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX,

@@ -69,6 +69,8 @@ pub(crate) struct Service {
     pub removing: bool,
     /// A local spawn is with the spawner threads (its pid is not known yet).
     pub spawning: bool,
+    /// Local, with a cgroup: the tree that outlived its main process.
+    pub(crate) tree: super::tree::Tree,
 }
 
 /// Every service, indexed by the core's service index.
@@ -81,6 +83,8 @@ pub(crate) struct Services {
     caps: Capabilities,
     /// Local spawns that failed (the engine counts QM ones).
     pub local_spawn_failures: u64,
+    /// Where local services' cgroups are (`None`: no cgroups).
+    pub(crate) cgroups: Option<crate::cgroup::Hierarchy>,
 }
 
 impl Services {
@@ -91,6 +95,66 @@ impl Services {
             exit_timer_at: None,
             caps,
             local_spawn_failures: 0,
+            cgroups: None,
+        }
+    }
+
+    /// Gives a local service's fresh spec its cgroup (created if needed, its directory opened
+    /// now, once: spawns use the fd). Without cgroups the spec is returned as it is.
+    pub(crate) fn with_cgroup(
+        &self,
+        def: &ServiceDef,
+        mut spec: Arc<SpawnSpec>,
+    ) -> Result<Arc<SpawnSpec>, String> {
+        let Some(cgroups) = &self.cgroups else {
+            return Ok(spec);
+        };
+        let path = cgroups.path_of(&def.name).unwrap_or_default();
+        let dir = cgroups
+            .create(&def.name)
+            .map_err(|e| format!("service {}: cgroup {}: {e}", def.name, path.display()))?;
+        match Arc::get_mut(&mut spec) {
+            Some(spec) => spec.set_cgroup(Some(dir)),
+            None => return Err(format!("service {}: spec is shared", def.name)),
+        }
+        Ok(spec)
+    }
+
+    /// Removes the cgroup of a service that is gone (reload) or of every service (shutdown),
+    /// if it is empty; a populated one stays.
+    pub(crate) fn remove_cgroup(&self, log: &Logger, name: &str) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        match cgroups.remove(name) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={name} event=cgroup-remove-failed error=\"{}\"",
+                    ErrnoText(crate::sys::errno::of(&e))
+                ),
+            ),
+        }
+    }
+
+    /// The service's slot timer (its tree's SIGKILL deadline or next look) completed.
+    pub(crate) fn on_tree_timeout(
+        &mut self,
+        ring: &mut Ring,
+        engine: &mut Engine<OwnedFd>,
+        log: &Logger,
+        counters: &Counters,
+        now: MonoTime,
+        index: usize,
+    ) {
+        let Some(entry) = self.list.get_mut(index) else {
+            return;
+        };
+        if let Some(status) = super::tree::on_timeout(entry, ring, log, now) {
+            super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
+            Self::report_exit(entry, engine, counters, now, status);
         }
     }
 
@@ -127,6 +191,7 @@ impl Services {
             active: true,
             removing: false,
             spawning: false,
+            tree: Default::default(),
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -258,10 +323,33 @@ impl Services {
         let Some(entry) = self.list.get(service.index()) else {
             return;
         };
+        let name = &entry.def.name;
+        if let Some(dir) = entry.spec.as_ref().and_then(|s| s.cgroup()) {
+            // The whole tree (docs/orchestrator.md): every process of the service's cgroup.
+            match super::tree::signal(&entry.tree, dir, signal) {
+                Ok(procs) => log.line(
+                    Priority::Info,
+                    format_args!(
+                        "service={name} partition=local pid={} event=signal signal={} target=cgroup procs={procs}",
+                        pid.0,
+                        pidfd::signal_name(signal)
+                    ),
+                ),
+                Err(e) => log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={name} pid={} event=signal-failed signal={} target=cgroup error=\"{}\"",
+                        pid.0,
+                        pidfd::signal_name(signal),
+                        ErrnoText(crate::sys::errno::of(&e))
+                    ),
+                ),
+            }
+            return;
+        }
         let Some(fd) = ring.fd(entry.slot) else {
             return;
         };
-        let name = &entry.def.name;
         match pidfd::send_signal(fd, signal) {
             Ok(()) => log.line(
                 Priority::Info,
@@ -306,10 +394,12 @@ impl Services {
     }
 
     /// The pidfd of a service polled readable (or the poll ended).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_poll(
         &mut self,
         ring: &mut Ring,
         engine: &mut Engine<OwnedFd>,
+        log: &Logger,
         counters: &Counters,
         now: MonoTime,
         index: usize,
@@ -318,6 +408,14 @@ impl Services {
         let Some(entry) = self.list.get_mut(index) else {
             return;
         };
+        if entry.tree.draining() {
+            // The slot holds the cgroup's `cgroup.events`: the tree may be empty now.
+            if let Some(status) = super::tree::on_poll(entry, ring, log) {
+                super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
+                Self::report_exit(entry, engine, counters, now, status);
+            }
+            return;
+        }
         let slot = entry.slot;
         if ring.fd(slot).is_none() {
             return;
@@ -338,7 +436,15 @@ impl Services {
         }
         let status = match entry.def.policy.partition {
             Partition::Local => match ring.fd(slot).map(pidfd::wait_child) {
-                Some(Ok(Some(status))) => status,
+                Some(Ok(Some(status))) => {
+                    match super::tree::main_exited(entry, ring, log, now, status) {
+                        super::tree::Exit::Report(status) => {
+                            super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
+                            status
+                        }
+                        super::tree::Exit::Held => return,
+                    }
+                }
                 Some(Ok(None)) => {
                     let _ = ring.poll_add(slot, libc::POLLIN as u32);
                     return;

@@ -86,6 +86,8 @@ pub struct Settings {
     pub own_lines: OwnLines,
     /// Bytes of each local service's output history.
     pub history_bytes: usize,
+    /// Where local services' cgroups live (`[cgroup] root`).
+    pub cgroup_root: config::CgroupRoot,
 }
 
 impl Settings {
@@ -119,6 +121,7 @@ impl Settings {
             journal_socket: config.log.journal_socket.clone(),
             own_lines: config.log.own_lines,
             history_bytes: config.log.history_bytes as usize,
+            cgroup_root: config.cgroup.root.clone(),
         }
     }
 }
@@ -166,6 +169,7 @@ impl Settings {
             journal_socket: PathBuf::from(config::JOURNAL_SOCKET_DEFAULT),
             own_lines: OwnLines::Auto,
             history_bytes: config::HISTORY_BYTES_DEFAULT as usize,
+            cgroup_root: config::CgroupRoot::Auto,
         }
     }
 }

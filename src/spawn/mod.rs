@@ -72,7 +72,8 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub use crate::sys::spawn::{
-    clone3_fallback_active, SpawnError, SpawnStage, GATE_CLOSED_EXIT_STATUS,
+    clone3_fallback_active, into_cgroup_fallback_active, SpawnError, SpawnStage,
+    GATE_CLOSED_EXIT_STATUS,
 };
 use crate::sys::spawn::{ExecPlan, GATE_READY_REPORT};
 
@@ -161,6 +162,8 @@ pub struct SpawnSpec {
     stdio_null: bool,
     /// Set by a writer that finished without error.
     complete: bool,
+    /// The cgroup v2 directory the child is created in ([`SpawnSpec::set_cgroup`]).
+    cgroup: Option<OwnedFd>,
 }
 
 impl fmt::Debug for SpawnSpec {
@@ -197,6 +200,7 @@ impl SpawnSpec {
             gid: None,
             stdio_null: false,
             complete: false,
+            cgroup: None,
         }
     }
 
@@ -249,6 +253,19 @@ impl SpawnSpec {
             spec: self,
             failed: false,
         }
+    }
+
+    /// Creates the child directly inside the cgroup v2 whose directory `dir` is open
+    /// (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7+; on an older kernel, or without
+    /// `clone3`, the child writes its pid to the cgroup's `cgroup.procs` as its first step).
+    /// `None`: in the spawner's cgroup. Kept by [`SpawnSpec::writer`].
+    pub fn set_cgroup(&mut self, dir: Option<OwnedFd>) {
+        self.cgroup = dir;
+    }
+
+    /// The cgroup directory set by [`SpawnSpec::set_cgroup`].
+    pub fn cgroup(&self) -> Option<BorrowedFd<'_>> {
+        self.cgroup.as_ref().map(AsFd::as_fd)
     }
 
     /// The capacity this spec was created with.
@@ -356,6 +373,7 @@ impl SpawnSpec {
             stdout_fd: -1,
             stderr_fd: -1,
             reset_signals: crate::sys::spawn::signals_to_reset(),
+            cgroup_fd: self.cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         }
     }
 }

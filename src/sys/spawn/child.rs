@@ -67,6 +67,9 @@ pub(super) struct VmArgs<'a> {
     pub report_fd: c_int,
     /// Every fd from here up is left behind when the table is unshared.
     pub first: c_int,
+    /// A cgroup directory fd the child joins first of all (it could not be created in it), or
+    /// -1.
+    pub join_cgroup: c_int,
 }
 
 /// The entry of a child created with `CLONE_VM | CLONE_VFORK | CLONE_FILES`, on its own
@@ -76,6 +79,10 @@ pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `VmArgs` that `clone_vm` put on its stack; the parent is suspended
     // until this child execs or exits, so it stays valid and unchanged.
     let args = unsafe { &*(arg as *const VmArgs<'_>) };
+    // Before the table is unshared: the cgroup fd lies above `first`.
+    if let Err(error) = join_cgroup(args.join_cgroup) {
+        report(args.report_fd, error);
+    }
     // SAFETY: close_range with CLOSE_RANGE_UNSHARE gives this child a private copy of the
     // table holding only the fds below `first`; no memory is passed.
     let unshared = unsafe {
@@ -105,13 +112,16 @@ pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
 }
 
 /// Runs the child's steps, then `execve`; never returns.
-pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int) -> ! {
+pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, join: c_int) -> ! {
     let report_fd = match fd_above_stdio(report_fd) {
         Ok(fd) => fd,
         // Without a report pipe above fd 2 the failure cannot be told apart from the exec;
         // the parent sees EOF, the pidfd shows exit 127.
         Err(_) => exit(CHILD_FAILURE_EXIT_STATUS),
     };
+    if let Err(error) = join_cgroup(join) {
+        report(report_fd, error);
+    }
     let gate_fd = if gate_fd < 0 {
         -1
     } else {
@@ -178,6 +188,36 @@ fn wait_at_gate(report_fd: c_int, gate_fd: c_int) {
         }
         exit(GATE_CLOSED_EXIT_STATUS);
     }
+}
+
+/// Moves this child into the cgroup whose directory is `dir` (nothing for -1): writes `0`
+/// (the writer itself) to its `cgroup.procs`. Used only where `CLONE_INTO_CGROUP` could not
+/// create the child there.
+fn join_cgroup(dir: c_int) -> Result<(), SpawnError> {
+    if dir < 0 {
+        return Ok(());
+    }
+    // SAFETY: the name is a NUL-terminated constant; openat returns a new fd or -1.
+    let procs = unsafe {
+        libc::openat(
+            dir,
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if procs < 0 {
+        return Err(fail(SpawnStage::Cgroup));
+    }
+    // SAFETY: writes one byte from a constant.
+    let written = unsafe { libc::write(procs, b"0".as_ptr().cast::<c_void>(), 1) };
+    let result = if written == 1 {
+        Ok(())
+    } else {
+        Err(fail(SpawnStage::Cgroup))
+    };
+    // SAFETY: closes the fd opened above, which nothing else knows.
+    unsafe { libc::close(procs) };
+    result
 }
 
 fn exit(status: c_int) -> ! {

@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 {
-    printf 'slots = %d\nlog_level = "warn"\n[control]\nsocket = "%s/control.sock"\n' $((n + 4)) "$dir"
+    printf 'slots = %d\nlog_level = "warn"\nruntime_dir = "%s/run"\n[control]\nsocket = "%s/control.sock"\n' $((n + 4)) "$dir" "$dir"
     i=1
     while [ "$i" -le "$n" ]; do
         printf '[[service]]\nname = "s%d"\npartition = "local"\nargv = ["/bin/true"]\n' "$i"

@@ -23,6 +23,8 @@ pub mod orchestrator;
 pub mod output;
 pub mod pidfd;
 pub mod queue;
+#[cfg(feature = "orchestrator")]
+pub mod record;
 pub mod sd_notify;
 pub mod spawn;
 #[cfg(feature = "orchestrator")]

@@ -329,6 +329,15 @@ fn fdinfo_field<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a str> {
     Some(std::str::from_utf8(line).ok()?.trim())
 }
 
+/// The pidfs inode number of a pidfd (6.9+; `fstatfs` and `fstat` only, no `/proc`): what
+/// [`Identity::inode`] holds. `None` before pidfs.
+pub fn pidfs_inode(pidfd: BorrowedFd<'_>) -> Option<u64> {
+    match sysfd::fs_type(pidfd) {
+        Ok(PID_FS_MAGIC) => sysfd::fstat(pidfd).ok().map(|st| st.ino),
+        _ => None,
+    }
+}
+
 /// Whether `fd` is a pidfd. On pidfs kernels (6.9+) `fstatfs` reports `PID_FS_MAGIC`; before
 /// that a pidfd is an anonymous inode named `anon_inode:[pidfd]`, which `readlink` on
 /// `/proc/self/fd/N` shows (needs `/proc`). Anything else — pipes, sockets, eventfds, regular

@@ -16,12 +16,7 @@ struct Out {
 }
 
 fn ctl(socket: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run holdenctl");
+    let out = orchestrator_support::holdenctl(socket, args);
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

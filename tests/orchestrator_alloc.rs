@@ -2,7 +2,8 @@
 //! counting global allocator, through at least 10,000 restart cycles of a local crash-looping
 //! service and QM crash-looping services through a real holden-agent, while a control client
 //! asks for status and the agent link, a monitor connection receives every event and a
-//! follower (`holdenctl logs -f`) the output of a local service that prints while it restarts.
+//! follower (`holdenctl logs -f`) the output of a local service that prints while it restarts,
+//! and the state record's writer writes what changes.
 //!
 //! While the loop runs, this test's main thread only sleeps and reads atomics, and the control
 //! client uses only libc and stack buffers, so every allocation counted during the measured
@@ -156,47 +157,15 @@ fn control_client(
             Body::Agent(_)
         ));
         replies.fetch_add(1, Ordering::Relaxed);
-        // Drain some of the monitor stream without waiting.
-        for _ in 0..64 {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    monitor,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            if matches!(
-                decode(&buf[..n as usize]).unwrap().body,
-                Body::Event(_) | Body::Dropped(_)
-            ) {
-                events.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        for _ in 0..64 {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                libc::recv(
-                    follower,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            if matches!(
-                decode(&buf[..n as usize]).unwrap().body,
-                Body::LogLine(_) | Body::Dropped(_)
-            ) {
-                log_lines.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // Drain some of the monitor stream and of the follower without waiting.
+        let counted = drain(monitor, &mut buf, |body| {
+            matches!(body, Body::Event(_) | Body::Dropped(_))
+        });
+        events.fetch_add(counted, Ordering::Relaxed);
+        let counted = drain(follower, &mut buf, |body| {
+            matches!(body, Body::LogLine(_) | Body::Dropped(_))
+        });
+        log_lines.fetch_add(counted, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(2));
     }
     // SAFETY: closing our own fds.
@@ -208,6 +177,23 @@ fn control_client(
 }
 
 /// Sleeps until `done()` (no allocation: no formatting, no collections).
+/// Receives what `fd` holds (at most 64 messages) without waiting, into `buf`; returns how
+/// many of them `counts` accepts.
+fn drain(fd: i32, buf: &mut [u8], counts: impl Fn(&holden::control::Body<'_>) -> bool) -> u64 {
+    let mut counted = 0;
+    for _ in 0..64 {
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
+        }
+        if counts(&holden::control::decode(&buf[..n as usize]).unwrap().body) {
+            counted += 1;
+        }
+    }
+    counted
+}
+
 fn wait(deadline_s: u64, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     while !done() {
@@ -240,6 +226,8 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     let journal_socket = dir.path("journal.sock");
     let journal = std::os::unix::net::UnixDatagram::bind(&journal_socket).unwrap();
     settings.journal_socket = journal_socket;
+    // The state record is written all along (its writer thread counts too).
+    settings.runtime_dir = Some(dir.path("run"));
     let defs = vec![
         crash_loop("local-true", Partition::Local),
         printer("local-printer"),

@@ -7,17 +7,6 @@
 mod orchestrator_support;
 
 use orchestrator_support::*;
-use std::path::Path;
-use std::process::Command;
-
-fn holdenctl(socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run holdenctl")
-}
 
 /// Asserts that every line of `log` is strict key=value; returns the parsed lines.
 fn parse_all(log: &str) -> Vec<Vec<(String, String)>> {

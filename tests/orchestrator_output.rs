@@ -316,20 +316,6 @@ fn an_output_file_that_cannot_be_opened_is_an_error_with_its_place() {
     assert!(orch.stop(libc::SIGTERM).success());
 }
 
-fn holdenctl(socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run holdenctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// A number field in `holdenctl ... --json` output.
 fn json_number(text: &str, key: &str) -> u64 {
     let needle = format!("\"{key}\":");
@@ -367,7 +353,7 @@ fn a_flooding_service_costs_a_bounded_amount_and_stalls_nothing() {
     orch.wait_lines(&["service=flood", "event=output-dropped"], 1);
     // While it floods: status keeps answering and the other service keeps restarting.
     let restarts = |orch: &Orch| {
-        let (code, out) = holdenctl(&control, &["status", "looper", "--json"]);
+        let (code, out) = holdenctl_text(&control, &["status", "looper", "--json"]);
         assert_eq!(
             code,
             0,
@@ -384,11 +370,11 @@ fn a_flooding_service_costs_a_bounded_amount_and_stalls_nothing() {
     });
     assert!(answers > 0);
     // The drops are counted per service, and shown.
-    let (code, out) = holdenctl(&control, &["logs", "flood", "-n", "1", "--json"]);
+    let (code, out) = holdenctl_text(&control, &["logs", "flood", "-n", "1", "--json"]);
     assert_eq!(code, 0, "{out}");
     let (lines, dropped) = (json_number(&out, "lines"), json_number(&out, "dropped"));
     assert!(dropped > 0 && dropped < lines, "{out}");
-    let (_, plain) = holdenctl(&control, &["logs", "flood", "-n", "1"]);
+    let (_, plain) = holdenctl_text(&control, &["logs", "flood", "-n", "1"]);
     assert!(plain.contains("lines were not forwarded"), "{plain}");
     assert!(orch.stop(libc::SIGTERM).success());
     // What reached the log is bounded by the rate limit, whatever the service wrote: at most
@@ -570,7 +556,7 @@ fn a_reload_changes_where_output_goes_and_adds_captured_services() {
         + &printing("added", "hello from added\\n", "");
     std::fs::write(dir.path("orchestrator.toml"), config).unwrap();
     let control = dir.path("control.sock");
-    let (code, out) = holdenctl(&control, &["reload"]);
+    let (code, out) = holdenctl_text(&control, &["reload"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 added, 0 removed, 1 changed"), "{out}");
     wait_until("ticks in the file", || {
@@ -581,10 +567,10 @@ fn a_reload_changes_where_output_goes_and_adds_captured_services() {
         &["service=added event=output", "text=\"hello from added\""],
         1,
     );
-    let (code, out) = holdenctl(&control, &["logs", "added", "-n", "5"]);
+    let (code, out) = holdenctl_text(&control, &["logs", "added", "-n", "5"]);
     assert_eq!((code, out.as_str()), (0, "hello from added\n"));
     // The ticker's output is not captured any more: no history to show.
-    let (code, _) = holdenctl(&control, &["logs", "ticker"]);
+    let (code, _) = holdenctl_text(&control, &["logs", "ticker"]);
     assert_eq!(code, 1);
     assert!(orch.stop(libc::SIGTERM).success());
 }
@@ -610,7 +596,7 @@ fn a_journal_that_does_not_keep_up_costs_dropped_lines_never_a_wait() {
     orch.wait_lines(&["event=control-listening"], 1);
     // Nobody reads the journal: its queue fills and the sends find it full (EAGAIN).
     let (lines, dropped) = wait_until("300 lines read", || {
-        let (code, out) = holdenctl(&control, &["logs", "burst", "-n", "0", "--json"]);
+        let (code, out) = holdenctl_text(&control, &["logs", "burst", "-n", "0", "--json"]);
         assert_eq!(code, 0, "{out}");
         let lines = json_number(&out, "lines");
         (lines == 300).then(|| (lines, json_number(&out, "dropped")))

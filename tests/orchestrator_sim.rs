@@ -260,6 +260,8 @@ fn reason_kind(reason: Reason) -> &'static str {
         Reason::StopTimeout => "stop-timeout",
         Reason::Shutdown => "shutdown",
         Reason::Removed => "removed",
+        Reason::Adopted(_) => "adopted",
+        Reason::Resumed => "resumed",
     }
 }
 

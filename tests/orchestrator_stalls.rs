@@ -213,23 +213,9 @@ fn mount_before_exec(cmd: &mut Command, dev: RawFd, at: &Path) {
     }
 }
 
-fn holdenctl(socket: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run holdenctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 /// A field of `name` in `holdenctl status NAME --json` (the answer must come).
 fn status_field(socket: &Path, name: &str, key: &str) -> String {
-    let (code, out) = holdenctl(socket, &["status", name, "--json"]);
+    let (code, out) = holdenctl_text(socket, &["status", name, "--json"]);
     assert_eq!(code, 0, "status {name}: {out}");
     let needle = format!("\"{key}\":");
     let at = out.find(&needle).expect(key) + needle.len();
@@ -280,6 +266,8 @@ fn an_exec_stalled_on_a_fuse_read_holds_neither_the_loop_nor_other_spawns() {
     let mut cmd = Command::new(orchestrator_bin());
     cmd.arg("--config")
         .arg(dir.path("orchestrator.toml"))
+        .arg("--runtime-dir")
+        .arg(dir.path("run"))
         .env_remove("NOTIFY_SOCKET");
     mount_before_exec(&mut cmd, dev.as_raw_fd(), &mount);
     let mut orch = Orch::spawn(&dir, cmd);
@@ -368,6 +356,8 @@ fn a_log_stream_nobody_reads_does_not_hold_the_loop() {
     let mut cmd = Command::new(orchestrator_bin());
     cmd.arg("--config")
         .arg(dir.path("orchestrator.toml"))
+        .arg("--runtime-dir")
+        .arg(dir.path("run"))
         .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

@@ -14,14 +14,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: holden-orchestrator [--config PATH] [--check]
-       holden-orchestrator [--check] [--] 'LOCAL CMD' 'QM CMD'
+usage: holden-orchestrator [--config PATH] [--runtime-dir DIR] [--check]
+       holden-orchestrator [--runtime-dir DIR] [--check] [--] 'LOCAL CMD' 'QM CMD'
        holden-orchestrator --help | --version
 
 Supervises the services of a configuration file (default /etc/holden/orchestrator.toml,
 format in docs/config.md): local ones are spawned here, QM ones through holden-agent.
 
   --config PATH   read this configuration file (also --config=PATH)
+  --runtime-dir DIR
+                  the runtime directory (instead of the file's `runtime_dir`, default
+                  /run/holden): the lock that lets one orchestrator at a time run on it, and
+                  the state record that lets a restarted one take over the running services
   --check         validate the configuration and exit (0: valid, 1: invalid)
   -h, --help      print this help
   -V, --version   print the version
@@ -40,7 +44,11 @@ Exit codes: 0 clean shutdown, 1 invalid configuration or fatal error, 2 misuse."
 enum Cli {
     Help,
     Version,
-    Run { source: Source, check: bool },
+    Run {
+        source: Source,
+        check: bool,
+        runtime_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, PartialEq)]
@@ -56,6 +64,7 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
     let mut parser = lexopt::Parser::from_args(args);
     let mut config: Option<PathBuf> = None;
     let mut check = false;
+    let mut runtime_dir: Option<PathBuf> = None;
     let mut positional: Vec<OsString> = Vec::new();
     while let Some(arg) = parser.next().map_err(|e| lexopt_message(&e))? {
         match arg {
@@ -69,6 +78,15 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
                 }
                 if config.replace(PathBuf::from(value)).is_some() {
                     return Err("--config given twice".into());
+                }
+            }
+            Long("runtime-dir") => {
+                let value = parser.value().map_err(|_| "--runtime-dir needs a DIR")?;
+                if !value.as_encoded_bytes().starts_with(b"/") {
+                    return Err("--runtime-dir needs an absolute DIR (starting with /)".into());
+                }
+                if runtime_dir.replace(PathBuf::from(value)).is_some() {
+                    return Err("--runtime-dir given twice".into());
                 }
             }
             Value(value) => positional.push(value),
@@ -93,7 +111,11 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
             ));
         }
     };
-    Ok(Cli::Run { source, check })
+    Ok(Cli::Run {
+        source,
+        check,
+        runtime_dir,
+    })
 }
 
 /// The message of an error that lexopt itself reports: only `--flag=value` for an option that
@@ -207,7 +229,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (source, check) = match cli {
+    let (source, check, runtime_dir) = match cli {
         Cli::Help => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -216,7 +238,11 @@ fn main() -> ExitCode {
             println!("holden-orchestrator {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Cli::Run { source, check } => (source, check),
+        Cli::Run {
+            source,
+            check,
+            runtime_dir,
+        } => (source, check, runtime_dir),
     };
     let checked = match load(&source) {
         Ok(checked) => checked,
@@ -283,6 +309,9 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let mut settings = Settings::from_config(&config);
+    if let Some(dir) = runtime_dir {
+        settings.runtime_dir = Some(dir);
+    }
     if let Source::File(path) = &source {
         settings.config_path = Some(path.clone());
     }
@@ -318,21 +347,24 @@ mod tests {
             parse_args(args(&[])).unwrap(),
             Cli::Run {
                 source: Source::File(CONFIG_PATH_DEFAULT.into()),
-                check: false
+                check: false,
+                runtime_dir: None
             }
         );
         assert_eq!(
             parse_args(args(&["--config", "/x.toml", "--check"])).unwrap(),
             Cli::Run {
                 source: Source::File("/x.toml".into()),
-                check: true
+                check: true,
+                runtime_dir: None
             }
         );
         assert_eq!(
             parse_args(args(&["--config=/y"])).unwrap(),
             Cli::Run {
                 source: Source::File("/y".into()),
-                check: false
+                check: false,
+                runtime_dir: None
             }
         );
         assert_eq!(
@@ -342,7 +374,8 @@ mod tests {
                     local: "/bin/a x".into(),
                     qm: "b".into()
                 },
-                check: false
+                check: false,
+                runtime_dir: None
             }
         );
         assert_eq!(parse_args(args(&["--help", "--bogus"])).unwrap(), Cli::Help);
@@ -381,6 +414,28 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_directory_can_be_given() {
+        assert_eq!(
+            parse_args(args(&["--runtime-dir", "/tmp/x", "a", "b"])).unwrap(),
+            Cli::Run {
+                source: Source::Legacy {
+                    local: "a".into(),
+                    qm: "b".into()
+                },
+                check: false,
+                runtime_dir: Some("/tmp/x".into())
+            }
+        );
+        for bad in [
+            &["--runtime-dir"][..],
+            &["--runtime-dir", "relative"],
+            &["--runtime-dir=/a", "--runtime-dir=/b"],
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn double_dash_ends_the_options() {
         assert_eq!(
             parse_args(args(&["--check", "--", "-local --x", "--help"])).unwrap(),
@@ -389,7 +444,8 @@ mod tests {
                     local: "-local --x".into(),
                     qm: "--help".into()
                 },
-                check: true
+                check: true,
+                runtime_dir: None
             }
         );
         assert_eq!(parse_args(args(&["-h"])).unwrap(), Cli::Help);
@@ -407,7 +463,8 @@ mod tests {
                 parse_args(list).unwrap(),
                 Cli::Run {
                     source: Source::File(PathBuf::from(&path)),
-                    check: false
+                    check: false,
+                    runtime_dir: None
                 }
             );
         }

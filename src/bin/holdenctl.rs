@@ -853,6 +853,7 @@ fn why_text(why: Why) -> String {
     match why {
         Why::Spawned(0) => "spawned pid=unknown".to_string(),
         Why::Spawned(pid) => format!("spawned pid={pid}"),
+        Why::Adopted(pid) => format!("adopted pid={pid}"),
         Why::SpawnFailed(e) => format!("spawn-failed {}", spawn_text(e)),
         Why::Exited(exit) => format!("exited {}", exit_text(Some(exit))),
         other => other.as_str().to_string(),
@@ -863,6 +864,7 @@ fn event_line(e: &EventInfo<'_>, json: bool, style: &Style) -> String {
     if json {
         let detail = match e.why {
             Why::Spawned(pid) => format!(",\"spawned_pid\":{}", json_opt((pid > 0).then_some(pid))),
+            Why::Adopted(pid) => format!(",\"adopted_pid\":{pid}"),
             Why::SpawnFailed(e) => format!(",\"spawn_error\":{}", json_spawn_error(Some(e))),
             Why::Exited(exit) => format!(",\"exit\":{}", json_exit(Some(exit))),
             _ => String::new(),

@@ -36,6 +36,8 @@ pub const CONFIG_PATH_DEFAULT: &str = "/etc/holden/orchestrator.toml";
 pub const AGENT_SOCKET_DEFAULT: &str = "/run/holden/qm_orchestrator.sock";
 /// Default control socket.
 pub const CONTROL_SOCKET_DEFAULT: &str = "/run/holden/control.sock";
+/// Default runtime directory: the one-instance lock and the state record.
+pub const RUNTIME_DIR_DEFAULT: &str = "/run/holden";
 /// Default number of process slots.
 pub const SLOTS_DEFAULT: u32 = 64;
 /// Largest number of process slots. The orchestrator's ring needs one slot per service plus a
@@ -171,6 +173,8 @@ pub struct Config {
     pub slots: u32,
     /// Log level.
     pub log_level: LogLevel,
+    /// Where the one-instance lock and the state record live.
+    pub runtime_dir: PathBuf,
     /// Agent connection.
     pub agent: AgentConfig,
     /// Orchestrator shutdown.

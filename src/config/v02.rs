@@ -58,6 +58,7 @@ pub(crate) fn from_legacy_args(
     Ok(Config {
         slots: SLOTS_DEFAULT,
         log_level: LogLevel::Info,
+        runtime_dir: std::path::PathBuf::from(super::RUNTIME_DIR_DEFAULT),
         agent: AgentConfig {
             socket: socket_path.to_path_buf(),
             protocol: AgentProtocol::Auto,

@@ -17,13 +17,14 @@ use super::{
     AgentConfig, AgentProtocol, CgroupConfig, CgroupRoot, Config, ControlConfig, LogConfig,
     LogLevel, OwnLines, ShutdownConfig, AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT,
     HISTORY_BYTES_DEFAULT, HISTORY_BYTES_MAX, HISTORY_BYTES_MIN, JOURNAL_SOCKET_DEFAULT,
-    PATH_LEN_MAX, SLOTS_DEFAULT, SLOTS_MAX, SOCKET_PATH_LEN_MAX,
+    PATH_LEN_MAX, RUNTIME_DIR_DEFAULT, SLOTS_DEFAULT, SLOTS_MAX, SOCKET_PATH_LEN_MAX,
 };
 use crate::supervise::{
     Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
 };
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
@@ -49,6 +50,7 @@ pub const GROUP_NAME_LEN_MAX: usize = 32;
 const TOP_KEYS: &[&str] = &[
     "slots",
     "log_level",
+    "runtime_dir",
     "agent",
     "shutdown",
     "control",
@@ -57,7 +59,7 @@ const TOP_KEYS: &[&str] = &[
     "service",
 ];
 const TOP_SHOWN: &str =
-    "`slots`, `log_level`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[cgroup]`, `[[service]]`";
+    "`slots`, `log_level`, `runtime_dir`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[cgroup]`, `[[service]]`";
 const CGROUP_KEYS: &[&str] = &["root"];
 const LOG_KEYS: &[&str] = &["journal_socket", "journal", "history_bytes"];
 const AGENT_KEYS: &[&str] = &[
@@ -456,6 +458,12 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
             ("debug", LogLevel::Debug),
         ],
     );
+    let runtime_dir = entry(root, "runtime_dir")
+        .and_then(|value| absolute_path(check, value, "runtime_dir"))
+        .map_or_else(
+            || PathBuf::from(RUNTIME_DIR_DEFAULT),
+            |path| PathBuf::from(std::ffi::OsString::from_vec(path.into_bytes())),
+        );
     let empty = Table::new();
     let section = |check: &mut Check<'_>, key: &str| -> Option<&Table<'_>> {
         entry(root, key).and_then(|value| check.table(value, key))
@@ -491,6 +499,7 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
     let config = Config {
         slots,
         log_level,
+        runtime_dir,
         agent,
         shutdown,
         control,

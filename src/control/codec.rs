@@ -452,6 +452,8 @@ fn decode_event<'a>(r: &mut Reader<'a>) -> Result<EventInfo<'a>, DecodeError> {
         (10, 0) => Why::StopTimeout,
         (11, 0) => Why::Shutdown,
         (12, 0) => Why::Removed,
+        (13, pid) if pid > 0 => Why::Adopted(pid),
+        (14, 0) => Why::Resumed,
         _ => return Err(r.bad("why")),
     };
     let restarts = r.u32()?;
@@ -692,6 +694,8 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
                 Why::StopTimeout => (10, 0),
                 Why::Shutdown => (11, 0),
                 Why::Removed => (12, 0),
+                Why::Adopted(pid) => (13, pid.max(1)),
+                Why::Resumed => (14, 0),
             };
             w.u8(tag)?;
             w.i32(value)?;
@@ -891,7 +895,7 @@ mod tests {
         let len = encode(&mut buf, 9, &body).unwrap();
         assert_eq!(
             &buf[..len],
-            b"HCTL\x02\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
+            b"HCTL\x03\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
         );
         // Out-of-range fields are refused, typed.
         let mut bad = buf;

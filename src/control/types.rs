@@ -4,7 +4,7 @@
 pub const MAGIC: [u8; 4] = *b"HCTL";
 /// Protocol version; a frame of another version is refused. Version 2 added why a service
 /// failed (`Service`: result and spawn error; `Event`: the stage of a failed spawn).
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Length of the header.
 pub const HEADER_LEN: usize = 16;
 /// Largest frame (one packet).
@@ -200,6 +200,10 @@ pub enum Why {
     StopTimeout,
     Shutdown,
     Removed,
+    /// A live process of a previous orchestrator instance was taken over (its pid).
+    Adopted(i32),
+    /// The state of a previous orchestrator instance was carried over.
+    Resumed,
 }
 
 impl Why {
@@ -217,6 +221,8 @@ impl Why {
             Why::StopTimeout => "stop-timeout",
             Why::Shutdown => "shutdown",
             Why::Removed => "removed",
+            Why::Adopted(_) => "adopted",
+            Why::Resumed => "resumed",
         }
     }
 }

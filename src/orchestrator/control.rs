@@ -55,6 +55,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Listen backlog.
 const BACKLOG: i32 = 16;
+/// Looks again at a control socket that still answers at start-up (see `ControlServer::start`):
+/// up to 2 s in all.
+const LIVE_RETRIES: u32 = 40;
+const LIVE_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -262,13 +266,27 @@ impl ControlServer {
         // is one (members of the command group must be in it too), else the command group.
         let file_gid = self.read_gid.or(self.group_gid);
         let mode = if file_gid.is_some() { 0o660 } else { 0o600 };
-        let bound = Listener::bind(
-            path.as_os_str().as_bytes(),
-            socket::Kind::Seqpacket,
-            mode,
-            file_gid,
-            BACKLOG,
-        );
+        let bind = || {
+            Listener::bind(
+                path.as_os_str().as_bytes(),
+                socket::Kind::Seqpacket,
+                mode,
+                file_gid,
+                BACKLOG,
+            )
+        };
+        // A listener that still answers right after the previous instance died (we hold the
+        // runtime directory's lock, so it is dead) is its io_uring being torn down, which
+        // holds the socket for a moment: wait for it (start-up only). Never unlinked while
+        // it answers.
+        let mut bound = bind();
+        for _ in 0..LIVE_RETRIES {
+            if !matches!(bound, Err(socket::BindError::Live)) {
+                break;
+            }
+            std::thread::sleep(LIVE_RETRY_INTERVAL);
+            bound = bind();
+        }
         match bound {
             Ok((listener, _stale)) => {
                 let (fd, file) = listener.into_parts();
@@ -1221,6 +1239,8 @@ fn why_of(reason: Reason) -> Why {
         Reason::StopTimeout => Why::StopTimeout,
         Reason::Shutdown => Why::Shutdown,
         Reason::Removed => Why::Removed,
+        Reason::Adopted(pid) => Why::Adopted(pid.0),
+        Reason::Resumed => Why::Resumed,
     }
 }
 

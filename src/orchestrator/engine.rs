@@ -349,6 +349,33 @@ impl<H> Engine<H> {
         self.pump(now);
     }
 
+    /// Carries on with a service of a previous orchestrator instance (see
+    /// [`Supervisor::resume`]); `live` is the process found alive for it and checked by the
+    /// shell: its handle, pid, identity and (QM) pid inside QM.
+    pub fn resume(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        carried: &crate::supervise::Carried,
+        live: Option<(H, i32, Identity, i32)>,
+    ) -> Result<(), Refusal> {
+        let pid = live.as_ref().map(|(_, pid, _, _)| Pid(*pid));
+        let result = self.core.resume(now, service, carried, pid);
+        if let (Ok(()), Some((handle, pid, identity, qm_pid))) = (&result, live) {
+            let slot = &mut self.procs[service.index()];
+            slot.proc = Some(Proc {
+                pid,
+                identity,
+                exited: false,
+            });
+            slot.last_pid = pid;
+            slot.qm_pid = qm_pid;
+            self.outputs.push(Output::Watch { service, handle });
+        }
+        self.pump(now);
+        result
+    }
+
     /// A local spawn failed.
     pub fn spawn_failed(&mut self, now: MonoTime, service: ServiceId, error: StartFailure) {
         self.events.push(Event::SpawnFailed { service, error });

@@ -21,6 +21,7 @@ use super::counters::Counters;
 use super::engine::{Engine, Output};
 use super::output::Outputs;
 use super::reload;
+use super::runtime::{self, Found, Recorder, RuntimeDir, RuntimeError};
 use super::services::{prepare_spec, Services};
 use super::spawner::Spawner;
 use super::spec::{AgentProtocol, Options, ServiceDef, Settings};
@@ -93,6 +94,8 @@ pub enum Error {
     Service(String),
     /// A system call during start-up failed.
     Io(&'static str, io::Error),
+    /// The runtime directory is locked by another instance, or unusable.
+    Runtime(RuntimeError),
 }
 
 impl std::fmt::Display for Error {
@@ -102,6 +105,7 @@ impl std::fmt::Display for Error {
             Error::Enter(e) => write!(f, "io_uring_enter: {e}"),
             Error::Service(e) => f.write_str(e),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
+            Error::Runtime(e) => write!(f, "{e}"),
         }
     }
 }
@@ -198,6 +202,10 @@ pub struct Orchestrator {
     pending_adds: Vec<(ServiceDef, Option<Arc<SpawnSpec>>)>,
     /// The agent's state as the `STATUS=` line last said it.
     agent_status: &'static str,
+    /// Writes the state record (`None` without a runtime directory).
+    recorder: Option<Recorder>,
+    /// The previous instance's record, until start-up has carried on with it.
+    carried_over: Option<crate::record::Record>,
 }
 
 impl Drop for Orchestrator {
@@ -217,6 +225,11 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
+        // Before anything starts: one orchestrator per runtime directory.
+        let runtime = match &settings.runtime_dir {
+            Some(dir) => Some(RuntimeDir::lock(dir).map_err(Error::Runtime)?),
+            None => None,
+        };
         let journal = own_lines_journal(&settings, options.log_fd);
         let log_writer = log::Background::start_with_journal(
             options.log_fd,
@@ -289,7 +302,10 @@ impl Orchestrator {
         services.cgroups = super::tree::resolve(&settings.cgroup_root, &log)?;
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
-        for (index, def) in defs.into_iter().enumerate() {
+        for (index, mut def) in defs.into_iter().enumerate() {
+            if let Some(dir) = &settings.runtime_dir {
+                runtime::tag(&mut def, dir);
+            }
             let id = engine
                 .add(def.policy)
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
@@ -354,6 +370,29 @@ impl Orchestrator {
         for (index, owner) in output_owners {
             owners[index] = owner;
         }
+        let (recorder, carried_over) = match runtime {
+            Some(runtime) => {
+                let boot = runtime::boot_id();
+                let carried_over = match runtime.read_record(capacity, &boot) {
+                    Ok(record) => record,
+                    Err(e) => {
+                        log.line(
+                            Priority::Err,
+                            format_args!(
+                                "event=record-unreadable error={} consequence=\"no process of \
+                                 the previous instance is taken over; services start afresh\"",
+                                Quoted(&e)
+                            ),
+                        );
+                        None
+                    }
+                };
+                let recorder = Recorder::start(runtime, capacity, boot, log.clone())
+                    .map_err(|e| Error::Io("state record thread", e))?;
+                (Some(recorder), carried_over)
+            }
+            None => (None, None),
+        };
         Ok(Orchestrator {
             ring,
             engine,
@@ -382,6 +421,8 @@ impl Orchestrator {
             settings,
             pending_adds: Vec::new(),
             agent_status: "connecting",
+            recorder,
+            carried_over,
         })
     }
 
@@ -436,8 +477,17 @@ impl Orchestrator {
         self.drain_outputs();
         self.control.close(&mut self.ring);
         self.spawner.stop();
-        for service in &self.services.list {
-            self.services.remove_cgroup(&self.log, &service.def.name);
+        let all_stopped = self.engine.core().shutdown_complete();
+        if let Some(recorder) = &mut self.recorder {
+            // Every service stopped: nothing for a next instance to take over. Left running
+            // (`shutdown.stop_services = false`): the record lets the next one take them over.
+            recorder.stop(all_stopped);
+        }
+        if all_stopped {
+            // A cgroup of a service left running holds its tree for the next instance.
+            for service in &self.services.list {
+                self.services.remove_cgroup(&self.log, &service.def.name);
+            }
         }
         self.log.line(
             Priority::Notice,
@@ -476,8 +526,9 @@ impl Orchestrator {
         self.engine.start(now());
         self.settle();
         self.control.start(&mut self.ring, &self.log);
+        let resumed = self.carry_on();
         for index in 0..self.services.list.len() {
-            if self.services.list[index].def.start_at_boot {
+            if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
                 let service = self.services.list[index].id;
                 let _ = self.engine.command(now(), service, Command::Start);
                 self.settle();
@@ -563,6 +614,12 @@ impl Orchestrator {
                         ),
                     );
                 }
+                if !self.caps.pidfs {
+                    if let Some(entry) = self.services.list.get_mut(service.index()) {
+                        entry.start_identity = runtime::start_time_identity(procs.last_pid)
+                            .unwrap_or(crate::record::Identity::None);
+                    }
+                }
                 self.services
                     .watch(&mut self.ring, &self.log, service, handle);
             }
@@ -599,6 +656,7 @@ impl Orchestrator {
                 }
             }
             Output::Transition(t) => {
+                self.record(t.service);
                 if self.control.monitoring() {
                     if let Some(service) = self.services.get(t.service) {
                         let info = control::event_info(
@@ -627,7 +685,12 @@ impl Orchestrator {
                 })
             }
             Output::AgentDown => self.update_status("down"),
-            Output::Removed { service } => self.on_removed(service),
+            Output::Removed { service } => {
+                if let Some(recorder) = &self.recorder {
+                    recorder.put(service.index(), None);
+                }
+                self.on_removed(service)
+            }
             Output::ShutdownComplete => self.done = true,
             Output::Refused { refusal, event } => self.log.line(
                 Priority::Err,
@@ -720,10 +783,13 @@ impl Orchestrator {
                 self.timer_at = None;
                 self.engine.handle_timeout(now());
             }
-            Owner::ExitRetry => {
-                self.services
-                    .on_exit_retry(&mut self.ring, &mut self.engine, &self.counters, now())
-            }
+            Owner::ExitRetry => self.services.on_exit_retry(
+                &mut self.ring,
+                &mut self.engine,
+                &self.log,
+                &self.counters,
+                now(),
+            ),
             Owner::Spawner => self.on_spawns_done(),
             Owner::Agent => {
                 if let Some(conn) = self.agent.conn_of(c.slot) {
@@ -881,6 +947,215 @@ impl Orchestrator {
         }
     }
 
+    /// Carries on with the services of the previous instance. Its state record says what each
+    /// had; a recorded process found alive and proven the same process (pidfs inode, or start
+    /// time with executable and command line) is taken over instead of started again; one that
+    /// is gone, or whose pid another process has now (which is left alone), counts as an exit
+    /// with status unknown. A process of a service that the record does not name (a spawn in
+    /// flight at the crash) is found by its tag (`runtime::tagged_processes`) and taken over
+    /// too; a second one of the same service is ended (SIGKILL): one process per service.
+    /// Returns the indices of the services carried on with (not started at boot).
+    fn carry_on(&mut self) -> Vec<usize> {
+        let entries = self
+            .carried_over
+            .take()
+            .map(|r| r.entries)
+            .unwrap_or_default();
+        let mut tagged = match &self.settings.runtime_dir {
+            Some(dir) => runtime::tagged_processes(dir),
+            None => Default::default(),
+        };
+        if entries.is_empty() && tagged.is_empty() {
+            return Vec::new();
+        }
+        for entry in &entries {
+            let configured = self
+                .services
+                .by_name(entry.name.as_str())
+                .is_some_and(|i| self.services.list[i].def.policy.partition == entry.partition);
+            if !configured && entry.carried.pid.is_some() {
+                self.log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} partition={} pid={} event=not-taken-over \
+                         reason=\"no such service in this configuration (or another partition)\" \
+                         consequence=\"its process, if still there, is left alone\"",
+                        entry.name,
+                        entry.partition.as_str(),
+                        entry.carried.pid.map_or(0, |p| p.0)
+                    ),
+                );
+            }
+        }
+        let mut resumed = Vec::new();
+        let (mut adopted, mut found, mut gone, mut refused, mut ended) =
+            (0u32, 0u32, 0u32, 0u32, 0u32);
+        for index in 0..self.services.list.len() {
+            let def = &self.services.list[index].def;
+            let (name, partition) = (def.name.clone(), def.policy.partition);
+            let entry = entries
+                .iter()
+                .find(|e| e.name.as_str() == name && e.partition == partition);
+            let mut candidates = tagged.remove(&name).unwrap_or_default();
+            let mut live = None;
+            if let Some(entry) = entry {
+                if let Some(pid) = entry.carried.pid {
+                    candidates.retain(|&p| p != pid.0);
+                    match runtime::find(pid.0, entry.identity) {
+                        Found::Same(fd) => {
+                            adopted += 1;
+                            live = Some((fd, pid.0, entry.identity, entry.qm_pid));
+                        }
+                        Found::Gone => {
+                            gone += 1;
+                            self.log.line(
+                                Priority::Notice,
+                                format_args!(
+                                    "service={name} partition={} pid={} event=process-gone \
+                                     effect=\"exit with status unknown\"",
+                                    partition.as_str(),
+                                    pid.0
+                                ),
+                            );
+                        }
+                        Found::Other => {
+                            refused += 1;
+                            self.log.line(
+                                Priority::Warning,
+                                format_args!(
+                                    "service={name} partition={} pid={} event=pid-reused \
+                                     effect=\"exit with status unknown; the process now at that \
+                                     pid is not ours and is left alone\"",
+                                    partition.as_str(),
+                                    pid.0
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            // The newest tagged process (the last of them) is the last spawn: take it over if
+            // nothing else was.
+            if live.is_none() {
+                while let Some(pid) = candidates.pop() {
+                    let Ok(fd) = pidfd::open(pid) else {
+                        continue;
+                    };
+                    let identity = match pidfd::pidfs_inode(fd.as_fd()) {
+                        Some(inode) => crate::record::Identity::Pidfs(inode),
+                        None => runtime::start_time_identity(pid)
+                            .unwrap_or(crate::record::Identity::None),
+                    };
+                    found += 1;
+                    self.log.line(
+                        Priority::Notice,
+                        format_args!(
+                            "service={name} partition={} pid={pid} event=found-by-tag \
+                             effect=\"taken over: started by the previous instance, not yet \
+                             in its record\"",
+                            partition.as_str()
+                        ),
+                    );
+                    live = Some((fd, pid, identity, 0));
+                    break;
+                }
+            }
+            for pid in candidates {
+                if let Ok(fd) = pidfd::open(pid) {
+                    if pidfd::send_signal(fd.as_fd(), libc::SIGKILL).is_ok() {
+                        ended += 1;
+                        self.log.line(
+                            Priority::Warning,
+                            format_args!(
+                                "service={name} partition={} pid={pid} event=second-process-ended \
+                                 signal=SIGKILL reason=\"one process per service\"",
+                                partition.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
+            let carried = match (entry, &live) {
+                (Some(entry), _) => entry.carried,
+                (None, Some(_)) => supervise::Carried {
+                    state: State::Running,
+                    ..supervise::Carried::STOPPED
+                },
+                (None, None) => continue,
+            };
+            let service = &mut self.services.list[index];
+            let id = service.id;
+            // After a crash the previous instance's children were reparented: their exit
+            // status is read through PIDFD_INFO_EXIT, as for QM.
+            service.reaped_elsewhere = live.is_some();
+            let live = live.map(|(fd, pid, identity, qm_pid)| {
+                service.start_identity = identity;
+                let inode = match identity {
+                    crate::record::Identity::Pidfs(inode) => inode,
+                    _ => 0,
+                };
+                (fd, pid, pidfd::Identity { inode, pid }, qm_pid)
+            });
+            if let Err(refusal) = self.engine.resume(now(), id, &carried, live) {
+                self.log.line(
+                    Priority::Err,
+                    format_args!(
+                        "service={name} event=resume-refused detail={}",
+                        Quoted(refusal)
+                    ),
+                );
+                continue;
+            }
+            resumed.push(index);
+            self.settle();
+        }
+        self.log.line(
+            Priority::Notice,
+            format_args!(
+                "event=carried-over services={} adopted={adopted} found_by_tag={found} \
+                 gone={gone} pid_reused={refused} second_processes_ended={ended}",
+                resumed.len()
+            ),
+        );
+        resumed
+    }
+
+    /// Puts a service's current state into the state record.
+    fn record(&self, service: ServiceId) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let (Some(carried), Some(entry)) = (
+            self.engine.core().carried(service),
+            self.services.get(service),
+        ) else {
+            return;
+        };
+        let Ok(name) = arrayvec::ArrayString::from(entry.def.name.as_str()) else {
+            return;
+        };
+        let procs = self.engine.procs(service);
+        let identity = match procs.proc {
+            Some(p) if p.identity.inode != 0 => crate::record::Identity::Pidfs(p.identity.inode),
+            Some(_) => entry.start_identity,
+            None => crate::record::Identity::None,
+        };
+        recorder.put(
+            service.index(),
+            Some(crate::record::Entry {
+                name,
+                partition: entry.def.policy.partition,
+                qm_pid: if procs.proc.is_some() {
+                    procs.qm_pid
+                } else {
+                    0
+                },
+                identity,
+                carried,
+            }),
+        );
+    }
+
     fn request_shutdown(&mut self) {
         self.shutdown_requests += 1;
         if self.shutdown_requests == 1 {
@@ -979,6 +1254,8 @@ impl Orchestrator {
             Reason::StopTimeout => write!(line, " reason=stop-timeout action=SIGKILL"),
             Reason::Shutdown => write!(line, " reason=shutdown"),
             Reason::Removed => write!(line, " reason=removed"),
+            Reason::Adopted(pid) => write!(line, " reason=adopted adopted_pid={}", pid.0),
+            Reason::Resumed => write!(line, " reason=resumed"),
         };
         if let Some(delay) = t.next_delay {
             let _ = write!(line, " next_delay_ms={}", delay.as_millis());

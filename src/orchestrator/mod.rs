@@ -10,6 +10,7 @@
 //!   spec; the agent connections; holdenctl's connections);
 //! - `spawner`: the threads that carry out local spawns off the loop;
 //! - `status_line`: the `STATUS=` line for systemd (services, the failed ones, the agent);
+//! - `runtime`: the runtime directory's one-instance lock and the state record's writer;
 //! - `reload`, `spec`, `signals`, `counters`.
 //!
 //! No module here imports `event_loop`: the sub-shells get what they need as arguments.
@@ -21,6 +22,7 @@ pub mod engine;
 mod event_loop;
 mod output;
 mod reload;
+mod runtime;
 mod services;
 pub mod signals;
 mod spawner;
@@ -35,5 +37,6 @@ pub use control::{
 };
 pub use counters::Counters;
 pub use event_loop::{Error, Orchestrator, ShutdownHandle, FIXED_SLOTS};
+pub use runtime::RuntimeError;
 pub use spec::{AgentProtocol, Options, ServiceDef, Settings};
 pub use timers::Timers;

@@ -124,10 +124,16 @@ pub(crate) fn plan(
     let config = Config::load(path).map_err(|e| (FailCode::ReloadFailed, e.to_string()))?;
     let mut new_settings = Settings::from_config(&config);
     new_settings.config_path = settings.config_path.clone();
+    // The runtime directory is this instance's (its lock, given by the file or by
+    // --runtime-dir): it stays.
+    new_settings.runtime_dir = settings.runtime_dir.clone();
     let mut added = Vec::new();
     let mut changed = Vec::new();
     let mut same = Vec::new();
-    for def in ServiceDef::all_from_config(&config) {
+    for mut def in ServiceDef::all_from_config(&config) {
+        if let Some(dir) = &settings.runtime_dir {
+            super::runtime::tag(&mut def, dir);
+        }
         match services.by_name(&def.name) {
             None => added.push(def),
             Some(index) if differs(&services.list[index].def, &def) => changed.push((index, def)),

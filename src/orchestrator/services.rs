@@ -25,7 +25,7 @@ use crate::spawn::{self, SpawnError, SpawnSpec, SpawnStage};
 use crate::supervise::{ExitStatus, MonoTime, Partition, Pid, ServiceId};
 use crate::wire::v1;
 use ring::{Completion, Ring, SlotId, Timeout};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +71,12 @@ pub(crate) struct Service {
     pub spawning: bool,
     /// Local, with a cgroup: the tree that outlived its main process.
     pub(crate) tree: super::tree::Tree,
+    /// Its live process is not our child (a local process taken over from a previous
+    /// instance, reparented when that one died): `waitid` cannot read its exit status, which
+    /// is read as for QM, through `PIDFD_INFO_EXIT` once its new parent has reaped it.
+    pub reaped_elsewhere: bool,
+    /// Its live process's identity for the state record on a kernel without pidfs.
+    pub start_identity: crate::record::Identity,
 }
 
 /// Every service, indexed by the core's service index.
@@ -192,6 +198,8 @@ impl Services {
             removing: false,
             spawning: false,
             tree: Default::default(),
+            reaped_elsewhere: false,
+            start_identity: crate::record::Identity::None,
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -252,12 +260,18 @@ impl Services {
     ) {
         if let Some(entry) = self.list.get_mut(done.service.index()) {
             entry.spawning = false;
+            entry.reaped_elsewhere = false;
         }
         match done.result {
             Ok(child) => {
                 counters.spawned_local.fetch_add(1, Ordering::Relaxed);
+                let inode = if self.caps.pidfs {
+                    pidfd::pidfs_inode(child.pidfd.as_fd()).unwrap_or(0)
+                } else {
+                    0
+                };
                 let identity = Identity {
-                    inode: 0,
+                    inode,
                     pid: child.pid,
                 };
                 engine.spawned(now, done.service, child.pidfd, child.pid, identity);
@@ -435,24 +449,18 @@ impl Services {
             }
         }
         let status = match entry.def.policy.partition {
-            Partition::Local => match ring.fd(slot).map(pidfd::wait_child) {
-                Some(Ok(Some(status))) => {
-                    match super::tree::main_exited(entry, ring, log, now, status) {
-                        super::tree::Exit::Report(status) => {
-                            super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
-                            status
-                        }
-                        super::tree::Exit::Held => return,
+            Partition::Local if !entry.reaped_elsewhere => {
+                match ring.fd(slot).map(pidfd::wait_child) {
+                    Some(Ok(Some(status))) => status,
+                    Some(Ok(None)) => {
+                        let _ = ring.poll_add(slot, libc::POLLIN as u32);
+                        return;
                     }
+                    _ => WaitStatus::Unknown,
                 }
-                Some(Ok(None)) => {
-                    let _ = ring.poll_add(slot, libc::POLLIN as u32);
-                    return;
-                }
-                _ => WaitStatus::Unknown,
-            },
-            Partition::Qm if !self.caps.exit_info => WaitStatus::Unknown,
-            Partition::Qm => {
+            }
+            _ if !self.caps.exit_info => WaitStatus::Unknown,
+            _ => {
                 // Asked at once even without POLLHUP in the poll's answer: that answer was
                 // taken in the kernel right at the exit, and the agent's reap (the kernel's,
                 // SIGCHLD being ignored) has nearly always happened by now.
@@ -496,6 +504,45 @@ impl Services {
                 }
             }
         };
+        Self::exited(
+            entry,
+            ring,
+            engine,
+            log,
+            counters,
+            now,
+            status,
+            self.cgroups.as_ref(),
+        );
+    }
+
+    /// The main process of `entry` is gone with `status`: reported now, or once its cgroup is
+    /// empty (a local service with a cgroup whose tree remains, [`super::tree::main_exited`]).
+    #[allow(clippy::too_many_arguments)]
+    fn exited(
+        entry: &mut Service,
+        ring: &mut Ring,
+        engine: &mut Engine<OwnedFd>,
+        log: &Logger,
+        counters: &Counters,
+        now: MonoTime,
+        status: WaitStatus,
+        cgroups: Option<&crate::cgroup::Hierarchy>,
+    ) {
+        let status = match entry.def.policy.partition {
+            Partition::Local => match super::tree::main_exited(entry, ring, log, now, status) {
+                super::tree::Exit::Held => {
+                    // The slot holds `cgroup.events` now; no exit wait looks at it.
+                    entry.exit_wait = ExitWait::None;
+                    return;
+                }
+                super::tree::Exit::Report(status) => {
+                    super::tree::renew_if_killed(entry, cgroups, log);
+                    status
+                }
+            },
+            Partition::Qm => status,
+        };
         Self::report_exit(entry, engine, counters, now, status);
     }
 
@@ -523,6 +570,7 @@ impl Services {
         &mut self,
         ring: &mut Ring,
         engine: &mut Engine<OwnedFd>,
+        log: &Logger,
         counters: &Counters,
         now: MonoTime,
     ) {
@@ -544,7 +592,8 @@ impl Services {
                             Some(ExitInfo::Status(status)) => status,
                             _ => WaitStatus::Unknown,
                         };
-                        Self::report_exit(entry, engine, counters, now, status);
+                        let cgroups = self.cgroups.as_ref();
+                        Self::exited(entry, ring, engine, log, counters, now, status, cgroups);
                     }
                 }
                 ExitWait::Retry { left } => {
@@ -552,16 +601,17 @@ impl Services {
                         entry.exit_wait = ExitWait::None;
                         continue;
                     };
-                    match pidfd::exit_info(fd) {
-                        ExitInfo::Status(status) => {
-                            Self::report_exit(entry, engine, counters, now, status)
-                        }
+                    let status = match pidfd::exit_info(fd) {
+                        ExitInfo::Status(status) => status,
                         ExitInfo::NotYet if left > 1 => {
                             entry.exit_wait = ExitWait::Retry { left: left - 1 };
                             wake(now.saturating_add(EXIT_INFO_RETRY_INTERVAL));
+                            continue;
                         }
-                        _ => Self::report_exit(entry, engine, counters, now, WaitStatus::Unknown),
-                    }
+                        _ => WaitStatus::Unknown,
+                    };
+                    let cgroups = self.cgroups.as_ref();
+                    Self::exited(entry, ring, engine, log, counters, now, status, cgroups);
                 }
             }
         }

@@ -88,6 +88,9 @@ pub struct Settings {
     pub history_bytes: usize,
     /// Where local services' cgroups live (`[cgroup] root`).
     pub cgroup_root: config::CgroupRoot,
+    /// The runtime directory: the one-instance lock and the state record (`None`: neither,
+    /// for an orchestrator embedded in a test that runs several side by side).
+    pub runtime_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -122,6 +125,7 @@ impl Settings {
             own_lines: config.log.own_lines,
             history_bytes: config.log.history_bytes as usize,
             cgroup_root: config.cgroup.root.clone(),
+            runtime_dir: Some(config.runtime_dir.clone()),
         }
     }
 }
@@ -170,6 +174,7 @@ impl Settings {
             own_lines: OwnLines::Auto,
             history_bytes: config::HISTORY_BYTES_DEFAULT as usize,
             cgroup_root: config::CgroupRoot::Auto,
+            runtime_dir: None,
         }
     }
 }

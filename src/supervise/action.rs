@@ -29,6 +29,10 @@ pub enum Reason {
     Shutdown,
     /// The service is removed (reload).
     Removed,
+    /// A process found alive after an orchestrator restart or re-exec was taken over.
+    Adopted(Pid),
+    /// The state of a previous orchestrator instance was carried over (no live process).
+    Resumed,
 }
 
 /// A state change, one log line.

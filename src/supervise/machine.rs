@@ -1,6 +1,7 @@
 //! The supervisor: a fixed table of services driven by events, emitting actions.
 
 use super::action::{Action, Reason, Transition};
+use super::carried::{Carried, CARRIED_STARTS_MAX};
 use super::event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
 use super::start_history::StartHistory;
@@ -47,6 +48,8 @@ pub enum Refusal {
     Full,
     /// The policy is out of the core's bounds (start-limit burst).
     InvalidPolicy,
+    /// `resume` of a service that is not freshly added (a shell bug).
+    NotFresh(ServiceId),
 }
 
 impl Refusal {
@@ -56,6 +59,7 @@ impl Refusal {
         match *self {
             Refusal::UnknownService(id)
             | Refusal::NoSpawnInFlight(id)
+            | Refusal::NotFresh(id)
             | Refusal::NoProcess(id)
             | Refusal::Removing(id) => Some(id),
             _ => None,
@@ -75,6 +79,7 @@ impl std::fmt::Display for Refusal {
             Refusal::Removing(_) => f.write_str("being removed by a reload"),
             Refusal::Full => f.write_str("every service slot is in use"),
             Refusal::InvalidPolicy => write!(f, "start limit burst above {START_LIMIT_BURST_MAX}"),
+            Refusal::NotFresh(_) => f.write_str("state carried over to a service already in use"),
         }
     }
 }
@@ -123,6 +128,8 @@ struct Slot {
     /// In `failed` because of the start limit.
     start_limit_hit: bool,
     timer: Option<Timer>,
+    /// `stopping`: when the kill timer fires.
+    kill_at: Option<MonoTime>,
     kill_sent: bool,
     after_stop: AfterStop,
     starts: StartHistory,
@@ -161,6 +168,7 @@ impl Slot {
         last_spawn_error: None,
         start_limit_hit: false,
         timer: None,
+        kill_at: None,
         kill_sent: false,
         after_stop: AfterStop::Stay,
         starts: StartHistory::EMPTY,
@@ -348,6 +356,116 @@ impl Supervisor {
         self.shutdown_reported
     }
 
+    /// What of `service` the next orchestrator instance carries on with (`None`: free slot).
+    pub fn carried(&self, service: ServiceId) -> Option<Carried> {
+        let slot = self.slots.get(service.index()).filter(|slot| slot.in_use)?;
+        let mut starts = [MonoTime::ZERO; CARRIED_STARTS_MAX];
+        let mut starts_len = 0u8;
+        for (place, time) in starts.iter_mut().zip(slot.starts.oldest_first()) {
+            *place = time;
+            starts_len += 1;
+        }
+        Some(Carried {
+            state: slot.state,
+            pid: slot.pid,
+            running_since: slot.running_since,
+            restarts: slot.restarts,
+            backoff_step: slot.backoff_step,
+            last_exit: slot.last_exit,
+            next_restart: slot.next_restart,
+            kill_at: slot.kill_at,
+            kill_sent: slot.kill_sent,
+            start_after_stop: slot.after_stop == AfterStop::Start,
+            start_limit_hit: slot.start_limit_hit,
+            starts,
+            starts_len,
+        })
+    }
+
+    /// Carries on with a service of a previous orchestrator instance: `carried` is what that
+    /// instance had, `live` the process found alive for it (checked by the shell: the same
+    /// process, not a reused pid), if any. The service must be freshly added (`stopped`, never
+    /// started).
+    ///
+    /// - A live process is taken over (`Adopted`): `running`, or `stopping` with the kill
+    ///   timer at the carried deadline. A live process of a service that should have none
+    ///   (recorded `stopped`, found anyway) is taken over and stopped.
+    /// - A recorded process that is gone (or not the same process) is handled as an exit with
+    ///   status unknown: the restart policy decides.
+    /// - `backoff` keeps its restart deadline; `starting` and `waiting-for-agent` start again;
+    ///   `stopped` and `failed` stay.
+    pub fn resume(
+        &mut self,
+        now: MonoTime,
+        service: ServiceId,
+        carried: &Carried,
+        live: Option<Pid>,
+    ) -> Result<(), Refusal> {
+        self.check_drained()?;
+        let slot = self.slot_mut(service)?;
+        if !slot.is_idle() || slot.state != State::Stopped || slot.starts.oldest_first().count() > 0
+        {
+            return Err(Refusal::NotFresh(service));
+        }
+        slot.restarts = carried.restarts;
+        slot.backoff_step = carried.backoff_step.min(BACKOFF_STEP_MAX);
+        slot.last_exit = carried.last_exit;
+        slot.starts = StartHistory::of(carried.starts());
+        if carried.start_after_stop {
+            slot.after_stop = AfterStop::Start;
+        }
+        if let Some(pid) = live {
+            slot.pid = Some(pid);
+            slot.running_since = Some(carried.running_since.unwrap_or(now));
+            match carried.state {
+                State::Stopping => {
+                    slot.kill_sent = carried.kill_sent;
+                    self.transition(service, State::Stopping, Reason::Adopted(pid), None);
+                    if !carried.kill_sent {
+                        self.arm_kill_timer(service, carried.kill_at.unwrap_or(now));
+                    }
+                }
+                State::Running | State::Starting | State::WaitingForAgent | State::Backoff => {
+                    self.transition(service, State::Running, Reason::Adopted(pid), None);
+                }
+                State::Stopped | State::Failed => {
+                    self.transition(service, State::Running, Reason::Adopted(pid), None);
+                    self.stop(now, service, AfterStop::Stay, Reason::Resumed);
+                }
+            }
+            return Ok(());
+        }
+        match carried.state {
+            State::Running | State::Stopping if carried.pid.is_some() => {
+                // Gone while no orchestrator watched it: an exit whose status nobody read.
+                slot.pid = carried.pid;
+                slot.running_since = Some(carried.running_since.unwrap_or(now));
+                slot.state = carried.state;
+                self.on_exited(now, service, ExitStatus::Unknown)?;
+            }
+            State::Running | State::Stopping => {
+                // A stop of a spawn in flight: nothing came of it.
+                slot.state = State::Stopping;
+                self.finish_stop(now, service, Reason::Resumed);
+            }
+            State::Starting | State::WaitingForAgent => {
+                self.begin_start(now, service, Reason::Resumed)
+            }
+            State::Backoff => {
+                let at = carried.next_restart.unwrap_or(now);
+                slot.next_restart = Some(at);
+                self.transition(service, State::Backoff, Reason::Resumed, None);
+                self.arm_timer(service, at, TimerPurpose::Restart);
+            }
+            State::Stopped | State::Failed => {
+                // `transition` keeps the mark for `failed` and clears it for `stopped`.
+                slot.start_limit_hit = carried.start_limit_hit;
+                self.transition(service, carried.state, Reason::Resumed, None);
+            }
+        }
+        Ok(())
+    }
+
     // ----- events -----
 
     fn on_spawned(&mut self, now: MonoTime, service: ServiceId, pid: Pid) -> Result<(), Refusal> {
@@ -455,6 +573,7 @@ impl Supervisor {
             }
             TimerPurpose::Kill => {
                 debug_assert_eq!(slot.state, State::Stopping);
+                slot.kill_at = None;
                 self.send_kill(service, Reason::StopTimeout);
             }
         }
@@ -659,7 +778,7 @@ impl Supervisor {
             pid,
             signal,
         });
-        self.arm_timer(service, deadline, TimerPurpose::Kill);
+        self.arm_kill_timer(service, deadline);
     }
 
     fn send_kill(&mut self, service: ServiceId, reason: Reason) {
@@ -762,7 +881,14 @@ impl Supervisor {
         });
     }
 
+    /// Arms the kill timer of a stopping service (SIGKILL at `at`).
+    fn arm_kill_timer(&mut self, service: ServiceId, at: MonoTime) {
+        self.slots[service.index()].kill_at = Some(at);
+        self.arm_timer(service, at, TimerPurpose::Kill);
+    }
+
     fn cancel_timer(actions: &mut Fifo<Action>, service: ServiceId, slot: &mut Slot) {
+        slot.kill_at = None;
         if slot.timer.take().is_some() {
             actions.push(Action::CancelTimer { service });
         }

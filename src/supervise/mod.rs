@@ -26,6 +26,7 @@
 //! a stop sends the stop signal, SIGKILL after `stop_timeout`, and never restarts.
 
 mod action;
+mod carried;
 mod event;
 mod machine;
 mod policy;
@@ -34,6 +35,7 @@ mod status;
 mod time;
 
 pub use action::{Action, Reason, Transition};
+pub use carried::{Carried, CARRIED_STARTS_MAX};
 pub use event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 pub use machine::{Refusal, ServiceId, Supervisor, SERVICES_MAX, SPAWN_FAILED_DELAY_MIN};
 pub use policy::{Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX};

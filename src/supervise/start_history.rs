@@ -25,6 +25,21 @@ impl StartHistory {
         *self = StartHistory::EMPTY;
     }
 
+    /// The recorded start times, oldest first.
+    pub(crate) fn oldest_first(&self) -> impl Iterator<Item = MonoTime> + '_ {
+        let first = (self.next + HISTORY_LEN - self.len) % HISTORY_LEN;
+        (0..self.len).map(move |i| self.times[(first + i) % HISTORY_LEN])
+    }
+
+    /// A history of `times`, oldest first (the most recent [`HISTORY_LEN`] are kept).
+    pub(crate) fn of(times: &[MonoTime]) -> StartHistory {
+        let mut history = StartHistory::EMPTY;
+        for &time in times {
+            history.record(time);
+        }
+        history
+    }
+
     pub(crate) fn record(&mut self, now: MonoTime) {
         self.times[self.next] = now;
         self.next = (self.next + 1) % HISTORY_LEN;

@@ -250,6 +250,29 @@ pub fn readlink(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     check_size(unsafe { libc::readlink(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
 }
 
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another open file description holds it.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock on our open fd.
+    match retry(|| check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `ftruncate(2)` to `len` bytes.
+pub fn truncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: ftruncate on our open fd.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }).map(|_| ())
+}
+
+/// `rename(2)`: replaces `to` atomically.
+pub fn rename(from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: both paths are NUL-terminated.
+    check(unsafe { libc::rename(from.as_ptr(), to.as_ptr()) }).map(|_| ())
+}
+
 /// `unlink(2)`.
 pub fn unlink(path: &CStr) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated.

@@ -181,8 +181,20 @@ impl Orch {
         Orch::spawn(dir, cmd)
     }
 
-    pub fn spawn(dir: &TempDir, mut cmd: Command) -> Orch {
-        let log_path = dir.path("orchestrator.log");
+    /// Starts `cmd` (holden-orchestrator, or a command that ends in its command line) with
+    /// the test's own runtime directory (`DIR/run`) unless the command names one: tests
+    /// never touch /run/holden, and each has its own lock and state record.
+    pub fn spawn(dir: &TempDir, cmd: Command) -> Orch {
+        Orch::spawn_logged(dir, cmd, "orchestrator")
+    }
+
+    /// [`Orch::spawn`] with the log in `DIR/NAME.log`: instances that follow one another on
+    /// one directory each keep their own log (and their own clean-up).
+    pub fn spawn_logged(dir: &TempDir, mut cmd: Command, name: &str) -> Orch {
+        if !cmd.get_args().any(|a| a == "--runtime-dir") {
+            cmd.arg("--runtime-dir").arg(dir.path("run"));
+        }
+        let log_path = dir.path(&format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // Its own process group, so nothing of it survives a test failure unnoticed.
@@ -214,6 +226,15 @@ impl Orch {
             let lines = self.lines_with(needles);
             (lines.len() >= count).then_some(lines)
         })
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and waits for it. What it spawned is left
+    /// alone (dropping it would end its orphans): it is the next instance's to take over.
+    pub fn kill_9(mut self) {
+        kill(self.pid(), libc::SIGKILL);
+        let _ = self.child.wait();
+        // No log: the clean-up of `Drop` finds no process of its own.
+        self.log_path = PathBuf::new();
     }
 
     /// Sends `signal` and waits for the exit status. Also checks that the core never refused
@@ -256,6 +277,26 @@ impl Drop for Orch {
             }
         }
     }
+}
+
+/// Runs holdenctl on `socket` with `args` (no colours).
+pub fn holdenctl(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_holdenctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run holdenctl")
+}
+
+/// [`holdenctl`]'s exit code, and its stdout followed by its stderr.
+pub fn holdenctl_text(socket: &Path, args: &[&str]) -> (i32, String) {
+    let out = holdenctl(socket, args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// Whether the process was re-parented to init (its supervisor is gone).

@@ -441,6 +441,8 @@ impl Demo {
         let child = Command::new(self.bin.join("holden-orchestrator"))
             .arg("--config")
             .arg(&config)
+            .arg("--runtime-dir")
+            .arg(self.dir.join("run"))
             .env(MARKER_ENV, &self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

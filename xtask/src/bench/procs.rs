@@ -118,6 +118,8 @@ impl Orchestrator {
         let child = command
             .arg("--config")
             .arg(&config_path)
+            .arg("--runtime-dir")
+            .arg(dir.join(&format!("{name}.run")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -107,15 +107,6 @@ impl Drop for Marked {
     }
 }
 
-fn holdenctl(socket: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_holdenctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run holdenctl")
-}
-
 fn cgroup_line(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .unwrap_or_default()
@@ -314,4 +305,162 @@ fn a_main_exit_signals_what_remains_and_is_reported_once_the_cgroup_is_empty() {
     }
     assert!(orch.stop(libc::SIGTERM).success());
     assert_eq!(marked(&marker), Vec::<i32>::new());
+}
+
+/// kill -9 of the orchestrator while a forking service runs, then a new instance on the same
+/// runtime directory: the new one takes the service over with its whole tree (the cgroup is
+/// neither made anew nor killed, no process of the tree is taken for a second process of the
+/// service), and a stop then ends every process of the tree, by the pids recorded before.
+#[test]
+fn a_restart_after_kill_9_takes_over_the_whole_tree_and_stop_ends_it() {
+    let Some(root) = CgroupRoot::new("adopt") else {
+        return;
+    };
+    let dir = TempDir::new("cg-adopt");
+    let marker = sleep_marker("3600");
+    let _left = Marked(marker.clone());
+    let script = tree_script(&marker);
+    let config = format!(
+        "{}{}{}",
+        config_header(&dir.path("agent.sock")),
+        root.toml(),
+        service(
+            "tree",
+            "local",
+            &["/bin/sh", "-c", &script],
+            "restart = \"never\"\nstop_timeout = \"20s\""
+        )
+    );
+    std::fs::write(dir.path("o.toml"), &config).unwrap();
+    let start = |name: &str| {
+        let mut cmd = Command::new(orchestrator_bin());
+        cmd.arg("--config")
+            .arg(dir.path("o.toml"))
+            .env_remove("NOTIFY_SOCKET");
+        Orch::spawn_logged(&dir, cmd, name)
+    };
+    let first = start("first");
+    let main = {
+        first.wait_lines(&["service=tree ", "reason=spawned"], 1);
+        last_spawned_pid(&first, "tree")
+    };
+    let tree = wait_until("50 processes of the tree", || {
+        let pids = marked(&marker);
+        (pids.len() >= 50).then_some(pids)
+    });
+    assert!(tree.contains(&main), "main {main} in {tree:?}");
+    // Taken over from the record, not found by its tag.
+    wait_until("the record of the running service", || {
+        let text = std::fs::read_to_string(dir.path("run").join("state")).ok()?;
+        text.lines()
+            .any(|l| l.starts_with("service tree ") && l.contains(&format!(" pid={main} ")))
+            .then_some(())
+    });
+    let cgroup = root.service("tree");
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let cgroup_inode = inode(&cgroup);
+    first.kill_9();
+
+    let mut second = start("second");
+    second.wait_lines(&["event=carried-over"], 1);
+    let carried = second.lines_with(&["event=carried-over"]);
+    assert!(
+        carried[0].contains("adopted=1") && carried[0].contains("second_processes_ended=0"),
+        "{}",
+        second.log()
+    );
+    // Nothing of the tree was ended or moved by the take-over: the same cgroup holds it all.
+    let dead: Vec<i32> = tree.iter().copied().filter(|&p| !alive(p)).collect();
+    assert_eq!(dead, Vec::<i32>::new(), "{}", second.log());
+    assert_eq!(inode(&cgroup), cgroup_inode, "the cgroup was made anew");
+    for &pid in &tree {
+        assert_eq!(
+            cgroup_line(pid),
+            format!("0::{}", relative(&cgroup)),
+            "pid {pid}"
+        );
+    }
+    let out = holdenctl(&dir.path("control.sock"), &["stop", "tree"]);
+    assert!(out.status.success(), "{out:?}");
+    second.wait_lines(&["service=tree ", "state=stopped"], 1);
+    let left: Vec<i32> = tree.iter().copied().filter(|&p| alive(p)).collect();
+    assert_eq!(left, Vec::<i32>::new(), "{}", second.log());
+    assert_eq!(marked(&marker), Vec::<i32>::new());
+    assert!(second.stop(libc::SIGTERM).success());
+}
+
+/// kill -9 of the orchestrator, then of the service's main process, while its tree runs: the
+/// next instance finds the tree without its main in the cgroup, ends it before anything starts
+/// there again, and the service restarts in a cgroup made anew (after the `cgroup.kill` a
+/// CLONE_INTO_CGROUP child of the old one could be killed at once on 6.18).
+#[test]
+fn a_restart_ends_a_tree_whose_main_died_meanwhile_and_starts_the_service_again() {
+    let Some(root) = CgroupRoot::new("orphan") else {
+        return;
+    };
+    let dir = TempDir::new("cg-orphan");
+    let marker = sleep_marker("3600");
+    let _left = Marked(marker.clone());
+    let script = format!(
+        "sleep {marker} & sleep {marker} & (setsid sleep {marker} &); \
+         while :; do sleep {marker}; done"
+    );
+    let config = format!(
+        "{}{}{}",
+        config_header(&dir.path("agent.sock")),
+        root.toml(),
+        service("orphan", "local", &["/bin/sh", "-c", &script], "")
+    );
+    std::fs::write(dir.path("o.toml"), &config).unwrap();
+    let start = |name: &str| {
+        let mut cmd = Command::new(orchestrator_bin());
+        cmd.arg("--config")
+            .arg(dir.path("o.toml"))
+            .env_remove("NOTIFY_SOCKET");
+        Orch::spawn_logged(&dir, cmd, name)
+    };
+    let first = start("first");
+    first.wait_lines(&["service=orphan ", "reason=spawned"], 1);
+    let main = last_spawned_pid(&first, "orphan");
+    let tree = wait_until("the tree", || {
+        let pids = marked(&marker);
+        (pids.len() >= 4).then_some(pids)
+    });
+    wait_until("the record of the running service", || {
+        let text = std::fs::read_to_string(dir.path("run").join("state")).ok()?;
+        text.lines()
+            .any(|l| l.starts_with("service orphan ") && l.contains(&format!(" pid={main} ")))
+            .then_some(())
+    });
+    first.kill_9();
+    kill(main, libc::SIGKILL);
+    // Reaped by its new parent (not a zombie, which would be taken over and then reported).
+    wait_until("the main process reaped", || {
+        (!Path::new(&format!("/proc/{main}")).exists()).then_some(())
+    });
+
+    let mut second = start("second");
+    let ended = second.wait_lines(&["service=orphan ", "event=orphan-tree-ended"], 1);
+    assert!(ended[0].contains("empty=yes"), "{}", second.log());
+    let left: Vec<i32> = tree.iter().copied().filter(|&p| alive(p)).collect();
+    assert_eq!(left, Vec::<i32>::new(), "{}", second.log());
+    // Started again, and it stays: the new cgroup has no kill behind it.
+    let spawned = second.wait_lines(&["service=orphan ", "reason=spawned"], 1);
+    let new_main: i32 = field(&spawned[0], "spawned_pid").unwrap().parse().unwrap();
+    wait_until("the new tree", || {
+        (marked(&marker).len() >= 4).then_some(())
+    });
+    assert!(alive(new_main), "{}", second.log());
+    assert_eq!(
+        cgroup_line(new_main),
+        format!("0::{}", relative(&root.service("orphan")))
+    );
+    let out = holdenctl(&dir.path("control.sock"), &["stop", "orphan"]);
+    assert!(out.status.success(), "{out:?}");
+    second.wait_lines(&["service=orphan ", "state=stopped"], 1);
+    assert_eq!(marked(&marker), Vec::<i32>::new());
+    assert!(second.stop(libc::SIGTERM).success());
 }

@@ -997,6 +997,17 @@ impl Orchestrator {
                 .iter()
                 .find(|e| e.name.as_str() == name && e.partition == partition);
             let mut candidates = tagged.remove(&name).unwrap_or_default();
+            // A local service with a cgroup: what the cgroup holds is its tree, the processes
+            // of one spawn (a main's exit is reported only once its cgroup is empty), never
+            // second processes; a double-forked one is a tagged root too, and is left alone.
+            let in_cgroup: Vec<i32> = match (partition, &self.services.cgroups) {
+                (Partition::Local, Some(cgroups)) => cgroups.procs(&name).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            // Oldest first: the first is the tree's main process while it lives.
+            let (tree_roots, outside): (Vec<i32>, Vec<i32>) =
+                candidates.iter().partition(|p| in_cgroup.contains(p));
+            candidates = outside;
             let mut live = None;
             if let Some(entry) = entry {
                 if let Some(pid) = entry.carried.pid {
@@ -1037,7 +1048,13 @@ impl Orchestrator {
             // The newest tagged process (the last of them) is the last spawn: take it over if
             // nothing else was.
             if live.is_none() {
-                while let Some(pid) = candidates.pop() {
+                // In a cgroup, the oldest of the tree (its main process) when the record
+                // names no process (a spawn in flight at the crash); a recorded main that is
+                // gone left the rest orphaned (a new spawn waits for an empty cgroup). Else
+                // the newest tagged process outside it.
+                let recorded = entry.is_some_and(|e| e.carried.pid.is_some());
+                let mut order = tree_roots.iter().copied().take(usize::from(!recorded));
+                while let Some(pid) = order.next().or_else(|| candidates.pop()) {
                     let Ok(fd) = pidfd::open(pid) else {
                         continue;
                     };
@@ -1074,6 +1091,12 @@ impl Orchestrator {
                         );
                     }
                 }
+            }
+            if live.is_none() && !in_cgroup.is_empty() {
+                // The main process is gone and its tree is not: what is left of a spawn of
+                // the previous instance, ended before anything starts in that cgroup again.
+                self.services
+                    .end_orphan_tree(&self.log, index, in_cgroup.len());
             }
             let carried = match (entry, &live) {
                 (Some(entry), _) => entry.carried,

@@ -35,6 +35,9 @@ use std::time::Duration;
 const EXIT_INFO_RETRY_INTERVAL: Duration = Duration::from_millis(1);
 /// Looks before a QM exit status is reported as unknown.
 const EXIT_INFO_RETRIES_MAX: u16 = 200;
+/// How long a restarted orchestrator waits, at start-up, for an orphaned tree it killed to be
+/// gone from its cgroup ([`Services::end_orphan_tree`]).
+pub(crate) const ORPHAN_TREE_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the reap of a QM process that exited (`POLLIN`) before its status is
 /// reported as unknown: the same bound as the looks above.
 pub(crate) const REAP_WAIT_MAX: Duration = Duration::from_millis(200);
@@ -143,6 +146,47 @@ impl Services {
                 ),
             ),
         }
+    }
+
+    /// Start-up only (it waits): ends the tree of `index` whose main process is gone (found
+    /// so by a restarted orchestrator in its cgroup), waits up to [`ORPHAN_TREE_WAIT`] for the
+    /// cgroup to empty and makes it anew (a `cgroup.kill` is behind it). Logged.
+    pub(crate) fn end_orphan_tree(&mut self, log: &Logger, index: usize, procs: usize) {
+        let Some(entry) = self.list.get_mut(index) else {
+            return;
+        };
+        let Some(dir) = entry.spec.as_ref().and_then(|s| s.cgroup()) else {
+            return;
+        };
+        let name = &entry.def.name;
+        let killed = super::tree::kill(dir);
+        let deadline = std::time::Instant::now() + ORPHAN_TREE_WAIT;
+        let mut empty = false;
+        while std::time::Instant::now() < deadline {
+            if matches!(crate::sys::cgroup::populated(dir), Ok(false)) {
+                empty = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log.line(
+            if empty {
+                Priority::Notice
+            } else {
+                Priority::Warning
+            },
+            format_args!(
+                "service={name} partition=local event=orphan-tree-ended procs={procs} signal=SIGKILL \
+                 empty={} reason=\"its main process is gone\"{}",
+                if empty { "yes" } else { "no" },
+                match &killed {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(" error=\"{}\"", ErrnoText(crate::sys::errno::of(e))),
+                }
+            ),
+        );
+        entry.tree.mark_killed();
+        super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
     }
 
     /// The service's slot timer (its tree's SIGKILL deadline or next look) completed.

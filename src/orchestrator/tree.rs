@@ -65,6 +65,11 @@ impl Tree {
     pub(crate) fn draining(&self) -> bool {
         self.drain.is_some()
     }
+
+    /// A `cgroup.kill` went to the cgroup outside [`signal`].
+    pub(crate) fn mark_killed(&self) {
+        self.killed.set(true);
+    }
 }
 
 /// Sends `signal` to every process of the cgroup `dir`; the number of processes signalled

@@ -55,6 +55,7 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         cwd: None,
         uid: None,
         gid: None,
+        exec: Default::default(),
         policy: ServicePolicy {
             partition,
             restart: Restart::Always,

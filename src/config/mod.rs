@@ -7,6 +7,7 @@
 //! whole file is valid. [`Config::check`] and [`Config::load_checked`] also look at the machine
 //! (`--check`): the groups, local programs and working directories the file names.
 
+mod accounts;
 mod cgroup;
 mod duration;
 mod error;

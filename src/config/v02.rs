@@ -160,6 +160,7 @@ fn legacy_service(
         // v0.2's children wrote on its own stdout and stderr.
         stdout: OutputTarget::Inherit,
         stderr: OutputTarget::Inherit,
+        exec: Default::default(),
     })
 }
 

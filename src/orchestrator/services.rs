@@ -751,5 +751,23 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
     w.uid(def.uid);
     w.gid(def.gid);
     w.finish();
+    spec.set_exec_env(exec_env_of(def));
     Ok(Arc::new(spec))
+}
+
+/// The execution environment a local service is spawned with: its configured one, and every
+/// limit it does not configure at the value the orchestrator was started with when the
+/// orchestrator's own differs (it raises its soft `RLIMIT_NOFILE`: a service gets the 1,024
+/// programs expect back, not the orchestrator's 524,288). Start-up and reload only.
+pub(crate) fn exec_env_of(def: &ServiceDef) -> spawn::ExecEnv {
+    let mut exec = def.exec;
+    if let Some(starting) = crate::sys::process::starting_limits() {
+        for (resource, limit) in exec.rlimits.iter_mut().enumerate() {
+            let now = crate::sys::process::rlimit(resource).ok();
+            if limit.is_none() && now != Some(starting[resource]) {
+                *limit = Some(starting[resource]);
+            }
+        }
+    }
+    exec
 }

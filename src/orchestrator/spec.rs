@@ -51,6 +51,9 @@ pub struct ServiceDef {
     pub stdout: OutputTarget,
     /// Where a local service's stderr goes.
     pub stderr: OutputTarget,
+    /// A local service's execution environment (limits, scheduling, …); a limit left unset
+    /// is restored to the orchestrator's starting one.
+    pub exec: crate::spawn::ExecEnv,
 }
 
 /// Global settings of the event loop.
@@ -146,6 +149,7 @@ impl ServiceDef {
             start_at_boot: spec.enabled,
             stdout: spec.stdout.clone(),
             stderr: spec.stderr.clone(),
+            exec: spec.exec,
         }
     }
 

@@ -72,8 +72,9 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub use crate::sys::spawn::{
-    clone3_fallback_active, into_cgroup_fallback_active, SpawnError, SpawnStage,
-    GATE_CLOSED_EXIT_STATUS,
+    clone3_fallback_active, into_cgroup_fallback_active, CpuSet, ExecEnv, Groups, OomScoreAdj,
+    Rlimit, SchedPolicy, SpawnError, SpawnStage, CPU_MAX, GATE_CLOSED_EXIT_STATUS, GROUPS_MAX,
+    RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
 };
 use crate::sys::spawn::{ExecPlan, GATE_READY_REPORT};
 
@@ -164,6 +165,8 @@ pub struct SpawnSpec {
     complete: bool,
     /// The cgroup v2 directory the child is created in ([`SpawnSpec::set_cgroup`]).
     cgroup: Option<OwnedFd>,
+    /// Limits, scheduling, affinity… ([`SpawnSpec::set_exec_env`]).
+    exec: ExecEnv,
 }
 
 impl fmt::Debug for SpawnSpec {
@@ -201,6 +204,7 @@ impl SpawnSpec {
             stdio_null: false,
             complete: false,
             cgroup: None,
+            exec: ExecEnv::default(),
         }
     }
 
@@ -261,6 +265,18 @@ impl SpawnSpec {
     /// `None`: in the spawner's cgroup. Kept by [`SpawnSpec::writer`].
     pub fn set_cgroup(&mut self, dir: Option<OwnedFd>) {
         self.cgroup = dir;
+    }
+
+    /// The child's execution environment (limits, scheduling, affinity, OOM score, umask,
+    /// supplementary groups, `no_new_privs`), applied in the child before the credentials
+    /// change. Kept by [`SpawnSpec::writer`].
+    pub fn set_exec_env(&mut self, exec: ExecEnv) {
+        self.exec = exec;
+    }
+
+    /// The execution environment set by [`SpawnSpec::set_exec_env`].
+    pub fn exec_env(&self) -> &ExecEnv {
+        &self.exec
     }
 
     /// The cgroup directory set by [`SpawnSpec::set_cgroup`].
@@ -374,6 +390,7 @@ impl SpawnSpec {
             stderr_fd: -1,
             reset_signals: crate::sys::spawn::signals_to_reset(),
             cgroup_fd: self.cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            exec: &self.exec,
         }
     }
 }

@@ -15,7 +15,7 @@
 )]
 
 use super::{
-    ExecPlan, SpawnError, SpawnStage, CHILD_FAILURE_EXIT_STATUS, GATE_CLOSED_EXIT_STATUS,
+    ExecEnv, ExecPlan, SpawnError, SpawnStage, CHILD_FAILURE_EXIT_STATUS, GATE_CLOSED_EXIT_STATUS,
     GATE_GO_BYTE, GATE_READY_REPORT,
 };
 use libc::{c_char, c_int, c_long, c_void};
@@ -146,7 +146,12 @@ fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: 
             }
         })
         .and_then(|()| stdio_devnull(plan.stdio_null))
+        // After the fds are closed (the brute-force close reads RLIMIT_NOFILE) and before
+        // the credentials change (raising a limit, a real-time policy or a lower OOM score
+        // may need the spawner's privileges).
+        .and_then(|()| exec_env(plan.exec))
         .and_then(|()| credentials(plan))
+        .and_then(|()| no_new_privs(plan.exec))
         .and_then(|()| chdir(plan))
         .and_then(|()| unblock_signals());
     if let Err(error) = result {
@@ -399,18 +404,163 @@ fn stdio_devnull(all: bool) -> Result<(), SpawnError> {
     Ok(())
 }
 
+/// The kernel's `struct rlimit64`.
+#[repr(C)]
+struct KernelRlimit {
+    cur: u64,
+    max: u64,
+}
+
+/// Limits, nice, scheduling, affinity, OOM score and umask, in that order; each only when set.
+fn exec_env(env: &ExecEnv) -> Result<(), SpawnError> {
+    for (resource, limit) in env.rlimits.iter().enumerate() {
+        let Some(limit) = limit else {
+            continue;
+        };
+        let value = KernelRlimit {
+            cur: limit.soft,
+            max: limit.hard,
+        };
+        // SAFETY: prlimit64 on this process (pid 0) reads one rlimit64 from our stack; the
+        // old value is not asked for.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0 as c_long,
+                resource as c_long,
+                &value as *const KernelRlimit,
+                std::ptr::null_mut::<KernelRlimit>(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Rlimit));
+        }
+    }
+    if let Some(nice) = env.nice {
+        // SAFETY: setpriority with integer arguments, for this process only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_setpriority,
+                libc::PRIO_PROCESS as c_long,
+                0 as c_long,
+                c_long::from(nice),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Nice));
+        }
+    }
+    if let Some((policy, priority)) = env.sched {
+        let param: [c_int; 1] = [c_int::from(priority)];
+        // SAFETY: sched_setscheduler on this thread (0) reads the kernel's one-int
+        // sched_param from our stack.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0 as c_long,
+                c_long::from(policy.number()),
+                param.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Sched));
+        }
+    }
+    if let Some(cpus) = &env.cpu_affinity {
+        let words = cpus.words();
+        // SAFETY: sched_setaffinity on this thread (0) reads `size_of_val(words)` bytes of
+        // the mask from the plan, which outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setaffinity,
+                0 as c_long,
+                std::mem::size_of_val(words),
+                words.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Affinity));
+        }
+    }
+    if let Some(adj) = &env.oom_score_adj {
+        oom_score_adj(adj.text())?;
+    }
+    if let Some(mask) = env.umask {
+        // SAFETY: umask takes an integer and cannot fail; this child has its own fs_struct
+        // (no CLONE_FS), so the spawner's umask is unchanged.
+        unsafe { libc::syscall(libc::SYS_umask, mask as c_long) };
+    }
+    Ok(())
+}
+
+/// Writes `text` to `/proc/self/oom_score_adj`. A child that shares the spawner's memory
+/// (`CLONE_VM | CLONE_VFORK`) changes only its own score: the kernel leaves the other users of
+/// the mm alone for a vfork child.
+fn oom_score_adj(text: &[u8]) -> Result<(), SpawnError> {
+    // SAFETY: opens a constant NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(fail(SpawnStage::OomScoreAdj));
+    }
+    // SAFETY: writes `text` (a slice of the plan) to the fd opened above.
+    let written = unsafe { libc::write(fd, text.as_ptr().cast::<c_void>(), text.len()) };
+    let result = if written == text.len() as isize {
+        Ok(())
+    } else {
+        Err(fail(SpawnStage::OomScoreAdj))
+    };
+    // SAFETY: closes the fd opened above, which nothing else knows.
+    unsafe { libc::close(fd) };
+    result
+}
+
+fn no_new_privs(env: &ExecEnv) -> Result<(), SpawnError> {
+    if !env.no_new_privs {
+        return Ok(());
+    }
+    // SAFETY: prctl with integer arguments; sets a flag of this thread.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        return Err(fail(SpawnStage::NoNewPrivs));
+    }
+    Ok(())
+}
+
 fn credentials(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
-    if plan.uid.is_none() && plan.gid.is_none() {
+    let supplementary = plan.exec.groups.as_ref();
+    if plan.uid.is_none() && plan.gid.is_none() && supplementary.is_none() {
         return Ok(());
     }
     // SAFETY: geteuid/getegid take no arguments.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if euid == 0 {
-        let groups: [libc::gid_t; 1] = [plan.gid.unwrap_or(egid)];
+    // The primary group, then the supplementary ones: set as root, and always when some are
+    // configured (an unprivileged spawner then fails with EPERM, reported).
+    if euid == 0 || supplementary.is_some() {
+        let mut groups: [libc::gid_t; super::GROUPS_MAX + 1] = [0; super::GROUPS_MAX + 1];
+        let extra = supplementary.map_or(&[][..], |g| g.as_slice());
+        let mut count: usize = 0;
+        let list = std::iter::once(plan.gid.unwrap_or(egid)).chain(extra.iter().copied());
+        for (slot, gid) in groups.iter_mut().zip(list) {
+            *slot = gid;
+            count = count.saturating_add(1);
+        }
         // SAFETY: raw setgroups (thread-local in the kernel; the libc wrapper would try to
-        // signal threads that do not exist in this child). Reads one gid from our stack.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_setgroups, groups.len() as c_long, groups.as_ptr()) };
+        // signal threads that do not exist in this child). Reads `count` gids from our
+        // stack (at most its length, by the zip above).
+        let rc = unsafe { libc::syscall(libc::SYS_setgroups, count as c_long, groups.as_ptr()) };
         if rc != 0 {
             return Err(fail(SpawnStage::Setgroups));
         }

@@ -8,6 +8,12 @@
 //! child runs [`child::main`] and never returns.
 
 mod child;
+mod exec_env;
+
+pub use exec_env::{
+    CpuSet, ExecEnv, Groups, OomScoreAdj, Rlimit, SchedPolicy, CPU_MAX, CPU_SET_WORDS, GROUPS_MAX,
+    RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
+};
 
 use std::fmt;
 use std::io;
@@ -82,11 +88,25 @@ pub enum SpawnStage {
     /// a kernel without `CLONE_INTO_CGROUP` (in the child; a failed `clone3` into the cgroup is
     /// [`SpawnStage::Clone`]).
     Cgroup = 16,
+    /// `prlimit64` of a configured or restored resource limit failed (in the child).
+    Rlimit = 17,
+    /// `setpriority` (nice) failed (in the child).
+    Nice = 18,
+    /// `sched_setscheduler` failed (in the child), e.g. `EPERM` for a real-time policy
+    /// without `CAP_SYS_NICE` or `RLIMIT_RTPRIO`.
+    Sched = 19,
+    /// `sched_setaffinity` failed (in the child): `EINVAL` when no CPU of the set is online.
+    Affinity = 20,
+    /// Writing `/proc/self/oom_score_adj` failed (in the child): `EACCES` lowering it
+    /// without `CAP_SYS_RESOURCE`.
+    OomScoreAdj = 21,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` failed (in the child).
+    NoNewPrivs = 22,
 }
 
 impl SpawnStage {
     /// Every stage, for exhaustive tests and decoders.
-    pub const ALL: [SpawnStage; 16] = [
+    pub const ALL: [SpawnStage; 22] = [
         SpawnStage::Prepare,
         SpawnStage::Pipe,
         SpawnStage::Clone,
@@ -103,6 +123,12 @@ impl SpawnStage {
         SpawnStage::Gate,
         SpawnStage::Stdio,
         SpawnStage::Cgroup,
+        SpawnStage::Rlimit,
+        SpawnStage::Nice,
+        SpawnStage::Sched,
+        SpawnStage::Affinity,
+        SpawnStage::OomScoreAdj,
+        SpawnStage::NoNewPrivs,
     ];
 
     /// Short lower-case name, as used in logs and error texts.
@@ -124,6 +150,12 @@ impl SpawnStage {
             SpawnStage::Gate => "gate",
             SpawnStage::Stdio => "stdio",
             SpawnStage::Cgroup => "cgroup",
+            SpawnStage::Rlimit => "rlimit",
+            SpawnStage::Nice => "nice",
+            SpawnStage::Sched => "sched",
+            SpawnStage::Affinity => "affinity",
+            SpawnStage::OomScoreAdj => "oom-score-adj",
+            SpawnStage::NoNewPrivs => "no-new-privs",
         }
     }
 
@@ -234,6 +266,8 @@ pub struct ExecPlan<'a> {
     /// A cgroup v2 directory fd the child is created in (`CLONE_INTO_CGROUP`), or joins as its
     /// first step on a kernel without it; -1: the spawner's cgroup.
     pub cgroup_fd: libc::c_int,
+    /// Limits, scheduling, affinity, OOM score, umask, groups, `no_new_privs`.
+    pub exec: &'a ExecEnv,
 }
 
 /// The signals whose disposition in this process is not `SIG_DFL` (ignored, or with a

@@ -162,6 +162,42 @@ impl Hierarchy {
         .unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::InvalidInput)))
     }
 
+    /// Makes `controller` available to the services' cgroups: `+controller` into the root's
+    /// `cgroup.subtree_control`, and first into its parent's when the root does not offer it
+    /// (under `root = "auto"` the parent is the orchestrator's delegated cgroup). Start-up and
+    /// reload only. The error says what the root offers.
+    pub fn enable(&self, controller: &str) -> Result<(), String> {
+        let read = |p: &Path, file: &str| {
+            std::fs::read_to_string(p.join(file)).map(|t| t.trim().to_string())
+        };
+        let has = |text: &str| text.split_whitespace().any(|c| c == controller);
+        if read(&self.root, "cgroup.subtree_control").is_ok_and(|t| has(&t)) {
+            return Ok(());
+        }
+        let offered = read(&self.root, "cgroup.controllers").unwrap_or_default();
+        if !has(&offered) {
+            if let Some(parent) = self.root.parent() {
+                let _ = std::fs::write(
+                    parent.join("cgroup.subtree_control"),
+                    format!("+{controller}"),
+                );
+            }
+        }
+        std::fs::write(
+            self.root.join("cgroup.subtree_control"),
+            format!("+{controller}"),
+        )
+        .map_err(|e| {
+            let offered = read(&self.root, "cgroup.controllers").unwrap_or_default();
+            format!(
+                "the cgroup v2 controller `{controller}` cannot be enabled in {} (its \
+                     cgroup.controllers: {}; on a hybrid host it is bound to cgroup v1): {e}",
+                self.root.display(),
+                if offered.is_empty() { "none" } else { &offered },
+            )
+        })
+    }
+
     /// The directory that holds the services' cgroups.
     pub fn root(&self) -> &Path {
         &self.root

@@ -56,6 +56,7 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         uid: None,
         gid: None,
         exec: Default::default(),
+        cgroup_limits: Default::default(),
         policy: ServicePolicy {
             partition,
             restart: Restart::Always,

@@ -464,3 +464,86 @@ fn a_restart_ends_a_tree_whose_main_died_meanwhile_and_starts_the_service_again(
     assert_eq!(marked(&marker), Vec::<i32>::new());
     assert!(second.stop(libc::SIGTERM).success());
 }
+
+/// A cgroup limit whose controller the services' cgroups cannot have (this hybrid host: the
+/// unified hierarchy offers only `hugetlb`) is an error at `--check` and at start, naming the
+/// controller, with the key's place in the file; nothing is started. With `root = "off"` a
+/// limit is refused too: there would be no cgroup to hold it.
+#[test]
+fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
+    let Some(root) = CgroupRoot::new("limits") else {
+        return;
+    };
+    let offered = std::fs::read_to_string(root.0.join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> = ["memory", "pids"]
+        .into_iter()
+        .filter(|c| !offered.split_whitespace().any(|o| o == *c))
+        .collect();
+    if missing.len() < 2 {
+        eprintln!("skipped: {} offers {offered:?}", root.0.display());
+        return;
+    }
+    let dir = TempDir::new("cg-limits");
+    let marker = sleep_marker("3600");
+    let _left = Marked(marker.clone());
+    let header = config_header(&dir.path("agent.sock"));
+    let limited = service(
+        "hog",
+        "local",
+        &["/bin/sleep", &marker],
+        "memory_max = \"32M\"\npids_max = 64",
+    );
+    let text = format!("{header}{}{limited}", root.toml());
+    let memory_line = text
+        .lines()
+        .position(|l| l.starts_with("memory_max"))
+        .unwrap()
+        + 1;
+    let path = dir.path("limits.toml");
+    std::fs::write(&path, &text).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(orchestrator_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .arg("--runtime-dir")
+            .arg(dir.path("run"))
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [&["--check"][..], &[][..]] {
+        let (code, stderr) = run(args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        for (key, controller, line) in [
+            ("memory_max", "memory", memory_line),
+            ("pids_max", "pids", memory_line + 1),
+        ] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains(&format!("{}:{line}:", path.display()))
+                        && l.contains(&format!("`service.hog.{key}`"))
+                        && l.contains(&format!("controller `{controller}`"))),
+                "{args:?} {key}: {stderr}"
+            );
+        }
+        assert_eq!(marked(&marker), Vec::<i32>::new(), "{args:?}: started");
+    }
+    // Without cgroups there is nothing to hold a limit.
+    std::fs::write(
+        &path,
+        format!("{header}[cgroup]\nroot = \"off\"\n\n{limited}"),
+    )
+    .unwrap();
+    let (code, stderr) = run(&["--check"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`service.hog.memory_max`") && stderr.contains("services get no cgroup"),
+        "{stderr}"
+    );
+}

@@ -17,7 +17,10 @@ mod signal;
 mod v02;
 mod validate;
 
-pub use cgroup::{CgroupConfig, CgroupRoot};
+pub use cgroup::{
+    parse_bytes, parse_cpu_max, CgroupConfig, CgroupLimit, CgroupLimits, CgroupRoot,
+    CGROUP_LIMIT_KEYS,
+};
 pub use duration::{format_duration, parse_duration, DURATION_MAX};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
 pub use host::{Host, ThisMachine};

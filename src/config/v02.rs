@@ -161,6 +161,7 @@ fn legacy_service(
         stdout: OutputTarget::Inherit,
         stderr: OutputTarget::Inherit,
         exec: Default::default(),
+        cgroup_limits: Default::default(),
     })
 }
 

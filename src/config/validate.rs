@@ -99,8 +99,14 @@ const SERVICE_KEYS: &[&str] = &[
     "sched_priority",
     "cpu_affinity",
     "no_new_privs",
+    "memory_max",
+    "memory_high",
+    "cpu_weight",
+    "cpu_max",
+    "pids_max",
+    "io_weight",
 ];
-const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`";
+const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
 /// The keys of a local service's execution environment (`docs/config.md`).
 const EXEC_KEYS: &[&str] = &[
     "supplementary_groups",
@@ -137,6 +143,8 @@ pub(crate) struct ServiceSpans {
     pub working_directory: Option<usize>,
     /// `stdout` and `stderr`, when given.
     pub outputs: [Option<usize>; 2],
+    /// Each cgroup limit's value, in the order of `ServiceSpec::cgroup_limits`.
+    pub cgroup_limits: Vec<usize>,
 }
 
 /// The checks of one file: its name and text, and the errors found so far.
@@ -859,6 +867,7 @@ fn service(
     let gid = id(check, "gid");
     let (uid, gid) = user_group(check, table, partition, &prefix, uid, gid);
     let exec = exec_env(check, table, partition, &prefix);
+    let (cgroup_limits, limit_offsets) = cgroup_limits(check, table, partition, &prefix);
     let enabled = entry(table, "enabled").map(|value| check.boolean(value, &field("enabled")));
     let mut outputs = [None, None];
     let mut output_offsets = [None, None];
@@ -899,11 +908,13 @@ fn service(
         stdout,
         stderr,
         exec: exec.unwrap_or_default(),
+        cgroup_limits,
     };
     let spans = ServiceSpans {
         argv0,
         working_directory: cwd_offset,
         outputs: output_offsets,
+        cgroup_limits: limit_offsets,
     };
     Some((spec, spans, name_offset))
 }
@@ -1579,4 +1590,92 @@ fn rlimit(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<crate::
         }
         _ => check.expected(value, field, expected),
     }
+}
+
+/// The cgroup limit keys of a service (`memory_max`, …), as the text of their cgroup files.
+fn cgroup_limits(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    partition: Option<Partition>,
+    prefix: &str,
+) -> (super::CgroupLimits, Vec<usize>) {
+    let mut limits = super::CgroupLimits::default();
+    let mut offsets = Vec::new();
+    for (key, controller, file) in super::CGROUP_LIMIT_KEYS {
+        let Some(value) = entry(table, key) else {
+            continue;
+        };
+        let field = join(prefix, key);
+        if partition == Some(Partition::Qm) {
+            check.bad::<()>(
+                value,
+                &field,
+                format!("`{key}` is for local services only: a QM service's cgroup is QM's (holden-agent does not set limits yet)"),
+            );
+            continue;
+        }
+        let text: Option<String> = match key {
+            "memory_max" | "memory_high" => match value.get_ref() {
+                DeValue::Integer(_) => check
+                    .integer(value, &field, 0, i64::MAX, "0 or more bytes")
+                    .map(|n| n.to_string()),
+                DeValue::String(text) => match super::parse_bytes(text) {
+                    Ok(text) => Some(text),
+                    Err(message) => check.bad(value, &field, message),
+                },
+                _ => check.expected(value, &field, "a size like \"32M\" or \"max\""),
+            },
+            "cpu_weight" => check
+                .integer(
+                    value,
+                    &field,
+                    1,
+                    10_000,
+                    "1..=10000 (100 is the default weight)",
+                )
+                .map(|n| n.to_string()),
+            "io_weight" => check
+                .integer(
+                    value,
+                    &field,
+                    1,
+                    10_000,
+                    "1..=10000 (100 is the default weight)",
+                )
+                .map(|n| format!("default {n}")),
+            "cpu_max" => match check.string(value, &field, "a string like \"50%\" or \"max\"") {
+                Some(text) => match super::parse_cpu_max(text) {
+                    Ok(text) => Some(text),
+                    Err(message) => check.bad(value, &field, message),
+                },
+                None => None,
+            },
+            _ => match value.get_ref() {
+                // pids_max
+                DeValue::String(text) if *text == "max" => Some("max".to_string()),
+                _ => check
+                    .integer(
+                        value,
+                        &field,
+                        1,
+                        i64::from(i32::MAX),
+                        "1..=2147483647 or \"max\"",
+                    )
+                    .map(|n| n.to_string()),
+            },
+        };
+        let Some(text) = text else {
+            continue;
+        };
+        if let Ok(text) = arrayvec::ArrayString::from(&text) {
+            offsets.push(value.span().start);
+            limits.limits.push(super::CgroupLimit {
+                key,
+                controller,
+                file,
+                value: text,
+            });
+        }
+    }
+    (limits, offsets)
 }

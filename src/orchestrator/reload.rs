@@ -55,6 +55,8 @@ fn differs(old: &ServiceDef, new: &ServiceDef) -> bool {
         || old.policy != new.policy
         || old.stdout != new.stdout
         || old.stderr != new.stderr
+        || old.exec != new.exec
+        || old.cgroup_limits != new.cgroup_limits
 }
 
 /// The names of settings that changed but apply only after a restart.

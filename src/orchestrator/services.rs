@@ -116,12 +116,42 @@ impl Services {
         mut spec: Arc<SpawnSpec>,
     ) -> Result<Arc<SpawnSpec>, String> {
         let Some(cgroups) = &self.cgroups else {
+            if let Some(limit) = def.cgroup_limits.limits.first() {
+                // Never ignored (docs/config.md): a limit needs the service's own cgroup.
+                return Err(format!(
+                    "service {}: `{}` needs the service's own cgroup, and services get none \
+                     here (see the event=cgroups line)",
+                    def.name, limit.key
+                ));
+            }
             return Ok(spec);
         };
         let path = cgroups.path_of(&def.name).unwrap_or_default();
+        for controller in def.cgroup_limits.controllers() {
+            cgroups.enable(controller).map_err(|e| {
+                let keys: Vec<&str> = def
+                    .cgroup_limits
+                    .limits
+                    .iter()
+                    .filter(|l| l.controller == controller)
+                    .map(|l| l.key)
+                    .collect();
+                format!("service {}: {} needs it: {e}", def.name, keys.join(", "))
+            })?;
+        }
         let dir = cgroups
             .create(&def.name)
             .map_err(|e| format!("service {}: cgroup {}: {e}", def.name, path.display()))?;
+        apply_limits(&def.cgroup_limits, dir.as_fd()).map_err(|(limit, e)| {
+            format!(
+                "service {}: `{}` ({} = {}) in {}: {e}",
+                def.name,
+                limit.key,
+                limit.file.to_string_lossy(),
+                limit.value,
+                path.display()
+            )
+        })?;
         match Arc::get_mut(&mut spec) {
             Some(spec) => spec.set_cgroup(Some(dir)),
             None => return Err(format!("service {}: spec is shared", def.name)),
@@ -770,4 +800,17 @@ pub(crate) fn exec_env_of(def: &ServiceDef) -> spawn::ExecEnv {
         }
     }
     exec
+}
+
+/// Writes a service's cgroup limits into its cgroup `dir`; allocation-free (a renewed cgroup
+/// gets them again on the event loop). The first that fails, with its error.
+pub(crate) fn apply_limits<'l>(
+    limits: &'l crate::config::CgroupLimits,
+    dir: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), (&'l crate::config::CgroupLimit, std::io::Error)> {
+    for limit in &limits.limits {
+        crate::sys::cgroup::write_file(dir, limit.file, limit.value.as_bytes())
+            .map_err(|e| (limit, e))?;
+    }
+    Ok(())
 }

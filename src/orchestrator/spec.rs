@@ -54,6 +54,8 @@ pub struct ServiceDef {
     /// A local service's execution environment (limits, scheduling, …); a limit left unset
     /// is restored to the orchestrator's starting one.
     pub exec: crate::spawn::ExecEnv,
+    /// A local service's cgroup limits, written into its cgroup when it is made.
+    pub cgroup_limits: crate::config::CgroupLimits,
 }
 
 /// Global settings of the event loop.
@@ -150,6 +152,7 @@ impl ServiceDef {
             stdout: spec.stdout.clone(),
             stderr: spec.stderr.clone(),
             exec: spec.exec,
+            cgroup_limits: spec.cgroup_limits.clone(),
         }
     }
 

@@ -318,6 +318,19 @@ pub(crate) fn renew_if_killed(
     };
     match cgroups.renew(&entry.def.name) {
         Ok(dir) => {
+            if let Err((limit, e)) =
+                super::services::apply_limits(&entry.def.cgroup_limits, dir.as_fd())
+            {
+                log.line(
+                    Priority::Err,
+                    format_args!(
+                        "service={} partition=local event=cgroup-limit-failed key={} error=\"{}\"",
+                        entry.def.name,
+                        limit.key,
+                        ErrnoText(crate::sys::errno::of(&e))
+                    ),
+                );
+            }
             spec.set_cgroup(Some(dir));
             entry.tree.killed.set(false);
         }

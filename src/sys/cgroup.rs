@@ -128,6 +128,12 @@ fn write_control(dir: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<(
     }
 }
 
+/// Writes `value` to the file `name` of the cgroup `dir` (a limit such as `memory.max`,
+/// `cgroup.subtree_control`): allocation-free.
+pub fn write_file(dir: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    write_control(dir, name, value)
+}
+
 /// Writes `1` to `cgroup.kill` (5.14+): SIGKILL to every process of the cgroup and its
 /// descendants, race-free against forks. `ENOENT` on an older kernel.
 pub fn kill(dir: BorrowedFd<'_>) -> io::Result<()> {

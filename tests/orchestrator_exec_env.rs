@@ -221,6 +221,9 @@ fn a_refused_setting_is_a_spawn_error_naming_its_stage() {
             lines[0].contains(&format!("errno={errno}")),
             "{name}: {lines:?}"
         );
+        if stage == "rlimit" {
+            assert!(lines[0].contains(" resource=nofile "), "{lines:?}");
+        }
         assert!(orch
             .lines_with(&[&format!("service={name} "), "reason=spawned"])
             .is_empty());

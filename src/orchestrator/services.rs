@@ -366,9 +366,15 @@ impl Services {
         log.line(
             Priority::Warning,
             format_args!(
-                "service={} partition=local event=spawn-failed stage={} errno={} error=\"{}\"",
+                "service={} partition=local event=spawn-failed stage={}{}{} errno={} error=\"{}\"",
                 self.name(service.index()),
                 e.stage,
+                if e.resource().is_some() {
+                    " resource="
+                } else {
+                    ""
+                },
+                e.resource().unwrap_or(""),
                 e.errno,
                 ErrnoText(e.errno)
             ),

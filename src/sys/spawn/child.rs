@@ -433,7 +433,12 @@ fn exec_env(env: &ExecEnv) -> Result<(), SpawnError> {
             )
         };
         if rc != 0 {
-            return Err(fail(SpawnStage::Rlimit));
+            let resource = u16::try_from(resource).unwrap_or(u16::MAX);
+            return Err(SpawnError::with_detail(
+                SpawnStage::Rlimit,
+                last_errno(),
+                resource,
+            ));
         }
     }
     if let Some(nice) = env.nice {

@@ -196,36 +196,66 @@ impl fmt::Display for SpawnStage {
 pub struct SpawnError {
     pub stage: SpawnStage,
     pub errno: i32,
+    /// What the stage was about, when it has several: for [`SpawnStage::Rlimit`], the
+    /// resource (the kernel's number, [`RLIMIT_NAMES`]); else 0.
+    pub detail: u16,
 }
 
 impl SpawnError {
     /// A failure at `stage` with `errno`.
     pub fn new(stage: SpawnStage, errno: i32) -> SpawnError {
-        SpawnError { stage, errno }
+        SpawnError {
+            stage,
+            errno,
+            detail: 0,
+        }
     }
 
-    /// Encodes it as the child's report.
+    /// A failure at `stage` about `detail` (see [`SpawnError::detail`]).
+    pub fn with_detail(stage: SpawnStage, errno: i32, detail: u16) -> SpawnError {
+        SpawnError {
+            stage,
+            errno,
+            detail,
+        }
+    }
+
+    /// The resource a [`SpawnStage::Rlimit`] failure was about (`"nofile"`), else `None`.
+    pub fn resource(&self) -> Option<&'static str> {
+        (self.stage == SpawnStage::Rlimit)
+            .then(|| RLIMIT_NAMES.get(usize::from(self.detail)).copied())
+            .flatten()
+    }
+
+    /// Encodes it as the child's report: the stage in the low 16 bits of the first word, the
+    /// detail in the high ones.
     pub fn to_report(self) -> [u8; REPORT_BYTES] {
         let mut buf = [0u8; REPORT_BYTES];
         let (stage, errno) = buf.split_at_mut(4);
-        stage.copy_from_slice(&(self.stage as u32).to_ne_bytes());
+        let word = (self.stage as u32) | (u32::from(self.detail) << 16);
+        stage.copy_from_slice(&word.to_ne_bytes());
         errno.copy_from_slice(&self.errno.to_ne_bytes());
         buf
     }
 
     /// Decodes a child's report (an unknown stage reads as [`SpawnStage::Report`]).
     pub fn from_report(buf: [u8; REPORT_BYTES]) -> SpawnError {
-        let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let word = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let stage = SpawnStage::from_u32(stage).unwrap_or(SpawnStage::Report);
-        SpawnError::new(stage, errno)
+        match SpawnStage::from_u32(word & 0xffff) {
+            Some(stage) => SpawnError::with_detail(stage, errno, (word >> 16) as u16),
+            None => SpawnError::new(SpawnStage::Report, errno),
+        }
     }
 }
 
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let os = io::Error::from_raw_os_error(self.errno);
-        write!(f, "spawn failed at {}: {}", self.stage, os)
+        match self.resource() {
+            Some(resource) => write!(f, "spawn failed at {} ({resource}): {}", self.stage, os),
+            None => write!(f, "spawn failed at {}: {}", self.stage, os),
+        }
     }
 }
 

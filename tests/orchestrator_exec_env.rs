@@ -248,6 +248,14 @@ fn check_refuses_invalid_settings_with_their_place_in_the_file() {
         ("i", "limits = { core = { soft = 10, hard = 5 } }"),
         ("j", "oom_score_adj = -1001"),
         ("k", "uid = 5\nuser = \"daemon\""),
+        (
+            "m",
+            "ambient_capabilities = [\"CAP_NET_RAW\", \"CAP_NO_SUCH\"]",
+        ),
+        (
+            "n",
+            "capability_bounding_set = [\"CAP_KILL\"]\nambient_capabilities = [\"CAP_NET_RAW\"]",
+        ),
         ("l", "supplementary_groups = [\"no-such-group-holden\"]"),
     ];
     let mut text = config_header(&dir.path("agent.sock"));
@@ -306,4 +314,38 @@ fn check_refuses_invalid_settings_with_their_place_in_the_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Capabilities: a root service keeps only its bounding set (and so only those are
+/// effective after its exec); a service run as another user keeps its ambient capabilities.
+#[test]
+fn capability_bounding_and_ambient_sets_are_set() {
+    let dir = TempDir::new("exec-caps");
+    let (bounded, ambient) = (sleep_marker("3600"), sleep_marker("3600"));
+    // kill = 5, net_bind_service = 10 (capabilities(7)).
+    let config = service(
+        "bounded",
+        "local",
+        &["/bin/sleep", &bounded],
+        "capability_bounding_set = [\"CAP_KILL\", \"net_bind_service\"]",
+    ) + &service(
+        "ambient",
+        "local",
+        &["/bin/sleep", &ambient],
+        "user = \"daemon\"\ncapability_bounding_set = [\"CAP_KILL\", \"CAP_NET_BIND_SERVICE\"]\n\
+         ambient_capabilities = [\"CAP_NET_BIND_SERVICE\"]",
+    );
+    let mut orch = orchestrator(&dir, &config);
+    orch.wait_lines(&["reason=spawned"], 2);
+    let bounded = last_spawned_pid(&orch, "bounded");
+    assert_eq!(status_field(bounded, "CapBnd"), "0000000000000420");
+    assert_eq!(status_field(bounded, "CapEff"), "0000000000000420");
+    assert_eq!(status_field(bounded, "CapAmb"), "0000000000000000");
+    let ambient = last_spawned_pid(&orch, "ambient");
+    assert!(status_field(ambient, "Uid").starts_with("1\t"));
+    assert_eq!(status_field(ambient, "CapBnd"), "0000000000000420");
+    assert_eq!(status_field(ambient, "CapAmb"), "0000000000000400");
+    assert_eq!(status_field(ambient, "CapPrm"), "0000000000000400");
+    assert_eq!(status_field(ambient, "CapEff"), "0000000000000400");
+    assert!(orch.stop(libc::SIGTERM).success());
 }

@@ -92,6 +92,9 @@ pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
         | SpawnStage::Affinity
         | SpawnStage::OomScoreAdj
         | SpawnStage::NoNewPrivs
+        | SpawnStage::CapBounding
+        | SpawnStage::Capabilities
+        | SpawnStage::Ambient
         | SpawnStage::Chdir => ErrorStage::Setup,
     }
 }
@@ -162,6 +165,11 @@ impl fmt::Display for FailureText<'_> {
             SpawnStage::Affinity => write!(f, "CPU affinity for \"{program}\": {reason}"),
             SpawnStage::OomScoreAdj => write!(f, "oom_score_adj for \"{program}\": {reason}"),
             SpawnStage::NoNewPrivs => write!(f, "no_new_privs for \"{program}\": {reason}"),
+            SpawnStage::CapBounding => {
+                write!(f, "capability bounding set for \"{program}\": {reason}")
+            }
+            SpawnStage::Capabilities => write!(f, "capabilities for \"{program}\": {reason}"),
+            SpawnStage::Ambient => write!(f, "ambient capabilities for \"{program}\": {reason}"),
             SpawnStage::CloseFds => {
                 write!(f, "closing inherited fds for \"{program}\": {reason}")
             }

@@ -99,6 +99,8 @@ const SERVICE_KEYS: &[&str] = &[
     "sched_priority",
     "cpu_affinity",
     "no_new_privs",
+    "capability_bounding_set",
+    "ambient_capabilities",
     "memory_max",
     "memory_high",
     "cpu_weight",
@@ -106,7 +108,7 @@ const SERVICE_KEYS: &[&str] = &[
     "pids_max",
     "io_weight",
 ];
-const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
+const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
 /// The keys of a local service's execution environment (`docs/config.md`).
 const EXEC_KEYS: &[&str] = &[
     "supplementary_groups",
@@ -118,6 +120,8 @@ const EXEC_KEYS: &[&str] = &[
     "sched_priority",
     "cpu_affinity",
     "no_new_privs",
+    "capability_bounding_set",
+    "ambient_capabilities",
 ];
 const LIMIT_SHOWN: &str = "`cpu`, `fsize`, `data`, `stack`, `core`, `rss`, `nproc`, `nofile`, `memlock`, `as`, `locks`, `sigpending`, `msgqueue`, `nice`, `rtprio`, `rttime`";
 const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max", "reset_after"];
@@ -1550,7 +1554,63 @@ fn exec_env(
             .boolean(value, &join(prefix, "no_new_privs"))
             .unwrap_or(false);
     }
+    let mut sets = [None, None];
+    for (i, key) in ["capability_bounding_set", "ambient_capabilities"]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(value) = entry(table, key) {
+            sets[i] = capabilities(check, value, &join(prefix, key)).map(|m| (m, value));
+        }
+    }
+    if let [Some((bounding, _)), Some((ambient, value))] = sets {
+        if ambient & !bounding != 0 {
+            let outside: Vec<&str> = (0..64)
+                .filter(|&c| (ambient & !bounding) & (1u64 << c) != 0)
+                .filter_map(|c| crate::spawn::CAPABILITY_NAMES.get(c).copied())
+                .collect();
+            check.bad::<()>(
+                value,
+                &join(prefix, "ambient_capabilities"),
+                format!(
+                    "not in capability_bounding_set: {}; an ambient capability must stay in the bounding set",
+                    outside.join(", ")
+                ),
+            );
+        }
+    }
+    exec.cap_bounding = sets[0].map(|(m, _)| m);
+    exec.cap_ambient = sets[1].map(|(m, _)| m);
     (check.errors.len() == errors_before).then_some(exec)
+}
+
+/// An array of capability names (`"CAP_NET_BIND_SERVICE"` or `"net_bind_service"`), as a mask.
+fn capabilities(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<u64> {
+    let expected = "an array of capability names like [\"CAP_NET_BIND_SERVICE\"]";
+    let DeValue::Array(items) = value.get_ref() else {
+        return check.expected(value, field, expected);
+    };
+    let mut mask = 0u64;
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_field = format!("{field}[{i}]");
+        let Some(name) = check.string(item, &item_field, "a capability name") else {
+            ok = false;
+            continue;
+        };
+        match crate::spawn::capability_number(name) {
+            Some(cap) => mask |= 1u64 << cap,
+            None => {
+                ok = false;
+                check.bad::<()>(
+                    item,
+                    &item_field,
+                    format!("unknown capability {name:?}: expected a name of capabilities(7), like \"CAP_NET_BIND_SERVICE\""),
+                );
+            }
+        }
+    }
+    ok.then_some(mask)
 }
 
 /// One `limits` entry: a number (soft and hard), `"infinity"`, or `{ soft = …, hard = … }`.

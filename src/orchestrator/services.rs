@@ -369,12 +369,12 @@ impl Services {
                 "service={} partition=local event=spawn-failed stage={}{}{} errno={} error=\"{}\"",
                 self.name(service.index()),
                 e.stage,
-                if e.resource().is_some() {
-                    " resource="
-                } else {
-                    ""
+                match (e.resource(), e.capability()) {
+                    (Some(_), _) => " resource=",
+                    (None, Some(_)) => " capability=",
+                    (None, None) => "",
                 },
-                e.resource().unwrap_or(""),
+                e.resource().or(e.capability()).unwrap_or(""),
                 e.errno,
                 ErrnoText(e.errno)
             ),

@@ -72,9 +72,9 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub use crate::sys::spawn::{
-    clone3_fallback_active, into_cgroup_fallback_active, CpuSet, ExecEnv, Groups, OomScoreAdj,
-    Rlimit, SchedPolicy, SpawnError, SpawnStage, CPU_MAX, GATE_CLOSED_EXIT_STATUS, GROUPS_MAX,
-    RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
+    capability_number, clone3_fallback_active, into_cgroup_fallback_active, CpuSet, ExecEnv,
+    Groups, OomScoreAdj, Rlimit, SchedPolicy, SpawnError, SpawnStage, CAPABILITY_NAMES, CPU_MAX,
+    GATE_CLOSED_EXIT_STATUS, GROUPS_MAX, RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
 };
 use crate::sys::spawn::{ExecPlan, GATE_READY_REPORT};
 

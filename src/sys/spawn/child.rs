@@ -150,7 +150,11 @@ fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: 
         // the credentials change (raising a limit, a real-time policy or a lower OOM score
         // may need the spawner's privileges).
         .and_then(|()| exec_env(plan.exec))
+        // Needs CAP_SETPCAP, which a change to a non-root user takes away.
+        .and_then(|()| cap_bounding(plan.exec))
+        .and_then(|()| keep_caps(plan))
         .and_then(|()| credentials(plan))
+        .and_then(|()| ambient(plan))
         .and_then(|()| no_new_privs(plan.exec))
         .and_then(|()| chdir(plan))
         .and_then(|()| unblock_signals());
@@ -522,6 +526,150 @@ fn oom_score_adj(text: &[u8]) -> Result<(), SpawnError> {
     // SAFETY: closes the fd opened above, which nothing else knows.
     unsafe { libc::close(fd) };
     result
+}
+
+/// Drops every capability not in `cap_bounding` from the bounding set, up to the last one
+/// the kernel knows (`EINVAL` past it).
+fn cap_bounding(env: &ExecEnv) -> Result<(), SpawnError> {
+    let Some(keep) = env.cap_bounding else {
+        return Ok(());
+    };
+    for cap in 0u32..64 {
+        if keep & 1u64.wrapping_shl(cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments; changes this thread's bounding set.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                libc::c_ulong::from(cap),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            let errno = last_errno();
+            if errno == libc::EINVAL {
+                break;
+            }
+            return Err(SpawnError::with_detail(
+                SpawnStage::CapBounding,
+                errno,
+                cap as u16,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With ambient capabilities and a change to a non-root user: keep the permitted set across
+/// the `setresuid` (`PR_SET_KEEPCAPS`, cleared again by `execve`).
+fn keep_caps(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    if plan.exec.cap_ambient.is_none() || plan.uid.is_none() {
+        return Ok(());
+    }
+    // SAFETY: prctl with integer arguments; sets a flag of this thread.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_KEEPCAPS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } != 0
+    {
+        return Err(fail(SpawnStage::Capabilities));
+    }
+    Ok(())
+}
+
+/// The kernel's `__user_cap_header_struct` and `__user_cap_data_struct` (version 3: two).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Puts the ambient capabilities into the inheritable set (and, for a non-root user, makes
+/// them the whole permitted and effective sets), then raises each into the ambient set.
+fn ambient(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    let Some(caps) = plan.exec.cap_ambient else {
+        return Ok(());
+    };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let empty = CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let mut data = [empty; 2];
+    // SAFETY: capget fills two cap data structs on our stack for this thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(fail(SpawnStage::Capabilities));
+    }
+    let halves = [caps as u32, (caps >> 32) as u32];
+    let non_root = plan.uid.is_some_and(|uid| uid != 0);
+    for (word, half) in data.iter_mut().zip(halves) {
+        word.inheritable |= half;
+        if non_root {
+            word.permitted = half;
+            word.effective = half;
+        }
+    }
+    // SAFETY: capset reads the header and two cap data structs from our stack.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(fail(SpawnStage::Capabilities));
+    }
+    for cap in 0u32..64 {
+        if caps & 1u64.wrapping_shl(cap) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments; changes this thread's ambient set.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                libc::c_ulong::from(cap),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            return Err(SpawnError::with_detail(
+                SpawnStage::Ambient,
+                last_errno(),
+                cap as u16,
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn no_new_privs(env: &ExecEnv) -> Result<(), SpawnError> {

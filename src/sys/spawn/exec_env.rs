@@ -170,6 +170,12 @@ pub struct ExecEnv {
     pub no_new_privs: bool,
     /// Supplementary groups (with the primary one, they make the `setgroups` list).
     pub groups: Option<Groups>,
+    /// Capabilities kept in the bounding set (one bit per capability number); every other
+    /// is dropped (`PR_CAPBSET_DROP`).
+    pub cap_bounding: Option<u64>,
+    /// Ambient capabilities (4.3+): kept across the change to a non-root user and raised
+    /// into the ambient set, so the program runs with them.
+    pub cap_ambient: Option<u64>,
 }
 
 impl ExecEnv {
@@ -200,3 +206,59 @@ pub const RLIMIT_NAMES: [&str; RLIMIT_COUNT] = [
 ];
 const _: () = assert!(libc::RLIMIT_NOFILE as usize == 7 && libc::RLIMIT_RTTIME as usize == 15);
 const _: () = assert!(libc::RLIMIT_MEMLOCK as usize == 8 && libc::RLIMIT_CORE as usize == 4);
+
+/// Capability names by number (`capabilities(7)`), lower case without `CAP_`; Linux 5.9 has
+/// 41 (`checkpoint_restore` = 40).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "chown",
+    "dac_override",
+    "dac_read_search",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "linux_immutable",
+    "net_bind_service",
+    "net_broadcast",
+    "net_admin",
+    "net_raw",
+    "ipc_lock",
+    "ipc_owner",
+    "sys_module",
+    "sys_rawio",
+    "sys_chroot",
+    "sys_ptrace",
+    "sys_pacct",
+    "sys_admin",
+    "sys_boot",
+    "sys_nice",
+    "sys_resource",
+    "sys_time",
+    "sys_tty_config",
+    "mknod",
+    "lease",
+    "audit_write",
+    "audit_control",
+    "setfcap",
+    "mac_override",
+    "mac_admin",
+    "syslog",
+    "wake_alarm",
+    "block_suspend",
+    "audit_read",
+    "perfmon",
+    "bpf",
+    "checkpoint_restore",
+];
+
+/// The number of capability `name` (`"CAP_NET_BIND_SERVICE"`, `"net_bind_service"`, any case).
+pub fn capability_number(name: &str) -> Option<u32> {
+    let lower = name.to_ascii_lowercase();
+    let bare = lower.strip_prefix("cap_").unwrap_or(&lower);
+    CAPABILITY_NAMES
+        .iter()
+        .position(|n| *n == bare)
+        .map(|i| i as u32)
+}

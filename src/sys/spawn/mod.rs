@@ -11,8 +11,8 @@ mod child;
 mod exec_env;
 
 pub use exec_env::{
-    CpuSet, ExecEnv, Groups, OomScoreAdj, Rlimit, SchedPolicy, CPU_MAX, CPU_SET_WORDS, GROUPS_MAX,
-    RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
+    capability_number, CpuSet, ExecEnv, Groups, OomScoreAdj, Rlimit, SchedPolicy, CAPABILITY_NAMES,
+    CPU_MAX, CPU_SET_WORDS, GROUPS_MAX, RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
 };
 
 use std::fmt;
@@ -102,11 +102,20 @@ pub enum SpawnStage {
     OomScoreAdj = 21,
     /// `prctl(PR_SET_NO_NEW_PRIVS)` failed (in the child).
     NoNewPrivs = 22,
+    /// Dropping a capability from the bounding set failed (in the child; `EPERM` without
+    /// `CAP_SETPCAP`).
+    CapBounding = 23,
+    /// Keeping or setting the capabilities for the ambient set failed (`PR_SET_KEEPCAPS`,
+    /// `capset`; in the child).
+    Capabilities = 24,
+    /// Raising an ambient capability failed (in the child; `EINVAL` before 4.3, or a
+    /// capability not permitted).
+    Ambient = 25,
 }
 
 impl SpawnStage {
     /// Every stage, for exhaustive tests and decoders.
-    pub const ALL: [SpawnStage; 22] = [
+    pub const ALL: [SpawnStage; 25] = [
         SpawnStage::Prepare,
         SpawnStage::Pipe,
         SpawnStage::Clone,
@@ -129,6 +138,9 @@ impl SpawnStage {
         SpawnStage::Affinity,
         SpawnStage::OomScoreAdj,
         SpawnStage::NoNewPrivs,
+        SpawnStage::CapBounding,
+        SpawnStage::Capabilities,
+        SpawnStage::Ambient,
     ];
 
     /// Short lower-case name, as used in logs and error texts.
@@ -156,6 +168,9 @@ impl SpawnStage {
             SpawnStage::Affinity => "affinity",
             SpawnStage::OomScoreAdj => "oom-score-adj",
             SpawnStage::NoNewPrivs => "no-new-privs",
+            SpawnStage::CapBounding => "cap-bounding",
+            SpawnStage::Capabilities => "capabilities",
+            SpawnStage::Ambient => "ambient",
         }
     }
 
@@ -197,7 +212,8 @@ pub struct SpawnError {
     pub stage: SpawnStage,
     pub errno: i32,
     /// What the stage was about, when it has several: for [`SpawnStage::Rlimit`], the
-    /// resource (the kernel's number, [`RLIMIT_NAMES`]); else 0.
+    /// resource (the kernel's number, [`RLIMIT_NAMES`]); for [`SpawnStage::CapBounding`] and
+    /// [`SpawnStage::Ambient`], the capability; else 0.
     pub detail: u16,
 }
 
@@ -227,6 +243,14 @@ impl SpawnError {
             .flatten()
     }
 
+    /// The capability a [`SpawnStage::CapBounding`] or [`SpawnStage::Ambient`] failure was
+    /// about (`"net_bind_service"`), else `None`.
+    pub fn capability(&self) -> Option<&'static str> {
+        matches!(self.stage, SpawnStage::CapBounding | SpawnStage::Ambient)
+            .then(|| CAPABILITY_NAMES.get(usize::from(self.detail)).copied())
+            .flatten()
+    }
+
     /// Encodes it as the child's report: the stage in the low 16 bits of the first word, the
     /// detail in the high ones.
     pub fn to_report(self) -> [u8; REPORT_BYTES] {
@@ -252,8 +276,8 @@ impl SpawnError {
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let os = io::Error::from_raw_os_error(self.errno);
-        match self.resource() {
-            Some(resource) => write!(f, "spawn failed at {} ({resource}): {}", self.stage, os),
+        match self.resource().or(self.capability()) {
+            Some(what) => write!(f, "spawn failed at {} ({what}): {}", self.stage, os),
             None => write!(f, "spawn failed at {}: {}", self.stage, os),
         }
     }

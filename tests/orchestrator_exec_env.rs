@@ -349,3 +349,38 @@ fn capability_bounding_and_ambient_sets_are_set() {
     assert_eq!(status_field(ambient, "CapEff"), "0000000000000400");
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+/// A reload that changes only the execution environment restarts the service with the new
+/// one (the old process ends, the new one has the new nice and NOFILE limit).
+#[test]
+fn a_reload_that_changes_the_environment_restarts_the_service() {
+    let dir = TempDir::new("exec-reload");
+    let marker = sleep_marker("3600");
+    let block = |extra: &str| {
+        config_header(&dir.path("agent.sock"))
+            + &service("env", "local", &["/bin/sleep", &marker], extra)
+    };
+    let mut orch = Orch::start(&dir, &block("nice = 1\nlimits = { nofile = 512 }"));
+    orch.wait_lines(&["service=env ", "reason=spawned"], 1);
+    let first = last_spawned_pid(&orch, "env");
+    assert_eq!(stat_field(first, 19), "1");
+    std::fs::write(
+        dir.path("orchestrator.toml"),
+        block("nice = 2\nlimits = { nofile = 600 }"),
+    )
+    .unwrap();
+    let out = holdenctl(&dir.path("control.sock"), &["reload"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("1 changed"), "{stdout}");
+    orch.wait_lines(&["service=env ", "reason=spawned"], 2);
+    let second = last_spawned_pid(&orch, "env");
+    assert_ne!(first, second);
+    wait_until("the old process gone", || (!alive(first)).then_some(()));
+    assert_eq!(stat_field(second, 19), "2");
+    assert_eq!(
+        limit(second, "Max open files"),
+        ("600".into(), "600".into())
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}

@@ -14,6 +14,9 @@ pub mod cgroup;
 pub mod config;
 #[cfg(feature = "orchestrator")]
 pub mod control;
+pub mod fd_store;
+#[cfg(feature = "orchestrator")]
+pub mod handoff;
 pub mod histogram;
 #[cfg(feature = "orchestrator")]
 pub mod link;

@@ -9,7 +9,7 @@ use crate::sys::socket::{self, Kind, UnixAddr};
 use std::ffi::OsStr;
 use std::fmt::{self, Write as _};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ pub const MESSAGE_BYTES_MAX: usize = 512;
 pub struct Notifier {
     socket: Option<(OwnedFd, UnixAddr)>,
     watchdog: Option<Duration>,
+    /// The size of systemd's fd store (`FDSTORE`, set by systemd 254+ when the unit has
+    /// `FileDescriptorStoreMax=`); 0: no store.
+    fd_store: usize,
 }
 
 impl Notifier {
@@ -31,6 +34,7 @@ impl Notifier {
         Notifier {
             socket: None,
             watchdog: None,
+            fd_store: 0,
         }
     }
 
@@ -43,6 +47,10 @@ impl Notifier {
         );
         let mut notifier = Notifier::to(std::env::var_os(NOTIFY_SOCKET_ENV).as_deref())?;
         notifier.watchdog = watchdog;
+        notifier.fd_store = std::env::var("FDSTORE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Ok(notifier)
     }
 
@@ -57,6 +65,7 @@ impl Notifier {
         Ok(Notifier {
             socket: Some((fd, addr)),
             watchdog: None,
+            fd_store: 0,
         })
     }
 
@@ -76,6 +85,37 @@ impl Notifier {
             return Ok(());
         };
         socket::send_to(fd.as_fd(), message, addr).map(|_| ())
+    }
+
+    /// The size of systemd's fd store (0: none, or no systemd).
+    pub fn fd_store(&self) -> usize {
+        if self.enabled() {
+            self.fd_store
+        } else {
+            0
+        }
+    }
+
+    /// Stores the pidfd of `service`'s process in systemd's fd store (when there is one).
+    pub fn store_pidfd(&self, service: &str, pidfd: BorrowedFd<'_>) -> io::Result<()> {
+        let (Some((fd, addr)), true) = (&self.socket, self.fd_store > 0) else {
+            return Ok(());
+        };
+        let mut buf = [0u8; crate::fd_store::MESSAGE_LEN_MAX];
+        let len = crate::fd_store::store_message(&mut buf, service)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        socket::send_to_with_fd(fd.as_fd(), &buf[..len], Some(pidfd), addr).map(|_| ())
+    }
+
+    /// Removes the pidfd of `service` from systemd's fd store (its process was released).
+    pub fn remove_pidfd(&self, service: &str) -> io::Result<()> {
+        if self.fd_store == 0 {
+            return Ok(());
+        }
+        let mut buf = [0u8; crate::fd_store::MESSAGE_LEN_MAX];
+        let len = crate::fd_store::remove_message(&mut buf, service)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+        self.send(&buf[..len])
     }
 
     /// Sends `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC in µs, which systemd 253+
@@ -160,6 +200,7 @@ mod tests {
         let n = Notifier {
             socket: Some((fd, addr)),
             watchdog: None,
+            fd_store: 0,
         };
         n.send(b"READY=1").unwrap();
         n.status(format_args!("{} services running", 3)).unwrap();
@@ -184,6 +225,7 @@ mod tests {
         let n = Notifier {
             socket: Some((fd, addr)),
             watchdog: None,
+            fd_store: 0,
         };
         n.send(b"WATCHDOG=1").unwrap();
         let mut buf = [0u8; 64];

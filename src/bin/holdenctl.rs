@@ -53,6 +53,7 @@ Commands:
   agent [--json]                      the link to holden-agent in the QM partition
   stats [--json]                      the orchestrator's own figures: loop stalls, spawns, log drops
   reload                              re-read the orchestrator's configuration file
+  reexec                              re-execute the orchestrator's binary, keeping every service
 
 Options:
   --socket PATH   control socket (default $HOLDEN_CONTROL_SOCKET, else /run/holden/control.sock)
@@ -66,7 +67,7 @@ command or a NAME even if it starts with -.
 Exit codes:
   0  done (with --wait: the target state was reached)
   1  the orchestrator refused or failed the operation, --wait timed out or the service
-     failed, or a reload was refused (invalid file: its error is printed)
+     failed, a reload was refused (invalid file: its error is printed), or a re-exec failed
   2  usage error
   3  unknown service name
   4  cannot reach the orchestrator (no socket, permission denied, too many clients,
@@ -84,6 +85,7 @@ fn help_for(command: &str) -> &'static str {
         "stats" => "usage: holdenctl stats [--json]\n\nThe orchestrator's own figures since start-up: how long its event loop spent on\none completion (p50, p99, p99.9, max: the longest it could not answer anything else),\nprocesses spawned (local, QM), failed starts, process ends, log lines dropped because\nthe log stream did not keep up. --json also gives the histogram's non-empty buckets\n([lowest ns, count] pairs).",
         "agent" => "usage: holdenctl agent [--json]\n\nThe agent link: state (up, down, not-needed), protocol, version, capabilities,\nsocket, handshakes and dropped connections since start.",
         "reload" => "usage: holdenctl reload\n\nThe orchestrator re-reads its configuration file. An invalid file changes nothing\nand its error (file:line:column) is printed (exit 1). Added services start (if\nenabled), removed ones stop, changed ones restart; settings that need a restart of\nthe orchestrator are listed.",
+        "reexec" => "usage: holdenctl reexec\n\nThe orchestrator executes its binary again (the file now at its path: after an\nupdate, the new version), keeping every service running: their processes, restart\ncounters, backoff and start limits carry over, and an exit during the re-exec is\nreported after it. Waits for the new instance's answer and prints how long it took.\nNeeds a runtime directory (runtime_dir). SIGUSR2 to the orchestrator does the same.\nExit: 0 done, 1 the re-exec failed (the orchestrator runs on as it was), 4 unreachable.",
         _ => USAGE,
     }
 }
@@ -188,8 +190,8 @@ fn parse(
         "start" | "stop" | "restart" | "kill" | "reset-failed"
     );
     match command.as_str() {
-        "status" | "monitor" | "agent" | "stats" | "reload" | "start" | "stop" | "restart"
-        | "kill" | "reset-failed" | "logs" => {}
+        "status" | "monitor" | "agent" | "stats" | "reload" | "reexec" | "start" | "stop"
+        | "restart" | "kill" | "reset-failed" | "logs" => {}
         other => return Err(Usage(format!("unknown command {other:?}"))),
     }
     if needs_names && names.is_empty() {
@@ -198,7 +200,7 @@ fn parse(
     if command == "kill" && names.len() != 1 {
         return Err(Usage("kill takes exactly one NAME".into()));
     }
-    if matches!(command.as_str(), "agent" | "stats" | "reload") && !names.is_empty() {
+    if matches!(command.as_str(), "agent" | "stats" | "reload" | "reexec") && !names.is_empty() {
         return Err(Usage(format!("{command} takes no NAME")));
     }
     if command == "logs" && names.len() != 1 {
@@ -1142,6 +1144,21 @@ fn cmd_reload(client: &mut Client) -> Result<u8, Fail> {
     Ok(EXIT_OK)
 }
 
+fn cmd_reexec(client: &mut Client) -> Result<u8, Fail> {
+    let len = client.request(&Body::Reexec)?;
+    let Body::Reexecuted(r) = client.frame(len)? else {
+        return Err(fail(EXIT_UNREACHABLE, "unexpected reply to reexec"));
+    };
+    println!(
+        "re-executed in {}.{:03} ms (re-exec {} of this orchestrator); {} services kept their process",
+        r.took_us / 1_000,
+        r.took_us % 1_000,
+        r.generation,
+        r.adopted
+    );
+    Ok(EXIT_OK)
+}
+
 fn run(cli: &Cli) -> Result<u8, Fail> {
     let mut client = Client::connect(&cli.socket)?;
     match cli.command.as_str() {
@@ -1150,6 +1167,7 @@ fn run(cli: &Cli) -> Result<u8, Fail> {
         "agent" => cmd_agent(&mut client, cli),
         "stats" => cmd_stats(&mut client, cli),
         "reload" => cmd_reload(&mut client),
+        "reexec" => cmd_reexec(&mut client),
         "logs" => cmd_logs(&mut client, cli),
         _ => cmd_operate(&mut client, cli),
     }

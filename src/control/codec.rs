@@ -268,6 +268,7 @@ fn decode_body<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, DecodeError> {
         4 => Body::Monitor,
         5 => Body::Reload,
         6 => Body::StatsRequest,
+        8 => Body::Reexec,
         7 => {
             let lines = r.u32()?;
             let follow = match r.u8()? {
@@ -359,6 +360,11 @@ fn decode_body<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, DecodeError> {
             }
             Body::LogStats(info)
         }
+        27 => Body::Reexecuted(ReexecInfo {
+            generation: r.u32()?,
+            took_us: r.u64()?,
+            adopted: r.u32()?,
+        }),
         kind => return Err(DecodeError::UnknownKind { kind }),
     })
 }
@@ -612,7 +618,12 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.u8(signal)?;
             w.name(name)?;
         }
-        Body::AgentStatus | Body::Monitor | Body::Reload | Body::StatsRequest => {}
+        Body::AgentStatus | Body::Monitor | Body::Reload | Body::StatsRequest | Body::Reexec => {}
+        Body::Reexecuted(r) => {
+            w.u32(r.generation)?;
+            w.u64(r.took_us)?;
+            w.u32(r.adopted)?;
+        }
         Body::Logs {
             name,
             lines,
@@ -767,6 +778,12 @@ mod tests {
         roundtrip(Body::AgentStatus);
         roundtrip(Body::Monitor);
         roundtrip(Body::Reload);
+        roundtrip(Body::Reexec);
+        roundtrip(Body::Reexecuted(ReexecInfo {
+            generation: 2,
+            took_us: 3_141,
+            adopted: 16,
+        }));
         roundtrip(Body::Service(ServiceInfo {
             name: "radio",
             partition: PartitionCode::Qm,
@@ -895,7 +912,7 @@ mod tests {
         let len = encode(&mut buf, 9, &body).unwrap();
         assert_eq!(
             &buf[..len],
-            b"HCTL\x03\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
+            b"HCTL\x04\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
         );
         // Out-of-range fields are refused, typed.
         let mut bad = buf;

@@ -4,7 +4,7 @@
 pub const MAGIC: [u8; 4] = *b"HCTL";
 /// Protocol version; a frame of another version is refused. Version 2 added why a service
 /// failed (`Service`: result and spawn error; `Event`: the stage of a failed spawn).
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Length of the header.
 pub const HEADER_LEN: usize = 16;
 /// Largest frame (one packet).
@@ -248,10 +248,12 @@ pub enum FailCode {
     ReloadUnavailable = 7,
     /// The peer is in the read group only: it may query, not command.
     ReadOnly = 8,
+    /// A re-exec could not be done; the orchestrator runs on as it was.
+    ReexecFailed = 9,
 }
 
 impl FailCode {
-    const ALL: [FailCode; 8] = [
+    const ALL: [FailCode; 9] = [
         FailCode::UnknownService,
         FailCode::Refused,
         FailCode::BadRequest,
@@ -260,6 +262,7 @@ impl FailCode {
         FailCode::ReloadFailed,
         FailCode::ReloadUnavailable,
         FailCode::ReadOnly,
+        FailCode::ReexecFailed,
     ];
 
     /// The code for a byte.
@@ -278,6 +281,7 @@ impl FailCode {
             FailCode::ReloadFailed => "reload-failed",
             FailCode::ReloadUnavailable => "reload-unavailable",
             FailCode::ReadOnly => "read-only",
+            FailCode::ReexecFailed => "reexec-failed",
         }
     }
 }
@@ -385,6 +389,19 @@ pub struct ReloadInfo<'a> {
     pub needs_restart: &'a str,
 }
 
+/// What a live re-exec did (sent by the new instance).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ReexecInfo {
+    /// Re-execs since the orchestrator started, this one included.
+    pub generation: u32,
+    /// The pause: from the old instance's last write of the state record to the new instance
+    /// supervising again (every service carried on), in µs.
+    pub took_us: u64,
+    /// Services whose process the new instance took over.
+    pub adopted: u32,
+}
+
 /// The orchestrator's own figures since start-up (`holdenctl stats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -488,6 +505,9 @@ pub enum Body<'a> {
     Reload,
     /// Request: the orchestrator's own figures; answered by `Stats`.
     StatsRequest,
+    /// Request: `execve` the orchestrator's binary again, keeping every service; answered by
+    /// `Reexecuted` (from the new instance) or `Failure`.
+    Reexec,
     /// Request: the last `lines` lines of a local service's output; answered by `LogStats`,
     /// `LogLine` frames (a `Dropped` where lines were lost before they could be sent) and an
     /// `End`; with `follow`, by no `End` but every new line until the connection closes.
@@ -519,6 +539,8 @@ pub enum Body<'a> {
     LogLine(LogLineInfo<'a>),
     /// Reply: a service's output figures.
     LogStats(LogStatsInfo),
+    /// Reply: the orchestrator re-executed.
+    Reexecuted(ReexecInfo),
 }
 
 impl Body<'_> {
@@ -532,6 +554,7 @@ impl Body<'_> {
             Body::Reload => 5,
             Body::StatsRequest => 6,
             Body::Logs { .. } => 7,
+            Body::Reexec => 8,
             Body::Service(_) => 16,
             Body::End(_) => 17,
             Body::Done(_) => 18,
@@ -543,6 +566,7 @@ impl Body<'_> {
             Body::Stats(_) => 24,
             Body::LogLine(_) => 25,
             Body::LogStats(_) => 26,
+            Body::Reexecuted(_) => 27,
         }
     }
 

@@ -147,6 +147,9 @@ pub(crate) enum Request {
     },
     /// Re-read the configuration; answer with [`ControlServer::reload_done`].
     Reload { conn: usize },
+    /// Re-exec the orchestrator; the new instance answers on the connection handed over
+    /// ([`ControlServer::waiting_conn`]), or [`ControlServer::reexec_failed`].
+    Reexec { conn: usize },
 }
 
 /// What the control plane may look at to answer.
@@ -180,6 +183,15 @@ pub(crate) struct ControlServer {
     group_gid: Option<u32>,
     read_gid: Option<u32>,
     conns: Box<[Conn]>,
+}
+
+/// Answers the `holdenctl reexec` request `request` on `fd`, a connection the previous
+/// instance handed over; the connection is closed afterwards.
+pub(crate) fn answer_handed_over(fd: OwnedFd, request: u32, info: proto::ReexecInfo) {
+    let mut buf = [0u8; 64];
+    if let Ok(len) = proto::encode(&mut buf, request, &Body::Reexecuted(info)) {
+        let _ = try_send(fd.as_fd(), &buf[..len]);
+    }
 }
 
 /// Why the control plane could not be set up.
@@ -257,7 +269,10 @@ impl ControlServer {
 
     /// Binds the control socket and starts accepting. A failure is logged and supervision
     /// goes on without a control socket: the control plane is not safety-relevant.
-    pub(crate) fn start(&mut self, ring: &mut Ring, log: &Logger) {
+    ///
+    /// `inherited` is the listener of the instance before a re-exec: it is used if it is still
+    /// the socket at the path, so that no client is refused during the re-exec.
+    pub(crate) fn start(&mut self, ring: &mut Ring, log: &Logger, inherited: Option<OwnedFd>) {
         let Some(path) = self.path.clone() else {
             return;
         };
@@ -279,7 +294,20 @@ impl ControlServer {
         // runtime directory's lock, so it is dead) is its io_uring being torn down, which
         // holds the socket for a moment: wait for it (start-up only). Never unlinked while
         // it answers.
-        let mut bound = bind();
+        let kept = inherited.map(|fd| Listener::inherited(fd, path.as_os_str().as_bytes()));
+        if let Some(Err(e)) = &kept {
+            log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=control-not-kept socket={shown} error={} effect=\"bound anew\"",
+                    Quoted(e)
+                ),
+            );
+        }
+        let mut bound = match kept {
+            Some(Ok(listener)) => Ok((listener, false)),
+            _ => bind(),
+        };
         for _ in 0..LIVE_RETRIES {
             if !matches!(bound, Err(socket::BindError::Live)) {
                 break;
@@ -624,9 +652,15 @@ impl ControlServer {
         };
         self.conns[k].request = frame.id;
         let peer = self.conns[k].peer;
-        if peer.read_only && matches!(frame.body, Body::Command { .. } | Body::Reload) {
+        if peer.read_only
+            && matches!(
+                frame.body,
+                Body::Command { .. } | Body::Reload | Body::Reexec
+            )
+        {
             let command = match frame.body {
                 Body::Command { op, .. } => op_name(op),
+                Body::Reexec => "reexec",
                 _ => "reload",
             };
             log.line(
@@ -671,6 +705,17 @@ impl ControlServer {
                 );
                 self.conns[k].phase = Phase::Waiting;
                 return Some(Request::Reload { conn: k });
+            }
+            Body::Reexec => {
+                log.line(
+                    Priority::Notice,
+                    format_args!(
+                        "event=control-command command=reexec uid={} pid={}",
+                        peer.uid, peer.pid
+                    ),
+                );
+                self.conns[k].phase = Phase::Waiting;
+                return Some(Request::Reexec { conn: k });
             }
             _ => self.fail(ring, log, k, FailCode::BadRequest, "not a request"),
         }
@@ -1021,6 +1066,32 @@ impl ControlServer {
             Ok(info) => self.reply(ring, log, k, &Body::Reloaded(info)),
             Err((code, message)) => self.fail(ring, log, k, code, &message),
         }
+    }
+
+    /// A re-exec asked for on connection `k` could not be done.
+    pub(crate) fn reexec_failed(&mut self, ring: &mut Ring, log: &Logger, k: usize, text: &str) {
+        if self.conns[k].phase == Phase::Waiting {
+            self.fail(ring, log, k, FailCode::ReexecFailed, text);
+        }
+    }
+
+    /// Connection `k`'s socket and request id, if it still waits for its answer (a re-exec
+    /// hands it to the next instance).
+    pub(crate) fn waiting_conn<'r>(
+        &self,
+        ring: &'r Ring,
+        k: usize,
+    ) -> Option<(BorrowedFd<'r>, u32)> {
+        let conn = self.conns.get(k).filter(|c| c.phase == Phase::Waiting)?;
+        Some((ring.fd(conn.slot)?, conn.request))
+    }
+
+    /// The listening socket, while listening (a re-exec keeps it).
+    pub(crate) fn listener<'r>(&self, ring: &'r Ring) -> Option<BorrowedFd<'r>> {
+        if !self.listening {
+            return None;
+        }
+        ring.fd(self.listen_slot)
     }
 
     fn stats(&mut self, ring: &mut Ring, log: &Logger, view: &View<'_>, k: usize) {

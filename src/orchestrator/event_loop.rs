@@ -20,6 +20,7 @@ use super::control::{self, ControlServer, Request, View};
 use super::counters::Counters;
 use super::engine::{Engine, Output};
 use super::output::Outputs;
+use super::reexec::{Inherited, Program};
 use super::reload;
 use super::runtime::{self, Found, Recorder, RuntimeDir, RuntimeError};
 use super::services::{prepare_spec, Services};
@@ -49,6 +50,11 @@ pub const FIXED_SLOTS: usize = 8;
 const FIXED_BUFFERED_SLOTS: usize = 2;
 /// v0.2 request connections beyond one per service, for slots still draining.
 const V02_SPARE_SLOTS: usize = 4;
+/// How long a re-exec waits for the spawns in flight to finish before it execs anyway (a spawn
+/// still in flight then is found by its tag, or started again, by the next instance).
+const REEXEC_DRAIN_MAX_NS: u64 = 1_000_000_000;
+/// How often the loop looks again while a re-exec waits for spawns in flight.
+const REEXEC_POLL: Duration = Duration::from_millis(5);
 /// Buffers of a buffered ring slot (connections): one wire v1 frame each way.
 const SLOT_BUF_BYTES: u32 = crate::wire::v1::FRAME_LEN_MAX as u32;
 
@@ -132,13 +138,14 @@ fn put_output(
     log: &Logger,
     index: usize,
     def: &ServiceDef,
+    kept: [Option<(OwnedFd, OwnedFd)>; 2],
 ) -> [Option<SlotId>; 2] {
     use crate::config::OutputTarget;
     let targets = match def.policy.partition {
         Partition::Local => [&def.stdout, &def.stderr],
         Partition::Qm => [&OutputTarget::Inherit, &OutputTarget::Inherit],
     };
-    outputs.put(ring, log, index, &def.name, targets)
+    outputs.put(ring, log, index, &def.name, targets, kept)
 }
 
 /// journald's socket for the orchestrator's own lines: `[log] journal = "always"`, or
@@ -206,6 +213,68 @@ pub struct Orchestrator {
     recorder: Option<Recorder>,
     /// The previous instance's record, until start-up has carried on with it.
     carried_over: Option<crate::record::Record>,
+    /// What a re-exec runs (`None` if this process's program could not be read).
+    program: Option<Program>,
+    /// Re-execs before this instance.
+    generation: u32,
+    /// A re-exec asked for and not yet done: when, and the control connection that asked.
+    reexec: Option<(u64, Option<usize>)>,
+    /// What the previous instance handed over (after a re-exec), until start-up used it.
+    inherited: Option<Inherited>,
+    /// Services' pidfds systemd's fd store passed (`LISTEN_FDS`), until start-up used them.
+    stored: Vec<(String, OwnedFd)>,
+    /// A store in systemd's fd store failed (said once).
+    fd_store_failed: bool,
+}
+
+/// The services' pidfds in systemd's fd store, passed at start (`LISTEN_FDS`, names
+/// `pid.<service>`); other fds passed are closed. A malformed `LISTEN_*` is logged.
+fn stored_pidfds(log: &Logger) -> Vec<(String, OwnedFd)> {
+    let var = |name: &str| std::env::var(name).ok();
+    let passed = crate::fd_store::listen_fds(
+        var("LISTEN_PID").as_deref(),
+        var("LISTEN_FDS").as_deref(),
+        var("LISTEN_FDNAMES").as_deref(),
+        crate::sys::process::getpid(),
+    );
+    let passed = match passed {
+        Ok(passed) => passed,
+        Err(e) => {
+            log.line(
+                Priority::Err,
+                format_args!(
+                    "event=listen-fds-unusable error={} consequence=\"processes are taken over \
+                     from the state record\"",
+                    Quoted(&e.0)
+                ),
+            );
+            return Vec::new();
+        }
+    };
+    let mut stored = Vec::new();
+    for (number, name) in passed {
+        let Ok(fd) = crate::sys::fd::claim_inherited(number) else {
+            continue;
+        };
+        let _ = crate::sys::fd::set_cloexec(fd.as_fd(), true);
+        match crate::fd_store::service_of(&name) {
+            Some(service) if pidfd::is_pidfd(fd.as_fd()) => stored.push((service.to_string(), fd)),
+            _ => log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=listen-fd-unused fd={number} name={} effect=closed",
+                    Quoted(&name)
+                ),
+            ),
+        }
+    }
+    stored
+}
+
+/// The fd number of a borrowed fd (for the re-exec handoff).
+fn raw(fd: std::os::fd::BorrowedFd<'_>) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
 }
 
 impl Drop for Orchestrator {
@@ -225,9 +294,21 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
+        // After a re-exec: what the previous instance kept open for this one.
+        let (mut inherited, handoff_error) =
+            match Inherited::from_env(settings.slots.max(defs.len())) {
+                Ok(inherited) => (inherited, None),
+                Err(e) => (None, Some(e)),
+            };
         // Before anything starts: one orchestrator per runtime directory.
         let runtime = match &settings.runtime_dir {
-            Some(dir) => Some(RuntimeDir::lock(dir).map_err(Error::Runtime)?),
+            Some(dir) => {
+                let kept = inherited.as_mut().and_then(|i| {
+                    let fd = i.handoff.lock;
+                    i.take(fd)
+                });
+                Some(RuntimeDir::lock(dir, kept).map_err(Error::Runtime)?)
+            }
             None => None,
         };
         let journal = own_lines_journal(&settings, options.log_fd);
@@ -239,6 +320,22 @@ impl Orchestrator {
         )
         .map_err(|e| Error::Io("log writer thread", e))?;
         let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
+        let stored = if options.notify {
+            stored_pidfds(&log)
+        } else {
+            Vec::new()
+        };
+        if let Some(e) = handoff_error {
+            log.line(
+                Priority::Err,
+                format_args!(
+                    "event=handoff-unusable error={} consequence=\"started as after a crash: \
+                     processes are taken over from the state record, the control socket and \
+                     output pipes are made anew\"",
+                    Quoted(&e)
+                ),
+            );
+        }
         let capacity = settings.slots.max(defs.len()).max(1);
         if capacity > supervise::SERVICES_MAX {
             return Err(Error::Service(format!(
@@ -319,7 +416,14 @@ impl Orchestrator {
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
-            let taken = put_output(&mut outputs, &mut ring, &log, index, &def);
+            let kept = match inherited.as_mut() {
+                Some(i) if def.policy.partition == Partition::Local => [
+                    i.take_output(&def.name, crate::output::Stream::Stdout),
+                    i.take_output(&def.name, crate::output::Stream::Stderr),
+                ],
+                _ => [None, None],
+            };
+            let taken = put_output(&mut outputs, &mut ring, &log, index, &def, kept);
             for (stream, slot) in taken.iter().enumerate() {
                 if let Some(slot) = slot {
                     output_owners.push((slot.index(), Owner::Output(index as u32, stream as u8)));
@@ -423,6 +527,12 @@ impl Orchestrator {
             agent_status: "connecting",
             recorder,
             carried_over,
+            program: Program::of_this_process().ok(),
+            generation: inherited.as_ref().map_or(0, |i| i.handoff.generation),
+            reexec: None,
+            inherited,
+            stored,
+            fd_store_failed: false,
         })
     }
 
@@ -461,7 +571,9 @@ impl Orchestrator {
         self.start_up()?;
         while !self.done {
             self.counters.iterations.fetch_add(1, Ordering::Relaxed);
-            self.ring.submit_and_wait(1, None).map_err(Error::Enter)?;
+            // While a re-exec waits for spawns in flight, look again every few ms.
+            let wait = self.reexec.map(|_| REEXEC_POLL);
+            self.ring.submit_and_wait(1, wait).map_err(Error::Enter)?;
             while let Some(completion) = self.ring.next_completion() {
                 let started = ring::now_ns();
                 self.on_completion(completion);
@@ -471,6 +583,9 @@ impl Orchestrator {
             self.settle();
             if !self.pending_adds.is_empty() {
                 self.reload_pending();
+            }
+            if self.reexec.is_some() {
+                self.try_reexec();
             }
         }
         self.engine.close_agent();
@@ -525,14 +640,74 @@ impl Orchestrator {
         }
         self.engine.start(now());
         self.settle();
-        self.control.start(&mut self.ring, &self.log);
-        let resumed = self.carry_on();
+        let listener = self.inherited.as_mut().and_then(|i| {
+            let fd = i.handoff.control;
+            i.take(fd)
+        });
+        self.control.start(&mut self.ring, &self.log, listener);
+        // A re-exec's handoff first, then what systemd's fd store kept.
+        let mut handed = self
+            .inherited
+            .as_mut()
+            .map(Inherited::take_processes)
+            .unwrap_or_default();
+        for (name, fd) in std::mem::take(&mut self.stored) {
+            if !handed.iter().any(|(n, _)| *n == name) {
+                handed.push((name, fd));
+            }
+        }
+        let resumed = self.carry_on(handed);
+        if let Some(mut inherited) = self.inherited.take() {
+            let handoff = &inherited.handoff;
+            let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
+            let adopted = self.engine.core().services().filter(|&id| {
+                self.engine
+                    .core()
+                    .status(id)
+                    .is_some_and(|s| s.pid.is_some())
+            });
+            let adopted = adopted.count() as u32;
+            self.log.line(
+                Priority::Notice,
+                format_args!(
+                    "event=reexec-done generation={} took_us={took_us} services_with_a_process={adopted}",
+                    self.generation
+                ),
+            );
+            let reply = handoff.reply;
+            if let Some((fd, request)) = reply {
+                if let Some(fd) = inherited.take(Some(fd)) {
+                    control::answer_handed_over(
+                        fd,
+                        request,
+                        crate::control::ReexecInfo {
+                            generation: self.generation,
+                            took_us,
+                            adopted,
+                        },
+                    );
+                }
+            }
+        }
         for index in 0..self.services.list.len() {
             if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
                 let service = self.services.list[index].id;
                 let _ = self.engine.command(now(), service, Command::Start);
                 self.settle();
             }
+        }
+        let store = self.notify.fd_store();
+        if store > 0 && store < self.services.list.len() {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=fd-store-small fd_store={store} services={} consequence=\"the \
+                     pidfds that do not fit are not kept by systemd; those services are taken \
+                     over from the state record\" hint=\"FileDescriptorStoreMax= of at least \
+                     the number of services\"",
+                    self.services.list.len()
+                ),
+            );
         }
         let _ = self.notify.send(b"READY=1");
         self.update_status(if self.qm_services == 0 {
@@ -622,6 +797,7 @@ impl Orchestrator {
                 }
                 self.services
                     .watch(&mut self.ring, &self.log, service, handle);
+                self.store_pidfd(service);
             }
             Output::Signal {
                 service,
@@ -632,6 +808,12 @@ impl Orchestrator {
                 .signal(&self.ring, &self.log, service, pid, signal),
             Output::Release { service } => {
                 self.services.release(&mut self.ring, &self.log, service);
+                if self.notify.fd_store() > 0 {
+                    let result = self
+                        .notify
+                        .remove_pidfd(self.services.name(service.index()));
+                    self.fd_store_result(service, result);
+                }
                 // Its last line without a newline, if it left one.
                 let pid = self.engine.procs(service).last_pid;
                 self.outputs.on_exit(
@@ -863,6 +1045,7 @@ impl Orchestrator {
                 self.control
                     .command_done(&mut self.ring, &self.log, &view, conn, service, result);
             }
+            Some(Request::Reexec { conn }) => self.request_reexec(Some(conn)),
             Some(Request::Reload { conn }) => {
                 let mut notes = [0u8; TEXT_LEN_MAX];
                 let result = self.reload(&mut notes);
@@ -899,6 +1082,14 @@ impl Orchestrator {
         }
         let _ = self.ring.poll_add(slot, libc::POLLIN as u32);
         for &sig in &got[..n] {
+            if sig == libc::SIGUSR2 {
+                self.log.line(
+                    Priority::Notice,
+                    format_args!("event=signal signal=SIGUSR2 action=reexec"),
+                );
+                self.request_reexec(None);
+                continue;
+            }
             if sig == libc::SIGHUP {
                 self.log.line(
                     Priority::Notice,
@@ -947,6 +1138,186 @@ impl Orchestrator {
         }
     }
 
+    /// Puts the pidfd of `service`'s process into systemd's fd store, if there is one.
+    fn store_pidfd(&mut self, service: ServiceId) {
+        if self.notify.fd_store() == 0 {
+            return;
+        }
+        let Some(entry) = self.services.get(service) else {
+            return;
+        };
+        let Some(fd) = self.ring.fd(entry.slot) else {
+            return;
+        };
+        let result = self.notify.store_pidfd(&entry.def.name, fd);
+        self.fd_store_result(service, result);
+    }
+
+    /// Says once that systemd's fd store did not take a message (a full notify socket):
+    /// the state record still carries the services.
+    fn fd_store_result(&mut self, service: ServiceId, result: io::Result<()>) {
+        if let (Err(e), false) = (result, self.fd_store_failed) {
+            self.fd_store_failed = true;
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={} event=fd-store-failed error={} consequence=\"a restarted \
+                     orchestrator takes this service over from the state record\" \
+                     note=\"said once\"",
+                    self.services.name(service.index()),
+                    Quoted(&e.to_string())
+                ),
+            );
+        }
+    }
+
+    /// Asks for a re-exec (`conn`: the control connection to answer). Done by
+    /// [`Orchestrator::try_reexec`] once no spawn is in flight.
+    fn request_reexec(&mut self, conn: Option<usize>) {
+        if self.reexec.is_some() || self.engine.core().shutting_down() {
+            let text = if self.reexec.is_some() {
+                "a re-exec is already under way"
+            } else {
+                "the orchestrator is shutting down"
+            };
+            if let Some(k) = conn {
+                self.control
+                    .reexec_failed(&mut self.ring, &self.log, k, text);
+            }
+            return;
+        }
+        self.reexec = Some((ring::now_ns(), conn));
+        self.try_reexec();
+    }
+
+    /// Whether a spawn is in flight (a local one in a spawner thread, or a QM request).
+    fn spawning(&self) -> bool {
+        let core = self.engine.core();
+        self.engine.link().requests_outstanding() > 0
+            || core
+                .services()
+                .any(|id| core.status(id).is_some_and(|s| s.state == State::Starting))
+    }
+
+    /// Re-execs if nothing is in flight, or once [`REEXEC_DRAIN_MAX_NS`] has passed.
+    fn try_reexec(&mut self) {
+        let Some((asked_at, conn)) = self.reexec else {
+            return;
+        };
+        if self.engine.core().shutting_down() {
+            self.reexec = None;
+            if let Some(k) = conn {
+                let text = "the orchestrator began shutting down";
+                self.control
+                    .reexec_failed(&mut self.ring, &self.log, k, text);
+            }
+            return;
+        }
+        let spawning = self.spawning();
+        if spawning && ring::now_ns() < asked_at + REEXEC_DRAIN_MAX_NS {
+            return;
+        }
+        self.reexec = None;
+        let error = self.reexec_now(conn, spawning);
+        self.log.line(
+            Priority::Err,
+            format_args!(
+                "event=reexec-failed error={} effect=\"runs on as it was\"",
+                Quoted(&error)
+            ),
+        );
+        let _ = self.notify.send(b"READY=1");
+        if let Some(k) = conn {
+            self.control
+                .reexec_failed(&mut self.ring, &self.log, k, &error);
+        }
+    }
+
+    /// Writes the state record, hands over the fds and execs; returns only on failure.
+    fn reexec_now(&mut self, conn: Option<usize>, spawning: bool) -> String {
+        let Some(program) = &self.program else {
+            return "this process's program (/proc/self/exe) could not be read at start-up".into();
+        };
+        let Some(recorder) = &self.recorder else {
+            return "no runtime directory (runtime_dir): nothing would carry the services' \
+                    state across"
+                .into();
+        };
+        // The new instance reads the configuration file again: one it would refuse must
+        // not end this one.
+        if let Some(path) = &self.settings.config_path {
+            if let Err(e) = crate::config::Config::load(path) {
+                return format!(
+                    "the configuration file is invalid now, and the new instance would not \
+                     start: {e}"
+                );
+            }
+        }
+        // The pause starts here: from now on nothing is supervised until the new instance
+        // has carried on.
+        let began_ns = ring::now_ns();
+        // Replies already queued (the last answers before the exec) go out first.
+        let _ = self.ring.submit_and_wait(0, None);
+        if let Err(e) = recorder.write_now() {
+            recorder.resume_writing();
+            return format!("writing the state record: {e}");
+        }
+        let mut handoff = crate::handoff::Handoff {
+            generation: self.generation + 1,
+            began_ns,
+            ..Default::default()
+        };
+        let mut kept = vec![recorder.lock_fd()];
+        handoff.lock = Some(raw(recorder.lock_fd()));
+        if let Some(fd) = self.control.listener(&self.ring) {
+            handoff.control = Some(raw(fd));
+            kept.push(fd);
+        }
+        if let Some((fd, request)) = conn.and_then(|k| self.control.waiting_conn(&self.ring, k)) {
+            handoff.reply = Some((raw(fd), request));
+            kept.push(fd);
+        }
+        for (index, service) in self.services.list.iter().enumerate() {
+            let Ok(name) = arrayvec::ArrayString::from(service.def.name.as_str()) else {
+                continue;
+            };
+            if self.engine.procs(service.id).proc.is_some() {
+                if let Some(pidfd) = self.ring.fd(service.slot) {
+                    handoff.processes.push((name, raw(pidfd)));
+                    kept.push(pidfd);
+                }
+            }
+            for (stream, pipe) in self.outputs.pipes(index).into_iter().enumerate() {
+                let Some((slot, write)) = pipe else { continue };
+                let Some(read) = self.ring.fd(slot) else {
+                    continue;
+                };
+                handoff.outputs.push(crate::handoff::OutputFds {
+                    service: name,
+                    stream: crate::output::Stream::from_index(stream),
+                    read: raw(read),
+                    write: raw(write.as_fd()),
+                });
+                kept.push(read);
+                kept.push(write.as_fd());
+            }
+        }
+        let _ = self.notify.reloading(ring::now_ns() / 1_000);
+        self.log.line(
+            Priority::Notice,
+            format_args!(
+                "event=reexec binary={} generation={} fds_kept={} spawns_in_flight={spawning}",
+                Quoted(&program.path().to_string_lossy()),
+                handoff.generation,
+                kept.len()
+            ),
+        );
+        self.log_writer.flush(log::background::FLUSH_TIMEOUT);
+        let error = program.exec(&handoff, &kept);
+        recorder.resume_writing();
+        format!("execve {}: {error}", program.path().to_string_lossy())
+    }
+
     /// Carries on with the services of the previous instance. Its state record says what each
     /// had; a recorded process found alive and proven the same process (pidfs inode, or start
     /// time with executable and command line) is taken over instead of started again; one that
@@ -955,7 +1326,10 @@ impl Orchestrator {
     /// flight at the crash) is found by its tag (`runtime::tagged_processes`) and taken over
     /// too; a second one of the same service is ended (SIGKILL): one process per service.
     /// Returns the indices of the services carried on with (not started at boot).
-    fn carry_on(&mut self) -> Vec<usize> {
+    ///
+    /// After a re-exec `handed` are the services' pidfds that the previous instance kept open:
+    /// the recorded process is that one, nothing needs to be looked up or checked.
+    fn carry_on(&mut self, mut handed: Vec<(String, OwnedFd)>) -> Vec<usize> {
         let entries = self
             .carried_over
             .take()
@@ -965,7 +1339,7 @@ impl Orchestrator {
             Some(dir) => runtime::tagged_processes(dir),
             None => Default::default(),
         };
-        if entries.is_empty() && tagged.is_empty() {
+        if entries.is_empty() && tagged.is_empty() && handed.is_empty() {
             return Vec::new();
         }
         for entry in &entries {
@@ -988,8 +1362,8 @@ impl Orchestrator {
             }
         }
         let mut resumed = Vec::new();
-        let (mut adopted, mut found, mut gone, mut refused, mut ended) =
-            (0u32, 0u32, 0u32, 0u32, 0u32);
+        let (mut adopted, mut found, mut gone, mut refused, mut ended, mut by_pidfd) =
+            (0u32, 0u32, 0u32, 0u32, 0u32, 0u32);
         for index in 0..self.services.list.len() {
             let def = &self.services.list[index].def;
             let (name, partition) = (def.name.clone(), def.policy.partition);
@@ -1009,10 +1383,25 @@ impl Orchestrator {
                 candidates.iter().partition(|p| in_cgroup.contains(p));
             candidates = outside;
             let mut live = None;
+            let mut kept = handed
+                .iter()
+                .position(|(n, _)| *n == name)
+                .map(|i| handed.swap_remove(i).1);
+            if let Some(fd) = &kept {
+                let pid = pidfd::identity(fd.as_fd()).map_or(-1, |i| i.pid);
+                candidates.retain(|&p| p != pid);
+            }
             if let Some(entry) = entry {
                 if let Some(pid) = entry.carried.pid {
                     candidates.retain(|&p| p != pid.0);
-                    match runtime::find(pid.0, entry.identity) {
+                    let found = match kept.take() {
+                        Some(fd) => {
+                            by_pidfd += 1;
+                            Found::Same(fd)
+                        }
+                        None => runtime::find(pid.0, entry.identity),
+                    };
+                    match found {
                         Found::Same(fd) => {
                             adopted += 1;
                             live = Some((fd, pid.0, entry.identity, entry.qm_pid));
@@ -1043,6 +1432,29 @@ impl Orchestrator {
                             );
                         }
                     }
+                }
+            }
+            // A pidfd kept for a service the record does not name (no record, or a process
+            // started within its lag): that process, whatever its pid.
+            if let Some(fd) = kept.take() {
+                let id = pidfd::identity(fd.as_fd()).ok();
+                if let Some(id) = id.filter(|id| id.pid > 0) {
+                    by_pidfd += 1;
+                    self.log.line(
+                        Priority::Notice,
+                        format_args!(
+                            "service={name} partition={} pid={} event=found-by-pidfd \
+                             effect=\"taken over: its pidfd was kept for this instance\"",
+                            partition.as_str(),
+                            id.pid
+                        ),
+                    );
+                    let identity = match id.inode {
+                        0 => runtime::start_time_identity(id.pid)
+                            .unwrap_or(crate::record::Identity::None),
+                        inode => crate::record::Identity::Pidfs(inode),
+                    };
+                    live = Some((fd, id.pid, identity, 0));
                 }
             }
             // The newest tagged process (the last of them) is the last spawn: take it over if
@@ -1110,7 +1522,10 @@ impl Orchestrator {
             let id = service.id;
             // After a crash the previous instance's children were reparented: their exit
             // status is read through PIDFD_INFO_EXIT, as for QM.
-            service.reaped_elsewhere = live.is_some();
+            // After a re-exec they are still ours: exit statuses through waitid, as before.
+            service.reaped_elsewhere = live
+                .as_ref()
+                .is_some_and(|&(_, pid, _, _)| !runtime::is_our_child(pid));
             let live = live.map(|(fd, pid, identity, qm_pid)| {
                 service.start_identity = identity;
                 let inode = match identity {
@@ -1136,7 +1551,8 @@ impl Orchestrator {
             Priority::Notice,
             format_args!(
                 "event=carried-over services={} adopted={adopted} found_by_tag={found} \
-                 gone={gone} pid_reused={refused} second_processes_ended={ended}",
+                 gone={gone} pid_reused={refused} second_processes_ended={ended} \
+                 by_kept_pidfd={by_pidfd}",
                 resumed.len()
             ),
         );
@@ -1486,7 +1902,14 @@ impl Orchestrator {
         {
             self.owners[freed.index()] = Owner::Free;
         }
-        let taken = put_output(&mut self.outputs, &mut self.ring, &self.log, index, def);
+        let taken = put_output(
+            &mut self.outputs,
+            &mut self.ring,
+            &self.log,
+            index,
+            def,
+            [None, None],
+        );
         for (stream, slot) in taken.iter().enumerate() {
             if let Some(slot) = slot {
                 self.owners[slot.index()] = Owner::Output(index as u32, stream as u8);

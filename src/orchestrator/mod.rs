@@ -21,6 +21,7 @@ mod counters;
 pub mod engine;
 mod event_loop;
 mod output;
+mod reexec;
 mod reload;
 mod runtime;
 mod services;

@@ -158,7 +158,9 @@ impl Outputs {
     /// Prepares the output of service `index` (start-up or reload; allocates): opens files and
     /// `/dev/null`, makes the pipes of captured streams and polls their read ends on slots of
     /// their own. Returns the slots taken, with their stream, for the loop's slot owners.
-    /// Whatever `index` held before is released first.
+    /// Whatever `index` held before is released first. `pipes` are a captured stream's pipe
+    /// (read end, write end) kept across a re-exec: used instead of a new one, so the
+    /// service's processes write on into the same pipe (one not used is closed).
     pub(crate) fn put(
         &mut self,
         ring: &mut Ring,
@@ -166,6 +168,7 @@ impl Outputs {
         index: usize,
         name: &str,
         targets: [&OutputTarget; 2],
+        mut pipes: [Option<(OwnedFd, OwnedFd)>; 2],
     ) -> [Option<SlotId>; 2] {
         self.release(ring, index);
         let mut out = ServiceOutput::empty();
@@ -177,7 +180,8 @@ impl Outputs {
                 OutputTarget::Null => crate::sys::fd::open(c"/dev/null", libc::O_WRONLY),
                 OutputTarget::File(path) => open_output_file(path),
                 OutputTarget::Journal | OutputTarget::Log => {
-                    match self.capture(ring, matches!(target, OutputTarget::Journal)) {
+                    let journal = matches!(target, OutputTarget::Journal);
+                    match self.capture(ring, journal, pipes[i].take()) {
                         Ok(captured) => {
                             slots[i] = Some(captured.slot);
                             out.child[i] = Some(Arc::clone(&captured.write));
@@ -226,9 +230,17 @@ impl Outputs {
         slots
     }
 
-    /// A pipe and a ring slot polling its read end.
-    fn capture(&mut self, ring: &mut Ring, journal: bool) -> Result<Captured, String> {
-        let (read, write) = crate::sys::fd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    /// A pipe (`kept`, or a new one) and a ring slot polling its read end.
+    fn capture(
+        &mut self,
+        ring: &mut Ring,
+        journal: bool,
+        kept: Option<(OwnedFd, OwnedFd)>,
+    ) -> Result<Captured, String> {
+        let (read, write) = match kept {
+            Some(pipe) => pipe,
+            None => crate::sys::fd::pipe().map_err(|e| format!("pipe: {e}"))?,
+        };
         crate::sys::fd::set_nonblock_cloexec(read.as_fd()).map_err(|e| format!("pipe: {e}"))?;
         let slot = ring.insert_bare().map_err(|e| format!("ring: {e}"))?;
         let polled = ring
@@ -245,6 +257,18 @@ impl Outputs {
             journal,
             held: false,
         })
+    }
+
+    /// The captured streams' pipes of service `index`: the read end's ring slot and the write
+    /// end (what a re-exec keeps).
+    pub(crate) fn pipes(&self, index: usize) -> [Option<(SlotId, &OwnedFd)>; 2] {
+        let mut pipes = [None, None];
+        if let Some(entry) = self.list.get(index) {
+            for (place, stream) in pipes.iter_mut().zip(&entry.streams) {
+                *place = stream.as_ref().map(|c| (c.slot, &*c.write));
+            }
+        }
+        pipes
     }
 
     /// Frees the output of service `index` (removed, or put again): its slots (their read

@@ -15,7 +15,7 @@ use crate::record::{self, Entry, Identity, Record};
 use crate::sys;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -58,7 +58,7 @@ pub(crate) struct RuntimeDir {
     dir: PathBuf,
     /// Held for the life of the process (and across a re-exec): the lock is this open file
     /// description's, so it goes when the process dies, however it dies.
-    _lock: OwnedFd,
+    lock: OwnedFd,
     state: CString,
     tmp: CString,
 }
@@ -75,7 +75,11 @@ fn path_c(path: &Path) -> Result<CString, RuntimeError> {
 impl RuntimeDir {
     /// Creates the directory if needed (mode 0755) and takes its lock, or says who holds it. A
     /// lock left by a dead process is no obstacle: the kernel released it with the process.
-    pub(crate) fn lock(dir: &Path) -> Result<RuntimeDir, RuntimeError> {
+    ///
+    /// After a re-exec `inherited` is the previous instance's lock fd: the lock is still held
+    /// (the same open file description), so there is no moment at which another instance could
+    /// take it. It is used only if it is this directory's lock file.
+    pub(crate) fn lock(dir: &Path, inherited: Option<OwnedFd>) -> Result<RuntimeDir, RuntimeError> {
         let io = |what: &str, path: &Path| {
             let text = format!("{what} {}", path.display());
             move |e| RuntimeError::Io(text, e)
@@ -89,8 +93,19 @@ impl RuntimeDir {
                 .map_err(io("cannot create the runtime directory", dir))?;
         }
         let lock_path = dir.join("lock");
-        let lock = sys::fd::open_create(&path_c(&lock_path)?, libc::O_RDWR, 0o644)
-            .map_err(io("open", &lock_path))?;
+        let lock_c = path_c(&lock_path)?;
+        let same_file = |fd: &OwnedFd| match (sys::fd::fstat(fd.as_fd()), sys::fd::lstat(&lock_c)) {
+            (Ok(held), Ok(Some(path))) => held.dev == path.dev && held.ino == path.ino,
+            _ => false,
+        };
+        let lock = match inherited.filter(same_file) {
+            Some(fd) => {
+                sys::fd::set_cloexec(fd.as_fd(), true).map_err(io("fcntl", &lock_path))?;
+                fd
+            }
+            None => sys::fd::open_create(&lock_c, libc::O_RDWR, 0o644)
+                .map_err(io("open", &lock_path))?,
+        };
         if !sys::fd::try_lock_exclusive(lock.as_fd()).map_err(io("flock", &lock_path))? {
             let mut buf = [0u8; 16];
             let n = sys::fd::read_full(lock.as_fd(), &mut buf).unwrap_or(0);
@@ -109,7 +124,7 @@ impl RuntimeDir {
             state: path_c(&dir.join("state"))?,
             tmp: path_c(&dir.join("state.tmp"))?,
             dir: dir.to_path_buf(),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -305,21 +320,34 @@ pub(crate) enum Found {
     Other,
 }
 
+/// Whether `pid` is a child of this process (`/proc/PID/stat` field 4).
+pub(crate) fn is_our_child(pid: i32) -> bool {
+    let path = sys::fd::ProcPath::pid_file(pid, "stat");
+    let mut buf = [0u8; 1024];
+    let Ok(n) = sys::fd::read_small_file(path.as_cstr(), &mut buf) else {
+        return false;
+    };
+    stat_field(&buf[..n], 4) == Some(sys::process::getpid() as u64)
+}
+
 /// Opens a pidfd for a recorded pid and checks that it is the recorded process.
 pub(crate) fn find(pid: i32, identity: Identity) -> Found {
     let Ok(pidfd) = pidfd::open(pid) else {
         return Found::Gone;
     };
-    let same = match identity {
-        Identity::None => false,
-        Identity::Pidfs(ino) => pidfd::pidfs_inode(pidfd.as_fd()) == Some(ino),
-        Identity::StartTime { .. } => {
-            // Read /proc, then make sure the pidfd's process was alive throughout: a pid
-            // reused between the two would have failed pidfd_open or this signal 0.
-            let read = start_time_identity(pid);
-            read == Some(identity) && pidfd::send_signal(pidfd.as_fd(), 0).is_ok()
-        }
-    };
+    // A child of this process (after a re-exec): its pid cannot have been reused, since only
+    // this process reaps it; it may be a zombie already, whose exe is gone.
+    let same = is_our_child(pid)
+        || match identity {
+            Identity::None => false,
+            Identity::Pidfs(ino) => pidfd::pidfs_inode(pidfd.as_fd()) == Some(ino),
+            Identity::StartTime { .. } => {
+                // Read /proc, then make sure the pidfd's process was alive throughout: a pid
+                // reused between the two would have failed pidfd_open or this signal 0.
+                let read = start_time_identity(pid);
+                read == Some(identity) && pidfd::send_signal(pidfd.as_fd(), 0).is_ok()
+            }
+        };
     if same {
         Found::Same(pidfd)
     } else {
@@ -343,11 +371,18 @@ struct Table {
     stop: bool,
     /// After `stop`: remove the record instead of writing it.
     remove: bool,
+    /// Written by a re-exec ([`Recorder::write_now`]): the writer thread does not write.
+    frozen: bool,
 }
 
 struct Shared {
     table: Mutex<Table>,
     changed: Condvar,
+    runtime: RuntimeDir,
+    boot_id: String,
+    /// Held while `state.tmp` is written and renamed: the writer thread and a re-exec's last
+    /// write ([`Recorder::write_now`]) never write it at once.
+    file: Mutex<()>,
 }
 
 /// The state record's writer: see the module documentation.
@@ -371,13 +406,17 @@ impl Recorder {
                 is_dirty: vec![false; capacity].into_boxed_slice(),
                 stop: false,
                 remove: false,
+                frozen: false,
             }),
             changed: Condvar::new(),
+            runtime,
+            boot_id,
+            file: Mutex::new(()),
         });
         let theirs = Arc::clone(&shared);
         let thread = sys::signal::spawn_thread_blocking_signals(
             std::thread::Builder::new().name("holden-record".into()),
-            move || write_loop(&theirs, &runtime, &boot_id, &log, capacity),
+            move || write_loop(&theirs, &log, capacity),
         )?;
         Ok(Recorder {
             shared,
@@ -410,6 +449,38 @@ impl Recorder {
         }
     }
 
+    /// Writes the whole record now, in the calling thread, and keeps the writer thread from
+    /// writing it again until [`Recorder::resume_writing`] (a re-exec: the next instance must
+    /// read exactly this). Allocates (a re-exec is a start-up, not the loop's steady state).
+    pub(crate) fn write_now(&self) -> io::Result<()> {
+        let poisoned = || io::Error::from_raw_os_error(libc::EDEADLK);
+        let _file = self.shared.file.lock().map_err(|_| poisoned())?;
+        let mut table = self.shared.table.lock().map_err(|_| poisoned())?;
+        table.frozen = true;
+        let mut buf = vec![0u8; record::size_max(table.entries.len())];
+        write_record(
+            &self.shared.runtime,
+            &self.shared.boot_id,
+            &table.entries,
+            &mut buf,
+        )
+    }
+
+    /// After a failed re-exec: the writer thread writes again.
+    pub(crate) fn resume_writing(&self) {
+        if let Ok(mut table) = self.shared.table.lock() {
+            table.frozen = false;
+            if !table.dirty.is_empty() {
+                self.shared.changed.notify_one();
+            }
+        }
+    }
+
+    /// The lock file's fd (kept across a re-exec).
+    pub(crate) fn lock_fd(&self) -> BorrowedFd<'_> {
+        self.shared.runtime.lock.as_fd()
+    }
+
     /// Writes the last state (or removes the record when `remove`: a clean shutdown left no
     /// process) and ends the writer thread.
     pub(crate) fn stop(&mut self, remove: bool) {
@@ -434,7 +505,8 @@ impl Drop for Recorder {
 
 /// The writer thread: waits for a change, lets changes gather for [`RECORD_INTERVAL`], takes
 /// the changed entries into its own copy of the table, and writes the whole record.
-fn write_loop(shared: &Shared, runtime: &RuntimeDir, boot_id: &str, log: &Logger, capacity: usize) {
+fn write_loop(shared: &Shared, log: &Logger, capacity: usize) {
+    let (runtime, boot_id) = (&shared.runtime, shared.boot_id.as_str());
     let mut copy: Box<[Option<Entry>]> = vec![None; capacity].into_boxed_slice();
     let mut buf = vec![0u8; record::size_max(capacity)].into_boxed_slice();
     let mut failed_before = false;
@@ -466,6 +538,16 @@ fn write_loop(shared: &Shared, runtime: &RuntimeDir, boot_id: &str, log: &Logger
             }
             (table.stop, table.remove)
         };
+        let Ok(_file) = shared.file.lock() else {
+            return;
+        };
+        if shared.table.lock().map_or(true, |table| table.frozen) {
+            // A re-exec wrote the record last: it stays as written.
+            if stop {
+                return;
+            }
+            continue;
+        }
         if remove {
             runtime.remove_record();
             return;

@@ -143,6 +143,35 @@ pub fn claim_inherited(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
+/// Sets or clears an fd's close-on-exec flag (cleared: the fd is kept across a re-exec).
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD changes only the descriptor's flags; no memory.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flag) }).map(|_| ())
+}
+
+/// An anonymous memory file kept across exec (`memfd_create` without `MFD_CLOEXEC`): the
+/// handoff of a re-exec.
+pub fn memfd_kept(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the kernel returns a new fd or -1.
+    owned(unsafe { libc::memfd_create(name.as_ptr(), 0) })
+}
+
+/// Reads from `offset` without moving the file position (`pread`).
+pub fn read_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    retry(|| {
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+        check_size(unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                offset as libc::off_t,
+            )
+        })
+    })
+}
+
 /// Makes an fd non-blocking and close-on-exec (an fd inherited from systemd).
 pub fn set_nonblock_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: fcntl flag queries and changes on a descriptor the caller owns; no memory.

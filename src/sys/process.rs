@@ -99,6 +99,24 @@ pub const PIDFD_INFO_PID: u64 = libc::PIDFD_INFO_PID as u64;
 /// `PIDFD_INFO_EXIT` as a `u64` mask bit.
 pub const PIDFD_INFO_EXIT: u64 = libc::PIDFD_INFO_EXIT as u64;
 
+/// Replaces this process's program (`execve`): returns only on failure. Every other thread
+/// ends with the exec; fds without close-on-exec, the pid, the children and the signal mask are
+/// kept.
+pub fn execve(
+    path: &std::ffi::CStr,
+    argv: &[&std::ffi::CStr],
+    envp: &[&std::ffi::CStr],
+) -> io::Error {
+    let mut args: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    args.push(std::ptr::null());
+    let mut env: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    env.push(std::ptr::null());
+    // SAFETY: `path` and every entry are NUL-terminated strings that outlive the call; both
+    // arrays end with a null pointer.
+    unsafe { libc::execve(path.as_ptr(), args.as_ptr(), env.as_ptr()) };
+    io::Error::last_os_error()
+}
+
 /// This process's pid.
 pub fn getpid() -> i32 {
     // SAFETY: getpid takes no arguments and cannot fail.

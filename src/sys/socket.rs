@@ -214,6 +214,25 @@ pub fn send_with_fd(
     data: &[u8],
     pass_fd: Option<BorrowedFd<'_>>,
 ) -> io::Result<usize> {
+    send_msg(fd, data, pass_fd, None)
+}
+
+/// [`send_with_fd`] to `to`, on an unconnected datagram socket (sd_notify with an fd).
+pub fn send_to_with_fd(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    pass_fd: Option<BorrowedFd<'_>>,
+    to: &UnixAddr,
+) -> io::Result<usize> {
+    send_msg(fd, data, pass_fd, Some(to))
+}
+
+fn send_msg(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    pass_fd: Option<BorrowedFd<'_>>,
+    to: Option<&UnixAddr>,
+) -> io::Result<usize> {
     let mut control = ControlBuf([0; CONTROL_BYTES]);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
@@ -223,6 +242,10 @@ pub fn send_with_fd(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
+    if let Some(to) = to {
+        msg.msg_name = to.ptr() as *mut libc::c_void;
+        msg.msg_namelen = to.len;
+    }
     if let Some(passed) = pass_fd {
         // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA address our aligned control buffer, which
         // has room for one cmsghdr and one c_int.
@@ -241,7 +264,8 @@ pub fn send_with_fd(
         }
     }
     retry(|| {
-        // SAFETY: `msg` points to `iov` (the caller's bytes) and `control`, valid for the call.
+        // SAFETY: `msg` points to `iov` (the caller's bytes), `control` and the caller's
+        // address, all valid for the call; the kernel only reads them.
         check_size(unsafe {
             libc::sendmsg(
                 fd.as_raw_fd(),
@@ -571,6 +595,29 @@ impl Listener {
             ino: st.ino,
         });
         Ok((Listener { fd, file }, stale))
+    }
+
+    /// The listener a previous instance of this process bound at `path` and kept across its
+    /// re-exec: still listening (connections made meanwhile wait in its backlog), and its file
+    /// ours to remove. Refused unless `fd` is a socket and `path` still a socket file.
+    pub fn inherited(fd: OwnedFd, path: &[u8]) -> Result<Listener, BindError> {
+        let cpath = CString::new(path).map_err(|e| BindError::Address(e.into()))?;
+        let is_socket = super::fd::fstat(fd.as_fd()).map_err(|e| BindError::Io("fstat", e))?;
+        if !is_socket.is_socket() {
+            return Err(BindError::NotASocket);
+        }
+        let st = match super::fd::lstat(&cpath) {
+            Ok(Some(st)) if st.is_socket() => st,
+            Ok(_) => return Err(BindError::NotASocket),
+            Err(e) => return Err(BindError::Io("stat", e)),
+        };
+        super::fd::set_cloexec(fd.as_fd(), true).map_err(|e| BindError::Io("fcntl", e))?;
+        let file = Some(SocketFile {
+            path: cpath,
+            dev: st.dev,
+            ino: st.ino,
+        });
+        Ok(Listener { fd, file })
     }
 
     /// A listener passed in by someone else (systemd): its file is not ours to remove.

@@ -103,6 +103,8 @@ fn plan(o: &Options) -> Plan {
             memory_restarts: 200,
             growth_early: 1_000,
             growth_late: 3_000,
+            reexec_services: vec![64],
+            reexecs: 10,
             phase_time_max: Duration::from_secs(30),
             growth_time_max: Duration::from_secs(60),
         }
@@ -121,6 +123,8 @@ fn plan(o: &Options) -> Plan {
             memory_restarts: 1_000,
             growth_early: 1_000,
             growth_late: 50_000,
+            reexec_services: vec![64, 1024],
+            reexecs: 30,
             phase_time_max: Duration::from_secs(300),
             growth_time_max: Duration::from_secs(600),
         }
@@ -366,6 +370,29 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
                     &format!("orchestrator RSS {} KiB", p.orchestrator.rss_kib),
                 );
                 r.slots.push(p);
+                leftovers(ctx, r, &label);
+            }
+            Err(e) => fail(ctx, r, &label, e),
+        }
+    }
+    for wanted in ctx.plan.reexec_services.clone() {
+        let Some(services) = slots_or_fail(ctx, r, wanted) else {
+            continue;
+        };
+        let label = format!("re-exec services={services}");
+        match phases::reexec(ctx, services) {
+            Ok(p) => {
+                ctx.progress.done(
+                    &label,
+                    &format!(
+                        "pause p50 {} max {}; restart p50 {} max {}",
+                        stats::us(p.pauses.p50_ns),
+                        stats::us(p.pauses.max_ns),
+                        stats::us(p.restarts.p50_ns),
+                        stats::us(p.restarts.max_ns)
+                    ),
+                );
+                r.reexec.push(p);
                 leftovers(ctx, r, &label);
             }
             Err(e) => fail(ctx, r, &label, e),

@@ -56,6 +56,9 @@ pub struct Plan {
     pub memory_slots: Vec<usize>,
     pub memory_restarts: u64,
     pub growth_early: u64,
+    /// Services of the re-exec runs (one crash-looping, the others up), and re-execs per run.
+    pub reexec_services: Vec<usize>,
+    pub reexecs: u32,
     pub growth_late: u64,
     pub phase_time_max: Duration,
     pub growth_time_max: Duration,
@@ -187,6 +190,19 @@ impl ScalePoint {
 pub struct SlotsPoint {
     pub slots: usize,
     pub orchestrator: Sample,
+}
+
+/// Live re-execs of an orchestrator with `services` services, one of them restarting at once.
+#[derive(Clone, Debug, Default)]
+pub struct ReexecPoint {
+    pub services: usize,
+    /// The pause of each re-exec (`holdenctl reexec`: the old instance's last record write to
+    /// the new instance supervising again), ns.
+    pub pauses: Summary,
+    /// The crash-looping service's restart latencies over the whole run (re-execs included).
+    pub restarts: Summary,
+    /// Its restarts during the run.
+    pub restarted: u64,
 }
 
 /// Memory and fds early and late in a long run (one local and one QM service).
@@ -733,4 +749,88 @@ pub fn loop_line(r: &LoopResult) -> String {
         stats::us(r.latency.max_ns),
         r.restarts_per_s
     )
+}
+
+/// `services` services, the first restarting at once and the others up; after a warm-up,
+/// `reexecs` live re-execs (`holdenctl reexec`, 100 ms apart). The pause of each is what the
+/// new instance reports; the crash-looping service's restart latencies show what the pauses
+/// cost a restart that fell due in one.
+pub fn reexec(ctx: &mut Ctx, services: usize) -> Result<ReexecPoint, String> {
+    let label = format!("re-exec services={services}");
+    let recs = ctx.dir.join(&format!("reexec-{services}.rec"));
+    let text = config::orchestrator(
+        &ctx.dir.0,
+        services,
+        &ctx.bins.probe,
+        &recs,
+        &config::services(services, 1, false),
+    );
+    let name = format!("reexec-{services}");
+    let mut orch = Orchestrator::start(&ctx.bins.orchestrator, &ctx.dir, &name, &text)?;
+    let deadline = Instant::now() + ctx.plan.phase_time_max;
+    let warm = records::count(&recs) + services as u64 + 200;
+    wait_records(
+        &mut ctx.progress,
+        &label,
+        &recs,
+        warm,
+        deadline,
+        &mut orch,
+        None,
+    )?;
+    let first = records::count(&recs) as usize;
+    let mut pauses = Vec::new();
+    for k in 1..=ctx.plan.reexecs {
+        ctx.progress
+            .update(&label, &format!("re-exec {k}/{}", ctx.plan.reexecs));
+        let out = Command::new(&ctx.bins.holdenctl)
+            .arg("--socket")
+            .arg(ctx.dir.join("control.sock"))
+            .arg("reexec")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{}: {e}", ctx.bins.holdenctl.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success() {
+            return Err(format!(
+                "holdenctl reexec failed ({}): {}{}",
+                out.status,
+                text.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        pauses.push(parse_reexec_pause(&text).ok_or_else(|| format!("holdenctl reexec: {text}"))?);
+        orch.check()?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = records::read(&recs)?;
+    let last = all.len();
+    orch.stop()?;
+    let mut latencies = records::latencies(&all, first..last)?;
+    Ok(ReexecPoint {
+        services,
+        pauses: Summary::of(&mut pauses),
+        restarted: latencies.len() as u64,
+        restarts: Summary::of(&mut latencies),
+    })
+}
+
+/// The pause in ns from `re-executed in 4.349 ms (...)`.
+fn parse_reexec_pause(text: &str) -> Option<u64> {
+    let ms = text.strip_prefix("re-executed in ")?.split(' ').next()?;
+    let (whole, frac) = ms.split_once('.')?;
+    let us = whole.parse::<u64>().ok()? * 1_000 + frac.parse::<u64>().ok()?;
+    Some(us * 1_000)
+}
+
+#[cfg(test)]
+mod reexec_tests {
+    #[test]
+    fn parses_the_pause() {
+        assert_eq!(
+            super::parse_reexec_pause("re-executed in 4.349 ms (re-exec 1 of this orchestrator)"),
+            Some(4_349_000)
+        );
+        assert_eq!(super::parse_reexec_pause("refused"), None);
+    }
 }

@@ -547,3 +547,62 @@ fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
         "{stderr}"
     );
 }
+
+/// A live re-exec (`holdenctl reexec`) with a forking service in its cgroup: the new instance
+/// carries the whole tree on (nothing of it ended or moved, the cgroup not made anew), and a
+/// stop after the re-exec ends every process of it.
+#[test]
+fn a_reexec_keeps_the_whole_tree_and_stop_ends_it() {
+    let Some(root) = CgroupRoot::new("reexec") else {
+        return;
+    };
+    let dir = TempDir::new("cg-reexec");
+    let marker = sleep_marker("3600");
+    let _left = Marked(marker.clone());
+    let script = tree_script(&marker);
+    let config = format!(
+        "{}{}{}",
+        config_header(&dir.path("agent.sock")),
+        root.toml(),
+        service(
+            "tree",
+            "local",
+            &["/bin/sh", "-c", &script],
+            "restart = \"never\"\nstop_timeout = \"20s\""
+        )
+    );
+    let mut orch = Orch::start(&dir, &config);
+    orch.wait_lines(&["service=tree ", "reason=spawned"], 1);
+    let main = last_spawned_pid(&orch, "tree");
+    let tree = wait_until("50 processes of the tree", || {
+        let pids = marked(&marker);
+        (pids.len() >= 50).then_some(pids)
+    });
+    let cgroup = root.service("tree");
+    let inode = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let cgroup_inode = inode(&cgroup);
+    let (code, text) = holdenctl_text(&dir.path("control.sock"), &["reexec"]);
+    assert_eq!(code, 0, "{text}");
+    orch.wait_lines(&["event=reexec-done"], 1);
+    let dead: Vec<i32> = tree.iter().copied().filter(|&p| !alive(p)).collect();
+    assert_eq!(dead, Vec::<i32>::new(), "{}", orch.log());
+    assert_eq!(inode(&cgroup), cgroup_inode, "the cgroup was made anew");
+    assert!(orch
+        .lines_with(&["service=tree ", "event=second-process-ended"])
+        .is_empty());
+    assert_eq!(
+        orch.lines_with(&["service=tree ", "reason=spawned"]).len(),
+        1
+    );
+    assert!(alive(main));
+    let out = holdenctl(&dir.path("control.sock"), &["stop", "tree"]);
+    assert!(out.status.success(), "{out:?}");
+    orch.wait_lines(&["service=tree ", "state=stopped"], 1);
+    let left: Vec<i32> = tree.iter().copied().filter(|&p| alive(p)).collect();
+    assert_eq!(left, Vec::<i32>::new(), "{}", orch.log());
+    assert_eq!(marked(&marker), Vec::<i32>::new());
+    assert!(orch.stop(libc::SIGTERM).success());
+}

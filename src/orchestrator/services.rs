@@ -820,3 +820,58 @@ pub(crate) fn apply_limits<'l>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits' plumbing against a plain directory standing in for a cgroup (the files
+    /// exist, as the kernel's do; nothing is created): each value lands in its file.
+    #[test]
+    fn limits_are_written_into_their_cgroup_files() {
+        let text = "[[service]]\nname = \"hog\"\npartition = \"local\"\nargv = [\"/bin/true\"]\n\
+                    memory_max = \"32M\"\nmemory_high = 1000\ncpu_weight = 50\ncpu_max = \"50%\"\n\
+                    pids_max = \"max\"\nio_weight = 200\n";
+        let config = crate::config::Config::parse(text, "t.toml").unwrap();
+        let limits = &config.services[0].cgroup_limits;
+        let dir = std::env::temp_dir().join(format!("holden-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            "memory.max",
+            "memory.high",
+            "cpu.weight",
+            "cpu.max",
+            "pids.max",
+            "io.weight",
+        ];
+        for file in files {
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+        let fd = std::fs::File::open(&dir).unwrap();
+        let fd = OwnedFd::from(fd);
+        apply_limits(limits, fd.as_fd())
+            .map_err(|(l, e)| (l.key, e))
+            .unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(
+            files.map(read),
+            [
+                "33554432",
+                "1000",
+                "50",
+                "50000 100000",
+                "max",
+                "default 200"
+            ]
+        );
+        assert_eq!(limits.controllers(), vec!["memory", "cpu", "pids", "io"]);
+        // A file that is not there (a controller not enabled): the first failing limit.
+        std::fs::remove_file(dir.join("cpu.weight")).unwrap();
+        let (limit, e) = apply_limits(limits, fd.as_fd()).unwrap_err();
+        assert_eq!(
+            (limit.key, e.raw_os_error()),
+            ("cpu_weight", Some(libc::ENOENT))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

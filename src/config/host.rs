@@ -107,19 +107,31 @@ impl Host for ThisMachine {
                 mount.join(own.trim_start_matches('/'))
             }
         };
+        // The orchestrator enables a controller in the root's parent first when the root
+        // does not offer it (`Hierarchy::enable`): what the parent offers counts too.
+        let read = |p: &Path| std::fs::read_to_string(p.join("cgroup.controllers")).ok();
         let mut at = dir.as_path();
         loop {
-            match std::fs::read_to_string(at.join("cgroup.controllers")) {
-                Ok(text) => return Ok((at.to_path_buf(), text.trim().to_string())),
-                Err(_) => match at.parent() {
-                    Some(parent) => at = parent,
-                    None => {
-                        return Err(format!(
-                            "{} is not in a cgroup v2 file system",
-                            dir.display()
-                        ))
+            if let Some(text) = read(at) {
+                let mut offered: Vec<String> = text.split_whitespace().map(String::from).collect();
+                if at == dir.as_path() {
+                    let parent = at.parent().and_then(read).unwrap_or_default();
+                    for c in parent.split_whitespace() {
+                        if !offered.iter().any(|o| o == c) {
+                            offered.push(c.to_string());
+                        }
                     }
-                },
+                }
+                return Ok((at.to_path_buf(), offered.join(" ")));
+            }
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => {
+                    return Err(format!(
+                        "{} is not in a cgroup v2 file system",
+                        dir.display()
+                    ))
+                }
             }
         }
     }

@@ -155,11 +155,34 @@ if [ "$SCENARIO" = cgroup-limits ]; then
     fi
     pass "pids-max the fork bomb was held at pids.max=20 ($EVENTS): $HOW"
 
+    wait_count 'service=vm-stubborn .*reason=spawned' 1 "vm-stubborn start"
+    tries=0
+    until [ "$(wc -l <$CG/vm-stubborn/cgroup.procs)" -ge 3 ]; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 300 ] && fail "tree-kill: vm-stubborn has $(wc -l <$CG/vm-stubborn/cgroup.procs) processes"
+        usleep 100000
+    done
+    TREE=$(cat $CG/vm-stubborn/cgroup.procs | tr '\n' ' ')
+    holdenctl stop vm-stubborn >/tmp/stop.txt 2>&1 || fail "tree-kill: holdenctl stop: $(cat /tmp/stop.txt)"
+    wait_count 'service=vm-stubborn .*state=stopped' 1 "vm-stubborn stopped"
+    for p in $TREE; do
+        alive "$p" && fail "tree-kill: $p of vm-stubborn's tree ($TREE) outlived the stop"
+    done
+    [ "$(count 'service=vm-stubborn .*signal=SIGKILL target=cgroup')" -ge 1 ] \
+        || fail "tree-kill: no SIGKILL to vm-stubborn's cgroup in the log"
+    holdenctl start vm-stubborn >/tmp/start.txt 2>&1 || fail "tree-kill: holdenctl start: $(cat /tmp/start.txt)"
+    wait_count 'service=vm-stubborn .*reason=spawned' 2 "vm-stubborn started again"
+    usleep 500000
+    S2=$(last_pid vm-stubborn)
+    alive "$S2" || fail "tree-kill: vm-stubborn $S2 started after the kill did not stay up"
+    if [ -e $CG/vm-stubborn/cgroup.kill ]; then HOW=cgroup.kill; else HOW="freeze and kill (no cgroup.kill before 5.14)"; fi
+    pass "tree-kill the SIGTERM-proof tree ($TREE) ended by SIGKILL through $HOW after stop_timeout; started again as $S2, which stays up"
+
     kill -TERM "$ORCH"
     wait "$ORCH"
     RC=$?
     [ "$RC" -eq 0 ] || fail "cgroup-shutdown: orchestrator exited with $RC"
-    for s in vm-hog vm-forks vm-weighted; do
+    for s in vm-hog vm-forks vm-weighted vm-stubborn; do
         [ -d "$CG/$s" ] && fail "cgroup-shutdown: $CG/$s is still there: $(cat $CG/$s/cgroup.procs | tr '\n' ' ')"
     done
     pass "cgroup-shutdown SIGTERM: exit 0, every service's cgroup empty and removed"

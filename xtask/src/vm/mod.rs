@@ -82,7 +82,13 @@ const VM_CONFIG: &str = include_str!("vm.toml");
 const VM_CGROUP_CONFIG: &str = include_str!("vm-cgroup.toml");
 
 /// Steps the cgroup-limits run must report as passed, in order.
-pub const CGROUP_STEPS: [&str; 4] = ["cgroup-files", "oom-kill", "pids-max", "cgroup-shutdown"];
+pub const CGROUP_STEPS: [&str; 5] = [
+    "cgroup-files",
+    "oom-kill",
+    "pids-max",
+    "tree-kill",
+    "cgroup-shutdown",
+];
 
 /// Steps the guest must report as passed, in order.
 pub const STEPS: [&str; 8] = [

@@ -133,9 +133,11 @@ fn a_real_time_policy_and_priority_are_set() {
         "sched_policy = \"other\"\nnice = -3",
     );
     let mut orch = orchestrator(&dir, &config);
+    // Without `nice` a service keeps the orchestrator's (the test may run under nice(1)).
+    let inherited = stat_field(orch.pid(), 19);
     for (name, policy, rt_priority, nice) in [
-        ("fifo", "1", "10", "0"),
-        ("rr", "2", "3", "0"),
+        ("fifo", "1", "10", inherited.as_str()),
+        ("rr", "2", "3", inherited.as_str()),
         ("other", "0", "0", "-3"),
     ] {
         orch.wait_lines(&[&format!("service={name} "), "reason=spawned"], 1);

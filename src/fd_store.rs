@@ -1,43 +1,105 @@
 //! systemd's file descriptor store (`FileDescriptorStoreMax=`), used for the services'
-//! pidfds: sans-IO, the messages and the parsing of what systemd passes back. The sending (one
-//! `sd_notify` datagram with the pidfd in `SCM_RIGHTS`) is [`crate::sd_notify::Notifier`]'s.
+//! pidfds and their captured output pipes: sans-IO, the names, the messages and the parsing of
+//! what systemd passes back. The sending (one `sd_notify` datagram with the fd in
+//! `SCM_RIGHTS`) is [`crate::sd_notify::Notifier`]'s.
 //!
 //! When a service's process is watched the orchestrator stores its pidfd
 //! (`FDSTORE=1`, `FDNAME=pid.<service>`, `FDPOLL=0`: systemd must not drop it when the process
 //! exits, which makes a pidfd readable); when the process is released it removes it
-//! (`FDSTOREREMOVE=1`). systemd keeps the store while it restarts the orchestrator and passes
-//! every stored fd to the next instance as `LISTEN_FDS` (fds 3 onwards) with their names in
-//! `LISTEN_FDNAMES`; the next instance takes each service's process over by its pidfd, with
-//! no pid to look up and nothing that a reused pid could fool. systemd sets `FDSTORE` (254+) to
-//! the store's size; without it nothing is stored.
+//! (`FDSTOREREMOVE=1`). Each captured output pipe is stored once, both ends
+//! (`out.<service>.stdout.r` and `….w`), so that a service taken over after a crash writes on
+//! into a pipe that is read instead of getting `EPIPE`. systemd keeps the store while it
+//! restarts the orchestrator and passes every stored fd to the next instance as `LISTEN_FDS`
+//! (fds 3 onwards) with their names in `LISTEN_FDNAMES`; the next instance takes each service's
+//! process over by its pidfd, with no pid to look up and nothing that a reused pid could fool.
+//! systemd sets `FDSTORE` (254+) to the store's size; without it nothing is stored.
 
+use crate::output::Stream;
 use std::io::Write;
 use std::os::fd::RawFd;
 
 /// The prefix of a pidfd's name in the store (`FDNAME=pid.camera`).
 pub const PIDFD_NAME_PREFIX: &str = "pid.";
+/// The prefix of an output pipe end's name (`FDNAME=out.camera.stdout.r`).
+pub const PIPE_NAME_PREFIX: &str = "out.";
 /// Longest message (systemd allows names of 255 bytes).
 pub const MESSAGE_LEN_MAX: usize = 320;
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
 /// Most fds taken from `LISTEN_FDS` (more are refused as a whole: not what systemd sends).
-pub const LISTEN_FDS_MAX: usize = 4096;
+pub const LISTEN_FDS_MAX: usize = 16_384;
+/// Store entries one service may use: its pidfd and both ends of two pipes.
+pub const FDS_PER_SERVICE_MAX: usize = 5;
 
-/// `FDSTORE=1` for the pidfd of `service`; `None` if it does not fit.
-pub fn store_message(buf: &mut [u8; MESSAGE_LEN_MAX], service: &str) -> Option<usize> {
+/// What a stored fd is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// The pidfd of the service's process.
+    Pidfd { service: &'a str },
+    /// One end of a service's captured output pipe (`write`: the write end).
+    Pipe {
+        service: &'a str,
+        stream: Stream,
+        write: bool,
+    },
+}
+
+impl std::fmt::Display for Stored<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Pidfd { service } => write!(f, "{PIDFD_NAME_PREFIX}{service}"),
+            Stored::Pipe {
+                service,
+                stream,
+                write,
+            } => write!(
+                f,
+                "{PIPE_NAME_PREFIX}{service}.{}.{}",
+                stream.as_str(),
+                if *write { "w" } else { "r" }
+            ),
+        }
+    }
+}
+
+impl Stored<'_> {
+    /// What a stored fd's name says it is (`None`: not one of ours).
+    pub fn of(name: &str) -> Option<Stored<'_>> {
+        if let Some(service) = name.strip_prefix(PIDFD_NAME_PREFIX) {
+            return (!service.is_empty()).then_some(Stored::Pidfd { service });
+        }
+        let rest = name.strip_prefix(PIPE_NAME_PREFIX)?;
+        let (rest, end) = rest.rsplit_once('.')?;
+        let (service, stream) = rest.rsplit_once('.')?;
+        let stream = match stream {
+            "stdout" => Stream::Stdout,
+            "stderr" => Stream::Stderr,
+            _ => return None,
+        };
+        let write = match end {
+            "r" => false,
+            "w" => true,
+            _ => return None,
+        };
+        (!service.is_empty()).then_some(Stored::Pipe {
+            service,
+            stream,
+            write,
+        })
+    }
+}
+
+/// `FDSTORE=1` for `what`; `None` if it does not fit.
+pub fn store_message(buf: &mut [u8; MESSAGE_LEN_MAX], what: Stored<'_>) -> Option<usize> {
     let mut w = &mut buf[..];
-    write!(
-        w,
-        "FDSTORE=1\nFDNAME={PIDFD_NAME_PREFIX}{service}\nFDPOLL=0"
-    )
-    .ok()?;
+    write!(w, "FDSTORE=1\nFDNAME={what}\nFDPOLL=0").ok()?;
     Some(MESSAGE_LEN_MAX - w.len())
 }
 
-/// `FDSTOREREMOVE=1` for the pidfd of `service`.
-pub fn remove_message(buf: &mut [u8; MESSAGE_LEN_MAX], service: &str) -> Option<usize> {
+/// `FDSTOREREMOVE=1` for `what`.
+pub fn remove_message(buf: &mut [u8; MESSAGE_LEN_MAX], what: Stored<'_>) -> Option<usize> {
     let mut w = &mut buf[..];
-    write!(w, "FDSTOREREMOVE=1\nFDNAME={PIDFD_NAME_PREFIX}{service}").ok()?;
+    write!(w, "FDSTOREREMOVE=1\nFDNAME={what}").ok()?;
     Some(MESSAGE_LEN_MAX - w.len())
 }
 
@@ -101,12 +163,6 @@ pub fn listen_fds(
         .collect())
 }
 
-/// The service whose pidfd a stored fd's name says it is.
-pub fn service_of(name: &str) -> Option<&str> {
-    name.strip_prefix(PIDFD_NAME_PREFIX)
-        .filter(|s| !s.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,17 +170,57 @@ mod tests {
     #[test]
     fn the_messages_are_systemd_s() {
         let mut buf = [0u8; MESSAGE_LEN_MAX];
-        let len = store_message(&mut buf, "camera").unwrap();
+        let camera = Stored::Pidfd { service: "camera" };
+        let len = store_message(&mut buf, camera).unwrap();
         assert_eq!(
             &buf[..len],
             b"FDSTORE=1\nFDNAME=pid.camera\nFDPOLL=0".as_slice()
         );
-        let len = remove_message(&mut buf, "camera").unwrap();
+        let len = remove_message(&mut buf, camera).unwrap();
         assert_eq!(
             &buf[..len],
             b"FDSTOREREMOVE=1\nFDNAME=pid.camera".as_slice()
         );
-        assert_eq!(store_message(&mut buf, &"x".repeat(400)), None);
+        let long = "x".repeat(400);
+        assert_eq!(
+            store_message(&mut buf, Stored::Pidfd { service: &long }),
+            None
+        );
+        let pipe = Stored::Pipe {
+            service: "a.b",
+            stream: Stream::Stderr,
+            write: true,
+        };
+        let len = store_message(&mut buf, pipe).unwrap();
+        assert_eq!(
+            &buf[..len],
+            b"FDSTORE=1\nFDNAME=out.a.b.stderr.w\nFDPOLL=0".as_slice()
+        );
+    }
+
+    #[test]
+    fn names_say_what_is_stored() {
+        assert_eq!(
+            Stored::of("pid.camera"),
+            Some(Stored::Pidfd { service: "camera" })
+        );
+        assert_eq!(
+            Stored::of("out.a.b.stdout.r"),
+            Some(Stored::Pipe {
+                service: "a.b",
+                stream: Stream::Stdout,
+                write: false
+            })
+        );
+        for other in [
+            "pid.",
+            "control",
+            "out.a.stdin.r",
+            "out.a.stdout.x",
+            "out..stdout.r",
+        ] {
+            assert_eq!(Stored::of(other), None, "{other}");
+        }
     }
 
     #[test]
@@ -145,14 +241,11 @@ mod tests {
         for (pid, fds, names, expected) in [
             ("x", "1", "", "not a pid"),
             ("42", "-1", "", "not a number"),
-            ("42", "5000", "", "more than"),
+            ("42", "50000", "", "more than"),
             ("42", "2", "a", "1 names for LISTEN_FDS=2"),
         ] {
             let e = listen_fds(Some(pid), Some(fds), Some(names), 42).unwrap_err();
             assert!(e.0.contains(expected), "{e}");
         }
-        assert_eq!(service_of("pid.camera"), Some("camera"));
-        assert_eq!(service_of("pid."), None);
-        assert_eq!(service_of("control"), None);
     }
 }

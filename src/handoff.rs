@@ -9,15 +9,17 @@
 //! holden-handoff 1
 //! generation 3
 //! began 81230000000
+//! spawning 0
 //! lock 4
 //! control 5
 //! reply 9 17
 //! output camera stdout 6 7
 //! process camera 8
-//! end 7
+//! end 8
 //! ```
 //!
 //! `began` is `CLOCK_MONOTONIC` in nanoseconds when the previous instance started the re-exec;
+//! `spawning 1` says a spawn was still in flight (its process, if any, is found by its tag);
 //! `reply` is the fd and the request id of the control connection to answer; `output` lines
 //! give a service's stream with the pipe's read end and write end; `process` lines a
 //! service's pidfd (kept, a process that exits during the exec is still known by it, and its
@@ -60,6 +62,8 @@ pub struct Handoff {
     pub generation: u32,
     /// `CLOCK_MONOTONIC` ns when the previous instance began the re-exec.
     pub began_ns: u64,
+    /// A spawn was in flight at the exec.
+    pub spawning: bool,
     pub lock: Option<RawFd>,
     pub control: Option<RawFd>,
     /// The control connection to answer, and its request id.
@@ -103,6 +107,8 @@ impl Handoff {
         writeln!(w, "holden-handoff {VERSION}").ok()?;
         writeln!(w, "generation {}", self.generation).ok()?;
         writeln!(w, "began {}", self.began_ns).ok()?;
+        writeln!(w, "spawning {}", u8::from(self.spawning)).ok()?;
+        lines += 1;
         if let Some(fd) = self.lock {
             writeln!(w, "lock {fd}").ok()?;
             lines += 1;
@@ -158,6 +164,7 @@ pub fn decode(bytes: &[u8], services_max: usize) -> Result<Handoff, HandoffError
     let mut ended = false;
     let mut seen_generation = false;
     let mut seen_began = false;
+    let mut seen_spawning = false;
     for (i, line) in body.split('\n').enumerate() {
         let number = i + 1;
         let bad = |message: String| HandoffError {
@@ -208,6 +215,17 @@ pub fn decode(bytes: &[u8], services_max: usize) -> Result<Handoff, HandoffError
                 handoff.began_ns = n
                     .parse()
                     .map_err(|_| bad(format!("began {n:?}: not a number")))?;
+            }
+            ["spawning", n] => {
+                if seen_spawning {
+                    return Err(twice("spawning"));
+                }
+                seen_spawning = true;
+                handoff.spawning = match *n {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad(format!("spawning {n:?}: not 0 or 1"))),
+                };
             }
             ["lock", n] => {
                 if handoff.lock.replace(fd(n)?).is_some() {
@@ -285,10 +303,10 @@ pub fn decode(bytes: &[u8], services_max: usize) -> Result<Handoff, HandoffError
             message: "cut short (no end line)".into(),
         });
     }
-    if !seen_generation || !seen_began {
+    if !seen_generation || !seen_began || !seen_spawning {
         return Err(HandoffError {
             line: 1,
-            message: "no generation or began line".into(),
+            message: "no generation, began or spawning line".into(),
         });
     }
     let mut fds: Vec<RawFd> = handoff.fds().collect();
@@ -322,6 +340,7 @@ mod tests {
         Handoff {
             generation: 3,
             began_ns: 81_230_000_000,
+            spawning: false,
             lock: Some(4),
             control: Some(5),
             reply: Some((9, 17)),
@@ -342,8 +361,8 @@ mod tests {
         let text = std::str::from_utf8(&buf[..len]).unwrap();
         assert_eq!(
             text,
-            "holden-handoff 1\ngeneration 3\nbegan 81230000000\nlock 4\ncontrol 5\nreply 9 17\n\
-             output camera stdout 6 7\nprocess camera 8\nend 7\n"
+            "holden-handoff 1\ngeneration 3\nbegan 81230000000\nspawning 0\nlock 4\ncontrol 5\nreply 9 17\n\
+             output camera stdout 6 7\nprocess camera 8\nend 8\n"
         );
         assert_eq!(decode(text.as_bytes(), 1).unwrap(), sample());
         assert!(decode(text.as_bytes(), 0)
@@ -371,7 +390,8 @@ mod tests {
         let edits = [
             ("lock 4", "lock 2", "3 or more"),
             ("lock 4", "lock 5", "fd 5 named twice"),
-            ("end 7", "end 5", "end says 5"),
+            ("end 8", "end 5", "end says 5"),
+            ("spawning 0", "spawning 2", "not 0 or 1"),
             ("process camera 8", "process camera 7", "fd 7 named twice"),
             ("stdout", "stdin", "not stdout or stderr"),
             ("reply 9 17", "reply 9 x", "request id"),

@@ -120,6 +120,22 @@ pub fn wait_child(pidfd: BorrowedFd<'_>) -> io::Result<Option<WaitStatus>> {
     }))
 }
 
+/// Whether the process behind `pidfd` is a child of ours (see
+/// [`process::pidfd_is_child`]): its exit status is then read with [`wait_child`].
+pub fn is_child(pidfd: BorrowedFd<'_>) -> bool {
+    process::pidfd_is_child(pidfd)
+}
+
+/// Whether the process behind `pidfd` has ended (its pidfd is readable).
+pub fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [crate::sys::poll::PollFd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    crate::sys::poll::poll(&mut fds, 0).is_ok_and(|n| n > 0)
+}
+
 /// Reads the exit status of any process behind `pidfd` (not only our children) through
 /// `PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`. Needs 6.15+, and the process reaped.
 pub fn exit_info(pidfd: BorrowedFd<'_>) -> ExitInfo {

@@ -96,24 +96,28 @@ impl Notifier {
         }
     }
 
-    /// Stores the pidfd of `service`'s process in systemd's fd store (when there is one).
-    pub fn store_pidfd(&self, service: &str, pidfd: BorrowedFd<'_>) -> io::Result<()> {
-        let (Some((fd, addr)), true) = (&self.socket, self.fd_store > 0) else {
+    /// Stores `fd` in systemd's fd store as `what` (when there is a store).
+    pub fn store_fd(
+        &self,
+        what: crate::fd_store::Stored<'_>,
+        fd: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let (Some((socket, addr)), true) = (&self.socket, self.fd_store > 0) else {
             return Ok(());
         };
         let mut buf = [0u8; crate::fd_store::MESSAGE_LEN_MAX];
-        let len = crate::fd_store::store_message(&mut buf, service)
+        let len = crate::fd_store::store_message(&mut buf, what)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
-        socket::send_to_with_fd(fd.as_fd(), &buf[..len], Some(pidfd), addr).map(|_| ())
+        socket::send_to_with_fd(socket.as_fd(), &buf[..len], Some(fd), addr).map(|_| ())
     }
 
-    /// Removes the pidfd of `service` from systemd's fd store (its process was released).
-    pub fn remove_pidfd(&self, service: &str) -> io::Result<()> {
+    /// Removes `what` from systemd's fd store.
+    pub fn remove_fd(&self, what: crate::fd_store::Stored<'_>) -> io::Result<()> {
         if self.fd_store == 0 {
             return Ok(());
         }
         let mut buf = [0u8; crate::fd_store::MESSAGE_LEN_MAX];
-        let len = crate::fd_store::remove_message(&mut buf, service)
+        let len = crate::fd_store::remove_message(&mut buf, what)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
         self.send(&buf[..len])
     }

@@ -534,10 +534,11 @@ fn a_service_dying_of_every_signal_is_reported_with_that_signal() {
 }
 
 /// SIGKILL of the orchestrator: nothing stops its services. The local one is reparented and
-/// keeps running, the QM one keeps running in QM; a new orchestrator does not adopt them and
-/// starts its own, so each service then runs twice (docs/orchestrator.md, "Signals").
+/// keeps running, the QM one keeps running in QM. An orchestrator on *another* runtime
+/// directory is another orchestrator: it takes nothing over and starts its own (the one on the
+/// same directory takes them over: tests/orchestrator_adoption.rs).
 #[test]
-fn sigkill_of_the_orchestrator_leaves_services_running_and_a_restart_duplicates_them() {
+fn sigkill_of_the_orchestrator_leaves_services_running_and_another_runtime_dir_starts_its_own() {
     let dir = TempDir::new("rel-orch-kill");
     let qm = Qm::start(&dir, "");
     let (ml, mq) = (marker(), marker());

@@ -987,6 +987,7 @@ fn policy(
         start_limit,
         stop_signal,
         stop_timeout: check.duration_or(table, "stop_timeout", prefix, defaults.stop_timeout),
+        readiness: crate::supervise::Readiness::SIMPLE,
     }
 }
 

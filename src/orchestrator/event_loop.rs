@@ -44,8 +44,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, engine timer,
-/// exit retry, spawner eventfd, agent connection and its spare.
-pub const FIXED_SLOTS: usize = 8;
+/// exit retry, spawner eventfd, fd store retry, agent connection and its spare.
+pub const FIXED_SLOTS: usize = 9;
+/// How soon a message systemd's fd store did not take (its notify socket full) is tried again.
+const FD_STORE_RETRY: Duration = Duration::from_millis(20);
 /// Of those, the ones with buffers: the agent connection and its spare.
 const FIXED_BUFFERED_SLOTS: usize = 2;
 /// v0.2 request connections beyond one per service, for slots still draining.
@@ -68,6 +70,7 @@ enum Owner {
     Watchdog,
     Timer,
     ExitRetry,
+    FdStoreRetry,
     Spawner,
     Agent,
     Control,
@@ -223,13 +226,21 @@ pub struct Orchestrator {
     inherited: Option<Inherited>,
     /// Services' pidfds systemd's fd store passed (`LISTEN_FDS`), until start-up used them.
     stored: Vec<(String, OwnedFd)>,
-    /// A store in systemd's fd store failed (said once).
+    /// Services whose entries in systemd's fd store may be wrong (a message it did not take):
+    /// sent again from the retry timer until they are right.
+    fd_store_dirty: Box<[bool]>,
+    /// The fd store retry timer's slot (with a store), and whether it is armed.
+    fd_store_retry: Option<(SlotId, bool)>,
+    /// A message to systemd's fd store failed (said once).
     fd_store_failed: bool,
 }
 
-/// The services' pidfds in systemd's fd store, passed at start (`LISTEN_FDS`, names
-/// `pid.<service>`); other fds passed are closed. A malformed `LISTEN_*` is logged.
-fn stored_pidfds(log: &Logger) -> Vec<(String, OwnedFd)> {
+/// What systemd's fd store passed at start (`LISTEN_FDS`): the services' pidfds and output
+/// pipes, by their names (`crate::fd_store::Stored`); other fds passed are closed. A malformed
+/// `LISTEN_*` is said in the returned lines, for the log. Called before anything opens an fd:
+/// the numbers systemd passed are the lowest.
+fn stored_fds() -> (Vec<(String, OwnedFd)>, Vec<String>) {
+    let mut said = Vec::new();
     let var = |name: &str| std::env::var(name).ok();
     let passed = crate::fd_store::listen_fds(
         var("LISTEN_PID").as_deref(),
@@ -240,15 +251,12 @@ fn stored_pidfds(log: &Logger) -> Vec<(String, OwnedFd)> {
     let passed = match passed {
         Ok(passed) => passed,
         Err(e) => {
-            log.line(
-                Priority::Err,
-                format_args!(
-                    "event=listen-fds-unusable error={} consequence=\"processes are taken over \
-                     from the state record\"",
-                    Quoted(&e.0)
-                ),
-            );
-            return Vec::new();
+            said.push(format!(
+                "event=listen-fds-unusable error={} consequence=\"processes are taken over \
+                 from the state record\"",
+                Quoted(&e.0)
+            ));
+            return (Vec::new(), said);
         }
     };
     let mut stored = Vec::new();
@@ -257,18 +265,33 @@ fn stored_pidfds(log: &Logger) -> Vec<(String, OwnedFd)> {
             continue;
         };
         let _ = crate::sys::fd::set_cloexec(fd.as_fd(), true);
-        match crate::fd_store::service_of(&name) {
-            Some(service) if pidfd::is_pidfd(fd.as_fd()) => stored.push((service.to_string(), fd)),
-            _ => log.line(
-                Priority::Warning,
-                format_args!(
-                    "event=listen-fd-unused fd={number} name={} effect=closed",
-                    Quoted(&name)
-                ),
-            ),
+        let usable = match crate::fd_store::Stored::of(&name) {
+            Some(crate::fd_store::Stored::Pidfd { .. }) => pidfd::is_pidfd(fd.as_fd()),
+            Some(crate::fd_store::Stored::Pipe { .. }) => {
+                crate::sys::fd::fstat(fd.as_fd()).is_ok_and(|st| st.is_fifo())
+            }
+            None => false,
+        };
+        if usable {
+            stored.push((name, fd));
+        } else {
+            said.push(format!(
+                "event=listen-fd-unused fd={number} name={} effect=closed",
+                Quoted(&name)
+            ));
         }
     }
-    stored
+    (stored, said)
+}
+
+/// Takes the stored fd named by `what` out of `stored`.
+fn take_stored(
+    stored: &mut Vec<(String, OwnedFd)>,
+    what: crate::fd_store::Stored<'_>,
+) -> Option<OwnedFd> {
+    let name = what.to_string();
+    let i = stored.iter().position(|(n, _)| *n == name)?;
+    Some(stored.swap_remove(i).1)
 }
 
 /// The fd number of a borrowed fd (for the re-exec handoff).
@@ -294,6 +317,12 @@ impl Orchestrator {
         defs: Vec<ServiceDef>,
         options: Options,
     ) -> Result<Orchestrator, Error> {
+        // First of all, what systemd's fd store passed (the lowest fd numbers).
+        let (mut stored, stored_said) = if options.notify {
+            stored_fds()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         // After a re-exec: what the previous instance kept open for this one.
         let (mut inherited, handoff_error) =
             match Inherited::from_env(settings.slots.max(defs.len())) {
@@ -320,11 +349,9 @@ impl Orchestrator {
         )
         .map_err(|e| Error::Io("log writer thread", e))?;
         let log = Logger::new(options.log_fd, settings.log_level).in_background(log_writer.clone());
-        let stored = if options.notify {
-            stored_pidfds(&log)
-        } else {
-            Vec::new()
-        };
+        for line in &stored_said {
+            log.line(Priority::Warning, format_args!("{line}"));
+        }
         if let Some(e) = handoff_error {
             log.line(
                 Priority::Err,
@@ -416,13 +443,27 @@ impl Orchestrator {
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
-            let kept = match inherited.as_mut() {
-                Some(i) if def.policy.partition == Partition::Local => [
-                    i.take_output(&def.name, crate::output::Stream::Stdout),
-                    i.take_output(&def.name, crate::output::Stream::Stderr),
-                ],
-                _ => [None, None],
-            };
+            // A re-exec's pipes, else the ones systemd's fd store kept.
+            let kept =
+                [crate::output::Stream::Stdout, crate::output::Stream::Stderr].map(|stream| {
+                    if def.policy.partition != Partition::Local {
+                        return None;
+                    }
+                    if let Some(pipe) = inherited
+                        .as_mut()
+                        .and_then(|i| i.take_output(&def.name, stream))
+                    {
+                        return Some(pipe);
+                    }
+                    let end = |write| crate::fd_store::Stored::Pipe {
+                        service: &def.name,
+                        stream,
+                        write,
+                    };
+                    let read = take_stored(&mut stored, end(false));
+                    let write = take_stored(&mut stored, end(true));
+                    read.zip(write)
+                });
             let taken = put_output(&mut outputs, &mut ring, &log, index, &def, kept);
             for (stream, slot) in taken.iter().enumerate() {
                 if let Some(slot) = slot {
@@ -455,6 +496,11 @@ impl Orchestrator {
         let watchdog = match notify.watchdog_interval() {
             Some(interval) => Some((take_bare(&mut ring, Owner::Watchdog)?, interval)),
             None => None,
+        };
+        let fd_store_retry = if notify.fd_store() > 0 {
+            Some((take_bare(&mut ring, Owner::FdStoreRetry)?, false))
+        } else {
+            None
         };
         let timer_slot = take_bare(&mut ring, Owner::Timer)?;
         let spawner_slot = take_bare(&mut ring, Owner::Spawner)?;
@@ -532,6 +578,8 @@ impl Orchestrator {
             reexec: None,
             inherited,
             stored,
+            fd_store_dirty: vec![false; capacity].into_boxed_slice(),
+            fd_store_retry,
             fd_store_failed: false,
         })
     }
@@ -652,11 +700,55 @@ impl Orchestrator {
             .map(Inherited::take_processes)
             .unwrap_or_default();
         for (name, fd) in std::mem::take(&mut self.stored) {
-            if !handed.iter().any(|(n, _)| *n == name) {
-                handed.push((name, fd));
+            let Some(crate::fd_store::Stored::Pidfd { service }) =
+                crate::fd_store::Stored::of(&name)
+            else {
+                continue;
+            };
+            // Two by one name (a removal systemd did not get): the live process's.
+            let live = |fd: &OwnedFd| pidfd::identity(fd.as_fd()).is_ok_and(|i| i.pid > 0);
+            match handed.iter().position(|(n, _)| n == service) {
+                None => handed.push((service.to_string(), fd)),
+                Some(i) if !live(&handed[i].1) && live(&fd) => handed[i].1 = fd,
+                Some(_) => {}
             }
         }
         let resumed = self.carry_on(handed);
+        for index in 0..self.services.list.len() {
+            if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
+                let service = self.services.list[index].id;
+                let _ = self.engine.command(now(), service, Command::Start);
+                self.settle();
+            }
+        }
+        let store = self.notify.fd_store();
+        let needed = self.services.list.len() * crate::fd_store::FDS_PER_SERVICE_MAX;
+        if store > 0 && store < needed {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=fd-store-small fd_store={store} services={} needed={needed} \
+                     consequence=\"what does not fit is not kept by systemd: those services \
+                     are taken over from the state record, their output pipes made anew\" \
+                     hint=\"FileDescriptorStoreMax= of 5 per service (a pidfd and two pipes)\"",
+                    self.services.list.len()
+                ),
+            );
+        }
+        let _ = self.notify.send(b"READY=1");
+        // After READY=1, which must not wait behind these (the socket takes few at once):
+        // what the store holds from before (a lost message, a reload) is replaced by what is.
+        for index in 0..self.services.list.len() {
+            self.fd_store_sync(index);
+        }
+        self.update_status(if self.qm_services == 0 {
+            "not needed"
+        } else if self.engine.link().is_up() {
+            "up"
+        } else {
+            "connecting"
+        });
+        // After a re-exec: the pause ends here, as the loop begins.
         if let Some(mut inherited) = self.inherited.take() {
             let handoff = &inherited.handoff;
             let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
@@ -689,34 +781,6 @@ impl Orchestrator {
                 }
             }
         }
-        for index in 0..self.services.list.len() {
-            if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
-                let service = self.services.list[index].id;
-                let _ = self.engine.command(now(), service, Command::Start);
-                self.settle();
-            }
-        }
-        let store = self.notify.fd_store();
-        if store > 0 && store < self.services.list.len() {
-            self.log.line(
-                Priority::Warning,
-                format_args!(
-                    "event=fd-store-small fd_store={store} services={} consequence=\"the \
-                     pidfds that do not fit are not kept by systemd; those services are taken \
-                     over from the state record\" hint=\"FileDescriptorStoreMax= of at least \
-                     the number of services\"",
-                    self.services.list.len()
-                ),
-            );
-        }
-        let _ = self.notify.send(b"READY=1");
-        self.update_status(if self.qm_services == 0 {
-            "not needed"
-        } else if self.engine.link().is_up() {
-            "up"
-        } else {
-            "connecting"
-        });
         Ok(())
     }
 
@@ -797,7 +861,7 @@ impl Orchestrator {
                 }
                 self.services
                     .watch(&mut self.ring, &self.log, service, handle);
-                self.store_pidfd(service);
+                self.fd_store_sync(service.index());
             }
             Output::Signal {
                 service,
@@ -808,12 +872,7 @@ impl Orchestrator {
                 .signal(&self.ring, &self.log, service, pid, signal),
             Output::Release { service } => {
                 self.services.release(&mut self.ring, &self.log, service);
-                if self.notify.fd_store() > 0 {
-                    let result = self
-                        .notify
-                        .remove_pidfd(self.services.name(service.index()));
-                    self.fd_store_result(service, result);
-                }
+                self.fd_store_sync(service.index());
                 // Its last line without a newline, if it left one.
                 let pid = self.engine.procs(service).last_pid;
                 self.outputs.on_exit(
@@ -994,6 +1053,16 @@ impl Orchestrator {
                 }
             }
             Owner::Shutdown => self.on_shutdown_handle(),
+            Owner::FdStoreRetry => {
+                if let Some((_, armed)) = &mut self.fd_store_retry {
+                    *armed = false;
+                }
+                for index in 0..self.services.list.len() {
+                    if self.fd_store_dirty.get(index) == Some(&true) {
+                        self.fd_store_sync(index);
+                    }
+                }
+            }
             Owner::Watchdog => {
                 let _ = self.notify.send(b"WATCHDOG=1");
                 if let Some((slot, interval)) = self.watchdog {
@@ -1138,36 +1207,74 @@ impl Orchestrator {
         }
     }
 
-    /// Puts the pidfd of `service`'s process into systemd's fd store, if there is one.
-    fn store_pidfd(&mut self, service: ServiceId) {
-        if self.notify.fd_store() == 0 {
+    /// Makes systemd's fd store hold what service `index` has now: `FDSTOREREMOVE` of its
+    /// names (every entry by that name, so one left by a lost message goes too), then
+    /// `FDSTORE` of its process's pidfd, if it has one, and of both ends of its captured output
+    /// pipes. A message the store's socket did not take (full: these are sent without
+    /// blocking) leaves the service marked, and the retry timer sends it all again.
+    fn fd_store_sync(&mut self, index: usize) {
+        if self.notify.fd_store() == 0 || index >= self.services.list.len() {
             return;
         }
-        let Some(entry) = self.services.get(service) else {
+        use crate::fd_store::Stored;
+        let entry = &self.services.list[index];
+        let name = entry.def.name.as_str();
+        let mut result = self.notify.remove_fd(Stored::Pidfd { service: name });
+        if result.is_ok() && entry.active && self.engine.procs(entry.id).proc.is_some() {
+            if let Some(fd) = self.ring.fd(entry.slot) {
+                result = self.notify.store_fd(Stored::Pidfd { service: name }, fd);
+            }
+        }
+        for (i, pipe) in self.outputs.pipes(index).into_iter().enumerate() {
+            let stream = crate::output::Stream::from_index(i);
+            for write in [false, true] {
+                let what = Stored::Pipe {
+                    service: name,
+                    stream,
+                    write,
+                };
+                if result.is_err() {
+                    break;
+                }
+                result = self.notify.remove_fd(what);
+                let fd = match (&pipe, write) {
+                    (Some((_, w)), true) => Some(w.as_fd()),
+                    (Some((slot, _)), false) => self.ring.fd(*slot),
+                    (None, _) => None,
+                };
+                if let (Ok(()), Some(fd), true) = (&result, fd, entry.active) {
+                    result = self.notify.store_fd(what, fd);
+                }
+            }
+        }
+        if let Some(dirty) = self.fd_store_dirty.get_mut(index) {
+            *dirty = result.is_err();
+        }
+        let Err(e) = result else {
             return;
         };
-        let Some(fd) = self.ring.fd(entry.slot) else {
-            return;
-        };
-        let result = self.notify.store_pidfd(&entry.def.name, fd);
-        self.fd_store_result(service, result);
-    }
-
-    /// Says once that systemd's fd store did not take a message (a full notify socket):
-    /// the state record still carries the services.
-    fn fd_store_result(&mut self, service: ServiceId, result: io::Result<()>) {
-        if let (Err(e), false) = (result, self.fd_store_failed) {
+        if !self.fd_store_failed {
             self.fd_store_failed = true;
             self.log.line(
                 Priority::Warning,
                 format_args!(
-                    "service={} event=fd-store-failed error={} consequence=\"a restarted \
-                     orchestrator takes this service over from the state record\" \
-                     note=\"said once\"",
-                    self.services.name(service.index()),
-                    Quoted(&e.to_string())
+                    "service={name} event=fd-store-retry error={} effect=\"sent again every \
+                     {} ms until systemd takes it; meanwhile a restarted orchestrator takes \
+                     this service over from the state record\" note=\"said once\"",
+                    Quoted(&e.to_string()),
+                    FD_STORE_RETRY.as_millis()
                 ),
             );
+        }
+        if let Some((slot, armed)) = &mut self.fd_store_retry {
+            if !*armed
+                && self
+                    .ring
+                    .timeout(*slot, Timeout::After(FD_STORE_RETRY))
+                    .is_ok()
+            {
+                *armed = true;
+            }
         }
     }
 
@@ -1196,7 +1303,7 @@ impl Orchestrator {
         self.engine.link().requests_outstanding() > 0
             || core
                 .services()
-                .any(|id| core.status(id).is_some_and(|s| s.state == State::Starting))
+                .any(|id| core.status(id).is_some_and(|s| s.spawn_in_flight))
     }
 
     /// Re-execs if nothing is in flight, or once [`REEXEC_DRAIN_MAX_NS`] has passed.
@@ -1235,6 +1342,9 @@ impl Orchestrator {
 
     /// Writes the state record, hands over the fds and execs; returns only on failure.
     fn reexec_now(&mut self, conn: Option<usize>, spawning: bool) -> String {
+        // The pause starts here: from now on nothing is supervised until the new instance
+        // has carried on.
+        let began_ns = ring::now_ns();
         let Some(program) = &self.program else {
             return "this process's program (/proc/self/exe) could not be read at start-up".into();
         };
@@ -1253,9 +1363,6 @@ impl Orchestrator {
                 );
             }
         }
-        // The pause starts here: from now on nothing is supervised until the new instance
-        // has carried on.
-        let began_ns = ring::now_ns();
         // Replies already queued (the last answers before the exec) go out first.
         let _ = self.ring.submit_and_wait(0, None);
         if let Err(e) = recorder.write_now() {
@@ -1265,6 +1372,7 @@ impl Orchestrator {
         let mut handoff = crate::handoff::Handoff {
             generation: self.generation + 1,
             began_ns,
+            spawning,
             ..Default::default()
         };
         let mut kept = vec![recorder.lock_fd()];
@@ -1335,9 +1443,12 @@ impl Orchestrator {
             .take()
             .map(|r| r.entries)
             .unwrap_or_default();
+        // After a re-exec with no spawn in flight every process is known by its kept pidfd:
+        // no need to look through /proc.
+        let drained = self.inherited.as_ref().is_some_and(|i| !i.handoff.spawning);
         let mut tagged = match &self.settings.runtime_dir {
-            Some(dir) => runtime::tagged_processes(dir),
-            None => Default::default(),
+            Some(dir) if !drained => runtime::tagged_processes(dir),
+            _ => Default::default(),
         };
         if entries.is_empty() && tagged.is_empty() && handed.is_empty() {
             return Vec::new();
@@ -1387,13 +1498,21 @@ impl Orchestrator {
                 .iter()
                 .position(|(n, _)| *n == name)
                 .map(|i| handed.swap_remove(i).1);
-            if let Some(fd) = &kept {
+            if let (Some(fd), false) = (&kept, candidates.is_empty()) {
                 let pid = pidfd::identity(fd.as_fd()).map_or(-1, |i| i.pid);
                 candidates.retain(|&p| p != pid);
             }
             if let Some(entry) = entry {
                 if let Some(pid) = entry.carried.pid {
                     candidates.retain(|&p| p != pid.0);
+                    // A kept pidfd is the process (the record may lag it), unless that process
+                    // has ended while the recorded pid still runs: then the record is newer.
+                    let ended = |fd: &OwnedFd| pidfd::has_exited(fd.as_fd());
+                    if kept.as_ref().is_some_and(ended)
+                        && runtime::find(pid.0, entry.identity).is_same()
+                    {
+                        kept = None;
+                    }
                     let found = match kept.take() {
                         Some(fd) => {
                             by_pidfd += 1;
@@ -1525,7 +1644,7 @@ impl Orchestrator {
             // After a re-exec they are still ours: exit statuses through waitid, as before.
             service.reaped_elsewhere = live
                 .as_ref()
-                .is_some_and(|&(_, pid, _, _)| !runtime::is_our_child(pid));
+                .is_some_and(|(fd, _, _, _)| !pidfd::is_child(fd.as_fd()));
             let live = live.map(|(fd, pid, identity, qm_pid)| {
                 service.start_identity = identity;
                 let inode = match identity {
@@ -1695,6 +1814,9 @@ impl Orchestrator {
             Reason::Removed => write!(line, " reason=removed"),
             Reason::Adopted(pid) => write!(line, " reason=adopted adopted_pid={}", pid.0),
             Reason::Resumed => write!(line, " reason=resumed"),
+            Reason::Ready => write!(line, " reason=ready"),
+            Reason::StartTimeout => write!(line, " reason=start-timeout"),
+            Reason::Watchdog => write!(line, " reason=watchdog"),
         };
         if let Some(delay) = t.next_delay {
             let _ = write!(line, " next_delay_ms={}", delay.as_millis());
@@ -1915,6 +2037,7 @@ impl Orchestrator {
                 self.owners[slot.index()] = Owner::Output(index as u32, stream as u8);
             }
         }
+        self.fd_store_sync(index);
     }
 
     /// The engine has removed a service: free its ring slot and its entry.
@@ -1938,9 +2061,14 @@ impl Orchestrator {
         }
         self.log.line(
             Priority::Notice,
-            format_args!("service={} event=removed", entry.def.name),
+            format_args!(
+                "service={} event=removed",
+                self.services.name(service.index())
+            ),
         );
         self.services
             .remove_cgroup(&self.log, &self.services.list[service.index()].def.name);
+        // Inactive now: its entries leave the store.
+        self.fd_store_sync(service.index());
     }
 }

@@ -320,6 +320,13 @@ pub(crate) enum Found {
     Other,
 }
 
+impl Found {
+    /// Whether the recorded process was found.
+    pub(crate) fn is_same(&self) -> bool {
+        matches!(self, Found::Same(_))
+    }
+}
+
 /// Whether `pid` is a child of this process (`/proc/PID/stat` field 4).
 pub(crate) fn is_our_child(pid: i32) -> bool {
     let path = sys::fd::ProcPath::pid_file(pid, "stat");

@@ -231,6 +231,10 @@ impl FileStat {
     }
 
     /// A socket file.
+    pub fn is_fifo(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFIFO
+    }
+
     pub fn is_socket(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFSOCK
     }

@@ -62,6 +62,26 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Waite
     Ok(Some(Waited { code, status }))
 }
 
+/// Whether the process behind `pidfd` is a child of this process (running or a zombie):
+/// `waitid` with `WNOWAIT` reaps nothing, and refuses (ECHILD) anyone else's process.
+pub fn pidfd_is_child(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    retry(|| {
+        // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+        check(unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                flags,
+            )
+        })
+    })
+    .is_ok()
+}
+
 /// `PIDFD_GET_INFO` (6.13+) asking for `mask` (`PIDFD_INFO_PID`, `PIDFD_INFO_EXIT`, ...):
 /// the mask the kernel answered with, the pid in our PID namespace, and the wait(2)-style
 /// exit status (valid when the answer holds `PIDFD_INFO_EXIT`).

@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cgroup;
 #[cfg(feature = "orchestrator")]
 pub mod config;
 #[cfg(feature = "orchestrator")]

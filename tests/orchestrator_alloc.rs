@@ -55,6 +55,8 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         cwd: None,
         uid: None,
         gid: None,
+        exec: Default::default(),
+        cgroup_limits: Default::default(),
         policy: ServicePolicy {
             partition,
             restart: Restart::Always,

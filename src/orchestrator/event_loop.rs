@@ -434,6 +434,7 @@ impl Orchestrator {
         let mut engine = Engine::new(capacity, link_config, qm_services > 0);
         let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
         let mut services = Services::new(capacity, exit_retry_slot, caps);
+        services.cgroups = super::tree::resolve(&settings.cgroup_root, &log)?;
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, mut def) in defs.into_iter().enumerate() {
@@ -446,7 +447,11 @@ impl Orchestrator {
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
             debug_assert_eq!(id.index(), index);
             let spec = match def.policy.partition {
-                Partition::Local => Some(prepare_spec(&def).map_err(Error::Service)?),
+                Partition::Local => Some(
+                    services
+                        .with_cgroup(&def, prepare_spec(&def).map_err(Error::Service)?)
+                        .map_err(Error::Service)?,
+                ),
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
@@ -679,10 +684,17 @@ impl Orchestrator {
             socket.close();
         }
         self.spawner.stop();
+        let all_stopped = self.engine.core().shutdown_complete();
         if let Some(recorder) = &mut self.recorder {
             // Every service stopped: nothing for a next instance to take over. Left running
             // (`shutdown.stop_services = false`): the record lets the next one take them over.
-            recorder.stop(self.engine.core().shutdown_complete());
+            recorder.stop(all_stopped);
+        }
+        if all_stopped {
+            // A cgroup of a service left running holds its tree for the next instance.
+            for service in &self.services.list {
+                self.services.remove_cgroup(&self.log, &service.def.name);
+            }
         }
         self.log.line(
             Priority::Notice,
@@ -1003,10 +1015,19 @@ impl Orchestrator {
             Owner::Service(index) if c.op == OpTag::Poll => self.services.on_poll(
                 &mut self.ring,
                 &mut self.engine,
+                &self.log,
                 &self.counters,
                 now(),
                 index as usize,
                 c,
+            ),
+            Owner::Service(index) if c.op == OpTag::Timeout => self.services.on_tree_timeout(
+                &mut self.ring,
+                &mut self.engine,
+                &self.log,
+                &self.counters,
+                now(),
+                index as usize,
             ),
             Owner::Service(_) => {}
             Owner::Output(index, stream) => {
@@ -1047,10 +1068,13 @@ impl Orchestrator {
                 self.timer_at = None;
                 self.engine.handle_timeout(now());
             }
-            Owner::ExitRetry => {
-                self.services
-                    .on_exit_retry(&mut self.ring, &mut self.engine, &self.counters, now())
-            }
+            Owner::ExitRetry => self.services.on_exit_retry(
+                &mut self.ring,
+                &mut self.engine,
+                &self.log,
+                &self.counters,
+                now(),
+            ),
             Owner::Spawner => self.on_spawns_done(),
             Owner::Notify => self.on_notify(),
             Owner::Agent => {
@@ -1658,6 +1682,17 @@ impl Orchestrator {
                 .iter()
                 .find(|e| e.name.as_str() == name && e.partition == partition);
             let mut candidates = tagged.remove(&name).unwrap_or_default();
+            // A local service with a cgroup: what the cgroup holds is its tree, the processes
+            // of one spawn (a main's exit is reported only once its cgroup is empty), never
+            // second processes; a double-forked one is a tagged root too, and is left alone.
+            let in_cgroup: Vec<i32> = match (partition, &self.services.cgroups) {
+                (Partition::Local, Some(cgroups)) => cgroups.procs(&name).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            // Oldest first: the first is the tree's main process while it lives.
+            let (tree_roots, outside): (Vec<i32>, Vec<i32>) =
+                candidates.iter().partition(|p| in_cgroup.contains(p));
+            candidates = outside;
             let mut live = None;
             let mut kept = handed
                 .iter()
@@ -1744,7 +1779,13 @@ impl Orchestrator {
             // The newest tagged process (the last of them) is the last spawn: take it over if
             // nothing else was.
             if live.is_none() {
-                while let Some(pid) = candidates.pop() {
+                // In a cgroup, the oldest of the tree (its main process) when the record
+                // names no process (a spawn in flight at the crash); a recorded main that is
+                // gone left the rest orphaned (a new spawn waits for an empty cgroup). Else
+                // the newest tagged process outside it.
+                let recorded = entry.is_some_and(|e| e.carried.pid.is_some());
+                let mut order = tree_roots.iter().copied().take(usize::from(!recorded));
+                while let Some(pid) = order.next().or_else(|| candidates.pop()) {
                     let Ok(fd) = pidfd::open(pid) else {
                         continue;
                     };
@@ -1781,6 +1822,12 @@ impl Orchestrator {
                         );
                     }
                 }
+            }
+            if live.is_none() && !in_cgroup.is_empty() {
+                // The main process is gone and its tree is not: what is left of a spawn of
+                // the previous instance, ended before anything starts in that cgroup again.
+                self.services
+                    .end_orphan_tree(&self.log, index, in_cgroup.len());
             }
             let carried = match (entry, &live) {
                 (Some(entry), _) => entry.carried,
@@ -2219,6 +2266,8 @@ impl Orchestrator {
                 self.services.name(service.index())
             ),
         );
+        self.services
+            .remove_cgroup(&self.log, &self.services.list[service.index()].def.name);
         // Inactive now: its entries leave the store.
         self.fd_store_sync(service.index());
     }

@@ -31,6 +31,7 @@ mod spawner;
 mod spec;
 mod status_line;
 mod timers;
+mod tree;
 
 pub use control::{
     ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX,

@@ -118,10 +118,19 @@ fn reexec_during_a_crash_loop_reports_every_exit_once_and_carries_the_counters()
                     .is_some_and(|(_, rest)| rest.starts_with(&tag))
             })
             .collect();
+        // Spawned, or (a spawn still in flight when a re-exec could wait no longer) found by
+        // its tag by the new instance.
         let spawned: Vec<i32> = lines
             .iter()
-            .filter(|l| l.contains("reason=spawned"))
-            .map(|l| number(l, "spawned_pid") as i32)
+            .filter_map(|l| {
+                if l.contains("reason=spawned") {
+                    Some(number(l, "spawned_pid") as i32)
+                } else if l.contains("event=found-by-tag") {
+                    Some(number(l, "pid") as i32)
+                } else {
+                    None
+                }
+            })
             .collect();
         let unique: BTreeSet<i32> = spawned.iter().copied().collect();
         assert_eq!(unique.len(), spawned.len(), "{name}: a pid spawned twice");

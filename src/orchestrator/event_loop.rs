@@ -1646,6 +1646,22 @@ impl Orchestrator {
         // After a re-exec with no spawn in flight every process is known by its kept pidfd:
         // no need to look through /proc.
         let drained = self.inherited.as_ref().is_some_and(|i| !i.handoff.spawning);
+        // First what a dead instance left half-spawned (no tag to find it by yet).
+        let half_spawned = if drained {
+            0
+        } else {
+            runtime::end_half_spawned()
+        };
+        if half_spawned > 0 {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=half-spawned-ended count={half_spawned} signal=SIGKILL \
+                     reason=\"cloned by the previous instance for a spawn that had not \
+                     executed the service yet; its service is started again\""
+                ),
+            );
+        }
         let mut tagged = match &self.settings.runtime_dir {
             Some(dir) if !drained => runtime::tagged_processes(dir),
             _ => Default::default(),

@@ -310,6 +310,48 @@ pub(crate) fn tagged_processes(runtime_dir: &Path) -> std::collections::BTreeMap
         .collect()
 }
 
+/// Ends what a previous instance left half-spawned: a child cloned for a spawn that had not
+/// yet executed the service's program when that instance died (its spawner thread died with
+/// it; the child would go on to exec a service nobody supervises, one the new instance starts
+/// again). Before its exec such a child is still the orchestrator's program: its
+/// `/proc/PID/exe` and command line are this process's, and it carries no tag yet. Each is
+/// ended with SIGKILL through a pidfd opened before looking (so the process looked at is the
+/// one signalled; one that exec'd in between is a service process the record does not know,
+/// whose service is started again anyway). Start-up only (allocates). Returns how many.
+pub(crate) fn end_half_spawned() -> u32 {
+    let Ok(own_exe) = std::fs::read_link("/proc/self/exe") else {
+        return 0;
+    };
+    let Ok(own_cmdline) = std::fs::read("/proc/self/cmdline") else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let me = sys::process::getpid();
+    let mut ended = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .filter(|&p| p != me)
+        else {
+            continue;
+        };
+        let Ok(pidfd) = pidfd::open(pid) else {
+            continue;
+        };
+        let same_exe = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == own_exe);
+        let same_cmdline = same_exe
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == own_cmdline);
+        if same_cmdline && pidfd::send_signal(pidfd.as_fd(), libc::SIGKILL).is_ok() {
+            ended += 1;
+        }
+    }
+    ended
+}
+
 /// What the identity check found for a recorded process.
 pub(crate) enum Found {
     /// The same process, alive (or exited, not yet reaped): its new pidfd.

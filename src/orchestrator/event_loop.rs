@@ -46,7 +46,8 @@ use std::time::Duration;
 /// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, engine timer,
 /// exit retry, spawner eventfd, fd store retry, agent connection and its spare.
 pub const FIXED_SLOTS: usize = 9;
-/// How soon a message systemd's fd store did not take (its notify socket full) is tried again.
+/// How soon a message systemd did not take (its notify socket full: an fd store entry, `READY=1`,
+/// `STOPPING=1`, `WATCHDOG=1`) is tried again.
 const FD_STORE_RETRY: Duration = Duration::from_millis(20);
 /// Of those, the ones with buffers: the agent connection and its spare.
 const FIXED_BUFFERED_SLOTS: usize = 2;
@@ -233,6 +234,17 @@ pub struct Orchestrator {
     fd_store_retry: Option<(SlotId, bool)>,
     /// A message to systemd's fd store failed (said once).
     fd_store_failed: bool,
+    /// `READY=1` or `STOPPING=1` that the notify socket did not take (full: every message is
+    /// sent without blocking), sent again from the retry timer before anything else; until it
+    /// is taken the fd store waits. Lost, `READY=1` would leave the unit `activating` until
+    /// systemd's start timeout killed it.
+    notify_pending: Option<&'static [u8]>,
+    /// A `WATCHDOG=1` the socket did not take, sent again from the retry timer.
+    watchdog_pending: bool,
+    /// `READY=1` was sent (or is pending) at start-up: until then the fd store is not
+    /// written (start-up writes every service's entries after it), so that the burst a
+    /// restart's take-over makes cannot fill the socket before `READY=1`.
+    announced: bool,
 }
 
 /// What systemd's fd store passed at start (`LISTEN_FDS`): the services' pidfds and output
@@ -492,7 +504,7 @@ impl Orchestrator {
             Some(interval) => Some((take_bare(&mut ring, Owner::Watchdog)?, interval)),
             None => None,
         };
-        let fd_store_retry = if notify.fd_store() > 0 {
+        let fd_store_retry = if notify.enabled() {
             Some((take_bare(&mut ring, Owner::FdStoreRetry)?, false))
         } else {
             None
@@ -576,6 +588,9 @@ impl Orchestrator {
             fd_store_dirty: vec![false; capacity].into_boxed_slice(),
             fd_store_retry,
             fd_store_failed: false,
+            notify_pending: None,
+            watchdog_pending: false,
+            announced: false,
         })
     }
 
@@ -671,7 +686,7 @@ impl Orchestrator {
                 .map_err(|e| Error::Service(format!("ring: {e}")))?;
         }
         if let Some((slot, interval)) = self.watchdog {
-            let _ = self.notify.send(b"WATCHDOG=1");
+            self.notify_watchdog();
             let _ = self.ring.timeout(slot, Timeout::After(interval));
         }
         self.engine.start(now());
@@ -755,7 +770,8 @@ impl Orchestrator {
                 ),
             );
         }
-        let _ = self.notify.send(b"READY=1");
+        self.notify_state(b"READY=1");
+        self.announced = true;
         // After READY=1, which must not wait behind these (the socket takes few at once):
         // what the store holds from before (a lost message, a reload) is replaced by what is.
         for index in 0..self.services.list.len() {
@@ -1032,6 +1048,15 @@ impl Orchestrator {
                 if let Some((_, armed)) = &mut self.fd_store_retry {
                     *armed = false;
                 }
+                if self.watchdog_pending {
+                    self.notify_watchdog();
+                }
+                if let Some(message) = self.notify_pending.take() {
+                    self.notify_state(message);
+                    if self.notify_pending.is_some() {
+                        return;
+                    }
+                }
                 for index in 0..self.services.list.len() {
                     if self.fd_store_dirty.get(index) == Some(&true) {
                         self.fd_store_sync(index);
@@ -1039,7 +1064,7 @@ impl Orchestrator {
                 }
             }
             Owner::Watchdog => {
-                let _ = self.notify.send(b"WATCHDOG=1");
+                self.notify_watchdog();
                 if let Some((slot, interval)) = self.watchdog {
                     let _ = self.ring.timeout(slot, Timeout::After(interval));
                 }
@@ -1191,6 +1216,17 @@ impl Orchestrator {
         if self.notify.fd_store() == 0 || index >= self.services.list.len() {
             return;
         }
+        if !self.announced || self.notify_pending.is_some() {
+            // Behind READY=1 (start-up sends every service's entries after it), or behind a
+            // state message the socket did not take yet (the retry timer sends it first).
+            if let Some(dirty) = self.fd_store_dirty.get_mut(index) {
+                *dirty = true;
+            }
+            if self.announced {
+                self.arm_notify_retry();
+            }
+            return;
+        }
         use crate::fd_store::Stored;
         let entry = &self.services.list[index];
         let name = entry.def.name.as_str();
@@ -1241,6 +1277,12 @@ impl Orchestrator {
                 ),
             );
         }
+        self.arm_notify_retry();
+    }
+
+    /// Arms the retry timer (fd store entries, a state message or a watchdog ping the notify
+    /// socket did not take), unless it is armed.
+    fn arm_notify_retry(&mut self) {
         if let Some((slot, armed)) = &mut self.fd_store_retry {
             if !*armed
                 && self
@@ -1250,6 +1292,26 @@ impl Orchestrator {
             {
                 *armed = true;
             }
+        }
+    }
+
+    /// Sends a state message (`READY=1`, `STOPPING=1`); one the socket did not take replaces
+    /// any pending one and is sent again from the retry timer.
+    fn notify_state(&mut self, message: &'static [u8]) {
+        if self.notify.send(message).is_err() && self.notify.enabled() {
+            self.notify_pending = Some(message);
+            self.arm_notify_retry();
+        } else if self.notify_pending.is_some() {
+            // Taken: it supersedes the one still pending.
+            self.notify_pending = None;
+        }
+    }
+
+    /// Sends `WATCHDOG=1`; one the socket did not take is sent again from the retry timer.
+    fn notify_watchdog(&mut self) {
+        self.watchdog_pending = self.notify.send(b"WATCHDOG=1").is_err();
+        if self.watchdog_pending {
+            self.arm_notify_retry();
         }
     }
 
@@ -1308,7 +1370,7 @@ impl Orchestrator {
                 Quoted(&error)
             ),
         );
-        let _ = self.notify.send(b"READY=1");
+        self.notify_state(b"READY=1");
         if let Some(k) = conn {
             self.control
                 .reexec_failed(&mut self.ring, &self.log, k, &error);
@@ -1669,7 +1731,7 @@ impl Orchestrator {
     fn request_shutdown(&mut self) {
         self.shutdown_requests += 1;
         if self.shutdown_requests == 1 {
-            let _ = self.notify.send(b"STOPPING=1");
+            self.notify_state(b"STOPPING=1");
             if !self.settings.shutdown_stop_services {
                 self.log.line(
                     Priority::Notice,
@@ -1784,7 +1846,7 @@ impl Orchestrator {
         let _ = self.notify.reloading(ring::now_ns() / 1_000);
         let result = self.reload_apply(notes);
         self.settle();
-        let _ = self.notify.send(b"READY=1");
+        self.notify_state(b"READY=1");
         self.update_status(self.agent_status);
         match &result {
             Ok((c, len)) => self.log.line(

@@ -56,7 +56,7 @@ fn ready_is_sent_again_when_the_notify_socket_was_full() {
         .unwrap();
     let mut messages: Vec<String> = Vec::new();
     let mut buf = [0u8; 4096];
-    wait_until("READY=1 and a's pidfd, after the filler", || {
+    wait_until("READY=1, STATUS= and a's pidfd, after the filler", || {
         while let Ok(n) = notify.recv(&mut buf) {
             let text = String::from_utf8_lossy(&buf[..n]).to_string();
             if text != "X-FILLER=1" {
@@ -64,15 +64,16 @@ fn ready_is_sent_again_when_the_notify_socket_was_full() {
             }
         }
         let has = |needle: &str| messages.iter().any(|m| m.contains(needle));
-        (has("READY=1") && has("FDNAME=pid.a")).then_some(())
+        (has("READY=1") && has("STATUS=1 service ") && has("FDNAME=pid.a")).then_some(())
     });
-    // READY=1 went ahead of every fd store entry.
+    // READY=1 and STATUS= went ahead of every fd store entry.
     let ready = messages.iter().position(|m| m == "READY=1").unwrap();
-    let first_store = messages
+    let status = messages
         .iter()
-        .position(|m| m.contains("FDSTORE"))
+        .position(|m| m.starts_with("STATUS="))
         .unwrap();
-    assert!(ready < first_store, "{messages:?}");
+    let first_store = messages.iter().position(|m| m.contains("FDSTORE")).unwrap();
+    assert!(ready < first_store && status < first_store, "{messages:?}");
     assert!(orch.stop(libc::SIGTERM).success(), "{}", orch.log());
     // STOPPING=1 came too (the socket has room now).
     while let Ok(n) = notify.recv(&mut buf) {

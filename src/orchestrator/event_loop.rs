@@ -241,6 +241,9 @@ pub struct Orchestrator {
     notify_pending: Option<&'static [u8]>,
     /// A `WATCHDOG=1` the socket did not take, sent again from the retry timer.
     watchdog_pending: bool,
+    /// A `STATUS=` the socket did not take: the retry timer sends the current one (it is
+    /// sent on changes only, so a lost one would stay wrong until the next change).
+    status_pending: bool,
     /// `READY=1` was sent (or is pending) at start-up: until then the fd store is not
     /// written (start-up writes every service's entries after it), so that the burst a
     /// restart's take-over makes cannot fill the socket before `READY=1`.
@@ -590,6 +593,7 @@ impl Orchestrator {
             fd_store_failed: false,
             notify_pending: None,
             watchdog_pending: false,
+            status_pending: false,
             announced: false,
         })
     }
@@ -772,11 +776,6 @@ impl Orchestrator {
         }
         self.notify_state(b"READY=1");
         self.announced = true;
-        // After READY=1, which must not wait behind these (the socket takes few at once):
-        // what the store holds from before (a lost message, a reload) is replaced by what is.
-        for index in 0..self.services.list.len() {
-            self.fd_store_sync(index);
-        }
         self.update_status(if self.qm_services == 0 {
             "not needed"
         } else if self.engine.link().is_up() {
@@ -784,6 +783,12 @@ impl Orchestrator {
         } else {
             "connecting"
         });
+        // After READY=1 and STATUS=, which must not wait behind these (the socket takes few
+        // at once): what the store holds from before (a lost message, a reload) is replaced
+        // by what is.
+        for index in 0..self.services.list.len() {
+            self.fd_store_sync(index);
+        }
         Ok(())
     }
 
@@ -1056,6 +1061,9 @@ impl Orchestrator {
                     if self.notify_pending.is_some() {
                         return;
                     }
+                }
+                if self.status_pending {
+                    self.update_status(self.agent_status);
                 }
                 for index in 0..self.services.list.len() {
                     if self.fd_store_dirty.get(index) == Some(&true) {
@@ -1743,6 +1751,7 @@ impl Orchestrator {
                 return;
             }
             let _ = self.notify.status(format_args!("stopping every service"));
+            self.status_pending = false;
             let _ = self.ring.timeout(
                 self.shutdown_slot,
                 Timeout::After(self.settings.shutdown_timeout),
@@ -1767,7 +1776,10 @@ impl Orchestrator {
             qm: self.qm_services,
             agent,
         };
-        let _ = self.notify.status(format_args!("{line}"));
+        self.status_pending = self.notify.status(format_args!("{line}")).is_err();
+        if self.status_pending {
+            self.arm_notify_retry();
+        }
     }
 
     fn log_transition(&self, t: Transition) {

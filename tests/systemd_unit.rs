@@ -12,7 +12,7 @@
 //! store back in `LISTEN_FDS`, the new instance takes every service over by its pidfd, the
 //! ended one's pidfd was kept by `FDPOLL=0` and tells its exit status, the talking service
 //! writes on into the same pipe); a live re-exec by SIGUSR2 and by `holdenctl reexec` (the
-//! same main pid, the unit stays active); the watchdog (a stopped orchestrator is killed and
+//! same main pid, the unit stays active) and `systemctl reload` (`ExecReload=`); the watchdog (a stopped orchestrator is killed and
 //! restarted, the services taken over); `systemctl stop` (every service ends, the store is
 //! emptied). Every process is ended with the namespace (SIGKILL of its PID 1) at the end.
 //! Waits are bounded (30 s, to avoid hangs); nothing is timed.
@@ -200,14 +200,30 @@ impl Machine {
             _console: slave,
         };
         let unshare_pid = machine.unshare.id() as i32;
-        machine.systemd = machine.wait("systemd as PID 1 of its namespace", || {
-            orchestrator_support::children(unshare_pid)
+        let start = Instant::now();
+        machine.systemd = loop {
+            let systemd = orchestrator_support::children(unshare_pid)
                 .into_iter()
                 .find(|&p| {
                     std::fs::read_link(format!("/proc/{p}/exe"))
                         .is_ok_and(|exe| exe.ends_with("systemd"))
-                })
-        });
+                });
+            if let Some(pid) = systemd {
+                break pid;
+            }
+            // unshare or a mount failed (no CAP_SYS_ADMIN, no cgroup2, ...): say so at once.
+            if let Ok(Some(status)) = machine.unshare.try_wait() {
+                panic!(
+                    "systemd cannot run in its own namespaces here ({status}); this test \
+                     needs root with CAP_SYS_ADMIN and a cgroup2 hierarchy\n{}",
+                    machine.logs()
+                );
+            }
+            if start.elapsed() > orchestrator_support::WAIT {
+                panic!("timed out waiting for systemd to start\n{}", machine.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         machine.pid_ns = std::fs::read_link(format!("/proc/{}/ns/pid", machine.systemd))
             .unwrap()
             .display()
@@ -579,6 +595,13 @@ fn the_shipped_unit_under_systemd() {
             .then_some(())
     });
     assert_eq!(m.wait_running("active after the second re-exec", 0), main2);
+    // systemctl reload: ExecReload= (holdenctl reload), RELOADING=1 ... READY=1.
+    let out = m.systemctl(&["reload", UNIT]);
+    assert!(out.status.success(), "{out:?}\n{}", m.logs());
+    m.wait("the reload", || {
+        m.orchestrator_log().contains("event=reload ").then_some(())
+    });
+    assert_eq!(m.wait_running("active after the reload", 0), main2);
     assert_eq!(m.show("NRestarts"), "1");
     assert_eq!(m.pids(&["a", "talk"]), [a, talk]);
     let instances = m.instances();

@@ -575,6 +575,10 @@ fn the_shipped_unit_under_systemd() {
         !second.contains("reason=spawned") && !second.contains("SIGPIPE"),
         "nothing started again:\n{second}"
     );
+    m.wait("STATUS= of the new instance", || {
+        (m.show("StatusText") == "3 services (0 in QM), 1 failed: gone; agent not needed")
+            .then_some(())
+    });
     // gone has no process now: its entry left the store.
     m.wait_store(4, "gone's pidfd removed");
 

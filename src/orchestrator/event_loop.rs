@@ -580,7 +580,13 @@ impl Orchestrator {
             qm_services,
             settings,
             pending_adds: Vec::new(),
-            agent_status: "connecting",
+            // (A service that fails during start-up's take-over sends STATUS= before
+            // start-up's own: with no QM service it must not say "agent connecting".)
+            agent_status: if qm_services == 0 {
+                "not needed"
+            } else {
+                "connecting"
+            },
             recorder,
             carried_over,
             program: Program::of_this_process().ok(),

@@ -12,10 +12,11 @@
 //! spawning 0
 //! lock 4
 //! control 5
+//! notify 10
 //! reply 9 17
 //! output camera stdout 6 7
 //! process camera 8
-//! end 8
+//! end 9
 //! ```
 //!
 //! `began` is `CLOCK_MONOTONIC` in nanoseconds when the previous instance started the re-exec;
@@ -66,6 +67,8 @@ pub struct Handoff {
     pub spawning: bool,
     pub lock: Option<RawFd>,
     pub control: Option<RawFd>,
+    /// The services' sd_notify socket.
+    pub notify: Option<RawFd>,
     /// The control connection to answer, and its request id.
     pub reply: Option<(RawFd, u32)>,
     pub outputs: Vec<OutputFds>,
@@ -94,6 +97,7 @@ impl Handoff {
         self.lock
             .into_iter()
             .chain(self.control)
+            .chain(self.notify)
             .chain(self.reply.map(|(fd, _)| fd))
             .chain(self.outputs.iter().flat_map(|o| [o.read, o.write]))
             .chain(self.processes.iter().map(|&(_, fd)| fd))
@@ -115,6 +119,10 @@ impl Handoff {
         }
         if let Some(fd) = self.control {
             writeln!(w, "control {fd}").ok()?;
+            lines += 1;
+        }
+        if let Some(fd) = self.notify {
+            writeln!(w, "notify {fd}").ok()?;
             lines += 1;
         }
         if let Some((fd, request)) = self.reply {
@@ -237,6 +245,11 @@ pub fn decode(bytes: &[u8], services_max: usize) -> Result<Handoff, HandoffError
                     return Err(twice("control"));
                 }
             }
+            ["notify", n] => {
+                if handoff.notify.replace(fd(n)?).is_some() {
+                    return Err(twice("notify"));
+                }
+            }
             ["reply", n, request] => {
                 let request = request
                     .parse()
@@ -343,6 +356,7 @@ mod tests {
             spawning: false,
             lock: Some(4),
             control: Some(5),
+            notify: Some(10),
             reply: Some((9, 17)),
             outputs: vec![OutputFds {
                 service: ArrayString::from("camera").unwrap(),
@@ -361,8 +375,8 @@ mod tests {
         let text = std::str::from_utf8(&buf[..len]).unwrap();
         assert_eq!(
             text,
-            "holden-handoff 1\ngeneration 3\nbegan 81230000000\nspawning 0\nlock 4\ncontrol 5\nreply 9 17\n\
-             output camera stdout 6 7\nprocess camera 8\nend 8\n"
+            "holden-handoff 1\ngeneration 3\nbegan 81230000000\nspawning 0\nlock 4\ncontrol 5\nnotify 10\nreply 9 17\n\
+             output camera stdout 6 7\nprocess camera 8\nend 9\n"
         );
         assert_eq!(decode(text.as_bytes(), 1).unwrap(), sample());
         assert!(decode(text.as_bytes(), 0)
@@ -390,7 +404,7 @@ mod tests {
         let edits = [
             ("lock 4", "lock 2", "3 or more"),
             ("lock 4", "lock 5", "fd 5 named twice"),
-            ("end 8", "end 5", "end says 5"),
+            ("end 9", "end 5", "end says 5"),
             ("spawning 0", "spawning 2", "not 0 or 1"),
             ("process camera 8", "process camera 7", "fd 7 named twice"),
             ("stdout", "stdin", "not stdout or stderr"),

@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cgroup;
 #[cfg(feature = "orchestrator")]
 pub mod config;
 #[cfg(feature = "orchestrator")]
@@ -28,6 +29,8 @@ pub mod queue;
 #[cfg(feature = "orchestrator")]
 pub mod record;
 pub mod sd_notify;
+#[cfg(feature = "orchestrator")]
+pub mod service_notify;
 pub mod spawn;
 #[cfg(feature = "orchestrator")]
 pub mod supervise;

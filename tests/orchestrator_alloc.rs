@@ -55,6 +55,8 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         cwd: None,
         uid: None,
         gid: None,
+        exec: Default::default(),
+        cgroup_limits: Default::default(),
         policy: ServicePolicy {
             partition,
             restart: Restart::Always,
@@ -63,6 +65,7 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
             start_limit: StartLimit::NONE,
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::from_secs(5),
+            readiness: holden::supervise::Readiness::SIMPLE,
         },
         start_at_boot: true,
         stdout: OutputTarget::Journal,

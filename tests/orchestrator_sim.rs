@@ -262,6 +262,9 @@ fn reason_kind(reason: Reason) -> &'static str {
         Reason::Removed => "removed",
         Reason::Adopted(_) => "adopted",
         Reason::Resumed => "resumed",
+        Reason::Ready => "ready",
+        Reason::StartTimeout => "start-timeout",
+        Reason::Watchdog => "watchdog",
     }
 }
 
@@ -1097,6 +1100,7 @@ impl World {
             },
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::from_millis(50 + self.rng.below(200)),
+            readiness: holden::supervise::Readiness::SIMPLE,
         }
     }
 

@@ -86,7 +86,7 @@ fn cases() -> Vec<Case> {
             1,
             2,
             "agnet",
-            "unknown key `agnet`: expected one of `slots`, `log_level`, `runtime_dir`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[[service]]`; did you mean `agent`?",
+            "unknown key `agnet`: expected one of `slots`, `log_level`, `runtime_dir`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[cgroup]`, `[[service]]`; did you mean `agent`?",
         ),
         (
             with("env = { \"\" = \"x\" }"),

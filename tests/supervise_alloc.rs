@@ -116,6 +116,7 @@ fn no_allocation_after_construction() {
                 },
                 stop_signal: libc::SIGTERM,
                 stop_timeout: Duration::from_millis(5),
+                readiness: holden::supervise::Readiness::SIMPLE,
             })
             .unwrap();
     }

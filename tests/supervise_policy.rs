@@ -18,6 +18,7 @@ fn policy(restart: Restart) -> ServicePolicy {
         start_limit: StartLimit::NONE,
         stop_signal: libc::SIGTERM,
         stop_timeout: Duration::from_secs(1),
+        readiness: holden::supervise::Readiness::SIMPLE,
     }
 }
 

@@ -19,6 +19,7 @@ fn policy() -> ServicePolicy {
         },
         stop_signal: libc::SIGTERM,
         stop_timeout: Duration::from_secs(1),
+        readiness: holden::supervise::Readiness::SIMPLE,
     }
 }
 

@@ -208,6 +208,7 @@ impl World {
                 libc::SIGINT
             },
             stop_timeout: Duration::from_nanos(rng.below(100 * MS)),
+            readiness: holden::supervise::Readiness::SIMPLE,
         }
     }
 

@@ -85,6 +85,16 @@ pub fn wire_stage(stage: SpawnStage) -> ErrorStage {
         | SpawnStage::CloseFds
         | SpawnStage::Stdin
         | SpawnStage::Stdio
+        | SpawnStage::Cgroup
+        | SpawnStage::Rlimit
+        | SpawnStage::Nice
+        | SpawnStage::Sched
+        | SpawnStage::Affinity
+        | SpawnStage::OomScoreAdj
+        | SpawnStage::NoNewPrivs
+        | SpawnStage::CapBounding
+        | SpawnStage::Capabilities
+        | SpawnStage::Ambient
         | SpawnStage::Chdir => ErrorStage::Setup,
     }
 }
@@ -148,6 +158,18 @@ impl fmt::Display for FailureText<'_> {
             ),
             SpawnStage::Setsid => write!(f, "setsid for \"{program}\": {reason}"),
             SpawnStage::Stdio => write!(f, "stdout/stderr for \"{program}\": {reason}"),
+            SpawnStage::Cgroup => write!(f, "joining the cgroup for \"{program}\": {reason}"),
+            SpawnStage::Rlimit => write!(f, "resource limits for \"{program}\": {reason}"),
+            SpawnStage::Nice => write!(f, "nice for \"{program}\": {reason}"),
+            SpawnStage::Sched => write!(f, "scheduling policy for \"{program}\": {reason}"),
+            SpawnStage::Affinity => write!(f, "CPU affinity for \"{program}\": {reason}"),
+            SpawnStage::OomScoreAdj => write!(f, "oom_score_adj for \"{program}\": {reason}"),
+            SpawnStage::NoNewPrivs => write!(f, "no_new_privs for \"{program}\": {reason}"),
+            SpawnStage::CapBounding => {
+                write!(f, "capability bounding set for \"{program}\": {reason}")
+            }
+            SpawnStage::Capabilities => write!(f, "capabilities for \"{program}\": {reason}"),
+            SpawnStage::Ambient => write!(f, "ambient capabilities for \"{program}\": {reason}"),
             SpawnStage::CloseFds => {
                 write!(f, "closing inherited fds for \"{program}\": {reason}")
             }

@@ -304,6 +304,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    // What services get back of the limits the orchestrator changes for itself.
+    if let Err(e) = holden::sys::process::record_starting_limits() {
+        eprintln!("<3>holden-orchestrator: cannot start: the starting resource limits cannot be read: {e}; nothing was started");
+        return ExitCode::from(1);
+    }
     if let Err(message) = raise_fd_limit(config.slots as usize, output_fds(&config)) {
         eprintln!("<3>holden-orchestrator: cannot start: {message}; nothing was started");
         return ExitCode::from(1);

@@ -22,6 +22,9 @@ pub enum ConfigErrorKind {
     TooManyServices,
     /// A group the file names does not exist on this machine (start-up refuses it too).
     UnknownGroup,
+    /// A cgroup limit needs a cgroup v2 controller that the services' cgroups cannot have on
+    /// this machine (start-up refuses it too).
+    MissingController,
     /// A local program or working directory the file names is missing or unusable on this
     /// machine (`--check` refuses it; start-up starts and the spawn fails).
     Missing,

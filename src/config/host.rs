@@ -9,7 +9,7 @@ use super::Config;
 use crate::supervise::Partition;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The machine, as the checks see it (a trait, so that tests can describe another one).
 pub trait Host {
@@ -24,6 +24,12 @@ pub trait Host {
     /// [`ThisMachine`] does.
     fn output_file_problem(&self, path: &Path) -> Option<String> {
         ThisMachine.output_file_problem(path)
+    }
+    /// Where services' cgroups would be under `root` and the cgroup v2 controllers they can
+    /// have there (that directory's `cgroup.controllers`, or its nearest existing ancestor's);
+    /// `Err` says why there would be no cgroups. The default looks at this machine.
+    fn cgroup_controllers(&self, root: &super::CgroupRoot) -> Result<(PathBuf, String), String> {
+        ThisMachine.cgroup_controllers(root)
     }
 }
 
@@ -81,6 +87,52 @@ impl Host for ThisMachine {
                 }
             }
             Err(e) => Some(format!("cannot be opened for appending: {e}")),
+        }
+    }
+
+    fn cgroup_controllers(&self, root: &super::CgroupRoot) -> Result<(PathBuf, String), String> {
+        use super::CgroupRoot;
+        let dir = match root {
+            CgroupRoot::Off => return Err("[cgroup] root = \"off\": services get no cgroup".into()),
+            CgroupRoot::Path(path) => path.clone(),
+            CgroupRoot::Auto => {
+                let mount = crate::cgroup::mount_point()
+                    .ok_or("[cgroup] root = \"auto\" finds no cgroup2 file system mounted")?;
+                let own = crate::cgroup::own_cgroup().ok_or(
+                    "[cgroup] root = \"auto\" finds no cgroup v2 line in /proc/self/cgroup",
+                )?;
+                if own == "/" {
+                    return Err("[cgroup] root = \"auto\" gives no cgroups here: this process is in the root cgroup (the orchestrator needs a delegated cgroup, Delegate=yes, or a root path)".into());
+                }
+                mount.join(own.trim_start_matches('/'))
+            }
+        };
+        // The orchestrator enables a controller in the root's parent first when the root
+        // does not offer it (`Hierarchy::enable`): what the parent offers counts too.
+        let read = |p: &Path| std::fs::read_to_string(p.join("cgroup.controllers")).ok();
+        let mut at = dir.as_path();
+        loop {
+            if let Some(text) = read(at) {
+                let mut offered: Vec<String> = text.split_whitespace().map(String::from).collect();
+                if at == dir.as_path() {
+                    let parent = at.parent().and_then(read).unwrap_or_default();
+                    for c in parent.split_whitespace() {
+                        if !offered.iter().any(|o| o == c) {
+                            offered.push(c.to_string());
+                        }
+                    }
+                }
+                return Ok((at.to_path_buf(), offered.join(" ")));
+            }
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => {
+                    return Err(format!(
+                        "{} is not in a cgroup v2 file system",
+                        dir.display()
+                    ))
+                }
+            }
         }
     }
 }
@@ -154,6 +206,7 @@ pub(crate) fn check(
             "0 services: the orchestrator would start and supervise nothing".to_string(),
         ));
     }
+    let mut controllers_at = None;
     for (index, spec) in config.services.iter().enumerate() {
         let service_spans = spans.and_then(|s| s.services.get(index));
         let program = Path::new(OsStr::from_bytes(spec.argv[0].as_bytes()));
@@ -188,6 +241,17 @@ pub(crate) fn check(
                         ));
                     }
                 }
+                if !spec.cgroup_limits.is_empty() {
+                    cgroup_limit_problems(
+                        &mut errors,
+                        source,
+                        host,
+                        &config.cgroup.root,
+                        spec,
+                        service_spans.map(|s| s.cgroup_limits.as_slice()),
+                        &mut controllers_at,
+                    );
+                }
                 // The default "/" is not worth a look; a configured one is.
                 let configured = cwd_offset.is_some() || (spans.is_none() && cwd != b"/");
                 if configured {
@@ -221,4 +285,39 @@ pub(crate) fn check(
         }
     }
     (errors, warnings)
+}
+
+/// The cgroup limits of a local service need their controllers in the services' cgroups: a
+/// limit whose controller the machine does not give them is an error (never ignored), which
+/// names the controller. `looked` keeps the one look at the machine.
+fn cgroup_limit_problems(
+    errors: &mut Vec<ConfigError>,
+    source: &Source<'_>,
+    host: &dyn Host,
+    root: &super::CgroupRoot,
+    spec: &super::ServiceSpec,
+    offsets: Option<&[usize]>,
+    looked: &mut Option<Result<(PathBuf, String), String>>,
+) {
+    let found = looked.get_or_insert_with(|| host.cgroup_controllers(root));
+    for (i, limit) in spec.cgroup_limits.limits.iter().enumerate() {
+        let field = format!("service.{}.{}", spec.name, limit.key);
+        let offset = offsets.and_then(|o| o.get(i).copied());
+        let message = match &*found {
+            Err(reason) => format!(
+                "a cgroup limit needs the service's own cgroup, and there would be none: {reason}"
+            ),
+            Ok((_, offered)) if offered.split_whitespace().any(|c| c == limit.controller) => continue,
+            Ok((dir, offered)) => format!(
+                "needs the cgroup v2 controller `{}`, which {} does not offer (cgroup.controllers: {}): on a hybrid host it is bound to cgroup v1. Enable it for cgroup v2 (a pure cgroup2 mount, or cgroup_no_v1={} on the kernel command line, and \"+{}\" in the parent's cgroup.subtree_control), or remove `{}`",
+                limit.controller,
+                dir.display(),
+                if offered.is_empty() { "none" } else { offered },
+                limit.controller,
+                limit.controller,
+                limit.key
+            ),
+        };
+        errors.push(source.at(offset, ConfigErrorKind::MissingController, &field, message));
+    }
 }

@@ -7,6 +7,8 @@
 //! whole file is valid. [`Config::check`] and [`Config::load_checked`] also look at the machine
 //! (`--check`): the groups, local programs and working directories the file names.
 
+mod accounts;
+mod cgroup;
 mod duration;
 mod error;
 mod host;
@@ -15,6 +17,10 @@ mod signal;
 mod v02;
 mod validate;
 
+pub use cgroup::{
+    parse_bytes, parse_cpu_max, CgroupConfig, CgroupLimit, CgroupLimits, CgroupRoot,
+    CGROUP_LIMIT_KEYS,
+};
 pub use duration::{format_duration, parse_duration, DURATION_MAX};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
 pub use host::{Host, ThisMachine};
@@ -181,6 +187,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Service output and where the log goes.
     pub log: LogConfig,
+    /// Local services' cgroups.
+    pub cgroup: CgroupConfig,
     /// The services, in file order; names are unique.
     pub services: Vec<ServiceSpec>,
 }

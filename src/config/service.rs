@@ -79,6 +79,11 @@ pub struct ServiceSpec {
     pub stdout: OutputTarget,
     /// Where a local service's stderr goes (key `stderr`).
     pub stderr: OutputTarget,
+    /// A local service's limits, scheduling, affinity, OOM score, umask, supplementary
+    /// groups and `no_new_privs` (keys `limits`, `nice`, `sched_policy`, …; default: none).
+    pub exec: crate::spawn::ExecEnv,
+    /// A local service's cgroup limits (`memory_max`, `cpu_weight`, …; default: none).
+    pub cgroup_limits: super::CgroupLimits,
 }
 
 /// Where a local service's stdout or stderr goes.

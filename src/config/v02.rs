@@ -76,6 +76,10 @@ pub(crate) fn from_legacy_args(
             read_group: None,
         },
         log: super::LogConfig::default(),
+        // The v0.2 command line's services are what they were: in the orchestrator's cgroup.
+        cgroup: super::CgroupConfig {
+            root: super::CgroupRoot::Off,
+        },
         services,
     })
 }
@@ -156,6 +160,8 @@ fn legacy_service(
         // v0.2's children wrote on its own stdout and stderr.
         stdout: OutputTarget::Inherit,
         stderr: OutputTarget::Inherit,
+        exec: Default::default(),
+        cgroup_limits: Default::default(),
     })
 }
 

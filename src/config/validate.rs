@@ -14,13 +14,13 @@ use super::service::{
 };
 use super::signal::{signal_from_name, signal_from_number, SIGNAL_NUMBER_MAX};
 use super::{
-    AgentConfig, AgentProtocol, Config, ControlConfig, LogConfig, LogLevel, OwnLines,
-    ShutdownConfig, AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT, HISTORY_BYTES_DEFAULT,
-    HISTORY_BYTES_MAX, HISTORY_BYTES_MIN, JOURNAL_SOCKET_DEFAULT, PATH_LEN_MAX,
-    RUNTIME_DIR_DEFAULT, SLOTS_DEFAULT, SLOTS_MAX, SOCKET_PATH_LEN_MAX,
+    AgentConfig, AgentProtocol, CgroupConfig, CgroupRoot, Config, ControlConfig, LogConfig,
+    LogLevel, OwnLines, ShutdownConfig, AGENT_SOCKET_DEFAULT, CONTROL_SOCKET_DEFAULT,
+    HISTORY_BYTES_DEFAULT, HISTORY_BYTES_MAX, HISTORY_BYTES_MIN, JOURNAL_SOCKET_DEFAULT,
+    PATH_LEN_MAX, RUNTIME_DIR_DEFAULT, SLOTS_DEFAULT, SLOTS_MAX, SOCKET_PATH_LEN_MAX,
 };
 use crate::supervise::{
-    Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
+    Backoff, Kind, Partition, Readiness, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
 };
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -55,10 +55,12 @@ const TOP_KEYS: &[&str] = &[
     "shutdown",
     "control",
     "log",
+    "cgroup",
     "service",
 ];
 const TOP_SHOWN: &str =
-    "`slots`, `log_level`, `runtime_dir`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[[service]]`";
+    "`slots`, `log_level`, `runtime_dir`, `[agent]`, `[shutdown]`, `[control]`, `[log]`, `[cgroup]`, `[[service]]`";
+const CGROUP_KEYS: &[&str] = &["root"];
 const LOG_KEYS: &[&str] = &["journal_socket", "journal", "history_bytes"];
 const AGENT_KEYS: &[&str] = &[
     "socket",
@@ -86,7 +88,46 @@ const SERVICE_KEYS: &[&str] = &[
     "enabled",
     "stdout",
     "stderr",
+    "type",
+    "start_timeout",
+    "watchdog",
+    "watchdog_signal",
+    "user",
+    "group",
+    "supplementary_groups",
+    "limits",
+    "umask",
+    "oom_score_adj",
+    "nice",
+    "sched_policy",
+    "sched_priority",
+    "cpu_affinity",
+    "no_new_privs",
+    "capability_bounding_set",
+    "ambient_capabilities",
+    "memory_max",
+    "memory_high",
+    "cpu_weight",
+    "cpu_max",
+    "pids_max",
+    "io_weight",
 ];
+const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
+/// The keys of a local service's execution environment (`docs/config.md`).
+const EXEC_KEYS: &[&str] = &[
+    "supplementary_groups",
+    "limits",
+    "umask",
+    "oom_score_adj",
+    "nice",
+    "sched_policy",
+    "sched_priority",
+    "cpu_affinity",
+    "no_new_privs",
+    "capability_bounding_set",
+    "ambient_capabilities",
+];
+const LIMIT_SHOWN: &str = "`cpu`, `fsize`, `data`, `stack`, `core`, `rss`, `nproc`, `nofile`, `memlock`, `as`, `locks`, `sigpending`, `msgqueue`, `nice`, `rtprio`, `rttime`";
 const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max", "reset_after"];
 const START_LIMIT_KEYS: &[&str] = &["burst", "interval"];
 
@@ -110,6 +151,8 @@ pub(crate) struct ServiceSpans {
     pub working_directory: Option<usize>,
     /// `stdout` and `stderr`, when given.
     pub outputs: [Option<usize>; 2],
+    /// Each cgroup limit's value, in the order of `ServiceSpec::cgroup_limits`.
+    pub cgroup_limits: Vec<usize>,
 }
 
 /// The checks of one file: its name and text, and the errors found so far.
@@ -117,6 +160,8 @@ struct Check<'a> {
     path: &'a str,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// `/etc/passwd` and `/etc/group`, read at the first name (`user`, `group`, …).
+    accounts: super::accounts::Accounts,
 }
 
 /// The value of `key` in `table`.
@@ -383,6 +428,7 @@ pub(crate) fn parse(text: &str, path: &str) -> Result<(Config, Spans), ConfigErr
         path,
         text,
         errors: Vec::new(),
+        accounts: Default::default(),
     };
     if !syntax.is_empty() {
         // A document with syntax errors is only a guess: checking its values would report
@@ -491,6 +537,8 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
     let control = control(check, control_table, &mut spans);
     let log_table = section(check, "log").unwrap_or(&empty);
     let log = log(check, log_table);
+    let cgroup_table = section(check, "cgroup").unwrap_or(&empty);
+    let cgroup = cgroup(check, cgroup_table);
     let services = services(check, root, slots, slots_valid, &mut spans);
     let config = Config {
         slots,
@@ -500,6 +548,7 @@ fn config(check: &mut Check<'_>, root: &Table<'_>) -> (Config, Spans) {
         shutdown,
         control,
         log,
+        cgroup,
         services,
     };
     (config, spans)
@@ -776,12 +825,7 @@ fn service(
         None => unnamed,
     };
     let field = |key: &str| join(&prefix, key);
-    check.known_keys(
-        table,
-        &prefix,
-        SERVICE_KEYS,
-        "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`",
-    );
+    check.known_keys(table, &prefix, SERVICE_KEYS, SERVICE_SHOWN);
     let partition = match entry(table, "partition") {
         None => {
             let offset = name.as_ref().map_or(header, |(_, offset)| *offset);
@@ -829,6 +873,9 @@ fn service(
     };
     let uid = id(check, "uid");
     let gid = id(check, "gid");
+    let (uid, gid) = user_group(check, table, partition, &prefix, uid, gid);
+    let exec = exec_env(check, table, partition, &prefix);
+    let (cgroup_limits, limit_offsets) = cgroup_limits(check, table, partition, &prefix);
     let enabled = entry(table, "enabled").map(|value| check.boolean(value, &field("enabled")));
     let mut outputs = [None, None];
     let mut output_offsets = [None, None];
@@ -868,11 +915,14 @@ fn service(
         },
         stdout,
         stderr,
+        exec: exec.unwrap_or_default(),
+        cgroup_limits,
     };
     let spans = ServiceSpans {
         argv0,
         working_directory: cwd_offset,
         outputs: output_offsets,
+        cgroup_limits: limit_offsets,
     };
     Some((spec, spans, name_offset))
 }
@@ -909,10 +959,69 @@ fn policy(
             .and_then(|t| start_limit(check, t, value.span().start, &join(prefix, "start_limit")))
             .unwrap_or(defaults.start_limit),
     };
-    let stop_signal = match entry(table, "stop_signal") {
-        None => defaults.stop_signal,
+    let stop_signal = signal_or(check, table, "stop_signal", prefix, defaults.stop_signal);
+    let kind = check.one_of_or(
+        table,
+        "type",
+        prefix,
+        Kind::Simple,
+        &[
+            ("simple", Kind::Simple),
+            ("exec", Kind::Exec),
+            ("notify", Kind::Notify),
+            ("oneshot", Kind::Oneshot),
+        ],
+    );
+    let watchdog = check.duration_or(table, "watchdog", prefix, Duration::ZERO);
+    if let (Some(value), false) = (entry(table, "watchdog"), kind == Kind::Notify) {
+        check.bad::<()>(
+            value,
+            &join(prefix, "watchdog"),
+            "a watchdog needs `type = \"notify\"` (the service pings it with WATCHDOG=1)",
+        );
+    }
+    if let (Kind::Oneshot, Restart::Always, Some(value)) = (kind, restart, entry(table, "restart"))
+    {
+        check.bad::<()>(
+            value,
+            &join(prefix, "restart"),
+            "a oneshot service is done when it exits 0: `restart = \"always\"` would run it \
+             forever; use \"on-failure\" or \"never\"",
+        );
+    }
+    let readiness = Readiness {
+        kind,
+        start_timeout: check.duration_or(table, "start_timeout", prefix, START_TIMEOUT_DEFAULT),
+        watchdog,
+        watchdog_signal: signal_or(check, table, "watchdog_signal", prefix, libc::SIGABRT),
+    };
+    ServicePolicy {
+        partition,
+        restart,
+        restart_delay: check.duration_or(table, "restart_delay", prefix, defaults.restart_delay),
+        backoff,
+        start_limit,
+        stop_signal,
+        stop_timeout: check.duration_or(table, "stop_timeout", prefix, defaults.stop_timeout),
+        readiness,
+    }
+}
+
+/// How long a `notify` or `oneshot` service may take to be ready (or done) by default.
+const START_TIMEOUT_DEFAULT: Duration = Duration::from_secs(90);
+
+/// A signal key (`stop_signal`, `watchdog_signal`): a name like "SIGTERM" or a number.
+fn signal_or(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    key: &str,
+    prefix: &str,
+    default: i32,
+) -> i32 {
+    match entry(table, key) {
+        None => default,
         Some(value) => {
-            let field = join(prefix, "stop_signal");
+            let field = join(prefix, key);
             let signal = match value.get_ref() {
                 DeValue::String(name) => signal_from_name(name),
                 DeValue::Integer(number) => {
@@ -928,19 +1037,10 @@ fn policy(
                 Ok(signal) => signal,
                 Err(message) => {
                     check.bad::<()>(value, &field, message);
-                    defaults.stop_signal
+                    default
                 }
             }
         }
-    };
-    ServicePolicy {
-        partition,
-        restart,
-        restart_delay: check.duration_or(table, "restart_delay", prefix, defaults.restart_delay),
-        backoff,
-        start_limit,
-        stop_signal,
-        stop_timeout: check.duration_or(table, "stop_timeout", prefix, defaults.stop_timeout),
     }
 }
 
@@ -1157,6 +1257,41 @@ fn env(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<Vec<(CStri
     env
 }
 
+/// The `[cgroup]` table.
+fn cgroup(check: &mut Check<'_>, table: &Table<'_>) -> CgroupConfig {
+    check.known_keys(table, "cgroup", CGROUP_KEYS, "`root`");
+    let root = match entry(table, "root") {
+        None => CgroupRoot::Auto,
+        Some(value) => {
+            let field = "cgroup.root";
+            let expected = format!(
+                "\"auto\", \"off\" or an absolute path of at most {PATH_LEN_MAX} bytes inside a cgroup2 mount"
+            );
+            match check.string(value, field, &expected) {
+                None => CgroupRoot::Auto,
+                Some("auto") => CgroupRoot::Auto,
+                Some("off") => CgroupRoot::Off,
+                Some(path)
+                    if path.starts_with('/')
+                        && path.len() <= PATH_LEN_MAX
+                        && !path.contains('\0')
+                        && !path.split('/').any(|c| c == "..") =>
+                {
+                    CgroupRoot::Path(PathBuf::from(path))
+                }
+                Some(path) => check
+                    .bad(
+                        value,
+                        field,
+                        format!("{path:?}: expected {expected}, without `..`"),
+                    )
+                    .unwrap_or(CgroupRoot::Auto),
+            }
+        }
+    };
+    CgroupConfig { root }
+}
+
 fn absolute_path(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<CString> {
     let expected = format!("an absolute path (starting with /) of at most {PATH_LEN_MAX} bytes");
     let path = check.string(value, field, &expected)?;
@@ -1171,4 +1306,490 @@ fn absolute_path(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<
         Ok(path) => Some(path),
         Err(_) => check.bad(value, field, "contains a NUL character"),
     }
+}
+
+/// What `user`/`group` name (a name, resolved from `/etc/passwd` and `/etc/group`, or a
+/// number), merged with `uid`/`gid` (only one of each pair). A user by name brings its
+/// primary group unless a group is given.
+fn user_group(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    partition: Option<Partition>,
+    prefix: &str,
+    uid: Option<Option<u32>>,
+    gid: Option<Option<u32>>,
+) -> (Option<Option<u32>>, Option<Option<u32>>) {
+    let id_max = i64::from(u32::MAX - 1);
+    let mut primary = None;
+    let mut user_of = |check: &mut Check<'_>, value: &Val<'_>, field: &str| -> Option<u32> {
+        match value.get_ref() {
+            DeValue::Integer(_) => check
+                .integer(value, field, 0, id_max, &format!("0..={id_max}"))
+                .map(|n| n as u32),
+            DeValue::String(name) => match check.accounts.user(name) {
+                Ok(Some(user)) => {
+                    primary = Some(user.gid);
+                    Some(user.uid)
+                }
+                Ok(None) => check.bad(
+                    value,
+                    field,
+                    format!(
+                        "no user named {name:?} in {}: expected a user of this machine, or a uid",
+                        super::accounts::PASSWD_PATH
+                    ),
+                ),
+                Err(e) => check.bad(
+                    value,
+                    field,
+                    format!("user {name:?} cannot be looked up: {e}"),
+                ),
+            },
+            _ => check.expected(value, field, "a user name or a uid"),
+        }
+    };
+    let mut uid = uid;
+    if let Some(value) = entry(table, "user") {
+        let field = join(prefix, "user");
+        if partition == Some(Partition::Qm) && matches!(value.get_ref(), DeValue::String(_)) {
+            check.bad::<()>(value, &field, "a user name is for local services only: a QM service's users are QM's (give a uid)");
+        } else if uid.is_some() {
+            check.bad::<()>(value, &field, "both `uid` and `user`: give one of them");
+        } else {
+            uid = Some(user_of(check, value, &field));
+        }
+    }
+    let mut gid = gid;
+    if let Some(value) = entry(table, "group") {
+        let field = join(prefix, "group");
+        if partition == Some(Partition::Qm) && matches!(value.get_ref(), DeValue::String(_)) {
+            check.bad::<()>(value, &field, "a group name is for local services only: a QM service's groups are QM's (give a gid)");
+        } else if gid.is_some() {
+            check.bad::<()>(value, &field, "both `gid` and `group`: give one of them");
+        } else {
+            gid = Some(group_of(check, value, &field));
+        }
+    }
+    if gid.is_none() {
+        gid = primary.map(Some);
+    }
+    (uid, gid)
+}
+
+/// A group by name (from `/etc/group`) or by number.
+fn group_of(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<u32> {
+    let id_max = i64::from(u32::MAX - 1);
+    match value.get_ref() {
+        DeValue::Integer(_) => check
+            .integer(value, field, 0, id_max, &format!("0..={id_max}"))
+            .map(|n| n as u32),
+        DeValue::String(name) => match check.accounts.group(name) {
+            Ok(Some(group)) => Some(group.gid),
+            Ok(None) => check.bad(
+                value,
+                field,
+                format!(
+                    "no group named {name:?} in {}: expected a group of this machine, or a gid",
+                    super::accounts::GROUP_PATH
+                ),
+            ),
+            Err(e) => check.bad(
+                value,
+                field,
+                format!("group {name:?} cannot be looked up: {e}"),
+            ),
+        },
+        _ => check.expected(value, field, "a group name or a gid"),
+    }
+}
+
+/// The execution environment keys of a service (`None` after an error).
+fn exec_env(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    partition: Option<Partition>,
+    prefix: &str,
+) -> Option<crate::spawn::ExecEnv> {
+    use crate::spawn::{CpuSet, ExecEnv, Groups, OomScoreAdj, SchedPolicy};
+    let errors_before = check.errors.len();
+    let mut exec = ExecEnv::default();
+    if partition == Some(Partition::Qm) {
+        for key in EXEC_KEYS {
+            if let Some(value) = entry(table, key) {
+                check.bad::<()>(
+                    value,
+                    &join(prefix, key),
+                    format!("`{key}` is for local services only: holden-agent does not apply it to QM services yet"),
+                );
+            }
+        }
+        return None;
+    }
+    if let Some(value) = entry(table, "supplementary_groups") {
+        let field = join(prefix, "supplementary_groups");
+        if let DeValue::Array(items) = value.get_ref() {
+            let mut gids = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                if let Some(gid) = group_of(check, item, &format!("{field}[{i}]")) {
+                    gids.push(gid);
+                }
+            }
+            match Groups::new(&gids) {
+                Some(groups) => exec.groups = Some(groups),
+                None => {
+                    check.bad::<()>(
+                        value,
+                        &field,
+                        format!(
+                            "{} groups: expected at most {}",
+                            items.len(),
+                            crate::spawn::GROUPS_MAX
+                        ),
+                    );
+                }
+            }
+        } else {
+            check.expected::<()>(
+                value,
+                &field,
+                "an array of group names or gids, like [\"audio\", 44]",
+            );
+        }
+    }
+    if let Some(value) = entry(table, "limits") {
+        let field = join(prefix, "limits");
+        if let Some(limits) = check.table(value, &field) {
+            let allowed: Vec<&str> = crate::spawn::RLIMIT_NAMES.to_vec();
+            check.known_keys(limits, &field, &allowed, LIMIT_SHOWN);
+            for (resource, name) in crate::spawn::RLIMIT_NAMES.iter().enumerate() {
+                if let Some(value) = entry(limits, name) {
+                    exec.rlimits[resource] = rlimit(check, value, &join(&field, name));
+                }
+            }
+        }
+    }
+    if let Some(value) = entry(table, "umask") {
+        let field = join(prefix, "umask");
+        exec.umask = match value.get_ref() {
+            DeValue::Integer(_) => check
+                .integer(value, &field, 0, 0o777, "0o000..=0o777 (like 0o027)")
+                .map(|n| n as u32),
+            DeValue::String(text) => match u32::from_str_radix(text, 8) {
+                Ok(n) if n <= 0o777 && !text.is_empty() => Some(n),
+                _ => check.bad(value, &field, format!("bad umask {text:?}: expected octal digits 000..=777, like \"0027\" or 0o027")),
+            },
+            _ => check.expected(value, &field, "an octal umask like 0o027 or \"0027\""),
+        };
+    }
+    if let Some(value) = entry(table, "oom_score_adj") {
+        exec.oom_score_adj = check
+            .integer(
+                value,
+                &join(prefix, "oom_score_adj"),
+                -1000,
+                1000,
+                "-1000..=1000",
+            )
+            .and_then(|n| OomScoreAdj::new(n as i32));
+    }
+    if let Some(value) = entry(table, "nice") {
+        exec.nice = check
+            .integer(value, &join(prefix, "nice"), -20, 19, "-20..=19")
+            .map(|n| n as i8);
+    }
+    let policy = entry(table, "sched_policy").and_then(|value| {
+        check.one_of(
+            value,
+            &join(prefix, "sched_policy"),
+            &[
+                ("other", SchedPolicy::Other),
+                ("fifo", SchedPolicy::Fifo),
+                ("rr", SchedPolicy::Rr),
+            ],
+        )
+    });
+    let priority = entry(table, "sched_priority");
+    match (policy, priority) {
+        (None, Some(value)) if entry(table, "sched_policy").is_none() => {
+            check.bad::<()>(
+                value,
+                &join(prefix, "sched_priority"),
+                "`sched_priority` without `sched_policy`: give the policy (\"fifo\" or \"rr\")",
+            );
+        }
+        (Some(SchedPolicy::Other), priority) => {
+            let n = priority.and_then(|v| {
+                check.integer(
+                    v,
+                    &join(prefix, "sched_priority"),
+                    0,
+                    0,
+                    "0 (SCHED_OTHER has no priority; use `nice`)",
+                )
+            });
+            if priority.is_none() || n.is_some() {
+                exec.sched = Some((SchedPolicy::Other, 0));
+            }
+        }
+        (Some(policy), Some(value)) => {
+            exec.sched = check
+                .integer(value, &join(prefix, "sched_priority"), 1, 99, "1..=99")
+                .map(|n| (policy, n as u8));
+        }
+        (Some(policy), None) => {
+            let at = entry(table, "sched_policy").map_or(0, |v| v.span().start);
+            check.error(
+                at,
+                ConfigErrorKind::MissingKey,
+                &join(prefix, "sched_priority"),
+                format!(
+                    "missing key `sched_priority`: sched_policy = \"{}\" needs a priority 1..=99",
+                    policy.as_str()
+                ),
+            );
+        }
+        (None, _) => {}
+    }
+    if let Some(value) = entry(table, "cpu_affinity") {
+        let field = join(prefix, "cpu_affinity");
+        let expected = format!(
+            "an array of CPU numbers 0..={} or ranges like \"2-3\"",
+            crate::spawn::CPU_MAX
+        );
+        if let DeValue::Array(items) = value.get_ref() {
+            let mut cpus = CpuSet::default();
+            for (i, item) in items.iter().enumerate() {
+                let item_field = format!("{field}[{i}]");
+                let range = match item.get_ref() {
+                    DeValue::Integer(_) => check
+                        .integer(
+                            item,
+                            &item_field,
+                            0,
+                            crate::spawn::CPU_MAX as i64,
+                            &format!("0..={}", crate::spawn::CPU_MAX),
+                        )
+                        .map(|n| (n as usize, n as usize)),
+                    DeValue::String(text) => {
+                        let parsed = text.split_once('-').and_then(|(a, b)| {
+                            Some((
+                                a.trim().parse::<usize>().ok()?,
+                                b.trim().parse::<usize>().ok()?,
+                            ))
+                        });
+                        match parsed {
+                            Some((a, b)) if a <= b && b <= crate::spawn::CPU_MAX => Some((a, b)),
+                            _ => check.bad(
+                                item,
+                                &item_field,
+                                format!("bad CPU range {text:?}: expected {expected}"),
+                            ),
+                        }
+                    }
+                    _ => check.expected(item, &item_field, &expected),
+                };
+                if let Some((a, b)) = range {
+                    for cpu in a..=b {
+                        cpus.add(cpu);
+                    }
+                }
+            }
+            if items.is_empty() {
+                check.bad::<()>(value, &field, format!("an empty set: expected {expected}"));
+            } else {
+                exec.cpu_affinity = Some(cpus);
+            }
+        } else {
+            check.expected::<()>(value, &field, &expected);
+        }
+    }
+    if let Some(value) = entry(table, "no_new_privs") {
+        exec.no_new_privs = check
+            .boolean(value, &join(prefix, "no_new_privs"))
+            .unwrap_or(false);
+    }
+    let mut sets = [None, None];
+    for (i, key) in ["capability_bounding_set", "ambient_capabilities"]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(value) = entry(table, key) {
+            sets[i] = capabilities(check, value, &join(prefix, key)).map(|m| (m, value));
+        }
+    }
+    if let [Some((bounding, _)), Some((ambient, value))] = sets {
+        if ambient & !bounding != 0 {
+            let outside: Vec<&str> = (0..64)
+                .filter(|&c| (ambient & !bounding) & (1u64 << c) != 0)
+                .filter_map(|c| crate::spawn::CAPABILITY_NAMES.get(c).copied())
+                .collect();
+            check.bad::<()>(
+                value,
+                &join(prefix, "ambient_capabilities"),
+                format!(
+                    "not in capability_bounding_set: {}; an ambient capability must stay in the bounding set",
+                    outside.join(", ")
+                ),
+            );
+        }
+    }
+    exec.cap_bounding = sets[0].map(|(m, _)| m);
+    exec.cap_ambient = sets[1].map(|(m, _)| m);
+    (check.errors.len() == errors_before).then_some(exec)
+}
+
+/// An array of capability names (`"CAP_NET_BIND_SERVICE"` or `"net_bind_service"`), as a mask.
+fn capabilities(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<u64> {
+    let expected = "an array of capability names like [\"CAP_NET_BIND_SERVICE\"]";
+    let DeValue::Array(items) = value.get_ref() else {
+        return check.expected(value, field, expected);
+    };
+    let mut mask = 0u64;
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_field = format!("{field}[{i}]");
+        let Some(name) = check.string(item, &item_field, "a capability name") else {
+            ok = false;
+            continue;
+        };
+        match crate::spawn::capability_number(name) {
+            Some(cap) => mask |= 1u64 << cap,
+            None => {
+                ok = false;
+                check.bad::<()>(
+                    item,
+                    &item_field,
+                    format!("unknown capability {name:?}: expected a name of capabilities(7), like \"CAP_NET_BIND_SERVICE\""),
+                );
+            }
+        }
+    }
+    ok.then_some(mask)
+}
+
+/// One `limits` entry: a number (soft and hard), `"infinity"`, or `{ soft = …, hard = … }`.
+fn rlimit(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<crate::spawn::Rlimit> {
+    let expected = "a number, \"infinity\", or { soft = N, hard = N }";
+    let one = |check: &mut Check<'_>, value: &Val<'_>, field: &str| -> Option<u64> {
+        match value.get_ref() {
+            DeValue::Integer(_) => check
+                .integer(value, field, 0, i64::MAX, "0 or more, or \"infinity\"")
+                .map(|n| n as u64),
+            DeValue::String(text) if *text == "infinity" || *text == "unlimited" => {
+                Some(crate::spawn::RLIM_INFINITY)
+            }
+            _ => check.expected(value, field, "a number or \"infinity\""),
+        }
+    };
+    match value.get_ref() {
+        DeValue::Table(table) => {
+            check.known_keys(table, field, &["soft", "hard"], "`soft`, `hard`");
+            let at = value.span().start;
+            let soft = required(check, table, "soft", at, field, "a number or \"infinity\"")
+                .and_then(|v| one(check, v, &join(field, "soft")));
+            let hard_value = required(check, table, "hard", at, field, "a number or \"infinity\"");
+            let hard = hard_value.and_then(|v| one(check, v, &join(field, "hard")));
+            let (soft, hard, hard_value) = (soft?, hard?, hard_value?);
+            if soft > hard {
+                return check.bad(
+                    hard_value,
+                    &join(field, "hard"),
+                    format!("hard {hard} is below soft {soft}: expected soft <= hard"),
+                );
+            }
+            Some(crate::spawn::Rlimit { soft, hard })
+        }
+        DeValue::Integer(_) | DeValue::String(_) => {
+            one(check, value, field).map(|n| crate::spawn::Rlimit { soft: n, hard: n })
+        }
+        _ => check.expected(value, field, expected),
+    }
+}
+
+/// The cgroup limit keys of a service (`memory_max`, …), as the text of their cgroup files.
+fn cgroup_limits(
+    check: &mut Check<'_>,
+    table: &Table<'_>,
+    partition: Option<Partition>,
+    prefix: &str,
+) -> (super::CgroupLimits, Vec<usize>) {
+    let mut limits = super::CgroupLimits::default();
+    let mut offsets = Vec::new();
+    for (key, controller, file) in super::CGROUP_LIMIT_KEYS {
+        let Some(value) = entry(table, key) else {
+            continue;
+        };
+        let field = join(prefix, key);
+        if partition == Some(Partition::Qm) {
+            check.bad::<()>(
+                value,
+                &field,
+                format!("`{key}` is for local services only: a QM service's cgroup is QM's (holden-agent does not set limits yet)"),
+            );
+            continue;
+        }
+        let text: Option<String> = match key {
+            "memory_max" | "memory_high" => match value.get_ref() {
+                DeValue::Integer(_) => check
+                    .integer(value, &field, 0, i64::MAX, "0 or more bytes")
+                    .map(|n| n.to_string()),
+                DeValue::String(text) => match super::parse_bytes(text) {
+                    Ok(text) => Some(text),
+                    Err(message) => check.bad(value, &field, message),
+                },
+                _ => check.expected(value, &field, "a size like \"32M\" or \"max\""),
+            },
+            "cpu_weight" => check
+                .integer(
+                    value,
+                    &field,
+                    1,
+                    10_000,
+                    "1..=10000 (100 is the default weight)",
+                )
+                .map(|n| n.to_string()),
+            "io_weight" => check
+                .integer(
+                    value,
+                    &field,
+                    1,
+                    10_000,
+                    "1..=10000 (100 is the default weight)",
+                )
+                .map(|n| format!("default {n}")),
+            "cpu_max" => match check.string(value, &field, "a string like \"50%\" or \"max\"") {
+                Some(text) => match super::parse_cpu_max(text) {
+                    Ok(text) => Some(text),
+                    Err(message) => check.bad(value, &field, message),
+                },
+                None => None,
+            },
+            _ => match value.get_ref() {
+                // pids_max
+                DeValue::String(text) if *text == "max" => Some("max".to_string()),
+                _ => check
+                    .integer(
+                        value,
+                        &field,
+                        1,
+                        i64::from(i32::MAX),
+                        "1..=2147483647 or \"max\"",
+                    )
+                    .map(|n| n.to_string()),
+            },
+        };
+        let Some(text) = text else {
+            continue;
+        };
+        if let Ok(text) = arrayvec::ArrayString::from(&text) {
+            offsets.push(value.span().start);
+            limits.limits.push(super::CgroupLimit {
+                key,
+                controller,
+                file,
+                value: text,
+            });
+        }
+    }
+    (limits, offsets)
 }

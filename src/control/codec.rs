@@ -460,6 +460,9 @@ fn decode_event<'a>(r: &mut Reader<'a>) -> Result<EventInfo<'a>, DecodeError> {
         (12, 0) => Why::Removed,
         (13, pid) if pid > 0 => Why::Adopted(pid),
         (14, 0) => Why::Resumed,
+        (15, 0) => Why::Ready,
+        (16, 0) => Why::StartTimeout,
+        (17, 0) => Why::Watchdog,
         _ => return Err(r.bad("why")),
     };
     let restarts = r.u32()?;
@@ -707,6 +710,9 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
                 Why::Removed => (12, 0),
                 Why::Adopted(pid) => (13, pid.max(1)),
                 Why::Resumed => (14, 0),
+                Why::Ready => (15, 0),
+                Why::StartTimeout => (16, 0),
+                Why::Watchdog => (17, 0),
             };
             w.u8(tag)?;
             w.i32(value)?;

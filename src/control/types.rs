@@ -204,6 +204,12 @@ pub enum Why {
     Adopted(i32),
     /// The state of a previous orchestrator instance was carried over.
     Resumed,
+    /// A `notify` service said it is ready.
+    Ready,
+    /// Not ready (or done) within its start timeout.
+    StartTimeout,
+    /// Its watchdog was not pinged in time.
+    Watchdog,
 }
 
 impl Why {
@@ -223,6 +229,9 @@ impl Why {
             Why::Removed => "removed",
             Why::Adopted(_) => "adopted",
             Why::Resumed => "resumed",
+            Why::Ready => "ready",
+            Why::StartTimeout => "start-timeout",
+            Why::Watchdog => "watchdog",
         }
     }
 }
@@ -395,8 +404,9 @@ pub struct ReloadInfo<'a> {
 pub struct ReexecInfo {
     /// Re-execs since the orchestrator started, this one included.
     pub generation: u32,
-    /// The pause: from the old instance's last write of the state record to the new instance
-    /// supervising again (every service carried on), in µs.
+    /// The pause: from the old instance leaving its loop for the re-exec (the configuration
+    /// check, the record write, the exec) to the new instance entering its loop with every
+    /// service carried on, in µs.
     pub took_us: u64,
     /// Services whose process the new instance took over.
     pub adopted: u32,

@@ -1312,6 +1312,9 @@ fn why_of(reason: Reason) -> Why {
         Reason::Removed => Why::Removed,
         Reason::Adopted(pid) => Why::Adopted(pid.0),
         Reason::Resumed => Why::Resumed,
+        Reason::Ready => Why::Ready,
+        Reason::StartTimeout => Why::StartTimeout,
+        Reason::Watchdog => Why::Watchdog,
     }
 }
 

@@ -264,6 +264,20 @@ impl<H> Engine<H> {
         result
     }
 
+    /// What a service said over sd_notify that the core acts on (`Ready`, `WatchdogPing`,
+    /// `WatchdogTrigger`, `ExtendStartTimeout`); ignored by the core when it does not apply.
+    pub fn notified(&mut self, now: MonoTime, event: Event) {
+        debug_assert!(matches!(
+            event,
+            Event::Ready { .. }
+                | Event::WatchdogPing { .. }
+                | Event::WatchdogTrigger { .. }
+                | Event::ExtendStartTimeout { .. }
+        ));
+        self.events.push(event);
+        self.pump(now);
+    }
+
     /// Stop everything (a second call: SIGKILL what is left at once).
     pub fn shutdown(&mut self, now: MonoTime) {
         self.events.push(Event::Shutdown);

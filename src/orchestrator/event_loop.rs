@@ -19,6 +19,7 @@ use super::agent_io::AgentIo;
 use super::control::{self, ControlServer, Request, View};
 use super::counters::Counters;
 use super::engine::{Engine, Output};
+use super::notify::{self, NotifySocket};
 use super::output::Outputs;
 use super::reexec::{Inherited, Program};
 use super::reload;
@@ -44,10 +45,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Ring slots that belong to no service: signalfd, shutdown eventfd, watchdog, engine timer,
-/// exit retry, spawner eventfd, fd store retry, agent connection and its spare.
-pub const FIXED_SLOTS: usize = 9;
+/// exit retry, spawner eventfd, fd store retry, services' notify socket, agent connection and
+/// its spare.
+pub const FIXED_SLOTS: usize = 10;
 /// How soon a message systemd did not take (its notify socket full: an fd store entry, `READY=1`,
-/// `STOPPING=1`, `WATCHDOG=1`) is tried again.
+/// `STOPPING=1`, `STATUS=`, `WATCHDOG=1`) is tried again.
 const FD_STORE_RETRY: Duration = Duration::from_millis(20);
 /// Of those, the ones with buffers: the agent connection and its spare.
 const FIXED_BUFFERED_SLOTS: usize = 2;
@@ -72,6 +74,7 @@ enum Owner {
     Timer,
     ExitRetry,
     FdStoreRetry,
+    Notify,
     Spawner,
     Agent,
     Control,
@@ -248,6 +251,14 @@ pub struct Orchestrator {
     /// written (start-up writes every service's entries after it), so that the burst a
     /// restart's take-over makes cannot fill the socket before `READY=1`.
     announced: bool,
+    /// The services' sd_notify socket (with a runtime directory).
+    notify_socket: Option<NotifySocket>,
+    /// Datagrams on it that were not counted (not from a service's process), and when that was
+    /// last said in the log.
+    notify_dropped: u64,
+    notify_dropped_said_ns: u64,
+    /// Datagrams whose sender's spawn was not reported yet (capacity fixed at start-up).
+    notify_held: Vec<notify::Held>,
 }
 
 /// What systemd's fd store passed at start (`LISTEN_FDS`): the services' pidfds and output
@@ -438,18 +449,24 @@ impl Orchestrator {
         let mut engine = Engine::new(capacity, link_config, qm_services > 0);
         let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
         let mut services = Services::new(capacity, exit_retry_slot, caps);
+        services.cgroups = super::tree::resolve(&settings.cgroup_root, &log)?;
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, mut def) in defs.into_iter().enumerate() {
             if let Some(dir) = &settings.runtime_dir {
                 runtime::tag(&mut def, dir);
+                notify::service_env(&mut def, &dir.join(notify::SOCKET_NAME));
             }
             let id = engine
                 .add(def.policy)
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
             debug_assert_eq!(id.index(), index);
             let spec = match def.policy.partition {
-                Partition::Local => Some(prepare_spec(&def).map_err(Error::Service)?),
+                Partition::Local => Some(
+                    services
+                        .with_cgroup(&def, prepare_spec(&def).map_err(Error::Service)?)
+                        .map_err(Error::Service)?,
+                ),
                 Partition::Qm => None,
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
@@ -505,6 +522,31 @@ impl Orchestrator {
         };
         let watchdog = match notify.watchdog_interval() {
             Some(interval) => Some((take_bare(&mut ring, Owner::Watchdog)?, interval)),
+            None => None,
+        };
+        let notify_socket = match &settings.runtime_dir {
+            Some(dir) => {
+                let slot = take_bare(&mut ring, Owner::Notify)?;
+                let kept = inherited.as_mut().and_then(|i| {
+                    let fd = i.handoff.notify;
+                    i.take(fd)
+                });
+                match NotifySocket::bind(dir, &mut ring, slot, kept) {
+                    Ok(socket) => Some(socket),
+                    Err(e) => {
+                        log.line(
+                            Priority::Err,
+                            format_args!(
+                                "event=notify-socket-unavailable error={} consequence=\"type = \
+                                 notify services cannot say they are ready: their start \
+                                 timeout ends them\"",
+                                Quoted(&e)
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
             None => None,
         };
         let fd_store_retry = if notify.enabled() {
@@ -601,6 +643,10 @@ impl Orchestrator {
             watchdog_pending: false,
             status_pending: false,
             announced: false,
+            notify_socket,
+            notify_dropped: 0,
+            notify_dropped_said_ns: 0,
+            notify_held: Vec::with_capacity(notify::HELD_MAX),
         })
     }
 
@@ -659,11 +705,21 @@ impl Orchestrator {
         self.engine.close_agent();
         self.drain_outputs();
         self.control.close(&mut self.ring);
+        if let Some(socket) = &mut self.notify_socket {
+            socket.close();
+        }
         self.spawner.stop();
+        let all_stopped = self.engine.core().shutdown_complete();
         if let Some(recorder) = &mut self.recorder {
             // Every service stopped: nothing for a next instance to take over. Left running
             // (`shutdown.stop_services = false`): the record lets the next one take them over.
-            recorder.stop(self.engine.core().shutdown_complete());
+            recorder.stop(all_stopped);
+        }
+        if all_stopped {
+            // A cgroup of a service left running holds its tree for the next instance.
+            for service in &self.services.list {
+                self.services.remove_cgroup(&self.log, &service.def.name);
+            }
         }
         self.log.line(
             Priority::Notice,
@@ -727,38 +783,6 @@ impl Orchestrator {
             }
         }
         let resumed = self.carry_on(handed);
-        if let Some(mut inherited) = self.inherited.take() {
-            let handoff = &inherited.handoff;
-            let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
-            let adopted = self.engine.core().services().filter(|&id| {
-                self.engine
-                    .core()
-                    .status(id)
-                    .is_some_and(|s| s.pid.is_some())
-            });
-            let adopted = adopted.count() as u32;
-            self.log.line(
-                Priority::Notice,
-                format_args!(
-                    "event=reexec-done generation={} took_us={took_us} services_with_a_process={adopted}",
-                    self.generation
-                ),
-            );
-            let reply = handoff.reply;
-            if let Some((fd, request)) = reply {
-                if let Some(fd) = inherited.take(Some(fd)) {
-                    control::answer_handed_over(
-                        fd,
-                        request,
-                        crate::control::ReexecInfo {
-                            generation: self.generation,
-                            took_us,
-                            adopted,
-                        },
-                    );
-                }
-            }
-        }
         for index in 0..self.services.list.len() {
             if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
                 let service = self.services.list[index].id;
@@ -794,6 +818,39 @@ impl Orchestrator {
         // by what is.
         for index in 0..self.services.list.len() {
             self.fd_store_sync(index);
+        }
+        // After a re-exec: the pause ends here, as the loop begins.
+        if let Some(mut inherited) = self.inherited.take() {
+            let handoff = &inherited.handoff;
+            let took_us = ring::now_ns().saturating_sub(handoff.began_ns) / 1_000;
+            let adopted = self.engine.core().services().filter(|&id| {
+                self.engine
+                    .core()
+                    .status(id)
+                    .is_some_and(|s| s.pid.is_some())
+            });
+            let adopted = adopted.count() as u32;
+            self.log.line(
+                Priority::Notice,
+                format_args!(
+                    "event=reexec-done generation={} took_us={took_us} services_with_a_process={adopted}",
+                    self.generation
+                ),
+            );
+            let reply = handoff.reply;
+            if let Some((fd, request)) = reply {
+                if let Some(fd) = inherited.take(Some(fd)) {
+                    control::answer_handed_over(
+                        fd,
+                        request,
+                        crate::control::ReexecInfo {
+                            generation: self.generation,
+                            took_us,
+                            adopted,
+                        },
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -985,10 +1042,19 @@ impl Orchestrator {
             Owner::Service(index) if c.op == OpTag::Poll => self.services.on_poll(
                 &mut self.ring,
                 &mut self.engine,
+                &self.log,
                 &self.counters,
                 now(),
                 index as usize,
                 c,
+            ),
+            Owner::Service(index) if c.op == OpTag::Timeout => self.services.on_tree_timeout(
+                &mut self.ring,
+                &mut self.engine,
+                &self.log,
+                &self.counters,
+                now(),
+                index as usize,
             ),
             Owner::Service(_) => {}
             Owner::Output(index, stream) => {
@@ -1029,11 +1095,15 @@ impl Orchestrator {
                 self.timer_at = None;
                 self.engine.handle_timeout(now());
             }
-            Owner::ExitRetry => {
-                self.services
-                    .on_exit_retry(&mut self.ring, &mut self.engine, &self.counters, now())
-            }
+            Owner::ExitRetry => self.services.on_exit_retry(
+                &mut self.ring,
+                &mut self.engine,
+                &self.log,
+                &self.counters,
+                now(),
+            ),
             Owner::Spawner => self.on_spawns_done(),
+            Owner::Notify => self.on_notify(),
             Owner::Agent => {
                 if let Some(conn) = self.agent.conn_of(c.slot) {
                     self.agent
@@ -1206,12 +1276,162 @@ impl Orchestrator {
         }
     }
 
+    /// Datagrams on the services' notify socket: at most [`notify::READS_PER_WAKE_MAX`] per
+    /// wake-up, each counted only when its sender is a service's live process. One whose
+    /// sender is not known while a local spawn is being reported is held (at most
+    /// [`notify::HELD_MAX`]) and looked at again once the spawns are in.
+    fn on_notify(&mut self) {
+        let Some(mut socket) = self.notify_socket.take() else {
+            return;
+        };
+        // Spawns already reported first: their pids are then known.
+        self.take_spawns();
+        for _ in 0..notify::READS_PER_WAKE_MAX {
+            let Some(datagram) = socket.read(&self.ring) else {
+                break;
+            };
+            let message = notify::Owned::of(&socket.message(datagram.len), datagram.had_fds);
+            match datagram.sender.filter(|&p| p > 0) {
+                Some(sender) => self.notified_by(sender, message),
+                None => self.notify_dropped(None, "no sender credentials"),
+            }
+        }
+        socket.rearm(&mut self.ring);
+        self.notify_socket = Some(socket);
+    }
+
+    /// The service whose live process is `pid`.
+    fn service_of_pid(&self, pid: i32) -> Option<ServiceId> {
+        let core = self.engine.core();
+        core.services()
+            .find(|&id| core.status(id).and_then(|s| s.pid) == Some(supervise::Pid(pid)))
+    }
+
+    /// A datagram from `sender`: for its service, held while spawns are reported, or dropped.
+    fn notified_by(&mut self, sender: i32, message: notify::Owned) {
+        if let Some(service) = self.service_of_pid(sender) {
+            self.on_notified(service, &message);
+            return;
+        }
+        let spawning = self.services.list.iter().any(|s| s.spawning);
+        if spawning && self.notify_held.len() < notify::HELD_MAX {
+            self.notify_held.push(notify::Held { sender, message });
+            return;
+        }
+        self.notify_dropped(Some(sender), "not a service's process");
+    }
+
+    /// After spawns were reported: the held datagrams again (those still without a service
+    /// stay while spawns are being reported, and are dropped after).
+    fn notify_retry_held(&mut self) {
+        let spawning = self.services.list.iter().any(|s| s.spawning);
+        let mut i = 0;
+        while i < self.notify_held.len() {
+            let held = self.notify_held[i];
+            match self.service_of_pid(held.sender) {
+                Some(service) => {
+                    self.notify_held.swap_remove(i);
+                    self.on_notified(service, &held.message);
+                }
+                None if !spawning => {
+                    self.notify_held.swap_remove(i);
+                    self.notify_dropped(Some(held.sender), "not a service's process");
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// What a service said.
+    fn on_notified(&mut self, service: ServiceId, m: &notify::Owned) {
+        use crate::service_notify::Watchdog;
+        let pid = self.engine.core().status(service).and_then(|s| s.pid);
+        {
+            let name = self.services.name(service.index());
+            if let Some(text) = &m.status {
+                self.log.line(
+                    Priority::Debug,
+                    format_args!("service={name} event=status text={}", Quoted(text.as_str())),
+                );
+            }
+            if m.stopping {
+                self.log.line(
+                    Priority::Info,
+                    format_args!("service={name} event=stopping-notified"),
+                );
+            }
+            if let Some(errno) = m.errno {
+                self.log.line(
+                    Priority::Info,
+                    format_args!("service={name} event=errno-notified errno={errno}"),
+                );
+            }
+        }
+        if let Some(text) = &m.status {
+            self.services.set_status_text(service, text);
+        }
+        if m.ready {
+            self.engine
+                .notified(now(), supervise::Event::Ready { service });
+        }
+        match m.watchdog {
+            Some(Watchdog::Ping) => self
+                .engine
+                .notified(now(), supervise::Event::WatchdogPing { service }),
+            Some(Watchdog::Trigger) => self
+                .engine
+                .notified(now(), supervise::Event::WatchdogTrigger { service }),
+            None => {}
+        }
+        if let Some(usec) = m.extend_timeout_usec {
+            self.engine.notified(
+                now(),
+                supervise::Event::ExtendStartTimeout {
+                    service,
+                    by: Duration::from_micros(usec),
+                },
+            );
+        }
+        if m.main_pid.is_some_and(|p| Some(supervise::Pid(p)) != pid) {
+            self.notify_dropped(m.main_pid, "MAINPID= of another process: refused");
+        }
+        if m.had_fds {
+            self.notify_dropped(pid.map(|p| p.0), "fds passed with a notification: closed");
+        }
+        self.settle();
+    }
+
+    /// Counts a notification not taken; says so at most once a second, with the count.
+    fn notify_dropped(&mut self, sender: Option<i32>, why: &str) {
+        self.notify_dropped += 1;
+        let now_ns = ring::now_ns();
+        if self.notify_dropped_said_ns == 0 || now_ns - self.notify_dropped_said_ns >= 1_000_000_000
+        {
+            self.notify_dropped_said_ns = now_ns;
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "event=notify-dropped sender_pid={} reason={} dropped_total={}",
+                    sender.unwrap_or(0),
+                    Quoted(why),
+                    self.notify_dropped
+                ),
+            );
+        }
+    }
+
     /// Spawner threads finished spawns: hand each outcome to the engine.
     fn on_spawns_done(&mut self) {
         if let Some(fd) = self.ring.fd(self.spawner_slot) {
             let _ = crate::sys::fd::eventfd_read(fd);
         }
         let _ = self.ring.poll_add(self.spawner_slot, libc::POLLIN as u32);
+        self.take_spawns();
+    }
+
+    /// Hands every finished spawn to the engine, then looks again at notifications held for
+    /// want of their sender's pid.
+    fn take_spawns(&mut self) {
         while let Some(done) = self.spawner.take() {
             let index = done.service.index();
             self.services
@@ -1219,6 +1439,7 @@ impl Orchestrator {
             self.outputs.resume(&mut self.ring, index);
             self.settle();
         }
+        self.notify_retry_held();
     }
 
     /// Makes systemd's fd store hold what service `index` has now: `FDSTOREREMOVE` of its
@@ -1354,7 +1575,7 @@ impl Orchestrator {
         self.engine.link().requests_outstanding() > 0
             || core
                 .services()
-                .any(|id| core.status(id).is_some_and(|s| s.state == State::Starting))
+                .any(|id| core.status(id).is_some_and(|s| s.spawn_in_flight))
     }
 
     /// Re-execs if nothing is in flight, or once [`REEXEC_DRAIN_MAX_NS`] has passed.
@@ -1430,6 +1651,10 @@ impl Orchestrator {
         handoff.lock = Some(raw(recorder.lock_fd()));
         if let Some(fd) = self.control.listener(&self.ring) {
             handoff.control = Some(raw(fd));
+            kept.push(fd);
+        }
+        if let Some(fd) = self.notify_socket.as_ref().and_then(|s| s.fd(&self.ring)) {
+            handoff.notify = Some(raw(fd));
             kept.push(fd);
         }
         if let Some((fd, request)) = conn.and_then(|k| self.control.waiting_conn(&self.ring, k)) {
@@ -1533,6 +1758,17 @@ impl Orchestrator {
                 .iter()
                 .find(|e| e.name.as_str() == name && e.partition == partition);
             let mut candidates = tagged.remove(&name).unwrap_or_default();
+            // A local service with a cgroup: what the cgroup holds is its tree, the processes
+            // of one spawn (a main's exit is reported only once its cgroup is empty), never
+            // second processes; a double-forked one is a tagged root too, and is left alone.
+            let in_cgroup: Vec<i32> = match (partition, &self.services.cgroups) {
+                (Partition::Local, Some(cgroups)) => cgroups.procs(&name).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            // Oldest first: the first is the tree's main process while it lives.
+            let (tree_roots, outside): (Vec<i32>, Vec<i32>) =
+                candidates.iter().partition(|p| in_cgroup.contains(p));
+            candidates = outside;
             let mut live = None;
             let mut kept = handed
                 .iter()
@@ -1619,7 +1855,13 @@ impl Orchestrator {
             // The newest tagged process (the last of them) is the last spawn: take it over if
             // nothing else was.
             if live.is_none() {
-                while let Some(pid) = candidates.pop() {
+                // In a cgroup, the oldest of the tree (its main process) when the record
+                // names no process (a spawn in flight at the crash); a recorded main that is
+                // gone left the rest orphaned (a new spawn waits for an empty cgroup). Else
+                // the newest tagged process outside it.
+                let recorded = entry.is_some_and(|e| e.carried.pid.is_some());
+                let mut order = tree_roots.iter().copied().take(usize::from(!recorded));
+                while let Some(pid) = order.next().or_else(|| candidates.pop()) {
                     let Ok(fd) = pidfd::open(pid) else {
                         continue;
                     };
@@ -1656,6 +1898,12 @@ impl Orchestrator {
                         );
                     }
                 }
+            }
+            if live.is_none() && !in_cgroup.is_empty() {
+                // The main process is gone and its tree is not: what is left of a spawn of
+                // the previous instance, ended before anything starts in that cgroup again.
+                self.services
+                    .end_orphan_tree(&self.log, index, in_cgroup.len());
             }
             let carried = match (entry, &live) {
                 (Some(entry), _) => entry.carried,
@@ -1846,6 +2094,9 @@ impl Orchestrator {
             Reason::Removed => write!(line, " reason=removed"),
             Reason::Adopted(pid) => write!(line, " reason=adopted adopted_pid={}", pid.0),
             Reason::Resumed => write!(line, " reason=resumed"),
+            Reason::Ready => write!(line, " reason=ready"),
+            Reason::StartTimeout => write!(line, " reason=start-timeout"),
+            Reason::Watchdog => write!(line, " reason=watchdog"),
         };
         if let Some(delay) = t.next_delay {
             let _ = write!(line, " next_delay_ms={}", delay.as_millis());
@@ -2095,6 +2346,8 @@ impl Orchestrator {
                 self.services.name(service.index())
             ),
         );
+        self.services
+            .remove_cgroup(&self.log, &self.services.list[service.index()].def.name);
         // Inactive now: its entries leave the store.
         self.fd_store_sync(service.index());
     }

@@ -20,6 +20,7 @@ mod control;
 mod counters;
 pub mod engine;
 mod event_loop;
+mod notify;
 mod output;
 mod reexec;
 mod reload;
@@ -30,6 +31,7 @@ mod spawner;
 mod spec;
 mod status_line;
 mod timers;
+mod tree;
 
 pub use control::{
     ControlSettings, CONNECTIONS_MAX as CONTROL_CONNECTIONS_MAX,

@@ -55,6 +55,8 @@ fn differs(old: &ServiceDef, new: &ServiceDef) -> bool {
         || old.policy != new.policy
         || old.stdout != new.stdout
         || old.stderr != new.stderr
+        || old.exec != new.exec
+        || old.cgroup_limits != new.cgroup_limits
 }
 
 /// The names of settings that changed but apply only after a restart.
@@ -95,12 +97,19 @@ fn fixed_changes(old: &Settings, new: &Settings) -> String {
     if old.history_bytes != new.history_bytes {
         list.push("log.history_bytes");
     }
+    if old.cgroup_root != new.cgroup_root {
+        list.push("cgroup.root");
+    }
     list.join(", ")
 }
 
-fn prepare(def: &ServiceDef) -> Result<Option<Arc<SpawnSpec>>, (FailCode, String)> {
+fn prepare(
+    def: &ServiceDef,
+    services: &Services,
+) -> Result<Option<Arc<SpawnSpec>>, (FailCode, String)> {
     match def.policy.partition {
         Partition::Local => prepare_spec(def)
+            .and_then(|spec| services.with_cgroup(def, spec))
             .map(Some)
             .map_err(|e| (FailCode::ReloadFailed, e)),
         Partition::Qm => Ok(None),
@@ -126,6 +135,7 @@ pub(crate) fn plan(
     for mut def in ServiceDef::all_from_config(&config) {
         if let Some(dir) = &settings.runtime_dir {
             super::runtime::tag(&mut def, dir);
+            super::notify::service_env(&mut def, &dir.join(super::notify::SOCKET_NAME));
         }
         match services.by_name(&def.name) {
             None => added.push(def),
@@ -155,11 +165,11 @@ pub(crate) fn plan(
     }
     let added = added
         .into_iter()
-        .map(|def| prepare(&def).map(|spec| (def, spec)))
+        .map(|def| prepare(&def, services).map(|spec| (def, spec)))
         .collect::<Result<Vec<_>, _>>()?;
     let changed = changed
         .into_iter()
-        .map(|(i, def)| prepare(&def).map(|spec| (i, def, spec)))
+        .map(|(i, def)| prepare(&def, services).map(|spec| (i, def, spec)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Plan {
         needs_restart: fixed_changes(settings, &new_settings),

@@ -35,6 +35,9 @@ use std::time::Duration;
 const EXIT_INFO_RETRY_INTERVAL: Duration = Duration::from_millis(1);
 /// Looks before a QM exit status is reported as unknown.
 const EXIT_INFO_RETRIES_MAX: u16 = 200;
+/// How long a restarted orchestrator waits, at start-up, for an orphaned tree it killed to be
+/// gone from its cgroup ([`Services::end_orphan_tree`]).
+pub(crate) const ORPHAN_TREE_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait for the reap of a QM process that exited (`POLLIN`) before its status is
 /// reported as unknown: the same bound as the looks above.
 pub(crate) const REAP_WAIT_MAX: Duration = Duration::from_millis(200);
@@ -69,12 +72,16 @@ pub(crate) struct Service {
     pub removing: bool,
     /// A local spawn is with the spawner threads (its pid is not known yet).
     pub spawning: bool,
+    /// Local, with a cgroup: the tree that outlived its main process.
+    pub(crate) tree: super::tree::Tree,
     /// Its live process is not our child (a local process taken over from a previous
     /// instance, reparented when that one died): `waitid` cannot read its exit status, which
     /// is read as for QM, through `PIDFD_INFO_EXIT` once its new parent has reaped it.
     pub reaped_elsewhere: bool,
     /// Its live process's identity for the state record on a kernel without pidfs.
     pub start_identity: crate::record::Identity,
+    /// What it last said in `STATUS=` (sd_notify).
+    pub status_text: arrayvec::ArrayString<{ crate::service_notify::STATUS_BYTES_MAX }>,
 }
 
 /// Every service, indexed by the core's service index.
@@ -87,6 +94,8 @@ pub(crate) struct Services {
     caps: Capabilities,
     /// Local spawns that failed (the engine counts QM ones).
     pub local_spawn_failures: u64,
+    /// Where local services' cgroups are (`None`: no cgroups).
+    pub(crate) cgroups: Option<crate::cgroup::Hierarchy>,
 }
 
 impl Services {
@@ -97,6 +106,137 @@ impl Services {
             exit_timer_at: None,
             caps,
             local_spawn_failures: 0,
+            cgroups: None,
+        }
+    }
+
+    /// Gives a local service's fresh spec its cgroup (created if needed, its directory opened
+    /// now, once: spawns use the fd). Without cgroups the spec is returned as it is.
+    pub(crate) fn with_cgroup(
+        &self,
+        def: &ServiceDef,
+        mut spec: Arc<SpawnSpec>,
+    ) -> Result<Arc<SpawnSpec>, String> {
+        let Some(cgroups) = &self.cgroups else {
+            if let Some(limit) = def.cgroup_limits.limits.first() {
+                // Never ignored (docs/config.md): a limit needs the service's own cgroup.
+                return Err(format!(
+                    "service {}: `{}` needs the service's own cgroup, and services get none \
+                     here (see the event=cgroups line)",
+                    def.name, limit.key
+                ));
+            }
+            return Ok(spec);
+        };
+        let path = cgroups.path_of(&def.name).unwrap_or_default();
+        for controller in def.cgroup_limits.controllers() {
+            cgroups.enable(controller).map_err(|e| {
+                let keys: Vec<&str> = def
+                    .cgroup_limits
+                    .limits
+                    .iter()
+                    .filter(|l| l.controller == controller)
+                    .map(|l| l.key)
+                    .collect();
+                format!("service {}: {} needs it: {e}", def.name, keys.join(", "))
+            })?;
+        }
+        let dir = cgroups
+            .create(&def.name)
+            .map_err(|e| format!("service {}: cgroup {}: {e}", def.name, path.display()))?;
+        apply_limits(&def.cgroup_limits, dir.as_fd()).map_err(|(limit, e)| {
+            format!(
+                "service {}: `{}` ({} = {}) in {}: {e}",
+                def.name,
+                limit.key,
+                limit.file.to_string_lossy(),
+                limit.value,
+                path.display()
+            )
+        })?;
+        match Arc::get_mut(&mut spec) {
+            Some(spec) => spec.set_cgroup(Some(dir)),
+            None => return Err(format!("service {}: spec is shared", def.name)),
+        }
+        Ok(spec)
+    }
+
+    /// Removes the cgroup of a service that is gone (reload) or of every service (shutdown),
+    /// if it is empty; a populated one stays.
+    pub(crate) fn remove_cgroup(&self, log: &Logger, name: &str) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        match cgroups.remove(name) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={name} event=cgroup-remove-failed error=\"{}\"",
+                    ErrnoText(crate::sys::errno::of(&e))
+                ),
+            ),
+        }
+    }
+
+    /// Start-up only (it waits): ends the tree of `index` whose main process is gone (found
+    /// so by a restarted orchestrator in its cgroup), waits up to [`ORPHAN_TREE_WAIT`] for the
+    /// cgroup to empty and makes it anew (a `cgroup.kill` is behind it). Logged.
+    pub(crate) fn end_orphan_tree(&mut self, log: &Logger, index: usize, procs: usize) {
+        let Some(entry) = self.list.get_mut(index) else {
+            return;
+        };
+        let Some(dir) = entry.spec.as_ref().and_then(|s| s.cgroup()) else {
+            return;
+        };
+        let name = &entry.def.name;
+        let killed = super::tree::kill(dir);
+        let deadline = std::time::Instant::now() + ORPHAN_TREE_WAIT;
+        let mut empty = false;
+        while std::time::Instant::now() < deadline {
+            if matches!(crate::sys::cgroup::populated(dir), Ok(false)) {
+                empty = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        log.line(
+            if empty {
+                Priority::Notice
+            } else {
+                Priority::Warning
+            },
+            format_args!(
+                "service={name} partition=local event=orphan-tree-ended procs={procs} signal=SIGKILL \
+                 empty={} reason=\"its main process is gone\"{}",
+                if empty { "yes" } else { "no" },
+                match &killed {
+                    Ok(()) => String::new(),
+                    Err(e) => format!(" error=\"{}\"", ErrnoText(crate::sys::errno::of(e))),
+                }
+            ),
+        );
+        entry.tree.mark_killed();
+        super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
+    }
+
+    /// The service's slot timer (its tree's SIGKILL deadline or next look) completed.
+    pub(crate) fn on_tree_timeout(
+        &mut self,
+        ring: &mut Ring,
+        engine: &mut Engine<OwnedFd>,
+        log: &Logger,
+        counters: &Counters,
+        now: MonoTime,
+        index: usize,
+    ) {
+        let Some(entry) = self.list.get_mut(index) else {
+            return;
+        };
+        if let Some(status) = super::tree::on_timeout(entry, ring, log, now) {
+            super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
+            Self::report_exit(entry, engine, counters, now, status);
         }
     }
 
@@ -133,8 +273,10 @@ impl Services {
             active: true,
             removing: false,
             spawning: false,
+            tree: Default::default(),
             reaped_elsewhere: false,
             start_identity: crate::record::Identity::None,
+            status_text: arrayvec::ArrayString::new(),
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -142,6 +284,18 @@ impl Services {
                 debug_assert_eq!(id.index(), self.list.len());
                 self.list.push(service);
             }
+        }
+    }
+
+    /// Keeps what a service said in `STATUS=` (cut to fit, at a character boundary).
+    pub(crate) fn set_status_text(&mut self, id: ServiceId, text: &str) {
+        if let Some(entry) = self.list.get_mut(id.index()) {
+            entry.status_text.clear();
+            let mut end = text.len().min(entry.status_text.capacity());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            entry.status_text.push_str(&text[..end]);
         }
     }
 
@@ -227,9 +381,15 @@ impl Services {
         log.line(
             Priority::Warning,
             format_args!(
-                "service={} partition=local event=spawn-failed stage={} errno={} error=\"{}\"",
+                "service={} partition=local event=spawn-failed stage={}{}{} errno={} error=\"{}\"",
                 self.name(service.index()),
                 e.stage,
+                match (e.resource(), e.capability()) {
+                    (Some(_), _) => " resource=",
+                    (None, Some(_)) => " capability=",
+                    (None, None) => "",
+                },
+                e.resource().or(e.capability()).unwrap_or(""),
                 e.errno,
                 ErrnoText(e.errno)
             ),
@@ -272,10 +432,33 @@ impl Services {
         let Some(entry) = self.list.get(service.index()) else {
             return;
         };
+        let name = &entry.def.name;
+        if let Some(dir) = entry.spec.as_ref().and_then(|s| s.cgroup()) {
+            // The whole tree (docs/orchestrator.md): every process of the service's cgroup.
+            match super::tree::signal(&entry.tree, dir, signal) {
+                Ok(procs) => log.line(
+                    Priority::Info,
+                    format_args!(
+                        "service={name} partition=local pid={} event=signal signal={} target=cgroup procs={procs}",
+                        pid.0,
+                        pidfd::signal_name(signal)
+                    ),
+                ),
+                Err(e) => log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={name} pid={} event=signal-failed signal={} target=cgroup error=\"{}\"",
+                        pid.0,
+                        pidfd::signal_name(signal),
+                        ErrnoText(crate::sys::errno::of(&e))
+                    ),
+                ),
+            }
+            return;
+        }
         let Some(fd) = ring.fd(entry.slot) else {
             return;
         };
-        let name = &entry.def.name;
         match pidfd::send_signal(fd, signal) {
             Ok(()) => log.line(
                 Priority::Info,
@@ -320,10 +503,12 @@ impl Services {
     }
 
     /// The pidfd of a service polled readable (or the poll ended).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_poll(
         &mut self,
         ring: &mut Ring,
         engine: &mut Engine<OwnedFd>,
+        log: &Logger,
         counters: &Counters,
         now: MonoTime,
         index: usize,
@@ -332,6 +517,14 @@ impl Services {
         let Some(entry) = self.list.get_mut(index) else {
             return;
         };
+        if entry.tree.draining() {
+            // The slot holds the cgroup's `cgroup.events`: the tree may be empty now.
+            if let Some(status) = super::tree::on_poll(entry, ring, log) {
+                super::tree::renew_if_killed(entry, self.cgroups.as_ref(), log);
+                Self::report_exit(entry, engine, counters, now, status);
+            }
+            return;
+        }
         let slot = entry.slot;
         if ring.fd(slot).is_none() {
             return;
@@ -406,6 +599,45 @@ impl Services {
                 }
             }
         };
+        Self::exited(
+            entry,
+            ring,
+            engine,
+            log,
+            counters,
+            now,
+            status,
+            self.cgroups.as_ref(),
+        );
+    }
+
+    /// The main process of `entry` is gone with `status`: reported now, or once its cgroup is
+    /// empty (a local service with a cgroup whose tree remains, [`super::tree::main_exited`]).
+    #[allow(clippy::too_many_arguments)]
+    fn exited(
+        entry: &mut Service,
+        ring: &mut Ring,
+        engine: &mut Engine<OwnedFd>,
+        log: &Logger,
+        counters: &Counters,
+        now: MonoTime,
+        status: WaitStatus,
+        cgroups: Option<&crate::cgroup::Hierarchy>,
+    ) {
+        let status = match entry.def.policy.partition {
+            Partition::Local => match super::tree::main_exited(entry, ring, log, now, status) {
+                super::tree::Exit::Held => {
+                    // The slot holds `cgroup.events` now; no exit wait looks at it.
+                    entry.exit_wait = ExitWait::None;
+                    return;
+                }
+                super::tree::Exit::Report(status) => {
+                    super::tree::renew_if_killed(entry, cgroups, log);
+                    status
+                }
+            },
+            Partition::Qm => status,
+        };
         Self::report_exit(entry, engine, counters, now, status);
     }
 
@@ -433,6 +665,7 @@ impl Services {
         &mut self,
         ring: &mut Ring,
         engine: &mut Engine<OwnedFd>,
+        log: &Logger,
         counters: &Counters,
         now: MonoTime,
     ) {
@@ -454,7 +687,8 @@ impl Services {
                             Some(ExitInfo::Status(status)) => status,
                             _ => WaitStatus::Unknown,
                         };
-                        Self::report_exit(entry, engine, counters, now, status);
+                        let cgroups = self.cgroups.as_ref();
+                        Self::exited(entry, ring, engine, log, counters, now, status, cgroups);
                     }
                 }
                 ExitWait::Retry { left } => {
@@ -462,16 +696,17 @@ impl Services {
                         entry.exit_wait = ExitWait::None;
                         continue;
                     };
-                    match pidfd::exit_info(fd) {
-                        ExitInfo::Status(status) => {
-                            Self::report_exit(entry, engine, counters, now, status)
-                        }
+                    let status = match pidfd::exit_info(fd) {
+                        ExitInfo::Status(status) => status,
                         ExitInfo::NotYet if left > 1 => {
                             entry.exit_wait = ExitWait::Retry { left: left - 1 };
                             wake(now.saturating_add(EXIT_INFO_RETRY_INTERVAL));
+                            continue;
                         }
-                        _ => Self::report_exit(entry, engine, counters, now, WaitStatus::Unknown),
-                    }
+                        _ => WaitStatus::Unknown,
+                    };
+                    let cgroups = self.cgroups.as_ref();
+                    Self::exited(entry, ring, engine, log, counters, now, status, cgroups);
                 }
             }
         }
@@ -519,6 +754,20 @@ impl crate::link::Requests for Starts<'_> {
     }
 }
 
+/// What systemd (or a re-exec) gave the orchestrator itself, which a service that inherits
+/// the environment must not take for its own.
+const ORCHESTRATOR_ONLY_ENV: [&str; 9] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "FDSTORE",
+    "INVOCATION_ID",
+    crate::handoff::ENV,
+];
+
 /// Prepares the reusable spawn spec of a local service. With `inherit_env`, the
 /// orchestrator's environment comes first, minus the names the service sets itself.
 pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
@@ -532,7 +781,11 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
     let mut env: Vec<Vec<u8>> = Vec::new();
     if def.inherit_env {
         for (key, value) in std::env::vars_os() {
-            if own_names.iter().any(|n| n.as_slice() == key.as_bytes()) {
+            if own_names.iter().any(|n| n.as_slice() == key.as_bytes())
+                || ORCHESTRATOR_ONLY_ENV
+                    .iter()
+                    .any(|n| key.as_bytes() == n.as_bytes())
+            {
                 continue;
             }
             let mut entry = key.as_bytes().to_vec();
@@ -567,5 +820,91 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
     w.uid(def.uid);
     w.gid(def.gid);
     w.finish();
+    spec.set_exec_env(exec_env_of(def));
     Ok(Arc::new(spec))
+}
+
+/// The execution environment a local service is spawned with: its configured one, and every
+/// limit it does not configure at the value the orchestrator was started with when the
+/// orchestrator's own differs (it raises its soft `RLIMIT_NOFILE`: a service gets the 1,024
+/// programs expect back, not the orchestrator's 524,288). Start-up and reload only.
+pub(crate) fn exec_env_of(def: &ServiceDef) -> spawn::ExecEnv {
+    let mut exec = def.exec;
+    if let Some(starting) = crate::sys::process::starting_limits() {
+        for (resource, limit) in exec.rlimits.iter_mut().enumerate() {
+            let now = crate::sys::process::rlimit(resource).ok();
+            if limit.is_none() && now != Some(starting[resource]) {
+                *limit = Some(starting[resource]);
+            }
+        }
+    }
+    exec
+}
+
+/// Writes a service's cgroup limits into its cgroup `dir`; allocation-free (a renewed cgroup
+/// gets them again on the event loop). The first that fails, with its error.
+pub(crate) fn apply_limits<'l>(
+    limits: &'l crate::config::CgroupLimits,
+    dir: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), (&'l crate::config::CgroupLimit, std::io::Error)> {
+    for limit in &limits.limits {
+        crate::sys::cgroup::write_file(dir, limit.file, limit.value.as_bytes())
+            .map_err(|e| (limit, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits' plumbing against a plain directory standing in for a cgroup (the files
+    /// exist, as the kernel's do; nothing is created): each value lands in its file.
+    #[test]
+    fn limits_are_written_into_their_cgroup_files() {
+        let text = "[[service]]\nname = \"hog\"\npartition = \"local\"\nargv = [\"/bin/true\"]\n\
+                    memory_max = \"32M\"\nmemory_high = 1000\ncpu_weight = 50\ncpu_max = \"50%\"\n\
+                    pids_max = \"max\"\nio_weight = 200\n";
+        let config = crate::config::Config::parse(text, "t.toml").unwrap();
+        let limits = &config.services[0].cgroup_limits;
+        let dir = std::env::temp_dir().join(format!("holden-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            "memory.max",
+            "memory.high",
+            "cpu.weight",
+            "cpu.max",
+            "pids.max",
+            "io.weight",
+        ];
+        for file in files {
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+        let fd = std::fs::File::open(&dir).unwrap();
+        let fd = OwnedFd::from(fd);
+        apply_limits(limits, fd.as_fd())
+            .map_err(|(l, e)| (l.key, e))
+            .unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(
+            files.map(read),
+            [
+                "33554432",
+                "1000",
+                "50",
+                "50000 100000",
+                "max",
+                "default 200"
+            ]
+        );
+        assert_eq!(limits.controllers(), vec!["memory", "cpu", "pids", "io"]);
+        // A file that is not there (a controller not enabled): the first failing limit.
+        std::fs::remove_file(dir.join("cpu.weight")).unwrap();
+        let (limit, e) = apply_limits(limits, fd.as_fd()).unwrap_err();
+        assert_eq!(
+            (limit.key, e.raw_os_error()),
+            ("cpu_weight", Some(libc::ENOENT))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -51,6 +51,11 @@ pub struct ServiceDef {
     pub stdout: OutputTarget,
     /// Where a local service's stderr goes.
     pub stderr: OutputTarget,
+    /// A local service's execution environment (limits, scheduling, …); a limit left unset
+    /// is restored to the orchestrator's starting one.
+    pub exec: crate::spawn::ExecEnv,
+    /// A local service's cgroup limits, written into its cgroup when it is made.
+    pub cgroup_limits: crate::config::CgroupLimits,
 }
 
 /// Global settings of the event loop.
@@ -86,6 +91,8 @@ pub struct Settings {
     pub own_lines: OwnLines,
     /// Bytes of each local service's output history.
     pub history_bytes: usize,
+    /// Where local services' cgroups live (`[cgroup] root`).
+    pub cgroup_root: config::CgroupRoot,
     /// The runtime directory: the one-instance lock and the state record (`None`: neither,
     /// for an orchestrator embedded in a test that runs several side by side).
     pub runtime_dir: Option<PathBuf>,
@@ -122,6 +129,7 @@ impl Settings {
             journal_socket: config.log.journal_socket.clone(),
             own_lines: config.log.own_lines,
             history_bytes: config.log.history_bytes as usize,
+            cgroup_root: config.cgroup.root.clone(),
             runtime_dir: Some(config.runtime_dir.clone()),
         }
     }
@@ -143,6 +151,8 @@ impl ServiceDef {
             start_at_boot: spec.enabled,
             stdout: spec.stdout.clone(),
             stderr: spec.stderr.clone(),
+            exec: spec.exec,
+            cgroup_limits: spec.cgroup_limits.clone(),
         }
     }
 
@@ -170,6 +180,7 @@ impl Settings {
             journal_socket: PathBuf::from(config::JOURNAL_SOCKET_DEFAULT),
             own_lines: OwnLines::Auto,
             history_bytes: config::HISTORY_BYTES_DEFAULT as usize,
+            cgroup_root: config::CgroupRoot::Auto,
             runtime_dir: None,
         }
     }

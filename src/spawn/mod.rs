@@ -72,7 +72,9 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 pub use crate::sys::spawn::{
-    clone3_fallback_active, SpawnError, SpawnStage, GATE_CLOSED_EXIT_STATUS,
+    capability_number, clone3_fallback_active, into_cgroup_fallback_active, CpuSet, ExecEnv,
+    Groups, OomScoreAdj, Rlimit, SchedPolicy, SpawnError, SpawnStage, CAPABILITY_NAMES, CPU_MAX,
+    GATE_CLOSED_EXIT_STATUS, GROUPS_MAX, RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
 };
 use crate::sys::spawn::{ExecPlan, GATE_READY_REPORT};
 
@@ -161,6 +163,10 @@ pub struct SpawnSpec {
     stdio_null: bool,
     /// Set by a writer that finished without error.
     complete: bool,
+    /// The cgroup v2 directory the child is created in ([`SpawnSpec::set_cgroup`]).
+    cgroup: Option<OwnedFd>,
+    /// Limits, scheduling, affinity… ([`SpawnSpec::set_exec_env`]).
+    exec: ExecEnv,
 }
 
 impl fmt::Debug for SpawnSpec {
@@ -197,6 +203,8 @@ impl SpawnSpec {
             gid: None,
             stdio_null: false,
             complete: false,
+            cgroup: None,
+            exec: ExecEnv::default(),
         }
     }
 
@@ -249,6 +257,31 @@ impl SpawnSpec {
             spec: self,
             failed: false,
         }
+    }
+
+    /// Creates the child directly inside the cgroup v2 whose directory `dir` is open
+    /// (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7+; on an older kernel, or without
+    /// `clone3`, the child writes its pid to the cgroup's `cgroup.procs` as its first step).
+    /// `None`: in the spawner's cgroup. Kept by [`SpawnSpec::writer`].
+    pub fn set_cgroup(&mut self, dir: Option<OwnedFd>) {
+        self.cgroup = dir;
+    }
+
+    /// The child's execution environment (limits, scheduling, affinity, OOM score, umask,
+    /// supplementary groups, `no_new_privs`), applied in the child before the credentials
+    /// change. Kept by [`SpawnSpec::writer`].
+    pub fn set_exec_env(&mut self, exec: ExecEnv) {
+        self.exec = exec;
+    }
+
+    /// The execution environment set by [`SpawnSpec::set_exec_env`].
+    pub fn exec_env(&self) -> &ExecEnv {
+        &self.exec
+    }
+
+    /// The cgroup directory set by [`SpawnSpec::set_cgroup`].
+    pub fn cgroup(&self) -> Option<BorrowedFd<'_>> {
+        self.cgroup.as_ref().map(AsFd::as_fd)
     }
 
     /// The capacity this spec was created with.
@@ -356,6 +389,8 @@ impl SpawnSpec {
             stdout_fd: -1,
             stderr_fd: -1,
             reset_signals: crate::sys::spawn::signals_to_reset(),
+            cgroup_fd: self.cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            exec: &self.exec,
         }
     }
 }

@@ -132,7 +132,7 @@ fn expect_error(spec: &SpawnSpec, stage: SpawnStage, errno: i32) {
             let _ = Child(spawned);
             panic!("spawn succeeded, expected {stage} errno {errno}");
         }
-        Err(error) => assert_eq!(error, SpawnError { stage, errno }, "{error}"),
+        Err(error) => assert_eq!(error, SpawnError::new(stage, errno), "{error}"),
     }
 }
 
@@ -701,6 +701,17 @@ fn errors_display_stage_and_reason() {
         assert_eq!(SpawnStage::from_u32(stage as u32), Some(stage));
     }
     assert_eq!(SpawnStage::from_u32(0), None);
+    // The report carries a limit failure's resource, and the text names it.
+    let nofile =
+        SpawnError::with_detail(SpawnStage::Rlimit, libc::EPERM, libc::RLIMIT_NOFILE as u16);
+    let decoded = SpawnError::from_report(nofile.to_report());
+    assert_eq!(decoded, nofile);
+    assert_eq!(decoded.resource(), Some("nofile"));
+    assert!(decoded.to_string().contains("rlimit (nofile)"), "{decoded}");
+    for stage in SpawnStage::ALL {
+        let plain = SpawnError::new(stage, libc::EIO);
+        assert_eq!(SpawnError::from_report(plain.to_report()), plain);
+    }
     let debug = format!(
         "{:?}",
         SpawnSpec::new(&[b"/bin/x"], &[b"SECRET=hunter2"], None).unwrap()

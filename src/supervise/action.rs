@@ -33,6 +33,13 @@ pub enum Reason {
     Adopted(Pid),
     /// The state of a previous orchestrator instance was carried over (no live process).
     Resumed,
+    /// A `notify` service said `READY=1`.
+    Ready,
+    /// A `notify` or `oneshot` service was not ready (or done) within its `start_timeout`.
+    StartTimeout,
+    /// A ready `notify` service sent no `WATCHDOG=1` within its watchdog interval (or asked
+    /// for the watchdog with `WATCHDOG=trigger`).
+    Watchdog,
 }
 
 /// A state change, one log line.

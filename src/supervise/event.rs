@@ -125,4 +125,18 @@ pub enum Event {
     },
     /// Stop everything and report `ShutdownComplete`; a second one kills at once.
     Shutdown,
+    /// The service said `READY=1` (a `notify` service: it is started). Ignored for any other
+    /// kind, or when it is not `starting` with a process.
+    Ready { service: ServiceId },
+    /// The service said `WATCHDOG=1`: its watchdog interval starts again (a ready `notify`
+    /// service with a watchdog; ignored otherwise).
+    WatchdogPing { service: ServiceId },
+    /// The service said `WATCHDOG=trigger`: handled as a missed watchdog, now.
+    WatchdogTrigger { service: ServiceId },
+    /// The service said `EXTEND_TIMEOUT_USEC=`: a `starting` service's start timeout is
+    /// pushed to `by` from now (never earlier than it was).
+    ExtendStartTimeout {
+        service: ServiceId,
+        by: std::time::Duration,
+    },
 }

@@ -3,7 +3,7 @@
 use super::action::{Action, Reason, Transition};
 use super::carried::{Carried, CARRIED_STARTS_MAX};
 use super::event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
-use super::policy::{Partition, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
+use super::policy::{Kind, Partition, Readiness, Restart, ServicePolicy, START_LIMIT_BURST_MAX};
 use super::start_history::StartHistory;
 use super::status::{ServiceStatus, State};
 use super::MonoTime;
@@ -92,6 +92,9 @@ enum AfterStop {
     Stay,
     Start,
     Remove,
+    /// A stop the service brought on itself (start timeout, watchdog): then as after a failed
+    /// run, the restart policy decides (`restart = "never"`: `failed`).
+    Recover,
 }
 
 /// What the service's one timer is for.
@@ -99,6 +102,10 @@ enum AfterStop {
 enum TimerPurpose {
     Restart,
     Kill,
+    /// `starting` with a process: not ready in time.
+    StartTimeout,
+    /// `running` with a watchdog: no ping in time.
+    Watchdog,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +140,8 @@ struct Slot {
     kill_sent: bool,
     after_stop: AfterStop,
     starts: StartHistory,
+    /// `starting` with a process: when the start timeout fires.
+    start_deadline: Option<MonoTime>,
 }
 
 /// Consecutive restarts beyond which the backoff exponent stops counting.
@@ -155,6 +164,7 @@ impl Slot {
             start_limit: super::policy::StartLimit::NONE,
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::ZERO,
+            readiness: Readiness::SIMPLE,
         },
         policy_next: None,
         state: State::Stopped,
@@ -172,6 +182,7 @@ impl Slot {
         kill_sent: false,
         after_stop: AfterStop::Stay,
         starts: StartHistory::EMPTY,
+        start_deadline: None,
     };
 
     fn is_idle(&self) -> bool {
@@ -302,6 +313,25 @@ impl Supervisor {
                 self.on_shutdown(now);
                 Ok(())
             }
+            Event::Ready { service } => self.on_ready(now, service),
+            Event::WatchdogPing { service } => self.on_watchdog_ping(now, service),
+            Event::WatchdogTrigger { service } => {
+                let slot = self.slot(service)?;
+                if slot.state == State::Running && slot.pid.is_some() {
+                    self.watchdog_missed(now, service);
+                }
+                Ok(())
+            }
+            Event::ExtendStartTimeout { service, by } => {
+                let slot = self.slot(service)?;
+                let at = now.saturating_add(by);
+                let later = slot.start_deadline.is_some_and(|d| at > d);
+                if slot.state == State::Starting && slot.pid.is_some() && later {
+                    self.slots[service.index()].start_deadline = Some(at);
+                    self.arm_timer(service, at, TimerPurpose::StartTimeout);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -323,6 +353,7 @@ impl Supervisor {
             next_restart: slot.next_restart,
             last_spawn_error: slot.last_spawn_error,
             start_limit_hit: slot.start_limit_hit,
+            spawn_in_flight: slot.spawn_in_flight,
         })
     }
 
@@ -425,8 +456,24 @@ impl Supervisor {
                         self.arm_kill_timer(service, carried.kill_at.unwrap_or(now));
                     }
                 }
+                State::Starting if slot.policy.readiness.kind.waits() => {
+                    // Not ready (or done) yet: it waits on, with a start timeout from now.
+                    let timeout = slot.policy.readiness.start_timeout;
+                    self.transition(service, State::Starting, Reason::Adopted(pid), None);
+                    if !timeout.is_zero() {
+                        let at = now.saturating_add(timeout);
+                        self.slots[service.index()].start_deadline = Some(at);
+                        self.arm_timer(service, at, TimerPurpose::StartTimeout);
+                    }
+                }
                 State::Running | State::Starting | State::WaitingForAgent | State::Backoff => {
+                    let readiness = slot.policy.readiness;
                     self.transition(service, State::Running, Reason::Adopted(pid), None);
+                    if readiness.kind == Kind::Notify && !readiness.watchdog.is_zero() {
+                        // Its watchdog runs on, from now.
+                        let at = now.saturating_add(readiness.watchdog);
+                        self.arm_timer(service, at, TimerPurpose::Watchdog);
+                    }
                 }
                 State::Stopped | State::Failed => {
                     self.transition(service, State::Running, Reason::Adopted(pid), None);
@@ -477,12 +524,65 @@ impl Supervisor {
         slot.pid = Some(pid);
         slot.running_since = Some(now);
         slot.last_spawn_error = None;
+        let readiness = slot.policy.readiness;
         match slot.state {
+            State::Starting if readiness.kind.waits() => {
+                // Started once it says so (notify) or once it is done (oneshot).
+                self.transition(service, State::Starting, Reason::Spawned(pid), None);
+                if !readiness.start_timeout.is_zero() {
+                    let at = now.saturating_add(readiness.start_timeout);
+                    self.slots[service.index()].start_deadline = Some(at);
+                    self.arm_timer(service, at, TimerPurpose::StartTimeout);
+                }
+            }
             State::Starting => self.transition(service, State::Running, Reason::Spawned(pid), None),
             State::Stopping => self.signal_stop(now, service),
             other => unreachable!("spawn in flight in state {other}"),
         }
         Ok(())
+    }
+
+    fn on_ready(&mut self, now: MonoTime, service: ServiceId) -> Result<(), Refusal> {
+        self.slot(service)?;
+        let slot = &mut self.slots[service.index()];
+        let readiness = slot.policy.readiness;
+        if slot.state != State::Starting || slot.pid.is_none() || readiness.kind != Kind::Notify {
+            return Ok(());
+        }
+        slot.start_deadline = None;
+        Self::cancel_timer(&mut self.actions, service, slot);
+        self.transition(service, State::Running, Reason::Ready, None);
+        if !readiness.watchdog.is_zero() {
+            self.arm_timer(
+                service,
+                now.saturating_add(readiness.watchdog),
+                TimerPurpose::Watchdog,
+            );
+        }
+        Ok(())
+    }
+
+    fn on_watchdog_ping(&mut self, now: MonoTime, service: ServiceId) -> Result<(), Refusal> {
+        let slot = self.slot(service)?;
+        let watched = slot
+            .timer
+            .is_some_and(|t| t.purpose == TimerPurpose::Watchdog);
+        if slot.state == State::Running && watched {
+            let at = now.saturating_add(slot.policy.readiness.watchdog);
+            self.arm_timer(service, at, TimerPurpose::Watchdog);
+        }
+        Ok(())
+    }
+
+    /// The watchdog interval passed without a ping (or the service triggered it): the
+    /// watchdog signal, SIGKILL after `stop_timeout`, then the restart policy.
+    fn watchdog_missed(&mut self, now: MonoTime, service: ServiceId) {
+        let slot = &mut self.slots[service.index()];
+        Self::cancel_timer(&mut self.actions, service, slot);
+        slot.after_stop = AfterStop::Recover;
+        let signal = slot.policy.readiness.watchdog_signal;
+        self.transition(service, State::Stopping, Reason::Watchdog, None);
+        self.signal_stop_with(now, service, signal);
     }
 
     fn on_spawn_failed(
@@ -524,7 +624,8 @@ impl Supervisor {
         service: ServiceId,
         status: ExitStatus,
     ) -> Result<(), Refusal> {
-        let slot = self.slot_mut(service)?;
+        self.slot(service)?;
+        let slot = &mut self.slots[service.index()];
         let Some(pid) = slot.pid.take() else {
             return Err(Refusal::NoProcess(service));
         };
@@ -539,9 +640,25 @@ impl Supervisor {
             Restart::Never => false,
         };
         let state = slot.state;
+        let kind = slot.policy.readiness.kind;
+        if matches!(state, State::Starting | State::Running) {
+            // Its start timeout or watchdog.
+            slot.start_deadline = None;
+            Self::cancel_timer(&mut self.actions, service, slot);
+        }
+        let slot = &self.slots[service.index()];
         self.actions.push(Action::Release { service, pid });
         let reason = Reason::Exited(status);
         match state {
+            // A oneshot is done.
+            State::Starting if kind == Kind::Oneshot && status.is_success() => {
+                self.transition(service, State::Stopped, reason, None)
+            }
+            // Ended before it was ready (or done): a failed start.
+            State::Starting if slot.policy.restart == Restart::Never => {
+                self.transition(service, State::Failed, reason, None)
+            }
+            State::Starting => self.schedule_restart(now, service, reason),
             State::Running if restart => self.schedule_restart(now, service, reason),
             State::Running if status.is_success() => {
                 self.transition(service, State::Stopped, reason, None)
@@ -575,6 +692,17 @@ impl Supervisor {
                 debug_assert_eq!(slot.state, State::Stopping);
                 slot.kill_at = None;
                 self.send_kill(service, Reason::StopTimeout);
+            }
+            TimerPurpose::StartTimeout => {
+                debug_assert_eq!(slot.state, State::Starting);
+                slot.start_deadline = None;
+                slot.after_stop = AfterStop::Recover;
+                self.transition(service, State::Stopping, Reason::StartTimeout, None);
+                self.signal_stop(now, service);
+            }
+            TimerPurpose::Watchdog => {
+                debug_assert_eq!(slot.state, State::Running);
+                self.watchdog_missed(now, service);
             }
         }
         Ok(())
@@ -748,6 +876,12 @@ impl Supervisor {
                 }
             }
             State::Backoff | State::WaitingForAgent => self.finish_stop(now, service, reason),
+            State::Starting if slot.pid.is_some() => {
+                // Spawned, not yet ready (or done): its process is stopped like a running one.
+                slot.start_deadline = None;
+                self.transition(service, State::Stopping, reason, None);
+                self.signal_stop(now, service);
+            }
             State::Starting => self.transition(service, State::Stopping, reason, None),
             State::Running => {
                 self.transition(service, State::Stopping, reason, None);
@@ -760,9 +894,14 @@ impl Supervisor {
     /// Sends the stop signal to the live process and arms the kill timer
     /// (SIGKILL at once during a forced shutdown).
     fn signal_stop(&mut self, now: MonoTime, service: ServiceId) {
+        let signal = self.slots[service.index()].policy.stop_signal;
+        self.signal_stop_with(now, service, signal);
+    }
+
+    /// [`Supervisor::signal_stop`] with `signal` instead of the stop signal.
+    fn signal_stop_with(&mut self, now: MonoTime, service: ServiceId, signal: i32) {
         let slot = &mut self.slots[service.index()];
         let pid = slot.pid.expect("signal_stop without a process");
-        let signal = slot.policy.stop_signal;
         if self.shutdown_forced || signal == libc::SIGKILL {
             slot.kill_sent = true;
             self.actions.push(Action::Signal {
@@ -829,6 +968,13 @@ impl Supervisor {
                 self.slots[service.index()] = Slot::FREE;
                 self.actions.push(Action::Removed { service });
             }
+            AfterStop::Recover if self.shutting_down => {
+                self.transition(service, State::Stopped, reason, None);
+            }
+            AfterStop::Recover if slot.policy.restart == Restart::Never => {
+                self.transition(service, State::Failed, reason, None);
+            }
+            AfterStop::Recover => self.schedule_restart(now, service, reason),
         }
     }
 

@@ -38,6 +38,8 @@ pub use action::{Action, Reason, Transition};
 pub use carried::{Carried, CARRIED_STARTS_MAX};
 pub use event::{Command, Event, ExitStatus, Pid, StartFailure, StartStage, TimerToken};
 pub use machine::{Refusal, ServiceId, Supervisor, SERVICES_MAX, SPAWN_FAILED_DELAY_MIN};
-pub use policy::{Backoff, Partition, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX};
+pub use policy::{
+    Backoff, Kind, Partition, Readiness, Restart, ServicePolicy, StartLimit, START_LIMIT_BURST_MAX,
+};
 pub use status::{ServiceStatus, State};
 pub use time::MonoTime;

@@ -93,6 +93,59 @@ impl StartLimit {
     };
 }
 
+/// When a started service counts as started (`type` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Started once the spawn is reported (today's behaviour).
+    Simple,
+    /// Started once its program was executed (the spawn reports after the exec: as `Simple`).
+    Exec,
+    /// Started when it says `READY=1` ([`crate::supervise::Event::Ready`]).
+    Notify,
+    /// Done when it exits 0: `starting` while it runs, `stopped` after a clean exit.
+    Oneshot,
+}
+
+impl Kind {
+    /// The name used in the configuration and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Simple => "simple",
+            Kind::Exec => "exec",
+            Kind::Notify => "notify",
+            Kind::Oneshot => "oneshot",
+        }
+    }
+
+    /// Whether a spawned process stays `starting` until something more happens.
+    pub fn waits(self) -> bool {
+        matches!(self, Kind::Notify | Kind::Oneshot)
+    }
+}
+
+/// Readiness and liveness of one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Readiness {
+    pub kind: Kind,
+    /// A `notify` or `oneshot` service not ready (or not done) this long after its spawn is
+    /// stopped and handled as a failed start (`start-timeout`); zero: no limit.
+    pub start_timeout: Duration,
+    /// A ready `notify` service must send `WATCHDOG=1` within every interval; zero: off.
+    pub watchdog: Duration,
+    /// Sent when the watchdog interval passes without a ping (SIGKILL after `stop_timeout`).
+    pub watchdog_signal: i32,
+}
+
+impl Readiness {
+    /// `simple`, no start timeout, no watchdog.
+    pub const SIMPLE: Readiness = Readiness {
+        kind: Kind::Simple,
+        start_timeout: Duration::ZERO,
+        watchdog: Duration::ZERO,
+        watchdog_signal: libc::SIGABRT,
+    };
+}
+
 /// Everything the supervision core needs to know about one service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServicePolicy {
@@ -110,6 +163,8 @@ pub struct ServicePolicy {
     pub stop_signal: i32,
     /// Time between the stop signal and SIGKILL.
     pub stop_timeout: Duration,
+    /// When it counts as started, and its watchdog.
+    pub readiness: Readiness,
 }
 
 impl ServicePolicy {
@@ -126,6 +181,7 @@ impl ServicePolicy {
             },
             stop_signal: libc::SIGTERM,
             stop_timeout: Duration::from_secs(10),
+            readiness: Readiness::SIMPLE,
         }
     }
 

@@ -64,4 +64,6 @@ pub struct ServiceStatus {
     pub last_spawn_error: Option<StartFailure>,
     /// The service is `failed` because it hit its start limit.
     pub start_limit_hit: bool,
+    /// A spawn was asked for and not yet answered (`starting` without a process).
+    pub spawn_in_flight: bool,
 }

@@ -21,6 +21,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod cgroup;
 pub mod errno;
 pub mod fd;
 pub mod poll;

@@ -155,6 +155,47 @@ pub fn getgid() -> u32 {
     unsafe { libc::getgid() }
 }
 
+/// The limits this process was started with ([`record_starting_limits`]).
+static STARTING_LIMITS: std::sync::OnceLock<[crate::spawn::Rlimit; crate::spawn::RLIMIT_COUNT]> =
+    std::sync::OnceLock::new();
+
+/// The soft and hard limit of `resource` (the kernel's number).
+pub fn rlimit(resource: usize) -> io::Result<crate::spawn::Rlimit> {
+    let mut limit = [0u64; 2];
+    // SAFETY: prlimit64 on this process writes one rlimit64 (two u64) into `limit`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0 as libc::c_long,
+            resource as libc::c_long,
+            std::ptr::null::<[u64; 2]>(),
+            limit.as_mut_ptr(),
+        )
+    };
+    check(rc as libc::c_int)?;
+    Ok(crate::spawn::Rlimit {
+        soft: limit[0],
+        hard: limit[1],
+    })
+}
+
+/// Records every resource limit as it is now, before the orchestrator raises its own
+/// (`RLIMIT_NOFILE`): what services get back ([`starting_limits`]). The first call counts.
+pub fn record_starting_limits() -> io::Result<()> {
+    let mut limits = [crate::spawn::Rlimit::default(); crate::spawn::RLIMIT_COUNT];
+    for (resource, limit) in limits.iter_mut().enumerate() {
+        *limit = rlimit(resource)?;
+    }
+    let _ = STARTING_LIMITS.set(limits);
+    Ok(())
+}
+
+/// The limits recorded by [`record_starting_limits`] (`None`: not recorded, e.g. an
+/// orchestrator embedded in a test).
+pub fn starting_limits() -> Option<&'static [crate::spawn::Rlimit; crate::spawn::RLIMIT_COUNT]> {
+    STARTING_LIMITS.get()
+}
+
 /// The soft and hard `RLIMIT_NOFILE`.
 pub fn nofile_limit() -> io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {

@@ -11,8 +11,9 @@ use std::time::Duration;
 /// Most fds one received message may carry into the caller's array; more are closed.
 pub const RECV_FDS_MAX: usize = 8;
 
-/// Control-message space for [`RECV_FDS_MAX`] fds (CMSG_SPACE(8 * 4) = 48 on 64-bit).
-const CONTROL_BYTES: usize = 64;
+/// Control-message space for [`RECV_FDS_MAX`] fds (CMSG_SPACE(8 * 4) = 48 on 64-bit) and
+/// one `SCM_CREDENTIALS` (CMSG_SPACE(12) = 32).
+const CONTROL_BYTES: usize = 96;
 
 /// Aligned control buffer.
 #[repr(C, align(8))]
@@ -291,6 +292,9 @@ pub struct Received {
     pub fds_truncated: bool,
     /// The message was empty and carried no fds: on a stream, the peer closed it.
     pub empty: bool,
+    /// The sender's pid, as the kernel wrote it (`SCM_CREDENTIALS`, on a socket with
+    /// [`set_pass_credentials`]).
+    pub sender_pid: Option<i32>,
 }
 
 /// Receives one message into `buf`, with its fds. `dontwait`: `Ok(None)` when nothing waits.
@@ -328,20 +332,31 @@ pub fn recv_with_fds(
         fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
         ..Received::default()
     };
-    take_fds(&msg, &mut out);
+    take_control(&msg, &mut out);
     out.empty = n == 0 && out.fds.is_empty() && !out.fds_truncated;
     Ok(Some(out))
 }
 
-/// Moves every SCM_RIGHTS fd of `msg` into `out` (up to [`RECV_FDS_MAX`]), closing the rest.
-fn take_fds(msg: &libc::msghdr, out: &mut Received) {
+/// Moves every SCM_RIGHTS fd of `msg` into `out` (up to [`RECV_FDS_MAX`]), closing the rest,
+/// and reads the sender's pid from an SCM_CREDENTIALS message.
+fn take_control(msg: &libc::msghdr, out: &mut Received) {
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
     // `msg_controllen`; each SCM_RIGHTS payload holds whole c_ints, each a new fd that the
-    // kernel installed for us and nobody else owns.
+    // kernel installed for us and nobody else owns; an SCM_CREDENTIALS payload is one ucred.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
             let header = &*cmsg;
+            #[allow(clippy::unnecessary_cast)]
+            let whole = header.cmsg_len as usize
+                >= libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
+            if header.cmsg_level == libc::SOL_SOCKET
+                && header.cmsg_type == libc::SCM_CREDENTIALS
+                && whole
+            {
+                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                out.sender_pid = Some(cred.pid);
+            }
             if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg);
                 #[allow(clippy::unnecessary_cast)]
@@ -360,6 +375,23 @@ fn take_fds(msg: &libc::msghdr, out: &mut Received) {
             cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
     }
+}
+
+/// Asks the kernel to attach the sender's credentials to every message received on `fd`
+/// (`SO_PASSCRED`; an sd_notify socket).
+pub fn set_pass_credentials(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from our stack.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
 }
 
 /// `recv(2)` into `buf`; with `trunc` the whole length of an oversized packet is returned.
@@ -547,7 +579,8 @@ impl fmt::Display for BindError {
 impl std::error::Error for BindError {}
 
 impl Listener {
-    /// Binds a non-blocking listener of `kind` at `path` with `backlog`, created with `mode`
+    /// Binds a non-blocking listener of `kind` at `path` with `backlog` (a datagram socket is
+    /// bound only: it has no backlog), created with `mode`
     /// (and group `gid` if given) with no window at a wider mode. A socket file already there is probed first:
     /// if a listener answers (connect succeeds, or fails with EPROTOTYPE for the other socket
     /// type, or EAGAIN for a full backlog) it is live and the bind is refused; if it refuses
@@ -582,8 +615,11 @@ impl Listener {
         // SAFETY: `cpath` is NUL-terminated.
         check(unsafe { libc::chmod(cpath.as_ptr(), mode as libc::mode_t) })
             .map_err(|e| undo("chmod", e))?;
-        // SAFETY: listen on our bound socket.
-        check(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(|e| undo("listen", e))?;
+        if kind != Kind::Datagram {
+            // SAFETY: listen on our bound socket.
+            check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })
+                .map_err(|e| undo("listen", e))?;
+        }
         let st = match super::fd::lstat(&cpath) {
             Ok(Some(st)) => st,
             Ok(None) => return Err(undo("stat", io::Error::from_raw_os_error(libc::ENOENT))),

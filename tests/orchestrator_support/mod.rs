@@ -166,6 +166,37 @@ pub fn agent_bin() -> PathBuf {
         .clone()
 }
 
+/// `examples/notify_service.rs` (an sd_notify client of holden's own), built on first use.
+#[allow(dead_code)]
+pub fn notify_service_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = bin_dir();
+            let path = dir.join("examples").join("notify_service");
+            let target_dir = dir.parent().unwrap();
+            let profile = dir.file_name().unwrap().to_string_lossy().to_string();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-q", "-p", "holden", "--example", "notify_service"]);
+            if profile == "release" {
+                cmd.arg("--release");
+            }
+            cmd.env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            let status = cmd
+                .status()
+                .expect("run cargo build --example notify_service");
+            assert!(
+                status.success(),
+                "cargo build --example notify_service failed"
+            );
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
+}
+
 /// A running holden-orchestrator with its stderr in a file.
 pub struct Orch {
     pub child: Child,

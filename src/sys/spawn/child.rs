@@ -15,7 +15,7 @@
 )]
 
 use super::{
-    ExecPlan, SpawnError, SpawnStage, CHILD_FAILURE_EXIT_STATUS, GATE_CLOSED_EXIT_STATUS,
+    ExecEnv, ExecPlan, SpawnError, SpawnStage, CHILD_FAILURE_EXIT_STATUS, GATE_CLOSED_EXIT_STATUS,
     GATE_GO_BYTE, GATE_READY_REPORT,
 };
 use libc::{c_char, c_int, c_long, c_void};
@@ -67,6 +67,9 @@ pub(super) struct VmArgs<'a> {
     pub report_fd: c_int,
     /// Every fd from here up is left behind when the table is unshared.
     pub first: c_int,
+    /// A cgroup directory fd the child joins first of all (it could not be created in it), or
+    /// -1.
+    pub join_cgroup: c_int,
 }
 
 /// The entry of a child created with `CLONE_VM | CLONE_VFORK | CLONE_FILES`, on its own
@@ -76,6 +79,10 @@ pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `VmArgs` that `clone_vm` put on its stack; the parent is suspended
     // until this child execs or exits, so it stays valid and unchanged.
     let args = unsafe { &*(arg as *const VmArgs<'_>) };
+    // Before the table is unshared: the cgroup fd lies above `first`.
+    if let Err(error) = join_cgroup(args.join_cgroup) {
+        report(args.report_fd, error);
+    }
     // SAFETY: close_range with CLOSE_RANGE_UNSHARE gives this child a private copy of the
     // table holding only the fds below `first`; no memory is passed.
     let unshared = unsafe {
@@ -105,13 +112,16 @@ pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
 }
 
 /// Runs the child's steps, then `execve`; never returns.
-pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int) -> ! {
+pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, join: c_int) -> ! {
     let report_fd = match fd_above_stdio(report_fd) {
         Ok(fd) => fd,
         // Without a report pipe above fd 2 the failure cannot be told apart from the exec;
         // the parent sees EOF, the pidfd shows exit 127.
         Err(_) => exit(CHILD_FAILURE_EXIT_STATUS),
     };
+    if let Err(error) = join_cgroup(join) {
+        report(report_fd, error);
+    }
     let gate_fd = if gate_fd < 0 {
         -1
     } else {
@@ -136,7 +146,16 @@ fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: 
             }
         })
         .and_then(|()| stdio_devnull(plan.stdio_null))
+        // After the fds are closed (the brute-force close reads RLIMIT_NOFILE) and before
+        // the credentials change (raising a limit, a real-time policy or a lower OOM score
+        // may need the spawner's privileges).
+        .and_then(|()| exec_env(plan.exec))
+        // Needs CAP_SETPCAP, which a change to a non-root user takes away.
+        .and_then(|()| cap_bounding(plan.exec))
+        .and_then(|()| keep_caps(plan))
         .and_then(|()| credentials(plan))
+        .and_then(|()| ambient(plan))
+        .and_then(|()| no_new_privs(plan.exec))
         .and_then(|()| chdir(plan))
         .and_then(|()| unblock_signals());
     if let Err(error) = result {
@@ -178,6 +197,36 @@ fn wait_at_gate(report_fd: c_int, gate_fd: c_int) {
         }
         exit(GATE_CLOSED_EXIT_STATUS);
     }
+}
+
+/// Moves this child into the cgroup whose directory is `dir` (nothing for -1): writes `0`
+/// (the writer itself) to its `cgroup.procs`. Used only where `CLONE_INTO_CGROUP` could not
+/// create the child there.
+fn join_cgroup(dir: c_int) -> Result<(), SpawnError> {
+    if dir < 0 {
+        return Ok(());
+    }
+    // SAFETY: the name is a NUL-terminated constant; openat returns a new fd or -1.
+    let procs = unsafe {
+        libc::openat(
+            dir,
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if procs < 0 {
+        return Err(fail(SpawnStage::Cgroup));
+    }
+    // SAFETY: writes one byte from a constant.
+    let written = unsafe { libc::write(procs, b"0".as_ptr().cast::<c_void>(), 1) };
+    let result = if written == 1 {
+        Ok(())
+    } else {
+        Err(fail(SpawnStage::Cgroup))
+    };
+    // SAFETY: closes the fd opened above, which nothing else knows.
+    unsafe { libc::close(procs) };
+    result
 }
 
 fn exit(status: c_int) -> ! {
@@ -359,18 +408,312 @@ fn stdio_devnull(all: bool) -> Result<(), SpawnError> {
     Ok(())
 }
 
+/// The kernel's `struct rlimit64`.
+#[repr(C)]
+struct KernelRlimit {
+    cur: u64,
+    max: u64,
+}
+
+/// Limits, nice, scheduling, affinity, OOM score and umask, in that order; each only when set.
+fn exec_env(env: &ExecEnv) -> Result<(), SpawnError> {
+    for (resource, limit) in env.rlimits.iter().enumerate() {
+        let Some(limit) = limit else {
+            continue;
+        };
+        let value = KernelRlimit {
+            cur: limit.soft,
+            max: limit.hard,
+        };
+        // SAFETY: prlimit64 on this process (pid 0) reads one rlimit64 from our stack; the
+        // old value is not asked for.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0 as c_long,
+                resource as c_long,
+                &value as *const KernelRlimit,
+                std::ptr::null_mut::<KernelRlimit>(),
+            )
+        };
+        if rc != 0 {
+            let resource = u16::try_from(resource).unwrap_or(u16::MAX);
+            return Err(SpawnError::with_detail(
+                SpawnStage::Rlimit,
+                last_errno(),
+                resource,
+            ));
+        }
+    }
+    if let Some(nice) = env.nice {
+        // SAFETY: setpriority with integer arguments, for this process only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_setpriority,
+                libc::PRIO_PROCESS as c_long,
+                0 as c_long,
+                c_long::from(nice),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Nice));
+        }
+    }
+    if let Some((policy, priority)) = env.sched {
+        let param: [c_int; 1] = [c_int::from(priority)];
+        // SAFETY: sched_setscheduler on this thread (0) reads the kernel's one-int
+        // sched_param from our stack.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0 as c_long,
+                c_long::from(policy.number()),
+                param.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Sched));
+        }
+    }
+    if let Some(cpus) = &env.cpu_affinity {
+        let words = cpus.words();
+        // SAFETY: sched_setaffinity on this thread (0) reads `size_of_val(words)` bytes of
+        // the mask from the plan, which outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setaffinity,
+                0 as c_long,
+                std::mem::size_of_val(words),
+                words.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(SpawnStage::Affinity));
+        }
+    }
+    if let Some(adj) = &env.oom_score_adj {
+        oom_score_adj(adj.text())?;
+    }
+    if let Some(mask) = env.umask {
+        // SAFETY: umask takes an integer and cannot fail; this child has its own fs_struct
+        // (no CLONE_FS), so the spawner's umask is unchanged.
+        unsafe { libc::syscall(libc::SYS_umask, mask as c_long) };
+    }
+    Ok(())
+}
+
+/// Writes `text` to `/proc/self/oom_score_adj`. A child that shares the spawner's memory
+/// (`CLONE_VM | CLONE_VFORK`) changes only its own score: the kernel leaves the other users of
+/// the mm alone for a vfork child.
+fn oom_score_adj(text: &[u8]) -> Result<(), SpawnError> {
+    // SAFETY: opens a constant NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(fail(SpawnStage::OomScoreAdj));
+    }
+    // SAFETY: writes `text` (a slice of the plan) to the fd opened above.
+    let written = unsafe { libc::write(fd, text.as_ptr().cast::<c_void>(), text.len()) };
+    let result = if written == text.len() as isize {
+        Ok(())
+    } else {
+        Err(fail(SpawnStage::OomScoreAdj))
+    };
+    // SAFETY: closes the fd opened above, which nothing else knows.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Drops every capability not in `cap_bounding` from the bounding set, up to the last one
+/// the kernel knows (`EINVAL` past it).
+fn cap_bounding(env: &ExecEnv) -> Result<(), SpawnError> {
+    let Some(keep) = env.cap_bounding else {
+        return Ok(());
+    };
+    for cap in 0u32..64 {
+        if keep & 1u64.wrapping_shl(cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments; changes this thread's bounding set.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                libc::c_ulong::from(cap),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            let errno = last_errno();
+            if errno == libc::EINVAL {
+                break;
+            }
+            return Err(SpawnError::with_detail(
+                SpawnStage::CapBounding,
+                errno,
+                cap as u16,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With ambient capabilities and a change to a non-root user: keep the permitted set across
+/// the `setresuid` (`PR_SET_KEEPCAPS`, cleared again by `execve`).
+fn keep_caps(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    if plan.exec.cap_ambient.is_none() || plan.uid.is_none() {
+        return Ok(());
+    }
+    // SAFETY: prctl with integer arguments; sets a flag of this thread.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_KEEPCAPS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    } != 0
+    {
+        return Err(fail(SpawnStage::Capabilities));
+    }
+    Ok(())
+}
+
+/// The kernel's `__user_cap_header_struct` and `__user_cap_data_struct` (version 3: two).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Puts the ambient capabilities into the inheritable set (and, for a non-root user, makes
+/// them the whole permitted and effective sets), then raises each into the ambient set.
+fn ambient(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
+    let Some(caps) = plan.exec.cap_ambient else {
+        return Ok(());
+    };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let empty = CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let mut data = [empty; 2];
+    // SAFETY: capget fills two cap data structs on our stack for this thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(fail(SpawnStage::Capabilities));
+    }
+    let halves = [caps as u32, (caps >> 32) as u32];
+    let non_root = plan.uid.is_some_and(|uid| uid != 0);
+    for (word, half) in data.iter_mut().zip(halves) {
+        word.inheritable |= half;
+        if non_root {
+            word.permitted = half;
+            word.effective = half;
+        }
+    }
+    // SAFETY: capset reads the header and two cap data structs from our stack.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(fail(SpawnStage::Capabilities));
+    }
+    for cap in 0u32..64 {
+        if caps & 1u64.wrapping_shl(cap) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments; changes this thread's ambient set.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                libc::c_ulong::from(cap),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc != 0 {
+            return Err(SpawnError::with_detail(
+                SpawnStage::Ambient,
+                last_errno(),
+                cap as u16,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn no_new_privs(env: &ExecEnv) -> Result<(), SpawnError> {
+    if !env.no_new_privs {
+        return Ok(());
+    }
+    // SAFETY: prctl with integer arguments; sets a flag of this thread.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        return Err(fail(SpawnStage::NoNewPrivs));
+    }
+    Ok(())
+}
+
 fn credentials(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
-    if plan.uid.is_none() && plan.gid.is_none() {
+    let supplementary = plan.exec.groups.as_ref();
+    if plan.uid.is_none() && plan.gid.is_none() && supplementary.is_none() {
         return Ok(());
     }
     // SAFETY: geteuid/getegid take no arguments.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if euid == 0 {
-        let groups: [libc::gid_t; 1] = [plan.gid.unwrap_or(egid)];
+    // The primary group, then the supplementary ones: set as root, and always when some are
+    // configured (an unprivileged spawner then fails with EPERM, reported).
+    if euid == 0 || supplementary.is_some() {
+        let mut groups: [libc::gid_t; super::GROUPS_MAX + 1] = [0; super::GROUPS_MAX + 1];
+        let extra = supplementary.map_or(&[][..], |g| g.as_slice());
+        let mut count: usize = 0;
+        let list = std::iter::once(plan.gid.unwrap_or(egid)).chain(extra.iter().copied());
+        for (slot, gid) in groups.iter_mut().zip(list) {
+            *slot = gid;
+            count = count.saturating_add(1);
+        }
         // SAFETY: raw setgroups (thread-local in the kernel; the libc wrapper would try to
-        // signal threads that do not exist in this child). Reads one gid from our stack.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_setgroups, groups.len() as c_long, groups.as_ptr()) };
+        // signal threads that do not exist in this child). Reads `count` gids from our
+        // stack (at most its length, by the zip above).
+        let rc = unsafe { libc::syscall(libc::SYS_setgroups, count as c_long, groups.as_ptr()) };
         if rc != 0 {
             return Err(fail(SpawnStage::Setgroups));
         }

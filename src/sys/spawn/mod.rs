@@ -8,6 +8,12 @@
 //! child runs [`child::main`] and never returns.
 
 mod child;
+mod exec_env;
+
+pub use exec_env::{
+    capability_number, CpuSet, ExecEnv, Groups, OomScoreAdj, Rlimit, SchedPolicy, CAPABILITY_NAMES,
+    CPU_MAX, CPU_SET_WORDS, GROUPS_MAX, RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
+};
 
 use std::fmt;
 use std::io;
@@ -16,6 +22,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set once `clone3` answered `ENOSYS`; later spawns go straight to `clone`.
 static CLONE3_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+/// Set once `clone3` refused the version-2 `clone_args` with `CLONE_INTO_CGROUP` (`E2BIG`: a
+/// kernel older than 5.7); later children join their cgroup themselves (`cgroup.procs`).
+static INTO_CGROUP_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Size of `clone_args` version 0 (64 bytes): what every kernel with clone3 accepts.
+const CLONE_ARGS_SIZE_VER0: usize = 64;
+/// Size of `clone_args` version 2 (88 bytes, with `set_tid` and `cgroup`): Linux 5.7+.
+const CLONE_ARGS_SIZE_VER2: usize = 88;
+const _: () = assert!(std::mem::size_of::<libc::clone_args>() >= CLONE_ARGS_SIZE_VER2);
 
 /// Exit status of a child whose set-up or exec failed (as the shells use).
 pub const CHILD_FAILURE_EXIT_STATUS: i32 = 127;
@@ -69,11 +84,38 @@ pub enum SpawnStage {
     Gate = 14,
     /// Putting the given fds on stdout/stderr (`dup2`) failed (in the child).
     Stdio = 15,
+    /// Joining the service's cgroup failed: the child's write of its pid to `cgroup.procs`, on
+    /// a kernel without `CLONE_INTO_CGROUP` (in the child; a failed `clone3` into the cgroup is
+    /// [`SpawnStage::Clone`]).
+    Cgroup = 16,
+    /// `prlimit64` of a configured or restored resource limit failed (in the child).
+    Rlimit = 17,
+    /// `setpriority` (nice) failed (in the child).
+    Nice = 18,
+    /// `sched_setscheduler` failed (in the child), e.g. `EPERM` for a real-time policy
+    /// without `CAP_SYS_NICE` or `RLIMIT_RTPRIO`.
+    Sched = 19,
+    /// `sched_setaffinity` failed (in the child): `EINVAL` when no CPU of the set is online.
+    Affinity = 20,
+    /// Writing `/proc/self/oom_score_adj` failed (in the child): `EACCES` lowering it
+    /// without `CAP_SYS_RESOURCE`.
+    OomScoreAdj = 21,
+    /// `prctl(PR_SET_NO_NEW_PRIVS)` failed (in the child).
+    NoNewPrivs = 22,
+    /// Dropping a capability from the bounding set failed (in the child; `EPERM` without
+    /// `CAP_SETPCAP`).
+    CapBounding = 23,
+    /// Keeping or setting the capabilities for the ambient set failed (`PR_SET_KEEPCAPS`,
+    /// `capset`; in the child).
+    Capabilities = 24,
+    /// Raising an ambient capability failed (in the child; `EINVAL` before 4.3, or a
+    /// capability not permitted).
+    Ambient = 25,
 }
 
 impl SpawnStage {
     /// Every stage, for exhaustive tests and decoders.
-    pub const ALL: [SpawnStage; 15] = [
+    pub const ALL: [SpawnStage; 25] = [
         SpawnStage::Prepare,
         SpawnStage::Pipe,
         SpawnStage::Clone,
@@ -89,6 +131,16 @@ impl SpawnStage {
         SpawnStage::Report,
         SpawnStage::Gate,
         SpawnStage::Stdio,
+        SpawnStage::Cgroup,
+        SpawnStage::Rlimit,
+        SpawnStage::Nice,
+        SpawnStage::Sched,
+        SpawnStage::Affinity,
+        SpawnStage::OomScoreAdj,
+        SpawnStage::NoNewPrivs,
+        SpawnStage::CapBounding,
+        SpawnStage::Capabilities,
+        SpawnStage::Ambient,
     ];
 
     /// Short lower-case name, as used in logs and error texts.
@@ -109,6 +161,16 @@ impl SpawnStage {
             SpawnStage::Report => "report",
             SpawnStage::Gate => "gate",
             SpawnStage::Stdio => "stdio",
+            SpawnStage::Cgroup => "cgroup",
+            SpawnStage::Rlimit => "rlimit",
+            SpawnStage::Nice => "nice",
+            SpawnStage::Sched => "sched",
+            SpawnStage::Affinity => "affinity",
+            SpawnStage::OomScoreAdj => "oom-score-adj",
+            SpawnStage::NoNewPrivs => "no-new-privs",
+            SpawnStage::CapBounding => "cap-bounding",
+            SpawnStage::Capabilities => "capabilities",
+            SpawnStage::Ambient => "ambient",
         }
     }
 
@@ -149,36 +211,75 @@ impl fmt::Display for SpawnStage {
 pub struct SpawnError {
     pub stage: SpawnStage,
     pub errno: i32,
+    /// What the stage was about, when it has several: for [`SpawnStage::Rlimit`], the
+    /// resource (the kernel's number, [`RLIMIT_NAMES`]); for [`SpawnStage::CapBounding`] and
+    /// [`SpawnStage::Ambient`], the capability; else 0.
+    pub detail: u16,
 }
 
 impl SpawnError {
     /// A failure at `stage` with `errno`.
     pub fn new(stage: SpawnStage, errno: i32) -> SpawnError {
-        SpawnError { stage, errno }
+        SpawnError {
+            stage,
+            errno,
+            detail: 0,
+        }
     }
 
-    /// Encodes it as the child's report.
+    /// A failure at `stage` about `detail` (see [`SpawnError::detail`]).
+    pub fn with_detail(stage: SpawnStage, errno: i32, detail: u16) -> SpawnError {
+        SpawnError {
+            stage,
+            errno,
+            detail,
+        }
+    }
+
+    /// The resource a [`SpawnStage::Rlimit`] failure was about (`"nofile"`), else `None`.
+    pub fn resource(&self) -> Option<&'static str> {
+        (self.stage == SpawnStage::Rlimit)
+            .then(|| RLIMIT_NAMES.get(usize::from(self.detail)).copied())
+            .flatten()
+    }
+
+    /// The capability a [`SpawnStage::CapBounding`] or [`SpawnStage::Ambient`] failure was
+    /// about (`"net_bind_service"`), else `None`.
+    pub fn capability(&self) -> Option<&'static str> {
+        matches!(self.stage, SpawnStage::CapBounding | SpawnStage::Ambient)
+            .then(|| CAPABILITY_NAMES.get(usize::from(self.detail)).copied())
+            .flatten()
+    }
+
+    /// Encodes it as the child's report: the stage in the low 16 bits of the first word, the
+    /// detail in the high ones.
     pub fn to_report(self) -> [u8; REPORT_BYTES] {
         let mut buf = [0u8; REPORT_BYTES];
         let (stage, errno) = buf.split_at_mut(4);
-        stage.copy_from_slice(&(self.stage as u32).to_ne_bytes());
+        let word = (self.stage as u32) | (u32::from(self.detail) << 16);
+        stage.copy_from_slice(&word.to_ne_bytes());
         errno.copy_from_slice(&self.errno.to_ne_bytes());
         buf
     }
 
     /// Decodes a child's report (an unknown stage reads as [`SpawnStage::Report`]).
     pub fn from_report(buf: [u8; REPORT_BYTES]) -> SpawnError {
-        let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let word = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let stage = SpawnStage::from_u32(stage).unwrap_or(SpawnStage::Report);
-        SpawnError::new(stage, errno)
+        match SpawnStage::from_u32(word & 0xffff) {
+            Some(stage) => SpawnError::with_detail(stage, errno, (word >> 16) as u16),
+            None => SpawnError::new(SpawnStage::Report, errno),
+        }
     }
 }
 
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let os = io::Error::from_raw_os_error(self.errno);
-        write!(f, "spawn failed at {}: {}", self.stage, os)
+        match self.resource().or(self.capability()) {
+            Some(what) => write!(f, "spawn failed at {} ({what}): {}", self.stage, os),
+            None => write!(f, "spawn failed at {}: {}", self.stage, os),
+        }
     }
 }
 
@@ -216,6 +317,11 @@ pub struct ExecPlan<'a> {
     /// ([`signals_to_reset`]). The others are already default in the child, which inherits
     /// them.
     pub reset_signals: u64,
+    /// A cgroup v2 directory fd the child is created in (`CLONE_INTO_CGROUP`), or joins as its
+    /// first step on a kernel without it; -1: the spawner's cgroup.
+    pub cgroup_fd: libc::c_int,
+    /// Limits, scheduling, affinity, OOM score, umask, groups, `no_new_privs`.
+    pub exec: &'a ExecEnv,
 }
 
 /// The signals whose disposition in this process is not `SIG_DFL` (ignored, or with a
@@ -298,6 +404,13 @@ pub fn clone3_fallback_active() -> bool {
     CLONE3_UNAVAILABLE.load(Ordering::Relaxed)
 }
 
+/// True once a child could not be created inside its cgroup (no `clone3`, or a kernel older
+/// than 5.7 without `CLONE_INTO_CGROUP`): children then write their pid to `cgroup.procs`
+/// before anything else, so they spend their first system calls in the spawner's cgroup.
+pub fn into_cgroup_fallback_active() -> bool {
+    CLONE3_UNAVAILABLE.load(Ordering::Relaxed) || INTO_CGROUP_UNAVAILABLE.load(Ordering::Relaxed)
+}
+
 /// Blocks every signal in the calling thread until dropped, so that no handler of the parent
 /// can run in the child before it resets them.
 struct SignalsBlocked {
@@ -365,13 +478,16 @@ fn clone_child_with(
     let gate_fd = gate.map_or(-1, |g| g.as_raw_fd());
     let blocked = SignalsBlocked::new();
     let cloned = if legacy {
-        clone_legacy_pidfd()
+        clone_legacy_pidfd().map(|c| (c, false))
     } else {
-        clone_with_pidfd()
+        clone_with_pidfd(plan.cgroup_fd)
     };
     match cloned {
-        Ok(None) => child::main(plan, report_fd, gate_fd),
-        Ok(Some(parent)) => {
+        Ok((None, placed)) => {
+            let join = if placed { -1 } else { plan.cgroup_fd };
+            child::main(plan, report_fd, gate_fd, join)
+        }
+        Ok((Some(parent), _)) => {
             drop(blocked);
             Ok(parent)
         }
@@ -382,38 +498,51 @@ fn clone_child_with(
     }
 }
 
-/// `Ok(None)` in the child, `Ok(Some((pid, pidfd)))` in the parent.
-fn clone_with_pidfd() -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
+/// A pidfd clone's outcome (`None` in the child), and whether the kernel placed the child in
+/// the requested cgroup (`false`: none was requested, or the child must join it itself).
+type Cloned = (Option<(libc::pid_t, OwnedFd)>, bool);
+
+/// `Ok(None)` in the child, `Ok(Some((pid, pidfd)))` in the parent; with `cgroup` >= 0 inside
+/// that cgroup when the kernel can (`CLONE_INTO_CGROUP`).
+fn clone_with_pidfd(cgroup: libc::c_int) -> Result<Cloned, i32> {
     if !CLONE3_UNAVAILABLE.load(Ordering::Relaxed) {
-        match clone3_pidfd() {
+        let into = cgroup >= 0 && !INTO_CGROUP_UNAVAILABLE.load(Ordering::Relaxed);
+        match clone3_pidfd(if into { cgroup } else { -1 }) {
             Err(libc::ENOSYS) => CLONE3_UNAVAILABLE.store(true, Ordering::Relaxed),
-            other => return other,
+            // A kernel before 5.7 knows only the smaller clone_args: join in the child.
+            Err(libc::E2BIG) if into => {
+                INTO_CGROUP_UNAVAILABLE.store(true, Ordering::Relaxed);
+                return clone3_pidfd(-1).map(|c| (c, false));
+            }
+            other => return other.map(|c| (c, into)),
         }
     }
-    clone_legacy_pidfd()
+    clone_legacy_pidfd().map(|c| (c, false))
 }
 
-fn clone3_pidfd() -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
+fn clone3_pidfd(cgroup: libc::c_int) -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
     let mut pidfd: libc::c_int = -1;
     // SAFETY: clone_args is plain data; all-zero is a valid value.
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = libc::CLONE_PIDFD as u64;
     args.pidfd = &mut pidfd as *mut libc::c_int as u64;
     args.exit_signal = libc::SIGCHLD as u64;
-    // Version 0 of the struct (64 bytes): what every kernel with clone3 accepts.
-    const CLONE_ARGS_SIZE_VER0: usize = 64;
+    let size = if cgroup >= 0 {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cgroup as u64;
+        CLONE_ARGS_SIZE_VER2
+    } else {
+        CLONE_ARGS_SIZE_VER0
+    };
     // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork: the child gets a
     // copy of this address space and returns here with 0. `args` and `pidfd` outlive the
     // call. The child only runs `child::main`, which makes raw system calls and never returns.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut libc::clone_args,
-            CLONE_ARGS_SIZE_VER0,
-        )
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut libc::clone_args, size) };
     clone_outcome(rc, pidfd)
 }
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), as the kernel's uapi defines it.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 fn clone_legacy_pidfd() -> Result<Option<(libc::pid_t, OwnedFd)>, i32> {
     let mut pidfd: libc::c_int = -1;
@@ -499,6 +628,12 @@ impl ChildStack {
         Ok(stack)
     }
 
+    /// The usable part above the guard: (lowest address, bytes), for `clone3`, whose child's
+    /// stack pointer starts at their sum (a multiple of the guard size, so 16-byte aligned).
+    fn usable(&mut self) -> (usize, usize) {
+        (self.base as usize + GUARD_BYTES, self.len - GUARD_BYTES)
+    }
+
     /// The highest address, 16-byte aligned (stacks grow down on x86_64 and aarch64).
     fn top(&mut self) -> *mut libc::c_void {
         let end = self.base as usize + self.len;
@@ -545,38 +680,189 @@ pub fn clone_vm(
     if !plan.is_valid() || report_fd < 3 || report_fd >= first {
         return Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL));
     }
-    let args = child::VmArgs {
+    let mut args = child::VmArgs {
         plan,
         report_fd,
         first,
+        join_cgroup: -1,
     };
     let flags =
         libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD;
     let mut pidfd: libc::c_int = -1;
     let blocked = SignalsBlocked::new();
-    // SAFETY: the child runs `vm_entry` on `stack`, a mapping of ours that nothing else uses,
-    // with `args` on this thread's stack; CLONE_VFORK suspends this thread until the child has
-    // exec'd or exited, so both stay valid while it runs. The child makes raw system calls
-    // only, touches no memory but its stack and `args`, and unshares the fd table before it
-    // changes any fd. With CLONE_PIDFD the kernel stores the pidfd through the parent-tid
-    // argument.
-    let rc = unsafe {
-        libc::clone(
-            child::vm_entry,
-            stack.top(),
-            flags,
-            &args as *const child::VmArgs<'_> as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
-        )
-    };
-    let errno = super::errno::last();
+    let mut rc: libc::c_long = -1;
+    let mut errno = libc::ENOSYS;
+    let mut cloned = false;
+    if plan.cgroup_fd >= 0
+        && CLONE3_VM_SUPPORTED
+        && !CLONE3_UNAVAILABLE.load(Ordering::Relaxed)
+        && !INTO_CGROUP_UNAVAILABLE.load(Ordering::Relaxed)
+    {
+        // SAFETY: clone_args is plain data; all-zero is a valid value.
+        let mut cargs: libc::clone_args = unsafe { std::mem::zeroed() };
+        cargs.flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::CLONE_PIDFD)
+            as u64
+            | CLONE_INTO_CGROUP;
+        cargs.pidfd = &mut pidfd as *mut libc::c_int as u64;
+        cargs.exit_signal = libc::SIGCHLD as u64;
+        let (low, size) = stack.usable();
+        cargs.stack = low as u64;
+        cargs.stack_size = size as u64;
+        cargs.cgroup = plan.cgroup_fd as u64;
+        // SAFETY: as for `libc::clone` below: the child runs `vm_entry` on `stack` (its top is
+        // `stack + stack_size`, 16-byte aligned), with `args` on this thread's stack, which
+        // CLONE_VFORK keeps untouched until the child has exec'd or exited; `cargs` and
+        // `pidfd` outlive the call.
+        rc = unsafe {
+            clone3_vm(
+                &mut cargs,
+                CLONE_ARGS_SIZE_VER2,
+                child::vm_entry,
+                &args as *const child::VmArgs<'_> as *mut libc::c_void,
+            )
+        };
+        if rc < 0 {
+            errno = (-rc) as i32;
+            match errno {
+                libc::ENOSYS => CLONE3_UNAVAILABLE.store(true, Ordering::Relaxed),
+                libc::E2BIG => INTO_CGROUP_UNAVAILABLE.store(true, Ordering::Relaxed),
+                _ => cloned = true,
+            }
+        } else {
+            cloned = true;
+        }
+    }
+    if !cloned {
+        // Without CLONE_INTO_CGROUP the child joins its cgroup itself, first of all.
+        args.join_cgroup = plan.cgroup_fd;
+        // SAFETY: the child runs `vm_entry` on `stack`, a mapping of ours that nothing else
+        // uses, with `args` on this thread's stack; CLONE_VFORK suspends this thread until the
+        // child has exec'd or exited, so both stay valid while it runs. The child makes raw
+        // system calls only, touches no memory but its stack and `args`, and unshares the fd
+        // table before it changes any fd (its one exception, joining a cgroup, opens and
+        // closes one close-on-exec fd). With CLONE_PIDFD the kernel stores the pidfd through
+        // the parent-tid argument.
+        rc = unsafe {
+            libc::clone(
+                child::vm_entry,
+                stack.top(),
+                flags,
+                &args as *const child::VmArgs<'_> as *mut libc::c_void,
+                &mut pidfd as *mut libc::c_int,
+            )
+        } as libc::c_long;
+        errno = super::errno::last();
+    }
     drop(blocked);
     if rc < 0 {
         return Err(SpawnError::new(SpawnStage::Clone, errno));
     }
-    clone_outcome(rc as libc::c_long, pidfd)
+    clone_outcome(rc, pidfd)
         .map_err(|errno| SpawnError::new(SpawnStage::Clone, errno))?
         .ok_or(SpawnError::new(SpawnStage::Clone, libc::EIO))
+}
+
+/// Whether [`clone3_vm`] exists for this architecture (else a child that shares our memory is
+/// made with `clone` and joins its cgroup itself).
+const CLONE3_VM_SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
+
+/// `clone3(args, size)` for a child on its own stack (`args.stack`, `args.stack_size`): the
+/// child calls `entry(arg)` there and exits with its return value; it never returns into
+/// Rust code, which is why this is a few instructions of assembly (as in the C libraries'
+/// `clone`). Returns the child's pid, or `-errno`, in the parent.
+///
+/// # Safety
+/// `args` must be valid and name a stack that nothing else uses while the child runs, and
+/// `entry` must be safe to run on it with `arg` (with `CLONE_VM`, in our memory).
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vm(
+    args: *mut libc::clone_args,
+    size: usize,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let rc: libc::c_long;
+    // SAFETY: the caller's contract. In the parent the syscall clobbers rax, rcx and r11 only.
+    // The child starts with rsp at the top of its stack (16-byte aligned, so the `call` leaves
+    // it as the ABI wants at `entry`), runs `entry` and exits with its result; it never comes
+    // back to the code after this block.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => rc,
+            in("rdi") args,
+            in("rsi") size,
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    rc
+}
+
+/// See the x86_64 version.
+///
+/// # Safety
+/// As for the x86_64 version.
+#[cfg(target_arch = "aarch64")]
+unsafe fn clone3_vm(
+    args: *mut libc::clone_args,
+    size: usize,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let rc: libc::c_long;
+    // SAFETY: the caller's contract. In the parent `svc` changes x0 only. The child starts with
+    // sp at the top of its stack (16-byte aligned), runs `entry` and exits with its result; it
+    // never comes back to the code after this block.
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            "cbnz x0, 2f",
+            "mov x29, xzr",
+            "mov x0, x20",
+            "blr x21",
+            "mov x8, #{exit}",
+            "svc 0",
+            "brk #1",
+            "2:",
+            exit = const libc::SYS_exit,
+            in("x8") libc::SYS_clone3,
+            inlateout("x0") args => rc,
+            in("x1") size,
+            in("x20") arg,
+            in("x21") entry,
+            options(nostack)
+        );
+    }
+    rc
+}
+
+/// Never called: [`CLONE3_VM_SUPPORTED`] is false here.
+///
+/// # Safety
+/// None needed.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn clone3_vm(
+    _args: *mut libc::clone_args,
+    _size: usize,
+    _entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+) -> libc::c_long {
+    -(libc::ENOSYS as libc::c_long)
 }
 
 /// The close-on-exec report pipe of one spawn: (read end, write end).

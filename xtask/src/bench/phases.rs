@@ -196,8 +196,8 @@ pub struct SlotsPoint {
 #[derive(Clone, Debug, Default)]
 pub struct ReexecPoint {
     pub services: usize,
-    /// The pause of each re-exec (`holdenctl reexec`: the old instance's last record write to
-    /// the new instance supervising again), ns.
+    /// The pause of each re-exec (`holdenctl reexec`: the old instance leaving its loop to the
+    /// new one entering its loop), ns.
     pub pauses: Summary,
     /// The crash-looping service's restart latencies over the whole run (re-execs included).
     pub restarts: Summary,

@@ -692,8 +692,8 @@ fn reexec_section(s: &mut String, r: &Results) {
         s,
         "## Live re-exec\n\n`holdenctl reexec` on an orchestrator with N services, one of them \
          restarting at once, the others up, 100 ms apart. The pause is what the new instance \
-         reports: from the old instance's last write of the state record to the new one \
-         supervising every service again. The restart latencies are the crash-looping \
+         reports: from the old instance leaving its loop for the re-exec to the new one \
+         entering its loop, every service carried on. The restart latencies are the crash-looping \
          service's over the whole run, re-execs included: a restart that falls due in a pause \
          waits for its end.\n"
     );

@@ -99,6 +99,96 @@ if [ "$SCENARIO" = io-uring-disabled ]; then
     echo "HOLDEN-VM-DONE"
     finish
 fi
+if [ "$SCENARIO" = cgroup-limits ]; then
+    # Limits in the services' cgroups (docs/config.md, "Cgroup limits"): the orchestrator
+    # enables the controllers under the root it is given and writes each service's files.
+    CG=/sys/fs/cgroup/holden
+    /usr/bin/holden-orchestrator --config /etc/holden/vm-cgroup.toml 2>>"$LOG" &
+    ORCH=$!
+    wait_count 'event=start ' 1 "orchestrator start"
+    wait_count 'service=vm-weighted .*reason=spawned' 1 "vm-weighted start"
+    W=$(last_pid vm-weighted)
+    WEIGHT=$(cat $CG/vm-weighted/cpu.weight)
+    CPUMAX=$(cat $CG/vm-weighted/cpu.max)
+    MEMMAX=$(cat $CG/vm-hog/memory.max)
+    PIDSMAX=$(cat $CG/vm-forks/pids.max)
+    [ "$WEIGHT" = 50 ] || fail "cgroup-files: cpu.weight of vm-weighted is $WEIGHT, configured 50"
+    [ "$CPUMAX" = "50000 100000" ] || fail "cgroup-files: cpu.max of vm-weighted is '$CPUMAX', configured 50%"
+    [ "$MEMMAX" = 33554432 ] || fail "cgroup-files: memory.max of vm-hog is $MEMMAX, configured 32M"
+    [ "$PIDSMAX" = 20 ] || fail "cgroup-files: pids.max of vm-forks is $PIDSMAX, configured 20"
+    grep -q '^0::/holden/vm-weighted$' "/proc/$W/cgroup" \
+        || fail "cgroup-files: vm-weighted $W is not in its cgroup: $(cat /proc/$W/cgroup)"
+    pass "cgroup-files cpu.weight=$WEIGHT cpu.max='$CPUMAX' memory.max=$MEMMAX pids.max=$PIDSMAX subtree_control='$(cat $CG/cgroup.subtree_control)'"
+
+    wait_count 'service=vm-hog .*reason=exited signal=SIGKILL' 1 "vm-hog OOM-killed"
+    wait_count 'service=vm-hog .*reason=spawned' 2 "vm-hog restarted"
+    OOM=$(sed -n 's/^oom_kill \([0-9]*\)$/\1/p' $CG/vm-hog/memory.events)
+    [ "${OOM:-0}" -ge 1 ] || fail "oom-kill: memory.events of vm-hog: $(tr '\n' ' ' <$CG/vm-hog/memory.events)"
+    alive "$ORCH" || fail "oom-kill: the orchestrator died"
+    [ "$(last_pid vm-weighted)" = "$W" ] && alive "$W" || fail "oom-kill: vm-weighted was touched"
+    pass "oom-kill vm-hog OOM-killed in its own cgroup (memory.events oom_kill $OOM) and restarted; the orchestrator and vm-weighted $W untouched"
+
+    wait_count 'service=vm-forks .*reason=spawned' 1 "vm-forks start"
+    tries=0
+    until grep -q '^max [1-9]' $CG/vm-forks/pids.events; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 300 ] && fail "pids-max: no refused fork: $(tr '\n' ' ' <$CG/vm-forks/pids.events)"
+        usleep 100000
+    done
+    EVENTS=$(tr '\n' ' ' <$CG/vm-forks/pids.events)
+    # busybox sh exits at a refused fork: then its exit waits for the rest of its tree (the
+    # tree rule), whose size the orchestrator logs; a shell that went on stays within 20.
+    tries=0
+    while [ "$(count 'service=vm-forks .*reason=exited')" -lt 1 ] && [ "$tries" -lt 30 ]; do
+        tries=$((tries + 1))
+        usleep 100000
+    done
+    if [ "$(count 'service=vm-forks .*reason=exited')" -ge 1 ]; then
+        PROCS=$(sed -n 's/.*service=vm-forks .*event=tree-remains .*procs=\([0-9]*\).*/\1/p' "$LOG" | head -n 1)
+        [ -n "$PROCS" ] && [ "$PROCS" -lt 20 ] \
+            || fail "pids-max: vm-forks exited with ${PROCS:-no} other processes in its cgroup, pids.max is 20"
+        HOW="the shell exited at the refused fork and the $PROCS others of its tree were ended before its exit was reported"
+    else
+        CUR=$(cat $CG/vm-forks/pids.current)
+        [ "$CUR" -le 20 ] || fail "pids-max: pids.current of vm-forks is $CUR, above pids.max 20"
+        HOW="pids.current=$CUR"
+    fi
+    pass "pids-max the fork bomb was held at pids.max=20 ($EVENTS): $HOW"
+
+    wait_count 'service=vm-stubborn .*reason=spawned' 1 "vm-stubborn start"
+    tries=0
+    until [ "$(wc -l <$CG/vm-stubborn/cgroup.procs)" -ge 3 ]; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 300 ] && fail "tree-kill: vm-stubborn has $(wc -l <$CG/vm-stubborn/cgroup.procs) processes"
+        usleep 100000
+    done
+    TREE=$(cat $CG/vm-stubborn/cgroup.procs | tr '\n' ' ')
+    holdenctl stop vm-stubborn >/tmp/stop.txt 2>&1 || fail "tree-kill: holdenctl stop: $(cat /tmp/stop.txt)"
+    wait_count 'service=vm-stubborn .*state=stopped' 1 "vm-stubborn stopped"
+    for p in $TREE; do
+        alive "$p" && fail "tree-kill: $p of vm-stubborn's tree ($TREE) outlived the stop"
+    done
+    [ "$(count 'service=vm-stubborn .*signal=SIGKILL target=cgroup')" -ge 1 ] \
+        || fail "tree-kill: no SIGKILL to vm-stubborn's cgroup in the log"
+    holdenctl start vm-stubborn >/tmp/start.txt 2>&1 || fail "tree-kill: holdenctl start: $(cat /tmp/start.txt)"
+    wait_count 'service=vm-stubborn .*reason=spawned' 2 "vm-stubborn started again"
+    usleep 500000
+    S2=$(last_pid vm-stubborn)
+    alive "$S2" || fail "tree-kill: vm-stubborn $S2 started after the kill did not stay up"
+    if [ -e $CG/vm-stubborn/cgroup.kill ]; then HOW=cgroup.kill; else HOW="freeze and kill (no cgroup.kill before 5.14)"; fi
+    pass "tree-kill the SIGTERM-proof tree ($TREE) ended by SIGKILL through $HOW after stop_timeout; started again as $S2, which stays up"
+
+    kill -TERM "$ORCH"
+    wait "$ORCH"
+    RC=$?
+    [ "$RC" -eq 0 ] || fail "cgroup-shutdown: orchestrator exited with $RC"
+    for s in vm-hog vm-forks vm-weighted vm-stubborn; do
+        [ -d "$CG/$s" ] && fail "cgroup-shutdown: $CG/$s is still there: $(cat $CG/$s/cgroup.procs | tr '\n' ' ')"
+    done
+    pass "cgroup-shutdown SIGTERM: exit 0, every service's cgroup empty and removed"
+    echo "HOLDEN-VM-DONE"
+    finish
+fi
 [ "$SCENARIO" = supervision ] || fail "unknown holden.scenario=$SCENARIO"
 
 # The QM stand-in: PID 1 of a new PID + mount namespace is a shell loop that restarts the

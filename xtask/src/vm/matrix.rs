@@ -85,6 +85,10 @@ pub enum Scenario {
     /// `kernel.io_uring_disabled=2`, then the orchestrator must refuse to start with the
     /// documented message and exit code.
     IoUringDisabled,
+    /// Cgroup limits with the controllers enabled (vm-cgroup.toml): a memory hog OOM-killed in
+    /// its cgroup and restarted, a fork bomb held by `pids_max`, `cpu_weight`/`cpu_max` in
+    /// the cgroup files, the cgroups removed at shutdown.
+    CgroupLimits,
 }
 
 impl Scenario {
@@ -100,6 +104,7 @@ impl Scenario {
             Scenario::IoUringDisabled => {
                 "holden.scenario=io-uring-disabled holden.io_uring_disabled=2".into()
             }
+            Scenario::CgroupLimits => "holden.scenario=cgroup-limits".into(),
         }
     }
 }
@@ -132,7 +137,7 @@ const TRIXIE: Series = Series {
 
 /// Every run of `--matrix`, in order. Two vCPUs in one run per architecture, so that the
 /// orchestrator and the agent really run at the same time.
-pub const MATRIX: [Run; 5] = [
+pub const MATRIX: [Run; 6] = [
     Run {
         name: "x86_64-5.10",
         arch: Arch::X86_64,
@@ -169,6 +174,13 @@ pub const MATRIX: [Run; 5] = [
         scenario: Scenario::IoUringDisabled,
     },
     Run {
+        name: "x86_64-6.12-cgroup",
+        arch: Arch::X86_64,
+        series: TRIXIE,
+        cpus: 2,
+        scenario: Scenario::CgroupLimits,
+    },
+    Run {
         name: "aarch64-6.12",
         arch: Arch::Aarch64,
         series: TRIXIE,
@@ -199,7 +211,10 @@ mod tests {
                 .map(|r| r.series.version)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(kernels(Arch::X86_64), [(5, 10), (6, 1), (6, 12), (6, 12)]);
+        assert_eq!(
+            kernels(Arch::X86_64),
+            [(5, 10), (6, 1), (6, 12), (6, 12), (6, 12)]
+        );
         assert_eq!(kernels(Arch::Aarch64), [(6, 12)]);
         for arch in [Arch::X86_64, Arch::Aarch64] {
             assert!(

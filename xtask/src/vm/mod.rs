@@ -43,6 +43,9 @@ Runs (--matrix: all; default: x86_64-6.1):
   x86_64-6.12                    Debian 13 (trixie) kernel, 2 vCPUs, kernel.io_uring_disabled=1
   x86_64-6.12-io_uring_disabled  trixie, kernel.io_uring_disabled=2: the orchestrator must
                                  exit 1 with the documented message
+  x86_64-6.12-cgroup             trixie, cgroup limits with the controllers enabled: a memory
+                                 hog OOM-killed in its cgroup and restarted, a fork bomb held
+                                 by pids_max, cpu_weight and cpu_max in the cgroup files
   aarch64-6.12                   trixie arm64 kernel, qemu-system-aarch64 virt, Cortex-A72,
                                  2 vCPUs, the aarch64 binaries and busybox-static:arm64
 
@@ -76,6 +79,16 @@ pub const IO_URING_DISABLED_EXIT: i32 = 1;
 
 const INIT_SCRIPT: &str = include_str!("init.sh");
 const VM_CONFIG: &str = include_str!("vm.toml");
+const VM_CGROUP_CONFIG: &str = include_str!("vm-cgroup.toml");
+
+/// Steps the cgroup-limits run must report as passed, in order.
+pub const CGROUP_STEPS: [&str; 5] = [
+    "cgroup-files",
+    "oom-kill",
+    "pids-max",
+    "tree-kill",
+    "cgroup-shutdown",
+];
 
 /// Steps the guest must report as passed, in order.
 pub const STEPS: [&str; 8] = [
@@ -420,6 +433,11 @@ fn initramfs_bytes(busybox: &Path, binaries: &[(String, PathBuf)]) -> Result<Vec
     a.symlink("bin/sh", "busybox");
     a.file("init", 0o755, INIT_SCRIPT.as_bytes());
     a.file("etc/holden/vm.toml", 0o644, VM_CONFIG.as_bytes());
+    a.file(
+        "etc/holden/vm-cgroup.toml",
+        0o644,
+        VM_CGROUP_CONFIG.as_bytes(),
+    );
     for (name, path) in binaries {
         a.file(&format!("usr/bin/{name}"), 0o755, &read(path)?);
     }
@@ -520,6 +538,7 @@ pub fn check_run(r: &Run, debian_kernel: bool, text: &str) -> Result<Vec<String>
     let wanted = match r.scenario {
         Scenario::Supervision { io_uring_disabled } => io_uring_disabled.map(u32::from),
         Scenario::IoUringDisabled => Some(2),
+        Scenario::CgroupLimits => None,
     };
     if let Some(want) = wanted {
         if probe.io_uring_disabled.is_none() {
@@ -577,7 +596,68 @@ pub fn check_run(r: &Run, debian_kernel: bool, text: &str) -> Result<Vec<String>
             ));
             report.extend(check_io_uring_disabled(text)?);
         }
+        Scenario::CgroupLimits => {
+            report.push(format!(
+                "features: cgroup2_controllers={}",
+                probe.cgroup2_text()
+            ));
+            report.extend(check_cgroup_limits(text)?);
+        }
     }
+    Ok(report)
+}
+
+/// The cgroup-limits run: its steps passed in order, and the orchestrator's log agrees (the
+/// hog's SIGKILL exit reported and a restart after it, nothing refused).
+pub fn check_cgroup_limits(text: &str) -> Result<Vec<String>, String> {
+    let passed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("HOLDEN-VM-PASS: "))
+        .collect();
+    let mut report = Vec::new();
+    let mut last = 0;
+    for step in CGROUP_STEPS {
+        let Some(at) = passed
+            .iter()
+            .position(|p| p.split(' ').next() == Some(step))
+        else {
+            return Err(format!("step `{step}` never passed"));
+        };
+        if at < last {
+            return Err(format!("step `{step}` passed out of order"));
+        }
+        last = at;
+        report.push(format!("passed: {}", passed[at]));
+    }
+    if !text.lines().any(|l| l.trim() == "HOLDEN-VM-DONE") {
+        return Err("the guest did not reach HOLDEN-VM-DONE".into());
+    }
+    let log: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("orch| "))
+        .collect();
+    let count = |needles: &[&str]| {
+        log.iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    };
+    if count(&["service=vm-hog ", "reason=exited signal=SIGKILL"]) < 1
+        || count(&["service=vm-hog ", "reason=spawned"]) < 2
+    {
+        return Err("orchestrator log: no SIGKILL exit of vm-hog followed by a restart".into());
+    }
+    if let Some(line) = log
+        .iter()
+        .find(|l| l.contains("event=cgroup-limit-failed") || l.contains("event=spawn-failed"))
+    {
+        return Err(format!("orchestrator log: {line}"));
+    }
+    if count(&["event=shutdown-complete"]) != 1 {
+        return Err("orchestrator log: no event=shutdown-complete".into());
+    }
+    report.push(
+        "orchestrator log: vm-hog SIGKILL and restart, no failed spawn, clean shutdown".into(),
+    );
     Ok(report)
 }
 

@@ -87,7 +87,7 @@ fn options_are_checked() {
 }
 
 /// Consoles of `cargo xtask vm-test --matrix --keep` (recorded on the project's machine).
-const MATRIX_CONSOLES: [(&str, &str); 4] = [
+const MATRIX_CONSOLES: [(&str, &str); 5] = [
     (
         "x86_64-5.10",
         include_str!("testdata/console-x86_64-5.10.txt"),
@@ -104,7 +104,38 @@ const MATRIX_CONSOLES: [(&str, &str); 4] = [
         "x86_64-6.12-io_uring_disabled",
         include_str!("testdata/console-x86_64-6.12-io_uring_disabled.txt"),
     ),
+    (
+        "x86_64-6.12-cgroup",
+        include_str!("testdata/console-x86_64-6.12-cgroup.txt"),
+    ),
 ];
+
+/// The cgroup-limits run fails when a step is missing, out of order, or the orchestrator's
+/// log does not show the hog's SIGKILL and restart.
+#[test]
+fn the_cgroup_limits_run_fails_without_each_of_its_checks() {
+    let text = console("x86_64-6.12-cgroup");
+    let r = run("x86_64-6.12-cgroup");
+    let report = check_run(r, true, text).unwrap();
+    assert!(
+        report.iter().any(|l| l.contains("memory.max=33554432")),
+        "{report:?}"
+    );
+    for step in CGROUP_STEPS {
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("HOLDEN-VM-PASS: {step} ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let e = check_run(r, true, &without).unwrap_err();
+        assert!(e.contains(&format!("`{step}` never passed")), "{step}: {e}");
+    }
+    let no_kill = text.replace("reason=exited signal=SIGKILL", "reason=exited code=0");
+    let e = check_run(r, true, &no_kill).unwrap_err();
+    assert!(e.contains("no SIGKILL exit of vm-hog"), "{e}");
+    let failed = text.replace("HOLDEN-VM-DONE", "HOLDEN-VM-FAIL: oom-kill: x");
+    assert!(check_run(r, true, &failed).is_err());
+}
 
 fn console(name: &str) -> &'static str {
     MATRIX_CONSOLES
@@ -128,6 +159,7 @@ fn recorded_matrix_runs_pass() {
         let expected = match run(name).scenario {
             Scenario::IoUringDisabled => 3,
             Scenario::Supervision { .. } => 1 + STEPS.len() + 1,
+            Scenario::CgroupLimits => CGROUP_STEPS.len(),
         };
         assert_eq!(passed, expected, "{name}: {report:?}");
     }

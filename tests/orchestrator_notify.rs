@@ -1,0 +1,242 @@
+//! Readiness and liveness of local services over the real sd_notify protocol: services that
+//! call holden's own libsystemd-free client (`examples/notify_service.rs`) through the
+//! orchestrator's notify socket, a real orchestrator, real processes.
+
+mod orchestrator_support;
+
+use orchestrator_support::{
+    config_header, field, kill, notify_service_bin, pids_with, service, sleep_marker, Orch, TempDir,
+};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+
+/// Ends, by pid, every process that still carries the marker.
+struct Reaper(String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in pids_with(&self.0) {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn start(dir: &TempDir, services: &str) -> Orch {
+    let path = dir.path("o.toml");
+    let text = format!(
+        "runtime_dir = {:?}\n{}{services}",
+        dir.path("run").display().to_string(),
+        config_header(&dir.path("agent.sock"))
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
+    cmd.arg("--config")
+        .arg(&path)
+        .env_remove("NOTIFY_SOCKET")
+        .env("HOLDEN_TEST", "1");
+    Orch::spawn(dir, cmd)
+}
+
+/// `notify_service ARGS... MARKER` as a `type = "notify"` service with `extra` keys.
+fn notify(name: &str, args: &[&str], marker: &str, extra: &str) -> String {
+    let bin = notify_service_bin();
+    let mut argv = vec![bin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["marker", marker]);
+    service(name, "local", &argv, &format!("type = \"notify\"\n{extra}"))
+}
+
+/// Index of the first log line with every needle (panics if none).
+fn line_index(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("no line with {needles:?} in\n{log}"))
+}
+
+/// A notify service is `starting` with its process until it says READY=1, then `running`
+/// (reason ready); a simple service beside it is running at its spawn.
+#[test]
+fn a_notify_service_is_running_only_once_it_said_ready() {
+    let dir = TempDir::new("notify-ready");
+    let marker = sleep_marker("1300");
+    let _reaper = Reaper(marker.clone());
+    let services = notify(
+        "n",
+        &["ready-after", "400", "status", "serving"],
+        &marker,
+        "",
+    ) + &service("s", "local", &["/bin/sleep", &marker], "");
+    let mut orch = start(&dir, &services);
+    let spawned = orch
+        .wait_lines(&["service=n ", "reason=spawned"], 1)
+        .remove(0);
+    assert!(spawned.contains("state=starting"), "{spawned}");
+    let pid: i32 = field(&spawned, "spawned_pid").unwrap().parse().unwrap();
+    let status = orchestrator_support::holdenctl(&dir.path("control.sock"), &["status", "n"]);
+    let shown = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        shown.contains("starting") && shown.contains(&pid.to_string()),
+        "{shown}"
+    );
+    let ready = orch
+        .wait_lines(&["service=n ", "reason=ready"], 1)
+        .remove(0);
+    assert!(
+        ready.contains("state=running") && ready.contains(&format!("pid={pid} ")),
+        "{ready}"
+    );
+    // The simple service was running at its spawn.
+    assert!(!orch
+        .lines_with(&["service=s ", "state=running", "reason=spawned"])
+        .is_empty());
+    let log = orch.log();
+    assert!(
+        line_index(&log, &["service=n ", "reason=spawned"])
+            < line_index(&log, &["service=n ", "reason=ready"])
+    );
+    orch.stop(libc::SIGTERM);
+}
+
+/// Never ready: after `start_timeout` it is stopped (reason start-timeout) and restarted by
+/// its policy, as a failed start.
+#[test]
+fn the_start_timeout_restarts_a_service_that_never_says_ready() {
+    let dir = TempDir::new("notify-timeout");
+    let marker = sleep_marker("1301");
+    let _reaper = Reaper(marker.clone());
+    let services = notify(
+        "n",
+        &[],
+        &marker,
+        "start_timeout = \"300ms\"\nrestart = \"on-failure\"\nrestart_delay = \"0\"",
+    );
+    let mut orch = start(&dir, &services);
+    let timeout = orch.wait_lines(&["service=n ", "reason=start-timeout"], 2);
+    assert!(timeout[0].contains("state=stopping"), "{}", timeout[0]);
+    let spawns = orch.lines_with(&["service=n ", "reason=spawned"]);
+    assert!(spawns.len() >= 2, "restarted after the timeout: {spawns:?}");
+    assert!(orch.lines_with(&["service=n ", "reason=ready"]).is_empty());
+    orch.stop(libc::SIGTERM);
+}
+
+/// The watchdog: a service that pings keeps running; one that stops pinging, and one that
+/// is SIGSTOPped, get the watchdog signal (SIGABRT; the stopped one SIGKILL after
+/// stop_timeout) and are restarted.
+#[test]
+fn the_watchdog_restarts_a_silent_or_stopped_service_and_keeps_a_pinging_one() {
+    let dir = TempDir::new("notify-watchdog");
+    let marker = sleep_marker("1302");
+    let _reaper = Reaper(marker.clone());
+    let wd = "watchdog = \"100ms\"\nrestart = \"always\"\nrestart_delay = \"0\"\nstop_timeout = \"300ms\"";
+    let services = notify(
+        "healthy",
+        &["ready-after", "0", "ping-every", "20"],
+        &marker,
+        wd,
+    ) + &notify(
+        "silent",
+        &["ready-after", "0", "ping-every", "20", "pings", "10"],
+        &marker,
+        wd,
+    ) + &notify(
+        "frozen",
+        &["ready-after", "0", "ping-every", "20"],
+        &marker,
+        wd,
+    );
+    let mut orch = start(&dir, &services);
+    for name in ["healthy", "silent", "frozen"] {
+        orch.wait_lines(&[&format!("service={name} "), "reason=ready"], 1);
+    }
+    let frozen = orchestrator_support::last_spawned_pid(&orch, "frozen");
+    kill(frozen, libc::SIGSTOP);
+    let missed = orch
+        .wait_lines(&["service=silent ", "reason=watchdog"], 1)
+        .remove(0);
+    assert!(missed.contains("state=stopping"), "{missed}");
+    orch.wait_lines(&["service=silent ", "reason=exited", "signal=SIGABRT"], 1);
+    orch.wait_lines(&["service=frozen ", "reason=watchdog"], 1);
+    // Stopped: SIGABRT waits; SIGKILL after stop_timeout ends it.
+    orch.wait_lines(&["service=frozen ", "reason=exited", "signal=SIGKILL"], 1);
+    orch.wait_lines(&["service=frozen ", "reason=ready"], 2);
+    orch.wait_lines(&["service=silent ", "reason=ready"], 2);
+    // Meanwhile (well over 10 intervals) the healthy one was never missed.
+    assert!(orch
+        .lines_with(&["service=healthy ", "reason=watchdog"])
+        .is_empty());
+    assert_eq!(
+        orch.lines_with(&["service=healthy ", "reason=spawned"])
+            .len(),
+        1
+    );
+    orch.stop(libc::SIGTERM);
+}
+
+/// A datagram from a process that is not a service's counts for nothing (dropped, counted,
+/// logged); MAINPID= naming another process is refused; the service stays waiting.
+#[test]
+fn notifications_from_other_processes_are_dropped_and_counted() {
+    let dir = TempDir::new("notify-forged");
+    let marker = sleep_marker("1303");
+    let _reaper = Reaper(marker.clone());
+    let services = notify("n", &[], &marker, "start_timeout = \"0\"")
+        + &notify(
+            "liar",
+            &["ready-after", "0", "main-pid", "1"],
+            &marker,
+            "start_timeout = \"0\"",
+        );
+    let mut orch = start(&dir, &services);
+    orch.wait_lines(&["service=n ", "reason=spawned"], 1);
+    orch.wait_lines(&["service=liar ", "reason=ready"], 1);
+    let socket = dir.path("run").join("notify.sock");
+    let forger = UnixDatagram::unbound().unwrap();
+    // Drops are said at most once a second: forge until ours is said.
+    let ours = format!("sender_pid={} ", std::process::id());
+    let mut said = false;
+    for _ in 0..100 {
+        for _ in 0..10 {
+            forger.send_to(b"READY=1\nSTATUS=forged", &socket).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if !orch.lines_with(&["event=notify-dropped", &ours]).is_empty() {
+            said = true;
+            break;
+        }
+    }
+    assert!(said, "{}", orch.log());
+    let refused = orch.lines_with(&["event=notify-dropped", "MAINPID"]);
+    assert!(!refused.is_empty(), "{}", orch.log());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(orch.lines_with(&["service=n ", "reason=ready"]).is_empty());
+    orch.stop(libc::SIGTERM);
+}
+
+/// A oneshot is `starting` while it runs and `stopped` after exit 0, and is not restarted.
+#[test]
+fn a_oneshot_is_done_when_it_exits_0() {
+    let dir = TempDir::new("notify-oneshot");
+    let marker = sleep_marker("1304");
+    let _reaper = Reaper(marker.clone());
+    let services = service(
+        "once",
+        "local",
+        &["/bin/sh", "-c", "sleep 0.2", &marker],
+        "type = \"oneshot\"\nrestart = \"on-failure\"",
+    );
+    let mut orch = start(&dir, &services);
+    let spawned = orch
+        .wait_lines(&["service=once ", "reason=spawned"], 1)
+        .remove(0);
+    assert!(spawned.contains("state=starting"), "{spawned}");
+    let done = orch
+        .wait_lines(&["service=once ", "reason=exited", "code=0"], 1)
+        .remove(0);
+    assert!(done.contains("state=stopped"), "{done}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        orch.lines_with(&["service=once ", "reason=spawned"]).len(),
+        1
+    );
+    orch.stop(libc::SIGTERM);
+}

@@ -4,8 +4,8 @@
 //! after a `kill -9` the next instance is started the way systemd starts it, with the stored
 //! fds from fd 3 on, `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`, and takes every service
 //! over by its pidfd, with no state record to read. What systemd itself does with the store
-//! is not tested here (no systemd on this machine); the messages are the ones `sd_notify(3)`
-//! documents. One test in this file: the stored fds are made inheritable for the next
+//! is tested in `tests/systemd_unit.rs` (systemd 252); the messages are the ones
+//! `sd_notify(3)` documents. One test in this file: the stored fds are made inheritable for the next
 //! instance, and no other test's children may inherit them.
 
 mod orchestrator_support;

@@ -48,7 +48,8 @@ use std::time::Duration;
 /// exit retry, spawner eventfd, fd store retry, services' notify socket, agent connection and
 /// its spare.
 pub const FIXED_SLOTS: usize = 10;
-/// How soon a message systemd's fd store did not take (its notify socket full) is tried again.
+/// How soon a message systemd did not take (its notify socket full: an fd store entry, `READY=1`,
+/// `STOPPING=1`, `STATUS=`, `WATCHDOG=1`) is tried again.
 const FD_STORE_RETRY: Duration = Duration::from_millis(20);
 /// Of those, the ones with buffers: the agent connection and its spare.
 const FIXED_BUFFERED_SLOTS: usize = 2;
@@ -236,6 +237,20 @@ pub struct Orchestrator {
     fd_store_retry: Option<(SlotId, bool)>,
     /// A message to systemd's fd store failed (said once).
     fd_store_failed: bool,
+    /// `READY=1` or `STOPPING=1` that the notify socket did not take (full: every message is
+    /// sent without blocking), sent again from the retry timer before anything else; until it
+    /// is taken the fd store waits. Lost, `READY=1` would leave the unit `activating` until
+    /// systemd's start timeout killed it.
+    notify_pending: Option<&'static [u8]>,
+    /// A `WATCHDOG=1` the socket did not take, sent again from the retry timer.
+    watchdog_pending: bool,
+    /// A `STATUS=` the socket did not take: the retry timer sends the current one (it is
+    /// sent on changes only, so a lost one would stay wrong until the next change).
+    status_pending: bool,
+    /// `READY=1` was sent (or is pending) at start-up: until then the fd store is not
+    /// written (start-up writes every service's entries after it), so that the burst a
+    /// restart's take-over makes cannot fill the socket before `READY=1`.
+    announced: bool,
     /// The services' sd_notify socket (with a runtime directory).
     notify_socket: Option<NotifySocket>,
     /// Datagrams on it that were not counted (not from a service's process), and when that was
@@ -534,7 +549,7 @@ impl Orchestrator {
             }
             None => None,
         };
-        let fd_store_retry = if notify.fd_store() > 0 {
+        let fd_store_retry = if notify.enabled() {
             Some((take_bare(&mut ring, Owner::FdStoreRetry)?, false))
         } else {
             None
@@ -607,7 +622,13 @@ impl Orchestrator {
             qm_services,
             settings,
             pending_adds: Vec::new(),
-            agent_status: "connecting",
+            // (A service that fails during start-up's take-over sends STATUS= before
+            // start-up's own: with no QM service it must not say "agent connecting".)
+            agent_status: if qm_services == 0 {
+                "not needed"
+            } else {
+                "connecting"
+            },
             recorder,
             carried_over,
             program: Program::of_this_process().ok(),
@@ -618,6 +639,10 @@ impl Orchestrator {
             fd_store_dirty: vec![false; capacity].into_boxed_slice(),
             fd_store_retry,
             fd_store_failed: false,
+            notify_pending: None,
+            watchdog_pending: false,
+            status_pending: false,
+            announced: false,
             notify_socket,
             notify_dropped: 0,
             notify_dropped_said_ns: 0,
@@ -727,7 +752,7 @@ impl Orchestrator {
                 .map_err(|e| Error::Service(format!("ring: {e}")))?;
         }
         if let Some((slot, interval)) = self.watchdog {
-            let _ = self.notify.send(b"WATCHDOG=1");
+            self.notify_watchdog();
             let _ = self.ring.timeout(slot, Timeout::After(interval));
         }
         self.engine.start(now());
@@ -779,12 +804,8 @@ impl Orchestrator {
                 ),
             );
         }
-        let _ = self.notify.send(b"READY=1");
-        // After READY=1, which must not wait behind these (the socket takes few at once):
-        // what the store holds from before (a lost message, a reload) is replaced by what is.
-        for index in 0..self.services.list.len() {
-            self.fd_store_sync(index);
-        }
+        self.notify_state(b"READY=1");
+        self.announced = true;
         self.update_status(if self.qm_services == 0 {
             "not needed"
         } else if self.engine.link().is_up() {
@@ -792,6 +813,12 @@ impl Orchestrator {
         } else {
             "connecting"
         });
+        // After READY=1 and STATUS=, which must not wait behind these (the socket takes few
+        // at once): what the store holds from before (a lost message, a reload) is replaced
+        // by what is.
+        for index in 0..self.services.list.len() {
+            self.fd_store_sync(index);
+        }
         // After a re-exec: the pause ends here, as the loop begins.
         if let Some(mut inherited) = self.inherited.take() {
             let handoff = &inherited.handoff;
@@ -1102,6 +1129,18 @@ impl Orchestrator {
                 if let Some((_, armed)) = &mut self.fd_store_retry {
                     *armed = false;
                 }
+                if self.watchdog_pending {
+                    self.notify_watchdog();
+                }
+                if let Some(message) = self.notify_pending.take() {
+                    self.notify_state(message);
+                    if self.notify_pending.is_some() {
+                        return;
+                    }
+                }
+                if self.status_pending {
+                    self.update_status(self.agent_status);
+                }
                 for index in 0..self.services.list.len() {
                     if self.fd_store_dirty.get(index) == Some(&true) {
                         self.fd_store_sync(index);
@@ -1109,7 +1148,7 @@ impl Orchestrator {
                 }
             }
             Owner::Watchdog => {
-                let _ = self.notify.send(b"WATCHDOG=1");
+                self.notify_watchdog();
                 if let Some((slot, interval)) = self.watchdog {
                     let _ = self.ring.timeout(slot, Timeout::After(interval));
                 }
@@ -1412,6 +1451,17 @@ impl Orchestrator {
         if self.notify.fd_store() == 0 || index >= self.services.list.len() {
             return;
         }
+        if !self.announced || self.notify_pending.is_some() {
+            // Behind READY=1 (start-up sends every service's entries after it), or behind a
+            // state message the socket did not take yet (the retry timer sends it first).
+            if let Some(dirty) = self.fd_store_dirty.get_mut(index) {
+                *dirty = true;
+            }
+            if self.announced {
+                self.arm_notify_retry();
+            }
+            return;
+        }
         use crate::fd_store::Stored;
         let entry = &self.services.list[index];
         let name = entry.def.name.as_str();
@@ -1462,6 +1512,12 @@ impl Orchestrator {
                 ),
             );
         }
+        self.arm_notify_retry();
+    }
+
+    /// Arms the retry timer (fd store entries, a state message or a watchdog ping the notify
+    /// socket did not take), unless it is armed.
+    fn arm_notify_retry(&mut self) {
         if let Some((slot, armed)) = &mut self.fd_store_retry {
             if !*armed
                 && self
@@ -1471,6 +1527,26 @@ impl Orchestrator {
             {
                 *armed = true;
             }
+        }
+    }
+
+    /// Sends a state message (`READY=1`, `STOPPING=1`); one the socket did not take replaces
+    /// any pending one and is sent again from the retry timer.
+    fn notify_state(&mut self, message: &'static [u8]) {
+        if self.notify.send(message).is_err() && self.notify.enabled() {
+            self.notify_pending = Some(message);
+            self.arm_notify_retry();
+        } else if self.notify_pending.is_some() {
+            // Taken: it supersedes the one still pending.
+            self.notify_pending = None;
+        }
+    }
+
+    /// Sends `WATCHDOG=1`; one the socket did not take is sent again from the retry timer.
+    fn notify_watchdog(&mut self) {
+        self.watchdog_pending = self.notify.send(b"WATCHDOG=1").is_err();
+        if self.watchdog_pending {
+            self.arm_notify_retry();
         }
     }
 
@@ -1529,7 +1605,7 @@ impl Orchestrator {
                 Quoted(&error)
             ),
         );
-        let _ = self.notify.send(b"READY=1");
+        self.notify_state(b"READY=1");
         if let Some(k) = conn {
             self.control
                 .reexec_failed(&mut self.ring, &self.log, k, &error);
@@ -1933,7 +2009,7 @@ impl Orchestrator {
     fn request_shutdown(&mut self) {
         self.shutdown_requests += 1;
         if self.shutdown_requests == 1 {
-            let _ = self.notify.send(b"STOPPING=1");
+            self.notify_state(b"STOPPING=1");
             if !self.settings.shutdown_stop_services {
                 self.log.line(
                     Priority::Notice,
@@ -1945,6 +2021,7 @@ impl Orchestrator {
                 return;
             }
             let _ = self.notify.status(format_args!("stopping every service"));
+            self.status_pending = false;
             let _ = self.ring.timeout(
                 self.shutdown_slot,
                 Timeout::After(self.settings.shutdown_timeout),
@@ -1969,7 +2046,10 @@ impl Orchestrator {
             qm: self.qm_services,
             agent,
         };
-        let _ = self.notify.status(format_args!("{line}"));
+        self.status_pending = self.notify.status(format_args!("{line}")).is_err();
+        if self.status_pending {
+            self.arm_notify_retry();
+        }
     }
 
     fn log_transition(&self, t: Transition) {
@@ -2051,7 +2131,7 @@ impl Orchestrator {
         let _ = self.notify.reloading(ring::now_ns() / 1_000);
         let result = self.reload_apply(notes);
         self.settle();
-        let _ = self.notify.send(b"READY=1");
+        self.notify_state(b"READY=1");
         self.update_status(self.agent_status);
         match &result {
             Ok((c, len)) => self.log.line(

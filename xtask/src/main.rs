@@ -77,7 +77,8 @@ const CI_HELP: &str = "\
 cargo xtask ci [--fuzz-seconds N]
 
 Installs what is missing first (the nightly toolchain, cargo-fuzz, the musl targets, the
-Debian package util-linux for unshare), then runs, stopping at the first failure:
+Debian packages util-linux for unshare and nsenter, and systemd for tests/systemd_unit.rs),
+then runs, stopping at the first failure:
   cargo fmt --all --check
   cargo clippy --workspace --all-targets -- -D warnings
   cargo test --workspace
@@ -99,7 +100,13 @@ fn ci(args: &[String]) -> Result<(), run::Failure> {
         }
     }
     setup::cargo_fuzz()?;
-    setup::debian(&[("unshare", "util-linux")])?;
+    // tests/systemd_unit.rs boots systemd in its own namespaces (unshare, nsenter) and fails
+    // without it: a machine without systemd gets the package, never a skipped test.
+    setup::debian(&[
+        ("unshare", "util-linux"),
+        ("nsenter", "util-linux"),
+        ("/lib/systemd/systemd", "systemd"),
+    ])?;
     let root = run::workspace_root();
     run::cargo(&root, &["fmt", "--all", "--check"])?;
     run::cargo(

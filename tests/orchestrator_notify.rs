@@ -85,6 +85,15 @@ fn a_notify_service_is_running_only_once_it_said_ready() {
         ready.contains("state=running") && ready.contains(&format!("pid={pid} ")),
         "{ready}"
     );
+    // What it said in STATUS= is shown, in the table and in --json.
+    let control = dir.path("control.sock");
+    let (_, table) = orchestrator_support::holdenctl_text(&control, &["status", "n"]);
+    assert!(
+        table.contains("STATUS") && table.contains("serving"),
+        "{table}"
+    );
+    let (_, json) = orchestrator_support::holdenctl_text(&control, &["status", "n", "--json"]);
+    assert!(json.contains("\"status\":\"serving\""), "{json}");
     // The simple service was running at its spawn.
     assert!(!orch
         .lines_with(&["service=s ", "state=running", "reason=spawned"])

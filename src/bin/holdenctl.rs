@@ -77,7 +77,7 @@ Colour only on a terminal, never with NO_COLOR set.";
 
 fn help_for(command: &str) -> &'static str {
     match command {
-        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown), the time until the next restart, and the cause\nof a failure or backoff (start-limit, the stage and errno of a failed start).\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown (every unknown NAME is named, no row printed),\n4 if the orchestrator cannot be reached.",
+        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown), the time until the next restart, and the cause\nof a failure or backoff (start-limit, the stage and errno of a failed start), and\nwhat a type = \"notify\" service last said in STATUS=.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown (every unknown NAME is named, no row printed),\n4 if the orchestrator cannot be reached.",
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
         "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
@@ -481,12 +481,15 @@ struct Owned {
     next_restart_ms: Option<u64>,
     spawn_error: Option<SpawnError>,
     start_limit_hit: bool,
+    /// What the service said in sd_notify's `STATUS=`.
+    status: String,
 }
 
 impl Owned {
     fn of(s: &ServiceInfo<'_>) -> Owned {
         Owned {
             name: s.name.to_string(),
+            status: s.status.to_string(),
             partition: s.partition.as_str(),
             state: s.state,
             pid: s.pid,
@@ -652,7 +655,7 @@ fn json_exit(exit: Option<Exit>) -> String {
 
 fn status_json(s: &Owned) -> String {
     format!(
-        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{}}}",
+        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{},\"status\":{}}}",
         json_str(&s.name),
         s.partition,
         s.state.as_str(),
@@ -662,7 +665,12 @@ fn status_json(s: &Owned) -> String {
         json_exit(s.last_exit),
         json_opt(s.next_restart_ms),
         if s.start_limit_hit { "\"start-limit\"" } else { "null" },
-        json_spawn_error(s.spawn_error)
+        json_spawn_error(s.spawn_error),
+        if s.status.is_empty() {
+            "null".to_string()
+        } else {
+            json_str(&s.status)
+        }
     )
 }
 
@@ -677,8 +685,9 @@ fn print_table(rows: &[Owned], style: &Style) {
         "LAST EXIT",
         "NEXT RESTART",
         "CAUSE",
+        "STATUS",
     ];
-    let cells: Vec<[String; 9]> = rows
+    let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|s| {
             [
@@ -692,6 +701,14 @@ fn print_table(rows: &[Owned], style: &Style) {
                 s.next_restart_ms
                     .map_or("-".into(), |ms| format!("in {}", human_ms(ms))),
                 s.cause(),
+                if s.status.is_empty() {
+                    "-".into()
+                } else {
+                    s.status
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect()
+                },
             ]
         })
         .collect();

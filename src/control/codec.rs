@@ -417,7 +417,9 @@ fn decode_service<'a>(r: &mut Reader<'a>) -> Result<ServiceInfo<'a>, DecodeError
     let uptime_ms = r.ms()?;
     let next_restart_ms = r.ms()?;
     let name = r.name()?;
+    let status = r.string("status", STATUS_TEXT_MAX)?;
     Ok(ServiceInfo {
+        status,
         name,
         partition,
         state,
@@ -667,6 +669,7 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.ms(s.uptime_ms)?;
             w.ms(s.next_restart_ms)?;
             w.name(s.name)?;
+            w.text(s.status, STATUS_TEXT_MAX)?;
         }
         Body::End(count) => w.u32(count)?,
         Body::Done(state) => w.u8(state as u8)?,
@@ -801,6 +804,7 @@ mod tests {
             next_restart_ms: Some(400),
             spawn_error: None,
             start_limit_hit: false,
+            status: "",
         }));
         roundtrip(Body::Service(ServiceInfo {
             name: "nav",
@@ -816,6 +820,7 @@ mod tests {
                 errno: libc::ENOENT,
             }),
             start_limit_hit: true,
+            status: "serving 3 clients",
         }));
         roundtrip(Body::Event(EventInfo {
             name: "nav",

@@ -349,7 +349,13 @@ pub struct ServiceInfo<'a> {
     pub spawn_error: Option<SpawnError>,
     /// In state failed because it hit its start limit.
     pub start_limit_hit: bool,
+    /// What the service last said in sd_notify's `STATUS=` (empty: nothing), at most
+    /// [`STATUS_TEXT_MAX`] bytes.
+    pub status: &'a str,
 }
+
+/// Longest `STATUS=` text in a `Service` frame.
+pub const STATUS_TEXT_MAX: usize = 256;
 
 /// One state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -802,6 +802,7 @@ impl ControlServer {
                     .map(|t| t.saturating_since(now).as_millis() as u64),
                 spawn_error: st.last_spawn_error.map(spawn_error_of),
                 start_limit_hit: st.start_limit_hit,
+                status: service.status_text.as_str(),
             };
             if !self.send(ring, k, &Body::Service(info)) {
                 self.drop_conn(ring, log, k, "send");

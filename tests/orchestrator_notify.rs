@@ -247,5 +247,22 @@ fn a_oneshot_is_done_when_it_exits_0() {
         orch.lines_with(&["service=once ", "reason=spawned"]).len(),
         1
     );
+    // Started again and waited for: `start --wait` returns 0 once it is done.
+    let control = dir.path("control.sock");
+    let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "once", "--wait"]);
+    assert_eq!(code, 0, "{text}");
+    let (_, after) = orchestrator_support::holdenctl_text(&control, &["status", "once", "--json"]);
+    assert!(
+        after.contains("\"state\":\"stopped\"") && after.contains("\"last_exit\":{\"code\":0}"),
+        "--wait returned before it was done: {after}"
+    );
+    // It had exited 0 when --wait returned (the status said so; the log follows).
+    orch.wait_lines(&["service=once ", "reason=exited", "code=0"], 2);
+    assert_eq!(
+        orch.lines_with(&["service=once ", "reason=spawned"]).len(),
+        2
+    );
+    let (_, json) = orchestrator_support::holdenctl_text(&control, &["status", "once", "--json"]);
+    assert!(json.contains("\"type\":\"oneshot\""), "{json}");
     orch.stop(libc::SIGTERM);
 }

@@ -7,7 +7,7 @@
 use holden::config::{parse_duration, signal_from_name, signal_from_number};
 use holden::control::{
     self as proto, AgentInfo, Body, EventInfo, Exit, FailCode, Op, ServiceInfo, SpawnError,
-    StateCode, Why,
+    StateCode, TypeCode, Why,
 };
 use holden::sys::socket;
 use std::ffi::{OsStr, OsString};
@@ -483,6 +483,9 @@ struct Owned {
     start_limit_hit: bool,
     /// What the service said in sd_notify's `STATUS=`.
     status: String,
+    kind: TypeCode,
+    /// The state the orchestrator answered a command with (`--wait`).
+    after_command: Option<StateCode>,
 }
 
 impl Owned {
@@ -490,6 +493,8 @@ impl Owned {
         Owned {
             name: s.name.to_string(),
             status: s.status.to_string(),
+            kind: s.kind,
+            after_command: None,
             partition: s.partition.as_str(),
             state: s.state,
             pid: s.pid,
@@ -655,8 +660,9 @@ fn json_exit(exit: Option<Exit>) -> String {
 
 fn status_json(s: &Owned) -> String {
     format!(
-        "{{\"name\":{},\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{},\"status\":{}}}",
+        "{{\"name\":{},\"type\":\"{}\",\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{},\"status\":{}}}",
         json_str(&s.name),
+        s.kind.as_str(),
         s.partition,
         s.state.as_str(),
         json_opt(s.pid),
@@ -772,6 +778,13 @@ fn reached(command: &str, before: &Owned, now: &Owned) -> Result<bool, String> {
                     format!("{} failed: {cause}", now.name)
                 });
             }
+            if now.kind == TypeCode::Oneshot {
+                // Done: the command started it (the answer was not `stopped`), and it has
+                // exited 0 since.
+                let started = before.after_command != Some(StateCode::Stopped);
+                let done = now.state == StateCode::Stopped && now.last_exit == Some(Exit::Code(0));
+                return Ok(started && done);
+            }
             let new_process =
                 command == "start" || now.pid != before.pid || before.state != StateCode::Running;
             Ok(now.state == StateCode::Running && new_process)
@@ -800,9 +813,12 @@ fn cmd_operate(client: &mut Client, cli: &Cli) -> Result<u8, Fail> {
             name: &before.name,
         })?;
         match client.frame(len) {
-            Ok(Body::Done(_)) => {
+            Ok(Body::Done(state)) => {
                 if cli.wait {
-                    waiting.push(before);
+                    waiting.push(Owned {
+                        after_command: Some(state),
+                        ..before
+                    });
                 }
             }
             Ok(other) => return Err(unexpected(&other)),

@@ -418,8 +418,11 @@ fn decode_service<'a>(r: &mut Reader<'a>) -> Result<ServiceInfo<'a>, DecodeError
     let next_restart_ms = r.ms()?;
     let name = r.name()?;
     let status = r.string("status", STATUS_TEXT_MAX)?;
+    let kind = r.u8()?;
+    let kind = TypeCode::from_u8(kind).ok_or(r.bad("type"))?;
     Ok(ServiceInfo {
         status,
+        kind,
         name,
         partition,
         state,
@@ -670,6 +673,7 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.ms(s.next_restart_ms)?;
             w.name(s.name)?;
             w.text(s.status, STATUS_TEXT_MAX)?;
+            w.u8(s.kind as u8)?;
         }
         Body::End(count) => w.u32(count)?,
         Body::Done(state) => w.u8(state as u8)?,
@@ -805,6 +809,7 @@ mod tests {
             spawn_error: None,
             start_limit_hit: false,
             status: "",
+            kind: TypeCode::Simple,
         }));
         roundtrip(Body::Service(ServiceInfo {
             name: "nav",
@@ -821,6 +826,7 @@ mod tests {
             }),
             start_limit_hit: true,
             status: "serving 3 clients",
+            kind: TypeCode::Notify,
         }));
         roundtrip(Body::Event(EventInfo {
             name: "nav",

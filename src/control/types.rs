@@ -112,6 +112,40 @@ impl PartitionCode {
     }
 }
 
+/// A service's `type` (when it counts as started).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum TypeCode {
+    Simple = 0,
+    Exec = 1,
+    Notify = 2,
+    Oneshot = 3,
+}
+
+impl TypeCode {
+    /// The code for a byte.
+    pub fn from_u8(value: u8) -> Option<TypeCode> {
+        match value {
+            0 => Some(TypeCode::Simple),
+            1 => Some(TypeCode::Exec),
+            2 => Some(TypeCode::Notify),
+            3 => Some(TypeCode::Oneshot),
+            _ => None,
+        }
+    }
+
+    /// As in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypeCode::Simple => "simple",
+            TypeCode::Exec => "exec",
+            TypeCode::Notify => "notify",
+            TypeCode::Oneshot => "oneshot",
+        }
+    }
+}
+
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -352,6 +386,8 @@ pub struct ServiceInfo<'a> {
     /// What the service last said in sd_notify's `STATUS=` (empty: nothing), at most
     /// [`STATUS_TEXT_MAX`] bytes.
     pub status: &'a str,
+    /// Its `type`.
+    pub kind: TypeCode,
 }
 
 /// Longest `STATUS=` text in a `Service` frame.

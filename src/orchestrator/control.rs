@@ -803,6 +803,12 @@ impl ControlServer {
                 spawn_error: st.last_spawn_error.map(spawn_error_of),
                 start_limit_hit: st.start_limit_hit,
                 status: service.status_text.as_str(),
+                kind: match service.def.policy.readiness.kind {
+                    supervise::Kind::Simple => crate::control::TypeCode::Simple,
+                    supervise::Kind::Exec => crate::control::TypeCode::Exec,
+                    supervise::Kind::Notify => crate::control::TypeCode::Notify,
+                    supervise::Kind::Oneshot => crate::control::TypeCode::Oneshot,
+                },
             };
             if !self.send(ring, k, &Body::Service(info)) {
                 self.drop_conn(ring, log, k, "send");

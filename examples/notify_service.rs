@@ -2,10 +2,12 @@
 //! (`holden::sd_notify::Notifier`), for the tests of `type = "notify"`:
 //!
 //!     notify_service [ready-after MS] [status TEXT] [ping-every MS] [pings N] [main-pid PID]
+//!     notify_service flood
 //!
 //! It sends `READY=1` (with `STATUS=TEXT`, and `MAINPID=PID` if asked) after MS ms (never
 //! without `ready-after`), then `WATCHDOG=1` every `ping-every` ms, `pings` times (for ever
-//! without it), then sleeps until it is ended.
+//! without it), then sleeps until it is ended. `flood` sends notifications as fast as it can
+//! for ever: readiness, status, pings, a `MAINPID=` lie and junk, in turn.
 
 use std::time::Duration;
 
@@ -27,6 +29,22 @@ fn main() {
     };
     if !notifier.enabled() {
         eprintln!("notify_service: no NOTIFY_SOCKET");
+    }
+    if args.iter().any(|a| a == "flood") {
+        let messages: [&[u8]; 5] = [
+            b"READY=1\nSTATUS=flooding",
+            b"WATCHDOG=1",
+            b"MAINPID=1",
+            b"STATUS=\xff\xfe not UTF-8",
+            b"X=1\nY\n\n\nEXTEND_TIMEOUT_USEC=99999999999999999999",
+        ];
+        for i in 0u64.. {
+            // A full socket means the orchestrator reads no faster: wait a little rather than
+            // spin a CPU away from it (the flood is what it must contain, not CPU starvation).
+            if notifier.send(messages[(i % 5) as usize]).is_err() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     }
     if let Some(after) = ms("ready-after") {
         std::thread::sleep(Duration::from_millis(after));

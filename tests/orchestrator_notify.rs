@@ -266,3 +266,119 @@ fn a_oneshot_is_done_when_it_exits_0() {
     assert!(json.contains("\"type\":\"oneshot\""), "{json}");
     orch.stop(libc::SIGTERM);
 }
+
+/// VmRSS of `pid` in kB.
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A hostile notify service floods its own notifications (readiness, status, pings, a
+/// `MAINPID=` lie, junk) as fast as it can, and a process that is no service floods the socket
+/// too: the orchestrator's memory does not grow, the lies and the strangers are counted, and a
+/// local crash loop keeps its rate (the reliability suite's method: at least half of the
+/// baseline measured in the same run).
+#[test]
+fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("notify-flood");
+    let marker = sleep_marker("1305");
+    let _reaper = Reaper(marker.clone());
+    let services = service(
+        "local-loop",
+        "local",
+        &["/bin/sh", "-c", "exit 1", &marker],
+        "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+    ) + &notify("flooder", &["flood"], &marker, "enabled = false\nstart_timeout = \"0\"");
+    let mut orch = start(&dir, &services);
+    let control = dir.path("control.sock");
+    let spawned = |orch: &Orch| {
+        orch.lines_with(&["service=local-loop ", "reason=spawned"])
+            .len()
+    };
+    orch.wait_lines(&["service=local-loop ", "reason=spawned"], 5);
+    std::thread::sleep(Duration::from_millis(200));
+    let window = Duration::from_millis(1500);
+    let (base, base_at) = (spawned(&orch), Instant::now());
+    std::thread::sleep(window);
+    let base_rate = (spawned(&orch) - base) as f64 / base_at.elapsed().as_secs_f64();
+    let rss_before = rss_kb(orch.pid());
+
+    let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "flooder"]);
+    assert_eq!(code, 0, "{text}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stranger = {
+        let (stop, socket) = (
+            std::sync::Arc::clone(&stop),
+            dir.path("run").join("notify.sock"),
+        );
+        std::thread::spawn(move || {
+            let s = UnixDatagram::unbound().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match s.send_to(b"READY=1\nWATCHDOG=trigger", &socket) {
+                    Ok(_) => sent += 1,
+                    // Full: the orchestrator reads no faster; do not spin a CPU away from it.
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let (flood, flood_at) = (spawned(&orch), Instant::now());
+    std::thread::sleep(window);
+    let flood_rate = (spawned(&orch) - flood) as f64 / flood_at.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let stranger_sent = stranger.join().unwrap();
+    let rss_after = rss_kb(orch.pid());
+    let flooder = orchestrator_support::last_spawned_pid(&orch, "flooder");
+    orch.stop(libc::SIGTERM);
+    let log = orch.log();
+    eprintln!(
+        "notify flood: local restarts/s {base_rate:.1} -> {flood_rate:.1}, VmRSS {rss_before} -> \
+         {rss_after} kB, {stranger_sent} datagrams from a stranger"
+    );
+    assert!(
+        stranger_sent > 1000,
+        "the stranger flooded: {stranger_sent}"
+    );
+    assert!(
+        flood_rate >= 0.5 * base_rate,
+        "local restart rate {base_rate:.1}/s before, {flood_rate:.1}/s during"
+    );
+    assert!(
+        rss_after <= rss_before + 256,
+        "VmRSS {rss_before} -> {rss_after} kB"
+    );
+    // Counted, and said at most once a second (not per datagram).
+    let dropped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("event=notify-dropped"))
+        .collect();
+    assert!(!dropped.is_empty());
+    assert!(
+        dropped.len() <= 10,
+        "{} lines: not rate-limited",
+        dropped.len()
+    );
+    let total: u64 = dropped
+        .last()
+        .and_then(|l| field(l, "dropped_total"))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(total > 1000, "dropped_total={total}");
+    assert!(log.contains(&format!("pid={flooder} ")) && log.contains("service=flooder "));
+    // The flooder was ready once (READY=1 again changes nothing) and never restarted.
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("service=flooder ") && l.contains("reason=ready"))
+            .count(),
+        1
+    );
+}

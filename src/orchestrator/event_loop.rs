@@ -1805,9 +1805,20 @@ impl Orchestrator {
                     {
                         kept = None;
                     }
+                    // A kept pidfd names its process: its pid and identity are the pidfd's
+                    // (the record's may be of the process before, if it lagged).
+                    let mut taken = (pid.0, entry.identity);
                     let found = match kept.take() {
                         Some(fd) => {
                             by_pidfd += 1;
+                            if let Ok(id) = pidfd::identity(fd.as_fd()) {
+                                if id.pid > 0 {
+                                    taken.0 = id.pid;
+                                }
+                                if id.inode != 0 {
+                                    taken.1 = crate::record::Identity::Pidfs(id.inode);
+                                }
+                            }
                             Found::Same(fd)
                         }
                         None => runtime::find(pid.0, entry.identity),
@@ -1815,7 +1826,7 @@ impl Orchestrator {
                     match found {
                         Found::Same(fd) => {
                             adopted += 1;
-                            live = Some((fd, pid.0, entry.identity, entry.qm_pid));
+                            live = Some((fd, taken.0, taken.1, entry.qm_pid));
                         }
                         Found::Gone => {
                             gone += 1;

@@ -1183,7 +1183,7 @@ fn cmd_reexec(client: &mut Client) -> Result<u8, Fail> {
         return Err(fail(EXIT_UNREACHABLE, "unexpected reply to reexec"));
     };
     println!(
-        "re-executed in {}.{:03} ms (re-exec {} of this orchestrator); {} services kept their process",
+        "re-executed in {}.{:03} ms (re-exec {} of this orchestrator); processes taken over: {}",
         r.took_us / 1_000,
         r.took_us % 1_000,
         r.generation,

@@ -297,8 +297,47 @@ impl Demo {
         self.crash_loop()?;
         let qm_pid = self.qm_restart()?;
         self.agent_kill(qm_pid)?;
+        self.reexec()?;
         self.holdenctl_status()?;
         self.shutdown()
+    }
+
+    /// `holdenctl reexec`: the orchestrator executes its binary again and keeps both services.
+    fn reexec(&mut self) -> Result<(), Failure> {
+        self.out
+            .section("A live re-exec: a new orchestrator binary without stopping anything");
+        let radio = self.last_spawned("radio")?;
+        let holdenctl = self.bin.join("holdenctl");
+        let socket = self.control_socket();
+        self.out.say(&format!(
+            "holdenctl --socket {} reexec (as after an update of the binary; SIGUSR2 does the same)",
+            socket.display()
+        ));
+        let output = Command::new(&holdenctl)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("reexec")
+            .env(MARKER_ENV, &self.dir)
+            .output()
+            .map_err(|e| Failure::Failed(format!("holdenctl: {e}")))?;
+        for line in String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&output.stderr).lines())
+        {
+            self.out.log("holdenctl", line);
+        }
+        if !output.status.success() {
+            return Err(Failure::Failed(format!(
+                "holdenctl reexec exited with {}",
+                output.status
+            )));
+        }
+        self.show(&["service=radio ", "reason=adopted"])?;
+        self.show(&["event=reexec-done"])?;
+        self.out.say(&format!(
+            "The same orchestrator pid, and radio kept its process (pid {radio}): nothing was              started twice, and its restart counter carried over."
+        ));
+        Ok(())
     }
 
     fn config(&self) -> String {

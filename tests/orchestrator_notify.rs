@@ -382,3 +382,69 @@ fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
         1
     );
 }
+
+/// `holdenctl monitor --json` shows a notify service's way to ready: spawned while starting,
+/// then running with reason ready.
+#[test]
+fn monitor_shows_the_way_to_ready() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+    let dir = TempDir::new("notify-monitor");
+    let marker = sleep_marker("1306");
+    let _reaper = Reaper(marker.clone());
+    let services = notify("n", &["ready-after", "200"], &marker, "enabled = false")
+        + &service("sync", "local", &["/bin/sleep", &marker], "enabled = false");
+    let mut orch = start(&dir, &services);
+    orch.wait_lines(&["event=control-listening"], 1);
+    let control = dir.path("control.sock");
+    let mut monitor = Command::new(env!("CARGO_BIN_EXE_holdenctl"))
+        .arg("--socket")
+        .arg(&control)
+        .args(["monitor", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Subscribed once it shows an event: restart `sync` until one comes.
+    let mut subscribed = false;
+    for _ in 0..50 {
+        orchestrator_support::holdenctl_text(&control, &["restart", "sync"]);
+        if rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+            subscribed = true;
+            break;
+        }
+    }
+    assert!(subscribed, "the monitor showed nothing");
+    let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "n"]);
+    assert_eq!(code, 0, "{text}");
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+        let ready = line.contains("\"name\":\"n\"") && line.contains("\"reason\":\"ready\"");
+        if line.contains("\"name\":\"n\"") {
+            seen.push(line);
+        }
+        if ready {
+            break;
+        }
+    }
+    kill(monitor.id() as i32, libc::SIGTERM);
+    let _ = monitor.wait();
+    let spawned = seen
+        .iter()
+        .position(|l| l.contains("\"reason\":\"spawned\"") && l.contains("\"to\":\"starting\""))
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    let ready = seen
+        .iter()
+        .position(|l| l.contains("\"reason\":\"ready\"") && l.contains("\"to\":\"running\""))
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(spawned < ready, "{seen:?}");
+    orch.stop(libc::SIGTERM);
+}

@@ -57,6 +57,8 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         gid: None,
         exec: Default::default(),
         cgroup_limits: Default::default(),
+        after: Vec::new(),
+        requires: Vec::new(),
         policy: ServicePolicy {
             partition,
             restart: Restart::Always,

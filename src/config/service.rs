@@ -84,6 +84,11 @@ pub struct ServiceSpec {
     pub exec: crate::spawn::ExecEnv,
     /// A local service's cgroup limits (`memory_max`, `cpu_weight`, …; default: none).
     pub cgroup_limits: super::CgroupLimits,
+    /// Services it starts only once they are ready (key `after`).
+    pub after: Vec<ServiceName>,
+    /// Services it needs: started with it, and it is stopped when one of them fails or stops
+    /// (key `requires`).
+    pub requires: Vec<ServiceName>,
 }
 
 /// Where a local service's stdout or stderr goes.

@@ -162,6 +162,8 @@ fn legacy_service(
         stderr: OutputTarget::Inherit,
         exec: Default::default(),
         cgroup_limits: Default::default(),
+        after: Vec::new(),
+        requires: Vec::new(),
     })
 }
 

@@ -92,6 +92,8 @@ const SERVICE_KEYS: &[&str] = &[
     "start_timeout",
     "watchdog",
     "watchdog_signal",
+    "after",
+    "requires",
     "user",
     "group",
     "supplementary_groups",
@@ -112,7 +114,7 @@ const SERVICE_KEYS: &[&str] = &[
     "pids_max",
     "io_weight",
 ];
-const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
+const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `after`, `requires`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
 /// The keys of a local service's execution environment (`docs/config.md`).
 const EXEC_KEYS: &[&str] = &[
     "supplementary_groups",
@@ -753,6 +755,7 @@ fn services(
         }
     };
     let mut specs = Vec::with_capacity(items.len());
+    let mut deps: Vec<DepRefs> = Vec::with_capacity(items.len());
     let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
     for (index, item) in items.iter().enumerate() {
         let DeValue::Table(table) = item.get_ref() else {
@@ -787,10 +790,146 @@ fn services(
             );
         }
         first_line.insert(spec.name.as_str().to_string(), line);
+        let mut spec = spec;
+        let field = format!("service.{}", spec.name);
+        let mut refs = DepRefs::default();
+        for (key, list) in [("after", &mut refs.after), ("requires", &mut refs.requires)] {
+            if let Some(value) = entry(table, key) {
+                *list = dependency_names(check, value, &join(&field, key));
+                refs.offsets.push((key, value.span().start));
+            }
+        }
+        spec.after = refs.after.iter().map(|(n, _)| n.clone()).collect();
+        spec.requires = refs.requires.iter().map(|(n, _)| n.clone()).collect();
+        deps.push(refs);
         specs.push(spec);
         spans.services.push(service_spans);
     }
+    check_dependencies(check, &specs, &deps);
     specs
+}
+
+/// Where one service's `after` and `requires` entries are, for the checks that need every
+/// service (names that exist, no cycle).
+#[derive(Default)]
+struct DepRefs {
+    after: Vec<(ServiceName, usize)>,
+    requires: Vec<(ServiceName, usize)>,
+    /// The keys themselves (a cycle is reported at one of them).
+    offsets: Vec<(&'static str, usize)>,
+}
+
+/// An `after` or `requires` value: an array of service names.
+fn dependency_names(
+    check: &mut Check<'_>,
+    value: &Val<'_>,
+    field: &str,
+) -> Vec<(ServiceName, usize)> {
+    let DeValue::Array(items) = value.get_ref() else {
+        check.expected::<()>(
+            value,
+            field,
+            "an array of service names, like [\"bus\", \"can\"]",
+        );
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_field = format!("{field}[{i}]");
+        let DeValue::String(text) = item.get_ref() else {
+            check.expected::<()>(item, &item_field, "a service name");
+            continue;
+        };
+        match ServiceName::new(text) {
+            Ok(name) if names.iter().any(|(n, _): &(ServiceName, usize)| *n == name) => {
+                check.bad::<()>(item, &item_field, format!("{text:?} is listed twice"));
+            }
+            Ok(name) => names.push((name, item.span().start)),
+            Err(message) => {
+                check.bad::<()>(item, &item_field, message);
+            }
+        }
+    }
+    names
+}
+
+/// Every dependency names a service of the file, not itself, and the dependencies (`after`
+/// and `requires` together) have no cycle: it would wait for itself.
+fn check_dependencies(check: &mut Check<'_>, specs: &[ServiceSpec], deps: &[DepRefs]) {
+    let index_of = |name: &ServiceName| specs.iter().position(|s| s.name == *name);
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); specs.len()];
+    for (i, (spec, refs)) in specs.iter().zip(deps).enumerate() {
+        for (key, list) in [("after", &refs.after), ("requires", &refs.requires)] {
+            for (k, (name, offset)) in list.iter().enumerate() {
+                let field = format!("service.{}.{key}[{k}]", spec.name);
+                match index_of(name) {
+                    None => check.error(
+                        *offset,
+                        ConfigErrorKind::BadValue,
+                        &field,
+                        format!("no service is named {:?}", name.as_str()),
+                    ),
+                    Some(j) if j == i => check.error(
+                        *offset,
+                        ConfigErrorKind::BadValue,
+                        &field,
+                        "a service cannot depend on itself".into(),
+                    ),
+                    Some(j) => edges[i].push(j),
+                }
+            }
+        }
+    }
+    // Depth-first search; a node on the current path reached again closes a cycle.
+    let mut mark = vec![0u8; specs.len()]; // 0 new, 1 on the path, 2 done
+    let mut path: Vec<usize> = Vec::new();
+    fn visit(
+        n: usize,
+        edges: &[Vec<usize>],
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        mark[n] = 1;
+        path.push(n);
+        for &m in &edges[n] {
+            if mark[m] == 1 {
+                let start = path.iter().position(|&p| p == m).unwrap_or(0);
+                return Some(path[start..].to_vec());
+            }
+            if mark[m] == 0 {
+                if let Some(cycle) = visit(m, edges, mark, path) {
+                    return Some(cycle);
+                }
+            }
+        }
+        path.pop();
+        mark[n] = 2;
+        None
+    }
+    for n in 0..specs.len() {
+        if mark[n] != 0 {
+            continue;
+        }
+        if let Some(cycle) = visit(n, &edges, &mut mark, &mut path) {
+            let first = cycle[0];
+            let names: Vec<&str> = cycle
+                .iter()
+                .chain(std::iter::once(&first))
+                .map(|&c| specs[c].name.as_str())
+                .collect();
+            let (key, offset) = deps[first].offsets.first().copied().unwrap_or(("after", 0));
+            check.error(
+                offset,
+                ConfigErrorKind::BadValue,
+                &format!("service.{}.{key}", specs[first].name),
+                format!(
+                    "a dependency cycle: {}; none of them could ever start",
+                    names.join(" -> ")
+                ),
+            );
+            return;
+        }
+    }
 }
 
 /// One `[[service]]`: its spec, where its host-dependent values are, and where its name is.
@@ -917,6 +1056,8 @@ fn service(
         stderr,
         exec: exec.unwrap_or_default(),
         cgroup_limits,
+        after: Vec::new(),
+        requires: Vec::new(),
     };
     let spans = ServiceSpans {
         argv0,

@@ -18,6 +18,7 @@
 use super::agent_io::AgentIo;
 use super::control::{self, ControlServer, Request, View};
 use super::counters::Counters;
+use super::deps::{Deps, Standing};
 use super::engine::{Engine, Output};
 use super::notify::{self, NotifySocket};
 use super::output::Outputs;
@@ -259,6 +260,8 @@ pub struct Orchestrator {
     notify_dropped_said_ns: u64,
     /// Datagrams whose sender's spawn was not reported yet (capacity fixed at start-up).
     notify_held: Vec<notify::Held>,
+    /// `after` and `requires` between services, and the starts that wait for them.
+    deps: Deps,
 }
 
 /// What systemd's fd store passed at start (`LISTEN_FDS`): the services' pidfds and output
@@ -524,6 +527,7 @@ impl Orchestrator {
             Some(interval) => Some((take_bare(&mut ring, Owner::Watchdog)?, interval)),
             None => None,
         };
+        let deps = Deps::build(&services, capacity);
         let notify_socket = match &settings.runtime_dir {
             Some(dir) => {
                 let slot = take_bare(&mut ring, Owner::Notify)?;
@@ -647,6 +651,7 @@ impl Orchestrator {
             notify_dropped: 0,
             notify_dropped_said_ns: 0,
             notify_held: Vec::with_capacity(notify::HELD_MAX),
+            deps,
         })
     }
 
@@ -783,13 +788,15 @@ impl Orchestrator {
             }
         }
         let resumed = self.carry_on(handed);
+        // Every boot start is asked for first, then those whose `after` dependencies are
+        // not on their way start (in parallel); the others when theirs are ready.
         for index in 0..self.services.list.len() {
             if self.services.list[index].def.start_at_boot && !resumed.contains(&index) {
-                let service = self.services.list[index].id;
-                let _ = self.engine.command(now(), service, Command::Start);
-                self.settle();
+                self.want_started(index);
             }
         }
+        self.start_unblocked();
+        self.settle();
         let store = self.notify.fd_store();
         let needed = self.services.list.len() * crate::fd_store::FDS_PER_SERVICE_MAX;
         if store > 0 && store < needed {
@@ -969,6 +976,7 @@ impl Orchestrator {
             }
             Output::Transition(t) => {
                 self.record(t.service);
+                self.deps_on_transition(t);
                 if self.control.monitoring() {
                     if let Some(service) = self.services.get(t.service) {
                         let info = control::event_info(
@@ -1181,7 +1189,14 @@ impl Orchestrator {
                 service,
                 command,
             }) => {
-                let result = self.engine.command(now(), service, command);
+                let result = if command == Command::Start {
+                    // What it requires starts too; it waits for what it comes after.
+                    self.want_started(service.index());
+                    self.start_unblocked();
+                    Ok(())
+                } else {
+                    self.engine.command(now(), service, command)
+                };
                 // Let everything the command caused happen first: the answer is the state
                 // after it.
                 self.settle();
@@ -1440,6 +1455,128 @@ impl Orchestrator {
             self.settle();
         }
         self.notify_retry_held();
+    }
+
+    /// Asks for `index` to start: marks it (and, at once, what it requires) as waiting for
+    /// [`Orchestrator::start_unblocked`]. A service already on its way is left as it is.
+    fn want_started(&mut self, index: usize) {
+        if self.deps.waiting.get(index) != Some(&false) {
+            return;
+        }
+        let Some(entry) = self.services.list.get(index).filter(|s| s.active) else {
+            return;
+        };
+        let on_its_way = self
+            .engine
+            .core()
+            .status(entry.id)
+            .is_some_and(|s| !matches!(s.state, State::Stopped | State::Failed));
+        if on_its_way {
+            return;
+        }
+        self.deps.waiting[index] = true;
+        // By position: nothing is allocated on the loop.
+        for k in 0..self.deps.requires(index).len() {
+            let r = self.deps.requires(index)[k];
+            self.want_started(r);
+        }
+    }
+
+    /// Where service `index` stands for a start that comes after it.
+    fn standing(&self, index: usize) -> Standing {
+        if self.deps.waiting.get(index) == Some(&true) {
+            return Standing::Coming;
+        }
+        let Some(entry) = self.services.list.get(index).filter(|s| s.active) else {
+            return Standing::Absent;
+        };
+        let Some(status) = self.engine.core().status(entry.id) else {
+            return Standing::Absent;
+        };
+        let oneshot = entry.def.policy.readiness.kind == supervise::Kind::Oneshot;
+        match status.state {
+            State::Running => Standing::Ready,
+            State::Stopped
+                if oneshot && status.last_exit == Some(supervise::ExitStatus::Code(0)) =>
+            {
+                Standing::Ready
+            }
+            State::Starting | State::Backoff | State::WaitingForAgent | State::Stopping => {
+                Standing::Coming
+            }
+            State::Stopped | State::Failed => Standing::Absent,
+        }
+    }
+
+    /// Starts each waiting service whose `after` dependencies are no longer on their way.
+    fn start_unblocked(&mut self) {
+        if !self.deps.any_waiting() {
+            return;
+        }
+        for index in 0..self.deps.waiting.len() {
+            if !self.deps.waiting[index] || self.deps.blocked(index, |d| self.standing(d)) {
+                continue;
+            }
+            self.deps.waiting[index] = false;
+            let Some(id) = self.services.list.get(index).map(|s| s.id) else {
+                continue;
+            };
+            if let Err(refusal) = self.engine.command(now(), id, Command::Start) {
+                self.log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} event=start-refused detail={}",
+                        self.services.name(index),
+                        Quoted(refusal)
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A service changed state: starts that waited for it may go; what requires it stops
+    /// when it failed or stopped (not during a shutdown, which stops everything anyway).
+    fn deps_on_transition(&mut self, t: Transition) {
+        let index = t.service.index();
+        let oneshot_done = t.to == State::Stopped
+            && matches!(t.reason, Reason::Exited(supervise::ExitStatus::Code(0)))
+            && self
+                .services
+                .get(t.service)
+                .is_some_and(|s| s.def.policy.readiness.kind == supervise::Kind::Oneshot);
+        let gone = matches!(t.to, State::Failed | State::Stopped) && !oneshot_done;
+        if gone && t.from != t.to && !self.engine.core().shutting_down() {
+            for d in 0..self.deps.waiting.len() {
+                if !self.deps.requires(d).contains(&index) {
+                    continue;
+                }
+                let waiting = std::mem::replace(&mut self.deps.waiting[d], false);
+                let Some(dependent) = self.services.list.get(d).filter(|s| s.active) else {
+                    continue;
+                };
+                let id = dependent.id;
+                let active = self.engine.core().status(id).is_some_and(|s| {
+                    !matches!(s.state, State::Stopped | State::Failed | State::Stopping)
+                });
+                if waiting || active {
+                    self.log.line(
+                        Priority::Warning,
+                        format_args!(
+                            "service={} event=dependency-gone dependency={} dependency_state={} \
+                             effect={}",
+                            dependent.def.name,
+                            self.services.name(index),
+                            t.to.as_str(),
+                            if active { "stopped" } else { "\"not started\"" }
+                        ),
+                    );
+                }
+                if active {
+                    let _ = self.engine.command(now(), id, Command::Stop);
+                }
+            }
+        }
+        self.start_unblocked();
     }
 
     /// Makes systemd's fd store hold what service `index` has now: `FDSTOREREMOVE` of its
@@ -2141,6 +2278,17 @@ impl Orchestrator {
         // `systemctl reload` waits for the reload and not only for ExecReload.
         let _ = self.notify.reloading(ring::now_ns() / 1_000);
         let result = self.reload_apply(notes);
+        if result.is_ok() {
+            // The changed dependencies, for the starts from now on (a waiting start waits on).
+            let waiting = std::mem::take(&mut self.deps.waiting);
+            self.deps = Deps::build(&self.services, waiting.len());
+            for (i, w) in waiting.into_iter().enumerate() {
+                if let Some(place) = self.deps.waiting.get_mut(i) {
+                    *place = w;
+                }
+            }
+            self.start_unblocked();
+        }
         self.settle();
         self.notify_state(b"READY=1");
         self.update_status(self.agent_status);

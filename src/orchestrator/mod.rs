@@ -18,6 +18,7 @@
 mod agent_io;
 mod control;
 mod counters;
+mod deps;
 pub mod engine;
 mod event_loop;
 mod notify;

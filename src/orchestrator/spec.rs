@@ -56,6 +56,10 @@ pub struct ServiceDef {
     pub exec: crate::spawn::ExecEnv,
     /// A local service's cgroup limits, written into its cgroup when it is made.
     pub cgroup_limits: crate::config::CgroupLimits,
+    /// Started only once these are ready (names).
+    pub after: Vec<String>,
+    /// Started with it; it stops when one of these fails or stops (names).
+    pub requires: Vec<String>,
 }
 
 /// Global settings of the event loop.
@@ -153,6 +157,12 @@ impl ServiceDef {
             stderr: spec.stderr.clone(),
             exec: spec.exec,
             cgroup_limits: spec.cgroup_limits.clone(),
+            after: spec.after.iter().map(|n| n.as_str().to_string()).collect(),
+            requires: spec
+                .requires
+                .iter()
+                .map(|n| n.as_str().to_string())
+                .collect(),
         }
     }
 

@@ -1,0 +1,74 @@
+//! Dependencies between services (`after`, `requires`): the graph, by service index, and
+//! which started services wait for theirs. The configuration has refused unknown names and
+//! cycles; what happens on each transition is the loop's (`Orchestrator::deps_on_transition`).
+//!
+//! - `after = [...]`: a start waits until each of those that is on its way (starting,
+//!   waiting itself, restarting) is ready: `running` (for `notify`, after `READY=1`), or for a
+//!   `oneshot` done (`stopped` after exit 0). One that is not going to start (stopped, failed)
+//!   does not hold it back, as in systemd.
+//! - `requires = [...]`: those are started with it; when one of them fails or stops, it is
+//!   stopped (a waiting start is dropped).
+
+use super::services::Services;
+
+/// Where a dependency stands, for a start that waits for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Ready (or done).
+    Ready,
+    /// On its way: wait.
+    Coming,
+    /// Not going to be ready (stopped, failed): nothing to wait for.
+    Absent,
+}
+
+/// The graph and the waiting starts.
+pub(crate) struct Deps {
+    after: Vec<Vec<usize>>,
+    requires: Vec<Vec<usize>>,
+    /// A start asked for (at boot or by an operator) that waits for an `after` dependency.
+    pub(crate) waiting: Vec<bool>,
+}
+
+impl Deps {
+    /// The graph of the services as they are now (start-up and after a reload; allocates),
+    /// for up to `capacity` services.
+    pub(crate) fn build(services: &Services, capacity: usize) -> Deps {
+        let resolve = |names: &[String]| -> Vec<usize> {
+            names.iter().filter_map(|n| services.by_name(n)).collect()
+        };
+        let mut after = vec![Vec::new(); capacity];
+        let mut requires = vec![Vec::new(); capacity];
+        for (i, s) in services.list.iter().enumerate().filter(|(_, s)| s.active) {
+            after[i] = resolve(&s.def.after);
+            requires[i] = resolve(&s.def.requires);
+        }
+        Deps {
+            after,
+            requires,
+            waiting: vec![false; capacity],
+        }
+    }
+
+    /// What `index` starts only once they are ready.
+    pub(crate) fn after(&self, index: usize) -> &[usize] {
+        self.after.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// What `index` needs.
+    pub(crate) fn requires(&self, index: usize) -> &[usize] {
+        self.requires.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any start waits.
+    pub(crate) fn any_waiting(&self) -> bool {
+        self.waiting.iter().any(|&w| w)
+    }
+
+    /// Whether `index`'s start must wait, given each dependency's standing.
+    pub(crate) fn blocked(&self, index: usize, standing: impl Fn(usize) -> Standing) -> bool {
+        self.after(index)
+            .iter()
+            .any(|&d| standing(d) == Standing::Coming)
+    }
+}

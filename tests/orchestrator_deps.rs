@@ -1,0 +1,143 @@
+//! Dependencies between services (`after`, `requires`): real orchestrators, real services
+//! that say READY=1 over sd_notify (`examples/notify_service.rs`), the order read from the
+//! orchestrator's log.
+
+mod orchestrator_support;
+
+use orchestrator_support::{
+    config_header, kill, notify_service_bin, pids_with, service, sleep_marker, Orch, TempDir,
+};
+use std::process::Command;
+
+struct Reaper(String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in pids_with(&self.0) {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+fn start(dir: &TempDir, services: &str) -> Orch {
+    let path = dir.path("o.toml");
+    let text = format!(
+        "runtime_dir = {:?}\n{}{services}",
+        dir.path("run").display().to_string(),
+        config_header(&dir.path("agent.sock"))
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
+    cmd.arg("--config").arg(&path).env_remove("NOTIFY_SOCKET");
+    Orch::spawn(dir, cmd)
+}
+
+fn notify(name: &str, ready_after_ms: u64, marker: &str, extra: &str) -> String {
+    let bin = notify_service_bin();
+    let ms = ready_after_ms.to_string();
+    service(
+        name,
+        "local",
+        &[bin.to_str().unwrap(), "ready-after", &ms, "marker", marker],
+        &format!("type = \"notify\"\n{extra}"),
+    )
+}
+
+/// Index of the first log line with every needle.
+fn at(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("no line with {needles:?} in\n{log}"))
+}
+
+/// A chain a <- b <- c (`after`), each ready 200 ms after its spawn, and d with no
+/// dependency: d and a start at once, b only once a is ready, c only once b is.
+#[test]
+fn after_starts_each_service_once_what_it_comes_after_is_ready() {
+    let dir = TempDir::new("deps-after");
+    let marker = sleep_marker("1400");
+    let _reaper = Reaper(marker.clone());
+    let services = notify("a", 200, &marker, "")
+        + &notify("b", 200, &marker, "after = [\"a\"]")
+        + &notify("c", 200, &marker, "after = [\"b\"]")
+        + &notify("d", 200, &marker, "");
+    let mut orch = start(&dir, &services);
+    orch.wait_lines(&["service=c ", "reason=ready"], 1);
+    let log = orch.log();
+    let spawned = |n: &str| at(&log, &[&format!("service={n} "), "reason=spawned"]);
+    let ready = |n: &str| at(&log, &[&format!("service={n} "), "reason=ready"]);
+    assert!(ready("a") < spawned("b"), "b before a was ready\n{log}");
+    assert!(ready("b") < spawned("c"), "c before b was ready\n{log}");
+    // d does not wait: it starts with a, before anything is ready.
+    assert!(spawned("d") < ready("a"), "d waited\n{log}");
+    assert!(spawned("d") < spawned("b"));
+    orch.stop(libc::SIGTERM);
+}
+
+/// A oneshot chain runs in order: each after the one before it is done.
+#[test]
+fn a_oneshot_chain_runs_in_order() {
+    let dir = TempDir::new("deps-oneshot");
+    let marker = sleep_marker("1401");
+    let _reaper = Reaper(marker.clone());
+    let step = |name: &str, after: &str| {
+        let extra = if after.is_empty() {
+            "type = \"oneshot\"".to_string()
+        } else {
+            format!("type = \"oneshot\"\nafter = [\"{after}\"]")
+        };
+        service(
+            name,
+            "local",
+            &["/bin/sh", "-c", "sleep 0.1", &marker],
+            &extra,
+        )
+    };
+    let services = step("third", "second") + &step("first", "") + &step("second", "first");
+    let mut orch = start(&dir, &services);
+    orch.wait_lines(&["service=third ", "reason=exited", "code=0"], 1);
+    let log = orch.log();
+    let spawned = |n: &str| at(&log, &[&format!("service={n} "), "reason=spawned"]);
+    let done = |n: &str| at(&log, &[&format!("service={n} "), "state=stopped", "code=0"]);
+    assert!(done("first") < spawned("second"), "{log}");
+    assert!(done("second") < spawned("third"), "{log}");
+    orch.stop(libc::SIGTERM);
+}
+
+/// `requires`: a service that needs one that fails is stopped with it; `holdenctl start`
+/// starts what a service requires.
+#[test]
+fn requires_starts_what_is_needed_and_stops_what_needs_a_failed_one() {
+    let dir = TempDir::new("deps-requires");
+    let marker = sleep_marker("1402");
+    let _reaper = Reaper(marker.clone());
+    let services = service(
+        "bus",
+        "local",
+        &["/bin/sh", "-c", "sleep 0.4; exit 3", &marker],
+        "restart = \"never\"\nenabled = false",
+    ) + &service(
+        "camera",
+        "local",
+        &["/bin/sleep", &marker],
+        "requires = [\"bus\"]\nenabled = false",
+    );
+    let mut orch = start(&dir, &services);
+    orch.wait_lines(&["event=control-listening"], 1);
+    let control = dir.path("control.sock");
+    let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "camera"]);
+    assert_eq!(code, 0, "{text}");
+    // bus was started with it, though not enabled.
+    orch.wait_lines(&["service=bus ", "reason=spawned"], 1);
+    orch.wait_lines(&["service=camera ", "reason=spawned"], 1);
+    // bus fails: camera is stopped.
+    let gone = orch
+        .wait_lines(
+            &["service=camera ", "event=dependency-gone", "dependency=bus"],
+            1,
+        )
+        .remove(0);
+    assert!(gone.contains("dependency_state=failed"), "{gone}");
+    orch.wait_lines(&["service=camera ", "state=stopped"], 1);
+    orch.stop(libc::SIGTERM);
+}

@@ -71,7 +71,27 @@ fn after_starts_each_service_once_what_it_comes_after_is_ready() {
     // d does not wait: it starts with a, before anything is ready.
     assert!(spawned("d") < ready("a"), "d waited\n{log}");
     assert!(spawned("d") < spawned("b"));
-    orch.stop(libc::SIGTERM);
+    // A shutdown stops in reverse order: c, then b, then a (d at once).
+    assert!(orch.stop(libc::SIGTERM).success());
+    let log = orch.log();
+    let stopping = |n: &str| {
+        at(
+            &log,
+            &[
+                &format!("service={n} "),
+                "state=stopping",
+                "reason=shutdown",
+            ],
+        )
+    };
+    let stopped = |n: &str| at(&log, &[&format!("service={n} "), "state=stopped"]);
+    assert!(stopped("c") < stopping("b"), "b stopped before c\n{log}");
+    assert!(stopped("b") < stopping("a"), "a stopped before b\n{log}");
+    assert!(
+        stopping("d") < stopped("c"),
+        "d waited for the chain\n{log}"
+    );
+    assert!(log.contains("event=shutdown-complete"));
 }
 
 /// A oneshot chain runs in order: each after the one before it is done.

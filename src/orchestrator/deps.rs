@@ -26,6 +26,8 @@ pub(crate) enum Standing {
 pub(crate) struct Deps {
     after: Vec<Vec<usize>>,
     requires: Vec<Vec<usize>>,
+    /// The services that come after, or need, each one (for a shutdown in reverse order).
+    dependents: Vec<Vec<usize>>,
     /// A start asked for (at boot or by an operator) that waits for an `after` dependency.
     pub(crate) waiting: Vec<bool>,
 }
@@ -43,9 +45,18 @@ impl Deps {
             after[i] = resolve(&s.def.after);
             requires[i] = resolve(&s.def.requires);
         }
+        let mut dependents = vec![Vec::new(); capacity];
+        for (d, deps) in after.iter().zip(&requires).enumerate() {
+            for &i in deps.0.iter().chain(deps.1) {
+                if !dependents[i].contains(&d) {
+                    dependents[i].push(d);
+                }
+            }
+        }
         Deps {
             after,
             requires,
+            dependents,
             waiting: vec![false; capacity],
         }
     }
@@ -58,6 +69,19 @@ impl Deps {
     /// What `index` needs.
     pub(crate) fn requires(&self, index: usize) -> &[usize] {
         self.requires.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// What comes after, or needs, `index`.
+    pub(crate) fn dependents(&self, index: usize) -> &[usize] {
+        self.dependents.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any service has a dependency.
+    pub(crate) fn any_dependency(&self) -> bool {
+        self.after
+            .iter()
+            .chain(&self.requires)
+            .any(|d| !d.is_empty())
     }
 
     /// Whether any start waits.

@@ -262,6 +262,8 @@ pub struct Orchestrator {
     notify_held: Vec<notify::Held>,
     /// `after` and `requires` between services, and the starts that wait for them.
     deps: Deps,
+    /// A shutdown stopping services in reverse dependency order, before the core's shutdown.
+    ordered_shutdown: bool,
 }
 
 /// What systemd's fd store passed at start (`LISTEN_FDS`): the services' pidfds and output
@@ -652,6 +654,7 @@ impl Orchestrator {
             notify_dropped_said_ns: 0,
             notify_held: Vec::with_capacity(notify::HELD_MAX),
             deps,
+            ordered_shutdown: false,
         })
     }
 
@@ -1544,6 +1547,10 @@ impl Orchestrator {
                 .services
                 .get(t.service)
                 .is_some_and(|s| s.def.policy.readiness.kind == supervise::Kind::Oneshot);
+        if self.ordered_shutdown {
+            self.stop_in_order();
+            return;
+        }
         let gone = matches!(t.to, State::Failed | State::Stopped) && !oneshot_done;
         if gone && t.from != t.to && !self.engine.core().shutting_down() {
             for d in 0..self.deps.waiting.len() {
@@ -2174,13 +2181,63 @@ impl Orchestrator {
                 self.shutdown_slot,
                 Timeout::After(self.settings.shutdown_timeout),
             );
+            if self.deps.any_dependency() {
+                // Reverse dependency order: a service stops once nothing that comes after it
+                // or needs it runs; the core's shutdown follows once everything stopped.
+                self.ordered_shutdown = true;
+                self.deps.waiting.iter_mut().for_each(|w| *w = false);
+                self.stop_in_order();
+                return;
+            }
         } else {
             self.log.line(
                 Priority::Warning,
                 format_args!("event=shutdown-forced action=SIGKILL target=every-process"),
             );
+            if std::mem::replace(&mut self.ordered_shutdown, false) {
+                // The order is given up: the core stops what is left, and kills it now.
+                self.engine.shutdown(now());
+            }
         }
         self.engine.shutdown(now());
+    }
+
+    /// An ordered shutdown: stops every service that nothing running depends on; once all
+    /// have stopped, the core's shutdown completes it.
+    fn stop_in_order(&mut self) {
+        let settled = |s: State| matches!(s, State::Stopped | State::Failed);
+        let state = |o: &Self, i: usize| {
+            o.services
+                .list
+                .get(i)
+                .filter(|s| s.active)
+                .and_then(|s| o.engine.core().status(s.id))
+                .map(|st| st.state)
+        };
+        let mut all_settled = true;
+        for i in 0..self.services.list.len() {
+            let Some(st) = state(self, i) else { continue };
+            if settled(st) {
+                continue;
+            }
+            all_settled = false;
+            if st == State::Stopping {
+                continue;
+            }
+            let held = self
+                .deps
+                .dependents(i)
+                .iter()
+                .any(|&d| state(self, d).is_some_and(|s| !settled(s)));
+            if !held {
+                let id = self.services.list[i].id;
+                let _ = self.engine.command(now(), id, Command::ShutdownStop);
+            }
+        }
+        if all_settled {
+            self.ordered_shutdown = false;
+            self.engine.shutdown(now());
+        }
     }
 
     /// Sends `STATUS=` (services, the failed ones by name, the agent's state): on start-up,

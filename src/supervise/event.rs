@@ -88,6 +88,9 @@ pub enum Command {
     Kill(i32),
     /// Leave `failed` for `stopped` and clear the start-limit history.
     ResetFailed,
+    /// Stop it as part of a shutdown that stops services in dependency order (reason
+    /// `shutdown`; no restart follows).
+    ShutdownStop,
 }
 
 /// One event for the core. Contract with the shell: every `SpawnLocal`/`SpawnAgent` action is

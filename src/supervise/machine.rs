@@ -755,6 +755,7 @@ impl Supervisor {
                     signal,
                 });
             }
+            Command::ShutdownStop => self.stop(now, service, AfterStop::Stay, Reason::Shutdown),
             Command::ResetFailed => {
                 let slot = &mut self.slots[service.index()];
                 if slot.state == State::Failed {

@@ -59,6 +59,7 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         cgroup_limits: Default::default(),
         after: Vec::new(),
         requires: Vec::new(),
+        wants: Vec::new(),
         policy: ServicePolicy {
             partition,
             restart: Restart::Always,

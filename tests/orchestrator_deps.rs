@@ -161,3 +161,36 @@ fn requires_starts_what_is_needed_and_stops_what_needs_a_failed_one() {
     orch.wait_lines(&["service=camera ", "state=stopped"], 1);
     orch.stop(libc::SIGTERM);
 }
+
+/// `wants`: started with it, and what becomes of it later changes nothing (a wanted service
+/// that fails leaves the one that wanted it running; a cycle of wants is no error).
+#[test]
+fn wants_starts_them_too_and_their_failure_stops_nothing() {
+    let dir = TempDir::new("deps-wants");
+    let marker = sleep_marker("1403");
+    let _reaper = Reaper(marker.clone());
+    let services = service(
+        "helper",
+        "local",
+        &["/bin/sh", "-c", "sleep 0.2; exit 3", &marker],
+        "restart = \"never\"\nenabled = false\nwants = [\"main\"]",
+    ) + &service(
+        "main",
+        "local",
+        &["/bin/sleep", &marker],
+        "enabled = false\nwants = [\"helper\"]",
+    );
+    let mut orch = start(&dir, &services);
+    orch.wait_lines(&["event=control-listening"], 1);
+    let control = dir.path("control.sock");
+    let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "main"]);
+    assert_eq!(code, 0, "{text}");
+    orch.wait_lines(&["service=helper ", "reason=spawned"], 1);
+    orch.wait_lines(&["service=helper ", "state=failed"], 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(orch
+        .lines_with(&["service=main ", "state=stopping"])
+        .is_empty());
+    assert!(orch.lines_with(&["event=dependency-gone"]).is_empty());
+    orch.stop(libc::SIGTERM);
+}

@@ -89,6 +89,8 @@ pub struct ServiceSpec {
     /// Services it needs: started with it, and it is stopped when one of them fails or stops
     /// (key `requires`).
     pub requires: Vec<ServiceName>,
+    /// Services started with it, whatever becomes of them later (key `wants`).
+    pub wants: Vec<ServiceName>,
 }
 
 /// Where a local service's stdout or stderr goes.

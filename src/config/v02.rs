@@ -164,6 +164,7 @@ fn legacy_service(
         cgroup_limits: Default::default(),
         after: Vec::new(),
         requires: Vec::new(),
+        wants: Vec::new(),
     })
 }
 

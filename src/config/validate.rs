@@ -94,6 +94,7 @@ const SERVICE_KEYS: &[&str] = &[
     "watchdog_signal",
     "after",
     "requires",
+    "wants",
     "user",
     "group",
     "supplementary_groups",
@@ -114,7 +115,7 @@ const SERVICE_KEYS: &[&str] = &[
     "pids_max",
     "io_weight",
 ];
-const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `after`, `requires`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
+const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `after`, `requires`, `wants`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
 /// The keys of a local service's execution environment (`docs/config.md`).
 const EXEC_KEYS: &[&str] = &[
     "supplementary_groups",
@@ -793,7 +794,11 @@ fn services(
         let mut spec = spec;
         let field = format!("service.{}", spec.name);
         let mut refs = DepRefs::default();
-        for (key, list) in [("after", &mut refs.after), ("requires", &mut refs.requires)] {
+        for (key, list) in [
+            ("after", &mut refs.after),
+            ("requires", &mut refs.requires),
+            ("wants", &mut refs.wants),
+        ] {
             if let Some(value) = entry(table, key) {
                 *list = dependency_names(check, value, &join(&field, key));
                 refs.offsets.push((key, value.span().start));
@@ -801,6 +806,7 @@ fn services(
         }
         spec.after = refs.after.iter().map(|(n, _)| n.clone()).collect();
         spec.requires = refs.requires.iter().map(|(n, _)| n.clone()).collect();
+        spec.wants = refs.wants.iter().map(|(n, _)| n.clone()).collect();
         deps.push(refs);
         specs.push(spec);
         spans.services.push(service_spans);
@@ -815,6 +821,7 @@ fn services(
 struct DepRefs {
     after: Vec<(ServiceName, usize)>,
     requires: Vec<(ServiceName, usize)>,
+    wants: Vec<(ServiceName, usize)>,
     /// The keys themselves (a cycle is reported at one of them).
     offsets: Vec<(&'static str, usize)>,
 }
@@ -853,13 +860,17 @@ fn dependency_names(
     names
 }
 
-/// Every dependency names a service of the file, not itself, and the dependencies (`after`
-/// and `requires` together) have no cycle: it would wait for itself.
+/// Every dependency names a service of the file, not itself, and `after` and `requires`
+/// together have no cycle: it would wait for itself.
 fn check_dependencies(check: &mut Check<'_>, specs: &[ServiceSpec], deps: &[DepRefs]) {
     let index_of = |name: &ServiceName| specs.iter().position(|s| s.name == *name);
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); specs.len()];
     for (i, (spec, refs)) in specs.iter().zip(deps).enumerate() {
-        for (key, list) in [("after", &refs.after), ("requires", &refs.requires)] {
+        for (key, list) in [
+            ("after", &refs.after),
+            ("requires", &refs.requires),
+            ("wants", &refs.wants),
+        ] {
             for (k, (name, offset)) in list.iter().enumerate() {
                 let field = format!("service.{}.{key}[{k}]", spec.name);
                 match index_of(name) {
@@ -875,6 +886,8 @@ fn check_dependencies(check: &mut Check<'_>, specs: &[ServiceSpec], deps: &[DepR
                         &field,
                         "a service cannot depend on itself".into(),
                     ),
+                    // `wants` orders nothing: a cycle through it waits for nothing.
+                    Some(_) if key == "wants" => {}
                     Some(j) => edges[i].push(j),
                 }
             }
@@ -1058,6 +1071,7 @@ fn service(
         cgroup_limits,
         after: Vec::new(),
         requires: Vec::new(),
+        wants: Vec::new(),
     };
     let spans = ServiceSpans {
         argv0,

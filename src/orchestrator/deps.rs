@@ -8,6 +8,7 @@
 //!   does not hold it back, as in systemd.
 //! - `requires = [...]`: those are started with it; when one of them fails or stops, it is
 //!   stopped (a waiting start is dropped).
+//! - `wants = [...]`: those are started with it; what becomes of them later changes nothing.
 
 use super::services::Services;
 
@@ -26,6 +27,7 @@ pub(crate) enum Standing {
 pub(crate) struct Deps {
     after: Vec<Vec<usize>>,
     requires: Vec<Vec<usize>>,
+    wants: Vec<Vec<usize>>,
     /// The services that come after, or need, each one (for a shutdown in reverse order).
     dependents: Vec<Vec<usize>>,
     /// A start asked for (at boot or by an operator) that waits for an `after` dependency.
@@ -41,9 +43,11 @@ impl Deps {
         };
         let mut after = vec![Vec::new(); capacity];
         let mut requires = vec![Vec::new(); capacity];
+        let mut wants = vec![Vec::new(); capacity];
         for (i, s) in services.list.iter().enumerate().filter(|(_, s)| s.active) {
             after[i] = resolve(&s.def.after);
             requires[i] = resolve(&s.def.requires);
+            wants[i] = resolve(&s.def.wants);
         }
         let mut dependents = vec![Vec::new(); capacity];
         for (d, deps) in after.iter().zip(&requires).enumerate() {
@@ -56,6 +60,7 @@ impl Deps {
         Deps {
             after,
             requires,
+            wants,
             dependents,
             waiting: vec![false; capacity],
         }
@@ -69,6 +74,11 @@ impl Deps {
     /// What `index` needs.
     pub(crate) fn requires(&self, index: usize) -> &[usize] {
         self.requires.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// What `index` wants started with it.
+    pub(crate) fn wants(&self, index: usize) -> &[usize] {
+        self.wants.get(index).map_or(&[], Vec::as_slice)
     }
 
     /// What comes after, or needs, `index`.

@@ -1483,6 +1483,10 @@ impl Orchestrator {
             let r = self.deps.requires(index)[k];
             self.want_started(r);
         }
+        for k in 0..self.deps.wants(index).len() {
+            let w = self.deps.wants(index)[k];
+            self.want_started(w);
+        }
     }
 
     /// Where service `index` stands for a start that comes after it.

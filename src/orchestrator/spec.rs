@@ -60,6 +60,8 @@ pub struct ServiceDef {
     pub after: Vec<String>,
     /// Started with it; it stops when one of these fails or stops (names).
     pub requires: Vec<String>,
+    /// Started with it, whatever becomes of them (names).
+    pub wants: Vec<String>,
 }
 
 /// Global settings of the event loop.
@@ -163,6 +165,7 @@ impl ServiceDef {
                 .iter()
                 .map(|n| n.as_str().to_string())
                 .collect(),
+            wants: spec.wants.iter().map(|n| n.as_str().to_string()).collect(),
         }
     }
 

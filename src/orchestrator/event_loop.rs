@@ -1192,13 +1192,23 @@ impl Orchestrator {
                 service,
                 command,
             }) => {
-                let result = if command == Command::Start {
-                    // What it requires starts too; it waits for what it comes after.
-                    self.want_started(service.index());
+                let index = service.index();
+                let has_deps = !(self.deps.after(index).is_empty()
+                    && self.deps.requires(index).is_empty()
+                    && self.deps.wants(index).is_empty());
+                let starts = matches!(command, Command::Start | Command::Restart);
+                let result = if starts && self.ordered_shutdown {
+                    // The core is not shutting down yet in an ordered shutdown: refuse here.
+                    Err(supervise::Refusal::ShuttingDown)
+                } else if command != Command::Start || !has_deps {
+                    self.engine.command(now(), service, command)
+                } else if self.engine.core().shutting_down() {
+                    Err(supervise::Refusal::ShuttingDown)
+                } else {
+                    // What it requires (or wants) starts too; it waits for what it comes after.
+                    self.want_started(index);
                     self.start_unblocked();
                     Ok(())
-                } else {
-                    self.engine.command(now(), service, command)
                 };
                 // Let everything the command caused happen first: the answer is the state
                 // after it.

@@ -35,13 +35,10 @@ pub struct Waited {
     pub status: i32,
 }
 
-/// `waitid(P_PIDFD, pidfd, WEXITED | (WNOHANG unless `block`))`: reaps the caller's own child
-/// behind `pidfd`. `Ok(None)`: still running (only without `block`). ECHILD if it is not our
-/// child, or was reaped already (by us, or by the kernel with SIGCHLD ignored).
-pub fn wait_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Waited>> {
+/// `waitid(P_PIDFD, pidfd, flags)`: what the kernel wrote, `si_pid` 0 when nothing exited.
+fn waitid_pidfd(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<libc::siginfo_t> {
     // SAFETY: siginfo_t is plain data; all-zero is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
     retry(|| {
         // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
         check(unsafe {
@@ -53,6 +50,14 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Waite
             )
         })
     })?;
+    Ok(info)
+}
+
+/// `waitid(P_PIDFD, pidfd, WEXITED | (WNOHANG unless `block`))`: reaps the caller's own child
+/// behind `pidfd`. `Ok(None)`: still running (only without `block`). ECHILD if it is not our
+/// child, or was reaped already (by us, or by the kernel with SIGCHLD ignored).
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Waited>> {
+    let info = waitid_pidfd(pidfd, libc::WEXITED | if block { 0 } else { libc::WNOHANG })?;
     // SAFETY: waitid filled `info` (or left si_pid 0 with WNOHANG when nothing exited); the
     // accessors read the fields of the SIGCHLD union member, which is what waitid writes.
     let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
@@ -65,21 +70,7 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Waite
 /// Whether the process behind `pidfd` is a child of this process (running or a zombie):
 /// `waitid` with `WNOWAIT` reaps nothing, and refuses (ECHILD) anyone else's process.
 pub fn pidfd_is_child(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: siginfo_t is plain data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-    retry(|| {
-        // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
-        check(unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                flags,
-            )
-        })
-    })
-    .is_ok()
+    waitid_pidfd(pidfd, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT).is_ok()
 }
 
 /// `PIDFD_GET_INFO` (6.13+) asking for `mask` (`PIDFD_INFO_PID`, `PIDFD_INFO_EXIT`, ...):

@@ -369,16 +369,6 @@ impl Found {
     }
 }
 
-/// Whether `pid` is a child of this process (`/proc/PID/stat` field 4).
-pub(crate) fn is_our_child(pid: i32) -> bool {
-    let path = sys::fd::ProcPath::pid_file(pid, "stat");
-    let mut buf = [0u8; 1024];
-    let Ok(n) = sys::fd::read_small_file(path.as_cstr(), &mut buf) else {
-        return false;
-    };
-    stat_field(&buf[..n], 4) == Some(sys::process::getpid() as u64)
-}
-
 /// Opens a pidfd for a recorded pid and checks that it is the recorded process.
 pub(crate) fn find(pid: i32, identity: Identity) -> Found {
     let Ok(pidfd) = pidfd::open(pid) else {
@@ -386,7 +376,7 @@ pub(crate) fn find(pid: i32, identity: Identity) -> Found {
     };
     // A child of this process (after a re-exec): its pid cannot have been reused, since only
     // this process reaps it; it may be a zombie already, whose exe is gone.
-    let same = is_our_child(pid)
+    let same = pidfd::is_child(pidfd.as_fd())
         || match identity {
             Identity::None => false,
             Identity::Pidfs(ino) => pidfd::pidfs_inode(pidfd.as_fd()) == Some(ino),

@@ -39,7 +39,7 @@ use crate::supervise::{self, Command, MonoTime, Partition, Reason, ServiceId, St
 use crate::sys::socket::UnixAddr;
 use ring::{Completion, Limits, OpTag, Ring, SlotId, Timeout};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -323,12 +323,6 @@ fn take_stored(
     let name = what.to_string();
     let i = stored.iter().position(|(n, _)| *n == name)?;
     Some(stored.swap_remove(i).1)
-}
-
-/// The fd number of a borrowed fd (for the re-exec handoff).
-fn raw(fd: std::os::fd::BorrowedFd<'_>) -> std::os::fd::RawFd {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
 }
 
 impl Drop for Orchestrator {
@@ -1806,17 +1800,17 @@ impl Orchestrator {
             ..Default::default()
         };
         let mut kept = vec![recorder.lock_fd()];
-        handoff.lock = Some(raw(recorder.lock_fd()));
+        handoff.lock = Some(recorder.lock_fd().as_raw_fd());
         if let Some(fd) = self.control.listener(&self.ring) {
-            handoff.control = Some(raw(fd));
+            handoff.control = Some(fd.as_raw_fd());
             kept.push(fd);
         }
         if let Some(fd) = self.notify_socket.as_ref().and_then(|s| s.fd(&self.ring)) {
-            handoff.notify = Some(raw(fd));
+            handoff.notify = Some(fd.as_raw_fd());
             kept.push(fd);
         }
         if let Some((fd, request)) = conn.and_then(|k| self.control.waiting_conn(&self.ring, k)) {
-            handoff.reply = Some((raw(fd), request));
+            handoff.reply = Some((fd.as_raw_fd(), request));
             kept.push(fd);
         }
         for (index, service) in self.services.list.iter().enumerate() {
@@ -1825,7 +1819,7 @@ impl Orchestrator {
             };
             if self.engine.procs(service.id).proc.is_some() {
                 if let Some(pidfd) = self.ring.fd(service.slot) {
-                    handoff.processes.push((name, raw(pidfd)));
+                    handoff.processes.push((name, pidfd.as_raw_fd()));
                     kept.push(pidfd);
                 }
             }
@@ -1837,8 +1831,8 @@ impl Orchestrator {
                 handoff.outputs.push(crate::handoff::OutputFds {
                     service: name,
                     stream: crate::output::Stream::from_index(stream),
-                    read: raw(read),
-                    write: raw(write.as_fd()),
+                    read: read.as_raw_fd(),
+                    write: write.as_raw_fd(),
                 });
                 kept.push(read);
                 kept.push(write.as_fd());

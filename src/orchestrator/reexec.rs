@@ -13,7 +13,7 @@ use crate::sys;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// What to exec: this process's binary path, arguments and environment, taken at start-up.
@@ -75,7 +75,7 @@ impl Program {
         if let Err(e) = sys::fd::write_all(memfd.as_fd(), &buf[..len]) {
             return e;
         }
-        let variable = match CString::new(format!("{}={}", handoff::ENV, raw(memfd.as_fd()))) {
+        let variable = match CString::new(format!("{}={}", handoff::ENV, memfd.as_raw_fd())) {
             Ok(v) => v,
             Err(_) => return io::Error::from_raw_os_error(libc::EINVAL),
         };
@@ -97,11 +97,6 @@ impl Program {
         restore(kept.len());
         error
     }
-}
-
-fn raw(fd: BorrowedFd<'_>) -> RawFd {
-    use std::os::fd::AsRawFd;
-    fd.as_raw_fd()
 }
 
 /// The fds a previous instance handed over, claimed; what is not taken is closed on drop.

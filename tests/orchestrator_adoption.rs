@@ -7,7 +7,7 @@ mod orchestrator_support;
 
 use orchestrator_support::{
     alive, config_header, field, holdenctl, kill, pids_with, service, sleep_marker, wait_until,
-    Orch, Qm, TempDir,
+    MarkerReaper, Orch, Qm, TempDir,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,20 +44,6 @@ fn start(dir: &TempDir, config: &Path, name: &str) -> Orch {
     let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
     cmd.arg("--config").arg(config).env_remove("NOTIFY_SOCKET");
     Orch::spawn_logged(dir, cmd, name)
-}
-
-/// Ends, by pid, every process that still carries one of the markers (a test that fails
-/// half-way leaves nothing behind).
-struct Reaper(Vec<String>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for marker in &self.0 {
-            for pid in pids_with(marker) {
-                kill(pid, libc::SIGKILL);
-            }
-        }
-    }
 }
 
 /// A second orchestrator on the same runtime directory (and the same control socket) is
@@ -133,7 +119,7 @@ fn a_reused_pid_is_refused_and_the_process_behind_it_is_left_alone() {
     let run = dir.path("run");
     let config = dir.path("o.toml");
     let (mark_a, mark_b) = (sleep_marker("1000"), sleep_marker("1000"));
-    let _reaper = Reaper(vec![mark_a.clone(), mark_b.clone()]);
+    let _reaper = MarkerReaper(vec![mark_a.clone(), mark_b.clone()]);
     std::fs::write(
         &config,
         config_header(&dir.path("agent.sock"))
@@ -243,7 +229,7 @@ fn kill_9_during_a_spawn_storm_then_a_restart_leaves_one_process_per_service() {
     }
     let config = dir.path("o.toml");
     std::fs::write(&config, text).unwrap();
-    let _reaper = Reaper(markers.values().cloned().collect());
+    let _reaper = MarkerReaper(markers.values().cloned().collect());
     let control = dir.path("control.sock");
     let mut seed = std::process::id() as u64 | 1;
     let mut random = move |below: u64| {

@@ -5,50 +5,8 @@
 mod orchestrator_support;
 
 use orchestrator_support::{
-    config_header, kill, notify_service_bin, pids_with, service, sleep_marker, Orch, TempDir,
+    line_index, notify_service, service, sleep_marker, MarkerReaper, Orch, TempDir,
 };
-use std::process::Command;
-
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-fn start(dir: &TempDir, services: &str) -> Orch {
-    let path = dir.path("o.toml");
-    let text = format!(
-        "runtime_dir = {:?}\n{}{services}",
-        dir.path("run").display().to_string(),
-        config_header(&dir.path("agent.sock"))
-    );
-    std::fs::write(&path, text).unwrap();
-    let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
-    cmd.arg("--config").arg(&path).env_remove("NOTIFY_SOCKET");
-    Orch::spawn(dir, cmd)
-}
-
-fn notify(name: &str, ready_after_ms: u64, marker: &str, extra: &str) -> String {
-    let bin = notify_service_bin();
-    let ms = ready_after_ms.to_string();
-    service(
-        name,
-        "local",
-        &[bin.to_str().unwrap(), "ready-after", &ms, "marker", marker],
-        &format!("type = \"notify\"\n{extra}"),
-    )
-}
-
-/// Index of the first log line with every needle.
-fn at(log: &str, needles: &[&str]) -> usize {
-    log.lines()
-        .position(|l| needles.iter().all(|n| l.contains(n)))
-        .unwrap_or_else(|| panic!("no line with {needles:?} in\n{log}"))
-}
 
 /// A chain a <- b <- c (`after`), each ready 200 ms after its spawn, and d with no
 /// dependency: d and a start at once, b only once a is ready, c only once b is.
@@ -56,16 +14,16 @@ fn at(log: &str, needles: &[&str]) -> usize {
 fn after_starts_each_service_once_what_it_comes_after_is_ready() {
     let dir = TempDir::new("deps-after");
     let marker = sleep_marker("1400");
-    let _reaper = Reaper(marker.clone());
-    let services = notify("a", 200, &marker, "")
-        + &notify("b", 200, &marker, "after = [\"a\"]")
-        + &notify("c", 200, &marker, "after = [\"b\"]")
-        + &notify("d", 200, &marker, "");
-    let mut orch = start(&dir, &services);
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let services = notify_service("a", &["ready-after", "200"], &marker, "")
+        + &notify_service("b", &["ready-after", "200"], &marker, "after = [\"a\"]")
+        + &notify_service("c", &["ready-after", "200"], &marker, "after = [\"b\"]")
+        + &notify_service("d", &["ready-after", "200"], &marker, "");
+    let mut orch = Orch::start_services(&dir, &services);
     orch.wait_lines(&["service=c ", "reason=ready"], 1);
     let log = orch.log();
-    let spawned = |n: &str| at(&log, &[&format!("service={n} "), "reason=spawned"]);
-    let ready = |n: &str| at(&log, &[&format!("service={n} "), "reason=ready"]);
+    let spawned = |n: &str| line_index(&log, &[&format!("service={n} "), "reason=spawned"]);
+    let ready = |n: &str| line_index(&log, &[&format!("service={n} "), "reason=ready"]);
     assert!(ready("a") < spawned("b"), "b before a was ready\n{log}");
     assert!(ready("b") < spawned("c"), "c before b was ready\n{log}");
     // d does not wait: it starts with a, before anything is ready.
@@ -75,7 +33,7 @@ fn after_starts_each_service_once_what_it_comes_after_is_ready() {
     assert!(orch.stop(libc::SIGTERM).success());
     let log = orch.log();
     let stopping = |n: &str| {
-        at(
+        line_index(
             &log,
             &[
                 &format!("service={n} "),
@@ -84,7 +42,7 @@ fn after_starts_each_service_once_what_it_comes_after_is_ready() {
             ],
         )
     };
-    let stopped = |n: &str| at(&log, &[&format!("service={n} "), "state=stopped"]);
+    let stopped = |n: &str| line_index(&log, &[&format!("service={n} "), "state=stopped"]);
     assert!(stopped("c") < stopping("b"), "b stopped before c\n{log}");
     assert!(stopped("b") < stopping("a"), "a stopped before b\n{log}");
     assert!(
@@ -99,7 +57,7 @@ fn after_starts_each_service_once_what_it_comes_after_is_ready() {
 fn a_oneshot_chain_runs_in_order() {
     let dir = TempDir::new("deps-oneshot");
     let marker = sleep_marker("1401");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let step = |name: &str, after: &str| {
         let extra = if after.is_empty() {
             "type = \"oneshot\"".to_string()
@@ -114,11 +72,11 @@ fn a_oneshot_chain_runs_in_order() {
         )
     };
     let services = step("third", "second") + &step("first", "") + &step("second", "first");
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     orch.wait_lines(&["service=third ", "reason=exited", "code=0"], 1);
     let log = orch.log();
-    let spawned = |n: &str| at(&log, &[&format!("service={n} "), "reason=spawned"]);
-    let done = |n: &str| at(&log, &[&format!("service={n} "), "state=stopped", "code=0"]);
+    let spawned = |n: &str| line_index(&log, &[&format!("service={n} "), "reason=spawned"]);
+    let done = |n: &str| line_index(&log, &[&format!("service={n} "), "state=stopped", "code=0"]);
     assert!(done("first") < spawned("second"), "{log}");
     assert!(done("second") < spawned("third"), "{log}");
     orch.stop(libc::SIGTERM);
@@ -130,7 +88,7 @@ fn a_oneshot_chain_runs_in_order() {
 fn requires_starts_what_is_needed_and_stops_what_needs_a_failed_one() {
     let dir = TempDir::new("deps-requires");
     let marker = sleep_marker("1402");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let services = service(
         "bus",
         "local",
@@ -142,7 +100,7 @@ fn requires_starts_what_is_needed_and_stops_what_needs_a_failed_one() {
         &["/bin/sleep", &marker],
         "requires = [\"bus\"]\nenabled = false",
     );
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     orch.wait_lines(&["event=control-listening"], 1);
     let control = dir.path("control.sock");
     let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "camera"]);
@@ -168,7 +126,7 @@ fn requires_starts_what_is_needed_and_stops_what_needs_a_failed_one() {
 fn wants_starts_them_too_and_their_failure_stops_nothing() {
     let dir = TempDir::new("deps-wants");
     let marker = sleep_marker("1403");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let services = service(
         "helper",
         "local",
@@ -180,7 +138,7 @@ fn wants_starts_them_too_and_their_failure_stops_nothing() {
         &["/bin/sleep", &marker],
         "enabled = false\nwants = [\"helper\"]",
     );
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     orch.wait_lines(&["event=control-listening"], 1);
     let control = dir.path("control.sock");
     let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "main"]);

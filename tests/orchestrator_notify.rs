@@ -5,53 +5,10 @@
 mod orchestrator_support;
 
 use orchestrator_support::{
-    config_header, field, kill, notify_service_bin, pids_with, service, sleep_marker, Orch, TempDir,
+    field, kill, line_index, notify_service, service, sleep_marker, MarkerReaper, Orch, TempDir,
 };
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
-
-/// Ends, by pid, every process that still carries the marker.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-fn start(dir: &TempDir, services: &str) -> Orch {
-    let path = dir.path("o.toml");
-    let text = format!(
-        "runtime_dir = {:?}\n{}{services}",
-        dir.path("run").display().to_string(),
-        config_header(&dir.path("agent.sock"))
-    );
-    std::fs::write(&path, text).unwrap();
-    let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
-    cmd.arg("--config")
-        .arg(&path)
-        .env_remove("NOTIFY_SOCKET")
-        .env("HOLDEN_TEST", "1");
-    Orch::spawn(dir, cmd)
-}
-
-/// `notify_service ARGS... MARKER` as a `type = "notify"` service with `extra` keys.
-fn notify(name: &str, args: &[&str], marker: &str, extra: &str) -> String {
-    let bin = notify_service_bin();
-    let mut argv = vec![bin.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    argv.extend_from_slice(&["marker", marker]);
-    service(name, "local", &argv, &format!("type = \"notify\"\n{extra}"))
-}
-
-/// Index of the first log line with every needle (panics if none).
-fn line_index(log: &str, needles: &[&str]) -> usize {
-    log.lines()
-        .position(|l| needles.iter().all(|n| l.contains(n)))
-        .unwrap_or_else(|| panic!("no line with {needles:?} in\n{log}"))
-}
 
 /// A notify service is `starting` with its process until it says READY=1, then `running`
 /// (reason ready); a simple service beside it is running at its spawn.
@@ -59,14 +16,14 @@ fn line_index(log: &str, needles: &[&str]) -> usize {
 fn a_notify_service_is_running_only_once_it_said_ready() {
     let dir = TempDir::new("notify-ready");
     let marker = sleep_marker("1300");
-    let _reaper = Reaper(marker.clone());
-    let services = notify(
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let services = notify_service(
         "n",
         &["ready-after", "400", "status", "serving"],
         &marker,
         "",
     ) + &service("s", "local", &["/bin/sleep", &marker], "");
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     let spawned = orch
         .wait_lines(&["service=n ", "reason=spawned"], 1)
         .remove(0);
@@ -112,14 +69,14 @@ fn a_notify_service_is_running_only_once_it_said_ready() {
 fn the_start_timeout_restarts_a_service_that_never_says_ready() {
     let dir = TempDir::new("notify-timeout");
     let marker = sleep_marker("1301");
-    let _reaper = Reaper(marker.clone());
-    let services = notify(
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let services = notify_service(
         "n",
         &[],
         &marker,
         "start_timeout = \"300ms\"\nrestart = \"on-failure\"\nrestart_delay = \"0\"",
     );
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     let timeout = orch.wait_lines(&["service=n ", "reason=start-timeout"], 2);
     assert!(timeout[0].contains("state=stopping"), "{}", timeout[0]);
     let spawns = orch.lines_with(&["service=n ", "reason=spawned"]);
@@ -135,25 +92,25 @@ fn the_start_timeout_restarts_a_service_that_never_says_ready() {
 fn the_watchdog_restarts_a_silent_or_stopped_service_and_keeps_a_pinging_one() {
     let dir = TempDir::new("notify-watchdog");
     let marker = sleep_marker("1302");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let wd = "watchdog = \"100ms\"\nrestart = \"always\"\nrestart_delay = \"0\"\nstop_timeout = \"300ms\"";
-    let services = notify(
+    let services = notify_service(
         "healthy",
         &["ready-after", "0", "ping-every", "20"],
         &marker,
         wd,
-    ) + &notify(
+    ) + &notify_service(
         "silent",
         &["ready-after", "0", "ping-every", "20", "pings", "10"],
         &marker,
         wd,
-    ) + &notify(
+    ) + &notify_service(
         "frozen",
         &["ready-after", "0", "ping-every", "20"],
         &marker,
         wd,
     );
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     for name in ["healthy", "silent", "frozen"] {
         orch.wait_lines(&[&format!("service={name} "), "reason=ready"], 1);
     }
@@ -187,15 +144,15 @@ fn the_watchdog_restarts_a_silent_or_stopped_service_and_keeps_a_pinging_one() {
 fn notifications_from_other_processes_are_dropped_and_counted() {
     let dir = TempDir::new("notify-forged");
     let marker = sleep_marker("1303");
-    let _reaper = Reaper(marker.clone());
-    let services = notify("n", &[], &marker, "start_timeout = \"0\"")
-        + &notify(
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let services = notify_service("n", &[], &marker, "start_timeout = \"0\"")
+        + &notify_service(
             "liar",
             &["ready-after", "0", "main-pid", "1"],
             &marker,
             "start_timeout = \"0\"",
         );
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     orch.wait_lines(&["service=n ", "reason=spawned"], 1);
     orch.wait_lines(&["service=liar ", "reason=ready"], 1);
     let socket = dir.path("run").join("notify.sock");
@@ -226,14 +183,14 @@ fn notifications_from_other_processes_are_dropped_and_counted() {
 fn a_oneshot_is_done_when_it_exits_0() {
     let dir = TempDir::new("notify-oneshot");
     let marker = sleep_marker("1304");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let services = service(
         "once",
         "local",
         &["/bin/sh", "-c", "sleep 0.2", &marker],
         "type = \"oneshot\"\nrestart = \"on-failure\"",
     );
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     let spawned = orch
         .wait_lines(&["service=once ", "reason=spawned"], 1)
         .remove(0);
@@ -287,14 +244,14 @@ fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
     use std::time::{Duration, Instant};
     let dir = TempDir::new("notify-flood");
     let marker = sleep_marker("1305");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let services = service(
         "local-loop",
         "local",
         &["/bin/sh", "-c", "exit 1", &marker],
         "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 0, interval = \"0s\" }",
-    ) + &notify("flooder", &["flood"], &marker, "enabled = false\nstart_timeout = \"0\"");
-    let mut orch = start(&dir, &services);
+    ) + &notify_service("flooder", &["flood"], &marker, "enabled = false\nstart_timeout = \"0\"");
+    let mut orch = Orch::start_services(&dir, &services);
     let control = dir.path("control.sock");
     let spawned = |orch: &Orch| {
         orch.lines_with(&["service=local-loop ", "reason=spawned"])
@@ -391,10 +348,10 @@ fn monitor_shows_the_way_to_ready() {
     use std::time::Duration;
     let dir = TempDir::new("notify-monitor");
     let marker = sleep_marker("1306");
-    let _reaper = Reaper(marker.clone());
-    let services = notify("n", &["ready-after", "200"], &marker, "enabled = false")
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let services = notify_service("n", &["ready-after", "200"], &marker, "enabled = false")
         + &service("sync", "local", &["/bin/sleep", &marker], "enabled = false");
-    let mut orch = start(&dir, &services);
+    let mut orch = Orch::start_services(&dir, &services);
     orch.wait_lines(&["event=control-listening"], 1);
     let control = dir.path("control.sock");
     let mut monitor = Command::new(env!("CARGO_BIN_EXE_holdenctl"))

@@ -7,7 +7,7 @@ mod orchestrator_support;
 
 use orchestrator_support::{
     alive, config_header, field, holdenctl, holdenctl_text, kill, pids_with, service, sleep_marker,
-    wait_until, Orch, Qm, TempDir,
+    wait_until, MarkerReaper, Orch, Qm, TempDir,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -18,17 +18,6 @@ fn start(dir: &TempDir, config: &Path, name: &str) -> Orch {
     let mut cmd = Command::new(orchestrator_support::orchestrator_bin());
     cmd.arg("--config").arg(config).env_remove("NOTIFY_SOCKET");
     Orch::spawn_logged(dir, cmd, name)
-}
-
-/// Ends, by pid, every process that still carries the marker.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in pids_with(&self.0) {
-            kill(pid, libc::SIGKILL);
-        }
-    }
 }
 
 /// The backoff term before restart `k` (1-based) of the services below.
@@ -52,7 +41,7 @@ fn number(line: &str, key: &str) -> u64 {
 fn reexec_during_a_crash_loop_reports_every_exit_once_and_carries_the_counters() {
     let dir = TempDir::new("reexec-loop");
     let marker = sleep_marker("1100");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let qm = Qm::start(&dir, "");
     let mut config = format!(
         "runtime_dir = {:?}\n{}",
@@ -196,7 +185,7 @@ fn reexec_during_a_crash_loop_reports_every_exit_once_and_carries_the_counters()
 fn a_reexec_the_new_instance_would_not_survive_is_refused_and_nothing_changes() {
     let dir = TempDir::new("reexec-refused");
     let marker = sleep_marker("1101");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let path = dir.path("o.toml");
     std::fs::write(
         &path,
@@ -232,7 +221,7 @@ fn a_reexec_the_new_instance_would_not_survive_is_refused_and_nothing_changes() 
 fn sigusr2_reexecs_and_a_service_keeps_its_process_its_output_and_the_control_socket() {
     let dir = TempDir::new("reexec-keep");
     let marker = sleep_marker("1102");
-    let _reaper = Reaper(marker.clone());
+    let _reaper = MarkerReaper(vec![marker.clone()]);
     let qm = Qm::start(&dir, "");
     let talker = "i=0; while :; do i=$((i+1)); echo \"line $i\"; sleep 0.01; done";
     let config = format!(

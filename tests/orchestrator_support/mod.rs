@@ -197,6 +197,38 @@ pub fn notify_service_bin() -> PathBuf {
         .clone()
 }
 
+/// Ends, by pid, every process that still carries one of the markers when it is dropped (a
+/// test that fails half-way leaves nothing behind).
+pub struct MarkerReaper(pub Vec<String>);
+
+impl Drop for MarkerReaper {
+    fn drop(&mut self) {
+        for marker in &self.0 {
+            for pid in pids_with(marker) {
+                kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Index of the first line of `log` holding every one of `needles` (panics, with the log, if
+/// none does): what came first.
+pub fn line_index(log: &str, needles: &[&str]) -> usize {
+    log.lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap_or_else(|| panic!("no line with {needles:?} in\n{log}"))
+}
+
+/// `examples/notify_service.rs ARGS...` as a local `type = "notify"` service with `extra`
+/// keys; `marker` is among its arguments, for the `/proc` scans.
+pub fn notify_service(name: &str, args: &[&str], marker: &str, extra: &str) -> String {
+    let bin = notify_service_bin();
+    let mut argv = vec![bin.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&["marker", marker]);
+    service(name, "local", &argv, &format!("type = \"notify\"\n{extra}"))
+}
+
 /// A running holden-orchestrator with its stderr in a file.
 pub struct Orch {
     pub child: Child,
@@ -210,6 +242,11 @@ impl Orch {
         let mut cmd = Command::new(orchestrator_bin());
         cmd.arg("--config").arg(&config).env_remove("NOTIFY_SOCKET");
         Orch::spawn(dir, cmd)
+    }
+
+    /// [`Orch::start`] with `services` after the test's [`config_header`].
+    pub fn start_services(dir: &TempDir, services: &str) -> Orch {
+        Orch::start(dir, &(config_header(&dir.path("agent.sock")) + services))
     }
 
     /// Starts `cmd` (holden-orchestrator, or a command that ends in its command line) with

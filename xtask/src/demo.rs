@@ -307,25 +307,11 @@ impl Demo {
         self.out
             .section("A live re-exec: a new orchestrator binary without stopping anything");
         let radio = self.last_spawned("radio")?;
-        let holdenctl = self.bin.join("holdenctl");
-        let socket = self.control_socket();
         self.out.say(&format!(
             "holdenctl --socket {} reexec (as after an update of the binary; SIGUSR2 does the same)",
-            socket.display()
+            self.control_socket().display()
         ));
-        let output = Command::new(&holdenctl)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("reexec")
-            .env(MARKER_ENV, &self.dir)
-            .output()
-            .map_err(|e| Failure::Failed(format!("holdenctl: {e}")))?;
-        for line in String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .chain(String::from_utf8_lossy(&output.stderr).lines())
-        {
-            self.out.log("holdenctl", line);
-        }
+        let output = self.holdenctl("reexec")?;
         if !output.status.success() {
             return Err(Failure::Failed(format!(
                 "holdenctl reexec exited with {}",
@@ -607,13 +593,24 @@ impl Demo {
             );
             return Ok(());
         }
-        let socket = self.control_socket();
-        self.out
-            .say(&format!("holdenctl --socket {} status", socket.display()));
-        let output = Command::new(&holdenctl)
+        self.out.say(&format!(
+            "holdenctl --socket {} status",
+            self.control_socket().display()
+        ));
+        let output = self.holdenctl("status")?;
+        if !output.status.success() {
+            self.out
+                .say(&format!("holdenctl exited with {}.", output.status));
+        }
+        Ok(())
+    }
+
+    /// Runs `holdenctl --socket SOCKET command`, its output shown as holdenctl's lines.
+    fn holdenctl(&mut self, command: &str) -> Result<std::process::Output, Failure> {
+        let output = Command::new(self.bin.join("holdenctl"))
             .arg("--socket")
-            .arg(&socket)
-            .arg("status")
+            .arg(self.control_socket())
+            .arg(command)
             .env(MARKER_ENV, &self.dir)
             .output()
             .map_err(|e| Failure::Failed(format!("holdenctl: {e}")))?;
@@ -623,11 +620,7 @@ impl Demo {
         {
             self.out.log("holdenctl", line);
         }
-        if !output.status.success() {
-            self.out
-                .say(&format!("holdenctl exited with {}.", output.status));
-        }
-        Ok(())
+        Ok(output)
     }
 
     fn shutdown(&mut self) -> Result<(), Failure> {

@@ -456,7 +456,7 @@ fn boot(
 ) -> Result<(), String> {
     let qemu = r.arch.qemu();
     let mut cmd = Command::new(qemu);
-    cmd.args(r.arch.machine_args(kvm))
+    cmd.args(r.arch.machine_args(kvm, r.cpus))
         .args(["-smp", &r.cpus.to_string()])
         .args(["-m", &GUEST_MEMORY_MIB.to_string()])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])

@@ -26,6 +26,7 @@ pub mod orchestrator;
 pub mod output;
 pub mod pidfd;
 pub mod queue;
+pub mod rate;
 #[cfg(feature = "orchestrator")]
 pub mod record;
 pub mod sd_notify;

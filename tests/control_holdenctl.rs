@@ -231,7 +231,7 @@ fn every_command_against_local_and_qm_services() {
         out.stdout
     );
     assert_eq!(json_field(&out.stdout, "protocol").as_deref(), Some("v1"));
-    assert_eq!(json_field(&out.stdout, "version").as_deref(), Some("1.1"));
+    assert_eq!(json_field(&out.stdout, "version").as_deref(), Some("1.2"));
     assert_eq!(json_field(&out.stdout, "reconnects").as_deref(), Some("0"));
     let out = ctl(&socket, &["agent"]);
     assert!(

@@ -287,6 +287,7 @@ fn frame_kind(bytes: &[u8]) -> &'static str {
             v1::Body::Ping => "ping",
             v1::Body::Pong(_) => "pong",
             v1::Body::Running => "running",
+            v1::Body::Notify(_) => "notify",
         },
         Err(_) => "garbage",
     }
@@ -600,6 +601,9 @@ impl World {
                 if let Note::Misbehaved { what, .. } = note {
                     self.log(format!("note: misbehaved {what:?}"));
                 }
+            }
+            Output::Notified { service, qm_pid } => {
+                self.log(format!("notified {service:?} qm_pid={qm_pid}"))
             }
             Output::AgentUp => self.log("agent up".into()),
             Output::AgentDown => self.log("agent down".into()),

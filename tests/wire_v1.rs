@@ -2,12 +2,12 @@
 //! variant, version handling, and never-panics properties over random and mutated packets.
 
 use holden::wire::v1::{
-    clamp_error_text, decode, decode_header, encode_error, encode_ping, encode_pong,
+    clamp_error_text, decode, decode_header, encode_error, encode_notify, encode_ping, encode_pong,
     encode_running, encode_start, encode_started, header_offset, payload_offset, peek_request_id,
     Body, Capabilities, DecodeError, EncodeError, ErrorStage, FrameKind, OwnedBody, OwnedError,
     OwnedFrame, OwnedStart, Pong, StartFlags, StartRef, ARGV_COUNT_MAX, ENV_COUNT_MAX,
-    ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN, MAGIC, START_FIXED_LEN, STRING_LEN_MAX,
-    VERSION_MAJOR, VERSION_MINOR,
+    ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN, MAGIC, NOTIFY_TEXT_LEN_MAX, START_FIXED_LEN,
+    STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
 };
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -170,7 +170,10 @@ fn golden_ping() {
 #[test]
 fn golden_pong() {
     let pong = Pong::ours(
-        Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::CLONE3_PIDFD | Capabilities::GATED_EXEC,
+        Capabilities::EXIT_STATUS_VIA_PIDFD
+            | Capabilities::CLONE3_PIDFD
+            | Capabilities::GATED_EXEC
+            | Capabilities::NOTIFY_FORWARD,
     );
     let mut out = buf();
     let len = encode_pong(&mut out, 1, pong).unwrap();
@@ -192,6 +195,93 @@ fn golden_running() {
 }
 
 #[test]
+fn golden_notify() {
+    let mut out = buf();
+    let len = encode_notify(&mut out, 1234, b"READY=1").unwrap();
+    let packet = golden("notify");
+    assert_eq!(&out[..len], &packet[..]);
+    let frame = decode(&packet).unwrap();
+    assert_eq!(frame.request_id(), 0);
+    let Body::Notify(notify) = frame.body else {
+        panic!("{frame:?}");
+    };
+    assert_eq!((notify.pid, notify.text), (1234, b"READY=1".as_slice()));
+}
+
+#[test]
+fn notify_refusals() {
+    let packet = golden("notify");
+    // A request id: it answers no request.
+    let mut bytes = packet.clone();
+    bytes[header_offset::REQUEST_ID] = 5;
+    assert_eq!(decode(&bytes), Err(DecodeError::NotifyRequestId { id: 5 }));
+    // pid 0 (a sender the agent could not see) and a negative pid.
+    for pid in [0i32, -1] {
+        let mut bytes = packet.clone();
+        bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&pid.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::InvalidPid { pid }));
+        assert_eq!(
+            encode_notify(&mut buf(), pid, b"x"),
+            Err(EncodeError::InvalidPid { pid })
+        );
+    }
+    // The reserved u16.
+    let mut bytes = packet.clone();
+    bytes[HEADER_LEN + payload_offset::NOTIFY_RESERVED] = 1;
+    assert!(matches!(
+        decode(&bytes),
+        Err(DecodeError::ReservedNotZero { .. })
+    ));
+    // A NUL in the datagram.
+    let mut bytes = packet.clone();
+    let last = bytes.len() - 1;
+    bytes[last] = 0;
+    assert_eq!(decode(&bytes), Err(DecodeError::NulInString));
+    assert_eq!(
+        encode_notify(&mut buf(), 1, b"READY=1\0"),
+        Err(EncodeError::NulInString)
+    );
+    // The longest datagram fits, one byte more is refused both ways.
+    let longest = vec![b'x'; NOTIFY_TEXT_LEN_MAX];
+    let len = encode_notify(&mut buf(), 7, &longest).unwrap();
+    assert_eq!(len, HEADER_LEN + 8 + NOTIFY_TEXT_LEN_MAX);
+    let longer = vec![b'x'; NOTIFY_TEXT_LEN_MAX + 1];
+    assert_eq!(
+        encode_notify(&mut buf(), 7, &longer),
+        Err(EncodeError::NotifyTextTooLong {
+            len: NOTIFY_TEXT_LEN_MAX + 1
+        })
+    );
+    let mut bytes = packet.clone();
+    let at = HEADER_LEN + payload_offset::NOTIFY_TEXT_LEN;
+    bytes[at..at + 2].copy_from_slice(&((NOTIFY_TEXT_LEN_MAX + 1) as u16).to_le_bytes());
+    bytes.resize(HEADER_LEN + 8 + NOTIFY_TEXT_LEN_MAX + 1, b'x');
+    fix_payload_len(&mut bytes);
+    assert_eq!(
+        decode(&bytes),
+        Err(DecodeError::NotifyTextTooLong {
+            len: NOTIFY_TEXT_LEN_MAX + 1
+        })
+    );
+    assert_eq!(
+        DecodeError::NotifyTextTooLong { len: 1 }.stage(),
+        ErrorStage::Limit
+    );
+    // An owned Notify with a request id cannot be encoded.
+    let owned = OwnedFrame {
+        request_id: 3,
+        body: OwnedBody::Notify {
+            pid: 1,
+            text: b"READY=1".to_vec(),
+        },
+    };
+    assert_eq!(
+        owned.encode(&mut buf()),
+        Err(EncodeError::NotifyRequestId { id: 3 })
+    );
+}
+
+#[test]
 fn running_with_a_payload_is_trailing_bytes() {
     let mut packet = golden("running");
     packet.push(0);
@@ -208,8 +298,12 @@ fn running_with_a_payload_is_trailing_bytes() {
 #[test]
 fn golden_constants() {
     assert_eq!(MAGIC, *b"HLDN");
-    assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 1));
+    assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 2));
     assert_eq!(Capabilities::GATED_EXEC.bits(), 1 << 3);
+    assert_eq!(Capabilities::NOTIFY_FORWARD.bits(), 1 << 4);
+    assert_eq!(StartFlags::NOTIFY.bits(), 1 << 3);
+    assert_eq!(FrameKind::Notify as u8, 7);
+    assert_eq!(NOTIFY_TEXT_LEN_MAX, 4096);
     assert_eq!(HEADER_LEN, 24);
     assert_eq!(FRAME_LEN_MAX, 16384);
     assert_eq!(ARGV_COUNT_MAX, 256);
@@ -591,7 +685,7 @@ fn higher_major_is_unsupported_version_with_request_id() {
 
 #[test]
 fn newer_minor_may_append_fields_but_ours_may_not() {
-    for name in ["start", "started", "error", "ping", "pong"] {
+    for name in ["start", "started", "error", "ping", "pong", "notify"] {
         let original = decode(&golden(name)).unwrap().to_owned_frame();
         let mut bytes = golden(name);
         bytes.extend_from_slice(&[0xAB, 0xCD]);
@@ -647,10 +741,12 @@ fn decode_error_name(err: &DecodeError) -> &'static str {
         DecodeError::UnknownStage { .. } => "UnknownStage",
         DecodeError::NegativeErrno { .. } => "NegativeErrno",
         DecodeError::ErrorTextTooLong { .. } => "ErrorTextTooLong",
+        DecodeError::NotifyTextTooLong { .. } => "NotifyTextTooLong",
+        DecodeError::NotifyRequestId { .. } => "NotifyRequestId",
     }
 }
 
-const DECODE_ERROR_COUNT: usize = 21;
+const DECODE_ERROR_COUNT: usize = 23;
 
 /// Packets that each break one rule, with the error they must yield.
 fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
@@ -658,6 +754,7 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
     let started = golden("started");
     let error = golden("error");
     let pong = golden("pong");
+    let notify = golden("notify");
     let with = |base: &Vec<u8>, edit: &dyn Fn(&mut Vec<u8>)| {
         let mut bytes = base.clone();
         edit(&mut bytes);
@@ -812,6 +909,14 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
             with(&error, &|b| patch_u16(b, p + 6, 300)),
             DecodeError::ErrorTextTooLong { len: 300 },
         ),
+        (
+            with(&notify, &|b| patch_u16(b, p + 6, 5000)),
+            DecodeError::NotifyTextTooLong { len: 5000 },
+        ),
+        (
+            with(&notify, &|b| b[header_offset::REQUEST_ID] = 9),
+            DecodeError::NotifyRequestId { id: 9 },
+        ),
     ]
 }
 
@@ -853,10 +958,12 @@ fn encode_error_name(err: &EncodeError) -> &'static str {
         EncodeError::InvalidPid { .. } => "InvalidPid",
         EncodeError::NegativeErrno { .. } => "NegativeErrno",
         EncodeError::ErrorTextTooLong { .. } => "ErrorTextTooLong",
+        EncodeError::NotifyTextTooLong { .. } => "NotifyTextTooLong",
+        EncodeError::NotifyRequestId { .. } => "NotifyRequestId",
     }
 }
 
-const ENCODE_ERROR_COUNT: usize = 13;
+const ENCODE_ERROR_COUNT: usize = 15;
 
 #[test]
 fn every_encode_error_variant_is_reachable() {
@@ -976,6 +1083,23 @@ fn every_encode_error_variant_is_reachable() {
             EncodeError::ErrorTextTooLong { len: 300 },
         ),
         (
+            encode_notify(&mut out, 1, &[b'n'; NOTIFY_TEXT_LEN_MAX + 1]),
+            EncodeError::NotifyTextTooLong {
+                len: NOTIFY_TEXT_LEN_MAX + 1,
+            },
+        ),
+        (
+            OwnedFrame {
+                request_id: 2,
+                body: OwnedBody::Notify {
+                    pid: 1,
+                    text: Vec::new(),
+                },
+            }
+            .encode(&mut out),
+            EncodeError::NotifyRequestId { id: 2 },
+        ),
+        (
             encode_pong(&mut small[..10], 1, Pong::ours(Capabilities::empty())),
             EncodeError::BufferTooSmall {
                 needed: 32,
@@ -1042,6 +1166,8 @@ fn valid_body() -> impl Strategy<Value = OwnedBody> {
             .prop_map(|(errno, stage, text)| OwnedBody::Error(OwnedError { errno, stage, text })),
         Just(OwnedBody::Ping),
         Just(OwnedBody::Running),
+        (1..=i32::MAX, non_nul_bytes(NOTIFY_TEXT_LEN_MAX))
+            .prop_map(|(pid, text)| OwnedBody::Notify { pid, text }),
         (any::<u8>(), any::<u8>(), any::<u32>()).prop_map(|(major, minor, caps)| {
             OwnedBody::Pong(Pong {
                 version_major: major,
@@ -1053,7 +1179,14 @@ fn valid_body() -> impl Strategy<Value = OwnedBody> {
 }
 
 fn valid_frame() -> impl Strategy<Value = OwnedFrame> {
-    (any::<u64>(), valid_body()).prop_map(|(request_id, body)| OwnedFrame { request_id, body })
+    (any::<u64>(), valid_body()).prop_map(|(request_id, body)| {
+        // A Notify answers no request: its id is always 0.
+        let request_id = match body {
+            OwnedBody::Notify { .. } => 0,
+            _ => request_id,
+        };
+        OwnedFrame { request_id, body }
+    })
 }
 
 /// A decoded packet of our own minor version re-encodes to exactly the same bytes: there is

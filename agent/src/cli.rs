@@ -36,6 +36,11 @@ Options:
   --exec-timeout-ms MS    give up on a gated child that has not finished its
                           execve MS after its go-ahead: kill it and answer
                           Error stage exec, ETIMEDOUT (default 3000)
+  --notify-socket PATH    the sd_notify socket named to type = \"notify\"
+                          services (NOTIFY_SOCKET), whose datagrams are
+                          forwarded to the orchestrator (default:
+                          qm_notify.sock beside the v1 socket; \"none\": no
+                          socket, notify services are refused)
   -h, --help              print this help and exit
   -V, --version           print the version and exit
 
@@ -69,6 +74,34 @@ pub struct Options {
     pub allow_uids: Vec<u32>,
     pub read_timeout_ms: u64,
     pub exec_timeout_ms: u64,
+    pub notify_socket: NotifyChoice,
+}
+
+/// `--notify-socket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyChoice {
+    /// Not given: `qm_notify.sock` beside the v1 socket; a failure to bind it is a warning.
+    Default,
+    /// Given: a failure to bind it stops the start.
+    Path(PathBuf),
+    /// `none`.
+    Off,
+}
+
+impl Options {
+    /// Where the notify socket goes, and whether it was asked for by name. None without a
+    /// v1 socket (started the v0.2 way) or with `--notify-socket none`.
+    pub fn notify_path(&self) -> Option<(PathBuf, bool)> {
+        match &self.notify_socket {
+            NotifyChoice::Off => None,
+            NotifyChoice::Path(path) => Some((path.clone(), true)),
+            NotifyChoice::Default => {
+                let v1 = self.socket.as_deref()?;
+                let dir = v1.parent().unwrap_or(std::path::Path::new("/"));
+                Some((dir.join(crate::notify::DEFAULT_NAME), false))
+            }
+        }
+    }
 }
 
 /// A command-line mistake: printed with a hint, exit status 2.
@@ -97,6 +130,7 @@ where
     let mut allow_uids: Vec<u32> = Vec::new();
     let mut read_timeout_ms = READ_TIMEOUT_MS_DEFAULT;
     let mut exec_timeout_ms = EXEC_TIMEOUT_MS_DEFAULT;
+    let mut notify_socket: Option<NotifyChoice> = None;
     while let Some(arg) = parser.next().map_err(|e| lexopt_usage(&e))? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
@@ -142,6 +176,16 @@ where
                     READ_TIMEOUT_MS_MAX,
                 )?;
             }
+            Long("notify-socket") => {
+                let name = "--notify-socket";
+                let value = value(&mut parser, name)?;
+                let choice = if value == "none" {
+                    NotifyChoice::Off
+                } else {
+                    NotifyChoice::Path(socket_path(name, value)?)
+                };
+                set_once(&mut notify_socket, name, choice)?;
+            }
             Short(c) => return Err(UsageError(format!("unknown option \"-{c}\""))),
             Long(name) => return Err(UsageError(format!("unknown option \"--{name}\""))),
             Value(stray) => return Err(UsageError(format!("unexpected argument {stray:?}"))),
@@ -174,6 +218,7 @@ where
         allow_uids,
         read_timeout_ms,
         exec_timeout_ms,
+        notify_socket: notify_socket.unwrap_or(NotifyChoice::Default),
     }))
 }
 

@@ -14,6 +14,7 @@ mod fdpass;
 mod limits;
 mod listen;
 mod log;
+mod notify;
 mod peer;
 mod pending;
 mod request;
@@ -127,7 +128,23 @@ fn run(options: Options) -> Result<(), String> {
         exec_timeout: Duration::from_millis(options.exec_timeout_ms),
         allow,
     };
-    let mut server = server::Server::new(listeners, signals, inherited, settings);
+    let notify = match options.notify_path() {
+        None => None,
+        Some((path, named)) => match notify::NotifySocket::bind(&path) {
+            Ok(socket) => Some(socket),
+            Err(error) if named => {
+                for listener in &listeners {
+                    listener.remove_file();
+                }
+                return Err(error);
+            }
+            Err(error) => {
+                warning!("{error}; type = \"notify\" services are refused (--notify-socket)");
+                None
+            }
+        },
+    };
+    let mut server = server::Server::new(listeners, signals, inherited, settings, notify);
     log_startup(&server);
     let mut status = String::from("READY=1\nSTATUS=listening on");
     for listener in server.listeners() {
@@ -190,6 +207,13 @@ fn log_startup(server: &server::Server) {
         info!(
             "holden-agent {VERSION} listening on {}",
             listener.description
+        );
+    }
+    if let Some(notify) = server.notify_socket() {
+        info!(
+            "notify socket {}: datagrams forwarded as Notify to wire 1.2 peers (at most {}/s)",
+            notify.path().display(),
+            notify::FORWARD_PER_SEC
         );
     }
 }

@@ -17,19 +17,29 @@ use crate::text::{Errno, Escaped};
 pub fn spec_limits(inherited: &InheritedEnv) -> SpawnLimits {
     SpawnLimits {
         args_count_max: v1::ARGV_COUNT_MAX.max(v02::ARGV_COUNT_MAX),
-        env_count_max: v1::ENV_COUNT_MAX + inherited.len(),
-        strings_bytes_max: v1::FRAME_LEN_MAX.max(v02::FRAME_LEN_MAX) + inherited.bytes(),
+        // + the agent's own NOTIFY_SOCKET entry.
+        env_count_max: v1::ENV_COUNT_MAX + inherited.len() + 1,
+        strings_bytes_max: v1::FRAME_LEN_MAX.max(v02::FRAME_LEN_MAX)
+            + inherited.bytes()
+            + "NOTIFY_SOCKET=".len()
+            + crate::limits::SOCKET_PATH_BYTES_MAX
+            + 1,
     }
 }
 
 /// Fills `spec` from a v1 `Start`. With `INHERIT_ENV` the agent's captured
 /// environment comes first, without the names the request sets itself.
-/// `NEW_SESSION` needs nothing: every child gets its own session.
+/// With `NOTIFY`, `notify` (the agent's `NOTIFY_SOCKET=PATH`) replaces any
+/// `NOTIFY_SOCKET` of either. `NEW_SESSION` needs nothing: every child gets its
+/// own session.
 pub fn fill_v1(
     spec: &mut SpawnSpec,
     start: &v1::Start<'_>,
     inherited: &InheritedEnv,
+    notify: Option<&[u8]>,
 ) -> Result<(), SpecError> {
+    let notify = notify.filter(|_| start.flags.contains(StartFlags::NOTIFY));
+    let replaced = |entry: &[u8]| notify.is_some() && entry_name(entry) == b"NOTIFY_SOCKET";
     let mut w = spec.writer();
     for arg in start.argv.iter() {
         w.arg(arg)?;
@@ -37,12 +47,15 @@ pub fn fill_v1(
     if start.flags.contains(StartFlags::INHERIT_ENV) {
         for entry in inherited.iter() {
             let name = entry_name(entry);
-            if !start.env.iter().any(|own| entry_name(own) == name) {
+            if !start.env.iter().any(|own| entry_name(own) == name) && !replaced(entry) {
                 w.env(entry)?;
             }
         }
     }
-    for entry in start.env.iter() {
+    for entry in start.env.iter().filter(|e| !replaced(e)) {
+        w.env(entry)?;
+    }
+    if let Some(entry) = notify {
         w.env(entry)?;
     }
     if let Some(cwd) = start.cwd {
@@ -295,7 +308,7 @@ mod tests {
             panic!("not a start");
         };
         let mut spec = SpawnSpec::with_limits(spec_limits(&inherited));
-        fill_v1(&mut spec, &start, &inherited).unwrap();
+        fill_v1(&mut spec, &start, &inherited, None).unwrap();
         assert!(spec.is_complete());
         assert_eq!(spec.args_count(), 2);
         assert_eq!(spec.env_count(), 2);
@@ -305,8 +318,40 @@ mod tests {
         let Body::Start(start) = decode(&without).unwrap().body else {
             panic!("not a start");
         };
-        fill_v1(&mut spec, &start, &inherited).unwrap();
+        fill_v1(&mut spec, &start, &inherited, None).unwrap();
         assert_eq!(spec.env_count(), 1);
+    }
+
+    #[test]
+    fn notify_replaces_every_notify_socket_and_only_with_the_flag() {
+        let inherited = InheritedEnv::from_pairs(vec![
+            (b"NOTIFY_SOCKET".to_vec(), b"/run/systemd/notify".to_vec()),
+            (b"HOME".to_vec(), b"/root".to_vec()),
+        ]);
+        let ours: &[u8] = b"NOTIFY_SOCKET=/run/holden/qm_notify.sock";
+        let mut spec = SpawnSpec::with_limits(spec_limits(&inherited));
+        let frame = start_frame(
+            StartFlags::INHERIT_ENV | StartFlags::NOTIFY,
+            &[b"NOTIFY_SOCKET=/elsewhere"],
+        );
+        let Body::Start(start) = decode(&frame).unwrap().body else {
+            panic!("not a start");
+        };
+        fill_v1(&mut spec, &start, &inherited, Some(ours)).unwrap();
+        let env: Vec<&[u8]> = (0..spec.env_count())
+            .filter_map(|i| spec.env_entry(i))
+            .collect();
+        assert_eq!(env, [b"HOME=/root".as_slice(), ours]);
+        // Without the flag the agent's socket is not given, and the request's entry stays.
+        let frame = start_frame(StartFlags::INHERIT_ENV, &[b"NOTIFY_SOCKET=/elsewhere"]);
+        let Body::Start(start) = decode(&frame).unwrap().body else {
+            panic!("not a start");
+        };
+        fill_v1(&mut spec, &start, &inherited, Some(ours)).unwrap();
+        let env: Vec<&[u8]> = (0..spec.env_count())
+            .filter_map(|i| spec.env_entry(i))
+            .collect();
+        assert_eq!(env, [b"HOME=/root".as_slice(), b"NOTIFY_SOCKET=/elsewhere"]);
     }
 
     #[test]
@@ -333,7 +378,7 @@ mod tests {
             panic!("not a start");
         };
         let mut spec = SpawnSpec::with_limits(spec_limits(&inherited));
-        fill_v1(&mut spec, &start, &inherited).unwrap();
+        fill_v1(&mut spec, &start, &inherited, None).unwrap();
         assert!(spec.is_complete());
     }
 }

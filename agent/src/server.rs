@@ -29,6 +29,7 @@ use crate::env::InheritedEnv;
 use crate::limits::{CONNECTIONS_MAX, PENDING_EXECS_MAX, V02_RECV_BYTES, V1_RECV_BYTES};
 use crate::listen::{Flavor, Listener};
 use crate::log::{info, notice, warning};
+use crate::notify::{Datagram, NotifySocket};
 use crate::peer::{AllowList, Peer};
 use crate::pending::PendingExec;
 use crate::request::spec_limits;
@@ -43,9 +44,9 @@ const ACCEPTS_PER_WAKE_MAX: usize = 16;
 /// Packets read and discarded from a refused connection before closing it.
 const REFUSE_DRAIN_MAX: usize = 16;
 
-/// Fixed entries before the connections in the poll array: the signalfd and
-/// up to two listeners.
-const POLL_FIXED_MAX: usize = 3;
+/// Fixed entries in the poll array: the signalfd, up to two listeners and the
+/// notify socket.
+const POLL_FIXED_MAX: usize = 4;
 
 /// Largest reply of either protocol.
 const SEND_BYTES: usize = if holden::wire::v1::FRAME_LEN_MAX > holden::wire::v02::FRAME_LEN_MAX {
@@ -74,6 +75,8 @@ pub(crate) struct Conn {
     pub deadline: Option<Instant>,
     /// Bytes buffered in this slot's v0.2 reassembly buffer.
     pub v02_len: usize,
+    /// The highest minor version of the peer's v1 frames so far: from 2 on it gets `Notify`.
+    pub minor: u8,
 }
 
 /// What to do with a connection after handling an event.
@@ -89,6 +92,7 @@ enum Owner {
     Listener(usize),
     Conn(usize),
     Exec(usize),
+    Notify,
 }
 
 pub struct Server {
@@ -106,6 +110,8 @@ pub struct Server {
     pub(crate) capabilities: Capabilities,
     /// Gated starts whose exec is not confirmed yet (fixed size).
     pub(crate) pending: Vec<Option<PendingExec>>,
+    /// The socket whose datagrams are forwarded as `Notify` (wire 1.2).
+    pub(crate) notify: Option<NotifySocket>,
     pollfds: Vec<PollFd>,
     owners: Vec<Owner>,
     serial_next: u64,
@@ -151,6 +157,7 @@ impl Server {
         signals: SignalFd,
         inherited: InheritedEnv,
         settings: Settings,
+        notify: Option<NotifySocket>,
     ) -> Server {
         let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
         let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD
@@ -158,6 +165,9 @@ impl Server {
             | Capabilities::GATED_EXEC;
         if has_v02 {
             capabilities |= Capabilities::LEGACY_LISTENER;
+        }
+        if notify.is_some() {
+            capabilities |= Capabilities::NOTIFY_FORWARD;
         }
         let v02_bufs = (0..CONNECTIONS_MAX)
             .map(|_| {
@@ -178,6 +188,7 @@ impl Server {
             settings,
             capabilities,
             pending: (0..PENDING_EXECS_MAX).map(|_| None).collect(),
+            notify,
             pollfds: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX + PENDING_EXECS_MAX),
             owners: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX + PENDING_EXECS_MAX),
             serial_next: 1,
@@ -188,6 +199,10 @@ impl Server {
 
     pub fn listeners(&self) -> &[Listener] {
         &self.listeners
+    }
+
+    pub fn notify_socket(&self) -> Option<&NotifySocket> {
+        self.notify.as_ref()
     }
 
     /// Serves until SIGTERM or SIGINT; returns the signal.
@@ -209,6 +224,7 @@ impl Server {
                     Owner::Listener(l) => self.accept_ready(l),
                     Owner::Conn(slot) => self.conn_ready(slot, revents),
                     Owner::Exec(index) => self.exec_ready(index, None),
+                    Owner::Notify => self.notify_ready(),
                 }
             }
             self.expire(Instant::now());
@@ -249,6 +265,32 @@ impl Server {
         for listener in &self.listeners {
             listener.remove_file();
         }
+        if let Some(notify) = &self.notify {
+            notify.remove_file();
+        }
+    }
+
+    /// Datagrams on the notify socket: each forwarded as `Notify` to every v1 connection
+    /// of minor 2+, without waiting (a connection whose socket buffer is full misses it:
+    /// a notification is not worth a connection).
+    fn notify_ready(&mut self) {
+        let Some(mut notify) = self.notify.take() else {
+            return;
+        };
+        for _ in 0..crate::notify::READS_PER_WAKE_MAX {
+            let frame = match notify.next(&mut self.recv_buf, &mut self.send_buf) {
+                None => break,
+                Some(Datagram::Dropped) => continue,
+                Some(Datagram::Forward(frame)) => frame,
+            };
+            for conn in self.conns.iter().flatten() {
+                if conn.flavor == Flavor::V1 && conn.minor >= 2 {
+                    let _ = socket::send(conn.fd.as_fd(), frame, true);
+                }
+            }
+        }
+        notify.say_drops();
+        self.notify = Some(notify);
     }
 
     fn build_poll_set(&mut self) {
@@ -278,6 +320,12 @@ impl Server {
                     .push(entry(pending.released.report_fd().as_raw_fd()));
                 self.owners.push(Owner::Exec(index));
             }
+        }
+        // Last: a process whose exec is reported in the same wake-up as its first
+        // notification has its `Running` sent before its `Notify`.
+        if let Some(notify) = &self.notify {
+            self.pollfds.push(entry(notify.fd().as_raw_fd()));
+            self.owners.push(Owner::Notify);
         }
     }
 
@@ -395,6 +443,7 @@ impl Server {
             serial,
             deadline: Some(Instant::now() + self.settings.read_timeout),
             v02_len: 0,
+            minor: 0,
         });
     }
 

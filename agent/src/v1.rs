@@ -105,6 +105,7 @@ impl Server {
         if let Some(conn) = self.conns[slot].as_mut() {
             // A peer that speaks v1 may stay connected while idle.
             conn.deadline = None;
+            conn.minor = conn.minor.max(frame.header.version_minor);
         }
         match frame.body {
             Body::Ping => {
@@ -130,7 +131,19 @@ impl Server {
                     );
                     return self.v1_refuse(slot, request_id, refusal);
                 }
-                let filled = fill_v1(&mut self.spec, &start, &self.inherited);
+                let notify = self.notify.as_ref().map(|n| n.env_entry());
+                if start.flags.contains(v1::StartFlags::NOTIFY) && notify.is_none() {
+                    let refusal = Refusal::new(
+                        ErrorStage::Setup,
+                        libc::EOPNOTSUPP,
+                        format_args!(
+                            "this agent has no notify socket (--notify-socket none, or it could \
+                             not be bound); NOTIFY is not offered"
+                        ),
+                    );
+                    return self.v1_refuse(slot, request_id, refusal);
+                }
+                let filled = fill_v1(&mut self.spec, &start, &self.inherited, notify);
                 if let Err(error) = filled {
                     let refusal =
                         Refusal::new(ErrorStage::Limit, libc::E2BIG, format_args!("{error}"));
@@ -142,7 +155,7 @@ impl Server {
                     self.v1_start(slot, request_id)
                 }
             }
-            Body::Started(_) | Body::Error(_) | Body::Pong(_) | Body::Running => {
+            Body::Started(_) | Body::Error(_) | Body::Pong(_) | Body::Running | Body::Notify(_) => {
                 let kind = frame.header.kind;
                 let refusal = Refusal::new(
                     ErrorStage::Decode,

@@ -1127,14 +1127,6 @@ fn policy(
             ("oneshot", Kind::Oneshot),
         ],
     );
-    if let (Kind::Notify, Partition::Qm, Some(value)) = (kind, partition, entry(table, "type")) {
-        check.bad::<()>(
-            value,
-            &join(prefix, "type"),
-            "`type = \"notify\"` is for local services for now: a QM service's notifications \
-             stay in QM until holden-agent forwards them (use \"simple\", \"exec\" or \"oneshot\")",
-        );
-    }
     let watchdog = check.duration_or(table, "watchdog", prefix, Duration::ZERO);
     if let (Some(value), false) = (entry(table, "watchdog"), kind == Kind::Notify) {
         check.bad::<()>(

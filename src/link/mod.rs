@@ -147,6 +147,9 @@ pub enum Event<H> {
         /// The pid the agent reported (in its PID namespace).
         qm_pid: i32,
     },
+    /// (v1.2) A process in QM sent an sd_notify datagram to the agent's notify socket: `qm_pid`
+    /// as the agent sees it, the bytes in [`Link::notify_text`] until the next input.
+    Notify { qm_pid: i32 },
     /// The spawn for `service` failed.
     Failed {
         service: usize,
@@ -199,6 +202,13 @@ struct AgentText {
     bytes: [u8; crate::wire::v02::ERROR_TEXT_LEN_MAX],
     len: usize,
 }
+
+/// Most `Notify` frames taken per second from one agent, and at once: twice the rate
+/// holden-agent forwards at most, four times its burst, so that only an agent that breaks
+/// the protocol's limit goes over. More is misbehaviour: the connection is dropped, so a
+/// flood costs the loop at most a burst per reconnect delay.
+pub const NOTIFY_PER_SEC: u64 = 1024;
+pub const NOTIFY_BURST: u64 = 256;
 
 impl AgentText {
     fn set(&mut self, text: &[u8]) {
@@ -283,6 +293,19 @@ pub enum EncodeFailure {
     V02(crate::wire::v02::EncodeError),
     /// The shell has no start for the service (removed meanwhile).
     NoStart,
+    /// A `type = "notify"` service, and the agent does not forward notifications (it did not
+    /// announce minor 2 and `NOTIFY_FORWARD`, or speaks v0.2).
+    NoNotify,
+}
+
+impl EncodeFailure {
+    /// The errno the failed start is reported with.
+    fn errno(&self) -> i32 {
+        match self {
+            EncodeFailure::NoNotify => libc::EOPNOTSUPP,
+            _ => libc::E2BIG,
+        }
+    }
 }
 
 /// What the shell found out about a received fd before handing it to the link.
@@ -429,6 +452,12 @@ pub struct Link<H> {
     version: (u8, u8),
     /// The agent announced minor 1+ and `GATED_EXEC`.
     gated: bool,
+    /// The agent announced minor 2+ and `NOTIFY_FORWARD`.
+    notify_forward: bool,
+    notify_budget: crate::rate::TokenBucket,
+    /// The bytes of the last `Notify` ([`Link::notify_text`]).
+    notify_text: Box<[u8]>,
+    notify_len: usize,
     slots: Box<[Slot<H>]>,
     agent_text: AgentText,
     /// v1: services whose `Start` waits for the connection's send.
@@ -479,6 +508,10 @@ impl<H> Link<H> {
             capabilities: wire::Capabilities::empty(),
             version: (0, 0),
             gated: false,
+            notify_forward: false,
+            notify_budget: crate::rate::TokenBucket::new(NOTIFY_PER_SEC, NOTIFY_BURST, 0),
+            notify_text: vec![0; wire::NOTIFY_TEXT_LEN_MAX].into_boxed_slice(),
+            notify_len: 0,
             slots: (0..services)
                 .map(|_| Slot {
                     request: None,
@@ -552,6 +585,16 @@ impl<H> Link<H> {
     /// them before showing them.
     pub fn agent_text(&self) -> &[u8] {
         &self.agent_text.bytes[..self.agent_text.len]
+    }
+
+    /// The datagram of the last [`Event::Notify`] (bytes from QM: decode, never trust).
+    pub fn notify_text(&self) -> &[u8] {
+        &self.notify_text[..self.notify_len]
+    }
+
+    /// The agent forwards sd_notify datagrams (wire 1.2, `NOTIFY_FORWARD`).
+    pub fn forwards_notify(&self) -> bool {
+        self.notify_forward && self.protocol == Protocol::V1
     }
 
     /// The agent can take requests.

@@ -28,17 +28,24 @@ impl Drop for Tok {
 
 struct Starts;
 
+/// Service 3 is a `type = "notify"` one.
+const NOTIFY_SERVICE: usize = 3;
+
 impl Requests for Starts {
-    fn start(&self, _index: usize) -> Option<wire::StartRef<'_, Vec<u8>, Vec<u8>>> {
+    fn start(&self, index: usize) -> Option<wire::StartRef<'_, Vec<u8>, Vec<u8>>> {
         static ARGV: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
         let argv = ARGV.get_or_init(|| vec![b"/bin/true".to_vec()]);
+        let mut flags = wire::StartFlags::NEW_SESSION;
+        if index == NOTIFY_SERVICE {
+            flags |= wire::StartFlags::NOTIFY;
+        }
         Some(wire::StartRef {
             argv: argv.as_slice(),
             env: &[],
             cwd: None,
             uid: None,
             gid: None,
-            flags: wire::StartFlags::NEW_SESSION,
+            flags,
         })
     }
 }
@@ -50,6 +57,7 @@ const ERROR: u8 = 3;
 const PING: u8 = 4;
 const PONG: u8 = 5;
 const RUNNING: u8 = 6;
+const NOTIFY: u8 = 7;
 
 /// A v1 frame, byte by byte: magic, major 1, minor 1, kind, reserved, request id (LE u64),
 /// payload length (LE u32), reserved u32, payload.
@@ -81,7 +89,16 @@ fn error(id: u64, errno: i32, stage: u8, text: &[u8]) -> Vec<u8> {
     frame(ERROR, id, &p)
 }
 
+fn notify(pid: i32, text: &[u8]) -> Vec<u8> {
+    let mut p = pid.to_le_bytes().to_vec();
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    p.extend_from_slice(text);
+    frame(NOTIFY, 0, &p)
+}
+
 const GATED: u32 = 1 << 3;
+const NOTIFY_FORWARD: u32 = 1 << 4;
 /// `Error` stages (docs/wire.md §8).
 const EXEC: u8 = 2;
 const SETUP: u8 = 9;
@@ -202,6 +219,10 @@ impl Harness {
                 } => self
                     .events
                     .push(format!("failed {service} {stage:?} {errno}")),
+                Event::Notify { qm_pid } => {
+                    let text = String::from_utf8_lossy(self.link.notify_text()).into_owned();
+                    self.events.push(format!("notify {qm_pid} {text:?}"));
+                }
                 Event::Note(note) => self.notes.push(note),
             }
         }
@@ -244,6 +265,11 @@ impl Harness {
 
     /// Start, connect, handshake (gated or not): the link is up.
     fn up(&mut self, gated: bool) {
+        self.up_as(1, if gated { GATED } else { 0 });
+    }
+
+    /// As [`Harness::up`], with the agent's `Pong` saying `minor` and `caps`.
+    fn up_as(&mut self, minor: u8, caps: u32) {
         self.take_io();
         self.take_events();
         match self.link.state() {
@@ -261,8 +287,7 @@ impl Harness {
             PING_INDEX,
             "the handshake Ping's id"
         );
-        let caps = if gated { GATED } else { 0 };
-        self.receive(&pong(ping, 1, 1, caps), vec![]);
+        self.receive(&pong(ping, 1, minor, caps), vec![]);
         assert_eq!(self.take_events(), ["up"]);
         assert!(self.link.is_up());
     }
@@ -798,14 +823,14 @@ fn a_pidfd_the_kernel_could_not_give_us_fails_the_request_without_blaming_the_ag
 fn an_agent_error_fails_the_spawn_with_its_stage() {
     let mut h = Harness::new(Protocol::V1);
     h.up(false);
-    let id = h.request(3);
+    let id = h.request(1);
     h.receive(
         &error(id, libc::ENOENT, SETUP, b"chdir \"/gone\": No such file"),
         vec![],
     );
     assert_eq!(
         h.take_events(),
-        [format!("failed 3 Setup {}", libc::ENOENT)]
+        [format!("failed 1 Setup {}", libc::ENOENT)]
     );
     assert!(h.link.is_up());
 }
@@ -1096,4 +1121,103 @@ fn v02_timeout_marks_the_agent_down_and_probes_again() {
         .any(|n| matches!(n, Note::RequestTimeout { .. })));
     h.advance(100);
     assert!(h.take_io().contains(&"connect Probe Stream".to_string()));
+}
+
+#[test]
+fn notify_frames_are_events_with_their_text_up_to_the_rate() {
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, GATED | NOTIFY_FORWARD);
+    assert!(h.link.forwards_notify());
+    h.receive(&notify(42, b"READY=1\nSTATUS=up"), vec![]);
+    assert_eq!(h.take_events(), ["notify 42 \"READY=1\\nSTATUS=up\""]);
+    // A burst: NOTIFY_BURST in all (the one above counted), then one more at the same instant
+    // is a flood.
+    for _ in 1..NOTIFY_BURST {
+        h.receive(&notify(42, b"WATCHDOG=1"), vec![]);
+    }
+    assert_eq!(h.take_events().len() as u64, NOTIFY_BURST - 1);
+    assert!(h.misbehaved().is_empty());
+    h.receive(&notify(42, b"WATCHDOG=1"), vec![]);
+    assert_eq!(
+        h.misbehaved(),
+        ["Said(\"Notify frames beyond the rate limit\")"]
+    );
+    assert!(!h.link.is_up());
+    assert_eq!(h.take_events(), ["down"]);
+}
+
+#[test]
+fn notify_at_the_rate_is_taken_for_ever() {
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, NOTIFY_FORWARD);
+    // One a millisecond (1,000 a second, under NOTIFY_PER_SEC) for three seconds.
+    for _ in 0..3_000 {
+        h.now += MS;
+        h.receive(&notify(7, b"WATCHDOG=1"), vec![]);
+    }
+    assert_eq!(h.take_events().len(), 3_000);
+    assert!(h.misbehaved().is_empty());
+}
+
+#[test]
+fn notify_from_an_agent_that_did_not_offer_it_or_with_an_fd_is_misbehaviour() {
+    for (minor, caps) in [(1, GATED), (2, GATED), (1, GATED | NOTIFY_FORWARD)] {
+        let mut h = Harness::new(Protocol::V1);
+        h.up_as(minor, caps);
+        assert!(!h.link.forwards_notify());
+        h.receive(&notify(42, b"READY=1"), vec![]);
+        assert_eq!(
+            h.misbehaved(),
+            ["Said(\"Notify from an agent that did not announce NOTIFY_FORWARD\")"],
+            "minor {minor} caps {caps:#x}"
+        );
+        assert!(!h.link.is_up());
+    }
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, NOTIFY_FORWARD);
+    let fd = h.fd(FdClass::Other);
+    h.receive(&notify(42, b"READY=1"), vec![fd]);
+    assert_eq!(h.misbehaved(), ["Said(\"file descriptor with a Notify\")"]);
+    h.assert_handles_accounted(1);
+    // A Notify with a request id does not decode.
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, NOTIFY_FORWARD);
+    let mut f = notify(42, b"READY=1");
+    f[8] = 1;
+    h.receive(&f, vec![]);
+    assert_eq!(h.misbehaved(), ["Said(\"undecodable frame\")"]);
+}
+
+#[test]
+fn a_notify_service_starts_only_through_an_agent_that_forwards() {
+    let mut h = Harness::new(Protocol::V1);
+    h.up(true);
+    h.run(|link, cx| link.request(cx, NOTIFY_SERVICE));
+    assert!(h.transmit().is_none(), "no Start is sent");
+    assert_eq!(
+        h.take_events(),
+        [format!(
+            "failed {NOTIFY_SERVICE} Setup {}",
+            libc::EOPNOTSUPP
+        )]
+    );
+    assert!(h.notes.iter().any(|n| matches!(
+        n,
+        Note::EncodeFailed {
+            error: EncodeFailure::NoNotify,
+            ..
+        }
+    )));
+    // Other services are not affected.
+    h.request(0);
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, GATED | NOTIFY_FORWARD);
+    h.run(|link, cx| link.request(cx, NOTIFY_SERVICE));
+    let (_, bytes) = h.transmit().expect("a Start");
+    let flags = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    assert_eq!(
+        flags,
+        (wire::StartFlags::NEW_SESSION | wire::StartFlags::NOTIFY).bits()
+    );
+    assert_eq!(bytes[5], 2, "the Start says minor 2");
 }

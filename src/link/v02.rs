@@ -115,6 +115,9 @@ impl<H> Link<H> {
                 continue;
             }
             let encoded = match requests.start(index) {
+                Some(start) if start.flags.contains(crate::wire::v1::StartFlags::NOTIFY) => {
+                    Err(EncodeFailure::NoNotify)
+                }
                 Some(start) => wire::encode_start(buf, start.argv).map_err(EncodeFailure::V02),
                 None => Err(EncodeFailure::NoStart),
             };
@@ -126,12 +129,13 @@ impl<H> Link<H> {
                     return Some((Conn::Request(index as u32), len));
                 }
                 Err(error) => {
+                    let errno = error.errno();
                     self.note(Note::EncodeFailed {
                         protocol: Protocol::V02,
                         service: index,
                         error,
                     });
-                    self.v02_finish(index, Some((libc::E2BIG, StartStage::Setup)));
+                    self.v02_finish(index, Some((errno, StartStage::Setup)));
                 }
             }
         }

@@ -94,6 +94,11 @@ impl<H> Link<H> {
                 continue;
             };
             let encoded = match requests.start(index) {
+                Some(start)
+                    if start.flags.contains(wire::StartFlags::NOTIFY) && !self.notify_forward =>
+                {
+                    Err(EncodeFailure::NoNotify)
+                }
                 Some(start) => {
                     wire::encode_start(buf, request.id, &start).map_err(EncodeFailure::V1)
                 }
@@ -109,12 +114,13 @@ impl<H> Link<H> {
                 }
                 Err(error) => {
                     self.close_request(index);
+                    let errno = error.errno();
                     self.note(Note::EncodeFailed {
                         protocol: Protocol::V1,
                         service: index,
                         error,
                     });
-                    self.fail(index, libc::E2BIG, StartStage::Setup);
+                    self.fail(index, errno, StartStage::Setup);
                 }
             }
         }
@@ -198,6 +204,15 @@ impl<H> Link<H> {
                 self.capabilities = pong.capabilities;
                 self.gated = pong.version_minor >= 1
                     && pong.capabilities.contains(wire::Capabilities::GATED_EXEC);
+                self.notify_forward = pong.version_minor >= 2
+                    && pong
+                        .capabilities
+                        .contains(wire::Capabilities::NOTIFY_FORWARD);
+                self.notify_budget = crate::rate::TokenBucket::new(
+                    super::NOTIFY_PER_SEC,
+                    super::NOTIFY_BURST,
+                    cx.now_ns,
+                );
                 self.version = (pong.version_major, pong.version_minor);
                 // The reconnect delay is not reset here: only a valid answer to a request
                 // (applied when the connection ends) does, so a hostile agent cannot force
@@ -304,6 +319,22 @@ impl<H> Link<H> {
                     Ok(())
                 }
             },
+            wire::Body::Notify(_) if !fds.fds.is_empty() => {
+                Err(said("file descriptor with a Notify"))
+            }
+            wire::Body::Notify(_) if self.state != State::Up || !self.notify_forward => Err(said(
+                "Notify from an agent that did not announce NOTIFY_FORWARD",
+            )),
+            wire::Body::Notify(notify) => {
+                if !self.notify_budget.take(cx.now_ns) {
+                    return Err(said("Notify frames beyond the rate limit"));
+                }
+                let len = notify.text.len().min(self.notify_text.len());
+                self.notify_text[..len].copy_from_slice(&notify.text[..len]);
+                self.notify_len = len;
+                self.events.push(Event::Notify { qm_pid: notify.pid });
+                Ok(())
+            }
             wire::Body::Start(_) | wire::Body::Ping => {
                 Err(said("a frame only the orchestrator sends"))
             }

@@ -479,6 +479,14 @@ impl AgentIo {
                             "service={name} partition=qm event=spawn-failed stage=encode error=\"no start\""
                         ),
                     ),
+                    EncodeFailure::NoNotify => log.line(
+                        Priority::Err,
+                        format_args!(
+                            "service={name} partition=qm event=spawn-failed stage=setup errno={} error=\"type = notify needs an agent that forwards sd_notify (wire 1.2 with NOTIFY_FORWARD); this agent does not\"{}",
+                            libc::EOPNOTSUPP,
+                            v02(protocol)
+                        ),
+                    ),
                 }
             }
         }

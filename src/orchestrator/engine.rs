@@ -77,6 +77,13 @@ pub enum Output<H> {
     /// The agent came up or went down (the shell's status line).
     AgentUp,
     AgentDown,
+    /// A QM process sent an sd_notify datagram (the text: [`Link::notify_text`], until the
+    /// next input): `service` is the one whose live process has `qm_pid` in the agent's PID
+    /// namespace, `None` when no service's has.
+    Notified {
+        service: Option<ServiceId>,
+        qm_pid: i32,
+    },
     /// A removed service has stopped; its slot is free.
     Removed {
         service: ServiceId,
@@ -556,6 +563,14 @@ impl<H> Engine<H> {
                     service: ServiceId(service as u32),
                     error: StartFailure { errno, stage },
                 });
+            }
+            link::Event::Notify { qm_pid } => {
+                let service = self
+                    .procs
+                    .iter()
+                    .position(|p| p.qm_pid == qm_pid && p.proc.is_some_and(|p| !p.exited))
+                    .map(|index| ServiceId(index as u32));
+                self.outputs.push(Output::Notified { service, qm_pid });
             }
             link::Event::Note(note) => self.outputs.push(Output::Note(note)),
         }

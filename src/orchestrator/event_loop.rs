@@ -452,10 +452,14 @@ impl Orchestrator {
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, mut def) in defs.into_iter().enumerate() {
+            let socket = settings
+                .runtime_dir
+                .as_ref()
+                .map(|d| d.join(notify::SOCKET_NAME));
             if let Some(dir) = &settings.runtime_dir {
                 runtime::tag(&mut def, dir);
-                notify::service_env(&mut def, &dir.join(notify::SOCKET_NAME));
             }
+            notify::service_env(&mut def, socket.as_deref());
             let id = engine
                 .add(def.policy)
                 .map_err(|e| Error::Service(format!("service {}: {e}", def.name)))?;
@@ -990,6 +994,17 @@ impl Orchestrator {
                     self.update_status(self.agent_status);
                 }
             }
+            Output::Notified { service, qm_pid } => {
+                let text = self.engine.link().notify_text();
+                let message = notify::Owned::of(&crate::service_notify::decode(text), false);
+                match service {
+                    Some(service) => self.on_notified(service, &message, qm_pid),
+                    None => self.notify_dropped(
+                        Some(qm_pid),
+                        "QM pid of no service's live process (forwarded by the agent)",
+                    ),
+                }
+            }
             Output::Note(note) => {
                 let text = self.engine.link().agent_text();
                 self.agent.log_note(&self.log, &self.services, text, note)
@@ -1332,7 +1347,7 @@ impl Orchestrator {
     /// A datagram from `sender`: for its service, held while spawns are reported, or dropped.
     fn notified_by(&mut self, sender: i32, message: notify::Owned) {
         if let Some(service) = self.service_of_pid(sender) {
-            self.on_notified(service, &message);
+            self.on_notified(service, &message, sender);
             return;
         }
         let spawning = self.services.list.iter().any(|s| s.spawning);
@@ -1353,7 +1368,7 @@ impl Orchestrator {
             match self.service_of_pid(held.sender) {
                 Some(service) => {
                     self.notify_held.swap_remove(i);
-                    self.on_notified(service, &held.message);
+                    self.on_notified(service, &held.message, held.sender);
                 }
                 None if !spawning => {
                     self.notify_held.swap_remove(i);
@@ -1364,10 +1379,10 @@ impl Orchestrator {
         }
     }
 
-    /// What a service said.
-    fn on_notified(&mut self, service: ServiceId, m: &notify::Owned) {
+    /// What a service said; `main` is its main process's pid in the sender's PID namespace
+    /// (QM's for a QM service), which is all a `MAINPID=` may name.
+    fn on_notified(&mut self, service: ServiceId, m: &notify::Owned, main: i32) {
         use crate::service_notify::Watchdog;
-        let pid = self.engine.core().status(service).and_then(|s| s.pid);
         {
             let name = self.services.name(service.index());
             if let Some(text) = &m.status {
@@ -1414,11 +1429,11 @@ impl Orchestrator {
                 },
             );
         }
-        if m.main_pid.is_some_and(|p| Some(supervise::Pid(p)) != pid) {
+        if m.main_pid.is_some_and(|p| p != main) {
             self.notify_dropped(m.main_pid, "MAINPID= of another process: refused");
         }
         if m.had_fds {
-            self.notify_dropped(pid.map(|p| p.0), "fds passed with a notification: closed");
+            self.notify_dropped(Some(main), "fds passed with a notification: closed");
         }
         self.settle();
     }

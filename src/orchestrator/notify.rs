@@ -60,18 +60,26 @@ pub(crate) const SOCKET_NAME: &str = "notify.sock";
 
 /// The variables a `type = "notify"` service gets: `NOTIFY_SOCKET`, and `WATCHDOG_USEC` with
 /// a watchdog (as systemd sets them; `WATCHDOG_PID` is not set, so that any process of the
-/// service may ping, as `sd_watchdog_enabled(3)` allows).
-pub(crate) fn service_env(def: &mut ServiceDef, socket: &Path) {
-    use crate::supervise::Kind;
+/// service may ping, as `sd_watchdog_enabled(3)` allows). A local service's socket is ours
+/// (`socket`, in the runtime directory); a QM service's is the agent's, which the agent names
+/// itself (`StartFlags::NOTIFY`).
+pub(crate) fn service_env(def: &mut ServiceDef, socket: Option<&Path>) {
+    use crate::supervise::{Kind, Partition};
     def.env
         .retain(|e| !e.starts_with(b"NOTIFY_SOCKET=") && !e.starts_with(b"WATCHDOG_USEC="));
     let readiness = def.policy.readiness;
     if readiness.kind != Kind::Notify {
         return;
     }
-    let mut entry = b"NOTIFY_SOCKET=".to_vec();
-    entry.extend_from_slice(socket.as_os_str().as_bytes());
-    def.env.push(entry);
+    match (def.policy.partition, socket) {
+        (Partition::Local, Some(socket)) => {
+            let mut entry = b"NOTIFY_SOCKET=".to_vec();
+            entry.extend_from_slice(socket.as_os_str().as_bytes());
+            def.env.push(entry);
+        }
+        (Partition::Local, None) => return,
+        (Partition::Qm, _) => {}
+    }
     if !readiness.watchdog.is_zero() {
         def.env
             .push(format!("WATCHDOG_USEC={}", readiness.watchdog.as_micros()).into_bytes());

@@ -133,10 +133,11 @@ pub(crate) fn plan(
     let mut changed = Vec::new();
     let mut same = Vec::new();
     for mut def in ServiceDef::all_from_config(&config) {
+        let socket = (settings.runtime_dir.as_ref()).map(|d| d.join(super::notify::SOCKET_NAME));
         if let Some(dir) = &settings.runtime_dir {
             super::runtime::tag(&mut def, dir);
-            super::notify::service_env(&mut def, &dir.join(super::notify::SOCKET_NAME));
         }
+        super::notify::service_env(&mut def, socket.as_deref());
         match services.by_name(&def.name) {
             None => added.push(def),
             Some(index) if differs(&services.list[index].def, &def) => changed.push((index, def)),

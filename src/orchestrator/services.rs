@@ -743,6 +743,9 @@ impl crate::link::Requests for Starts<'_> {
         if def.inherit_env {
             flags |= v1::StartFlags::INHERIT_ENV;
         }
+        if def.policy.readiness.kind == crate::supervise::Kind::Notify {
+            flags |= v1::StartFlags::NOTIFY;
+        }
         Some(v1::StartRef {
             argv: def.argv.as_slice(),
             env: def.env.as_slice(),

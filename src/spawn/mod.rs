@@ -304,6 +304,11 @@ impl SpawnSpec {
         self.arg_offsets.get(index).map(|&o| self.string_at(o))
     }
 
+    /// Environment entry `index`, without its NUL.
+    pub fn env_entry(&self, index: usize) -> Option<&[u8]> {
+        self.env_offsets.get(index).map(|&o| self.string_at(o))
+    }
+
     /// The program that will be executed: the explicit one, else argv[0].
     pub fn program(&self) -> Option<&[u8]> {
         match self.program {

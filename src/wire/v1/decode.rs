@@ -4,7 +4,7 @@ use super::cursor::Reader;
 use super::error::DecodeError;
 use super::limits::{
     ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_FROZEN_LEN,
-    HEADER_LEN, MAGIC, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
+    HEADER_LEN, MAGIC, NOTIFY_TEXT_LEN_MAX, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
 };
 use super::types::{Capabilities, ErrorStage, FrameKind, Pong, StartFlags};
 
@@ -56,6 +56,14 @@ pub mod payload_offset {
     pub const START_CWD: usize = 20;
     /// `Started`: `i32` pid.
     pub const STARTED_PID: usize = 0;
+    /// `Notify`: `i32` sender pid.
+    pub const NOTIFY_PID: usize = 0;
+    /// `Notify`: `u16` reserved, zero.
+    pub const NOTIFY_RESERVED: usize = 4;
+    /// `Notify`: `u16` datagram length.
+    pub const NOTIFY_TEXT_LEN: usize = 6;
+    /// `Notify`: the datagram bytes.
+    pub const NOTIFY_TEXT: usize = 8;
     /// `Error`: `i32` errno.
     pub const ERROR_ERRNO: usize = 0;
     /// `Error`: `u8` stage.
@@ -77,6 +85,7 @@ pub mod payload_offset {
 
     const _: () = assert!(START_CWD == super::super::limits::START_FIXED_LEN);
     const _: () = assert!(ERROR_TEXT == super::super::limits::ERROR_FIXED_LEN);
+    const _: () = assert!(NOTIFY_TEXT == super::super::limits::NOTIFY_FIXED_LEN);
     const _: () = assert!(PONG_CAPABILITIES + 4 == super::super::limits::PONG_PAYLOAD_LEN);
 }
 
@@ -119,6 +128,8 @@ pub enum Body<'a> {
     Pong(Pong),
     /// Minor 1+: the process announced by this request's `Started` exec'd its program.
     Running,
+    /// Minor 2+: an sd_notify datagram forwarded by the agent.
+    Notify(Notify<'a>),
 }
 
 /// A decoded `Start`: every string is validated (length, no NUL, env has `=`).
@@ -140,6 +151,14 @@ pub struct Start<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Started {
     pub pid: i32,
+}
+
+/// A decoded `Notify`: who sent the datagram (a pid in the agent's PID namespace, from the
+/// kernel's `SCM_CREDENTIALS`) and its bytes, unparsed (at most `NOTIFY_TEXT_LEN_MAX`, no NUL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notify<'a> {
+    pub pid: i32,
+    pub text: &'a [u8],
 }
 
 /// A decoded `Error`.
@@ -301,6 +320,12 @@ pub fn decode(packet: &[u8]) -> Result<Frame<'_>, DecodeError> {
         FrameKind::Ping => Body::Ping,
         FrameKind::Pong => Body::Pong(decode_pong(&mut r)?),
         FrameKind::Running => Body::Running,
+        FrameKind::Notify if header.request_id != 0 => {
+            return Err(DecodeError::NotifyRequestId {
+                id: header.request_id,
+            })
+        }
+        FrameKind::Notify => Body::Notify(decode_notify(&mut r)?),
     };
     // A newer minor may append fields we do not know; from our own or an older minor every
     // byte must have been understood.
@@ -443,6 +468,26 @@ fn decode_error<'a>(r: &mut Reader<'a>) -> Result<ErrorFrame<'a>, DecodeError> {
     let text = r.bytes(text_len)?;
     check_no_nul(text)?;
     Ok(ErrorFrame { errno, stage, text })
+}
+
+fn decode_notify<'a>(r: &mut Reader<'a>) -> Result<Notify<'a>, DecodeError> {
+    let pid = r.i32()?;
+    let reserved = r.u16()?;
+    let text_len = usize::from(r.u16()?);
+    if pid <= 0 {
+        return Err(DecodeError::InvalidPid { pid });
+    }
+    if reserved != 0 {
+        return Err(DecodeError::ReservedNotZero {
+            offset: HEADER_LEN + payload_offset::NOTIFY_RESERVED,
+        });
+    }
+    if text_len > NOTIFY_TEXT_LEN_MAX {
+        return Err(DecodeError::NotifyTextTooLong { len: text_len });
+    }
+    let text = r.bytes(text_len)?;
+    check_no_nul(text)?;
+    Ok(Notify { pid, text })
 }
 
 fn decode_pong(r: &mut Reader<'_>) -> Result<Pong, DecodeError> {

@@ -8,8 +8,9 @@ use super::decode::{is_env_entry, PRESENT_GID, PRESENT_UID};
 use super::error::EncodeError;
 use super::limits::{
     ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_FIXED_LEN, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN,
-    MAGIC, PONG_PAYLOAD_LEN, RUNNING_PAYLOAD_LEN, STARTED_PAYLOAD_LEN, START_FIXED_LEN,
-    STRING_LEN_MAX, STRING_PREFIX_LEN, VERSION_MAJOR, VERSION_MINOR,
+    MAGIC, NOTIFY_FIXED_LEN, NOTIFY_TEXT_LEN_MAX, PONG_PAYLOAD_LEN, RUNNING_PAYLOAD_LEN,
+    STARTED_PAYLOAD_LEN, START_FIXED_LEN, STRING_LEN_MAX, STRING_PREFIX_LEN, VERSION_MAJOR,
+    VERSION_MINOR,
 };
 use super::types::{ErrorStage, FrameKind, Pong, StartFlags};
 
@@ -159,6 +160,26 @@ pub fn encode_ping(buf: &mut [u8], request_id: u64) -> Result<usize, EncodeError
 /// `Started` exec'd its program. Empty payload.
 pub fn encode_running(buf: &mut [u8], request_id: u64) -> Result<usize, EncodeError> {
     let w = begin(buf, FrameKind::Running, request_id, RUNNING_PAYLOAD_LEN)?;
+    Ok(w.pos())
+}
+
+/// Encodes a `Notify` (request id 0): the datagram `text` that process `pid` (in the agent's
+/// PID namespace) sent to the agent's notify socket.
+pub fn encode_notify(buf: &mut [u8], pid: i32, text: &[u8]) -> Result<usize, EncodeError> {
+    if pid <= 0 {
+        return Err(EncodeError::InvalidPid { pid });
+    }
+    if text.len() > NOTIFY_TEXT_LEN_MAX {
+        return Err(EncodeError::NotifyTextTooLong { len: text.len() });
+    }
+    if text.contains(&0) {
+        return Err(EncodeError::NulInString);
+    }
+    let mut w = begin(buf, FrameKind::Notify, 0, NOTIFY_FIXED_LEN + text.len())?;
+    w.i32(pid)?;
+    w.u16(0)?;
+    w.u16(len_u16(text.len()))?;
+    w.put(text)?;
     Ok(w.pos())
 }
 

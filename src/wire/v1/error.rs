@@ -3,8 +3,8 @@
 use core::fmt;
 
 use super::limits::{
-    ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN, STRING_LEN_MAX,
-    VERSION_MAJOR,
+    ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_LEN,
+    NOTIFY_TEXT_LEN_MAX, STRING_LEN_MAX, VERSION_MAJOR,
 };
 use super::types::{ErrorStage, FrameKind};
 
@@ -51,8 +51,12 @@ pub enum DecodeError {
     UnknownStartFlags { bits: u32 },
     /// A `Start` sets presence bits this version does not know.
     UnknownPresenceBits { bits: u8 },
-    /// A `Started` pid is not positive.
+    /// A `Started` or `Notify` pid is not positive.
     InvalidPid { pid: i32 },
+    /// A `Notify` datagram is longer than `NOTIFY_TEXT_LEN_MAX`.
+    NotifyTextTooLong { len: usize },
+    /// A `Notify` has a request id other than 0 (it answers no request).
+    NotifyRequestId { id: u64 },
     /// An `Error` stage byte names no stage we know.
     UnknownStage { stage: u8 },
     /// An `Error` errno is negative.
@@ -70,7 +74,8 @@ impl DecodeError {
             | DecodeError::ArgvTooMany { .. }
             | DecodeError::EnvTooMany { .. }
             | DecodeError::StringTooLong { .. }
-            | DecodeError::ErrorTextTooLong { .. } => ErrorStage::Limit,
+            | DecodeError::ErrorTextTooLong { .. }
+            | DecodeError::NotifyTextTooLong { .. } => ErrorStage::Limit,
             _ => ErrorStage::Decode,
         }
     }
@@ -144,7 +149,16 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownPresenceBits { bits } => {
                 write!(f, "Start presence bits {bits:#x} contain unknown bits")
             }
-            DecodeError::InvalidPid { pid } => write!(f, "Started pid {pid} is not positive"),
+            DecodeError::InvalidPid { pid } => write!(f, "pid {pid} is not positive"),
+            DecodeError::NotifyTextTooLong { len } => {
+                write!(
+                    f,
+                    "notify datagram of {len} bytes exceeds {NOTIFY_TEXT_LEN_MAX} bytes"
+                )
+            }
+            DecodeError::NotifyRequestId { id } => {
+                write!(f, "Notify has request id {id}, not 0")
+            }
             DecodeError::UnknownStage { stage } => write!(f, "unknown error stage {stage}"),
             DecodeError::NegativeErrno { errno } => write!(f, "errno {errno} is negative"),
             DecodeError::ErrorTextTooLong { len } => {
@@ -183,12 +197,16 @@ pub enum EncodeError {
     EmptyCwd,
     /// Start flags contain bits this version does not know.
     UnknownStartFlags { bits: u32 },
-    /// A `Started` pid is not positive.
+    /// A `Started` or `Notify` pid is not positive.
     InvalidPid { pid: i32 },
     /// An `Error` errno is negative.
     NegativeErrno { errno: i32 },
     /// An `Error` text is longer than `ERROR_TEXT_LEN_MAX`.
     ErrorTextTooLong { len: usize },
+    /// A `Notify` datagram is longer than `NOTIFY_TEXT_LEN_MAX`.
+    NotifyTextTooLong { len: usize },
+    /// A `Notify` has a request id other than 0.
+    NotifyRequestId { id: u64 },
 }
 
 impl fmt::Display for EncodeError {
@@ -224,6 +242,15 @@ impl fmt::Display for EncodeError {
             }
             EncodeError::InvalidPid { pid } => write!(f, "pid {pid} is not positive"),
             EncodeError::NegativeErrno { errno } => write!(f, "errno {errno} is negative"),
+            EncodeError::NotifyTextTooLong { len } => {
+                write!(
+                    f,
+                    "notify datagram of {len} bytes exceeds {NOTIFY_TEXT_LEN_MAX} bytes"
+                )
+            }
+            EncodeError::NotifyRequestId { id } => {
+                write!(f, "a Notify has request id 0, not {id}")
+            }
             EncodeError::ErrorTextTooLong { len } => {
                 write!(
                     f,

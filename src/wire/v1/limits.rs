@@ -12,8 +12,9 @@ pub const VERSION_MAJOR: u8 = 1;
 
 /// The protocol minor version this code speaks. Minor versions only add things a peer may ignore.
 ///
-/// 1.1 added the `Running` frame and the gated exec (`Capabilities::GATED_EXEC`).
-pub const VERSION_MINOR: u8 = 1;
+/// 1.1 added the `Running` frame and the gated exec (`Capabilities::GATED_EXEC`); 1.2 the
+/// `Notify` frame and `StartFlags::NOTIFY` (`Capabilities::NOTIFY_FORWARD`).
+pub const VERSION_MINOR: u8 = 2;
 
 /// Length of the fixed header in bytes.
 pub const HEADER_LEN: usize = 24;
@@ -63,6 +64,12 @@ pub const PONG_PAYLOAD_LEN: usize = 8;
 /// Payload length of a `Running` (empty).
 pub const RUNNING_PAYLOAD_LEN: usize = 0;
 
+/// Length of the fixed part of a `Notify` payload (before the datagram bytes).
+pub const NOTIFY_FIXED_LEN: usize = 8;
+
+/// Longest forwarded sd_notify datagram in bytes (systemd reads at most 4096).
+pub const NOTIFY_TEXT_LEN_MAX: usize = 4096;
+
 /// Number of file descriptors that travel with a `Started` frame (SCM_RIGHTS): the pidfd.
 /// Every other frame travels with none.
 pub const STARTED_FD_COUNT: usize = 1;
@@ -71,6 +78,8 @@ const _: () = assert!(FRAME_LEN_MAX <= 16 * 1024);
 const _: () = assert!(PAYLOAD_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(STRING_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(ERROR_TEXT_LEN_MAX + ERROR_FIXED_LEN <= PAYLOAD_LEN_MAX);
+const _: () = assert!(NOTIFY_TEXT_LEN_MAX + NOTIFY_FIXED_LEN <= PAYLOAD_LEN_MAX);
+const _: () = assert!(NOTIFY_TEXT_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(ARGV_COUNT_MAX <= u16::MAX as usize);
 const _: () = assert!(ENV_COUNT_MAX <= u16::MAX as usize);
 const _: () = assert!(HEADER_FROZEN_LEN <= HEADER_LEN);

@@ -27,11 +27,11 @@ mod types;
 
 pub use decode::{
     decode, decode_header, header_offset, payload_offset, peek_request_id, Body, ErrorFrame, Frame,
-    Header, Start, Started, StrIter, StrList, PRESENT_GID, PRESENT_UID,
+    Header, Notify, Start, Started, StrIter, StrList, PRESENT_GID, PRESENT_UID,
 };
 pub use encode::{
-    clamp_error_text, encode_error, encode_ping, encode_pong, encode_running, encode_start,
-    encode_started, StartRef,
+    clamp_error_text, encode_error, encode_notify, encode_ping, encode_pong, encode_running,
+    encode_start, encode_started, StartRef,
 };
 pub use error::{DecodeError, EncodeError};
 pub use limits::*;

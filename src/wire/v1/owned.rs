@@ -1,9 +1,10 @@
 //! Owned (allocating) frames for tests, fuzzing and tools: `decode(encode(x)) == x` holds for
 //! every valid one. The hot paths use the borrowed types instead.
 
-use super::decode::{Body, ErrorFrame, Frame, Start, Started};
+use super::decode::{Body, ErrorFrame, Frame, Notify, Start, Started};
 use super::encode::{
-    encode_error, encode_ping, encode_pong, encode_running, encode_start, encode_started, StartRef,
+    encode_error, encode_notify, encode_ping, encode_pong, encode_running, encode_start,
+    encode_started, StartRef,
 };
 use super::error::EncodeError;
 use super::types::{ErrorStage, Pong, StartFlags};
@@ -21,11 +22,18 @@ pub struct OwnedFrame {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum OwnedBody {
     Start(OwnedStart),
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     Error(OwnedError),
     Ping,
     Pong(Pong),
     Running,
+    /// Request id 0 on the wire.
+    Notify {
+        pid: i32,
+        text: Vec<u8>,
+    },
 }
 
 /// The owned counterpart of [`Start`].
@@ -64,6 +72,9 @@ impl OwnedFrame {
             OwnedBody::Ping => encode_ping(buf, id),
             OwnedBody::Pong(pong) => encode_pong(buf, id, *pong),
             OwnedBody::Running => encode_running(buf, id),
+            OwnedBody::Notify { pid, text } if id == 0 => encode_notify(buf, *pid, text),
+            // A Notify has request id 0; an owned frame that says otherwise cannot be sent.
+            OwnedBody::Notify { .. } => Err(EncodeError::NotifyRequestId { id }),
         }
     }
 }
@@ -106,6 +117,10 @@ impl Body<'_> {
             Body::Ping => OwnedBody::Ping,
             Body::Pong(pong) => OwnedBody::Pong(*pong),
             Body::Running => OwnedBody::Running,
+            Body::Notify(Notify { pid, text }) => OwnedBody::Notify {
+                pid: *pid,
+                text: text.to_vec(),
+            },
         }
     }
 }

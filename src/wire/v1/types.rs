@@ -20,6 +20,9 @@ pub enum FrameKind {
     /// Agent to orchestrator (minor 1+): the process of this request, announced by `Started`,
     /// exec'd the requested program.
     Running = 6,
+    /// Agent to orchestrator (minor 2+), unsolicited (request id 0): an sd_notify datagram a
+    /// process sent to the agent's notify socket, with the sender's pid.
+    Notify = 7,
 }
 
 impl FrameKind {
@@ -32,6 +35,7 @@ impl FrameKind {
             4 => Some(FrameKind::Ping),
             5 => Some(FrameKind::Pong),
             6 => Some(FrameKind::Running),
+            7 => Some(FrameKind::Notify),
             _ => None,
         }
     }
@@ -107,6 +111,10 @@ bitflags! {
         /// Start from the agent's own environment and add/override the `Start` entries; without
         /// this flag the child's environment is exactly the `Start` entries.
         const INHERIT_ENV = 1 << 2;
+        /// (Minor 2+.) The child gets `NOTIFY_SOCKET` naming the agent's notify socket (it
+        /// replaces one in the request), and what it sends there is forwarded as `Notify`.
+        /// Only for an agent that announced `NOTIFY_FORWARD`.
+        const NOTIFY = 1 << 3;
     }
 }
 
@@ -128,6 +136,10 @@ bitflags! {
         /// packet was sent; then `Running` or `Error` (stage `exec`) follows. An agent that dies
         /// in between never leaves an unsupervised program running.
         const GATED_EXEC = 1 << 3;
+        /// (Minor 2+.) The agent has a notify socket: it honours `StartFlags::NOTIFY` and
+        /// forwards the datagrams sent to that socket as `Notify` frames to every connection
+        /// whose requests say minor 2 or higher.
+        const NOTIFY_FORWARD = 1 << 4;
     }
 }
 

@@ -3,11 +3,13 @@
 //!
 //!     notify_service [ready-after MS] [status TEXT] [ping-every MS] [pings N] [main-pid PID]
 //!     notify_service flood
+//!     notify_service say TEXT to SOCKET
 //!
 //! It sends `READY=1` (with `STATUS=TEXT`, and `MAINPID=PID` if asked) after MS ms (never
 //! without `ready-after`), then `WATCHDOG=1` every `ping-every` ms, `pings` times (for ever
 //! without it), then sleeps until it is ended. `flood` sends notifications as fast as it can
-//! for ever: readiness, status, pings, a `MAINPID=` lie and junk, in turn.
+//! for ever: readiness, status, pings, a `MAINPID=` lie and junk, in turn. `say` sends TEXT
+//! once to SOCKET (not `NOTIFY_SOCKET`: for a service that was given none), then sleeps.
 
 use std::time::Duration;
 
@@ -20,6 +22,17 @@ fn main() {
             .cloned()
     };
     let ms = |key: &str| value(key).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(text), Some(socket)) = (value("say"), value("to")) {
+        let to = holden::sd_notify::Notifier::to(Some(std::ffi::OsStr::new(&socket)));
+        match to.map(|n| n.send(text.as_bytes())) {
+            Ok(Ok(())) => println!("said"),
+            Ok(Err(e)) => eprintln!("notify_service: send: {e}"),
+            Err(e) => eprintln!("notify_service: {socket}: {e}"),
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     let notifier = match holden::sd_notify::Notifier::from_env() {
         Ok(n) => n,
         Err(e) => {

@@ -71,7 +71,6 @@ fn cases() -> Vec<Case> {
         case(&service_with("type = \"oneshot\"\nrestart = \"always\""), 6, 11, BadValue, "service.a.restart", "a oneshot service is done when it exits 0"),
         case(&service_with("type = \"notify\"\nstart_timeout = \"soon\""), 6, 17, BadValue, "service.a.start_timeout", "duration"),
         case(&service_with("type = \"notify\"\nwatchdog = \"1s\"\nwatchdog_signal = \"SIGNOPE\""), 7, 19, BadValue, "service.a.watchdog_signal", "signal"),
-        case("[[service]]\nname = \"q\"\npartition = \"qm\"\nargv = [\"/bin/true\"]\ntype = \"notify\"\n", 5, 8, BadValue, "service.q.type", "for local services for now"),
         case(&service_with("after = [\"nope\"]"), 5, 10, BadValue, "service.a.after[0]", "no service is named \"nope\""),
         case(&service_with("requires = [\"a\"]"), 5, 13, BadValue, "service.a.requires[0]", "cannot depend on itself"),
         case(&service_with("after = \"b\""), 5, 9, BadValue, "service.a.after", "an array of service names"),

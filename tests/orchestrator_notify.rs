@@ -51,6 +51,18 @@ fn a_notify_service_is_running_only_once_it_said_ready() {
     );
     let (_, json) = orchestrator_support::holdenctl_text(&control, &["status", "n", "--json"]);
     assert!(json.contains("\"status\":\"serving\""), "{json}");
+    // Its time to ready is the 400 ms it waited before READY=1, less however late its spawn
+    // was reported (the clock starts at the report): clearly not 0, as the simple one's is.
+    let ready_ms: u64 = json
+        .split("\"ready_ms\":")
+        .nth(1)
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{json}"));
+    assert!((100..5_000).contains(&ready_ms), "{json}");
+    let (_, json) = orchestrator_support::holdenctl_text(&control, &["status", "s", "--json"]);
+    assert!(json.contains("\"ready_ms\":0,"), "{json}");
+    assert!(table.contains("READY IN"), "{table}");
     // The simple service was running at its spawn.
     assert!(!orch
         .lines_with(&["service=s ", "state=running", "reason=spawned"])

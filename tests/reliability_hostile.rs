@@ -72,6 +72,12 @@ enum Behaviour {
     GatedRunningBeforeStarted,
     GatedRunningWithFd,
     GatedSilentAfterStarted,
+    // Notifications (wire 1.2): Notify frames as fast as the socket takes them, from an agent
+    // that announced `NOTIFY_FORWARD`, naming the steady QM service's pid; Notify frames from
+    // one that did not; a Notify with an fd.
+    NotifyFlood,
+    NotifyUnannounced,
+    NotifyWithFd,
 }
 
 use Behaviour::*;
@@ -106,7 +112,22 @@ impl Behaviour {
             GatedRunningBeforeStarted => "Running before Started",
             GatedRunningWithFd => "file descriptor with a Running",
             GatedSilentAfterStarted => "no Pong to a liveness Ping",
+            NotifyFlood => "Notify frames beyond the rate limit",
+            NotifyUnannounced => "Notify from an agent that did not announce NOTIFY_FORWARD",
+            NotifyWithFd => "file descriptor with a Notify",
         }
+    }
+
+    /// What the fake agent's `Pong` announces.
+    fn capabilities(self) -> v1::Capabilities {
+        let mut caps = v1::Capabilities::empty();
+        if self.gated() {
+            caps |= v1::Capabilities::GATED_EXEC;
+        }
+        if matches!(self, NotifyFlood | NotifyWithFd) {
+            caps |= v1::Capabilities::NOTIFY_FORWARD;
+        }
+        caps
     }
 
     /// The fake agent announces the gated exec (`Started`, then `Running`).
@@ -172,21 +193,23 @@ fn next_frame(conn: &OwnedFd, buf: &mut [u8]) -> Option<(u64, bool)> {
     Some((frame.request_id(), matches!(frame.body, v1::Body::Start(_))))
 }
 
-/// Answers the `Ping` (announcing the gated exec when `gated`).
-fn handshake(conn: &OwnedFd, gated: bool) {
+/// Answers the `Ping`, announcing `capabilities` (with our minor version).
+fn handshake(conn: &OwnedFd, capabilities: v1::Capabilities) {
     let mut buf = vec![0u8; v1::FRAME_LEN_MAX];
     let (ping, is_start) = next_frame(conn, &mut buf).expect("ping");
     assert!(!is_start);
-    let capabilities = if gated {
-        v1::Capabilities::GATED_EXEC
-    } else {
-        v1::Capabilities::empty()
-    };
     send(
         conn,
         &frame_pong_with(ping, v1::VERSION_MAJOR, capabilities),
         &[],
     );
+}
+
+fn frame_notify(pid: i32, text: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; v1::FRAME_LEN_MAX];
+    let len = v1::encode_notify(&mut out, pid, text).unwrap();
+    out.truncate(len);
+    out
 }
 
 /// A correct answer: `Started` + pidfd, and `Running` when gated.
@@ -389,6 +412,22 @@ impl Hostile {
                 // liveness Ping goes unanswered (drained below).
                 send(conn, &started, &[pfd])
             }
+            NotifyFlood => {
+                // The steady service's pid as the fake agent reported it: each frame speaks
+                // for a real service, and asks for what would stop it.
+                let notify = frame_notify(
+                    self.steady_pid,
+                    b"READY=1\nWATCHDOG=trigger\nSTOPPING=1\nSTATUS=flood",
+                );
+                let mut sent = 0;
+                while sent < 10_000 && send(conn, &notify, &[]) {
+                    sent += 1;
+                }
+                assert!(sent as u64 > holden::link::NOTIFY_BURST, "{sent} sent");
+                true
+            }
+            NotifyUnannounced => send(conn, &frame_notify(self.steady_pid, b"READY=1"), &[]),
+            NotifyWithFd => send(conn, &frame_notify(self.steady_pid, b"READY=1"), &[pfd]),
             FuturePongVersion | AcceptAndNeverReply | AnswerBeforeHandshake => {
                 unreachable!("handshake behaviours")
             }
@@ -438,7 +477,7 @@ impl Hostile {
             let conn = accept(&listener);
             if stop.load(Ordering::SeqCst) {
                 let gated = self.behaviour.gated();
-                handshake(&conn, gated);
+                handshake(&conn, self.behaviour.capabilities());
                 let id = next_start(&conn);
                 let (pid, pidfd) = self.process();
                 answer(&conn, id, pid, pidfd.as_raw_fd(), gated);
@@ -448,7 +487,7 @@ impl Hostile {
                 self.misbehave_in_handshake(&conn);
                 false
             } else {
-                handshake(&conn, self.behaviour.gated());
+                handshake(&conn, self.behaviour.capabilities());
                 let id = next_start(&conn);
                 self.misbehave(&conn, id)
             };
@@ -533,7 +572,7 @@ fn run(behaviour: Behaviour) {
     // The first connection behaves: both QM services get a process.
     let conn0 = accept(&listener);
     let gated = behaviour.gated();
-    handshake(&conn0, gated);
+    handshake(&conn0, behaviour.capabilities());
     let mut steady = None;
     for _ in 0..2 {
         let id = next_start(&conn0);
@@ -735,4 +774,7 @@ hostile_tests! {
     gated_running_before_started: GatedRunningBeforeStarted,
     gated_running_with_an_fd: GatedRunningWithFd,
     gated_silent_after_started_is_held_and_adopted: GatedSilentAfterStarted,
+    a_flood_of_notify_frames: NotifyFlood,
+    notify_from_an_agent_that_did_not_offer_it: NotifyUnannounced,
+    notify_with_an_fd: NotifyWithFd,
 }

@@ -461,11 +461,14 @@ fn a_python_peer_written_from_the_docs_interoperates() {
     let got = request(&sock, &out[..len], &mut buf);
     let frame = decode(&buf[..got.len]).unwrap();
     assert_eq!(frame.request_id(), 1);
+    // The peer is a 1.1 agent (no NOTIFY_FORWARD): what a 1.2 orchestrator still serves.
     assert_eq!(
         frame.body,
-        Body::Pong(Pong::ours(
-            Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::GATED_EXEC
-        ))
+        Body::Pong(Pong {
+            version_major: 1,
+            version_minor: 1,
+            capabilities: Capabilities::EXIT_STATUS_VIA_PIDFD | Capabilities::GATED_EXEC
+        })
     );
 
     let argv: &[&[u8]] = &[b"/bin/sleep", b"30"];

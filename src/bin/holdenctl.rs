@@ -77,7 +77,7 @@ Colour only on a terminal, never with NO_COLOR set.";
 
 fn help_for(command: &str) -> &'static str {
     match command {
-        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, restarts, last exit\n(code N, signal NAME or unknown), the time until the next restart, and the cause\nof a failure or backoff (start-limit, the stage and errno of a failed start), and\nwhat a type = \"notify\" service last said in STATUS=.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown (every unknown NAME is named, no row printed),\n4 if the orchestrator cannot be reached.",
+        "status" => "usage: holdenctl status [NAME...] [--json]\n\nOne line per service: name, partition, state, pid, uptime, time to ready (from\nits spawn to running: 0 for a simple one, the wait for READY=1 for a notify one),\nrestarts, last exit\n(code N, signal NAME or unknown), the time until the next restart, and the cause\nof a failure or backoff (start-limit, the stage and errno of a failed start), and\nwhat a type = \"notify\" service last said in STATUS=.\n--json prints an array of objects instead.\nExit: 0, 3 if a NAME is unknown (every unknown NAME is named, no row printed),\n4 if the orchestrator cannot be reached.",
         "start" | "stop" | "restart" | "reset-failed" => "usage: holdenctl start|stop|restart|reset-failed NAME... [--wait] [--timeout DUR]\n\n--wait waits until every service reached its target state: start and restart:\nrunning (restart: with a new process); stop: stopped or failed; reset-failed: stopped.\n--timeout bounds the wait (default 30s; units ns us ms s m h).\nExit: 0 done, 1 refused / timed out / the service failed, 3 unknown NAME, 4 unreachable.",
         "kill" => "usage: holdenctl kill [-s SIGNAL] NAME [--wait] [--timeout DUR]\n\nSends SIGNAL (-s or --signal; default SIGTERM; a name like TERM or SIGKILL, or a\nnumber) to the service's process. What follows is decided by its restart policy.\n--wait waits until that process has ended.\nExit: 0 sent, 1 refused / timed out, 3 unknown NAME, 4 unreachable.",
         "monitor" => "usage: holdenctl monitor [NAME...] [--json]\n\nPrints one line per state change as it happens (only of NAMEs, if given), until\ninterrupted. If holdenctl does not keep up, the orchestrator drops events and says\nhow many (\"dropped N events\").",
@@ -484,6 +484,8 @@ struct Owned {
     /// What the service said in sd_notify's `STATUS=`.
     status: String,
     kind: TypeCode,
+    /// From its spawn to `running`.
+    ready_ms: Option<u64>,
     /// The state the orchestrator answered a command with (`--wait`).
     after_command: Option<StateCode>,
 }
@@ -494,6 +496,7 @@ impl Owned {
             name: s.name.to_string(),
             status: s.status.to_string(),
             kind: s.kind,
+            ready_ms: s.ready_ms,
             after_command: None,
             partition: s.partition.as_str(),
             state: s.state,
@@ -660,13 +663,14 @@ fn json_exit(exit: Option<Exit>) -> String {
 
 fn status_json(s: &Owned) -> String {
     format!(
-        "{{\"name\":{},\"type\":\"{}\",\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{},\"status\":{}}}",
+        "{{\"name\":{},\"type\":\"{}\",\"partition\":\"{}\",\"state\":\"{}\",\"pid\":{},\"uptime_ms\":{},\"ready_ms\":{},\"restarts\":{},\"last_exit\":{},\"next_restart_ms\":{},\"result\":{},\"spawn_error\":{},\"status\":{}}}",
         json_str(&s.name),
         s.kind.as_str(),
         s.partition,
         s.state.as_str(),
         json_opt(s.pid),
         json_opt(s.uptime_ms),
+        json_opt(s.ready_ms),
         s.restarts,
         json_exit(s.last_exit),
         json_opt(s.next_restart_ms),
@@ -687,13 +691,14 @@ fn print_table(rows: &[Owned], style: &Style) {
         "STATE",
         "PID",
         "UPTIME",
+        "READY IN",
         "RESTARTS",
         "LAST EXIT",
         "NEXT RESTART",
         "CAUSE",
         "STATUS",
     ];
-    let cells: Vec<[String; 10]> = rows
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|s| {
             [
@@ -702,6 +707,7 @@ fn print_table(rows: &[Owned], style: &Style) {
                 s.state.as_str().to_string(),
                 s.pid.map_or("-".into(), |p| p.to_string()),
                 s.uptime_ms.map_or("-".into(), human_ms),
+                s.ready_ms.map_or("-".into(), human_ms),
                 s.restarts.to_string(),
                 exit_text(s.last_exit),
                 s.next_restart_ms

@@ -420,7 +420,9 @@ fn decode_service<'a>(r: &mut Reader<'a>) -> Result<ServiceInfo<'a>, DecodeError
     let status = r.string("status", STATUS_TEXT_MAX)?;
     let kind = r.u8()?;
     let kind = TypeCode::from_u8(kind).ok_or(r.bad("type"))?;
+    let ready_ms = r.ms()?;
     Ok(ServiceInfo {
+        ready_ms,
         status,
         kind,
         name,
@@ -674,6 +676,7 @@ fn encode_body(w: &mut Writer<'_>, body: &Body<'_>) -> Result<(), EncodeError> {
             w.name(s.name)?;
             w.text(s.status, STATUS_TEXT_MAX)?;
             w.u8(s.kind as u8)?;
+            w.ms(s.ready_ms)?;
         }
         Body::End(count) => w.u32(count)?,
         Body::Done(state) => w.u8(state as u8)?,
@@ -810,6 +813,7 @@ mod tests {
             start_limit_hit: false,
             status: "",
             kind: TypeCode::Simple,
+            ready_ms: None,
         }));
         roundtrip(Body::Service(ServiceInfo {
             name: "nav",
@@ -827,6 +831,7 @@ mod tests {
             start_limit_hit: true,
             status: "serving 3 clients",
             kind: TypeCode::Notify,
+            ready_ms: Some(412),
         }));
         roundtrip(Body::Event(EventInfo {
             name: "nav",
@@ -929,7 +934,7 @@ mod tests {
         let len = encode(&mut buf, 9, &body).unwrap();
         assert_eq!(
             &buf[..len],
-            b"HCTL\x04\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
+            b"HCTL\x05\x07\0\0\x09\0\0\0\x09\0\0\0\x02\x01\0\0\x01\x02\0ab"
         );
         // Out-of-range fields are refused, typed.
         let mut bad = buf;

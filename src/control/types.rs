@@ -3,8 +3,9 @@
 /// The four magic bytes that open every control frame.
 pub const MAGIC: [u8; 4] = *b"HCTL";
 /// Protocol version; a frame of another version is refused. Version 2 added why a service
-/// failed (`Service`: result and spawn error; `Event`: the stage of a failed spawn).
-pub const VERSION: u8 = 4;
+/// failed (`Service`: result and spawn error; `Event`: the stage of a failed spawn); version 5
+/// the time to ready (`Service`: `ready_ms`).
+pub const VERSION: u8 = 5;
 /// Length of the header.
 pub const HEADER_LEN: usize = 16;
 /// Largest frame (one packet).
@@ -388,6 +389,9 @@ pub struct ServiceInfo<'a> {
     pub status: &'a str,
     /// Its `type`.
     pub kind: TypeCode,
+    /// How long its live process took from its spawn to `running` (0: running at its
+    /// spawn; `None`: not ready yet, no process, or taken over without its spawn).
+    pub ready_ms: Option<u64>,
 }
 
 /// Longest `STATUS=` text in a `Service` frame.

@@ -809,6 +809,7 @@ impl ControlServer {
                     supervise::Kind::Notify => crate::control::TypeCode::Notify,
                     supervise::Kind::Oneshot => crate::control::TypeCode::Oneshot,
                 },
+                ready_ms: st.ready_after.map(|d| d.as_millis() as u64),
             };
             if !self.send(ring, k, &Body::Service(info)) {
                 self.drop_conn(ring, log, k, "send");

@@ -1383,6 +1383,17 @@ impl Orchestrator {
     /// (QM's for a QM service), which is all a `MAINPID=` may name.
     fn on_notified(&mut self, service: ServiceId, m: &notify::Owned, main: i32) {
         use crate::service_notify::Watchdog;
+        let kind = self
+            .services
+            .get(service)
+            .map(|s| s.def.policy.readiness.kind);
+        if kind != Some(supervise::Kind::Notify) {
+            // As systemd's NotifyAccess=none for a unit not of Type=notify: what it says
+            // changes nothing (a `WATCHDOG=trigger` must not stop a service without a
+            // watchdog, nor STATUS= overwrite what it never set).
+            self.notify_dropped(Some(main), "from a service that is not type = \"notify\"");
+            return;
+        }
         {
             let name = self.services.name(service.index());
             if let Some(text) = &m.status {

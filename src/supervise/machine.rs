@@ -125,6 +125,8 @@ struct Slot {
     pid: Option<Pid>,
     spawn_in_flight: bool,
     running_since: Option<MonoTime>,
+    /// How long its live process took from its spawn to `running` (ready).
+    ready_after: Option<Duration>,
     restarts: u32,
     /// Consecutive restarts without a stable run: the backoff exponent.
     backoff_step: u32,
@@ -171,6 +173,7 @@ impl Slot {
         pid: None,
         spawn_in_flight: false,
         running_since: None,
+        ready_after: None,
         restarts: 0,
         backoff_step: 0,
         last_exit: None,
@@ -348,6 +351,7 @@ impl Supervisor {
             state: slot.state,
             pid: slot.pid,
             running_since: slot.running_since,
+            ready_after: slot.ready_after,
             restarts: slot.restarts,
             last_exit: slot.last_exit,
             next_restart: slot.next_restart,
@@ -523,6 +527,7 @@ impl Supervisor {
         slot.spawn_in_flight = false;
         slot.pid = Some(pid);
         slot.running_since = Some(now);
+        slot.ready_after = None;
         slot.last_spawn_error = None;
         let readiness = slot.policy.readiness;
         match slot.state {
@@ -535,7 +540,10 @@ impl Supervisor {
                     self.arm_timer(service, at, TimerPurpose::StartTimeout);
                 }
             }
-            State::Starting => self.transition(service, State::Running, Reason::Spawned(pid), None),
+            State::Starting => {
+                self.slots[service.index()].ready_after = Some(Duration::ZERO);
+                self.transition(service, State::Running, Reason::Spawned(pid), None)
+            }
             State::Stopping => self.signal_stop(now, service),
             other => unreachable!("spawn in flight in state {other}"),
         }
@@ -550,6 +558,7 @@ impl Supervisor {
             return Ok(());
         }
         slot.start_deadline = None;
+        slot.ready_after = slot.running_since.map(|t| now.saturating_since(t));
         Self::cancel_timer(&mut self.actions, service, slot);
         self.transition(service, State::Running, Reason::Ready, None);
         if !readiness.watchdog.is_zero() {
@@ -630,6 +639,7 @@ impl Supervisor {
             return Err(Refusal::NoProcess(service));
         };
         let started = slot.running_since.take().unwrap_or(now);
+        slot.ready_after = None;
         slot.last_exit = Some(status);
         if now.saturating_since(started) >= slot.policy.backoff.reset_after {
             slot.backoff_step = 0;

@@ -54,6 +54,10 @@ pub struct ServiceStatus {
     pub pid: Option<Pid>,
     /// When its live process was spawned.
     pub running_since: Option<MonoTime>,
+    /// How long its live process took from its spawn to `running`: 0 for one that is running
+    /// at its spawn, the wait for `READY=1` for a notify one; `None` before that, or for a
+    /// process taken over (adoption, re-exec) whose spawn this instance did not see.
+    pub ready_after: Option<std::time::Duration>,
     /// Automatic restarts since the last operator start.
     pub restarts: u32,
     /// How its last process ended.

@@ -88,6 +88,17 @@ pub fn own_cgroup() -> Option<String> {
     parse_own_cgroup(&text).map(str::to_string)
 }
 
+/// The service a process belongs to by its cgroup: in the `/proc/PID/cgroup` text `text`, the
+/// component right below `root` (the services' root, relative to the cgroup2 mount, as
+/// `/proc` shows it), when the process's cgroup is that service's or one below it.
+pub fn service_in<'t>(text: &'t str, root: &str) -> Option<&'t str> {
+    let path = parse_own_cgroup(text)?;
+    let root = root.trim_end_matches('/');
+    let below = path.strip_prefix(root)?.strip_prefix('/')?;
+    let name = below.split('/').next()?;
+    valid_component(name).then_some(name)
+}
+
 /// Whether `name` can be one path component of a cgroup (what a service name always is:
 /// `[A-Za-z0-9_.@-]`, not starting with `.`).
 pub fn valid_component(name: &str) -> bool {
@@ -126,6 +137,13 @@ fn with_component<R>(name: &str, f: impl FnOnce(&std::ffi::CStr) -> R) -> Option
 }
 
 impl Hierarchy {
+    /// The root as `/proc/PID/cgroup` shows it: relative to the cgroup2 mount, from `/`.
+    /// `None` if the root is not under `mount`.
+    pub fn root_in_proc(&self, mount: &Path) -> Option<String> {
+        let rel = self.root.strip_prefix(mount).ok()?;
+        Some(format!("/{}", rel.display()))
+    }
+
     /// Services' cgroups under `root` (an absolute path inside a cgroup v2 mount).
     pub fn at(root: PathBuf) -> Hierarchy {
         Hierarchy {
@@ -322,6 +340,21 @@ pub fn resolve_auto() -> Auto {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_is_found_by_the_component_below_the_root() {
+        let text = "12:pids:/x\n0::/holden/radio/worker\n";
+        assert_eq!(service_in(text, "/holden"), Some("radio"));
+        assert_eq!(service_in(text, "/holden/"), Some("radio"));
+        assert_eq!(service_in("0::/holden/radio\n", "/holden"), Some("radio"));
+        // The root itself, a sibling that shares the prefix, another tree, no v2 line.
+        assert_eq!(service_in("0::/holden\n", "/holden"), None);
+        assert_eq!(service_in("0::/holdenx/radio\n", "/holden"), None);
+        assert_eq!(service_in("0::/system.slice/a\n", "/holden"), None);
+        assert_eq!(service_in("1:name=systemd:/holden/a\n", "/holden"), None);
+        // The orchestrator's own leaf is no service.
+        assert_eq!(service_in("0::/holden/.orchestrator\n", "/holden"), None);
+    }
 
     #[test]
     fn own_cgroup_is_the_v2_line() {

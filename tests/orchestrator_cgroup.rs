@@ -606,3 +606,52 @@ fn a_reexec_keeps_the_whole_tree_and_stop_ends_it() {
     assert_eq!(marked(&marker), Vec::<i32>::new());
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+/// `systemd-notify --ready` run by the service's script (a process of its tree, not its main
+/// process, which sends and exits at once) makes the service ready: the sender is found by
+/// its cgroup. Five services, so that a reap before the orchestrator's look would show
+/// (systemd 252's `systemd-notify` does not wait for an answer).
+#[test]
+fn systemd_notify_from_a_services_script_counts_for_the_service() {
+    if !Path::new("/usr/bin/systemd-notify").exists() {
+        // `cargo xtask ci` installs systemd; a bare `cargo test` elsewhere may not have it.
+        eprintln!("skipped: no /usr/bin/systemd-notify");
+        return;
+    }
+    let Some(root) = CgroupRoot::new("sdnotify") else {
+        return;
+    };
+    let dir = TempDir::new("cg-sdnotify");
+    let marker = sleep_marker("3601");
+    let _left = Marked(marker.clone());
+    // From a subshell that does not exec it (`; true`): systemd-notify sends with its
+    // parent's pid (as root it may), which is then the subshell's, not the main process's.
+    let script = format!(
+        "(sleep 0.2; systemd-notify --ready --status=script-ready; true); exec /bin/sleep {marker}"
+    );
+    let mut services = String::new();
+    for i in 0..5 {
+        services += &service(
+            &format!("sdn{i}"),
+            "local",
+            &["/bin/sh", "-c", &script],
+            "type = \"notify\"\nstart_timeout = \"20s\"",
+        );
+    }
+    let config = format!(
+        "{}{}{}",
+        config_header(&dir.path("agent.sock")),
+        root.toml(),
+        services
+    );
+    let mut orch = Orch::start(&dir, &config);
+    for i in 0..5 {
+        let ready = orch
+            .wait_lines(&[&format!("service=sdn{i} "), "reason=ready"], 1)
+            .remove(0);
+        assert!(ready.contains("state=running"), "{ready}");
+    }
+    let (_, table) = holdenctl_text(&dir.path("control.sock"), &["status", "sdn0"]);
+    assert!(table.contains("script-ready"), "{table}");
+    assert!(orch.stop(libc::SIGTERM).success());
+}

@@ -260,6 +260,9 @@ pub struct Orchestrator {
     notify_dropped_said_ns: u64,
     /// Datagrams whose sender's spawn was not reported yet (capacity fixed at start-up).
     notify_held: Vec<notify::Held>,
+    /// The services' cgroup root as `/proc/PID/cgroup` shows it (notifications from a
+    /// service's tree).
+    cgroup_root_in_proc: Option<String>,
     /// `after` and `requires` between services, and the starts that wait for them.
     deps: Deps,
     /// A shutdown stopping services in reverse dependency order, before the core's shutdown.
@@ -449,6 +452,10 @@ impl Orchestrator {
         let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
         let mut services = Services::new(capacity, exit_retry_slot, caps);
         services.cgroups = super::tree::resolve(&settings.cgroup_root, &log)?;
+        let cgroup_root_in_proc = services.cgroups.as_ref().and_then(|h| {
+            let mount = crate::cgroup::mount_point()?;
+            h.root_in_proc(&mount)
+        });
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, mut def) in defs.into_iter().enumerate() {
@@ -651,6 +658,7 @@ impl Orchestrator {
             notify_dropped: 0,
             notify_dropped_said_ns: 0,
             notify_held: Vec::with_capacity(notify::HELD_MAX),
+            cgroup_root_in_proc,
             deps,
             ordered_shutdown: false,
         })
@@ -1344,10 +1352,31 @@ impl Orchestrator {
             .find(|&id| core.status(id).and_then(|s| s.pid) == Some(supervise::Pid(pid)))
     }
 
+    /// The local service whose cgroup holds `pid` (one of its tree, such as `systemd-notify`
+    /// run by its script), if it has a live process. Needs cgroups; a process already reaped
+    /// has no `/proc` entry left and is not found.
+    fn service_of_tree(&self, pid: i32) -> Option<ServiceId> {
+        let root = self.cgroup_root_in_proc.as_deref()?;
+        let mut buf = [0u8; 512];
+        let path = crate::sys::fd::ProcPath::pid_file(pid, "cgroup");
+        let n = crate::sys::fd::read_small_file(path.as_cstr(), &mut buf).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let name = crate::cgroup::service_in(text, root)?;
+        let index = self.services.by_name(name)?;
+        let id = self.services.list[index].id;
+        let status = self.engine.core().status(id)?;
+        (status.partition == supervise::Partition::Local && status.pid.is_some()).then_some(id)
+    }
+
     /// A datagram from `sender`: for its service, held while spawns are reported, or dropped.
     fn notified_by(&mut self, sender: i32, message: notify::Owned) {
         if let Some(service) = self.service_of_pid(sender) {
             self.on_notified(service, &message, sender);
+            return;
+        }
+        if let Some(service) = self.service_of_tree(sender) {
+            let main = self.engine.core().status(service).and_then(|s| s.pid);
+            self.on_notified(service, &message, main.map_or(0, |p| p.0));
             return;
         }
         let spawning = self.services.list.iter().any(|s| s.spawning);

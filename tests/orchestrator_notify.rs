@@ -417,3 +417,58 @@ fn monitor_shows_the_way_to_ready() {
     assert!(spawned < ready, "{seen:?}");
     orch.stop(libc::SIGTERM);
 }
+
+/// s6's convention: with `notify_fd = N` a service is ready once it writes a newline on fd N
+/// (3, a number the orchestrator's spawner itself uses, and 7); one that writes nothing there
+/// stays `starting`; an assignment written there is no newline readiness.
+#[test]
+fn a_newline_on_notify_fd_makes_a_service_ready() {
+    let dir = TempDir::new("notify-fd");
+    let marker = sleep_marker("1306");
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let script = |n: u32, what: &str| format!("sleep 0.2; {what} >&{n}; exec /bin/sleep {marker}");
+    let extra = |n: u32| format!("type = \"notify\"\nnotify_fd = {n}\nstart_timeout = \"0\"");
+    let services = service(
+        "s6-3",
+        "local",
+        &["/bin/sh", "-c", &script(3, "echo")],
+        &extra(3),
+    ) + &service(
+        "s6-7",
+        "local",
+        &["/bin/sh", "-c", &script(7, "echo")],
+        &extra(7),
+    ) + &service(
+        "silent",
+        "local",
+        &["/bin/sh", "-c", &script(5, "true")],
+        &extra(5),
+    ) + &service(
+        "assigns",
+        "local",
+        &["/bin/sh", "-c", &script(4, "printf 'X=1\\n'")],
+        &extra(4),
+    );
+    let mut orch = Orch::start_services(&dir, &services);
+    for name in ["s6-3", "s6-7"] {
+        let ready = orch
+            .wait_lines(&[&format!("service={name} "), "reason=ready"], 1)
+            .remove(0);
+        assert!(ready.contains("state=running"), "{ready}");
+    }
+    // The other two were spawned with the others and, a while later, still wait.
+    orch.wait_lines(&["service=silent ", "reason=spawned"], 1);
+    orch.wait_lines(&["service=assigns ", "reason=spawned"], 1);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for name in ["silent", "assigns"] {
+        assert!(orch
+            .lines_with(&[&format!("service={name} "), "reason=ready"])
+            .is_empty());
+        let (_, json) = orchestrator_support::holdenctl_text(
+            &dir.path("control.sock"),
+            &["status", name, "--json"],
+        );
+        assert!(json.contains("\"state\":\"starting\""), "{json}");
+    }
+    orch.stop(libc::SIGTERM);
+}

@@ -84,6 +84,9 @@ pub struct ServiceSpec {
     pub exec: crate::spawn::ExecEnv,
     /// A local service's cgroup limits (`memory_max`, `cpu_weight`, …; default: none).
     pub cgroup_limits: super::CgroupLimits,
+    /// s6's readiness convention (key `notify_fd`): the fd number (3..=1023) on which the
+    /// service writes a newline once it is ready; only with `type = "notify"`, local.
+    pub notify_fd: Option<i32>,
     /// Services it starts only once they are ready (key `after`).
     pub after: Vec<ServiceName>,
     /// Services it needs: started with it, and it is stopped when one of them fails or stops

@@ -162,6 +162,7 @@ fn legacy_service(
         stderr: OutputTarget::Inherit,
         exec: Default::default(),
         cgroup_limits: Default::default(),
+        notify_fd: None,
         after: Vec::new(),
         requires: Vec::new(),
         wants: Vec::new(),

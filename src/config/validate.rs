@@ -92,6 +92,7 @@ const SERVICE_KEYS: &[&str] = &[
     "start_timeout",
     "watchdog",
     "watchdog_signal",
+    "notify_fd",
     "after",
     "requires",
     "wants",
@@ -115,7 +116,7 @@ const SERVICE_KEYS: &[&str] = &[
     "pids_max",
     "io_weight",
 ];
-const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `after`, `requires`, `wants`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
+const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `notify_fd`, `after`, `requires`, `wants`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
 /// The keys of a local service's execution environment (`docs/config.md`).
 const EXEC_KEYS: &[&str] = &[
     "supplementary_groups",
@@ -1047,6 +1048,28 @@ fn service(
         output_offsets[i] = Some(value.span().start);
     }
     let policy = policy(check, table, partition.unwrap_or(Partition::Local), &prefix);
+    let notify_fd = entry(table, "notify_fd").and_then(|value| {
+        let field = field("notify_fd");
+        if partition == Some(Partition::Qm) {
+            return check.bad(
+                value,
+                &field,
+                "`notify_fd` is for local services only (a QM service says READY=1 over \
+                 sd_notify)",
+            );
+        }
+        if policy.readiness.kind != Kind::Notify {
+            return check.bad(
+                value,
+                &field,
+                "`notify_fd` needs `type = \"notify\"` (the service is ready once it writes a \
+                 newline to that fd)",
+            );
+        }
+        check
+            .integer(value, &field, 3, 1023, "3..=1023 (0, 1 and 2 are stdio)")
+            .map(|n| n as i32)
+    });
     if check.errors.len() > errors_before {
         return None;
     }
@@ -1069,6 +1092,7 @@ fn service(
         stderr,
         exec: exec.unwrap_or_default(),
         cgroup_limits,
+        notify_fd,
         after: Vec::new(),
         requires: Vec::new(),
         wants: Vec::new(),

@@ -560,6 +560,21 @@ impl Orchestrator {
             }
             None => None,
         };
+        // One socket for every service with `notify_fd` (also those a reload adds): what
+        // arrives counts by its sender's pid, as on the notify socket itself.
+        if let (Some(socket), Some(dir)) = (&notify_socket, &settings.runtime_dir) {
+            match socket.connected_socket(dir) {
+                Ok(fd) => services.notify_fd_socket = Some(std::sync::Arc::new(fd)),
+                Err(e) => log.line(
+                    Priority::Err,
+                    format_args!(
+                        "event=notify-fd-unavailable error={} consequence=\"services with \
+                         notify_fd get no fd there: their start timeout ends them\"",
+                        Quoted(&e)
+                    ),
+                ),
+            }
+        }
         let fd_store_retry = if notify.enabled() {
             Some((take_bare(&mut ring, Owner::FdStoreRetry)?, false))
         } else {
@@ -1335,7 +1350,7 @@ impl Orchestrator {
             let Some(datagram) = socket.read(&self.ring) else {
                 break;
             };
-            let message = notify::Owned::of(&socket.message(datagram.len), datagram.had_fds);
+            let message = notify::Owned::of_datagram(socket.bytes(datagram.len), datagram.had_fds);
             match datagram.sender.filter(|&p| p > 0) {
                 Some(sender) => self.notified_by(sender, message),
                 None => self.notify_dropped(None, "no sender credentials"),
@@ -1447,7 +1462,11 @@ impl Orchestrator {
         if let Some(text) = &m.status {
             self.services.set_status_text(service, text);
         }
-        if m.ready {
+        let notify_fd = self
+            .services
+            .get(service)
+            .is_some_and(|s| s.def.notify_fd.is_some());
+        if m.ready || (m.newline && notify_fd) {
             self.engine
                 .notified(now(), supervise::Event::Ready { service });
         }

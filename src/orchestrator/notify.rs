@@ -39,6 +39,8 @@ pub(crate) struct Owned {
     pub main_pid: Option<i32>,
     pub extend_timeout_usec: Option<u64>,
     pub had_fds: bool,
+    /// A newline and no assignment: s6's readiness, what a service writes on its `notify_fd`.
+    pub newline: bool,
 }
 
 impl Owned {
@@ -52,6 +54,15 @@ impl Owned {
             main_pid: m.main_pid,
             extend_timeout_usec: m.extend_timeout_usec,
             had_fds,
+            newline: false,
+        }
+    }
+
+    /// A local datagram, decoded; also whether it is s6's readiness newline.
+    pub(crate) fn of_datagram(bytes: &[u8], had_fds: bool) -> Owned {
+        Owned {
+            newline: bytes.contains(&b'\n') && !bytes.contains(&b'='),
+            ..Owned::of(&service_notify::decode(bytes), had_fds)
         }
     }
 }
@@ -144,9 +155,17 @@ impl NotifySocket {
         })
     }
 
-    /// The datagram just read, decoded.
-    pub(crate) fn message(&self, len: usize) -> Message<'_> {
-        service_notify::decode(&self.buf[..len.min(self.buf.len())])
+    /// The datagram just read.
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        &self.buf[..len.min(self.buf.len())]
+    }
+
+    /// A socket connected to this one, for services' `notify_fd` (blocking: the service's
+    /// write waits while the queue is full rather than fail).
+    pub(crate) fn connected_socket(&self, runtime_dir: &Path) -> std::io::Result<OwnedFd> {
+        let path = runtime_dir.join(SOCKET_NAME);
+        let addr = socket::UnixAddr::new(path.as_os_str().as_bytes())?;
+        socket::connect_new(&addr, Kind::Datagram, false)
     }
 
     /// Polls for the next datagrams.

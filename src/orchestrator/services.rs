@@ -96,6 +96,9 @@ pub(crate) struct Services {
     pub local_spawn_failures: u64,
     /// Where local services' cgroups are (`None`: no cgroups).
     pub(crate) cgroups: Option<crate::cgroup::Hierarchy>,
+    /// A datagram socket connected to the services' notify socket: what a service with
+    /// `notify_fd` gets on that number (`None` without the notify socket).
+    pub(crate) notify_fd_socket: Option<Arc<OwnedFd>>,
 }
 
 impl Services {
@@ -107,6 +110,7 @@ impl Services {
             caps,
             local_spawn_failures: 0,
             cgroups: None,
+            notify_fd_socket: None,
         }
     }
 
@@ -329,6 +333,11 @@ impl Services {
                 service,
                 Arc::clone(spec),
                 output.map_or([None, None], |o| o.child.clone()),
+                entry
+                    .def
+                    .notify_fd
+                    .zip(self.notify_fd_socket.clone())
+                    .map(|(n, fd)| (fd, n)),
             ),
             (None, _) => Err(SpawnError::new(SpawnStage::Prepare, libc::EINVAL)),
         };

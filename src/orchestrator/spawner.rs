@@ -31,6 +31,8 @@ struct Job {
     spec: Arc<SpawnSpec>,
     /// What the child gets on fd 1 and 2 (`None`: the orchestrator's).
     output: ChildFds,
+    /// An fd the child gets on a number of its own (its `notify_fd`).
+    extra: Option<(Arc<OwnedFd>, i32)>,
 }
 
 /// One spawn carried out.
@@ -98,6 +100,7 @@ impl Spawner {
         service: ServiceId,
         spec: Arc<SpawnSpec>,
         output: ChildFds,
+        extra: Option<(Arc<OwnedFd>, i32)>,
     ) -> Result<(), SpawnError> {
         let mut jobs = lock(&self.shared.jobs);
         if jobs.len() == jobs.capacity() {
@@ -107,6 +110,7 @@ impl Spawner {
             service,
             spec,
             output,
+            extra,
         });
         drop(jobs);
         self.shared.work.notify_one();
@@ -152,6 +156,7 @@ fn run(shared: &Shared, mut launcher: Option<Launcher>) {
         let output = spawn::Output {
             stdout: job.output[0].as_deref().map(AsFd::as_fd),
             stderr: job.output[1].as_deref().map(AsFd::as_fd),
+            extra: job.extra.as_ref().map(|(fd, n)| (fd.as_fd(), *n)),
         };
         let result = match launcher.as_mut() {
             Some(launcher) => launcher.spawn_with(&job.spec, output),
@@ -159,6 +164,7 @@ fn run(shared: &Shared, mut launcher: Option<Launcher>) {
         };
         drop(job.spec);
         drop(job.output);
+        drop(job.extra);
         lock(&shared.done).push(Done {
             service: job.service,
             result,

@@ -56,6 +56,8 @@ pub struct ServiceDef {
     pub exec: crate::spawn::ExecEnv,
     /// A local service's cgroup limits, written into its cgroup when it is made.
     pub cgroup_limits: crate::config::CgroupLimits,
+    /// The fd number on which it writes a newline once ready (s6's notification fd).
+    pub notify_fd: Option<i32>,
     /// Started only once these are ready (names).
     pub after: Vec<String>,
     /// Started with it; it stops when one of these fails or stops (names).
@@ -159,6 +161,7 @@ impl ServiceDef {
             stderr: spec.stderr.clone(),
             exec: spec.exec,
             cgroup_limits: spec.cgroup_limits.clone(),
+            notify_fd: spec.notify_fd,
             after: spec.after.iter().map(|n| n.as_str().to_string()).collect(),
             requires: spec
                 .requires

@@ -393,6 +393,8 @@ impl SpawnSpec {
             stdio_null: self.stdio_null,
             stdout_fd: -1,
             stderr_fd: -1,
+            extra_fd: -1,
+            extra_target: -1,
             reset_signals: crate::sys::spawn::signals_to_reset(),
             cgroup_fd: self.cgroup.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
             exec: &self.exec,
@@ -516,11 +518,14 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 }
 
 /// Where a child's stdout and stderr go, when not inherited: an fd of the caller's (a pipe's
-/// write end, a file, `/dev/null`), put on 1 or 2 in the child. Fds must be above 2.
+/// write end, a file, `/dev/null`), put on 1 or 2 in the child. Fds must be above 2. `extra`:
+/// an fd of the caller's the child gets on a number of its own, above 2 (s6's notification
+/// fd).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Output<'a> {
     pub stdout: Option<BorrowedFd<'a>>,
     pub stderr: Option<BorrowedFd<'a>>,
+    pub extra: Option<(BorrowedFd<'a>, std::os::fd::RawFd)>,
 }
 
 /// [`spawn`] with the child's stdout and stderr on the given fds.
@@ -532,6 +537,10 @@ pub fn spawn_with(spec: &SpawnSpec, output: Output<'_>) -> Result<Spawned, Spawn
     let mut plan = spec.plan();
     plan.stdout_fd = output.stdout.map_or(-1, |fd| fd.as_raw_fd());
     plan.stderr_fd = output.stderr.map_or(-1, |fd| fd.as_raw_fd());
+    if let Some((fd, target)) = output.extra.filter(|&(_, target)| target > 2) {
+        plan.extra_fd = fd.as_raw_fd();
+        plan.extra_target = target;
+    }
     let (pid, pidfd) = crate::sys::spawn::clone_child(&plan, report_write.as_fd(), None)?;
     drop(report_write);
     match crate::sys::spawn::read_report(report_read.as_fd()) {
@@ -553,8 +562,9 @@ pub fn spawn_with(spec: &SpawnSpec, output: Output<'_>) -> Result<Spawned, Spawn
 pub struct Launcher {
     /// The reserved number: `/dev/null` between spawns, the report pipe's write end during one.
     reserved: OwnedFd,
-    /// Reserved numbers for the child's stdout and stderr fds during a spawn that gives them.
-    reserved_out: [OwnedFd; 2],
+    /// Reserved numbers for the child's stdout, stderr and extra fds during a spawn that gives
+    /// them.
+    reserved_out: [OwnedFd; 3],
     /// Every reserved number of the set is below this.
     first: std::os::fd::RawFd,
     devnull: OwnedFd,
@@ -574,11 +584,11 @@ impl Launcher {
         let devnull = || crate::sys::fd::open(c"/dev/null", libc::O_RDWR);
         let mut reserved = Vec::with_capacity(count);
         for _ in 0..count {
-            reserved.push((devnull()?, [devnull()?, devnull()?]));
+            reserved.push((devnull()?, [devnull()?, devnull()?, devnull()?]));
         }
         let first = reserved
             .iter()
-            .flat_map(|(fd, out)| [fd, &out[0], &out[1]])
+            .flat_map(|(fd, out)| [fd, &out[0], &out[1], &out[2]])
             .map(|fd| fd.as_raw_fd())
             .max()
             .unwrap_or(2)
@@ -621,8 +631,9 @@ impl Launcher {
         let mut plan = spec.plan();
         let stdio_error =
             |e: std::io::Error| SpawnError::new(SpawnStage::Stdio, crate::sys::errno::of(&e));
-        let given = [output.stdout, output.stderr];
-        let mut placed = [-1; 2];
+        let extra = output.extra.filter(|&(_, target)| target > 2);
+        let given = [output.stdout, output.stderr, extra.map(|(fd, _)| fd)];
+        let mut placed = [-1; 3];
         for (i, fd) in given.iter().enumerate() {
             if let Some(fd) = fd {
                 if let Err(e) = crate::sys::fd::dup_onto(*fd, &self.reserved_out[i]) {
@@ -635,6 +646,8 @@ impl Launcher {
         }
         plan.stdout_fd = placed[0];
         plan.stderr_fd = placed[1];
+        plan.extra_fd = placed[2];
+        plan.extra_target = extra.map_or(-1, |(_, target)| target);
         let cloned = crate::sys::spawn::clone_vm(
             &plan,
             self.reserved.as_raw_fd(),
@@ -656,7 +669,7 @@ impl Launcher {
 
 impl Launcher {
     /// Puts `/dev/null` back on the reserved output numbers that held an fd.
-    fn release_reserved(&self, placed: &[libc::c_int; 2]) {
+    fn release_reserved(&self, placed: &[libc::c_int; 3]) {
         for (i, &fd) in placed.iter().enumerate() {
             if fd >= 0 {
                 let _ = crate::sys::fd::dup_onto(self.devnull.as_fd(), &self.reserved_out[i]);

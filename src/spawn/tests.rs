@@ -898,6 +898,7 @@ fn output_fds_go_on_stdout_and_stderr_and_nothing_else_leaks() {
         let output = Output {
             stdout: Some(out_w.as_fd()),
             stderr: Some(err_w.as_fd()),
+            extra: None,
         };
         let spec = shell_writes_both_streams();
         let spawned = if use_launcher {
@@ -924,6 +925,7 @@ fn output_fds_go_on_stdout_and_stderr_and_nothing_else_leaks() {
     let only = Output {
         stdout: Some(out_w.as_fd()),
         stderr: None,
+        extra: None,
     };
     let spawned = l
         .spawn_with(&spec(&[b"/bin/sh", b"-c", b"echo one"]), only)
@@ -931,4 +933,85 @@ fn output_fds_go_on_stdout_and_stderr_and_nothing_else_leaks() {
     drop(out_w);
     assert_eq!(wait_exit(&spawned.pidfd), (libc::CLD_EXITED, 0));
     assert_eq!(read_to_end(out_r), b"one\n");
+}
+
+/// `Output::extra` puts the caller's fd on the child's own number (s6's notification fd),
+/// whatever that number holds in the spawner: a reserved number of the launcher (its report
+/// pipe's included), a low or a high one; and nothing else of the parent's reaches the child.
+/// A failure after the report pipe moved off that number still comes back as an error.
+#[test]
+fn an_extra_fd_lands_on_its_number_and_nothing_else_leaks() {
+    let mut l = launcher();
+    let mut targets = vec![3, 4, 5, 9, 100];
+    targets.push(l.reserved.as_raw_fd());
+    targets.extend(l.reserved_out.iter().map(|fd| fd.as_raw_fd()));
+    targets.push(l.first);
+    for use_launcher in [true, false] {
+        for &n in &targets {
+            let (out_r, out_w) = crate::sys::fd::pipe().unwrap();
+            let (ready_r, ready_w) = crate::sys::fd::pipe().unwrap();
+            let output = Output {
+                stdout: Some(out_w.as_fd()),
+                stderr: None,
+                extra: Some((ready_w.as_fd(), n)),
+            };
+            // bash: dash takes only single-digit fds in a redirection.
+            let script = format!("echo ready >&{n}; ls /proc/self/fd");
+            let spec = spec(&[b"/bin/bash", b"-c", script.as_bytes()]);
+            let spawned = if use_launcher {
+                l.spawn_with(&spec, output).unwrap()
+            } else {
+                spawn_with(&spec, output).unwrap()
+            };
+            drop((out_w, ready_w));
+            let status = wait_exit(&spawned.pidfd);
+            let out = String::from_utf8(read_to_end(out_r)).unwrap();
+            assert_eq!(
+                status,
+                (libc::CLD_EXITED, 0),
+                "launcher={use_launcher} n={n} {out}"
+            );
+            assert_eq!(
+                read_to_end(ready_r),
+                b"ready\n",
+                "launcher={use_launcher} n={n}"
+            );
+            // 0, 1, 2, n and `ls`'s own directory fd (the lowest free number): nothing else.
+            let mut listed: Vec<i32> = out.lines().map(|l| l.parse().unwrap()).collect();
+            listed.sort_unstable();
+            let dir_fd = if n == 3 { 4 } else { 3 };
+            let mut expected = vec![0, 1, 2, n, dir_fd];
+            expected.sort_unstable();
+            assert_eq!(listed, expected, "launcher={use_launcher} n={n}");
+        }
+        // The report pipe sat on the number: a failed exec is still reported.
+        let n = if use_launcher {
+            l.reserved.as_raw_fd()
+        } else {
+            3
+        };
+        let (_ready_r, ready_w) = crate::sys::fd::pipe().unwrap();
+        let output = Output {
+            stdout: None,
+            stderr: None,
+            extra: Some((ready_w.as_fd(), n)),
+        };
+        let missing = spec(&[b"/nonexistent/holden-extra-fd"]);
+        let error = if use_launcher {
+            l.spawn_with(&missing, output).unwrap_err()
+        } else {
+            spawn_with(&missing, output).unwrap_err()
+        };
+        assert_eq!(
+            (error.stage, error.errno),
+            (SpawnStage::Exec, libc::ENOENT),
+            "launcher={use_launcher}"
+        );
+    }
+    for fd in &l.reserved_out {
+        assert_eq!(
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap(),
+            Path::new("/dev/null")
+        );
+    }
 }

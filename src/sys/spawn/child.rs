@@ -100,15 +100,56 @@ pub(super) extern "C" fn vm_entry(arg: *mut c_void) -> c_int {
     if let Err(error) = redirect_output(args.plan) {
         report(args.report_fd, error);
     }
+    let (mut report_fd, mut no_gate) = (args.report_fd, -1);
+    if let Err(error) = place_extra(args.plan, &mut report_fd, &mut no_gate, args.first) {
+        report(report_fd, error);
+    }
     // The other reserved fds (other spawns' report pipes, /dev/null, the output fds just put
-    // on 1 and 2): not this child's.
+    // on 1 and 2, the extra fd just put on its number): not this child's.
     for fd in 3..args.first {
-        if fd != args.report_fd {
+        if fd != report_fd && fd != args.plan.extra_target {
             // SAFETY: closes an fd of this child's private table.
             unsafe { libc::close(fd) };
         }
     }
-    steps_and_exec(args.plan, args.report_fd, -1, false)
+    steps_and_exec(args.plan, report_fd, -1, false)
+}
+
+/// Puts the plan's extra fd on its number (s6's notification fd). The report pipe or the gate
+/// on that very number moves first, to the lowest free number from `lowest` (close-on-exec
+/// still); `dup2` clears the new number's close-on-exec flag.
+fn place_extra(
+    plan: &ExecPlan<'_>,
+    report_fd: &mut c_int,
+    gate_fd: &mut c_int,
+    lowest: c_int,
+) -> Result<(), SpawnError> {
+    let (source, target) = (plan.extra_fd, plan.extra_target);
+    if source < 0 || target <= 2 {
+        return Ok(());
+    }
+    for fd in [report_fd, gate_fd] {
+        if *fd == target {
+            // SAFETY: duplicates an fd of this child's own table.
+            let moved = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, lowest) };
+            if moved < 0 {
+                return Err(fail(SpawnStage::Stdio));
+            }
+            *fd = moved;
+        }
+    }
+    // SAFETY: dup2/fcntl act on fds of this child's own table only.
+    let placed = unsafe {
+        if source == target {
+            libc::fcntl(target, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(source, target)
+        }
+    };
+    if placed < 0 {
+        return Err(fail(SpawnStage::Stdio));
+    }
+    Ok(())
 }
 
 /// Runs the child's steps, then `execve`; never returns.
@@ -135,12 +176,14 @@ pub(super) fn main(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, join: 
 
 /// The child's steps from signals to `execve` (closing inherited fds when `close` is set).
 fn steps_and_exec(plan: &ExecPlan<'_>, report_fd: c_int, gate_fd: c_int, close: bool) -> ! {
+    let (mut report_fd, mut gate_fd) = (report_fd, gate_fd);
     let result = reset_signals(plan.reset_signals)
         .and_then(|()| setsid())
         .and_then(|()| {
             if close {
                 redirect_output(plan)?;
-                close_fds(report_fd, gate_fd)
+                place_extra(plan, &mut report_fd, &mut gate_fd, 3)?;
+                close_fds([report_fd, gate_fd, plan.extra_target])
             } else {
                 Ok(())
             }
@@ -335,20 +378,21 @@ fn close_range(first: c_int, last: c_int) -> Result<(), i32> {
     }
 }
 
-/// Closes every fd above 2 except `keep` and `keep_too` (-1: none).
-fn close_fds(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
-    let (low, high) = if keep_too < 0 {
-        (keep, keep)
-    } else {
-        (keep.min(keep_too), keep.max(keep_too))
-    };
-    // `low` and `high` are > 2 (moved above stdio), so the neighbours cannot overflow.
-    let ranged = close_range(3, low.saturating_sub(1))
-        .and_then(|()| close_range(low.saturating_add(1), high.saturating_sub(1)))
-        .and_then(|()| close_range(high.saturating_add(1), c_int::MAX));
+/// Closes every fd above 2 except those in `keep` (-1 or a number up to 2: none).
+fn close_fds(mut keep: [c_int; 3]) -> Result<(), SpawnError> {
+    keep.sort_unstable();
+    let mut from: c_int = 3;
+    let mut ranged = Ok(());
+    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+        if ranged.is_ok() && fd > from {
+            ranged = close_range(from, fd - 1);
+        }
+        from = from.max(fd.saturating_add(1));
+    }
+    let ranged = ranged.and_then(|()| close_range(from, c_int::MAX));
     match ranged {
         Ok(()) => Ok(()),
-        Err(libc::ENOSYS) => close_fds_brute(low, high),
+        Err(libc::ENOSYS) => close_fds_brute(keep),
         Err(errno) => Err(SpawnError::new(SpawnStage::CloseFds, errno)),
     }
 }
@@ -356,7 +400,7 @@ fn close_fds(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
 /// Fallback for kernels before 5.9: close every fd up to the soft `RLIMIT_NOFILE` limit one by
 /// one (slow with a large limit, but correct for every fd the process could have opened under
 /// that limit).
-fn close_fds_brute(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
+fn close_fds_brute(keep: [c_int; 3]) -> Result<(), SpawnError> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -367,7 +411,7 @@ fn close_fds_brute(keep: c_int, keep_too: c_int) -> Result<(), SpawnError> {
     }
     let last = limit.rlim_cur.min(c_int::MAX as libc::rlim_t) as c_int;
     for fd in 3..last {
-        if fd != keep && fd != keep_too {
+        if !keep.contains(&fd) {
             // SAFETY: closing an fd number in our own fd table; EBADF for numbers that are not
             // open is expected and ignored.
             unsafe { libc::close(fd) };

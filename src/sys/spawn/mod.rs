@@ -82,7 +82,8 @@ pub enum SpawnStage {
     /// A gated child was gone before its go-ahead could be given (in the parent; typically
     /// `EPIPE`: it was killed at the gate).
     Gate = 14,
-    /// Putting the given fds on stdout/stderr (`dup2`) failed (in the child).
+    /// Putting the given fds on stdout/stderr, or the notification fd on its number (`dup2`),
+    /// failed (in the child).
     Stdio = 15,
     /// Joining the service's cgroup failed: the child's write of its pid to `cgroup.procs`, on
     /// a kernel without `CLONE_INTO_CGROUP` (in the child; a failed `clone3` into the cgroup is
@@ -312,6 +313,10 @@ pub struct ExecPlan<'a> {
     /// inherited one. With [`clone_vm`] they must be numbers in `3..first`.
     pub stdout_fd: libc::c_int,
     pub stderr_fd: libc::c_int,
+    /// An fd the child gets on its own number `extra_target` (s6's notification fd), or -1;
+    /// as the output fds, a number in `3..first` with [`clone_vm`]. `extra_target` is above 2.
+    pub extra_fd: libc::c_int,
+    pub extra_target: libc::c_int,
     /// Signals the child sets to `SIG_DFL` before `execve`, one bit each
     /// (`1 << (signal - 1)`): those that are not at their default in this process
     /// ([`signals_to_reset`]). The others are already default in the child, which inherits

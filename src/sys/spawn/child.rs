@@ -385,7 +385,7 @@ fn close_fds(mut keep: [c_int; 3]) -> Result<(), SpawnError> {
     let mut ranged = Ok(());
     for &fd in keep.iter().filter(|&&fd| fd >= 3) {
         if ranged.is_ok() && fd > from {
-            ranged = close_range(from, fd - 1);
+            ranged = close_range(from, fd.saturating_sub(1));
         }
         from = from.max(fd.saturating_add(1));
     }

@@ -57,6 +57,7 @@ fn crash_loop(name: &str, partition: Partition) -> ServiceDef {
         gid: None,
         exec: Default::default(),
         cgroup_limits: Default::default(),
+        notify_fd: None,
         after: Vec::new(),
         requires: Vec::new(),
         wants: Vec::new(),

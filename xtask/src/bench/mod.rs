@@ -4,6 +4,7 @@
 //! Figures are reported, never asserted: the task fails only when something is broken (a
 //! build, a process that dies or hangs, a malformed probe record), never because of a number.
 
+mod boot;
 mod config;
 mod machine;
 mod phases;
@@ -105,6 +106,7 @@ fn plan(o: &Options) -> Plan {
             growth_late: 3_000,
             reexec_services: vec![64],
             reexecs: 10,
+            boot: vec![(256, 3), (1024, 1)],
             phase_time_max: Duration::from_secs(30),
             growth_time_max: Duration::from_secs(60),
         }
@@ -125,6 +127,7 @@ fn plan(o: &Options) -> Plan {
             growth_late: 50_000,
             reexec_services: vec![64, 1024],
             reexecs: 30,
+            boot: vec![(256, 5), (1024, 3)],
             phase_time_max: Duration::from_secs(300),
             growth_time_max: Duration::from_secs(600),
         }
@@ -246,6 +249,8 @@ fn build(root: &Path) -> Result<(Binaries, Vec<SizeRow>), Failure> {
             probe: release.join("bench-probe"),
             floor: release.join("bench-floor"),
             floor_scale: release.join("bench-floor-scale"),
+            boot_service: release.join("bench-boot-service"),
+            launch: release.join("bench-launch"),
         },
         sizes,
     ))
@@ -398,6 +403,11 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
             Err(e) => fail(ctx, r, &label, e),
         }
     }
+    for (services, runs) in ctx.plan.boot.clone() {
+        if let Some(p) = boot_point(ctx, r, services, runs) {
+            r.boot.push(p);
+        }
+    }
     match phases::growth(ctx) {
         Ok(g) => {
             ctx.progress.done(
@@ -418,6 +428,37 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
         }
         Err(e) => fail(ctx, r, "memory growth", e),
     }
+}
+
+/// `runs` boots of the random graph of `services` services; `None` when none succeeded.
+fn boot_point(
+    ctx: &mut Ctx,
+    r: &mut Results,
+    services: usize,
+    runs: usize,
+) -> Option<boot::BootPoint> {
+    let (dag, mut point) = boot::point(services);
+    for round in 1..=runs {
+        let label = format!("boot N={services} (run {round}/{runs})");
+        match boot::run(ctx, &dag, &point, round) {
+            Ok(b) => {
+                ctx.progress.done(
+                    &label,
+                    &format!(
+                        "last ready at {} ms; critical path {} ms (depth {}), target {} ms",
+                        stats::ms(b.total_ns),
+                        stats::ms(point.critical_path_ns),
+                        point.depth,
+                        stats::ms(point.target_ns())
+                    ),
+                );
+                point.runs.push(b);
+                leftovers(ctx, r, &label);
+            }
+            Err(e) => fail(ctx, r, &label, e),
+        }
+    }
+    (!point.runs.is_empty()).then_some(point)
 }
 
 /// The slot count to measure instead of `wanted`: itself, or (recorded as an error) the

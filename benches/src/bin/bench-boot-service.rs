@@ -3,15 +3,18 @@
 //! `bench-boot-service RECORDS SERVICE_ID DELAY_MS`
 //!
 //! Reads CLOCK_MONOTONIC at the top of `main`, sleeps DELAY_MS (measured from that stamp),
-//! sends `READY=1` to `$NOTIFY_SOCKET` with holden's own sd_notify client, reads the clock
-//! again and appends one [`KIND_READY`] record (start: top of `main`, end: just after the
-//! datagram was sent) to RECORDS. Then it sleeps until a signal ends it (SIGTERM from the
-//! orchestrator's stop). A usage error exits 2, a records-file error 3, no or a broken
-//! `NOTIFY_SOCKET` 4.
+//! reads the clock again and sends `READY=1` to `$NOTIFY_SOCKET` (a path, or an abstract name
+//! after `@`) on a **blocking** datagram socket, as libsystemd's `sd_notify()` does: when the
+//! orchestrator's socket queue is full (`net.unix.max_dgram_qlen`), the send waits for room
+//! instead of failing. Then it appends one [`KIND_READY`] record (start: top of `main`, end:
+//! just before the datagram was sent, so that no dependent can start before it) to RECORDS
+//! and sleeps until a signal ends it (SIGTERM from the orchestrator's stop). A usage error
+//! exits 2, a records-file error 3, no or a broken `NOTIFY_SOCKET` 4.
 
 use holden_bench::{monotonic_ns, open_records, write_record, Record, KIND_READY};
 use std::ffi::CString;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 const EXIT_USAGE: i32 = 2;
@@ -40,14 +43,21 @@ fn main() {
     let Ok(path) = CString::new(args[0].clone().into_vec()) else {
         usage()
     };
-    let notifier = match holden::sd_notify::Notifier::from_env() {
-        Ok(n) if n.enabled() => n,
-        Ok(_) => {
-            eprintln!("bench-boot-service: no NOTIFY_SOCKET");
-            std::process::exit(EXIT_NOTIFY)
-        }
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        eprintln!("bench-boot-service: no NOTIFY_SOCKET");
+        std::process::exit(EXIT_NOTIFY)
+    };
+    let address = match notify_address(target.as_bytes()) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("bench-boot-service: NOTIFY_SOCKET: {e}");
+            std::process::exit(EXIT_NOTIFY)
+        }
+    };
+    let socket = match UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bench-boot-service: socket: {e}");
             std::process::exit(EXIT_NOTIFY)
         }
     };
@@ -63,11 +73,11 @@ fn main() {
     if left > 0 {
         std::thread::sleep(Duration::from_nanos(left));
     }
-    if let Err(e) = notifier.send(b"READY=1") {
+    let end_ns = monotonic_ns();
+    if let Err(e) = socket.send_to_addr(b"READY=1", &address) {
         eprintln!("bench-boot-service: send READY=1: {e}");
         std::process::exit(EXIT_NOTIFY)
     }
-    let end_ns = monotonic_ns();
     let record = Record {
         service,
         pid: std::process::id() as i32,
@@ -81,5 +91,16 @@ fn main() {
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// `NOTIFY_SOCKET` as an address: a path, or an abstract name after `@`.
+fn notify_address(value: &[u8]) -> std::io::Result<SocketAddr> {
+    match value.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)
+        }
+        None => SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(value)),
     }
 }

@@ -12,7 +12,7 @@
 //! orchestrator's log writer thread, the pipe, the reader's wake-up: tens of µs). The
 //! breakdown is on the services' clock (CLOCK_MONOTONIC too, but read by the services and by
 //! bench-launch, which stamps its exec of the orchestrator): each service records the top of
-//! its `main` and the instant after it sent `READY=1`, so the time the orchestrator took
+//! its `main` and the instant before it sent `READY=1`, so the time the orchestrator took
 //! between a dependency's `READY=1` and its dependent's start is measured per edge.
 
 use super::config;

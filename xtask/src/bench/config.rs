@@ -101,7 +101,7 @@ pub fn boot(
     ));
     for i in 0..dag.len() {
         out.push_str(&format!(
-            "[[service]]\nname = \"b{i}\"\nargv = [{service}, {records}, \"{i}\", \"{delay}\"]\n\
+            "[[service]]\nname = \"b{i}\"\npartition = \"local\"\nargv = [{service}, {records}, \"{i}\", \"{delay}\"]\n\
              type = \"notify\"\nrestart = \"never\"\nstart_timeout = \"30s\"\n\
              after = [{after}]\nrequires = [{requires}]\n{output}\n",
             service = quoted(service),

@@ -7,7 +7,7 @@ pub const RECORD_BYTES: usize = 32;
 const RECORD_MAGIC: u32 = 0x484c_4442;
 pub const KIND_EXIT: u32 = 1;
 pub const KIND_IDLE: u32 = 2;
-/// A boot service's readiness: start of `main`, and just after `READY=1` was sent.
+/// A boot service's readiness: start of `main`, and just before it sent `READY=1`.
 pub const KIND_READY: u32 = 3;
 /// bench-launch about to exec the orchestrator (both times that instant).
 pub const KIND_LAUNCH: u32 = 4;

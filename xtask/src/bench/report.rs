@@ -372,7 +372,7 @@ pub fn goals(r: &Results) -> Vec<Goal> {
                 p.runs.len()
             ),
             measured: format!(
-                "median {} ms (worst {} ms) against critical path {} ms: {:.2}× ; target {} ms",
+                "median {} ms (worst {} ms) against critical path {} ms: {:.2}×; target {} ms",
                 ms(median.total_ns),
                 ms(worst.total_ns),
                 ms(p.critical_path_ns),

@@ -13,9 +13,9 @@
 //! | 0  | u32 | [`RECORD_MAGIC`] |
 //! | 4  | u32 | service id (argv[2] of the probe) |
 //! | 8  | i32 | pid, as the probe sees it (its own PID namespace) |
-//! | 12 | u32 | kind: [`KIND_EXIT`] or [`KIND_IDLE`] |
+//! | 12 | u32 | kind: [`KIND_EXIT`], [`KIND_IDLE`], [`KIND_READY`] or [`KIND_LAUNCH`] |
 //! | 16 | u64 | CLOCK_MONOTONIC ns at the first statement of `main` |
-//! | 24 | u64 | CLOCK_MONOTONIC ns just before `_exit` (0 for an idle probe) |
+//! | 24 | u64 | CLOCK_MONOTONIC ns just before `_exit` (0 for an idle probe; for a boot service, just before it sent `READY=1`) |
 //!
 //! CLOCK_MONOTONIC is not virtualised by PID namespaces (only a time namespace would offset
 //! it), so records written inside the QM stand-in compare directly with ours.
@@ -28,6 +28,13 @@ pub const RECORD_MAGIC: u32 = 0x484c_4442;
 pub const KIND_EXIT: u32 = 1;
 /// The probe stays up until it is signalled: only the start is set.
 pub const KIND_IDLE: u32 = 2;
+/// A boot service (`bench-boot-service`) said `READY=1`: start of `main`, and just before the
+/// datagram was sent.
+pub const KIND_READY: u32 = 3;
+/// `bench-launch` is about to exec the orchestrator: both times are that instant.
+pub const KIND_LAUNCH: u32 = 4;
+/// The service id of a [`KIND_LAUNCH`] record.
+pub const LAUNCH_SERVICE: u32 = u32::MAX;
 
 /// One probe record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

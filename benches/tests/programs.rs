@@ -1,7 +1,9 @@
 //! The benchmark programs against real processes: the probe's records, the floor loops'
 //! counts, and that nothing is left behind.
 
-use holden_bench::{KIND_EXIT, KIND_IDLE, RECORD_BYTES, RECORD_MAGIC};
+use holden_bench::{
+    KIND_EXIT, KIND_IDLE, KIND_LAUNCH, KIND_READY, LAUNCH_SERVICE, RECORD_BYTES, RECORD_MAGIC,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 const PROBE: &str = env!("CARGO_BIN_EXE_bench-probe");
 const FLOOR: &str = env!("CARGO_BIN_EXE_bench-floor");
 const FLOOR_SCALE: &str = env!("CARGO_BIN_EXE_bench-floor-scale");
+const BOOT_SERVICE: &str = env!("CARGO_BIN_EXE_bench-boot-service");
+const LAUNCH: &str = env!("CARGO_BIN_EXE_bench-launch");
 /// Generous bound on waits (not a timing assertion).
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -229,4 +233,102 @@ fn the_scale_floor_keeps_idle_probes_up_restarts_the_others_and_cleans_up_on_sig
         assert_eq!(r.iter().filter(|x| x.0 == id).count(), 1);
     }
     assert!(pids_with(&dir.0).is_empty(), "children left behind");
+}
+
+#[test]
+fn the_boot_service_says_ready_after_its_delay_records_it_and_stays_up() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("boot");
+    let rec = dir.0.join("r.rec");
+    let socket_path = dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let mut child = Command::new(BOOT_SERVICE)
+        .arg(&rec)
+        .args(["7", "30"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let deadline = Instant::now() + WAIT;
+    while records(&rec).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = records(&rec);
+    assert_eq!(r.len(), 1);
+    let (service, pid, kind, start, end) = r[0];
+    assert_eq!((service, kind, pid), (7, KIND_READY, child.id() as i32));
+    assert!(end - start >= 30_000_000, "ready after {} ns", end - start);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it stays up once ready"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn the_boot_service_refuses_misuse_and_a_missing_notify_socket() {
+    let dir = TempDir::new("boot-bad");
+    let rec = dir.0.join("r.rec");
+    for args in [vec![], vec!["1"], vec!["x", "20"], vec!["1", "99999999"]] {
+        let status = Command::new(BOOT_SERVICE)
+            .arg(&rec)
+            .args(&args)
+            .env("NOTIFY_SOCKET", dir.0.join("n.sock"))
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}");
+    }
+    let status = Command::new(BOOT_SERVICE)
+        .arg(&rec)
+        .args(["1", "0"])
+        .env_remove("NOTIFY_SOCKET")
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(4));
+    // Nobody listens on the socket: the send fails.
+    let status = Command::new(BOOT_SERVICE)
+        .arg(&rec)
+        .args(["1", "0"])
+        .env("NOTIFY_SOCKET", dir.0.join("n.sock"))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(4));
+    assert!(records(&rec).is_empty());
+}
+
+#[test]
+fn launch_records_the_instant_and_becomes_the_program() {
+    let dir = TempDir::new("launch");
+    let rec = dir.0.join("r.rec");
+    let before = std::time::SystemTime::now();
+    let child = Command::new(LAUNCH)
+        .arg(&rec)
+        .args(["/bin/sh", "-c", "echo $$; exit 7"])
+        .output()
+        .unwrap();
+    assert!(before.elapsed().unwrap() < WAIT);
+    assert_eq!(child.status.code(), Some(7));
+    let r = records(&rec);
+    assert_eq!(r.len(), 1);
+    let (service, pid, kind, start, end) = r[0];
+    assert_eq!((service, kind), (LAUNCH_SERVICE, KIND_LAUNCH));
+    assert!(start > 0 && start == end);
+    // The same process: the shell's pid is the one bench-launch recorded.
+    let shell_pid: i32 = String::from_utf8_lossy(&child.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(shell_pid, pid);
+    let status = Command::new(LAUNCH).arg(&rec).status().unwrap();
+    assert_eq!(status.code(), Some(2));
+    let status = Command::new(LAUNCH)
+        .arg(&rec)
+        .arg(dir.0.join("no-such-program"))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(4));
 }

@@ -68,6 +68,57 @@ pub fn orchestrator(
     out
 }
 
+/// The boot benchmark's configuration: one `type = "notify"` bench-boot-service per service
+/// of `dag` (`b<index>`, its delay as argument, `after` and `requires` as drawn), slots = the
+/// number of services, `restart = "never"` (a boot service that fails is a broken run, not a
+/// figure), log level `info` (the default: the bench reads the `reason=ready` lines) on
+/// stderr, sockets in the run directory.
+pub fn boot(
+    dir: &Path,
+    service: &Path,
+    records: &Path,
+    dag: &super::boot::Dag,
+    inherit_output: bool,
+) -> String {
+    let names = |list: &[usize]| -> String {
+        list.iter()
+            .map(|i| format!("\"b{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::with_capacity(256 + dag.len() * 256);
+    out.push_str(&format!(
+        "slots = {}\nlog_level = \"info\"\n\n[log]\njournal = \"never\"\n\n",
+        dag.len().max(1)
+    ));
+    out.push_str(&format!(
+        "[agent]\nsocket = {}\n\n[shutdown]\nstop_services = true\ntimeout = \"20s\"\n\n",
+        quoted(&dir.join("agent.sock"))
+    ));
+    out.push_str(&format!(
+        "[control]\nsocket = {}\n\n",
+        quoted(&dir.join("control.sock"))
+    ));
+    for i in 0..dag.len() {
+        out.push_str(&format!(
+            "[[service]]\nname = \"b{i}\"\npartition = \"local\"\nargv = [{service}, {records}, \"{i}\", \"{delay}\"]\n\
+             type = \"notify\"\nrestart = \"never\"\nstart_timeout = \"30s\"\n\
+             after = [{after}]\nrequires = [{requires}]\n{output}\n",
+            service = quoted(service),
+            records = quoted(records),
+            delay = dag.delay_ms[i],
+            after = names(&dag.after[i]),
+            requires = names(&dag.requires[i]),
+            output = if inherit_output {
+                "stdout = \"inherit\"\nstderr = \"inherit\"\n"
+            } else {
+                ""
+            },
+        ));
+    }
+    out
+}
+
 /// A TOML basic string.
 fn quoted(path: &Path) -> String {
     let text = path.to_string_lossy();
@@ -98,5 +149,25 @@ mod tests {
         assert_eq!(text.matches("[[service]]").count(), 5);
         assert!(text.contains("argv = [\"/p\", \"/r\", \"4\", \"idle\"]"));
         assert!(text.contains("partition = \"qm\""));
+    }
+
+    #[test]
+    fn boot_services() {
+        let dag = crate::bench::boot::Dag {
+            after: vec![vec![], vec![0], vec![0, 1]],
+            requires: vec![vec![], vec![], vec![1]],
+            delay_ms: vec![20; 3],
+        };
+        let text = boot(
+            Path::new("/d"),
+            Path::new("/s"),
+            Path::new("/r"),
+            &dag,
+            false,
+        );
+        assert_eq!(text.matches("type = \"notify\"").count(), 3);
+        assert!(text.contains("slots = 3\n"));
+        assert!(text.contains("argv = [\"/s\", \"/r\", \"2\", \"20\"]"));
+        assert!(text.contains("after = [\"b0\", \"b1\"]\nrequires = [\"b1\"]"));
     }
 }

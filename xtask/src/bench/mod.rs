@@ -4,6 +4,7 @@
 //! Figures are reported, never asserted: the task fails only when something is broken (a
 //! build, a process that dies or hangs, a malformed probe record), never because of a number.
 
+mod boot;
 mod config;
 mod machine;
 mod phases;
@@ -35,12 +36,17 @@ Measures holden against the physical floor of this machine, in one run:
     per restart, latency, and the event loop's own stall histogram
     (holdenctl stats);
   memory: orchestrator RSS with 64/1024/4096 slots, agent RSS, VmData and fds
-    early and late in a long run; static binary sizes (cargo xtask dist).
+    early and late in a long run; static binary sizes (cargo xtask dist);
+  boot: a seeded random dependency DAG of 256 and 1,024 type = \"notify\"
+    services (each `after` 0-3 earlier ones, ready 20 ms after its start):
+    time from the orchestrator's start to the last ready, against the graph's
+    critical path (goal: at most 1.1x the critical path + 50 ms).
 Writes target/bench/report.md and target/bench/latency-vs-n.svg (under
 CARGO_TARGET_DIR when set). Needs root (unshare) and io_uring.
 
   --quick     smaller counts (1,000 restarts per loop, one round) and N (1, 4, 16,
-              64, 256 instead of 1, 4, 64, 1024, 4096): under a minute once built
+              64, 256 instead of 1, 4, 64, 1024, 4096), 3 boots of 256 services and
+              2 of 1,024 (instead of 5 and 3): about a minute once built
   --soak      memory growth over 1,000,000 restarts instead of 50,000 (one
               local and one QM service; 442 s on 2 shared cores; not for CI)
   --publish   also replace the generated part of docs/performance.md (below its
@@ -105,6 +111,7 @@ fn plan(o: &Options) -> Plan {
             growth_late: 3_000,
             reexec_services: vec![64],
             reexecs: 10,
+            boot: vec![(256, 3), (1024, 2)],
             phase_time_max: Duration::from_secs(30),
             growth_time_max: Duration::from_secs(60),
         }
@@ -125,6 +132,7 @@ fn plan(o: &Options) -> Plan {
             growth_late: 50_000,
             reexec_services: vec![64, 1024],
             reexecs: 30,
+            boot: vec![(256, 5), (1024, 3)],
             phase_time_max: Duration::from_secs(300),
             growth_time_max: Duration::from_secs(600),
         }
@@ -246,6 +254,8 @@ fn build(root: &Path) -> Result<(Binaries, Vec<SizeRow>), Failure> {
             probe: release.join("bench-probe"),
             floor: release.join("bench-floor"),
             floor_scale: release.join("bench-floor-scale"),
+            boot_service: release.join("bench-boot-service"),
+            launch: release.join("bench-launch"),
         },
         sizes,
     ))
@@ -398,6 +408,11 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
             Err(e) => fail(ctx, r, &label, e),
         }
     }
+    for (services, runs) in ctx.plan.boot.clone() {
+        if let Some(p) = boot_point(ctx, r, services, runs) {
+            r.boot.push(p);
+        }
+    }
     match phases::growth(ctx) {
         Ok(g) => {
             ctx.progress.done(
@@ -418,6 +433,37 @@ fn measure(ctx: &mut Ctx, r: &mut Results) {
         }
         Err(e) => fail(ctx, r, "memory growth", e),
     }
+}
+
+/// `runs` boots of the random graph of `services` services; `None` when none succeeded.
+fn boot_point(
+    ctx: &mut Ctx,
+    r: &mut Results,
+    services: usize,
+    runs: usize,
+) -> Option<boot::BootPoint> {
+    let (dag, mut point) = boot::point(services);
+    for round in 1..=runs {
+        let label = format!("boot N={services} (run {round}/{runs})");
+        match boot::run(ctx, &dag, &point, round) {
+            Ok(b) => {
+                ctx.progress.done(
+                    &label,
+                    &format!(
+                        "last ready at {} ms; critical path {} ms (depth {}), target {} ms",
+                        stats::ms(b.total_ns),
+                        stats::ms(point.critical_path_ns),
+                        point.depth,
+                        stats::ms(point.target_ns())
+                    ),
+                );
+                point.runs.push(b);
+                leftovers(ctx, r, &label);
+            }
+            Err(e) => fail(ctx, r, &label, e),
+        }
+    }
+    (!point.runs.is_empty()).then_some(point)
 }
 
 /// The slot count to measure instead of `wanted`: itself, or (recorded as an error) the
@@ -551,6 +597,15 @@ fn notes(p: &Plan) -> Vec<String> {
          nothing at that level), `restart = \"always\"`, `restart_delay = \"0\"` and no start \
          limit."
             .into(),
+        format!(
+            "Boot: the orchestrator runs with `log_level = \"info\"` (the default; the bench \
+             reads its `reason=ready` lines on a pipe) and captured service output; the services \
+             send `READY=1` on a blocking socket as libsystemd does. This machine's \
+             net.unix.max_dgram_qlen is {} (the notify socket's queue; systemd raises it to 512 \
+             at boot): a burst of READY=1 beyond it waits in the senders.",
+            std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+                .map_or_else(|_| "unknown".into(), |t| t.trim().to_string())
+        ),
         "fd counts are snapshots: they differ by the pidfds, pipes and connections in flight \
          at that instant (a restart in progress holds two or three more); growth would show as \
          a steady climb with the restarts."

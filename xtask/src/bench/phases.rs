@@ -36,6 +36,10 @@ pub struct Binaries {
     pub probe: PathBuf,
     pub floor: PathBuf,
     pub floor_scale: PathBuf,
+    /// The boot benchmark's `type = "notify"` service, and the wrapper that stamps the
+    /// orchestrator's exec on the services' clock.
+    pub boot_service: PathBuf,
+    pub launch: PathBuf,
 }
 
 /// How much to measure.
@@ -59,6 +63,8 @@ pub struct Plan {
     /// Services of the re-exec runs (one crash-looping, the others up), and re-execs per run.
     pub reexec_services: Vec<usize>,
     pub reexecs: u32,
+    /// Boot benchmark: graph sizes, each with the number of boots.
+    pub boot: Vec<(usize, usize)>,
     pub growth_late: u64,
     pub phase_time_max: Duration,
     pub growth_time_max: Duration,

@@ -5,6 +5,7 @@ use super::procfs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Longest wait for a SIGTERMed orchestrator to stop its services and exit (4096 of them).
@@ -81,6 +82,12 @@ pub trait Supervisor {
     fn log(&self) -> &Path;
 }
 
+/// One line of an orchestrator's stderr and the instant the bench read it.
+pub struct Line {
+    pub at: Instant,
+    pub text: String,
+}
+
 /// A running holden-orchestrator (stderr in `<name>.log` of the run directory).
 pub struct Orchestrator {
     child: Option<Child>,
@@ -132,6 +139,75 @@ impl Orchestrator {
             log,
             name: format!("orchestrator ({name})"),
         })
+    }
+
+    /// Started through `launch RECORDS` (bench-launch: it appends the instant of its exec of
+    /// the orchestrator to RECORDS, on the services' clock, and becomes the orchestrator, same
+    /// pid) with stderr on a pipe: each line goes to `<name>.log` as usual and, with the
+    /// instant the bench read it, to the receiver. Also returns the instant just before the
+    /// spawn. The thread that reads the pipe ends when the orchestrator is gone.
+    pub fn start_launched(
+        bin: &Path,
+        launch: &Path,
+        records: &Path,
+        dir: &RunDir,
+        name: &str,
+        config: &str,
+    ) -> Result<(Self, Instant, mpsc::Receiver<Line>), String> {
+        let config_path = dir.join(&format!("{name}.toml"));
+        std::fs::write(&config_path, config)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let log = dir.join(&format!("{name}.log"));
+        let mut log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut command = Command::new(launch);
+        command
+            .arg(records)
+            .arg(bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--runtime-dir")
+            .arg(dir.join(&format!("{name}.run")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .process_group(0);
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("{}: {e}", launch.display()))?;
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut reader = std::io::BufReader::new(stderr);
+            let mut text = String::new();
+            loop {
+                text.clear();
+                match reader.read_line(&mut text) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let at = Instant::now();
+                let _ = log_file.write_all(text.as_bytes());
+                // The receiver may be gone (the phase is over): keep draining the pipe.
+                let _ = tx.send(Line {
+                    at,
+                    text: text.trim_end().to_string(),
+                });
+            }
+        });
+        Ok((
+            Orchestrator {
+                child: Some(child),
+                log,
+                name: format!("orchestrator ({name})"),
+            },
+            started,
+            rx,
+        ))
     }
 
     /// SIGTERM (it stops its services, then exits 0); SIGKILL after [`STOP_WAIT`]. An error

@@ -7,6 +7,12 @@ pub const RECORD_BYTES: usize = 32;
 const RECORD_MAGIC: u32 = 0x484c_4442;
 pub const KIND_EXIT: u32 = 1;
 pub const KIND_IDLE: u32 = 2;
+/// A boot service's readiness: start of `main`, and just before it sent `READY=1`.
+pub const KIND_READY: u32 = 3;
+/// bench-launch about to exec the orchestrator (both times that instant).
+pub const KIND_LAUNCH: u32 = 4;
+/// The service id of a launch record.
+pub const LAUNCH_SERVICE: u32 = u32::MAX;
 
 /// One probe instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +55,8 @@ fn decode(bytes: &[u8]) -> Result<Vec<Record>, String> {
             end_ns: u64_at(24),
         };
         let consistent = match r.kind {
-            KIND_EXIT => r.end_ns >= r.start_ns && r.start_ns > 0,
+            KIND_EXIT | KIND_READY => r.end_ns >= r.start_ns && r.start_ns > 0,
+            KIND_LAUNCH => r.end_ns == r.start_ns && r.start_ns > 0 && r.service == LAUNCH_SERVICE,
             KIND_IDLE => r.end_ns == 0 && r.start_ns > 0,
             _ => false,
         };
@@ -144,6 +151,9 @@ mod tests {
         assert!(decode(&bad).is_err());
         assert!(decode(&bytes(0, KIND_EXIT, 30, 20)).is_err());
         assert!(decode(&bytes(0, 9, 1, 2)).is_err());
+        assert!(decode(&bytes(0, KIND_READY, 30, 20)).is_err());
+        assert!(decode(&bytes(0, KIND_LAUNCH, 30, 30)).is_err());
+        assert!(decode(&bytes(LAUNCH_SERVICE, KIND_LAUNCH, 30, 30)).is_ok());
         let mut overlap = bytes(0, KIND_EXIT, 10, 20);
         overlap.extend(bytes(0, KIND_EXIT, 15, 25));
         assert!(latencies(&decode(&overlap).unwrap(), 0..2).is_err());

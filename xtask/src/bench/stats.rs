@@ -145,6 +145,11 @@ pub fn us(ns: u64) -> String {
     format!("{}.{}", ns / 1000, (ns % 1000) / 100)
 }
 
+/// Nanoseconds as milliseconds with one decimal ("123.4").
+pub fn ms(ns: u64) -> String {
+    format!("{}.{}", ns / 1_000_000, (ns % 1_000_000) / 100_000)
+}
+
 /// `a / b` with two decimals, or "n/a" when `b` is zero.
 pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {

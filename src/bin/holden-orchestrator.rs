@@ -218,6 +218,8 @@ fn raise_fd_limit(slots: usize, output_fds: u64) -> Result<u64, String> {
              (raise LimitNOFILE= in the unit, or lower slots)"
         ));
     }
+    // Sized once, before any thread: growing it later would stall the loop (best effort).
+    let _ = holden::sys::fd::reserve_table(needed);
     Ok(soft)
 }
 

@@ -14,6 +14,20 @@ pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     retry(|| owned(unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags | libc::O_CLOEXEC) }))
 }
 
+/// Grows this process's fd table to hold every number below `count` now, while it has one
+/// thread: the kernel grows a table that threads share only after an RCU grace period (5–8 ms
+/// at each doubling, measured), which later, under the spawner threads, would stall the loop.
+/// A table never shrinks. Best effort: a number beyond `RLIMIT_NOFILE` is an error.
+pub fn reserve_table(count: u64) -> io::Result<()> {
+    let top = count.saturating_sub(1).min(libc::c_int::MAX as u64) as libc::c_int;
+    let probe = open(c"/dev/null", libc::O_RDONLY)?;
+    // SAFETY: duplicates our own fd onto the lowest free number from `top`; the copy is
+    // closed at once (an OwnedFd).
+    let high = owned(unsafe { libc::fcntl(probe.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top) })?;
+    drop(high);
+    Ok(())
+}
+
 /// Opens `path` with `O_CREAT` and `mode` for a new file (always `O_CLOEXEC`).
 pub fn open_create(path: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
     retry(|| {
@@ -395,6 +409,23 @@ pub fn read_small_file(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    #[test]
+    fn reserve_table_grows_the_fd_table_and_leaves_no_fd() {
+        let fd_size = || {
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("FDSize:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap()
+        };
+        let want = fd_size() * 4 + 100;
+        reserve_table(want).unwrap();
+        assert!(fd_size() >= want, "FDSize {} < {want}", fd_size());
+        // The number it took is free again.
+        assert!(!std::path::Path::new(&format!("/proc/self/fd/{}", want - 1)).exists());
+    }
 
     #[test]
     fn proc_paths_are_formatted_with_their_nul() {

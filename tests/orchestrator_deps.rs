@@ -152,3 +152,34 @@ fn wants_starts_them_too_and_their_failure_stops_nothing() {
     assert!(orch.lines_with(&["event=dependency-gone"]).is_empty());
     orch.stop(libc::SIGTERM);
 }
+
+/// A service a reload adds waits for what it comes after, as at boot: `late` (after `base`,
+/// which says READY=1 1.5 s after its spawn) is added by a reload while `base` is starting,
+/// and spawns only once `base` is ready.
+#[test]
+fn a_service_a_reload_adds_waits_for_its_after_dependencies() {
+    let dir = TempDir::new("deps-reload");
+    let marker = sleep_marker("1404");
+    let _reaper = MarkerReaper(vec![marker.clone()]);
+    let base = notify_service("base", &["ready-after", "1500"], &marker, "");
+    let mut orch = Orch::start_services(&dir, &base);
+    orch.wait_lines(&["service=base ", "reason=spawned"], 1);
+    let late = notify_service("late", &["ready-after", "0"], &marker, "after = [\"base\"]");
+    let config = dir.path("orchestrator.toml");
+    let text = std::fs::read_to_string(&config).unwrap() + &late;
+    std::fs::write(&config, text).unwrap();
+    let (code, out) = orchestrator_support::holdenctl_text(&dir.path("control.sock"), &["reload"]);
+    assert_eq!(code, 0, "{out}");
+    orch.wait_lines(&["service=late ", "reason=ready"], 1);
+    let log = orch.log();
+    assert!(
+        line_index(&log, &["event=reload "]) < line_index(&log, &["service=base ", "reason=ready"]),
+        "the reload came after base was ready: the test proves nothing\n{log}"
+    );
+    assert!(
+        line_index(&log, &["service=base ", "reason=ready"])
+            < line_index(&log, &["service=late ", "reason=spawned"]),
+        "late started before base was ready\n{log}"
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}

@@ -2418,14 +2418,7 @@ impl Orchestrator {
         let _ = self.notify.reloading(ring::now_ns() / 1_000);
         let result = self.reload_apply(notes);
         if result.is_ok() {
-            // The changed dependencies, for the starts from now on (a waiting start waits on).
-            let waiting = std::mem::take(&mut self.deps.waiting);
-            self.deps = Deps::build(&self.services, waiting.len());
-            for (i, w) in waiting.into_iter().enumerate() {
-                if let Some(place) = self.deps.waiting.get_mut(i) {
-                    *place = w;
-                }
-            }
+            self.rebuild_deps();
             self.start_unblocked();
         }
         self.settle();
@@ -2547,6 +2540,18 @@ impl Orchestrator {
         Ok((counts, note_len))
     }
 
+    /// The graph of the services as they are now (after a reload, or a service it added), for
+    /// the starts from now on: a start that waits, waits on (allocates, as a reload does).
+    fn rebuild_deps(&mut self) {
+        let waiting = std::mem::take(&mut self.deps.waiting);
+        self.deps = Deps::build(&self.services, waiting.len());
+        for (i, w) in waiting.into_iter().enumerate() {
+            if let Some(place) = self.deps.waiting.get_mut(i) {
+                *place = w;
+            }
+        }
+    }
+
     /// Adds the services of a reload that were waiting for a free service and ring slot.
     fn reload_pending(&mut self) {
         while !self.pending_adds.is_empty()
@@ -2603,7 +2608,10 @@ impl Orchestrator {
         );
         self.services.put(def, id, slot, spec);
         if start {
-            let _ = self.engine.command(now(), id, Command::Start);
+            // As at boot: it (and what it requires) starts once its `after` ones are ready.
+            self.rebuild_deps();
+            self.want_started(id.index());
+            self.start_unblocked();
             self.settle();
         }
     }

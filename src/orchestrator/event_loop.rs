@@ -1599,23 +1599,40 @@ impl Orchestrator {
             return;
         }
         for index in 0..self.deps.waiting.len() {
-            if !self.deps.waiting[index] || self.deps.blocked(index, |d| self.standing(d)) {
-                continue;
-            }
-            self.deps.waiting[index] = false;
-            let Some(id) = self.services.list.get(index).map(|s| s.id) else {
-                continue;
-            };
-            if let Err(refusal) = self.engine.command(now(), id, Command::Start) {
-                self.log.line(
-                    Priority::Warning,
-                    format_args!(
-                        "service={} event=start-refused detail={}",
-                        self.services.name(index),
-                        Quoted(refusal)
-                    ),
-                );
-            }
+            self.start_if_unblocked(index);
+        }
+    }
+
+    /// [`Orchestrator::start_unblocked`] for what comes after `changed` (or needs it): only
+    /// they can be unblocked by its transition (a pass over every service on every transition
+    /// was quadratic in a boot: 25 ms of CPU for 1,024 services).
+    fn start_unblocked_after(&mut self, changed: usize) {
+        for k in 0..self.deps.dependents(changed).len() {
+            let d = self.deps.dependents(changed)[k];
+            self.start_if_unblocked(d);
+        }
+    }
+
+    /// Starts `index` if it waits and its `after` dependencies are no longer on their way.
+    fn start_if_unblocked(&mut self, index: usize) {
+        if self.deps.waiting.get(index) != Some(&true)
+            || self.deps.blocked(index, |d| self.standing(d))
+        {
+            return;
+        }
+        self.deps.waiting[index] = false;
+        let Some(id) = self.services.list.get(index).map(|s| s.id) else {
+            return;
+        };
+        if let Err(refusal) = self.engine.command(now(), id, Command::Start) {
+            self.log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={} event=start-refused detail={}",
+                    self.services.name(index),
+                    Quoted(refusal)
+                ),
+            );
         }
     }
 
@@ -1635,7 +1652,8 @@ impl Orchestrator {
         }
         let gone = matches!(t.to, State::Failed | State::Stopped) && !oneshot_done;
         if gone && t.from != t.to && !self.engine.core().shutting_down() {
-            for d in 0..self.deps.waiting.len() {
+            for k in 0..self.deps.dependents(index).len() {
+                let d = self.deps.dependents(index)[k];
                 if !self.deps.requires(d).contains(&index) {
                     continue;
                 }
@@ -1665,7 +1683,7 @@ impl Orchestrator {
                 }
             }
         }
-        self.start_unblocked();
+        self.start_unblocked_after(index);
     }
 
     /// Makes systemd's fd store hold what service `index` has now: `FDSTOREREMOVE` of its

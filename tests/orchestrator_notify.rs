@@ -126,6 +126,12 @@ fn the_watchdog_restarts_a_silent_or_stopped_service_and_keeps_a_pinging_one() {
     for name in ["healthy", "silent", "frozen"] {
         orch.wait_lines(&[&format!("service={name} "), "reason=ready"], 1);
     }
+    // As systemd sets them: the interval, and the service's own pid.
+    let healthy = orchestrator_support::last_spawned_pid(&orch, "healthy");
+    let environ = std::fs::read(format!("/proc/{healthy}/environ")).unwrap();
+    let entries: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+    assert!(entries.contains(&b"WATCHDOG_USEC=100000".as_slice()));
+    assert!(entries.contains(&format!("WATCHDOG_PID={healthy}").as_bytes()));
     let frozen = orchestrator_support::last_spawned_pid(&orch, "frozen");
     kill(frozen, libc::SIGSTOP);
     let missed = orch

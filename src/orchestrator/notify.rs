@@ -70,8 +70,8 @@ impl Owned {
 pub(crate) const SOCKET_NAME: &str = "notify.sock";
 
 /// The variables a `type = "notify"` service gets: `NOTIFY_SOCKET`, and `WATCHDOG_USEC` with
-/// a watchdog (as systemd sets them; `WATCHDOG_PID` is not set, so that any process of the
-/// service may ping, as `sd_watchdog_enabled(3)` allows). A local service's socket is ours
+/// a watchdog (as systemd sets them; `WATCHDOG_PID`, the child's own pid, is added by the
+/// child itself: `ExecEnv::watchdog_pid`). A local service's socket is ours
 /// (`socket`, in the runtime directory); a QM service's is the agent's, which the agent names
 /// itself (`StartFlags::NOTIFY`).
 pub(crate) fn service_env(def: &mut ServiceDef, socket: Option<&Path>) {

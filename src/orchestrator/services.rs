@@ -842,6 +842,8 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
 /// programs expect back, not the orchestrator's 524,288). Start-up and reload only.
 pub(crate) fn exec_env_of(def: &ServiceDef) -> spawn::ExecEnv {
     let mut exec = def.exec;
+    exec.watchdog_pid = def.policy.readiness.kind == crate::supervise::Kind::Notify
+        && !def.policy.readiness.watchdog.is_zero();
     if let Some(starting) = crate::sys::process::starting_limits() {
         for (resource, limit) in exec.rlimits.iter_mut().enumerate() {
             let now = crate::sys::process::rlimit(resource).ok();

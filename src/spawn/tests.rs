@@ -1015,3 +1015,49 @@ fn an_extra_fd_lands_on_its_number_and_nothing_else_leaks() {
         );
     }
 }
+
+/// `ExecEnv::watchdog_pid`: the child's environment has `WATCHDOG_PID=` its own pid, in place
+/// of one the spec has, and the rest unchanged; without it nothing is added.
+#[test]
+fn watchdog_pid_is_the_childs_own_pid() {
+    let mut l = launcher();
+    let env: &[&[u8]] = &[b"A=1", b"WATCHDOG_PID=1", b"B=2"];
+    let script: &[&[u8]] = &[b"/bin/sh", b"-c", b"echo $$; env | sort"];
+    for use_launcher in [true, false] {
+        for on in [true, false] {
+            let mut spec = SpawnSpec::new(script, env, None).unwrap();
+            spec.set_exec_env(ExecEnv {
+                watchdog_pid: on,
+                ..ExecEnv::default()
+            });
+            let (out_r, out_w) = crate::sys::fd::pipe().unwrap();
+            let output = Output {
+                stdout: Some(out_w.as_fd()),
+                stderr: None,
+                extra: None,
+            };
+            let spawned = if use_launcher {
+                l.spawn_with(&spec, output).unwrap()
+            } else {
+                spawn_with(&spec, output).unwrap()
+            };
+            drop(out_w);
+            assert_eq!(wait_exit(&spawned.pidfd), (libc::CLD_EXITED, 0));
+            let out = String::from_utf8(read_to_end(out_r)).unwrap();
+            let mut lines = out.lines();
+            let pid = lines.next().unwrap();
+            assert_eq!(pid, spawned.pid.to_string());
+            let env: Vec<&str> = lines.filter(|l| !l.starts_with("PWD=")).collect();
+            let expected = if on {
+                vec![
+                    "A=1".to_string(),
+                    "B=2".into(),
+                    format!("WATCHDOG_PID={pid}"),
+                ]
+            } else {
+                vec!["A=1".to_string(), "B=2".into(), "WATCHDOG_PID=1".into()]
+            };
+            assert_eq!(env, expected, "launcher={use_launcher} on={on}");
+        }
+    }
+}

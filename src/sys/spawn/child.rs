@@ -793,22 +793,89 @@ fn chdir(plan: &ExecPlan<'_>) -> Result<(), SpawnError> {
 
 /// Executes the program; returns only on failure, with the error to report.
 fn exec(plan: &ExecPlan<'_>) -> SpawnError {
+    // With `watchdog_pid` the environment is the plan's plus our own entry, on this stack:
+    // the plan's memory may be the parent's (`CLONE_VM`) and is never written.
+    let mut own_envp = [0usize; PID_ENV_ENTRIES_MAX + 2];
+    let mut own_entry = [0u8; 40];
+    let envp = if plan.exec.watchdog_pid {
+        match with_watchdog_pid(plan, &mut own_envp, &mut own_entry) {
+            Ok(()) => &own_envp[..],
+            Err(error) => return error,
+        }
+    } else {
+        plan.envp
+    };
     if plan.program_name.contains(&b'/') {
-        execve(plan.program as *const c_char, plan);
+        execve(plan.program as *const c_char, plan, envp);
         return fail(SpawnStage::Exec);
     }
-    SpawnError::new(SpawnStage::Exec, exec_search(plan))
+    SpawnError::new(SpawnStage::Exec, exec_search(plan, envp))
 }
 
-fn execve(path: *const c_char, plan: &ExecPlan<'_>) {
+/// Most environment entries of a child that adds `WATCHDOG_PID` (its envp is copied onto its
+/// stack); more is `E2BIG` at the exec.
+pub(super) const PID_ENV_ENTRIES_MAX: usize = 1024;
+
+/// Fills `envp` with the plan's entries but a `WATCHDOG_PID=` one, then `entry` written as
+/// `WATCHDOG_PID=<our pid>`, then 0 (the rest of `envp` is 0 already). Panic-free, like every
+/// step of the child.
+fn with_watchdog_pid(
+    plan: &ExecPlan<'_>,
+    envp: &mut [usize; PID_ENV_ENTRIES_MAX + 2],
+    entry: &mut [u8; 40],
+) -> Result<(), SpawnError> {
+    const NAME: &[u8] = b"WATCHDOG_PID=";
+    let too_many = SpawnError::new(SpawnStage::Exec, libc::E2BIG);
+    let base = plan.strings.as_ptr() as usize;
+    let kept = plan
+        .envp
+        .iter()
+        .take_while(|&&addr| addr != 0)
+        .filter(|&&addr| {
+            !plan
+                .strings
+                .get(addr.wrapping_sub(base)..)
+                .is_some_and(|s| s.starts_with(NAME))
+        });
+    // Two slots stay: our entry and the terminating 0.
+    let mut slots = envp.iter_mut().take(PID_ENV_ENTRIES_MAX);
+    for &addr in kept {
+        *slots.next().ok_or(too_many)? = addr;
+    }
+    let ours = slots.next().ok_or(too_many)?;
+    // SAFETY: getpid takes nothing; the raw call, as this child may share memory with its
+    // parent (a cached pid would be the parent's).
+    let pid = unsafe { libc::syscall(libc::SYS_getpid) } as u64;
+    let mut digits = [0u8; 20];
+    let mut rest = pid;
+    let mut len = 0usize;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0'.wrapping_add(rest.wrapping_rem(10) as u8);
+        rest = rest.wrapping_div(10);
+        len = len.wrapping_add(1);
+        if rest == 0 {
+            break;
+        }
+    }
+    let number = digits.get(digits.len().wrapping_sub(len)..).unwrap_or(&[]);
+    let text = NAME.iter().chain(number).chain(&[0u8]);
+    for (slot, &byte) in entry.iter_mut().zip(text) {
+        *slot = byte;
+    }
+    *ours = entry.as_ptr() as usize;
+    Ok(())
+}
+
+fn execve(path: *const c_char, plan: &ExecPlan<'_>, envp: &[usize]) {
     // SAFETY: `path` is NUL-terminated (a plan string or our search buffer); argv and envp are
-    // NULL-terminated arrays of addresses of NUL-terminated strings inside `plan.strings`
-    // (checked by `ExecPlan::is_valid`), laid out as `*const c_char` (same size as usize).
+    // NULL-terminated arrays of addresses of NUL-terminated strings inside `plan.strings` or
+    // this child's stack (checked by `ExecPlan::is_valid`, written by `with_watchdog_pid`),
+    // laid out as `*const c_char` (same size as usize).
     unsafe {
         libc::execve(
             path,
             plan.argv.as_ptr().cast::<*const c_char>(),
-            plan.envp.as_ptr().cast::<*const c_char>(),
+            envp.as_ptr().cast::<*const c_char>(),
         );
     }
 }
@@ -829,7 +896,7 @@ fn join_path(buf: &mut [u8; SEARCH_PATH_BYTES_MAX], dir: &[u8], name: &[u8]) -> 
 /// `/bin/sh` retry on ENOEXEC. Returns the errno to report: EACCES if some candidate was not
 /// executable and none ran, else the last "not found" error, or at once any other error (the
 /// file exists but cannot run).
-fn exec_search(plan: &ExecPlan<'_>) -> i32 {
+fn exec_search(plan: &ExecPlan<'_>, envp: &[usize]) -> i32 {
     let name = plan.program_name;
     if name.is_empty() {
         return libc::ENOENT;
@@ -843,7 +910,7 @@ fn exec_search(plan: &ExecPlan<'_>) -> i32 {
             last = libc::ENAMETOOLONG;
             continue;
         }
-        execve(buf.as_ptr().cast(), plan);
+        execve(buf.as_ptr().cast(), plan, envp);
         match last_errno() {
             libc::EACCES => saw_eacces = true,
             errno @ (libc::ENOENT

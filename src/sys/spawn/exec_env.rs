@@ -176,6 +176,10 @@ pub struct ExecEnv {
     /// Ambient capabilities (4.3+): kept across the change to a non-root user and raised
     /// into the ambient set, so the program runs with them.
     pub cap_ambient: Option<u64>,
+    /// The child adds `WATCHDOG_PID=<its pid>` to its environment (in place of any other),
+    /// as systemd does for a service with a watchdog: `sd_watchdog_enabled()` is then true in
+    /// the service's main process only, not in the processes it starts.
+    pub watchdog_pid: bool,
 }
 
 impl ExecEnv {

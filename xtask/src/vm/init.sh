@@ -112,13 +112,18 @@ if [ "$SCENARIO" = cgroup-limits ]; then
     CPUMAX=$(cat $CG/vm-weighted/cpu.max)
     MEMMAX=$(cat $CG/vm-hog/memory.max)
     PIDSMAX=$(cat $CG/vm-forks/pids.max)
+    wait_count 'service=vm-io .*reason=spawned' 1 "vm-io start"
+    IOWEIGHT=$(cat $CG/vm-io/io.weight)
+    MEMHIGH=$(cat $CG/vm-io/memory.high)
     [ "$WEIGHT" = 50 ] || fail "cgroup-files: cpu.weight of vm-weighted is $WEIGHT, configured 50"
     [ "$CPUMAX" = "50000 100000" ] || fail "cgroup-files: cpu.max of vm-weighted is '$CPUMAX', configured 50%"
     [ "$MEMMAX" = 33554432 ] || fail "cgroup-files: memory.max of vm-hog is $MEMMAX, configured 32M"
     [ "$PIDSMAX" = 20 ] || fail "cgroup-files: pids.max of vm-forks is $PIDSMAX, configured 20"
+    [ "$IOWEIGHT" = "default 200" ] || fail "cgroup-files: io.weight of vm-io is '$IOWEIGHT', configured 200"
+    [ "$MEMHIGH" = 50331648 ] || fail "cgroup-files: memory.high of vm-io is $MEMHIGH, configured 48M"
     grep -q '^0::/holden/vm-weighted$' "/proc/$W/cgroup" \
         || fail "cgroup-files: vm-weighted $W is not in its cgroup: $(cat /proc/$W/cgroup)"
-    pass "cgroup-files cpu.weight=$WEIGHT cpu.max='$CPUMAX' memory.max=$MEMMAX pids.max=$PIDSMAX subtree_control='$(cat $CG/cgroup.subtree_control)'"
+    pass "cgroup-files cpu.weight=$WEIGHT cpu.max='$CPUMAX' memory.max=$MEMMAX pids.max=$PIDSMAX io.weight='$IOWEIGHT' memory.high=$MEMHIGH subtree_control='$(cat $CG/cgroup.subtree_control)'"
 
     wait_count 'service=vm-hog .*reason=exited signal=SIGKILL' 1 "vm-hog OOM-killed"
     wait_count 'service=vm-hog .*reason=spawned' 2 "vm-hog restarted"

@@ -3,14 +3,16 @@
 //! The real [`Engine`] — the supervision core and the agent link glued together, exactly the
 //! code the ring shell drives — runs against a simulated world: local processes that live,
 //! crash, ignore SIGTERM or fail to exec; a simulated holden-agent that answers every `Start`
-//! and `Ping` with exact wire v1 frames, gated or not, and on some connections misbehaves in
+//! and `Ping` with exact wire v1 frames, gated or not, forwards its processes' notifications
+//! (`Notify`, wire 1.2; some from pids that are no service's), and on some connections misbehaves in
 //! one of the ways of the hostile suite (`tests/reliability_hostile.rs`), dies, or refuses
 //! connections; operators that start, stop, restart, kill, reset, add and remove services;
 //! and simulated time. The test plays the shell: it carries out every output, holds the
 //! pidfds the engine hands it, delivers packets with their fds, and fires the engine's timer
 //! when its deadline comes. Random choices come from splitmix64, one seed per run.
 //!
-//! After every step: at most one live process runs the program of each service; every
+//! After every step: at most one live process runs the program of each service; a `Notify`
+//! counts only for the service whose process has its QM pid; every
 //! pidfd handle ends exactly once (watched handles are released only after their process's
 //! exit was reported); no agent request is outstanding past its deadline; no table or queue
 //! of the engine has grown. At the end the orchestrator shuts down, every process is gone and
@@ -140,9 +142,10 @@ enum Hostile {
     GatedRunningBeforeStarted,
     GatedRunningWithFd,
     GatedSilentAfterStarted,
+    NotifyFlood,
 }
 
-const HOSTILE: [Hostile; 25] = [
+const HOSTILE: [Hostile; 26] = [
     Hostile::Garbage,
     Hostile::BadMagic,
     Hostile::Truncated,
@@ -168,6 +171,7 @@ const HOSTILE: [Hostile; 25] = [
     Hostile::GatedRunningBeforeStarted,
     Hostile::GatedRunningWithFd,
     Hostile::GatedSilentAfterStarted,
+    Hostile::NotifyFlood,
 ];
 
 impl Hostile {
@@ -194,6 +198,8 @@ impl Hostile {
 struct AgentConn {
     epoch: u64,
     gated: bool,
+    /// It announced wire 1.2 and `NOTIFY_FORWARD`: it sends `Notify` frames now and then.
+    notify: bool,
     hostile: Option<Hostile>,
     /// The misbehaviour happened (each connection misbehaves once, then answers as it can).
     done: bool,
@@ -312,14 +318,27 @@ fn running(id: u64) -> Vec<u8> {
 }
 
 fn pong(id: u64, major: u8, minor: u8, gated: bool) -> Vec<u8> {
-    let caps = if gated {
-        v1::Capabilities::GATED_EXEC.bits()
-    } else {
-        0
-    };
+    pong_with(id, major, minor, gated, false)
+}
+
+fn pong_with(id: u64, major: u8, minor: u8, gated: bool, notify: bool) -> Vec<u8> {
+    let mut caps = 0;
+    if gated {
+        caps |= v1::Capabilities::GATED_EXEC.bits();
+    }
+    if notify {
+        caps |= v1::Capabilities::NOTIFY_FORWARD.bits();
+    }
     let mut p = vec![major, minor, 0, 0];
     p.extend_from_slice(&caps.to_le_bytes());
     frame(v1::FrameKind::Pong, id, &p)
+}
+
+fn notify(pid: i32, text: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; v1::FRAME_LEN_MAX];
+    let len = v1::encode_notify(&mut out, pid, text).expect("a valid Notify");
+    out.truncate(len);
+    out
 }
 
 fn error(id: u64, errno: i32) -> Vec<u8> {
@@ -603,7 +622,23 @@ impl World {
                 }
             }
             Output::Notified { service, qm_pid } => {
-                self.log(format!("notified {service:?} qm_pid={qm_pid}"))
+                self.log(format!("notified {service:?} qm_pid={qm_pid}"));
+                // Counted for a service only if that service's process has this QM pid.
+                if let Some(s) = service {
+                    let pid = (qm_pid - 2) as usize;
+                    let held = self.watched[s.index()].as_ref().map(|h| h.pid);
+                    if held != Some(pid) {
+                        self.fail(format!(
+                            "a Notify from QM pid {qm_pid} was counted for s{} (its process: {held:?})",
+                            s.0
+                        ));
+                    }
+                }
+                self.reached.insert(if service.is_some() {
+                    "notify-counted"
+                } else {
+                    "notify-dropped"
+                });
             }
             Output::AgentUp => self.log("agent up".into()),
             Output::AgentDown => self.log("agent down".into()),
@@ -659,9 +694,11 @@ impl World {
                 self.log(format!(
                     "connected epoch {epoch} gated={gated} hostile={hostile:?}"
                 ));
+                let notify = self.rng.chance(50);
                 self.agent = Some(AgentConn {
                     epoch,
                     gated,
+                    notify,
                     hostile,
                     done: false,
                     silent: false,
@@ -771,8 +808,9 @@ impl World {
         if agent.silent {
             return;
         }
-        let (gated, hostile, misbehave) = (
+        let (gated, notify_on, hostile, misbehave) = (
             agent.gated,
+            agent.notify,
             agent.hostile,
             !agent.done && agent.hostile.is_some(),
         );
@@ -789,8 +827,14 @@ impl World {
                         return;
                     }
                 }
-                let minor = if gated { 1 } else { 0 };
-                self.deliver(pong(id, 1, minor, gated), vec![], 0);
+                let minor = if notify_on {
+                    2
+                } else if gated {
+                    1
+                } else {
+                    0
+                };
+                self.deliver(pong_with(id, 1, minor, gated, notify_on), vec![], 0);
             }
             v1::Body::Start(_) => {
                 let service = (id & ((1 << 20) - 1)) as usize;
@@ -830,6 +874,23 @@ impl World {
         if gated {
             self.deliver(running(id), vec![], extra_ms);
         }
+        // What the program says through the agent's notify socket (wire 1.2), now and then;
+        // sometimes from a pid that is no service's (the engine must not take it for one).
+        let notify_on = self.agent.as_ref().is_some_and(|a| a.notify);
+        if notify_on && self.rng.chance(30) {
+            let from = if self.rng.chance(10) {
+                qm_pid(pid) + 100_000
+            } else {
+                qm_pid(pid)
+            };
+            let text: &[u8] = match self.rng.below(3) {
+                0 => b"READY=1\nSTATUS=up",
+                1 => b"WATCHDOG=1",
+                _ => b"MAINPID=1\nX",
+            };
+            let later = extra_ms + self.rng.below(5);
+            self.deliver(notify(from, text), vec![], later);
+        }
     }
 
     fn mark_misbehaved(&mut self, h: Hostile) {
@@ -862,6 +923,7 @@ impl World {
             Hostile::GatedRunningBeforeStarted => "gated-running-before-started",
             Hostile::GatedRunningWithFd => "gated-running-with-fd",
             Hostile::GatedSilentAfterStarted => "gated-silent-after-started",
+            Hostile::NotifyFlood => "notify-flood",
         });
         self.log(format!("agent misbehaves: {h:?}"));
     }
@@ -942,6 +1004,16 @@ impl World {
                 let fd = self.stray_fd();
                 let pid = fd.handle.pid;
                 self.deliver(started(id, qm_pid(pid)), vec![fd], 0)
+            }
+            Hostile::NotifyFlood => {
+                // Answers, then floods Notify frames at once, far beyond the link's rate: the
+                // connection is dropped (also from an agent that did not announce them).
+                let gated = self.agent.as_ref().is_some_and(|a| a.gated);
+                self.answer_start(id, service, gated, 0);
+                let frame = notify(qm_pid(self.procs.len().saturating_sub(1)), b"WATCHDOG=1");
+                for _ in 0..link::NOTIFY_BURST + 44 {
+                    self.deliver(frame.clone(), vec![], 0);
+                }
             }
             Hostile::PongFlood => {
                 let gated = self.agent.as_ref().is_some_and(|a| a.gated);
@@ -1429,7 +1501,14 @@ const CORE_PAIRS: &[(&str, &str, &str)] = &[
     ("waiting-for-agent", "shutdown", "stopped"),
 ];
 
-const REACHED: &[&str] = &["add-refused-full", "remove", "replace", "command-refused"];
+const REACHED: &[&str] = &[
+    "add-refused-full",
+    "remove",
+    "replace",
+    "command-refused",
+    "notify-counted",
+    "notify-dropped",
+];
 
 #[test]
 fn the_whole_orchestrator_keeps_its_invariants_against_a_hostile_world() {

@@ -5,7 +5,8 @@
 mod orchestrator_support;
 
 use orchestrator_support::{
-    field, kill, line_index, notify_service, service, sleep_marker, MarkerReaper, Orch, TempDir,
+    field, kill, line_index, notify_service, rss_kb, service, sleep_marker, spawn_rate,
+    MarkerReaper, Orch, TempDir,
 };
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -242,16 +243,6 @@ fn a_oneshot_is_done_when_it_exits_0() {
     orch.stop(libc::SIGTERM);
 }
 
-/// VmRSS of `pid` in kB.
-fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A hostile notify service floods its own notifications (readiness, status, pings, a
 /// `MAINPID=` lie, junk) as fast as it can, and a process that is no service floods the socket
 /// too: the orchestrator's memory does not grow, the lies and the strangers are counted, and a
@@ -259,7 +250,7 @@ fn rss_kb(pid: i32) -> u64 {
 /// baseline measured in the same run).
 #[test]
 fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let dir = TempDir::new("notify-flood");
     let marker = sleep_marker("1305");
     let _reaper = MarkerReaper(vec![marker.clone()]);
@@ -271,16 +262,10 @@ fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
     ) + &notify_service("flooder", &["flood"], &marker, "enabled = false\nstart_timeout = \"0\"");
     let mut orch = Orch::start_services(&dir, &services);
     let control = dir.path("control.sock");
-    let spawned = |orch: &Orch| {
-        orch.lines_with(&["service=local-loop ", "reason=spawned"])
-            .len()
-    };
     orch.wait_lines(&["service=local-loop ", "reason=spawned"], 5);
     std::thread::sleep(Duration::from_millis(200));
     let window = Duration::from_millis(1500);
-    let (base, base_at) = (spawned(&orch), Instant::now());
-    std::thread::sleep(window);
-    let base_rate = (spawned(&orch) - base) as f64 / base_at.elapsed().as_secs_f64();
+    let base_rate = spawn_rate(&orch, "local-loop", window);
     let rss_before = rss_kb(orch.pid());
 
     let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "flooder"]);
@@ -306,9 +291,7 @@ fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    let (flood, flood_at) = (spawned(&orch), Instant::now());
-    std::thread::sleep(window);
-    let flood_rate = (spawned(&orch) - flood) as f64 / flood_at.elapsed().as_secs_f64();
+    let flood_rate = spawn_rate(&orch, "local-loop", window);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let stranger_sent = stranger.join().unwrap();
     let rss_after = rss_kb(orch.pid());

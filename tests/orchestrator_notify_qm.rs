@@ -7,10 +7,10 @@
 mod orchestrator_support;
 
 use orchestrator_support::{
-    field, kill, last_spawned_pid, notify_service_bin, service, sleep_marker, MarkerReaper, Orch,
-    Qm, TempDir,
+    field, kill, last_spawned_pid, notify_service_bin, rss_kb, service, sleep_marker, spawn_rate,
+    MarkerReaper, Orch, Qm, TempDir,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `examples/notify_service.rs ARGS...` as a QM `type = "notify"` service.
 fn qm_notify_service(name: &str, args: &[&str], marker: &str, extra: &str) -> String {
@@ -93,15 +93,6 @@ fn a_qm_notify_service_is_ready_through_the_agent_and_its_watchdog_catches_a_sig
     drop(qm);
 }
 
-fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A QM service floods its notifications as fast as its socket takes them: the agent
 /// forwards at most its rate and says how many it dropped, the orchestrator takes them all
 /// without calling the agent a misbehaver, its memory does not grow, and a local crash loop
@@ -125,25 +116,17 @@ fn a_flooding_qm_service_is_held_to_the_agents_rate_and_a_local_crash_loop_keeps
     );
     let mut orch = Orch::start_services(&dir, &services);
     let control = dir.path("control.sock");
-    let spawned = |orch: &Orch| {
-        orch.lines_with(&["service=local-loop ", "reason=spawned"])
-            .len()
-    };
     orch.wait_lines(&["service=local-loop ", "reason=spawned"], 5);
     std::thread::sleep(Duration::from_millis(200));
     let window = Duration::from_millis(1500);
-    let (base, base_at) = (spawned(&orch), Instant::now());
-    std::thread::sleep(window);
-    let base_rate = (spawned(&orch) - base) as f64 / base_at.elapsed().as_secs_f64();
+    let base_rate = spawn_rate(&orch, "local-loop", window);
     let rss_before = rss_kb(orch.pid());
 
     let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "flooder"]);
     assert_eq!(code, 0, "{text}");
     orch.wait_lines(&["service=flooder ", "reason=ready"], 1);
     std::thread::sleep(Duration::from_millis(200));
-    let (flood, flood_at) = (spawned(&orch), Instant::now());
-    std::thread::sleep(window);
-    let flood_rate = (spawned(&orch) - flood) as f64 / flood_at.elapsed().as_secs_f64();
+    let flood_rate = spawn_rate(&orch, "local-loop", window);
     let rss_after = rss_kb(orch.pid());
     // The agent said, at most once a second, how many it dropped.
     let drops = orchestrator_support::wait_until("the agent's drop count", || {

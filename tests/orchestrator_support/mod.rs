@@ -616,3 +616,25 @@ pub fn last_spawned_pid(orch: &Orch, name: &str) -> i32 {
         .parse()
         .unwrap()
 }
+
+/// VmRSS of `pid` in kB.
+#[allow(dead_code)]
+pub fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A crash loop's restarts per second over `window`, from the orchestrator's `reason=spawned`
+/// lines for `name` (the reliability suite's rate: compared with a baseline of the same run).
+#[allow(dead_code)]
+pub fn spawn_rate(orch: &Orch, name: &str, window: std::time::Duration) -> f64 {
+    let needle = format!("service={name} ");
+    let spawned = || orch.lines_with(&[&needle, "reason=spawned"]).len();
+    let (before, at) = (spawned(), std::time::Instant::now());
+    std::thread::sleep(window);
+    (spawned() - before) as f64 / at.elapsed().as_secs_f64()
+}

@@ -102,13 +102,7 @@ pub fn service_in<'t>(text: &'t str, root: &str) -> Option<&'t str> {
 /// Whether `name` can be one path component of a cgroup (what a service name always is:
 /// `[A-Za-z0-9_.@-]`, not starting with `.`).
 pub fn valid_component(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && !name.starts_with("cgroup.")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
+    crate::wire::v1::is_cgroup_name(name.as_bytes())
 }
 
 fn cstring(path: &Path) -> io::Result<CString> {

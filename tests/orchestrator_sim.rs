@@ -368,6 +368,7 @@ impl link::Requests for Starts {
             uid: None,
             gid: None,
             flags: v1::StartFlags::NEW_SESSION,
+            cgroup: None,
         })
     }
 }

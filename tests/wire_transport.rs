@@ -168,6 +168,7 @@ fn seqpacket_keeps_one_frame_per_packet() {
         uid: None,
         gid: None,
         flags: StartFlags::empty(),
+        cgroup: None,
     };
     let mut sent = Vec::new();
     for id in 1..=3u64 {
@@ -480,6 +481,7 @@ fn a_python_peer_written_from_the_docs_interoperates() {
         uid: None,
         gid: None,
         flags: StartFlags::empty(),
+        cgroup: None,
     };
     let len = encode_start(&mut out, 2, &start).unwrap();
     let got = request(&sock, &out[..len], &mut buf);

@@ -56,6 +56,7 @@ fn simple_start() -> OwnedStart {
         cwd: None,
         argv: vec![b"/bin/true".to_vec()],
         env: vec![],
+        cgroup: None,
     }
 }
 
@@ -103,6 +104,7 @@ fn golden_start() {
         uid: Some(1000),
         gid: None,
         flags: StartFlags::NEW_SESSION,
+        cgroup: None,
     };
     let mut out = buf();
     let len = encode_start(&mut out, 42, &start).unwrap();
@@ -369,6 +371,7 @@ fn encode_start_from_boxed_slices_and_strs() {
         uid: None,
         gid: Some(0),
         flags: StartFlags::STDIO_NULL | StartFlags::INHERIT_ENV,
+        cgroup: None,
     };
     let mut out = [0u8; 256];
     let len = encode_start(&mut out, u64::MAX, &start).unwrap();
@@ -743,10 +746,11 @@ fn decode_error_name(err: &DecodeError) -> &'static str {
         DecodeError::ErrorTextTooLong { .. } => "ErrorTextTooLong",
         DecodeError::NotifyTextTooLong { .. } => "NotifyTextTooLong",
         DecodeError::NotifyRequestId { .. } => "NotifyRequestId",
+        DecodeError::BadCgroupName => "BadCgroupName",
     }
 }
 
-const DECODE_ERROR_COUNT: usize = 23;
+const DECODE_ERROR_COUNT: usize = 24;
 
 /// Packets that each break one rule, with the error they must yield.
 fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
@@ -917,6 +921,17 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
             with(&notify, &|b| b[header_offset::REQUEST_ID] = 9),
             DecodeError::NotifyRequestId { id: 9 },
         ),
+        (
+            // CGROUP set, and the cgroup that follows the environment is "..".
+            with(&start, &|b| {
+                b[p] |= 0x10;
+                b.extend_from_slice(&[2, 0, b'.', b'.']);
+                let len = (b.len() - HEADER_LEN) as u32;
+                b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
+                    .copy_from_slice(&len.to_le_bytes());
+            }),
+            DecodeError::BadCgroupName,
+        ),
     ]
 }
 
@@ -960,10 +975,11 @@ fn encode_error_name(err: &EncodeError) -> &'static str {
         EncodeError::ErrorTextTooLong { .. } => "ErrorTextTooLong",
         EncodeError::NotifyTextTooLong { .. } => "NotifyTextTooLong",
         EncodeError::NotifyRequestId { .. } => "NotifyRequestId",
+        EncodeError::BadCgroupName => "BadCgroupName",
     }
 }
 
-const ENCODE_ERROR_COUNT: usize = 15;
+const ENCODE_ERROR_COUNT: usize = 16;
 
 #[test]
 fn every_encode_error_variant_is_reachable() {
@@ -981,6 +997,7 @@ fn every_encode_error_variant_is_reachable() {
                 uid: None,
                 gid: None,
                 flags,
+                cgroup: None,
             },
         )
     };
@@ -998,6 +1015,7 @@ fn every_encode_error_variant_is_reachable() {
                     uid: None,
                     gid: None,
                     flags: StartFlags::empty(),
+                    cgroup: None,
                 },
             ),
             EncodeError::BufferTooSmall {
@@ -1100,6 +1118,14 @@ fn every_encode_error_variant_is_reachable() {
             EncodeError::NotifyRequestId { id: 2 },
         ),
         (
+            start_frame(OwnedStart {
+                flags: StartFlags::CGROUP,
+                ..simple_start()
+            })
+            .encode(&mut out),
+            EncodeError::BadCgroupName,
+        ),
+        (
             encode_pong(&mut small[..10], 1, Pong::ours(Capabilities::empty())),
             EncodeError::BufferTooSmall {
                 needed: 32,
@@ -1147,14 +1173,21 @@ fn valid_start() -> impl Strategy<Value = OwnedStart> {
         prop::option::of(prop::collection::vec(1u8..=255, 1..80)),
         prop::collection::vec(non_nul_bytes(60), 1..12),
         prop::collection::vec(env_entry(), 0..12),
+        "[a-z0-9_.@-]{0,20}",
     )
-        .prop_map(|(flags, uid, gid, cwd, argv, env)| OwnedStart {
-            flags: StartFlags::from_bits_truncate(flags),
-            uid,
-            gid,
-            cwd,
-            argv,
-            env,
+        .prop_map(|(flags, uid, gid, cwd, argv, env, name)| {
+            let flags = StartFlags::from_bits_truncate(flags);
+            // The name exactly with the flag, and a valid one.
+            let name = format!("s{name}").into_bytes();
+            OwnedStart {
+                flags,
+                uid,
+                gid,
+                cwd,
+                argv,
+                env,
+                cgroup: flags.contains(StartFlags::CGROUP).then_some(name),
+            }
         })
 }
 
@@ -1269,6 +1302,7 @@ proptest! {
             cwd,
             argv,
             env,
+            cgroup: None,
         });
         let frame = OwnedFrame { request_id, ..frame };
         let mut out = vec![0u8; buf_len];

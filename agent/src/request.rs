@@ -288,6 +288,7 @@ mod tests {
             uid: Some(7),
             gid: None,
             flags,
+            cgroup: None,
         };
         let len = encode_start(&mut buf, 1, &start).unwrap();
         buf.truncate(len);
@@ -372,6 +373,7 @@ mod tests {
             uid: None,
             gid: None,
             flags: StartFlags::empty(),
+            cgroup: None,
         };
         let len = encode_start(&mut buf, 1, &start).unwrap();
         let Body::Start(start) = decode(&buf[..len]).unwrap().body else {

@@ -46,6 +46,7 @@ impl Requests for Starts {
             uid: None,
             gid: None,
             flags,
+            cgroup: None,
         })
     }
 }

@@ -762,6 +762,7 @@ impl crate::link::Requests for Starts<'_> {
             uid: def.uid,
             gid: def.gid,
             flags,
+            cgroup: None,
         })
     }
 }

@@ -557,6 +557,7 @@ pub fn start_frame_full(
         uid,
         gid,
         flags,
+        cgroup: None,
     };
     let len = encode_start(&mut buf, request_id, &start).unwrap();
     buf.truncate(len);

@@ -4,7 +4,7 @@ use super::cursor::Reader;
 use super::error::DecodeError;
 use super::limits::{
     ARGV_COUNT_MAX, ENV_COUNT_MAX, ERROR_TEXT_LEN_MAX, FRAME_LEN_MAX, HEADER_FROZEN_LEN,
-    HEADER_LEN, MAGIC, NOTIFY_TEXT_LEN_MAX, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
+    CGROUP_NAME_LEN_MAX, HEADER_LEN, MAGIC, NOTIFY_TEXT_LEN_MAX, STRING_LEN_MAX, VERSION_MAJOR, VERSION_MINOR,
 };
 use super::types::{Capabilities, ErrorStage, FrameKind, Pong, StartFlags};
 
@@ -144,6 +144,9 @@ pub struct Start<'a> {
     pub argv: StrList<'a>,
     /// 0..=`ENV_COUNT_MAX` `KEY=VALUE` entries.
     pub env: StrList<'a>,
+    /// With `StartFlags::CGROUP` (minor 2+): the name of the child's own cgroup, one path
+    /// component of `[A-Za-z0-9_.@-]`, not starting with `.` nor `cgroup.`.
+    pub cgroup: Option<&'a [u8]>,
 }
 
 /// A decoded `Started`: the pid as the agent sees it (in the agent's PID namespace). The pidfd
@@ -385,6 +388,19 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
     let cwd = if cwd.is_empty() { None } else { Some(cwd) };
     let argv = decode_list(r, argc, false)?;
     let env = decode_list(r, envc, true)?;
+    let cgroup = if flags.contains(StartFlags::CGROUP) {
+        let len = usize::from(r.u16()?);
+        if len > CGROUP_NAME_LEN_MAX {
+            return Err(DecodeError::BadCgroupName);
+        }
+        let name = r.bytes(len)?;
+        if !is_cgroup_name(name) {
+            return Err(DecodeError::BadCgroupName);
+        }
+        Some(name)
+    } else {
+        None
+    };
     Ok(Start {
         flags,
         uid,
@@ -392,7 +408,21 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
         cwd,
         argv,
         env,
+        cgroup,
     })
+}
+
+/// Whether `name` can be a `Start`'s cgroup: one path component of `[A-Za-z0-9_.@-]`, at most
+/// `CGROUP_NAME_LEN_MAX` bytes, not starting with `.` (no `.` or `..`) nor `cgroup.` (the
+/// kernel's own files).
+pub fn is_cgroup_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= CGROUP_NAME_LEN_MAX
+        && !name.starts_with(b".")
+        && !name.starts_with(b"cgroup.")
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'))
 }
 
 /// An absent uid/gid must be written as zero so that every frame has one encoding.

@@ -28,6 +28,8 @@ pub struct StartRef<'a, A: AsRef<[u8]>, E: AsRef<[u8]>> {
     pub gid: Option<u32>,
     /// Only known bits.
     pub flags: StartFlags,
+    /// Exactly with `StartFlags::CGROUP`: the child's own cgroup's name.
+    pub cgroup: Option<&'a [u8]>,
 }
 
 impl<A: AsRef<[u8]>, E: AsRef<[u8]>> StartRef<'_, A, E> {
@@ -69,6 +71,13 @@ impl<A: AsRef<[u8]>, E: AsRef<[u8]>> StartRef<'_, A, E> {
                 return Err(EncodeError::EnvEntryWithoutEquals);
             }
         }
+        match (self.flags.contains(StartFlags::CGROUP), self.cgroup) {
+            (true, Some(name)) if super::decode::is_cgroup_name(name) => {
+                len = len.saturating_add(STRING_PREFIX_LEN + name.len());
+            }
+            (false, None) => {}
+            _ => return Err(EncodeError::BadCgroupName),
+        }
         Ok(len)
     }
 }
@@ -103,6 +112,9 @@ pub fn encode_start<A: AsRef<[u8]>, E: AsRef<[u8]>>(
     }
     for entry in start.env {
         put_string(&mut w, entry.as_ref())?;
+    }
+    if let Some(name) = start.cgroup {
+        put_string(&mut w, name)?;
     }
     Ok(w.pos())
 }

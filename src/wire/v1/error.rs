@@ -57,6 +57,8 @@ pub enum DecodeError {
     NotifyTextTooLong { len: usize },
     /// A `Notify` has a request id other than 0 (it answers no request).
     NotifyRequestId { id: u64 },
+    /// A `Start`'s `cgroup` is missing, too long, or not one path component.
+    BadCgroupName,
     /// An `Error` stage byte names no stage we know.
     UnknownStage { stage: u8 },
     /// An `Error` errno is negative.
@@ -159,6 +161,10 @@ impl fmt::Display for DecodeError {
             DecodeError::NotifyRequestId { id } => {
                 write!(f, "Notify has request id {id}, not 0")
             }
+            DecodeError::BadCgroupName => write!(
+                f,
+                "Start cgroup is not one path component of [A-Za-z0-9_.@-] (at most 255 bytes)"
+            ),
             DecodeError::UnknownStage { stage } => write!(f, "unknown error stage {stage}"),
             DecodeError::NegativeErrno { errno } => write!(f, "errno {errno} is negative"),
             DecodeError::ErrorTextTooLong { len } => {
@@ -207,6 +213,9 @@ pub enum EncodeError {
     NotifyTextTooLong { len: usize },
     /// A `Notify` has a request id other than 0.
     NotifyRequestId { id: u64 },
+    /// `StartFlags::CGROUP` without a `cgroup` (or the reverse), or a name that is not one
+    /// path component.
+    BadCgroupName,
 }
 
 impl fmt::Display for EncodeError {
@@ -251,6 +260,10 @@ impl fmt::Display for EncodeError {
             EncodeError::NotifyRequestId { id } => {
                 write!(f, "a Notify has request id 0, not {id}")
             }
+            EncodeError::BadCgroupName => write!(
+                f,
+                "cgroup given without StartFlags::CGROUP (or the reverse), or not one path component"
+            ),
             EncodeError::ErrorTextTooLong { len } => {
                 write!(
                     f,

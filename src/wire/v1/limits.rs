@@ -70,6 +70,9 @@ pub const NOTIFY_FIXED_LEN: usize = 8;
 /// Longest forwarded sd_notify datagram in bytes (systemd reads at most 4096).
 pub const NOTIFY_TEXT_LEN_MAX: usize = 4096;
 
+/// Longest `cgroup` name of a `Start` (one path component).
+pub const CGROUP_NAME_LEN_MAX: usize = 255;
+
 /// Number of file descriptors that travel with a `Started` frame (SCM_RIGHTS): the pidfd.
 /// Every other frame travels with none.
 pub const STARTED_FD_COUNT: usize = 1;

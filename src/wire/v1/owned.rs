@@ -50,6 +50,7 @@ pub struct OwnedStart {
     pub cwd: Option<Vec<u8>>,
     pub argv: Vec<Vec<u8>>,
     pub env: Vec<Vec<u8>>,
+    pub cgroup: Option<Vec<u8>>,
 }
 
 /// The owned counterpart of [`ErrorFrame`].
@@ -89,6 +90,7 @@ impl OwnedStart {
             uid: self.uid,
             gid: self.gid,
             flags: self.flags,
+            cgroup: self.cgroup.as_deref(),
         }
     }
 }
@@ -135,6 +137,7 @@ impl Start<'_> {
             cwd: self.cwd.map(<[u8]>::to_vec),
             argv: self.argv.iter().map(<[u8]>::to_vec).collect(),
             env: self.env.iter().map(<[u8]>::to_vec).collect(),
+            cgroup: self.cgroup.map(<[u8]>::to_vec),
         }
     }
 }

@@ -115,6 +115,10 @@ bitflags! {
         /// replaces one in the request), and what it sends there is forwarded as `Notify`.
         /// Only for an agent that announced `NOTIFY_FORWARD`.
         const NOTIFY = 1 << 3;
+        /// (Minor 2+.) The child is created in a cgroup of its own, named by the `cgroup`
+        /// field that follows the environment, under the agent's delegated cgroup. Only for
+        /// an agent that announced `CGROUPS`.
+        const CGROUP = 1 << 4;
     }
 }
 
@@ -140,6 +144,9 @@ bitflags! {
         /// forwards the datagrams sent to that socket as `Notify` frames to every connection
         /// whose requests say minor 2 or higher.
         const NOTIFY_FORWARD = 1 << 4;
+        /// (Minor 2+.) The agent has a cgroup v2 subtree of its own: it honours
+        /// `StartFlags::CGROUP`.
+        const CGROUPS = 1 << 5;
     }
 }
 

@@ -278,6 +278,12 @@ pub enum Auto {
 /// with other processes (a terminal's scope, a test runner's cgroup), where services of two
 /// orchestrators with the same names would share cgroups.
 pub fn resolve_auto() -> Auto {
+    resolve_delegated(ORCHESTRATOR_LEAF)
+}
+
+/// [`resolve_auto`] for any process alone in a delegated cgroup (holden-agent's is `agent`):
+/// it moves itself into `<own>/<leaf>`, its children's cgroups go under `<own>/services`.
+pub fn resolve_delegated(leaf: &str) -> Auto {
     let Some(mount) = mount_point() else {
         return Auto::Off("no cgroup2 file system is mounted".into());
     };
@@ -285,10 +291,10 @@ pub fn resolve_auto() -> Auto {
         return Auto::Off("no cgroup v2 line in /proc/self/cgroup".into());
     };
     if own == "/" {
-        return Auto::Off("the orchestrator is in the root cgroup".into());
+        return Auto::Off("this process is in the root cgroup".into());
     }
     let own_path = mount.join(own.trim_start_matches('/'));
-    let in_leaf = own_path.file_name().is_some_and(|n| n == ORCHESTRATOR_LEAF);
+    let in_leaf = own_path.file_name().is_some_and(|n| n == leaf);
     let base = match (in_leaf, own_path.parent()) {
         (true, Some(parent)) => parent.to_path_buf(),
         _ => own_path.clone(),
@@ -305,7 +311,7 @@ pub fn resolve_auto() -> Auto {
         Ok(true) => {}
         Ok(false) => {
             return Auto::Off(format!(
-                "the orchestrator's cgroup {} has other processes: not delegated to it",
+                "its cgroup {} has other processes: not delegated to it",
                 own_path.display()
             ))
         }
@@ -313,7 +319,7 @@ pub fn resolve_auto() -> Auto {
     }
     let mut moved = false;
     if !in_leaf {
-        let leaf = base.join(ORCHESTRATOR_LEAF);
+        let leaf = base.join(leaf);
         let joined = cstring(&leaf).and_then(|p| {
             crate::sys::cgroup::mkdir(&p)?;
             let dir = crate::sys::cgroup::open_dir(&p)?;

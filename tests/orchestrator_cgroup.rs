@@ -655,3 +655,127 @@ fn systemd_notify_from_a_services_script_counts_for_the_service() {
     assert!(table.contains("script-ready"), "{table}");
     assert!(orch.stop(libc::SIGTERM).success());
 }
+
+/// Starts QM (a real holden-agent in its own PID namespace) with the agent alone in the
+/// cgroup `qm` (as QM's delegated cgroup): it moves itself into `qm/agent` and makes its
+/// processes' cgroups under `qm/services`.
+fn qm_in(dir: &TempDir, qm: &CgroupRoot) -> Qm {
+    Qm::start_with(
+        dir,
+        // An inner shell moves itself (`$$`), then becomes the agent: the outer loop, QM's
+        // init, stays where it is.
+        &format!(
+            "sh -c \"echo \\$\\$ > '{}/cgroup.procs' && exec '$AGENT' --socket '$SOCKET'\"",
+            qm.0.display()
+        ),
+    )
+}
+
+/// A QM tree (a sleep in the background, one in a new session, the main process) is created
+/// in its own cgroup `<agent cgroup>/<name>` by the agent; a stop signals the whole cgroup,
+/// and when the main process is killed alone the rest of its tree ends with it.
+#[test]
+fn a_qm_service_has_its_own_cgroup_and_its_tree_ends_with_it() {
+    let Some(root) = CgroupRoot::new("qm") else {
+        return;
+    };
+    let dir = TempDir::new("cg-qm");
+    let _qm = qm_in(&dir, &root);
+    let marker = sleep_marker("3602");
+    let _left = Marked(marker.clone());
+    let script =
+        format!("sleep 3600 {marker} & setsid sleep 3600 {marker} & exec sleep 3600 {marker}");
+    let config = qm_config(
+        &dir,
+        &root.0.join("services"),
+        &service(
+            "tree",
+            "qm",
+            &["/bin/sh", "-c", &script],
+            "restart = \"never\"",
+        ),
+    );
+    let mut orch = Orch::start(&dir, &config);
+    orch.wait_lines(&["service=tree ", "reason=spawned"], 1);
+    let pid = last_spawned_pid(&orch, "tree");
+    let expected = format!("0::{}", relative(&root.0.join("services").join("tree")));
+    assert_eq!(cgroup_line(pid), expected);
+    wait_until_ok(|| marked(&marker).len() == 3);
+    assert!(orch.lines_with(&["event=qm-cgroup-refused"]).is_empty());
+    // Stop: the whole cgroup gets SIGTERM.
+    let (code, out) = holdenctl_text(&dir.path("control.sock"), &["stop", "tree"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_until_ok(|| marked(&marker).is_empty()),
+        "left: {:?}",
+        marked(&marker)
+    );
+    let signalled = orch.wait_lines(&["service=tree ", "event=signal", "target=cgroup"], 1);
+    assert!(signalled[0].contains("procs=3"), "{}", signalled[0]);
+    // Started again, its main process killed alone: the rest goes with it.
+    let (code, out) = holdenctl_text(&dir.path("control.sock"), &["start", "tree"]);
+    assert_eq!(code, 0, "{out}");
+    orch.wait_lines(&["service=tree ", "reason=spawned"], 2);
+    wait_until_ok(|| marked(&marker).len() == 3);
+    kill(last_spawned_pid(&orch, "tree"), libc::SIGKILL);
+    assert!(
+        wait_until_ok(|| marked(&marker).is_empty()),
+        "left: {:?}",
+        marked(&marker)
+    );
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+/// The agent placed the process somewhere else than `<agent cgroup>/<name>` (here: the
+/// orchestrator is told another cgroup than the one the agent has, as an agent that lies
+/// would do): refused and logged, and nothing is signalled through a cgroup.
+#[test]
+fn a_qm_process_outside_its_cgroup_is_refused_and_only_it_is_signalled() {
+    let (Some(root), Some(other)) = (CgroupRoot::new("qm-real"), CgroupRoot::new("qm-told")) else {
+        return;
+    };
+    let dir = TempDir::new("cg-qm-lie");
+    let _qm = qm_in(&dir, &root);
+    let marker = sleep_marker("3603");
+    let _left = Marked(marker.clone());
+    let script = format!("sleep 3600 {marker} & exec sleep 3600 {marker}");
+    let config = qm_config(
+        &dir,
+        &other.0.join("services"),
+        &service(
+            "tree",
+            "qm",
+            &["/bin/sh", "-c", &script],
+            "restart = \"never\"",
+        ),
+    );
+    let mut orch = Orch::start(&dir, &config);
+    orch.wait_lines(&["service=tree ", "reason=spawned"], 1);
+    let refused = orch
+        .wait_lines(&["service=tree ", "event=qm-cgroup-refused"], 1)
+        .remove(0);
+    assert!(refused.contains("qm-real"), "{refused}");
+    wait_until_ok(|| marked(&marker).len() == 2);
+    let main = last_spawned_pid(&orch, "tree");
+    let (code, out) = holdenctl_text(&dir.path("control.sock"), &["stop", "tree"]);
+    assert_eq!(code, 0, "{out}");
+    orch.wait_lines(&["service=tree ", "state=stopped"], 1);
+    // The main process was signalled alone; the other sleep of its tree was not touched.
+    assert!(orch
+        .lines_with(&["service=tree ", "target=cgroup"])
+        .is_empty());
+    let left = marked(&marker);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(!left.contains(&main));
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+/// The test's configuration with `[agent] cgroup = cgroup` and `services`.
+fn qm_config(dir: &TempDir, cgroup: &Path, services: &str) -> String {
+    let header = config_header(&dir.path("agent.sock")).replacen(
+        "[agent]\n",
+        &format!("[agent]\ncgroup = {:?}\n", cgroup.display().to_string()),
+        1,
+    );
+    header + services
+}

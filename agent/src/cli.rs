@@ -41,6 +41,8 @@ Options:
                           forwarded to the orchestrator (default:
                           qm_notify.sock beside the v1 socket; \"none\": no
                           socket, notify services are refused)
+  --no-cgroups            start processes in the agent's own cgroup even when it
+                          has a delegated one (StartFlags::CGROUP is refused)
   -h, --help              print this help and exit
   -V, --version           print the version and exit
 
@@ -75,6 +77,8 @@ pub struct Options {
     pub read_timeout_ms: u64,
     pub exec_timeout_ms: u64,
     pub notify_socket: NotifyChoice,
+    /// Give started processes a cgroup of their own when the agent has a delegated one.
+    pub cgroups: bool,
 }
 
 /// `--notify-socket`.
@@ -131,6 +135,7 @@ where
     let mut read_timeout_ms = READ_TIMEOUT_MS_DEFAULT;
     let mut exec_timeout_ms = EXEC_TIMEOUT_MS_DEFAULT;
     let mut notify_socket: Option<NotifyChoice> = None;
+    let mut cgroups = true;
     while let Some(arg) = parser.next().map_err(|e| lexopt_usage(&e))? {
         match arg {
             Short('h') | Long("help") => return Ok(Command::Help),
@@ -176,6 +181,7 @@ where
                     READ_TIMEOUT_MS_MAX,
                 )?;
             }
+            Long("no-cgroups") => cgroups = false,
             Long("notify-socket") => {
                 let name = "--notify-socket";
                 let value = value(&mut parser, name)?;
@@ -219,6 +225,7 @@ where
         read_timeout_ms,
         exec_timeout_ms,
         notify_socket: notify_socket.unwrap_or(NotifyChoice::Default),
+        cgroups,
     }))
 }
 

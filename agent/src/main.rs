@@ -144,7 +144,41 @@ fn run(options: Options) -> Result<(), String> {
             }
         },
     };
-    let mut server = server::Server::new(listeners, signals, inherited, settings, notify);
+    let cgroups = if options.cgroups {
+        match holden::cgroup::resolve_delegated("agent") {
+            holden::cgroup::Auto::At {
+                mut hierarchy,
+                moved,
+            } => match hierarchy.open_root() {
+                Ok(()) => {
+                    info!(
+                        "cgroups: started processes get their own under {}{}",
+                        hierarchy.root().display(),
+                        if moved {
+                            " (moved itself into its leaf `agent`)"
+                        } else {
+                            ""
+                        }
+                    );
+                    Some(hierarchy)
+                }
+                Err(e) => {
+                    warning!(
+                        "cgroups: {}: {e}; started processes share the agent's",
+                        hierarchy.root().display()
+                    );
+                    None
+                }
+            },
+            holden::cgroup::Auto::Off(reason) => {
+                info!("cgroups: off ({reason}); started processes share the agent's");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut server = server::Server::new(listeners, signals, inherited, settings, notify, cgroups);
     log_startup(&server);
     let mut status = String::from("READY=1\nSTATUS=listening on");
     for listener in server.listeners() {

@@ -112,6 +112,8 @@ pub struct Server {
     pub(crate) pending: Vec<Option<PendingExec>>,
     /// The socket whose datagrams are forwarded as `Notify` (wire 1.2).
     pub(crate) notify: Option<NotifySocket>,
+    /// Where started processes get a cgroup of their own (`StartFlags::CGROUP`, wire 1.2).
+    pub(crate) cgroups: Option<holden::cgroup::Hierarchy>,
     pollfds: Vec<PollFd>,
     owners: Vec<Owner>,
     serial_next: u64,
@@ -158,6 +160,7 @@ impl Server {
         inherited: InheritedEnv,
         settings: Settings,
         notify: Option<NotifySocket>,
+        cgroups: Option<holden::cgroup::Hierarchy>,
     ) -> Server {
         let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
         let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD
@@ -168,6 +171,9 @@ impl Server {
         }
         if notify.is_some() {
             capabilities |= Capabilities::NOTIFY_FORWARD;
+        }
+        if cgroups.is_some() {
+            capabilities |= Capabilities::CGROUPS;
         }
         let v02_bufs = (0..CONNECTIONS_MAX)
             .map(|_| {
@@ -189,6 +195,7 @@ impl Server {
             capabilities,
             pending: (0..PENDING_EXECS_MAX).map(|_| None).collect(),
             notify,
+            cgroups,
             pollfds: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX + PENDING_EXECS_MAX),
             owners: Vec::with_capacity(POLL_FIXED_MAX + CONNECTIONS_MAX + PENDING_EXECS_MAX),
             serial_next: 1,

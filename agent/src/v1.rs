@@ -49,6 +49,49 @@ impl Refusal {
     }
 }
 
+/// Gives the next spawn its own cgroup `name` under the agent's (created if missing;
+/// `None`: the agent's own cgroup); the refusal to answer when that cannot be.
+fn place_in_cgroup(
+    spec: &mut holden::spawn::SpawnSpec,
+    cgroups: Option<&holden::cgroup::Hierarchy>,
+    name: Option<&[u8]>,
+) -> Option<Refusal> {
+    spec.set_cgroup(None);
+    let name = name?;
+    let shown = Escaped(name);
+    let Some(cgroups) = cgroups else {
+        return Some(Refusal::new(
+            ErrorStage::Setup,
+            libc::EOPNOTSUPP,
+            format_args!(
+                "cgroup \"{shown}\": this agent has no cgroup subtree of its own (not \
+                 delegated, or --no-cgroups); CGROUPS is not offered"
+            ),
+        ));
+    };
+    // The decoder checked the name: one path component. A cgroup of that name that is empty
+    // is made anew (after a `cgroup.kill`, a kernel may kill what is later created in it),
+    // one that still holds processes (the last instance's tree, not yet ended) is used as it
+    // is.
+    let name = std::str::from_utf8(name).unwrap_or("");
+    let dir = match cgroups.renew(name) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => cgroups.create(name),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => cgroups.open(name),
+        other => other,
+    };
+    match dir {
+        Ok(dir) => {
+            spec.set_cgroup(Some(dir));
+            None
+        }
+        Err(e) => Some(Refusal::new(
+            ErrorStage::Setup,
+            holden::sys::errno::of(&e),
+            format_args!("cgroup \"{shown}\": {e}"),
+        )),
+    }
+}
+
 impl Server {
     pub(crate) fn v1_readable(&mut self, slot: usize) -> Next {
         let Some(conn) = self.conns[slot].as_ref() else {
@@ -144,6 +187,11 @@ impl Server {
                     return self.v1_refuse(slot, request_id, refusal);
                 }
                 let filled = fill_v1(&mut self.spec, &start, &self.inherited, notify);
+                if let Some(refusal) =
+                    place_in_cgroup(&mut self.spec, self.cgroups.as_ref(), start.cgroup)
+                {
+                    return self.v1_refuse(slot, request_id, refusal);
+                }
                 if let Err(error) = filled {
                     let refusal =
                         Refusal::new(ErrorStage::Limit, libc::E2BIG, format_args!("{error}"));

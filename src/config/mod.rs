@@ -92,6 +92,10 @@ pub struct AgentConfig {
     pub reconnect_initial: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Where holden-agent puts its processes' own cgroups, as a path in this (the host's)
+    /// cgroup2 mount (`<the agent's delegated cgroup>/services`; key `cgroup`). `None`: QM
+    /// services get no cgroup of their own.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Default path of journald's native socket.

@@ -65,6 +65,7 @@ pub(crate) fn from_legacy_args(
             request_timeout: defaults,
             reconnect_initial: super::validate::AGENT_RECONNECT_INITIAL_DEFAULT,
             reconnect_max: super::validate::AGENT_RECONNECT_MAX_DEFAULT,
+            cgroup: None,
         },
         shutdown: ShutdownConfig {
             stop_services: true,

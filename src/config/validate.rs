@@ -68,6 +68,7 @@ const AGENT_KEYS: &[&str] = &[
     "request_timeout",
     "reconnect_initial",
     "reconnect_max",
+    "cgroup",
 ];
 const SHUTDOWN_KEYS: &[&str] = &["stop_services", "timeout"];
 const CONTROL_KEYS: &[&str] = &["socket", "group", "read_group"];
@@ -635,7 +636,7 @@ fn agent(check: &mut Check<'_>, table: &Table<'_>) -> AgentConfig {
         table,
         "agent",
         AGENT_KEYS,
-        "`socket`, `protocol`, `request_timeout`, `reconnect_initial`, `reconnect_max`",
+        "`socket`, `protocol`, `request_timeout`, `reconnect_initial`, `reconnect_max`, `cgroup`",
     );
     let protocol = check.one_of_or(
         table,
@@ -686,12 +687,16 @@ fn agent(check: &mut Check<'_>, table: &Table<'_>) -> AgentConfig {
             ),
         );
     }
+    let cgroup = entry(table, "cgroup")
+        .and_then(|value| absolute_path(check, value, "agent.cgroup"))
+        .map(|path| PathBuf::from(std::ffi::OsString::from_vec(path.into_bytes())));
     AgentConfig {
         socket: check.socket_path(table, "socket", "agent", AGENT_SOCKET_DEFAULT),
         protocol,
         request_timeout,
         reconnect_initial,
         reconnect_max,
+        cgroup,
     }
 }
 

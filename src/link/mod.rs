@@ -454,6 +454,8 @@ pub struct Link<H> {
     gated: bool,
     /// The agent announced minor 2+ and `NOTIFY_FORWARD`.
     notify_forward: bool,
+    /// The agent announced minor 2+ and `CGROUPS`.
+    cgroups: bool,
     notify_budget: crate::rate::TokenBucket,
     /// The bytes of the last `Notify` ([`Link::notify_text`]).
     notify_text: Box<[u8]>,
@@ -509,6 +511,7 @@ impl<H> Link<H> {
             version: (0, 0),
             gated: false,
             notify_forward: false,
+            cgroups: false,
             notify_budget: crate::rate::TokenBucket::new(NOTIFY_PER_SEC, NOTIFY_BURST, 0),
             notify_text: vec![0; wire::NOTIFY_TEXT_LEN_MAX].into_boxed_slice(),
             notify_len: 0,

@@ -99,7 +99,13 @@ impl<H> Link<H> {
                 {
                     Err(EncodeFailure::NoNotify)
                 }
-                Some(start) => {
+                Some(mut start) => {
+                    // An agent without cgroups starts it in its own (the shell says so when
+                    // the process comes: its cgroup is not the one asked for).
+                    if !self.cgroups {
+                        start.flags.remove(wire::StartFlags::CGROUP);
+                        start.cgroup = None;
+                    }
                     wire::encode_start(buf, request.id, &start).map_err(EncodeFailure::V1)
                 }
                 None => Err(EncodeFailure::NoStart),
@@ -208,6 +214,8 @@ impl<H> Link<H> {
                     && pong
                         .capabilities
                         .contains(wire::Capabilities::NOTIFY_FORWARD);
+                self.cgroups = pong.version_minor >= 2
+                    && pong.capabilities.contains(wire::Capabilities::CGROUPS);
                 self.notify_budget = crate::rate::TokenBucket::new(
                     super::NOTIFY_PER_SEC,
                     super::NOTIFY_BURST,

@@ -452,10 +452,40 @@ impl Orchestrator {
         let exit_retry_slot = take_bare(&mut ring, Owner::ExitRetry)?;
         let mut services = Services::new(capacity, exit_retry_slot, caps);
         services.cgroups = super::tree::resolve(&settings.cgroup_root, &log)?;
-        let cgroup_root_in_proc = services.cgroups.as_ref().and_then(|h| {
-            let mount = crate::cgroup::mount_point()?;
-            h.root_in_proc(&mount)
-        });
+        let mount = crate::cgroup::mount_point();
+        let cgroup_root_in_proc = services
+            .cgroups
+            .as_ref()
+            .and_then(|h| h.root_in_proc(mount.as_deref()?));
+        if let Some(host) = &settings.agent_cgroup {
+            let in_proc = mount
+                .as_deref()
+                .and_then(|m| crate::cgroup::Hierarchy::at(host.clone()).root_in_proc(m));
+            match in_proc {
+                Some(in_proc) => {
+                    log.line(
+                        Priority::Info,
+                        format_args!(
+                            "event=qm-cgroups state=on cgroup={}",
+                            Quoted(host.display())
+                        ),
+                    );
+                    services.qm_cgroups = Some(super::services::QmCgroups {
+                        host: host.clone(),
+                        in_proc,
+                    });
+                }
+                None => {
+                    return Err(Error::Service(format!(
+                        "agent.cgroup {}: not under this host's cgroup2 mount ({})",
+                        host.display(),
+                        mount
+                            .as_deref()
+                            .map_or("none".into(), |m| m.display().to_string())
+                    )))
+                }
+            }
+        }
         let mut outputs = Outputs::new(capacity, &settings.journal_socket, settings.history_bytes);
         let mut output_owners = Vec::with_capacity(2 * defs.len());
         for (index, mut def) in defs.into_iter().enumerate() {
@@ -960,6 +990,10 @@ impl Orchestrator {
                         entry.start_identity = runtime::start_time_identity(procs.last_pid)
                             .unwrap_or(crate::record::Identity::None);
                     }
+                }
+                if procs.qm_pid > 0 {
+                    self.services
+                        .check_qm_cgroup(&self.log, service, procs.last_pid);
                 }
                 self.services
                     .watch(&mut self.ring, &self.log, service, handle);

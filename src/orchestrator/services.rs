@@ -19,13 +19,14 @@ use super::engine::{local_failure, Engine};
 use super::output::Outputs;
 use super::spawner::{Done, Spawner};
 use super::spec::ServiceDef;
-use crate::log::{ErrnoText, Logger, Priority};
+use crate::log::{ErrnoText, Logger, Priority, Quoted};
 use crate::pidfd::{self, Capabilities, ExitInfo, Identity, WaitStatus};
 use crate::spawn::{self, SpawnError, SpawnSpec, SpawnStage};
 use crate::supervise::{ExitStatus, MonoTime, Partition, Pid, ServiceId};
 use crate::wire::v1;
 use ring::{Completion, Ring, SlotId, Timeout};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +83,17 @@ pub(crate) struct Service {
     pub start_identity: crate::record::Identity,
     /// What it last said in `STATUS=` (sd_notify).
     pub status_text: arrayvec::ArrayString<{ crate::service_notify::STATUS_BYTES_MAX }>,
+    /// QM, with `[agent] cgroup`: its live process's own cgroup, once checked to be
+    /// `<agent cgroup>/<name>` (`Services::check_qm_cgroup`).
+    pub(crate) qm_cgroup: Option<OwnedFd>,
+}
+
+/// Where holden-agent puts its processes' own cgroups (`[agent] cgroup`).
+pub(crate) struct QmCgroups {
+    /// As a path of the host's cgroup2 mount.
+    pub host: std::path::PathBuf,
+    /// As `/proc/PID/cgroup` shows it (relative to the mount, from `/`).
+    pub in_proc: String,
 }
 
 /// Every service, indexed by the core's service index.
@@ -99,6 +111,8 @@ pub(crate) struct Services {
     /// A datagram socket connected to the services' notify socket: what a service with
     /// `notify_fd` gets on that number (`None` without the notify socket).
     pub(crate) notify_fd_socket: Option<Arc<OwnedFd>>,
+    /// QM services' own cgroups (`None`: QM processes stay in the agent's).
+    pub(crate) qm_cgroups: Option<QmCgroups>,
 }
 
 impl Services {
@@ -111,6 +125,7 @@ impl Services {
             local_spawn_failures: 0,
             cgroups: None,
             notify_fd_socket: None,
+            qm_cgroups: None,
         }
     }
 
@@ -281,6 +296,7 @@ impl Services {
             reaped_elsewhere: false,
             start_identity: crate::record::Identity::None,
             status_text: arrayvec::ArrayString::new(),
+            qm_cgroup: None,
         };
         match self.list.get_mut(id.index()) {
             Some(entry) => *entry = service,
@@ -288,6 +304,59 @@ impl Services {
                 debug_assert_eq!(id.index(), self.list.len());
                 self.list.push(service);
             }
+        }
+    }
+
+    /// A QM service's process was taken into supervision: with `[agent] cgroup`, finds its
+    /// cgroup as the kernel shows it (`/proc/PID/cgroup` of its pid in our namespace: nothing
+    /// the agent says) and keeps it only if it is exactly `<agent cgroup>/<name>`, the one the
+    /// agent was asked to make. Anything else (the agent's own, another service's, a cgroup
+    /// outside QM) is refused and logged, and the service's signals go to its process alone.
+    pub(crate) fn check_qm_cgroup(&mut self, log: &Logger, service: ServiceId, pid: i32) {
+        let Some(qm) = &self.qm_cgroups else {
+            return;
+        };
+        let Some(entry) = self.list.get_mut(service.index()) else {
+            return;
+        };
+        entry.qm_cgroup = None;
+        let mut buf = [0u8; 512];
+        let path = crate::sys::fd::ProcPath::pid_file(pid, "cgroup");
+        let text = crate::sys::fd::read_small_file(path.as_cstr(), &mut buf)
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok());
+        let seen = text.and_then(crate::cgroup::parse_own_cgroup);
+        let name = entry.def.name.as_str();
+        let ours = seen.is_some_and(|p| {
+            p.strip_prefix(qm.in_proc.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                == Some(name)
+        });
+        if !ours {
+            log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={name} partition=qm pid={pid} event=qm-cgroup-refused cgroup={} expected={} effect=\"signals go to its process only\"",
+                    Quoted(seen.unwrap_or("(unknown)")),
+                    Quoted(format_args!("{}/{name}", qm.in_proc))
+                ),
+            );
+            return;
+        }
+        let dir = qm.host.join(name);
+        let opened = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+            .and_then(|p| crate::sys::cgroup::open_dir(&p));
+        match opened {
+            Ok(fd) => entry.qm_cgroup = Some(fd),
+            Err(e) => log.line(
+                Priority::Warning,
+                format_args!(
+                    "service={name} partition=qm pid={pid} event=qm-cgroup-refused cgroup={} error={} effect=\"signals go to its process only\"",
+                    Quoted(dir.display()),
+                    Quoted(&e)
+                ),
+            ),
         }
     }
 
@@ -442,13 +511,15 @@ impl Services {
             return;
         };
         let name = &entry.def.name;
-        if let Some(dir) = entry.spec.as_ref().and_then(|s| s.cgroup()) {
+        let cgroup = entry.spec.as_ref().and_then(|s| s.cgroup());
+        if let Some(dir) = cgroup.or(entry.qm_cgroup.as_ref().map(AsFd::as_fd)) {
             // The whole tree (docs/orchestrator.md): every process of the service's cgroup.
             match super::tree::signal(&entry.tree, dir, signal) {
                 Ok(procs) => log.line(
                     Priority::Info,
                     format_args!(
-                        "service={name} partition=local pid={} event=signal signal={} target=cgroup procs={procs}",
+                        "service={name} partition={} pid={} event=signal signal={} target=cgroup procs={procs}",
+                        entry.def.policy.partition.as_str(),
                         pid.0,
                         pidfd::signal_name(signal)
                     ),
@@ -498,6 +569,19 @@ impl Services {
             return;
         };
         entry.exit_wait = ExitWait::None;
+        // QM: what its main process left behind in its cgroup ends with it.
+        if let Some(dir) = entry.qm_cgroup.take() {
+            if let Err(e) = super::tree::kill(dir.as_fd()) {
+                log.line(
+                    Priority::Warning,
+                    format_args!(
+                        "service={} partition=qm event=tree-kill-failed error={}",
+                        entry.def.name,
+                        Quoted(&e)
+                    ),
+                );
+            }
+        }
         match ring.detach(entry.slot) {
             Ok(pidfd) => drop(pidfd),
             Err(ring::OpError::NoFd) => {}
@@ -755,6 +839,12 @@ impl crate::link::Requests for Starts<'_> {
         if def.policy.readiness.kind == crate::supervise::Kind::Notify {
             flags |= v1::StartFlags::NOTIFY;
         }
+        // Its own cgroup, named after it (the link drops the request for an agent that does
+        // not offer `CGROUPS`).
+        let cgroup = self.0.qm_cgroups.as_ref().map(|_| def.name.as_bytes());
+        if cgroup.is_some() {
+            flags |= v1::StartFlags::CGROUP;
+        }
         Some(v1::StartRef {
             argv: def.argv.as_slice(),
             env: def.env.as_slice(),
@@ -762,7 +852,7 @@ impl crate::link::Requests for Starts<'_> {
             uid: def.uid,
             gid: def.gid,
             flags,
-            cgroup: None,
+            cgroup,
         })
     }
 }

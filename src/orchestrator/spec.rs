@@ -70,6 +70,8 @@ pub struct ServiceDef {
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// The agent's socket (v1: SOCK_SEQPACKET; v0.2: SOCK_STREAM).
+    /// Where holden-agent puts its processes' own cgroups (host path; `[agent] cgroup`).
+    pub agent_cgroup: Option<PathBuf>,
     pub agent_socket: PathBuf,
     /// The agent's protocol.
     pub agent_protocol: AgentProtocol,
@@ -111,6 +113,7 @@ impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             agent_socket: config.agent.socket.clone(),
+            agent_cgroup: config.agent.cgroup.clone(),
             agent_protocol: match config.agent.protocol {
                 config::AgentProtocol::V1 => AgentProtocol::V1,
                 config::AgentProtocol::V0_2 => AgentProtocol::V02,
@@ -183,6 +186,7 @@ impl Settings {
     pub fn new(agent_socket: PathBuf) -> Settings {
         Settings {
             agent_socket,
+            agent_cgroup: None,
             agent_protocol: AgentProtocol::Auto,
             slots: 64,
             log_level: Priority::Info,

@@ -26,8 +26,8 @@ mod owned;
 mod types;
 
 pub use decode::{
-    decode, decode_header, header_offset, payload_offset, peek_request_id, Body, ErrorFrame, Frame,
-    is_cgroup_name, Header, Notify, Start, Started, StrIter, StrList, PRESENT_GID, PRESENT_UID,
+    decode, decode_header, header_offset, is_cgroup_name, payload_offset, peek_request_id, Body,
+    ErrorFrame, Frame, Header, Notify, Start, Started, StrIter, StrList, PRESENT_GID, PRESENT_UID,
 };
 pub use encode::{
     clamp_error_text, encode_error, encode_notify, encode_ping, encode_pong, encode_running,

@@ -325,7 +325,11 @@ impl Services {
         let text = crate::sys::fd::read_small_file(path.as_cstr(), &mut buf)
             .ok()
             .and_then(|n| std::str::from_utf8(&buf[..n]).ok());
-        let seen = text.and_then(crate::cgroup::parse_own_cgroup);
+        // Gone already (its exit comes next): nothing to signal, nothing to say.
+        let Some(text) = text else {
+            return;
+        };
+        let seen = crate::cgroup::parse_own_cgroup(text);
         let name = entry.def.name.as_str();
         let ours = seen.is_some_and(|p| {
             p.strip_prefix(qm.in_proc.as_str())

@@ -28,8 +28,9 @@ impl Drop for Tok {
 
 struct Starts;
 
-/// Service 3 is a `type = "notify"` one.
+/// Service 3 is a `type = "notify"` one; service 2 asks for a cgroup of its own.
 const NOTIFY_SERVICE: usize = 3;
+const CGROUP_SERVICE: usize = 2;
 
 impl Requests for Starts {
     fn start(&self, index: usize) -> Option<wire::StartRef<'_, Vec<u8>, Vec<u8>>> {
@@ -39,6 +40,10 @@ impl Requests for Starts {
         if index == NOTIFY_SERVICE {
             flags |= wire::StartFlags::NOTIFY;
         }
+        let cgroup = (index == CGROUP_SERVICE).then_some(b"radio".as_slice());
+        if cgroup.is_some() {
+            flags |= wire::StartFlags::CGROUP;
+        }
         Some(wire::StartRef {
             argv: argv.as_slice(),
             env: &[],
@@ -46,7 +51,7 @@ impl Requests for Starts {
             uid: None,
             gid: None,
             flags,
-            cgroup: None,
+            cgroup,
         })
     }
 }
@@ -1221,4 +1226,21 @@ fn a_notify_service_starts_only_through_an_agent_that_forwards() {
         (wire::StartFlags::NEW_SESSION | wire::StartFlags::NOTIFY).bits()
     );
     assert_eq!(bytes[5], 2, "the Start says minor 2");
+}
+
+#[test]
+fn a_cgroup_is_asked_for_only_of_an_agent_that_offers_cgroups() {
+    const CGROUPS: u32 = 1 << 5;
+    for (caps, asked) in [(GATED | CGROUPS, true), (GATED, false)] {
+        let mut h = Harness::new(Protocol::V1);
+        h.up_as(2, caps);
+        h.run(|link, cx| link.request(cx, CGROUP_SERVICE));
+        let (_, bytes) = h.transmit().expect("a Start");
+        let frame = wire::decode(&bytes).unwrap();
+        let wire::Body::Start(start) = frame.body else {
+            panic!("{frame:?}");
+        };
+        assert_eq!(start.flags.contains(wire::StartFlags::CGROUP), asked);
+        assert_eq!(start.cgroup, asked.then_some(b"radio".as_slice()));
+    }
 }

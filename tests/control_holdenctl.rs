@@ -48,7 +48,19 @@ fn run_ctl(program: &Path, socket: &Path, args: &[&str], tweak: impl FnOnce(&mut
         .args(args)
         .env("NO_COLOR", "1");
     tweak(&mut cmd);
-    let out = cmd.output().expect("run holdenctl");
+    // A copy just written (`ctl_cmd`): another test's fork may briefly hold a copy of the
+    // descriptor it was written through (until that child's exec closes it), and the exec
+    // fails with ETXTBSY meanwhile; try again for a while.
+    let mut tries = 0;
+    let out = loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.expect("run holdenctl"),
+        }
+    };
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -76,20 +76,30 @@ fn run_as_nobody(socket: &Path, mode: &str) -> (String, String) {
     if !copy.exists() {
         std::fs::copy(std::env::current_exe().unwrap(), &copy).expect("copy the test binary");
     }
-    let output = Command::new(&copy)
-        .args([
-            "--exact",
-            "client_as_other_user",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CLIENT_ENV, socket)
-        .env(MODE_ENV, mode)
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(&copy);
+    cmd.args([
+        "--exact",
+        "client_as_other_user",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env(CLIENT_ENV, socket)
+    .env(MODE_ENV, mode)
+    .uid(NOBODY)
+    .gid(NOBODY);
+    // Another test's fork may briefly hold a copy of the descriptor the copy was written
+    // through (until that child's exec closes it): ETXTBSY then, so try again for a while.
+    let mut tries = 0;
+    let output = loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let find = |prefix: &str| {
         stdout

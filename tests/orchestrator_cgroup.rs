@@ -46,19 +46,24 @@ impl CgroupRoot {
 
 impl Drop for CgroupRoot {
     fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.0) else {
-            return;
-        };
-        let children: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect();
-        for child in &children {
-            let _ = std::fs::write(child.join("cgroup.kill"), "1");
+        // Every cgroup below the root, the deepest first (a QM test's agent makes
+        // `services/<name>` two levels down).
+        fn below(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for path in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                below(&path, out);
+                out.push(path);
+            }
         }
-        for child in children.iter().chain(std::iter::once(&self.0)) {
-            let _ = wait_until_ok(|| std::fs::remove_dir(child).is_ok());
+        let mut dirs = Vec::new();
+        below(&self.0, &mut dirs);
+        for dir in &dirs {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        for dir in dirs.iter().chain(std::iter::once(&self.0)) {
+            let _ = wait_until_ok(|| std::fs::remove_dir(dir).is_ok());
         }
     }
 }

@@ -323,6 +323,12 @@ mod tests {
         assert_eq!(spec.env_count(), 1);
     }
 
+    fn env_of(spec: &SpawnSpec) -> Vec<&[u8]> {
+        (0..spec.env_count())
+            .filter_map(|i| spec.env_entry(i))
+            .collect()
+    }
+
     #[test]
     fn notify_replaces_every_notify_socket_and_only_with_the_flag() {
         let inherited = InheritedEnv::from_pairs(vec![
@@ -339,9 +345,7 @@ mod tests {
             panic!("not a start");
         };
         fill_v1(&mut spec, &start, &inherited, Some(ours)).unwrap();
-        let env: Vec<&[u8]> = (0..spec.env_count())
-            .filter_map(|i| spec.env_entry(i))
-            .collect();
+        let env = env_of(&spec);
         assert_eq!(env, [b"HOME=/root".as_slice(), ours]);
         // Without the flag the agent's socket is not given, and the request's entry stays.
         let frame = start_frame(StartFlags::INHERIT_ENV, &[b"NOTIFY_SOCKET=/elsewhere"]);
@@ -349,9 +353,7 @@ mod tests {
             panic!("not a start");
         };
         fill_v1(&mut spec, &start, &inherited, Some(ours)).unwrap();
-        let env: Vec<&[u8]> = (0..spec.env_count())
-            .filter_map(|i| spec.env_entry(i))
-            .collect();
+        let env = env_of(&spec);
         assert_eq!(env, [b"HOME=/root".as_slice(), b"NOTIFY_SOCKET=/elsewhere"]);
     }
 

@@ -617,15 +617,25 @@ pub fn last_spawned_pid(orch: &Orch, name: &str) -> i32 {
         .unwrap()
 }
 
-/// VmRSS of `pid` in kB.
+/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`); 0 when it cannot be read.
 #[allow(dead_code)]
-pub fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+pub fn status_kb(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// VmRSS of the live process `pid` in kB (panics if it cannot be read).
+#[allow(dead_code)]
+pub fn rss_kb(pid: i32) -> u64 {
+    match status_kb(pid, "VmRSS") {
+        0 => panic!("no VmRSS for pid {pid}"),
+        kb => kb,
+    }
 }
 
 /// A crash loop's restarts per second over `window`, from the orchestrator's `reason=spawned`

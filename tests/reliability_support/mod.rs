@@ -170,17 +170,6 @@ pub fn fd_kinds(pid: i32) -> BTreeMap<String, usize> {
     out
 }
 
-/// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
-pub fn status_kb(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Every live process whose arguments include one starting with `prefix`, by that argument.
 pub fn pids_by_argument_prefix(prefix: &str) -> BTreeMap<String, Vec<i32>> {
     let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();

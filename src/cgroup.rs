@@ -130,6 +130,15 @@ fn with_component<R>(name: &str, f: impl FnOnce(&std::ffi::CStr) -> R) -> Option
     Some(f(name))
 }
 
+/// Opens the cgroup `name` (one valid component) inside the cgroup directory `dir`;
+/// allocation-free.
+pub fn open_component(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    with_component(name, |name| {
+        crate::sys::cgroup::open_in(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)
+    })
+    .unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::InvalidInput)))
+}
+
 impl Hierarchy {
     /// The root as `/proc/PID/cgroup` shows it: relative to the cgroup2 mount, from `/`.
     /// `None` if the root is not under `mount`.

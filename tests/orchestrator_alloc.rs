@@ -14,7 +14,7 @@ mod orchestrator_support;
 use holden::config::OutputTarget;
 use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
 use holden::supervise::{Backoff, Partition, Restart, ServicePolicy, StartLimit};
-use orchestrator_support::{Qm, TempDir};
+use orchestrator_support::{qm_in, Qm, TempDir, TestCgroup};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -219,11 +219,17 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     const MEASURED_QM_CYCLES: u64 = 1_000;
 
     let dir = TempDir::new("alloc");
-    let qm = Qm::start(&dir, "");
-    let devnull = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/null")
-        .unwrap();
+    // Local services in cgroups of their own, and QM ones in the agent's (`[agent] cgroup`),
+    // where this host has a writable cgroup2 mount: their spawn and release paths are measured
+    // too. Declared before the agent so that they are removed after it.
+    let local_cgroups = TestCgroup::new("alloc-local");
+    let qm_cgroup = TestCgroup::new("alloc-qm");
+    let qm = match &qm_cgroup {
+        Some(cgroup) => qm_in(&dir, cgroup),
+        None => Qm::start(&dir, ""),
+    };
+    let log_path = dir.path("orchestrator.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
     let mut settings = Settings::new(qm.socket.clone());
     settings.slots = 8;
     let control_socket = dir.path("control.sock");
@@ -235,6 +241,10 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     settings.journal_socket = journal_socket;
     // The state record is written all along (its writer thread counts too).
     settings.runtime_dir = Some(dir.path("run"));
+    if let Some(root) = &local_cgroups {
+        settings.cgroup_root = holden::config::CgroupRoot::Path(root.0.clone());
+    }
+    settings.agent_cgroup = qm_cgroup.as_ref().map(|cgroup| cgroup.service("services"));
     let defs = vec![
         crash_loop("local-true", Partition::Local),
         printer("local-printer"),
@@ -242,7 +252,7 @@ fn the_event_loop_allocates_nothing_after_start_up() {
         crash_loop("qm-true-b", Partition::Qm),
     ];
     let options = Options {
-        log_fd: devnull.as_raw_fd(),
+        log_fd: log_file.as_raw_fd(),
         signals: false,
         notify: false,
     };
@@ -299,6 +309,13 @@ fn the_event_loop_allocates_nothing_after_start_up() {
     client.join().expect("control client");
     let (local_cycles, qm_cycles) = (local() - local_start, qm_spawns() - qm_start);
 
+    // The cgroup paths ran: each service's cgroup was made (they go at shutdown).
+    if let Some(root) = &local_cgroups {
+        assert!(root.service("local-true").is_dir());
+    }
+    if let Some(cgroup) = &qm_cgroup {
+        assert!(cgroup.service("services/qm-true-a").is_dir());
+    }
     shutdown.request();
     let result = runner.join().expect("loop thread");
     assert!(finished, "cycles: local {local_cycles}, qm {qm_cycles}");
@@ -325,6 +342,12 @@ fn the_event_loop_allocates_nothing_after_start_up() {
         counters.agent_dropped.load(Ordering::Relaxed) == 0,
         "the agent connection stayed up"
     );
+    // No QM process was refused its cgroup.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    if qm_cgroup.is_some() {
+        assert!(log.contains("event=qm-cgroups state=on"), "{log}");
+        assert!(!log.contains("qm-cgroup-refused"), "{log}");
+    }
     drop(qm);
     // The printer's lines reached the journal stand-in.
     journal.set_nonblocking(true).unwrap();

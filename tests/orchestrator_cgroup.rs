@@ -10,74 +10,8 @@
 mod orchestrator_support;
 
 use orchestrator_support::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-/// A cgroup root of this test's own, removed (after killing what is left in it) on drop.
-struct CgroupRoot(PathBuf);
-
-impl CgroupRoot {
-    fn new(tag: &str) -> Option<CgroupRoot> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let mount = holden::cgroup::mount_point()?;
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let path = mount.join(format!("holden-test-{tag}-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&path) {
-            Ok(()) => Some(CgroupRoot(path)),
-            Err(e) => {
-                eprintln!(
-                    "skipped: cannot create a cgroup under {}: {e}",
-                    mount.display()
-                );
-                None
-            }
-        }
-    }
-
-    fn service(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn toml(&self) -> String {
-        format!("[cgroup]\nroot = {:?}\n\n", self.0.display().to_string())
-    }
-}
-
-impl Drop for CgroupRoot {
-    fn drop(&mut self) {
-        // Every cgroup below the root, the deepest first (a QM test's agent makes
-        // `services/<name>` two levels down).
-        fn below(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for path in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
-                below(&path, out);
-                out.push(path);
-            }
-        }
-        let mut dirs = Vec::new();
-        below(&self.0, &mut dirs);
-        for dir in &dirs {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-        }
-        for dir in dirs.iter().chain(std::iter::once(&self.0)) {
-            let _ = wait_until_ok(|| std::fs::remove_dir(dir).is_ok());
-        }
-    }
-}
-
-/// Polls `f` for a few seconds (clean-up only: the cgroup empties after its kill).
-fn wait_until_ok(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..250 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
-}
 
 /// Live processes whose command line contains `marker` anywhere (scripts carry it in their
 /// text, `sleep` as its argument).
@@ -142,7 +76,7 @@ fn tree_script(m: &str) -> String {
 
 #[test]
 fn a_service_is_created_inside_its_cgroup() {
-    let Some(root) = CgroupRoot::new("inside") else {
+    let Some(root) = TestCgroup::new("inside") else {
         return;
     };
     let dir = TempDir::new("cg-inside");
@@ -170,7 +104,7 @@ fn a_service_is_created_inside_its_cgroup() {
 
 #[test]
 fn stop_ends_a_tree_of_50_processes_with_double_forks_and_setsid() {
-    let Some(root) = CgroupRoot::new("stop") else {
+    let Some(root) = TestCgroup::new("stop") else {
         return;
     };
     let dir = TempDir::new("cg-stop");
@@ -224,7 +158,7 @@ fn stop_ends_a_tree_of_50_processes_with_double_forks_and_setsid() {
 
 #[test]
 fn shutdown_leaves_nothing_of_the_tree_behind() {
-    let Some(root) = CgroupRoot::new("shutdown") else {
+    let Some(root) = TestCgroup::new("shutdown") else {
         return;
     };
     let dir = TempDir::new("cg-shutdown");
@@ -250,7 +184,7 @@ fn shutdown_leaves_nothing_of_the_tree_behind() {
 
 #[test]
 fn a_main_exit_signals_what_remains_and_is_reported_once_the_cgroup_is_empty() {
-    let Some(root) = CgroupRoot::new("main-exit") else {
+    let Some(root) = TestCgroup::new("main-exit") else {
         return;
     };
     let dir = TempDir::new("cg-main-exit");
@@ -318,7 +252,7 @@ fn a_main_exit_signals_what_remains_and_is_reported_once_the_cgroup_is_empty() {
 /// service), and a stop then ends every process of the tree, by the pids recorded before.
 #[test]
 fn a_restart_after_kill_9_takes_over_the_whole_tree_and_stop_ends_it() {
-    let Some(root) = CgroupRoot::new("adopt") else {
+    let Some(root) = TestCgroup::new("adopt") else {
         return;
     };
     let dir = TempDir::new("cg-adopt");
@@ -403,7 +337,7 @@ fn a_restart_after_kill_9_takes_over_the_whole_tree_and_stop_ends_it() {
 /// CLONE_INTO_CGROUP child of the old one could be killed at once on 6.18).
 #[test]
 fn a_restart_ends_a_tree_whose_main_died_meanwhile_and_starts_the_service_again() {
-    let Some(root) = CgroupRoot::new("orphan") else {
+    let Some(root) = TestCgroup::new("orphan") else {
         return;
     };
     let dir = TempDir::new("cg-orphan");
@@ -476,7 +410,7 @@ fn a_restart_ends_a_tree_whose_main_died_meanwhile_and_starts_the_service_again(
 /// limit is refused too: there would be no cgroup to hold it.
 #[test]
 fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
-    let Some(root) = CgroupRoot::new("limits") else {
+    let Some(root) = TestCgroup::new("limits") else {
         return;
     };
     let offered = std::fs::read_to_string(root.0.join("cgroup.controllers")).unwrap_or_default();
@@ -558,7 +492,7 @@ fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
 /// stop after the re-exec ends every process of it.
 #[test]
 fn a_reexec_keeps_the_whole_tree_and_stop_ends_it() {
-    let Some(root) = CgroupRoot::new("reexec") else {
+    let Some(root) = TestCgroup::new("reexec") else {
         return;
     };
     let dir = TempDir::new("cg-reexec");
@@ -623,7 +557,7 @@ fn systemd_notify_from_a_services_script_counts_for_the_service() {
         eprintln!("skipped: no /usr/bin/systemd-notify");
         return;
     }
-    let Some(root) = CgroupRoot::new("sdnotify") else {
+    let Some(root) = TestCgroup::new("sdnotify") else {
         return;
     };
     let dir = TempDir::new("cg-sdnotify");
@@ -661,27 +595,12 @@ fn systemd_notify_from_a_services_script_counts_for_the_service() {
     assert!(orch.stop(libc::SIGTERM).success());
 }
 
-/// Starts QM (a real holden-agent in its own PID namespace) with the agent alone in the
-/// cgroup `qm` (as QM's delegated cgroup): it moves itself into `qm/agent` and makes its
-/// processes' cgroups under `qm/services`.
-fn qm_in(dir: &TempDir, qm: &CgroupRoot) -> Qm {
-    Qm::start_with(
-        dir,
-        // An inner shell moves itself (`$$`), then becomes the agent: the outer loop, QM's
-        // init, stays where it is.
-        &format!(
-            "sh -c \"echo \\$\\$ > '{}/cgroup.procs' && exec '$AGENT' --socket '$SOCKET'\"",
-            qm.0.display()
-        ),
-    )
-}
-
 /// A QM tree (a sleep in the background, one in a new session, the main process) is created
 /// in its own cgroup `<agent cgroup>/<name>` by the agent; a stop signals the whole cgroup,
 /// and when the main process is killed alone the rest of its tree ends with it.
 #[test]
 fn a_qm_service_has_its_own_cgroup_and_its_tree_ends_with_it() {
-    let Some(root) = CgroupRoot::new("qm") else {
+    let Some(root) = TestCgroup::new("qm") else {
         return;
     };
     let dir = TempDir::new("cg-qm");
@@ -736,7 +655,7 @@ fn a_qm_service_has_its_own_cgroup_and_its_tree_ends_with_it() {
 /// would do): refused and logged, and nothing is signalled through a cgroup.
 #[test]
 fn a_qm_process_outside_its_cgroup_is_refused_and_only_it_is_signalled() {
-    let (Some(root), Some(other)) = (CgroupRoot::new("qm-real"), CgroupRoot::new("qm-told")) else {
+    let (Some(root), Some(other)) = (TestCgroup::new("qm-real"), TestCgroup::new("qm-told")) else {
         return;
     };
     let dir = TempDir::new("cg-qm-lie");

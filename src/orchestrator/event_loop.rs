@@ -461,8 +461,9 @@ impl Orchestrator {
             let in_proc = mount
                 .as_deref()
                 .and_then(|m| crate::cgroup::Hierarchy::at(host.clone()).root_in_proc(m));
-            match in_proc {
-                Some(in_proc) => {
+            let host_c = std::ffi::CString::new(host.as_os_str().as_bytes()).ok();
+            match in_proc.zip(host_c) {
+                Some((in_proc, host_c)) => {
                     log.line(
                         Priority::Info,
                         format_args!(
@@ -471,7 +472,7 @@ impl Orchestrator {
                         ),
                     );
                     services.qm_cgroups = Some(super::services::QmCgroups {
-                        host: host.clone(),
+                        host: host_c,
                         in_proc,
                     });
                 }

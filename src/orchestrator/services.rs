@@ -26,7 +26,6 @@ use crate::supervise::{ExitStatus, MonoTime, Partition, Pid, ServiceId};
 use crate::wire::v1;
 use ring::{Completion, Ring, SlotId, Timeout};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,8 +89,10 @@ pub(crate) struct Service {
 
 /// Where holden-agent puts its processes' own cgroups (`[agent] cgroup`).
 pub(crate) struct QmCgroups {
-    /// As a path of the host's cgroup2 mount.
-    pub host: std::path::PathBuf,
+    /// As a path of the host's cgroup2 mount (made once at start-up: the check opens it by
+    /// this path, allocating nothing, so that a `services` directory the agent made anew is
+    /// the one found).
+    pub host: std::ffi::CString,
     /// As `/proc/PID/cgroup` shows it (relative to the mount, from `/`).
     pub in_proc: String,
 }
@@ -347,17 +348,15 @@ impl Services {
             );
             return;
         }
-        let dir = qm.host.join(name);
-        let opened = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
-            .and_then(|p| crate::sys::cgroup::open_dir(&p));
+        let opened = crate::sys::cgroup::open_dir(&qm.host)
+            .and_then(|host| crate::cgroup::open_component(host.as_fd(), name));
         match opened {
             Ok(fd) => entry.qm_cgroup = Some(fd),
             Err(e) => log.line(
                 Priority::Warning,
                 format_args!(
                     "service={name} partition=qm pid={pid} event=qm-cgroup-refused cgroup={} error={} effect=\"signals go to its process only\"",
-                    Quoted(dir.display()),
+                    Quoted(format_args!("{}/{name}", qm.host.to_string_lossy())),
                     Quoted(&e)
                 ),
             ),

@@ -648,3 +648,83 @@ pub fn spawn_rate(orch: &Orch, name: &str, window: std::time::Duration) -> f64 {
     std::thread::sleep(window);
     (spawned() - before) as f64 / at.elapsed().as_secs_f64()
 }
+
+/// A cgroup root of this test's own, removed (after killing what is left in it) on drop.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Option<TestCgroup> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let mount = holden::cgroup::mount_point()?;
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = mount.join(format!("holden-test-{tag}-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => Some(TestCgroup(path)),
+            Err(e) => {
+                eprintln!(
+                    "skipped: cannot create a cgroup under {}: {e}",
+                    mount.display()
+                );
+                None
+            }
+        }
+    }
+
+    pub fn service(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn toml(&self) -> String {
+        format!("[cgroup]\nroot = {:?}\n\n", self.0.display().to_string())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Every cgroup below the root, the deepest first (a QM test's agent makes
+        // `services/<name>` two levels down).
+        fn below(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for path in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                below(&path, out);
+                out.push(path);
+            }
+        }
+        let mut dirs = Vec::new();
+        below(&self.0, &mut dirs);
+        for dir in &dirs {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        for dir in dirs.iter().chain(std::iter::once(&self.0)) {
+            let _ = wait_until_ok(|| std::fs::remove_dir(dir).is_ok());
+        }
+    }
+}
+
+/// Polls `f` for a few seconds (clean-up only: the cgroup empties after its kill).
+pub fn wait_until_ok(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// Starts QM (a real holden-agent in its own PID namespace) with the agent alone in the
+/// cgroup `qm` (as QM's delegated cgroup): it moves itself into `qm/agent` and makes its
+/// processes' cgroups under `qm/services`.
+pub fn qm_in(dir: &TempDir, qm: &TestCgroup) -> Qm {
+    Qm::start_with(
+        dir,
+        // An inner shell moves itself (`$$`), then becomes the agent: the outer loop, QM's
+        // init, stays where it is.
+        &format!(
+            "sh -c \"echo \\$\\$ > '{}/cgroup.procs' && exec '$AGENT' --socket '$SOCKET'\"",
+            qm.0.display()
+        ),
+    )
+}

@@ -269,7 +269,9 @@ fn check_refuses_invalid_settings_with_their_place_in_the_file() {
         expected.push((name, line));
         text += &block;
     }
-    text += &service("q", "qm", &["/bin/true"], "nice = 1");
+    // A QM service takes the execution environment, but its groups only by number (a name
+    // would be the host's).
+    text += &service("q", "qm", &["/bin/true"], "supplementary_groups = [\"audio\"]");
     expected.push(("q", text.lines().count()));
     std::fs::write(&path, &text).unwrap();
     let out = Command::new(orchestrator_bin())
@@ -384,5 +386,90 @@ fn a_reload_that_changes_the_environment_restarts_the_service() {
         limit(second, "Max open files"),
         ("600".into(), "600".into())
     );
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+/// A QM service's execution environment goes to holden-agent in its `Start` (wire 1.2,
+/// `EXEC_ENV`), and the agent applies it: read back from `/proc` of the process it started
+/// (in our namespace), as for a local service.
+#[test]
+fn a_qm_service_gets_its_execution_environment_through_the_agent() {
+    let dir = TempDir::new("exec-qm");
+    let _qm = Qm::start(&dir, "");
+    let marker = sleep_marker("3600");
+    let _left = MarkerReaper(vec![marker.clone()]);
+    let extra = "restart = \"never\"\n\
+         limits = { nofile = { soft = 512, hard = 1024 }, core = 0 }\n\
+         umask = 0o027\n\
+         oom_score_adj = 300\n\
+         nice = 6\n\
+         sched_policy = \"rr\"\n\
+         sched_priority = 4\n\
+         cpu_affinity = [0]\n\
+         no_new_privs = true\n\
+         gid = 45\n\
+         supplementary_groups = [44, 46]\n\
+         capability_bounding_set = [\"CAP_KILL\", \"CAP_NET_BIND_SERVICE\"]\n";
+    let mut orch = orchestrator(&dir, &service("env", "qm", &["/bin/sleep", &marker], extra));
+    orch.wait_lines(&["service=env ", "reason=spawned"], 1);
+    let pid = last_spawned_pid(&orch, "env");
+    assert!(has_argument(pid, &marker), "{}", orch.log());
+    assert_eq!(limit(pid, "Max open files"), ("512".into(), "1024".into()));
+    assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
+    assert_eq!(status_field(pid, "Umask"), "0027");
+    assert_eq!(proc_file(pid, "oom_score_adj").trim(), "300");
+    // proc(5): field 19 nice, 40 rt_priority, 41 policy (SCHED_RR = 2).
+    assert_eq!(stat_field(pid, 19), "6", "nice");
+    assert_eq!(stat_field(pid, 40), "4", "rt_priority");
+    assert_eq!(stat_field(pid, 41), "2", "policy");
+    assert_eq!(status_field(pid, "Cpus_allowed_list"), "0");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert!(status_field(pid, "Gid").starts_with("45\t45\t45"));
+    let mut groups: Vec<u32> = status_field(pid, "Groups")
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort_unstable();
+    assert_eq!(groups, vec![44, 45, 46]);
+    // CAP_KILL is 5, CAP_NET_BIND_SERVICE 10.
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000420");
+    assert!(orch.stop(libc::SIGTERM).success());
+}
+
+/// Under a model of QM's seccomp profile (real-time scheduling denied), a QM service that asks
+/// for `SCHED_FIFO` fails its start with a clear error: the stage, `EPERM`, and the agent's
+/// text naming the step and the profile. It is not started without its policy, and the
+/// agent serves the next start as before.
+#[test]
+fn qm_refusing_real_time_scheduling_is_a_clear_spawn_error() {
+    let dir = TempDir::new("exec-qm-rt");
+    let _qm = Qm::start_denying_sched(&dir);
+    let marker = sleep_marker("3600");
+    let _left = MarkerReaper(vec![marker.clone()]);
+    let config = service(
+        "rt",
+        "qm",
+        &["/bin/sleep", &marker],
+        "restart = \"never\"\nsched_policy = \"fifo\"\nsched_priority = 10",
+    ) + &service(
+        "plain",
+        "qm",
+        &["/bin/sleep", &marker],
+        "restart = \"never\"\nnice = 3",
+    );
+    let mut orch = orchestrator(&dir, &config);
+    let lines = orch.wait_lines(&["service=rt ", "event=spawn-failed"], 1);
+    let line = &lines[0];
+    assert!(line.contains("stage=setup "), "{line}");
+    assert!(line.contains(&format!("errno={} ", libc::EPERM)), "{line}");
+    assert!(line.contains("scheduling policy for"), "{line}");
+    assert!(line.contains("seccomp"), "{line}");
+    assert!(orch
+        .lines_with(&["service=rt ", "reason=spawned"])
+        .is_empty());
+    orch.wait_lines(&["service=plain ", "reason=spawned"], 1);
+    let pid = last_spawned_pid(&orch, "plain");
+    assert!(has_argument(pid, &marker));
+    assert_eq!(stat_field(pid, 19), "3", "nice");
     assert!(orch.stop(libc::SIGTERM).success());
 }

@@ -369,6 +369,7 @@ impl link::Requests for Starts {
             gid: None,
             flags: v1::StartFlags::NEW_SESSION,
             cgroup: None,
+            exec: None,
         })
     }
 }

@@ -169,6 +169,7 @@ fn seqpacket_keeps_one_frame_per_packet() {
         gid: None,
         flags: StartFlags::empty(),
         cgroup: None,
+        exec: None,
     };
     let mut sent = Vec::new();
     for id in 1..=3u64 {
@@ -482,6 +483,7 @@ fn a_python_peer_written_from_the_docs_interoperates() {
         gid: None,
         flags: StartFlags::empty(),
         cgroup: None,
+        exec: None,
     };
     let len = encode_start(&mut out, 2, &start).unwrap();
     let got = request(&sock, &out[..len], &mut buf);

@@ -1,6 +1,9 @@
 //! holden wire v1: golden bytes (pinning docs/wire.md), round trips, limits, every error
 //! variant, version handling, and never-panics properties over random and mutated packets.
 
+use holden::spawn::{
+    CpuSet, ExecEnv, Groups, OomScoreAdj, Rlimit, SchedPolicy, CPU_MAX, GROUPS_MAX,
+};
 use holden::wire::v1::{
     clamp_error_text, decode, decode_header, encode_error, encode_notify, encode_ping, encode_pong,
     encode_running, encode_start, encode_started, header_offset, payload_offset, peek_request_id,
@@ -57,6 +60,7 @@ fn simple_start() -> OwnedStart {
         argv: vec![b"/bin/true".to_vec()],
         env: vec![],
         cgroup: None,
+        exec: None,
     }
 }
 
@@ -105,6 +109,7 @@ fn golden_start() {
         gid: None,
         flags: StartFlags::NEW_SESSION,
         cgroup: None,
+        exec: None,
     };
     let mut out = buf();
     let len = encode_start(&mut out, 42, &start).unwrap();
@@ -129,6 +134,133 @@ fn golden_start() {
         vec![&b"/bin/echo"[..], &b"hi"[..]]
     );
     assert_eq!(start.env.iter().collect::<Vec<_>>(), vec![&b"A=1"[..]]);
+}
+
+/// The `exec` section's worked example (docs/wire.md §5a).
+fn example_exec() -> ExecEnv {
+    let mut exec = ExecEnv::default();
+    exec.rlimits[libc::RLIMIT_NOFILE as usize] = Some(Rlimit {
+        soft: 1024,
+        hard: 4096,
+    });
+    exec.nice = Some(-5);
+    exec.sched = Some((SchedPolicy::Fifo, 10));
+    exec.no_new_privs = true;
+    exec
+}
+
+#[test]
+fn golden_start_with_an_execution_environment() {
+    let exec = example_exec();
+    let argv: &[&[u8]] = &[b"/usr/bin/can-gw"];
+    let start = StartRef {
+        argv,
+        env: NO_STRINGS,
+        cwd: None,
+        uid: None,
+        gid: None,
+        flags: StartFlags::NEW_SESSION | StartFlags::EXEC_ENV,
+        cgroup: None,
+        exec: Some(&exec),
+    };
+    let mut out = buf();
+    let len = encode_start(&mut out, 7, &start).unwrap();
+    assert_eq!(&out[..len], &golden("start-exec")[..]);
+    assert_eq!(len, 84);
+    let packet = golden("start-exec");
+    let Body::Start(decoded) = decode(&packet).unwrap().body else {
+        panic!("not a Start")
+    };
+    assert_eq!(decoded.exec.map(|e| e.get()), Some(exec));
+    // Without the flag the section is trailing bytes; without the section the flag is refused
+    // by the encoder.
+    let mut no_flag = packet.clone();
+    no_flag[HEADER_LEN] = 0x01;
+    assert!(matches!(
+        decode(&no_flag),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
+}
+
+/// Each rule of the `exec` section (docs/wire.md §5a), broken one at a time after a valid
+/// Start: every one is `BadExecEnv`, a cut-off section is `Truncated`.
+#[test]
+fn every_rule_of_the_exec_section_is_checked() {
+    let start = start_frame(simple_start());
+    let mut base = buf();
+    let len = start.encode(&mut base).unwrap();
+    let with_section = |section: &[u8]| {
+        let mut b = base[..len].to_vec();
+        b[HEADER_LEN] |= 0x20;
+        b.extend_from_slice(section);
+        let payload = (b.len() - HEADER_LEN) as u32;
+        b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
+            .copy_from_slice(&payload.to_le_bytes());
+        decode(&b).map(|f| f.to_owned_frame())
+    };
+    let u64s =
+        |values: &[u64]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0, 0, 0, 0], "sets nothing"),
+        (vec![0x00, 0x04, 0, 0], "unknown fields bits"),
+        (
+            [vec![0, 0, 1, 0], u64s(&[5, 4])].concat(),
+            "a soft limit above its hard limit",
+        ),
+        (vec![0x01, 0, 0, 0, 0x00, 0x02], "umask above 0o777"),
+        (
+            vec![0x02, 0, 0, 0, 0xe9, 0x03],
+            "oom_score_adj outside -1000..=1000",
+        ),
+        (vec![0x04, 0, 0, 0, 20], "nice outside -20..=19"),
+        (vec![0x08, 0, 0, 0, 7, 1], "an unknown scheduling policy"),
+        (
+            vec![0x08, 0, 0, 0, 1, 0],
+            "a scheduling priority its policy does not take",
+        ),
+        (
+            vec![0x08, 0, 0, 0, 0, 5],
+            "a scheduling priority its policy does not take",
+        ),
+        (
+            vec![0x10, 0, 0, 0, 0],
+            "a CPU affinity of 0 or more than 16 words",
+        ),
+        (
+            vec![0x10, 0, 0, 0, 17],
+            "a CPU affinity of 0 or more than 16 words",
+        ),
+        (
+            [vec![0x10, 0, 0, 0, 2], u64s(&[1, 0])].concat(),
+            "a CPU affinity whose last word is zero",
+        ),
+        (vec![0x40, 0, 0, 0, 65], "more than 64 supplementary groups"),
+    ];
+    for (section, what) in cases {
+        assert_eq!(
+            with_section(&section),
+            Err(DecodeError::BadExecEnv { what }),
+            "{section:02x?}"
+        );
+    }
+    assert!(matches!(
+        with_section(&[0x80, 0, 0, 0, 1, 2, 3]),
+        Err(DecodeError::Truncated { .. })
+    ));
+    // The edges of each range are taken.
+    let edges = [
+        vec![0x01, 0, 0, 0, 0xff, 0x01],
+        vec![0x02, 0, 0, 0, 0x18, 0xfc],
+        vec![0x04, 0, 0, 0, 0xec],
+        vec![0x08, 0, 0, 0, 2, 99],
+        [vec![0x10, 0, 0, 0, 16], u64s(&[0; 15]), u64s(&[1 << 63])].concat(),
+        [vec![0x40, 0, 0, 0, 64], vec![0; 256]].concat(),
+        // no_new_privs and watchdog_pid: parts without bytes.
+        vec![0x20, 0x02, 0, 0],
+    ];
+    for section in edges {
+        assert!(with_section(&section).is_ok(), "{section:02x?}");
+    }
 }
 
 #[test]
@@ -372,6 +504,7 @@ fn encode_start_from_boxed_slices_and_strs() {
         gid: Some(0),
         flags: StartFlags::STDIO_NULL | StartFlags::INHERIT_ENV,
         cgroup: None,
+        exec: None,
     };
     let mut out = [0u8; 256];
     let len = encode_start(&mut out, u64::MAX, &start).unwrap();
@@ -747,10 +880,11 @@ fn decode_error_name(err: &DecodeError) -> &'static str {
         DecodeError::NotifyTextTooLong { .. } => "NotifyTextTooLong",
         DecodeError::NotifyRequestId { .. } => "NotifyRequestId",
         DecodeError::BadCgroupName => "BadCgroupName",
+        DecodeError::BadExecEnv { .. } => "BadExecEnv",
     }
 }
 
-const DECODE_ERROR_COUNT: usize = 24;
+const DECODE_ERROR_COUNT: usize = 25;
 
 /// Packets that each break one rule, with the error they must yield.
 fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
@@ -932,6 +1066,19 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
             }),
             DecodeError::BadCgroupName,
         ),
+        (
+            // EXEC_ENV set, and the section that follows the environment sets nothing.
+            with(&start, &|b| {
+                b[p] |= 0x20;
+                b.extend_from_slice(&[0, 0, 0, 0]);
+                let len = (b.len() - HEADER_LEN) as u32;
+                b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
+                    .copy_from_slice(&len.to_le_bytes());
+            }),
+            DecodeError::BadExecEnv {
+                what: "sets nothing",
+            },
+        ),
     ]
 }
 
@@ -976,10 +1123,11 @@ fn encode_error_name(err: &EncodeError) -> &'static str {
         EncodeError::NotifyTextTooLong { .. } => "NotifyTextTooLong",
         EncodeError::NotifyRequestId { .. } => "NotifyRequestId",
         EncodeError::BadCgroupName => "BadCgroupName",
+        EncodeError::BadExecEnv { .. } => "BadExecEnv",
     }
 }
 
-const ENCODE_ERROR_COUNT: usize = 16;
+const ENCODE_ERROR_COUNT: usize = 17;
 
 #[test]
 fn every_encode_error_variant_is_reachable() {
@@ -998,6 +1146,7 @@ fn every_encode_error_variant_is_reachable() {
                 gid: None,
                 flags,
                 cgroup: None,
+                exec: None,
             },
         )
     };
@@ -1016,6 +1165,7 @@ fn every_encode_error_variant_is_reachable() {
                     gid: None,
                     flags: StartFlags::empty(),
                     cgroup: None,
+                    exec: None,
                 },
             ),
             EncodeError::BufferTooSmall {
@@ -1126,6 +1276,30 @@ fn every_encode_error_variant_is_reachable() {
             EncodeError::BadCgroupName,
         ),
         (
+            start_frame(OwnedStart {
+                flags: StartFlags::EXEC_ENV,
+                ..simple_start()
+            })
+            .encode(&mut out),
+            EncodeError::BadExecEnv {
+                what: "EXEC_ENV and the section go together",
+            },
+        ),
+        (
+            start_frame(OwnedStart {
+                flags: StartFlags::EXEC_ENV,
+                exec: Some(Box::new(ExecEnv {
+                    nice: Some(20),
+                    ..ExecEnv::default()
+                })),
+                ..simple_start()
+            })
+            .encode(&mut out),
+            EncodeError::BadExecEnv {
+                what: "nice outside -20..=19",
+            },
+        ),
+        (
             encode_pong(&mut small[..10], 1, Pong::ours(Capabilities::empty())),
             EncodeError::BufferTooSmall {
                 needed: 32,
@@ -1165,6 +1339,58 @@ fn stage() -> impl Strategy<Value = ErrorStage> {
     (1u8..=9).prop_map(|b| ErrorStage::from_u8(b).unwrap())
 }
 
+/// A valid `exec` section: every part within its range, at least one part set.
+fn valid_exec() -> impl Strategy<Value = ExecEnv> {
+    (
+        prop::collection::vec(prop::option::of((any::<u64>(), any::<u64>())), 16),
+        prop::option::of(0u32..=0o777),
+        prop::option::of(-1000i32..=1000),
+        prop::option::of(-20i8..=19),
+        prop::option::of(prop_oneof![
+            Just((SchedPolicy::Other, 0u8)),
+            (1u8..=99).prop_map(|p| (SchedPolicy::Fifo, p)),
+            (1u8..=99).prop_map(|p| (SchedPolicy::Rr, p)),
+        ]),
+        prop::option::of(prop::collection::vec(0usize..=CPU_MAX, 1..8)),
+        any::<bool>(),
+        prop::option::of(prop::collection::vec(any::<u32>(), 0..=GROUPS_MAX)),
+        any::<Option<u64>>(),
+        any::<Option<u64>>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(limits, umask, oom, nice, sched, cpus, nnp, groups, bounding, ambient, wd)| {
+                let mut exec = ExecEnv::default();
+                for (slot, limit) in exec.rlimits.iter_mut().zip(limits) {
+                    *slot = limit.map(|(a, b)| Rlimit {
+                        soft: a.min(b),
+                        hard: a.max(b),
+                    });
+                }
+                exec.umask = umask;
+                exec.oom_score_adj = oom.and_then(OomScoreAdj::new);
+                exec.nice = nice;
+                exec.sched = sched;
+                exec.cpu_affinity = cpus.map(|cpus| {
+                    let mut set = CpuSet::default();
+                    for cpu in cpus {
+                        set.add(cpu);
+                    }
+                    set
+                });
+                exec.no_new_privs = nnp;
+                exec.groups = groups.and_then(|g| Groups::new(&g));
+                exec.cap_bounding = bounding;
+                exec.cap_ambient = ambient;
+                exec.watchdog_pid = wd;
+                if exec == ExecEnv::default() {
+                    exec.no_new_privs = true;
+                }
+                exec
+            },
+        )
+}
+
 fn valid_start() -> impl Strategy<Value = OwnedStart> {
     (
         any::<u32>(),
@@ -1174,8 +1400,9 @@ fn valid_start() -> impl Strategy<Value = OwnedStart> {
         prop::collection::vec(non_nul_bytes(60), 1..12),
         prop::collection::vec(env_entry(), 0..12),
         "[a-z0-9_.@-]{0,20}",
+        valid_exec(),
     )
-        .prop_map(|(flags, uid, gid, cwd, argv, env, name)| {
+        .prop_map(|(flags, uid, gid, cwd, argv, env, name, exec)| {
             let flags = StartFlags::from_bits_truncate(flags);
             // The name exactly with the flag, and a valid one.
             let name = format!("s{name}").into_bytes();
@@ -1187,6 +1414,7 @@ fn valid_start() -> impl Strategy<Value = OwnedStart> {
                 argv,
                 env,
                 cgroup: flags.contains(StartFlags::CGROUP).then_some(name),
+                exec: flags.contains(StartFlags::EXEC_ENV).then(|| Box::new(exec)),
             }
         })
 }
@@ -1303,6 +1531,7 @@ proptest! {
             argv,
             env,
             cgroup: None,
+            exec: None,
         });
         let frame = OwnedFrame { request_id, ..frame };
         let mut out = vec![0u8; buf_len];

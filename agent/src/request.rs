@@ -64,6 +64,11 @@ pub fn fill_v1(
     w.uid(start.uid);
     w.gid(start.gid);
     w.stdio_null(start.flags.contains(StartFlags::STDIO_NULL));
+    w.finish();
+    // The decoder checked every value; a part the kernel refuses fails the spawn.
+    if let Some(exec) = start.exec {
+        spec.set_exec_env(exec.get());
+    }
     Ok(())
 }
 
@@ -174,6 +179,13 @@ impl fmt::Display for FailureText<'_> {
             SpawnStage::Cgroup => write!(f, "joining the cgroup for \"{program}\": {reason}"),
             SpawnStage::Rlimit => write!(f, "resource limits for \"{program}\": {reason}"),
             SpawnStage::Nice => write!(f, "nice for \"{program}\": {reason}"),
+            // QM's seccomp profile denies sched_setscheduler (real-time scheduling belongs to
+            // the safety partition): say so, as that is the likely cause inside QM.
+            SpawnStage::Sched if self.error.errno == libc::EPERM => write!(
+                f,
+                "scheduling policy for \"{program}\": {reason} (QM's seccomp profile denies \
+                 sched_setscheduler: real-time scheduling is for the host)"
+            ),
             SpawnStage::Sched => write!(f, "scheduling policy for \"{program}\": {reason}"),
             SpawnStage::Affinity => write!(f, "CPU affinity for \"{program}\": {reason}"),
             SpawnStage::OomScoreAdj => write!(f, "oom_score_adj for \"{program}\": {reason}"),
@@ -289,6 +301,7 @@ mod tests {
             gid: None,
             flags,
             cgroup: None,
+            exec: None,
         };
         let len = encode_start(&mut buf, 1, &start).unwrap();
         buf.truncate(len);
@@ -376,6 +389,7 @@ mod tests {
             gid: None,
             flags: StartFlags::empty(),
             cgroup: None,
+            exec: None,
         };
         let len = encode_start(&mut buf, 1, &start).unwrap();
         let Body::Start(start) = decode(&buf[..len]).unwrap().body else {

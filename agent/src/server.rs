@@ -165,7 +165,8 @@ impl Server {
         let has_v02 = listeners.iter().any(|l| l.flavor == Flavor::V02);
         let mut capabilities = Capabilities::EXIT_STATUS_VIA_PIDFD
             | Capabilities::CLONE3_PIDFD
-            | Capabilities::GATED_EXEC;
+            | Capabilities::GATED_EXEC
+            | Capabilities::EXEC_ENV;
         if has_v02 {
             capabilities |= Capabilities::LEGACY_LISTENER;
         }

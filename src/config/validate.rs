@@ -118,20 +118,6 @@ const SERVICE_KEYS: &[&str] = &[
     "io_weight",
 ];
 const SERVICE_SHOWN: &str = "`name`, `argv`, `partition`, `env`, `working_directory`, `uid`, `gid`, `restart`, `restart_delay`, `backoff`, `start_limit`, `stop_signal`, `stop_timeout`, `enabled`, `stdout`, `stderr`, `type`, `start_timeout`, `watchdog`, `watchdog_signal`, `notify_fd`, `after`, `requires`, `wants`, `user`, `group`, `supplementary_groups`, `limits`, `umask`, `oom_score_adj`, `nice`, `sched_policy`, `sched_priority`, `cpu_affinity`, `no_new_privs`, `capability_bounding_set`, `ambient_capabilities`, `memory_max`, `memory_high`, `cpu_weight`, `cpu_max`, `pids_max`, `io_weight`";
-/// The keys of a local service's execution environment (`docs/config.md`).
-const EXEC_KEYS: &[&str] = &[
-    "supplementary_groups",
-    "limits",
-    "umask",
-    "oom_score_adj",
-    "nice",
-    "sched_policy",
-    "sched_priority",
-    "cpu_affinity",
-    "no_new_privs",
-    "capability_bounding_set",
-    "ambient_capabilities",
-];
 const LIMIT_SHOWN: &str = "`cpu`, `fsize`, `data`, `stack`, `core`, `rss`, `nproc`, `nofile`, `memlock`, `as`, `locks`, `sigpending`, `msgqueue`, `nice`, `rtprio`, `rttime`";
 const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max", "reset_after"];
 const START_LIMIT_KEYS: &[&str] = &["burst", "interval"];
@@ -1599,24 +1585,16 @@ fn exec_env(
     use crate::spawn::{CpuSet, ExecEnv, Groups, OomScoreAdj, SchedPolicy};
     let errors_before = check.errors.len();
     let mut exec = ExecEnv::default();
-    if partition == Some(Partition::Qm) {
-        for key in EXEC_KEYS {
-            if let Some(value) = entry(table, key) {
-                check.bad::<()>(
-                    value,
-                    &join(prefix, key),
-                    format!("`{key}` is for local services only: holden-agent does not apply it to QM services yet"),
-                );
-            }
-        }
-        return None;
-    }
     if let Some(value) = entry(table, "supplementary_groups") {
         let field = join(prefix, "supplementary_groups");
         if let DeValue::Array(items) = value.get_ref() {
             let mut gids = Vec::new();
             for (i, item) in items.iter().enumerate() {
-                if let Some(gid) = group_of(check, item, &format!("{field}[{i}]")) {
+                let item_field = format!("{field}[{i}]");
+                if partition == Some(Partition::Qm) && matches!(item.get_ref(), DeValue::String(_))
+                {
+                    check.bad::<()>(item, &item_field, "a group name is for local services only: a QM service's groups are QM's (give a gid)");
+                } else if let Some(gid) = group_of(check, item, &item_field) {
                     gids.push(gid);
                 }
             }

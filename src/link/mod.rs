@@ -296,13 +296,16 @@ pub enum EncodeFailure {
     /// A `type = "notify"` service, and the agent does not forward notifications (it did not
     /// announce minor 2 and `NOTIFY_FORWARD`, or speaks v0.2).
     NoNotify,
+    /// A service with an execution environment (limits, scheduling …), and the agent cannot
+    /// apply one (it did not announce minor 2 and `EXEC_ENV`, or speaks v0.2).
+    NoExecEnv,
 }
 
 impl EncodeFailure {
     /// The errno the failed start is reported with.
     fn errno(&self) -> i32 {
         match self {
-            EncodeFailure::NoNotify => libc::EOPNOTSUPP,
+            EncodeFailure::NoNotify | EncodeFailure::NoExecEnv => libc::EOPNOTSUPP,
             _ => libc::E2BIG,
         }
     }
@@ -456,6 +459,8 @@ pub struct Link<H> {
     notify_forward: bool,
     /// The agent announced minor 2+ and `CGROUPS`.
     cgroups: bool,
+    /// The agent announced minor 2+ and `EXEC_ENV`.
+    exec_env: bool,
     notify_budget: crate::rate::TokenBucket,
     /// The bytes of the last `Notify` ([`Link::notify_text`]).
     notify_text: Box<[u8]>,
@@ -512,6 +517,7 @@ impl<H> Link<H> {
             gated: false,
             notify_forward: false,
             cgroups: false,
+            exec_env: false,
             notify_budget: crate::rate::TokenBucket::new(NOTIFY_PER_SEC, NOTIFY_BURST, 0),
             notify_text: vec![0; wire::NOTIFY_TEXT_LEN_MAX].into_boxed_slice(),
             notify_len: 0,

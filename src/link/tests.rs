@@ -28,9 +28,11 @@ impl Drop for Tok {
 
 struct Starts;
 
-/// Service 3 is a `type = "notify"` one; service 2 asks for a cgroup of its own.
+/// Service 3 is a `type = "notify"` one; service 2 asks for a cgroup of its own; service 4
+/// has an execution environment (a nice value).
 const NOTIFY_SERVICE: usize = 3;
 const CGROUP_SERVICE: usize = 2;
+const EXEC_SERVICE: usize = 4;
 
 impl Requests for Starts {
     fn start(&self, index: usize) -> Option<wire::StartRef<'_, Vec<u8>, Vec<u8>>> {
@@ -44,6 +46,14 @@ impl Requests for Starts {
         if cgroup.is_some() {
             flags |= wire::StartFlags::CGROUP;
         }
+        static EXEC: crate::spawn::ExecEnv = crate::spawn::ExecEnv {
+            nice: Some(5),
+            ..crate::spawn::ExecEnv::DEFAULT
+        };
+        let exec = (index == EXEC_SERVICE).then_some(&EXEC);
+        if exec.is_some() {
+            flags |= wire::StartFlags::EXEC_ENV;
+        }
         Some(wire::StartRef {
             argv: argv.as_slice(),
             env: &[],
@@ -52,6 +62,7 @@ impl Requests for Starts {
             gid: None,
             flags,
             cgroup,
+            exec,
         })
     }
 }
@@ -148,7 +159,7 @@ impl Harness {
             request_timeout: Duration::from_millis(TIMEOUT_MS),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_millis(800),
-            services: 4,
+            services: 5,
         };
         Harness {
             link: Link::new(config, true),
@@ -1243,4 +1254,39 @@ fn a_cgroup_is_asked_for_only_of_an_agent_that_offers_cgroups() {
         assert_eq!(start.flags.contains(wire::StartFlags::CGROUP), asked);
         assert_eq!(start.cgroup, asked.then_some(b"radio".as_slice()));
     }
+}
+
+#[test]
+fn an_execution_environment_goes_only_to_an_agent_that_applies_one() {
+    const EXEC_ENV: u32 = 1 << 6;
+    // An agent that did not announce it (minor 1, or minor 2 without the bit): the start
+    // fails at once, nothing is sent, and the others are not affected.
+    for (minor, caps) in [(1, GATED | EXEC_ENV), (2, GATED)] {
+        let mut h = Harness::new(Protocol::V1);
+        h.up_as(minor, caps);
+        h.run(|link, cx| link.request(cx, EXEC_SERVICE));
+        assert!(h.transmit().is_none(), "no Start is sent");
+        assert_eq!(
+            h.take_events(),
+            [format!("failed {EXEC_SERVICE} Setup {}", libc::EOPNOTSUPP)]
+        );
+        assert!(h.notes.iter().any(|n| matches!(
+            n,
+            Note::EncodeFailed {
+                error: EncodeFailure::NoExecEnv,
+                ..
+            }
+        )));
+        h.request(0);
+    }
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, GATED | EXEC_ENV);
+    h.run(|link, cx| link.request(cx, EXEC_SERVICE));
+    let (_, bytes) = h.transmit().expect("a Start");
+    let frame = wire::decode(&bytes).unwrap();
+    let wire::Body::Start(start) = frame.body else {
+        panic!("{frame:?}");
+    };
+    assert!(start.flags.contains(wire::StartFlags::EXEC_ENV));
+    assert_eq!(start.exec.and_then(|e| e.get().nice), Some(5));
 }

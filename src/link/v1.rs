@@ -99,6 +99,11 @@ impl<H> Link<H> {
                 {
                     Err(EncodeFailure::NoNotify)
                 }
+                Some(start)
+                    if start.flags.contains(wire::StartFlags::EXEC_ENV) && !self.exec_env =>
+                {
+                    Err(EncodeFailure::NoExecEnv)
+                }
                 Some(mut start) => {
                     // An agent without cgroups starts it in its own (the shell says so when
                     // the process comes: its cgroup is not the one asked for).
@@ -216,6 +221,8 @@ impl<H> Link<H> {
                         .contains(wire::Capabilities::NOTIFY_FORWARD);
                 self.cgroups = pong.version_minor >= 2
                     && pong.capabilities.contains(wire::Capabilities::CGROUPS);
+                self.exec_env = pong.version_minor >= 2
+                    && pong.capabilities.contains(wire::Capabilities::EXEC_ENV);
                 self.notify_budget = crate::rate::TokenBucket::new(
                     super::NOTIFY_PER_SEC,
                     super::NOTIFY_BURST,

@@ -487,6 +487,14 @@ impl AgentIo {
                             v02(protocol)
                         ),
                     ),
+                    EncodeFailure::NoExecEnv => log.line(
+                        Priority::Err,
+                        format_args!(
+                            "service={name} partition=qm event=spawn-failed stage=setup errno={} error=\"its execution environment (limits, scheduling, affinity, umask, capabilities ...) needs an agent that applies one (wire 1.2 with EXEC_ENV); this agent does not\"{}",
+                            libc::EOPNOTSUPP,
+                            v02(protocol)
+                        ),
+                    ),
                 }
             }
         }

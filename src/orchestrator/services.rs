@@ -85,6 +85,8 @@ pub(crate) struct Service {
     /// QM, with `[agent] cgroup`: its live process's own cgroup, once checked to be
     /// `<agent cgroup>/<name>` (`Services::check_qm_cgroup`).
     pub(crate) qm_cgroup: Option<OwnedFd>,
+    /// QM: the execution environment its `Start` carries (`None`: the agent's own).
+    qm_exec: Option<spawn::ExecEnv>,
 }
 
 /// Where holden-agent puts its processes' own cgroups (`[agent] cgroup`).
@@ -284,7 +286,11 @@ impl Services {
         slot: SlotId,
         spec: Option<Arc<SpawnSpec>>,
     ) {
+        let qm_exec = (def.policy.partition == Partition::Qm)
+            .then(|| exec_env_of(&def))
+            .filter(|exec| *exec != spawn::ExecEnv::default());
         let service = Service {
+            qm_exec,
             def,
             id,
             slot,
@@ -834,7 +840,8 @@ pub(crate) struct Starts<'a>(pub &'a Services);
 
 impl crate::link::Requests for Starts<'_> {
     fn start(&self, index: usize) -> Option<v1::StartRef<'_, Vec<u8>, Vec<u8>>> {
-        let def = &self.0.list.get(index).filter(|s| s.active)?.def;
+        let entry = self.0.list.get(index).filter(|s| s.active)?;
+        let def = &entry.def;
         let mut flags = v1::StartFlags::NEW_SESSION;
         if def.inherit_env {
             flags |= v1::StartFlags::INHERIT_ENV;
@@ -848,6 +855,12 @@ impl crate::link::Requests for Starts<'_> {
         if cgroup.is_some() {
             flags |= v1::StartFlags::CGROUP;
         }
+        // Its execution environment, which the agent applies (the link fails the start at once
+        // with an agent that cannot).
+        let exec = entry.qm_exec.as_ref();
+        if exec.is_some() {
+            flags |= v1::StartFlags::EXEC_ENV;
+        }
         Some(v1::StartRef {
             argv: def.argv.as_slice(),
             env: def.env.as_slice(),
@@ -856,6 +869,7 @@ impl crate::link::Requests for Starts<'_> {
             gid: def.gid,
             flags,
             cgroup,
+            exec,
         })
     }
 }
@@ -930,14 +944,19 @@ pub(crate) fn prepare_spec(def: &ServiceDef) -> Result<Arc<SpawnSpec>, String> {
     Ok(Arc::new(spec))
 }
 
-/// The execution environment a local service is spawned with: its configured one, and every
-/// limit it does not configure at the value the orchestrator was started with when the
-/// orchestrator's own differs (it raises its soft `RLIMIT_NOFILE`: a service gets the 1,024
-/// programs expect back, not the orchestrator's 524,288). Start-up and reload only.
+/// The execution environment a service is spawned with: its configured one, with
+/// `WATCHDOG_PID` for a watchdog. A local service also gets every limit it does not configure
+/// at the value the orchestrator was started with when the orchestrator's own differs (it
+/// raises its soft `RLIMIT_NOFILE`: a service gets the 1,024 programs expect back, not the
+/// orchestrator's 524,288); a QM one keeps the agent's (which raises none). Start-up and
+/// reload only.
 pub(crate) fn exec_env_of(def: &ServiceDef) -> spawn::ExecEnv {
     let mut exec = def.exec;
     exec.watchdog_pid = def.policy.readiness.kind == crate::supervise::Kind::Notify
         && !def.policy.readiness.watchdog.is_zero();
+    if def.policy.partition == Partition::Qm {
+        return exec;
+    }
     if let Some(starting) = crate::sys::process::starting_limits() {
         for (resource, limit) in exec.rlimits.iter_mut().enumerate() {
             let now = crate::sys::process::rlimit(resource).ok();

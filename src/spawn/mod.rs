@@ -74,7 +74,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 pub use crate::sys::spawn::{
     capability_number, clone3_fallback_active, into_cgroup_fallback_active, CpuSet, ExecEnv,
     Groups, OomScoreAdj, Rlimit, SchedPolicy, SpawnError, SpawnStage, CAPABILITY_NAMES, CPU_MAX,
-    GATE_CLOSED_EXIT_STATUS, GROUPS_MAX, RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
+    CPU_SET_WORDS, GATE_CLOSED_EXIT_STATUS, GROUPS_MAX, RLIMIT_COUNT, RLIMIT_NAMES, RLIM_INFINITY,
 };
 use crate::sys::spawn::{ExecPlan, GATE_READY_REPORT};
 
@@ -240,9 +240,10 @@ impl SpawnSpec {
         Ok(spec)
     }
 
-    /// Clears the spec and returns a writer to fill it. The pointer arrays are
-    /// rebuilt once when the writer is finished or dropped.
+    /// Clears the spec (its execution environment too, not its cgroup) and returns a writer
+    /// to fill it. The pointer arrays are rebuilt once when the writer is finished or dropped.
     pub fn writer(&mut self) -> SpecWriter<'_> {
+        self.exec = ExecEnv::default();
         self.strings.clear();
         self.arg_offsets.clear();
         self.env_offsets.clear();

@@ -498,6 +498,11 @@ impl Qm {
     /// which `$AGENT` is the agent binary and `$SOCKET` the socket path (run again each time
     /// the agent ends).
     pub fn start_with(dir: &TempDir, command: &str) -> Qm {
+        Qm::spawn(dir, command, || Ok(()))
+    }
+
+    /// [`Qm::start_with`], with `before_exec` run in the child before it executes `unshare`.
+    fn spawn(dir: &TempDir, command: &str, before_exec: fn() -> std::io::Result<()>) -> Qm {
         let socket = dir.path("agent.sock");
         let agent = agent_bin();
         let log = std::fs::File::create(dir.path("agent.log")).unwrap();
@@ -522,6 +527,11 @@ impl Qm {
             .stdout(Stdio::null())
             .stderr(log)
             .process_group(0);
+        // SAFETY: `before_exec` is one of this file's functions, which only make system calls
+        // on stack data (async-signal-safe, as a pre-exec hook must be).
+        unsafe {
+            cmd.pre_exec(before_exec);
+        }
         let unshare = cmd.spawn().expect("spawn unshare");
         let unshare_pid = unshare.id() as i32;
         let init_pid = wait_until("namespace init", || children(unshare_pid).first().copied());
@@ -534,6 +544,14 @@ impl Qm {
             qm.agent_pid().filter(|_| qm.socket.exists())
         });
         qm
+    }
+
+    /// Starts the namespace under a model of QM's seccomp profile: its rule against
+    /// real-time scheduling only (`sched_setscheduler` and `sched_setattr` answer `EPERM`, as
+    /// QM's `/usr/share/qm/seccomp.json` has them). The filter is installed in the child before
+    /// it executes `unshare`, so the agent and everything it starts inherit it.
+    pub fn start_denying_sched(dir: &TempDir) -> Qm {
+        Qm::spawn(dir, "\"$AGENT\" --socket \"$SOCKET\"", deny_sched_filter)
     }
 
     /// The agent's pid (in our namespace), if it is running.
@@ -556,6 +574,50 @@ impl Qm {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+}
+
+/// Installs a seccomp filter on the calling process (and what it starts) that answers
+/// `sched_setscheduler` and `sched_setattr` with `EPERM` and lets every other call through.
+fn deny_sched_filter() -> std::io::Result<()> {
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_EPERM: u32 = 0x0005_0000 | libc::EPERM as u32;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let program = [
+        // seccomp_data.arch (offset 4): another architecture's calls are let through.
+        op(LD_W_ABS, 0, 0, 4),
+        op(JEQ_K, 0, 3, ARCH),
+        // seccomp_data.nr (offset 0).
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 2, 0, libc::SYS_sched_setscheduler as u32),
+        op(JEQ_K, 1, 0, libc::SYS_sched_setattr as u32),
+        op(RET_K, 0, 0, RET_ALLOW),
+        op(RET_K, 0, 0, RET_EPERM),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: PR_SET_SECCOMP reads the program through `fprog`, both on this stack frame and
+    // valid for the call; the test runs as root (CAP_SYS_ADMIN), so no_new_privs is not needed.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

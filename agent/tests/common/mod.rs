@@ -558,6 +558,7 @@ pub fn start_frame_full(
         gid,
         flags,
         cgroup: None,
+        exec: None,
     };
     let len = encode_start(&mut buf, request_id, &start).unwrap();
     buf.truncate(len);

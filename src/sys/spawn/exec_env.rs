@@ -183,6 +183,21 @@ pub struct ExecEnv {
 }
 
 impl ExecEnv {
+    /// [`ExecEnv::default`] as a constant: changes nothing.
+    pub const DEFAULT: ExecEnv = ExecEnv {
+        rlimits: [None; RLIMIT_COUNT],
+        umask: None,
+        oom_score_adj: None,
+        nice: None,
+        sched: None,
+        cpu_affinity: None,
+        no_new_privs: false,
+        groups: None,
+        cap_bounding: None,
+        cap_ambient: None,
+        watchdog_pid: false,
+    };
+
     /// The kernel's name of resource `index` (`RLIMIT_NOFILE` → "nofile").
     pub fn rlimit_name(index: usize) -> &'static str {
         RLIMIT_NAMES.get(index).copied().unwrap_or("?")

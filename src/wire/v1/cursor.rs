@@ -72,6 +72,10 @@ impl<'a> Reader<'a> {
     pub(crate) fn i32(&mut self) -> Result<i32, DecodeError> {
         Ok(i32::from_le_bytes(self.array()?))
     }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
 }
 
 /// Writes little-endian fields into a buffer that the caller has checked is long enough; a

@@ -148,6 +148,8 @@ pub struct Start<'a> {
     /// With `StartFlags::CGROUP` (minor 2+): the name of the child's own cgroup, one path
     /// component of `[A-Za-z0-9_.@-]`, not starting with `.` nor `cgroup.`.
     pub cgroup: Option<&'a [u8]>,
+    /// With `StartFlags::EXEC_ENV` (minor 2+): the child's execution environment.
+    pub exec: Option<super::ExecSection<'a>>,
 }
 
 /// A decoded `Started`: the pid as the agent sees it (in the agent's PID namespace). The pidfd
@@ -402,6 +404,11 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
     } else {
         None
     };
+    let exec = if flags.contains(StartFlags::EXEC_ENV) {
+        Some(super::exec_env::section(r)?)
+    } else {
+        None
+    };
     Ok(Start {
         flags,
         uid,
@@ -410,6 +417,7 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
         argv,
         env,
         cgroup,
+        exec,
     })
 }
 

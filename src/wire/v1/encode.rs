@@ -30,6 +30,8 @@ pub struct StartRef<'a, A: AsRef<[u8]>, E: AsRef<[u8]>> {
     pub flags: StartFlags,
     /// Exactly with `StartFlags::CGROUP`: the child's own cgroup's name.
     pub cgroup: Option<&'a [u8]>,
+    /// Exactly with `StartFlags::EXEC_ENV`: the child's execution environment.
+    pub exec: Option<&'a crate::spawn::ExecEnv>,
 }
 
 impl<A: AsRef<[u8]>, E: AsRef<[u8]>> StartRef<'_, A, E> {
@@ -78,6 +80,15 @@ impl<A: AsRef<[u8]>, E: AsRef<[u8]>> StartRef<'_, A, E> {
             (false, None) => {}
             _ => return Err(EncodeError::BadCgroupName),
         }
+        match (self.flags.contains(StartFlags::EXEC_ENV), self.exec) {
+            (true, Some(exec)) => len = len.saturating_add(super::exec_env::len(exec)?),
+            (false, None) => {}
+            _ => {
+                return Err(EncodeError::BadExecEnv {
+                    what: "EXEC_ENV and the section go together",
+                })
+            }
+        }
         Ok(len)
     }
 }
@@ -115,6 +126,9 @@ pub fn encode_start<A: AsRef<[u8]>, E: AsRef<[u8]>>(
     }
     if let Some(name) = start.cgroup {
         put_string(&mut w, name)?;
+    }
+    if let Some(exec) = start.exec {
+        super::exec_env::put(&mut w, exec)?;
     }
     Ok(w.pos())
 }

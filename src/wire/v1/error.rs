@@ -59,6 +59,8 @@ pub enum DecodeError {
     NotifyRequestId { id: u64 },
     /// A `Start`'s `cgroup` is missing, too long, or not one path component.
     BadCgroupName,
+    /// A `Start`'s `exec` section breaks a rule: `what` says which.
+    BadExecEnv { what: &'static str },
     /// An `Error` stage byte names no stage we know.
     UnknownStage { stage: u8 },
     /// An `Error` errno is negative.
@@ -165,6 +167,7 @@ impl fmt::Display for DecodeError {
                 f,
                 "Start cgroup is not one path component of [A-Za-z0-9_.@-] (at most 255 bytes)"
             ),
+            DecodeError::BadExecEnv { what } => write!(f, "Start exec section: {what}"),
             DecodeError::UnknownStage { stage } => write!(f, "unknown error stage {stage}"),
             DecodeError::NegativeErrno { errno } => write!(f, "errno {errno} is negative"),
             DecodeError::ErrorTextTooLong { len } => {
@@ -216,6 +219,9 @@ pub enum EncodeError {
     /// `StartFlags::CGROUP` without a `cgroup` (or the reverse), or a name that is not one
     /// path component.
     BadCgroupName,
+    /// `StartFlags::EXEC_ENV` without an `exec` (or the reverse), or one that breaks a rule of
+    /// the section: `what` says which.
+    BadExecEnv { what: &'static str },
 }
 
 impl fmt::Display for EncodeError {
@@ -264,6 +270,7 @@ impl fmt::Display for EncodeError {
                 f,
                 "cgroup given without StartFlags::CGROUP (or the reverse), or not one path component"
             ),
+            EncodeError::BadExecEnv { what } => write!(f, "Start exec section: {what}"),
             EncodeError::ErrorTextTooLong { len } => {
                 write!(
                     f,

@@ -21,6 +21,7 @@ mod cursor;
 mod decode;
 mod encode;
 mod error;
+mod exec_env;
 pub mod limits;
 mod owned;
 mod types;
@@ -34,6 +35,7 @@ pub use encode::{
     encode_start, encode_started, StartRef,
 };
 pub use error::{DecodeError, EncodeError};
+pub use exec_env::{field as exec_field, ExecSection};
 pub use limits::*;
 pub use owned::{OwnedBody, OwnedError, OwnedFrame, OwnedStart};
 pub use types::{Capabilities, ErrorStage, FrameKind, Pong, StartFlags};

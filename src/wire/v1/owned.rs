@@ -51,6 +51,8 @@ pub struct OwnedStart {
     pub argv: Vec<Vec<u8>>,
     pub env: Vec<Vec<u8>>,
     pub cgroup: Option<Vec<u8>>,
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = super::exec_env::arbitrary))]
+    pub exec: Option<Box<crate::spawn::ExecEnv>>,
 }
 
 /// The owned counterpart of [`ErrorFrame`].
@@ -91,6 +93,7 @@ impl OwnedStart {
             gid: self.gid,
             flags: self.flags,
             cgroup: self.cgroup.as_deref(),
+            exec: self.exec.as_deref(),
         }
     }
 }
@@ -138,6 +141,7 @@ impl Start<'_> {
             argv: self.argv.iter().map(<[u8]>::to_vec).collect(),
             env: self.env.iter().map(<[u8]>::to_vec).collect(),
             cgroup: self.cgroup.map(<[u8]>::to_vec),
+            exec: self.exec.map(|section| Box::new(section.get())),
         }
     }
 }

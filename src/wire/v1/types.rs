@@ -119,6 +119,11 @@ bitflags! {
         /// field that follows the environment, under the agent's delegated cgroup. Only for
         /// an agent that announced `CGROUPS`.
         const CGROUP = 1 << 4;
+        /// (Minor 2+.) The child gets the execution environment of the `exec` section that
+        /// follows (the `cgroup`, or) the environment: resource limits, umask, OOM score,
+        /// nice, scheduling, CPU affinity, `no_new_privs`, supplementary groups,
+        /// capabilities. Only for an agent that announced `EXEC_ENV`.
+        const EXEC_ENV = 1 << 5;
     }
 }
 
@@ -147,6 +152,10 @@ bitflags! {
         /// (Minor 2+.) The agent has a cgroup v2 subtree of its own: it honours
         /// `StartFlags::CGROUP`.
         const CGROUPS = 1 << 5;
+        /// (Minor 2+.) The agent honours `StartFlags::EXEC_ENV`: it applies each part of the
+        /// `exec` section in the child before `execve`, and a part the kernel refuses fails the
+        /// start (`Error` stage `setup`, the kernel's errno, the step in the text).
+        const EXEC_ENV = 1 << 6;
     }
 }
 

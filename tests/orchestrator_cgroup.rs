@@ -410,6 +410,17 @@ fn a_restart_ends_a_tree_whose_main_died_meanwhile_and_starts_the_service_again(
 /// limit is refused too: there would be no cgroup to hold it.
 #[test]
 fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
+    limits_without_their_controller_are_refused("local");
+}
+
+/// The same for a QM service, whose limits the agent would write into `<[agent] cgroup>/<name>`:
+/// the controllers are looked for there (or in its nearest existing ancestor, QM's cgroup).
+#[test]
+fn a_qm_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
+    limits_without_their_controller_are_refused("qm");
+}
+
+fn limits_without_their_controller_are_refused(partition: &str) {
     let Some(root) = TestCgroup::new("limits") else {
         return;
     };
@@ -425,14 +436,19 @@ fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
     let dir = TempDir::new("cg-limits");
     let marker = sleep_marker("3600");
     let _left = Marked(marker.clone());
-    let header = config_header(&dir.path("agent.sock"));
+    let plain = config_header(&dir.path("agent.sock"));
+    // Where the service's cgroup would be: under [cgroup] root, or under [agent] cgroup.
+    let header = match partition {
+        "local" => format!("{plain}{}", root.toml()),
+        _ => qm_config(&dir, &root.0.join("services"), ""),
+    };
     let limited = service(
         "hog",
-        "local",
+        partition,
         &["/bin/sleep", &marker],
         "memory_max = \"32M\"\npids_max = 64",
     );
-    let text = format!("{header}{}{limited}", root.toml());
+    let text = format!("{header}{limited}");
     let memory_line = text
         .lines()
         .position(|l| l.starts_with("memory_max"))
@@ -474,15 +490,18 @@ fn a_cgroup_limit_without_its_controller_is_refused_at_check_and_at_start() {
         assert_eq!(marked(&marker), Vec::<i32>::new(), "{args:?}: started");
     }
     // Without cgroups there is nothing to hold a limit.
-    std::fs::write(
-        &path,
-        format!("{header}[cgroup]\nroot = \"off\"\n\n{limited}"),
-    )
-    .unwrap();
+    let (without, reason) = match partition {
+        "local" => (
+            format!("{plain}[cgroup]\nroot = \"off\"\n\n{limited}"),
+            "services get no cgroup",
+        ),
+        _ => (format!("{plain}{limited}"), "[agent] cgroup is not set"),
+    };
+    std::fs::write(&path, without).unwrap();
     let (code, stderr) = run(&["--check"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("`service.hog.memory_max`") && stderr.contains("services get no cgroup"),
+        stderr.contains("`service.hog.memory_max`") && stderr.contains(reason),
         "{stderr}"
     );
 }

@@ -271,7 +271,12 @@ fn check_refuses_invalid_settings_with_their_place_in_the_file() {
     }
     // A QM service takes the execution environment, but its groups only by number (a name
     // would be the host's).
-    text += &service("q", "qm", &["/bin/true"], "supplementary_groups = [\"audio\"]");
+    text += &service(
+        "q",
+        "qm",
+        &["/bin/true"],
+        "supplementary_groups = [\"audio\"]",
+    );
     expected.push(("q", text.lines().count()));
     std::fs::write(&path, &text).unwrap();
     let out = Command::new(orchestrator_bin())

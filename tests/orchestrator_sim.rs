@@ -370,6 +370,7 @@ impl link::Requests for Starts {
             flags: v1::StartFlags::NEW_SESSION,
             cgroup: None,
             exec: None,
+            cgroup_limits: None,
         })
     }
 }

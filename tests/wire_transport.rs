@@ -170,6 +170,7 @@ fn seqpacket_keeps_one_frame_per_packet() {
         flags: StartFlags::empty(),
         cgroup: None,
         exec: None,
+        cgroup_limits: None,
     };
     let mut sent = Vec::new();
     for id in 1..=3u64 {
@@ -484,6 +485,7 @@ fn a_python_peer_written_from_the_docs_interoperates() {
         flags: StartFlags::empty(),
         cgroup: None,
         exec: None,
+        cgroup_limits: None,
     };
     let len = encode_start(&mut out, 2, &start).unwrap();
     let got = request(&sock, &out[..len], &mut buf);

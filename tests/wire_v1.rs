@@ -1,6 +1,7 @@
 //! holden wire v1: golden bytes (pinning docs/wire.md), round trips, limits, every error
 //! variant, version handling, and never-panics properties over random and mutated packets.
 
+use holden::cgroup::{CgroupLimit, CgroupLimits, CGROUP_LIMIT_KEYS};
 use holden::spawn::{
     CpuSet, ExecEnv, Groups, OomScoreAdj, Rlimit, SchedPolicy, CPU_MAX, GROUPS_MAX,
 };
@@ -61,6 +62,7 @@ fn simple_start() -> OwnedStart {
         env: vec![],
         cgroup: None,
         exec: None,
+        cgroup_limits: None,
     }
 }
 
@@ -110,6 +112,7 @@ fn golden_start() {
         flags: StartFlags::NEW_SESSION,
         cgroup: None,
         exec: None,
+        cgroup_limits: None,
     };
     let mut out = buf();
     let len = encode_start(&mut out, 42, &start).unwrap();
@@ -162,6 +165,7 @@ fn golden_start_with_an_execution_environment() {
         flags: StartFlags::NEW_SESSION | StartFlags::EXEC_ENV,
         cgroup: None,
         exec: Some(&exec),
+        cgroup_limits: None,
     };
     let mut out = buf();
     let len = encode_start(&mut out, 7, &start).unwrap();
@@ -261,6 +265,112 @@ fn every_rule_of_the_exec_section_is_checked() {
     for section in edges {
         assert!(with_section(&section).is_ok(), "{section:02x?}");
     }
+}
+
+/// The `cgroup_limits` section's worked example (docs/wire.md §5b): memory_max 32M, pids_max 64.
+fn example_limits() -> CgroupLimits {
+    let mut limits = CgroupLimits::default();
+    for (key, value) in [("memory_max", "33554432"), ("pids_max", "64")] {
+        limits.limits.push(CgroupLimit::new(key, value).unwrap());
+    }
+    limits
+}
+
+#[test]
+fn golden_start_with_cgroup_limits() {
+    let limits = example_limits();
+    let argv: &[&[u8]] = &[b"/usr/bin/nav"];
+    let start = StartRef {
+        argv,
+        env: NO_STRINGS,
+        cwd: None,
+        uid: None,
+        gid: None,
+        flags: StartFlags::NEW_SESSION | StartFlags::CGROUP | StartFlags::CGROUP_LIMITS,
+        cgroup: Some(b"nav"),
+        exec: None,
+        cgroup_limits: Some(&limits),
+    };
+    let mut out = buf();
+    let len = encode_start(&mut out, 8, &start).unwrap();
+    assert_eq!(&out[..len], &golden("start-cgroup-limits")[..]);
+    assert_eq!(len, 80);
+    let packet = golden("start-cgroup-limits");
+    let Body::Start(decoded) = decode(&packet).unwrap().body else {
+        panic!("not a Start")
+    };
+    assert_eq!(decoded.cgroup, Some(&b"nav"[..]));
+    assert_eq!(decoded.cgroup_limits.map(|l| l.get()), Some(limits));
+}
+
+/// Each rule of the `cgroup_limits` section, broken one at a time after a valid Start with a
+/// cgroup: every one is `BadCgroupLimits`.
+#[test]
+fn every_rule_of_the_cgroup_limits_section_is_checked() {
+    let start = start_frame(OwnedStart {
+        flags: StartFlags::CGROUP,
+        cgroup: Some(b"nav".to_vec()),
+        ..simple_start()
+    });
+    let mut base = buf();
+    let len = start.encode(&mut base).unwrap();
+    let with_section = |section: &[u8]| {
+        let mut b = base[..len].to_vec();
+        b[HEADER_LEN] |= 0x40;
+        b.extend_from_slice(section);
+        let payload = (b.len() - HEADER_LEN) as u32;
+        b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
+            .copy_from_slice(&payload.to_le_bytes());
+        decode(&b).map(|f| f.to_owned_frame())
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0], "0 or more than 6 limits"),
+        (vec![7], "0 or more than 6 limits"),
+        (vec![1, 6, 1, 0, b'1'], "an unknown limit file"),
+        (
+            vec![2, 4, 1, 0, b'1', 0, 1, 0, b'1'],
+            "limits out of order or twice",
+        ),
+        (
+            vec![2, 4, 1, 0, b'1', 4, 1, 0, b'1'],
+            "limits out of order or twice",
+        ),
+        (
+            vec![1, 0, 0, 0],
+            "a value that is not 1..=48 bytes of [0-9a-z ]",
+        ),
+        (
+            vec![1, 0, 1, 0, b'M'],
+            "a value that is not 1..=48 bytes of [0-9a-z ]",
+        ),
+        (
+            vec![1, 0, 1, 0, b'\n'],
+            "a value that is not 1..=48 bytes of [0-9a-z ]",
+        ),
+        (
+            [vec![1, 0, 49, 0], vec![b'1'; 49]].concat(),
+            "a value that is not 1..=48 bytes of [0-9a-z ]",
+        ),
+    ];
+    for (section, what) in cases {
+        assert_eq!(
+            with_section(&section),
+            Err(DecodeError::BadCgroupLimits { what }),
+            "{section:02x?}"
+        );
+    }
+    assert!(with_section(&[
+        1, 3, 12, 0, b'5', b'0', b'0', b'0', b'0', b' ', b'1', b'0', b'0', b'0', b'0', b'0'
+    ])
+    .is_ok());
+    assert!(with_section(
+        &[1, 5, 48, 0]
+            .iter()
+            .copied()
+            .chain([b'9'; 48])
+            .collect::<Vec<_>>()
+    )
+    .is_ok());
 }
 
 #[test]
@@ -505,6 +615,7 @@ fn encode_start_from_boxed_slices_and_strs() {
         flags: StartFlags::STDIO_NULL | StartFlags::INHERIT_ENV,
         cgroup: None,
         exec: None,
+        cgroup_limits: None,
     };
     let mut out = [0u8; 256];
     let len = encode_start(&mut out, u64::MAX, &start).unwrap();
@@ -881,10 +992,11 @@ fn decode_error_name(err: &DecodeError) -> &'static str {
         DecodeError::NotifyRequestId { .. } => "NotifyRequestId",
         DecodeError::BadCgroupName => "BadCgroupName",
         DecodeError::BadExecEnv { .. } => "BadExecEnv",
+        DecodeError::BadCgroupLimits { .. } => "BadCgroupLimits",
     }
 }
 
-const DECODE_ERROR_COUNT: usize = 25;
+const DECODE_ERROR_COUNT: usize = 26;
 
 /// Packets that each break one rule, with the error they must yield.
 fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
@@ -1079,6 +1191,19 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
                 what: "sets nothing",
             },
         ),
+        (
+            // CGROUP_LIMITS without CGROUP.
+            with(&start, &|b| {
+                b[p] |= 0x40;
+                b.extend_from_slice(&[1, 0, 1, 0, b'1']);
+                let len = (b.len() - HEADER_LEN) as u32;
+                b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
+                    .copy_from_slice(&len.to_le_bytes());
+            }),
+            DecodeError::BadCgroupLimits {
+                what: "CGROUP_LIMITS without CGROUP",
+            },
+        ),
     ]
 }
 
@@ -1124,10 +1249,11 @@ fn encode_error_name(err: &EncodeError) -> &'static str {
         EncodeError::NotifyRequestId { .. } => "NotifyRequestId",
         EncodeError::BadCgroupName => "BadCgroupName",
         EncodeError::BadExecEnv { .. } => "BadExecEnv",
+        EncodeError::BadCgroupLimits { .. } => "BadCgroupLimits",
     }
 }
 
-const ENCODE_ERROR_COUNT: usize = 17;
+const ENCODE_ERROR_COUNT: usize = 18;
 
 #[test]
 fn every_encode_error_variant_is_reachable() {
@@ -1147,6 +1273,7 @@ fn every_encode_error_variant_is_reachable() {
                 flags,
                 cgroup: None,
                 exec: None,
+                cgroup_limits: None,
             },
         )
     };
@@ -1166,6 +1293,7 @@ fn every_encode_error_variant_is_reachable() {
                     flags: StartFlags::empty(),
                     cgroup: None,
                     exec: None,
+                    cgroup_limits: None,
                 },
             ),
             EncodeError::BufferTooSmall {
@@ -1300,6 +1428,17 @@ fn every_encode_error_variant_is_reachable() {
             },
         ),
         (
+            start_frame(OwnedStart {
+                flags: StartFlags::CGROUP_LIMITS,
+                cgroup_limits: Some(Box::new(example_limits())),
+                ..simple_start()
+            })
+            .encode(&mut out),
+            EncodeError::BadCgroupLimits {
+                what: "CGROUP_LIMITS without CGROUP",
+            },
+        ),
+        (
             encode_pong(&mut small[..10], 1, Pong::ours(Capabilities::empty())),
             EncodeError::BufferTooSmall {
                 needed: 32,
@@ -1401,9 +1540,14 @@ fn valid_start() -> impl Strategy<Value = OwnedStart> {
         prop::collection::vec(env_entry(), 0..12),
         "[a-z0-9_.@-]{0,20}",
         valid_exec(),
+        valid_cgroup_limits(),
     )
-        .prop_map(|(flags, uid, gid, cwd, argv, env, name, exec)| {
-            let flags = StartFlags::from_bits_truncate(flags);
+        .prop_map(|(flags, uid, gid, cwd, argv, env, name, exec, limits)| {
+            let mut flags = StartFlags::from_bits_truncate(flags);
+            // Limits only into a cgroup of its own.
+            if !flags.contains(StartFlags::CGROUP) {
+                flags.remove(StartFlags::CGROUP_LIMITS);
+            }
             // The name exactly with the flag, and a valid one.
             let name = format!("s{name}").into_bytes();
             OwnedStart {
@@ -1415,7 +1559,31 @@ fn valid_start() -> impl Strategy<Value = OwnedStart> {
                 env,
                 cgroup: flags.contains(StartFlags::CGROUP).then_some(name),
                 exec: flags.contains(StartFlags::EXEC_ENV).then(|| Box::new(exec)),
+                cgroup_limits: flags
+                    .contains(StartFlags::CGROUP_LIMITS)
+                    .then(|| Box::new(limits)),
             }
+        })
+}
+
+/// Valid cgroup limits: 1..=6 of the files, each once, in the table's order.
+fn valid_cgroup_limits() -> impl Strategy<Value = CgroupLimits> {
+    (
+        prop::collection::vec(prop::option::of("[0-9a-z ]{1,48}"), CGROUP_LIMIT_KEYS.len()),
+        0..CGROUP_LIMIT_KEYS.len(),
+    )
+        .prop_map(|(values, fallback)| {
+            let mut limits = CgroupLimits::default();
+            for ((key, _, _), value) in CGROUP_LIMIT_KEYS.into_iter().zip(values) {
+                if let Some(value) = value {
+                    limits.limits.push(CgroupLimit::new(key, &value).unwrap());
+                }
+            }
+            if limits.limits.is_empty() {
+                let key = CGROUP_LIMIT_KEYS[fallback].0;
+                limits.limits.push(CgroupLimit::new(key, "max").unwrap());
+            }
+            limits
         })
 }
 
@@ -1532,6 +1700,7 @@ proptest! {
             env,
             cgroup: None,
             exec: None,
+            cgroup_limits: None,
         });
         let frame = OwnedFrame { request_id, ..frame };
         let mut out = vec![0u8; buf_len];

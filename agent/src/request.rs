@@ -302,6 +302,7 @@ mod tests {
             flags,
             cgroup: None,
             exec: None,
+            cgroup_limits: None,
         };
         let len = encode_start(&mut buf, 1, &start).unwrap();
         buf.truncate(len);
@@ -390,6 +391,7 @@ mod tests {
             flags: StartFlags::empty(),
             cgroup: None,
             exec: None,
+            cgroup_limits: None,
         };
         let len = encode_start(&mut buf, 1, &start).unwrap();
         let Body::Start(start) = decode(&buf[..len]).unwrap().body else {

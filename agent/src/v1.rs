@@ -92,6 +92,49 @@ fn place_in_cgroup(
     }
 }
 
+/// Writes `limits` into the cgroup the next spawn goes to (placed by [`place_in_cgroup`]),
+/// first making each controller available there (`+controller` in the `services`
+/// directory's `cgroup.subtree_control`, and in the agent's own cgroup's when that one does
+/// not offer it yet); the refusal to answer when a limit cannot be set: never ignored.
+fn apply_cgroup_limits(
+    spec: &holden::spawn::SpawnSpec,
+    cgroups: Option<&holden::cgroup::Hierarchy>,
+    limits: Option<v1::CgroupLimitsSection<'_>>,
+) -> Option<Refusal> {
+    let limits = limits?.get();
+    // The decoder took CGROUP_LIMITS only with CGROUP, and place_in_cgroup refused that
+    // without cgroups.
+    let (Some(cgroups), Some(dir)) = (cgroups, spec.cgroup()) else {
+        return Some(Refusal::new(
+            ErrorStage::Setup,
+            libc::EOPNOTSUPP,
+            format_args!("cgroup limits without a cgroup of the process's own"),
+        ));
+    };
+    for limit in &limits.limits {
+        if let Err(why) = cgroups.enable(limit.controller) {
+            return Some(Refusal::new(
+                ErrorStage::Setup,
+                libc::EOPNOTSUPP,
+                format_args!("{} = \"{}\": {why}", limit.key, limit.value),
+            ));
+        }
+        if let Err(e) = holden::sys::cgroup::write_file(dir, limit.file, limit.value.as_bytes()) {
+            return Some(Refusal::new(
+                ErrorStage::Setup,
+                holden::sys::errno::of(&e),
+                format_args!(
+                    "{} = \"{}\" into {}: {e}",
+                    limit.key,
+                    limit.value,
+                    limit.file.to_string_lossy()
+                ),
+            ));
+        }
+    }
+    None
+}
+
 impl Server {
     pub(crate) fn v1_readable(&mut self, slot: usize) -> Next {
         let Some(conn) = self.conns[slot].as_ref() else {
@@ -189,6 +232,11 @@ impl Server {
                 let filled = fill_v1(&mut self.spec, &start, &self.inherited, notify);
                 if let Some(refusal) =
                     place_in_cgroup(&mut self.spec, self.cgroups.as_ref(), start.cgroup)
+                {
+                    return self.v1_refuse(slot, request_id, refusal);
+                }
+                if let Some(refusal) =
+                    apply_cgroup_limits(&self.spec, self.cgroups.as_ref(), start.cgroup_limits)
                 {
                     return self.v1_refuse(slot, request_id, refusal);
                 }

@@ -22,51 +22,7 @@ pub struct CgroupConfig {
     pub root: CgroupRoot,
 }
 
-/// Longest value text of a cgroup limit file (`cpu.max`: two 20-digit numbers).
-pub const CGROUP_VALUE_LEN_MAX: usize = 48;
-
-/// One limit a service's cgroup gets: the cgroup v2 file, the controller it belongs to, the
-/// configuration key, and the text written to the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CgroupLimit {
-    pub key: &'static str,
-    pub controller: &'static str,
-    pub file: &'static std::ffi::CStr,
-    pub value: arrayvec::ArrayString<CGROUP_VALUE_LEN_MAX>,
-}
-
-/// Every cgroup limit key: (key, controller, file).
-pub const CGROUP_LIMIT_KEYS: [(&str, &str, &std::ffi::CStr); 6] = [
-    ("memory_max", "memory", c"memory.max"),
-    ("memory_high", "memory", c"memory.high"),
-    ("cpu_weight", "cpu", c"cpu.weight"),
-    ("cpu_max", "cpu", c"cpu.max"),
-    ("pids_max", "pids", c"pids.max"),
-    ("io_weight", "io", c"io.weight"),
-];
-
-/// A service's cgroup limits (`docs/config.md`), at most one per key, in key order.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CgroupLimits {
-    pub limits: arrayvec::ArrayVec<CgroupLimit, 6>,
-}
-
-impl CgroupLimits {
-    /// The controllers the limits need, each once, in key order.
-    pub fn controllers(&self) -> Vec<&'static str> {
-        let mut out: Vec<&'static str> = Vec::new();
-        for limit in &self.limits {
-            if !out.contains(&limit.controller) {
-                out.push(limit.controller);
-            }
-        }
-        out
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.limits.is_empty()
-    }
-}
+pub use crate::cgroup::{CgroupLimit, CgroupLimits, CGROUP_LIMIT_KEYS};
 
 /// A byte size: a number, or a number with `K`, `M`, `G` or `T` (powers of 1024), or `max`.
 pub fn parse_bytes(text: &str) -> Result<String, String> {

@@ -207,6 +207,8 @@ pub(crate) fn check(
         ));
     }
     let mut controllers_at = None;
+    let mut qm_controllers_at = None;
+    let qm_root = config.agent.cgroup.clone().map(super::CgroupRoot::Path);
     for (index, spec) in config.services.iter().enumerate() {
         let service_spans = spans.and_then(|s| s.services.get(index));
         let program = Path::new(OsStr::from_bytes(spec.argv[0].as_bytes()));
@@ -246,7 +248,7 @@ pub(crate) fn check(
                         &mut errors,
                         source,
                         host,
-                        &config.cgroup.root,
+                        Ok(&config.cgroup.root),
                         spec,
                         service_spans.map(|s| s.cgroup_limits.as_slice()),
                         &mut controllers_at,
@@ -267,6 +269,19 @@ pub(crate) fn check(
                 }
             }
             Partition::Qm => {
+                if !spec.cgroup_limits.is_empty() {
+                    cgroup_limit_problems(
+                        &mut errors,
+                        source,
+                        host,
+                        qm_root.as_ref().ok_or(
+                            "[agent] cgroup is not set, so QM services get no cgroup of their own (docs/config.md)",
+                        ),
+                        spec,
+                        service_spans.map(|s| s.cgroup_limits.as_slice()),
+                        &mut qm_controllers_at,
+                    );
+                }
                 let what = if cwd_offset.is_some() {
                     "its program and working directory are paths"
                 } else {
@@ -287,19 +302,23 @@ pub(crate) fn check(
     (errors, warnings)
 }
 
-/// The cgroup limits of a local service need their controllers in the services' cgroups: a
-/// limit whose controller the machine does not give them is an error (never ignored), which
-/// names the controller. `looked` keeps the one look at the machine.
+/// The cgroup limits of a service need their controllers in the services' cgroups (a local
+/// service's under `[cgroup] root`, a QM service's under `[agent] cgroup`, `root`): a limit
+/// whose controller the machine does not give them is an error (never ignored), which names
+/// the controller. `looked` keeps the one look at the machine.
 fn cgroup_limit_problems(
     errors: &mut Vec<ConfigError>,
     source: &Source<'_>,
     host: &dyn Host,
-    root: &super::CgroupRoot,
+    root: Result<&super::CgroupRoot, &str>,
     spec: &super::ServiceSpec,
     offsets: Option<&[usize]>,
     looked: &mut Option<Result<(PathBuf, String), String>>,
 ) {
-    let found = looked.get_or_insert_with(|| host.cgroup_controllers(root));
+    let found = looked.get_or_insert_with(|| {
+        root.map_err(str::to_string)
+            .and_then(|root| host.cgroup_controllers(root))
+    });
     for (i, limit) in spec.cgroup_limits.limits.iter().enumerate() {
         let field = format!("service.{}.{}", spec.name, limit.key);
         let offset = offsets.and_then(|o| o.get(i).copied());

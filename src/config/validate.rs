@@ -1021,7 +1021,7 @@ fn service(
     let gid = id(check, "gid");
     let (uid, gid) = user_group(check, table, partition, &prefix, uid, gid);
     let exec = exec_env(check, table, partition, &prefix);
-    let (cgroup_limits, limit_offsets) = cgroup_limits(check, table, partition, &prefix);
+    let (cgroup_limits, limit_offsets) = cgroup_limits(check, table, &prefix);
     let enabled = entry(table, "enabled").map(|value| check.boolean(value, &field("enabled")));
     let mut outputs = [None, None];
     let mut output_offsets = [None, None];
@@ -1874,7 +1874,6 @@ fn rlimit(check: &mut Check<'_>, value: &Val<'_>, field: &str) -> Option<crate::
 fn cgroup_limits(
     check: &mut Check<'_>,
     table: &Table<'_>,
-    partition: Option<Partition>,
     prefix: &str,
 ) -> (super::CgroupLimits, Vec<usize>) {
     let mut limits = super::CgroupLimits::default();
@@ -1884,14 +1883,6 @@ fn cgroup_limits(
             continue;
         };
         let field = join(prefix, key);
-        if partition == Some(Partition::Qm) {
-            check.bad::<()>(
-                value,
-                &field,
-                format!("`{key}` is for local services only: a QM service's cgroup is QM's (holden-agent does not set limits yet)"),
-            );
-            continue;
-        }
         let text: Option<String> = match key {
             "memory_max" | "memory_high" => match value.get_ref() {
                 DeValue::Integer(_) => check

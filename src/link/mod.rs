@@ -299,13 +299,18 @@ pub enum EncodeFailure {
     /// A service with an execution environment (limits, scheduling …), and the agent cannot
     /// apply one (it did not announce minor 2 and `EXEC_ENV`, or speaks v0.2).
     NoExecEnv,
+    /// A service with cgroup limits, and the agent has no cgroups (it did not announce minor 2
+    /// and `CGROUPS`, or speaks v0.2).
+    NoCgroupLimits,
 }
 
 impl EncodeFailure {
     /// The errno the failed start is reported with.
     fn errno(&self) -> i32 {
         match self {
-            EncodeFailure::NoNotify | EncodeFailure::NoExecEnv => libc::EOPNOTSUPP,
+            EncodeFailure::NoNotify | EncodeFailure::NoExecEnv | EncodeFailure::NoCgroupLimits => {
+                libc::EOPNOTSUPP
+            }
             _ => libc::E2BIG,
         }
     }

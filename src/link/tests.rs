@@ -29,10 +29,11 @@ impl Drop for Tok {
 struct Starts;
 
 /// Service 3 is a `type = "notify"` one; service 2 asks for a cgroup of its own; service 4
-/// has an execution environment (a nice value).
+/// has an execution environment (a nice value); service 5 a cgroup with a limit.
 const NOTIFY_SERVICE: usize = 3;
 const CGROUP_SERVICE: usize = 2;
 const EXEC_SERVICE: usize = 4;
+const LIMITS_SERVICE: usize = 5;
 
 impl Requests for Starts {
     fn start(&self, index: usize) -> Option<wire::StartRef<'_, Vec<u8>, Vec<u8>>> {
@@ -42,7 +43,9 @@ impl Requests for Starts {
         if index == NOTIFY_SERVICE {
             flags |= wire::StartFlags::NOTIFY;
         }
-        let cgroup = (index == CGROUP_SERVICE).then_some(b"radio".as_slice());
+        let cgroup = [CGROUP_SERVICE, LIMITS_SERVICE]
+            .contains(&index)
+            .then_some(b"radio".as_slice());
         if cgroup.is_some() {
             flags |= wire::StartFlags::CGROUP;
         }
@@ -51,6 +54,20 @@ impl Requests for Starts {
             ..crate::spawn::ExecEnv::DEFAULT
         };
         let exec = (index == EXEC_SERVICE).then_some(&EXEC);
+        static LIMITS: std::sync::OnceLock<crate::cgroup::CgroupLimits> =
+            std::sync::OnceLock::new();
+        let cgroup_limits = (index == LIMITS_SERVICE).then(|| {
+            LIMITS.get_or_init(|| {
+                let mut limits = crate::cgroup::CgroupLimits::default();
+                limits
+                    .limits
+                    .push(crate::cgroup::CgroupLimit::new("pids_max", "64").unwrap());
+                limits
+            })
+        });
+        if cgroup_limits.is_some() {
+            flags |= wire::StartFlags::CGROUP_LIMITS;
+        }
         if exec.is_some() {
             flags |= wire::StartFlags::EXEC_ENV;
         }
@@ -63,6 +80,7 @@ impl Requests for Starts {
             flags,
             cgroup,
             exec,
+            cgroup_limits,
         })
     }
 }
@@ -159,7 +177,7 @@ impl Harness {
             request_timeout: Duration::from_millis(TIMEOUT_MS),
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_millis(800),
-            services: 5,
+            services: 6,
         };
         Harness {
             link: Link::new(config, true),
@@ -1289,4 +1307,42 @@ fn an_execution_environment_goes_only_to_an_agent_that_applies_one() {
     };
     assert!(start.flags.contains(wire::StartFlags::EXEC_ENV));
     assert_eq!(start.exec.and_then(|e| e.get().nice), Some(5));
+}
+
+#[test]
+fn cgroup_limits_go_only_to_an_agent_with_cgroups() {
+    const CGROUPS: u32 = 1 << 5;
+    // Without cgroups the limits could not be held: the start fails at once (it is not sent
+    // without them, as a cgroup alone would be).
+    for (minor, caps) in [(1, GATED | CGROUPS), (2, GATED)] {
+        let mut h = Harness::new(Protocol::V1);
+        h.up_as(minor, caps);
+        h.run(|link, cx| link.request(cx, LIMITS_SERVICE));
+        assert!(h.transmit().is_none(), "no Start is sent");
+        assert_eq!(
+            h.take_events(),
+            [format!(
+                "failed {LIMITS_SERVICE} Setup {}",
+                libc::EOPNOTSUPP
+            )]
+        );
+        assert!(h.notes.iter().any(|n| matches!(
+            n,
+            Note::EncodeFailed {
+                error: EncodeFailure::NoCgroupLimits,
+                ..
+            }
+        )));
+    }
+    let mut h = Harness::new(Protocol::V1);
+    h.up_as(2, GATED | CGROUPS);
+    h.run(|link, cx| link.request(cx, LIMITS_SERVICE));
+    let (_, bytes) = h.transmit().expect("a Start");
+    let frame = wire::decode(&bytes).unwrap();
+    let wire::Body::Start(start) = frame.body else {
+        panic!("{frame:?}");
+    };
+    let limits = start.cgroup_limits.expect("its limits").get();
+    assert_eq!(limits.limits[0].value.as_str(), "64");
+    assert_eq!(start.cgroup, Some(b"radio".as_slice()));
 }

@@ -121,6 +121,13 @@ impl<H> Link<H> {
                 Some(start) if start.flags.contains(crate::wire::v1::StartFlags::EXEC_ENV) => {
                     Err(EncodeFailure::NoExecEnv)
                 }
+                Some(start)
+                    if start
+                        .flags
+                        .contains(crate::wire::v1::StartFlags::CGROUP_LIMITS) =>
+                {
+                    Err(EncodeFailure::NoCgroupLimits)
+                }
                 Some(start) => wire::encode_start(buf, start.argv).map_err(EncodeFailure::V02),
                 None => Err(EncodeFailure::NoStart),
             };

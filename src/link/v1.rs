@@ -104,6 +104,11 @@ impl<H> Link<H> {
                 {
                     Err(EncodeFailure::NoExecEnv)
                 }
+                Some(start)
+                    if start.flags.contains(wire::StartFlags::CGROUP_LIMITS) && !self.cgroups =>
+                {
+                    Err(EncodeFailure::NoCgroupLimits)
+                }
                 Some(mut start) => {
                     // An agent without cgroups starts it in its own (the shell says so when
                     // the process comes: its cgroup is not the one asked for).

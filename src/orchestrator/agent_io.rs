@@ -487,6 +487,14 @@ impl AgentIo {
                             v02(protocol)
                         ),
                     ),
+                    EncodeFailure::NoCgroupLimits => log.line(
+                        Priority::Err,
+                        format_args!(
+                            "service={name} partition=qm event=spawn-failed stage=setup errno={} error=\"its cgroup limits need an agent with cgroups of its own (wire 1.2 with CGROUPS); this agent has none\"{}",
+                            libc::EOPNOTSUPP,
+                            v02(protocol)
+                        ),
+                    ),
                     EncodeFailure::NoExecEnv => log.line(
                         Priority::Err,
                         format_args!(

@@ -508,7 +508,19 @@ impl Orchestrator {
                         .with_cgroup(&def, prepare_spec(&def).map_err(Error::Service)?)
                         .map_err(Error::Service)?,
                 ),
-                Partition::Qm => None,
+                Partition::Qm => {
+                    if let Some(limit) = def.cgroup_limits.limits.first() {
+                        if services.qm_cgroups.is_none() {
+                            // Never ignored (docs/config.md): a limit needs the service's own
+                            // cgroup, which the agent makes only with `[agent] cgroup`.
+                            return Err(Error::Service(format!(
+                                "service {}: `{}` needs the service's own cgroup in QM, and                                  [agent] cgroup is not set",
+                                def.name, limit.key
+                            )));
+                        }
+                    }
+                    None
+                }
             };
             let slot = take_bare(&mut ring, Owner::Service(index as u32))?;
             // A re-exec's pipes, else the ones systemd's fd store kept.

@@ -861,6 +861,12 @@ impl crate::link::Requests for Starts<'_> {
         if exec.is_some() {
             flags |= v1::StartFlags::EXEC_ENV;
         }
+        // Its cgroup's limits, which the agent writes (the configuration allows them only with
+        // `[agent] cgroup`; the link fails the start with an agent that has no cgroups).
+        let cgroup_limits = Some(&def.cgroup_limits).filter(|l| cgroup.is_some() && !l.is_empty());
+        if cgroup_limits.is_some() {
+            flags |= v1::StartFlags::CGROUP_LIMITS;
+        }
         Some(v1::StartRef {
             argv: def.argv.as_slice(),
             env: def.env.as_slice(),
@@ -870,6 +876,7 @@ impl crate::link::Requests for Starts<'_> {
             flags,
             cgroup,
             exec,
+            cgroup_limits,
         })
     }
 }

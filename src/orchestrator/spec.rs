@@ -54,7 +54,8 @@ pub struct ServiceDef {
     /// A local service's execution environment (limits, scheduling, …); a limit left unset
     /// is restored to the orchestrator's starting one.
     pub exec: crate::spawn::ExecEnv,
-    /// A local service's cgroup limits, written into its cgroup when it is made.
+    /// The service's cgroup limits, written into its cgroup when it is made (a QM service's by
+    /// the agent, `[agent] cgroup`).
     pub cgroup_limits: crate::config::CgroupLimits,
     /// The fd number on which it writes a newline once ready (s6's notification fd).
     pub notify_fd: Option<i32>,

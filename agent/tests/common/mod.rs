@@ -559,6 +559,7 @@ pub fn start_frame_full(
         flags,
         cgroup: None,
         exec: None,
+        cgroup_limits: None,
     };
     let len = encode_start(&mut buf, request_id, &start).unwrap();
     buf.truncate(len);

@@ -150,6 +150,9 @@ pub struct Start<'a> {
     pub cgroup: Option<&'a [u8]>,
     /// With `StartFlags::EXEC_ENV` (minor 2+): the child's execution environment.
     pub exec: Option<super::ExecSection<'a>>,
+    /// With `StartFlags::CGROUP_LIMITS` (minor 2+, with `CGROUP`): the limits of the child's
+    /// own cgroup.
+    pub cgroup_limits: Option<super::CgroupLimitsSection<'a>>,
 }
 
 /// A decoded `Started`: the pid as the agent sees it (in the agent's PID namespace). The pidfd
@@ -409,6 +412,16 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
     } else {
         None
     };
+    let cgroup_limits = if flags.contains(StartFlags::CGROUP_LIMITS) {
+        if !flags.contains(StartFlags::CGROUP) {
+            return Err(DecodeError::BadCgroupLimits {
+                what: "CGROUP_LIMITS without CGROUP",
+            });
+        }
+        Some(super::cgroup_limits::section(r)?)
+    } else {
+        None
+    };
     Ok(Start {
         flags,
         uid,
@@ -418,6 +431,7 @@ fn decode_start<'a>(r: &mut Reader<'a>) -> Result<Start<'a>, DecodeError> {
         env,
         cgroup,
         exec,
+        cgroup_limits,
     })
 }
 

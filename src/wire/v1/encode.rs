@@ -32,6 +32,9 @@ pub struct StartRef<'a, A: AsRef<[u8]>, E: AsRef<[u8]>> {
     pub cgroup: Option<&'a [u8]>,
     /// Exactly with `StartFlags::EXEC_ENV`: the child's execution environment.
     pub exec: Option<&'a crate::spawn::ExecEnv>,
+    /// Exactly with `StartFlags::CGROUP_LIMITS` (which needs `CGROUP`): the limits of the
+    /// child's own cgroup.
+    pub cgroup_limits: Option<&'a crate::cgroup::CgroupLimits>,
 }
 
 impl<A: AsRef<[u8]>, E: AsRef<[u8]>> StartRef<'_, A, E> {
@@ -89,6 +92,25 @@ impl<A: AsRef<[u8]>, E: AsRef<[u8]>> StartRef<'_, A, E> {
                 })
             }
         }
+        match (
+            self.flags.contains(StartFlags::CGROUP_LIMITS),
+            self.cgroup_limits,
+        ) {
+            (true, Some(_)) if !self.flags.contains(StartFlags::CGROUP) => {
+                return Err(EncodeError::BadCgroupLimits {
+                    what: "CGROUP_LIMITS without CGROUP",
+                })
+            }
+            (true, Some(limits)) => {
+                len = len.saturating_add(super::cgroup_limits::len(limits)?);
+            }
+            (false, None) => {}
+            _ => {
+                return Err(EncodeError::BadCgroupLimits {
+                    what: "CGROUP_LIMITS and the section go together",
+                })
+            }
+        }
         Ok(len)
     }
 }
@@ -129,6 +151,9 @@ pub fn encode_start<A: AsRef<[u8]>, E: AsRef<[u8]>>(
     }
     if let Some(exec) = start.exec {
         super::exec_env::put(&mut w, exec)?;
+    }
+    if let Some(limits) = start.cgroup_limits {
+        super::cgroup_limits::put(&mut w, limits)?;
     }
     Ok(w.pos())
 }

@@ -61,6 +61,9 @@ pub enum DecodeError {
     BadCgroupName,
     /// A `Start`'s `exec` section breaks a rule: `what` says which.
     BadExecEnv { what: &'static str },
+    /// A `Start`'s `cgroup_limits` section breaks a rule (or comes without `CGROUP`): `what`
+    /// says which.
+    BadCgroupLimits { what: &'static str },
     /// An `Error` stage byte names no stage we know.
     UnknownStage { stage: u8 },
     /// An `Error` errno is negative.
@@ -168,6 +171,9 @@ impl fmt::Display for DecodeError {
                 "Start cgroup is not one path component of [A-Za-z0-9_.@-] (at most 255 bytes)"
             ),
             DecodeError::BadExecEnv { what } => write!(f, "Start exec section: {what}"),
+            DecodeError::BadCgroupLimits { what } => {
+                write!(f, "Start cgroup_limits section: {what}")
+            }
             DecodeError::UnknownStage { stage } => write!(f, "unknown error stage {stage}"),
             DecodeError::NegativeErrno { errno } => write!(f, "errno {errno} is negative"),
             DecodeError::ErrorTextTooLong { len } => {
@@ -222,6 +228,9 @@ pub enum EncodeError {
     /// `StartFlags::EXEC_ENV` without an `exec` (or the reverse), or one that breaks a rule of
     /// the section: `what` says which.
     BadExecEnv { what: &'static str },
+    /// `StartFlags::CGROUP_LIMITS` without limits (or the reverse), without `CGROUP`, or
+    /// limits that break a rule of the section: `what` says which.
+    BadCgroupLimits { what: &'static str },
 }
 
 impl fmt::Display for EncodeError {
@@ -271,6 +280,9 @@ impl fmt::Display for EncodeError {
                 "cgroup given without StartFlags::CGROUP (or the reverse), or not one path component"
             ),
             EncodeError::BadExecEnv { what } => write!(f, "Start exec section: {what}"),
+            EncodeError::BadCgroupLimits { what } => {
+                write!(f, "Start cgroup_limits section: {what}")
+            }
             EncodeError::ErrorTextTooLong { len } => {
                 write!(
                     f,

@@ -17,6 +17,7 @@
 //! `Started` packet carries exactly one pidfd in SCM_RIGHTS ([`STARTED_FD_COUNT`]), every other
 //! packet carries none, and a receiver closes every fd it did not expect.
 
+mod cgroup_limits;
 mod cursor;
 mod decode;
 mod encode;
@@ -26,6 +27,7 @@ pub mod limits;
 mod owned;
 mod types;
 
+pub use cgroup_limits::CgroupLimitsSection;
 pub use decode::{
     decode, decode_header, header_offset, is_cgroup_name, payload_offset, peek_request_id, Body,
     ErrorFrame, Frame, Header, Notify, Start, Started, StrIter, StrList, PRESENT_GID, PRESENT_UID,

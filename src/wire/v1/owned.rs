@@ -53,6 +53,8 @@ pub struct OwnedStart {
     pub cgroup: Option<Vec<u8>>,
     #[cfg_attr(feature = "arbitrary", arbitrary(with = super::exec_env::arbitrary))]
     pub exec: Option<Box<crate::spawn::ExecEnv>>,
+    #[cfg_attr(feature = "arbitrary", arbitrary(with = super::cgroup_limits::arbitrary))]
+    pub cgroup_limits: Option<Box<crate::cgroup::CgroupLimits>>,
 }
 
 /// The owned counterpart of [`ErrorFrame`].
@@ -94,6 +96,7 @@ impl OwnedStart {
             flags: self.flags,
             cgroup: self.cgroup.as_deref(),
             exec: self.exec.as_deref(),
+            cgroup_limits: self.cgroup_limits.as_deref(),
         }
     }
 }
@@ -142,6 +145,7 @@ impl Start<'_> {
             env: self.env.iter().map(<[u8]>::to_vec).collect(),
             cgroup: self.cgroup.map(<[u8]>::to_vec),
             exec: self.exec.map(|section| Box::new(section.get())),
+            cgroup_limits: self.cgroup_limits.map(|section| Box::new(section.get())),
         }
     }
 }

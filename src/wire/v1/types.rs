@@ -124,6 +124,10 @@ bitflags! {
         /// nice, scheduling, CPU affinity, `no_new_privs`, supplementary groups,
         /// capabilities. Only for an agent that announced `EXEC_ENV`.
         const EXEC_ENV = 1 << 5;
+        /// (Minor 2+, only with `CGROUP`.) The agent writes the limits of the
+        /// `cgroup_limits` section that follows (after `exec`, if any) into the child's own
+        /// cgroup before it starts the child. Only for an agent that announced `CGROUPS`.
+        const CGROUP_LIMITS = 1 << 6;
     }
 }
 

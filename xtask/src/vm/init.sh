@@ -103,6 +103,14 @@ if [ "$SCENARIO" = cgroup-limits ]; then
     # Limits in the services' cgroups (docs/config.md, "Cgroup limits"): the orchestrator
     # enables the controllers under the root it is given and writes each service's files.
     CG=/sys/fs/cgroup/holden
+    # QM's cgroup, with the controllers systemd's Delegate= would give it, and holden-agent
+    # alone in it (an inner shell moves itself there, then becomes the agent).
+    QMCG=/sys/fs/cgroup/qm
+    echo "+memory +pids" >/sys/fs/cgroup/cgroup.subtree_control
+    mkdir -p $QMCG
+    unshare -p -f --mount-proc /bin/sh -c \
+        "while :; do sh -c 'echo \$\$ > $QMCG/cgroup.procs && exec /usr/bin/holden-agent --socket /run/holden/qm/qm_orchestrator.sock'; usleep 100000; done" \
+        2>>"$AGENT_LOG" &
     /usr/bin/holden-orchestrator --config /etc/holden/vm-cgroup.toml 2>>"$LOG" &
     ORCH=$!
     wait_count 'event=start ' 1 "orchestrator start"
@@ -124,6 +132,19 @@ if [ "$SCENARIO" = cgroup-limits ]; then
     grep -q '^0::/holden/vm-weighted$' "/proc/$W/cgroup" \
         || fail "cgroup-files: vm-weighted $W is not in its cgroup: $(cat /proc/$W/cgroup)"
     pass "cgroup-files cpu.weight=$WEIGHT cpu.max='$CPUMAX' memory.max=$MEMMAX pids.max=$PIDSMAX io.weight='$IOWEIGHT' memory.high=$MEMHIGH subtree_control='$(cat $CG/cgroup.subtree_control)'"
+
+    # The QM service's limits, written by the agent into the cgroup it made for it.
+    wait_count 'service=vm-qm-limited .*reason=spawned' 1 "vm-qm-limited start"
+    Q=$(last_pid vm-qm-limited)
+    QDIR=$QMCG/services/vm-qm-limited
+    QMEM=$(cat $QDIR/memory.max)
+    QPIDS=$(cat $QDIR/pids.max)
+    [ "$QMEM" = 25165824 ] || fail "qm-cgroup-limits: memory.max of vm-qm-limited is $QMEM, configured 24M"
+    [ "$QPIDS" = 16 ] || fail "qm-cgroup-limits: pids.max of vm-qm-limited is $QPIDS, configured 16"
+    grep -q '^0::/qm/services/vm-qm-limited$' "/proc/$Q/cgroup" \
+        || fail "qm-cgroup-limits: vm-qm-limited $Q is not in its cgroup: $(cat /proc/$Q/cgroup)"
+    [ "$(count 'qm-cgroup-refused')" -eq 0 ] || fail "qm-cgroup-limits: the orchestrator refused the QM cgroup"
+    pass "qm-cgroup-limits vm-qm-limited $Q in $QDIR: memory.max=$QMEM pids.max=$QPIDS (written by the agent; qm subtree_control='$(cat $QMCG/cgroup.subtree_control)')"
 
     wait_count 'service=vm-hog .*reason=exited signal=SIGKILL' 1 "vm-hog OOM-killed"
     wait_count 'service=vm-hog .*reason=spawned' 2 "vm-hog restarted"

@@ -82,8 +82,9 @@ const VM_CONFIG: &str = include_str!("vm.toml");
 const VM_CGROUP_CONFIG: &str = include_str!("vm-cgroup.toml");
 
 /// Steps the cgroup-limits run must report as passed, in order.
-pub const CGROUP_STEPS: [&str; 5] = [
+pub const CGROUP_STEPS: [&str; 6] = [
     "cgroup-files",
+    "qm-cgroup-limits",
     "oom-kill",
     "pids-max",
     "tree-kill",

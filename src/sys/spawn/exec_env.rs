@@ -68,14 +68,27 @@ impl OomScoreAdj {
         if !(-1000..=1000).contains(&value) {
             return None;
         }
-        let shown = value.to_string();
+        // The decimal text, written without allocating (the wire decoder makes these too).
         let mut text = [0u8; 5];
-        text.get_mut(..shown.len())?
-            .copy_from_slice(shown.as_bytes());
+        let mut len = 0;
+        if value < 0 {
+            *text.get_mut(0)? = b'-';
+            len = 1;
+        }
+        let magnitude = value.unsigned_abs();
+        let mut started = false;
+        for divisor in [1000, 100, 10, 1] {
+            let digit = (magnitude / divisor % 10) as u8;
+            if digit != 0 || started || divisor == 1 {
+                started = true;
+                *text.get_mut(len)? = b'0' + digit;
+                len += 1;
+            }
+        }
         Some(OomScoreAdj {
             value: value as i16,
             text,
-            len: shown.len() as u8,
+            len: len as u8,
         })
     }
 
@@ -280,4 +293,20 @@ pub fn capability_number(name: &str) -> Option<u32> {
         .iter()
         .position(|n| *n == bare)
         .map(|i| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oom_score_adj_has_its_decimal_text() {
+        for value in -1000..=1000 {
+            let adj = OomScoreAdj::new(value).unwrap();
+            assert_eq!(adj.text(), value.to_string().as_bytes());
+            assert_eq!(adj.value(), value);
+        }
+        assert!(OomScoreAdj::new(1001).is_none());
+        assert!(OomScoreAdj::new(-1001).is_none());
+    }
 }

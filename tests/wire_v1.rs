@@ -99,6 +99,49 @@ fn golden(name: &str) -> Vec<u8> {
     doc_block(name)
 }
 
+/// Sets `flag` in the `Start` packet `bytes` and appends `section` after its last field,
+/// fixing the header's payload length: a packet for one rule of a section.
+fn append_section(bytes: &mut Vec<u8>, flag: StartFlags, section: &[u8]) {
+    let flags = u32::from_le_bytes(bytes[HEADER_LEN..HEADER_LEN + 4].try_into().unwrap());
+    bytes[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&(flags | flag.bits()).to_le_bytes());
+    bytes.extend_from_slice(section);
+    let len = (bytes.len() - HEADER_LEN) as u32;
+    bytes[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
+        .copy_from_slice(&len.to_le_bytes());
+}
+
+/// `start` with `section` appended under `flag`, decoded.
+fn decode_with_section(
+    start: OwnedStart,
+    flag: StartFlags,
+    section: &[u8],
+) -> Result<OwnedFrame, DecodeError> {
+    let mut out = buf();
+    let len = start_frame(start).encode(&mut out).unwrap();
+    let mut bytes = out[..len].to_vec();
+    append_section(&mut bytes, flag, section);
+    decode(&bytes).map(|f| f.to_owned_frame())
+}
+
+/// `start`, encoded with `request_id`, is the bytes of the docs' `name` block (`len` of them)
+/// and decodes back to itself.
+fn assert_golden_start<A: AsRef<[u8]>, E: AsRef<[u8]>>(
+    name: &str,
+    request_id: u64,
+    start: &StartRef<'_, A, E>,
+    len: usize,
+) -> OwnedStart {
+    let mut out = buf();
+    let encoded = encode_start(&mut out, request_id, start).unwrap();
+    assert_eq!(&out[..encoded], &golden(name)[..]);
+    assert_eq!(encoded, len);
+    let packet = golden(name);
+    let Body::Start(decoded) = decode(&packet).unwrap().body else {
+        panic!("not a Start")
+    };
+    decoded.to_owned_start()
+}
+
 #[test]
 fn golden_start() {
     let argv: &[&[u8]] = &[b"/bin/echo", b"hi"];
@@ -167,15 +210,9 @@ fn golden_start_with_an_execution_environment() {
         exec: Some(&exec),
         cgroup_limits: None,
     };
-    let mut out = buf();
-    let len = encode_start(&mut out, 7, &start).unwrap();
-    assert_eq!(&out[..len], &golden("start-exec")[..]);
-    assert_eq!(len, 84);
+    let decoded = assert_golden_start("start-exec", 7, &start, 84);
+    assert_eq!(decoded.exec.as_deref(), Some(&exec));
     let packet = golden("start-exec");
-    let Body::Start(decoded) = decode(&packet).unwrap().body else {
-        panic!("not a Start")
-    };
-    assert_eq!(decoded.exec.map(|e| e.get()), Some(exec));
     // Without the flag the section is trailing bytes; without the section the flag is refused
     // by the encoder.
     let mut no_flag = packet.clone();
@@ -190,18 +227,8 @@ fn golden_start_with_an_execution_environment() {
 /// Start: every one is `BadExecEnv`, a cut-off section is `Truncated`.
 #[test]
 fn every_rule_of_the_exec_section_is_checked() {
-    let start = start_frame(simple_start());
-    let mut base = buf();
-    let len = start.encode(&mut base).unwrap();
-    let with_section = |section: &[u8]| {
-        let mut b = base[..len].to_vec();
-        b[HEADER_LEN] |= 0x20;
-        b.extend_from_slice(section);
-        let payload = (b.len() - HEADER_LEN) as u32;
-        b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
-            .copy_from_slice(&payload.to_le_bytes());
-        decode(&b).map(|f| f.to_owned_frame())
-    };
+    let with_section =
+        |section: &[u8]| decode_with_section(simple_start(), StartFlags::EXEC_ENV, section);
     let u64s =
         |values: &[u64]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
     let cases: Vec<(Vec<u8>, &str)> = vec![
@@ -291,38 +318,22 @@ fn golden_start_with_cgroup_limits() {
         exec: None,
         cgroup_limits: Some(&limits),
     };
-    let mut out = buf();
-    let len = encode_start(&mut out, 8, &start).unwrap();
-    assert_eq!(&out[..len], &golden("start-cgroup-limits")[..]);
-    assert_eq!(len, 80);
-    let packet = golden("start-cgroup-limits");
-    let Body::Start(decoded) = decode(&packet).unwrap().body else {
-        panic!("not a Start")
-    };
-    assert_eq!(decoded.cgroup, Some(&b"nav"[..]));
-    assert_eq!(decoded.cgroup_limits.map(|l| l.get()), Some(limits));
+    let decoded = assert_golden_start("start-cgroup-limits", 8, &start, 80);
+    assert_eq!(decoded.cgroup.as_deref(), Some(&b"nav"[..]));
+    assert_eq!(decoded.cgroup_limits.as_deref(), Some(&limits));
 }
 
 /// Each rule of the `cgroup_limits` section, broken one at a time after a valid Start with a
 /// cgroup: every one is `BadCgroupLimits`.
 #[test]
 fn every_rule_of_the_cgroup_limits_section_is_checked() {
-    let start = start_frame(OwnedStart {
+    let with_cgroup = || OwnedStart {
         flags: StartFlags::CGROUP,
         cgroup: Some(b"nav".to_vec()),
         ..simple_start()
-    });
-    let mut base = buf();
-    let len = start.encode(&mut base).unwrap();
-    let with_section = |section: &[u8]| {
-        let mut b = base[..len].to_vec();
-        b[HEADER_LEN] |= 0x40;
-        b.extend_from_slice(section);
-        let payload = (b.len() - HEADER_LEN) as u32;
-        b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
-            .copy_from_slice(&payload.to_le_bytes());
-        decode(&b).map(|f| f.to_owned_frame())
     };
+    let with_section =
+        |section: &[u8]| decode_with_section(with_cgroup(), StartFlags::CGROUP_LIMITS, section);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (vec![0], "0 or more than 6 limits"),
         (vec![7], "0 or more than 6 limits"),
@@ -1170,22 +1181,14 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
         (
             // CGROUP set, and the cgroup that follows the environment is "..".
             with(&start, &|b| {
-                b[p] |= 0x10;
-                b.extend_from_slice(&[2, 0, b'.', b'.']);
-                let len = (b.len() - HEADER_LEN) as u32;
-                b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
-                    .copy_from_slice(&len.to_le_bytes());
+                append_section(b, StartFlags::CGROUP, &[2, 0, b'.', b'.'])
             }),
             DecodeError::BadCgroupName,
         ),
         (
             // EXEC_ENV set, and the section that follows the environment sets nothing.
             with(&start, &|b| {
-                b[p] |= 0x20;
-                b.extend_from_slice(&[0, 0, 0, 0]);
-                let len = (b.len() - HEADER_LEN) as u32;
-                b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
-                    .copy_from_slice(&len.to_le_bytes());
+                append_section(b, StartFlags::EXEC_ENV, &[0, 0, 0, 0])
             }),
             DecodeError::BadExecEnv {
                 what: "sets nothing",
@@ -1194,11 +1197,7 @@ fn broken_packets() -> Vec<(Vec<u8>, DecodeError)> {
         (
             // CGROUP_LIMITS without CGROUP.
             with(&start, &|b| {
-                b[p] |= 0x40;
-                b.extend_from_slice(&[1, 0, 1, 0, b'1']);
-                let len = (b.len() - HEADER_LEN) as u32;
-                b[header_offset::PAYLOAD_LEN..header_offset::PAYLOAD_LEN + 4]
-                    .copy_from_slice(&len.to_le_bytes());
+                append_section(b, StartFlags::CGROUP_LIMITS, &[1, 0, 1, 0, b'1'])
             }),
             DecodeError::BadCgroupLimits {
                 what: "CGROUP_LIMITS without CGROUP",

@@ -74,6 +74,15 @@ fn a_qm_notify_service_is_ready_through_the_agent_and_its_watchdog_catches_a_sig
     assert!(environ
         .split(|&b| b == 0)
         .any(|e| e == b"WATCHDOG_USEC=200000"));
+    // And WATCHDOG_PID with its own pid as QM sees it (wire 1.2's exec section), as systemd
+    // sets it: sd_watchdog_enabled() is true in that process only.
+    let qm_pid = field(&spawned, "qm_pid").expect("a QM pid");
+    let expected = format!("WATCHDOG_PID={qm_pid}");
+    assert!(
+        environ.split(|&b| b == 0).any(|e| e == expected.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
 
     kill(pid, libc::SIGSTOP);
     orch.wait_lines(&["service=qn ", "reason=watchdog"], 1);

@@ -5,8 +5,8 @@
 mod orchestrator_support;
 
 use orchestrator_support::{
-    field, kill, line_index, notify_service, rss_kb, service, sleep_marker, spawn_rate,
-    MarkerReaper, Orch, TempDir,
+    crash_loop_service, field, kill, line_index, measure_flood, notify_service, service,
+    sleep_marker, MarkerReaper, Orch, TempDir,
 };
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -254,24 +254,19 @@ fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
     let dir = TempDir::new("notify-flood");
     let marker = sleep_marker("1305");
     let _reaper = MarkerReaper(vec![marker.clone()]);
-    let services = service(
-        "local-loop",
-        "local",
-        &["/bin/sh", "-c", "exit 1", &marker],
-        "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 0, interval = \"0s\" }",
-    ) + &notify_service("flooder", &["flood"], &marker, "enabled = false\nstart_timeout = \"0\"");
+    let services = crash_loop_service(&marker)
+        + &notify_service(
+            "flooder",
+            &["flood"],
+            &marker,
+            "enabled = false\nstart_timeout = \"0\"",
+        );
     let mut orch = Orch::start_services(&dir, &services);
     let control = dir.path("control.sock");
-    orch.wait_lines(&["service=local-loop ", "reason=spawned"], 5);
-    std::thread::sleep(Duration::from_millis(200));
-    let window = Duration::from_millis(1500);
-    let base_rate = spawn_rate(&orch, "local-loop", window);
-    let rss_before = rss_kb(orch.pid());
-
-    let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "flooder"]);
-    assert_eq!(code, 0, "{text}");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stranger = {
+    let (flood, stranger) = measure_flood(&mut orch, |_| {
+        let (code, text) = orchestrator_support::holdenctl_text(&control, &["start", "flooder"]);
+        assert_eq!(code, 0, "{text}");
         let (stop, socket) = (
             std::sync::Arc::clone(&stop),
             dir.path("run").join("notify.sock"),
@@ -289,31 +284,22 @@ fn a_notification_flood_is_contained_and_a_crash_loop_keeps_its_rate() {
             }
             sent
         })
-    };
-    std::thread::sleep(Duration::from_millis(200));
-    let flood_rate = spawn_rate(&orch, "local-loop", window);
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let stranger_sent = stranger.join().unwrap();
-    let rss_after = rss_kb(orch.pid());
     let flooder = orchestrator_support::last_spawned_pid(&orch, "flooder");
     orch.stop(libc::SIGTERM);
     let log = orch.log();
     eprintln!(
-        "notify flood: local restarts/s {base_rate:.1} -> {flood_rate:.1}, VmRSS {rss_before} -> \
-         {rss_after} kB, {stranger_sent} datagrams from a stranger"
+        "notify flood: local restarts/s {:.1} -> {:.1}, VmRSS {} -> {} kB, {stranger_sent} \
+         datagrams from a stranger",
+        flood.base_rate, flood.flood_rate, flood.rss_before, flood.rss_after
     );
     assert!(
         stranger_sent > 1000,
         "the stranger flooded: {stranger_sent}"
     );
-    assert!(
-        flood_rate >= 0.5 * base_rate,
-        "local restart rate {base_rate:.1}/s before, {flood_rate:.1}/s during"
-    );
-    assert!(
-        rss_after <= rss_before + 256,
-        "VmRSS {rss_before} -> {rss_after} kB"
-    );
+    flood.assert_contained();
     // Counted, and said at most once a second (not per datagram).
     let dropped: Vec<&str> = log
         .lines()

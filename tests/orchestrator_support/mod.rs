@@ -711,6 +711,68 @@ pub fn spawn_rate(orch: &Orch, name: &str, window: std::time::Duration) -> f64 {
     (spawned() - before) as f64 / at.elapsed().as_secs_f64()
 }
 
+/// The local crash loop a flood test measures (`reason=spawned` lines of `local-loop`),
+/// tagged with `marker`.
+pub fn crash_loop_service(marker: &str) -> String {
+    service(
+        "local-loop",
+        "local",
+        &["/bin/sh", "-c", "exit 1", marker],
+        "restart = \"always\"\nrestart_delay = \"20ms\"\nstart_limit = { burst = 0, interval = \"0s\" }",
+    )
+}
+
+/// What a flood cost: the crash loop's restarts per second and the orchestrator's VmRSS,
+/// before the flood and while it ran.
+pub struct Flood {
+    pub base_rate: f64,
+    pub flood_rate: f64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+}
+
+impl Flood {
+    /// The reliability suite's bounds: the crash loop keeps at least half its rate, and the
+    /// orchestrator's VmRSS grows by at most 256 kB.
+    pub fn assert_contained(&self) {
+        let Flood {
+            base_rate,
+            flood_rate,
+            rss_before,
+            rss_after,
+        } = *self;
+        assert!(
+            flood_rate >= 0.5 * base_rate,
+            "local restart rate {base_rate:.1}/s before, {flood_rate:.1}/s during"
+        );
+        assert!(
+            rss_after <= rss_before + 256,
+            "VmRSS {rss_before} -> {rss_after} kB"
+        );
+    }
+}
+
+/// Measures [`crash_loop_service`]'s rate and the orchestrator's VmRSS, then runs `start`
+/// (which starts the flood and returns while it runs) and measures them again.
+pub fn measure_flood<T>(orch: &mut Orch, start: impl FnOnce(&mut Orch) -> T) -> (Flood, T) {
+    let window = std::time::Duration::from_millis(1500);
+    orch.wait_lines(&["service=local-loop ", "reason=spawned"], 5);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let base_rate = spawn_rate(orch, "local-loop", window);
+    let rss_before = rss_kb(orch.pid());
+    let started = start(orch);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let flood_rate = spawn_rate(orch, "local-loop", window);
+    let rss_after = rss_kb(orch.pid());
+    let flood = Flood {
+        base_rate,
+        flood_rate,
+        rss_before,
+        rss_after,
+    };
+    (flood, started)
+}
+
 /// A cgroup root of this test's own, removed (after killing what is left in it) on drop.
 pub struct TestCgroup(pub PathBuf);
 

@@ -628,16 +628,7 @@ fn a_qm_service_has_its_own_cgroup_and_its_tree_ends_with_it() {
     let _left = Marked(marker.clone());
     let script =
         format!("sleep 3600 {marker} & setsid sleep 3600 {marker} & exec sleep 3600 {marker}");
-    let config = qm_config(
-        &dir,
-        &root.0.join("services"),
-        &service(
-            "tree",
-            "qm",
-            &["/bin/sh", "-c", &script],
-            "restart = \"never\"",
-        ),
-    );
+    let config = qm_tree_config(&dir, &root.0.join("services"), &script);
     let mut orch = Orch::start(&dir, &config);
     orch.wait_lines(&["service=tree ", "reason=spawned"], 1);
     let pid = last_spawned_pid(&orch, "tree");
@@ -682,16 +673,7 @@ fn a_qm_process_outside_its_cgroup_is_refused_and_only_it_is_signalled() {
     let marker = sleep_marker("3603");
     let _left = Marked(marker.clone());
     let script = format!("sleep 3600 {marker} & exec sleep 3600 {marker}");
-    let config = qm_config(
-        &dir,
-        &other.0.join("services"),
-        &service(
-            "tree",
-            "qm",
-            &["/bin/sh", "-c", &script],
-            "restart = \"never\"",
-        ),
-    );
+    let config = qm_tree_config(&dir, &other.0.join("services"), &script);
     let mut orch = Orch::start(&dir, &config);
     orch.wait_lines(&["service=tree ", "reason=spawned"], 1);
     let refused = orch
@@ -711,6 +693,21 @@ fn a_qm_process_outside_its_cgroup_is_refused_and_only_it_is_signalled() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(!left.contains(&main));
     assert!(orch.stop(libc::SIGTERM).success());
+}
+
+/// The configuration of the QM tests' one service, `tree`: `script` under `sh -c` in QM,
+/// never restarted, with `[agent] cgroup = cgroup`.
+fn qm_tree_config(dir: &TempDir, cgroup: &Path, script: &str) -> String {
+    qm_config(
+        dir,
+        cgroup,
+        &service(
+            "tree",
+            "qm",
+            &["/bin/sh", "-c", script],
+            "restart = \"never\"",
+        ),
+    )
 }
 
 /// The test's configuration with `[agent] cgroup = cgroup` and `services`.

@@ -327,6 +327,34 @@ impl Harness {
         assert!(self.link.is_up());
     }
 
+    /// The link is asked for `service` and fails its start at once with `failure`
+    /// (`EOPNOTSUPP`, stage `setup`), sending nothing.
+    fn assert_refused_at_once(&mut self, service: usize, failure: EncodeFailure) {
+        self.run(|link, cx| link.request(cx, service));
+        assert!(self.transmit().is_none(), "no Start is sent");
+        assert_eq!(
+            self.take_events(),
+            [format!("failed {service} Setup {}", libc::EOPNOTSUPP)]
+        );
+        assert!(self
+            .notes
+            .iter()
+            .any(|n| matches!(n, Note::EncodeFailed { error, .. } if *error == failure)));
+    }
+
+    /// The link is asked for `service` and sends its `Start`: the frame's bytes and the
+    /// decoded request.
+    fn sent_start(&mut self, service: usize) -> (Vec<u8>, wire::OwnedStart) {
+        self.run(|link, cx| link.request(cx, service));
+        let (_, bytes) = self.transmit().expect("a Start");
+        let frame = wire::decode(&bytes).unwrap();
+        let wire::Body::Start(start) = frame.body else {
+            panic!("{frame:?}");
+        };
+        let start = start.to_owned_start();
+        (bytes, start)
+    }
+
     /// The link asks for a QM process for `service` and sends its `Start`; the request id.
     fn request(&mut self, service: usize) -> u64 {
         self.run(|link, cx| link.request(cx, service));
@@ -1227,28 +1255,12 @@ fn notify_from_an_agent_that_did_not_offer_it_or_with_an_fd_is_misbehaviour() {
 fn a_notify_service_starts_only_through_an_agent_that_forwards() {
     let mut h = Harness::new(Protocol::V1);
     h.up(true);
-    h.run(|link, cx| link.request(cx, NOTIFY_SERVICE));
-    assert!(h.transmit().is_none(), "no Start is sent");
-    assert_eq!(
-        h.take_events(),
-        [format!(
-            "failed {NOTIFY_SERVICE} Setup {}",
-            libc::EOPNOTSUPP
-        )]
-    );
-    assert!(h.notes.iter().any(|n| matches!(
-        n,
-        Note::EncodeFailed {
-            error: EncodeFailure::NoNotify,
-            ..
-        }
-    )));
+    h.assert_refused_at_once(NOTIFY_SERVICE, EncodeFailure::NoNotify);
     // Other services are not affected.
     h.request(0);
     let mut h = Harness::new(Protocol::V1);
     h.up_as(2, GATED | NOTIFY_FORWARD);
-    h.run(|link, cx| link.request(cx, NOTIFY_SERVICE));
-    let (_, bytes) = h.transmit().expect("a Start");
+    let (bytes, _) = h.sent_start(NOTIFY_SERVICE);
     let flags = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
     assert_eq!(
         flags,
@@ -1263,14 +1275,12 @@ fn a_cgroup_is_asked_for_only_of_an_agent_that_offers_cgroups() {
     for (caps, asked) in [(GATED | CGROUPS, true), (GATED, false)] {
         let mut h = Harness::new(Protocol::V1);
         h.up_as(2, caps);
-        h.run(|link, cx| link.request(cx, CGROUP_SERVICE));
-        let (_, bytes) = h.transmit().expect("a Start");
-        let frame = wire::decode(&bytes).unwrap();
-        let wire::Body::Start(start) = frame.body else {
-            panic!("{frame:?}");
-        };
+        let (_, start) = h.sent_start(CGROUP_SERVICE);
         assert_eq!(start.flags.contains(wire::StartFlags::CGROUP), asked);
-        assert_eq!(start.cgroup, asked.then_some(b"radio".as_slice()));
+        assert_eq!(
+            start.cgroup.as_deref(),
+            asked.then_some(b"radio".as_slice())
+        );
     }
 }
 
@@ -1282,31 +1292,14 @@ fn an_execution_environment_goes_only_to_an_agent_that_applies_one() {
     for (minor, caps) in [(1, GATED | EXEC_ENV), (2, GATED)] {
         let mut h = Harness::new(Protocol::V1);
         h.up_as(minor, caps);
-        h.run(|link, cx| link.request(cx, EXEC_SERVICE));
-        assert!(h.transmit().is_none(), "no Start is sent");
-        assert_eq!(
-            h.take_events(),
-            [format!("failed {EXEC_SERVICE} Setup {}", libc::EOPNOTSUPP)]
-        );
-        assert!(h.notes.iter().any(|n| matches!(
-            n,
-            Note::EncodeFailed {
-                error: EncodeFailure::NoExecEnv,
-                ..
-            }
-        )));
+        h.assert_refused_at_once(EXEC_SERVICE, EncodeFailure::NoExecEnv);
         h.request(0);
     }
     let mut h = Harness::new(Protocol::V1);
     h.up_as(2, GATED | EXEC_ENV);
-    h.run(|link, cx| link.request(cx, EXEC_SERVICE));
-    let (_, bytes) = h.transmit().expect("a Start");
-    let frame = wire::decode(&bytes).unwrap();
-    let wire::Body::Start(start) = frame.body else {
-        panic!("{frame:?}");
-    };
+    let (_, start) = h.sent_start(EXEC_SERVICE);
     assert!(start.flags.contains(wire::StartFlags::EXEC_ENV));
-    assert_eq!(start.exec.and_then(|e| e.get().nice), Some(5));
+    assert_eq!(start.exec.and_then(|e| e.nice), Some(5));
 }
 
 #[test]
@@ -1317,32 +1310,12 @@ fn cgroup_limits_go_only_to_an_agent_with_cgroups() {
     for (minor, caps) in [(1, GATED | CGROUPS), (2, GATED)] {
         let mut h = Harness::new(Protocol::V1);
         h.up_as(minor, caps);
-        h.run(|link, cx| link.request(cx, LIMITS_SERVICE));
-        assert!(h.transmit().is_none(), "no Start is sent");
-        assert_eq!(
-            h.take_events(),
-            [format!(
-                "failed {LIMITS_SERVICE} Setup {}",
-                libc::EOPNOTSUPP
-            )]
-        );
-        assert!(h.notes.iter().any(|n| matches!(
-            n,
-            Note::EncodeFailed {
-                error: EncodeFailure::NoCgroupLimits,
-                ..
-            }
-        )));
+        h.assert_refused_at_once(LIMITS_SERVICE, EncodeFailure::NoCgroupLimits);
     }
     let mut h = Harness::new(Protocol::V1);
     h.up_as(2, GATED | CGROUPS);
-    h.run(|link, cx| link.request(cx, LIMITS_SERVICE));
-    let (_, bytes) = h.transmit().expect("a Start");
-    let frame = wire::decode(&bytes).unwrap();
-    let wire::Body::Start(start) = frame.body else {
-        panic!("{frame:?}");
-    };
-    let limits = start.cgroup_limits.expect("its limits").get();
+    let (_, start) = h.sent_start(LIMITS_SERVICE);
+    let limits = start.cgroup_limits.expect("its limits");
     assert_eq!(limits.limits[0].value.as_str(), "64");
-    assert_eq!(start.cgroup, Some(b"radio".as_slice()));
+    assert_eq!(start.cgroup.as_deref(), Some(b"radio".as_slice()));
 }

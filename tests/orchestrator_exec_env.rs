@@ -25,6 +25,16 @@ fn status_field(pid: i32, key: &str) -> String {
         .to_string()
 }
 
+/// The supplementary groups of `/proc/PID/status`, sorted.
+fn groups(pid: i32) -> Vec<u32> {
+    let mut groups: Vec<u32> = status_field(pid, "Groups")
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort_unstable();
+    groups
+}
+
 /// The soft and hard limit of the `/proc/PID/limits` line that starts with `what`.
 fn limit(pid: i32, what: &str) -> (String, String) {
     let text = proc_file(pid, "limits");
@@ -93,12 +103,7 @@ fn a_service_gets_its_limits_umask_oom_score_nice_affinity_groups_and_no_new_pri
     // daemon is uid 1 with primary group 1 (in /etc/passwd), audio is 29 (/etc/group).
     assert!(status_field(pid, "Uid").starts_with("1\t1\t1"));
     assert!(status_field(pid, "Gid").starts_with("1\t1\t1"));
-    let mut groups: Vec<u32> = status_field(pid, "Groups")
-        .split_whitespace()
-        .map(|g| g.parse().unwrap())
-        .collect();
-    groups.sort_unstable();
-    assert_eq!(groups, vec![1, 29, 44]);
+    assert_eq!(groups(pid), vec![1, 29, 44]);
     // The OOM score is the child's own, not the orchestrator's (which shares its memory
     // until the exec).
     assert_eq!(
@@ -430,12 +435,7 @@ fn a_qm_service_gets_its_execution_environment_through_the_agent() {
     assert_eq!(status_field(pid, "Cpus_allowed_list"), "0");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert!(status_field(pid, "Gid").starts_with("45\t45\t45"));
-    let mut groups: Vec<u32> = status_field(pid, "Groups")
-        .split_whitespace()
-        .map(|g| g.parse().unwrap())
-        .collect();
-    groups.sort_unstable();
-    assert_eq!(groups, vec![44, 45, 46]);
+    assert_eq!(groups(pid), vec![44, 45, 46]);
     // CAP_KILL is 5, CAP_NET_BIND_SERVICE 10.
     assert_eq!(status_field(pid, "CapBnd"), "0000000000000420");
     assert!(orch.stop(libc::SIGTERM).success());

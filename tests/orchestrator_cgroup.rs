@@ -719,3 +719,35 @@ fn qm_config(dir: &TempDir, cgroup: &Path, services: &str) -> String {
     );
     header + services
 }
+
+/// The library's own guard, for a caller that builds its definitions without `--check`: a QM
+/// limit without `[agent] cgroup` stops `Orchestrator::new` with an error naming the key.
+#[test]
+fn the_library_refuses_a_qm_limit_without_an_agent_cgroup() {
+    use holden::orchestrator::{Options, Orchestrator, ServiceDef, Settings};
+    let dir = TempDir::new("cg-qm-lib");
+    let def = ServiceDef::from_spec(
+        &holden::config::Config::parse(
+            "[[service]]\nname = \"hog\"\npartition = \"qm\"\nargv = [\"/bin/true\"]\nmemory_max = \"32M\"\n",
+            "hog.toml",
+        )
+        .unwrap()
+        .services[0],
+    );
+    let mut settings = Settings::new(dir.path("agent.sock"));
+    settings.runtime_dir = Some(dir.path("run"));
+    let log = std::fs::File::create(dir.path("log")).unwrap();
+    let options = Options {
+        log_fd: std::os::fd::AsRawFd::as_raw_fd(&log),
+        signals: false,
+        notify: false,
+    };
+    let error = Orchestrator::new(settings, vec![def], options)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("`memory_max`") && error.contains("[agent] cgroup is not set"),
+        "{error}"
+    );
+}

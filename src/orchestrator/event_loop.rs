@@ -514,7 +514,7 @@ impl Orchestrator {
                             // Never ignored (docs/config.md): a limit needs the service's own
                             // cgroup, which the agent makes only with `[agent] cgroup`.
                             return Err(Error::Service(format!(
-                                "service {}: `{}` needs the service's own cgroup in QM, and                                  [agent] cgroup is not set",
+                                "service {}: `{}` needs the service's own cgroup in QM, and [agent] cgroup is not set",
                                 def.name, limit.key
                             )));
                         }

@@ -304,6 +304,38 @@ pub enum EncodeFailure {
     NoCgroupLimits,
 }
 
+/// What each wire 1.2 `Start` flag needs the agent to have announced, and the failure of a
+/// start that has the flag when the agent did not.
+const ANNOUNCED_FOR: [(wire::StartFlags, wire::Capabilities, EncodeFailure); 3] = [
+    (
+        wire::StartFlags::NOTIFY,
+        wire::Capabilities::NOTIFY_FORWARD,
+        EncodeFailure::NoNotify,
+    ),
+    (
+        wire::StartFlags::EXEC_ENV,
+        wire::Capabilities::EXEC_ENV,
+        EncodeFailure::NoExecEnv,
+    ),
+    (
+        wire::StartFlags::CGROUP_LIMITS,
+        wire::Capabilities::CGROUPS,
+        EncodeFailure::NoCgroupLimits,
+    ),
+];
+
+/// Why a start with `flags` cannot go to an agent whose announced capabilities `announced`
+/// tells: the first flag it needs and the agent lacks.
+fn unmet(
+    flags: wire::StartFlags,
+    announced: impl Fn(wire::Capabilities) -> bool,
+) -> Option<EncodeFailure> {
+    ANNOUNCED_FOR
+        .iter()
+        .find(|(flag, capability, _)| flags.contains(*flag) && !announced(*capability))
+        .map(|(_, _, failure)| *failure)
+}
+
 impl EncodeFailure {
     /// The errno the failed start is reported with.
     fn errno(&self) -> i32 {
@@ -460,12 +492,6 @@ pub struct Link<H> {
     version: (u8, u8),
     /// The agent announced minor 1+ and `GATED_EXEC`.
     gated: bool,
-    /// The agent announced minor 2+ and `NOTIFY_FORWARD`.
-    notify_forward: bool,
-    /// The agent announced minor 2+ and `CGROUPS`.
-    cgroups: bool,
-    /// The agent announced minor 2+ and `EXEC_ENV`.
-    exec_env: bool,
     notify_budget: crate::rate::TokenBucket,
     /// The bytes of the last `Notify` ([`Link::notify_text`]).
     notify_text: Box<[u8]>,
@@ -520,9 +546,6 @@ impl<H> Link<H> {
             capabilities: wire::Capabilities::empty(),
             version: (0, 0),
             gated: false,
-            notify_forward: false,
-            cgroups: false,
-            exec_env: false,
             notify_budget: crate::rate::TokenBucket::new(NOTIFY_PER_SEC, NOTIFY_BURST, 0),
             notify_text: vec![0; wire::NOTIFY_TEXT_LEN_MAX].into_boxed_slice(),
             notify_len: 0,
@@ -608,7 +631,12 @@ impl<H> Link<H> {
 
     /// The agent forwards sd_notify datagrams (wire 1.2, `NOTIFY_FORWARD`).
     pub fn forwards_notify(&self) -> bool {
-        self.notify_forward && self.protocol == Protocol::V1
+        self.announced(wire::Capabilities::NOTIFY_FORWARD) && self.protocol == Protocol::V1
+    }
+
+    /// The agent's last `Pong` said minor 2 or more and `capability` (wire 1.2's features).
+    fn announced(&self, capability: wire::Capabilities) -> bool {
+        self.version.1 >= 2 && self.capabilities.contains(capability)
     }
 
     /// The agent can take requests.

@@ -115,20 +115,11 @@ impl<H> Link<H> {
                 continue;
             }
             let encoded = match requests.start(index) {
-                Some(start) if start.flags.contains(crate::wire::v1::StartFlags::NOTIFY) => {
-                    Err(EncodeFailure::NoNotify)
-                }
-                Some(start) if start.flags.contains(crate::wire::v1::StartFlags::EXEC_ENV) => {
-                    Err(EncodeFailure::NoExecEnv)
-                }
-                Some(start)
-                    if start
-                        .flags
-                        .contains(crate::wire::v1::StartFlags::CGROUP_LIMITS) =>
-                {
-                    Err(EncodeFailure::NoCgroupLimits)
-                }
-                Some(start) => wire::encode_start(buf, start.argv).map_err(EncodeFailure::V02),
+                // A v0.2 agent announces nothing.
+                Some(start) => match super::unmet(start.flags, |_| false) {
+                    Some(failure) => Err(failure),
+                    None => wire::encode_start(buf, start.argv).map_err(EncodeFailure::V02),
+                },
                 None => Err(EncodeFailure::NoStart),
             };
             match encoded {

@@ -94,30 +94,18 @@ impl<H> Link<H> {
                 continue;
             };
             let encoded = match requests.start(index) {
-                Some(start)
-                    if start.flags.contains(wire::StartFlags::NOTIFY) && !self.notify_forward =>
-                {
-                    Err(EncodeFailure::NoNotify)
-                }
-                Some(start)
-                    if start.flags.contains(wire::StartFlags::EXEC_ENV) && !self.exec_env =>
-                {
-                    Err(EncodeFailure::NoExecEnv)
-                }
-                Some(start)
-                    if start.flags.contains(wire::StartFlags::CGROUP_LIMITS) && !self.cgroups =>
-                {
-                    Err(EncodeFailure::NoCgroupLimits)
-                }
-                Some(mut start) => {
-                    // An agent without cgroups starts it in its own (the shell says so when
-                    // the process comes: its cgroup is not the one asked for).
-                    if !self.cgroups {
-                        start.flags.remove(wire::StartFlags::CGROUP);
-                        start.cgroup = None;
+                Some(mut start) => match super::unmet(start.flags, |c| self.announced(c)) {
+                    Some(failure) => Err(failure),
+                    None => {
+                        // An agent without cgroups starts it in its own (the shell says so
+                        // when the process comes: its cgroup is not the one asked for).
+                        if !self.announced(wire::Capabilities::CGROUPS) {
+                            start.flags.remove(wire::StartFlags::CGROUP);
+                            start.cgroup = None;
+                        }
+                        wire::encode_start(buf, request.id, &start).map_err(EncodeFailure::V1)
                     }
-                    wire::encode_start(buf, request.id, &start).map_err(EncodeFailure::V1)
-                }
+                },
                 None => Err(EncodeFailure::NoStart),
             };
             match encoded {
@@ -220,14 +208,6 @@ impl<H> Link<H> {
                 self.capabilities = pong.capabilities;
                 self.gated = pong.version_minor >= 1
                     && pong.capabilities.contains(wire::Capabilities::GATED_EXEC);
-                self.notify_forward = pong.version_minor >= 2
-                    && pong
-                        .capabilities
-                        .contains(wire::Capabilities::NOTIFY_FORWARD);
-                self.cgroups = pong.version_minor >= 2
-                    && pong.capabilities.contains(wire::Capabilities::CGROUPS);
-                self.exec_env = pong.version_minor >= 2
-                    && pong.capabilities.contains(wire::Capabilities::EXEC_ENV);
                 self.notify_budget = crate::rate::TokenBucket::new(
                     super::NOTIFY_PER_SEC,
                     super::NOTIFY_BURST,
@@ -342,9 +322,14 @@ impl<H> Link<H> {
             wire::Body::Notify(_) if !fds.fds.is_empty() => {
                 Err(said("file descriptor with a Notify"))
             }
-            wire::Body::Notify(_) if self.state != State::Up || !self.notify_forward => Err(said(
-                "Notify from an agent that did not announce NOTIFY_FORWARD",
-            )),
+            wire::Body::Notify(_)
+                if self.state != State::Up
+                    || !self.announced(wire::Capabilities::NOTIFY_FORWARD) =>
+            {
+                Err(said(
+                    "Notify from an agent that did not announce NOTIFY_FORWARD",
+                ))
+            }
             wire::Body::Notify(notify) => {
                 if !self.notify_budget.take(cx.now_ns) {
                     return Err(said("Notify frames beyond the rate limit"));

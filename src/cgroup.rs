@@ -88,6 +88,30 @@ pub fn own_cgroup() -> Option<String> {
     parse_own_cgroup(&text).map(str::to_string)
 }
 
+/// A process's `/proc/PID/cgroup`, read into a buffer of its own: allocation-free, for the
+/// event loop.
+pub struct ProcCgroup {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl ProcCgroup {
+    /// `None` when the process is gone (or the file cannot be read or is not text).
+    pub fn read(pid: i32) -> Option<ProcCgroup> {
+        let mut bytes = [0u8; 512];
+        let path = crate::sys::fd::ProcPath::pid_file(pid, "cgroup");
+        let len = crate::sys::fd::read_small_file(path.as_cstr(), &mut bytes).ok()?;
+        let read = ProcCgroup { bytes, len };
+        std::str::from_utf8(read.bytes.get(..len)?).ok()?;
+        Some(read)
+    }
+
+    /// The file's text (checked to be UTF-8 when read).
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(self.bytes.get(..self.len).unwrap_or(&[])).unwrap_or("")
+    }
+}
+
 /// The service a process belongs to by its cgroup: in the `/proc/PID/cgroup` text `text`, the
 /// component right below `root` (the services' root, relative to the cgroup2 mount, as
 /// `/proc` shows it), when the process's cgroup is that service's or one below it.

@@ -1419,11 +1419,8 @@ impl Orchestrator {
     /// has no `/proc` entry left and is not found.
     fn service_of_tree(&self, pid: i32) -> Option<ServiceId> {
         let root = self.cgroup_root_in_proc.as_deref()?;
-        let mut buf = [0u8; 512];
-        let path = crate::sys::fd::ProcPath::pid_file(pid, "cgroup");
-        let n = crate::sys::fd::read_small_file(path.as_cstr(), &mut buf).ok()?;
-        let text = std::str::from_utf8(&buf[..n]).ok()?;
-        let name = crate::cgroup::service_in(text, root)?;
+        let read = crate::cgroup::ProcCgroup::read(pid)?;
+        let name = crate::cgroup::service_in(read.text(), root)?;
         let index = self.services.by_name(name)?;
         let id = self.services.list[index].id;
         let status = self.engine.core().status(id)?;

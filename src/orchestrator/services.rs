@@ -327,16 +327,11 @@ impl Services {
             return;
         };
         entry.qm_cgroup = None;
-        let mut buf = [0u8; 512];
-        let path = crate::sys::fd::ProcPath::pid_file(pid, "cgroup");
-        let text = crate::sys::fd::read_small_file(path.as_cstr(), &mut buf)
-            .ok()
-            .and_then(|n| std::str::from_utf8(&buf[..n]).ok());
         // Gone already (its exit comes next): nothing to signal, nothing to say.
-        let Some(text) = text else {
+        let Some(read) = crate::cgroup::ProcCgroup::read(pid) else {
             return;
         };
-        let seen = crate::cgroup::parse_own_cgroup(text);
+        let seen = crate::cgroup::parse_own_cgroup(read.text());
         let name = entry.def.name.as_str();
         let ours = seen.is_some_and(|p| {
             p.strip_prefix(qm.in_proc.as_str())
